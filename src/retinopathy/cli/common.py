@@ -1,0 +1,43 @@
+"""Options shared by every command that reads a dataset folder."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None) -> None:
+    g = parser.add_argument_group("data (the format is detected from what is in DATA; these override it)")
+    g.add_argument("--format", choices=("lab", "kaggle", "csv", "folders"), help="dataset format")
+    g.add_argument("--labels", help="labels CSV (or, for the lab format, the folder with its four CSVs)")
+    g.add_argument("--images", help="folder that holds the images (default: DATA, DATA/images, DATA/train, "
+                                    "DATA/train_images, whichever has images)")
+    g.add_argument("--image-col", help="image column of a CSV with a header (e.g. id_code)")
+    g.add_argument("--label-col", help="label column of a CSV with a header (e.g. diagnosis)")
+    g.add_argument("--patient-col", help="patient column, if the CSV has one (default: from <patient>_left/right)")
+    g.add_argument("--val-fraction", type=float, default=None,
+                   help="share of patients for validation, per grade (default 0.1)")
+    g.add_argument("--test-fraction", type=float, default=None,
+                   help="share of patients for test, per grade, when the data has no split (default 0.2)")
+    g.add_argument("--split-seed", type=int, default=None, help="seed of the patient split (default 0)")
+    g.add_argument("--split-file", help="reuse a split written by an earlier run (split.csv)")
+    g.add_argument("--skip-bad", action="store_true", default=None,
+                   help="drop bad rows and images (listed in the run) instead of stopping")
+    if split_default is not None:
+        g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
+                       help=f"which split to use (default {split_default}; 'all' = every image)")
+
+
+READ_KEYS = ("format", "labels", "images", "image_col", "label_col", "patient_col")
+SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0}
+
+
+def catalog_options(ns) -> dict:
+    """Keyword arguments for :func:`retinopathy.data.load_catalog` from parsed options (or a config dict)."""
+    get = ns.get if isinstance(ns, dict) else lambda k, d=None: getattr(ns, k, d)
+    opts = {k: get(k) for k in READ_KEYS if get(k) is not None}
+    opts["val_fraction"] = get("val_fraction") if get("val_fraction") is not None else SPLIT_DEFAULTS["val_fraction"]
+    opts["test_fraction"] = (get("test_fraction") if get("test_fraction") is not None
+                             else SPLIT_DEFAULTS["test_fraction"])
+    opts["seed"] = get("split_seed") if get("split_seed") is not None else SPLIT_DEFAULTS["split_seed"]
+    if get("split_file"):
+        opts["split_file"] = get("split_file")
+    return opts

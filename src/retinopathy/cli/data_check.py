@@ -1,0 +1,42 @@
+"""``retinopathy data check DATA``."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from ..data import DataError, load_catalog
+from ..data.check import check_catalog, format_report
+from .common import add_data_arguments, catalog_options
+
+
+def add_parser(sub) -> None:
+    data = sub.add_parser("data", help="inspect datasets")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser("check", help="read a dataset, decode every image, report counts, sizes and problems")
+    p.add_argument("data", metavar="DATA", help="dataset folder")
+    add_data_arguments(p)
+    p.add_argument("--stats", action="store_true", help="also compute per-channel mean and std")
+    p.add_argument("--no-images", action="store_true", help="check the labels only (no image files needed)")
+    p.add_argument("--json", default="data_check.json", help="where to write the report as JSON")
+    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    try:
+        catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.no_images:
+        for s in catalog.samples:
+            s.path = None
+    report = check_catalog(catalog, stats=args.stats, workers=args.workers,
+                           progress=not args.quiet and sys.stderr.isatty())
+    print(format_report(report))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(report, indent=2))
+    print(f"\nreport written to {args.json}")
+    return 1 if report["problems"] else 0
