@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from .. import __version__
 from . import data_check, synth
 
 COMMANDS = [synth, data_check]
+# Commands with parsers of their own (torchvision-references style ``get_args_parser``): module, function, help.
+SCRIPTS = {
+    "train": ("retinopathy.training.train", "cli", "train a DR grader (frozen, then fine-tuned)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,10 +21,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in COMMANDS:
         module.add_parser(sub)
+    for name, (_, _, text) in SCRIPTS.items():
+        sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SCRIPTS:
+        module, func, _ = SCRIPTS[argv[0]]
+        return getattr(importlib.import_module(module), func)(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     return args.func(args) or 0
 

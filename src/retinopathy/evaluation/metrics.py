@@ -1,0 +1,58 @@
+"""DR metrics from true grades, predicted grades and grade probabilities (scikit-learn underneath)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
+                             precision_recall_fscore_support, roc_auc_score)
+
+GRADES = [0, 1, 2, 3, 4]
+REFERABLE = 2  # moderate NPDR or worse
+
+
+def majority_accuracy(y_true) -> float:
+    """Accuracy of always answering the most common grade of this split."""
+    y = np.asarray(y_true)
+    return float(np.bincount(y, minlength=5).max() / len(y)) if len(y) else float("nan")
+
+
+def quadratic_kappa(y_true, y_pred) -> float:
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(np.unique(np.concatenate([y_true, y_pred]))) < 2:
+        return 0.0  # one grade everywhere: no agreement beyond chance
+    return float(cohen_kappa_score(y_true, y_pred, labels=GRADES, weights="quadratic"))
+
+
+def referable_auc(y_true, probs) -> float | None:
+    """ROC AUC of P(grade >= 2) for referable DR; None when only one side is present."""
+    y = (np.asarray(y_true) >= REFERABLE).astype(int)
+    if y.min() == y.max():
+        return None
+    return float(roc_auc_score(y, np.asarray(probs)[:, REFERABLE:].sum(1)))
+
+
+def summary(y_true, y_pred) -> dict:
+    """The per-epoch numbers: accuracy, kappa, macro-F1, per-grade recall."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    _, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=GRADES, zero_division=0)
+    return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": quadratic_kappa(y_true, y_pred),
+            "macro_f1": float(f1_score(y_true, y_pred, labels=GRADES, average="macro", zero_division=0)),
+            "recall": [float(r) for r in recall]}
+
+
+def full_metrics(y_true, y_pred, probs) -> dict:
+    """Everything ``evaluate`` writes to metrics.json."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=GRADES,
+                                                                     zero_division=0)
+    out = summary(y_true, y_pred)
+    out.update({
+        "majority_accuracy": majority_accuracy(y_true),
+        "referable_auc": referable_auc(y_true, probs),
+        "per_grade": {str(g): {"precision": float(precision[g]), "recall": float(recall[g]),
+                               "f1": float(f1[g]), "support": int(support[g])} for g in GRADES},
+        "count": int(len(y_true)),
+        "true_counts": np.bincount(y_true, minlength=5).tolist(),
+        "predicted_counts": np.bincount(y_pred, minlength=5).tolist(),
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=GRADES).tolist(),
+    })
+    return out

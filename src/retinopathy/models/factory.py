@@ -1,0 +1,100 @@
+"""Build a grader from any torchvision classification model, with the head replaced for DR grades.
+
+``head="linear"`` is one ``Linear(in_features, outputs)``; ``head="lab"`` is the course lab's
+``Linear(in_features, 50) -> ReLU -> Dropout(0.25) -> Linear(50, outputs)`` with both linear layers
+initialised normal(0, 0.01), bias 0. The head is the model's last ``nn.Linear`` (``fc`` for ResNets,
+``classifier[-1]`` for EfficientNet/ConvNeXt, ``heads.head`` for ViT), so every torchvision classifier works.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.models import get_model, list_models
+
+from .weights import load_pretrained_state
+
+HEADS = ("linear", "lab")
+
+
+def _last_linear(model: nn.Module) -> str:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to replace with a DR head")
+    return names[-1]
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def make_head(kind: str, in_features: int, outputs: int) -> nn.Module:
+    if kind == "linear":
+        return nn.Linear(in_features, outputs)
+    if kind == "lab":
+        head = nn.Sequential(nn.Linear(in_features, 50), nn.ReLU(inplace=True), nn.Dropout(0.25),
+                             nn.Linear(50, outputs))
+        for m in head:
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+        return head
+    raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+
+
+class Grader(nn.Module):
+    """A torchvision backbone whose classifier is a DR head; ``head_name`` says which submodule it is."""
+
+    def __init__(self, arch: str, outputs: int, head: str = "linear"):
+        super().__init__()
+        if arch not in list_models():
+            raise ValueError(f"unknown model {arch!r}; any torchvision classification model works, "
+                             "e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
+        self.net = get_model(arch, weights=None)
+        self.head_name = _last_linear(self.net)
+        in_features = self.net.get_submodule(self.head_name).in_features
+        _set_module(self.net, self.head_name, make_head(head, in_features, outputs))
+        self.arch, self.outputs, self.head_kind = arch, outputs, head
+
+    @property
+    def head(self) -> nn.Module:
+        return self.net.get_submodule(self.head_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def backbone_modules(self):
+        """Every submodule outside the head (BatchNorm layers among them)."""
+        head = set(self.head.modules())
+        return [m for m in self.net.modules() if m not in head and m is not self.net]
+
+    def load_backbone(self, state: dict) -> list[str]:
+        """Load ImageNet weights into everything but the head; returns the keys left out."""
+        prefix = self.head_name + "."
+        own = self.net.state_dict()
+        kept = {k: v for k, v in state.items() if not k.startswith(prefix) and k in own}
+        missing = [k for k in own if not k.startswith(prefix) and k not in kept]
+        if missing:
+            raise ValueError(f"the weights do not fit {self.arch}: {len(missing)} backbone tensors missing, "
+                             f"e.g. {missing[:3]}")
+        wrong = [k for k, v in kept.items() if v.shape != own[k].shape]
+        if wrong:
+            raise ValueError(f"the weights do not fit {self.arch}: shape mismatch for {wrong[:3]}")
+        self.net.load_state_dict(kept, strict=False)
+        return [k for k in state if k not in kept]
+
+
+def build_model(arch: str = "resnet18", outputs: int = 5, head: str = "linear", pretrained: bool = False,
+                weights_tag: str = "IMAGENET1K_V1", weights_file: str | None = None,
+                check_hash: bool = True) -> tuple[Grader, str]:
+    """Return (model, weights origin). ``pretrained`` loads ImageNet weights for the backbone."""
+    model = Grader(arch, outputs, head)
+    origin = "random initialisation (no pretraining)"
+    if pretrained or weights_file:
+        state, origin = load_pretrained_state(arch, weights_tag, weights_file, check_hash)
+        model.load_backbone(state)
+    return model, origin
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())

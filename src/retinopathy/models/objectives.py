@@ -1,0 +1,132 @@
+"""Training objectives. Each maps model outputs to a loss, five grade probabilities and a grade.
+
+``classification``  5 logits, cross-entropy (optional class weights and label smoothing).
+``regression``      1 output trained on the grade with smooth L1; thresholds (tuned on validation for
+                    kappa, stored in the checkpoint) cut it into grades. Its "probabilities" are a soft
+                    assignment ``softmax(-(y - k)^2)`` over grades k: a documented stand-in for reports.
+``ordinal``         4 cumulative logits P(grade > k) (CORAL-style, binary cross-entropy on each);
+                    probabilities are differences of the cumulative ones.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NUM_GRADES = 5
+OBJECTIVES = ("classification", "regression", "ordinal")
+DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+
+
+class Objective:
+    name = "classification"
+    outputs = NUM_GRADES
+
+    def __init__(self, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
+                 thresholds=DEFAULT_THRESHOLDS):
+        self.class_weights = class_weights
+        self.label_smoothing = label_smoothing
+        self.thresholds = [float(t) for t in thresholds]
+
+    def _weights(self, out: torch.Tensor):
+        return None if self.class_weights is None else self.class_weights.to(out.device, torch.float32)
+
+    def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.float(), target, weight=self._weights(out), label_smoothing=self.label_smoothing)
+
+    def probabilities(self, out: torch.Tensor) -> torch.Tensor:
+        return out.float().softmax(1)
+
+    def score(self, out: torch.Tensor) -> torch.Tensor:
+        """A continuous severity score (expected grade), used to tune thresholds."""
+        return (self.probabilities(out) * torch.arange(NUM_GRADES, device=out.device)).sum(1)
+
+    def predict(self, out: torch.Tensor) -> torch.Tensor:
+        return out.argmax(1)
+
+
+class Regression(Objective):
+    name = "regression"
+    outputs = 1
+
+    def loss(self, out, target):
+        per = F.smooth_l1_loss(out.float().squeeze(1), target.float(), reduction="none")
+        w = self._weights(out)
+        return (per * w[target]).sum() / w[target].sum() if w is not None else per.mean()
+
+    def score(self, out):
+        return out.float().squeeze(1)
+
+    def probabilities(self, out):
+        k = torch.arange(NUM_GRADES, device=out.device, dtype=torch.float32)
+        return (-(self.score(out)[:, None] - k) ** 2).softmax(1)
+
+    def predict(self, out):
+        return torch.bucketize(self.score(out), torch.tensor(self.thresholds, device=out.device), right=True)
+
+
+class Ordinal(Objective):
+    name = "ordinal"
+    outputs = NUM_GRADES - 1
+
+    def loss(self, out, target):
+        levels = (target[:, None] > torch.arange(NUM_GRADES - 1, device=out.device)).float()
+        per = F.binary_cross_entropy_with_logits(out.float(), levels, reduction="none").sum(1)
+        w = self._weights(out)
+        return (per * w[target]).sum() / w[target].sum() if w is not None else per.mean()
+
+    def probabilities(self, out):
+        above = out.float().sigmoid()  # P(grade > k), k = 0..3
+        above = torch.cummin(above, dim=1).values  # keep it monotone
+        ones, zeros = torch.ones_like(above[:, :1]), torch.zeros_like(above[:, :1])
+        cum = torch.cat([ones, above, zeros], 1)
+        return (cum[:, :-1] - cum[:, 1:]).clamp_min(0)
+
+    def score(self, out):
+        return out.float().sigmoid().sum(1)
+
+    def predict(self, out):
+        return torch.bucketize(self.score(out), torch.tensor(self.thresholds, device=out.device), right=True)
+
+
+def make_objective(name: str, **kwargs) -> Objective:
+    classes = {"classification": Objective, "regression": Regression, "ordinal": Ordinal}
+    if name not in classes:
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
+    return classes[name](**kwargs)
+
+
+def class_weights(counts: list[int], kind: str, beta: float = 0.999) -> torch.Tensor | None:
+    """``inverse``: n / (K * count); ``effective``: (1 - beta) / (1 - beta^count) (Cui et al. 2019), mean 1."""
+    if kind == "none":
+        return None
+    c = np.maximum(np.asarray(counts, dtype=np.float64), 1)
+    if kind == "inverse":
+        w = c.sum() / (len(c) * c)
+    elif kind == "effective":
+        w = (1 - beta) / (1 - beta ** c)
+    else:
+        raise ValueError(f"unknown class weighting {kind!r}; choose none, inverse or effective")
+    return torch.tensor(w / w.mean(), dtype=torch.float32)
+
+
+def tune_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Thresholds that maximise quadratic weighted kappa on (scores, labels): coordinate search from 0.5..3.5."""
+    from sklearn.metrics import cohen_kappa_score
+
+    t = list(DEFAULT_THRESHOLDS)
+
+    def kappa(th):
+        return cohen_kappa_score(labels, np.digitize(scores, th), weights="quadratic")
+
+    best = kappa(t)
+    for _ in range(3):
+        for i in range(len(t)):
+            lo = t[i - 1] if i else scores.min() - 1
+            hi = t[i + 1] if i + 1 < len(t) else scores.max() + 1
+            for cand in np.linspace(max(lo, t[i] - 1), min(hi, t[i] + 1), 41):
+                trial = t[:i] + [float(cand)] + t[i + 1:]
+                k = kappa(trial)
+                if k > best + 1e-9:
+                    best, t = k, trial
+    return [round(v, 4) for v in t]

@@ -1,0 +1,83 @@
+"""ImageNet weights through torchvision's weight enums and cache, checked, offline-aware.
+
+torchvision keeps downloaded weights in ``$TORCH_HOME/hub/checkpoints/<name>-<sha256 prefix>.pth`` and
+checks the hash only when it downloads. Here a cached (or given) file is checked against the prefix in
+its name before it is loaded, and a file that is neither cached nor downloadable stops the run with a
+message that says what to do.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from urllib.error import URLError
+
+import torch
+from torch.hub import HASH_REGEX
+from torchvision.models import get_model_weights
+
+
+class WeightsError(RuntimeError):
+    """Pretrained weights that cannot be had or do not match."""
+
+
+def weights_enum(model: str, tag: str = "IMAGENET1K_V1"):
+    try:
+        enum = get_model_weights(model)
+    except (ValueError, KeyError) as e:
+        raise WeightsError(f"torchvision has no weights for model {model!r}: {e}") from None
+    try:
+        return enum[tag]
+    except KeyError:
+        raise WeightsError(f"{enum.__name__} has no {tag!r}; available: "
+                           f"{', '.join(w.name for w in enum)}") from None
+
+
+def cache_path(weights) -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def check_hash(path: Path) -> None:
+    """Compare the file's SHA-256 with the prefix torchvision puts in its name (``resnet18-f37072fd.pth``)."""
+    m = HASH_REGEX.search(path.name)
+    if not m or not m.group(1):
+        return
+    expected = m.group(1)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    actual = h.hexdigest()[: len(expected)]
+    if actual != expected:
+        raise WeightsError(f"{path}: SHA-256 starts with {actual} but the file name says {expected}; the "
+                           "file is corrupt or not the published weights. Delete it to download again, "
+                           "or pass --no-check-weights-hash if you made it yourself.")
+
+
+def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | None = None,
+                          verify: bool = True) -> tuple[dict, str]:
+    """State dict of ImageNet weights for ``model`` and a description of where it came from."""
+    if file:
+        path = Path(file)
+        if not path.exists():
+            raise WeightsError(f"weights file {path} not found")
+        if verify:
+            check_hash(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return state.get("model", state) if isinstance(state, dict) else state, f"file {path}"
+    weights = weights_enum(model, tag)
+    path = cache_path(weights)
+    if path.exists() and verify:
+        check_hash(path)
+    try:
+        state = weights.get_state_dict(progress=True, check_hash=verify, weights_only=True)
+    except (URLError, OSError, RuntimeError) as e:
+        if path.exists():
+            raise
+        raise WeightsError(
+            f"ImageNet weights {type(weights).__name__}.{weights.name} are not cached and could not be "
+            f"downloaded ({type(e).__name__}: {e}).\n  expected file: {path.name}\n  cache folder: {path.parent}"
+            f" (set TORCH_HOME to move it)\n  download address: {weights.url}\n"
+            "Either copy the file there from a machine with network access, pass --weights FILE, "
+            "or train from scratch with --no-pretrained.") from None
+    return state, f"torchvision {type(weights).__name__}.{weights.name} ({path.name})"

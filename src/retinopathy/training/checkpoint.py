@@ -1,0 +1,67 @@
+"""Checkpoints: written atomically (temp file, then ``os.replace``), read with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``model`` (state dict),
+``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (last finished), ``phase``, ``rng``, ``best``,
+``config`` and ``model_info`` (architecture, head, objective, thresholds, preprocessing, class names).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+FORMAT = "retinopathy-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a usable retinopathy checkpoint."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load and validate a checkpoint; every failure says which file and why."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
+            if candidate.exists():
+                path = candidate
+                break
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({first}); it may be truncated "
+                              "or not a PyTorch file. Use checkpoints/last.pt or best.pt of a finished epoch.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a retinopathy checkpoint (no '{FORMAT}' marker); "
+                              "train one with `retinopathy train`, or pass ImageNet weights with --weights")
+    if int(ckpt.get("version", 0)) > VERSION:
+        raise CheckpointError(f"{path}: written by a newer retinopathy (checkpoint format {ckpt['version']}, "
+                              f"this version reads up to {VERSION}); upgrade the package")
+    return ckpt
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,147 @@
+"""Options of ``retinopathy train``: built-in defaults < ``--preset`` < ``--config FILE`` < command line.
+
+The resolved configuration is saved with each run (``config.yaml``), as timm does.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from ..cli.common import add_data_arguments
+from ..data.transforms import AUGMENT, PREPROCESS
+from ..models.factory import HEADS
+from ..models.objectives import OBJECTIVES
+
+PRESETS: dict[str, dict] = {
+    # The course lab's recipe: SGD 1e-3, momentum 0.9, wd 5e-4, CE, 20 epochs of which 5 frozen,
+    # batch 12 (ResNet18) / 6 (ResNet50), 512 px, Resize+CenterCrop+flips, lab head, selection on test.
+    "lab": dict(optimizer="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, epochs=20, freeze_epochs=5,
+                image_size=512, head="lab", augment="flips", preprocess="lab", scheduler="none",
+                warmup_epochs=0, label_smoothing=0.0, class_weights="none", sampler="random",
+                objective="classification", select_on="test", select_metric="accuracy", val_fraction=0.0),
+}
+LAB_BATCH = {"resnet50": 6}
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("retinopathy train", add_help=add_help,
+                                description="Train a DR grader (frozen backbone first, then fine-tuning).")
+    p.add_argument("-c", "--config", help="YAML file of option defaults (keys = option names with _)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; 'lab' reproduces the course lab")
+    p.add_argument("--data", required=False, help="dataset folder (any supported format)")
+    add_data_arguments(p)
+
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default="resnet18", help="torchvision model name (resnet18, resnet50, ...)")
+    g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="ImageNet weights for the backbone (default: on, as torchvision users expect)")
+    g.add_argument("--weights-tag", default="IMAGENET1K_V1", help="which torchvision weights (e.g. IMAGENET1K_V2)")
+    g.add_argument("--weights", help="load backbone weights from this file instead of torchvision's cache")
+    g.add_argument("--check-weights-hash", action=argparse.BooleanOptionalAction, default=True,
+                   help="check the SHA-256 prefix in a torchvision weights file name")
+    g.add_argument("--head", choices=HEADS, default="linear", help="'lab': fc->50->ReLU->Dropout(0.25)->5")
+    g.add_argument("--objective", choices=OBJECTIVES, default="classification")
+
+    g = p.add_argument_group("schedule and optimisation")
+    g.add_argument("--epochs", type=int, default=20, help="total epochs, frozen ones included")
+    g.add_argument("--freeze-epochs", type=int, default=1, help="epochs that train only the head (lab: 5)")
+    g.add_argument("-b", "--batch-size", type=int, default=None, help="images per process (default 32; lab 12/6)")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--scheduler", choices=("none", "cosine"), default="cosine")
+    g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up at the start of each phase")
+    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--class-weights", choices=("none", "inverse", "effective"), default="none")
+    g.add_argument("--sampler", choices=("random", "balanced"), default="random")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms, exact resume")
+
+    g = p.add_argument_group("images")
+    g.add_argument("--image-size", type=int, default=512)
+    g.add_argument("--preprocess", choices=PREPROCESS, default="lab")
+    g.add_argument("--augment", choices=AUGMENT, default="fundus")
+    g.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores)")
+
+    g = p.add_argument_group("model selection")
+    g.add_argument("--select-on", choices=("auto", "val", "test"), default="auto",
+                   help="split that picks best.pt (auto: val when there is one; test only to reproduce the lab)")
+    g.add_argument("--select-metric", choices=("accuracy", "kappa"), default="kappa")
+    g.add_argument("--eval-splits", default="val,test", help="splits evaluated after every epoch")
+
+    g = p.add_argument_group("engine")
+    g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
+                   help="mixed precision (auto: bf16 on CUDA, none on CPU)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last memory format (default: on for conv models on CUDA)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+
+    g = p.add_argument_group("output")
+    g.add_argument("--out", help="run folder (e.g. runs/NAME)")
+    g.add_argument("--resume", help="continue the run in this folder where it stopped")
+    g.add_argument("--stop-after", type=int, default=None,
+                   help="run at most this many epochs now, then stop cleanly (continue with --resume)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse with the precedence defaults < preset < config file < command line."""
+    parser = get_args_parser()
+    pre, _ = parser.parse_known_args(argv)
+    layered: dict = {}
+    if pre.resume and not pre.config:
+        saved = Path(pre.resume) / "config.yaml"
+        if saved.exists():
+            layered.update(yaml.safe_load(saved.read_text())["train"])
+    file_cfg = yaml.safe_load(Path(pre.config).read_text()) or {} if pre.config else {}
+    preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
+    if preset:
+        layered.update(PRESETS[preset])
+    layered.update(file_cfg)
+    known = {a.dest for a in parser._actions}
+    unknown = sorted(set(layered) - known)
+    if unknown:
+        raise SystemExit(f"error: unknown option(s) in config: {', '.join(unknown)}")
+    parser.set_defaults(**layered)
+    args = parser.parse_args(argv)
+    if args.batch_size is None:
+        args.batch_size = LAB_BATCH.get(args.model, 12) if args.preset == "lab" else 32
+    if not args.data:
+        parser.error("--data is required (or set data: in the config file)")
+    if not args.out and not args.resume:
+        parser.error("--out runs/NAME is required")
+    args.out = args.out or args.resume
+    if not 0 <= args.freeze_epochs <= args.epochs:
+        parser.error("--freeze-epochs must be between 0 and --epochs")
+    return args
+
+
+def environment() -> dict:
+    """Package and library versions, hardware, and the git commit if any."""
+    import numpy
+    import PIL
+    import sklearn
+    import torch
+    import torchvision
+
+    from .. import __version__
+
+    env = {"retinopathy": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
+           "torchvision": str(torchvision.__version__), "numpy": numpy.__version__, "pillow": PIL.__version__,
+           "scikit_learn": sklearn.__version__, "platform": platform.platform(),
+           "cpu": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(),
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        root = Path(__file__).resolve().parents[3]
+        env["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                                           text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        env["git_commit"] = None
+    return env

@@ -1,0 +1,63 @@
+"""Multi-process set-up from torchrun's (or SLURM's) environment, as torchvision's references do."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    enabled: bool = False
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group named by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS.
+
+    ``nccl`` on CUDA, ``gloo`` otherwise. A single process returns ``DistInfo(enabled=False)``.
+    """
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
+        local = int(env.get("SLURM_LOCALID", rank % max(1, torch.cuda.device_count())))
+        env.setdefault("MASTER_PORT", "29500")
+        if "MASTER_ADDR" not in env:
+            raise RuntimeError("under SLURM set MASTER_ADDR (e.g. the first host of $SLURM_NODELIST), "
+                               "or launch with torchrun")
+    else:
+        return DistInfo()
+    if world <= 1:
+        return DistInfo()
+    if device_type == "cuda":
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
+    return DistInfo(True, rank, world, local)
+
+
+def all_gather_objects(obj, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,123 @@
+"""The training loop in plain PyTorch: ``train_one_epoch`` and ``evaluate`` (torchvision-references style).
+
+Batches arrive as uint8 and are normalised on the device (:class:`~retinopathy.data.transforms.Normalize`).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Sampler
+from tqdm import tqdm
+
+from .distributed import DistInfo, all_gather_objects
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def set_train_mode(model: nn.Module, frozen: bool) -> None:
+    """Train mode, except that a frozen backbone stays in eval mode (BatchNorm statistics do not move)."""
+    model.train()
+    if frozen:
+        for m in model.backbone_modules():
+            m.eval()
+
+
+def to_device(images: torch.Tensor, device: torch.device, normalize: nn.Module, channels_last: bool):
+    images = images.to(device, non_blocking=True)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return normalize(images)
+
+
+def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, grader, frozen: bool,
+                    scheduler=None, scaler=None, amp="none", channels_last=False, progress=True,
+                    desc="train") -> dict:
+    """One pass over ``loader``; returns mean loss per image, accuracy, images and images/s."""
+    set_train_mode(grader, frozen)
+    total_loss, correct, seen = 0.0, 0, 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    for images, target in bar:
+        images = to_device(images, device, normalize, channels_last)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(images)
+        loss = objective.loss(out, target)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"loss is {loss.item()} at image {seen} of this epoch; lower --lr "
+                                     "or use --amp bf16/none")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        n = target.shape[0]
+        total_loss += loss.item() * n
+        correct += (objective.predict(out.detach()) == target).sum().item()
+        seen += n
+        elapsed = time.perf_counter() - start
+        bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
+                        img_s=f"{seen / max(elapsed, 1e-9):.1f}")
+    elapsed = time.perf_counter() - start
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen,
+            "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
+
+
+class ShardSampler(Sampler):
+    """Every ``world``-th index from ``rank``: each sample is evaluated exactly once across processes."""
+
+    def __init__(self, n: int, rank: int = 0, world: int = 1):
+        self.indices = list(range(rank, n, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+@torch.no_grad()
+def evaluate(model, objective, loader, device, normalize, *, amp="none", channels_last=False,
+             dist: DistInfo = DistInfo(), progress=True, desc="eval") -> dict:
+    """Predict every sample of ``loader.dataset`` once (also across processes) and gather the results.
+
+    Returns arrays in dataset order: ``labels``, ``outputs`` (raw), ``probs``, ``scores``, and mean ``loss``.
+    """
+    model.eval()
+    outputs, labels, loss_sum = [], [], 0.0
+    for images, target in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+        images = to_device(images, device, normalize, channels_last)
+        target = target.to(device, non_blocking=True)
+        with autocast(device, amp):
+            out = model(images)
+        out = out.float()
+        loss_sum += objective.loss(out, target).item() * target.shape[0]
+        outputs.append(out.cpu())
+        labels.append(target.cpu())
+    local = {"indices": list(loader.sampler) if isinstance(loader.sampler, ShardSampler)
+             else list(range(len(loader.dataset))),
+             "outputs": torch.cat(outputs) if outputs else torch.empty(0, objective.outputs),
+             "labels": torch.cat(labels) if labels else torch.empty(0, dtype=torch.long), "loss_sum": loss_sum}
+    parts = all_gather_objects(local, dist)
+    order = np.argsort(np.concatenate([p["indices"] for p in parts]), kind="stable")
+    out = torch.cat([p["outputs"] for p in parts])[order]
+    y = torch.cat([p["labels"] for p in parts])[order]
+    return {"labels": y.numpy(), "outputs": out, "probs": objective.probabilities(out).numpy(),
+            "scores": objective.score(out).numpy(), "preds": objective.predict(out).numpy(),
+            "loss": sum(p["loss_sum"] for p in parts) / max(len(y), 1)}

@@ -1,0 +1,324 @@
+"""``retinopathy train``: fit a DR grader, frozen backbone first, then fine-tuning; resumable; DDP-ready.
+
+Read top to bottom: ``main(args)`` sets up devices and data, then runs epochs of ``train_one_epoch`` and
+``evaluate`` (see engine.py), writing ``metrics.csv`` and checkpoints on rank 0 only.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+
+from ..cli.common import catalog_options
+from ..data import DataError, FundusDataset, Normalize, load_catalog
+from ..data.formats import GRADES
+from ..evaluation.metrics import summary
+from ..models import build_model, make_objective
+from ..models.factory import is_convolutional
+from ..models.objectives import class_weights, tune_thresholds
+from ..models.weights import WeightsError
+from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import environment, parse_args
+from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .engine import ShardSampler, evaluate, train_one_epoch
+
+GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def engine_settings(args, device: torch.device, model) -> tuple[str, bool]:
+    """(amp, channels_last) after 'auto': bf16 and channels_last on CUDA, neither on CPU."""
+    amp = ("bf16" if device.type == "cuda" else "none") if args.amp == "auto" else args.amp
+    cl = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    return amp, bool(cl and is_convolutional(model))
+
+
+class BalancedSampler(WeightedRandomSampler):
+    """Class-balanced sampling with replacement, sharded across processes, reseeded by ``set_epoch``."""
+
+    def __init__(self, labels, seed: int, rank: int = 0, world: int = 1):
+        counts = np.bincount(labels, minlength=5).astype(float)
+        weights = 1.0 / np.maximum(counts, 1)[labels]
+        self.per_rank = math.ceil(len(labels) / world)
+        super().__init__(weights.tolist(), self.per_rank * world, generator=torch.Generator())
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
+
+    def __iter__(self):
+        return iter(list(super().__iter__())[self.rank::self.world])
+
+    def __len__(self):
+        return self.per_rank
+
+
+def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int):
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda", drop_last=False,
+                      persistent_workers=workers > 0 and not deterministic,
+                      prefetch_factor=4 if workers > 0 else None,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+def build_optimizer(args, params):
+    params = [p for p in params if p.requires_grad]
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+
+
+def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
+    """Per-step schedule over one phase: linear warm-up, then cosine to zero (or constant)."""
+    if args.scheduler == "none":
+        return None
+    total = max(1, steps_per_epoch * phase_epochs)
+    warm = min(int(args.warmup_epochs * steps_per_epoch), total - 1)
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / (warm + 1)
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def metrics_columns(eval_splits) -> list[str]:
+    cols = ["epoch", "phase", "lr", "train_loss", "train_accuracy"]
+    for sp in eval_splits:
+        cols += [f"{sp}_loss", f"{sp}_accuracy", f"{sp}_kappa", f"{sp}_macro_f1",
+                 *[f"{sp}_recall_{g}" for g in GRADES]]
+    return cols + ["epoch_seconds", "images_per_s"]
+
+
+def main(args) -> dict:
+    dist = init_distributed(pick_device(args.device).type)
+    device = pick_device(args.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    progress = not args.quiet and sys.stderr.isatty() and dist.main
+    out = Path(args.out)
+    torch.manual_seed(args.seed)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    # ---- resume ----------------------------------------------------------------------------------------
+    ckpt = None
+    if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
+        ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
+        if ckpt["config"]["model"] != args.model:
+            raise CheckpointError(f"{args.resume}: the run trained {ckpt['config']['model']}, not {args.model}")
+    split_file = out / "split.csv" if ckpt is not None else args.split_file
+
+    # ---- data ------------------------------------------------------------------------------------------
+    opts = catalog_options(args)
+    opts["split_file"] = split_file
+    catalog = load_catalog(args.data, **opts)
+    splits_present = {s.split for s in catalog.samples}
+    eval_splits = [sp for sp in args.eval_splits.split(",") if sp and sp in splits_present]
+    select_on = args.select_on if args.select_on != "auto" else ("val" if "val" in splits_present else "test")
+    if select_on not in eval_splits:
+        if select_on not in splits_present:
+            raise DataError([], hint=f"--select-on {select_on}: the data has no {select_on} split")
+        eval_splits.append(select_on)
+    common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad))
+    train_set = FundusDataset(catalog, "train", augment=args.augment, **common)
+    eval_sets = {sp: FundusDataset(catalog, sp, **common) for sp in eval_splits}
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        train_set.write_split(out / "split.csv")
+
+    # ---- model -----------------------------------------------------------------------------------------
+    counts = train_set.class_counts()
+    objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
+                               label_smoothing=args.label_smoothing)
+    if args.objective != "classification" and args.label_smoothing:
+        raise SystemExit("error: --label-smoothing applies to the classification objective only")
+    model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
+                                args.weights_tag, None if ckpt else args.weights, args.check_weights_hash)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        origin = ckpt["model_info"]["weights_origin"]
+        objective.thresholds = list(ckpt["model_info"]["thresholds"])
+    amp, channels_last = engine_settings(args, device, model)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    grader = model
+    normalize = Normalize(train_set.preprocessing.mean, train_set.preprocessing.std).to(device)
+
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // dist.world_size)
+    if args.sampler == "balanced":
+        train_sampler = BalancedSampler(np.array(train_set.targets), args.seed, dist.rank, dist.world_size)
+    else:
+        train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
+    train_loader = make_loader(train_set, args.batch_size, workers, device, train_sampler, args.deterministic,
+                               args.seed)
+    eval_loaders = {sp: make_loader(ds, args.batch_size, workers, device,
+                                    ShardSampler(len(ds), dist.rank, dist.world_size), args.deterministic, 0)
+                    for sp, ds in eval_sets.items()}
+
+    model_info = {"arch": args.model, "head": args.head, "objective": args.objective,
+                  "num_outputs": objective.outputs, "num_classes": 5, "class_names": GRADE_NAMES,
+                  "preprocessing": train_set.preprocessing.to_dict(), "weights_origin": origin,
+                  "thresholds": objective.thresholds, "head_name": grader.head_name}
+    config = {"train": {k: v for k, v in vars(args).items()},
+              "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
+                       "labels": [str(p) for p in catalog.labels], "images": str(catalog.image_root),
+                       "split_file": str(out / "split.csv"), "train_counts": counts,
+                       "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
+                       "leakage_warnings": train_set.warnings,
+                       "skipped": [str(p) for p in train_set.skipped]},
+              "selection": {"split": select_on, "metric": args.select_metric,
+                            "note": "selected on the test split (reproduces the lab; optimistic)"
+                            if select_on == "test" else "selected on the validation split"},
+              "engine": {"device": str(device), "amp": amp, "channels_last": channels_last, "workers": workers,
+                         "world_size": dist.world_size},
+              "weights": origin, "environment": environment()}
+    if dist.main:
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # ---- epochs ----------------------------------------------------------------------------------------
+    columns = metrics_columns(eval_splits)
+    metrics_path = out / "metrics.csv"
+    start_epoch, best = 0, {"value": -math.inf, "epoch": None}
+    if ckpt is not None:
+        start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
+        set_rng_state(ckpt["rng"])
+        if dist.main and metrics_path.exists():  # drop rows of epochs that were not checkpointed
+            with open(metrics_path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
+            _write_rows(metrics_path, columns, rows)
+    elif dist.main:
+        _write_rows(metrics_path, columns, [])
+    if dist.main:
+        print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating {eval_splits}, "
+              f"selecting on {select_on} by {args.select_metric}; device {device}, amp {amp}, "
+              f"channels_last {channels_last}, {dist.world_size} process(es) -> {out}")
+
+    current_phase = None
+    ran = 0
+    last_result = {}
+    for epoch in range(start_epoch, args.epochs):
+        if args.stop_after is not None and ran >= args.stop_after:
+            break
+        frozen = epoch < args.freeze_epochs
+        phase = "frozen" if frozen else "finetune"
+        if current_phase != phase:  # a new phase: new trainable set, optimizer, scheduler, DDP wrapper
+            for p in model.parameters():
+                p.requires_grad = True
+            if frozen:
+                for m in grader.backbone_modules():
+                    for p in m.parameters(recurse=False):
+                        p.requires_grad = False
+            optimizer = build_optimizer(args, model.parameters())
+            phase_epochs = args.freeze_epochs if frozen else args.epochs - args.freeze_epochs
+            scheduler = build_scheduler(args, optimizer, len(train_loader), phase_epochs)
+            scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+            if ckpt is not None and ckpt["phase"] == phase:
+                optimizer.load_state_dict(ckpt["optimizer"])
+                if scheduler is not None and ckpt.get("scheduler"):
+                    scheduler.load_state_dict(ckpt["scheduler"])
+                if scaler is not None and ckpt.get("scaler"):
+                    scaler.load_state_dict(ckpt["scaler"])
+            runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+                if dist.enabled else model
+            if args.compile:
+                runner = torch.compile(runner)
+            current_phase = phase
+        # Each epoch's randomness is a function of (seed, epoch): resuming repeats it exactly.
+        torch.manual_seed(args.seed * 100003 + epoch)
+        train_loader.generator.manual_seed(args.seed * 100003 + epoch)
+        train_sampler.set_epoch(epoch)
+        t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
+        tr = train_one_epoch(runner, objective, optimizer, train_loader, device, normalize, grader=grader,
+                             frozen=frozen, scheduler=scheduler, scaler=scaler, amp=amp,
+                             channels_last=channels_last, progress=progress,
+                             desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]")
+        results = {sp: evaluate(model, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
+                                dist=dist, progress=progress, desc=f"eval {sp}")
+                   for sp, loader in eval_loaders.items()}
+        if args.objective != "classification":  # thresholds tuned for kappa on the selection split
+            sel = results[select_on]
+            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"])
+            model_info["thresholds"] = objective.thresholds
+            for r in results.values():
+                r["preds"] = np.digitize(r["scores"], objective.thresholds)
+        row = {"epoch": epoch, "phase": phase, "lr": lr,
+               "train_loss": tr["loss"], "train_accuracy": tr["accuracy"]}
+        for sp, r in results.items():
+            m = summary(r["labels"], r["preds"])
+            row.update({f"{sp}_loss": r["loss"], f"{sp}_accuracy": m["accuracy"], f"{sp}_kappa": m["kappa"],
+                        f"{sp}_macro_f1": m["macro_f1"],
+                        **{f"{sp}_recall_{g}": m["recall"][g] for g in GRADES}})
+        row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"] * dist.world_size)
+        value = row[f"{select_on}_{args.select_metric}"]
+        improved = value > best["value"]
+        if improved:
+            best = {"value": value, "epoch": epoch, "metric": args.select_metric, "split": select_on}
+        if dist.main:
+            _write_rows(metrics_path, columns, [row], append=True)
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict() if scheduler else None,
+                     "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
+                     "rng": rng_state(), "best": best, "config": _plain(vars(args)), "model_info": model_info}
+            save_checkpoint(state, out / "checkpoints" / "last.pt")
+            if improved:
+                save_checkpoint(state, out / "checkpoints" / "best.pt")
+            print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}"
+                  + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa {row[f'{sp}_kappa']:.3f}"
+                            for sp in results)
+                  + f" | {tr['images_per_s'] * dist.world_size:.1f} img/s" + (" *best" if improved else ""))
+        barrier(dist)
+        ran += 1
+        last_result = row
+    cleanup(dist)
+    return {"out": str(out), "best": best, "last": last_result}
+
+
+def _plain(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is None or isinstance(v, (str, int, float, bool))}
+
+
+def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
+    if append:
+        with open(path, "a", newline="") as f:
+            csv.DictWriter(f, columns).writerows(rows)
+        return
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        main(args)
+    except (DataError, WeightsError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
