@@ -12,6 +12,12 @@ COMMANDS = [synth, data_check]
 # Commands with parsers of their own (torchvision-references style ``get_args_parser``): module, function, help.
 SCRIPTS = {
     "train": ("retinopathy.training.train", "cli", "train a DR grader (frozen, then fine-tuned)"),
+    "evaluate": ("retinopathy.evaluation.evaluate", "cli", "evaluate a checkpoint on a dataset split"),
+    "experiment": ("retinopathy.experiments.runner", "cli", "run a grid of training runs from a YAML file"),
+    "report": ("retinopathy.reporting.report", "cli", "build an HTML/Markdown report of runs"),
+    "prepare": ("retinopathy.data.prepare", "cli", "decode once at reduced size into a fast cache"),
+    "predict": ("retinopathy.inference.predict", "cli", "grade photographs with a trained checkpoint"),
+    "export": ("retinopathy.inference.export", "cli", "export a checkpoint to ONNX or TorchScript"),
 }
 
 

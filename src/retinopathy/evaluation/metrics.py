@@ -56,3 +56,20 @@ def full_metrics(y_true, y_pred, probs) -> dict:
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=GRADES).tolist(),
     })
     return out
+
+
+def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients)."""
+    y_true, y_pred, groups = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    acc, kap = [], []
+    for _ in range(n):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
+        acc.append(accuracy_score(y_true[idx], y_pred[idx]))
+        kap.append(quadratic_kappa(y_true[idx], y_pred[idx]))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {"level": level, "resamples": n, "unit": "patient",
+            "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
+            "kappa": [float(np.percentile(kap, lo)), float(np.percentile(kap, hi))]}

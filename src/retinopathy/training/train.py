@@ -282,7 +282,7 @@ def main(args) -> dict:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
-                     "rng": rng_state(), "best": best, "config": _plain(vars(args)), "model_info": model_info}
+                     "rng": rng_state(), "best": best, "config": {**_plain(vars(args)), "data": config["data"]["path"]}, "model_info": model_info}
             save_checkpoint(state, out / "checkpoints" / "last.pt")
             if improved:
                 save_checkpoint(state, out / "checkpoints" / "best.pt")

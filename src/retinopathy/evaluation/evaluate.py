@@ -1,0 +1,137 @@
+"""``retinopathy evaluate CHECKPOINT --data DATA --split test --out DIR``: measure a trained grader honestly.
+
+Writes ``metrics.json`` (accuracy beside the majority-class accuracy, quadratic kappa with patient-level
+bootstrap CIs, macro-F1, per-grade precision/recall/F1, referable-DR AUC, counts), ``predictions.csv``
+(every image, gathered over all batches), ``confusion_matrix.csv`` and ``confusion_matrix.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from ..cli.common import add_data_arguments, catalog_options  # noqa: E402
+from ..data import DataError, FundusDataset, Normalize, load_catalog  # noqa: E402
+from ..models.restore import display_name, restore  # noqa: E402
+from ..training.checkpoint import CheckpointError  # noqa: E402
+from ..training.engine import ShardSampler, evaluate  # noqa: E402
+from ..training.train import engine_settings, make_loader, pick_device  # noqa: E402
+from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("retinopathy evaluate", add_help=add_help,
+                                description="Evaluate a checkpoint on a split of a dataset.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt, or a run folder")
+    p.add_argument("--data", required=True, help="dataset folder (any supported format)")
+    add_data_arguments(p, split_default="test")
+    p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv and the figures")
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("-j", "--workers", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
+    p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (0: none)")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def run_split_file(checkpoint: Path, ckpt: dict, data: str) -> Path | None:
+    """The training run's split.csv, when evaluating on the data the run was trained on."""
+    run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
+    same = str(Path(ckpt["config"].get("data") or "").resolve()) == str(Path(data).resolve())
+    return run / "split.csv" if same and (run / "split.csv").exists() else None
+
+
+def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, device="auto", amp="auto",
+                    progress=True) -> dict:
+    """Run ``model`` over every image of ``dataset`` (uint8 tensors); see :func:`engine.evaluate`."""
+    import os
+
+    device = pick_device(device)
+    model.to(device)
+    ns = argparse.Namespace(amp=amp, channels_last=None)
+    amp, channels_last = engine_settings(ns, device, model)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = make_loader(dataset, batch_size, os.cpu_count() if workers is None else workers, device,
+                         ShardSampler(len(dataset)), True, 0)
+    normalize = Normalize(dataset.preprocessing.mean, dataset.preprocessing.std).to(device)
+    return evaluate(model, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
+                    progress=progress, desc="predict")
+
+
+def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
+    """Row-normalised confusion matrix (rows = true grade), Blues, as in the course lab."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=GRADES, normalize="true", cmap="Blues",
+                                            values_format=".2f", ax=ax, colorbar=True)
+    ax.set_title(title)
+    ax.set_xlabel("Predicted grade")
+    ax.set_ylabel("True grade")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(args) -> dict:
+    checkpoint = Path(args.checkpoint)
+    model, objective, prep, ckpt = restore(checkpoint)
+    opts = catalog_options(args)
+    if not args.split_file:
+        opts["split_file"] = run_split_file(checkpoint, ckpt, args.data)
+    catalog = load_catalog(args.data, **opts)
+    dataset = FundusDataset(catalog, args.split, image_size=prep.size, preprocess=prep.preset, uint8=True,
+                            skip_bad=bool(args.skip_bad))
+    progress = not args.quiet and sys.stderr.isatty()
+    res = predict_dataset(model, objective, dataset, batch_size=args.batch_size, workers=args.workers,
+                          device=args.device, amp=args.amp, progress=progress)
+    y, pred, probs = res["labels"], res["preds"], res["probs"]
+    metrics = full_metrics(y, pred, probs)
+    if args.bootstrap:
+        metrics["ci95"] = bootstrap_ci(y, pred, [s.patient for s in dataset.samples], n=args.bootstrap)
+    info = ckpt["model_info"]
+    metrics.update({"loss": res["loss"], "split": args.split, "data": str(Path(args.data).resolve()),
+                    "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
+                    "epoch": ckpt["epoch"], "selected": ckpt.get("best"),
+                    "skipped": [str(p) for p in dataset.skipped]})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with open(out / "predictions.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
+        for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
+            w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6f}" for v in pr], f"{sc:.6f}"])
+    np.savetxt(out / "confusion_matrix.csv", np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
+               header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
+    confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})",
+                     out / "confusion_matrix.png")
+    ci = metrics.get("ci95")
+    print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f} "
+          f"(majority class {metrics['majority_accuracy']:.4f})"
+          + (f" [95% CI {ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}]" if ci else "")
+          + f" | kappa {metrics['kappa']:.4f}" + (f" [{ci['kappa'][0]:.3f}-{ci['kappa'][1]:.3f}]" if ci else "")
+          + f" | macro-F1 {metrics['macro_f1']:.4f}"
+          + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")
+          + f"\nwritten to {out}")
+    return metrics
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

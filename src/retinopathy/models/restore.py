@@ -1,0 +1,39 @@
+"""Rebuild a trained grader from a checkpoint: model, objective and the preprocessing it was trained with."""
+from __future__ import annotations
+
+from ..data.transforms import Preprocessing
+from ..training.checkpoint import CheckpointError, load_checkpoint
+from .factory import Grader
+from .objectives import NUM_GRADES, Objective, make_objective
+
+DISPLAY = {"resnet": "ResNet", "efficientnet_": "EfficientNet-", "convnext_": "ConvNeXt-", "vit_": "ViT-"}
+
+
+def display_name(arch: str) -> str:
+    """``resnet18`` -> ``ResNet18``, for titles."""
+    for prefix, name in DISPLAY.items():
+        if arch.startswith(prefix):
+            return name + arch[len(prefix):].upper() if prefix != "resnet" else name + arch[len(prefix):]
+    return arch
+
+
+def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preprocessing, dict]:
+    """(model in eval mode, objective, preprocessing, checkpoint dict) from a path or a loaded checkpoint."""
+    ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location)
+    info = ckpt.get("model_info") or {}
+    where = checkpoint if not isinstance(checkpoint, dict) else "checkpoint"
+    if info.get("num_classes", NUM_GRADES) != NUM_GRADES:
+        raise CheckpointError(f"{where}: trained for {info['num_classes']} classes; retinopathy grades 5 (0-4)")
+    try:
+        model = Grader(info["arch"], info["num_outputs"], info["head"])
+        model.load_state_dict(ckpt["model"])
+    except KeyError as e:
+        raise CheckpointError(f"{where}: incomplete model information ({e} missing)") from None
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise CheckpointError(f"{where}: its weights do not fit {info['arch']} with a {info['head']} head and "
+                              f"{info['num_outputs']} outputs ({first})") from None
+    objective = make_objective(info.get("objective", "classification"),
+                               thresholds=info.get("thresholds", (0.5, 1.5, 2.5, 3.5)))
+    model.eval()
+    return model, objective, Preprocessing.from_dict(info["preprocessing"]), ckpt

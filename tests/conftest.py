@@ -1,0 +1,49 @@
+"""Shared fixtures: the real data folder (skip, or fail under REQUIRE_SHARED_DATA=1), small synthetic sets,
+and one tiny trained run reused across test files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_root() -> Path:
+    return Path(os.environ.get("RETINOPATHY_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` (or $RETINOPATHY_SHARED_DATA); skips when absent unless REQUIRE_SHARED_DATA=1."""
+    root = _shared_root()
+    if not (root / "fundus-real").exists():
+        msg = f"shared data not found at {root} (set RETINOPATHY_SHARED_DATA)"
+        if os.environ.get("REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(msg + " and REQUIRE_SHARED_DATA=1")
+        pytest.skip(msg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_small(tmp_path_factory) -> Path:
+    """240 synthetic images at 96 px, balanced grades, Kaggle format."""
+    from retinopathy.data.synth import generate
+
+    out = tmp_path_factory.mktemp("synth_small")
+    generate(out, n=240, size=96, seed=1, balanced=True, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_small, tmp_path_factory) -> Path:
+    """A ResNet18 trained from scratch for 2 epochs (1 frozen) at 64 px on ``synth_small``: the run folder."""
+    from retinopathy.cli.main import main
+
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    rc = main(["train", "--data", str(synth_small), "--model", "resnet18", "--no-pretrained", "--epochs", "2",
+               "--freeze-epochs", "1", "--image-size", "64", "--batch-size", "16", "--workers", "0",
+               "--out", str(run), "--quiet"])
+    assert rc == 0
+    return run
