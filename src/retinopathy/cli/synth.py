@@ -22,6 +22,6 @@ def run(args) -> int:
 
     s = generate(args.out, n=args.n, size=args.size, seed=args.seed, balanced=args.balanced,
                  format=args.format, workers=args.workers, progress=not args.quiet and sys.stderr.isatty())
-    print(f"wrote {s['n']} images ({args.size} px, grades {s['grade_counts']}) to {args.out} "
+    print(f"wrote {s['n']} images ({args.size} px, grades {s['counts']}) to {args.out} "
           f"in {s['seconds']:.1f} s ({s['images_per_s']:.0f} images/s)")
     return 0

@@ -99,7 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if pre.resume and not pre.config:
         saved = Path(pre.resume) / "config.yaml"
         if saved.exists():
-            layered.update(yaml.safe_load(saved.read_text())["train"])
+            layered.update({k: v for k, v in yaml.safe_load(saved.read_text())["train"].items()
+                            if k not in ("resume", "stop_after", "config")})
     file_cfg = yaml.safe_load(Path(pre.config).read_text()) or {} if pre.config else {}
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
     if preset:

@@ -25,6 +25,16 @@ def autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
 
 
+def freeze_backbone(grader: nn.Module, frozen: bool) -> None:
+    """Only the head trains while ``frozen``; every parameter trains otherwise."""
+    for p in grader.parameters():
+        p.requires_grad = True
+    if frozen:
+        for m in grader.backbone_modules():
+            for p in m.parameters(recurse=False):
+                p.requires_grad = False
+
+
 def set_train_mode(model: nn.Module, frozen: bool) -> None:
     """Train mode, except that a frozen backbone stays in eval mode (BatchNorm statistics do not move)."""
     model.train()

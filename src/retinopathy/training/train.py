@@ -29,7 +29,7 @@ from ..models.weights import WeightsError
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args
 from .distributed import DistInfo, barrier, cleanup, init_distributed
-from .engine import ShardSampler, evaluate, train_one_epoch
+from .engine import ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 
@@ -226,12 +226,7 @@ def main(args) -> dict:
         frozen = epoch < args.freeze_epochs
         phase = "frozen" if frozen else "finetune"
         if current_phase != phase:  # a new phase: new trainable set, optimizer, scheduler, DDP wrapper
-            for p in model.parameters():
-                p.requires_grad = True
-            if frozen:
-                for m in grader.backbone_modules():
-                    for p in m.parameters(recurse=False):
-                        p.requires_grad = False
+            freeze_backbone(grader, frozen)
             optimizer = build_optimizer(args, model.parameters())
             phase_epochs = args.freeze_epochs if frozen else args.epochs - args.freeze_epochs
             scheduler = build_scheduler(args, optimizer, len(train_loader), phase_epochs)

@@ -1,0 +1,92 @@
+"""Grad-CAM heatmaps (captum's ``LayerGradCam``) on the model that predicted, overlaid on the image it saw.
+
+Which layer (:func:`cam_layer`): ``net.layer4`` (the last convolutional block) for ResNet-style models;
+otherwise the last direct child of ``net`` whose output, on a probe image, is a 4-D feature map larger than
+1x1 and which is not a pooling layer: ``features`` for EfficientNet, ConvNeXt, MobileNet, DenseNet and VGG,
+``trunk_output`` for RegNet, ``Mixed_7c`` for Inception-v3. Vision transformers have no such map and are
+refused.
+
+What is explained: the logit of the predicted grade (classification); for the regression and ordinal
+objectives, the continuous severity ``score`` (regression output / sum of P(grade > k)), whatever the grade,
+so a hot region is one that pushes the grade up. Heatmaps are ReLU'd, upsampled bilinearly
+(``LayerAttribution.interpolate``) to the input size and scaled to [0, 1] per image.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import torch
+from captum.attr import LayerAttribution, LayerGradCam
+from PIL import Image
+from torch import nn
+
+POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
+
+
+def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
+    """The layer whose activations Grad-CAM weighs (see the module docstring for the rule)."""
+    net = getattr(model, "net", model)
+    if isinstance(getattr(net, "layer4", None), nn.Module):
+        return net.layer4
+    if hasattr(net, "conv_proj") and hasattr(net, "encoder"):
+        raise ValueError(f"{type(net).__name__} is a vision transformer: it has no convolutional feature map "
+                         "for Grad-CAM; use a convolutional model (ResNet, EfficientNet, ConvNeXt, ...)")
+    seen: list[tuple[nn.Module, torch.Size | None]] = []
+
+    def hook(module, _inputs, output):
+        seen.append((module, output.shape if isinstance(output, torch.Tensor) else None))
+
+    handles = [child.register_forward_hook(hook) for child in net.children()]
+    param = next(net.parameters())
+    was_training = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            net(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype))
+    finally:
+        for h in handles:
+            h.remove()
+        net.train(was_training)
+    maps = [m for m, shape in seen if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1
+            and not isinstance(m, POOLING)]
+    if not maps:
+        raise ValueError(f"{type(net).__name__}: no layer with a spatial feature map found for Grad-CAM")
+    return maps[-1]
+
+
+class GradCam:
+    """``GradCam(model, objective)(x, grades)`` -> heatmaps (N, H, W) in [0, 1] for a normalised batch ``x``."""
+
+    def __init__(self, model: nn.Module, objective, layer: nn.Module | None = None, image_size: int = 224):
+        self.layer = layer if layer is not None else cam_layer(model, image_size)
+        self.by_grade = objective.name == "classification"
+        forward = model if self.by_grade else (lambda x: objective.score(model(x))[:, None])
+        self.cam = LayerGradCam(forward, self.layer)
+
+    def __call__(self, x: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
+        target = grades.long() if self.by_grade else 0
+        with torch.enable_grad():
+            attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
+        heat = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
+        peak = heat.flatten(1).amax(1).clamp_min(1e-12)
+        return (heat / peak[:, None, None]).clamp(0, 1).cpu()
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> Image.Image:
+    """The uint8 CHW image the model saw with the ``jet`` heatmap blended in, in proportion to the heat."""
+    base = image.permute(1, 2, 0).cpu().numpy().astype(np.float32) / 255
+    h = heat.numpy()[..., None]
+    colour = matplotlib.colormaps["jet"](heat.numpy())[..., :3]
+    blend = base * (1 - alpha * h) + colour * alpha * h
+    return Image.fromarray((blend * 255 + 0.5).clip(0, 255).astype(np.uint8), "RGB")
+
+
+def save_overlay(image: torch.Tensor, heat: torch.Tensor, path: Path) -> Path:
+    """Write :func:`overlay` as a PNG, atomically; returns ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    overlay(image, heat).save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,222 @@
+"""``retinopathy export CHECKPOINT --format onnx|torchscript --out FILE``: a standalone grader.
+
+The exported model takes a normalised float32 batch ``(N, 3, S, S)`` (RGB, any N) named ``input`` and
+returns the raw model outputs ``(N, K)`` named ``logits`` (5 class logits; 1 score for ``regression``;
+4 cumulative logits for ``ordinal``). What it expects is written beside it in ``FILE.json`` (e.g.
+``grader.onnx.json``): the preprocessing (preset, size, mean, std; geometry of the photograph and
+``(x / 255 - mean) / std`` happen outside the model), objective, thresholds, class names and the parity result.
+
+ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension, falling back to the
+TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
+but still the format LibTorch/C++ loads). Before anything is written, ONNX Runtime (or the reloaded
+TorchScript module) is compared with PyTorch on ``--check-images`` (default: four synthetic renders from
+``retinopathy.data.synth``) at batch sizes 1 and 3; a largest absolute logit difference of ``--tolerance``
+(1e-3) or more fails the export (exit status 1, nothing written).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
+from ..models.restore import restore
+from ..training.checkpoint import CheckpointError
+from .predict import collect_items
+
+FORMATS = ("onnx", "torchscript")
+EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
+MAX_CHECK_IMAGES = 8
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the export does not reproduce PyTorch."""
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("retinopathy export", add_help=add_help,
+                                description="Export a checkpoint to ONNX or TorchScript, checked against PyTorch.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt, or a run folder")
+    p.add_argument("--format", choices=FORMATS, default="onnx")
+    p.add_argument("--out", required=True, help="model file to write (e.g. grader.onnx, grader.ts.pt); "
+                                                "its metadata goes to FILE.json")
+    p.add_argument("--check-images", nargs="+", metavar="PATH",
+                   help=f"images, folders or datasets for the parity check (the first {MAX_CHECK_IMAGES} "
+                        "readable ones; default: synthetic renders)")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference|")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    return p
+
+
+def metadata_path(model_file: str | Path) -> Path:
+    """``grader.onnx`` -> ``grader.onnx.json``."""
+    model_file = Path(model_file)
+    return model_file.with_name(model_file.name + ".json")
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def check_batch(prep, paths=None) -> tuple[torch.Tensor, str]:
+    """Normalised float images for the parity check, and what they are."""
+    transform = build_transform(prep, train=False, uint8=True)
+    if paths:
+        images, used = [], []
+        for item in collect_items(paths):
+            if item.error:
+                continue
+            try:
+                images.append(transform(open_image(item.path, prep.size)))
+            except ImageError as e:
+                print(f"warning: parity check skips {e}", file=sys.stderr)
+                continue
+            used.append(item.path)
+            if len(images) == MAX_CHECK_IMAGES:
+                break
+        if not images:
+            raise DataError([Problem("empty", " ".join(map(str, paths)), None,
+                                     "no readable image for the parity check")])
+        what = f"{len(images)} image(s) from {', '.join(map(str, paths))}"
+    else:
+        try:
+            from ..data.synth import render_fundus
+        except ImportError:
+            render_fundus = None
+        if render_fundus is not None:
+            rng = np.random.default_rng(0)
+            images = [transform(render_fundus(rng, prep.size, g, eye)) for g, eye in
+                      ((0, "left"), (2, "right"), (3, "left"), (4, "right"))]
+            what = "4 synthetic renders (retinopathy.data.synth.render_fundus)"
+        else:
+            g = torch.Generator().manual_seed(0)
+            images = list(torch.randint(0, 256, (4, 3, prep.size, prep.size), generator=g, dtype=torch.uint8))
+            what = "4 random images (retinopathy.data.synth is not available)"
+    return Normalize(prep.mean, prep.std)(torch.stack(images)), what
+
+
+def parity_batches(x: torch.Tensor) -> list[torch.Tensor]:
+    """Batches of 1 and of 3 (cycling the images when there are fewer) covering every image."""
+    cycled = x[torch.arange(max(3, len(x))) % len(x)]
+    return [x[:1]] + [cycled[i:i + 3] for i in range(0, len(cycled) - 2, 3)] + (
+        [cycled[-3:]] if len(cycled) % 3 else [])
+
+
+# ---------------------------------------------------------------------------------------------- export
+def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = None) -> str:
+    """Write ``model`` as one ONNX file with a dynamic batch; returns the exporter that worked."""
+    common = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
+    large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # ONNX protobuf limit
+    try:
+        torch.onnx.export(model, (example,), path, dynamo=True, external_data=large, verbose=False,
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
+        return "torch.export (dynamo)"
+    except Exception as first:  # noqa: BLE001 - any exporter failure: try the other exporter
+        print(f"warning: the dynamo ONNX exporter failed ({type(first).__name__}: {str(first)[:200]}); "
+              "trying the TorchScript-based exporter", file=sys.stderr)
+        for f in path.parent.iterdir():
+            f.unlink()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(model, (example,), path, dynamo=False,
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
+        except Exception as second:  # noqa: BLE001
+            raise ExportError(f"ONNX export failed with both exporters: {first}; {second}") from None
+        return "TorchScript-based (dynamo=False)"
+
+
+def export_torchscript(model, example: torch.Tensor, path: Path) -> str:
+    with warnings.catch_warnings():  # torch.jit is deprecated upstream; it is still what LibTorch loads
+        warnings.simplefilter("ignore", FutureWarning)
+        traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(path))
+    return "torch.jit.trace"
+
+
+def load_runner(path: Path, fmt: str):
+    """A function float batch -> numpy outputs, backed by the exported file."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return lambda x: session.run(["logits"], {"input": x.numpy()})[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu")
+    module.eval()
+    return lambda x: module(x).detach().numpy()
+
+
+def parity(model, runner, x: torch.Tensor) -> float:
+    """Largest absolute difference between PyTorch and the export over :func:`parity_batches`."""
+    worst = 0.0
+    with torch.no_grad():
+        for batch in parity_batches(x):
+            ref = model(batch).float().numpy()
+            got = runner(batch)
+            if got.shape != ref.shape:
+                raise ExportError(f"the export returned shape {got.shape} for a batch of {len(batch)}; "
+                                  f"PyTorch gives {ref.shape}")
+            worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def main(args) -> dict:
+    model, objective, prep, ckpt = restore(Path(args.checkpoint))
+    model = model.cpu().float().eval()
+    x, what = check_batch(prep, args.check_images)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        target = work / out.name
+        example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # batch > 1: the batch must not specialise
+        exporter = (export_onnx(model, example, target, args.opset) if args.format == "onnx"
+                    else export_torchscript(model, example, target))
+        diff = parity(model, load_runner(target, args.format), x)
+        print(f"parity ({'ONNX Runtime' if args.format == 'onnx' else 'TorchScript'} vs PyTorch) on {what}, "
+              f"batch sizes 1 and 3: max |logit difference| = {diff:.2e} (tolerance {args.tolerance:g})")
+        if not diff < args.tolerance:
+            raise ExportError(f"parity check failed: max |logit difference| {diff:.3g} >= {args.tolerance:g}; "
+                              f"{out} was not written")
+        info = ckpt["model_info"]
+        meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model_file": out.name,
+                "model_format": args.format, "exporter": exporter,
+                "input": {"name": "input", "shape": ["batch", 3, prep.size, prep.size], "dtype": "float32",
+                          "layout": "NCHW, RGB", "normalisation": "(pixel / 255 - mean) / std"},
+                "output": {"name": "logits", "shape": ["batch", objective.outputs],
+                           "meaning": "raw model outputs; see objective"},
+                "preprocessing": prep.to_dict(), "objective": objective.name,
+                "thresholds": list(objective.thresholds), "class_names": list(info.get("class_names", [])),
+                "arch": info["arch"], "head": info["head"], "weights_origin": info.get("weights_origin"),
+                "checkpoint": str(Path(args.checkpoint).resolve()), "epoch": ckpt.get("epoch"),
+                "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,
+                           "batch_sizes": [1, 3]}}
+        (work / "meta.json").write_text(json.dumps(meta, indent=2))
+        for f in work.iterdir():  # the model (and any external data), then its metadata
+            if f.name != "meta.json":
+                os.replace(f, out.parent / f.name)
+        os.replace(work / "meta.json", metadata_path(out))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"exported {info['arch']} ({objective.name}, {exporter}) to {out}; preprocessing in {metadata_path(out)}")
+    return meta
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

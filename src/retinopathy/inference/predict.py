@@ -1,0 +1,274 @@
+"""``retinopathy predict CHECKPOINT INPUT... --out predictions.csv``: grade photographs with a trained grader.
+
+INPUT is any mix of image files, folders of images (searched recursively) and datasets (a folder in a
+supported format, or its labels CSV); images from a dataset carry their true grade. Each image goes through
+exactly the code path of training and ``evaluate`` (``open_image`` + ``build_transform(prep, train=False,
+uint8=True)`` with the checkpoint's preprocessing, normalisation on the device), so a prediction here equals
+``evaluate``'s for the same image.
+
+The CSV has one row per image: ``path, image, true_grade`` (blank when unknown), ``predicted_grade``,
+``prob_0..prob_4``, ``referable`` (1 when the predicted grade is 2 or more), ``p_referable`` (P(2)+P(3)+P(4)),
+``score`` (expected grade, or the regression/ordinal score), ``heatmap`` (with ``--cam``) and ``error``: an
+image that cannot be read keeps its row with the reason there and blank predictions; the others are graded.
+With ``--tta`` the probabilities (and scores) are averaged over the identity, horizontal, vertical and both
+flips; the grade is then the most probable one (classification) or the thresholded mean score.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from ..cli.common import add_data_arguments, catalog_options
+from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
+from ..data.formats import detect_format
+from ..data.images import IMAGE_EXTENSIONS
+from ..data.splits import select
+from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
+from ..models.restore import restore
+from ..training.checkpoint import CheckpointError
+from ..training.engine import autocast
+from ..training.train import engine_settings, pick_device
+
+FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
+
+
+@dataclass
+class Item:
+    """One photograph to grade: its file (None when a labelled image is missing), name and known grade."""
+
+    path: str | None
+    image: str
+    label: int | None = None
+    error: str = ""
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("retinopathy predict", add_help=add_help,
+                                description="Grade fundus photographs with a trained checkpoint.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt, or a run folder")
+    p.add_argument("inputs", metavar="INPUT", nargs="+",
+                   help="image files, folders of images (recursive), or datasets (folder or labels CSV)")
+    p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
+    p.add_argument("--tta", action="store_true", help="average probabilities over the four flips")
+    p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
+    add_data_arguments(p, split_default="all")
+    p.add_argument("-b", "--batch-size", type=int, default=32)
+    p.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
+    catalog = load_catalog(data, **opts)
+    for p in catalog.problems:
+        if p.kind != "missing-image":  # missing images get a row of their own below
+            print(f"warning: {p}", file=sys.stderr)
+    return [Item(s.path, s.image, s.label, "" if s.path else "image not found")
+            for s in select(catalog.samples, split)]
+
+
+def _is_dataset(folder: Path, opts: dict) -> bool:
+    if opts.get("format") or opts.get("labels"):
+        return True
+    try:
+        detect_format(folder)
+        return True
+    except DataError:
+        return False
+
+
+def collect_items(inputs, split: str = "all", **opts) -> list[Item]:
+    """Items for every input: image files, folders (recursive) and datasets; ``opts`` as for ``load_catalog``."""
+    items: list[Item] = []
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_file() and path.suffix.lower() == ".csv":
+            items += _dataset_items(path.parent, {**opts, "labels": opts.get("labels") or path}, split)
+        elif path.is_file():
+            items.append(Item(str(path), path.stem))
+        elif path.is_dir() and _is_dataset(path, opts):
+            items += _dataset_items(path, opts, split)
+        elif path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            if not files:
+                raise DataError([Problem("empty", str(path), None, "no images here (searched recursively for "
+                                         f"{', '.join(IMAGE_EXTENSIONS)})")])
+            items += [Item(str(f), f.stem) for f in files]
+        else:
+            raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
+    return items
+
+
+class ImageItems(Dataset):
+    """``(uint8 tensor or None, index, error)`` per item: an unreadable image is reported, not raised."""
+
+    def __init__(self, items: list[Item], prep):
+        self.items, self.size = items, prep.size
+        self.transform = build_transform(prep, train=False, uint8=True)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        item = self.items[index]
+        if item.error:
+            return None, index, item.error
+        try:
+            return self.transform(open_image(item.path, self.size)), index, ""
+        except ImageError as e:
+            return None, index, e.reason
+
+
+def collate(batch):
+    """(stacked good images or None, their indices, [(index, reason)] of the failed ones)."""
+    good = [(x, i) for x, i, err in batch if not err]
+    images = torch.stack([x for x, _ in good]) if good else None
+    return images, [i for _, i in good], [(i, err) for x, i, err in batch if err]
+
+
+# ---------------------------------------------------------------------------------------------- running
+def grades_of(objective, probs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    """Grade from (averaged) probabilities and scores, as ``objective.predict`` does from one output."""
+    if objective.name == "classification":
+        return probs.argmax(1)
+    return torch.bucketize(scores, torch.tensor(objective.thresholds, device=scores.device), right=True)
+
+
+@torch.no_grad()
+def predict_batch(model, objective, x: torch.Tensor, tta: bool = False, amp: str = "none"):
+    """(probabilities (N,5), scores (N,), grades (N,)) for a normalised batch ``x``."""
+    probs, scores = 0, 0
+    flips = FLIPS if tta else FLIPS[:1]
+    for dims in flips:
+        with autocast(x.device, amp):
+            out = model(x.flip(dims) if dims else x).float()
+        probs = probs + objective.probabilities(out)
+        scores = scores + objective.score(out)
+    probs, scores = probs / len(flips), scores / len(flips)
+    return probs, scores, grades_of(objective, probs, scores)
+
+
+def _heatmap_names(items: list[Item]) -> list[str]:
+    """A unique, file-system-safe PNG name per item (``<image>.png``, then ``<image>-2.png`` ...)."""
+    seen: dict[str, int] = {}
+    names = []
+    for item in items:
+        stem = re.sub(r"[^\w.-]+", "_", Path(item.image).stem) or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
+
+
+def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="auto",
+        tta=False, cam_dir: Path | None = None, progress=True) -> dict:
+    """Grade ``items``; returns arrays ``probs`` (N,5, NaN for failures), ``scores``, ``grades`` (-1 for
+    failures), ``errors`` (reason or ""), and ``heatmaps`` (PNG paths) when ``cam_dir`` is given."""
+    device = pick_device(device)
+    model.to(device)
+    amp, _ = engine_settings(argparse.Namespace(amp=amp, channels_last=False), device, model)
+    normalize = Normalize(prep.mean, prep.std).to(device)
+    loader = DataLoader(ImageItems(items, prep), batch_size=batch_size, num_workers=workers, collate_fn=collate,
+                        pin_memory=device.type == "cuda")
+    n = len(items)
+    res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
+           "errors": [item.error for item in items], "heatmaps": [""] * n}
+    if cam_dir is not None:
+        from .explain import GradCam, save_overlay
+
+        cam = GradCam(model, objective, image_size=prep.size)
+        names = _heatmap_names(items)
+        cam_dir.mkdir(parents=True, exist_ok=True)
+    for images, idx, failed in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        for i, reason in failed:
+            res["errors"][i] = reason
+        if images is None:
+            continue
+        x = normalize(images.to(device, non_blocking=True))
+        probs, scores, grades = predict_batch(model, objective, x, tta, amp)
+        res["probs"][idx], res["scores"][idx], res["grades"][idx] = (probs.cpu().numpy(), scores.cpu().numpy(),
+                                                                    grades.cpu().numpy())
+        if cam_dir is not None:
+            for i, image, heat in zip(idx, images, cam(x, grades)):
+                res["heatmaps"][i] = str(save_overlay(image, heat, cam_dir / names[i]))
+    return res
+
+
+def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:
+    """The predictions table, written atomically."""
+    columns = ["path", "image", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "referable",
+               "p_referable", "score", *(["heatmap"] if with_heatmaps else []), "error"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(columns)
+        for i, item in enumerate(items):
+            known = "" if item.label is None else item.label
+            row = [item.path or "", item.image, known]
+            if res["grades"][i] < 0:
+                row += [""] * (len(columns) - len(row) - 1) + [res["errors"][i]]
+            else:
+                probs, grade = res["probs"][i], int(res["grades"][i])
+                row += [grade, *[f"{v:.6f}" for v in probs], int(grade >= REFERABLE),
+                        f"{probs[REFERABLE:].sum():.6f}", f"{res['scores'][i]:.6f}",
+                        *([res["heatmaps"][i]] if with_heatmaps else []), ""]
+            w.writerow(row)
+    os.replace(tmp, path)
+
+
+def _report(items: list[Item], res: dict, out: Path) -> str:
+    graded = res["grades"] >= 0
+    counts = np.bincount(res["grades"][graded], minlength=len(GRADES)).tolist()
+    text = (f"graded {int(graded.sum())} of {len(items)} images"
+            + (f" ({int((~graded).sum())} unreadable: see the error column)" if (~graded).any() else "")
+            + f"; predicted grades 0-4: {counts}")
+    labelled = np.array([graded[i] and item.label is not None for i, item in enumerate(items)], dtype=bool)
+    if labelled.any():
+        y = np.array([items[i].label for i in np.flatnonzero(labelled)])
+        m = summary(y, res["grades"][labelled])
+        text += (f"\n{int(labelled.sum())} with known grades: accuracy {m['accuracy']:.4f} "
+                 f"(majority class {majority_accuracy(y):.4f}) | quadratic kappa {m['kappa']:.4f}")
+    return text + f"\nwritten to {out}"
+
+
+def main(args) -> dict:
+    model, objective, prep, ckpt = restore(Path(args.checkpoint))
+    opts = catalog_options(args)
+    if args.split != "all" and not args.split_file and len(args.inputs) == 1:  # the run's own split
+        from ..evaluation.evaluate import run_split_file
+
+        opts["split_file"] = run_split_file(Path(args.checkpoint), ckpt, args.inputs[0])
+    items = collect_items(args.inputs, args.split, **opts)
+    if not items:
+        raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
+    progress = not args.quiet and sys.stderr.isatty()
+    workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
+    res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,
+              amp=args.amp, tta=args.tta, cam_dir=Path(args.cam) if args.cam else None, progress=progress)
+    out = Path(args.out)
+    write_csv(out, items, res, with_heatmaps=bool(args.cam))
+    print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam else ""))
+    return res
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (DataError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

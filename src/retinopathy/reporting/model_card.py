@@ -1,0 +1,261 @@
+"""``MODEL_CARD.md`` beside a run's checkpoints: what the model is, what it was trained on, how well it does
+against the majority-class baseline, what it is for and what it cannot do.
+
+``train`` writes it after each new ``best.pt``; ``evaluate`` adds its results. Evaluations accumulate in
+``model_card.json`` next to the card (one entry per checkpoint file, split and dataset; a re-evaluation
+replaces its entry), so the card always lists every split evaluated so far. The card describes ``best.pt``
+when the folder has one (else the checkpoint given); an evaluation of an earlier ``best.pt`` (another
+epoch) is kept but marked.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from .. import __version__
+from ..evaluation.metrics import GRADES
+from ..models.restore import display_name
+from ..training.checkpoint import load_checkpoint
+
+CARD, STORE = "MODEL_CARD.md", "model_card.json"
+SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0}
+EVAL_KEYS = ("split", "data", "epoch", "count", "accuracy", "majority_accuracy", "kappa", "macro_f1",
+             "referable_auc", "ci95", "recall", "true_counts", "predicted_counts")
+
+
+def _checkpoint_file(path: Path) -> Path:
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
+            if candidate.exists():
+                return candidate
+    return path
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_store(path: Path) -> dict:
+    if not path.exists():
+        return {"evaluations": {}}
+    try:
+        store = json.loads(path.read_text(encoding="utf-8"))
+        store.setdefault("evaluations", {})
+        return store
+    except (json.JSONDecodeError, AttributeError) as e:
+        print(f"warning: {path} is not readable ({e}); earlier evaluations are dropped from the model card",
+              file=sys.stderr)
+        return {"evaluations": {}}
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _ci(record: dict, key: str) -> str:
+    ci = (record.get("ci95") or {}).get(key)
+    return f" [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else ""
+
+
+def _majority(counts) -> float | None:
+    return max(counts) / sum(counts) if counts and sum(counts) else None
+
+
+# ---------------------------------------------------------------------------------------------- sections
+def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> list[str]:
+    info, best, train = ckpt.get("model_info", {}), ckpt.get("best") or {}, config.get("train", {})
+    lines = ["## Model", "",
+             f"- Architecture: {display_name(info.get('arch', '?'))} (torchvision `{info.get('arch', '?')}`) "
+             f"with a `{info.get('head', '?')}` head, {info.get('num_outputs', '?')} output(s), "
+             f"objective `{info.get('objective', '?')}`"
+             + (f", grade thresholds {info.get('thresholds')}" if info.get("objective") != "classification" else ""),
+             f"- Weights origin: {info.get('weights_origin', 'not recorded')}",
+             f"- Grades: {', '.join(info.get('class_names') or [])} (international clinical DR scale 0-4)",
+             f"- Checkpoint: `{name}`, epoch {ckpt.get('epoch', -1) + 1}"
+             + (f" of {train.get('epochs')}" if train.get("epochs") else "")
+             + (f" ({epochs} run so far)" if epochs is not None else "") + f", phase {ckpt.get('phase', '?')}"]
+    if best.get("epoch") is not None:
+        note = (config.get("selection") or {}).get("note", "") if best.get("split") == "test" else ""
+        lines.append(f"- Selected on the {best.get('split')} split by {best.get('metric')} = "
+                     f"{_fmt(best.get('value'))}" + (f" ({note})" if note else ""))
+    return lines + [""]
+
+
+def _split_rule(config: dict) -> str:
+    data, train = config.get("data", {}), config.get("train", {})
+    get = lambda k: train.get(k) if train.get(k) is not None else SPLIT_DEFAULTS[k]  # noqa: E731
+    if train.get("split_file"):
+        return f"read from `{train['split_file']}`"
+    if data.get("format") == "lab":
+        return (f"the dataset's own train/test files; validation = {get('val_fraction'):.0%} of the train "
+                f"patients (seed {get('split_seed')}), by patient")
+    return (f"by patient (both eyes in the same split), stratified by the worse eye's grade: "
+            f"{get('test_fraction'):.0%} test, {get('val_fraction'):.0%} validation, the rest train "
+            f"(seed {get('split_seed')}); written to `split.csv`")
+
+
+def _data_section(config: dict) -> list[str]:
+    data = config.get("data")
+    if not data:
+        return ["## Training data", "", "Not recorded (no `config.yaml` beside the checkpoints).", ""]
+    counts = {"train": data.get("train_counts"), **(data.get("eval_counts") or {})}
+    lines = ["## Training data", "",
+             f"- Dataset: `{data.get('path')}`, format `{data.get('format')}`"
+             + (f", labels {', '.join(f'`{Path(p).name}`' for p in data.get('labels', []))}" if data.get("labels")
+                else ""),
+             f"- Split: {_split_rule(config)}", "",
+             "| split | " + " | ".join(f"grade {g}" for g in GRADES) + " | total |",
+             "|---|" + "---:|" * (len(GRADES) + 1)]
+    for split, c in counts.items():
+        if c:
+            lines.append(f"| {split} | " + " | ".join(str(v) for v in c) + f" | {sum(c)} |")
+    if data.get("skipped"):
+        lines += ["", f"- {len(data['skipped'])} unusable image(s) were skipped (listed in `config.yaml`)"]
+    for w in data.get("leakage_warnings") or []:
+        lines += ["", f"- Warning: {w}"]
+    return lines + [""]
+
+
+def _preprocessing_section(ckpt: dict, config: dict) -> list[str]:
+    prep = ckpt.get("model_info", {}).get("preprocessing", {})
+    train = config.get("train", {})
+    return ["## Preprocessing", "",
+            f"- Preset `{prep.get('preset')}` at {prep.get('size')} x {prep.get('size')} px; normalised with "
+            f"mean {prep.get('mean')} and std {prep.get('std')} (per RGB channel, on [0, 1] pixels)",
+            "- `retinopathy predict` and `evaluate` apply exactly this (recorded in the checkpoint); "
+            "`retinopathy export` writes it beside the exported model",
+            f"- Training augmentation: `{train.get('augment', 'not recorded')}` (none at prediction time)", ""]
+
+
+def _training_section(config: dict) -> list[str]:
+    t, engine = config.get("train"), config.get("engine", {})
+    if not t:
+        return []
+    return ["## Training", "",
+            f"- {t.get('epochs')} epochs ({t.get('freeze_epochs')} with the backbone frozen), optimizer "
+            f"{t.get('optimizer')} lr {t.get('lr')}, weight decay {t.get('weight_decay')}, batch "
+            f"{t.get('batch_size')}, scheduler {t.get('scheduler')}, class weights {t.get('class_weights')}, "
+            f"sampler {t.get('sampler')}, label smoothing {t.get('label_smoothing')}, seed {t.get('seed')}",
+            f"- Device {engine.get('device')}, mixed precision {engine.get('amp')}, "
+            f"{engine.get('world_size', 1)} process(es)", ""]
+
+
+def _history_rows(history: list[dict], config: dict, epoch: int | None, selected_on: str | None) -> list[str]:
+    row = next((r for r in history if r.get("epoch") == str(epoch)), None)
+    if row is None:
+        return []
+    counts = (config.get("data") or {}).get("eval_counts") or {}
+    lines = ["### During training (the selected epoch)", "",
+             "| split | images | accuracy | majority-class baseline | quadratic kappa | macro-F1 |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for split, c in counts.items():
+        if f"{split}_accuracy" in row:
+            lines.append(f"| {split} | {sum(c)} | {_fmt(float(row[f'{split}_accuracy']))} | "
+                         f"{_fmt(_majority(c))} | {_fmt(float(row[f'{split}_kappa']))} | "
+                         f"{_fmt(float(row[f'{split}_macro_f1']))} |")
+    if selected_on:
+        lines += ["", f"The {selected_on} numbers are optimistic: this epoch was chosen on that split."]
+    return lines + [""]
+
+
+def _evaluation_rows(store: dict, card_name: str, card_epoch) -> list[str]:
+    evaluations = list(store["evaluations"].values())
+    lines = ["### Evaluations (`retinopathy evaluate`)", ""]
+    if not evaluations:
+        return lines + ["None yet: run `retinopathy evaluate CHECKPOINT --data DATA --split test --out DIR`.", ""]
+    lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
+              "quadratic kappa [95% CI] | macro-F1 | referable AUC | recall grade 0-4 |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    stale = False
+    for e in evaluations:
+        mark = ""
+        if e.get("checkpoint") == card_name and e.get("epoch") != card_epoch:
+            mark, stale = " *", True
+        epoch = e.get("epoch")
+        lines.append(f"| {e.get('split')} | `{Path(e.get('data') or '?').name}` | {e.get('checkpoint')} (epoch "
+                     f"{epoch + 1 if isinstance(epoch, int) else '?'}){mark} | {e.get('count')} | "
+                     f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
+                     f"{_fmt(e.get('kappa'))}{_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
+                     f"{_fmt(e.get('referable_auc'))} | {' / '.join(_fmt(r, 2) for r in e.get('recall') or [])} |")
+    lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
+                  "split; quadratic kappa is 0 for such a model."]
+    if stale:
+        lines.append("\n\\* evaluated an earlier best.pt (another epoch); run `retinopathy evaluate` again.")
+    return lines + [""]
+
+
+USE_AND_LIMITS = """## Intended use
+
+Research and teaching: comparing training recipes and architectures for grading diabetic retinopathy
+(0 none, 1 mild, 2 moderate, 3 severe non-proliferative, 4 proliferative) from colour fundus photographs,
+and studying what such models attend to. Not for decisions about any person's care.
+
+## Limitations
+
+- **A research tool, not a medical device.** It has not been clinically validated or cleared by any
+  regulator. Do not use it to diagnose, screen, triage or reassure patients.
+- **One photograph, one grade.** The grade comes from a single photograph of one eye. Clinical grading uses
+  both eyes, several fields, image-quality checks and the patient's history; macular oedema is not assessed.
+  The model gives a grade 0-4 to anything it is shown, including ungradable or non-fundus images.
+- **Label noise.** EyePACS (Kaggle) grades were given by clinicians, one grade per image, and the dataset's
+  own description warns of noise in images and labels; graders disagree, most often between neighbouring
+  grades (0 and 1 especially), so the labels, and the accuracies above, are noisy, and no model can agree
+  with them perfectly.
+- **Imbalance and small numbers.** In EyePACS grades 3 and 4 are about 2% of images each: their recall
+  rests on few images (see the counts above); read the confidence intervals, not only the point estimates.
+- **Domain shift.** Performance on other cameras, populations or image quality than the training data's
+  is unknown; the preprocessing above must be applied exactly (the export's JSON records it).
+"""
+
+
+def render(ckpt: dict, name: str, config: dict, history: list[dict], store: dict, run: Path) -> str:
+    arch = display_name(ckpt.get("model_info", {}).get("arch", "?"))
+    today = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# Model card: {arch} diabetic-retinopathy grader (`{run.name}`)", "",
+             f"_Written by retinopathy {__version__} on {today} from `{name}`; `retinopathy train` rewrites it "
+             "with each new best checkpoint and `retinopathy evaluate` adds its results._", ""]
+    lines += _model_section(ckpt, name, config, len(history) if history else None)
+    lines += _data_section(config)
+    lines += _preprocessing_section(ckpt, config)
+    lines += _training_section(config)
+    lines += ["## Metrics", ""]
+    best_epoch = (ckpt.get("best") or {}).get("epoch")
+    lines += _history_rows(history, config, best_epoch if best_epoch is not None else ckpt.get("epoch"),
+                           (ckpt.get("best") or {}).get("split"))
+    lines += _evaluation_rows(store, name, ckpt.get("epoch"))
+    return "\n".join(lines) + "\n" + USE_AND_LIMITS
+
+
+def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval_dir: Path | None = None) -> Path:
+    """Write (or update) ``MODEL_CARD.md`` beside the checkpoint; ``evaluation`` is ``evaluate``'s metrics.json
+    content, kept in ``model_card.json`` with the earlier ones. Returns the card's path."""
+    file = _checkpoint_file(Path(checkpoint_path))
+    ckpt = load_checkpoint(file)
+    folder = file.parent
+    run = folder.parent if folder.name == "checkpoints" else folder
+    described = folder / "best.pt" if file.name != "best.pt" and (folder / "best.pt").exists() else file
+    card_ckpt = ckpt if described == file else load_checkpoint(described)
+    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    history = []
+    if (run / "metrics.csv").exists():
+        with open(run / "metrics.csv", newline="") as f:
+            history = list(csv.DictReader(f))
+    store = _read_store(folder / STORE)
+    if evaluation is not None:
+        record = {k: evaluation.get(k) for k in EVAL_KEYS}
+        record.update(checkpoint=file.name, epoch=ckpt.get("epoch"),
+                      eval_dir=str(Path(eval_dir).resolve()) if eval_dir else None,
+                      written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        store["evaluations"][f"{file.name}|{record['split']}|{record['data']}"] = record
+        _atomic_write(folder / STORE, json.dumps(store, indent=2))
+    card = folder / CARD
+    _atomic_write(card, render(card_ckpt, described.name, config or {}, history, store, run))
+    return card

@@ -1,0 +1,139 @@
+"""Each kind of bad input gives its clear error at construction, and `data check` reports it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinopathy.cli.main import main
+from retinopathy.data import DataError, FundusDataset, open_image
+from retinopathy.data.images import ImageError
+
+from .test_formats import disc, make_kaggle
+
+
+def check(tmp_path, data, *extra):
+    out = tmp_path / "report.json"
+    rc = main(["data", "check", str(data), "--json", str(out), "--quiet", *extra])
+    return rc, json.loads(out.read_text())
+
+
+def kinds(report):
+    return sorted({p["kind"] for p in report["problems"]})
+
+
+@pytest.fixture
+def kaggle(tmp_path):
+    data = tmp_path / "data"
+    make_kaggle(data, n_patients=6)
+    return data
+
+
+def test_clean_dataset_checks_ok(tmp_path, kaggle):
+    rc, report = check(tmp_path, kaggle, "--stats")
+    assert rc == 0 and report["problems"] == []
+    assert report["per_grade"]["total"] == 12 and report["image_sizes"]["max"]["width"] == 48
+    assert len(report["stats"]["mean"]) == 3 and report["stats"]["mean"][0] > report["stats"]["mean"][2]
+
+
+def test_missing_image(tmp_path, kaggle):
+    (kaggle / "3_left.jpeg").unlink()
+    with pytest.raises(DataError, match=r"trainLabels.csv:8: image 3_left not found"):
+        FundusDataset(kaggle, "all", image_size=32)
+    ds = FundusDataset(kaggle, "all", image_size=32, skip_bad=True)
+    assert len(ds) == 11 and "3_left" in str(ds.skipped[0])
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 1 and kinds(report) == ["missing-image"] and report["problems"][0]["line"] == 8
+
+
+@pytest.mark.parametrize("damage", ["zero-byte", "truncated", "garbage"])
+def test_unreadable_images(tmp_path, kaggle, damage):
+    path = kaggle / "2_right.jpeg"
+    if damage == "zero-byte":
+        path.write_bytes(b"")
+    elif damage == "truncated":
+        disc(path, size=300)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(b"this is not an image" * 20)
+    with pytest.raises(DataError, match="2_right"):
+        FundusDataset(kaggle, "all", image_size=32)
+    with pytest.raises(ImageError):
+        open_image(path)
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 1 and kinds(report) == ["bad-image"] and "2_right" in report["problems"][0]["message"]
+
+
+def test_truncated_image_is_not_loaded_silently(tmp_path):
+    from PIL import ImageFile
+
+    path = disc(tmp_path / "a.jpeg", size=400)
+    path.write_bytes(path.read_bytes()[:-600])
+    with pytest.raises(ImageError, match="truncated|cannot decode"):
+        open_image(path)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+@pytest.mark.parametrize("label", ["7", "-1", "two", "2.5", ""])
+def test_bad_label(tmp_path, kaggle, label):
+    text = (kaggle / "trainLabels.csv").read_text().splitlines()
+    text[4] = text[4].split(",")[0] + "," + label
+    (kaggle / "trainLabels.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"trainLabels.csv:5: label .* is not an integer 0-4"):
+        FundusDataset(kaggle, "all", image_size=32)
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 1 and kinds(report) == ["bad-label"]
+
+
+def test_lab_files_of_different_lengths(tmp_path):
+    for i in range(4):
+        disc(tmp_path / f"{i}_left.jpeg")
+    (tmp_path / "train_img.csv").write_text("0_left\n1_left\n2_left\n3_left\n")
+    (tmp_path / "train_label.csv").write_text("0\n1\n2\n")
+    with pytest.raises(DataError, match="train_img.csv has 4 lines but train_label.csv has 3"):
+        FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)
+    rc, report = check(tmp_path, tmp_path)
+    assert rc == 1 and "length-mismatch" in kinds(report)
+
+
+def test_duplicate_names(tmp_path, kaggle):
+    with open(kaggle / "trainLabels.csv", "a") as f:
+        f.write("1_left,1\n")
+    with pytest.raises(DataError, match=r"trainLabels.csv:14: image 1_left is listed again \(first at trainLabels.csv:4\)"):
+        FundusDataset(kaggle, "all", image_size=32)
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 1 and kinds(report) == ["duplicate"]
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "trainLabels.csv").write_text("image,level\n")
+    with pytest.raises(DataError, match="no images"):
+        FundusDataset(tmp_path, "all", image_size=32)
+
+
+def test_unknown_format_exit_status(tmp_path):
+    (tmp_path / "x.txt").write_text("x")
+    assert main(["data", "check", str(tmp_path), "--json", str(tmp_path / "r.json"), "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "CMYK", "P", "I;16", "LA"])
+def test_other_modes_become_rgb(tmp_path, mode):
+    path = tmp_path / f"img.{'tif' if mode in ('CMYK', 'I;16') else 'png'}"
+    if mode == "I;16":
+        arr = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+        Image.fromarray(arr).save(path)
+    else:
+        disc(path, size=64, mode=mode)
+    img = open_image(path)
+    assert img.mode == "RGB" and img.size == (64, 64)
+    a = np.asarray(img)
+    assert a[0, 0].max() < 30 and a[32, 32].max() > 50  # dark corner, bright centre survive conversion
+
+
+def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
+    path = disc(tmp_path / "big.png", size=200, fmt="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2)  # 40,000 px > 2 x 5,000: a "bomb"
+    with pytest.raises(ImageError, match="decompression bomb"):
+        open_image(path)

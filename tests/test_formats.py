@@ -1,0 +1,151 @@
+"""Every supported dataset format, read from small files the tests write, plus the real lab CSVs."""
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
+from retinopathy.data.splits import shared_patients
+
+
+def disc(path, size=48, color=(180, 80, 40), mode="RGB", fmt=None):
+    img = Image.new("RGB", (size, size))
+    from PIL import ImageDraw
+
+    ImageDraw.Draw(img).ellipse((2, 2, size - 2, size - 2), fill=color)
+    if mode != "RGB":
+        img = img.convert(mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+def make_kaggle(root, n_patients=10, ext=".jpeg", labels_name="trainLabels.csv", sub=""):
+    rows = []
+    for p in range(n_patients):
+        for eye in ("left", "right"):
+            grade = (p + (eye == "right")) % 5
+            disc(root / sub / f"{p}_{eye}{ext}")
+            rows.append(f"{p}_{eye},{grade}")
+    (root / labels_name).write_text("image,level\n" + "\n".join(rows) + "\n")
+    return rows
+
+
+def test_kaggle_format_detected_and_images_in_subfolder(tmp_path):
+    make_kaggle(tmp_path, sub="images")
+    cat = read_catalog(tmp_path)
+    assert cat.format == "kaggle" and not cat.problems
+    assert cat.image_root == tmp_path / "images"
+    assert len(cat.samples) == 20 and all(s.path for s in cat.samples)
+    assert cat.samples[0].patient == "0"
+
+
+@pytest.mark.parametrize("ext", [".jpeg", ".jpg", ".png", ".tif", ".tiff"])
+def test_every_extension_is_found(tmp_path, ext):
+    make_kaggle(tmp_path, n_patients=2, ext=ext, labels_name="labels.csv", sub="train")
+    cat = read_catalog(tmp_path)
+    assert not cat.problems and all(s.path.endswith(ext) for s in cat.samples)
+
+
+def test_lab_format_reads_every_line_without_header(tmp_path):
+    names = [f"{p}_{e}" for p in range(6) for e in ("left", "right")]
+    for n in names:
+        disc(tmp_path / f"{n}.jpeg")
+    (tmp_path / "train_img.csv").write_text("\n".join(names[:8]) + "\n")
+    (tmp_path / "train_label.csv").write_text("\n".join(str(i % 5) for i in range(8)) + "\n")
+    (tmp_path / "test_img.csv").write_text("\n".join(names[8:]) + "\n")
+    (tmp_path / "test_label.csv").write_text("\n".join("0" for _ in names[8:]))
+    cat = load_catalog(tmp_path, val_fraction=0.0)
+    assert cat.format == "lab" and not cat.problems
+    assert Counter(s.split for s in cat.samples) == {"train": 8, "test": 4}
+    assert cat.samples[0].image == names[0]  # the first line is data, not a header
+
+
+def test_header_csv_with_named_columns(tmp_path):
+    for i in range(10):
+        disc(tmp_path / "train_images" / f"id{i:03d}.png", fmt="PNG")
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\n" + "".join(f"id{i:03d},{i % 5}\n" for i in range(10)))
+    cat = read_catalog(tmp_path)
+    assert cat.format == "csv" and not cat.problems and len(cat.samples) == 10
+    # other column names through options
+    (tmp_path / "other.csv").write_text("file,grade\n" + "".join(f"id{i:03d}.png,{i % 5}\n" for i in range(10)))
+    cat = read_catalog(tmp_path, labels=tmp_path / "other.csv", image_col="file", label_col="grade")
+    assert not cat.problems and cat.samples[3].label == 3
+
+
+def test_folder_per_grade(tmp_path):
+    for g in range(5):
+        for i in range(3):
+            disc(tmp_path / str(g) / f"img{g}{i}.jpg")
+    cat = read_catalog(tmp_path)
+    assert cat.format == "folders"
+    assert Counter(s.label for s in cat.samples) == {g: 3 for g in range(5)}
+
+
+def test_unknown_format_says_what_was_expected(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match="trainLabels.csv"):
+        read_catalog(tmp_path)
+
+
+def test_split_by_patient_is_deterministic_stratified_and_written(tmp_path):
+    make_kaggle(tmp_path, n_patients=60)
+    a = load_catalog(tmp_path, val_fraction=0.2, test_fraction=0.2, seed=3)
+    b = load_catalog(tmp_path, val_fraction=0.2, test_fraction=0.2, seed=3)
+    c = load_catalog(tmp_path, val_fraction=0.2, test_fraction=0.2, seed=4)
+    assert [s.split for s in a.samples] == [s.split for s in b.samples]
+    assert [s.split for s in a.samples] != [s.split for s in c.samples]
+    for sp in ("val", "test"):
+        assert shared_patients(a.samples, "train", sp)[0] == 0
+    # strata by worse eye: grades 1, 2, 3 with 12 patients each, grade 4 with 24 -> round(0.2 n) = 2+2+2+5
+    # patients in test, both eyes each
+    assert Counter(s.split for s in a.samples)["test"] == 22
+    ds = FundusDataset(a, "train", image_size=32)
+    ds.write_split(tmp_path / "split.csv")
+    d = load_catalog(tmp_path, split_file=tmp_path / "split.csv")
+    assert [s.split for s in d.samples] == [s.split for s in a.samples]
+
+
+def test_real_lab_csvs(shared_data):
+    cat = load_catalog(shared_data / "eyepacs-labels", resolve=False, val_fraction=0.0)
+    assert cat.format == "lab" and not cat.problems
+    by_split = {sp: Counter(s.label for s in cat.samples if s.split == sp) for sp in ("train", "test")}
+    assert sum(by_split["train"].values()) == 28_100 and sum(by_split["test"].values()) == 7_026
+    assert [by_split["train"][g] for g in range(5)] == [20_656, 1_955, 4_210, 698, 581]
+    assert [by_split["test"][g] for g in range(5)] == [5_154, 488, 1_082, 175, 127]
+    assert shared_patients(cat.samples, "train", "test") == (5_618, 6_322)
+
+
+def test_real_kaggle_labels(shared_data):
+    cat = read_catalog(shared_data / "eyepacs-labels", format="kaggle",
+                       labels=shared_data / "eyepacs-labels" / "trainLabels.csv", resolve=False)
+    assert len(cat.samples) == 35_126
+    assert [Counter(s.label for s in cat.samples)[g] for g in range(5)] == [25_810, 2_443, 5_292, 873, 708]
+
+
+def test_real_photographs_load_with_true_labels_at_512(shared_data):
+    ds = FundusDataset(shared_data / "fundus-real", split="all", image_size=512)
+    truth = dict(line.split(",") for line in (shared_data / "fundus-real" / "labels.csv").read_text().split()[1:])
+    assert len(ds) == 35 and ds.class_counts() == [7] * 5
+    for i in (0, 17, 34):
+        x, y = ds[i]
+        assert x.shape == (3, 512, 512) and x.dtype.is_floating_point
+        assert y == int(truth[ds.image_id(i)])
+
+
+def test_reduced_scale_decode_matches_full_decode(shared_data):
+    """draft() decoding at reduced scale gives the same 512 px picture as a full decode, within tolerance."""
+    from retinopathy.data.images import open_image
+    from retinopathy.data.transforms import Preprocessing, build_transform
+
+    t = build_transform(Preprocessing("lab", 512), train=False, uint8=True)
+    for name in ("10_left", "15_left", "204_right"):  # 4752x3168, 4928x3264, 1792x1184
+        path = shared_data / "fundus-real" / "images" / f"{name}.jpeg"
+        fast = t(open_image(path, 512)).float()
+        full = t(open_image(path)).float()
+        assert fast.shape == full.shape == (3, 512, 512)
+        assert (fast - full).abs().mean() < 2.0  # mean absolute difference under 2 of 255 levels
+        assert np.corrcoef(fast.flatten(), full.flatten())[0, 1] > 0.995

@@ -1,0 +1,97 @@
+"""The field-of-view crop finds the round retina: on drawn circles of known centre and radius (clipped at the
+top and bottom as EyePACS photographs are) and on the real photographs of ``fundus-real``."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from retinopathy.data.images import open_image
+from retinopathy.data.preprocess import FovCrop, find_fov
+
+W, H = 640, 440
+
+
+def drawn_fundus(cx: float, cy: float, r: float, band_top: int = 0, band_bottom: int = 0, notch: bool = False,
+                 seed: int = 0) -> Image.Image:
+    """A textured orange disc on black, optionally with black bands over the top/bottom rows (the camera's
+    flat mask) and EyePACS's small notch on the right rim."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:H, :W] + 0.5
+    d = np.hypot(xx - cx, yy - cy) / r
+    shade = np.clip(1.0 - 0.45 * d ** 2, 0, 1)[..., None] * np.array([200.0, 110.0, 50.0])
+    img = np.clip(shade + rng.normal(0, 6, (H, W, 3)), 0, 255)
+    img[d > 1] = rng.uniform(0, 4, (int((d > 1).sum()), 3))
+    img[:band_top] = 0
+    img[H - band_bottom:] = 0
+    out = Image.fromarray(img.astype(np.uint8), "RGB")
+    if notch:
+        ImageDraw.Draw(out).rectangle([cx + r - 2, cy - 0.55 * r, cx + r + 10, cy - 0.5 * r], fill=(150, 90, 40))
+    return out
+
+
+CASES = {
+    "clipped at top and bottom by the frame": dict(cx=320, cy=220, r=260),
+    "clipped at top and bottom by the frame, off-centre": dict(cx=300, cy=250, r=260),
+    "clipped at the top only": dict(cx=320, cy=190, r=200),
+    "clipped at the bottom only": dict(cx=330, cy=250, r=200),
+    "whole circle with margin": dict(cx=320, cy=220, r=200),
+    "clipped by the frame at the top, by a dark band at the bottom": dict(cx=320, cy=232, r=260, band_bottom=14),
+    "dark bands at top and bottom, off-centre": dict(cx=330, cy=215, r=270, band_top=18, band_bottom=9),
+    "notch on the right rim": dict(cx=320, cy=220, r=250, notch=True),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_find_fov_on_drawn_circles(name):
+    case = CASES[name]
+    img = drawn_fundus(**case)
+    cx, cy, r = find_fov(img)
+    tol = 0.02 * case["r"]
+    assert abs(r - case["r"]) <= tol, f"{name}: radius {r:.1f}, drawn {case['r']}"
+    assert abs(cx - case["cx"]) <= tol and abs(cy - case["cy"]) <= tol, \
+        f"{name}: centre ({cx:.1f}, {cy:.1f}), drawn ({case['cx']}, {case['cy']})"
+
+
+def test_find_fov_at_any_resolution():
+    """The answer is in pixels of the image given, whatever its size (it works on a thumbnail)."""
+    img = drawn_fundus(320, 220, 260)
+    small = img.resize((W // 4, H // 4), Image.BILINEAR)
+    cx, cy, r = np.array(find_fov(small)) * 4
+    assert abs(cx - 320) < 6 and abs(cy - 220) < 6 and abs(r - 260) < 6
+
+
+def test_find_fov_on_a_black_image_falls_back_to_the_centre():
+    assert find_fov(Image.new("RGB", (300, 200))) == (150, 100, 100)
+
+
+def crop_scores(path) -> dict:
+    """Where the retina is, before and after FovCrop, on a 256 px grid."""
+    img = open_image(path, 512)
+    grey = np.asarray(img.convert("L"), dtype=np.float32)
+    ref = np.percentile(grey, 99)
+    cx, cy, r = find_fov(img)
+    ys, xs = np.nonzero(grey > 0.07 * ref)
+    lost = ((xs < cx - r - 2) | (xs > cx + r + 2) | (ys < cy - r - 2) | (ys > cy + r + 2)).mean()
+    crop = np.asarray(FovCrop()(img).convert("L").resize((256, 256), Image.BILINEAR), dtype=np.float32)
+    yy, xx = np.mgrid[:256, :256] + 0.5
+    d = np.hypot(xx - 128, yy - 128) / 128
+    border = np.concatenate([crop[0], crop[-1], crop[:, 0], crop[:, -1]])
+    return {"lost": lost, "outside_circle_bright": (crop[d > 1.04] > 0.07 * ref).mean(),
+            "border_dark": (border < 0.07 * ref).mean(), "centre_dark": (crop[d < 0.5] < 0.07 * ref).mean(),
+            "width_filled": (crop[118:138].max(axis=0) > 0.07 * ref).mean()}
+
+
+def test_fov_crop_on_the_real_photographs(shared_data):
+    """Every real photograph: the square keeps the whole retina, the circle fills it (bright only inside the
+    inscribed circle), its border is mostly dark and its centre is not."""
+    paths = sorted((shared_data / "fundus-real" / "images").glob("*.jpeg"))
+    assert len(paths) >= 30
+    failures = []
+    for path in paths:
+        s = crop_scores(path)
+        ok = (s["lost"] < 0.002 and s["outside_circle_bright"] < 0.01 and s["border_dark"] > 0.6
+              and s["centre_dark"] < 0.02 and s["width_filled"] > 0.95)
+        if not ok:
+            failures.append(f"{path.name}: " + ", ".join(f"{k} {v:.3f}" for k, v in s.items()))
+    assert not failures, "FOV crop missed the retina:\n" + "\n".join(failures)

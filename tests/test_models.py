@@ -1,0 +1,112 @@
+"""Heads, the frozen phase, and ImageNet weights through torchvision's real loading path."""
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision.models import resnet18
+
+from retinopathy.data import Normalize
+from retinopathy.models import Grader, WeightsError, build_model, make_objective
+from retinopathy.training.engine import freeze_backbone, train_one_epoch
+
+
+def test_lab_head_shape_and_init():
+    torch.manual_seed(0)
+    m = Grader("resnet18", 5, "lab")
+    head = m.net.fc
+    assert [type(x) for x in head] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+    assert head[0].out_features == 50 and head[2].p == 0.25 and head[3].out_features == 5
+    for lin in (head[0], head[3]):
+        assert lin.bias.abs().max() == 0 and 0.007 < lin.weight.std() < 0.013
+    assert Grader("resnet50", 5, "linear").net.fc.in_features == 2048
+
+
+@pytest.mark.parametrize("arch,head_name", [("efficientnet_b0", "classifier.1"), ("convnext_tiny", "classifier.2")])
+def test_other_torchvision_models(arch, head_name):
+    m = Grader(arch, 5)
+    assert m.head_name == head_name and m.head.out_features == 5
+    assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+def _loader(n=16, size=32):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
+    return DataLoader(TensorDataset(x, torch.arange(n) % 5), batch_size=8)
+
+
+def _step(model, frozen):
+    freeze_backbone(model, frozen)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    train_one_epoch(model, make_objective("classification"), opt, _loader(), torch.device("cpu"),
+                    Normalize((0.5,) * 3, (0.25,) * 3), grader=model, frozen=frozen, progress=False)
+
+
+def test_frozen_phase_changes_only_the_head_and_keeps_bn_statistics():
+    torch.manual_seed(0)
+    model = Grader("resnet18", 5, "lab")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _step(model, frozen=True)
+    after = model.state_dict()
+    backbone = [k for k in before if not k.startswith("net.fc.")]
+    assert any("running_mean" in k for k in backbone) and any("num_batches_tracked" in k for k in backbone)
+    assert all(torch.equal(before[k], after[k]) for k in backbone)  # parameters and BN buffers, bit for bit
+    assert not torch.equal(before["net.fc.0.weight"], after["net.fc.0.weight"])
+    _step(model, frozen=False)
+    assert not torch.equal(before["net.conv1.weight"], model.state_dict()["net.conv1.weight"])
+    assert not torch.equal(before["net.bn1.running_mean"], model.state_dict()["net.bn1.running_mean"])
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+def _write_fake_weights(torch_home):
+    torch.manual_seed(1)
+    state = resnet18().state_dict()
+    path = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(state, path)
+    return state, path
+
+
+def test_pretrained_weights_load_through_the_torchvision_enum(torch_home):
+    state, _ = _write_fake_weights(torch_home)
+    model, origin = build_model("resnet18", 5, "lab", pretrained=True, check_hash=False)
+    assert "ResNet18_Weights.IMAGENET1K_V1" in origin
+    assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
+    assert torch.equal(model.net.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
+    assert model.net.fc[0].in_features == 512  # the head is new, not ImageNet's
+
+
+def test_pretrained_weights_hash_is_checked(torch_home):
+    _, path = _write_fake_weights(torch_home)
+    actual = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    with pytest.raises(WeightsError) as e:
+        build_model("resnet18", pretrained=True)
+    assert "f37072fd" in str(e.value) and actual in str(e.value)
+
+
+def test_missing_weights_give_the_offline_message(torch_home):
+    with pytest.raises(WeightsError) as e:
+        build_model("resnet50", pretrained=True)
+    msg = str(e.value)
+    for part in ("resnet50-0676ba61.pth", str(torch_home / "hub" / "checkpoints"),
+                 "https://download.pytorch.org/models/resnet50-0676ba61.pth", "--weights FILE", "--no-pretrained"):
+        assert part in msg
+
+
+def test_weights_file_option(tmp_path):
+    torch.manual_seed(2)
+    state = resnet18().state_dict()
+    torch.save(state, tmp_path / "mine.pth")
+    model, origin = build_model("resnet18", weights_file=str(tmp_path / "mine.pth"))
+    assert torch.equal(model.net.conv1.weight, state["conv1.weight"]) and "mine.pth" in origin
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="do not fit resnet18"):
+        build_model("resnet18", weights_file=str(tmp_path / "bad.pth"))

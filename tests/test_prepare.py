@@ -1,0 +1,183 @@
+"""``retinopathy prepare``: the reduced copy reads as the same dataset, gives the same tensors and training,
+resumes to the same bytes, reports bad inputs without writing them, and refuses to mix settings."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from retinopathy.cli.main import main
+from retinopathy.data import FundusDataset, read_catalog
+from retinopathy.data.prepare import MANIFEST, PrepareError, prepare
+from retinopathy.data.synth import generate
+
+
+@pytest.fixture(scope="module")
+def synth128(tmp_path_factory) -> Path:
+    """200 synthetic photographs at 128 px, Kaggle format."""
+    out = tmp_path_factory.mktemp("synth128")
+    generate(out, n=200, size=128, seed=3, balanced=True, progress=False)
+    return out
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != MANIFEST}
+
+
+def test_prepare_writes_the_same_dataset_smaller(synth128, tmp_path):
+    out = tmp_path / "p64"
+    assert main(["prepare", str(synth128), str(out), "--size", "64", "--workers", "2", "--quiet"]) == 0
+    assert (out / "trainLabels.csv").read_bytes() == (synth128 / "trainLabels.csv").read_bytes()
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["complete"] and m["size"] == 64 and m["crop"] == "none" and m["settings"]["quality"] == 95
+    assert m["counts"] == {"samples": 200, "images": 200, "written": 200, "already_there": 0, "problems": 0}
+    assert m["source"] == str(synth128.resolve()) and m["seconds"] > 0 and m["problems"] == []
+    src, copy = read_catalog(synth128), read_catalog(out)
+    assert [(s.image, s.label) for s in copy.samples] == [(s.image, s.label) for s in src.samples]
+    for s in copy.samples[:10]:
+        with Image.open(s.path) as im:
+            assert im.format == "JPEG" and im.size == (64, 64)
+    # the same patient split, since splits come from the labels
+    a = FundusDataset(synth128, "test", image_size=64, check=False)
+    b = FundusDataset(out, "test", image_size=64, check=False)
+    assert [s.image for s in a.samples] == [s.image for s in b.samples]
+
+
+def test_prepared_copy_gives_the_same_tensors(synth128, tmp_path):
+    """lab on the copy = lab on the originals; fov on the fov copy (and lab on it) = fov on the originals."""
+    def tensors(data, preprocess):
+        ds = FundusDataset(data, "all", image_size=64, preprocess=preprocess, augment="none", uint8=True)
+        return torch.stack([ds[i][0] for i in range(0, len(ds), 5)]).float()
+
+    assert prepare(synth128, tmp_path / "none", size=64, workers=1, progress=False)["counts"]["problems"] == 0
+    assert prepare(synth128, tmp_path / "fov", size=64, crop="fov", workers=1, progress=False)["crop"] == "fov"
+    pairs = {"lab": (tensors(synth128, "lab"), tensors(tmp_path / "none", "lab")),
+             "fov": (tensors(synth128, "fov"), tensors(tmp_path / "fov", "fov")),
+             "fov copy read as lab": (tensors(synth128, "fov"), tensors(tmp_path / "fov", "lab"))}
+    for name, (orig, copy) in pairs.items():
+        diff = (orig - copy).abs()
+        assert diff.mean() < 1.5 and torch.quantile(diff.flatten(), 0.99) < 12, \
+            f"{name}: mean |diff| {diff.mean():.2f}, 99th pct {torch.quantile(diff.flatten(), 0.99):.1f} (of 255)"
+    # and the crop matters: the fov copy is not what lab makes of the originals
+    assert (pairs["lab"][0] - pairs["fov"][1]).abs().mean() > 5
+
+
+def test_training_on_the_copy_matches_training_on_the_originals(synth128, tmp_path):
+    """Same seed, 2 epochs at 64 px: the same split, near-equal losses and accuracies."""
+    prepare(synth128, tmp_path / "p64", size=64, workers=1, progress=False)
+    rows = {}
+    for name, data in (("orig", synth128), ("copy", tmp_path / "p64")):
+        run = tmp_path / f"run_{name}"
+        assert main(["train", "--data", str(data), "--model", "resnet18", "--no-pretrained", "--epochs", "2",
+                     "--freeze-epochs", "0", "--image-size", "64", "--batch-size", "20", "--workers", "0",
+                     "--augment", "none", "--lr", "3e-3", "--deterministic", "--out", str(run), "--quiet"]) == 0
+        with open(run / "metrics.csv", newline="") as f:
+            rows[name] = list(csv.DictReader(f))
+        rows[name + "_split"] = (run / "split.csv").read_text()
+    assert rows["orig_split"] == rows["copy_split"]
+    for a, b in zip(rows["orig"], rows["copy"]):
+        assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 0.1 * float(a["train_loss"])
+        assert abs(float(a["test_accuracy"]) - float(b["test_accuracy"])) <= 0.1
+    first = rows["orig"][0]
+    assert float(rows["orig"][1]["train_loss"]) < float(first["train_loss"])  # it learns something at all
+
+
+def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
+    clean = tmp_path / "clean"
+    prepare(synth128, clean, size=48, crop="fov", workers=2, progress=False)
+    resumed = tmp_path / "resumed"
+    prepare(synth128, resumed, size=48, crop="fov", workers=2, progress=False)
+    # a killed run: half the images missing, one half-written temporary file, the manifest incomplete
+    images = sorted(resumed.glob("*.jpeg"))
+    for p in images[::2]:
+        p.unlink()
+    (resumed / (images[0].name + ".part")).write_bytes(images[1].read_bytes()[:300])
+    m = json.loads((resumed / MANIFEST).read_text())
+    (resumed / MANIFEST).write_text(json.dumps({**m, "complete": False}))
+    m = prepare(synth128, resumed, size=48, crop="fov", workers=2, progress=False)
+    assert m["complete"] and m["counts"]["written"] == len(images[::2])
+    assert m["counts"]["already_there"] == len(images) - len(images[::2])
+    assert tree_bytes(resumed) == tree_bytes(clean)
+    assert not list(resumed.glob("*.part"))
+
+
+def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
+    src = tmp_path / "src"
+    generate(src, n=12, size=96, seed=0, progress=False)
+    good = (src / "2_left.jpeg").read_bytes()
+    (src / "2_left.jpeg").write_bytes(good[: len(good) // 2])  # truncated
+    (src / "3_right.jpeg").write_bytes(b"")  # zero bytes
+    (src / "4_left.jpeg").unlink()  # missing
+    lines = (src / "trainLabels.csv").read_text().splitlines()
+    out = tmp_path / "out"
+    assert main(["prepare", str(src), str(out), "--size", "64", "--workers", "2", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    m = json.loads((out / MANIFEST).read_text())
+    assert m["counts"]["written"] == 9 and m["counts"]["problems"] == 3
+    found = {(p["image"], p["kind"], Path(p["file"]).name, p["line"]) for p in m["problems"]}
+    line = {name.split(",")[0]: i for i, name in enumerate(lines, start=1)}
+    assert found == {("2_left", "bad-image", "trainLabels.csv", line["2_left"]),
+                     ("3_right", "bad-image", "trainLabels.csv", line["3_right"]),
+                     ("4_left", "missing-image", "trainLabels.csv", line["4_left"])}
+    assert "truncated" in err and "empty file" in err and f"trainLabels.csv:{line['2_left']}" in err
+    assert not (out / "2_left.jpeg").exists() and not (out / "3_right.jpeg").exists()
+    assert not list(out.glob("*.part"))
+    assert (out / "trainLabels.csv").read_text().splitlines() == lines  # labels copied as they are
+    # the copy then reports the same rows as missing, as the source did
+    assert {p.image for p in read_catalog(out).problems} == {"2_left", "3_right", "4_left"}
+
+
+def test_names_with_extensions_and_other_formats(tmp_path):
+    """A CSV naming files with their extension (PNG here), the lab format and grade folders all read back."""
+    generate(tmp_path / "k", n=10, size=64, seed=0, progress=False)
+    cat = read_catalog(tmp_path / "k")
+    csv_src = tmp_path / "csv"
+    csv_src.mkdir()
+    rows = ["id_code,diagnosis"]
+    for s in cat.samples:
+        Image.open(s.path).save(csv_src / f"{s.image}.png")
+        rows.append(f"{s.image}.png,{s.label}")
+    (csv_src / "train.csv").write_text("\n".join(rows) + "\n")
+    m = prepare(csv_src, tmp_path / "csv_out", size=32, workers=1, progress=False)
+    assert m["counts"]["images"] == 10 and m["problems"] == []
+    copy = read_catalog(tmp_path / "csv_out")
+    assert copy.format == "csv" and all(s.path and s.path.endswith(".png.jpeg") for s in copy.samples)
+
+    generate(tmp_path / "lab", n=10, size=64, seed=0, format="lab", progress=False)
+    prepare(tmp_path / "lab", tmp_path / "lab_out", size=32, workers=1, progress=False)
+    a, b = read_catalog(tmp_path / "lab"), read_catalog(tmp_path / "lab_out")
+    assert b.format == "lab" and [(s.image, s.split) for s in a.samples] == [(s.image, s.split) for s in b.samples]
+
+    folders = tmp_path / "folders"
+    for s in cat.samples:
+        (folders / str(s.label)).mkdir(parents=True, exist_ok=True)
+        Image.open(s.path).save(folders / str(s.label) / f"{s.image}.png")
+    for g in range(5):
+        (folders / str(g)).mkdir(exist_ok=True)
+    prepare(folders, tmp_path / "folders_out", size=32, workers=1, progress=False)
+    copy = read_catalog(tmp_path / "folders_out")
+    assert copy.format == "folders"
+    assert sorted((s.image, s.label) for s in copy.samples) == sorted((s.image, s.label) for s in cat.samples)
+    assert all(Path(s.path).parent.name == str(s.label) for s in copy.samples)
+
+
+def test_refuses_to_mix_settings_or_overwrite(tmp_path, capsys):
+    src = tmp_path / "src"
+    generate(src, n=6, size=64, seed=0, progress=False)
+    prepare(src, tmp_path / "out", size=32, workers=1, progress=False)
+    with pytest.raises(PrepareError, match="other settings"):
+        prepare(src, tmp_path / "out", size=48, workers=1, progress=False)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    assert main(["prepare", str(src), str(tmp_path / "busy"), "--quiet"]) == 2
+    assert "not empty" in capsys.readouterr().err
+    with pytest.raises(PrepareError, match="source"):
+        prepare(src, src, size=32, workers=1, progress=False)
+    assert main(["prepare", str(tmp_path / "nowhere"), str(tmp_path / "o2"), "--quiet"]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,131 @@
+"""Tests of the synthetic fundus generator (small sizes, a few seconds)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinopathy.data import synth
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_deterministic_whatever_the_workers(tmp_path):
+    a = synth.generate(tmp_path / "a", n=9, size=48, seed=3, workers=1, progress=False)
+    synth.generate(tmp_path / "b", n=9, size=48, seed=3, workers=2, progress=False)
+    synth.generate(tmp_path / "c", n=9, size=48, seed=4, workers=2, progress=False)
+    da, db, dc = (_digests(tmp_path / k) for k in "abc")
+    assert da == db
+    assert len(da) == 9 + 2  # images, trainLabels.csv, README.txt
+    assert da.keys() == dc.keys()
+    assert sum(da[k] != dc[k] for k in da if k.endswith(".jpeg")) >= 8
+    assert a["n"] == 9 and sum(a["counts"]) == 9 and a["images_per_s"] > 0
+    assert not list((tmp_path / "a").glob(".*"))  # no temporary files left
+
+
+def test_default_mix_follows_eyepacs():
+    grades = synth.assign_grades(1000, seed=0)
+    share = np.bincount(grades, minlength=5) / 1000
+    assert np.abs(share - synth.GRADE_MIX).max() < 0.03
+    pairs = np.array(grades).reshape(-1, 2)
+    same = (pairs[:, 0] == pairs[:, 1]).mean()
+    assert 0.8 < same < 0.97
+    assert np.abs(pairs[:, 0] - pairs[:, 1]).max() <= 1
+    assert synth.assign_grades(1000, seed=0) == grades
+    assert synth.assign_grades(1000, seed=1) != grades
+
+
+def test_balanced_and_generate_counts(tmp_path):
+    counts = np.bincount(synth.assign_grades(1001, seed=5, balanced=True), minlength=5)
+    assert np.abs(counts / 1001 - 0.2).max() < 0.02
+    summary = synth.generate(tmp_path, n=1000, size=32, seed=1, balanced=True, workers=2, progress=False)
+    assert np.abs(np.array(summary["counts"]) / 1000 - 0.2).max() < 0.02
+    rows = list(csv.reader((tmp_path / "trainLabels.csv").read_text().splitlines()))
+    assert np.bincount([int(r[1]) for r in rows[1:]]).tolist() == summary["counts"]
+
+
+def _check_image(path: Path, size: int) -> None:
+    im = Image.open(path)
+    assert im.format == "JPEG" and im.mode == "RGB" and im.size == (size, size)
+    a = np.asarray(im, dtype=float).mean(axis=2)
+    k, c = size // 10, size // 2
+    corners = [a[:k, :k], a[:k, -k:], a[-k:, :k], a[-k:, -k:]]
+    assert max(x.mean() for x in corners) < 8
+    assert a[c - 2 * k: c + 2 * k, c - 2 * k: c + 2 * k].mean() > 40
+
+
+def _pairs(names: list[str]) -> None:
+    assert len(set(names)) == len(names)
+    patients = {}
+    for name in names:
+        patient, eye = name.rsplit("_", 1)
+        assert eye in ("left", "right") and patient.isdigit()
+        patients.setdefault(patient, set()).add(eye)
+    assert sum(eyes == {"left", "right"} for eyes in patients.values()) == len(names) // 2
+
+
+def test_kaggle_layout(tmp_path):
+    synth.generate(tmp_path, n=7, size=64, seed=2, workers=1, progress=False)
+    rows = list(csv.reader((tmp_path / "trainLabels.csv").read_text().splitlines()))
+    assert rows[0] == ["image", "level"] and len(rows) == 8
+    _pairs([r[0] for r in rows[1:]])
+    for name, level in rows[1:]:
+        assert level in "01234"
+        _check_image(tmp_path / f"{name}.jpeg", 64)
+    readme = (tmp_path / "README.txt").read_text()
+    assert "ynthetic" in readme and "seed: 2" in readme and "size: 64" in readme
+
+
+def test_lab_layout(tmp_path):
+    synth.generate(tmp_path, n=20, size=64, seed=2, format="lab", workers=2, progress=False, test_fraction=0.3)
+    names = {}
+    for split in ("train", "test"):
+        imgs = (tmp_path / f"{split}_img.csv").read_text().splitlines()
+        labels = (tmp_path / f"{split}_label.csv").read_text().splitlines()
+        assert len(imgs) == len(labels) > 0
+        assert all(label in "01234" and len(label) == 1 for label in labels)
+        names[split] = imgs
+        for name in imgs:
+            _check_image(tmp_path / f"{name}.jpeg", 64)
+    assert len(names["test"]) == 6  # 3 of 10 patients
+    _pairs(names["train"] + names["test"])
+    patients = {split: {n.rsplit("_", 1)[0] for n in imgs} for split, imgs in names.items()}
+    assert not patients["train"] & patients["test"]
+    assert not (tmp_path / "trainLabels.csv").exists()
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError):
+        synth.generate(tmp_path, n=2, format="csv", progress=False)
+    with pytest.raises(ValueError):
+        synth.render_fundus(np.random.default_rng(0), 64, 5, "left")
+
+
+def test_eyes_mirror_each_other():
+    right = np.asarray(synth.render_fundus(np.random.default_rng(1), 128, 0, "right"))
+    left = np.asarray(synth.render_fundus(np.random.default_rng(1), 128, 0, "left"))
+    assert np.array_equal(left, right[:, ::-1])
+    # the optic disc (brightest part) of a right eye is on the viewer's right
+    lum = right.astype(float).mean(axis=2)
+    assert np.unravel_index(np.argmax(lum), lum.shape)[1] > 64
+
+
+def test_lesions_grow_with_grade():
+    """Same eye (same rng state) at each grade: the share of pixels changed by lesions rises with grade."""
+    changed = np.zeros((5, 8))
+    for i in range(8):
+        renders = [np.asarray(synth.render_fundus(np.random.default_rng([11, i]), 256, g, "right"), dtype=np.int16)
+                   for g in range(5)]
+        for g in range(5):
+            changed[g, i] = (np.abs(renders[g] - renders[0]).max(axis=2) > 24).mean()
+    mean = changed.mean(axis=1)
+    assert mean[0] == 0
+    assert all(mean[g] < mean[g + 1] for g in range(4)), mean
+    assert (changed[1:] > 0).mean() > 0.9  # nearly every diseased eye shows its lesions
+    assert mean[4] > 0.01

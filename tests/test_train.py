@@ -1,0 +1,166 @@
+"""Training end to end through the CLI: it learns, a broken pipeline does not, resume is exact, DDP works,
+and `evaluate` agrees with scikit-learn."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+
+from retinopathy.cli.main import main
+from retinopathy.training.checkpoint import load_checkpoint
+
+FAST = ["--model", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size", "16", "--workers", "0",
+        "--quiet"]
+
+
+def rows(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def learn_data(tmp_path_factory):
+    from retinopathy.data.synth import generate
+
+    out = tmp_path_factory.mktemp("learn")
+    generate(out, n=400, size=96, seed=5, balanced=True, progress=False)
+    return out
+
+
+def _train(data, run, *extra):
+    assert main(["train", "--data", str(data), *FAST, "--epochs", "6", "--freeze-epochs", "1",
+                 "--out", str(run), *extra]) == 0
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(data), "--split", "test",
+                 "--out", str(run / "eval"), "--quiet", "--bootstrap", "200", *extra[:2]]) == 0
+    return json.loads((run / "eval" / "metrics.json").read_text())
+
+
+KAPPA_BOUND = 0.4
+
+
+@pytest.fixture(scope="module")
+def learned(learn_data, tmp_path_factory):
+    return _train(learn_data, tmp_path_factory.mktemp("runs") / "learned")
+
+
+def test_training_learns(learned):
+    assert learned["accuracy"] > learned["majority_accuracy"] + 0.1
+    assert learned["kappa"] > KAPPA_BOUND
+
+
+def test_shuffled_labels_do_not_learn(learn_data, tmp_path):
+    """The same pipeline with labels shuffled across images must fail the bound above."""
+    lines = (learn_data / "trainLabels.csv").read_text().split()
+    names, labels = zip(*(line.split(",") for line in lines[1:]))
+    labels = list(labels)
+    random.Random(0).shuffle(labels)
+    data = tmp_path / "shuffled"
+    data.mkdir()
+    (data / "trainLabels.csv").write_text("image,level\n" + "".join(f"{n},{g}\n" for n, g in zip(names, labels)))
+    broken = _train(data, tmp_path / "run", "--images", str(learn_data))
+    assert broken["kappa"] < KAPPA_BOUND
+
+
+def test_run_folder_contents(learned, learn_data):
+    run = __import__("pathlib").Path(learned["checkpoint"]).parents[1]
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["train"]["epochs"] == 6 and cfg["selection"]["split"] == "val"
+    assert cfg["environment"]["torch"] == torch.__version__ and cfg["data"]["format"] == "kaggle"
+    r = rows(run)
+    assert [x["phase"] for x in r] == ["frozen"] + ["finetune"] * 5
+    for col in ("lr", "train_loss", "train_accuracy", "val_loss", "val_kappa", "val_macro_f1", "test_accuracy",
+                "val_recall_4", "epoch_seconds", "images_per_s"):
+        assert all(x[col] != "" for x in r), col
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["best"]["value"] == max(float(x["val_kappa"]) for x in r)
+    assert set(best) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "phase", "rng", "config"}
+
+
+def test_evaluate_matches_scikit_learn(learned):
+    out = __import__("pathlib").Path(learned["checkpoint"]).parents[1] / "eval"
+    with open(out / "predictions.csv", newline="") as f:
+        pred = list(csv.DictReader(f))
+    y = np.array([int(p["true_grade"]) for p in pred])
+    yhat = np.array([int(p["predicted_grade"]) for p in pred])
+    probs = np.array([[float(p[f"prob_{g}"]) for g in range(5)] for p in pred])
+    assert len(pred) == learned["count"] and np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert learned["accuracy"] == pytest.approx(accuracy_score(y, yhat))
+    assert learned["kappa"] == pytest.approx(cohen_kappa_score(y, yhat, weights="quadratic"))
+    assert learned["macro_f1"] == pytest.approx(f1_score(y, yhat, average="macro", labels=range(5)))
+    assert learned["referable_auc"] == pytest.approx(roc_auc_score(y >= 2, probs[:, 2:].sum(1)), abs=1e-5)
+    assert learned["majority_accuracy"] == pytest.approx(np.bincount(y).max() / len(y))
+    cm = np.loadtxt(out / "confusion_matrix.csv", delimiter=",")
+    assert cm.sum() == len(y) and np.trace(cm) == (y == yhat).sum()
+    lo, hi = learned["ci95"]["kappa"]
+    assert lo <= learned["kappa"] <= hi
+    from PIL import Image
+
+    assert Image.open(out / "confusion_matrix.png").size[0] > 300
+
+
+def test_resume_is_exact(synth_small, tmp_path):
+    args = ["train", "--data", str(synth_small), *FAST, "--epochs", "3", "--freeze-epochs", "1",
+            "--deterministic", "--augment", "fundus"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    assert main([*args, "--out", str(tmp_path / "cut"), "--stop-after", "2"]) == 0
+    assert len(rows(tmp_path / "cut")) == 2
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    timing = {"epoch_seconds", "images_per_s"}
+    a, b = rows(tmp_path / "straight"), rows(tmp_path / "cut")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b):
+        assert {k: v for k, v in ra.items() if k not in timing} == {k: v for k, v in rb.items() if k not in timing}
+    sa = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    sb = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    rc = main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--resume", str(run)])
+    assert rc == 2 and "last.pt: cannot be read as a checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    rc = main(["evaluate", str(tmp_path / "foreign.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
+    assert rc == 2 and "not a retinopathy checkpoint" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_path, capsys):
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    ckpt["model_info"]["arch"] = "resnet34"
+    torch.save(ckpt, tmp_path / "mislabelled.pt")
+    rc = main(["evaluate", str(tmp_path / "mislabelled.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
+    assert rc == 2 and "do not fit resnet34" in capsys.readouterr().err
+
+
+def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo): one frozen and one fine-tuning epoch; same files as one process;
+    evaluation inside training sees every test image exactly once."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    common = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "retinopathy", *common,
+                    "--out", str(tmp_path / "ddp")], check=True, env=env, timeout=300)
+    assert main([*common, "--out", str(tmp_path / "single")]) == 0
+    files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(tmp_path / "ddp") == files(tmp_path / "single")
+    r = rows(tmp_path / "ddp")
+    assert [x["phase"] for x in r] == ["frozen", "finetune"]
+    assert yaml.safe_load((tmp_path / "ddp" / "config.yaml").read_text())["engine"]["world_size"] == 2
+    assert main(["evaluate", str(tmp_path / "ddp" / "checkpoints" / "last.pt"), "--data", str(synth_small),
+                 "--split", "test", "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "0"]) == 0
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert float(r[-1]["test_accuracy"]) == pytest.approx(m["accuracy"], abs=1e-9)
