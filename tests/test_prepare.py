@@ -68,24 +68,53 @@ def test_prepared_copy_gives_the_same_tensors(synth128, tmp_path):
     assert (pairs["lab"][0] - pairs["fov"][1]).abs().mean() > 5
 
 
-def test_training_on_the_copy_matches_training_on_the_originals(synth128, tmp_path):
-    """Same seed, 2 epochs at 64 px: the same split, near-equal losses and accuracies."""
-    prepare(synth128, tmp_path / "p64", size=64, workers=1, progress=False)
-    rows = {}
-    for name, data in (("orig", synth128), ("copy", tmp_path / "p64")):
+@pytest.fixture
+def one_thread():
+    """Training in-process on one intra-op thread: on a busy 2-core machine, 2 threads are several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_training_on_the_copy_matches_training_on_the_originals(synth128, tmp_path, one_thread):
+    """Same seed, same split, 2 epochs at 64 px, on the originals (128 px) and on the 64 px copy: near-equal
+    losses and test accuracies, and the model trained on the copy scores the same on the originals.
+
+    So that accuracy means something at this scale, the grade is replaced by a task a ResNet18 learns in a few
+    steps: the quintile of the photograph's mean brightness (balanced classes, chance = 0.2)."""
+    src = tmp_path / "bright"
+    src.mkdir()
+    names = sorted(p.name for p in synth128.glob("*.jpeg"))[:120]
+    level = np.array([np.asarray(Image.open(synth128 / n).convert("L")).mean() for n in names])
+    grade = np.searchsorted(np.quantile(level, [0.2, 0.4, 0.6, 0.8]), level)
+    for n in names:
+        (src / n).write_bytes((synth128 / n).read_bytes())
+    (src / "trainLabels.csv").write_text("image,level\n" + "".join(
+        f"{n[:-5]},{g}\n" for n, g in zip(names, grade)))
+    prepare(src, tmp_path / "p64", size=64, workers=1, progress=False)
+    rows, split = {}, {}
+    for name, data in (("orig", src), ("copy", tmp_path / "p64")):
         run = tmp_path / f"run_{name}"
         assert main(["train", "--data", str(data), "--model", "resnet18", "--no-pretrained", "--epochs", "2",
-                     "--freeze-epochs", "0", "--image-size", "64", "--batch-size", "20", "--workers", "0",
-                     "--augment", "none", "--lr", "3e-3", "--deterministic", "--out", str(run), "--quiet"]) == 0
+                     "--freeze-epochs", "0", "--image-size", "64", "--batch-size", "12", "--workers", "0",
+                     "--augment", "none", "--lr", "2e-3", "--warmup-epochs", "0", "--deterministic",
+                     "--eval-splits", "test", "--out", str(run), "--quiet"]) == 0
         with open(run / "metrics.csv", newline="") as f:
             rows[name] = list(csv.DictReader(f))
-        rows[name + "_split"] = (run / "split.csv").read_text()
-    assert rows["orig_split"] == rows["copy_split"]
-    for a, b in zip(rows["orig"], rows["copy"]):
-        assert abs(float(a["train_loss"]) - float(b["train_loss"])) < 0.1 * float(a["train_loss"])
-        assert abs(float(a["test_accuracy"]) - float(b["test_accuracy"])) <= 0.1
-    first = rows["orig"][0]
-    assert float(rows["orig"][1]["train_loss"]) < float(first["train_loss"])  # it learns something at all
+        split[name] = (run / "split.csv").read_text()
+    assert split["orig"] == split["copy"]
+    acc = {k: [float(r["test_accuracy"]) for r in v] for k, v in rows.items()}
+    loss = {k: [float(r["train_loss"]) for r in v] for k, v in rows.items()}
+    assert max(acc["orig"]) >= 0.4, f"the task was not learnt ({acc}); the comparison would mean nothing"
+    assert all(abs(a - b) <= 0.1 for a, b in zip(acc["orig"], acc["copy"])), acc
+    assert all(abs(a - b) <= 0.1 * a for a, b in zip(loss["orig"], loss["copy"])), loss
+    # the model trained on the copy, evaluated on the originals' test split
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(tmp_path / "run_copy" / "checkpoints" / "last.pt"), "--data", str(src),
+                 "--split", "test", "--split-file", str(tmp_path / "run_copy" / "split.csv"), "--out", str(out),
+                 "--workers", "0", "--bootstrap", "0", "--quiet"]) == 0
+    assert abs(json.loads((out / "metrics.json").read_text())["accuracy"] - acc["copy"][-1]) <= 0.1
 
 
 def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):

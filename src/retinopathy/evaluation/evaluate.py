@@ -22,6 +22,7 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from ..cli.common import add_data_arguments, catalog_options  # noqa: E402
 from ..data import DataError, FundusDataset, Normalize, load_catalog  # noqa: E402
+from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..training.checkpoint import CheckpointError  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
@@ -92,6 +93,8 @@ def main(args) -> dict:
     catalog = load_catalog(args.data, **opts)
     dataset = FundusDataset(catalog, args.split, image_size=prep.size, preprocess=prep.preset, uint8=True,
                             skip_bad=bool(args.skip_bad))
+    if ckpt["model_info"].get("pair_eyes"):
+        dataset = PairedEyes(dataset)
     progress = not args.quiet and sys.stderr.isatty()
     res = predict_dataset(model, objective, dataset, batch_size=args.batch_size, workers=args.workers,
                           device=args.device, amp=args.amp, progress=progress)

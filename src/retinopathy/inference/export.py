@@ -22,6 +22,7 @@ import shutil
 import sys
 import tempfile
 import warnings
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,9 @@ def parity(model, runner, x: torch.Tensor) -> float:
 
 def main(args) -> dict:
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
+    if missing:
+        raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")
     model = model.cpu().float().eval()
     x, what = check_batch(prep, args.check_images)
     out = Path(args.out)

@@ -12,6 +12,8 @@ The CSV has one row per image: ``path, image, true_grade`` (blank when unknown),
 image that cannot be read keeps its row with the reason there and blank predictions; the others are graded.
 With ``--tta`` the probabilities (and scores) are averaged over the identity, horizontal, vertical and both
 flips; the grade is then the most probable one (classification) or the thresholded mean score.
+``--cam DIR`` writes ``DIR/<image>.png``: the Grad-CAM of the predicted grade (see ``explain.py``) on the
+unflipped preprocessed square, at the model's input size.
 """
 from __future__ import annotations
 
@@ -63,7 +65,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     add_data_arguments(p, split_default="all")
     p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores)")
+    p.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores, at most 8)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -186,8 +188,10 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
            "errors": [item.error for item in items], "heatmaps": [""] * n}
     if cam_dir is not None:
-        from .explain import GradCam, save_overlay
-
+        try:
+            from .explain import GradCam, save_overlay
+        except ImportError as e:
+            raise ValueError(f"--cam needs captum ({e}): pip install 'retinopathy[explain]'") from None
         cam = GradCam(model, objective, image_size=prep.size)
         names = _heatmap_names(items)
         cam_dir.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,14 @@ def make_head(kind: str, in_features: int, outputs: int) -> nn.Module:
 
 
 class Grader(nn.Module):
-    """A torchvision backbone whose classifier is a DR head; ``head_name`` says which submodule it is."""
+    """A torchvision backbone whose classifier is a DR head; ``head_name`` says which submodule it is.
 
-    def __init__(self, arch: str, outputs: int, head: str = "linear"):
+    With ``pair_eyes`` the input is ``(N, 2, C, H, W)`` (an eye, then the other eye of the same patient):
+    both go through the backbone, and the head sees the two feature vectors concatenated, as the
+    2nd-place Kaggle 2015 team combined the eyes.
+    """
+
+    def __init__(self, arch: str, outputs: int, head: str = "linear", pair_eyes: bool = False):
         super().__init__()
         if arch not in list_models():
             raise ValueError(f"unknown model {arch!r}; any torchvision classification model works, "
@@ -53,14 +58,21 @@ class Grader(nn.Module):
         self.net = get_model(arch, weights=None)
         self.head_name = _last_linear(self.net)
         in_features = self.net.get_submodule(self.head_name).in_features
-        _set_module(self.net, self.head_name, make_head(head, in_features, outputs))
-        self.arch, self.outputs, self.head_kind = arch, outputs, head
+        new_head = make_head(head, in_features * (2 if pair_eyes else 1), outputs)
+        if pair_eyes:
+            _set_module(self.net, self.head_name, nn.Identity())
+            self.pair_head = new_head
+        else:
+            _set_module(self.net, self.head_name, new_head)
+        self.arch, self.outputs, self.head_kind, self.pair_eyes = arch, outputs, head, pair_eyes
 
     @property
     def head(self) -> nn.Module:
-        return self.net.get_submodule(self.head_name)
+        return self.pair_head if self.pair_eyes else self.net.get_submodule(self.head_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.pair_eyes:
+            return self.pair_head(self.net(x.flatten(0, 1)).view(x.shape[0], -1))
         return self.net(x)
 
     def backbone_modules(self):
@@ -86,9 +98,9 @@ class Grader(nn.Module):
 
 def build_model(arch: str = "resnet18", outputs: int = 5, head: str = "linear", pretrained: bool = False,
                 weights_tag: str = "IMAGENET1K_V1", weights_file: str | None = None,
-                check_hash: bool = True) -> tuple[Grader, str]:
+                check_hash: bool = True, pair_eyes: bool = False) -> tuple[Grader, str]:
     """Return (model, weights origin). ``pretrained`` loads ImageNet weights for the backbone."""
-    model = Grader(arch, outputs, head)
+    model = Grader(arch, outputs, head, pair_eyes)
     origin = "random initialisation (no pretraining)"
     if pretrained or weights_file:
         state, origin = load_pretrained_state(arch, weights_tag, weights_file, check_hash)

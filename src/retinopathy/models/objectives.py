@@ -122,9 +122,9 @@ def tune_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[float]:
     best = kappa(t)
     for _ in range(3):
         for i in range(len(t)):
-            lo = t[i - 1] if i else scores.min() - 1
-            hi = t[i + 1] if i + 1 < len(t) else scores.max() + 1
-            for cand in np.linspace(max(lo, t[i] - 1), min(hi, t[i] + 1), 41):
+            lo = max(t[i - 1] if i else -np.inf, t[i] - 1)
+            hi = min(t[i + 1] if i + 1 < len(t) else np.inf, t[i] + 1)
+            for cand in np.linspace(lo, hi, 41):
                 trial = t[:i] + [float(cand)] + t[i + 1:]
                 k = kappa(trial)
                 if k > best + 1e-9:

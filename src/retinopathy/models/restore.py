@@ -25,7 +25,7 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
     if info.get("num_classes", NUM_GRADES) != NUM_GRADES:
         raise CheckpointError(f"{where}: trained for {info['num_classes']} classes; retinopathy grades 5 (0-4)")
     try:
-        model = Grader(info["arch"], info["num_outputs"], info["head"])
+        model = Grader(info["arch"], info["num_outputs"], info["head"], info.get("pair_eyes", False))
         model.load_state_dict(ckpt["model"])
     except KeyError as e:
         raise CheckpointError(f"{where}: incomplete model information ({e} missing)") from None

@@ -44,7 +44,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--check-weights-hash", action=argparse.BooleanOptionalAction, default=True,
                    help="check the SHA-256 prefix in a torchvision weights file name")
     g.add_argument("--head", choices=HEADS, default="linear", help="'lab': fc->50->ReLU->Dropout(0.25)->5")
-    g.add_argument("--objective", choices=OBJECTIVES, default="classification")
+    g.add_argument("--objective", choices=OBJECTIVES, default="classification",
+                   help="classification (CE), regression (smooth L1 + thresholds tuned for kappa), ordinal (CORAL)")
+    g.add_argument("--pair-eyes", action="store_true",
+                   help="the head also sees the other eye of the same patient (features concatenated)")
 
     g = p.add_argument_group("schedule and optimisation")
     g.add_argument("--epochs", type=int, default=20, help="total epochs, frozen ones included")

@@ -45,7 +45,7 @@ def set_train_mode(model: nn.Module, frozen: bool) -> None:
 
 def to_device(images: torch.Tensor, device: torch.device, normalize: nn.Module, channels_last: bool):
     images = images.to(device, non_blocking=True)
-    if channels_last:
+    if channels_last and images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     return normalize(images)
 

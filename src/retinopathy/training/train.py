@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, load_catalog
+from ..data.dataset import PairedEyes
 from ..data.formats import GRADES
 from ..evaluation.metrics import summary
 from ..models import build_model, make_objective
@@ -145,6 +146,8 @@ def main(args) -> dict:
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad))
     train_set = FundusDataset(catalog, "train", augment=args.augment, **common)
     eval_sets = {sp: FundusDataset(catalog, sp, **common) for sp in eval_splits}
+    if args.pair_eyes:
+        train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
         train_set.write_split(out / "split.csv")
@@ -156,7 +159,8 @@ def main(args) -> dict:
     if args.objective != "classification" and args.label_smoothing:
         raise SystemExit("error: --label-smoothing applies to the classification objective only")
     model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
-                                args.weights_tag, None if ckpt else args.weights, args.check_weights_hash)
+                                args.weights_tag, None if ckpt else args.weights, args.check_weights_hash,
+                                args.pair_eyes)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         origin = ckpt["model_info"]["weights_origin"]
@@ -182,7 +186,7 @@ def main(args) -> dict:
     model_info = {"arch": args.model, "head": args.head, "objective": args.objective,
                   "num_outputs": objective.outputs, "num_classes": 5, "class_names": GRADE_NAMES,
                   "preprocessing": train_set.preprocessing.to_dict(), "weights_origin": origin,
-                  "thresholds": objective.thresholds, "head_name": grader.head_name}
+                  "thresholds": objective.thresholds, "head_name": grader.head_name, "pair_eyes": args.pair_eyes}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
                        "labels": [str(p) for p in catalog.labels], "images": str(catalog.image_root),

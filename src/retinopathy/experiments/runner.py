@@ -1,0 +1,352 @@
+"""``retinopathy experiment CONFIG.yaml``: train and evaluate every cell of a grid; re-running resumes.
+
+The YAML file::
+
+    name: demo                  # experiment folder = <out>/<name>
+    out: runs
+    data: data/synthetic        # relative to the current directory (``--data`` overrides it)
+    description: ...            # optional, shown in the report
+    synth: {n: 360, size: 128}  # optional: generate synthetic data there first when the folder is missing/empty
+    train: {epochs: 3, image_size: 96}                         # ``retinopathy train`` options shared by all cells
+    grid: {model: [resnet18, resnet50], pretrained: [true, false]}   # cartesian product, one cell each
+    evaluate: {bootstrap: 1000}                                # optional: bootstrap, batch_size
+    report: {out: reports/demo}                                # optional: build the report afterwards
+
+Each cell (``resnet18-pretrained``, ``resnet50-scratch``, ``lr-0.01``...) is a ``retinopathy train`` run in
+``<out>/<name>/<cell>/`` (its options in ``cell.yaml``), then ``retinopathy evaluate`` of ``best.pt`` on the test
+split into ``<cell>/eval/``. A cell whose ImageNet weights cannot be had is skipped (``SKIPPED.json`` with the
+reason) and the others still run. Finished cells are left alone on a re-run; interrupted ones resume from
+``checkpoints/last.pt``. The state of every cell goes to ``<out>/<name>/experiment.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import inspect
+import itertools
+import json
+import os
+import re
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..cli.common import READ_KEYS
+from ..data import DataError
+from ..models.weights import WeightsError, load_pretrained_state
+from ..training import config as train_config
+from ..training.checkpoint import CheckpointError
+
+TOP_KEYS = ("name", "out", "data", "description", "synth", "train", "grid", "evaluate", "report")
+RESERVED = {"data", "out", "resume", "config", "stop_after", "help"}  # the runner sets these itself
+RUNTIME = {"workers", "device", "amp", "quiet", "channels_last", "compile", "epochs"}  # may change on a re-run
+EVAL_KEYS = {"bootstrap", "batch_size"}
+WEIGHTS_TIMEOUT = 30  # seconds a stalled weights download may wait on the network before the cell is skipped
+
+
+class ExperimentError(ValueError):
+    """The experiment file or folder cannot be used as it is."""
+
+
+@dataclass
+class Cell:
+    name: str
+    values: dict  # this cell's grid values
+    options: dict  # train options: shared ones, then the grid values
+    dir: Path
+
+
+@dataclass
+class Experiment:
+    name: str
+    file: Path
+    dir: Path
+    data: str
+    cells: list[Cell]
+    grid: dict
+    description: str = ""
+    synth: dict | None = None
+    evaluate: dict = field(default_factory=dict)
+    report_out: Path | None = None
+
+
+# ------------------------------------------------------------------------------------------ the YAML file
+def _options(section, file: Path, what: str) -> dict:
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        raise ExperimentError(f"{file}: '{what}:' must be a mapping of option: value")
+    opts = {str(k).replace("-", "_"): v for k, v in section.items()}
+    known = {a.dest for a in train_config.get_args_parser()._actions}
+    unknown = sorted(set(opts) - known)
+    if unknown:
+        raise ExperimentError(f"{file}: unknown train option(s) in '{what}:': {', '.join(unknown)} "
+                              "(keys are `retinopathy train` option names with _, e.g. image_size)")
+    reserved = sorted(set(opts) & RESERVED)
+    if reserved:
+        raise ExperimentError(f"{file}: '{what}:' may not set {', '.join(reserved)}; the experiment sets it "
+                              "(data: at the top level; run folders are <out>/<name>/<cell>)")
+    return opts
+
+
+def cell_name(values: dict) -> str:
+    """``{model: resnet18, pretrained: false, lr: 0.01}`` -> ``resnet18-scratch-lr-0.01``."""
+    parts = []
+    for key, v in values.items():
+        label = key.replace("_", "-")
+        if key == "model":
+            parts.append(str(v))
+        elif key == "pretrained":
+            parts.append("pretrained" if v else "scratch")
+        elif isinstance(v, bool):
+            parts.append(label if v else f"no-{label}")
+        else:
+            parts.append(f"{label}-{v}")
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
+
+
+def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
+    """Read and check an experiment file; ``data`` overrides its ``data:``."""
+    file = Path(path)
+    try:
+        cfg = yaml.safe_load(file.read_text())
+    except OSError as e:
+        raise ExperimentError(f"{file}: cannot read it ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise ExperimentError(f"{file}: not valid YAML ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ExperimentError(f"{file}: expected a mapping with name, data, train and grid")
+    unknown = sorted(set(cfg) - set(TOP_KEYS))
+    if unknown:
+        raise ExperimentError(f"{file}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(TOP_KEYS)}")
+    name = str(cfg.get("name") or file.stem)
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise ExperimentError(f"{file}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    data = data or cfg.get("data")
+    if not data:
+        raise ExperimentError(f"{file}: set data: to the dataset folder (or pass --data)")
+    shared = _options(cfg.get("train"), file, "train")
+    grid = _options(cfg.get("grid"), file, "grid")
+    grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
+    both = sorted(set(grid) & set(shared))
+    if both:
+        raise ExperimentError(f"{file}: {', '.join(both)} is set in both train: and grid:; keep one")
+    if any(not v for v in grid.values()):
+        raise ExperimentError(f"{file}: every grid: entry needs at least one value")
+    root = Path(cfg.get("out") or "runs") / name
+    cells = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        cname = cell_name(values) or str(shared.get("model", "run"))
+        cells.append(Cell(cname, values, {**shared, **values}, root / cname))
+    names = [c.name for c in cells]
+    if len(set(names)) != len(names):
+        raise ExperimentError(f"{file}: grid values give the same cell name twice ({names})")
+    ev = cfg.get("evaluate") or {}
+    if not isinstance(ev, dict) or set(ev) - EVAL_KEYS:
+        raise ExperimentError(f"{file}: evaluate: takes {', '.join(sorted(EVAL_KEYS))}")
+    synth = cfg.get("synth")
+    if synth is not None:
+        from ..data.synth import generate
+
+        allowed = set(inspect.signature(generate).parameters) - {"out", "progress"}
+        if not isinstance(synth, dict) or set(synth) - allowed:
+            raise ExperimentError(f"{file}: synth: takes {', '.join(sorted(allowed))}")
+    report = cfg.get("report")
+    report_out = Path(report["out"]) if isinstance(report, dict) and report.get("out") else None
+    return Experiment(name, file, root, str(data), cells, grid, str(cfg.get("description") or ""), synth, ev,
+                      report_out)
+
+
+# ---------------------------------------------------------------------------------------------- cells
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def epochs_done(run: Path) -> int:
+    """Epochs recorded in ``run/metrics.csv`` (0 when there is none)."""
+    try:
+        with open(run / "metrics.csv", newline="") as f:
+            return len({row["epoch"] for row in csv.DictReader(f)})
+    except FileNotFoundError:
+        return 0
+
+
+def is_evaluated(run: Path) -> bool:
+    """evaluate writes metrics.json first and confusion_matrix.png last: both present = complete."""
+    return (run / "eval" / "metrics.json").exists() and (run / "eval" / "confusion_matrix.png").exists()
+
+
+def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
+    """Write ``cell.yaml`` (refusing to mix options into a cell run with others) and parse it as train would."""
+    options = {**cell.options, "data": str(Path(exp.data).resolve())}
+    saved_file = cell.dir / "cell.yaml"
+    if saved_file.exists() and (cell.dir / "metrics.csv").exists():
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+        changed = sorted(k for k in set(saved) | set(options) if saved.get(k) != options.get(k))
+        changed = [k for k in changed if k not in RUNTIME]
+        if changed:
+            what = ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed)
+            raise ExperimentError(f"{cell.dir} was run with other options ({what}). Delete that folder to run the "
+                                  f"cell again, or give the experiment another name: in {exp.file}")
+    cell.dir.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(options, sort_keys=False)
+    if not saved_file.exists() or saved_file.read_text() != text:  # a finished cell's files stay untouched
+        tmp = saved_file.with_name(".cell.yaml.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, saved_file)
+    try:
+        return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)])
+    except SystemExit:
+        raise ExperimentError(f"{exp.file}: cell {cell.name} has invalid train options (see the message above)") \
+            from None
+
+
+def check_weights(args: argparse.Namespace) -> None:
+    """Get the cell's ImageNet weights now (cache or download) so that a cell without them is skipped up front."""
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(WEIGHTS_TIMEOUT)
+    try:
+        load_pretrained_state(args.model, args.weights_tag, args.weights, args.check_weights_hash)
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def evaluate_cell(run: Path, args: argparse.Namespace, exp: Experiment, quiet: bool) -> dict:
+    """``retinopathy evaluate best.pt --split test`` with the run's own split, into ``run/eval``."""
+    from ..evaluation import evaluate
+
+    argv = [str(run / "checkpoints" / "best.pt"), "--data", args.data, "--split", "test", "--out", str(run / "eval"),
+            "--split-file", str(run / "split.csv"), "--bootstrap", str(exp.evaluate.get("bootstrap", 1000)),
+            "--batch-size", str(exp.evaluate.get("batch_size", args.batch_size)), "--device", args.device,
+            "--amp", args.amp]
+    for key in READ_KEYS:
+        if getattr(args, key, None) is not None:
+            argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
+    argv += (["--workers", str(args.workers)] if args.workers is not None else []) + \
+        (["--skip-bad"] if args.skip_bad else []) + (["--quiet"] if quiet else [])
+    return evaluate.main(evaluate.get_args_parser().parse_args(argv))
+
+
+def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool, tag: str) -> dict:
+    """Bring one cell to 'trained and evaluated', doing only what is missing; returns its status entry."""
+    from ..training import train
+
+    run = cell.dir
+    done, has_last = epochs_done(run), (run / "checkpoints" / "last.pt").exists()
+    trained = has_last and done >= args.epochs
+    if trained and is_evaluated(run):
+        print(f"{tag} finished earlier ({done} epochs, evaluated); nothing to do")
+        return _done_entry(run)
+    if not trained:
+        if args.pretrained and not has_last:
+            check_weights(args)
+        (run / "SKIPPED.json").unlink(missing_ok=True)
+        shutil.rmtree(run / "eval", ignore_errors=True)  # from an earlier, shorter training
+        print(f"{tag} " + (f"resuming after epoch {done}/{args.epochs}" if has_last else
+                           f"training {args.epochs} epochs") + f" -> {run}", flush=True)
+        argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if has_last else [])
+        train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))
+    print(f"{tag} evaluating best.pt on the test split -> {run / 'eval'}", flush=True)
+    evaluate_cell(run, args, exp, quiet)
+    return _done_entry(run)
+
+
+def _done_entry(run: Path) -> dict:
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    return {"status": "done", "test_accuracy": m["accuracy"], "kappa": m["kappa"], "macro_f1": m["macro_f1"],
+            "majority_accuracy": m["majority_accuracy"]}
+
+
+def _needs_synth(data: Path) -> bool:
+    """Generate only into a missing folder, or one that holds neither labels nor sub-folders (an interrupted
+    generation writes its CSV and README.txt last), so real data is never written over."""
+    if not data.exists():
+        return True
+    return not (data / "README.txt").exists() and not any(p.suffix == ".csv" or p.is_dir() for p in data.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- the grid
+def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) -> dict:
+    """Run every cell that is not finished; write ``experiment.json``; build the report if the file asks."""
+    data = Path(exp.data)
+    if exp.synth is not None and _needs_synth(data):
+        from ..data.synth import generate
+
+        print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
+        generate(data, **exp.synth, progress=not quiet and sys.stderr.isatty())
+    exp.dir.mkdir(parents=True, exist_ok=True)
+    parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
+    status_file = exp.dir / "experiment.json"
+    status = {"name": exp.name, "config": str(exp.file.resolve()), "data": str(data.resolve()),
+              "description": exp.description, "grid": exp.grid,
+              "cells": {c.name: {"status": "pending", "dir": c.name, "values": c.values} for c in exp.cells}}
+    _write_json(status_file, status)
+    start = time.perf_counter()
+    for i, cell in enumerate(exp.cells, 1):
+        tag = f"[{i}/{len(exp.cells)}] {cell.name}:"
+        entry = status["cells"][cell.name]
+        t0 = time.perf_counter()
+        try:
+            entry.update(run_cell(cell, parsed[cell.name], exp, quiet, tag))
+            entry.pop("reason", None)
+        except WeightsError as e:
+            reason = str(e)
+            entry.update(status="skipped", reason=reason)
+            _write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
+                                                    "train": _plain(vars(parsed[cell.name]))})
+            print(f"{tag} skipped - {str(e).splitlines()[0]}", flush=True)
+        except CheckpointError as e:
+            entry.update(status="failed", reason=str(e))
+            print(f"{tag} failed - {e}", file=sys.stderr, flush=True)
+        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        _write_json(status_file, status)
+        if entry["status"] == "done":
+            print(f"{tag} test accuracy {entry['test_accuracy']:.3f} (majority class {entry['majority_accuracy']:.3f})"
+                  f", kappa {entry['kappa']:.3f}, macro-F1 {entry['macro_f1']:.3f}", flush=True)
+    counts = {s: sum(e["status"] == s for e in status["cells"].values()) for s in ("done", "skipped", "failed")}
+    print(f"experiment {exp.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+          + f" in {time.perf_counter() - start:.0f} s -> {exp.dir}")
+    if report and exp.report_out is not None:
+        from ..reporting.report import build_report
+
+        index = build_report([exp.dir], exp.report_out)
+        status["report"] = str(index)
+        print(f"report: {index}")
+    return status
+
+
+def _plain(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is None or isinstance(v, (str, int, float, bool))}
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("retinopathy experiment", add_help=add_help,
+                                description="Train and evaluate every cell of a grid described by a YAML file; "
+                                            "re-running skips finished cells and resumes interrupted ones.")
+    p.add_argument("config", metavar="CONFIG.yaml", help="experiment file (see configs/demo.yaml, configs/lab.yaml)")
+    p.add_argument("--data", help="dataset folder (overrides data: in the file)")
+    p.add_argument("--no-report", dest="report", action="store_false", help="do not build the report afterwards")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(args) -> dict:
+    return run_experiment(load_experiment(args.config, args.data), quiet=args.quiet, report=args.report)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        status = main(args)
+    except (ExperimentError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if any(e["status"] == "failed" for e in status["cells"].values()) else 0

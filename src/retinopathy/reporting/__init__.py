@@ -1,0 +1,1 @@
+"""Reports on trained runs: ``report`` (comparison page: index.html + report.md) and ``figures``."""

@@ -1,0 +1,100 @@
+"""The report's figures (matplotlib, Agg): learning curves per model and the confusion matrices side by side.
+
+Colours are Okabe-Ito (colour-blind safe) and mean the same in every figure and table: pretrained runs are
+blue, runs from scratch orange (further variants take the palette's other colours); train is dashed, test solid.
+"""
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+BLUE, ORANGE = "#0072B2", "#E69F00"
+OTHERS = ["#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+DPI = 110
+CURVE_SIZE = (7.0, 4.4)  # inches
+CONFUSION_CELL = (3.5, 3.3)  # inches per matrix
+
+
+def curve_size_px() -> tuple[int, int]:
+    return round(CURVE_SIZE[0] * DPI), round(CURVE_SIZE[1] * DPI)
+
+
+def confusion_size_px(rows: int, cols: int) -> tuple[int, int]:
+    return round(CONFUSION_CELL[0] * cols * DPI), round(CONFUSION_CELL[1] * rows * DPI)
+
+
+def variant_colours(variants: list[tuple[str, bool]]) -> dict[str, str]:
+    """{variant label: colour} for (label, pretrained) pairs: first pretrained blue, first scratch orange."""
+    colours, others = {}, itertools.cycle(OTHERS)
+    for label, pretrained in variants:
+        base = BLUE if pretrained else ORANGE
+        colours[label] = base if base not in colours.values() else next(others)
+    return colours
+
+
+def curves_figure(title: str, series: list[dict], metric: str, path: Path, baseline: float | None = None) -> None:
+    """Train (dashed) and test (solid) ``metric`` per epoch for each series.
+
+    ``series``: dicts with ``label``, ``colour``, ``rows`` (metrics.csv rows as dicts of floats) and
+    ``freeze_epochs``; ``baseline``: majority-class test accuracy, drawn as a grey dotted line.
+    """
+    fig, ax = plt.subplots(figsize=CURVE_SIZE, dpi=DPI, layout="constrained")
+    for s in series:
+        epochs = [r["epoch"] + 1 for r in s["rows"]]
+        for split, style in (("train", "--"), ("test", "-")):
+            values = [r.get(f"{split}_{metric}") for r in s["rows"]]
+            if any(v is not None for v in values):
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, color=s["colour"], marker="o",
+                        markersize=4, linewidth=2, label=f"{s['label']} - {split}")
+    for fe in sorted({s["freeze_epochs"] for s in series if s["freeze_epochs"]}):
+        ax.axvline(fe + 0.5, color="#555555", linestyle=":", linewidth=1.2)
+        ax.annotate("fine-tuning starts", (fe + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -4),
+                    textcoords="offset points", va="top", fontsize=8.5, color="#333333")
+    if baseline is not None:
+        ax.axhline(baseline, color="#777777", linestyle=(0, (1, 2)), linewidth=1.5,
+                   label=f"always the most common grade (test) {baseline:.2f}")
+    ax.set_title(title, fontsize=12)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric if metric != "accuracy" else "accuracy (fraction correct)")
+    if metric == "accuracy":
+        ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    fig.legend(loc="outside lower center", ncol=2, fontsize=9, frameon=False, handlelength=3.5)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) -> None:
+    """Row-normalised confusion matrices, one per (row, col) label pair; ``cells[(row, col)]`` is a 5x5 count
+    matrix, or a string saying why that run has none (skipped, not evaluated...)."""
+    fig, axes = plt.subplots(len(rows), len(cols), dpi=DPI, squeeze=False, layout="constrained",
+                             figsize=(CONFUSION_CELL[0] * len(cols), CONFUSION_CELL[1] * len(rows)))
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            ax, cell = axes[i][j], cells.get((row, col), "not in this comparison")
+            ax.set_title(f"{row}\n{col}", fontsize=10)
+            if isinstance(cell, str):
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, textwrap.fill(textwrap.shorten(cell, 160), 34), ha="center", va="center", fontsize=9, color="#333333",
+                        transform=ax.transAxes, bbox=dict(boxstyle="round", fc="#f3f3f3", ec="#bbbbbb"))
+                continue
+            counts = np.asarray(cell, dtype=float)
+            norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+            ConfusionMatrixDisplay(norm, display_labels=range(5)).plot(
+                ax=ax, cmap="Blues", values_format=".2f", colorbar=False, im_kw={"vmin": 0, "vmax": 1},
+                text_kw={"fontsize": 8})
+            ax.set_title(f"{row}\n{col}", fontsize=10)
+            ax.set_xlabel("predicted grade", fontsize=9)
+            ax.set_ylabel("true grade", fontsize=9)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)

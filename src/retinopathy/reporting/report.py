@@ -1,0 +1,431 @@
+"""``retinopathy report RUN_OR_EXPERIMENT_DIR... --out DIR``: one page that compares trained runs.
+
+Writes ``DIR/index.html`` (self-contained: inline CSS, figures as base64 data URIs, no scripts; opens offline)
+and ``DIR/report.md`` with the figures as PNGs beside it: the results table (one row per model, one column per
+variant such as pretrained/from scratch) beside the majority-class baseline, learning curves, confusion
+matrices, per-grade recall and precision, and each run's configuration, data, selection rule, time, hardware
+and versions. Accepts experiment folders, run folders, or folders of runs. A run without
+``eval/metrics.json`` is shown as "not evaluated" with the command that evaluates it (the report does not
+evaluate by itself); skipped, failed and unfinished cells are shown with their reason.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import os
+import sys
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..models.restore import display_name
+from . import figures
+from .html import render_html
+
+IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "channels_last", "compile",
+           "stop_after", "split_file", "weights", "model", "pretrained"}  # never what tells two variants apart
+GRADES = range(5)
+
+
+class ReportError(ValueError):
+    """A folder given to the report is not a run or an experiment."""
+
+
+@dataclass
+class Run:
+    """One trained (or skipped, or unfinished) run and what the report says about it."""
+
+    name: str
+    dir: Path
+    status: str  # done | not evaluated | incomplete | skipped | failed | pending
+    reason: str = ""
+    train: dict = field(default_factory=dict)
+    config: dict | None = None
+    rows: list[dict] = field(default_factory=list)
+    eval: dict | None = None
+    variant: str = ""
+    colour: str = "#000000"
+    numbers: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        return str(self.train.get("model", "unknown model"))
+
+    @property
+    def title(self) -> str:
+        return display_name(self.model)
+
+    @property
+    def pretrained(self) -> bool:
+        return bool(self.train.get("pretrained", True))
+
+
+# ------------------------------------------------------------------------------------------- reading
+def read_rows(path: Path) -> list[dict]:
+    """metrics.csv as dicts, numbers as floats (epoch as int), empty cells as None."""
+    if not path.exists():
+        return []
+    rows = []
+    with open(path, newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {}
+            for k, v in raw.items():
+                try:
+                    row[k] = float(v) if v not in ("", None) else None
+                except ValueError:
+                    row[k] = v
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
+    return rows
+
+
+def load_run(run: Path, name: str | None = None) -> Run:
+    name = name or run.name
+    if (run / "config.yaml").exists():
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        train, rows = config.get("train", {}), read_rows(run / "metrics.csv")
+        metrics_file = run / "eval" / "metrics.json"
+        ev = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        epochs = int(train.get("epochs") or len(rows))
+        if ev is not None:
+            status, reason = "done", ""
+        elif len(rows) < epochs:
+            status, reason = "incomplete", (f"trained {len(rows)} of {epochs} epochs; continue with "
+                                            f"`retinopathy train --resume {run}` or by re-running the experiment")
+        else:
+            status, reason = "not evaluated", (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} "
+                                               f"--data {train.get('data')} --split test --out {run / 'eval'}`")
+        return Run(name, run, status, reason, train, config, rows, ev)
+    if (run / "SKIPPED.json").exists():
+        info = json.loads((run / "SKIPPED.json").read_text())
+        return Run(name, run, "skipped", info.get("reason", ""), info.get("train", {}))
+    raise ReportError(f"{run}: not a run folder (no config.yaml or SKIPPED.json)")
+
+
+def load_experiment(exp: Path) -> list[Run]:
+    """The cells of an experiment folder in grid order, with the status ``experiment.json`` records."""
+    status = json.loads((exp / "experiment.json").read_text())
+    runs = []
+    for cname, entry in status.get("cells", {}).items():
+        d = exp / entry.get("dir", cname)
+        if (d / "config.yaml").exists() or (d / "SKIPPED.json").exists():
+            run = load_run(d, cname)
+        else:
+            opts = yaml.safe_load((d / "cell.yaml").read_text()) if (d / "cell.yaml").exists() else {}
+            run = Run(cname, d, "pending", "not run yet: the experiment stopped before this cell; run the "
+                                          "experiment again to run it", {**entry.get("values", {}), **opts})
+        if entry.get("status") == "failed":
+            run.status, run.reason = "failed", entry.get("reason", "")
+        runs.append(run)
+    return runs
+
+
+def collect(paths) -> list[Run]:
+    """Runs from experiment folders, run folders and folders of runs, in the order given."""
+    runs: list[Run] = []
+    for p in map(Path, paths):
+        if (p / "experiment.json").exists():
+            runs += load_experiment(p)
+        elif (p / "config.yaml").exists() or (p / "SKIPPED.json").exists():
+            runs.append(load_run(p))
+        else:
+            subs = sorted(d for d in p.iterdir() if (d / "config.yaml").exists() or (d / "SKIPPED.json").exists()) \
+                if p.is_dir() else []
+            if not subs:
+                raise ReportError(f"{p}: not a run folder (config.yaml), an experiment folder (experiment.json) "
+                                  "or a folder of runs")
+            runs += [load_run(d) for d in subs]
+    names = Counter(r.name for r in runs)
+    for r in runs:
+        if names[r.name] > 1:
+            r.name = f"{r.dir.parent.name}/{r.name}"
+    return runs
+
+
+# ------------------------------------------------------------------------------------------- numbers
+def assign_variants(runs: list[Run]) -> None:
+    """Label each run 'ImageNet-pretrained' or 'from scratch', plus any option that differs between runs of
+    the same model and pretraining (e.g. 'from scratch, seed 1'); colour the labels consistently."""
+    groups = defaultdict(list)
+    for r in runs:
+        groups[(r.model, r.pretrained)].append(r)
+    keys = set()
+    for group in groups.values():
+        if len(group) > 1:
+            common = set.intersection(*(set(r.train) for r in group)) - IGNORED
+            keys |= {k for k in common if len({json.dumps(r.train[k], default=str) for r in group}) > 1}
+    for r in runs:
+        extra = ", ".join(f"{k.replace('_', ' ')} {r.train[k]}" for k in sorted(keys) if k in r.train)
+        r.variant = ("ImageNet-pretrained" if r.pretrained else "from scratch") + (f", {extra}" if extra else "")
+    twice = Counter((r.model, r.variant) for r in runs)
+    for r in runs:
+        if twice[(r.model, r.variant)] > 1:
+            r.variant += f" ({r.name})"
+    colours = figures.variant_colours(list(dict.fromkeys((r.variant, r.pretrained) for r in runs)))
+    for r in runs:
+        r.colour = colours[r.variant]
+
+
+def _best(rows: list[dict], column: str) -> tuple[float, int] | None:
+    """(highest value, its 1-based epoch) of a metrics.csv column; the first epoch wins ties."""
+    values = [(r[column], r["epoch"] + 1) for r in rows if r.get(column) is not None]
+    return max(values, key=lambda v: (v[0], -v[1])) if values else None
+
+
+def run_numbers(run: Run) -> dict:
+    """Everything the tables show for one run (1-based epochs)."""
+    n: dict = {}
+    selection = (run.config or {}).get("selection", {})
+    n["selection_split"], n["selection_metric"] = selection.get("split"), selection.get("metric")
+    if run.rows:
+        n["epochs_done"] = len(run.rows)
+        n["seconds"] = sum(r.get("epoch_seconds") or 0 for r in run.rows)
+        if n["selection_split"] and (best := _best(run.rows, f"{n['selection_split']}_accuracy")):
+            n["best_selection_accuracy"], n["best_selection_epoch"] = best
+        if best := _best(run.rows, "test_accuracy"):
+            n["max_test_accuracy"], n["max_test_epoch"] = best
+    ev = run.eval
+    if ev is not None:
+        n.update(test_accuracy=ev["accuracy"], kappa=ev["kappa"], macro_f1=ev["macro_f1"],
+                 majority_accuracy=ev["majority_accuracy"], referable_auc=ev.get("referable_auc"),
+                 selected_epoch=ev["epoch"] + 1, test_count=ev["count"],
+                 majority_grade=max(GRADES, key=lambda g: ev["true_counts"][g]),
+                 ci_accuracy=(ev.get("ci95") or {}).get("accuracy"), ci_kappa=(ev.get("ci95") or {}).get("kappa"))
+        n["warning"] = n["test_accuracy"] <= n["majority_accuracy"] or n["kappa"] <= 0
+    return n
+
+
+def at_a_glance(runs: list[Run]) -> list[str]:
+    """A few plain sentences that sum the comparison up."""
+    done = [r for r in runs if r.eval is not None]
+    lines = []
+    datas = {str((r.config or {}).get("data", {}).get("path", r.train.get("data"))) for r in done}
+    counts = {r.numbers["test_count"] for r in done}
+    lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
+                 + (f" of {datas.pop()}" if len(datas) == 1 else "")
+                 + (f" ({counts.pop()} images)." if len(counts) == 1 else "."))
+    if done:
+        best = max(done, key=lambda r: (r.numbers["kappa"], r.numbers["test_accuracy"]))
+        b = best.numbers
+        lines.append(f"Highest quadratic kappa: {best.title}, {best.variant} - kappa {b['kappa']:.3f}, test accuracy "
+                     f"{b['test_accuracy']:.3f} (always answering grade {b['majority_grade']} scores "
+                     f"{b['majority_accuracy']:.3f}).")
+    flagged = [r for r in done if r.numbers["warning"]]
+    if flagged:
+        lines.append(f"Warning: {len(flagged)} of {len(done)} evaluated runs are no better than always answering the "
+                     "most common grade (test accuracy at or below it, or kappa <= 0): "
+                     + ", ".join(r.name for r in flagged) + ".")
+    for r in runs:
+        if r.eval is None:
+            lines.append(f"Missing: {r.name} - {r.status}: {r.reason.splitlines()[0] if r.reason else ''}")
+    if any(r.numbers.get("selection_split") == "test" for r in runs):
+        lines.append("Some runs pick their checkpoint on the test split (the lab's rule), so their test numbers are "
+                     "optimistic; a validation split gives honest ones.")
+    if any(_is_synthetic(d) for d in datas | {str(r.train.get("data")) for r in runs}):
+        lines.append("The data are synthetic drawings (retinopathy.data.synth), not photographs of patients: these "
+                     "numbers show the pipeline works, not how well a model grades real eyes.")
+    return lines
+
+
+def _is_synthetic(data: str) -> bool:
+    readme = Path(data) / "README.txt"
+    return readme.exists() and readme.read_text(errors="replace").startswith("Synthetic")
+
+
+# ------------------------------------------------------------------------------------------- building
+def build_report(paths, out: str | Path, title: str | None = None) -> Path:
+    """Write ``out/index.html``, ``out/report.md`` and the PNGs; return the path of index.html."""
+    runs = collect(paths)
+    if not runs:
+        raise ReportError("no runs to report on")
+    assign_variants(runs)
+    for r in runs:
+        r.numbers = run_numbers(r)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = list(dict.fromkeys(r.model for r in runs))
+    variants = sorted(dict.fromkeys(r.variant for r in runs), key=lambda v: not v.startswith("ImageNet"))
+    grid = {(r.model, r.variant): r for r in runs}
+    figs = []
+    for model in models:
+        mine = [r for r in runs if r.model == model and r.rows]
+        if not mine:
+            continue
+        series = [{"label": r.variant, "colour": r.colour, "rows": r.rows,
+                   "freeze_epochs": int(r.train.get("freeze_epochs") or 0)} for r in mine]
+        baselines = {round(r.numbers["majority_accuracy"], 6) for r in mine if "majority_accuracy" in r.numbers}
+        for metric in ("accuracy", "loss"):
+            name = f"{metric}-{model}.png"
+            figures.curves_figure(f"{display_name(model)}: {metric} per epoch", series, metric, out / name,
+                                  baseline=baselines.pop() if metric == "accuracy" and len(baselines) == 1 else None)
+            figs.append({"file": name, "kind": metric, "model": model,
+                         "title": f"{display_name(model)}: {metric}"})
+    cells = {(display_name(m), v): (grid[(m, v)].eval["confusion_matrix"] if grid[(m, v)].eval is not None
+                                    else f"{grid[(m, v)].status}: {grid[(m, v)].reason.splitlines()[0]}")
+             for m in models for v in variants if (m, v) in grid}
+    figures.confusion_grid([display_name(m) for m in models], variants, cells, out / "confusion.png")
+    figs.append({"file": "confusion.png", "kind": "confusion", "model": None,
+                 "title": "Normalized confusion matrices (rows: true grade)"})
+    ctx = {"title": title or "Diabetic-retinopathy grader comparison",
+           "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
+           "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
+           "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs)}
+    _atomic_write(out / "report.md", render_markdown(ctx))
+    _atomic_write(out / "index.html", render_html(ctx, out))
+    return out / "index.html"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------------------------- markdown
+def fmt(v, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def cell_lines(run: Run) -> list[str]:
+    """The lines of one results-table cell, as plain text (shared by Markdown and HTML)."""
+    n = run.numbers
+    if run.eval is None:
+        return [f"{run.status}: {run.reason.splitlines()[0]}" if run.reason else run.status]
+    sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
+    lines = [f"test accuracy {fmt(n['test_accuracy'])}"
+             + (f" (95% CI {fmt(n['ci_accuracy'][0])}-{fmt(n['ci_accuracy'][1])})" if n.get("ci_accuracy") else ""),
+             f"kappa {fmt(n['kappa'])}, macro-F1 {fmt(n['macro_f1'])}",
+             f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
+    if "best_selection_accuracy" in n:
+        lines.append(f"best {sel} accuracy {fmt(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
+    if "max_test_accuracy" in n:
+        lines.append(f"highest test accuracy over epochs {fmt(n['max_test_accuracy'])} (epoch {n['max_test_epoch']}; "
+                     "the lab's number, optimistic)")
+    return lines
+
+
+def warning_text(run: Run) -> str:
+    return f"no better than always answering grade {run.numbers['majority_grade']}"
+
+
+def render_markdown(ctx: dict) -> str:
+    runs, grid = ctx["runs"], ctx["grid"]
+    md = [f"# {ctx['title']}", "", f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}.", "",
+          "## At a glance", ""] + [f"- {line}" for line in ctx["glance"]] + ["", "## Results", ""]
+    md.append("| Model | " + " | ".join(ctx["variants"]) + " | Always the most common grade (test) |")
+    md.append("|---" * (len(ctx["variants"]) + 2) + "|")
+    for m in ctx["models"]:
+        cells = []
+        for v in ctx["variants"]:
+            r = grid.get((m, v))
+            if r is None:
+                cells.append("not in this comparison")
+                continue
+            text = "<br>".join(cell_lines(r))
+            if r.numbers.get("warning"):
+                text += f"<br>**⚠ {warning_text(r)}**"
+            cells.append(text.replace("|", "/"))
+        majors = sorted({fmt(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
+        md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {' / '.join(majors) or '-'} |")
+    md += ["", "Epochs count from 1. Test accuracy, kappa and macro-F1 are those of the selected checkpoint (best.pt) on "
+           "the test split; the 95% interval resamples patients. ⚠ marks a run whose test accuracy is not above always "
+           "answering the most common grade, or whose kappa is 0 or less.", "", "### All runs", "",
+           "| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy | "
+           "Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |",
+           "|---" * 13 + "|"]
+    for r in runs:
+        n = r.numbers
+        best = (f"{fmt(n['best_selection_accuracy'], 4)} ({n['best_selection_epoch']}, {n['selection_split']})"
+                if "best_selection_accuracy" in n else "-")
+        top = f"{fmt(n['max_test_accuracy'], 4)} ({n['max_test_epoch']})" if "max_test_accuracy" in n else "-"
+        md.append(f"| {r.name} | {r.title} | {r.variant} | {r.status} | {n.get('selected_epoch', '-')} | "
+                  f"{fmt(n.get('test_accuracy'), 4)} | {fmt(n.get('kappa'), 4)} | {fmt(n.get('macro_f1'), 4)} | "
+                  f"{fmt(n.get('majority_accuracy'), 4)} | {fmt(n.get('referable_auc'), 4)} | {best} | {top} | "
+                  f"{fmt(n.get('seconds'), 0)} |")
+    md += ["", "## Figures", ""]
+    for f in ctx["figures"]:
+        md += [f"### {f['title']}", "", f"![{f['title']}]({f['file']})", ""]
+    md += ["## Per-grade recall and precision (test split)", "",
+           "| Run | " + " | ".join(f"grade {g} recall / precision (n)" for g in GRADES) + " | Referable-DR AUC |",
+           "|---" * 7 + "|"]
+    for r in runs:
+        if r.eval is not None:
+            pg = r.eval["per_grade"]
+            md.append(f"| {r.name} | " + " | ".join(
+                f"{fmt(pg[str(g)]['recall'], 2)} / {fmt(pg[str(g)]['precision'], 2)} ({pg[str(g)]['support']})"
+                for g in GRADES) + f" | {fmt(r.eval.get('referable_auc'))} |")
+    md += ["", "Referable DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
+           "## Runs", ""]
+    for r in runs:
+        md += [f"### {r.name}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
+    return "\n".join(md)
+
+
+def run_details(run: Run) -> list[tuple[str, str]]:
+    """(label, text) pairs that describe one run: configuration, data, split, selection, time, hardware, versions."""
+    t, c = run.train, run.config or {}
+    out = [("Folder", str(run.dir)), ("Status", run.status + (f" - {run.reason}" if run.reason else ""))]
+    if t:
+        out.append(("Model", f"{display_name(str(t.get('model')))}, {t.get('head', '?')} head, "
+                             f"{t.get('objective', '?')} objective; weights: {c.get('weights') or ('ImageNet' if run.pretrained else 'none (from scratch)')}"))
+        out.append(("Training", f"{t.get('epochs')} epochs ({t.get('freeze_epochs')} with the backbone frozen), "
+                                f"{t.get('optimizer')} lr {t.get('lr')} momentum {t.get('momentum')} weight decay "
+                                f"{t.get('weight_decay')}, scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
+                                f"seed {t.get('seed')}"
+                                + (f", preset {t['preset']}" if t.get("preset") else "")))
+        out.append(("Images", f"{t.get('image_size')} px, preprocessing {t.get('preprocess')}, augmentation "
+                              f"{t.get('augment')}"))
+    data = c.get("data")
+    if data:
+        counts = "; ".join(f"{sp} {sum(v)} {v}" for sp, v in
+                           [("train", data.get("train_counts", []))] + list(data.get("eval_counts", {}).items()))
+        out.append(("Data", f"{data.get('path')} ({data.get('format')} format)"))
+        out.append(("Split", f"{data.get('split_file')}; images per grade 0-4: {counts}"))
+        if data.get("leakage_warnings"):
+            out.append(("Split warnings", "; ".join(data["leakage_warnings"])))
+    sel = c.get("selection")
+    if sel:
+        out.append(("Selection rule", f"best.pt = best {sel.get('split')} {sel.get('metric')} ({sel.get('note')})"))
+    if run.rows:
+        secs = run.numbers.get("seconds", 0)
+        out.append(("Time", f"{secs / 60:.1f} min over {len(run.rows)} epochs (sum of epoch_seconds)"))
+    eng, env = c.get("engine"), c.get("environment")
+    if eng or env:
+        eng, env = eng or {}, env or {}
+        out.append(("Hardware", f"{eng.get('device')} (amp {eng.get('amp')}, {eng.get('workers')} loader workers, "
+                                f"{eng.get('world_size')} process(es)); CPU {env.get('cpu')} x{env.get('cpu_count')}"
+                                + (f"; GPU {env['cuda']}" if env.get("cuda") else "") + f"; {env.get('platform')}"))
+        out.append(("Versions", ", ".join(f"{k} {v}" for k, v in env.items()
+                                          if k not in ("platform", "cpu", "cpu_count", "cuda") and v)))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- command
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("retinopathy report", add_help=add_help,
+                                description="Build an HTML page (self-contained) and a Markdown report comparing "
+                                            "runs: experiment folders, run folders or folders of runs.")
+    p.add_argument("inputs", nargs="+", metavar="RUN_OR_EXPERIMENT_DIR")
+    p.add_argument("--out", required=True, help="folder for index.html, report.md and the PNGs")
+    p.add_argument("--title", help="page title")
+    return p
+
+
+def main(args) -> Path:
+    index = build_report(args.inputs, args.out, args.title)
+    print(f"report: {index}")
+    return index
+
+
+def cli(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    try:
+        main(args)
+    except (ReportError, OSError, yaml.YAMLError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,130 @@
+"""``retinopathy experiment``: a pretrained cell without weights is skipped with its reason (fast, offline), an
+interrupted cell resumes where it stopped, and a re-run leaves finished cells alone."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from retinopathy.cli.main import main
+from retinopathy.experiments.runner import ExperimentError, cell_name, load_experiment, prepare_cell
+
+SCRATCH, PRETRAINED = "resnet18-scratch", "resnet18-pretrained"
+
+
+def write_config(root: Path, **changes) -> Path:
+    cfg = {"name": "grid", "out": str(root / "runs"), "data": str(root / "data"),
+           "synth": {"n": 60, "size": 64, "seed": 4, "balanced": True},
+           "train": {"epochs": 2, "freeze_epochs": 1, "image_size": 64, "batch_size": 16, "workers": 0},
+           "grid": {"model": ["resnet18"], "pretrained": [True, False]},
+           "evaluate": {"bootstrap": 20}, "report": {"out": str(root / "report")}, **changes}
+    path = root / "grid.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def snapshot(folder: Path) -> dict:
+    """{relative path: (mtime_ns, bytes)} of every file under ``folder``."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """An offline experiment (empty TORCH_HOME) whose scratch cell was stopped after 1 of its 2 epochs."""
+    root = tmp_path_factory.mktemp("experiment")
+    config = write_config(root)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(root / "empty-torch-home"))
+        exp = load_experiment(config)
+        from retinopathy.data.synth import generate
+
+        generate(root / "data", **exp.synth, progress=False)
+        cell = next(c for c in exp.cells if c.name == SCRATCH)
+        prepare_cell(cell, exp)
+        assert main(["train", "--config", str(cell.dir / "cell.yaml"), "--out", str(cell.dir), "--stop-after", "1",
+                     "--quiet"]) == 0
+        first_epoch = rows(cell.dir)
+        assert len(first_epoch) == 1
+        t0 = time.perf_counter()
+        assert main(["experiment", str(config), "--quiet"]) == 0
+        seconds = time.perf_counter() - t0
+        yield {"root": root, "config": config, "exp": root / "runs" / "grid", "first_epoch": first_epoch,
+               "seconds": seconds}
+
+
+def test_interrupted_cell_resumes(interrupted):
+    run = interrupted["exp"] / SCRATCH
+    after = rows(run)
+    assert [r["epoch"] for r in after] == ["0", "1"]
+    assert after[0] == interrupted["first_epoch"][0], "the finished epoch was trained again"
+    assert (run / "eval" / "metrics.json").exists() and (run / "eval" / "confusion_matrix.png").exists()
+    status = json.loads((interrupted["exp"] / "experiment.json").read_text())
+    assert status["cells"][SCRATCH]["status"] == "done"
+
+
+@pytest.mark.timeout(120)
+def test_pretrained_cell_without_weights_is_skipped_with_reason(interrupted):
+    exp = interrupted["exp"]
+    skipped = json.loads((exp / PRETRAINED / "SKIPPED.json").read_text())
+    assert "not cached" in skipped["reason"] and "resnet18-f37072fd.pth" in skipped["reason"]
+    assert not (exp / PRETRAINED / "metrics.csv").exists()
+    status = json.loads((exp / "experiment.json").read_text())["cells"][PRETRAINED]
+    assert status["status"] == "skipped" and status["seconds"] < 60, "the offline weights check must fail fast"
+    md = (interrupted["root"] / "report" / "report.md").read_text()
+    line = next(line for line in md.splitlines() if line.startswith(f"- Missing: {PRETRAINED}"))
+    assert "skipped" in line and "not cached" in line
+    page = (interrupted["root"] / "report" / "index.html").read_text()
+    assert f'data-run="{PRETRAINED}"' in page and 'data-status="skipped"' in page
+
+
+def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
+    exp, config = interrupted["exp"], str(interrupted["config"])
+    run = exp / SCRATCH
+    before = snapshot(run)
+    capsys.readouterr()
+    assert main(["experiment", config, "--quiet", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert f"{SCRATCH}: finished earlier" in out and f"{PRETRAINED}: skipped" in out
+    assert snapshot(run) == before
+    # A lost evaluation is redone without training again.
+    (run / "eval" / "metrics.json").unlink()
+    assert main(["experiment", config, "--quiet", "--no-report"]) == 0
+    after = snapshot(run)
+    assert "eval/metrics.json" in after
+    assert {k: v for k, v in after.items() if not k.startswith("eval/")} == \
+        {k: v for k, v in before.items() if not k.startswith("eval/")}
+
+
+def test_changed_options_are_refused(interrupted):
+    config = write_config(interrupted["root"], train={"epochs": 2, "freeze_epochs": 1, "image_size": 80,
+                                                      "batch_size": 16, "workers": 0})
+    with pytest.raises(ExperimentError, match=r"image_size: 64 -> 80"):
+        exp = load_experiment(config)
+        prepare_cell(next(c for c in exp.cells if c.name == SCRATCH), exp)
+
+
+def test_config_errors_name_the_file(tmp_path, capsys):
+    config = write_config(tmp_path, train={"epochs": 1, "image_sise": 64})
+    assert main(["experiment", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert str(config) in err and "image_sise" in err
+    config = write_config(tmp_path, train={"out": "elsewhere"})
+    with pytest.raises(ExperimentError, match="may not set out"):
+        load_experiment(config)
+
+
+def test_cell_names():
+    assert cell_name({"model": "resnet50", "pretrained": False}) == "resnet50-scratch"
+    assert cell_name({"model": "resnet18", "pretrained": True, "lr": 0.01, "amp": "bf16"}) == \
+        "resnet18-pretrained-lr-0.01-amp-bf16"
+    assert cell_name({"deterministic": False, "image_size": 96}) == "no-deterministic-image-size-96"

@@ -1,0 +1,145 @@
+"""Grad-CAM: the layer rule, heatmaps that point at the lesion, and ``predict --cam`` PNGs.
+
+The localisation test uses a ResNet18 whose weights are set by hand to see exactly one thing, a bright
+yellow blob (training one from scratch takes minutes on a busy 2-core machine): channel 0 of ``conv1``
+averages the green channel and its BatchNorm bias keeps only the blob; every residual block passes it on
+(zero convolutions), each downsampling block takes 2x2 means; ``fc`` reads it into grade 4 (or the score).
+So the grade-4 evidence lives in the layer4 cell of the blob's quadrant, and a correct Grad-CAM must put
+its mass there; a constant, flipped or transposed heatmap fails.
+"""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from torch import nn
+
+from retinopathy.cli.main import main
+from retinopathy.data import Normalize, Preprocessing, build_transform
+from retinopathy.inference.explain import GradCam, cam_layer
+from retinopathy.inference.predict import predict_batch
+from retinopathy.models.factory import Grader
+from retinopathy.models.objectives import make_objective
+from retinopathy.training.checkpoint import save_checkpoint
+
+SIZE = 64
+QUADRANTS = {"top_left": (16, 16), "top_right": (48, 16), "bottom_left": (16, 48), "bottom_right": (48, 48)}
+OPPOSITE = {"top_left": "bottom_right", "top_right": "bottom_left", "bottom_left": "top_right",
+            "bottom_right": "top_left"}
+
+
+def fundus(blob_at: tuple[int, int] | None) -> Image.Image:
+    """Black square, orange disc, and optionally a bright yellow blob centred at ``blob_at`` (x, y)."""
+    img = Image.new("RGB", (SIZE, SIZE), (0, 0, 0))
+    d = ImageDraw.Draw(img)
+    d.ellipse((1, 1, SIZE - 2, SIZE - 2), fill=(200, 90, 40))
+    if blob_at:
+        x, y = blob_at
+        d.ellipse((x - 7, y - 7, x + 7, y + 7), fill=(255, 240, 120))
+    return img
+
+
+def blob_detector(objective: str = "classification") -> Grader:
+    outputs = make_objective(objective).outputs
+    model = Grader("resnet18", outputs, "linear")
+    net = model.net
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.zero_()
+            elif isinstance(m, nn.BatchNorm2d):
+                m.weight.fill_(1.0)
+                m.bias.zero_()
+                m.running_mean.zero_()
+                m.running_var.fill_(1.0)
+        net.conv1.weight[0, 1] = 1 / 49  # mean of the normalised green channel over 7x7
+        net.bn1.bias[0] = -2.0  # only the blob is > 2 std above the mean green; disc and background are not
+        for layer in (net.layer2, net.layer3, net.layer4):
+            layer[0].conv1.weight[0, 0, 1:, 1:] = 0.25  # 2x2 mean with stride 2: no overlap between cells
+            layer[0].conv2.weight[0, 0, 1, 1] = 1.0
+        net.fc.weight.zero_()
+        net.fc.bias.zero_()
+        if objective == "classification":
+            net.fc.weight[4, 0] = 1.0
+        else:
+            net.fc.weight[:, 0] = 1.0
+    return model.eval()
+
+
+def batch(images) -> tuple[torch.Tensor, torch.Tensor]:
+    prep = Preprocessing("lab", SIZE)
+    t = build_transform(prep, train=False, uint8=True)
+    raw = torch.stack([t(im) for im in images])
+    return raw, Normalize(prep.mean, prep.std)(raw)
+
+
+def quadrant_mass(heat: np.ndarray) -> dict[str, float]:
+    h = SIZE // 2
+    return {"top_left": heat[:h, :h].sum(), "top_right": heat[:h, h:].sum(),
+            "bottom_left": heat[h:, :h].sum(), "bottom_right": heat[h:, h:].sum()}
+
+
+def test_quadrant_mass_rejects_a_constant_heatmap():
+    mass = quadrant_mass(np.full((SIZE, SIZE), 0.7))
+    assert not mass["top_left"] > 1.5 * mass["bottom_right"]
+
+
+@pytest.mark.parametrize("objective", ["classification", "regression", "ordinal"])
+def test_heatmap_mass_is_in_the_lesion_quadrant(objective):
+    torch.manual_seed(0)
+    model = blob_detector(objective)
+    obj = make_objective(objective)
+    names = list(QUADRANTS)
+    _, x = batch([fundus(QUADRANTS[q]) for q in names] + [fundus(None)])
+    _, _, grades = predict_batch(model, obj, x)
+    if objective == "classification":
+        assert grades.tolist() == [4, 4, 4, 4, 0]
+    cam = GradCam(model, obj, image_size=SIZE)
+    assert cam.layer is model.net.layer4
+    heat = cam(x, grades)
+    assert heat.shape == (5, SIZE, SIZE)
+    assert float(heat.min()) >= 0 and float(heat.max()) <= 1
+    for i, q in enumerate(names):
+        mass = quadrant_mass(heat[i].numpy())
+        assert max(mass, key=mass.get) == q, (q, mass)
+        assert mass[q] > 1.5 * mass[OPPOSITE[q]], (q, mass)
+
+
+@pytest.mark.parametrize("arch, layer", [("mobilenet_v3_small", "features"), ("efficientnet_b0", "features"),
+                                         ("densenet121", "features"), ("convnext_tiny", "features"),
+                                         ("regnet_y_400mf", "trunk_output"), ("resnet18", "layer4")])
+def test_cam_layer_rule(arch, layer):
+    model = Grader(arch, 5)
+    assert cam_layer(model, image_size=SIZE) is model.net.get_submodule(layer)
+
+
+def test_cam_layer_refuses_vision_transformers():
+    with pytest.raises(ValueError, match="transformer"):
+        cam_layer(Grader("vit_b_32", 5), image_size=224)
+
+
+def test_predict_cam_writes_one_png_per_image(tmp_path):
+    ckpt = tmp_path / "best.pt"
+    prep = Preprocessing("lab", SIZE)
+    save_checkpoint({"model": blob_detector().state_dict(), "epoch": 0, "phase": "finetune", "best": None,
+                     "config": {}, "model_info": {"arch": "resnet18", "head": "linear", "objective": "classification",
+                                                  "num_outputs": 5, "num_classes": 5, "preprocessing": prep.to_dict(),
+                                                  "thresholds": [0.5, 1.5, 2.5, 3.5]}}, ckpt)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for q, at in QUADRANTS.items():
+        fundus(at).resize((96, 80)).save(photos / f"{q}.png")  # not square: the preprocessing makes it so
+    fundus(None).save(photos / "healthy.jpeg")
+    out, cams = tmp_path / "pred.csv", tmp_path / "cams"
+    assert main(["predict", str(ckpt), str(photos), "--cam", str(cams), "--out", str(out), "--workers", "0",
+                 "--quiet"]) == 0
+    with open(out, newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert sorted(p.name for p in cams.iterdir()) == sorted(f"{n}.png" for n in rows)
+    for name, row in rows.items():
+        assert row["predicted_grade"] == ("0" if name == "healthy" else "4")
+        with Image.open(row["heatmap"]) as png:
+            assert png.format == "PNG" and png.size == (SIZE, SIZE) and png.mode == "RGB"

@@ -1,0 +1,120 @@
+"""``retinopathy export``: ONNX Runtime and TorchScript reproduce PyTorch on real photographs at any batch size,
+the preprocessing JSON round-trips, a failed parity check writes nothing, bad checkpoints exit 2.
+
+The checkpoint is a ResNet18 with the lab head whose BatchNorm statistics were moved off their defaults
+(no training: the export has to reproduce whatever the weights are, and a fixture that trains would not fit
+the time budget of this file)."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from retinopathy.cli.main import main
+from retinopathy.data import Normalize, Preprocessing, build_transform, open_image
+from retinopathy.models.factory import Grader
+from retinopathy.models.restore import restore
+from retinopathy.training.checkpoint import save_checkpoint
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = Grader("resnet18", 5, "lab")
+    model.train()
+    with torch.no_grad():  # non-trivial BatchNorm running statistics
+        for _ in range(3):
+            model(torch.randn(8, 3, SIZE, SIZE) * 2 + 0.5)
+    prep = Preprocessing("lab", SIZE)
+    path = tmp_path_factory.mktemp("export") / "best.pt"
+    save_checkpoint({"model": model.state_dict(), "epoch": 3, "phase": "finetune", "best": None, "config": {},
+                     "model_info": {"arch": "resnet18", "head": "lab", "objective": "classification",
+                                    "num_outputs": 5, "num_classes": 5, "preprocessing": prep.to_dict(),
+                                    "class_names": ["none", "mild", "moderate", "severe", "proliferative"],
+                                    "thresholds": [0.5, 1.5, 2.5, 3.5], "weights_origin": "test"}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_batch(checkpoint, shared_data):
+    """Seven real photographs preprocessed with the checkpoint's preprocessing, normalised."""
+    _, _, prep, _ = restore(checkpoint)
+    t = build_transform(prep, train=False, uint8=True)
+    files = sorted((shared_data / "fundus-real" / "images").glob("*.jpeg"))[:7]
+    return Normalize(prep.mean, prep.std)(torch.stack([t(open_image(f, prep.size)) for f in files]))
+
+
+def reference(checkpoint, x):
+    model = restore(checkpoint)[0]
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+def check_metadata(out, checkpoint):
+    meta = json.loads((out.parent / (out.name + ".json")).read_text())
+    _, objective, prep, _ = restore(checkpoint)
+    assert Preprocessing.from_dict(meta["preprocessing"]) == prep
+    assert meta["objective"] == "classification" and meta["thresholds"] == objective.thresholds
+    assert meta["class_names"][4] == "proliferative" and meta["input"]["shape"] == ["batch", 3, SIZE, SIZE]
+    assert meta["parity"]["max_abs_diff"] < 1e-3
+    return meta
+
+
+@pytest.mark.shared_data
+def test_onnx_matches_pytorch_on_real_images(checkpoint, real_batch, shared_data, tmp_path, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "grader.onnx"
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(out),
+                 "--check-images", str(shared_data / "fundus-real" / "images")]) == 0
+    assert "max |logit difference|" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grader.onnx", "grader.onnx.json"]
+    check_metadata(out, checkpoint)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    expected = reference(checkpoint, real_batch)
+    for b in (1, 3, 7):
+        got = session.run(["logits"], {"input": real_batch[:b].numpy()})[0]
+        assert got.shape == (b, 5)
+        assert np.abs(got - expected[:b]).max() < 1e-3
+
+
+@pytest.mark.shared_data
+def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch, tmp_path):
+    out = tmp_path / "grader.ts.pt"
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    meta = check_metadata(out, checkpoint)
+    assert "synthetic" in meta["parity"]["images"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(out))
+    expected = reference(checkpoint, real_batch)
+    with torch.no_grad():
+        for b in (1, 3):
+            assert np.abs(module(real_batch[:b]).numpy() - expected[:b]).max() < 1e-3
+
+
+def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys):
+    out = tmp_path / "grader.ts.pt"
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--tolerance", "0"]) == 1
+    assert "parity check failed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_checkpoints_exit_2(checkpoint, tmp_path, capsys):
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(checkpoint.read_bytes()[:1000])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"fc.weight": torch.zeros(5, 2)}, foreign)
+    newer = tmp_path / "newer.pt"
+    torch.save({**torch.load(checkpoint, weights_only=True), "version": 99}, newer)
+    for path, reason in {truncated: "cannot be read", foreign: "not a retinopathy checkpoint",
+                         newer: "newer retinopathy"}.items():
+        assert main(["export", str(path), "--out", str(tmp_path / "m.onnx")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and str(path) in err and reason in err
+    assert not (tmp_path / "m.onnx").exists()

@@ -1,0 +1,77 @@
+"""MODEL_CARD.md: the required sections from a real run, then evaluations that accumulate (majority baseline shown)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from retinopathy.cli.main import main
+from retinopathy.reporting.model_card import write_model_card
+
+SECTIONS = ["## Model", "## Training data", "## Preprocessing", "## Training", "## Metrics", "## Intended use",
+            "## Limitations"]
+
+
+@pytest.fixture
+def run(tiny_run, tmp_path):
+    """A copy of the tiny run (best.pt, config.yaml, metrics.csv, split.csv): the fixture stays untouched."""
+    copy = tmp_path / "tiny"
+    (copy / "checkpoints").mkdir(parents=True)
+    for name in ("config.yaml", "metrics.csv", "split.csv"):
+        shutil.copy(tiny_run / name, copy / name)
+    shutil.copy(tiny_run / "checkpoints" / "best.pt", copy / "checkpoints" / "best.pt")
+    return copy
+
+
+def table_row(card: str, first_cell: str) -> list[str]:
+    line = next(line for line in card.splitlines() if line.startswith(f"| {first_cell} |"))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+def test_card_from_a_training_run(run):
+    card_path = write_model_card(run / "checkpoints" / "best.pt")
+    assert card_path == run / "checkpoints" / "MODEL_CARD.md"
+    card = card_path.read_text()
+    positions = [card.splitlines().index(s) for s in SECTIONS]
+    assert positions == sorted(positions)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert "ResNet18" in card and "random initialisation" in card and "format `kaggle`" in card
+    assert "by patient" in card and "10% validation" in card
+    train = config["data"]["train_counts"]
+    assert table_row(card, "train") == ["train", *map(str, train), str(sum(train))]
+    assert "Preset `lab` at 64 x 64 px" in card
+    val = config["data"]["eval_counts"]["val"]
+    during_training = card.split("## Metrics")[1]
+    assert table_row(during_training, "val")[3] == f"{max(val) / sum(val):.3f}"  # the majority-class baseline
+    assert "not a medical device" in card and "single photograph" in card and "EyePACS" in card
+    assert "None yet" in card
+
+
+def test_evaluations_accumulate(run, synth_small, tmp_path):
+    ckpt = run / "checkpoints" / "best.pt"
+    results = {}
+    for split in ("test", "val"):
+        out = tmp_path / f"eval-{split}"
+        assert main(["evaluate", str(ckpt), "--data", str(synth_small), "--split", split, "--out", str(out),
+                     "--split-file", str(run / "split.csv"), "--workers", "0", "--bootstrap", "50",
+                     "--quiet"]) == 0
+        results[split] = json.loads((out / "metrics.json").read_text())
+        write_model_card(ckpt, evaluation=results[split], eval_dir=out)
+    write_model_card(ckpt, evaluation=results["test"], eval_dir=tmp_path / "eval-test")  # replaces, no duplicate
+    write_model_card(ckpt)  # a later training update keeps the evaluations
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    store = json.loads((run / "checkpoints" / "model_card.json").read_text())
+    assert sorted(e["split"] for e in store["evaluations"].values()) == ["test", "val"]
+    assert "None yet" not in card
+    rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")
+            or line.startswith("| val |")]
+    assert len(rows) == 2
+    for split, m in results.items():
+        cells = next([c.strip() for c in r.strip("|").split("|")] for r in rows if r.startswith(f"| {split} |"))
+        assert cells[3] == str(m["count"])
+        assert cells[4].startswith(f"{m['accuracy']:.3f} [")  # with its bootstrap CI
+        assert cells[5] == f"{m['majority_accuracy']:.3f}"
+        assert cells[6].startswith(f"{m['kappa']:.3f}")
+    assert "majority-class baseline" in card

@@ -1,0 +1,102 @@
+"""Objectives (classification, regression, ordinal), tuned thresholds, eye pairing and bootstrap CIs."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from retinopathy.cli.main import main
+from retinopathy.data import FundusDataset
+from retinopathy.data.dataset import PairedEyes
+from retinopathy.evaluation.metrics import bootstrap_ci, quadratic_kappa
+from retinopathy.models import Grader, make_objective
+from retinopathy.models.objectives import class_weights, tune_thresholds
+from retinopathy.models.restore import restore
+
+from .test_formats import make_kaggle
+
+
+@pytest.mark.parametrize("name", ["classification", "regression", "ordinal"])
+def test_objective_outputs(name):
+    obj = make_objective(name)
+    out = torch.randn(8, obj.outputs, requires_grad=True)
+    target = torch.tensor([0, 1, 2, 3, 4, 0, 2, 4])
+    loss = obj.loss(out, target)
+    loss.backward()
+    assert loss.item() > 0 and out.grad.abs().sum() > 0
+    p = obj.probabilities(out.detach())
+    assert p.shape == (8, 5) and torch.allclose(p.sum(1), torch.ones(8), atol=1e-5) and (p >= 0).all()
+    assert set(obj.predict(out.detach()).tolist()) <= set(range(5))
+
+
+def test_class_weights_favour_rare_grades():
+    for kind in ("inverse", "effective"):
+        w = class_weights([700, 70, 150, 25, 20], kind)
+        assert w[4] > w[2] > w[0] and w.mean() == pytest.approx(1.0)
+    assert class_weights([1, 1, 1, 1, 1], "none") is None
+
+
+def test_tuned_thresholds_beat_the_defaults():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 500)
+    scores = labels * 0.5 + rng.normal(0, 0.2, 500)  # a model whose scale is off by half
+    t = tune_thresholds(scores, labels)
+    assert t == sorted(t)
+    assert quadratic_kappa(labels, np.digitize(scores, t)) > quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5])) + 0.1
+
+
+@pytest.mark.parametrize("objective,extra", [("regression", []), ("ordinal", ["--pair-eyes"])])
+def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objective, extra):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
+                 "--workers", "0", "--epochs", "1", "--freeze-epochs", "0", "--objective", objective, *extra,
+                 "--out", str(run), "--quiet"]) == 0
+    model, obj, _, ckpt = restore(run / "checkpoints" / "best.pt")
+    assert obj.name == objective and obj.thresholds == ckpt["model_info"]["thresholds"]
+    assert obj.thresholds == sorted(obj.thresholds)
+    assert model.pair_eyes == ("--pair-eyes" in extra)
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small),
+                 "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "50"]) == 0
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    scores = np.array([float(r["score"]) for r in rows])
+    preds = np.array([int(r["predicted_grade"]) for r in rows])
+    assert (np.digitize(scores, obj.thresholds) == preds).all()  # evaluate cuts with the stored thresholds
+    probs = np.array([[float(r[f"prob_{g}"]) for g in range(5)] for r in rows])
+    assert np.allclose(probs.sum(1), 1, atol=1e-4)
+    assert "kappa" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+
+
+def test_eye_pairs_including_single_eye_patients(tmp_path):
+    make_kaggle(tmp_path, n_patients=4)
+    lines = (tmp_path / "trainLabels.csv").read_text().splitlines()
+    (tmp_path / "trainLabels.csv").write_text("\n".join(l for l in lines if l.split(",")[0] != "2_right") + "\n")
+    ds = PairedEyes(FundusDataset(tmp_path, "all", image_size=32, uint8=True))
+    names = [s.image for s in ds.samples]
+    pairs = {names[i]: names[ds.partner[i]] for i in range(len(ds))}
+    assert pairs["0_left"] == "0_right" and pairs["0_right"] == "0_left" and pairs["3_right"] == "3_left"
+    assert pairs["2_left"] == "2_left"  # one eye only: paired with itself
+    x, y = ds[names.index("1_left")]
+    assert x.shape == (2, 3, 32, 32) and y == ds.samples[names.index("1_left")].label
+    model = Grader("resnet18", 5, pair_eyes=True)
+    assert model(torch.stack([x, x]).float()).shape == (2, 5)
+
+
+def test_bootstrap_ci_contains_estimate_and_shrinks():
+    rng = np.random.default_rng(1)
+
+    def fake(n_patients):
+        y = rng.integers(0, 5, n_patients * 2)
+        pred = np.where(rng.random(len(y)) < 0.7, y, rng.integers(0, 5, len(y)))
+        return y, pred, np.repeat(np.arange(n_patients), 2)
+
+    small, large = fake(50), fake(2000)
+    ci_s, ci_l = bootstrap_ci(*small, n=300), bootstrap_ci(*large, n=300)
+    for (y, p, _), ci in ((small, ci_s), (large, ci_l)):
+        assert ci["kappa"][0] <= quadratic_kappa(y, p) <= ci["kappa"][1]
+        assert ci["accuracy"][0] <= (y == p).mean() <= ci["accuracy"][1]
+    width = lambda ci, k: ci[k][1] - ci[k][0]  # noqa: E731
+    assert width(ci_l, "kappa") < width(ci_s, "kappa") / 3 and width(ci_l, "accuracy") < width(ci_s, "accuracy") / 3

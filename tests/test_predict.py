@@ -1,0 +1,155 @@
+"""``retinopathy predict``: the numbers of ``evaluate``, TTA, unreadable images, any kind of input, bad checkpoints."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from retinopathy.cli.main import main
+from retinopathy.data import Normalize, build_transform, open_image
+from retinopathy.evaluation.metrics import GRADES
+from retinopathy.models.restore import restore
+
+pytestmark = pytest.mark.shared_data
+PROBS = [f"prob_{g}" for g in GRADES]
+
+
+def read_rows(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def probs_of(row) -> np.ndarray:
+    return np.array([float(row[c]) for c in PROBS])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_run):
+    return tiny_run / "checkpoints" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def real(shared_data):
+    return shared_data / "fundus-real"
+
+
+@pytest.fixture(scope="module")
+def predicted(checkpoint, real, tmp_path_factory):
+    out = tmp_path_factory.mktemp("predict") / "predictions.csv"
+    assert main(["predict", str(checkpoint), str(real), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    return read_rows(out)
+
+
+def test_grades_the_real_photographs(predicted, real):
+    with open(real / "labels.csv", newline="") as f:
+        labels = {r["image"]: r["level"] for r in csv.DictReader(f)}
+    assert len(predicted) == 35 == len(labels)
+    for r in predicted:
+        p = probs_of(r)
+        assert abs(p.sum() - 1) < 1e-5 and (p >= 0).all()
+        grade = int(r["predicted_grade"])
+        assert grade in GRADES and grade == int(np.argmax(p))
+        assert r["true_grade"] == labels[r["image"]]
+        assert int(r["referable"]) == int(grade >= 2)
+        assert float(r["p_referable"]) == pytest.approx(p[2:].sum(), abs=2e-6)
+        assert r["error"] == "" and r["path"].endswith(".jpeg")
+
+
+def test_same_probabilities_as_evaluate(predicted, checkpoint, real, tmp_path):
+    assert main(["evaluate", str(checkpoint), "--data", str(real), "--split", "all", "--out", str(tmp_path),
+                 "--workers", "0", "--bootstrap", "0", "--quiet"]) == 0
+    evaluated = {r["image"]: r for r in read_rows(tmp_path / "predictions.csv")}
+    assert sorted(evaluated) == sorted(r["image"] for r in predicted)
+    for r in predicted:
+        e = evaluated[r["image"]]
+        assert np.abs(probs_of(r) - probs_of(e)).max() <= 1e-5, r["image"]
+        assert (r["predicted_grade"], r["true_grade"]) == (e["predicted_grade"], e["true_grade"])
+
+
+def test_tta_averages_over_flips(predicted, checkpoint, real, tmp_path):
+    out = tmp_path / "tta.csv"
+    assert main(["predict", str(checkpoint), str(real), "--tta", "--out", str(out), "--workers", "0",
+                 "--quiet"]) == 0
+    tta = {r["image"]: probs_of(r) for r in read_rows(out)}
+    plain = {r["image"]: probs_of(r) for r in predicted}
+    assert sorted(tta) == sorted(plain)
+    for p in tta.values():
+        assert abs(p.sum() - 1) < 1e-5 and p.min() >= 0 and p.max() <= 1
+    assert max(np.abs(tta[k] - plain[k]).max() for k in tta) > 1e-4
+    # one image by hand: the mean of the four flipped views' probabilities
+    model, objective, prep, _ = restore(checkpoint)
+    image = sorted(tta)[0]
+    x = build_transform(prep, train=False, uint8=True)(open_image(real / "images" / f"{image}.jpeg", prep.size))
+    x = Normalize(prep.mean, prep.std)(x[None])
+    with torch.no_grad():
+        views = [x, x.flip(3), x.flip(2), x.flip(2, 3)]
+        expected = torch.stack([objective.probabilities(model(v))[0] for v in views]).mean(0).numpy()
+    assert np.abs(tta[image] - expected).max() < 1e-5
+
+
+def test_unreadable_images_are_listed_and_the_rest_graded(checkpoint, real, tmp_path):
+    folder = tmp_path / "photos"
+    (folder / "more").mkdir(parents=True)
+    good = sorted((real / "images").glob("*.jpeg"))[:3]
+    shutil.copy(good[0], folder / good[0].name)
+    shutil.copy(good[1], folder / good[1].name)
+    shutil.copy(good[2], folder / "more" / good[2].name)  # folders are searched recursively
+    (folder / "empty.jpeg").write_bytes(b"")
+    data = good[0].read_bytes()
+    (folder / "cut.jpeg").write_bytes(data[: len(data) // 3])
+    (folder / "notes.txt").write_text("not an image")  # ignored: not an image extension
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(out), "--workers", "0", "--quiet",
+                 "--batch-size", "2"]) == 0
+    rows = {r["image"]: r for r in read_rows(out)}
+    assert sorted(rows) == sorted(["cut", "empty", *(p.stem for p in good)])
+    assert "empty" in rows["empty"]["error"] and rows["empty"]["predicted_grade"] == ""
+    assert "truncated" in rows["cut"]["error"] and rows["cut"]["prob_0"] == ""
+    for p in good:
+        r = rows[p.stem]
+        assert r["error"] == "" and int(r["predicted_grade"]) in GRADES and r["true_grade"] == ""
+
+
+def test_a_labels_csv_and_single_files_as_inputs(checkpoint, real, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    good = sorted((real / "images").glob("*.jpeg"))[:2]
+    for p in good:
+        shutil.copy(p, data / p.name)
+    (data / "trainLabels.csv").write_text(f"image,level\n{good[0].stem},3\n{good[1].stem},1\nabsent_left,2\n")
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(checkpoint), str(data / "trainLabels.csv"), str(good[0]), "--out", str(out),
+                 "--workers", "0", "--quiet"]) == 0
+    rows = read_rows(out)
+    assert [(r["image"], r["true_grade"]) for r in rows] == [(good[0].stem, "3"), (good[1].stem, "1"),
+                                                             ("absent_left", "2"), (good[0].stem, "")]
+    assert rows[2]["error"] == "image not found" and rows[2]["predicted_grade"] == ""
+    assert rows[0]["prob_0"] == rows[3]["prob_0"] != ""
+
+
+def _bad_checkpoints(checkpoint, tmp_path):
+    truncated = tmp_path / "truncated.pt"
+    data = checkpoint.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, foreign)
+    newer = tmp_path / "newer.pt"
+    ckpt = torch.load(checkpoint, weights_only=True)
+    torch.save({**ckpt, "version": 99}, newer)
+    return {truncated: "cannot be read", foreign: "not a retinopathy checkpoint", newer: "newer retinopathy"}
+
+
+def test_bad_checkpoints_exit_2_with_the_reason(checkpoint, real, tmp_path, capsys):
+    for path, reason in _bad_checkpoints(checkpoint, tmp_path).items():
+        rc = main(["predict", str(path), str(real), "--out", str(tmp_path / "p.csv"), "--workers", "0", "--quiet"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error:") and str(path) in err and reason in err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_missing_input_is_a_clear_error(checkpoint, tmp_path, capsys):
+    assert main(["predict", str(checkpoint), str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "nowhere: no such file or folder" in capsys.readouterr().err

@@ -1,0 +1,173 @@
+"""``retinopathy report``: the numbers on the page are the runs' numbers, the figures are real images, and the
+page renders offline in a real browser (headless Chromium)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from retinopathy.cli.main import main
+from retinopathy.reporting import figures
+
+CELLS = ("resnet18-pretrained", "resnet18-scratch")
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    """Two cells through ``retinopathy experiment`` (pretrained from a fake ImageNet file, and from scratch),
+    one epoch each at 64 px on 60 synthetic images, with the report built at the end."""
+    import torch
+    import torchvision
+
+    from retinopathy.data.synth import generate
+
+    root = tmp_path_factory.mktemp("report")
+    generate(root / "data", n=60, size=64, seed=5, balanced=True, progress=False)
+    hub = root / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), hub / "resnet18-f37072fd.pth")
+    cfg = {"name": "tiny", "out": str(root / "runs"), "data": str(root / "data"),
+           "train": {"epochs": 1, "freeze_epochs": 0, "image_size": 64, "batch_size": 16, "workers": 0,
+                     "check_weights_hash": False},
+           "grid": {"model": ["resnet18"], "pretrained": [True, False]},
+           "evaluate": {"bootstrap": 20}, "report": {"out": str(root / "report")}}
+    (root / "tiny.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TORCH_HOME", str(root / "torch"))
+        assert main(["experiment", str(root / "tiny.yaml"), "--quiet"]) == 0
+    return root
+
+
+def run_numbers(run: Path) -> dict:
+    """What the run's own files say: eval/metrics.json and metrics.csv."""
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    top = max(rows, key=lambda r: float(r["test_accuracy"]))
+    return {"test_accuracy": m["accuracy"], "kappa": m["kappa"], "macro_f1": m["macro_f1"],
+            "majority_accuracy": m["majority_accuracy"], "selected_epoch": m["epoch"] + 1,
+            "max_test_accuracy": float(top["test_accuracy"]), "max_test_epoch": int(top["epoch"]) + 1}
+
+
+def md_table(md: str, heading: str) -> list[dict]:
+    lines = md.split(heading, 1)[1].strip().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def test_table_values_are_the_runs_numbers(experiment):
+    md = (experiment / "report" / "report.md").read_text()
+    rows = {r["Run"]: r for r in md_table(md, "### All runs")}
+    assert set(rows) == set(CELLS)
+    for cell in CELLS:
+        want, row = run_numbers(experiment / "runs" / "tiny" / cell), rows[cell]
+        assert row["Status"] == "done"
+        for col, key in [("Test accuracy", "test_accuracy"), ("Kappa", "kappa"), ("Macro-F1", "macro_f1"),
+                         ("Majority accuracy", "majority_accuracy")]:
+            assert float(row[col]) == pytest.approx(want[key], abs=5e-5), (cell, col)
+        assert int(row["Selected epoch"]) == want["selected_epoch"]
+        value, epoch = re.fullmatch(r"([\d.]+) \((\d+)\)", row["Highest test accuracy (epoch)"]).groups()
+        assert (float(value), int(epoch)) == (pytest.approx(want["max_test_accuracy"], abs=5e-5), want["max_test_epoch"])
+    assert "ImageNet-pretrained" in md and "from scratch" in md
+
+
+def test_html_is_self_contained_with_every_figure(experiment):
+    out = experiment / "report"
+    page = (out / "index.html").read_text()
+    assert "<script" not in page and not re.search(r"""(src|href)=["']?(https?:|//)""", page)
+    names = ["accuracy-resnet18.png", "loss-resnet18.png", "confusion.png"]
+    assert page.count('src="data:image/png;base64,') == len(names)
+    md = (out / "report.md").read_text()
+    expected = {"accuracy-resnet18.png": figures.curve_size_px(), "loss-resnet18.png": figures.curve_size_px(),
+                "confusion.png": figures.confusion_size_px(1, 2)}
+    for name, size in expected.items():
+        with Image.open(out / name) as im:
+            im.verify()
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size == size, name
+            assert np.asarray(im.convert("L")).std() > 10, f"{name} looks blank"
+        assert f"]({name})" in md
+
+
+def test_report_of_a_single_run_dir(experiment, tmp_path):
+    run = experiment / "runs" / "tiny" / "resnet18-scratch"
+    assert main(["report", str(run), "--out", str(tmp_path / "one")]) == 0
+    rows = md_table((tmp_path / "one" / "report.md").read_text(), "### All runs")
+    assert [r["Run"] for r in rows] == ["resnet18-scratch"]
+    assert float(rows[0]["Test accuracy"]) == pytest.approx(run_numbers(run)["test_accuracy"], abs=5e-5)
+    with Image.open(tmp_path / "one" / "confusion.png") as im:
+        assert im.size == figures.confusion_size_px(1, 1)
+
+
+def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
+    run = tmp_path / "unevaluated"
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", run, ignore=shutil.ignore_patterns("eval"))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert 'data-status="not evaluated"' in page and "retinopathy evaluate" in page
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "r2")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ browser
+def _browser():
+    chromium, driver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+    if not (chromium.exists() and driver.exists()):
+        msg = "headless Chromium not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(msg + " and REQUIRE_BROWSER=1")
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
+              f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}", "--window-size=1280,1000"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(str(driver)), options=opts)
+
+
+@pytest.mark.timeout(120)
+def test_page_in_a_real_browser(experiment, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    driver = _browser()
+    try:
+        driver.get((experiment / "report" / "index.html").as_uri())
+        shot = tmp_path / "page.png"
+        driver.save_screenshot(str(shot))
+        images_ok = driver.execute_script(
+            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+        cells = {td.get_attribute("data-run"): td for td in driver.find_elements(By.CSS_SELECTOR, "#results td.cell")}
+        assert set(cells) == set(CELLS)
+        for cell, td in cells.items():
+            want = run_numbers(experiment / "runs" / "tiny" / cell)
+            assert td.get_attribute("data-status") == "done"
+            for key in ("test_accuracy", "kappa", "macro_f1", "majority_accuracy", "max_test_accuracy"):
+                assert float(td.get_attribute(f"data-{key.replace('_', '-')}")) == pytest.approx(want[key], abs=1e-12)
+            assert int(td.get_attribute("data-selected-epoch")) == want["selected_epoch"]
+            assert f"{want['test_accuracy']:.3f}" in td.text
+            flagged = want["test_accuracy"] <= want["majority_accuracy"] or want["kappa"] <= 0
+            assert (td.get_attribute("data-warning") == "true") == flagged
+            assert ("no better than always answering grade" in td.text) == flagged
+    finally:
+        driver.quit()
+    assert len(images_ok) == 3 and all(images_ok)
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[1] >= 1000 and pixels.std() > 15
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) blank"
