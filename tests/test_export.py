@@ -6,12 +6,14 @@ The checkpoint is a ResNet18 with the lab head whose BatchNorm statistics were m
 the time budget of this file)."""
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from retinopathy.cli.main import main
 from retinopathy.data import Normalize, Preprocessing, build_transform, open_image
@@ -118,3 +120,19 @@ def test_bad_checkpoints_exit_2(checkpoint, tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.startswith("error:") and str(path) in err and reason in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_pair_eye_models_are_refused(tmp_path, capsys):
+    if "pair_eyes" not in inspect.signature(Grader).parameters:
+        pytest.skip("this version has no pair-eye models")
+    path = tmp_path / "pairs.pt"
+    save_checkpoint({"model": Grader("resnet18", 5, "linear", pair_eyes=True).state_dict(), "epoch": 0,
+                     "model_info": {"arch": "resnet18", "head": "linear", "objective": "classification",
+                                    "num_outputs": 5, "num_classes": 5, "pair_eyes": True,
+                                    "preprocessing": Preprocessing("lab", SIZE).to_dict()}}, path)
+    image = tmp_path / "eye.png"
+    Image.new("RGB", (SIZE, SIZE), (200, 90, 40)).save(image)
+    for argv in (["export", str(path), "--out", str(tmp_path / "m.onnx")],
+                 ["predict", str(path), str(image), "--out", str(tmp_path / "p.csv")]):
+        assert main(argv) == 2
+        assert "both eyes" in capsys.readouterr().err

@@ -31,7 +31,7 @@ import torch
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..models.restore import restore
 from ..training.checkpoint import CheckpointError
-from .predict import collect_items
+from .predict import collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
@@ -170,6 +170,7 @@ def parity(model, runner, x: torch.Tensor) -> float:
 
 def main(args) -> dict:
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
+    single_eye(ckpt, args.checkpoint)
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")

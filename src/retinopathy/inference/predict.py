@@ -65,7 +65,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     add_data_arguments(p, split_default="all")
     p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores, at most 8)")
+    p.add_argument("-j", "--workers", type=int, default=None,
+                   help="DataLoader workers (default: CPU cores, at most 8)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
     p.add_argument("--quiet", action="store_true")
@@ -248,8 +249,17 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     return text + f"\nwritten to {out}"
 
 
+def single_eye(ckpt: dict, where) -> None:
+    """Refuse a model that grades both eyes of a patient at once (``--pair-eyes``): it needs pairs."""
+    if ckpt.get("model_info", {}).get("pair_eyes"):
+        raise CheckpointError(f"{where}: this model grades both eyes of a patient together (trained with "
+                              "--pair-eyes); predict and export take single photographs. Use `retinopathy "
+                              "evaluate` on a dataset, or a model trained without --pair-eyes")
+
+
 def main(args) -> dict:
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
+    single_eye(ckpt, args.checkpoint)
     opts = catalog_options(args)
     if args.split != "all" and not args.split_file and len(args.inputs) == 1:  # the run's own split
         from ..evaluation.evaluate import run_split_file
