@@ -106,11 +106,17 @@ def defaults(device, model) -> tuple[str, bool]:
     return engine_settings(argparse.Namespace(amp="auto", channels_last=None), torch.device(device), model)
 
 
-def lab_train(model, batches, device, lr: float = 1e-3) -> list[float]:
-    """The lab's loop: fp32, default memory format, SGD with momentum, a loss.item() per step."""
+def sgd(model, lr: float = 1e-3):
+    """The lab's optimiser, for both loops."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def lab_train(model, batches, device, opt=None) -> float:
+    """The lab's loop: fp32, default memory format, SGD with momentum, a loss.item() per step.
+    Returns the mean loss per image."""
     device = torch.device(device)
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    opt = opt or sgd(model)
     crit = torch.nn.CrossEntropyLoss()
     losses = []
     for x, y in batches:
@@ -119,20 +125,19 @@ def lab_train(model, batches, device, lr: float = 1e-3) -> list[float]:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(loss.item() * len(y))
-    return losses
+        losses.append((loss.item() * len(y), len(y)))
+    return sum(v for v, _ in losses) / max(1, sum(n for _, n in losses))
 
 
-def engine_train(model, batches, device, amp: str, channels_last: bool, mean=LAB_MEAN, std=LAB_STD,
-                 lr: float = 1e-3) -> dict:
+def engine_train(model, batches, device, amp: str, channels_last: bool, opt=None) -> dict:
     """``train_one_epoch`` with the same optimiser as the lab's loop, so only the engine differs."""
     device = torch.device(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    opt = opt or sgd(model)
     scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     return train_one_epoch(model, make_objective("classification"), opt, batches, device,
-                           Normalize(mean, std).to(device), grader=model, frozen=False, scaler=scaler, amp=amp,
+                           Normalize(LAB_MEAN, LAB_STD).to(device), grader=model, frozen=False, scaler=scaler, amp=amp,
                            channels_last=channels_last, progress=False)
 
 

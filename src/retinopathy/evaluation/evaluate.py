@@ -24,6 +24,7 @@ from ..cli.common import add_data_arguments, catalog_options  # noqa: E402
 from ..data import DataError, FundusDataset, Normalize, load_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
+from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.checkpoint import CheckpointError  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
 from ..training.train import engine_settings, make_loader, pick_device  # noqa: E402
@@ -110,6 +111,10 @@ def main(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    try:
+        write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
+    except OSError as e:  # e.g. a checkpoint in a read-only folder
+        print(f"warning: model card not updated ({e})", file=sys.stderr)
     with open(out / "predictions.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])

@@ -27,6 +27,7 @@ from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, tune_thresholds
 from ..models.weights import WeightsError
+from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args
 from .distributed import DistInfo, barrier, cleanup, init_distributed
@@ -285,6 +286,7 @@ def main(args) -> dict:
             save_checkpoint(state, out / "checkpoints" / "last.pt")
             if improved:
                 save_checkpoint(state, out / "checkpoints" / "best.pt")
+                write_model_card(out / "checkpoints" / "best.pt")
             print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}"
                   + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa {row[f'{sp}_kappa']:.3f}"
                             for sp in results)

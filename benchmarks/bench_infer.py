@@ -1,0 +1,69 @@
+"""Inference throughput on the CPU, images/s: ``retinopathy evaluate``'s ``predict_dataset`` (uint8 batches,
+normalised in the model's process, the engine's settings for the device) against the lab's evaluation loop
+(full decode, float tensors normalised in the workers, fp32), ResNet18 at 224 px, batch 32, on a synthetic
+set of 512 px JPEGs; also with bf16 autocast and from the prepared cache. Whole calls are timed (loader
+start-up included, for both), interleaved, best of the rounds.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+
+import common
+
+
+def run(rounds: int = 2, n: int = 96, size: int = 224, batch: int = 32) -> dict:
+    import torch
+
+    import harness
+    from retinopathy.data import load_catalog
+    from retinopathy.data.prepare import prepare
+    from retinopathy.evaluation.evaluate import predict_dataset
+    from retinopathy.models import make_objective
+
+    generate = common.synth_generate()
+    cores = os.cpu_count() or 1
+    objective = make_objective("classification")
+    with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:
+        generate(f"{tmp}/synth", n=n, size=512, seed=0, progress=False)
+        prepare(f"{tmp}/synth", f"{tmp}/cache", size=size, progress=False)
+        catalog = load_catalog(f"{tmp}/synth", val_fraction=0.0, test_fraction=0.0)
+        ds = harness.engine_dataset(catalog, size, split="all", augment="none")
+        cache = harness.engine_dataset(load_catalog(f"{tmp}/cache", val_fraction=0.0, test_fraction=0.0), size,
+                                       split="all", augment="none")
+        model = harness.new_model("resnet18", "cpu").eval()
+        state = model.state_dict()
+        amp0, cl0 = harness.defaults("cpu", model)
+
+        def engine(data, amp):
+            m = harness.new_model("resnet18", "cpu", state=state)
+            predict_dataset(m, objective, data, batch_size=batch, workers=cores, device="cpu", amp=amp,
+                            progress=False)
+
+        fns = {"lab loop (fp32, float normalised in workers)":
+               lambda: harness.lab_predict(harness.new_model("resnet18", "cpu", state=state),
+                                           harness.lab_loader(catalog.samples, size, batch, cores, train=False), "cpu"),
+               "predict_dataset (engine defaults)": lambda: engine(ds, "auto"),
+               "predict_dataset, bf16": lambda: engine(ds, "bf16"),
+               "predict_dataset, bf16, prepared cache": lambda: engine(cache, "bf16")}
+        t = time.perf_counter()
+        rates = common.best_rate(fns, n, rounds)
+        seconds = time.perf_counter() - t
+    lab = rates["lab loop (fp32, float normalised in workers)"]
+    rows = [{"config": k, "images_per_s": v, "speedup_vs_lab": v / lab} for k, v in rates.items()]
+    return {"arch": "resnet18", "size": size, "batch": batch, "images": n, "rounds": rounds, "workers": cores,
+            "engine_defaults": {"amp": amp0, "channels_last": cl0}, "rows": rows, "seconds": round(seconds, 1),
+            "infer_speedup_vs_lab_cpu": rates["predict_dataset (engine defaults)"] / lab}
+
+
+def main() -> None:
+    args = common.parser(__doc__.split("\n\n")[0]).parse_args()
+    res = {"bench": "infer", "machine": common.machine(), **run(rounds=1 if args.quick else 2)}
+    print(common.table(res["rows"], ["config", "images_per_s", "speedup_vs_lab"],
+                       f"inference, ResNet18 at {res['size']} px, batch {res['batch']}, {res['images']} images"))
+    print("wrote", common.write_json(res, args.json, "infer"))
+
+
+if __name__ == "__main__":
+    main()
