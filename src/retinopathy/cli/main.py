@@ -6,6 +6,7 @@ import importlib
 import sys
 
 from .. import __version__
+from ..errors import RetinopathyError
 from . import data_check, synth
 
 COMMANDS = [synth, data_check]
@@ -34,11 +35,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in SCRIPTS:
-        module, func, _ = SCRIPTS[argv[0]]
-        return getattr(importlib.import_module(module), func)(argv[1:]) or 0
-    args = build_parser().parse_args(argv)
-    return args.func(args) or 0
+    try:
+        if argv and argv[0] in SCRIPTS:
+            module, func, _ = SCRIPTS[argv[0]]
+            return getattr(importlib.import_module(module), func)(argv[1:]) or 0
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
+    except RetinopathyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

@@ -21,11 +21,10 @@ import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from ..cli.common import add_data_arguments, catalog_options  # noqa: E402
-from ..data import DataError, FundusDataset, Normalize, load_catalog  # noqa: E402
+from ..data import FundusDataset, Normalize, load_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
-from ..training.checkpoint import CheckpointError  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
 from ..training.train import engine_settings, make_loader, pick_device  # noqa: E402
 from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
@@ -136,10 +135,5 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    main(get_args_parser().parse_args(argv))
     return 0

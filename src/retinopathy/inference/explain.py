@@ -23,6 +23,8 @@ from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
 from torch import nn
 
+from ..errors import RetinopathyError
+
 POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
 
 
@@ -32,7 +34,7 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     if isinstance(getattr(net, "layer4", None), nn.Module):
         return net.layer4
     if hasattr(net, "conv_proj") and hasattr(net, "encoder"):
-        raise ValueError(f"{type(net).__name__} is a vision transformer: it has no convolutional feature map "
+        raise RetinopathyError(f"{type(net).__name__} is a vision transformer: it has no convolutional feature map "
                          "for Grad-CAM; use a convolutional model (ResNet, EfficientNet, ConvNeXt, ...)")
     seen: list[tuple[nn.Module, torch.Size | None]] = []
 
@@ -53,7 +55,7 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     maps = [m for m, shape in seen if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1
             and not isinstance(m, POOLING)]
     if not maps:
-        raise ValueError(f"{type(net).__name__}: no layer with a spatial feature map found for Grad-CAM")
+        raise RetinopathyError(f"{type(net).__name__}: no layer with a spatial feature map found for Grad-CAM")
     return maps[-1]
 
 

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
+from ..errors import RetinopathyError
 from ..models.restore import restore
-from ..training.checkpoint import CheckpointError
 from .predict import collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
@@ -38,8 +38,10 @@ EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
 MAX_CHECK_IMAGES = 8
 
 
-class ExportError(RuntimeError):
+class ExportError(RetinopathyError, RuntimeError):
     """The model could not be exported, or the export does not reproduce PyTorch."""
+
+    exit_code = 1
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -215,13 +217,5 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ExportError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    main(get_args_parser().parse_args(argv))
     return 0

@@ -35,6 +35,7 @@ from ..data import DataError, ImageError, Normalize, Problem, build_transform, l
 from ..data.formats import detect_format
 from ..data.images import IMAGE_EXTENSIONS
 from ..data.splits import select
+from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
 from ..training.checkpoint import CheckpointError
@@ -192,7 +193,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         try:
             from .explain import GradCam, save_overlay
         except ImportError as e:
-            raise ValueError(f"--cam needs captum ({e}): pip install 'retinopathy[explain]'") from None
+            raise RetinopathyError(f"--cam needs captum ({e}): pip install 'retinopathy[explain]'") from None
         cam = GradCam(model, objective, image_size=prep.size)
         names = _heatmap_names(items)
         cam_dir.mkdir(parents=True, exist_ok=True)
@@ -279,10 +280,5 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (DataError, CheckpointError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    main(get_args_parser().parse_args(argv))
     return 0

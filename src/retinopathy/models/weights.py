@@ -16,8 +16,10 @@ import torch
 from torch.hub import HASH_REGEX
 from torchvision.models import get_model_weights
 
+from ..errors import RetinopathyError
 
-class WeightsError(RuntimeError):
+
+class WeightsError(RetinopathyError, RuntimeError):
     """Pretrained weights that cannot be had or do not match."""
 
 

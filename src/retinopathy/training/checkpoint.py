@@ -13,11 +13,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import RetinopathyError
+
 FORMAT = "retinopathy-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(RetinopathyError, RuntimeError):
     """A file that is not a usable retinopathy checkpoint."""
 
 

@@ -26,11 +26,10 @@ from ..evaluation.metrics import summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, tune_thresholds
-from ..models.weights import WeightsError
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args
-from .distributed import DistInfo, barrier, cleanup, init_distributed
+from .distributed import barrier, cleanup, init_distributed
 from .engine import ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
@@ -316,10 +315,5 @@ def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (DataError, WeightsError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    main(parse_args(argv))
     return 0

@@ -1,0 +1,7 @@
+"""The base of every error a user can act on: the CLI prints its message (no traceback) and exits."""
+
+
+class RetinopathyError(Exception):
+    """Bad input, a missing file, an unusable checkpoint...: the message says what and what to do."""
+
+    exit_code = 2

@@ -1,0 +1,44 @@
+"""``benchmarks/gpu.sh --dry-run`` runs end to end on the CPU (tiny sizes), so the GPU benchmark cannot rot."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_bench_dry_run(tmp_path):
+    out = tmp_path / "res" / "gpu_bench.json"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out), "--dry-run",
+                           "--workdir", str(tmp_path / "work")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["complete"] and res["dry_run"] and res["settings"]["n"] == 40
+    parts = res["parts"]
+    assert set(parts) == {"data", "loader", "resnet18", "resnet50"}
+    assert all(p["status"] == "ok" for p in parts.values()), parts
+    assert parts["data"]["prepare_problems"] == 0 and parts["data"]["prepare_images_per_s"] > 0
+    assert parts["loader"]["lab_images_per_s"] > 0 and parts["loader"]["engine_images_per_s"] > 0
+    for arch in ("resnet18", "resnet50"):
+        p = parts[arch]
+        assert p["lab_images_per_s"] > 0 and p["engine_images_per_s"] > 0 and p["speedup_vs_lab"] > 0
+        assert p["engine_amp"] == "none" and p["engine_channels_last"] is False  # the CPU defaults, today
+
+
+def test_gpu_bench_keeps_partial_results_when_a_part_fails(tmp_path):
+    """A part that cannot run is recorded with its error; the JSON is still written and the exit status says so."""
+    out = tmp_path / "gpu_bench.json"
+    env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out), "--dry-run", "--archs",
+                           "no_such_model", "--workdir", str(tmp_path / "work")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 1
+    res = json.loads(out.read_text())
+    assert not res["complete"]
+    assert res["parts"]["data"]["status"] == "ok" and res["parts"]["loader"]["status"] == "ok"
+    assert "unknown model" in res["parts"]["no_such_model"]["status"]
