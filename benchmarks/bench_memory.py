@@ -54,8 +54,7 @@ def run(sizes=(2000, 10000), workers: int = 2, timeout: float = 600) -> dict:
                    "--no-pretrained", "--epochs", "1", "--freeze-epochs", "1", "--image-size", "32",
                    "--batch-size", "64", "--workers", str(workers), "--augment", "none", "--val-fraction", "0.05",
                    "--test-fraction", "0", "--eval-splits", "val", "--out", str(tmp / f"run{n}"), "--quiet"]
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(common.REPO / "src"),
-                                                                 os.environ.get("PYTHONPATH", "")])}
+            env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", str(common.REPO / "src"))}
             t = time.perf_counter()
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
             if out.returncode != 0:

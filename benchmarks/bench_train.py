@@ -4,9 +4,11 @@ the lab's loop (fp32, default memory format, float tensors normalised in the loa
 (``engine_settings``; ``make_loader``; ``train_one_epoch``), same batch size, optimiser, augmentation (flips)
 and loader workers (as many as cores, the train command's default).
 
-Also measured, to choose the engine's CPU defaults: bf16 autocast, channels_last, loader workers against
-intra-op threads, the prepared cache, and (``--compile``) torch.compile. And the loss curve: a few epochs on
-a small set at 64 px from the same initial weights, lab loop against engine defaults, must keep its shape.
+Also measured, to choose the engine's CPU defaults: bf16 autocast with channels_last, loader workers
+against intra-op threads (workers + threads = cores vs the default of cores + cores), the prepared cache,
+(``--compile``) torch.compile, and the model step alone (no loader) for fp32/bf16 x NCHW/channels_last x
+1/all threads. And the loss curve: a few epochs on a small set at 64 px from the same initial weights, lab
+loop against engine defaults and against bf16 + channels_last, must keep its shape.
 """
 from __future__ import annotations
 
@@ -27,69 +29,66 @@ def run(rounds: int = 2, steps: int = 4, batch: int = 16, size: int = 224, compi
 
     generate = common.synth_generate()
     cores = os.cpu_count() or 1
-    default_threads = torch.get_num_threads()
+    threads = torch.get_num_threads()
     device = "cpu"
-    n_images = batch * (steps + 1)
     rows, extra = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:
-        generate(f"{tmp}/synth", n=max(n_images, 3 * batch), size=512, seed=0, balanced=True, progress=False)
+        generate(f"{tmp}/synth", n=batch * (steps + 1), size=512, seed=0, balanced=True, progress=False)
         prepare(f"{tmp}/synth", f"{tmp}/cache", size=size, progress=False)
         catalog = load_catalog(f"{tmp}/synth", val_fraction=0.0, test_fraction=0.0)
         cache = load_catalog(f"{tmp}/cache", val_fraction=0.0, test_fraction=0.0)
         state = harness.new_model("resnet18", device).state_dict()
         amp0, cl0 = harness.defaults(device, harness.new_model("resnet18", device, state=state))
 
-        def lab(workers=cores, threads=default_threads):
-            torch.set_num_threads(threads)
+        def lab(workers=cores, th=threads):
+            torch.set_num_threads(th)
             timed = harness.Timed(harness.lab_loader(catalog.samples, size, batch, workers), steps + 1)
             harness.lab_train(harness.new_model("resnet18", device, state=state), timed, device)
             return timed.rate()
 
-        def engine(amp=amp0, cl=cl0, workers=cores, threads=default_threads, data=catalog, compiled=False):
-            torch.set_num_threads(threads)
+        def engine(amp=amp0, cl=cl0, workers=cores, th=threads, data=catalog, compiled=False):
+            torch.set_num_threads(th)
             ds = harness.engine_dataset(data, size)
             timed = harness.Timed(harness.engine_loader(ds, batch, workers, torch.device(device)), steps + 1)
             model = harness.new_model("resnet18", device, state=state)
             runner = torch.compile(model) if compiled else model
-            if compiled:  # the first steps compile; run them before timing
+            if compiled:  # compiling happens in the first steps: run them before timing
                 warm = harness.Timed(harness.engine_loader(ds, batch, 0, torch.device(device)), 2)
                 harness.engine_train(runner, warm, device, amp, cl)
             harness.engine_train(runner, timed, device, amp, cl)
             return timed.rate()
 
-        # the comparison: interleaved rounds, best of each
-        best = {"lab": 0.0, "engine": 0.0}
+        def row(name, rate, amp, cl, workers=cores, th=threads, data="originals"):
+            rows.append({"config": name, "amp": amp, "channels_last": cl, "workers": workers, "threads": th,
+                         "data": data, "images_per_s": rate})
+
+        best = {"lab": 0.0, "engine": 0.0}  # the comparison: interleaved rounds, best of each
         for _ in range(rounds):
             best["lab"] = max(best["lab"], lab())
             best["engine"] = max(best["engine"], engine())
-        w, t = cores, default_threads
-        rows.append({"config": "lab loop (fp32, NCHW, float normalised in workers)", "amp": "none",
-                     "channels_last": False, "workers": w, "threads": t, "images_per_s": best["lab"]})
-        rows.append({"config": "engine defaults", "amp": amp0, "channels_last": cl0, "workers": w, "threads": t,
-                     "images_per_s": best["engine"]})
+        torch.set_num_threads(threads)
+        row("lab loop (fp32, NCHW, float normalised in workers)", best["lab"], "none", False)
+        row("engine defaults", best["engine"], amp0, cl0)
         if ablations:
-            configs = [
-                ("engine fp32 NCHW (uint8 + draft only)", dict(amp="none", cl=False)),
-                ("engine + bf16 autocast", dict(amp="bf16", cl=False)),
-                ("engine + channels_last", dict(amp="none", cl=True)),
-                ("engine + bf16 + channels_last", dict(amp="bf16", cl=True)),
-                ("engine + bf16, prepared cache", dict(amp="bf16", cl=False, data=cache)),
-            ]
-            grid = [(0, cores), (1, max(1, cores - 1)), (1, cores), (cores, 1), (cores, cores)]
-            configs += [(f"engine + bf16, {wk} workers, {th} threads", dict(amp="bf16", cl=False, workers=wk,
-                                                                             threads=th)) for wk, th in grid]
+            split = dict(workers=1, th=max(1, cores - 1))  # loader workers + intra-op threads = cores
+            tries = [("engine + bf16 + channels_last", dict(amp="bf16", cl=True), "originals"),
+                     ("engine + bf16 + channels_last, 0 workers", dict(amp="bf16", cl=True, workers=0), "originals"),
+                     ("engine + bf16 + channels_last, 1 worker + cores-1 threads", dict(amp="bf16", cl=True, **split),
+                      "originals"),
+                     ("the same on the prepared cache", dict(amp="bf16", cl=True, data=cache, **split), "cache"),
+                     ("engine fp32, 1 worker + cores-1 threads", dict(amp="none", cl=False, **split), "originals")]
             if compile_:
-                configs.append(("engine + bf16 + torch.compile", dict(amp="bf16", cl=False, compiled=True)))
-            for name, kw in configs:
+                tries.append(("engine + bf16 + channels_last + torch.compile",
+                              dict(amp="bf16", cl=True, compiled=True, **split), "originals"))
+            for name, kw, data in tries:
                 try:
-                    r = engine(**kw)
-                except Exception as e:  # e.g. torch.compile without a working compiler: report, go on
+                    row(name, engine(**kw), kw["amp"], kw["cl"], kw.get("workers", cores), kw.get("th", threads),
+                        data)
+                except Exception as e:  # e.g. torch.compile without a working C++ compiler: report, go on
                     extra.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}"[:500]
-                    continue
-                rows.append({"config": name, "amp": kw["amp"], "channels_last": kw["cl"],
-                             "workers": kw.get("workers", cores), "threads": kw.get("threads", default_threads),
-                             "images_per_s": r})
-        torch.set_num_threads(default_threads)
+            row("lab loop, 1 worker + cores-1 threads", lab(**split), "none", False, **split)
+            torch.set_num_threads(threads)
+            extra["compute_only"] = compute_only(batch, size, steps=2)
         for r in rows:
             r["speedup_vs_lab"] = r["images_per_s"] / best["lab"]
         if curve_epochs:
@@ -97,10 +96,35 @@ def run(rounds: int = 2, steps: int = 4, batch: int = 16, size: int = 224, compi
     ratio = best["engine"] / best["lab"]
     return {"arch": "resnet18", "size": size, "batch": batch, "timed_steps": steps, "rounds": rounds,
             "cores": cores, "engine_defaults": {"amp": amp0, "channels_last": cl0, "workers": cores,
-                                                "threads": default_threads},
+                                                "threads": threads},
             "rows": rows, "train_speedup_vs_lab_cpu": ratio,
-            "best": max(rows, key=lambda r: r["images_per_s"]),
             "targets": {"train_speedup_vs_lab_cpu >= 1.5": ratio >= 1.5}, **extra}
+
+
+def compute_only(batch: int, size: int, steps: int) -> list[dict]:
+    """The model step alone (a fixed uint8 batch, no loader): fp32/bf16 x NCHW/channels_last x threads."""
+    import torch
+
+    import harness
+
+    threads = torch.get_num_threads()
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+    y = torch.randint(0, 5, (batch,))
+    state = harness.new_model("resnet18", "cpu").state_dict()
+    out = []
+    for th in sorted({1, threads}):
+        torch.set_num_threads(th)
+        for amp in ("none", "bf16"):
+            for cl in (False, True):
+                timed = harness.Timed([(x, y)] * (steps + 1), steps + 1)
+                harness.engine_train(harness.new_model("resnet18", "cpu", state=state), timed, "cpu", amp, cl)
+                out.append({"threads": th, "amp": amp, "channels_last": cl, "images_per_s": round(timed.rate(), 2)})
+    torch.set_num_threads(threads)
+    base = next(r["images_per_s"] for r in out if r["threads"] == threads and r["amp"] == "none"
+                and not r["channels_last"])
+    for r in out:
+        r["vs_fp32_nchw_default_threads"] = round(r["images_per_s"] / base, 2)
+    return out
 
 
 def loss_curve(catalog, epochs: int, size: int = 64, batch: int = 16, lr: float = 0.01) -> dict:
@@ -117,18 +141,24 @@ def loss_curve(catalog, epochs: int, size: int = 64, batch: int = 16, lr: float 
     state = harness.new_model("resnet18", "cpu", seed=1).state_dict()
     lab_model = harness.new_model("resnet18", "cpu", state=state)
     eng_model = harness.new_model("resnet18", "cpu", state=state)
+    bf_model = harness.new_model("resnet18", "cpu", state=state)
     amp, cl = harness.defaults("cpu", eng_model)
-    lab_opt, eng_opt = harness.sgd(lab_model, lr), harness.sgd(eng_model, lr)
-    lab, eng = [], []
-    for e in range(epochs):  # the same shuffling in both (seed e); flips differ
-        lab.append(harness.lab_train(lab_model, harness.lab_loader(samples, size, batch, 0, seed=e), "cpu", lab_opt))
-        eng.append(harness.engine_train(eng_model, harness.engine_loader(ds, batch, 0, torch.device("cpu"), seed=e),
-                                        "cpu", amp, cl, eng_opt)["loss"])
-    rel = [abs(a - b) / a for a, b in zip(lab, eng)]
-    return {"epochs": epochs, "images": len(samples), "size": size, "lr": lr, "engine_amp": amp,
-            "engine_channels_last": cl, "lab": [round(v, 4) for v in lab], "engine": [round(v, 4) for v in eng],
-            "max_relative_difference": round(max(rel), 4),
-            "both_fall": bool(lab[-1] < lab[0] and eng[-1] < eng[0]), "seconds": round(time.perf_counter() - t, 1)}
+    opts = {k: harness.sgd(m, lr) for k, m in (("lab", lab_model), ("engine", eng_model), ("bf16", bf_model))}
+    curves = {"lab": [], "engine": [], "bf16": []}
+    for e in range(epochs):  # the same shuffling in all (seed e); flips differ
+        curves["lab"].append(harness.lab_train(lab_model, harness.lab_loader(samples, size, batch, 0, seed=e), "cpu",
+                                               opts["lab"]))
+        for key, model, a, c in (("engine", eng_model, amp, cl), ("bf16", bf_model, "bf16", True)):
+            loader = harness.engine_loader(ds, batch, 0, torch.device("cpu"), seed=e)
+            curves[key].append(harness.engine_train(model, loader, "cpu", a, c, opts[key])["loss"])
+    lab = curves["lab"]
+    diff = {k: round(max(abs(a - b) / a for a, b in zip(lab, v)), 4) for k, v in curves.items() if k != "lab"}
+    return {"epochs": epochs, "images": len(samples), "size": size, "lr": lr,
+            "engine_defaults": {"amp": amp, "channels_last": cl},
+            "lab": [round(v, 4) for v in lab], "engine": [round(v, 4) for v in curves["engine"]],
+            "engine_bf16_channels_last": [round(v, 4) for v in curves["bf16"]],
+            "max_relative_difference": diff["engine"], "max_relative_difference_bf16": diff["bf16"],
+            "all_fall": all(v[-1] < v[0] for v in curves.values()), "seconds": round(time.perf_counter() - t, 1)}
 
 
 def main() -> None:
@@ -139,12 +169,16 @@ def main() -> None:
     res = {"bench": "train", "machine": common.machine(),
            **run(rounds=1 if args.quick else 2, steps=3 if args.quick else 4, compile_=args.compile,
                  ablations=not args.no_ablations, curve_epochs=3 if args.quick else 6)}
-    print(common.table(res["rows"], ["config", "amp", "channels_last", "workers", "threads", "images_per_s",
+    print(common.table(res["rows"], ["config", "amp", "channels_last", "workers", "threads", "data", "images_per_s",
                                      "speedup_vs_lab"], "training ResNet18 at 224 px on the CPU, batch 16"))
+    if "compute_only" in res:
+        print(common.table(res["compute_only"], ["threads", "amp", "channels_last", "images_per_s",
+                                                 "vs_fp32_nchw_default_threads"], "model step alone (no loader)"))
     if "loss_curve" in res:
         c = res["loss_curve"]
-        print(f"loss per epoch at {c['size']} px on {c['images']} images: lab {c['lab']}, engine {c['engine']} "
-              f"(max relative difference {c['max_relative_difference']})")
+        print(f"loss per epoch at {c['size']} px on {c['images']} images: lab {c['lab']}, engine defaults "
+              f"{c['engine']}, engine bf16+channels_last {c['engine_bf16_channels_last']} (max relative "
+              f"difference to lab {c['max_relative_difference']}, {c['max_relative_difference_bf16']})")
     print(f"targets: {res['targets']}")
     print("wrote", common.write_json(res, args.json, "train"))
 

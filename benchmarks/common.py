@@ -16,7 +16,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-sys.path.insert(0, str(REPO / "src"))  # run from a checkout without installing, as gpu.sh does
+if "PYTHONPATH" not in os.environ:  # run from a checkout without installing (gpu.sh sets PYTHONPATH=src)
+    sys.path.insert(0, str(REPO / "src"))
 
 
 def shared_root() -> Path:

@@ -52,7 +52,7 @@ def get_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.dry_run:
         args.n, args.src_size, args.size, args.batch = 40, 64, 64, 4
-        args.warmup, args.steps, args.seconds, args.workers = 1, 2, 5.0, 1 if args.workers is None else args.workers
+        args.warmup, args.steps, args.seconds, args.workers = 1, 1, 5.0, 1 if args.workers is None else args.workers
         args.part_timeout = min(args.part_timeout, 120.0)
     args.workers = os.cpu_count() if args.workers is None else args.workers
     args.workdir = args.workdir or str(Path(args.out).resolve().parent / "gpu_bench_data")
@@ -157,6 +157,10 @@ def run_part(args) -> None:
         found.update(kv)
         common.write_json(found, path, args.part)
 
+    if args.dry_run:  # one intra-op thread: a dry run checks the code paths, and shares a small CPU
+        import torch
+
+        torch.set_num_threads(1)
     t = time.perf_counter()
     if args.part == "data":
         part_data(args, save)

@@ -10,6 +10,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cpu_defaults() -> tuple[str, bool]:
+    """(amp, channels_last) that ``retinopathy train`` picks on the CPU for a ResNet."""
+    import argparse
+
+    import torch
+
+    from retinopathy.models import build_model
+    from retinopathy.training.train import engine_settings
+
+    model, _ = build_model("resnet18", 5)
+    return engine_settings(argparse.Namespace(amp="auto", channels_last=None), torch.device("cpu"), model)
+
+
 def test_gpu_bench_dry_run(tmp_path):
     out = tmp_path / "res" / "gpu_bench.json"
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
@@ -27,7 +40,7 @@ def test_gpu_bench_dry_run(tmp_path):
     for arch in ("resnet18", "resnet50"):
         p = parts[arch]
         assert p["lab_images_per_s"] > 0 and p["engine_images_per_s"] > 0 and p["speedup_vs_lab"] > 0
-        assert p["engine_amp"] == "none" and p["engine_channels_last"] is False  # the CPU defaults, today
+        assert (p["engine_amp"], p["engine_channels_last"]) == cpu_defaults()
 
 
 def test_gpu_bench_keeps_partial_results_when_a_part_fails(tmp_path):

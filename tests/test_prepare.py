@@ -68,6 +68,23 @@ def test_prepared_copy_gives_the_same_tensors(synth128, tmp_path):
     assert (pairs["lab"][0] - pairs["fov"][1]).abs().mean() > 5
 
 
+def test_prepared_real_photographs_give_the_same_tensors(shared_data, tmp_path):
+    """The same on the real full-size photographs (several cameras and sizes), at 128 px: the copy differs from
+    the originals by its JPEG coding only (lab on a plain copy; lab on a fov copy = fov on the originals);
+    fov run again on a fov copy finds the same circle, within a pixel of resampling."""
+    src = shared_data / "fundus-real"
+    for crop in ("none", "fov"):
+        m = prepare(src, tmp_path / crop, size=128, crop=crop, progress=False)
+        assert m["counts"]["images"] == 35 and m["problems"] == []
+    for crop, preset, original_preset, bound in (("none", "lab", "lab", 2.0), ("fov", "lab", "fov", 2.0),
+                                                 ("fov", "fov", "fov", 4.0)):
+        a = FundusDataset(src, "all", image_size=128, preprocess=original_preset, augment="none", uint8=True)
+        b = FundusDataset(tmp_path / crop, "all", image_size=128, preprocess=preset, augment="none", uint8=True)
+        for i in range(len(a)):
+            diff = (a[i][0].float() - b[i][0].float()).abs().mean()
+            assert diff < bound, f"{crop} copy + {preset} vs {original_preset}: {a.image_id(i)} differs by {diff:.2f}"
+
+
 @pytest.fixture
 def one_thread():
     """Training in-process on one intra-op thread: on a busy 2-core machine, 2 threads are several times slower."""

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from .data import DataError
+from .errors import RetinopathyError
 from .experiments.runner import ExperimentError, load_experiment, run_experiment
 
 SOURCE_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"  # in a source checkout
@@ -30,11 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         if exp.report_out is None:
             raise ExperimentError(f"{args.config}: the demo needs report: {{out: DIR}}")
         status = run_experiment(exp, quiet=args.quiet)
-    except (ExperimentError, DataError) as e:
+    except RetinopathyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     index = Path(status["report"]).resolve()
-    print(f"\ndemo finished in {(time.perf_counter() - start) / 60:.1f} min. Open the report:\n  {index}\n"
+    secs = time.perf_counter() - start
+    took = f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s"
+    print(f"\ndemo finished in {took}. Open the report:\n  {index}\n"
           f"  ({index.as_uri()})")
     return 0
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import yaml
 
 from ..cli.common import READ_KEYS
-from ..data import DataError
+from ..errors import RetinopathyError
 from ..models.weights import WeightsError, load_pretrained_state
 from ..training import config as train_config
 from ..training.checkpoint import CheckpointError
@@ -49,7 +49,7 @@ EVAL_KEYS = {"bootstrap", "batch_size"}
 WEIGHTS_TIMEOUT = 30  # seconds a stalled weights download may wait on the network before the cell is skipped
 
 
-class ExperimentError(ValueError):
+class ExperimentError(RetinopathyError, ValueError):
     """The experiment file or folder cannot be used as it is."""
 
 
@@ -343,10 +343,5 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        status = main(args)
-    except (ExperimentError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    status = main(get_args_parser().parse_args(argv))
     return 1 if any(e["status"] == "failed" for e in status["cells"].values()) else 0

@@ -48,13 +48,13 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
     ``freeze_epochs``; ``baseline``: majority-class test accuracy, drawn as a grey dotted line.
     """
     fig, ax = plt.subplots(figsize=CURVE_SIZE, dpi=DPI, layout="constrained")
-    for s in series:
+    for s, marker in zip(series, itertools.cycle("os^Dv")):  # markers tell overlapping lines apart
         epochs = [r["epoch"] + 1 for r in s["rows"]]
         for split, style in (("train", "--"), ("test", "-")):
             values = [r.get(f"{split}_{metric}") for r in s["rows"]]
             if any(v is not None for v in values):
-                ax.plot(epochs, [np.nan if v is None else v for v in values], style, color=s["colour"], marker="o",
-                        markersize=4, linewidth=2, label=f"{s['label']} - {split}")
+                ax.plot(epochs, [np.nan if v is None else v for v in values], style, color=s["colour"], marker=marker,
+                        markersize=5, linewidth=2, alpha=0.85, label=f"{s['label']} - {split}")
     for fe in sorted({s["freeze_epochs"] for s in series if s["freeze_epochs"]}):
         ax.axvline(fe + 0.5, color="#555555", linestyle=":", linewidth=1.2)
         ax.annotate("fine-tuning starts", (fe + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -4),
@@ -69,7 +69,8 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
         ax.set_ylim(0, 1.02)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    fig.legend(loc="outside lower center", ncol=2, fontsize=9, frameon=False, handlelength=3.5)
+    fig.legend(loc="outside lower center", ncol=min(4, len(series) + (baseline is not None)), fontsize=9,
+               frameon=False, handlelength=3.5)  # one column per variant: its train and test lines
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
 
@@ -85,8 +86,9 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
             ax.set_title(f"{row}\n{col}", fontsize=10)
             if isinstance(cell, str):
                 ax.set_axis_off()
-                ax.text(0.5, 0.5, textwrap.fill(textwrap.shorten(cell, 160), 34), ha="center", va="center", fontsize=9, color="#333333",
-                        transform=ax.transAxes, bbox=dict(boxstyle="round", fc="#f3f3f3", ec="#bbbbbb"))
+                ax.text(0.5, 0.5, textwrap.fill(textwrap.shorten(cell, 160), 34), ha="center", va="center",
+                        fontsize=9, color="#333333", transform=ax.transAxes,
+                        bbox={"boxstyle": "round", "fc": "#f3f3f3", "ec": "#bbbbbb"})
                 continue
             counts = np.asarray(cell, dtype=float)
             norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)

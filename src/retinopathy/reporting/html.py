@@ -20,6 +20,7 @@ h1{font-size:26px;margin:0 0 4px}
 h2{font-size:19px;margin:0 0 12px}
 h3{font-size:16px;margin:14px 0 8px}
 .sub{color:#5b6470;font-size:13px}
+.about{margin:8px 0 0;max-width:950px}
 section{background:#fff;border:1px solid #dfe3e8;border-radius:10px;padding:16px 22px;margin:16px 0}
 .glance ul{margin:0;padding-left:20px}
 .glance li{margin:4px 0}
@@ -54,7 +55,7 @@ figure img{width:100%;height:auto;border:1px solid #e6e8eb;border-radius:6px}
 figcaption{font-size:13px;color:#3d454f;margin-top:4px}
 img.wide{max-width:100%;width:auto}
 table.grades td,table.grades th{font-size:13.5px;text-align:right}
-table.grades td:first-child,table.grades th:first-child{text-align:left}
+table.grades td:first-child,table.grades th:first-child{text-align:left;white-space:nowrap}
 details.run{border:1px solid #dfe3e8;border-radius:8px;padding:8px 12px;margin:8px 0}
 details.run>summary{cursor:pointer;font-weight:650}
 table.kv th{width:150px;background:#f8f9fb;font-size:13.5px;font-weight:600}
@@ -131,20 +132,21 @@ def results_table(ctx: dict) -> str:
                     f'<div class="baseline">{base}</div><div class="label">'
                     + (f"always answering grade {grade}" if grade is not None else "") + "</div></td></tr>")
     cols = '<col class="model">' + "<col>" * len(ctx["variants"]) + '<col class="baseline">'
-    return (f'<table id="results"><colgroup>{cols}</colgroup><thead><tr><th>Model</th>{head}<th>Baseline: always the most common grade '
-            f'(test accuracy)</th></tr></thead><tbody>{"".join(rows)}</tbody></table>')
+    return (f'<table id="results"><colgroup>{cols}</colgroup><thead><tr><th>Model</th>{head}'
+            f'<th>Baseline: always the most common grade (test accuracy)</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
 
 
 LEGEND = [
-    "<b>Test accuracy</b>, <b>kappa</b> (quadratic weighted; 0 = chance, 1 = perfect) and <b>macro-F1</b> (mean F1 "
-    "over the five grades) are those of the <b>selected checkpoint</b> (best.pt) on the test split; the 95% interval "
-    "resamples patients.",
-    "The selected epoch is the one with the best value of the metric named in brackets on the selection split "
-    "(val, or test to reproduce the lab). Epochs count from 1.",
-    "<b>Highest test accuracy over epochs</b> is the number the course lab reported: it is picked by looking at the "
-    "test set, so it is optimistic.",
-    "&#9888; marks a run whose test accuracy is not above the baseline column, or whose kappa is 0 or less: it has "
-    "learnt nothing useful.",
+    ("<b>Test accuracy</b>, <b>kappa</b> (quadratic weighted; 0 = chance, 1 = perfect) and <b>macro-F1</b> (mean F1 "
+     "over the five grades) are those of the <b>selected checkpoint</b> (best.pt) on the test split; the 95% interval "
+     "resamples patients."),
+    ("The selected epoch is the one with the best value of the metric named in brackets on the selection split "
+     "(val, or test to reproduce the lab). Epochs count from 1."),
+    ("<b>Highest test accuracy over epochs</b> is the number the course lab reported: it is picked by looking at the "
+     "test set, so it is optimistic."),
+    ("&#9888; marks a run whose test accuracy is not above the baseline column, or whose kappa is 0 or less: it has "
+     "learnt nothing useful."),
 ]
 
 
@@ -185,6 +187,7 @@ def render_html(ctx: dict, out: Path) -> str:
 <main>
 <h1>{escape(ctx["title"])}</h1>
 <div class="sub">Generated {escape(ctx["generated"])} from {escape(", ".join(ctx["inputs"]))}</div>
+{"".join(f'<p class="about">{escape(a)}</p>' for a in ctx["about"])}
 <section class="glance" id="glance"><h2>At a glance</h2><ul>{glance}</ul></section>
 <section id="results-section"><h2>Results</h2>{results_table(ctx)}
 <ul class="legend">{"".join(f"<li>{line}</li>" for line in LEGEND)}</ul></section>

@@ -15,13 +15,13 @@ import csv
 import datetime as dt
 import json
 import os
-import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..errors import RetinopathyError
 from ..models.restore import display_name
 from . import figures
 from .html import render_html
@@ -31,8 +31,16 @@ IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp
 GRADES = range(5)
 
 
-class ReportError(ValueError):
-    """A folder given to the report is not a run or an experiment."""
+class ReportError(RetinopathyError, ValueError):
+    """A folder given to the report is not a run or an experiment, or its files cannot be read."""
+
+
+def _read(path: Path, parse):
+    """``parse(text)`` of a run's file, or a ReportError that names it."""
+    try:
+        return parse(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
+        raise ReportError(f"{path}: cannot read it ({e})") from None
 
 
 @dataclass
@@ -70,26 +78,29 @@ def read_rows(path: Path) -> list[dict]:
     if not path.exists():
         return []
     rows = []
-    with open(path, newline="") as f:
-        for raw in csv.DictReader(f):
-            row = {}
-            for k, v in raw.items():
-                try:
-                    row[k] = float(v) if v not in ("", None) else None
-                except ValueError:
-                    row[k] = v
-            row["epoch"] = int(row["epoch"])
-            rows.append(row)
+    try:
+        with open(path, newline="") as f:
+            for raw in csv.DictReader(f):
+                row = {}
+                for k, v in raw.items():
+                    try:
+                        row[k] = float(v) if v not in ("", None) else None
+                    except ValueError:
+                        row[k] = v
+                row["epoch"] = int(row["epoch"])
+                rows.append(row)
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise ReportError(f"{path}: not a metrics.csv written by retinopathy train ({type(e).__name__}: {e})") from None
     return rows
 
 
 def load_run(run: Path, name: str | None = None) -> Run:
     name = name or run.name
     if (run / "config.yaml").exists():
-        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        config = _read(run / "config.yaml", yaml.safe_load) or {}
         train, rows = config.get("train", {}), read_rows(run / "metrics.csv")
         metrics_file = run / "eval" / "metrics.json"
-        ev = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        ev = _read(metrics_file, json.loads) if metrics_file.exists() else None
         epochs = int(train.get("epochs") or len(rows))
         if ev is not None:
             status, reason = "done", ""
@@ -101,21 +112,21 @@ def load_run(run: Path, name: str | None = None) -> Run:
                                                f"--data {train.get('data')} --split test --out {run / 'eval'}`")
         return Run(name, run, status, reason, train, config, rows, ev)
     if (run / "SKIPPED.json").exists():
-        info = json.loads((run / "SKIPPED.json").read_text())
+        info = _read(run / "SKIPPED.json", json.loads)
         return Run(name, run, "skipped", info.get("reason", ""), info.get("train", {}))
     raise ReportError(f"{run}: not a run folder (no config.yaml or SKIPPED.json)")
 
 
 def load_experiment(exp: Path) -> list[Run]:
     """The cells of an experiment folder in grid order, with the status ``experiment.json`` records."""
-    status = json.loads((exp / "experiment.json").read_text())
+    status = _read(exp / "experiment.json", json.loads)
     runs = []
     for cname, entry in status.get("cells", {}).items():
         d = exp / entry.get("dir", cname)
         if (d / "config.yaml").exists() or (d / "SKIPPED.json").exists():
             run = load_run(d, cname)
         else:
-            opts = yaml.safe_load((d / "cell.yaml").read_text()) if (d / "cell.yaml").exists() else {}
+            opts = _read(d / "cell.yaml", yaml.safe_load) if (d / "cell.yaml").exists() else {}
             run = Run(cname, d, "pending", "not run yet: the experiment stopped before this cell; run the "
                                           "experiment again to run it", {**entry.get("values", {}), **opts})
         if entry.get("status") == "failed":
@@ -208,20 +219,28 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
                  + (f" of {datas.pop()}" if len(datas) == 1 else "")
                  + (f" ({counts.pop()} images)." if len(counts) == 1 else "."))
-    if done:
-        best = max(done, key=lambda r: (r.numbers["kappa"], r.numbers["test_accuracy"]))
+    flagged = [r for r in done if r.numbers["warning"]]
+    if done and len(flagged) < len(done):
+        best = max((r for r in done if not r.numbers["warning"]),
+                   key=lambda r: (r.numbers["kappa"], r.numbers["test_accuracy"]))
         b = best.numbers
         lines.append(f"Highest quadratic kappa: {best.title}, {best.variant} - kappa {b['kappa']:.3f}, test accuracy "
                      f"{b['test_accuracy']:.3f} (always answering grade {b['majority_grade']} scores "
                      f"{b['majority_accuracy']:.3f}).")
-    flagged = [r for r in done if r.numbers["warning"]]
-    if flagged:
+    if flagged and len(flagged) == len(done):
+        lines.append("Warning: no run is better than always answering the most common grade (test accuracy at or "
+                     "below it, or kappa <= 0): none has learnt to grade. More data, epochs, resolution or pretrained "
+                     "weights are needed.")
+    elif flagged:
         lines.append(f"Warning: {len(flagged)} of {len(done)} evaluated runs are no better than always answering the "
                      "most common grade (test accuracy at or below it, or kappa <= 0): "
                      + ", ".join(r.name for r in flagged) + ".")
     for r in runs:
         if r.eval is None:
             lines.append(f"Missing: {r.name} - {r.status}: {r.reason.splitlines()[0] if r.reason else ''}")
+    if any(r.status == "skipped" for r in runs):
+        lines.append("Skipped cells run when the experiment is run again with their ImageNet weights available (how to "
+                     "get them: 'more' under the cell in the table); finished cells are not run again.")
     if any(r.numbers.get("selection_split") == "test" for r in runs):
         lines.append("Some runs pick their checkpoint on the test split (the lab's rule), so their test numbers are "
                      "optimistic; a validation split gives honest ones.")
@@ -270,7 +289,11 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     figures.confusion_grid([display_name(m) for m in models], variants, cells, out / "confusion.png")
     figs.append({"file": "confusion.png", "kind": "confusion", "model": None,
                  "title": "Normalized confusion matrices (rows: true grade)"})
-    ctx = {"title": title or "Diabetic-retinopathy grader comparison",
+    experiments = [_read(Path(p) / "experiment.json", json.loads) for p in paths
+                   if (Path(p) / "experiment.json").exists()]
+    default_title = "Diabetic-retinopathy grader comparison" + (
+        f": experiment {experiments[0]['name']}" if len(experiments) == 1 else "")
+    ctx = {"title": title or default_title, "about": [e["description"] for e in experiments if e.get("description")],
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
            "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs)}
@@ -291,7 +314,7 @@ def fmt(v, digits: int = 3) -> str:
 
 
 def cell_lines(run: Run) -> list[str]:
-    """The lines of one results-table cell, as plain text (shared by Markdown and HTML)."""
+    """The lines of one results-table cell in report.md."""
     n = run.numbers
     if run.eval is None:
         return [f"{run.status}: {run.reason.splitlines()[0]}" if run.reason else run.status]
@@ -314,8 +337,9 @@ def warning_text(run: Run) -> str:
 
 def render_markdown(ctx: dict) -> str:
     runs, grid = ctx["runs"], ctx["grid"]
-    md = [f"# {ctx['title']}", "", f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}.", "",
-          "## At a glance", ""] + [f"- {line}" for line in ctx["glance"]] + ["", "## Results", ""]
+    md = [f"# {ctx['title']}", "", f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}.", ""]
+    md += [line for about in ctx["about"] for line in (about, "")]
+    md += ["## At a glance", ""] + [f"- {line}" for line in ctx["glance"]] + ["", "## Results", ""]
     md.append("| Model | " + " | ".join(ctx["variants"]) + " | Always the most common grade (test) |")
     md.append("|---" * (len(ctx["variants"]) + 2) + "|")
     for m in ctx["models"]:
@@ -331,11 +355,11 @@ def render_markdown(ctx: dict) -> str:
             cells.append(text.replace("|", "/"))
         majors = sorted({fmt(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {' / '.join(majors) or '-'} |")
-    md += ["", "Epochs count from 1. Test accuracy, kappa and macro-F1 are those of the selected checkpoint (best.pt) on "
-           "the test split; the 95% interval resamples patients. ⚠ marks a run whose test accuracy is not above always "
-           "answering the most common grade, or whose kappa is 0 or less.", "", "### All runs", "",
-           "| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy | "
-           "Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |",
+    md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 are those of the selected checkpoint (best.pt) "
+                "on the test split; the 95% interval resamples patients. ⚠ marks a run whose test accuracy is not "
+                "above always answering the most common grade, or whose kappa is 0 or less."), "", "### All runs", "",
+           ("| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy "
+            "| Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |"),
            "|---" * 13 + "|"]
     for r in runs:
         n = r.numbers
@@ -368,17 +392,20 @@ def render_markdown(ctx: dict) -> str:
 def run_details(run: Run) -> list[tuple[str, str]]:
     """(label, text) pairs that describe one run: configuration, data, split, selection, time, hardware, versions."""
     t, c = run.train, run.config or {}
-    out = [("Folder", str(run.dir)), ("Status", run.status + (f" - {run.reason}" if run.reason else ""))]
+    reason = " ".join(run.reason.split())
+    out = [("Folder", str(run.dir)), ("Status", run.status + (f" - {reason}" if reason else ""))]
     if t:
-        out.append(("Model", f"{display_name(str(t.get('model')))}, {t.get('head', '?')} head, "
-                             f"{t.get('objective', '?')} objective; weights: {c.get('weights') or ('ImageNet' if run.pretrained else 'none (from scratch)')}"))
+        weights = c.get("weights") or ("ImageNet" if run.pretrained else "none (from scratch)")
+        out.append(("Model", (f"{display_name(str(t.get('model')))}, {t.get('head', '?')} head, "
+                              f"{t.get('objective', '?')} objective; weights: {weights}")))
         out.append(("Training", f"{t.get('epochs')} epochs ({t.get('freeze_epochs')} with the backbone frozen), "
                                 f"{t.get('optimizer')} lr {t.get('lr')} momentum {t.get('momentum')} weight decay "
-                                f"{t.get('weight_decay')}, scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
+                                f"{t.get('weight_decay')}, scheduler {t.get('scheduler')}, "
+                                f"batch {t.get('batch_size')}, "
                                 f"seed {t.get('seed')}"
                                 + (f", preset {t['preset']}" if t.get("preset") else "")))
-        out.append(("Images", f"{t.get('image_size')} px, preprocessing {t.get('preprocess')}, augmentation "
-                              f"{t.get('augment')}"))
+        out.append(("Images", (f"{t.get('image_size')} px, preprocessing {t.get('preprocess')}, augmentation "
+                               f"{t.get('augment')}")))
     data = c.get("data")
     if data:
         counts = "; ".join(f"{sp} {sum(v)} {v}" for sp, v in
@@ -389,7 +416,7 @@ def run_details(run: Run) -> list[tuple[str, str]]:
             out.append(("Split warnings", "; ".join(data["leakage_warnings"])))
     sel = c.get("selection")
     if sel:
-        out.append(("Selection rule", f"best.pt = best {sel.get('split')} {sel.get('metric')} ({sel.get('note')})"))
+        out.append(("Selection rule", f"best.pt = best {sel.get('split')} {sel.get('metric')}; {sel.get('note')}"))
     if run.rows:
         secs = run.numbers.get("seconds", 0)
         out.append(("Time", f"{secs / 60:.1f} min over {len(run.rows)} epochs (sum of epoch_seconds)"))
@@ -422,10 +449,5 @@ def main(args) -> Path:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    try:
-        main(args)
-    except (ReportError, OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    main(get_args_parser().parse_args(argv))
     return 0
