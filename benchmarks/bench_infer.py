@@ -2,7 +2,8 @@
 normalised in the model's process, the engine's settings for the device) against the lab's evaluation loop
 (full decode, float tensors normalised in the workers, fp32), ResNet18 at 224 px, batch 32, on a synthetic
 set of 512 px JPEGs; also with bf16 autocast and from the prepared cache. Whole calls are timed (loader
-start-up included, for both), interleaved, best of the rounds.
+start-up included, for both), interleaved, best of the rounds. The headline is per core (1 loader worker,
+1 intra-op thread, as in bench_train); the train command's defaults (all cores each) are reported too.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import time
 import common
 
 
-def run(rounds: int = 2, n: int = 96, size: int = 224, batch: int = 32) -> dict:
+def run(rounds: int = 2, n: int = 128, size: int = 224, batch: int = 32) -> dict:
+    import harness
     import torch
 
-    import harness
     from retinopathy.data import load_catalog
     from retinopathy.data.prepare import prepare
     from retinopathy.evaluation.evaluate import predict_dataset
@@ -36,31 +37,45 @@ def run(rounds: int = 2, n: int = 96, size: int = 224, batch: int = 32) -> dict:
         state = model.state_dict()
         amp0, cl0 = harness.defaults("cpu", model)
 
-        def engine(data, amp):
+        def engine(data, amp, workers):
             m = harness.new_model("resnet18", "cpu", state=state)
-            predict_dataset(m, objective, data, batch_size=batch, workers=cores, device="cpu", amp=amp,
+            predict_dataset(m, objective, data, batch_size=batch, workers=workers, device="cpu", amp=amp,
                             progress=False)
 
-        fns = {"lab loop (fp32, float normalised in workers)":
-               lambda: harness.lab_predict(harness.new_model("resnet18", "cpu", state=state),
-                                           harness.lab_loader(catalog.samples, size, batch, cores, train=False), "cpu"),
-               "predict_dataset (engine defaults)": lambda: engine(ds, "auto"),
-               "predict_dataset, bf16": lambda: engine(ds, "bf16"),
-               "predict_dataset, bf16, prepared cache": lambda: engine(cache, "bf16")}
+        def lab(workers):
+            loader = harness.lab_loader(catalog.samples, size, batch, workers, train=False)
+            harness.lab_predict(harness.new_model("resnet18", "cpu", state=state), loader, "cpu")
+
+        threads = torch.get_num_threads()
         t = time.perf_counter()
-        rates = common.best_rate(fns, n, rounds)
+        torch.set_num_threads(1)  # per core, as bench_train: 1 loader worker, 1 intra-op thread
+        per_core = common.best_rate({"lab loop (fp32, float normalised in workers)": lambda: lab(1),
+                                     "predict_dataset (engine defaults)": lambda: engine(ds, "auto", 1),
+                                     "predict_dataset, bf16": lambda: engine(ds, "bf16", 1),
+                                     "predict_dataset, prepared cache": lambda: engine(cache, "auto", 1)}, n, rounds)
+        torch.set_num_threads(threads)
+        all_cores = common.best_rate({
+            "lab loop, default workers and threads": lambda: lab(cores),
+            "predict_dataset, default workers and threads": lambda: engine(ds, "auto", cores)}, n, rounds)
         seconds = time.perf_counter() - t
-    lab = rates["lab loop (fp32, float normalised in workers)"]
-    rows = [{"config": k, "images_per_s": v, "speedup_vs_lab": v / lab} for k, v in rates.items()]
+    lab_rate = per_core["lab loop (fp32, float normalised in workers)"]
+    rows = [{"config": k, "workers": 1, "threads": 1, "images_per_s": v, "speedup_vs_lab": v / lab_rate}
+            for k, v in per_core.items()]
+    lab_all = all_cores["lab loop, default workers and threads"]
+    rows += [{"config": k, "workers": cores, "threads": threads, "images_per_s": v, "speedup_vs_lab": v / lab_all}
+             for k, v in all_cores.items()]
     return {"arch": "resnet18", "size": size, "batch": batch, "images": n, "rounds": rounds, "workers": cores,
             "engine_defaults": {"amp": amp0, "channels_last": cl0}, "rows": rows, "seconds": round(seconds, 1),
-            "infer_speedup_vs_lab_cpu": rates["predict_dataset (engine defaults)"] / lab}
+            "headline": "1 loader worker and 1 intra-op thread each (per core)",
+            "infer_speedup_vs_lab_cpu": per_core["predict_dataset (engine defaults)"] / lab_rate,
+            "infer_speedup_vs_lab_cpu_default_threads":
+                all_cores["predict_dataset, default workers and threads"] / lab_all}
 
 
 def main() -> None:
     args = common.parser(__doc__.split("\n\n")[0]).parse_args()
     res = {"bench": "infer", "machine": common.machine(), **run(rounds=1 if args.quick else 2)}
-    print(common.table(res["rows"], ["config", "images_per_s", "speedup_vs_lab"],
+    print(common.table(res["rows"], ["config", "workers", "threads", "images_per_s", "speedup_vs_lab"],
                        f"inference, ResNet18 at {res['size']} px, batch {res['batch']}, {res['images']} images"))
     print("wrote", common.write_json(res, args.json, "infer"))
 

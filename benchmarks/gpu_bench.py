@@ -29,7 +29,7 @@ from pathlib import Path
 
 import common
 
-PARTS = ("data", "loader")
+PARTS = {"data": 200.0, "loader": 90.0}  # part: time limit (s); each model's part gets --part-timeout
 
 
 def get_args(argv=None) -> argparse.Namespace:
@@ -45,15 +45,15 @@ def get_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="loader workers, both ways (default: all cores)")
     p.add_argument("--warmup", type=int, default=8, help="untimed steps first (cuDNN autotuning, start-up)")
     p.add_argument("--steps", type=int, default=200, help="timed steps at most")
-    p.add_argument("--seconds", type=float, default=25.0, help="timed seconds at most, per measurement")
-    p.add_argument("--part-timeout", type=float, default=150.0, help="seconds before a part is killed")
+    p.add_argument("--seconds", type=float, default=20.0, help="timed seconds at most, per measurement")
+    p.add_argument("--part-timeout", type=float, default=110.0, help="seconds before a model's part is killed")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, to check that it runs (any device)")
     p.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part in this process
     args = p.parse_args(argv)
     if args.dry_run:
         args.n, args.src_size, args.size, args.batch = 40, 64, 64, 4
         args.warmup, args.steps, args.seconds, args.workers = 1, 1, 5.0, 1 if args.workers is None else args.workers
-        args.part_timeout = min(args.part_timeout, 120.0)
+        args.part_timeout = 120.0
     args.workers = os.cpu_count() if args.workers is None else args.workers
     args.workdir = args.workdir or str(Path(args.out).resolve().parent / "gpu_bench_data")
     return args
@@ -81,6 +81,7 @@ def _device():
 
 def _sets(args):
     import harness
+
     from retinopathy.data import load_catalog
 
     work = Path(args.workdir)
@@ -111,9 +112,8 @@ def part_loader(args, save) -> None:
 
 
 def part_train(args, save, arch: str) -> None:
-    import torch
-
     import harness
+    import torch
 
     device = _device()
     originals, cache = _sets(args)
@@ -134,8 +134,8 @@ def part_train(args, save, arch: str) -> None:
     timed = harness.Timed(harness.engine_loader(cache, args.batch, args.workers, device), steps, args.seconds,
                           skip=args.warmup)
     harness.engine_train(model, timed, device, amp, cl)
-    save(engine_images_per_s=round(timed.rate(), 2), engine_steps=len(timed.sizes), engine_amp=amp, engine_channels_last=cl,
-         **_memory(device, "engine"))
+    save(engine_images_per_s=round(timed.rate(), 2), engine_steps=len(timed.sizes), engine_amp=amp,
+         engine_channels_last=cl, **_memory(device, "engine"))
 
 
 def _memory(device, name: str) -> dict:
@@ -196,13 +196,14 @@ def main(argv=None) -> int:
     for part in [*PARTS, *archs]:
         t = time.perf_counter()
         status = "ok"
+        limit = args.part_timeout if args.dry_run else PARTS.get(part, args.part_timeout)
         try:
-            out = subprocess.run([*child, "--part", part], capture_output=True, text=True,
-                                 timeout=args.part_timeout)
+            out = subprocess.run([*child, "--part", part], check=False, capture_output=True, text=True,
+                                 timeout=limit)
             if out.returncode != 0:
                 status = f"exit {out.returncode}: {(out.stderr or out.stdout)[-1500:]}"
         except subprocess.TimeoutExpired:
-            status = f"killed after {args.part_timeout:.0f} s (the part's time limit)"
+            status = f"killed after {limit:.0f} s (the part's time limit)"
         except Exception:  # noqa: BLE001
             status = traceback.format_exc()[-1500:]
         part_file = Path(args.workdir) / f"part_{part}.json"

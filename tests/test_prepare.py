@@ -116,6 +116,7 @@ def test_training_on_the_copy_matches_training_on_the_originals(synth128, tmp_pa
         assert main(["train", "--data", str(data), "--model", "resnet18", "--no-pretrained", "--epochs", "2",
                      "--freeze-epochs", "0", "--image-size", "64", "--batch-size", "12", "--workers", "0",
                      "--augment", "none", "--lr", "2e-3", "--warmup-epochs", "0", "--deterministic",
+                     "--amp", "none", "--no-channels-last",  # the data path is under test, not the engine
                      "--eval-splits", "test", "--out", str(run), "--quiet"]) == 0
         with open(run / "metrics.csv", newline="") as f:
             rows[name] = list(csv.DictReader(f))
