@@ -180,6 +180,17 @@ def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
     assert {p.image for p in read_catalog(out).problems} == {"2_left", "3_right", "4_left"}
 
 
+def test_two_rows_for_one_copy_are_reported(tmp_path):
+    """``1_left`` and ``1_left.jpeg`` are different rows for the dataset but would share one copy."""
+    src = tmp_path / "src"
+    generate(src, n=4, size=64, seed=0, progress=False)
+    with open(src / "trainLabels.csv", "a") as f:
+        f.write("1_left.jpeg,0\n")
+    m = prepare(src, tmp_path / "out", size=32, workers=1, progress=False)
+    assert [(p["kind"], p["image"], p["line"]) for p in m["problems"]] == [("name-clash", "1_left.jpeg", 6)]
+    assert m["counts"]["images"] == 4
+
+
 def test_names_with_extensions_and_other_formats(tmp_path):
     """A CSV naming files with their extension (PNG here), the lab format and grade folders all read back."""
     generate(tmp_path / "k", n=10, size=64, seed=0, progress=False)

@@ -1,0 +1,115 @@
+"""``retinopathy data check``: read a dataset, decode every image, and report counts, sizes and problems."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from tqdm import tqdm
+
+from .formats import GRADES, Catalog
+from .images import ImageError, open_image
+from .problems import Problem
+from .splits import SPLITS, shared_patients
+from .transforms import Preprocessing, geometry
+
+STATS_SIZE = 256
+
+
+def _inspect(path: str, stats: bool):
+    """Decode one image at reduced scale (enough to find truncation); return (size, pixel sums or None)."""
+    from PIL import Image
+
+    img = open_image(path, STATS_SIZE)  # raises ImageError with the reason
+    with Image.open(path) as header:
+        size = header.size
+    if not stats:
+        return size, None
+    for step in geometry(Preprocessing("lab", STATS_SIZE)):
+        img = step(img)
+    a = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
+    return size, (a.sum(0), (a * a).sum(0), len(a))
+
+
+def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = None,
+                  progress: bool = True) -> dict:
+    """Decode every image of ``catalog`` and return a JSON-ready report (``report["problems"]`` lists all)."""
+    problems: list[Problem] = list(catalog.problems)
+    present = [s for s in catalog.samples if s.path]
+    sizes, sums, ok = [], [np.zeros(3), np.zeros(3), 0], []
+    workers = workers or os.cpu_count() or 1
+    with ThreadPoolExecutor(workers) as pool:
+        futures = [pool.submit(_inspect, s.path, stats) for s in present]
+        for s, fut in tqdm(zip(present, futures), total=len(present), desc="checking images",
+                           unit="img", disable=not progress):
+            try:
+                size, acc = fut.result()
+            except (ImageError, OSError, ValueError) as e:
+                problems.append(Problem("bad-image", s.source, s.line, f"{s.image}: {e}", s.image))
+                continue
+            ok.append(s)
+            sizes.append(size)
+            if acc is not None:
+                sums[0] += acc[0]
+                sums[1] += acc[1]
+                sums[2] += acc[2]
+    report: dict = {
+        "data": str(catalog.root), "format": catalog.format,
+        "labels": [str(p) for p in catalog.labels],
+        "images_root": str(catalog.image_root) if catalog.image_root else None,
+        "rows": len(catalog.samples), "images_ok": len(ok),
+        "per_grade": _grades(catalog.samples),
+        "per_split": {sp: _grades([s for s in catalog.samples if s.split == sp])
+                      for sp in SPLITS if any(s.split == sp for s in catalog.samples)},
+        "patients": len({s.patient for s in catalog.samples}),
+        "shared_patients": {},
+        "problems": [p.to_dict() for p in problems],
+    }
+    for other in ("val", "test"):
+        n, total = shared_patients(catalog.samples, "train", other)
+        if total:
+            report["shared_patients"][f"train-{other}"] = {"shared": n, "patients": total}
+    if sizes:
+        w, h = np.array(sizes).T
+        report["image_sizes"] = {k: {"width": int(f(w)), "height": int(f(h))}
+                                 for k, f in (("min", np.min), ("median", np.median), ("max", np.max))}
+    if stats and sums[2]:
+        mean = sums[0] / sums[2]
+        std = np.sqrt(np.maximum(sums[1] / sums[2] - mean ** 2, 0))
+        report["stats"] = {"mean": [round(float(v), 4) for v in mean], "std": [round(float(v), 4) for v in std],
+                           "computed_at": f"lab geometry, {STATS_SIZE} px"}
+    return report
+
+
+def _grades(samples) -> dict:
+    c = Counter(s.label for s in samples)
+    return {"total": len(samples), **{str(g): c.get(g, 0) for g in GRADES}}
+
+
+def format_report(report: dict) -> str:
+    """The report as text for a person."""
+    lines = [f"dataset {report['data']}  (format: {report['format']}; images in {report['images_root']})",
+             f"{report['rows']:,} labelled rows, {report['images_ok']:,} images decoded, "
+             f"{report['patients']:,} patients",
+             "", f"{'split':<8}" + "".join(f"{'grade ' + str(g):>10}" for g in GRADES) + f"{'total':>10}"]
+    for name, counts in [("all", report["per_grade"]), *report["per_split"].items()]:
+        lines.append(f"{name:<8}" + "".join(f"{counts[str(g)]:>10,}" for g in GRADES) + f"{counts['total']:>10,}")
+    if "image_sizes" in report:
+        s = report["image_sizes"]
+        lines.append("")
+        lines.append("image sizes (WxH): " + ", ".join(f"{k} {v['width']}x{v['height']}" for k, v in s.items()))
+    for key, v in report["shared_patients"].items():
+        a, b = key.split("-")
+        lines.append(f"patients on both sides: {v['shared']:,} of {v['patients']:,} {b} patients "
+                     f"also have an eye in {a}" + ("  (warning: leakage)" if v["shared"] else ""))
+    if "stats" in report:
+        lines.append(f"per-channel mean {report['stats']['mean']}, std {report['stats']['std']} "
+                     f"({report['stats']['computed_at']})")
+    problems = report["problems"]
+    lines.append("")
+    lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
+    for p in problems:
+        where = f"{p['file']}:{p['line']}" if p["line"] is not None else p["file"]
+        lines.append(f"  [{p['kind']}] {where}: {p['message']}")
+    return "\n".join(lines)

@@ -1,0 +1,140 @@
+"""``FundusDataset``: a ``torch.utils.data.Dataset`` over any supported DR dataset folder."""
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+from torch.utils.data import Dataset
+
+from .formats import GRADES, Catalog, Sample, read_catalog
+from .images import ImageError, check_image, open_image
+from .problems import DataError, Problem
+from .splits import assign_splits, leakage_warnings, read_split, select, write_split
+from .transforms import Preprocessing, build_transform
+
+
+def load_catalog(data: str | Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                 split_file: str | Path | None = None, resolve: bool = True, **read_options) -> Catalog:
+    """Read a dataset folder and give every sample its split (by patient, deterministic)."""
+    catalog = read_catalog(data, resolve=resolve, **read_options)
+    if split_file:
+        read_split(catalog.samples, split_file)
+    else:
+        assign_splits(catalog.samples, val_fraction, test_fraction, seed)
+    return catalog
+
+
+class FundusDataset(Dataset):
+    """Labelled fundus photographs from a dataset folder, as ``(image_tensor, grade)`` pairs.
+
+    >>> ds = FundusDataset("../shared/data/fundus-real", split="all", image_size=512)
+    >>> image, grade = ds[0]; ds.image_id(0), ds.patient_id(0)
+
+    ``data`` is any folder :func:`~retinopathy.data.formats.read_catalog` reads (or a ``Catalog``).
+    ``split`` is ``train``, ``val``, ``test`` or ``all``. Problems (missing, empty, unreadable or
+    truncated images, bad labels, mismatched CSVs, duplicates) raise a :class:`DataError` here, at
+    construction, naming the first few and the count; ``skip_bad=True`` drops them and keeps the list
+    in ``self.skipped``. ``transform`` defaults to the preset named by ``preprocess``/``augment``.
+    """
+
+    def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,
+                 preprocess: str = "lab", augment: str = "flips", train: bool | None = None,
+                 transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
+                 check: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                 split_file: str | Path | None = None, **read_options):
+        catalog = data if isinstance(data, Catalog) else load_catalog(
+            data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_file=split_file,
+            **read_options)
+        self.catalog = catalog
+        self.split = split
+        self.warnings = leakage_warnings(catalog.samples) if split != "all" else []
+        for w in self.warnings:
+            warnings.warn(w, stacklevel=2)
+        samples = select(catalog.samples, split)
+        # Problems of rows in other splits belong to those splits; rows that never became samples
+        # (bad labels, mismatched files) concern every split.
+        others = {s.image for s in catalog.samples} - {s.image for s in samples}
+        problems = [p for p in catalog.problems if p.image not in others]
+        samples = [s for s in samples if s.path]
+        if check:
+            samples, bad = _check_files(samples)
+            problems += bad
+        if problems and not skip_bad:
+            raise DataError(problems, hint="Fix the files, or pass --skip-bad (skip_bad=True) to drop them.")
+        if not samples:
+            raise DataError(problems + [Problem("empty", str(catalog.root), None, f"no images in split {split!r}")])
+        self.skipped = problems
+        self.samples: list[Sample] = samples
+        self.preprocessing = Preprocessing(preprocess, image_size)
+        self.train = split == "train" if train is None else train
+        self.transform = transform or build_transform(self.preprocessing, self.train, augment, uint8)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        s = self.samples[index]
+        return self.transform(open_image(s.path, self.preprocessing.size)), s.label
+
+    def image_id(self, index: int) -> str:
+        return self.samples[index].image
+
+    def patient_id(self, index: int) -> str:
+        return self.samples[index].patient
+
+    @property
+    def targets(self) -> list[int]:
+        return [s.label for s in self.samples]
+
+    def class_counts(self) -> list[int]:
+        counts = Counter(self.targets)
+        return [counts.get(g, 0) for g in GRADES]
+
+    def write_split(self, path: str | Path) -> None:
+        write_split(self.catalog.samples, path)
+
+
+def _check_files(samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
+    good, bad = [], []
+    for s in samples:
+        try:
+            check_image(s.path)
+            good.append(s)
+        except ImageError as e:
+            bad.append(Problem("bad-image", s.source, s.line, f"{s.image}: {e}", s.image))
+    return good, bad
+
+
+class PairedEyes(Dataset):
+    """Each item of ``dataset`` with the other eye of the same patient: ``(stack([eye, other]), grade)``.
+
+    The grade is the first eye's. A patient with one eye in the split pairs that eye with itself.
+    Everything else (``samples``, ``preprocessing``, ``class_counts`` ...) is the wrapped dataset's.
+    """
+
+    def __init__(self, dataset: FundusDataset):
+        self.dataset = dataset
+        by_patient: dict[str, list[int]] = {}
+        for i, s in enumerate(dataset.samples):
+            by_patient.setdefault(s.patient, []).append(i)
+        self.partner = []
+        for i, s in enumerate(dataset.samples):
+            others = [j for j in by_patient[s.patient] if j != i]
+            self.partner.append(others[0] if others else i)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        import torch
+
+        image, grade = self.dataset[index]
+        other, _ = self.dataset[self.partner[index]]
+        return torch.stack([image, other]), grade
+
+    def __getattr__(self, name):
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)

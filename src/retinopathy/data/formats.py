@@ -1,0 +1,257 @@
+"""Reading the label formats that DR datasets come in, and finding their images.
+
+Formats (``format=``):
+
+``lab``      the course lab's header-less pairs ``train_img.csv``/``train_label.csv`` and
+             ``test_img.csv``/``test_label.csv`` (one value per line, labels on the matching line);
+``kaggle``   ``trainLabels.csv`` or ``labels.csv`` with columns ``image,level``;
+``csv``      any CSV with a header, given the image and label columns (APTOS: ``train.csv``, ``id_code,diagnosis``);
+``folders``  one folder per grade, ``0/`` ... ``4/``.
+
+:func:`read_catalog` detects the format from what is in the folder, reads every row, checks labels,
+and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff``). It never
+raises for bad rows: it returns them as :class:`~retinopathy.data.problems.Problem` records.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .images import IMAGE_EXTENSIONS, index_images
+from .problems import DataError, Problem
+
+GRADES = (0, 1, 2, 3, 4)
+GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe NPDR", "4 proliferative")
+FORMATS = ("lab", "kaggle", "csv", "folders")
+LAB_FILES = {"train": ("train_img.csv", "train_label.csv"), "test": ("test_img.csv", "test_label.csv")}
+KAGGLE_LABELS = ("trainLabels.csv", "labels.csv")
+IMAGE_SUBDIRS = ("", "images", "train", "train_images")
+_EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.IGNORECASE)
+
+
+@dataclass
+class Sample:
+    """One labelled photograph."""
+
+    image: str  # the name as written in the labels (e.g. "10_left")
+    label: int
+    patient: str
+    source: str  # labels file (or grade folder) it came from
+    line: int | None  # 1-based line in ``source``
+    split: str | None = None  # split given by the source (lab: train/test)
+    path: str | None = None  # the image file, once found
+
+
+@dataclass
+class Catalog:
+    """Everything read from a dataset folder: samples, where they came from, and problems."""
+
+    format: str
+    root: Path
+    labels: list[Path]
+    image_root: Path | None
+    samples: list[Sample]
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def has_splits(self) -> bool:
+        return any(s.split for s in self.samples)
+
+
+def patient_of(image: str) -> str:
+    """``10_left`` -> ``10``; names without an eye suffix are their own patient."""
+    stem = Path(image).stem if Path(image).suffix.lower() in IMAGE_EXTENSIONS else image
+    m = _EYE.match(stem)
+    return m.group("patient") if m else stem
+
+
+def parse_label(text: str) -> int | None:
+    text = text.strip()
+    if text.isdigit() and int(text) in GRADES:
+        return int(text)
+    return None
+
+
+def detect_format(data: Path) -> tuple[str, Path]:
+    """Return (format, labels path) for a dataset folder, or raise a DataError that says what was looked for."""
+    if (data / "train_img.csv").exists() or (data / "test_img.csv").exists():
+        return "lab", data
+    for name in KAGGLE_LABELS:
+        if (data / name).exists():
+            return "kaggle", data / name
+    if (data / "train.csv").exists():
+        return "csv", data / "train.csv"
+    for sub in ("", "train", "images"):
+        if all((data / sub / str(g)).is_dir() for g in GRADES):
+            return "folders", data / sub
+    raise DataError([Problem("unknown-format", str(data), None,
+                             "no known dataset layout here: expected the lab's train_img.csv/train_label.csv "
+                             "(+ test_*), trainLabels.csv or labels.csv (image,level), train.csv "
+                             "(id_code,diagnosis), or folders 0/ ... 4/")],
+                    hint="Pass --format, --labels, --image-col/--label-col or --images to say what it is.")
+
+
+def _read_lines(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
+    samples = []
+    for split, (img_name, label_name) in LAB_FILES.items():
+        img_file, label_file = folder / img_name, folder / label_name
+        if not img_file.exists() and not label_file.exists():
+            continue
+        if not img_file.exists() or not label_file.exists():
+            missing = img_file if not img_file.exists() else label_file
+            problems.append(Problem("missing-file", str(missing), None,
+                                    f"{missing.name} is missing; the lab format needs both "
+                                    f"{img_name} and {label_name}"))
+            continue
+        names, labels = _read_lines(img_file), _read_lines(label_file)
+        if len(names) != len(labels):
+            problems.append(Problem("length-mismatch", str(label_file), None,
+                                    f"{img_name} has {len(names)} lines but {label_name} has {len(labels)}; "
+                                    "each image needs its label on the same line"))
+        for i, (name, text) in enumerate(zip(names, labels), start=1):
+            name = name.strip()
+            label = parse_label(text)
+            if not name:
+                problems.append(Problem("bad-row", str(img_file), i, "empty image name"))
+                continue
+            if label is None:
+                problems.append(Problem("bad-label", str(label_file), i,
+                                        f"label {text.strip()!r} for {name} is not an integer 0-4", name))
+                continue
+            samples.append(Sample(name, label, patient_of(name), str(label_file), i, split))
+    return samples
+
+
+def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: str | None,
+                     problems: list[Problem]) -> list[Sample]:
+    samples = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        missing = [c for c in (image_col, label_col, patient_col) if c and c not in header]
+        if missing:
+            problems.append(Problem("bad-header", str(path), 1,
+                                    f"column(s) {missing} not found; the header is {header}. "
+                                    "Name the columns with --image-col and --label-col"))
+            return samples
+        ci, cl = header.index(image_col), header.index(label_col)
+        cp = header.index(patient_col) if patient_col else None
+        for line, row in enumerate(reader, start=2):
+            if not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                problems.append(Problem("bad-row", str(path), line,
+                                        f"{len(row)} fields where the header has {len(header)}"))
+                continue
+            name, label = row[ci].strip(), parse_label(row[cl])
+            if not name:
+                problems.append(Problem("bad-row", str(path), line, "empty image name"))
+                continue
+            if label is None:
+                problems.append(Problem("bad-label", str(path), line,
+                                        f"label {row[cl].strip()!r} for {name} is not an integer 0-4", name))
+                continue
+            patient = row[cp].strip() if cp is not None else patient_of(name)
+            samples.append(Sample(name, label, patient, str(path), line))
+    return samples
+
+
+def _read_folders(folder: Path) -> list[Sample]:
+    samples = []
+    for grade in GRADES:
+        sub = folder / str(grade)
+        for key, fname in index_images(sub).items():
+            if key == fname:
+                samples.append(Sample(Path(fname).stem, grade, patient_of(fname), str(sub), None,
+                                      path=str(sub / fname)))
+    return samples
+
+
+def _find_image_root(data: Path, images: Path | None) -> Path | None:
+    if images is not None:
+        return images
+    for sub in IMAGE_SUBDIRS:
+        folder = data / sub
+        if folder.is_dir() and index_images(folder):
+            return folder
+    return None
+
+
+def read_catalog(data: str | Path, *, format: str | None = None, labels: str | Path | None = None,
+                 images: str | Path | None = None, image_col: str | None = None,
+                 label_col: str | None = None, patient_col: str | None = None,
+                 resolve: bool = True) -> Catalog:
+    """Read a dataset folder in any supported format. ``resolve=False`` reads only the labels."""
+    data = Path(data)
+    if not data.exists():
+        raise DataError([Problem("missing-folder", str(data), None, "dataset folder not found")])
+    problems: list[Problem] = []
+    labels = Path(labels) if labels else None
+    if format is None:
+        if labels is not None:
+            format = "lab" if labels.is_dir() else ("csv" if image_col or label_col else "kaggle")
+        elif image_col or label_col:
+            format, labels = "csv", detect_format(data)[1]
+        else:
+            format, labels = detect_format(data)
+    elif format not in FORMATS:
+        raise DataError([Problem("unknown-format", str(data), None,
+                                 f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")])
+    if labels is None:
+        labels = data if format in ("lab", "folders") else detect_format(data)[1]
+
+    if format == "lab":
+        samples = _read_lab(labels, problems)
+        label_files = [labels / f for pair in LAB_FILES.values() for f in pair if (labels / f).exists()]
+    elif format == "folders":
+        samples, label_files = _read_folders(labels), [labels]
+    else:
+        if not labels.exists():
+            raise DataError([Problem("missing-file", str(labels), None, "labels file not found")])
+        if format == "kaggle":
+            image_col, label_col = image_col or "image", label_col or "level"
+        elif not (image_col and label_col):
+            image_col, label_col = image_col or "id_code", label_col or "diagnosis"
+        samples = _read_header_csv(labels, image_col, label_col, patient_col, problems)
+        label_files = [labels]
+
+    seen: dict[str, Sample] = {}
+    unique = []
+    for s in samples:
+        first = seen.get(s.image)
+        if first is not None:
+            problems.append(Problem("duplicate", s.source, s.line,
+                                    f"image {s.image} is listed again (first at {Path(first.source).name}:"
+                                    f"{first.line}); remove one of the rows", s.image))
+            continue
+        seen[s.image] = s
+        unique.append(s)
+    samples = unique
+
+    image_root = None
+    if format != "folders":
+        image_root = _find_image_root(data, Path(images) if images else None)
+        if resolve:
+            index = index_images(image_root) if image_root else {}
+            for s in samples:  # a sample whose image is missing stays, with path None, so it keeps its split
+                fname = index.get(s.image)
+                if fname is None:
+                    where = image_root or f"{data} (or its images/, train/, train_images/)"
+                    problems.append(Problem("missing-image", s.source, s.line,
+                                            f"image {s.image} not found in {where} (tried "
+                                            f"{', '.join(IMAGE_EXTENSIONS)}); add the file, pass --images, "
+                                            "or use --skip-bad to drop it", s.image))
+                else:
+                    s.path = str(image_root / fname)
+    if not samples and not problems:
+        problems.append(Problem("empty", str(labels), None, "the dataset has no images"))
+    return Catalog(format, data, label_files, image_root, samples, problems)

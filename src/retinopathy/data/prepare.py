@@ -1,0 +1,280 @@
+"""``retinopathy prepare SRC OUT --size 512``: decode every photograph once into a small, fast JPEG copy.
+
+Each labelled image is decoded at reduced scale (``Image.draft``, :func:`~retinopathy.data.images.open_image`),
+optionally cropped to its round field of view (``--crop fov``), resized so that its short side is ``--size``
+(the same torchvision ``Resize`` the training transforms use), and written as a quality-95 JPEG with full
+colour resolution (4:4:4), then re-opened and checked. The label files are copied unchanged, so OUT is a
+dataset in the same format: images ``OUT/<name>.jpeg`` (lab, kaggle, csv) or ``OUT/<grade>/<name>.jpeg``
+(folders); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other (``x.png``) gets
+``.jpeg`` appended, so the labels still find it. Splits are made from the labels, so they do not change.
+
+Work runs on all cores; a killed run leaves no half-written image (temporary ``.part`` files are renamed
+into place) and a re-run skips the finished files. Bad inputs are reported as the dataset reports them
+(file and line) and not written; the exit status is then 1. ``OUT/prepare_manifest.json`` records the
+source, settings, counts, problems and time; a re-run with other settings into the same OUT is refused.
+
+Which copy for which training (S = ``--size`` = ``--image-size``; "equal" = up to the JPEG coding at quality 95,
+about 1 level of 255 on average):
+
+* ``--crop none``: ``--preprocess lab`` on the copy equals ``lab`` on the originals (the short side is already S,
+  so ``Resize(S)`` does nothing and ``CenterCrop(S)`` cuts the same square). ``fov`` and ``graham`` work on it
+  too, but the retina in the copy is a little narrower than S (EyePACS: about 0.95 S), so their crop is
+  upscaled slightly: for those presets prepare with ``--crop fov``.
+* ``--crop fov``: the copy is the S x S square that ``--preprocess fov`` cuts from the originals, so
+  ``--preprocess lab`` on it equals ``fov`` on the originals. Train it with ``--preprocess fov`` all the same
+  (it finds the same circle again) or ``graham`` (Graham's normalisation on top): the checkpoint then records
+  ``fov``, so prediction on original photographs crops them the same way; with ``lab`` it would record ``lab``
+  and prediction on originals would centre-crop them instead.
+* Train at S or below: at a smaller size the presets resize the copy down (same geometry, other resampling);
+  a larger size would upscale the copy and lose detail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from .. import __version__
+from ..cli.common import READ_KEYS
+from ..errors import RetinopathyError
+from .formats import GRADES, Catalog, Sample, read_catalog
+from .images import ImageError, open_image
+from .problems import Problem
+from .transforms import Preprocessing, geometry
+
+MANIFEST = "prepare_manifest.json"
+CROPS = ("none", "fov")
+QUALITY = 95
+PART = ".part"
+
+
+class PrepareError(RetinopathyError, ValueError):
+    """OUT cannot be used for this copy (not empty, prepared with other settings, or the source itself)."""
+
+
+def output_name(sample: Sample, fmt: str) -> str:
+    """Path of ``sample``'s copy relative to OUT, under a name that the copied labels still resolve."""
+    if fmt == "folders":
+        return f"{sample.label}/{sample.image}.jpeg"
+    keep = sample.image.lower().endswith((".jpeg", ".jpg"))
+    return sample.image if keep else f"{sample.image}.jpeg"
+
+
+def resize_steps(size: int, crop: str) -> list:
+    """The geometry applied before writing: the training presets' own steps, so the copy matches them."""
+    if crop == "fov":
+        return geometry(Preprocessing("fov", size))  # FovCrop, then Resize((S, S))
+    return [v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)]  # short side S
+
+
+def prepare_file(job: tuple) -> str | None:
+    """Decode, crop, resize, write ``dst`` atomically and check it; return the reason when the input is bad."""
+    src, dst, size, crop = job
+    try:
+        img = open_image(src, size)
+        for step in resize_steps(size, crop):
+            img = step(img)
+    except ImageError as e:
+        return str(e)
+    tmp = dst + PART
+    try:
+        img.save(tmp, "JPEG", quality=QUALITY, subsampling=0)
+        with Image.open(tmp) as check:
+            check.load()
+            if check.format != "JPEG" or check.size != img.size:
+                raise OSError(f"{tmp}: wrote {check.format} {check.size}, expected JPEG {img.size}")
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + PART)
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
+    if catalog.format == "folders":  # the grade folders are the labels; all five make the format detectable
+        for g in GRADES:
+            (out / str(g)).mkdir(exist_ok=True)
+        return []
+    names = []
+    for src in catalog.labels:
+        dst = out / src.name
+        if dst.resolve() == src.resolve():
+            raise PrepareError(f"{out}: would overwrite its own labels {src}; choose another OUT")
+        tmp = dst.with_name(dst.name + PART)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        names.append(src.name)
+    return names
+
+
+def _check_out(out: Path, catalog: Catalog, settings: dict) -> None:
+    for folder in (catalog.root, catalog.image_root):
+        if folder is not None and out.resolve() == Path(folder).resolve():
+            raise PrepareError(f"{out} is the source folder; choose another OUT")
+    manifest = out / MANIFEST
+    if manifest.exists():
+        old = json.loads(manifest.read_text()).get("settings")
+        if old != settings:
+            diff = {k: (old or {}).get(k) for k in settings if (old or {}).get(k) != settings[k]}
+            raise PrepareError(f"{out} holds a copy prepared with other settings {diff} (now "
+                               f"{ {k: settings[k] for k in diff} }); choose another OUT or delete it")
+    elif out.exists() and any(out.iterdir()):
+        raise PrepareError(f"{out} is not empty and has no {MANIFEST}; choose a new or empty folder")
+
+
+def _remove_parts(out: Path) -> None:
+    """Temporary files of a run that was killed."""
+    for p in [*out.glob("*" + PART), *out.glob("*/*" + PART)]:
+        p.unlink()
+
+
+def _out_read_options(read_options: dict, catalog: Catalog, out: Path) -> dict:
+    """Options that read OUT as the same dataset: the labels path moves into OUT, the images are in OUT."""
+    opts = {k: v for k, v in read_options.items() if v is not None and k != "images"}
+    opts["format"] = catalog.format
+    if opts.get("labels") is not None:
+        opts["labels"] = str(out if catalog.format == "lab" else out / Path(opts["labels"]).name)
+    return opts
+
+
+def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "none", workers: int | None = None,
+            progress: bool = True, **read_options) -> dict:
+    """Write the reduced copy of dataset ``src`` into ``out``; return the manifest (also written to OUT)."""
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
+    if size < 8:
+        raise ValueError(f"size must be at least 8 px, got {size}")
+    start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    catalog = read_catalog(src, **read_options)
+    out = Path(out)
+    settings = {"source": str(Path(src).resolve()), "format": catalog.format, "size": size, "crop": crop,
+                "quality": QUALITY, "subsampling": "4:4:4", "resize": "bilinear, antialiased (torchvision)",
+                "decode": "Pillow draft (reduced-scale JPEG decode)"}
+    _check_out(out, catalog, settings)
+    out.mkdir(parents=True, exist_ok=True)
+    _remove_parts(out)
+    manifest = {"source": settings["source"], "out": str(out.resolve()), "size": size, "crop": crop,
+                "settings": settings, "read_options": _out_read_options(read_options, catalog, out),
+                "complete": False, "started": started_at, "retinopathy": __version__}
+    _write_json(out / MANIFEST, manifest)
+    labels = _copy_labels(catalog, out)
+
+    problems: list[Problem] = list(catalog.problems)
+    todo: list[tuple[Sample, str]] = []
+    targets: dict[str, Sample] = {}
+    skipped = 0
+    for s in (s for s in catalog.samples if s.path):
+        name = output_name(s, catalog.format)
+        if name in targets:
+            problems.append(Problem("name-clash", s.source, s.line, f"{s.image}: its copy {name} would replace "
+                                    f"that of {targets[name].image}; rename one of them", s.image))
+            continue
+        targets[name] = s
+        dst = out / name
+        if dst.exists():
+            skipped += 1
+        else:
+            dst.parent.mkdir(exist_ok=True)
+            todo.append((s, str(dst)))
+
+    jobs = [(s.path, dst, size, crop) for s, dst in todo]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    bar = tqdm(total=len(jobs), unit="img", desc="prepare", disable=not progress, dynamic_ncols=True)
+    if workers == 1:
+        results = map(prepare_file, jobs)
+    else:
+        pool = ProcessPoolExecutor(workers)
+        results = pool.map(prepare_file, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8))))
+    failed: set[str] = set()
+    try:
+        for (s, dst), reason in zip(todo, results):
+            bar.update()
+            if reason is not None:
+                problems.append(Problem("bad-image", s.source, s.line, f"{s.image}: {reason}", s.image))
+                failed.add(dst)
+    finally:
+        bar.close()
+        if workers > 1:
+            pool.shutdown(cancel_futures=True)
+
+    # Check that the copy reads back as the same dataset, every written image found under its name.
+    copy = read_catalog(out, **manifest["read_options"])
+    found = {c.image: c.path for c in copy.samples if c.path}
+    for name, s in targets.items():
+        dst = str(out / name)
+        if dst not in failed and found.get(s.image) != dst:
+            problems.append(Problem("unresolved-copy", s.source, s.line,
+                                    f"{s.image}: the copy {dst} is not found when reading {out}", s.image))
+    seconds = time.perf_counter() - start
+    written = len(jobs) - len(failed)
+    manifest.update(
+        complete=True, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), labels=labels,
+        counts={"samples": len(catalog.samples), "images": len(targets) - len(failed), "written": written,
+                "already_there": skipped, "problems": len(problems)},
+        problems=[p.to_dict() for p in problems], seconds=round(seconds, 3), workers=workers,
+        images_per_s=round(written / seconds, 2) if written else 0.0)
+    _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser("retinopathy prepare", add_help=add_help, description=__doc__.split("\n\n")[0],
+                                epilog="See the module docstring (retinopathy.data.prepare) for which copy "
+                                       "matches which --preprocess preset.")
+    p.add_argument("src", metavar="SRC", help="dataset folder (any supported format)")
+    p.add_argument("out", metavar="OUT", help="folder to write (new, empty, or an earlier run's to resume it)")
+    p.add_argument("--size", type=int, default=512, help="short side in pixels (default 512; train at this size)")
+    p.add_argument("--crop", choices=CROPS, default="none",
+                   help="fov: crop the square around the round field of view (= --preprocess fov)")
+    p.add_argument("-j", "--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data (the format is detected from what is in SRC; these override it)")
+    g.add_argument("--format", choices=("lab", "kaggle", "csv", "folders"), help="dataset format")
+    g.add_argument("--labels", help="labels CSV (or, for the lab format, the folder with its four CSVs)")
+    g.add_argument("--images", help="folder that holds the images")
+    g.add_argument("--image-col", help="image column of a CSV with a header (e.g. id_code)")
+    g.add_argument("--label-col", help="label column of a CSV with a header (e.g. diagnosis)")
+    g.add_argument("--patient-col", help="patient column, if the CSV has one")
+    return p
+
+
+def main(args) -> dict:
+    options = {k: getattr(args, k) for k in READ_KEYS if getattr(args, k) is not None}
+    m = prepare(args.src, args.out, size=args.size, crop=args.crop, workers=args.workers,
+                progress=not args.quiet and sys.stderr.isatty(), **options)
+    c = m["counts"]
+    print(f"{c['images']:,} images at {m['size']} px (crop {m['crop']}) in {args.out}: {c['written']:,} written, "
+          f"{c['already_there']:,} already there, {m['seconds']:.1f} s ({m['images_per_s']:.1f} images/s, "
+          f"{m['workers']} workers); {c['problems']} problem(s); manifest {Path(args.out) / MANIFEST}")
+    for p in m["problems"][:20]:
+        where = f"{p['file']}:{p['line']}" if p["line"] is not None else p["file"]
+        print(f"  [{p['kind']}] {where}: {p['message']}", file=sys.stderr)
+    if len(m["problems"]) > 20:
+        print(f"  ... and {len(m['problems']) - 20} more (all in the manifest)", file=sys.stderr)
+    return m
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Exit status 0, or 1 when some inputs were bad (listed, and in the manifest); errors go to the dispatcher."""
+    args = get_args_parser().parse_args(argv)
+    try:
+        m = main(args)
+    except OSError as e:  # a full disk, no permission: not a bad input, but something to act on
+        raise PrepareError(f"cannot write {args.out}: {e}") from None
+    return 1 if m["problems"] else 0

@@ -1,0 +1,39 @@
+"""Problems found in a dataset, and the error that carries them."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import RetinopathyError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input: where it is and what to do about it."""
+
+    kind: str  # e.g. "missing-image", "bad-label", "corrupt-image", "length-mismatch"
+    file: str
+    line: int | None
+    message: str
+    image: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class DataError(RetinopathyError, ValueError):
+    """The dataset cannot be used as it is. Holds every problem found."""
+
+    def __init__(self, problems: list[Problem], hint: str = "", show: int = 5):
+        self.problems = list(problems)
+        lines = [str(p) for p in self.problems[:show]]
+        more = len(self.problems) - show
+        if more > 0:
+            lines.append(f"... and {more} more")
+        msg = f"{len(self.problems)} problem(s) in the dataset:\n  " + "\n  ".join(lines)
+        if hint:
+            msg += f"\n{hint}"
+        super().__init__(msg)

@@ -1,0 +1,111 @@
+"""Patient-level train/val/test splits, stratified by grade, deterministic, written out for reuse."""
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .formats import Sample
+from .problems import DataError, Problem
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def _strata(samples: list[Sample]) -> dict[int, list[str]]:
+    """Patients grouped by their worse eye's grade, each group sorted."""
+    worst: dict[str, int] = {}
+    for s in samples:
+        worst[s.patient] = max(worst.get(s.patient, 0), s.label)
+    strata: dict[int, list[str]] = defaultdict(list)
+    for patient, grade in worst.items():
+        strata[grade].append(patient)
+    return {g: sorted(p, key=lambda x: (len(x), x)) for g, p in sorted(strata.items())}
+
+
+def split_patients(samples: list[Sample], fractions: dict[str, float], seed: int,
+                   rest: str = "train") -> dict[str, str]:
+    """Assign each patient to a split. ``fractions`` maps split name to its share of each grade stratum
+    (stratified by the patient's worse eye); the remaining patients go to ``rest``. Returns patient -> split."""
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, str] = {}
+    for _, patients in _strata(samples).items():
+        order = [patients[i] for i in rng.permutation(len(patients))]
+        start = 0
+        for name, frac in fractions.items():
+            n = int(round(frac * len(order)))
+            for p in order[start:start + n]:
+                assignment[p] = name
+            start += n
+        for p in order[start:]:
+            assignment[p] = rest
+    return assignment
+
+
+def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int) -> None:
+    """Set ``sample.split`` for every sample, by patient.
+
+    Samples that already carry a split (the lab format's train/test) keep it; a validation part is then
+    carved from their train side by patient. Others get a stratified train/val/test split.
+    """
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+    given = [s for s in samples if s.split]
+    if given:
+        train = [s for s in given if s.split == "train"]
+        patients = split_patients(train, {"val": val_fraction}, seed) if val_fraction else {}
+        for s in train:
+            s.split = patients.get(s.patient, "train")
+    else:
+        patients = split_patients(samples, {"test": test_fraction, "val": val_fraction}, seed)
+        for s in samples:
+            s.split = patients[s.patient]
+
+
+def select(samples: list[Sample], split: str) -> list[Sample]:
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    return list(samples) if split == "all" else [s for s in samples if s.split == split]
+
+
+def shared_patients(samples: list[Sample], a: str = "train", b: str = "test") -> tuple[int, int]:
+    """(patients of split ``b`` that also have an image in split ``a``, patients of ``b``)."""
+    pa = {s.patient for s in samples if s.split == a}
+    pb = {s.patient for s in samples if s.split == b}
+    return len(pa & pb), len(pb)
+
+
+def leakage_warnings(samples: list[Sample]) -> list[str]:
+    out = []
+    for other in ("val", "test"):
+        n, total = shared_patients(samples, "train", other)
+        if n:
+            out.append(f"{n:,} of {total:,} {other} patients also have an eye in train "
+                       "(patient leakage: scores on that split are optimistic)")
+    return out
+
+
+def write_split(samples: list[Sample], path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient", "label", "split"])
+        for s in samples:
+            w.writerow([s.image, s.patient, s.label, s.split])
+    tmp.replace(path)
+
+
+def read_split(samples: list[Sample], path: str | Path) -> None:
+    """Apply a split written by :func:`write_split`; every sample must be listed."""
+    with open(path, newline="") as f:
+        table = {row["image"]: row["split"] for row in csv.DictReader(f)}
+    missing = [s for s in samples if s.image not in table]
+    if missing:
+        raise DataError([Problem("split-mismatch", str(path), None,
+                                 f"image {s.image} is not in the split file") for s in missing],
+                        hint="The split file was written for another dataset; drop --split-file to make a new split.")
+    for s in samples:
+        s.split = table[s.image]

@@ -1,0 +1,96 @@
+"""Transform presets: preprocessing (``lab``, ``fov``, ``graham``) x augmentation (``none``, ``flips``, ``fundus``).
+
+The ``lab`` preprocessing with ``flips`` is the course lab's reference pipeline:
+``Resize(S)``, ``CenterCrop(S)``, random horizontal and vertical flips (p=0.5), ``ToTensor``,
+``Normalize(mean=(0.3749, 0.2602, 0.1857), std=(0.2526, 0.1780, 0.1291))``. Evaluation transforms
+never augment. With ``uint8=True`` the pipeline stops at a uint8 tensor and normalisation happens on the
+device (:class:`Normalize` below), as timm's prefetch loader does; the numbers are the same.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import v2
+
+from .preprocess import FovCrop, GrahamNormalize
+
+LAB_MEAN = (0.3749, 0.2602, 0.1857)
+LAB_STD = (0.2526, 0.1780, 0.1291)
+GRAHAM_MEAN = (0.5, 0.5, 0.5)
+GRAHAM_STD = (0.1, 0.1, 0.1)
+PREPROCESS = ("lab", "fov", "graham")
+AUGMENT = ("none", "flips", "fundus")
+
+
+@dataclass
+class Preprocessing:
+    """What a model expects: recorded in every checkpoint so that prediction applies the same."""
+
+    preset: str = "lab"
+    size: int = 512
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+
+    def __post_init__(self):
+        if self.preset not in PREPROCESS:
+            raise ValueError(f"unknown preprocessing {self.preset!r}; choose one of {', '.join(PREPROCESS)}")
+        default_mean, default_std = (GRAHAM_MEAN, GRAHAM_STD) if self.preset == "graham" else (LAB_MEAN, LAB_STD)
+        self.mean = tuple(float(v) for v in (self.mean or default_mean))
+        self.std = tuple(float(v) for v in (self.std or default_std))
+        self.size = int(self.size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(d["preset"], d["size"], tuple(d["mean"]), tuple(d["std"]))
+
+
+def geometry(prep: Preprocessing) -> list:
+    """The deterministic steps that bring a photograph to ``size x size``."""
+    resize = v2.Resize(prep.size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+    if prep.preset == "lab":
+        return [resize, v2.CenterCrop(prep.size)]
+    steps = [FovCrop(), v2.Resize((prep.size, prep.size), antialias=True)]
+    if prep.preset == "graham":
+        steps.append(GrahamNormalize())
+    return steps
+
+
+def augmentation(name: str) -> list:
+    if name == "none":
+        return []
+    flips = [v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5)]
+    if name == "flips":
+        return flips
+    if name == "fundus":
+        return [v2.RandomAffine(degrees=180, translate=(0.05, 0.05), scale=(0.9, 1.1)),
+                v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1), *flips]
+    raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENT)}")
+
+
+def build_transform(prep: Preprocessing, train: bool = False, augment: str = "flips",
+                    uint8: bool = False) -> v2.Compose:
+    """PIL image -> tensor. ``uint8`` leaves normalisation to :class:`Normalize` on the device."""
+    steps = geometry(prep) + (augmentation(augment) if train else []) + [v2.PILToTensor()]
+    if not uint8:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+    return v2.Compose(steps)
+
+
+class Normalize(torch.nn.Module):
+    """uint8 NCHW batch -> normalised float batch, on whatever device the batch is on."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            return (x.float() - self.mean) / self.std
+        return x
