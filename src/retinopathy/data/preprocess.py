@@ -15,30 +15,43 @@ def find_fov(img: Image.Image, threshold: float = 0.07) -> tuple[float, float, f
     """Return (centre x, centre y, radius) of the field of view, in pixels of ``img``.
 
     Works on a thumbnail: pixels brighter than ``threshold`` x the 99th-percentile brightness are retina.
-    The widest extent gives the diameter (the circle is often clipped at top and bottom, rarely at the sides).
+    A circle is fitted to the left and right ends of the retina in every row: the sides of the circle are
+    rarely clipped, while the top and bottom often are, by the image edge or by a straight dark band, and
+    such flat edges do not move the fit. Falls back to the image centre when there is no retina to see.
     """
     scale = 256 / max(img.size)
     small = img.convert("L").resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                                     Image.BILINEAR)
     a = np.asarray(small, dtype=np.float32)
+    fallback = img.width / 2, img.height / 2, min(img.size) / 2
     ref = np.percentile(a, 99)
     if ref <= 0:
-        return img.width / 2, img.height / 2, min(img.size) / 2
+        return fallback
     mask = a > threshold * ref
-    cols = np.flatnonzero(mask.mean(axis=0) > 0.02)
     rows = np.flatnonzero(mask.mean(axis=1) > 0.02)
-    if len(cols) == 0 or len(rows) == 0:
-        return img.width / 2, img.height / 2, min(img.size) / 2
-    x0, x1, y0, y1 = cols[0], cols[-1] + 1, rows[0], rows[-1] + 1
-    radius = max(x1 - x0, y1 - y0) / 2
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    # A circle clipped at an image edge: its centre lies half a diameter from the unclipped edge.
-    if y1 - y0 < 2 * radius * 0.98:
-        if y0 <= 1 < a.shape[0] - y1:
-            cy = y1 - radius
-        elif a.shape[0] - y1 <= 1 < y0:
-            cy = y0 + radius
-    return cx / scale, cy / scale, radius / scale
+    if len(rows) < 3:
+        return fallback
+    w = mask.shape[1]
+    left = mask[rows].argmax(axis=1)
+    right = w - mask[rows, ::-1].argmax(axis=1)  # one past the last retina pixel
+    y = np.concatenate([rows, rows]) + 0.5
+    x = np.concatenate([left, right]).astype(np.float64)
+    keep = (x > 0) & (x < w)  # an end at the image side is a clipped side, not the circle
+    x, y = x[keep], y[keep]
+    for _ in range(3):  # least-squares circle (Kasa), then again without outliers (notches, dust, text)
+        if len(x) < 6:
+            return fallback
+        (d, e, f), *_ = np.linalg.lstsq(np.stack([x, y, np.ones_like(x)], 1), -(x * x + y * y), rcond=None)
+        cx, cy = -d / 2, -e / 2
+        r = float(np.sqrt(max(cx * cx + cy * cy - f, 0.0)))
+        resid = np.abs(np.hypot(x - cx, y - cy) - r)
+        inliers = resid < max(1.5, 3 * np.median(resid))
+        if inliers.all():
+            break
+        x, y = x[inliers], y[inliers]
+    if not r > 0:
+        return fallback
+    return cx / scale, cy / scale, r / scale
 
 
 class FovCrop:
@@ -49,6 +62,9 @@ class FovCrop:
 
     def __call__(self, img: Image.Image) -> Image.Image:
         cx, cy, r = find_fov(img)
+        w, h = img.size
+        if not self.margin and w == h and max(abs(cx - w / 2), abs(cy - h / 2), abs(2 * r - w)) < 0.015 * w:
+            return img  # already cropped (e.g. a `prepare --crop fov` copy): cropping again would only resample
         r *= 1 + self.margin
         box = tuple(int(round(v)) for v in (cx - r, cy - r, cx + r, cy + r))
         return img.crop(box)  # Pillow pads outside the image with black

@@ -80,9 +80,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("engine")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
-                   help="mixed precision (auto: bf16 on CUDA, none on CPU)")
+                   help="mixed precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else none)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for conv models on CUDA)")
+                   help="channels_last memory format (default: on for conv models where --amp auto picks bf16)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     g = p.add_argument_group("output")

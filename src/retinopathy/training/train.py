@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,10 +46,21 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX, from /proc/cpuinfo; False elsewhere): there bf16
+    autocast trains a ResNet about twice as fast as fp32 (benchmarks/README.md); without them it is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
 def engine_settings(args, device: torch.device, model) -> tuple[str, bool]:
-    """(amp, channels_last) after 'auto': bf16 and channels_last on CUDA, neither on CPU."""
-    amp = ("bf16" if device.type == "cuda" else "none") if args.amp == "auto" else args.amp
-    cl = args.channels_last if args.channels_last is not None else device.type == "cuda"
+    """(amp, channels_last) after 'auto': bf16 and channels_last on CUDA and on CPUs with native bf16."""
+    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    amp = ("bf16" if fast else "none") if args.amp == "auto" else args.amp
+    cl = args.channels_last if args.channels_last is not None else fast
     return amp, bool(cl and is_convolutional(model))
 
 
