@@ -19,6 +19,7 @@ from torch import nn
 
 from retinopathy.cli.main import main
 from retinopathy.data import Normalize, Preprocessing, build_transform
+from retinopathy.errors import RetinopathyError
 from retinopathy.inference.explain import GradCam, cam_layer
 from retinopathy.inference.predict import predict_batch
 from retinopathy.models.factory import Grader
@@ -117,7 +118,7 @@ def test_cam_layer_rule(arch, layer):
 
 
 def test_cam_layer_refuses_vision_transformers():
-    with pytest.raises(ValueError, match="transformer"):
+    with pytest.raises(RetinopathyError, match="transformer"):
         cam_layer(Grader("vit_b_32", 5), image_size=224)
 
 
