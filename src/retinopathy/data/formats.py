@@ -100,6 +100,19 @@ def _read_lines(path: Path) -> list[str]:
     return lines
 
 
+def _checked_label(name: str, text: str, name_file: Path, label_file: Path, line: int,
+                   problems: list[Problem]) -> int | None:
+    """The grade of one row, or None after recording why the row is unusable."""
+    if not name:
+        problems.append(Problem("bad-row", str(name_file), line, "empty image name"))
+        return None
+    label = parse_label(text)
+    if label is None:
+        problems.append(Problem("bad-label", str(label_file), line,
+                                f"label {text.strip()!r} for {name} is not an integer 0-4", name))
+    return label
+
+
 def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
     samples = []
     for split, (img_name, label_name) in LAB_FILES.items():
@@ -119,15 +132,9 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     "each image needs its label on the same line"))
         for i, (name, text) in enumerate(zip(names, labels), start=1):
             name = name.strip()
-            label = parse_label(text)
-            if not name:
-                problems.append(Problem("bad-row", str(img_file), i, "empty image name"))
-                continue
-            if label is None:
-                problems.append(Problem("bad-label", str(label_file), i,
-                                        f"label {text.strip()!r} for {name} is not an integer 0-4", name))
-                continue
-            samples.append(Sample(name, label, patient_of(name), str(label_file), i, split))
+            label = _checked_label(name, text, img_file, label_file, i, problems)
+            if label is not None:
+                samples.append(Sample(name, label, patient_of(name), str(label_file), i, split))
     return samples
 
 
@@ -152,13 +159,9 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
                 problems.append(Problem("bad-row", str(path), line,
                                         f"{len(row)} fields where the header has {len(header)}"))
                 continue
-            name, label = row[ci].strip(), parse_label(row[cl])
-            if not name:
-                problems.append(Problem("bad-row", str(path), line, "empty image name"))
-                continue
+            name = row[ci].strip()
+            label = _checked_label(name, row[cl], path, path, line, problems)
             if label is None:
-                problems.append(Problem("bad-label", str(path), line,
-                                        f"label {row[cl].strip()!r} for {name} is not an integer 0-4", name))
                 continue
             patient = row[cp].strip() if cp is not None else patient_of(name)
             samples.append(Sample(name, label, patient, str(path), line))
