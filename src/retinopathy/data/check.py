@@ -6,6 +6,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from .formats import GRADES, Catalog
@@ -19,8 +20,6 @@ STATS_SIZE = 256
 
 def _inspect(path: str, stats: bool):
     """Decode one image at reduced scale (enough to find truncation); return (size, pixel sums or None)."""
-    from PIL import Image
-
     img = open_image(path, STATS_SIZE)  # raises ImageError with the reason
     with Image.open(path) as header:
         size = header.size

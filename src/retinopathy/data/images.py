@@ -40,10 +40,6 @@ def index_images(folder: str | os.PathLike) -> dict[str, str]:
     return index
 
 
-def count_images(folder: str | os.PathLike) -> int:
-    return sum(1 for k, v in index_images(folder).items() if k == v)
-
-
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: grey, palette, alpha (onto black), CMYK and 16-bit images."""
     if img.mode == "RGB":
@@ -90,15 +86,13 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
         raise ImageError(path, f"cannot decode: {reason}") from None
 
 
-def check_image(path: str | os.PathLike, full: bool = False) -> tuple[int, int]:
+def check_image(path: str | os.PathLike) -> tuple[int, int]:
     """Check that ``path`` is a usable image and return its size (width, height).
 
-    The quick check reads the header and, for JPEGs, looks for the end-of-image marker, which catches
-    missing, empty, unidentifiable and truncated files without decoding pixels. ``full`` decodes the image.
+    Reads the header and, for JPEGs, looks for the end-of-image marker, which catches missing, empty,
+    unidentifiable and truncated files without decoding pixels (``data check`` decodes everything).
     """
     path = Path(path)
-    if full:
-        return open_image(path).size
     try:
         st = path.stat()
     except FileNotFoundError:

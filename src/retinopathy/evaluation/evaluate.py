@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -56,8 +57,6 @@ def run_split_file(checkpoint: Path, ckpt: dict, data: str) -> Path | None:
 def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, device="auto", amp="auto",
                     progress=True) -> dict:
     """Run ``model`` over every image of ``dataset`` (uint8 tensors); see :func:`engine.evaluate`."""
-    import os
-
     device = pick_device(device)
     model.to(device)
     ns = argparse.Namespace(amp=amp, channels_last=None)
