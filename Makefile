@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-all bench browser clean
+.PHONY: venv demo test test-all bench eyepacs256 browser clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,15 @@ test-all: $(STAMP) browser
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
+
+# Issue 7: the recipe, the lab's recipe and the ablation on ../shared/data/eyepacs-256 (about 2 h on 2 CPU cores;
+# re-running resumes and skips finished runs), then the reports.
+eyepacs256: $(STAMP)
+	$(PY) -m retinopathy experiment configs/eyepacs256.yaml
+	$(PY) -m retinopathy experiment configs/eyepacs256-lab.yaml
+	$(PY) -m retinopathy experiment configs/eyepacs256-ablation.yaml
+	$(PY) -m retinopathy report runs/eyepacs256 runs/eyepacs256-lab --out reports/eyepacs256
+	$(PY) -m retinopathy report runs/eyepacs256-ablation --out reports/eyepacs256-ablation
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache

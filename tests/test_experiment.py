@@ -124,3 +124,20 @@ def test_cell_names():
     assert cell_name({"model": "resnet18", "pretrained": True, "lr": 0.01, "amp": "bf16"}) == \
         "resnet18-pretrained-lr-0.01-amp-bf16"
     assert cell_name({"deterministic": False, "image_size": 96}) == "no-deterministic-image-size-96"
+
+
+def test_variants_are_one_change_each(tmp_path):
+    config = write_config(tmp_path, grid={"model": ["resnet18"]},
+                          variants={"recipe": {}, "small": {"image_size": 32}, "flips": {"augment": "flips"}})
+    exp = load_experiment(config)
+    assert [c.name for c in exp.cells] == ["recipe-resnet18", "small-resnet18", "flips-resnet18"]
+    recipe, small, flips = exp.cells
+    assert recipe.options["image_size"] == 64 and small.options["image_size"] == 32
+    assert flips.options["augment"] == "flips" and "augment" not in recipe.options
+    assert small.values == {"variant": "small", "model": "resnet18"}
+    clash = write_config(tmp_path, variants={"big": {"model": "resnet50"}})
+    with pytest.raises(ExperimentError, match="variant big sets model, which grid: varies"):
+        load_experiment(clash)
+    typo = write_config(tmp_path, variants={"x": {"augmnet": "flips"}})
+    with pytest.raises(ExperimentError, match="augmnet"):
+        load_experiment(typo)

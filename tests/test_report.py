@@ -83,6 +83,9 @@ def test_table_values_are_the_runs_numbers(experiment):
         value, epoch = re.fullmatch(r"([\d.]+) \((\d+)\)", row["Highest test accuracy (epoch)"]).groups()
         assert float(value) == pytest.approx(want["max_test_accuracy"], abs=5e-5)
         assert int(epoch) == want["max_test_epoch"]
+        ci = json.loads((experiment / "runs" / "tiny" / cell / "eval" / "metrics.json").read_text())["ci95"]
+        assert f"kappa {want['kappa']:.3f} (95% CI {ci['kappa'][0]:.3f}-{ci['kappa'][1]:.3f})" in md
+        assert f"test accuracy {want['test_accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f}-" in md
     assert "ImageNet-pretrained" in md and "from scratch" in md
 
 
@@ -165,10 +168,37 @@ def test_page_in_a_real_browser(experiment, tmp_path):
             assert f"{want['test_accuracy']:.3f}" in td.text
             flagged = want["test_accuracy"] <= want["majority_accuracy"] or want["kappa"] <= 0
             assert (td.get_attribute("data-warning") == "true") == flagged
-            assert ("no better than always answering grade" in td.text) == flagged
+            assert ("no better than always answering grade" in td.text) == (want["kappa"] <= 0)
+            assert ("accuracy not above always answering grade" in td.text) == (flagged and want["kappa"] > 0)
     finally:
         driver.quit()
     assert len(images_ok) == 3 and all(images_ok)
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[1] >= 1000 and pixels.std() > 15
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50, "the screenshot is (nearly) blank"
+
+
+def test_named_variants_label_the_rows(tmp_path):
+    from retinopathy.reporting.report import Run, assign_variants
+
+    runs = [Run("recipe-resnet18", tmp_path, "done", train={"model": "resnet18", "pretrained": False, "lr": 1},
+                named="recipe"),
+            Run("no-graham-resnet18", tmp_path, "done", train={"model": "resnet18", "pretrained": False, "lr": 2},
+                named="no-graham"),
+            Run("a", tmp_path, "done", train={"model": "resnet50", "pretrained": False, "seed": 1}),
+            Run("b", tmp_path, "done", train={"model": "resnet50", "pretrained": False, "seed": 2})]
+    assign_variants(runs)
+    assert [r.variant for r in runs] == ["from scratch, recipe", "from scratch, no-graham",
+                                         "from scratch, seed 1", "from scratch, seed 2"]
+
+
+def test_one_run_experiment_is_named_after_the_experiment(tmp_path):
+    from retinopathy.reporting.report import load_experiment
+
+    exp = tmp_path / "solo"
+    (exp / "resnet18").mkdir(parents=True)
+    (exp / "resnet18" / "cell.yaml").write_text("model: resnet18\npretrained: false\n")
+    (exp / "experiment.json").write_text(json.dumps(
+        {"name": "solo", "cells": {"resnet18": {"status": "pending", "dir": "resnet18", "values": {"model": "resnet18"}}}}))
+    [run] = load_experiment(exp)
+    assert run.status == "pending" and run.named == "solo"

@@ -23,3 +23,19 @@ def test_balanced_sampler():
     a, b = list(ranks[0]), list(ranks[1])
     assert len(a) == len(b) == len(labels) // 2
     assert sorted(a + b) == sorted(first)  # the two processes share one draw between them
+
+
+def test_decaying_sampler_moves_from_balanced_to_final_mix():
+    labels = np.array([0] * 700 + [1] * 70 + [2] * 150 + [3] * 50 + [4] * 30)
+    s = BalancedSampler(labels, seed=0, decay=0.5)
+    shares = []
+    for epoch in (0, 8):
+        s.set_epoch(epoch)
+        shares.append(np.bincount(labels[list(s)], minlength=5) / len(labels))
+    assert shares[0][0] < 0.3  # epoch 0: balanced, grade 0 about a fifth
+    final = np.array([700, 140, 300, 100, 60]) / 1300  # grade 0 once, the others twice
+    assert np.abs(shares[1] - final).max() < 0.05
+    s.set_epoch(8)
+    again = list(s)
+    s.set_epoch(8)
+    assert list(s) == again

@@ -9,6 +9,8 @@ The YAML file::
     synth: {n: 360, size: 128}  # optional: generate synthetic data there first when the folder is missing/empty
     train: {epochs: 3, image_size: 96}                         # ``retinopathy train`` options shared by all cells
     grid: {model: [resnet18, resnet50], pretrained: [true, false]}   # cartesian product, one cell each
+    variants: {no-graham: {preprocess: lab}}                   # optional: named changes to train:, one row
+                                                               # each (an ablation); "full" = train: as it is
     evaluate: {bootstrap: 1000}                                # optional: bootstrap, batch_size
     report: {out: reports/demo}                                # optional: build the report afterwards
 
@@ -42,7 +44,7 @@ from ..models.weights import WeightsError, load_pretrained_state
 from ..training import config as train_config
 from ..training.checkpoint import CheckpointError
 
-TOP_KEYS = ("name", "out", "data", "description", "synth", "train", "grid", "evaluate", "report")
+TOP_KEYS = ("name", "out", "data", "description", "synth", "train", "grid", "variants", "evaluate", "report")
 RESERVED = {"data", "out", "resume", "config", "stop_after", "help"}  # the runner sets these itself
 RUNTIME = {"workers", "device", "amp", "quiet", "channels_last", "compile", "epochs"}  # may change on a re-run
 EVAL_KEYS = {"bootstrap", "batch_size"}
@@ -110,6 +112,23 @@ def cell_name(values: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
 
 
+def _variants(section, file: Path, grid: dict) -> dict:
+    """``variants:`` -> {name: train options it changes}; without it, one unnamed variant that changes nothing."""
+    if section is None:
+        return {"": {}}
+    if not isinstance(section, dict) or not section:
+        raise ExperimentError(f"{file}: 'variants:' must map a row name to the train options it changes")
+    out = {}
+    for vname, change in section.items():
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(vname)):
+            raise ExperimentError(f"{file}: variant name {vname!r} must be letters, digits, '.', '_' or '-'")
+        out[str(vname)] = _options(change, file, f"variants: {vname}")
+        clash = sorted(set(out[str(vname)]) & set(grid))
+        if clash:
+            raise ExperimentError(f"{file}: variant {vname} sets {', '.join(clash)}, which grid: varies; keep one")
+    return out
+
+
 def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     """Read and check an experiment file; ``data`` overrides its ``data:``."""
     file = Path(path)
@@ -138,12 +157,15 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
         raise ExperimentError(f"{file}: {', '.join(both)} is set in both train: and grid:; keep one")
     if any(not v for v in grid.values()):
         raise ExperimentError(f"{file}: every grid: entry needs at least one value")
+    variants = _variants(cfg.get("variants"), file, grid)
     root = Path(cfg.get("out") or "runs") / name
     cells = []
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo))
-        cname = cell_name(values) or str(shared.get("model", "run"))
-        cells.append(Cell(cname, values, {**shared, **values}, root / cname))
+    for vname, change in variants.items():
+        for combo in itertools.product(*grid.values()):
+            values = dict(zip(grid, combo))
+            cname = "-".join(filter(None, [vname, cell_name(values)])) or str(shared.get("model", "run"))
+            values = {"variant": vname, **values} if vname else values
+            cells.append(Cell(cname, values, {**shared, **change, **dict(zip(grid, combo))}, root / cname))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise ExperimentError(f"{file}: grid values give the same cell name twice ({names})")

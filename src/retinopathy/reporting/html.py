@@ -82,11 +82,25 @@ def _f(v, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def ci_text(ci) -> str:
+    """' (95% CI lo-hi)', or nothing when there is no interval."""
+    return f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else ""
+
+
+def warning_text(n: dict) -> str:
+    """Why a run is flagged: it has not learnt to grade (kappa <= 0), or it grades but is right less often
+    than always answering the most common grade."""
+    if n["kappa"] <= 0:
+        return f"no better than always answering grade {n['majority_grade']}"
+    return (f"accuracy not above always answering grade {n['majority_grade']} "
+            f"({_f(n['majority_accuracy'])}), although kappa > 0")
+
+
 def results_cell(run) -> str:
     n = run.numbers
     keys = ("test_accuracy", "kappa", "macro_f1", "majority_accuracy", "selected_epoch", "selection_split",
             "selection_metric", "best_selection_accuracy", "best_selection_epoch", "max_test_accuracy",
-            "max_test_epoch", "warning")
+            "max_test_epoch", "warning", "ci_accuracy", "ci_kappa")
     attrs = {"run": run.name, "model": run.model, "variant": run.variant, "status": run.status,
              **{k: n.get(k) for k in keys if k in n}}
     if run.reason:
@@ -98,10 +112,10 @@ def results_cell(run) -> str:
         return (f'<td class="cell missing" {data}><span class="status">{escape(run.status)}</span>'
                 f'<div class="reason">{escape(first)}{more}</div></td>')
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
-    ci = n.get("ci_accuracy")
     parts = [f'<div class="big">{_f(n["test_accuracy"])}</div><div class="label">test accuracy'
-             + (f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else "") + "</div>",
-             f'<div class="pair">kappa <b>{_f(n["kappa"])}</b> &nbsp; macro-F1 <b>{_f(n["macro_f1"])}</b></div>',
+             f'{escape(ci_text(n.get("ci_accuracy")))}</div>',
+             f'<div class="pair">kappa <b>{_f(n["kappa"])}</b>{escape(ci_text(n.get("ci_kappa")))} &nbsp; '
+             f'macro-F1 <b>{_f(n["macro_f1"])}</b></div>',
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']
     if "best_selection_accuracy" in n:
         parts.append(f'<div class="small">best {sel} accuracy {_f(n["best_selection_accuracy"])} '
@@ -110,7 +124,7 @@ def results_cell(run) -> str:
         parts.append(f'<div class="small lab">highest test accuracy over epochs {_f(n["max_test_accuracy"])} '
                      f'(epoch {n["max_test_epoch"]}) - the lab\'s number, optimistic</div>')
     if n.get("warning"):
-        parts.append(f'<div class="badge">&#9888; no better than always answering grade {n["majority_grade"]}</div>')
+        parts.append(f'<div class="badge">&#9888; {escape(warning_text(n))}</div>')
     return f'<td class="cell" {data}>{"".join(parts)}</td>'
 
 
@@ -145,8 +159,8 @@ LEGEND = [
      "(val, or test to reproduce the lab). Epochs count from 1."),
     ("<b>Highest test accuracy over epochs</b> is the number the course lab reported: it is picked by looking at the "
      "test set, so it is optimistic."),
-    ("&#9888; marks a run whose test accuracy is not above the baseline column, or whose kappa is 0 or less: it has "
-     "learnt nothing useful."),
+    ("&#9888; marks a run whose kappa is 0 or less (it has learnt nothing useful), or whose test accuracy is not "
+     "above the baseline column (it grades, but is right less often than the constant answer)."),
 ]
 
 

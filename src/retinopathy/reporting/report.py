@@ -24,7 +24,7 @@ import yaml
 from ..errors import RetinopathyError
 from ..models.restore import display_name
 from . import figures
-from .html import render_html
+from .html import ci_text, render_html, warning_text
 
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "channels_last", "compile",
            "stop_after", "split_file", "weights", "model", "pretrained"}  # never what tells two variants apart
@@ -56,6 +56,7 @@ class Run:
     rows: list[dict] = field(default_factory=list)
     eval: dict | None = None
     variant: str = ""
+    named: str = ""  # its name in the experiment: the variant's (``variants:``) or a one-run experiment's
     colour: str = "#000000"
     numbers: dict = field(default_factory=dict)
 
@@ -131,6 +132,8 @@ def load_experiment(exp: Path) -> list[Run]:
                                           "experiment again to run it", {**entry.get("values", {}), **opts})
         if entry.get("status") == "failed":
             run.status, run.reason = "failed", entry.get("reason", "")
+        single = len(status.get("cells", {})) == 1  # a one-run experiment is named after the experiment
+        run.named = str(entry.get("values", {}).get("variant") or (status.get("name", exp.name) if single else ""))
         runs.append(run)
     return runs
 
@@ -159,8 +162,9 @@ def collect(paths) -> list[Run]:
 
 # ------------------------------------------------------------------------------------------- numbers
 def assign_variants(runs: list[Run]) -> None:
-    """Label each run 'ImageNet-pretrained' or 'from scratch', plus any option that differs between runs of
-    the same model and pretraining (e.g. 'from scratch, seed 1'); colour the labels consistently."""
+    """Label each run 'ImageNet-pretrained' or 'from scratch', plus its name in its experiment or else any
+    option that differs between runs of the same model and pretraining (e.g. 'from scratch, seed 1'); colour
+    the labels consistently."""
     groups = defaultdict(list)
     for r in runs:
         groups[(r.model, r.pretrained)].append(r)
@@ -170,7 +174,7 @@ def assign_variants(runs: list[Run]) -> None:
             common = set.intersection(*(set(r.train) for r in group)) - IGNORED
             keys |= {k for k in common if len({json.dumps(r.train[k], default=str) for r in group}) > 1}
     for r in runs:
-        extra = ", ".join(f"{k.replace('_', ' ')} {r.train[k]}" for k in sorted(keys) if k in r.train)
+        extra = r.named or ", ".join(f"{k.replace('_', ' ')} {r.train[k]}" for k in sorted(keys) if k in r.train)
         r.variant = ("ImageNet-pretrained" if r.pretrained else "from scratch") + (f", {extra}" if extra else "")
     twice = Counter((r.model, r.variant) for r in runs)
     for r in runs:
@@ -219,22 +223,25 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
                  + (f" of {datas.pop()}" if len(datas) == 1 else "")
                  + (f" ({counts.pop()} images)." if len(counts) == 1 else "."))
-    flagged = [r for r in done if r.numbers["warning"]]
-    if done and len(flagged) < len(done):
-        best = max((r for r in done if not r.numbers["warning"]),
-                   key=lambda r: (r.numbers["kappa"], r.numbers["test_accuracy"]))
+    unskilled = [r for r in done if r.numbers["kappa"] <= 0]
+    graders = [r for r in done if r.numbers["kappa"] > 0]
+    if graders:
+        best = max(graders, key=lambda r: (r.numbers["kappa"], r.numbers["test_accuracy"]))
         b = best.numbers
-        lines.append(f"Highest quadratic kappa: {best.title}, {best.variant} - kappa {b['kappa']:.3f}, test accuracy "
-                     f"{b['test_accuracy']:.3f} (always answering grade {b['majority_grade']} scores "
-                     f"{b['majority_accuracy']:.3f}).")
-    if flagged and len(flagged) == len(done):
-        lines.append("Warning: no run is better than always answering the most common grade (test accuracy at or "
-                     "below it, or kappa <= 0): none has learnt to grade. More data, epochs, resolution or pretrained "
-                     "weights are needed.")
-    elif flagged:
-        lines.append(f"Warning: {len(flagged)} of {len(done)} evaluated runs are no better than always answering the "
-                     "most common grade (test accuracy at or below it, or kappa <= 0): "
-                     + ", ".join(r.name for r in flagged) + ".")
+        lines.append(f"Highest quadratic kappa: {best.title}, {best.variant} - kappa {b['kappa']:.3f}"
+                     f"{ci_text(b.get('ci_kappa'))}, test accuracy {b['test_accuracy']:.3f} (always answering grade "
+                     f"{b['majority_grade']} scores {b['majority_accuracy']:.3f}).")
+    if unskilled and not graders:
+        lines.append("Warning: no run is better than always answering the most common grade (kappa <= 0): none has "
+                     "learnt to grade. More data, epochs, resolution or pretrained weights are needed.")
+    elif unskilled:
+        lines.append(f"Warning: {len(unskilled)} of {len(done)} evaluated runs are no better than always answering "
+                     "the most common grade (kappa <= 0): " + ", ".join(r.name for r in unskilled) + ".")
+    below = [r for r in graders if r.numbers["warning"]]
+    if below:
+        lines.append(f"Warning: {len(below)} of {len(done)} evaluated runs grade (kappa > 0) but are right less often "
+                     "than always answering the most common grade (test accuracy at or below it): "
+                     + ", ".join(r.name for r in below) + ".")
     for r in runs:
         if r.eval is None:
             lines.append(f"Missing: {r.name} - {r.status}: {r.reason.splitlines()[0] if r.reason else ''}")
@@ -319,9 +326,8 @@ def cell_lines(run: Run) -> list[str]:
     if run.eval is None:
         return [f"{run.status}: {run.reason.splitlines()[0]}" if run.reason else run.status]
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
-    lines = [f"test accuracy {fmt(n['test_accuracy'])}"
-             + (f" (95% CI {fmt(n['ci_accuracy'][0])}-{fmt(n['ci_accuracy'][1])})" if n.get("ci_accuracy") else ""),
-             f"kappa {fmt(n['kappa'])}, macro-F1 {fmt(n['macro_f1'])}",
+    lines = [f"test accuracy {fmt(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
+             f"kappa {fmt(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {fmt(n['macro_f1'])}",
              f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
     if "best_selection_accuracy" in n:
         lines.append(f"best {sel} accuracy {fmt(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
@@ -329,10 +335,6 @@ def cell_lines(run: Run) -> list[str]:
         lines.append(f"highest test accuracy over epochs {fmt(n['max_test_accuracy'])} (epoch {n['max_test_epoch']}; "
                      "the lab's number, optimistic)")
     return lines
-
-
-def warning_text(run: Run) -> str:
-    return f"no better than always answering grade {run.numbers['majority_grade']}"
 
 
 def render_markdown(ctx: dict) -> str:
@@ -351,13 +353,13 @@ def render_markdown(ctx: dict) -> str:
                 continue
             text = "<br>".join(cell_lines(r))
             if r.numbers.get("warning"):
-                text += f"<br>**⚠ {warning_text(r)}**"
+                text += f"<br>**⚠ {warning_text(r.numbers)}**"
             cells.append(text.replace("|", "/"))
         majors = sorted({fmt(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {' / '.join(majors) or '-'} |")
     md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 are those of the selected checkpoint (best.pt) "
-                "on the test split; the 95% interval resamples patients. ⚠ marks a run whose test accuracy is not "
-                "above always answering the most common grade, or whose kappa is 0 or less."), "", "### All runs", "",
+                "on the test split; the 95% interval resamples patients. ⚠ marks a run whose kappa is 0 or less, or "
+                "whose test accuracy is not above always answering the most common grade."), "", "### All runs", "",
            ("| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy "
             "| Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |"),
            "|---" * 13 + "|"]

@@ -61,7 +61,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up at the start of each phase")
     g.add_argument("--label-smoothing", type=float, default=0.0)
     g.add_argument("--class-weights", choices=("none", "inverse", "effective"), default="none")
-    g.add_argument("--sampler", choices=("random", "balanced"), default="random")
+    g.add_argument("--sampler", choices=("random", "balanced", "decay"), default="random",
+                   help="balanced: every grade equally often; decay: balanced at first, then halving each "
+                        "epoch towards grade 0 x1, others x2 (o_O, Kaggle 2015)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action="store_true", help="deterministic algorithms, exact resume")
 

@@ -65,17 +65,35 @@ def engine_settings(args, device: torch.device, model) -> tuple[str, bool]:
 
 
 class BalancedSampler(WeightedRandomSampler):
-    """Class-balanced sampling with replacement, sharded across processes, reseeded by ``set_epoch``."""
+    """Class-weighted sampling with replacement, sharded across processes, reseeded by ``set_epoch``.
 
-    def __init__(self, labels, seed: int, rank: int = 0, world: int = 1):
-        counts = np.bincount(labels, minlength=5).astype(float)
-        weights = 1.0 / np.maximum(counts, 1)[labels]
-        self.per_rank = math.ceil(len(labels) / world)
-        super().__init__(weights.tolist(), self.per_rank * world, generator=torch.Generator())
-        self.seed, self.rank, self.world = seed, rank, world
+    ``decay=None``: every grade equally often, every epoch. ``decay=d``: the o_O team's schedule (Kaggle 2015,
+    2nd place), compressed: epoch ``e`` mixes the balanced weights with the final weights ``final`` (grade 0
+    once, the others twice) as ``d**e * balanced + (1 - d**e) * final``, so training starts balanced and
+    ends close to the real mix.
+    """
+
+    def __init__(self, labels, seed: int, rank: int = 0, world: int = 1, decay: float | None = None,
+                 final=(1.0, 2.0, 2.0, 2.0, 2.0)):
+        self.labels = np.asarray(labels)
+        counts = np.bincount(self.labels, minlength=5).astype(float)
+        self.balanced = len(self.labels) / (5 * np.maximum(counts, 1))
+        self.final = np.asarray(final, dtype=float)
+        self.seed, self.rank, self.world, self.decay = seed, rank, world, decay
+        self.per_rank = math.ceil(len(self.labels) / world)
+        super().__init__(self.class_weights(0)[self.labels].tolist(), self.per_rank * world,
+                         generator=torch.Generator())
+
+    def class_weights(self, epoch: int) -> np.ndarray:
+        """Sampling weight of one image of each grade in ``epoch``."""
+        if self.decay is None:
+            return self.balanced
+        r = self.decay ** epoch
+        return r * self.balanced + (1 - r) * self.final
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed + epoch)
+        self.weights = torch.as_tensor(self.class_weights(epoch)[self.labels], dtype=torch.double)
 
     def __iter__(self):
         return iter(list(super().__iter__())[self.rank::self.world])
@@ -185,8 +203,9 @@ def main(args) -> dict:
     normalize = Normalize(train_set.preprocessing.mean, train_set.preprocessing.std).to(device)
 
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // dist.world_size)
-    if args.sampler == "balanced":
-        train_sampler = BalancedSampler(np.array(train_set.targets), args.seed, dist.rank, dist.world_size)
+    if args.sampler in ("balanced", "decay"):
+        train_sampler = BalancedSampler(train_set.targets, args.seed, dist.rank, dist.world_size,
+                                        decay=0.5 if args.sampler == "decay" else None)
     else:
         train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     train_loader = make_loader(train_set, args.batch_size, workers, device, train_sampler, args.deterministic,
