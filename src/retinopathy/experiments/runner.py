@@ -9,8 +9,8 @@ The YAML file::
     synth: {n: 360, size: 128}  # optional: generate synthetic data there first when the folder is missing/empty
     train: {epochs: 3, image_size: 96}                         # ``retinopathy train`` options shared by all cells
     grid: {model: [resnet18, resnet50], pretrained: [true, false]}   # cartesian product, one cell each
-    variants: {no-graham: {preprocess: lab}}                   # optional: named changes to train:, one row
-                                                               # each (an ablation); "full" = train: as it is
+    variants: {recipe: {}, no-graham: {preprocess: lab}}       # optional: named changes to train:, one row
+                                                               # each (an ablation); {} changes nothing
     evaluate: {bootstrap: 1000}                                # optional: bootstrap, batch_size
     report: {out: reports/demo}                                # optional: build the report afterwards
 
