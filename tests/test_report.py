@@ -84,8 +84,8 @@ def test_table_values_are_the_runs_numbers(experiment):
         assert float(value) == pytest.approx(want["max_test_accuracy"], abs=5e-5)
         assert int(epoch) == want["max_test_epoch"]
         ci = json.loads((experiment / "runs" / "tiny" / cell / "eval" / "metrics.json").read_text())["ci95"]
-        assert f"kappa {want['kappa']:.3f} (95% CI {ci['kappa'][0]:.3f}-{ci['kappa'][1]:.3f})" in md
-        assert f"test accuracy {want['test_accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f}-" in md
+        assert f"kappa {want['kappa']:.3f} (95% CI {ci['kappa'][0]:.3f} to {ci['kappa'][1]:.3f})" in md
+        assert f"test accuracy {want['test_accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f} to " in md
     assert "ImageNet-pretrained" in md and "from scratch" in md
 
 

@@ -125,8 +125,8 @@ def main(args) -> dict:
     ci = metrics.get("ci95")
     print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f} "
           f"(majority class {metrics['majority_accuracy']:.4f})"
-          + (f" [95% CI {ci['accuracy'][0]:.3f}-{ci['accuracy'][1]:.3f}]" if ci else "")
-          + f" | kappa {metrics['kappa']:.4f}" + (f" [{ci['kappa'][0]:.3f}-{ci['kappa'][1]:.3f}]" if ci else "")
+          + (f" [95% CI {ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" if ci else "")
+          + f" | kappa {metrics['kappa']:.4f}" + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci else "")
           + f" | macro-F1 {metrics['macro_f1']:.4f}"
           + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")
           + f"\nwritten to {out}")

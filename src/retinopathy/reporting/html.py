@@ -83,8 +83,8 @@ def _f(v, digits: int = 3) -> str:
 
 
 def ci_text(ci) -> str:
-    """' (95% CI lo-hi)', or nothing when there is no interval."""
-    return f" (95% CI {_f(ci[0])}-{_f(ci[1])})" if ci else ""
+    """' (95% CI lo to hi)', or nothing when there is no interval."""
+    return f" (95% CI {_f(ci[0])} to {_f(ci[1])})" if ci else ""
 
 
 def warning_text(n: dict) -> str:
