@@ -164,8 +164,8 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
         for combo in itertools.product(*grid.values()):
             values = dict(zip(grid, combo))
             cname = "-".join(filter(None, [vname, cell_name(values)])) or str(shared.get("model", "run"))
-            values = {"variant": vname, **values} if vname else values
-            cells.append(Cell(cname, values, {**shared, **change, **dict(zip(grid, combo))}, root / cname))
+            named = {"variant": vname, **values} if vname else values
+            cells.append(Cell(cname, named, {**shared, **change, **values}, root / cname))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise ExperimentError(f"{file}: grid values give the same cell name twice ({names})")

@@ -122,6 +122,7 @@ def load_experiment(exp: Path) -> list[Run]:
     """The cells of an experiment folder in grid order, with the status ``experiment.json`` records."""
     status = _read(exp / "experiment.json", json.loads)
     runs = []
+    single = len(status.get("cells", {})) == 1  # a one-run experiment is named after the experiment
     for cname, entry in status.get("cells", {}).items():
         d = exp / entry.get("dir", cname)
         if (d / "config.yaml").exists() or (d / "SKIPPED.json").exists():
@@ -132,7 +133,6 @@ def load_experiment(exp: Path) -> list[Run]:
                                           "experiment again to run it", {**entry.get("values", {}), **opts})
         if entry.get("status") == "failed":
             run.status, run.reason = "failed", entry.get("reason", "")
-        single = len(status.get("cells", {})) == 1  # a one-run experiment is named after the experiment
         run.named = str(entry.get("values", {}).get("variant") or (status.get("name", exp.name) if single else ""))
         runs.append(run)
     return runs
