@@ -48,7 +48,31 @@ def test_tuned_thresholds_beat_the_defaults():
     assert quadratic_kappa(labels, np.digitize(scores, t)) > quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5])) + 0.1
 
 
-@pytest.mark.parametrize("objective,extra", [("regression", []), ("ordinal", ["--pair-eyes"])])
+def test_threshold_rule_kappa_above_majority():
+    # 80 % grade 0 and a weak score: the kappa-optimal thresholds call many healthy eyes grade 1
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(400, int), rng.integers(1, 5, 100)]
+    scores = labels * 0.6 + rng.normal(0, 0.9, 500)
+    majority = 0.8
+
+    def acc(t):
+        return (np.digitize(scores, t) == labels).mean()
+
+    free, bound = tune_thresholds(scores, labels), tune_thresholds(scores, labels, "kappa-above-majority")
+    assert acc(free) <= majority < acc(bound)
+    k_free, k_bound = (quadratic_kappa(labels, np.digitize(scores, t)) for t in (free, bound))
+    assert 0 < k_bound <= k_free
+    assert bound == sorted(bound)
+    # no thresholds beat the majority on noise: the search returns the most accurate it finds
+    noise = rng.normal(0, 1, 500)
+    t = tune_thresholds(noise, labels, "kappa-above-majority")
+    assert (np.digitize(noise, t) == labels).mean() >= (np.digitize(noise, [0.5, 1.5, 2.5, 3.5]) == labels).mean()
+    with pytest.raises(ValueError, match="threshold rule"):
+        tune_thresholds(scores, labels, "accuracy")
+
+
+@pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority"]),
+                                             ("ordinal", ["--pair-eyes"])])
 def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objective, extra):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
@@ -58,6 +82,8 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objec
     assert obj.name == objective and obj.thresholds == ckpt["model_info"]["thresholds"]
     assert obj.thresholds == sorted(obj.thresholds)
     assert model.pair_eyes == ("--pair-eyes" in extra)
+    rule = "kappa-above-majority" if "--threshold-rule" in extra else "kappa"
+    assert f"(tuned for {rule})" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
     assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small),
                  "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "50"]) == 0
     with open(tmp_path / "eval" / "predictions.csv", newline="") as f:

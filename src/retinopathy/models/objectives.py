@@ -16,6 +16,7 @@ import torch.nn.functional as F
 NUM_GRADES = 5
 OBJECTIVES = ("classification", "regression", "ordinal")
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
+THRESHOLD_RULES = ("kappa", "kappa-above-majority")
 
 
 class Objective:
@@ -110,23 +111,39 @@ def class_weights(counts: list[int], kind: str, beta: float = 0.999) -> torch.Te
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
-def tune_thresholds(scores: np.ndarray, labels: np.ndarray) -> list[float]:
-    """Thresholds that maximise quadratic weighted kappa on (scores, labels): coordinate search from 0.5..3.5."""
+def tune_thresholds(scores: np.ndarray, labels: np.ndarray, rule: str = "kappa") -> list[float]:
+    """Thresholds that maximise quadratic weighted kappa on (scores, labels): coordinate search from 0.5..3.5.
+
+    ``rule="kappa-above-majority"``: the highest kappa among thresholds whose accuracy is above the share of the
+    most common grade (what always answering that grade scores); where no thresholds reach it, the most accurate
+    ones the search finds.
+    """
     from sklearn.metrics import cohen_kappa_score
 
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
+    labels = np.asarray(labels)
+    floor = np.bincount(labels).max() / len(labels) if rule == "kappa-above-majority" else -1.0
+
+    def value(th):  # compared as tuples: thresholds above the floor first, then kappa; below it, accuracy
+        pred = np.digitize(scores, th)
+        accuracy = float((pred == labels).mean())
+        if accuracy <= floor:
+            return (0, accuracy)
+        return (1, cohen_kappa_score(labels, pred, weights="quadratic"))
+
     t = list(DEFAULT_THRESHOLDS)
-
-    def kappa(th):
-        return cohen_kappa_score(labels, np.digitize(scores, th), weights="quadratic")
-
-    best = kappa(t)
-    for _ in range(3):
+    best = value(t)
+    for _ in range(5):
+        start = t
         for i in range(len(t)):
             lo = max(t[i - 1] if i else -np.inf, t[i] - 1)
             hi = min(t[i + 1] if i + 1 < len(t) else np.inf, t[i] + 1)
             for cand in np.linspace(lo, hi, 41):
                 trial = t[:i] + [float(cand)] + t[i + 1:]
-                k = kappa(trial)
-                if k > best + 1e-9:
-                    best, t = k, trial
+                v = value(trial)
+                if v[0] > best[0] or (v[0] == best[0] and v[1] > best[1] + 1e-9):
+                    best, t = v, trial
+        if t == start:
+            break
     return [round(v, 4) for v in t]

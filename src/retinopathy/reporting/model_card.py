@@ -76,7 +76,8 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              f"- Architecture: {display_name(info.get('arch', '?'))} (torchvision `{info.get('arch', '?')}`) "
              f"with a `{info.get('head', '?')}` head, {info.get('num_outputs', '?')} output(s), "
              f"objective `{info.get('objective', '?')}`"
-             + (f", grade thresholds {info.get('thresholds')}" if info.get("objective") != "classification" else "")
+             + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')})"
+                if info.get("objective") != "classification" else "")
              + ("; grades both eyes of a patient together (features concatenated)" if info.get("pair_eyes")
                 else ""),
              f"- Weights origin: {info.get('weights_origin', 'not recorded')}",

@@ -289,9 +289,9 @@ def main(args) -> dict:
         results = {sp: evaluate(model, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
-        if args.objective != "classification":  # thresholds tuned for kappa on the selection split
+        if args.objective != "classification":  # thresholds tuned on the selection split
             sel = results[select_on]
-            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"])
+            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule)
             model_info["thresholds"] = objective.thresholds
             for r in results.values():
                 r["preds"] = np.digitize(r["scores"], objective.thresholds)
