@@ -13,7 +13,8 @@ from retinopathy.data import FundusDataset
 from retinopathy.data.dataset import PairedEyes
 from retinopathy.evaluation.metrics import bootstrap_ci, quadratic_kappa
 from retinopathy.models import Grader, make_objective
-from retinopathy.models.objectives import class_weights, tune_thresholds
+from retinopathy.models.objectives import class_weights, majority_rate, tune_thresholds
+from retinopathy.training.train import outranks
 from retinopathy.models.restore import restore
 
 from .test_formats import make_kaggle
@@ -46,6 +47,14 @@ def test_tuned_thresholds_beat_the_defaults():
     t = tune_thresholds(scores, labels)
     assert t == sorted(t)
     assert quadratic_kappa(labels, np.digitize(scores, t)) > quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5])) + 0.1
+
+
+def test_selection_prefers_epochs_that_beat_the_majority():
+    assert outranks(0.2, True, {"value": 0.3, "eligible": False})
+    assert not outranks(0.4, False, {"value": 0.3, "eligible": True})
+    assert outranks(0.4, False, {"value": 0.3, "eligible": False})
+    assert outranks(0.4, True, {"value": 0.3})  # checkpoints from before the rule: every epoch was eligible
+    assert not outranks(0.3, True, {"value": 0.3, "eligible": True})
 
 
 def test_threshold_rule_kappa_above_majority():
@@ -84,6 +93,12 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objec
     assert model.pair_eyes == ("--pair-eyes" in extra)
     rule = "kappa-above-majority" if "--threshold-rule" in extra else "kappa"
     assert f"(tuned for {rule})" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    with open(run / "metrics.csv", newline="") as f:
+        row = list(csv.DictReader(f))[ckpt["best"]["epoch"]]
+    split = ckpt["best"]["split"]
+    labels = FundusDataset(synth_small, split, check=False, split_file=run / "split.csv").targets
+    beats = float(row[f"{split}_accuracy"]) > majority_rate(labels)
+    assert ckpt["best"]["eligible"] == (beats if rule != "kappa" else True)
     assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small),
                  "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "50"]) == 0
     with open(tmp_path / "eval" / "predictions.csv", newline="") as f:

@@ -111,6 +111,12 @@ def class_weights(counts: list[int], kind: str, beta: float = 0.999) -> torch.Te
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
+def majority_rate(labels) -> float:
+    """Accuracy of always answering the most common grade."""
+    labels = np.asarray(labels)
+    return float(np.bincount(labels).max() / len(labels))
+
+
 def tune_thresholds(scores: np.ndarray, labels: np.ndarray, rule: str = "kappa") -> list[float]:
     """Thresholds that maximise quadratic weighted kappa on (scores, labels): coordinate search from 0.5..3.5.
 
@@ -123,7 +129,7 @@ def tune_thresholds(scores: np.ndarray, labels: np.ndarray, rule: str = "kappa")
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
     labels = np.asarray(labels)
-    floor = np.bincount(labels).max() / len(labels) if rule == "kappa-above-majority" else -1.0
+    floor = majority_rate(labels) if rule == "kappa-above-majority" else -1.0
 
     def value(th):  # compared as tuples: thresholds above the floor first, then kappa; below it, accuracy
         pred = np.digitize(scores, th)

@@ -26,7 +26,7 @@ from ..data.formats import GRADES
 from ..evaluation.metrics import summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
-from ..models.objectives import class_weights, tune_thresholds
+from ..models.objectives import class_weights, majority_rate, tune_thresholds
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args
@@ -130,6 +130,12 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def outranks(value: float, eligible: bool, best: dict) -> bool:
+    """Model selection: the higher value wins, except that under ``--threshold-rule kappa-above-majority`` an
+    epoch whose thresholds beat the majority grade on the selection split outranks any epoch whose could not."""
+    return (eligible, value) > (best.get("eligible", True), best["value"])
 
 
 def metrics_columns(eval_splits) -> list[str]:
@@ -237,7 +243,7 @@ def main(args) -> dict:
     # ---- epochs ----------------------------------------------------------------------------------------
     columns = metrics_columns(eval_splits)
     metrics_path = out / "metrics.csv"
-    start_epoch, best = 0, {"value": -math.inf, "epoch": None}
+    start_epoch, best = 0, {"value": -math.inf, "epoch": None, "eligible": False}
     if ckpt is not None:
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
         set_rng_state(ckpt["rng"])
@@ -304,9 +310,12 @@ def main(args) -> dict:
                         **{f"{sp}_recall_{g}": m["recall"][g] for g in GRADES}})
         row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"] * dist.world_size)
         value = row[f"{select_on}_{args.select_metric}"]
-        improved = value > best["value"]
+        eligible = (args.objective == "classification" or args.threshold_rule == "kappa"
+                    or row[f"{select_on}_accuracy"] > majority_rate(results[select_on]["labels"]))
+        improved = outranks(value, eligible, best)
         if improved:
-            best = {"value": value, "epoch": epoch, "metric": args.select_metric, "split": select_on}
+            best = {"value": value, "epoch": epoch, "metric": args.select_metric, "split": select_on,
+                    "eligible": eligible}
         if dist.main:
             _write_rows(metrics_path, columns, [row], append=True)
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
