@@ -14,8 +14,8 @@ from retinopathy.data.dataset import PairedEyes
 from retinopathy.evaluation.metrics import bootstrap_ci, quadratic_kappa
 from retinopathy.models import Grader, make_objective
 from retinopathy.models.objectives import class_weights, majority_rate, tune_thresholds
-from retinopathy.training.train import outranks
 from retinopathy.models.restore import restore
+from retinopathy.training.train import outranks
 
 from .test_formats import make_kaggle
 
