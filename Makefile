@@ -36,7 +36,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 # Issue 7: the recipe, the lab's recipe, the ablation and the recipe on two more splits, on
-# ../shared/data/eyepacs-256: about 4 h on 2 CPU cores (measured: recipe 47 min, lab 36 min, ablation 53 min;
+# ../shared/data/eyepacs-256: about 4 h on 2 CPU cores (measured: recipe 48 min, lab 36 min, ablation 53 min;
 # each split about 47 min); re-running resumes and skips finished runs.
 SHARED ?= $(or $(RETINOPATHY_SHARED_DATA),../shared/data)
 eyepacs256: $(STAMP)

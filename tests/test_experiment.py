@@ -141,3 +141,33 @@ def test_variants_are_one_change_each(tmp_path):
     typo = write_config(tmp_path, variants={"x": {"augmnet": "flips"}})
     with pytest.raises(ExperimentError, match="augmnet"):
         load_experiment(typo)
+
+
+def test_base_file_gives_train_options(tmp_path):
+    recipe = write_config(tmp_path, train={"epochs": 2, "image_size": 64, "split_seed": 0, "lr": 0.01})
+    recipe.rename(tmp_path / "recipe.yaml")
+    splits = write_config(tmp_path, base="recipe.yaml", train={"lr": 0.02}, grid={"split_seed": [1, 2]})
+    exp = load_experiment(splits)
+    assert [c.name for c in exp.cells] == ["split-seed-1", "split-seed-2"]
+    for cell, seed in zip(exp.cells, (1, 2)):  # inherited, overridden by train:, varied by grid:
+        assert cell.options == {"epochs": 2, "image_size": 64, "lr": 0.02, "split_seed": seed}
+    loop = write_config(tmp_path, base="grid.yaml")
+    with pytest.raises(ExperimentError, match="leads back to itself"):
+        load_experiment(loop)
+    missing = write_config(tmp_path, base="nowhere.yaml")
+    with pytest.raises(ExperimentError, match="nowhere.yaml: cannot read it"):
+        load_experiment(missing)
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_configs_load(config, tmp_path):
+    """Every file in configs/ reads, and each cell's options parse as `retinopathy train` reads its cell.yaml."""
+    from retinopathy.training.config import parse_args
+
+    exp = load_experiment(config)
+    assert exp.cells
+    for cell in exp.cells:
+        (tmp_path / "cell.yaml").write_text(yaml.safe_dump(cell.options))
+        args = parse_args(["--config", str(tmp_path / "cell.yaml"), "--data", "somewhere", "--out", "runs/x"])
+        assert {k: getattr(args, k) for k in cell.options} == cell.options

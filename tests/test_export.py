@@ -62,6 +62,7 @@ def check_metadata(out, checkpoint):
     _, objective, prep, _ = restore(checkpoint)
     assert Preprocessing.from_dict(meta["preprocessing"]) == prep
     assert meta["objective"] == "classification" and meta["thresholds"] == objective.thresholds
+    assert meta["blend_eyes"]["weight"] == 0.0  # trained without eye blending
     assert meta["class_names"][4] == "proliferative" and meta["input"]["shape"] == ["batch", 3, SIZE, SIZE]
     assert meta["parity"]["max_abs_diff"] < 1e-3
     return meta

@@ -1,19 +1,28 @@
-"""Objectives (classification, regression, ordinal), tuned thresholds, eye pairing and bootstrap CIs."""
+"""Objectives (classification, regression, ordinal), tuned thresholds, eye pairing and blending, bootstrap CIs."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import roc_auc_score
 
 from retinopathy.cli.main import main
 from retinopathy.data import FundusDataset
 from retinopathy.data.dataset import PairedEyes
+from retinopathy.data.formats import patient_of
 from retinopathy.evaluation.metrics import bootstrap_ci, quadratic_kappa
 from retinopathy.models import Grader, make_objective
-from retinopathy.models.objectives import class_weights, majority_rate, tune_thresholds
+from retinopathy.models.objectives import (
+    blend_eyes,
+    class_weights,
+    majority_rate,
+    tune_thresholds,
+)
 from retinopathy.models.restore import restore
 from retinopathy.training.train import outranks
 
@@ -80,7 +89,23 @@ def test_threshold_rule_kappa_above_majority():
         tune_thresholds(scores, labels, "accuracy")
 
 
-@pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority"]),
+def test_blend_eyes_mixes_each_eye_with_its_partner_only():
+    scores = np.array([0.0, 2.0, 4.0, 1.0, 1.0, 3.0])
+    patients = ["a", "a", "b", "c", "c", "c"]  # a: two eyes; b: one; c: three images
+    blended = blend_eyes(scores, patients, 0.25)
+    assert blended[:2].tolist() == [0.5, 1.5]  # 0.75 * own + 0.25 * other
+    assert blended[2] == 4.0  # no partner: unchanged
+    assert blended[5] == pytest.approx(0.75 * 3 + 0.25 * 1)  # the mean of the patient's other images
+    assert blend_eyes(scores, patients, 0.5)[0] == blend_eyes(scores, patients, 0.5)[1] == 1.0
+    assert (blend_eyes(scores, patients, 0) == scores).all()
+    probs = np.random.default_rng(0).dirichlet(np.ones(5), 6)
+    assert np.allclose(blend_eyes(probs, patients, 0.4).sum(1), 1)
+    with pytest.raises(ValueError, match="between 0"):
+        blend_eyes(scores, patients, 0.6)
+
+
+@pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority",
+                                                             "--blend-eyes", "0.4"]),
                                              ("ordinal", ["--pair-eyes"])])
 def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objective, extra):
     run = tmp_path / "run"
@@ -108,7 +133,53 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objec
     assert (np.digitize(scores, obj.thresholds) == preds).all()  # evaluate cuts with the stored thresholds
     probs = np.array([[float(r[f"prob_{g}"]) for g in range(5)] for r in rows])
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
-    assert "kappa" in json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "kappa" in metrics
+    weight = 0.4 if "--blend-eyes" in extra else 0.0
+    assert ckpt["model_info"]["blend_eyes"] == metrics["blend_eyes"] == weight
+    if weight:  # evaluate blends as the thresholds were tuned; predict grades the same images alike
+        assert "weight 0.4" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+        assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small), "--blend-eyes",
+                     "0", "--out", str(tmp_path / "raw"), "--quiet", "--bootstrap", "0"]) == 0
+        with open(tmp_path / "raw" / "predictions.csv", newline="") as f:
+            raw = list(csv.DictReader(f))
+        own = np.array([float(r["score"]) for r in raw])
+        assert np.abs(own - scores).max() > 1e-3
+        assert np.allclose(blend_eyes(own, [r["patient"] for r in raw], weight), scores, atol=2e-6)
+        predicted = {}
+        for w in ("0", "default"):  # fp32: one's blend is the other's scores mixed exactly
+            blend = ["--blend-eyes", w] if w != "default" else []
+            assert main(["predict", str(run / "checkpoints" / "best.pt"), str(synth_small), "--split", "test", *blend,
+                         "--out", str(tmp_path / f"predict-{w}.csv"), "--quiet", "--workers", "0", "--amp", "none"]) == 0
+            with open(tmp_path / f"predict-{w}.csv", newline="") as f:
+                predicted[w] = list(csv.DictReader(f))
+        assert sorted(r["image"] for r in predicted["default"]) == sorted(r["image"] for r in rows)
+        own = np.array([float(r["score"]) for r in predicted["0"]])
+        mixed = blend_eyes(own, [patient_of(r["image"]) for r in predicted["0"]], weight)
+        assert np.allclose([float(r["score"]) for r in predicted["default"]], mixed, atol=2e-6)
+        assert [int(r["predicted_grade"]) for r in predicted["default"]] == np.digitize(mixed, obj.thresholds).tolist()
+        # benchmarks/eye_blending.py measures the same val scores, mixed the same way
+        bench = _load_benchmark("eye_blending")
+        assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small), "--split", "val",
+                     "--blend-eyes", "0", "--out", str(tmp_path / "val"), "--quiet", "--bootstrap", "0"]) == 0
+        with open(tmp_path / "val" / "predictions.csv", newline="") as f:
+            val = list(csv.DictReader(f))
+        own, labels = np.array([float(r["score"]) for r in val]), np.array([int(r["true_grade"]) for r in val])
+        rows = bench.main([str(run), "--data", str(synth_small), "--weights", "0", "0.4", "--repeats", "1",
+                           "--workers", "0", "--out", str(tmp_path / "bench.json")])["results"]
+        assert [(r["tta"], r["weight"]) for r in rows] == [(False, 0.0), (False, 0.4), (True, 0.0), (True, 0.4)]
+        for r, w in zip(rows[:2], (0, 0.4)):
+            expected = roc_auc_score(labels >= 2, blend_eyes(own, [v["patient"] for v in val], w))
+            assert r["referable_auc"] == pytest.approx(expected, abs=1e-9)
+            assert 0 <= r["share_above_majority"] <= 1 and -1 <= r["kappa"] <= 1
+
+
+def _load_benchmark(name: str):
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_eye_pairs_including_single_eye_patients(tmp_path):

@@ -1,4 +1,4 @@
-"""Options shared by every command that reads a dataset folder."""
+"""Options shared by the commands that read a dataset folder or grade photographs."""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +24,25 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
     if split_default is not None:
         g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
                        help=f"which split to use (default {split_default}; 'all' = every image)")
+
+
+def blend_weight(value) -> float:
+    """``--blend-eyes`` as a number between 0 and 0.5 (argparse type; also checks values from config files)."""
+    weight = float(value)
+    if not 0 <= weight <= 0.5:
+        raise argparse.ArgumentTypeError(f"--blend-eyes {value}: give a share between 0 (each eye alone) and "
+                                         "0.5 (both eyes alike)")
+    return weight
+
+
+def add_blend_argument(group, default: float | None) -> None:
+    """``--blend-eyes W``: training chooses it; evaluate and predict follow the checkpoint unless told."""
+    group.add_argument("--blend-eyes", type=blend_weight, default=default, metavar="W",
+                       help="mix each eye's probabilities and score with the other eye's of the same patient, "
+                            "(1-W)*own + W*other, W in 0-0.5 (patients: <patient>_left/right or --patient-col); "
+                            + ("used for selection and threshold tuning, and stored for evaluate and predict"
+                               if default is not None else "default: the checkpoint's, for which its thresholds "
+                                                           "were tuned"))
 
 
 READ_KEYS = ("format", "labels", "images", "image_col", "label_col", "patient_col")

@@ -21,13 +21,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from ..cli.common import add_data_arguments, catalog_options  # noqa: E402
+from ..cli.common import add_blend_argument, add_data_arguments, catalog_options  # noqa: E402
 from ..data import FundusDataset, Normalize, load_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
-from ..training.train import engine_settings, make_loader, pick_device  # noqa: E402
+from ..training.train import blend, engine_settings, make_loader, pick_device  # noqa: E402
 from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
 
 
@@ -43,6 +43,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (0: none)")
+    add_blend_argument(p, None)
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -97,12 +98,14 @@ def main(args) -> dict:
     progress = not args.quiet and sys.stderr.isatty()
     res = predict_dataset(model, objective, dataset, batch_size=args.batch_size, workers=args.workers,
                           device=args.device, amp=args.amp, progress=progress)
+    info = ckpt["model_info"]
+    weight = info.get("blend_eyes", 0.0) if args.blend_eyes is None else args.blend_eyes
+    blend(res, objective, dataset, weight)
     y, pred, probs = res["labels"], res["preds"], res["probs"]
     metrics = full_metrics(y, pred, probs)
     if args.bootstrap:
         metrics["ci95"] = bootstrap_ci(y, pred, [s.patient for s in dataset.samples], n=args.bootstrap)
-    info = ckpt["model_info"]
-    metrics.update({"loss": res["loss"], "split": args.split, "data": str(Path(args.data).resolve()),
+    metrics.update({"loss": res["loss"], "split": args.split, "blend_eyes": weight, "data": str(Path(args.data).resolve()),
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "selected": ckpt.get("best"),
                     "skipped": [str(p) for p in dataset.skipped]})

@@ -6,6 +6,7 @@ The YAML file::
     out: runs
     data: data/synthetic        # relative to the current directory (``--data`` overrides it)
     description: ...            # optional, shown in the report
+    base: recipe.yaml           # optional: start train: from that experiment file's train: (relative to this one)
     synth: {n: 360, size: 128}  # optional: generate synthetic data there first when the folder is missing/empty
     train: {epochs: 3, image_size: 96}                         # ``retinopathy train`` options shared by all cells
     grid: {model: [resnet18, resnet50], pretrained: [true, false]}   # cartesian product, one cell each
@@ -44,7 +45,8 @@ from ..models.weights import WeightsError, load_pretrained_state
 from ..training import config as train_config
 from ..training.checkpoint import CheckpointError
 
-TOP_KEYS = ("name", "out", "data", "description", "synth", "train", "grid", "variants", "evaluate", "report")
+TOP_KEYS = ("name", "out", "data", "description", "base", "synth", "train", "grid", "variants", "evaluate",
+            "report")
 RESERVED = {"data", "out", "resume", "config", "stop_after", "help"}  # the runner sets these itself
 RUNTIME = {"workers", "device", "amp", "quiet", "channels_last", "compile", "epochs"}  # may change on a re-run
 EVAL_KEYS = {"bootstrap", "batch_size"}
@@ -129,9 +131,7 @@ def _variants(section, file: Path, grid: dict) -> dict:
     return out
 
 
-def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
-    """Read and check an experiment file; ``data`` overrides its ``data:``."""
-    file = Path(path)
+def _read(file: Path) -> dict:
     try:
         cfg = yaml.safe_load(file.read_text())
     except OSError as e:
@@ -143,18 +143,37 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     unknown = sorted(set(cfg) - set(TOP_KEYS))
     if unknown:
         raise ExperimentError(f"{file}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(TOP_KEYS)}")
+    return cfg
+
+
+def _base_train(cfg: dict, file: Path, seen: tuple = ()) -> dict:
+    """The ``train:`` options that ``base:`` inherits: the named file's (after its own base), else none."""
+    if cfg.get("base") is None:
+        return {}
+    base = file.parent / str(cfg["base"])
+    if base.resolve() in seen + (file.resolve(),):
+        raise ExperimentError(f"{file}: base: {cfg['base']} leads back to itself")
+    parent = _read(base)
+    return {**_base_train(parent, base, seen + (file.resolve(),)), **_options(parent.get("train"), base, "train")}
+
+
+def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
+    """Read and check an experiment file; ``data`` overrides its ``data:``."""
+    file = Path(path)
+    cfg = _read(file)
     name = str(cfg.get("name") or file.stem)
     if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
         raise ExperimentError(f"{file}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
     data = data or cfg.get("data")
     if not data:
         raise ExperimentError(f"{file}: set data: to the dataset folder (or pass --data)")
-    shared = _options(cfg.get("train"), file, "train")
+    own = _options(cfg.get("train"), file, "train")
     grid = _options(cfg.get("grid"), file, "grid")
     grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
-    both = sorted(set(grid) & set(shared))
+    both = sorted(set(grid) & set(own))
     if both:
         raise ExperimentError(f"{file}: {', '.join(both)} is set in both train: and grid:; keep one")
+    shared = {k: v for k, v in {**_base_train(cfg, file), **own}.items() if k not in grid}
     if any(not v for v in grid.values()):
         raise ExperimentError(f"{file}: every grid: entry needs at least one value")
     variants = _variants(cfg.get("variants"), file, grid)

@@ -4,7 +4,8 @@ The exported model takes a normalised float32 batch ``(N, 3, S, S)`` (RGB, any N
 returns the raw model outputs ``(N, K)`` named ``logits`` (5 class logits; 1 score for ``regression``;
 4 cumulative logits for ``ordinal``). What it expects is written beside it in ``FILE.json`` (e.g.
 ``grader.onnx.json``): the preprocessing (preset, size, mean, std; geometry of the photograph and
-``(x / 255 - mean) / std`` happen outside the model), objective, thresholds, class names and the parity result.
+``(x / 255 - mean) / std`` happen outside the model), objective, thresholds (and the eye blending they were
+tuned with), class names and the parity result.
 
 ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension, falling back to the
 TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
@@ -201,6 +202,9 @@ def main(args) -> dict:
                            "meaning": "raw model outputs; see objective"},
                 "preprocessing": prep.to_dict(), "objective": objective.name,
                 "thresholds": list(objective.thresholds), "class_names": list(info.get("class_names", [])),
+                "blend_eyes": {"weight": info.get("blend_eyes", 0.0),
+                               "meaning": "before the thresholds, each eye's score (and probabilities) = "
+                                          "(1 - weight) * its own + weight * the same patient's other eye's"},
                 "arch": info["arch"], "head": info["head"], "weights_origin": info.get("weights_origin"),
                 "checkpoint": str(Path(args.checkpoint).resolve()), "epoch": ckpt.get("epoch"),
                 "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,

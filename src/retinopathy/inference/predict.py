@@ -12,6 +12,9 @@ The CSV has one row per image: ``path, image, true_grade`` (blank when unknown),
 image that cannot be read keeps its row with the reason there and blank predictions; the others are graded.
 With ``--tta`` the probabilities (and scores) are averaged over the identity, horizontal, vertical and both
 flips; the grade is then the most probable one (classification) or the thresholded mean score.
+With ``--blend-eyes W`` (by default the checkpoint's setting, for which its thresholds were tuned) each eye's
+probabilities and score are mixed with those of the same patient's other eye among the graded images
+(``<patient>_left``/``_right``, or the dataset's patient column) before grading, as ``evaluate`` does.
 ``--cam DIR`` writes ``DIR/<image>.png``: the Grad-CAM of the predicted grade (see ``explain.py``) on the
 unflipped preprocessed square, at the model's input size.
 """
@@ -30,13 +33,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..cli.common import add_data_arguments, catalog_options
+from ..cli.common import add_blend_argument, add_data_arguments, catalog_options
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
-from ..data.formats import detect_format
+from ..data.formats import detect_format, patient_of
 from ..data.images import IMAGE_EXTENSIONS
 from ..data.splits import select
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
+from ..models.objectives import blend_eyes
 from ..models.restore import restore
 from ..training.checkpoint import CheckpointError
 from ..training.engine import autocast
@@ -53,6 +57,7 @@ class Item:
     image: str
     label: int | None = None
     error: str = ""
+    patient: str | None = None  # default: from the name (<patient>_left/right)
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -63,6 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="image files, folders of images (recursive), or datasets (folder or labels CSV)")
     p.add_argument("--out", default="predictions.csv", help="CSV to write (default predictions.csv)")
     p.add_argument("--tta", action="store_true", help="average probabilities over the four flips")
+    add_blend_argument(p, None)
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     add_data_arguments(p, split_default="all")
     p.add_argument("-b", "--batch-size", type=int, default=32)
@@ -80,7 +86,7 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             print(f"warning: {p}", file=sys.stderr)
-    return [Item(s.path, s.image, s.label, "" if s.path else "image not found")
+    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", s.patient)
             for s in select(catalog.samples, split)]
 
 
@@ -144,13 +150,6 @@ def collate(batch):
 
 
 # ---------------------------------------------------------------------------------------------- running
-def grades_of(objective, probs: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """Grade from (averaged) probabilities and scores, as ``objective.predict`` does from one output."""
-    if objective.name == "classification":
-        return probs.argmax(1)
-    return torch.bucketize(scores, torch.tensor(objective.thresholds, device=scores.device), right=True)
-
-
 @torch.no_grad()
 def predict_batch(model, objective, x: torch.Tensor, tta: bool = False, amp: str = "none"):
     """(probabilities (N,5), scores (N,), grades (N,)) for a normalised batch ``x``."""
@@ -162,7 +161,7 @@ def predict_batch(model, objective, x: torch.Tensor, tta: bool = False, amp: str
         probs = probs + objective.probabilities(out)
         scores = scores + objective.score(out)
     probs, scores = probs / len(flips), scores / len(flips)
-    return probs, scores, grades_of(objective, probs, scores)
+    return probs, scores, objective.grades_of(probs, scores)
 
 
 def _heatmap_names(items: list[Item]) -> list[str]:
@@ -177,9 +176,11 @@ def _heatmap_names(items: list[Item]) -> list[str]:
 
 
 def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="auto",
-        tta=False, cam_dir: Path | None = None, progress=True) -> dict:
+        tta=False, blend=0.0, cam_dir: Path | None = None, progress=True) -> dict:
     """Grade ``items``; returns arrays ``probs`` (N,5, NaN for failures), ``scores``, ``grades`` (-1 for
-    failures), ``errors`` (reason or ""), and ``heatmaps`` (PNG paths) when ``cam_dir`` is given."""
+    failures), ``errors`` (reason or ""), and ``heatmaps`` (PNG paths) when ``cam_dir`` is given.
+    ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`); the heatmaps
+    explain each photograph's own grade."""
     device = pick_device(device)
     model.to(device)
     amp, _ = engine_settings(argparse.Namespace(amp=amp, channels_last=False), device, model)
@@ -209,6 +210,12 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         if cam_dir is not None:
             for i, image, heat in zip(idx, images, cam(x, grades)):
                 res["heatmaps"][i] = str(save_overlay(image, heat, cam_dir / names[i]))
+    graded = np.flatnonzero(res["grades"] >= 0)
+    if blend and len(graded):
+        patients = [items[i].patient or patient_of(items[i].image) for i in graded]
+        res["probs"][graded] = blend_eyes(res["probs"][graded], patients, blend)
+        res["scores"][graded] = blend_eyes(res["scores"][graded], patients, blend)
+        res["grades"][graded] = objective.grades_of(res["probs"][graded], res["scores"][graded])
     return res
 
 
@@ -272,7 +279,9 @@ def main(args) -> dict:
     progress = not args.quiet and sys.stderr.isatty()
     workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
     res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,
-              amp=args.amp, tta=args.tta, cam_dir=Path(args.cam) if args.cam else None, progress=progress)
+              amp=args.amp, tta=args.tta,
+              blend=ckpt["model_info"].get("blend_eyes", 0.0) if args.blend_eyes is None else args.blend_eyes,
+              cam_dir=Path(args.cam) if args.cam else None, progress=progress)
     out = Path(args.out)
     write_csv(out, items, res, with_heatmaps=bool(args.cam))
     print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam else ""))

@@ -79,7 +79,9 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')})"
                 if info.get("objective") != "classification" else "")
              + ("; grades both eyes of a patient together (features concatenated)" if info.get("pair_eyes")
-                else ""),
+                else "")
+             + (f"; each eye's score mixed with the patient's other eye's, weight {info['blend_eyes']} "
+                "(evaluate and predict do the same)" if info.get("blend_eyes") else ""),
              f"- Weights origin: {info.get('weights_origin', 'not recorded')}",
              f"- Grades: {', '.join(info.get('class_names') or [])} (international clinical DR scale 0-4)",
              f"- Checkpoint: `{name}`, epoch {ckpt.get('epoch', -1) + 1}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli.common import add_data_arguments
+from ..cli.common import add_blend_argument, add_data_arguments, blend_weight
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS
 from ..models.objectives import OBJECTIVES, THRESHOLD_RULES
@@ -51,6 +51,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "highest kappa with accuracy above always answering the most common grade")
     g.add_argument("--pair-eyes", action="store_true",
                    help="the head also sees the other eye of the same patient (features concatenated)")
+    add_blend_argument(g, 0.0)
 
     g = p.add_argument_group("schedule and optimisation")
     g.add_argument("--epochs", type=int, default=20, help="total epochs, frozen ones included")
@@ -129,6 +130,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or args.resume
     if not 0 <= args.freeze_epochs <= args.epochs:
         parser.error("--freeze-epochs must be between 0 and --epochs")
+    try:
+        args.blend_eyes = blend_weight(args.blend_eyes)  # a config file's value skips argparse's check
+    except argparse.ArgumentTypeError as e:
+        parser.error(str(e))
     return args
 
 

@@ -26,7 +26,7 @@ from ..data.formats import GRADES
 from ..evaluation.metrics import summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
-from ..models.objectives import class_weights, majority_rate, tune_thresholds
+from ..models.objectives import blend_eyes, class_weights, majority_rate, tune_thresholds
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args
@@ -138,6 +138,16 @@ def outranks(value: float, eligible: bool, best: dict) -> bool:
     return (eligible, value) > (best.get("eligible", True), best["value"])
 
 
+def blend(result: dict, objective, dataset, weight: float) -> dict:
+    """Mix each eye's probabilities and score with its partner's (:func:`blend_eyes`) and grade again, in place."""
+    if weight:
+        patients = [s.patient for s in dataset.samples]
+        result["probs"] = blend_eyes(result["probs"], patients, weight)
+        result["scores"] = blend_eyes(result["scores"], patients, weight)
+        result["preds"] = objective.grades_of(result["probs"], result["scores"])
+    return result
+
+
 def metrics_columns(eval_splits) -> list[str]:
     cols = ["epoch", "phase", "lr", "train_loss", "train_accuracy"]
     for sp in eval_splits:
@@ -223,7 +233,8 @@ def main(args) -> dict:
     model_info = {"arch": args.model, "head": args.head, "objective": args.objective,
                   "num_outputs": objective.outputs, "num_classes": 5, "class_names": GRADE_NAMES,
                   "preprocessing": train_set.preprocessing.to_dict(), "weights_origin": origin,
-                  "thresholds": objective.thresholds, "head_name": grader.head_name, "pair_eyes": args.pair_eyes}
+                  "thresholds": objective.thresholds, "head_name": grader.head_name, "pair_eyes": args.pair_eyes,
+                  "blend_eyes": args.blend_eyes}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
                        "labels": [str(p) for p in catalog.labels], "images": str(catalog.image_root),
@@ -295,12 +306,14 @@ def main(args) -> dict:
         results = {sp: evaluate(model, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
+        for sp, r in results.items():
+            blend(r, objective, eval_sets[sp], args.blend_eyes)
         if args.objective != "classification":  # thresholds tuned on the selection split
             sel = results[select_on]
             objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule)
             model_info["thresholds"] = objective.thresholds
             for r in results.values():
-                r["preds"] = np.digitize(r["scores"], objective.thresholds)
+                r["preds"] = objective.grades_of(r["probs"], r["scores"])
         row = {"epoch": epoch, "phase": phase, "lr": lr,
                "train_loss": tr["loss"], "train_accuracy": tr["accuracy"]}
         for sp, r in results.items():

@@ -1,0 +1,94 @@
+"""Val-only analysis behind ``--blend-eyes`` (docs/eyepacs256.md): does mixing each eye's score with the same
+patient's other eye's help a trained regression grader, with and without flip test-time augmentation?
+
+    .venv/bin/python benchmarks/eye_blending.py runs/eyepacs256-v2/resnet18 [RUN ...]
+
+For each run folder: the val images of its ``split.csv`` and the scores of ``checkpoints/best.pt``. For each
+blend weight W: the referable-DR AUC of the score on val, and an out-of-sample check of the thresholds: they
+are tuned (``--threshold-rule`` of the run) on half of the val patients and applied to the other half, both
+ways, over several random halvings; the mean kappa, the mean accuracy minus that half's majority-class rate,
+and the share of halves where the accuracy beat it. Test images are never read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
+
+from retinopathy.data import FundusDataset, load_catalog
+from retinopathy.evaluation.evaluate import predict_dataset
+from retinopathy.inference.predict import FLIPS
+from retinopathy.models.objectives import blend_eyes, majority_rate, tune_thresholds
+from retinopathy.models.restore import restore
+
+
+class FlipAverage(torch.nn.Module):
+    """The mean output over the four flips (for a regression score, the mean score)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return torch.stack([self.model(x.flip(d) if d else x) for d in FLIPS]).mean(0)
+
+
+def val_scores(run: Path, data: str, tta: bool, workers: int) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    model, objective, prep, ckpt = restore(run / "checkpoints" / "best.pt")
+    if objective.name != "regression":
+        raise SystemExit(f"{run}: a regression run is needed (this one is {objective.name})")
+    dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), "val", image_size=prep.size,
+                            preprocess=prep.preset, uint8=True)
+    res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)
+    return res["scores"], res["labels"], [s.patient for s in dataset.samples], ckpt["config"].get("threshold_rule", "kappa")
+
+
+def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0) -> dict:
+    """Thresholds tuned on one half of the patients, measured on the other (both ways, ``repeats`` halvings)."""
+    patients = np.asarray(patients)
+    unique = np.unique(patients)
+    rng = np.random.default_rng(seed)
+    kappa, gain = [], []
+    for _ in range(repeats):
+        first = np.isin(patients, rng.permutation(unique)[: len(unique) // 2])
+        for tune, test in ((first, ~first), (~first, first)):
+            pred = np.digitize(scores[test], tune_thresholds(scores[tune], labels[tune], rule))
+            kappa.append(cohen_kappa_score(labels[test], pred, weights="quadratic"))
+            gain.append(float((pred == labels[test]).mean()) - majority_rate(labels[test]))
+    return {"kappa": float(np.mean(kappa)), "accuracy_minus_majority": float(np.mean(gain)),
+            "share_above_majority": float(np.mean(np.array(gain) > 0))}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders of regression runs (split.csv, best.pt)")
+    p.add_argument("--data", default="../shared/data/eyepacs-256")
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--repeats", type=int, default=5, help="random halvings of the val patients")
+    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/eye_blending.json"))
+    args = p.parse_args(argv)
+    results = []
+    print("run | flips | W | referable AUC | half-val kappa | accuracy - majority | halves above majority")
+    for run in args.runs:
+        for tta in (False, True):
+            scores, labels, patients, rule = val_scores(run, args.data, tta, args.workers)
+            for w in args.weights:
+                mixed = blend_eyes(scores, patients, w)
+                row = {"run": str(run), "tta": tta, "weight": w, "rule": rule,
+                       "referable_auc": float(roc_auc_score(labels >= 2, mixed)),
+                       **halves(mixed, labels, patients, rule, args.repeats)}
+                results.append(row)
+                print(f"{run} | {'4' if tta else '-'} | {w} | {row['referable_auc']:.3f} | {row['kappa']:.3f} | "
+                      f"{row['accuracy_minus_majority']:+.3f} | {row['share_above_majority']:.2f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return {"results": results}
+
+
+if __name__ == "__main__":
+    main()
