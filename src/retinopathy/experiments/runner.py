@@ -132,6 +132,7 @@ def _variants(section, file: Path, grid: dict) -> dict:
 
 
 def _read(file: Path) -> dict:
+    """An experiment file as a mapping, with only known top-level keys."""
     try:
         cfg = yaml.safe_load(file.read_text())
     except OSError as e:
