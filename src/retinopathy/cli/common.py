@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..models.objectives import check_blend_weight
+
 
 def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None) -> None:
     g = parser.add_argument_group("data (the format is detected from what is in DATA; these override it)")
@@ -28,11 +30,10 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
 
 def blend_weight(value) -> float:
     """``--blend-eyes`` as a number between 0 and 0.5 (argparse type; also checks values from config files)."""
-    weight = float(value)
-    if not 0 <= weight <= 0.5:
-        raise argparse.ArgumentTypeError(f"--blend-eyes {value}: give a share between 0 (each eye alone) and "
-                                         "0.5 (both eyes alike)")
-    return weight
+    try:
+        return check_blend_weight(float(value))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--blend-eyes {value}: {e}") from None
 
 
 def add_blend_argument(group, default: float | None) -> None:
@@ -43,6 +44,11 @@ def add_blend_argument(group, default: float | None) -> None:
                             + ("used for selection and threshold tuning, and stored for evaluate and predict"
                                if default is not None else "default: the checkpoint's, for which its thresholds "
                                                            "were tuned"))
+
+
+def blend_setting(args, ckpt: dict) -> float:
+    """``--blend-eyes`` when given, else the weight the checkpoint was trained (and its thresholds tuned) with."""
+    return ckpt["model_info"].get("blend_eyes", 0.0) if args.blend_eyes is None else args.blend_eyes
 
 
 READ_KEYS = ("format", "labels", "images", "image_col", "label_col", "patient_col")

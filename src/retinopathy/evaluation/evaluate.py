@@ -21,13 +21,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from ..cli.common import add_blend_argument, add_data_arguments, catalog_options  # noqa: E402
+from ..cli.common import add_blend_argument, add_data_arguments, blend_setting, catalog_options  # noqa: E402
 from ..data import FundusDataset, Normalize, load_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
-from ..training.train import blend, engine_settings, make_loader, pick_device  # noqa: E402
+from ..training.train import engine_settings, make_loader, pick_device  # noqa: E402
 from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
 
 
@@ -98,14 +98,15 @@ def main(args) -> dict:
     progress = not args.quiet and sys.stderr.isatty()
     res = predict_dataset(model, objective, dataset, batch_size=args.batch_size, workers=args.workers,
                           device=args.device, amp=args.amp, progress=progress)
-    info = ckpt["model_info"]
-    weight = info.get("blend_eyes", 0.0) if args.blend_eyes is None else args.blend_eyes
-    blend(res, objective, dataset, weight)
+    info, weight, patients = ckpt["model_info"], blend_setting(args, ckpt), [s.patient for s in dataset.samples]
+    if weight:
+        res["probs"], res["scores"], res["preds"] = objective.blended(res["probs"], res["scores"], patients, weight)
     y, pred, probs = res["labels"], res["preds"], res["probs"]
     metrics = full_metrics(y, pred, probs)
     if args.bootstrap:
-        metrics["ci95"] = bootstrap_ci(y, pred, [s.patient for s in dataset.samples], n=args.bootstrap)
-    metrics.update({"loss": res["loss"], "split": args.split, "blend_eyes": weight, "data": str(Path(args.data).resolve()),
+        metrics["ci95"] = bootstrap_ci(y, pred, patients, n=args.bootstrap)
+    metrics.update({"loss": res["loss"], "split": args.split, "blend_eyes": weight,
+                    "data": str(Path(args.data).resolve()),
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "selected": ckpt.get("best"),
                     "skipped": [str(p) for p in dataset.skipped]})

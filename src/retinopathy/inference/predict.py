@@ -33,14 +33,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..cli.common import add_blend_argument, add_data_arguments, catalog_options
+from ..cli.common import add_blend_argument, add_data_arguments, blend_setting, catalog_options
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import detect_format, patient_of
 from ..data.images import IMAGE_EXTENSIONS
 from ..data.splits import select
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
-from ..models.objectives import blend_eyes
 from ..models.restore import restore
 from ..training.checkpoint import CheckpointError
 from ..training.engine import autocast
@@ -213,9 +212,8 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     graded = np.flatnonzero(res["grades"] >= 0)
     if blend and len(graded):
         patients = [items[i].patient or patient_of(items[i].image) for i in graded]
-        res["probs"][graded] = blend_eyes(res["probs"][graded], patients, blend)
-        res["scores"][graded] = blend_eyes(res["scores"][graded], patients, blend)
-        res["grades"][graded] = objective.grades_of(res["probs"][graded], res["scores"][graded])
+        res["probs"][graded], res["scores"][graded], res["grades"][graded] = objective.blended(
+            res["probs"][graded], res["scores"][graded], patients, blend)
     return res
 
 
@@ -280,7 +278,7 @@ def main(args) -> dict:
     workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
     res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,
               amp=args.amp, tta=args.tta,
-              blend=ckpt["model_info"].get("blend_eyes", 0.0) if args.blend_eyes is None else args.blend_eyes,
+              blend=blend_setting(args, ckpt),
               cam_dir=Path(args.cam) if args.cam else None, progress=progress)
     out = Path(args.out)
     write_csv(out, items, res, with_heatmaps=bool(args.cam))

@@ -54,6 +54,11 @@ class Objective:
             return torch.bucketize(scores, torch.tensor(self.thresholds, device=scores.device), right=True)
         return np.digitize(scores, self.thresholds)
 
+    def blended(self, probs, scores, patients, weight: float):
+        """(probabilities, scores, grades) after mixing each eye with its partner (:func:`blend_eyes`)."""
+        probs, scores = blend_eyes(probs, patients, weight), blend_eyes(scores, patients, weight)
+        return probs, scores, self.grades_of(probs, scores)
+
 
 class Regression(Objective):
     name = "regression"
@@ -114,14 +119,20 @@ def class_weights(counts: list[int], kind: str, beta: float = 0.999) -> torch.Te
     return torch.tensor(w / w.mean(), dtype=torch.float32)
 
 
+def check_blend_weight(weight: float) -> float:
+    """``weight`` if it is a share between 0 (each eye alone) and 0.5 (both eyes alike); ValueError otherwise."""
+    if not 0 <= weight <= 0.5:
+        raise ValueError(f"blend weight {weight} must lie between 0 (each eye alone) and 0.5 (both eyes alike)")
+    return weight
+
+
 def blend_eyes(values, patients, weight: float) -> np.ndarray:
     """Each image's scores (or probability rows) mixed with its patient's other eye: ``(1 - weight) * own +
     weight * other`` (the mean of the others when a patient has more than two images). The two eyes of a
     patient usually share a grade, so a weak grader gains from the second look (Kaggle 2015 teams did this).
     Images without a partner keep their own values; ``weight=0`` changes nothing."""
     values = np.asarray(values, dtype=np.float64)
-    if not 0 <= weight <= 0.5:
-        raise ValueError(f"blend weight {weight} must lie between 0 (own eye only) and 0.5 (both eyes alike)")
+    check_blend_weight(weight)
     if weight == 0 or len(values) == 0:
         return values
     _, inverse, counts = np.unique(np.asarray(patients, dtype=str), return_inverse=True, return_counts=True)

@@ -26,7 +26,7 @@ from ..data.formats import GRADES
 from ..evaluation.metrics import summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
-from ..models.objectives import blend_eyes, class_weights, majority_rate, tune_thresholds
+from ..models.objectives import class_weights, majority_rate, tune_thresholds
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args
@@ -136,16 +136,6 @@ def outranks(value: float, eligible: bool, best: dict) -> bool:
     """Model selection: the higher value wins, except that under ``--threshold-rule kappa-above-majority`` an
     epoch whose thresholds beat the majority grade on the selection split outranks any epoch whose could not."""
     return (eligible, value) > (best.get("eligible", True), best["value"])
-
-
-def blend(result: dict, objective, dataset, weight: float) -> dict:
-    """Mix each eye's probabilities and score with its partner's (:func:`blend_eyes`) and grade again, in place."""
-    if weight:
-        patients = [s.patient for s in dataset.samples]
-        result["probs"] = blend_eyes(result["probs"], patients, weight)
-        result["scores"] = blend_eyes(result["scores"], patients, weight)
-        result["preds"] = objective.grades_of(result["probs"], result["scores"])
-    return result
 
 
 def metrics_columns(eval_splits) -> list[str]:
@@ -306,8 +296,10 @@ def main(args) -> dict:
         results = {sp: evaluate(model, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
-        for sp, r in results.items():
-            blend(r, objective, eval_sets[sp], args.blend_eyes)
+        if args.blend_eyes:
+            for sp, r in results.items():
+                r["probs"], r["scores"], r["preds"] = objective.blended(
+                    r["probs"], r["scores"], [s.patient for s in eval_sets[sp].samples], args.blend_eyes)
         if args.objective != "classification":  # thresholds tuned on the selection split
             sel = results[select_on]
             objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule)
