@@ -21,7 +21,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from ..cli.common import add_blend_argument, add_data_arguments, blend_setting, catalog_options  # noqa: E402
+from ..cli.common import (  # noqa: E402
+    add_blend_argument,
+    add_data_arguments,
+    blend_setting,
+    catalog_options,
+)
 from ..data import FundusDataset, Normalize, load_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
