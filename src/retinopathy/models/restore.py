@@ -18,7 +18,10 @@ def display_name(arch: str) -> str:
 
 
 def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preprocessing, dict]:
-    """(model in eval mode, objective, preprocessing, checkpoint dict) from a path or a loaded checkpoint."""
+    """(model in eval mode, objective, preprocessing, checkpoint dict) from a path or a loaded checkpoint.
+
+    A run trained with ``--model-ema`` is restored with its averaged weights, the ones it evaluated and selected
+    (as timm's ``load_checkpoint(use_ema=True)``)."""
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location)
     info = ckpt.get("model_info") or {}
     where = checkpoint if not isinstance(checkpoint, dict) else "checkpoint"
@@ -26,7 +29,7 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
         raise CheckpointError(f"{where}: trained for {info['num_classes']} classes; retinopathy grades 5 (0-4)")
     try:
         model = Grader(info["arch"], info["num_outputs"], info["head"], info.get("pair_eyes", False))
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else ckpt["model"])
     except KeyError as e:
         raise CheckpointError(f"{where}: incomplete model information ({e} missing)") from None
     except RuntimeError as e:

@@ -82,7 +82,9 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
                 else "")
              + (f"; each eye's score mixed with the patient's other eye's, weight {info['blend_eyes']} "
                 "(evaluate and predict do the same)" if info.get("blend_eyes") else ""),
-             f"- Weights origin: {info.get('weights_origin', 'not recorded')}",
+             f"- Weights origin: {info.get('weights_origin', 'not recorded')}"
+             + (f"; these are an exponential moving average of the training weights (decay {info['model_ema']} "
+                "per step)" if info.get("model_ema") else ""),
              f"- Grades: {', '.join(info.get('class_names') or [])} (international clinical DR scale 0-4)",
              f"- Checkpoint: `{name}`, epoch {ckpt.get('epoch', -1) + 1}"
              + (f" of {train.get('epochs')}" if train.get("epochs") else "")

@@ -1,8 +1,9 @@
 """Checkpoints: written atomically (temp file, then ``os.replace``), read with ``weights_only=True``.
 
 A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``model`` (state dict),
-``optimizer``, ``scheduler``, ``scaler``, ``epoch`` (last finished), ``phase``, ``rng``, ``best``,
-``config`` and ``model_info`` (architecture, head, objective, thresholds, preprocessing, class names).
+``model_ema`` and ``ema_updates`` (the averaged weights under ``--model-ema``, else None and 0), ``optimizer``,
+``scheduler``, ``scaler``, ``epoch`` (last finished), ``phase``, ``rng``, ``best``, ``config`` and
+``model_info`` (architecture, head, objective, thresholds, preprocessing, class names).
 """
 from __future__ import annotations
 

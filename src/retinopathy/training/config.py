@@ -64,6 +64,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--scheduler", choices=("none", "cosine"), default="cosine")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up at the start of each phase")
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--model-ema", action="store_true",
+                   help="keep an exponential moving average of the weights (timm's --model-ema); it is what is "
+                        "evaluated each epoch, selected, and loaded by evaluate/predict/export")
+    g.add_argument("--model-ema-decay", type=float, default=0.998,
+                   help="EMA decay per optimizer step (0.998 averages roughly the last 500 steps)")
     g.add_argument("--class-weights", choices=("none", "inverse", "effective"), default="none")
     g.add_argument("--sampler", choices=("random", "balanced", "decay"), default="random",
                    help="balanced: every grade equally often; decay: balanced at first, then halving each "
@@ -130,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.out = args.out or args.resume
     if not 0 <= args.freeze_epochs <= args.epochs:
         parser.error("--freeze-epochs must be between 0 and --epochs")
+    if not 0 < args.model_ema_decay < 1:
+        parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
     try:
         args.blend_eyes = blend_weight(args.blend_eyes)  # a config file's value skips argparse's check
     except argparse.ArgumentTypeError as e:

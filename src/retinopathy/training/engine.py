@@ -51,9 +51,11 @@ def to_device(images: torch.Tensor, device: torch.device, normalize: nn.Module, 
 
 
 def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, grader, frozen: bool,
-                    scheduler=None, scaler=None, amp="none", channels_last=False, progress=True,
+                    scheduler=None, scaler=None, ema=None, amp="none", channels_last=False, progress=True,
                     desc="train") -> dict:
-    """One pass over ``loader``; returns mean loss per image, accuracy, images and images/s."""
+    """One pass over ``loader``; returns mean loss per image, accuracy, images and images/s.
+
+    ``ema`` (a ``torch.optim.swa_utils.AveragedModel``) follows ``grader`` after every optimizer step."""
     set_train_mode(grader, frozen)
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -77,6 +79,8 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if ema is not None:
+            ema.update_parameters(grader)
         n = target.shape[0]
         total_loss += loss.item() * n
         correct += (objective.predict(out.detach()) == target).sum().item()

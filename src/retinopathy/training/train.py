@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
 from ..cli.common import catalog_options
@@ -206,6 +207,14 @@ def main(args) -> dict:
     if channels_last:
         model.to(memory_format=torch.channels_last)
     grader = model
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True) \
+        if args.model_ema else None
+    if ema is not None and ckpt is not None:
+        if ckpt.get("model_ema") is None:
+            raise CheckpointError(f"{args.resume}: the run was trained without --model-ema; resume it without")
+        ema.module.load_state_dict(ckpt["model_ema"])
+        ema.n_averaged.fill_(ckpt["ema_updates"])
+    evaluated = ema.module if ema is not None else model  # what is evaluated, selected and shipped
     normalize = Normalize(train_set.preprocessing.mean, train_set.preprocessing.std).to(device)
 
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // dist.world_size)
@@ -224,7 +233,7 @@ def main(args) -> dict:
                   "num_outputs": objective.outputs, "num_classes": 5, "class_names": GRADE_NAMES,
                   "preprocessing": train_set.preprocessing.to_dict(), "weights_origin": origin,
                   "thresholds": objective.thresholds, "head_name": grader.head_name, "pair_eyes": args.pair_eyes,
-                  "blend_eyes": args.blend_eyes}
+                  "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
                        "labels": [str(p) for p in catalog.labels], "images": str(catalog.image_root),
@@ -290,10 +299,10 @@ def main(args) -> dict:
         train_sampler.set_epoch(epoch)
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(runner, objective, optimizer, train_loader, device, normalize, grader=grader,
-                             frozen=frozen, scheduler=scheduler, scaler=scaler, amp=amp,
+                             frozen=frozen, scheduler=scheduler, scaler=scaler, ema=ema, amp=amp,
                              channels_last=channels_last, progress=progress,
                              desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]")
-        results = {sp: evaluate(model, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
+        results = {sp: evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
         if args.blend_eyes:
@@ -323,7 +332,8 @@ def main(args) -> dict:
                     "eligible": eligible}
         if dist.main:
             _write_rows(metrics_path, columns, [row], append=True)
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": model.state_dict(), "model_ema": ema.module.state_dict() if ema else None,
+                     "ema_updates": int(ema.n_averaged) if ema else 0, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
                      "rng": rng_state(), "best": best, "config": {**_plain(vars(args)), "data": config["data"]["path"]}, "model_info": model_info}
