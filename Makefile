@@ -44,9 +44,10 @@ eyepacs256: $(STAMP)
 	$(PY) -m retinopathy experiment configs/eyepacs256-lab.yaml --data $(SHARED)/eyepacs-256
 	$(PY) -m retinopathy experiment configs/eyepacs256-ablation.yaml --data $(SHARED)/eyepacs-256
 	$(PY) -m retinopathy experiment configs/eyepacs256-splits.yaml --data $(SHARED)/eyepacs-256
+	$(PY) -m retinopathy experiment configs/eyepacs256-seeds.yaml --data $(SHARED)/eyepacs-256
 	$(PY) -m retinopathy report runs/eyepacs256 runs/eyepacs256-lab --out reports/eyepacs256
 	$(PY) -m retinopathy report runs/eyepacs256-ablation --out reports/eyepacs256-ablation
-	$(PY) -m retinopathy report runs/eyepacs256 runs/eyepacs256-splits --out reports/eyepacs256-splits
+	$(PY) -m retinopathy report runs/eyepacs256 runs/eyepacs256-splits runs/eyepacs256-seeds --out reports/eyepacs256-splits
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info src/*.egg-info .pytest_cache

@@ -37,17 +37,18 @@ class FlipAverage(torch.nn.Module):
         return torch.stack([self.model(x.flip(d) if d else x) for d in FLIPS]).mean(0)
 
 
-def val_scores(run: Path, data: str, tta: bool, workers: int) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+def val_scores(run: Path, data: str, tta: bool, workers: int) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """The val scores (no blending) of the run's best.pt, the labels, the patients and the run's config."""
     model, objective, prep, ckpt = restore(run / "checkpoints" / "best.pt")
     if objective.name != "regression":
         raise SystemExit(f"{run}: a regression run is needed (this one is {objective.name})")
     dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), "val", image_size=prep.size,
                             preprocess=prep.preset, uint8=True)
     res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)
-    return res["scores"], res["labels"], [s.patient for s in dataset.samples], ckpt["config"].get("threshold_rule", "kappa")
+    return res["scores"], res["labels"], [s.patient for s in dataset.samples], ckpt["config"]
 
 
-def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0) -> dict:
+def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, margin: float = 0.0) -> dict:
     """Thresholds tuned on one half of the patients, measured on the other (both ways, ``repeats`` halvings)."""
     patients = np.asarray(patients)
     unique = np.unique(patients)
@@ -56,7 +57,7 @@ def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0) -> 
     for _ in range(repeats):
         first = np.isin(patients, rng.permutation(unique)[: len(unique) // 2])
         for tune, test in ((first, ~first), (~first, first)):
-            pred = np.digitize(scores[test], tune_thresholds(scores[tune], labels[tune], rule))
+            pred = np.digitize(scores[test], tune_thresholds(scores[tune], labels[tune], rule, margin))
             kappa.append(cohen_kappa_score(labels[test], pred, weights="quadratic"))
             gain.append(float((pred == labels[test]).mean()) - majority_rate(labels[test]))
     return {"kappa": float(np.mean(kappa)), "accuracy_minus_majority": float(np.mean(gain)),
@@ -76,7 +77,8 @@ def main(argv=None) -> dict:
     print("run | flips | W | referable AUC | half-val kappa | accuracy - majority | halves above majority")
     for run in args.runs:
         for tta in (False, True):
-            scores, labels, patients, rule = val_scores(run, args.data, tta, args.workers)
+            scores, labels, patients, config = val_scores(run, args.data, tta, args.workers)
+            rule = config.get("threshold_rule", "kappa")
             for w in args.weights:
                 mixed = blend_eyes(scores, patients, w)
                 row = {"run": str(run), "tta": tta, "weight": w, "rule": rule,

@@ -18,6 +18,7 @@ from retinopathy.data.formats import patient_of
 from retinopathy.evaluation.metrics import bootstrap_ci, quadratic_kappa
 from retinopathy.models import Grader, make_objective
 from retinopathy.models.objectives import (
+    _quadratic_kappa,
     blend_eyes,
     class_weights,
     majority_rate,
@@ -58,6 +59,15 @@ def test_tuned_thresholds_beat_the_defaults():
     assert quadratic_kappa(labels, np.digitize(scores, t)) > quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5])) + 0.1
 
 
+
+def test_the_search_computes_the_same_kappa_as_scikit_learn():
+    rng = np.random.default_rng(2)
+    for labels, pred in [(rng.integers(0, 5, 300), rng.integers(0, 5, 300)),
+                         (np.r_[np.zeros(90, int), np.full(10, 4)], rng.choice([0, 2, 4], 100)),  # grades absent
+                         (np.zeros(50, int), np.zeros(50, int))]:  # one grade only: no agreement beyond chance
+        assert _quadratic_kappa(labels, pred) == pytest.approx(quadratic_kappa(labels, pred), abs=1e-12)
+
+
 def test_selection_prefers_epochs_that_beat_the_majority():
     assert outranks(0.2, True, {"value": 0.3, "eligible": False})
     assert not outranks(0.4, False, {"value": 0.3, "eligible": True})
@@ -81,6 +91,10 @@ def test_threshold_rule_kappa_above_majority():
     k_free, k_bound = (quadratic_kappa(labels, np.digitize(scores, t)) for t in (free, bound))
     assert 0 < k_bound <= k_free
     assert bound == sorted(bound)
+    # a margin above the majority rate: more accurate thresholds, at some kappa
+    wide = tune_thresholds(scores, labels, "kappa-above-majority", margin=0.02)
+    assert acc(wide) > majority + 0.02 and acc(wide) >= acc(bound)
+    assert quadratic_kappa(labels, np.digitize(scores, wide)) <= k_bound
     # no thresholds beat the majority on noise: the search returns the most accurate it finds
     noise = rng.normal(0, 1, 500)
     t = tune_thresholds(noise, labels, "kappa-above-majority")
@@ -107,7 +121,7 @@ def test_blend_eyes_mixes_each_eye_with_its_partner_only():
 @pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority",
                                                              "--blend-eyes", "0.4"]),
                                              ("ordinal", ["--pair-eyes"])])
-def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objective, extra):
+def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monkeypatch, objective, extra):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
                  "--workers", "0", "--epochs", "1", "--freeze-epochs", "0", "--objective", objective, *extra,
@@ -172,6 +186,16 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, objec
             expected = roc_auc_score(labels >= 2, blend_eyes(own, [v["patient"] for v in val], w))
             assert r["referable_auc"] == pytest.approx(expected, abs=1e-9)
             assert 0 <= r["share_above_majority"] <= 1 and -1 <= r["kappa"] <= 1
+        # benchmarks/threshold_margin.py: the run's blend weight, each margin passed through to the halvings
+        monkeypatch.syspath_prepend(str(Path(bench.__file__).parent))
+        rows = _load_benchmark("threshold_margin").main([str(run), "--data", str(synth_small), "--margins", "0", "0.02",
+                                                         "--repeats", "2", "--workers", "0",
+                                                         "--out", str(tmp_path / "margin.json")])["results"]
+        assert [(r["rule"], r["margin"], r["blend_eyes"]) for r in rows] == [
+            ("kappa", 0.0, 0.4), ("kappa-above-majority", 0.0, 0.4), ("kappa-above-majority", 0.02, 0.4)]
+        patients = [v["patient"] for v in val]
+        expected = bench.halves(blend_eyes(own, patients, 0.4), labels, patients, "kappa-above-majority", 2, margin=0.02)
+        assert {k: rows[2][k] for k in expected} == pytest.approx(expected, abs=1e-6)
 
 
 def _load_benchmark(name: str):

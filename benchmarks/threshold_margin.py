@@ -1,0 +1,48 @@
+"""Val-only: would thresholds that beat the majority-class rate by a margin on val beat it out of sample?
+
+    .venv/bin/python benchmarks/threshold_margin.py runs/eyepacs256/resnet18 [RUN ...] --repeats 100
+
+For each run folder (a regression run; ``split.csv`` and ``checkpoints/best.pt``): the val scores, mixed with
+the other eye's as the run does (its ``blend_eyes``), then for the rule ``kappa`` and for
+``kappa-above-majority`` with each margin: thresholds tuned on half of the val patients and applied to the
+other half, both ways (``eye_blending.halves``). Test images are never read.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from eye_blending import halves, val_scores
+
+from retinopathy.models.objectives import blend_eyes
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path, help="run folders of regression runs (split.csv, best.pt)")
+    p.add_argument("--data", default="../shared/data/eyepacs-256")
+    p.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.03, 0.05])
+    p.add_argument("--repeats", type=int, default=100, help="random halvings of the val patients")
+    p.add_argument("-j", "--workers", type=int, default=2)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/threshold_margin.json"))
+    args = p.parse_args(argv)
+    results = []
+    print("run | rule | margin | half-val kappa | accuracy - majority | halves above majority")
+    for run in args.runs:
+        scores, labels, patients, config = val_scores(run, args.data, False, args.workers)
+        weight = float(config.get("blend_eyes", 0.0))
+        mixed = blend_eyes(scores, patients, weight)
+        for rule, margin in [("kappa", 0.0)] + [("kappa-above-majority", m) for m in args.margins]:
+            row = {"run": str(run), "blend_eyes": weight, "rule": rule, "margin": margin,
+                   **halves(mixed, labels, patients, rule, args.repeats, margin=margin)}
+            results.append(row)
+            print(f"{run} | {rule} | {margin} | {row['kappa']:.3f} | {row['accuracy_minus_majority']:+.4f} | "
+                  f"{row['share_above_majority']:.2f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    return {"results": results}
+
+
+if __name__ == "__main__":
+    main()
