@@ -1,5 +1,5 @@
 """Val-only analysis behind ``--blend-eyes`` (docs/eyepacs256.md): does mixing each eye's score with the same
-patient's other eye's help a trained regression grader, with and without flip test-time augmentation?
+patient's other eye's help a trained regression (or ordinal) grader, with and without flip test-time augmentation?
 
     .venv/bin/python benchmarks/eye_blending.py runs/eyepacs256-v2/resnet18 [RUN ...]
 
@@ -40,8 +40,8 @@ class FlipAverage(torch.nn.Module):
 def val_scores(run: Path, data: str, tta: bool, workers: int) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """The val scores (no blending) of the run's best.pt, the labels, the patients and the run's config."""
     model, objective, prep, ckpt = restore(run / "checkpoints" / "best.pt")
-    if objective.name != "regression":
-        raise SystemExit(f"{run}: a regression run is needed (this one is {objective.name})")
+    if objective.name == "classification":
+        raise SystemExit(f"{run}: a run with thresholds is needed (regression or ordinal; this one is classification)")
     dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), "val", image_size=prep.size,
                             preprocess=prep.preset, uint8=True)
     res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)
@@ -66,7 +66,7 @@ def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, mar
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders of regression runs (split.csv, best.pt)")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders of regression or ordinal runs (split.csv, best.pt)")
     p.add_argument("--data", default="../shared/data/eyepacs-256")
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.3, 0.4, 0.5])
     p.add_argument("--repeats", type=int, default=5, help="random halvings of the val patients")

@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/threshold_margin.py runs/eyepacs256/resnet18 [RUN ...] --repeats 100
 
-For each run folder (a regression run; ``split.csv`` and ``checkpoints/best.pt``): the val scores, mixed with
-the other eye's as the run does (its ``blend_eyes``), then for the rule ``kappa`` and for
+For each run folder (a regression or ordinal run; ``split.csv`` and ``checkpoints/best.pt``): the val scores,
+mixed with the other eye's as the run does (its ``blend_eyes``), then for the rule ``kappa`` and for
 ``kappa-above-majority`` with each margin: thresholds tuned on half of the val patients and applied to the
 other half, both ways (``eye_blending.halves``). Test images are never read.
 """
@@ -20,7 +20,7 @@ from retinopathy.models.objectives import blend_eyes
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders of regression runs (split.csv, best.pt)")
+    p.add_argument("runs", nargs="+", type=Path, help="run folders of regression or ordinal runs (split.csv, best.pt)")
     p.add_argument("--data", default="../shared/data/eyepacs-256")
     p.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.03, 0.05])
     p.add_argument("--repeats", type=int, default=100, help="random halvings of the val patients")

@@ -193,9 +193,10 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
                                                          "--out", str(tmp_path / "margin.json")])["results"]
         assert [(r["rule"], r["margin"], r["blend_eyes"]) for r in rows] == [
             ("kappa", 0.0, 0.4), ("kappa-above-majority", 0.0, 0.4), ("kappa-above-majority", 0.02, 0.4)]
-        patients = [v["patient"] for v in val]
-        expected = bench.halves(blend_eyes(own, patients, 0.4), labels, patients, "kappa-above-majority", 2, margin=0.02)
-        assert {k: rows[2][k] for k in expected} == pytest.approx(expected, abs=1e-6)
+        scores, labels, patients, _ = bench.val_scores(run, str(synth_small), False, 0)
+        expected = bench.halves(blend_eyes(scores, patients, 0.4), labels, patients, "kappa-above-majority", 2,
+                                margin=0.02)
+        assert {k: rows[2][k] for k in expected} == pytest.approx(expected, abs=1e-9)
 
 
 def _load_benchmark(name: str):
