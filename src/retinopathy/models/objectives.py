@@ -154,7 +154,7 @@ _QUADRATIC = np.subtract.outer(np.arange(NUM_GRADES), np.arange(NUM_GRADES)) ** 
 
 def _quadratic_kappa(labels: np.ndarray, pred: np.ndarray) -> float:
     """scikit-learn's ``cohen_kappa_score(labels=range(5), weights="quadratic")`` without its input checks, which
-    cost 20 times the arithmetic: the threshold search below computes it some 800 times per tuning."""
+    take most of its time (6.6 ms against 0.08 ms on 402 eyes): the threshold search computes it ~800 times."""
     seen = np.bincount(labels * NUM_GRADES + pred, minlength=NUM_GRADES ** 2).reshape(NUM_GRADES, NUM_GRADES)
     expected = np.outer(seen.sum(1), seen.sum(0)) / seen.sum()
     chance = (_QUADRATIC * expected).sum()
