@@ -64,14 +64,20 @@ def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, mar
             "share_above_majority": float(np.mean(np.array(gain) > 0))}
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def val_parser(doc: str, repeats: int, out: str) -> argparse.ArgumentParser:
+    """The options the val analyses share: run folders, data, halvings, workers, the JSON to write."""
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders of regression or ordinal runs (split.csv, best.pt)")
     p.add_argument("--data", default="../shared/data/eyepacs-256")
-    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.3, 0.4, 0.5])
-    p.add_argument("--repeats", type=int, default=5, help="random halvings of the val patients")
+    p.add_argument("--repeats", type=int, default=repeats, help="random halvings of the val patients")
     p.add_argument("-j", "--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/eye_blending.json"))
+    p.add_argument("--out", type=Path, default=Path(out))
+    return p
+
+
+def main(argv=None) -> dict:
+    p = val_parser(__doc__, 5, "benchmarks/results/eye_blending.json")
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 0.2, 0.3, 0.4, 0.5])
     args = p.parse_args(argv)
     results = []
     print("run | flips | W | referable AUC | half-val kappa | accuracy - majority | halves above majority")

@@ -9,23 +9,16 @@ other half, both ways (``eye_blending.halves``). Test images are never read.
 """
 from __future__ import annotations
 
-import argparse
 import json
-from pathlib import Path
 
-from eye_blending import halves, val_scores
+from eye_blending import halves, val_parser, val_scores
 
 from retinopathy.models.objectives import blend_eyes
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run folders of regression or ordinal runs (split.csv, best.pt)")
-    p.add_argument("--data", default="../shared/data/eyepacs-256")
+    p = val_parser(__doc__, 100, "benchmarks/results/threshold_margin.json")
     p.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.03, 0.05])
-    p.add_argument("--repeats", type=int, default=100, help="random halvings of the val patients")
-    p.add_argument("-j", "--workers", type=int, default=2)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/threshold_margin.json"))
     args = p.parse_args(argv)
     results = []
     print("run | rule | margin | half-val kappa | accuracy - majority | halves above majority")
