@@ -59,7 +59,6 @@ def test_tuned_thresholds_beat_the_defaults():
     assert quadratic_kappa(labels, np.digitize(scores, t)) > quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5])) + 0.1
 
 
-
 def test_the_search_computes_the_same_kappa_as_scikit_learn():
     rng = np.random.default_rng(2)
     for labels, pred in [(rng.integers(0, 5, 300), rng.integers(0, 5, 300)),
