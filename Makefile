@@ -35,9 +35,10 @@ test-all: $(STAMP) browser
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
-# Issue 7: the recipe, the lab's recipe, the ablation and the recipe on two more splits, on
-# ../shared/data/eyepacs-256: about 4 h on 2 CPU cores (measured: recipe 48 min, lab 36 min, ablation 53 min;
-# each split about 47 min); re-running resumes and skips finished runs.
+# Issue 7: the recipe, the lab's recipe, the ablation and the recipe on two more splits and two more model
+# seeds, on ../shared/data/eyepacs-256: about 5.5 h on 2 CPU cores with native bf16 (measured: recipe 48 min,
+# lab 36 min, ablation 53 min, each split or seed about 48 min), about twice that without bf16 (AVX2 only);
+# re-running resumes and skips finished runs.
 SHARED ?= $(or $(RETINOPATHY_SHARED_DATA),../shared/data)
 eyepacs256: $(STAMP)
 	$(PY) -m retinopathy experiment configs/eyepacs256.yaml --data $(SHARED)/eyepacs-256
