@@ -124,6 +124,21 @@ def test_resume_is_exact(synth_small, tmp_path):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, monkeypatch):
+    """Without native bf16, --amp auto trains in fp32 and tells the user why it is slower; an explicit --amp
+    choice gets no note."""
+    from retinopathy.training import train
+
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    args = ["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--freeze-epochs", "0",
+            "--eval-splits", "val", "--device", "cpu"]
+    assert main([*args, "--out", str(tmp_path / "auto")]) == 0
+    out = capsys.readouterr().out
+    assert "amp none" in out and "no native bf16" in out
+    assert main([*args, "--out", str(tmp_path / "chosen"), "--amp", "none"]) == 0
+    assert "no native bf16" not in capsys.readouterr().out
+
+
 def test_model_ema_is_evaluated_shipped_and_resumed_exactly(synth_small, tmp_path):
     """--model-ema: the averaged weights are what each epoch evaluates, what best.pt restores, and they resume
     to the same bits."""

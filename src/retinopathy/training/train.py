@@ -267,6 +267,9 @@ def main(args) -> dict:
         print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating {eval_splits}, "
               f"selecting on {select_on} by {args.select_metric}; device {device}, amp {amp}, "
               f"channels_last {channels_last}, {dist.world_size} process(es) -> {out}")
+        if device.type == "cpu" and args.amp == "auto" and amp == "none":
+            print("note: this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as "
+                  "fast as on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
 
     current_phase = None
     ran = 0
