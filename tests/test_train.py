@@ -125,8 +125,8 @@ def test_resume_is_exact(synth_small, tmp_path):
 
 
 def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, monkeypatch):
-    """Without native bf16, --amp auto trains in fp32 and tells the user why it is slower; an explicit --amp
-    choice gets no note."""
+    """Without native bf16, --amp auto trains in fp32 (still channels_last, faster in fp32 too) and tells the
+    user why it is slower; an explicit --amp choice gets no note."""
     from retinopathy.training import train
 
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
@@ -134,7 +134,7 @@ def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, m
             "--eval-splits", "val", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "auto")]) == 0
     out = capsys.readouterr().out
-    assert "amp none" in out and "no native bf16" in out
+    assert "amp none, channels_last True" in out and "no native bf16" in out
     assert main([*args, "--out", str(tmp_path / "chosen"), "--amp", "none"]) == 0
     assert "no native bf16" not in capsys.readouterr().out
 

@@ -93,7 +93,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
                    help="mixed precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else none)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                   help="channels_last memory format (default: on for conv models where --amp auto picks bf16)")
+                   help="channels_last memory format (default: on for conv models on CUDA and CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
 
     g = p.add_argument_group("output")
