@@ -37,7 +37,8 @@ bench: $(STAMP)
 
 # Issue 7: the recipe, the lab's recipe, the ablation and the recipe on two more splits and two more model
 # seeds, on ../shared/data/eyepacs-256: about 5.5 h on 2 CPU cores with native bf16 (measured: recipe 48 min,
-# lab 36 min, ablation 53 min, each split or seed about 48 min), about twice that without bf16 (AVX2 only);
+# lab 36 min, ablation 53 min, each split or seed about 48 min), about twice that without bf16 (AVX2 only;
+# eyepacs256-96px, the recipe at 96 px for such CPUs: 64 min there);
 # re-running resumes and skips finished runs.
 SHARED ?= $(or $(RETINOPATHY_SHARED_DATA),../shared/data)
 eyepacs256: $(STAMP)
@@ -46,7 +47,8 @@ eyepacs256: $(STAMP)
 	$(PY) -m retinopathy experiment configs/eyepacs256-ablation.yaml --data $(SHARED)/eyepacs-256
 	$(PY) -m retinopathy experiment configs/eyepacs256-splits.yaml --data $(SHARED)/eyepacs-256
 	$(PY) -m retinopathy experiment configs/eyepacs256-seeds.yaml --data $(SHARED)/eyepacs-256
-	$(PY) -m retinopathy report runs/eyepacs256 runs/eyepacs256-lab --out reports/eyepacs256
+	$(PY) -m retinopathy experiment configs/eyepacs256-96px.yaml --data $(SHARED)/eyepacs-256
+	$(PY) -m retinopathy report runs/eyepacs256 runs/eyepacs256-lab runs/eyepacs256-96px --out reports/eyepacs256
 	$(PY) -m retinopathy report runs/eyepacs256-ablation --out reports/eyepacs256-ablation
 	$(PY) -m retinopathy report runs/eyepacs256 runs/eyepacs256-splits runs/eyepacs256-seeds --out reports/eyepacs256-splits
 
