@@ -1,7 +1,8 @@
 """Inference throughput on the CPU, images/s: ``retinopathy evaluate``'s ``predict_dataset`` (uint8 batches,
 normalised in the model's process, the engine's settings for the device) against the lab's evaluation loop
 (full decode, float tensors normalised in the workers, fp32), ResNet18 at 224 px, batch 32, on a synthetic
-set of 512 px JPEGs; also with bf16 autocast and from the prepared cache. Whole calls are timed (loader
+set of 512 px JPEGs; also with bf16 autocast and from the prepared cache, and the model's fp32 forward pass
+alone in NCHW and channels_last (the format ``evaluate`` and ``predict`` use on the CPU). Whole calls are timed (loader
 start-up included, for both), interleaved, best of the rounds. The headline is per core (1 loader worker,
 1 intra-op thread, as in bench_train); the train command's defaults (all cores each) are reported too.
 """
@@ -42,6 +43,15 @@ def run(rounds: int = 2, n: int = 128, size: int = 224, batch: int = 32) -> dict
             predict_dataset(m, objective, data, batch_size=batch, workers=workers, device="cpu", amp=amp,
                             progress=False)
 
+        def forward(channels_last):  # the model alone, fp32: what channels_last buys without bf16
+            m = harness.new_model("resnet18", "cpu", state=state).eval()
+            x = torch.randn(batch, 3, size, size)
+            if channels_last:
+                m, x = m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                for _ in range(n // batch):
+                    m(x)
+
         def lab(workers):
             loader = harness.lab_loader(catalog.samples, size, batch, workers, train=False)
             harness.lab_predict(harness.new_model("resnet18", "cpu", state=state), loader, "cpu")
@@ -52,7 +62,9 @@ def run(rounds: int = 2, n: int = 128, size: int = 224, batch: int = 32) -> dict
         per_core = common.best_rate({"lab loop (fp32, float normalised in workers)": lambda: lab(1),
                                      "predict_dataset (engine defaults)": lambda: engine(ds, "auto", 1),
                                      "predict_dataset, bf16": lambda: engine(ds, "bf16", 1),
-                                     "predict_dataset, prepared cache": lambda: engine(cache, "auto", 1)}, n, rounds)
+                                     "predict_dataset, prepared cache": lambda: engine(cache, "auto", 1),
+                                     "model forward alone, fp32 NCHW": lambda: forward(False),
+                                     "model forward alone, fp32 channels_last": lambda: forward(True)}, n, rounds)
         torch.set_num_threads(threads)
         all_cores = common.best_rate({
             "lab loop, default workers and threads": lambda: lab(cores),

@@ -92,6 +92,17 @@ def test_tta_averages_over_flips(predicted, checkpoint, real, tmp_path):
     assert np.abs(tta[image] - expected).max() < 1e-5
 
 
+def test_grades_in_channels_last_on_the_cpu(predicted, checkpoint, real):
+    """Convolutional graders run channels_last on the CPU (faster in fp32 too), with evaluate's numbers."""
+    from retinopathy.inference.predict import collect_items, run
+
+    model, objective, prep, _ = restore(checkpoint)
+    items = collect_items([real / "images" / f"{r['image']}.jpeg" for r in predicted[:4]])
+    res = run(model, objective, prep, items, device="cpu", amp="none", progress=False)
+    assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    assert np.abs(res["probs"] - np.array([probs_of(r) for r in predicted[:4]])).max() <= 1e-5
+
+
 def test_unreadable_images_are_listed_and_the_rest_graded(checkpoint, real, tmp_path):
     folder = tmp_path / "photos"
     (folder / "more").mkdir(parents=True)

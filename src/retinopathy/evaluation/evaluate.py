@@ -18,7 +18,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from ..cli.common import (  # noqa: E402
@@ -32,7 +31,7 @@ from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
-from ..training.train import engine_settings, make_loader, pick_device  # noqa: E402
+from ..training.train import inference_settings, make_loader, pick_device  # noqa: E402
 from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
 
 
@@ -64,11 +63,7 @@ def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, d
                     progress=True) -> dict:
     """Run ``model`` over every image of ``dataset`` (uint8 tensors); see :func:`engine.evaluate`."""
     device = pick_device(device)
-    model.to(device)
-    ns = argparse.Namespace(amp=amp, channels_last=None)
-    amp, channels_last = engine_settings(ns, device, model)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    amp, channels_last = inference_settings(model, device, amp)
     loader = make_loader(dataset, batch_size, os.cpu_count() if workers is None else workers, device,
                          ShardSampler(len(dataset)), True, 0)
     normalize = Normalize(dataset.preprocessing.mean, dataset.preprocessing.std).to(device)

@@ -42,8 +42,8 @@ from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
 from ..training.checkpoint import CheckpointError
-from ..training.engine import autocast
-from ..training.train import engine_settings, pick_device
+from ..training.engine import autocast, to_device
+from ..training.train import inference_settings, pick_device
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
 
@@ -181,8 +181,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`); the heatmaps
     explain each photograph's own grade."""
     device = pick_device(device)
-    model.to(device)
-    amp, _ = engine_settings(argparse.Namespace(amp=amp, channels_last=False), device, model)
+    amp, channels_last = inference_settings(model, device, amp)
     normalize = Normalize(prep.mean, prep.std).to(device)
     loader = DataLoader(ImageItems(items, prep), batch_size=batch_size, num_workers=workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")
@@ -202,7 +201,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
             res["errors"][i] = reason
         if images is None:
             continue
-        x = normalize(images.to(device, non_blocking=True))
+        x = to_device(images, device, normalize, channels_last)
         probs, scores, grades = predict_batch(model, objective, x, tta, amp)
         res["probs"][idx], res["scores"][idx], res["grades"][idx] = (probs.cpu().numpy(), scores.cpu().numpy(),
                                                                     grades.cpu().numpy())
