@@ -10,7 +10,6 @@ worker, and a plain fp32 loop (default memory format, SGD).
 """
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -103,7 +102,7 @@ def new_model(arch: str, device, seed: int = 0, state=None):
 
 def defaults(device, model) -> tuple[str, bool]:
     """(amp, channels_last) that ``retinopathy train`` picks on ``device`` with its default options."""
-    return engine_settings(argparse.Namespace(amp="auto", channels_last=None), torch.device(device), model)
+    return engine_settings(torch.device(device), model)
 
 
 def sgd(model, lr: float = 1e-3):

@@ -12,15 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cpu_defaults() -> tuple[str, bool]:
     """(amp, channels_last) that ``retinopathy train`` picks on the CPU for a ResNet."""
-    import argparse
-
     import torch
 
     from retinopathy.models import build_model
     from retinopathy.training.train import engine_settings
 
     model, _ = build_model("resnet18", 5)
-    return engine_settings(argparse.Namespace(amp="auto", channels_last=None), torch.device("cpu"), model)
+    return engine_settings(torch.device("cpu"), model)
 
 
 def test_gpu_bench_dry_run(tmp_path):

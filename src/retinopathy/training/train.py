@@ -5,7 +5,6 @@ Read top to bottom: ``main(args)`` sets up devices and data, then runs epochs of
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
@@ -58,12 +57,13 @@ def cpu_has_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
-def engine_settings(args, device: torch.device, model) -> tuple[str, bool]:
-    """(amp, channels_last) after 'auto': bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere;
+def engine_settings(device: torch.device, model, amp: str = "auto",
+                    channels_last: bool | None = None) -> tuple[str, bool]:
+    """(amp, channels_last) after 'auto' / None: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere;
     channels_last for convolutional models on CUDA and CPUs (on CPUs it also speeds up fp32, 1.13-1.15x)."""
     fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-    amp = ("bf16" if fast else "none") if args.amp == "auto" else args.amp
-    cl = args.channels_last if args.channels_last is not None else device.type in ("cuda", "cpu")
+    amp = ("bf16" if fast else "none") if amp == "auto" else amp
+    cl = channels_last if channels_last is not None else device.type in ("cuda", "cpu")
     return amp, bool(cl and is_convolutional(model))
 
 
@@ -71,7 +71,7 @@ def inference_settings(model, device: torch.device, amp: str = "auto") -> tuple[
     """``engine_settings`` for grading: moves ``model`` to ``device`` (channels_last where that is the default:
     1.23x faster fp32 inference on an AVX2 CPU) and returns (amp, channels_last)."""
     model.to(device)
-    amp, channels_last = engine_settings(argparse.Namespace(amp=amp, channels_last=None), device, model)
+    amp, channels_last = engine_settings(device, model, amp)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return amp, channels_last
@@ -214,7 +214,7 @@ def main(args) -> dict:
         model.load_state_dict(ckpt["model"])
         origin = ckpt["model_info"]["weights_origin"]
         objective.thresholds = list(ckpt["model_info"]["thresholds"])
-    amp, channels_last = engine_settings(args, device, model)
+    amp, channels_last = engine_settings(device, model, args.amp, args.channels_last)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
