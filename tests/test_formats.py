@@ -126,6 +126,29 @@ def test_real_kaggle_labels(shared_data):
     assert [Counter(s.label for s in cat.samples)[g] for g in range(5)] == [25_810, 2_443, 5_292, 873, 708]
 
 
+@pytest.mark.parametrize("preprocess", ["lab", "graham"])
+@pytest.mark.parametrize("train", [False, True])
+def test_cached_items_equal_uncached_and_need_no_file(synth_small, monkeypatch, preprocess, train):
+    import torch
+
+    from retinopathy.data import dataset
+
+    opts = dict(image_size=64, preprocess=preprocess, augment="fundus", train=train, uint8=True)
+    plain = FundusDataset(synth_small, "val", **opts)
+    cached = FundusDataset(synth_small, "val", cache=True, **opts)
+    assert cached.cache.shape == (len(plain), 64, 64, 3)
+
+    def item(ds, i):
+        torch.manual_seed(i)  # the same random augmentation for both
+        return ds[i]
+
+    expected = [item(plain, i) for i in (0, len(plain) - 1)]
+    monkeypatch.setattr(dataset, "open_image", lambda *a: pytest.fail("a cached item opened its file"))
+    for i, (x, y) in zip((0, len(plain) - 1), expected):
+        xc, yc = item(cached, i)
+        assert torch.equal(xc, x) and yc == y
+
+
 def test_real_photographs_load_with_true_labels_at_512(shared_data):
     ds = FundusDataset(shared_data / "fundus-real", split="all", image_size=512)
     truth = dict(line.split(",") for line in (shared_data / "fundus-real" / "labels.csv").read_text().split()[1:])

@@ -108,10 +108,13 @@ def test_evaluate_matches_scikit_learn(learned):
 
 
 def test_resume_is_exact(synth_small, tmp_path):
+    """A run cut after 2 epochs and resumed equals the straight run; the cut run also caches its images
+    (--cache-images, carried into the resume by its config), which must not change a number either."""
     args = ["train", "--data", str(synth_small), *FAST, "--epochs", "3", "--freeze-epochs", "1",
             "--deterministic", "--augment", "fundus"]
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
-    assert main([*args, "--out", str(tmp_path / "cut"), "--stop-after", "2"]) == 0
+    assert main([*args, "--out", str(tmp_path / "cut"), "--stop-after", "2", "--cache-images"]) == 0
+    assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["cache_images"] is True
     assert len(rows(tmp_path / "cut")) == 2
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     timing = {"epoch_seconds", "images_per_s"}

@@ -6,13 +6,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+from PIL import Image
 from torch.utils.data import Dataset
+from torchvision.transforms import v2
+from tqdm import tqdm
 
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, open_image
 from .problems import DataError, Problem
 from .splits import assign_splits, leakage_warnings, read_split, select, write_split
-from .transforms import Preprocessing, build_transform
+from .transforms import Preprocessing, build_transform, geometry, to_tensor
 
 
 def load_catalog(data: str | Path, *, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
@@ -37,12 +41,17 @@ class FundusDataset(Dataset):
     truncated images, bad labels, mismatched CSVs, duplicates) raise a :class:`DataError` here, at
     construction, naming the first few and the count; ``skip_bad=True`` drops them and keeps the list
     in ``self.skipped``. ``transform`` defaults to the preset named by ``preprocess``/``augment``.
+
+    ``cache=True`` (with the preset transform) decodes each photograph and applies the deterministic
+    steps (field-of-view crop, resize, Graham's normalisation) once, here, keeping ``size x size x 3``
+    bytes per image in memory; items then run only the random augmentation, as MONAI's ``CacheDataset``
+    does. Items are the same as without the cache.
     """
 
     def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,
                  preprocess: str = "lab", augment: str = "flips", train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
-                 check: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
+                 check: bool = True, cache: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
                  split_file: str | Path | None = None, **read_options):
         catalog = data if isinstance(data, Catalog) else load_catalog(
             data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_file=split_file,
@@ -70,12 +79,21 @@ class FundusDataset(Dataset):
         self.preprocessing = Preprocessing(preprocess, image_size)
         self.train = split == "train" if train is None else train
         self.transform = transform or build_transform(self.preprocessing, self.train, augment, uint8)
+        self.cache = None
+        if cache and transform is None:
+            fixed = v2.Compose(geometry(self.preprocessing))
+            size = self.preprocessing.size
+            self.cache = np.stack([np.asarray(fixed(open_image(s.path, size))) for s in
+                                   tqdm(samples, desc=f"caching {split}", unit="img", disable=None, leave=False)])
+            self.transform = v2.Compose(to_tensor(self.preprocessing, self.train, augment, uint8))
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
         s = self.samples[index]
+        if self.cache is not None:
+            return self.transform(Image.fromarray(self.cache[index])), s.label
         return self.transform(open_image(s.path, self.preprocessing.size)), s.label
 
     def image_id(self, index: int) -> str:

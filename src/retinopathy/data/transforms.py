@@ -73,13 +73,18 @@ def augmentation(name: str) -> list:
     raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENT)}")
 
 
+def to_tensor(prep: Preprocessing, train: bool = False, augment: str = "flips", uint8: bool = False) -> list:
+    """The steps after :func:`geometry`: augmentation (when training), then the tensor conversion."""
+    steps = (augmentation(augment) if train else []) + [v2.PILToTensor()]
+    if not uint8:
+        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+    return steps
+
+
 def build_transform(prep: Preprocessing, train: bool = False, augment: str = "flips",
                     uint8: bool = False) -> v2.Compose:
     """PIL image -> tensor. ``uint8`` leaves normalisation to :class:`Normalize` on the device."""
-    steps = geometry(prep) + (augmentation(augment) if train else []) + [v2.PILToTensor()]
-    if not uint8:
-        steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
-    return v2.Compose(steps)
+    return v2.Compose(geometry(prep) + to_tensor(prep, train, augment, uint8))
 
 
 class Normalize(torch.nn.Module):

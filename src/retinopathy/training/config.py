@@ -80,6 +80,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=512)
     g.add_argument("--preprocess", choices=PREPROCESS, default="lab")
     g.add_argument("--augment", choices=AUGMENT, default="fundus")
+    g.add_argument("--cache-images", action="store_true",
+                   help="decode and preprocess each image once and keep it in memory (image-size^2 x 3 bytes "
+                        "an image: 49 KB at 128 px, 786 KB at 512 px); epochs then only augment")
     g.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores)")
 
     g = p.add_argument_group("model selection")

@@ -192,7 +192,8 @@ def main(args) -> dict:
         if select_on not in splits_present:
             raise DataError([], hint=f"--select-on {select_on}: the data has no {select_on} split")
         eval_splits.append(select_on)
-    common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad))
+    common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
+                  cache=args.cache_images)
     train_set = FundusDataset(catalog, "train", augment=args.augment, **common)
     eval_sets = {sp: FundusDataset(catalog, sp, **common) for sp in eval_splits}
     if args.pair_eyes:
