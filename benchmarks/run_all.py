@@ -18,7 +18,8 @@ from datetime import datetime, timezone
 import common
 
 BENCHES = {  # name: (script, time limit in seconds, keys gathered into latest.json)
-    "decode": ("bench_decode.py", 240, ("decode_speedup_vs_lab", "cache_speedup_vs_lab")),
+    "decode": ("bench_decode.py", 240, ("decode_speedup_vs_lab", "cache_speedup_vs_lab",
+                                          "memory_cache_speedup_vs_fov_originals")),
     "prepare": ("bench_prepare.py", 120, ("prepare_images_per_s", "prepare_scaling_1_to_2")),
     "train": ("bench_train.py", 480, ("train_speedup_vs_lab_cpu", "train_speedup_vs_lab_cpu_default_threads")),
     "infer": ("bench_infer.py", 300, ("infer_speedup_vs_lab_cpu", "infer_speedup_vs_lab_cpu_default_threads")),

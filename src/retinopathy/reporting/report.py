@@ -26,8 +26,9 @@ from ..models.restore import display_name
 from . import figures
 from .html import ci_text, render_html, warning_text
 
+# Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "channels_last", "compile",
-           "stop_after", "split_file", "weights", "model", "pretrained"}  # never what tells two variants apart
+           "cache_images", "stop_after", "split_file", "weights", "model", "pretrained"}
 GRADES = range(5)
 
 
