@@ -36,8 +36,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
 
 # Issue 7: the recipe, the lab's recipe, the ablation and the recipe on two more splits and two more model
-# seeds, on ../shared/data/eyepacs-256: about 5.5 h on 2 CPU cores with native bf16 (measured: recipe 48 min,
-# lab 36 min, ablation 53 min, each split or seed about 48 min), about twice that without bf16 (AVX2 only;
+# seeds, on ../shared/data/eyepacs-256: about 6 h on 2 CPU cores with native bf16 (measured: recipe 51 min and
+# lab 47 min at 72 epochs, ablation 53 min; each split or seed trains the recipe), more without bf16 (AVX2 only;
 # eyepacs256-96px, the recipe at 96 px for such CPUs: 64 min there);
 # re-running resumes and skips finished runs.
 SHARED ?= $(or $(RETINOPATHY_SHARED_DATA),../shared/data)

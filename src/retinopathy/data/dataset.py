@@ -51,8 +51,8 @@ class FundusDataset(Dataset):
     def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,
                  preprocess: str = "lab", augment: str = "flips", train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
-                 check: bool = True, cache: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2, seed: int = 0,
-                 split_file: str | Path | None = None, **read_options):
+                 check: bool = True, cache: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 seed: int = 0, split_file: str | Path | None = None, **read_options):
         catalog = data if isinstance(data, Catalog) else load_catalog(
             data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_file=split_file,
             **read_options)
@@ -78,14 +78,13 @@ class FundusDataset(Dataset):
         self.samples: list[Sample] = samples
         self.preprocessing = Preprocessing(preprocess, image_size)
         self.train = split == "train" if train is None else train
-        self.transform = transform or build_transform(self.preprocessing, self.train, augment, uint8)
         self.cache = None
         if cache and transform is None:
-            fixed = v2.Compose(geometry(self.preprocessing))
-            size = self.preprocessing.size
+            fixed, size = v2.Compose(geometry(self.preprocessing)), self.preprocessing.size
             self.cache = np.stack([np.asarray(fixed(open_image(s.path, size))) for s in
                                    tqdm(samples, desc=f"caching {split}", unit="img", disable=None, leave=False)])
-            self.transform = v2.Compose(to_tensor(self.preprocessing, self.train, augment, uint8))
+            transform = v2.Compose(to_tensor(self.preprocessing, self.train, augment, uint8))
+        self.transform = transform or build_transform(self.preprocessing, self.train, augment, uint8)
 
     def __len__(self) -> int:
         return len(self.samples)
