@@ -32,6 +32,25 @@ def test_other_torchvision_models(arch, head_name):
     assert m(torch.randn(1, 3, 64, 64)).shape == (1, 5)
 
 
+def test_space_to_depth_sees_every_pixel_at_the_cost_of_half_the_size():
+    torch.manual_seed(0)
+    s2d, plain = Grader("resnet18", 5, space_to_depth=2).eval(), Grader("resnet18", 5).eval()
+    assert s2d.net.conv1.in_channels == 12 and s2d.net.conv1.stride == plain.net.conv1.stride
+    shapes = {}
+    for name, model, size in (("s2d", s2d, 64), ("plain", plain, 32)):
+        hook = model.net.layer1.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape))
+        x = torch.randn(2, 3, size, size)
+        assert model(x).shape == (2, 5)
+        hook.remove()
+    assert shapes["s2d"] == shapes["plain"]  # 64 px in, the feature maps of a 32 px input
+    x = torch.randn(1, 3, 64, 64)
+    y = x.clone()
+    y[0, :, 1, 1] += 1  # one pixel that a 2x downscaled input would blur away
+    assert not torch.allclose(s2d(x), s2d(y))
+    with pytest.raises(ValueError, match="space_to_depth"):
+        Grader("resnet18", 5, space_to_depth=0)
+
+
 def _loader(n=16, size=32):
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, size, size), generator=g, dtype=torch.uint8)
@@ -82,6 +101,17 @@ def test_pretrained_weights_load_through_the_torchvision_enum(torch_home):
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
     assert torch.equal(model.net.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
     assert model.net.fc[0].in_features == 512  # the head is new, not ImageNet's
+
+
+def test_pretrained_weights_adapt_to_space_to_depth(torch_home):
+    state, _ = _write_fake_weights(torch_home)
+    model, _ = build_model("resnet18", 5, pretrained=True, check_hash=False, space_to_depth=2)
+    assert torch.equal(model.net.layer1[0].conv1.weight, state["layer1.0.conv1.weight"])
+    half = torch.randn(1, 3, 16, 16)
+    blocky = half.repeat_interleave(2, 2).repeat_interleave(2, 3)  # each pixel a constant 2x2 block
+    ours = model.net.conv1(model.stem(blocky))
+    imagenet = nn.functional.conv2d(half, state["conv1.weight"], stride=2, padding=3)
+    assert torch.allclose(ours, imagenet, atol=1e-5)  # ImageNet's filters, on the half-size image
 
 
 def test_pretrained_weights_hash_is_checked(torch_home):

@@ -213,3 +213,12 @@ def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
                  "--split", "test", "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "0"]) == 0
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert float(r[-1]["test_accuracy"]) == pytest.approx(m["accuracy"], abs=1e-9)
+
+
+def test_space_to_depth_must_divide_the_image_size(capsys):
+    from retinopathy.training.config import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "3"])
+    assert "--space-to-depth 3" in capsys.readouterr().err
+    assert parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "2"]).space_to_depth == 2

@@ -4,6 +4,10 @@
 ``Linear(in_features, 50) -> ReLU -> Dropout(0.25) -> Linear(50, outputs)`` with both linear layers
 initialised normal(0, 0.01), bias 0. The head is the model's last ``nn.Linear`` (``fc`` for ResNets,
 ``classifier[-1]`` for EfficientNet/ConvNeXt, ``heads.head`` for ViT), so every torchvision classifier works.
+
+``space_to_depth=B`` puts ``PixelUnshuffle(B)`` before the backbone (TResNet's space-to-depth stem): a
+``S x S`` photograph enters as ``B*B*3`` channels of ``S/B x S/B``, so the network costs about what it costs at
+``S/B`` px while its first convolution (given ``B*B`` times the input channels) still sees every pixel.
 """
 from __future__ import annotations
 
@@ -21,6 +25,10 @@ def _last_linear(model: nn.Module) -> str:
     if not names:
         raise ValueError(f"{type(model).__name__} has no Linear layer to replace with a DR head")
     return names[-1]
+
+
+def _first_conv(model: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -50,12 +58,24 @@ class Grader(nn.Module):
     2nd-place Kaggle 2015 team combined the eyes.
     """
 
-    def __init__(self, arch: str, outputs: int, head: str = "linear", pair_eyes: bool = False):
+    def __init__(self, arch: str, outputs: int, head: str = "linear", pair_eyes: bool = False,
+                 space_to_depth: int = 1):
         super().__init__()
         if arch not in list_models():
             raise ValueError(f"unknown model {arch!r}; any torchvision classification model works, "
                              "e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
+        if space_to_depth < 1:
+            raise ValueError(f"space_to_depth must be 1 (off) or a block size of 2 or more, not {space_to_depth}")
         self.net = get_model(arch, weights=None)
+        self.stem = nn.PixelUnshuffle(space_to_depth) if space_to_depth > 1 else nn.Identity()
+        if space_to_depth > 1:
+            name = _first_conv(self.net)
+            conv = self.net.get_submodule(name)
+            if conv.groups != 1:
+                raise ValueError(f"{arch}: its first convolution is grouped; space_to_depth needs a plain one")
+            _set_module(self.net, name, nn.Conv2d(conv.in_channels * space_to_depth ** 2, conv.out_channels,
+                                                  conv.kernel_size, conv.stride, conv.padding,
+                                                  bias=conv.bias is not None))
         self.head_name = _last_linear(self.net)
         in_features = self.net.get_submodule(self.head_name).in_features
         new_head = make_head(head, in_features * (2 if pair_eyes else 1), outputs)
@@ -65,6 +85,7 @@ class Grader(nn.Module):
         else:
             _set_module(self.net, self.head_name, new_head)
         self.arch, self.outputs, self.head_kind, self.pair_eyes = arch, outputs, head, pair_eyes
+        self.space_to_depth = space_to_depth
 
     @property
     def head(self) -> nn.Module:
@@ -72,8 +93,8 @@ class Grader(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pair_eyes:
-            return self.pair_head(self.net(x.flatten(0, 1)).view(x.shape[0], -1))
-        return self.net(x)
+            return self.pair_head(self.net(self.stem(x.flatten(0, 1))).view(x.shape[0], -1))
+        return self.net(self.stem(x))
 
     def backbone_modules(self):
         """Every submodule outside the head (BatchNorm layers among them)."""
@@ -81,10 +102,17 @@ class Grader(nn.Module):
         return [m for m in self.net.modules() if m not in head and m is not self.net]
 
     def load_backbone(self, state: dict) -> list[str]:
-        """Load ImageNet weights into everything but the head; returns the keys left out."""
+        """Load ImageNet weights into everything but the head; returns the keys left out.
+
+        With ``space_to_depth`` the first convolution's weights are repeated over each channel's ``B*B``
+        sub-pixels and divided by ``B*B`` (as timm adapts a first convolution to more input channels)."""
         prefix = self.head_name + "."
         own = self.net.state_dict()
         kept = {k: v for k, v in state.items() if not k.startswith(prefix) and k in own}
+        first = _first_conv(self.net) + ".weight"
+        if self.space_to_depth > 1 and first in kept:
+            blocks = self.space_to_depth ** 2
+            kept[first] = kept[first].repeat_interleave(blocks, dim=1) / blocks
         missing = [k for k in own if not k.startswith(prefix) and k not in kept]
         if missing:
             raise ValueError(f"the weights do not fit {self.arch}: {len(missing)} backbone tensors missing, "
@@ -98,9 +126,10 @@ class Grader(nn.Module):
 
 def build_model(arch: str = "resnet18", outputs: int = 5, head: str = "linear", pretrained: bool = False,
                 weights_tag: str = "IMAGENET1K_V1", weights_file: str | None = None,
-                check_hash: bool = True, pair_eyes: bool = False) -> tuple[Grader, str]:
+                check_hash: bool = True, pair_eyes: bool = False,
+                space_to_depth: int = 1) -> tuple[Grader, str]:
     """Return (model, weights origin). ``pretrained`` loads ImageNet weights for the backbone."""
-    model = Grader(arch, outputs, head, pair_eyes)
+    model = Grader(arch, outputs, head, pair_eyes, space_to_depth)
     origin = "random initialisation (no pretraining)"
     if pretrained or weights_file:
         state, origin = load_pretrained_state(arch, weights_tag, weights_file, check_hash)

@@ -28,7 +28,8 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
     if info.get("num_classes", NUM_GRADES) != NUM_GRADES:
         raise CheckpointError(f"{where}: trained for {info['num_classes']} classes; retinopathy grades 5 (0-4)")
     try:
-        model = Grader(info["arch"], info["num_outputs"], info["head"], info.get("pair_eyes", False))
+        model = Grader(info["arch"], info["num_outputs"], info["head"], info.get("pair_eyes", False),
+                       info.get("space_to_depth", 1))
         model.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else ckpt["model"])
     except KeyError as e:
         raise CheckpointError(f"{where}: incomplete model information ({e} missing)") from None

@@ -51,6 +51,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "highest kappa with accuracy above always answering the most common grade")
     g.add_argument("--pair-eyes", action="store_true",
                    help="the head also sees the other eye of the same patient (features concatenated)")
+    g.add_argument("--space-to-depth", type=int, default=1, metavar="B",
+                   help="feed each BxB block of pixels as B*B*3 channels (TResNet's stem): the network costs "
+                        "about what it costs at image-size/B px but sees every pixel (default 1: off)")
     add_blend_argument(g, 0.0)
 
     g = p.add_argument_group("schedule and optimisation")
@@ -140,6 +143,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--freeze-epochs must be between 0 and --epochs")
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
+    if args.space_to_depth < 1 or args.image_size % args.space_to_depth:
+        parser.error(f"--space-to-depth {args.space_to_depth}: needs a block size of 1 or more that divides "
+                     f"--image-size {args.image_size}")
     try:
         args.blend_eyes = blend_weight(args.blend_eyes)  # a config file's value skips argparse's check
     except argparse.ArgumentTypeError as e:
