@@ -221,4 +221,5 @@ def test_space_to_depth_must_divide_the_image_size(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "3"])
     assert "--space-to-depth 3" in capsys.readouterr().err
-    assert parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "2"]).space_to_depth == 2
+    args = parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "2"])
+    assert args.space_to_depth == 2

@@ -67,8 +67,9 @@ class Grader(nn.Module):
         if space_to_depth < 1:
             raise ValueError(f"space_to_depth must be 1 (off) or a block size of 2 or more, not {space_to_depth}")
         self.net = get_model(arch, weights=None)
-        self.stem = nn.PixelUnshuffle(space_to_depth) if space_to_depth > 1 else nn.Identity()
+        self.stem = nn.Identity()
         if space_to_depth > 1:
+            self.stem = nn.PixelUnshuffle(space_to_depth)
             name = _first_conv(self.net)
             conv = self.net.get_submodule(name)
             if conv.groups != 1:
