@@ -43,6 +43,21 @@ def test_objective_outputs(name):
     assert set(obj.predict(out.detach()).tolist()) <= set(range(5))
 
 
+def test_decision_argmax_or_expected_grade_cut_at_thresholds():
+    probs = torch.tensor([[0.4, 0.0, 0.0, 0.0, 0.6], [0.1, 0.5, 0.4, 0.0, 0.0]])
+    logits = probs.clamp_min(1e-6).log()
+    argmax, cut = make_objective("classification"), make_objective("classification", decision="thresholds")
+    assert argmax.decision == "argmax" and make_objective("ordinal").decision == "thresholds"
+    assert argmax.predict(logits).tolist() == [4, 1]
+    assert cut.score(logits).tolist() == pytest.approx([2.4, 1.3], abs=1e-4)  # the expected grade
+    assert cut.predict(logits).tolist() == [2, 1]
+    cut.thresholds = [0.5, 1.2, 2.5, 3.5]
+    assert cut.predict(logits).tolist() == [2, 2]
+    assert make_objective("ordinal", decision="argmax").grades_of(probs, torch.tensor([2.4, 1.3])).tolist() == [4, 1]
+    with pytest.raises(ValueError, match="decision"):
+        make_objective("classification", decision="mean")
+
+
 def test_class_weights_favour_rare_grades():
     for kind in ("inverse", "effective"):
         w = class_weights([700, 70, 150, 25, 20], kind)
@@ -119,7 +134,8 @@ def test_blend_eyes_mixes_each_eye_with_its_partner_only():
 
 @pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority",
                                                              "--blend-eyes", "0.4"]),
-                                             ("ordinal", ["--pair-eyes", "--space-to-depth", "2"])])
+                                             ("ordinal", ["--pair-eyes", "--space-to-depth", "2"]),
+                                             ("classification", ["--decision", "thresholds"])])
 def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monkeypatch, objective, extra):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
@@ -127,6 +143,7 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
                  "--out", str(run), "--quiet"]) == 0
     model, obj, _, ckpt = restore(run / "checkpoints" / "best.pt")
     assert obj.name == objective and obj.thresholds == ckpt["model_info"]["thresholds"]
+    assert obj.decision == ckpt["model_info"]["decision"] == "thresholds"
     assert obj.thresholds == sorted(obj.thresholds)
     assert model.pair_eyes == ("--pair-eyes" in extra)
     assert model.space_to_depth == (2 if "--space-to-depth" in extra else 1)

@@ -201,7 +201,8 @@ def main(args) -> dict:
                 "output": {"name": "logits", "shape": ["batch", objective.outputs],
                            "meaning": "raw model outputs; see objective"},
                 "preprocessing": prep.to_dict(), "objective": objective.name,
-                "thresholds": list(objective.thresholds), "class_names": list(info.get("class_names", [])),
+                "decision": objective.decision, "thresholds": list(objective.thresholds),
+                "class_names": list(info.get("class_names", [])),
                 "blend_eyes": {"weight": info.get("blend_eyes", 0.0),
                                "meaning": "before the thresholds, each eye's score (and probabilities) = "
                                           "(1 - weight) * its own + weight * the same patient's other eye's"},

@@ -6,6 +6,10 @@
                     assignment ``softmax(-(y - k)^2)`` over grades k: a documented stand-in for reports.
 ``ordinal``         4 cumulative logits P(grade > k) (CORAL-style, binary cross-entropy on each);
                     probabilities are differences of the cumulative ones.
+
+Any objective grades by ``decision``: ``argmax`` (the most probable grade; classification's default) or
+``thresholds`` (the score cut at thresholds tuned on validation; the others' default). Classification's score is
+the expected grade, so ``thresholds`` turns its probabilities into grades the way regression does.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ NUM_GRADES = 5
 OBJECTIVES = ("classification", "regression", "ordinal")
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 THRESHOLD_RULES = ("kappa", "kappa-above-majority")
+DECISIONS = ("argmax", "thresholds")
 
 
 class Objective:
@@ -24,10 +29,13 @@ class Objective:
     outputs = NUM_GRADES
 
     def __init__(self, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
-                 thresholds=DEFAULT_THRESHOLDS):
+                 thresholds=DEFAULT_THRESHOLDS, decision: str | None = None):
+        if decision not in (None, *DECISIONS):
+            raise ValueError(f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}")
         self.class_weights = class_weights
         self.label_smoothing = label_smoothing
         self.thresholds = [float(t) for t in thresholds]
+        self.decision = decision or ("argmax" if self.name == "classification" else "thresholds")
 
     def _weights(self, out: torch.Tensor):
         return None if self.class_weights is None else self.class_weights.to(out.device, torch.float32)
@@ -47,8 +55,8 @@ class Objective:
 
     def grades_of(self, probs, scores):
         """Grades from probabilities and scores (one output's, or averaged or blended ones): the most probable
-        grade (classification) or the score cut at the thresholds (regression, ordinal)."""
-        if self.name == "classification":
+        grade (``decision="argmax"``) or the score cut at the thresholds (``"thresholds"``)."""
+        if self.decision == "argmax":
             return probs.argmax(1)
         if isinstance(scores, torch.Tensor):
             return torch.bucketize(scores, torch.tensor(self.thresholds, device=scores.device), right=True)

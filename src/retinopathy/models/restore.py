@@ -38,6 +38,6 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
         raise CheckpointError(f"{where}: its weights do not fit {info['arch']} with a {info['head']} head and "
                               f"{info['num_outputs']} outputs ({first})") from None
     objective = make_objective(info.get("objective", "classification"),
-                               thresholds=info.get("thresholds", (0.5, 1.5, 2.5, 3.5)))
+                               thresholds=info.get("thresholds", (0.5, 1.5, 2.5, 3.5)), decision=info.get("decision"))
     model.eval()
     return model, objective, Preprocessing.from_dict(info["preprocessing"]), ckpt

@@ -77,7 +77,8 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              f"with a `{info.get('head', '?')}` head, {info.get('num_outputs', '?')} output(s), "
              f"objective `{info.get('objective', '?')}`"
              + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')})"
-                if info.get("objective") != "classification" else "")
+                if info.get("decision", "argmax" if info.get("objective") == "classification" else "thresholds")
+                == "thresholds" else "")
              + ("; grades both eyes of a patient together (features concatenated)" if info.get("pair_eyes")
                 else "")
              + (f"; space-to-depth stem: each {info['space_to_depth']}x{info['space_to_depth']} block of pixels enters "

@@ -14,7 +14,7 @@ import yaml
 from ..cli.common import add_blend_argument, add_data_arguments, blend_weight
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS
-from ..models.objectives import OBJECTIVES, THRESHOLD_RULES
+from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
 
 PRESETS: dict[str, dict] = {
     # The course lab's recipe: SGD 1e-3, momentum 0.9, wd 5e-4, CE, 20 epochs of which 5 frozen,
@@ -46,8 +46,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--head", choices=HEADS, default="linear", help="'lab': fc->50->ReLU->Dropout(0.25)->5")
     g.add_argument("--objective", choices=OBJECTIVES, default="classification",
                    help="classification (CE), regression (smooth L1 + thresholds tuned for kappa), ordinal (CORAL)")
+    g.add_argument("--decision", choices=DECISIONS, default=None,
+                   help="how outputs become grades: the most probable grade (classification's default) or the "
+                        "score (expected grade for classification) cut at thresholds tuned on the selection split "
+                        "(regression's and ordinal's default)")
     g.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="kappa",
-                   help="how regression/ordinal thresholds are tuned on the selection split: highest kappa, or "
+                   help="how thresholds are tuned on the selection split: highest kappa, or "
                         "highest kappa with accuracy above always answering the most common grade")
     g.add_argument("--pair-eyes", action="store_true",
                    help="the head also sees the other eye of the same patient (features concatenated)")

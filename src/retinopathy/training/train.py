@@ -205,7 +205,7 @@ def main(args) -> dict:
     # ---- model -----------------------------------------------------------------------------------------
     counts = train_set.class_counts()
     objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
-                               label_smoothing=args.label_smoothing)
+                               label_smoothing=args.label_smoothing, decision=args.decision)
     if args.objective != "classification" and args.label_smoothing:
         raise SystemExit("error: --label-smoothing applies to the classification objective only")
     model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
@@ -243,10 +243,10 @@ def main(args) -> dict:
                     for sp, ds in eval_sets.items()}
 
     model_info = {"arch": args.model, "head": args.head, "objective": args.objective,
-                  "num_outputs": objective.outputs, "num_classes": 5, "class_names": GRADE_NAMES,
-                  "preprocessing": train_set.preprocessing.to_dict(), "weights_origin": origin,
-                  "thresholds": objective.thresholds, "head_name": grader.head_name, "pair_eyes": args.pair_eyes,
-                  "space_to_depth": args.space_to_depth,
+                  "decision": objective.decision, "num_outputs": objective.outputs, "num_classes": 5,
+                  "class_names": GRADE_NAMES, "preprocessing": train_set.preprocessing.to_dict(),
+                  "weights_origin": origin, "thresholds": objective.thresholds, "head_name": grader.head_name,
+                  "pair_eyes": args.pair_eyes, "space_to_depth": args.space_to_depth,
                   "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
@@ -326,7 +326,7 @@ def main(args) -> dict:
             for sp, r in results.items():
                 r["probs"], r["scores"], r["preds"] = objective.blended(
                     r["probs"], r["scores"], [s.patient for s in eval_sets[sp].samples], args.blend_eyes)
-        if args.objective != "classification":  # thresholds tuned on the selection split
+        if objective.decision == "thresholds":  # tuned on the selection split
             sel = results[select_on]
             objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule)
             model_info["thresholds"] = objective.thresholds
@@ -341,7 +341,7 @@ def main(args) -> dict:
                         **{f"{sp}_recall_{g}": m["recall"][g] for g in GRADES}})
         row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"] * dist.world_size)
         value = row[f"{select_on}_{args.select_metric}"]
-        eligible = (args.objective == "classification" or args.threshold_rule == "kappa"
+        eligible = (objective.decision == "argmax" or args.threshold_rule == "kappa"
                     or row[f"{select_on}_accuracy"] > majority_rate(results[select_on]["labels"]))
         improved = outranks(value, eligible, best)
         if improved:
