@@ -24,6 +24,11 @@ THRESHOLD_RULES = ("kappa", "kappa-above-majority")
 DECISIONS = ("argmax", "thresholds")
 
 
+def default_decision(objective: str) -> str:
+    """``argmax`` for classification, ``thresholds`` for regression and ordinal (and checkpoints without one)."""
+    return "argmax" if objective == "classification" else "thresholds"
+
+
 class Objective:
     name = "classification"
     outputs = NUM_GRADES
@@ -35,7 +40,7 @@ class Objective:
         self.class_weights = class_weights
         self.label_smoothing = label_smoothing
         self.thresholds = [float(t) for t in thresholds]
-        self.decision = decision or ("argmax" if self.name == "classification" else "thresholds")
+        self.decision = decision or default_decision(self.name)
 
     def _weights(self, out: torch.Tensor):
         return None if self.class_weights is None else self.class_weights.to(out.device, torch.float32)

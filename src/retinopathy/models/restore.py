@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..data.transforms import Preprocessing
 from ..training.checkpoint import CheckpointError, load_checkpoint
 from .factory import Grader
-from .objectives import NUM_GRADES, Objective, make_objective
+from .objectives import DEFAULT_THRESHOLDS, NUM_GRADES, Objective, make_objective
 
 DISPLAY = {"resnet": "ResNet", "efficientnet_": "EfficientNet-", "convnext_": "ConvNeXt-", "vit_": "ViT-"}
 
@@ -38,6 +38,6 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
         raise CheckpointError(f"{where}: its weights do not fit {info['arch']} with a {info['head']} head and "
                               f"{info['num_outputs']} outputs ({first})") from None
     objective = make_objective(info.get("objective", "classification"),
-                               thresholds=info.get("thresholds", (0.5, 1.5, 2.5, 3.5)), decision=info.get("decision"))
+                               thresholds=info.get("thresholds", DEFAULT_THRESHOLDS), decision=info.get("decision"))
     model.eval()
     return model, objective, Preprocessing.from_dict(info["preprocessing"]), ckpt

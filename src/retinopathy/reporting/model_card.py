@@ -20,6 +20,7 @@ import yaml
 
 from .. import __version__
 from ..evaluation.metrics import GRADES
+from ..models.objectives import default_decision
 from ..models.restore import display_name
 from ..training.checkpoint import load_checkpoint
 
@@ -77,8 +78,7 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              f"with a `{info.get('head', '?')}` head, {info.get('num_outputs', '?')} output(s), "
              f"objective `{info.get('objective', '?')}`"
              + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')})"
-                if info.get("decision", "argmax" if info.get("objective") == "classification" else "thresholds")
-                == "thresholds" else "")
+                if info.get("decision", default_decision(info.get("objective"))) == "thresholds" else "")
              + ("; grades both eyes of a patient together (features concatenated)" if info.get("pair_eyes")
                 else "")
              + (f"; space-to-depth stem: each {info['space_to_depth']}x{info['space_to_depth']} block of pixels enters "
