@@ -20,7 +20,7 @@ LAB_STD = (0.2526, 0.1780, 0.1291)
 GRAHAM_MEAN = (0.5, 0.5, 0.5)
 GRAHAM_STD = (0.1, 0.1, 0.1)
 PREPROCESS = ("lab", "fov", "graham")
-AUGMENT = ("none", "flips", "fundus", "fundus-strong")
+AUGMENT = ("none", "flips", "fundus")
 
 
 @dataclass
@@ -70,9 +70,6 @@ def augmentation(name: str) -> list:
     if name == "fundus":
         return [v2.RandomAffine(degrees=180, translate=(0.05, 0.05), scale=(0.9, 1.1)),
                 v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1), *flips]
-    if name == "fundus-strong":  # o_O's ranges (Kaggle 2015, 2nd place): zoom 1/1.15-1.15, shifts ~8 %
-        return [v2.RandomAffine(degrees=180, translate=(0.08, 0.08), scale=(0.87, 1.15)),
-                v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.2), *flips]
     raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENT)}")
 
 
