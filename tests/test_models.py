@@ -11,6 +11,7 @@ from torchvision.models import resnet18
 
 from retinopathy.data import Normalize
 from retinopathy.models import Grader, WeightsError, build_model, make_objective
+from retinopathy.models.factory import GlobalPool
 from retinopathy.training.engine import freeze_backbone, train_one_epoch
 
 
@@ -49,6 +50,37 @@ def test_space_to_depth_sees_every_pixel_at_the_cost_of_half_the_size():
     assert not torch.allclose(s2d(x), s2d(y))
     with pytest.raises(ValueError, match="space_to_depth"):
         Grader("resnet18", 5, space_to_depth=0)
+
+
+def test_global_pooling_lies_between_average_and_max():
+    x = torch.rand(2, 8, 4, 4, requires_grad=True)
+    avg, mx = x.mean((2, 3), keepdim=True), x.amax((2, 3), keepdim=True)
+    assert torch.allclose(GlobalPool("avg")(x), avg) and torch.equal(GlobalPool("max")(x), mx)
+    assert torch.allclose(GlobalPool("avgmax")(x), (avg + mx) / 2)
+    gem = GlobalPool("gem")
+    out = gem(x)
+    assert (out > avg).all() and (out < mx).all()  # p = 3: above the mean, below the max
+    out.sum().backward()
+    assert gem.p.grad is not None and gem.p.grad != 0  # the exponent is learnt
+    with torch.no_grad():
+        gem.p.fill_(1.0)
+        assert torch.allclose(gem(x), avg, atol=1e-6)
+        gem.p.fill_(60.0)
+        assert torch.allclose(gem(x), mx, rtol=0.05)
+    one_spot = torch.zeros(1, 1, 4, 4)
+    one_spot[0, 0, 1, 2] = 1.0  # a single lesion-like activation: the average dilutes it 16-fold
+    assert GlobalPool("gem")(one_spot).item() > 5 * GlobalPool("avg")(one_spot).item()
+    with pytest.raises(ValueError, match="global pooling"):
+        GlobalPool("median")
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
+def test_grader_swaps_its_global_pooling(arch):
+    model = Grader(arch, 5, global_pool="gem")
+    assert isinstance(model.net.avgpool, GlobalPool)  # the global one (EfficientNet's SE blocks keep theirs)
+    assert sum(isinstance(m, GlobalPool) for m in model.modules()) == 1
+    assert model(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    assert not any(isinstance(m, GlobalPool) for m in Grader(arch, 5).modules())
 
 
 def _loader(n=16, size=32):
@@ -112,6 +144,13 @@ def test_pretrained_weights_adapt_to_space_to_depth(torch_home):
     ours = model.net.conv1(model.stem(blocky))
     imagenet = nn.functional.conv2d(half, state["conv1.weight"], stride=2, padding=3)
     assert torch.allclose(ours, imagenet, atol=1e-5)  # ImageNet's filters, on the half-size image
+
+
+def test_pretrained_weights_load_around_a_gem_pooling(torch_home):
+    state, _ = _write_fake_weights(torch_home)
+    model, _ = build_model("resnet18", 5, pretrained=True, check_hash=False, global_pool="gem")
+    assert torch.equal(model.net.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert model.net.avgpool.p.item() == 3.0  # its own initial exponent: ImageNet has none
 
 
 def test_pretrained_weights_hash_is_checked(torch_home):

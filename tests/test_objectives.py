@@ -135,7 +135,8 @@ def test_blend_eyes_mixes_each_eye_with_its_partner_only():
 @pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority",
                                                              "--blend-eyes", "0.4"]),
                                              ("ordinal", ["--pair-eyes", "--space-to-depth", "2"]),
-                                             ("classification", ["--decision", "thresholds"])])
+                                             ("classification", ["--decision", "thresholds",
+                                                                 "--global-pool", "gem"])])
 def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monkeypatch, objective, extra):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
@@ -147,6 +148,7 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
     assert obj.thresholds == sorted(obj.thresholds)
     assert model.pair_eyes == ("--pair-eyes" in extra)
     assert model.space_to_depth == (2 if "--space-to-depth" in extra else 1)
+    assert model.global_pool == ("gem" if "--global-pool" in extra else "avg")
     rule = "kappa-above-majority" if "--threshold-rule" in extra else "kappa"
     assert f"(tuned for {rule})" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
     with open(run / "metrics.csv", newline="") as f:

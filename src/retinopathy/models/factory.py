@@ -8,16 +8,44 @@ initialised normal(0, 0.01), bias 0. The head is the model's last ``nn.Linear`` 
 ``space_to_depth=B`` puts ``PixelUnshuffle(B)`` before the backbone (TResNet's space-to-depth stem): a
 ``S x S`` photograph enters as ``B*B*3`` channels of ``S/B x S/B``, so the network costs about what it costs at
 ``S/B`` px while its first convolution (given ``B*B`` times the input channels) still sees every pixel.
+
+``global_pool`` replaces the model's global average pooling (its last ``AdaptiveAvgPool2d``), with timm's names:
+``"max"``, ``"avgmax"`` (the mean of both), or ``"gem"``, generalised-mean pooling with a learnt exponent
+(Radenovic et al. 2018; init 3): between average and max pooling, for small lesions that an average dilutes.
 """
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import get_model, list_models
 
 from .weights import load_pretrained_state
 
 HEADS = ("linear", "lab")
+POOLS = ("avg", "max", "avgmax", "gem")
+
+
+class GlobalPool(nn.Module):
+    """``(N, C, H, W) -> (N, C, 1, 1)`` by one of :data:`POOLS` (a drop-in for ``AdaptiveAvgPool2d(1)``)."""
+
+    def __init__(self, kind: str, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        if kind not in POOLS:
+            raise ValueError(f"unknown global pooling {kind!r}; choose one of {', '.join(POOLS)}")
+        self.kind, self.eps = kind, eps
+        self.p = nn.Parameter(torch.tensor(p)) if kind == "gem" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "gem":  # in float32: x ** p of bf16 features loses the small ones
+            return F.adaptive_avg_pool2d(x.float().clamp(min=self.eps).pow(self.p), 1).pow(1.0 / self.p).to(x.dtype)
+        if self.kind == "max":
+            return F.adaptive_max_pool2d(x, 1)
+        avg = F.adaptive_avg_pool2d(x, 1)
+        return avg if self.kind == "avg" else 0.5 * (avg + F.adaptive_max_pool2d(x, 1))
+
+    def extra_repr(self) -> str:
+        return self.kind
 
 
 def _last_linear(model: nn.Module) -> str:
@@ -59,7 +87,7 @@ class Grader(nn.Module):
     """
 
     def __init__(self, arch: str, outputs: int, head: str = "linear", pair_eyes: bool = False,
-                 space_to_depth: int = 1):
+                 space_to_depth: int = 1, global_pool: str = "avg"):
         super().__init__()
         if arch not in list_models():
             raise ValueError(f"unknown model {arch!r}; any torchvision classification model works, "
@@ -77,6 +105,11 @@ class Grader(nn.Module):
             _set_module(self.net, name, nn.Conv2d(conv.in_channels * space_to_depth ** 2, conv.out_channels,
                                                   conv.kernel_size, conv.stride, conv.padding,
                                                   bias=conv.bias is not None))
+        if global_pool != "avg":
+            pools = [n for n, m in self.net.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+            if not pools:
+                raise ValueError(f"{arch} has no global average pooling to replace with {global_pool!r}")
+            _set_module(self.net, pools[-1], GlobalPool(global_pool))
         self.head_name = _last_linear(self.net)
         in_features = self.net.get_submodule(self.head_name).in_features
         new_head = make_head(head, in_features * (2 if pair_eyes else 1), outputs)
@@ -86,7 +119,7 @@ class Grader(nn.Module):
         else:
             _set_module(self.net, self.head_name, new_head)
         self.arch, self.outputs, self.head_kind, self.pair_eyes = arch, outputs, head, pair_eyes
-        self.space_to_depth = space_to_depth
+        self.space_to_depth, self.global_pool = space_to_depth, global_pool
 
     @property
     def head(self) -> nn.Module:
@@ -114,7 +147,8 @@ class Grader(nn.Module):
         if self.space_to_depth > 1 and first in kept:
             blocks = self.space_to_depth ** 2
             kept[first] = kept[first].repeat_interleave(blocks, dim=1) / blocks
-        missing = [k for k in own if not k.startswith(prefix) and k not in kept]
+        pools = tuple(n + "." for n, m in self.net.named_modules() if isinstance(m, GlobalPool))  # GeM's own p
+        missing = [k for k in own if not k.startswith((prefix, *pools)) and k not in kept]
         if missing:
             raise ValueError(f"the weights do not fit {self.arch}: {len(missing)} backbone tensors missing, "
                              f"e.g. {missing[:3]}")
@@ -128,9 +162,9 @@ class Grader(nn.Module):
 def build_model(arch: str = "resnet18", outputs: int = 5, head: str = "linear", pretrained: bool = False,
                 weights_tag: str = "IMAGENET1K_V1", weights_file: str | None = None,
                 check_hash: bool = True, pair_eyes: bool = False,
-                space_to_depth: int = 1) -> tuple[Grader, str]:
+                space_to_depth: int = 1, global_pool: str = "avg") -> tuple[Grader, str]:
     """Return (model, weights origin). ``pretrained`` loads ImageNet weights for the backbone."""
-    model = Grader(arch, outputs, head, pair_eyes, space_to_depth)
+    model = Grader(arch, outputs, head, pair_eyes, space_to_depth, global_pool)
     origin = "random initialisation (no pretraining)"
     if pretrained or weights_file:
         state, origin = load_pretrained_state(arch, weights_tag, weights_file, check_hash)

@@ -29,7 +29,7 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
         raise CheckpointError(f"{where}: trained for {info['num_classes']} classes; retinopathy grades 5 (0-4)")
     try:
         model = Grader(info["arch"], info["num_outputs"], info["head"], info.get("pair_eyes", False),
-                       info.get("space_to_depth", 1))
+                       info.get("space_to_depth", 1), info.get("global_pool", "avg"))
         model.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else ckpt["model"])
     except KeyError as e:
         raise CheckpointError(f"{where}: incomplete model information ({e} missing)") from None

@@ -83,6 +83,7 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
                 else "")
              + (f"; space-to-depth stem: each {info['space_to_depth']}x{info['space_to_depth']} block of pixels enters "
                 "as channels" if info.get("space_to_depth", 1) > 1 else "")
+             + (f"; `{info['global_pool']}` global pooling" if info.get("global_pool", "avg") != "avg" else "")
              + (f"; each eye's score mixed with the patient's other eye's, weight {info['blend_eyes']} "
                 "(evaluate and predict do the same)" if info.get("blend_eyes") else ""),
              f"- Weights origin: {info.get('weights_origin', 'not recorded')}"

@@ -13,7 +13,7 @@ import yaml
 
 from ..cli.common import add_blend_argument, add_data_arguments, blend_weight
 from ..data.transforms import AUGMENT, PREPROCESS
-from ..models.factory import HEADS
+from ..models.factory import HEADS, POOLS
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
 
 PRESETS: dict[str, dict] = {
@@ -58,6 +58,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--space-to-depth", type=int, default=1, metavar="B",
                    help="feed each BxB block of pixels as B*B*3 channels (TResNet's stem): the network costs "
                         "about what it costs at image-size/B px but sees every pixel (default 1: off)")
+    g.add_argument("--global-pool", choices=POOLS, default="avg",
+                   help="the backbone's global pooling (timm's names): avg, max, avgmax (their mean), or gem "
+                        "(generalised mean, learnt exponent; between avg and max)")
     add_blend_argument(g, 0.0)
 
     g = p.add_argument_group("schedule and optimisation")

@@ -210,7 +210,7 @@ def main(args) -> dict:
         raise SystemExit("error: --label-smoothing applies to the classification objective only")
     model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
                                 args.weights_tag, None if ckpt else args.weights, args.check_weights_hash,
-                                args.pair_eyes, args.space_to_depth)
+                                args.pair_eyes, args.space_to_depth, args.global_pool)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         origin = ckpt["model_info"]["weights_origin"]
@@ -247,6 +247,7 @@ def main(args) -> dict:
                   "class_names": GRADE_NAMES, "preprocessing": train_set.preprocessing.to_dict(),
                   "weights_origin": origin, "thresholds": objective.thresholds, "head_name": grader.head_name,
                   "pair_eyes": args.pair_eyes, "space_to_depth": args.space_to_depth,
+                  "global_pool": args.global_pool,
                   "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
