@@ -37,19 +37,23 @@ class FlipAverage(torch.nn.Module):
         return torch.stack([self.model(x.flip(d) if d else x) for d in FLIPS]).mean(0)
 
 
-def val_scores(run: Path, data: str, tta: bool, workers: int) -> tuple[np.ndarray, np.ndarray, list[str], dict]:
-    """The val scores (no blending) of the run's best.pt, the labels, the patients and the run's config."""
+def val_scores(run: Path, data: str, tta: bool, workers: int,
+               split: str = "val") -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """The val (or another split's, unaugmented) scores (no blending) of the run's best.pt, the labels, the
+    patients and the run's config."""
     model, objective, prep, ckpt = restore(run / "checkpoints" / "best.pt")
     if objective.name == "classification":
         raise SystemExit(f"{run}: a run with thresholds is needed (regression or ordinal; this one is classification)")
-    dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), "val", image_size=prep.size,
-                            preprocess=prep.preset, uint8=True)
+    dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, image_size=prep.size,
+                            preprocess=prep.preset, uint8=True, train=False)
     res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)
     return res["scores"], res["labels"], [s.patient for s in dataset.samples], ckpt["config"]
 
 
-def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, margin: float = 0.0) -> dict:
-    """Thresholds tuned on one half of the patients, measured on the other (both ways, ``repeats`` halvings)."""
+def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, margin: float = 0.0,
+           extra=None, extra_only: bool = False) -> dict:
+    """Thresholds tuned on one half of the patients, measured on the other (both ways, ``repeats`` halvings);
+    ``extra``: (scores, labels) tuned on together with each half (the training images), or alone."""
     patients = np.asarray(patients)
     unique = np.unique(patients)
     rng = np.random.default_rng(seed)
@@ -57,7 +61,10 @@ def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, mar
     for _ in range(repeats):
         first = np.isin(patients, rng.permutation(unique)[: len(unique) // 2])
         for tune, test in ((first, ~first), (~first, first)):
-            pred = np.digitize(scores[test], tune_thresholds(scores[tune], labels[tune], rule, margin))
+            s, y = scores[tune], labels[tune]
+            if extra is not None:
+                s, y = extra if extra_only else (np.concatenate([extra[0], s]), np.concatenate([extra[1], y]))
+            pred = np.digitize(scores[test], tune_thresholds(s, y, rule, margin))
             kappa.append(cohen_kappa_score(labels[test], pred, weights="quadratic"))
             gain.append(float((pred == labels[test]).mean()) - majority_rate(labels[test]))
     return {"kappa": float(np.mean(kappa)), "accuracy_minus_majority": float(np.mean(gain)),

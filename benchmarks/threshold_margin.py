@@ -5,7 +5,9 @@
 For each run folder (a regression or ordinal run; ``split.csv`` and ``checkpoints/best.pt``): the val scores,
 mixed with the other eye's as the run does (its ``blend_eyes``), then for the rule ``kappa`` and for
 ``kappa-above-majority`` with each margin: thresholds tuned on half of the val patients and applied to the
-other half, both ways (``eye_blending.halves``). Test images are never read.
+other half, both ways (``eye_blending.halves``). ``--tune-on train+val`` adds the unaugmented training images'
+scores to each tuning half (``--threshold-data train+selection``); ``train`` tunes on them alone (the half is
+only measured). Test images are never read.
 """
 from __future__ import annotations
 
@@ -19,19 +21,26 @@ from retinopathy.models.objectives import blend_eyes
 def main(argv=None) -> dict:
     p = val_parser(__doc__, 100, "benchmarks/results/threshold_margin.json")
     p.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.03, 0.05])
+    p.add_argument("--tune-on", nargs="+", choices=("val", "train+val", "train"), default=["val"],
+                   help="what thresholds are tuned on besides (or, for train, instead of) a half of val")
     args = p.parse_args(argv)
     results = []
-    print("run | rule | margin | half-val kappa | accuracy - majority | halves above majority")
+    print("run | tuned on | rule | margin | half-val kappa | accuracy - majority | halves above majority")
     for run in args.runs:
         scores, labels, patients, config = val_scores(run, args.data, False, args.workers)
         weight = float(config.get("blend_eyes", 0.0))
         mixed = blend_eyes(scores, patients, weight)
-        for rule, margin in [("kappa", 0.0)] + [("kappa-above-majority", m) for m in args.margins]:
-            row = {"run": str(run), "blend_eyes": weight, "rule": rule, "margin": margin,
-                   **halves(mixed, labels, patients, rule, args.repeats, margin=margin)}
-            results.append(row)
-            print(f"{run} | {rule} | {margin} | {row['kappa']:.3f} | {row['accuracy_minus_majority']:+.4f} | "
-                  f"{row['share_above_majority']:.2f}", flush=True)
+        if set(args.tune_on) - {"val"}:
+            train, train_labels, train_patients, _ = val_scores(run, args.data, False, args.workers, "train")
+            train = (blend_eyes(train, train_patients, weight), train_labels)
+        for source in args.tune_on:
+            for rule, margin in [("kappa", 0.0)] + [("kappa-above-majority", m) for m in args.margins]:
+                row = {"run": str(run), "tuned_on": source, "blend_eyes": weight, "rule": rule, "margin": margin,
+                       **halves(mixed, labels, patients, rule, args.repeats, margin=margin,
+                                extra=None if source == "val" else train, extra_only=source == "train")}
+                results.append(row)
+                print(f"{run} | {source} | {rule} | {margin} | {row['kappa']:.3f} | "
+                      f"{row['accuracy_minus_majority']:+.4f} | {row['share_above_majority']:.2f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     return {"results": results}

@@ -15,6 +15,7 @@ from retinopathy.cli.main import main
 from retinopathy.data import FundusDataset
 from retinopathy.data.dataset import PairedEyes
 from retinopathy.data.formats import patient_of
+from retinopathy.evaluation.evaluate import predict_dataset
 from retinopathy.evaluation.metrics import bootstrap_ci, quadratic_kappa
 from retinopathy.models import Grader, make_objective
 from retinopathy.models.objectives import (
@@ -25,6 +26,7 @@ from retinopathy.models.objectives import (
     tune_thresholds,
 )
 from retinopathy.models.restore import restore
+from retinopathy.training.config import parse_args
 from retinopathy.training.train import outranks
 
 from .test_formats import make_kaggle
@@ -150,7 +152,7 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
     assert model.space_to_depth == (2 if "--space-to-depth" in extra else 1)
     assert model.global_pool == ("gem" if "--global-pool" in extra else "avg")
     rule = "kappa-above-majority" if "--threshold-rule" in extra else "kappa"
-    assert f"(tuned for {rule})" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert f"(tuned for {rule} on val)" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
     with open(run / "metrics.csv", newline="") as f:
         row = list(csv.DictReader(f))[ckpt["best"]["epoch"]]
     split = ckpt["best"]["split"]
@@ -216,6 +218,34 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
         expected = bench.halves(blend_eyes(scores, patients, 0.4), labels, patients, "kappa-above-majority", 2,
                                 margin=0.02)
         assert {k: rows[2][k] for k in expected} == pytest.approx(expected, abs=1e-9)
+
+
+def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
+                 "--workers", "0", "--epochs", "2", "--freeze-epochs", "0", "--objective", "ordinal", "--amp", "none",
+                 "--threshold-rule", "kappa-above-majority", "--threshold-margin", "0.02", "--blend-eyes", "0.4",
+                 "--threshold-data", "train+selection", "--out", str(run), "--quiet"]) == 0
+    model, obj, prep, ckpt = restore(run / "checkpoints" / "best.pt")
+    info = ckpt["model_info"]
+    assert info["threshold_data"] == "train+val" and info["threshold_margin"] == 0.02
+    scores, labels = {}, {}
+    for split in ("train", "val"):  # the selected checkpoint on the unaugmented training images and on val
+        ds = FundusDataset(synth_small, split, image_size=prep.size, preprocess=prep.preset, uint8=True, train=False,
+                           split_file=run / "split.csv")
+        r = predict_dataset(model, obj, ds, batch_size=16, workers=0, amp="none", progress=False)
+        scores[split], labels[split] = blend_eyes(r["scores"], [x.patient for x in ds.samples], 0.4), r["labels"]
+    both = tune_thresholds(np.concatenate(list(scores.values())), np.concatenate(list(labels.values())),
+                           "kappa-above-majority", 0.02)
+    assert obj.thresholds == pytest.approx(both)
+    assert both != pytest.approx(tune_thresholds(scores["val"], labels["val"], "kappa-above-majority", 0.02))
+    assert "on train+val, accuracy margin 0.02)" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+
+
+def test_threshold_margin_must_be_a_fraction(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", "runs/x", "--threshold-margin", "2"])
+    assert "--threshold-margin 2" in capsys.readouterr().err
 
 
 def _load_benchmark(name: str):

@@ -77,7 +77,9 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              f"- Architecture: {display_name(info.get('arch', '?'))} (torchvision `{info.get('arch', '?')}`) "
              f"with a `{info.get('head', '?')}` head, {info.get('num_outputs', '?')} output(s), "
              f"objective `{info.get('objective', '?')}`"
-             + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')})"
+             + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')}"
+                + (f" on {info['threshold_data']}" if info.get("threshold_data") else "")
+                + (f", accuracy margin {info['threshold_margin']}" if info.get("threshold_margin") else "") + ")"
                 if info.get("decision", default_decision(info.get("objective"))) == "thresholds" else "")
              + ("; grades both eyes of a patient together (features concatenated)" if info.get("pair_eyes")
                 else "")

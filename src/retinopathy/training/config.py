@@ -16,6 +16,8 @@ from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS, POOLS
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
 
+THRESHOLD_DATA = ("selection", "train+selection")
+
 PRESETS: dict[str, dict] = {
     # The course lab's recipe: SGD 1e-3, momentum 0.9, wd 5e-4, CE, 20 epochs of which 5 frozen,
     # batch 12 (ResNet18) / 6 (ResNet50), 512 px, Resize+CenterCrop+flips, lab head, selection on test.
@@ -53,6 +55,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--threshold-rule", choices=THRESHOLD_RULES, default="kappa",
                    help="how thresholds are tuned on the selection split: highest kappa, or "
                         "highest kappa with accuracy above always answering the most common grade")
+    g.add_argument("--threshold-margin", type=float, default=0.0, metavar="M",
+                   help="with kappa-above-majority: the accuracy must beat the most common grade's share by M "
+                        "(on the images the shipped thresholds are tuned on)")
+    g.add_argument("--threshold-data", choices=THRESHOLD_DATA, default="selection",
+                   help="what the shipped thresholds are tuned on: the selection split (each epoch), or, once "
+                        "training ends, the selected checkpoint's outputs on the unaugmented training images "
+                        "and the selection split together (7 times the images for val; epochs are still "
+                        "selected with thresholds tuned on the selection split)")
     g.add_argument("--pair-eyes", action="store_true",
                    help="the head also sees the other eye of the same patient (features concatenated)")
     g.add_argument("--space-to-depth", type=int, default=1, metavar="B",
@@ -150,6 +160,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--freeze-epochs must be between 0 and --epochs")
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
+    if not 0 <= args.threshold_margin < 1:
+        parser.error(f"--threshold-margin {args.threshold_margin}: an accuracy margin between 0 and 1")
     if args.space_to_depth < 1 or args.image_size % args.space_to_depth:
         parser.error(f"--space-to-depth {args.space_to_depth}: needs a block size of 1 or more that divides "
                      f"--image-size {args.image_size}")

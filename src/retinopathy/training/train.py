@@ -247,7 +247,7 @@ def main(args) -> dict:
                   "class_names": GRADE_NAMES, "preprocessing": train_set.preprocessing.to_dict(),
                   "weights_origin": origin, "thresholds": objective.thresholds, "head_name": grader.head_name,
                   "pair_eyes": args.pair_eyes, "space_to_depth": args.space_to_depth,
-                  "global_pool": args.global_pool,
+                  "global_pool": args.global_pool, "threshold_data": select_on, "threshold_margin": args.threshold_margin,
                   "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
@@ -287,6 +287,7 @@ def main(args) -> dict:
                   "fast as on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
 
     current_phase = None
+    margin = args.threshold_margin if args.threshold_data == "selection" else 0.0  # per epoch
     ran = 0
     last_result = {}
     for epoch in range(start_epoch, args.epochs):
@@ -329,7 +330,7 @@ def main(args) -> dict:
                     r["probs"], r["scores"], [s.patient for s in eval_sets[sp].samples], args.blend_eyes)
         if objective.decision == "thresholds":  # tuned on the selection split
             sel = results[select_on]
-            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule)
+            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule, margin)
             model_info["thresholds"] = objective.thresholds
             for r in results.values():
                 r["preds"] = objective.grades_of(r["probs"], r["scores"])
@@ -366,6 +367,34 @@ def main(args) -> dict:
         barrier(dist)
         ran += 1
         last_result = row
+
+    # ---- shipped thresholds from the training images too (--threshold-data train+selection) ---------------
+    if args.threshold_data == "train+selection" and objective.decision == "thresholds" and best["epoch"] is not None:
+        barrier(dist)
+        best_path = out / "checkpoints" / "best.pt"
+        chosen = load_checkpoint(best_path)
+        evaluated.load_state_dict(chosen["model_ema"] if ema is not None else chosen["model"])
+        clean = FundusDataset(catalog, "train", train=False, **{**common, "cache": False})
+        if args.pair_eyes:
+            clean = PairedEyes(clean)
+        clean_loader = make_loader(clean, args.batch_size, workers, device,
+                                   ShardSampler(len(clean), dist.rank, dist.world_size), args.deterministic, 0)
+        scores, labels = [], []
+        for sp, ds, loader in (("train", clean, clean_loader), (select_on, eval_sets[select_on], eval_loaders[select_on])):
+            r = evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
+                         dist=dist, progress=progress, desc=f"thresholds: {sp}")
+            scores.append(objective.blended(r["probs"], r["scores"], [x.patient for x in ds.samples],
+                                            args.blend_eyes)[1])
+            labels.append(r["labels"])
+        thresholds = tune_thresholds(np.concatenate(scores), np.concatenate(labels), args.threshold_rule,
+                                     args.threshold_margin)
+        if dist.main:
+            print(f"thresholds of the selected epoch ({best['epoch'] + 1}) tuned on {len(labels[0])} training and "
+                  f"{len(labels[1])} {select_on} images: {[round(t, 3) for t in thresholds]} "
+                  f"(on {select_on} alone: {[round(t, 3) for t in chosen['model_info']['thresholds']]})")
+            chosen["model_info"].update(thresholds=thresholds, threshold_data=f"train+{select_on}")
+            save_checkpoint(chosen, best_path)
+            write_model_card(best_path)
     cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
 
