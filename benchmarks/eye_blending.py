@@ -37,11 +37,11 @@ class FlipAverage(torch.nn.Module):
         return torch.stack([self.model(x.flip(d) if d else x) for d in FLIPS]).mean(0)
 
 
-def val_scores(run: Path, data: str, tta: bool, workers: int,
-               split: str = "val") -> tuple[np.ndarray, np.ndarray, list[str], dict]:
-    """The val (or another split's, unaugmented) scores (no blending) of the run's best.pt, the labels, the
-    patients and the run's config."""
-    model, objective, prep, ckpt = restore(run / "checkpoints" / "best.pt")
+def val_scores(run: Path, data: str, tta: bool, workers: int, split: str = "val",
+               checkpoint: str = "best.pt") -> tuple[np.ndarray, np.ndarray, list[str], dict]:
+    """The val (or another split's, unaugmented) scores (no blending) of the run's best.pt (or ``checkpoint``),
+    the labels, the patients and the run's config."""
+    model, objective, prep, ckpt = restore(run / "checkpoints" / checkpoint)
     if objective.name == "classification":
         raise SystemExit(f"{run}: a run with thresholds is needed (regression or ordinal; this one is classification)")
     dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, image_size=prep.size,

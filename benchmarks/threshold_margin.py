@@ -23,19 +23,21 @@ def main(argv=None) -> dict:
     p.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.01, 0.02, 0.03, 0.05])
     p.add_argument("--tune-on", nargs="+", choices=("val", "train+val", "train"), default=["val"],
                    help="what thresholds are tuned on besides (or, for train, instead of) a half of val")
+    p.add_argument("--checkpoint", default="best.pt",
+                   help="last.pt: the last epoch's weights, which val did not select (no selection bias on val)")
     args = p.parse_args(argv)
     results = []
     print("run | tuned on | rule | margin | half-val kappa | accuracy - majority | halves above majority")
     for run in args.runs:
-        scores, labels, patients, config = val_scores(run, args.data, False, args.workers)
+        scores, labels, patients, config = val_scores(run, args.data, False, args.workers, "val", args.checkpoint)
         weight = float(config.get("blend_eyes", 0.0))
         mixed = blend_eyes(scores, patients, weight)
         if set(args.tune_on) - {"val"}:
-            train, train_labels, train_patients, _ = val_scores(run, args.data, False, args.workers, "train")
+            train, train_labels, train_patients, _ = val_scores(run, args.data, False, args.workers, "train", args.checkpoint)
             train = (blend_eyes(train, train_patients, weight), train_labels)
         for source in args.tune_on:
             for rule, margin in [("kappa", 0.0)] + [("kappa-above-majority", m) for m in args.margins]:
-                row = {"run": str(run), "tuned_on": source, "blend_eyes": weight, "rule": rule, "margin": margin,
+                row = {"run": str(run), "checkpoint": args.checkpoint, "tuned_on": source, "blend_eyes": weight, "rule": rule, "margin": margin,
                        **halves(mixed, labels, patients, rule, args.repeats, margin=margin,
                                 extra=None if source == "val" else train, extra_only=source == "train")}
                 results.append(row)
