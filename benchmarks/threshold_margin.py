@@ -33,11 +33,13 @@ def main(argv=None) -> dict:
         weight = float(config.get("blend_eyes", 0.0))
         mixed = blend_eyes(scores, patients, weight)
         if set(args.tune_on) - {"val"}:
-            train, train_labels, train_patients, _ = val_scores(run, args.data, False, args.workers, "train", args.checkpoint)
+            train, train_labels, train_patients, _ = val_scores(run, args.data, False, args.workers, "train",
+                                                                args.checkpoint)
             train = (blend_eyes(train, train_patients, weight), train_labels)
         for source in args.tune_on:
             for rule, margin in [("kappa", 0.0)] + [("kappa-above-majority", m) for m in args.margins]:
-                row = {"run": str(run), "checkpoint": args.checkpoint, "tuned_on": source, "blend_eyes": weight, "rule": rule, "margin": margin,
+                row = {"run": str(run), "checkpoint": args.checkpoint, "tuned_on": source, "blend_eyes": weight,
+                       "rule": rule, "margin": margin,
                        **halves(mixed, labels, patients, rule, args.repeats, margin=margin,
                                 extra=None if source == "val" else train, extra_only=source == "train")}
                 results.append(row)

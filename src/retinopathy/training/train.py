@@ -247,7 +247,8 @@ def main(args) -> dict:
                   "class_names": GRADE_NAMES, "preprocessing": train_set.preprocessing.to_dict(),
                   "weights_origin": origin, "thresholds": objective.thresholds, "head_name": grader.head_name,
                   "pair_eyes": args.pair_eyes, "space_to_depth": args.space_to_depth,
-                  "global_pool": args.global_pool, "threshold_data": select_on, "threshold_margin": args.threshold_margin,
+                  "global_pool": args.global_pool, "threshold_data": select_on,
+                  "threshold_margin": args.threshold_margin,
                   "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
@@ -380,7 +381,8 @@ def main(args) -> dict:
         clean_loader = make_loader(clean, args.batch_size, workers, device,
                                    ShardSampler(len(clean), dist.rank, dist.world_size), args.deterministic, 0)
         scores, labels = [], []
-        for sp, ds, loader in (("train", clean, clean_loader), (select_on, eval_sets[select_on], eval_loaders[select_on])):
+        for sp, ds, loader in (("train", clean, clean_loader),
+                               (select_on, eval_sets[select_on], eval_loaders[select_on])):
             r = evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                          dist=dist, progress=progress, desc=f"thresholds: {sp}")
             scores.append(objective.blended(r["probs"], r["scores"], [x.patient for x in ds.samples],
