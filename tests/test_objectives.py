@@ -60,6 +60,24 @@ def test_decision_argmax_or_expected_grade_cut_at_thresholds():
         make_objective("classification", decision="mean")
 
 
+def test_mixup_mixes_images_and_ordinal_targets_alike():
+    """mix_batch blends the batch with a shuffle of itself; mixing the ordinal losses of the two targets equals
+    binary cross-entropy on the mixed cumulative targets (what the ordinal objective means by mixup)."""
+    from retinopathy.training.engine import mix_batch
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 4, 4)
+    mixed, perm, lam = mix_batch(x, 0.4)
+    assert 0 < lam < 1 and sorted(perm.tolist()) == list(range(8)) and perm.tolist() != list(range(8))
+    assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
+    lams = [mix_batch(x, 0.2)[2] for _ in range(400)]
+    assert np.mean([min(v, 1 - v) < 0.1 for v in lams]) > 0.5  # alpha 0.2: mostly near one of the two images
+    obj, out, y = make_objective("ordinal"), torch.randn(8, 4), torch.tensor([0, 1, 2, 3, 4, 0, 2, 4])
+    soft = lam * (y[:, None] > torch.arange(4)).float() + (1 - lam) * (y[perm][:, None] > torch.arange(4)).float()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out, soft, reduction="none").sum(1).mean()
+    assert torch.allclose(lam * obj.loss(out, y) + (1 - lam) * obj.loss(out, y[perm]), expected)
+
+
 def test_class_weights_favour_rare_grades():
     for kind in ("inverse", "effective"):
         w = class_weights([700, 70, 150, 25, 20], kind)

@@ -173,6 +173,23 @@ def test_model_ema_is_evaluated_shipped_and_resumed_exactly(synth_small, tmp_pat
     assert metrics["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-3)
 
 
+def test_mixup_trains_and_resumes_exactly(synth_small, tmp_path, capsys):
+    """--mixup changes training (other weights than without it) and, drawn from the seeded RNG, resumes to the
+    same bits; a negative alpha is refused."""
+    args = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "0", "--deterministic",
+            "--objective", "ordinal", "--eval-splits", "val"]
+    for name, extra in [("plain", []), ("straight", ["--mixup", "0.4"]), ("cut", ["--mixup", "0.4", "--stop-after", "1"])]:
+        assert main([*args, *extra, "--out", str(tmp_path / name)]) == 0
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["mixup"] == 0.4
+    plain, a, b = (load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["model"] for n in ("plain", "straight", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["net.fc.weight"], plain["net.fc.weight"])
+    with pytest.raises(SystemExit):
+        main([*args, "--mixup", "-1", "--out", str(tmp_path / "bad")])
+    assert "--mixup -1.0" in capsys.readouterr().err
+
+
 def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -84,6 +84,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--scheduler", choices=("none", "cosine"), default="cosine")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up at the start of each phase")
     g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup (timm's --mixup): blend each batch with a shuffled copy, weight ~ Beta(ALPHA, "
+                        "ALPHA), and the two targets' losses alike (default 0: off)")
     g.add_argument("--model-ema", action="store_true",
                    help="keep an exponential moving average of the weights (timm's --model-ema); it is what is "
                         "evaluated each epoch, selected, and loaded by evaluate/predict/export")
@@ -160,6 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--freeze-epochs must be between 0 and --epochs")
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
+    if args.mixup < 0:
+        parser.error(f"--mixup {args.mixup}: a Beta distribution's alpha, above 0 (or 0 for off)")
     if not 0 <= args.threshold_margin < 1:
         parser.error(f"--threshold-margin {args.threshold_margin}: an accuracy margin between 0 and 1")
     if args.space_to_depth < 1 or args.image_size % args.space_to_depth:

@@ -50,12 +50,23 @@ def to_device(images: torch.Tensor, device: torch.device, normalize: nn.Module, 
     return normalize(images)
 
 
+def mix_batch(images: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """mixup (Zhang et al. 2018): ``lam * images + (1 - lam) * images[perm]`` with ``lam ~ Beta(alpha, alpha)``
+    and ``perm`` a shuffle of the batch; returns the mixed images, ``perm`` and ``lam`` (torch's global RNG)."""
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(images.shape[0], device=images.device)
+    return lam * images + (1 - lam) * images[perm], perm, lam
+
+
 def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, grader, frozen: bool,
-                    scheduler=None, scaler=None, ema=None, amp="none", channels_last=False, progress=True,
-                    desc="train") -> dict:
+                    scheduler=None, scaler=None, ema=None, amp="none", channels_last=False, mixup=0.0,
+                    progress=True, desc="train") -> dict:
     """One pass over ``loader``; returns mean loss per image, accuracy, images and images/s.
 
-    ``ema`` (a ``torch.optim.swa_utils.AveragedModel``) follows ``grader`` after every optimizer step."""
+    ``ema`` (a ``torch.optim.swa_utils.AveragedModel``) follows ``grader`` after every optimizer step.
+    ``mixup`` > 0: each batch is mixed (:func:`mix_batch`) and the loss is the same mix of the two targets'
+    losses (for the ordinal objective, exactly binary cross-entropy on the mixed cumulative targets); accuracy
+    counts the first target."""
     set_train_mode(grader, frozen)
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
@@ -63,9 +74,13 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
     for images, target in bar:
         images = to_device(images, device, normalize, channels_last)
         target = target.to(device, non_blocking=True)
+        if mixup:
+            images, perm, lam = mix_batch(images, mixup)
         with autocast(device, amp):
             out = model(images)
         loss = objective.loss(out, target)
+        if mixup:
+            loss = lam * loss + (1 - lam) * objective.loss(out, target[perm])
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"loss is {loss.item()} at image {seen} of this epoch; lower --lr "
                                      "or use --amp bf16/none")

@@ -320,7 +320,7 @@ def main(args) -> dict:
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         tr = train_one_epoch(runner, objective, optimizer, train_loader, device, normalize, grader=grader,
                              frozen=frozen, scheduler=scheduler, scaler=scaler, ema=ema, amp=amp,
-                             channels_last=channels_last, progress=progress,
+                             channels_last=channels_last, mixup=args.mixup, progress=progress,
                              desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]")
         results = {sp: evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
