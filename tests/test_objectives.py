@@ -71,7 +71,7 @@ def test_mixup_mixes_images_and_ordinal_targets_alike():
     assert 0 < lam < 1 and sorted(perm.tolist()) == list(range(8)) and perm.tolist() != list(range(8))
     assert torch.allclose(mixed, lam * x + (1 - lam) * x[perm])
     lams = [mix_batch(x, 0.2)[2] for _ in range(400)]
-    assert np.mean([min(v, 1 - v) < 0.1 for v in lams]) > 0.5  # alpha 0.2: mostly near one of the two images
+    assert np.mean([min(v, 1 - v) < 0.1 for v in lams]) > 0.5  # alpha 0.2: mostly near one image
     obj, out, y = make_objective("ordinal"), torch.randn(8, 4), torch.tensor([0, 1, 2, 3, 4, 0, 2, 4])
     soft = lam * (y[:, None] > torch.arange(4)).float() + (1 - lam) * (y[perm][:, None] > torch.arange(4)).float()
     expected = torch.nn.functional.binary_cross_entropy_with_logits(out, soft, reduction="none").sum(1).mean()

@@ -178,11 +178,14 @@ def test_mixup_trains_and_resumes_exactly(synth_small, tmp_path, capsys):
     same bits; a negative alpha is refused."""
     args = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "0", "--deterministic",
             "--objective", "ordinal", "--eval-splits", "val"]
-    for name, extra in [("plain", []), ("straight", ["--mixup", "0.4"]), ("cut", ["--mixup", "0.4", "--stop-after", "1"])]:
+    runs = [("plain", []), ("straight", ["--mixup", "0.4"]), ("cut", ["--mixup", "0.4", "--stop-after", "1"])]
+    for name, extra in runs:
         assert main([*args, *extra, "--out", str(tmp_path / name)]) == 0
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["mixup"] == 0.4
-    plain, a, b = (load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["model"] for n in ("plain", "straight", "cut"))
+    assert "mixup alpha 0.4" in (tmp_path / "cut" / "checkpoints" / "MODEL_CARD.md").read_text()
+    plain, a, b = (load_checkpoint(tmp_path / n / "checkpoints" / "last.pt")["model"]
+                   for n in ("plain", "straight", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["net.fc.weight"], plain["net.fc.weight"])
     with pytest.raises(SystemExit):

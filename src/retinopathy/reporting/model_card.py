@@ -156,7 +156,8 @@ def _training_section(config: dict) -> list[str]:
             f"- {t.get('epochs')} epochs ({t.get('freeze_epochs')} with the backbone frozen), optimizer "
             f"{t.get('optimizer')} lr {t.get('lr')}, weight decay {t.get('weight_decay')}, batch "
             f"{t.get('batch_size')}, scheduler {t.get('scheduler')}, class weights {t.get('class_weights')}, "
-            f"sampler {t.get('sampler')}, label smoothing {t.get('label_smoothing')}, seed {t.get('seed')}",
+            f"sampler {t.get('sampler')}, label smoothing {t.get('label_smoothing')}, "
+            f"mixup alpha {t.get('mixup', 0.0)}, seed {t.get('seed')}",
             f"- Device {engine.get('device')}, mixed precision {engine.get('amp')}, "
             f"{engine.get('world_size', 1)} process(es)", ""]
 
