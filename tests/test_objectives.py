@@ -32,7 +32,7 @@ from retinopathy.training.train import outranks
 from .test_formats import make_kaggle
 
 
-@pytest.mark.parametrize("name", ["classification", "regression", "ordinal"])
+@pytest.mark.parametrize("name", ["classification", "regression", "ordinal", "ordinal+ce"])
 def test_objective_outputs(name):
     obj = make_objective(name)
     out = torch.randn(8, obj.outputs, requires_grad=True)
@@ -43,6 +43,18 @@ def test_objective_outputs(name):
     p = obj.probabilities(out.detach())
     assert p.shape == (8, 5) and torch.allclose(p.sum(1), torch.ones(8), atol=1e-5) and (p >= 0).all()
     assert set(obj.predict(out.detach()).tolist()) <= set(range(5))
+
+
+def test_ordinal_with_a_cross_entropy_head():
+    """ordinal+ce: the loss is the ordinal loss of the first 4 outputs plus cross-entropy of the last 5; grades,
+    probabilities and scores are the ordinal ones, whatever the class logits say."""
+    both, ordinal, ce = make_objective("ordinal+ce"), make_objective("ordinal"), make_objective("classification")
+    out, y = torch.randn(8, 9), torch.tensor([0, 1, 2, 3, 4, 0, 2, 4])
+    assert both.outputs == 9 and both.decision == "thresholds"
+    assert torch.allclose(both.loss(out, y), ordinal.loss(out[:, :4], y) + ce.loss(out[:, 4:], y))
+    other = torch.cat([out[:, :4], torch.randn(8, 5)], 1)
+    for f in ("probabilities", "score", "predict"):
+        assert torch.equal(getattr(both, f)(other), getattr(ordinal, f)(out[:, :4]))
 
 
 def test_decision_argmax_or_expected_grade_cut_at_thresholds():
@@ -156,7 +168,8 @@ def test_blend_eyes_mixes_each_eye_with_its_partner_only():
                                                              "--blend-eyes", "0.4"]),
                                              ("ordinal", ["--pair-eyes", "--space-to-depth", "2"]),
                                              ("classification", ["--decision", "thresholds",
-                                                                 "--global-pool", "gem"])])
+                                                                 "--global-pool", "gem"]),
+                                             ("ordinal+ce", ["--mixup", "0.2", "--label-smoothing", "0.1"])])
 def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monkeypatch, objective, extra):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",

@@ -7,8 +7,8 @@ otherwise the last direct child of ``net`` whose output, on a probe image, is a 
 refused.
 
 What is explained: the logit of the predicted grade (classification); for the regression and ordinal
-objectives, the continuous severity ``score`` (regression output / sum of P(grade > k)), whatever the grade,
-so a hot region is one that pushes the grade up. Heatmaps are ReLU'd, upsampled bilinearly
+objectives (ordinal+ce too), the continuous severity ``score`` (regression output / sum of P(grade > k)),
+whatever the grade, so a hot region is one that pushes the grade up. Heatmaps are ReLU'd, upsampled bilinearly
 (``LayerAttribution.interpolate``) to the input size and scaled to [0, 1] per image.
 """
 from __future__ import annotations

@@ -6,6 +6,8 @@
                     assignment ``softmax(-(y - k)^2)`` over grades k: a documented stand-in for reports.
 ``ordinal``         4 cumulative logits P(grade > k) (CORAL-style, binary cross-entropy on each);
                     probabilities are differences of the cumulative ones.
+``ordinal+ce``      the ordinal outputs and 5 class logits trained together (the two losses summed); grades,
+                    probabilities and scores are the ordinal outputs', the class logits only shape the features.
 
 Any objective grades by ``decision``: ``argmax`` (the most probable grade; classification's default) or
 ``thresholds`` (the score cut at thresholds tuned on validation; the others' default). Classification's score is
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 NUM_GRADES = 5
-OBJECTIVES = ("classification", "regression", "ordinal")
+OBJECTIVES = ("classification", "regression", "ordinal", "ordinal+ce")
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 THRESHOLD_RULES = ("kappa", "kappa-above-majority")
 DECISIONS = ("argmax", "thresholds")
@@ -111,8 +113,22 @@ class Ordinal(Objective):
         return out.float().sigmoid().sum(1)
 
 
+class OrdinalCE(Ordinal):
+    name = "ordinal+ce"
+    outputs = Ordinal.outputs + NUM_GRADES  # 4 cumulative logits, then 5 class logits
+
+    def loss(self, out, target):
+        return super().loss(out[:, :Ordinal.outputs], target) + Objective.loss(self, out[:, Ordinal.outputs:], target)
+
+    def probabilities(self, out):
+        return super().probabilities(out[:, :Ordinal.outputs])
+
+    def score(self, out):
+        return super().score(out[:, :Ordinal.outputs])
+
+
 def make_objective(name: str, **kwargs) -> Objective:
-    classes = {"classification": Objective, "regression": Regression, "ordinal": Ordinal}
+    classes = {"classification": Objective, "regression": Regression, "ordinal": Ordinal, "ordinal+ce": OrdinalCE}
     if name not in classes:
         raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}")
     return classes[name](**kwargs)

@@ -47,7 +47,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="check the SHA-256 prefix in a torchvision weights file name")
     g.add_argument("--head", choices=HEADS, default="linear", help="'lab': fc->50->ReLU->Dropout(0.25)->5")
     g.add_argument("--objective", choices=OBJECTIVES, default="classification",
-                   help="classification (CE), regression (smooth L1 + thresholds tuned for kappa), ordinal (CORAL)")
+                   help="classification (CE), regression (smooth L1 + thresholds tuned for kappa), ordinal (CORAL), "
+                        "ordinal+ce (ordinal outputs graded, a cross-entropy head trained beside them)")
     g.add_argument("--decision", choices=DECISIONS, default=None,
                    help="how outputs become grades: the most probable grade (classification's default) or the "
                         "score (expected grade for classification) cut at thresholds tuned on the selection split "

@@ -206,8 +206,8 @@ def main(args) -> dict:
     counts = train_set.class_counts()
     objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
                                label_smoothing=args.label_smoothing, decision=args.decision)
-    if args.objective != "classification" and args.label_smoothing:
-        raise SystemExit("error: --label-smoothing applies to the classification objective only")
+    if args.objective not in ("classification", "ordinal+ce") and args.label_smoothing:
+        raise SystemExit("error: --label-smoothing applies to cross-entropy (objectives classification, ordinal+ce)")
     model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
                                 args.weights_tag, None if ckpt else args.weights, args.check_weights_hash,
                                 args.pair_eyes, args.space_to_depth, args.global_pool)
