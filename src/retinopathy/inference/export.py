@@ -3,9 +3,9 @@
 The exported model takes a normalised float32 batch ``(N, 3, S, S)`` (RGB, any N) named ``input`` and
 returns the raw model outputs ``(N, K)`` named ``logits`` (5 class logits; 1 score for ``regression``;
 4 cumulative logits for ``ordinal``, then 5 class logits for ``ordinal+ce``). What it expects is written
-beside it in ``FILE.json`` (e.g. ``grader.onnx.json``): the preprocessing (preset, size, mean, std; geometry of the photograph and
-``(x / 255 - mean) / std`` happen outside the model), objective, thresholds (and the eye blending they were
-tuned with), class names and the parity result.
+beside it in ``FILE.json`` (e.g. ``grader.onnx.json``): the preprocessing (preset, size, mean, std;
+geometry of the photograph and ``(x / 255 - mean) / std`` happen outside the model), objective, thresholds
+(and the eye blending they were tuned with), class names and the parity result.
 
 ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension, falling back to the
 TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
