@@ -88,7 +88,7 @@ def test_quadrant_mass_rejects_a_constant_heatmap():
     assert not mass["top_left"] > 1.5 * mass["bottom_right"]
 
 
-@pytest.mark.parametrize("objective", ["classification", "regression", "ordinal"])
+@pytest.mark.parametrize("objective", ["classification", "regression", "ordinal", "ordinal+ce"])
 def test_heatmap_mass_is_in_the_lesion_quadrant(objective):
     torch.manual_seed(0)
     model = blob_detector(objective)
