@@ -179,3 +179,14 @@ def test_weights_file_option(tmp_path):
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="do not fit resnet18"):
         build_model("resnet18", weights_file=str(tmp_path / "bad.pth"))
+
+
+def test_weights_file_can_be_a_retinopathy_checkpoint(tiny_run):
+    """A run's checkpoint seeds another model's backbone (e.g. pretraining on the synthetic set); its head,
+    here of another objective and width, is left out."""
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    model, origin = build_model("resnet18", outputs=4, weights_file=str(tiny_run / "checkpoints" / "best.pt"))
+    assert torch.equal(model.net.layer4[1].conv2.weight, ckpt["model"]["net.layer4.1.conv2.weight"])
+    assert model.net.fc.out_features == 4 and "best.pt" in origin
+    with pytest.raises(ValueError, match="do not fit resnet50"):
+        build_model("resnet50", weights_file=str(tiny_run / "checkpoints" / "best.pt"))

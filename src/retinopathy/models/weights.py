@@ -66,7 +66,9 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         if verify:
             check_hash(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return state.get("model", state) if isinstance(state, dict) else state, f"file {path}"
+        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a retinopathy checkpoint
+            state = {k.removeprefix("net."): v for k, v in state["model"].items() if k.startswith("net.")}
+        return state, f"file {path}"
     weights = weights_enum(model, tag)
     path = cache_path(weights)
     if path.exists() and verify:

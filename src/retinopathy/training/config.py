@@ -42,7 +42,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="ImageNet weights for the backbone (default: on, as torchvision users expect)")
     g.add_argument("--weights-tag", default="IMAGENET1K_V1", help="which torchvision weights (e.g. IMAGENET1K_V2)")
-    g.add_argument("--weights", help="load backbone weights from this file instead of torchvision's cache")
+    g.add_argument("--weights", help="load backbone weights from this file instead of torchvision's cache: a "
+                   "state dict, or a run's checkpoint (e.g. pretrained on the synthetic set)")
     g.add_argument("--check-weights-hash", action=argparse.BooleanOptionalAction, default=True,
                    help="check the SHA-256 prefix in a torchvision weights file name")
     g.add_argument("--head", choices=HEADS, default="linear", help="'lab': fc->50->ReLU->Dropout(0.25)->5")
