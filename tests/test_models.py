@@ -176,6 +176,12 @@ def test_weights_file_option(tmp_path):
     torch.save(state, tmp_path / "mine.pth")
     model, origin = build_model("resnet18", weights_file=str(tmp_path / "mine.pth"))
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"]) and "mine.pth" in origin
+    torch.save({"model": state, "epoch": 3}, tmp_path / "reference.pth")  # torchvision references' checkpoint
+    model, _ = build_model("resnet18", weights_file=str(tmp_path / "reference.pth"))
+    assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
+    torch.save([torch.zeros(3)], tmp_path / "list.pth")
+    with pytest.raises(WeightsError, match="list.pth holds a list"):
+        build_model("resnet18", weights_file=str(tmp_path / "list.pth"))
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="do not fit resnet18"):
         build_model("resnet18", weights_file=str(tmp_path / "bad.pth"))

@@ -66,9 +66,10 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         if verify:
             check_hash(path)
         state = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):  # a retinopathy checkpoint
-            state = {k.removeprefix("net."): v for k, v in state["model"].items() if k.startswith("net.")}
-        return state, f"file {path}"
+        if not isinstance(state, dict):
+            raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict or checkpoint")
+        state = state.get("model", state)  # a training checkpoint (retinopathy's, torchvision references')
+        return {k.removeprefix("net."): v for k, v in state.items()}, f"file {path}"  # Grader keys -> torchvision's
     weights = weights_enum(model, tag)
     path = cache_path(weights)
     if path.exists() and verify:
