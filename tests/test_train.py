@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +244,36 @@ def test_space_to_depth_must_divide_the_image_size(capsys):
     assert "--space-to-depth 3" in capsys.readouterr().err
     args = parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "2"])
     assert args.space_to_depth == 2
+
+
+def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
+    """``-c`` takes an experiment file of one run (its train: options and data:) and a run's config.yaml (its
+    options, never its run folder), the command line still overriding; anything else gets a clear error."""
+    from retinopathy.training.config import parse_args
+
+    recipe = Path(__file__).parents[1] / "configs"
+    args = parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--out", "runs/x", "--epochs", "3"])
+    assert (args.objective, args.image_size, args.blend_eyes, args.epochs) == ("ordinal", 128, 0.4, 3)
+    assert args.data == "../shared/data/eyepacs-256"
+    assert parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--data", "d", "--out", "x"]).data == "d"
+    with pytest.raises(SystemExit, match="describes 2 runs .*retinopathy experiment"):
+        parse_args(["-c", str(recipe / "eyepacs256-splits.yaml"), "--out", "runs/x"])
+
+    run = tmp_path / "config.yaml"
+    run.write_text(yaml.safe_dump({"train": {"data": "d", "out": "runs/old", "lr": 0.01, "config": None,
+                                             "resume": None, "stop_after": None}, "engine": {"world_size": 1}}))
+    args = parse_args(["-c", str(run), "--out", "runs/new"])
+    assert (args.lr, args.data, args.out) == (0.01, "d", "runs/new")
+    with pytest.raises(SystemExit):
+        parse_args(["-c", str(run)])
+    assert "--out runs/NAME is required" in capsys.readouterr().err
+
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- lr\n- 0.1\n")
+    with pytest.raises(SystemExit, match="list.yaml: expected a mapping"):
+        parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+    with pytest.raises(SystemExit, match="missing.yaml: cannot read it"):
+        parse_args(["-c", str(tmp_path / "missing.yaml"), "--data", "d", "--out", "x"])
+    bad.write_text("lr: [0.1\n")
+    with pytest.raises(SystemExit, match="list.yaml: cannot read it"):
+        parse_args(["-c", str(bad), "--data", "d", "--out", "x"])

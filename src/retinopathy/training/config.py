@@ -32,7 +32,8 @@ LAB_BATCH = {"resnet50": 6}
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("retinopathy train", add_help=add_help,
                                 description="Train a DR grader (frozen backbone first, then fine-tuning).")
-    p.add_argument("-c", "--config", help="YAML file of option defaults (keys = option names with _)")
+    p.add_argument("-c", "--config", help="YAML file of option defaults: option: value (names with _), a run's "
+                   "config.yaml, or an experiment file of one run (e.g. configs/eyepacs256.yaml)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; 'lab' reproduces the course lab")
     p.add_argument("--data", required=False, help="dataset folder (any supported format)")
     add_data_arguments(p)
@@ -133,6 +134,31 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def file_options(path: Path, data: str | None = None) -> dict:
+    """Option defaults from a YAML file: a mapping of options; a run's ``config.yaml`` (its options, not its
+    folder); or an experiment file with one cell (its ``train:`` and ``base:`` options and ``data:``)."""
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise SystemExit(f"error: config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"error: {path}: expected a mapping of option: value (keys are option names with _)")
+    if "engine" in cfg and isinstance(cfg.get("train"), dict):  # a run's config.yaml
+        return {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
+    if not {"train", "grid", "base", "variants"} & set(cfg):  # option: value
+        return cfg
+    from ..experiments.runner import ExperimentError, load_experiment
+
+    try:
+        exp = load_experiment(path, data)
+    except ExperimentError as e:
+        raise SystemExit(f"error: {e}") from None
+    if len(exp.cells) != 1:
+        raise SystemExit(f"error: {path} describes {len(exp.cells)} runs ({', '.join(c.name for c in exp.cells)}); "
+                         f"run them all with `retinopathy experiment {path}`")
+    return {"data": exp.data, **exp.cells[0].options}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse with the precedence defaults < preset < config file < command line."""
     parser = get_args_parser()
@@ -141,9 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if pre.resume and not pre.config:
         saved = Path(pre.resume) / "config.yaml"
         if saved.exists():
-            layered.update({k: v for k, v in yaml.safe_load(saved.read_text())["train"].items()
-                            if k not in ("resume", "stop_after", "config")})
-    file_cfg = yaml.safe_load(Path(pre.config).read_text()) or {} if pre.config else {}
+            layered.update(file_options(saved))
+    file_cfg = file_options(Path(pre.config), pre.data) if pre.config else {}
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
     if preset:
         layered.update(PRESETS[preset])

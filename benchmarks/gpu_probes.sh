@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Val-only probes of configs/eyepacs256.yaml on one GPU, many runs at once (docs/eyepacs256.md, "Smaller
+# inputs, longer schedules and eye pairing at full length"); test is never read.
+#
+#   benchmarks/gpu_probes.sh sizes|long-pair [DATA]     (DATA: default ../shared/data/eyepacs-256)
+#
+# sizes:     96 px x 99 epochs, 112 x 90, 128 x 72 (equal cost on 2 CPU cores) on (split 0, seed 0),
+#            (split 0, seed 1) and (split 1, seed 0): 9 runs, 288 s on one H200.
+# long-pair: 144 epochs, and --pair-eyes at 72, on split 0 with seeds 0 and 1: 4 runs, 281 s.
+# Uses the machine's Python and PyTorch, from the source tree; runs in $WORK (default /tmp/probes), the table
+# and curves in ${OUT:-.}/probes.json.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+probe=${1:?sizes or long-pair}; data=${2:-../shared/data/eyepacs-256}; work=${WORK:-/tmp/probes}
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
+run() {  # NAME OPTION...
+  local name=$1; shift
+  "${PYTHON:-python3}" -m retinopathy train -c configs/eyepacs256.yaml --data "$data" --eval-splits val -j 2 \
+    --out "$work/$name" --quiet "$@" > "$work/$name.log" 2>&1 &
+}
+mkdir -p "$work"
+case $probe in
+  sizes) for pair in "0 0" "0 1" "1 0"; do read -r split seed <<< "$pair"
+           for se in "96 99" "112 90" "128 72"; do read -r size epochs <<< "$se"
+             run "s${size}_split${split}_seed$seed" --image-size "$size" --epochs "$epochs" --split-seed "$split" --seed "$seed"
+           done; done ;;
+  long-pair) for seed in 0 1; do
+               run "long_split0_seed$seed" --epochs 144 --seed "$seed"
+               run "pair_split0_seed$seed" --pair-eyes --seed "$seed"
+             done ;;
+  *) echo "unknown probe $probe: sizes or long-pair" >&2; exit 2 ;;
+esac
+wait
+"${PYTHON:-python3}" benchmarks/val_curves.py "$work"/*/ --json "${OUT:-.}/probes.json"

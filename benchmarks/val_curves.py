@@ -1,0 +1,40 @@
+"""Val kappa of finished or partial runs, from their ``metrics.csv``: best epoch, and the mean of the last 10 and
+20 epochs (the score the probes in docs/eyepacs256.md are judged by; the best epoch is inflated by selection).
+
+    .venv/bin/python benchmarks/val_curves.py RUN [RUN ...] [--json OUT.json]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+
+def summary(run: Path) -> dict:
+    rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").exists() else []
+    kappa = [float(r["val_kappa"]) for r in rows if r.get("val_kappa")]
+    if not kappa:
+        return {"run": str(run), "epochs": 0}
+    best = max(range(len(kappa)), key=kappa.__getitem__)
+    return {"run": str(run), "epochs": len(kappa), "best": kappa[best], "best_epoch": best,
+            "last10": sum(kappa[-10:]) / len(kappa[-10:]), "last20": sum(kappa[-20:]) / len(kappa[-20:]),
+            "seconds": sum(float(r["epoch_seconds"]) for r in rows), "val_kappa": kappa}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--json", type=Path, help="also write every run's summary and curve here")
+    args = p.parse_args(argv)
+    results = [summary(r) for r in args.runs]
+    for s in results:
+        print(f"{s['run']:40s} no epochs" if not s["epochs"] else
+              f"{s['run']:40s} epochs {s['epochs']:4d}  best {s['best']:.3f} ({s['best_epoch']})  "
+              f"last-10 {s['last10']:.3f}  last-20 {s['last20']:.3f}  {s['seconds']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
