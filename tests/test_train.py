@@ -254,6 +254,8 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     recipe = Path(__file__).parents[1] / "configs"
     args = parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--out", "runs/x", "--epochs", "3"])
     assert (args.objective, args.image_size, args.blend_eyes, args.epochs) == ("ordinal", 128, 0.4, 3)
+    assert args.cache_images and not parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--out", "runs/x",
+                                                 "--no-cache-images"]).cache_images
     assert args.data == "../shared/data/eyepacs-256"
     assert parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--data", "d", "--out", "x"]).data == "d"
     with pytest.raises(SystemExit, match="describes 2 runs .*retinopathy experiment"):

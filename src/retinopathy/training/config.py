@@ -66,7 +66,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "training ends, the selected checkpoint's outputs on the unaugmented training images "
                         "and the selection split together (7 times the images for val; epochs are still "
                         "selected with thresholds tuned on the selection split)")
-    g.add_argument("--pair-eyes", action="store_true",
+    g.add_argument("--pair-eyes", action=argparse.BooleanOptionalAction, default=False,
                    help="the head also sees the other eye of the same patient (features concatenated)")
     g.add_argument("--space-to-depth", type=int, default=1, metavar="B",
                    help="feed each BxB block of pixels as B*B*3 channels (TResNet's stem): the network costs "
@@ -90,7 +90,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup (timm's --mixup): blend each batch with a shuffled copy, weight ~ Beta(ALPHA, "
                         "ALPHA), and the two targets' losses alike (default 0: off)")
-    g.add_argument("--model-ema", action="store_true",
+    g.add_argument("--model-ema", action=argparse.BooleanOptionalAction, default=False,
                    help="keep an exponential moving average of the weights (timm's --model-ema); it is what is "
                         "evaluated each epoch, selected, and loaded by evaluate/predict/export")
     g.add_argument("--model-ema-decay", type=float, default=0.998,
@@ -100,13 +100,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="balanced: every grade equally often; decay: balanced at first, then halving each "
                         "epoch towards grade 0 x1, others x2 (o_O, Kaggle 2015)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--deterministic", action="store_true", help="deterministic algorithms, exact resume")
+    g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
+                   help="deterministic algorithms, exact resume")
 
     g = p.add_argument_group("images")
     g.add_argument("--image-size", type=int, default=512)
     g.add_argument("--preprocess", choices=PREPROCESS, default="lab")
     g.add_argument("--augment", choices=AUGMENT, default="fundus")
-    g.add_argument("--cache-images", action="store_true",
+    g.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=False,
                    help="decode and preprocess each image once and keep it in memory (image-size^2 x 3 bytes "
                         "an image: 49 KB at 128 px, 786 KB at 512 px); epochs then only augment")
     g.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores)")
@@ -123,7 +124,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="mixed precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else none)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for conv models on CUDA and CPU)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile the model")
 
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (e.g. runs/NAME)")
