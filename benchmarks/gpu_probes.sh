@@ -7,16 +7,20 @@
 # sizes:     96 px x 99 epochs, 112 x 90, 128 x 72 (equal cost on 2 CPU cores) on (split 0, seed 0),
 #            (split 0, seed 1) and (split 1, seed 0): 9 runs, 288 s on one H200.
 # long-pair: 144 epochs, and --pair-eyes at 72, on split 0 with seeds 0 and 1: 4 runs, 281 s.
-# Uses the machine's Python and PyTorch, from the source tree; runs in $WORK (default /tmp/probes), the table
-# and curves in ${OUT:-.}/probes.json.
+# Uses the machine's Python and PyTorch, from the source tree; runs in $WORK/PROBE (default /tmp/probes), the
+# table and curves in ${OUT:-.}/probes-PROBE.json; exits non-zero if a run failed (its log is beside it).
 set -uo pipefail
+probe=${1:?sizes or long-pair}
+data=$(realpath -m "${2:-$(dirname "$0")/../../shared/data/eyepacs-256}")
+work=$(realpath -m "${WORK:-/tmp/probes}/$probe"); out=$(realpath -m "${OUT:-.}/probes-$probe.json")
 cd "$(dirname "$0")/.."
-probe=${1:?sizes or long-pair}; data=${2:-../shared/data/eyepacs-256}; work=${WORK:-/tmp/probes}
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
+pids=()
 run() {  # NAME OPTION...
   local name=$1; shift
   "${PYTHON:-python3}" -m retinopathy train -c configs/eyepacs256.yaml --data "$data" --eval-splits val -j 2 \
     --out "$work/$name" --quiet "$@" > "$work/$name.log" 2>&1 &
+  pids+=($!)
 }
 mkdir -p "$work"
 case $probe in
@@ -30,5 +34,7 @@ case $probe in
              done ;;
   *) echo "unknown probe $probe: sizes or long-pair" >&2; exit 2 ;;
 esac
-wait
-"${PYTHON:-python3}" benchmarks/val_curves.py "$work"/*/ --json "${OUT:-.}/probes.json"
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done
+"${PYTHON:-python3}" benchmarks/val_curves.py "$work"/*/ --json "$out"
+(( failed == 0 )) || { echo "$failed run(s) failed; see the logs in $work" >&2; exit 1; }

@@ -12,7 +12,10 @@ from pathlib import Path
 
 
 def summary(run: Path) -> dict:
-    rows = list(csv.DictReader((run / "metrics.csv").open())) if (run / "metrics.csv").exists() else []
+    rows = []
+    if (run / "metrics.csv").exists():
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
     kappa = [float(r["val_kappa"]) for r in rows if r.get("val_kappa")]
     if not kappa:
         return {"run": str(run), "epochs": 0}

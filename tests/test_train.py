@@ -269,6 +269,12 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["-c", str(run)])
     assert "--out runs/NAME is required" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["-c", str(run), "--out", "runs/new", "--preset", "lab"])
+    assert "--preset cannot change a run's saved options" in capsys.readouterr().err
+    assert parse_args(["--resume", str(tmp_path)]).out == str(tmp_path)  # the folder given, not the saved out
+    with pytest.raises(SystemExit):
+        parse_args(["--resume", str(tmp_path), "--preset", "lab"])
 
     bad = tmp_path / "list.yaml"
     bad.write_text("- lr\n- 0.1\n")
@@ -276,6 +282,13 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     with pytest.raises(SystemExit, match="missing.yaml: cannot read it"):
         parse_args(["-c", str(tmp_path / "missing.yaml"), "--data", "d", "--out", "x"])
+    with pytest.raises(SystemExit, match="is a folder; for a run's options pass"):
+        parse_args(["-c", str(tmp_path), "--data", "d", "--out", "x"])
+    (tmp_path / "best.pt").write_bytes(bytes(range(256)))
+    with pytest.raises(SystemExit, match="best.pt: cannot read it as YAML"):
+        parse_args(["-c", str(tmp_path / "best.pt"), "--data", "d", "--out", "x"])
+    (tmp_path / "dashes.yaml").write_text("image-size: 96\n")
+    assert parse_args(["-c", str(tmp_path / "dashes.yaml"), "--data", "d", "--out", "x"]).image_size == 96
     bad.write_text("lr: [0.1\n")
     with pytest.raises(SystemExit, match="list.yaml: cannot read it"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])

@@ -136,19 +136,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def file_options(path: Path, data: str | None = None) -> dict:
-    """Option defaults from a YAML file: a mapping of options; a run's ``config.yaml`` (its options, not its
-    folder); or an experiment file with one cell (its ``train:`` and ``base:`` options and ``data:``)."""
+def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
+    """Option defaults from a YAML file and what it was: ``"options"`` (option: value), ``"run"`` (a run's
+    ``config.yaml``: its options, not its folder) or ``"experiment"`` (one cell: ``train:``, ``base:``, ``data:``)."""
+    if path.is_dir():
+        raise SystemExit(f"error: config {path} is a folder; for a run's options pass {path / 'config.yaml'}")
     try:
         cfg = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise SystemExit(f"error: config {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
+        raise SystemExit(f"error: config {path}: cannot read it as YAML ({getattr(e, 'strerror', None) or e})") \
+            from None
     if not isinstance(cfg, dict):
         raise SystemExit(f"error: {path}: expected a mapping of option: value (keys are option names with _)")
-    if "engine" in cfg and isinstance(cfg.get("train"), dict):  # a run's config.yaml
-        return {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
-    if not {"train", "grid", "base", "variants"} & set(cfg):  # option: value
-        return cfg
+    if "engine" in cfg and isinstance(cfg.get("train"), dict):
+        return {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}, "run"
+    if not {"name", "train", "grid", "base", "variants"} & set(cfg):
+        return {str(k).replace("-", "_"): v for k, v in cfg.items()}, "options"
     from ..experiments.runner import ExperimentError, load_experiment
 
     try:
@@ -158,7 +161,7 @@ def file_options(path: Path, data: str | None = None) -> dict:
     if len(exp.cells) != 1:
         raise SystemExit(f"error: {path} describes {len(exp.cells)} runs ({', '.join(c.name for c in exp.cells)}); "
                          f"run them all with `retinopathy experiment {path}`")
-    return {"data": exp.data, **exp.cells[0].options}
+    return {"data": exp.data, **exp.cells[0].options}, "experiment"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,8 +172,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if pre.resume and not pre.config:
         saved = Path(pre.resume) / "config.yaml"
         if saved.exists():
-            layered.update(file_options(saved))
-    file_cfg = file_options(Path(pre.config), pre.data) if pre.config else {}
+            layered.update(file_options(saved)[0])
+    file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
+    if pre.preset and (pre.resume or kind == "run"):
+        parser.error("--preset cannot change a run's saved options (--resume, or -c a run's config.yaml); "
+                     "pass the options to change instead")
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
     if preset:
         layered.update(PRESETS[preset])
