@@ -50,10 +50,16 @@ def val_scores(run: Path, data: str, tta: bool, workers: int, split: str = "val"
     return res["scores"], res["labels"], [s.patient for s in dataset.samples], ckpt["config"]
 
 
+def prior_thresholds(scores, mix) -> list[float]:
+    """The cut points that give ``scores`` the grade mix ``mix`` (shares of grades 0-4): no search, no labels."""
+    return [float(v) for v in np.quantile(scores, np.cumsum(mix)[:-1])]
+
+
 def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, margin: float = 0.0,
-           extra=None, extra_only: bool = False) -> dict:
+           extra=None, extra_only: bool = False, mix=None) -> dict:
     """Thresholds tuned on one half of the patients, measured on the other (both ways, ``repeats`` halvings);
-    ``extra``: (scores, labels) tuned on together with each half (the training images), or alone."""
+    ``extra``: (scores, labels) tuned on together with each half (the training images), or alone; rule
+    ``"prior"``: the half's scores cut at the grade mix ``mix`` instead."""
     patients = np.asarray(patients)
     unique = np.unique(patients)
     rng = np.random.default_rng(seed)
@@ -64,7 +70,8 @@ def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, mar
             s, y = scores[tune], labels[tune]
             if extra is not None:
                 s, y = extra if extra_only else (np.concatenate([extra[0], s]), np.concatenate([extra[1], y]))
-            pred = np.digitize(scores[test], tune_thresholds(s, y, rule, margin))
+            th = prior_thresholds(s, mix) if rule == "prior" else tune_thresholds(s, y, rule, margin)
+            pred = np.digitize(scores[test], th)
             kappa.append(cohen_kappa_score(labels[test], pred, weights="quadratic"))
             gain.append(float((pred == labels[test]).mean()) - majority_rate(labels[test]))
     return {"kappa": float(np.mean(kappa)), "accuracy_minus_majority": float(np.mean(gain)),
