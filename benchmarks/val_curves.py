@@ -1,28 +1,27 @@
 """Val kappa of finished or partial runs, from their ``metrics.csv``: best epoch, and the mean of the last 10 and
-20 epochs (the score the probes in docs/eyepacs256.md are judged by; the best epoch is inflated by selection).
+20 epochs (the score the probes in docs/eyepacs256.md are judged by; the best epoch, 1-based as in the report, is
+inflated by selection).
 
     .venv/bin/python benchmarks/val_curves.py RUN [RUN ...] [--json OUT.json]
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 from pathlib import Path
 
+from retinopathy.reporting.report import _best, read_rows
+
 
 def summary(run: Path) -> dict:
-    rows = []
-    if (run / "metrics.csv").exists():
-        with open(run / "metrics.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-    kappa = [float(r["val_kappa"]) for r in rows if r.get("val_kappa")]
+    rows = read_rows(run / "metrics.csv")
+    kappa = [r["val_kappa"] for r in rows if r.get("val_kappa") is not None]
     if not kappa:
         return {"run": str(run), "epochs": 0}
-    best = max(range(len(kappa)), key=kappa.__getitem__)
-    return {"run": str(run), "epochs": len(kappa), "best": kappa[best], "best_epoch": best,
+    best, epoch = _best(rows, "val_kappa")
+    return {"run": str(run), "epochs": len(kappa), "best": best, "best_epoch": epoch,
             "last10": sum(kappa[-10:]) / len(kappa[-10:]), "last20": sum(kappa[-20:]) / len(kappa[-20:]),
-            "seconds": sum(float(r["epoch_seconds"]) for r in rows), "val_kappa": kappa}
+            "seconds": sum(r["epoch_seconds"] for r in rows), "val_kappa": kappa}
 
 
 def main(argv: list[str] | None = None) -> None:
