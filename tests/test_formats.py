@@ -149,6 +149,21 @@ def test_cached_items_equal_uncached_and_need_no_file(synth_small, monkeypatch, 
         assert torch.equal(xc, x) and yc == y
 
 
+def test_training_windows_keep_the_evaluation_scale(synth_small):
+    """``crop``: training items are unresized windows of the image that evaluation sees whole."""
+    import torch
+
+    opts = dict(image_size=64, preprocess="graham", augment="none", uint8=True, cache=True, crop=32)
+    train, whole = FundusDataset(synth_small, "val", train=True, **opts), FundusDataset(synth_small, "val", **opts)
+    image = torch.from_numpy(train.cache[3]).permute(2, 0, 1)
+    assert whole[3][0].shape == (3, 64, 64) and torch.equal(whole[3][0], image)
+    x = train[3][0]
+    assert x.shape == (3, 32, 32)
+    assert any(torch.equal(x, image[:, i:i + 32, j:j + 32]) for i in range(33) for j in range(33))  # unresized
+    torch.manual_seed(0)
+    assert len({train[3][0].numpy().tobytes() for _ in range(8)}) > 1  # a random one
+
+
 def test_real_photographs_load_with_true_labels_at_512(shared_data):
     ds = FundusDataset(shared_data / "fundus-real", split="all", image_size=512)
     truth = dict(line.split(",") for line in (shared_data / "fundus-real" / "labels.csv").read_text().split()[1:])

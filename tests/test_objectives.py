@@ -166,7 +166,8 @@ def test_blend_eyes_mixes_each_eye_with_its_partner_only():
 
 @pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority",
                                                              "--blend-eyes", "0.4"]),
-                                             ("ordinal", ["--pair-eyes", "--space-to-depth", "2"]),
+                                             ("ordinal", ["--pair-eyes", "--space-to-depth", "2",
+                                                          "--train-crop-size", "32"]),
                                              ("classification", ["--decision", "thresholds",
                                                                  "--global-pool", "gem"]),
                                              ("ordinal+ce", ["--mixup", "0.2", "--label-smoothing", "0.1"])])
@@ -181,9 +182,12 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
     assert obj.thresholds == sorted(obj.thresholds)
     assert model.pair_eyes == ("--pair-eyes" in extra)
     assert model.space_to_depth == (2 if "--space-to-depth" in extra else 1)
+    assert ckpt["config"]["train_crop_size"] == (32 if "--train-crop-size" in extra else 0)
     assert model.global_pool == ("gem" if "--global-pool" in extra else "avg")
     rule = "kappa-above-majority" if "--threshold-rule" in extra else "kappa"
-    assert f"(tuned for {rule} on val)" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert f"(tuned for {rule} on val)" in card
+    assert ("on random 32 px windows of the photograph" in card) == ("--train-crop-size" in extra)
     with open(run / "metrics.csv", newline="") as f:
         row = list(csv.DictReader(f))[ckpt["best"]["epoch"]]
     split = ckpt["best"]["split"]

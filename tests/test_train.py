@@ -236,14 +236,17 @@ def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
     assert float(r[-1]["test_accuracy"]) == pytest.approx(m["accuracy"], abs=1e-9)
 
 
-def test_space_to_depth_must_divide_the_image_size(capsys):
+def test_space_to_depth_and_training_window_must_fit_the_image_size(capsys):
     from retinopathy.training.config import parse_args
 
-    with pytest.raises(SystemExit):
-        parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "3"])
-    assert "--space-to-depth 3" in capsys.readouterr().err
-    args = parse_args(["--data", "d", "--out", "runs/x", "--image-size", "64", "--space-to-depth", "2"])
-    assert args.space_to_depth == 2
+    base = ["--data", "d", "--out", "runs/x", "--image-size", "64"]
+    for bad, named in ((["--space-to-depth", "3"], "--space-to-depth 3"), (["--train-crop-size", "96"], "96"),
+                       (["--space-to-depth", "2", "--train-crop-size", "33"], "33")):
+        with pytest.raises(SystemExit):
+            parse_args(base + bad)
+        assert named in capsys.readouterr().err
+    args = parse_args(base + ["--space-to-depth", "2", "--train-crop-size", "32"])
+    assert (args.space_to_depth, args.train_crop_size) == (2, 32)
 
 
 def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
@@ -263,9 +266,12 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
 
     run = tmp_path / "config.yaml"
     run.write_text(yaml.safe_dump({"train": {"data": "d", "out": "runs/old", "lr": 0.01, "config": None,
-                                             "resume": None, "stop_after": None}, "engine": {"world_size": 1}}))
+                                             "resume": None, "stop_after": None, "skip_bad": True, "quiet": True},
+                                   "engine": {"world_size": 1}}))
     args = parse_args(["-c", str(run), "--out", "runs/new"])
-    assert (args.lr, args.data, args.out) == (0.01, "d", "runs/new")
+    assert (args.lr, args.data, args.out, args.skip_bad, args.quiet) == (0.01, "d", "runs/new", True, True)
+    args = parse_args(["-c", str(run), "--out", "runs/new", "--no-skip-bad", "--no-quiet"])
+    assert (args.skip_bad, args.quiet) == (False, False)
     with pytest.raises(SystemExit):
         parse_args(["-c", str(run)])
     assert "--out runs/NAME is required" in capsys.readouterr().err

@@ -21,7 +21,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
                    help="share of patients for test, per grade, when the data has no split (default 0.2)")
     g.add_argument("--split-seed", type=int, default=None, help="seed of the patient split (default 0)")
     g.add_argument("--split-file", help="reuse a split written by an earlier run (split.csv)")
-    g.add_argument("--skip-bad", action="store_true", default=None,
+    g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
                    help="drop bad rows and images (listed in the run) instead of stopping")
     if split_default is not None:
         g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),

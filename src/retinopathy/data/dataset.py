@@ -40,7 +40,8 @@ class FundusDataset(Dataset):
     ``split`` is ``train``, ``val``, ``test`` or ``all``. Problems (missing, empty, unreadable or
     truncated images, bad labels, mismatched CSVs, duplicates) raise a :class:`DataError` here, at
     construction, naming the first few and the count; ``skip_bad=True`` drops them and keeps the list
-    in ``self.skipped``. ``transform`` defaults to the preset named by ``preprocess``/``augment``.
+    in ``self.skipped``. ``transform`` defaults to the preset named by ``preprocess``/``augment``;
+    ``crop`` makes training items random ``crop x crop`` windows of the ``image_size`` px image.
 
     ``cache=True`` (with the preset transform) decodes each photograph and applies the deterministic
     steps (field-of-view crop, resize, Graham's normalisation) once, here, keeping ``size x size x 3``
@@ -49,7 +50,7 @@ class FundusDataset(Dataset):
     """
 
     def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,
-                 preprocess: str = "lab", augment: str = "flips", train: bool | None = None,
+                 preprocess: str = "lab", augment: str = "flips", crop: int | None = None, train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
                  check: bool = True, cache: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 0, split_file: str | Path | None = None, **read_options):
@@ -83,8 +84,8 @@ class FundusDataset(Dataset):
             fixed, size = v2.Compose(geometry(self.preprocessing)), self.preprocessing.size
             self.cache = np.stack([np.asarray(fixed(open_image(s.path, size))) for s in
                                    tqdm(samples, desc=f"caching {split}", unit="img", disable=None, leave=False)])
-            transform = v2.Compose(to_tensor(self.preprocessing, self.train, augment, uint8))
-        self.transform = transform or build_transform(self.preprocessing, self.train, augment, uint8)
+            transform = v2.Compose(to_tensor(self.preprocessing, self.train, augment, uint8, crop))
+        self.transform = transform or build_transform(self.preprocessing, self.train, augment, uint8, crop)
 
     def __len__(self) -> int:
         return len(self.samples)

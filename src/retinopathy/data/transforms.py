@@ -73,18 +73,25 @@ def augmentation(name: str) -> list:
     raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENT)}")
 
 
-def to_tensor(prep: Preprocessing, train: bool = False, augment: str = "flips", uint8: bool = False) -> list:
-    """The steps after :func:`geometry`: augmentation (when training), then the tensor conversion."""
-    steps = (augmentation(augment) if train else []) + [v2.PILToTensor()]
+def to_tensor(prep: Preprocessing, train: bool = False, augment: str = "flips", uint8: bool = False,
+              crop: int | None = None) -> list:
+    """The steps after :func:`geometry`: augmentation (when training), then the tensor conversion.
+
+    ``crop`` (training only) ends the augmentation with a random ``crop x crop`` window of the ``size`` px
+    image, unresized: the network trains on a part of each photograph at the scale it is evaluated at whole
+    (FixRes's point: the apparent size of a lesion is the same in training and evaluation).
+    """
+    steps = (augmentation(augment) if train else []) + ([v2.RandomCrop(crop)] if train and crop else [])
+    steps += [v2.PILToTensor()]
     if not uint8:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
     return steps
 
 
 def build_transform(prep: Preprocessing, train: bool = False, augment: str = "flips",
-                    uint8: bool = False) -> v2.Compose:
+                    uint8: bool = False, crop: int | None = None) -> v2.Compose:
     """PIL image -> tensor. ``uint8`` leaves normalisation to :class:`Normalize` on the device."""
-    return v2.Compose(geometry(prep) + to_tensor(prep, train, augment, uint8))
+    return v2.Compose(geometry(prep) + to_tensor(prep, train, augment, uint8, crop))
 
 
 class Normalize(torch.nn.Module):

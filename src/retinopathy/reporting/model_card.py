@@ -145,7 +145,9 @@ def _preprocessing_section(ckpt: dict, config: dict) -> list[str]:
             f"mean {prep.get('mean')} and std {prep.get('std')} (per RGB channel, on [0, 1] pixels)",
             "- `retinopathy predict` and `evaluate` apply exactly this (recorded in the checkpoint); "
             "`retinopathy export` writes it beside the exported model",
-            f"- Training augmentation: `{train.get('augment', 'not recorded')}` (none at prediction time)", ""]
+            f"- Training augmentation: `{train.get('augment', 'not recorded')}` (none at prediction time)"
+            + (f", on random {train['train_crop_size']} px windows of the photograph (whole at prediction time)"
+               if train.get("train_crop_size") else ""), ""]
 
 
 def _training_section(config: dict) -> list[str]:

@@ -408,7 +408,9 @@ def run_details(run: Run) -> list[tuple[str, str]]:
                                 f"seed {t.get('seed')}"
                                 + (f", preset {t['preset']}" if t.get("preset") else "")))
         out.append(("Images", (f"{t.get('image_size')} px, preprocessing {t.get('preprocess')}, augmentation "
-                               f"{t.get('augment')}")))
+                               f"{t.get('augment')}"
+                               + (f", trained on {t['train_crop_size']} px windows" if t.get("train_crop_size")
+                                  else ""))))
     data = c.get("data")
     if data:
         counts = "; ".join(f"{sp} {sum(v)} {v}" for sp, v in

@@ -107,6 +107,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--image-size", type=int, default=512)
     g.add_argument("--preprocess", choices=PREPROCESS, default="lab")
     g.add_argument("--augment", choices=AUGMENT, default="fundus")
+    g.add_argument("--train-crop-size", type=int, default=0, metavar="N",
+                   help="train on random N x N windows of the --image-size image, unresized, and evaluate on "
+                        "the whole image (lesions keep their size in pixels); 0: the whole image")
     g.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=False,
                    help="decode and preprocess each image once and keep it in memory (image-size^2 x 3 bytes "
                         "an image: 49 KB at 128 px, 786 KB at 512 px); epochs then only augment")
@@ -132,7 +135,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--resume", help="continue the run in this folder where it stopped")
     g.add_argument("--stop-after", type=int, default=None,
                    help="run at most this many epochs now, then stop cleanly (continue with --resume)")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars")
     return p
 
 
@@ -205,6 +208,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.space_to_depth < 1 or args.image_size % args.space_to_depth:
         parser.error(f"--space-to-depth {args.space_to_depth}: needs a block size of 1 or more that divides "
                      f"--image-size {args.image_size}")
+    if not 0 <= args.train_crop_size <= args.image_size or args.train_crop_size % args.space_to_depth:
+        parser.error(f"--train-crop-size {args.train_crop_size}: a window of at most --image-size "
+                     f"{args.image_size} px (0: off), divisible by --space-to-depth {args.space_to_depth}")
     try:
         args.blend_eyes = blend_weight(args.blend_eyes)  # a config file's value skips argparse's check
     except argparse.ArgumentTypeError as e:
