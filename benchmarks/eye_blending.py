@@ -22,7 +22,8 @@ from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from retinopathy.data import FundusDataset, load_catalog
 from retinopathy.evaluation.evaluate import predict_dataset
 from retinopathy.inference.predict import FLIPS
-from retinopathy.models.objectives import blend_eyes, majority_rate, tune_thresholds
+from retinopathy.evaluation.metrics import majority_accuracy
+from retinopathy.models.objectives import blend_eyes, tune_thresholds
 from retinopathy.models.restore import restore
 
 
@@ -73,7 +74,7 @@ def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, mar
             th = prior_thresholds(s, mix) if rule == "prior" else tune_thresholds(s, y, rule, margin)
             pred = np.digitize(scores[test], th)
             kappa.append(cohen_kappa_score(labels[test], pred, weights="quadratic"))
-            gain.append(float((pred == labels[test]).mean()) - majority_rate(labels[test]))
+            gain.append(float((pred == labels[test]).mean()) - majority_accuracy(labels[test]))
     return {"kappa": float(np.mean(kappa)), "accuracy_minus_majority": float(np.mean(gain)),
             "share_above_majority": float(np.mean(np.array(gain) > 0))}
 

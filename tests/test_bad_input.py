@@ -10,6 +10,7 @@ from PIL import Image
 from retinopathy.cli.main import main
 from retinopathy.data import DataError, FundusDataset, open_image
 from retinopathy.data.images import ImageError
+from retinopathy.errors import RetinopathyError
 
 from .test_formats import disc, make_kaggle
 
@@ -76,6 +77,20 @@ def test_truncated_image_is_not_loaded_silently(tmp_path):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_truncated_png_and_tiff_fail_at_construction(tmp_path, ext):
+    """Not only JPEGs: a half-copied PNG or TIFF stops the Dataset before training, not mid-epoch."""
+    make_kaggle(tmp_path, n_patients=3, ext=ext)
+    path = tmp_path / f"1_left{ext}"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    FundusDataset(tmp_path, "all", image_size=32)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(DataError, match=f"1_left{ext}: .*(truncated|corrupt)"):
+        FundusDataset(tmp_path, "all", image_size=32)
+    error = ImageError(f"{path}: truncated")  # how a DataLoader worker re-raises it: one argument
+    assert isinstance(error, RetinopathyError) and str(error) == f"{path}: truncated"
+
+
 @pytest.mark.parametrize("label", ["7", "-1", "two", "2.5", ""])
 def test_bad_label(tmp_path, kaggle, label):
     text = (kaggle / "trainLabels.csv").read_text().splitlines()
@@ -94,6 +109,8 @@ def test_lab_files_of_different_lengths(tmp_path):
     (tmp_path / "train_label.csv").write_text("0\n1\n2\n")
     with pytest.raises(DataError, match="train_img.csv has 4 lines but train_label.csv has 3"):
         FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)
+    with pytest.raises(DataError, match="not files out of step"):  # the pairs after the gap cannot be trusted
+        FundusDataset(tmp_path, "train", image_size=32, val_fraction=0, skip_bad=True)
     rc, report = check(tmp_path, tmp_path)
     assert rc == 1 and "length-mismatch" in kinds(report)
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
-from retinopathy.data.splits import shared_patients
+from retinopathy.data.splits import SplitError, shared_patients
 
 
 def disc(path, size=48, color=(180, 80, 40), mode="RGB", fmt=None):
@@ -70,6 +70,8 @@ def test_header_csv_with_named_columns(tmp_path):
     (tmp_path / "train.csv").write_text("id_code,diagnosis\n" + "".join(f"id{i:03d},{i % 5}\n" for i in range(10)))
     cat = read_catalog(tmp_path)
     assert cat.format == "csv" and not cat.problems and len(cat.samples) == 10
+    cat = read_catalog(tmp_path, labels=tmp_path / "train.csv")  # the file named (as `predict` does): its header
+    assert cat.format == "csv" and not cat.problems and len(cat.samples) == 10
     # other column names through options
     (tmp_path / "other.csv").write_text("file,grade\n" + "".join(f"id{i:03d}.png,{i % 5}\n" for i in range(10)))
     cat = read_catalog(tmp_path, labels=tmp_path / "other.csv", image_col="file", label_col="grade")
@@ -107,6 +109,14 @@ def test_split_by_patient_is_deterministic_stratified_and_written(tmp_path):
     ds.write_split(tmp_path / "split.csv")
     d = load_catalog(tmp_path, split_file=tmp_path / "split.csv")
     assert [s.split for s in d.samples] == [s.split for s in a.samples]
+    lines = (tmp_path / "split.csv").read_text().splitlines()
+    (tmp_path / "edited.csv").write_text("\n".join(lines[:3] + [lines[3].rsplit(",", 1)[0] + ",trian"] + lines[4:]))
+    with pytest.raises(DataError, match="edited.csv:4: .*split one of train, val, test"):
+        load_catalog(tmp_path, split_file=tmp_path / "edited.csv")
+    with pytest.raises(DataError, match="nowhere.csv: cannot read the split file"):
+        load_catalog(tmp_path, split_file=tmp_path / "nowhere.csv")
+    with pytest.raises(SplitError, match="--val-fraction 0.6 and --test-fraction 0.4"):
+        load_catalog(tmp_path, val_fraction=0.6, test_fraction=0.4)
 
 
 def test_real_lab_csvs(shared_data):

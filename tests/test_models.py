@@ -144,6 +144,9 @@ def test_pretrained_weights_adapt_to_space_to_depth(torch_home):
     ours = model.net.conv1(model.stem(blocky))
     imagenet = nn.functional.conv2d(half, state["conv1.weight"], stride=2, padding=3)
     assert torch.allclose(ours, imagenet, atol=1e-5)  # ImageNet's filters, on the half-size image
+    again = Grader("resnet18", 5, space_to_depth=2)
+    again.load_backbone(model.net.state_dict())  # another space-to-depth run's weights (--weights): as they are
+    assert torch.equal(again.net.conv1.weight, model.net.conv1.weight)
 
 
 def test_pretrained_weights_load_around_a_gem_pooling(torch_home):
@@ -183,8 +186,11 @@ def test_weights_file_option(tmp_path):
     with pytest.raises(WeightsError, match="list.pth holds a list"):
         build_model("resnet18", weights_file=str(tmp_path / "list.pth"))
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
-    with pytest.raises(ValueError, match="do not fit resnet18"):
+    with pytest.raises(WeightsError, match="bad.pth: the weights do not fit resnet18"):
         build_model("resnet18", weights_file=str(tmp_path / "bad.pth"))
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "mine.pth").read_bytes()[:1000])  # a half-copied file
+    with pytest.raises(WeightsError, match="cut.pth cannot be read"):
+        build_model("resnet18", weights_file=str(tmp_path / "cut.pth"))
 
 
 def test_weights_file_can_be_a_retinopathy_checkpoint(tiny_run):
@@ -194,5 +200,5 @@ def test_weights_file_can_be_a_retinopathy_checkpoint(tiny_run):
     model, origin = build_model("resnet18", outputs=4, weights_file=str(tiny_run / "checkpoints" / "best.pt"))
     assert torch.equal(model.net.layer4[1].conv2.weight, ckpt["model"]["net.layer4.1.conv2.weight"])
     assert model.net.fc.out_features == 4 and "best.pt" in origin
-    with pytest.raises(ValueError, match="do not fit resnet50"):
+    with pytest.raises(WeightsError, match="do not fit resnet50"):
         build_model("resnet50", weights_file=str(tiny_run / "checkpoints" / "best.pt"))

@@ -16,13 +16,12 @@ from retinopathy.data import FundusDataset
 from retinopathy.data.dataset import PairedEyes
 from retinopathy.data.formats import patient_of
 from retinopathy.evaluation.evaluate import predict_dataset
-from retinopathy.evaluation.metrics import bootstrap_ci, quadratic_kappa
+from retinopathy.evaluation.metrics import bootstrap_ci, majority_accuracy, quadratic_kappa
 from retinopathy.models import Grader, make_objective
 from retinopathy.models.objectives import (
     _quadratic_kappa,
     blend_eyes,
     class_weights,
-    majority_rate,
     tune_thresholds,
 )
 from retinopathy.models.restore import restore
@@ -165,6 +164,7 @@ def test_blend_eyes_mixes_each_eye_with_its_partner_only():
 
 
 @pytest.mark.parametrize("objective,extra", [("regression", ["--threshold-rule", "kappa-above-majority",
+                                                             "--threshold-margin", "0.5",  # out of reach
                                                              "--blend-eyes", "0.4"]),
                                              ("ordinal", ["--pair-eyes", "--space-to-depth", "2",
                                                           "--train-crop-size", "32"]),
@@ -186,13 +186,13 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
     assert model.global_pool == ("gem" if "--global-pool" in extra else "avg")
     rule = "kappa-above-majority" if "--threshold-rule" in extra else "kappa"
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
-    assert f"(tuned for {rule} on val)" in card
+    assert f"(tuned for {rule} on val" + (", accuracy margin 0.5)" if "--threshold-margin" in extra else ")") in card
     assert ("on random 32 px windows of the photograph" in card) == ("--train-crop-size" in extra)
     with open(run / "metrics.csv", newline="") as f:
         row = list(csv.DictReader(f))[ckpt["best"]["epoch"]]
     split = ckpt["best"]["split"]
     labels = FundusDataset(synth_small, split, check=False, split_file=run / "split.csv").targets
-    beats = float(row[f"{split}_accuracy"]) > majority_rate(labels)
+    beats = float(row[f"{split}_accuracy"]) > majority_accuracy(labels) + ckpt["config"]["threshold_margin"]
     assert ckpt["best"]["eligible"] == (beats if rule != "kappa" else True)
     assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small),
                  "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "50"]) == 0
@@ -260,7 +260,9 @@ def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path):
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
                  "--workers", "0", "--epochs", "2", "--freeze-epochs", "0", "--objective", "ordinal", "--amp", "none",
                  "--threshold-rule", "kappa-above-majority", "--threshold-margin", "0.02", "--blend-eyes", "0.4",
-                 "--threshold-data", "train+selection", "--out", str(run), "--quiet"]) == 0
+                 "--threshold-data", "train+selection", "--out", str(run), "--quiet", "--stop-after", "1"]) == 0
+    assert restore(run / "checkpoints" / "best.pt")[3]["model_info"]["threshold_data"] == "val"  # not at a pause
+    assert main(["train", "--resume", str(run)]) == 0
     model, obj, prep, ckpt = restore(run / "checkpoints" / "best.pt")
     info = ckpt["model_info"]
     assert info["threshold_data"] == "train+val" and info["threshold_margin"] == 0.02

@@ -198,8 +198,12 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 1}, "engine": {}}))
     rc = main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--resume", str(run)])
     assert rc == 2 and "last.pt: cannot be read as a checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a mistyped folder is not a new run
+        main(["train", "--data", str(synth_small), *FAST, "--resume", str(tmp_path / "rnu")])
+    assert "--resume " + str(tmp_path / "rnu") + ": not a run folder" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):
@@ -234,6 +238,33 @@ def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
                  "--split", "test", "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "0"]) == 0
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert float(r[-1]["test_accuracy"]) == pytest.approx(m["accuracy"], abs=1e-9)
+
+
+def _loss_check(rank: int, port: int, out: str) -> None:
+    import torch.distributed as td
+
+    from retinopathy.training.distributed import DistInfo, finite_everywhere
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        loss = float("nan") if rank == 1 else 0.7
+        Path(out, str(rank)).write_text(str(finite_everywhere(loss, DistInfo(True, rank, 2, 0), "cpu")))
+    finally:
+        td.destroy_process_group()
+
+
+def test_a_non_finite_loss_in_one_process_stops_them_all(tmp_path):
+    """Under DDP the process whose loss is NaN must not stop alone (the others would wait in the gradient
+    all-reduce until the timeout): every process learns of it and raises at the same step."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_loss_check, args=(port, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["False", "False"]
 
 
 def test_space_to_depth_and_training_window_must_fit_the_image_size(capsys):
@@ -288,6 +319,12 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     with pytest.raises(SystemExit, match="missing.yaml: cannot read it"):
         parse_args(["-c", str(tmp_path / "missing.yaml"), "--data", "d", "--out", "x"])
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("optimizer: SGD\n")  # argparse checks choices on the command line only
+    with pytest.raises(SystemExit):
+        parse_args(["-c", str(typo), "--data", "d", "--out", "x"])
+    assert "optimizer: 'SGD' (from " + str(typo) + ") is not one of sgd, adamw" in capsys.readouterr().err
+    assert parse_args(["-c", str(typo), "--data", "d", "--out", "x", "--optimizer", "sgd"]).optimizer == "sgd"
     with pytest.raises(SystemExit, match="is a folder; for a run's options pass"):
         parse_args(["-c", str(tmp_path), "--data", "d", "--out", "x"])
     (tmp_path / "best.pt").write_bytes(bytes(range(256)))
@@ -298,3 +335,23 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     bad.write_text("lr: [0.1\n")
     with pytest.raises(SystemExit, match="list.yaml: cannot read it"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+
+
+def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
+    """evaluate / predict take the run's split.csv on the data it trained on; on a copy elsewhere they split with
+    the run's seed and fractions (not the defaults); the command line overrides both."""
+    from argparse import Namespace
+
+    from retinopathy.evaluation.evaluate import run_catalog_options
+
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    best.write_bytes(b"")
+    (tmp_path / "run" / "split.csv").write_text("image,split\n")
+    ckpt = {"config": {"data": str(tmp_path / "data"), "split_seed": 3, "val_fraction": 0.15, "test_fraction": None}}
+    args = Namespace(split_file=None, split_seed=None, val_fraction=None, test_fraction=None)
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "data"))["split_file"] == tmp_path / "run" / "split.csv"
+    copy = run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))
+    assert "split_file" not in copy and (copy["seed"], copy["val_fraction"], copy["test_fraction"]) == (3, 0.15, 0.2)
+    args.split_seed = 5
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["seed"] == 5

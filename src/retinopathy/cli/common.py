@@ -3,18 +3,27 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.formats import FORMATS
+from ..data.splits import SPLIT_DEFAULTS
 from ..models.objectives import check_blend_weight
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None) -> None:
-    g = parser.add_argument_group("data (the format is detected from what is in DATA; these override it)")
-    g.add_argument("--format", choices=("lab", "kaggle", "csv", "folders"), help="dataset format")
+def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") -> argparse._ArgumentGroup:
+    """How to read the dataset folder ``name``: its format, labels, images and columns."""
+    g = parser.add_argument_group(f"data (the format is detected from what is in {name}; these override it)")
+    g.add_argument("--format", choices=FORMATS, help="dataset format")
     g.add_argument("--labels", help="labels CSV (or, for the lab format, the folder with its four CSVs)")
-    g.add_argument("--images", help="folder that holds the images (default: DATA, DATA/images, DATA/train, "
-                                    "DATA/train_images, whichever has images)")
+    g.add_argument("--images", help=f"folder that holds the images (default: {name}, {name}/images, {name}/train, "
+                                    f"{name}/train_images, whichever has images)")
     g.add_argument("--image-col", help="image column of a CSV with a header (e.g. id_code)")
     g.add_argument("--label-col", help="label column of a CSV with a header (e.g. diagnosis)")
     g.add_argument("--patient-col", help="patient column, if the CSV has one (default: from <patient>_left/right)")
+    return g
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None) -> None:
+    """:func:`add_format_arguments` and the patient split."""
+    g = add_format_arguments(parser)
     g.add_argument("--val-fraction", type=float, default=None,
                    help="share of patients for validation, per grade (default 0.1)")
     g.add_argument("--test-fraction", type=float, default=None,
@@ -52,7 +61,6 @@ def blend_setting(args, ckpt: dict) -> float:
 
 
 READ_KEYS = ("format", "labels", "images", "image_col", "label_col", "patient_col")
-SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0}
 
 
 def catalog_options(ns) -> dict:

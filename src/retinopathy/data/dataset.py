@@ -71,6 +71,9 @@ class FundusDataset(Dataset):
         if check:
             samples, bad = _check_files(samples)
             problems += bad
+        misaligned = [p for p in problems if p.kind == "length-mismatch"]
+        if misaligned:  # every label after the extra line may belong to another image: nothing to skip safely
+            raise DataError(misaligned, hint="Fix the files: --skip-bad drops bad rows, not files out of step.")
         if problems and not skip_bad:
             raise DataError(problems, hint="Fix the files, or pass --skip-bad (skip_bad=True) to drop them.")
         if not samples:

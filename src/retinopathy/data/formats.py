@@ -23,7 +23,6 @@ from .images import IMAGE_EXTENSIONS, index_images
 from .problems import DataError, Problem
 
 GRADES = (0, 1, 2, 3, 4)
-GRADE_NAMES = ("0 none", "1 mild", "2 moderate", "3 severe NPDR", "4 proliferative")
 FORMATS = ("lab", "kaggle", "csv", "folders")
 LAB_FILES = {"train": ("train_img.csv", "train_label.csv"), "test": ("test_img.csv", "test_label.csv")}
 KAGGLE_LABELS = ("trainLabels.csv", "labels.csv")
@@ -54,10 +53,6 @@ class Catalog:
     image_root: Path | None
     samples: list[Sample]
     problems: list[Problem] = field(default_factory=list)
-
-    @property
-    def has_splits(self) -> bool:
-        return any(s.split for s in self.samples)
 
 
 def patient_of(image: str) -> str:
@@ -91,6 +86,16 @@ def detect_format(data: Path) -> tuple[str, Path]:
                              "(+ test_*), trainLabels.csv or labels.csv (image,level), train.csv "
                              "(id_code,diagnosis), or folders 0/ ... 4/")],
                     hint="Pass --format, --labels, --image-col/--label-col or --images to say what it is.")
+
+
+def _csv_format(path: Path) -> str:
+    """The format of a labels file named without columns: 'csv' for APTOS' id_code,diagnosis, else 'kaggle'."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = {h.strip() for h in next(csv.reader(f), [])}
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return "kaggle"  # read again, and reported, as Kaggle's
+    return "csv" if {"id_code", "diagnosis"} <= header else "kaggle"
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -201,7 +206,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     labels = Path(labels) if labels else None
     if format is None:
         if labels is not None:
-            format = "lab" if labels.is_dir() else ("csv" if image_col or label_col else "kaggle")
+            format = "lab" if labels.is_dir() else ("csv" if image_col or label_col else _csv_format(labels))
         elif image_col or label_col:
             format, labels = "csv", detect_format(data)[1]
         else:

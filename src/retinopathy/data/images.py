@@ -13,16 +13,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import RetinopathyError
+
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # what a complete file ends with
 
 
-class ImageError(OSError):
+class ImageError(RetinopathyError, OSError):
     """An image that cannot be used, with the file and the reason."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str = ""):  # one argument: re-raised from a loader worker
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{self.path}: {reason}" if reason else self.path)
 
 
 def index_images(folder: str | os.PathLike) -> dict[str, str]:
@@ -89,8 +92,9 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
     """Check that ``path`` is a usable image and return its size (width, height).
 
-    Reads the header and, for JPEGs, looks for the end-of-image marker, which catches missing, empty,
-    unidentifiable and truncated files without decoding pixels (``data check`` decodes everything).
+    Reads the header and looks for the end marker of a JPEG (EOI) or PNG (IEND), which catches missing, empty,
+    unidentifiable and truncated files without decoding pixels; other formats (TIFF) are decoded
+    (``data check`` decodes everything).
     """
     path = Path(path)
     try:
@@ -102,14 +106,17 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             size, fmt = img.size, img.format
+            if fmt not in END_MARKERS:
+                img.load()
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"rejected as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise ImageError(path, "not a readable image (unknown or corrupt format); re-export or remove it") from None
-    if fmt == "JPEG":
+        raise ImageError(path, "not a readable image (unknown, corrupt or truncated); re-export or remove it") \
+            from None
+    if fmt in END_MARKERS:
         with open(path, "rb") as f:
             f.seek(max(0, st.st_size - 4096))
             tail = f.read()
-        if b"\xff\xd9" not in tail:
-            raise ImageError(path, "truncated JPEG (no end-of-image marker); the file is incomplete, copy it again")
+        if END_MARKERS[fmt] not in tail:
+            raise ImageError(path, f"truncated {fmt} (no end marker); the file is incomplete, copy it again")
     return size

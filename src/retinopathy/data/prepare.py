@@ -45,7 +45,8 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from .. import __version__
-from ..cli.common import READ_KEYS
+from ..atomic import write_text
+from ..cli.common import READ_KEYS, add_format_arguments
 from ..errors import RetinopathyError
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, open_image
@@ -101,9 +102,7 @@ def prepare_file(job: tuple) -> str | None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + PART)
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
@@ -244,13 +243,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="fov: crop the square around the round field of view (= --preprocess fov)")
     p.add_argument("-j", "--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    g = p.add_argument_group("data (the format is detected from what is in SRC; these override it)")
-    g.add_argument("--format", choices=("lab", "kaggle", "csv", "folders"), help="dataset format")
-    g.add_argument("--labels", help="labels CSV (or, for the lab format, the folder with its four CSVs)")
-    g.add_argument("--images", help="folder that holds the images")
-    g.add_argument("--image-col", help="image column of a CSV with a header (e.g. id_code)")
-    g.add_argument("--label-col", help="label column of a CSV with a header (e.g. diagnosis)")
-    g.add_argument("--patient-col", help="patient column, if the CSV has one")
+    add_format_arguments(p, "SRC")
     return p
 
 

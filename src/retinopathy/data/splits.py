@@ -7,10 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import RetinopathyError
 from .formats import Sample
 from .problems import DataError, Problem
 
 SPLITS = ("train", "val", "test", "all")
+SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0}  # when a run sets none
+
+
+class SplitError(RetinopathyError, ValueError):
+    """Split fractions that leave no room for training."""
 
 
 def _strata(samples: list[Sample]) -> dict[int, list[str]]:
@@ -50,7 +56,8 @@ def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: flo
     carved from their train side by patient. Others get a stratified train/val/test split.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise ValueError("--val-fraction and --test-fraction must be in [0, 1) and sum to less than 1")
+        raise SplitError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: each in [0, 1), "
+                         "and together less than 1")
     given = [s for s in samples if s.split]
     if given:
         train = [s for s in given if s.split == "train"]
@@ -100,8 +107,18 @@ def write_split(samples: list[Sample], path: str | Path) -> None:
 
 def read_split(samples: list[Sample], path: str | Path) -> None:
     """Apply a split written by :func:`write_split`; every sample must be listed."""
-    with open(path, newline="") as f:
-        table = {row["image"]: row["split"] for row in csv.DictReader(f)}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError([Problem("missing-file", str(path), None, f"cannot read the split file ({e})")],
+                        hint="Pass the split.csv that a training run wrote, or drop --split-file.") from None
+    bad = [Problem("bad-row", str(path), i, f"expected image and split columns, split one of train, val, test; "
+                   f"got {dict(row)}") for i, row in enumerate(rows, start=2)
+           if not row.get("image") or row.get("split") not in ("train", "val", "test")]
+    if bad:
+        raise DataError(bad, hint="Pass the split.csv that a training run wrote, or drop --split-file.")
+    table = {row["image"]: row["split"] for row in rows}
     missing = [s for s in samples if s.image not in table]
     if missing:
         raise DataError([Problem("split-mismatch", str(path), None,

@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
+from ..atomic import write_text
+
 GRADE_MIX = (0.735, 0.070, 0.151, 0.025, 0.020)  # EyePACS class mix
 SAME_GRADE = 0.85  # probability that a patient's second eye has the first eye's grade
 FORMATS = ("kaggle", "lab")
@@ -410,12 +412,6 @@ def render_fundus(rng: np.random.Generator, size: int, grade: int, eye: str) -> 
 
 
 # ------------------------------------------------------------------------------------------- datasets
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _render_file(job: tuple) -> None:
     out, index, grade, size, seed = job
     rng = np.random.default_rng([seed, index])
@@ -460,17 +456,17 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     bar.close()
 
     if format == "kaggle":
-        _atomic_write(out / "trainLabels.csv", "image,level\n" + "".join(f"{m},{g}\n" for m, g in zip(names, grades)))
+        write_text(out / "trainLabels.csv", "image,level\n" + "".join(f"{m},{g}\n" for m, g in zip(names, grades)))
     else:
         n_pat = (n + 1) // 2
         rng = np.random.default_rng([seed, 0x5EED, 0x7E57])
         test = set(rng.permutation(n_pat)[: round(test_fraction * n_pat)].tolist())
         for split, keep in (("train", False), ("test", True)):
             idx = [i for i in range(n) if (i // 2 in test) == keep]
-            _atomic_write(out / f"{split}_img.csv", "".join(f"{names[i]}\n" for i in idx))
-            _atomic_write(out / f"{split}_label.csv", "".join(f"{grades[i]}\n" for i in idx))
+            write_text(out / f"{split}_img.csv", "".join(f"{names[i]}\n" for i in idx))
+            write_text(out / f"{split}_label.csv", "".join(f"{grades[i]}\n" for i in idx))
     counts = [grades.count(k) for k in range(5)]
-    _atomic_write(out / "README.txt", (
+    write_text(out / "README.txt", (
         "Synthetic diabetic-retinopathy fundus photographs made by retinopathy.data.synth.\n"
         "Not real patients and not for clinical use: drawn shapes only.\n"
         f"format: {format}\nimages: {n} of {(n + 1) // 2} patients (left and right eye)\n"

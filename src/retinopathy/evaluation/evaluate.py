@@ -52,11 +52,22 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def run_split_file(checkpoint: Path, ckpt: dict, data: str) -> Path | None:
-    """The training run's split.csv, when evaluating on the data the run was trained on."""
+def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str) -> dict:
+    """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
+
+    Its split.csv when ``data`` is what the run trained on; else the split is recomputed with the run's seed and
+    fractions (so a copy of the data at another path splits as in training); the command line overrides both."""
+    opts = catalog_options(args)
+    if args.split_file:
+        return opts
     run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
     same = str(Path(ckpt["config"].get("data") or "").resolve()) == str(Path(data).resolve())
-    return run / "split.csv" if same and (run / "split.csv").exists() else None
+    if same and (run / "split.csv").exists():
+        opts["split_file"] = run / "split.csv"
+    for key, opt in (("val_fraction", "val_fraction"), ("test_fraction", "test_fraction"), ("split_seed", "seed")):
+        if getattr(args, key, None) is None and ckpt["config"].get(key) is not None:
+            opts[opt] = ckpt["config"][key]
+    return opts
 
 
 def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, device="auto", amp="auto",
@@ -87,10 +98,7 @@ def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
 def main(args) -> dict:
     checkpoint = Path(args.checkpoint)
     model, objective, prep, ckpt = restore(checkpoint)
-    opts = catalog_options(args)
-    if not args.split_file:
-        opts["split_file"] = run_split_file(checkpoint, ckpt, args.data)
-    catalog = load_catalog(args.data, **opts)
+    catalog = load_catalog(args.data, **run_catalog_options(args, checkpoint, ckpt, args.data))
     dataset = FundusDataset(catalog, args.split, image_size=prep.size, preprocess=prep.preset, uint8=True,
                             skip_bad=bool(args.skip_bad))
     if ckpt["model_info"].get("pair_eyes"):

@@ -28,7 +28,6 @@ import csv
 import inspect
 import itertools
 import json
-import os
 import re
 import shutil
 import socket
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic import write_text
 from ..cli.common import READ_KEYS
 from ..errors import RetinopathyError
 from ..models.weights import WeightsError, load_pretrained_state
@@ -207,9 +207,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
 
 # ---------------------------------------------------------------------------------------------- cells
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, default=str))
 
 
 def epochs_done(run: Path) -> int:
@@ -241,9 +239,7 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     cell.dir.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(options, sort_keys=False)
     if not saved_file.exists() or saved_file.read_text() != text:  # a finished cell's files stay untouched
-        tmp = saved_file.with_name(".cell.yaml.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, saved_file)
+        write_text(saved_file, text)
     try:
         return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)])
     except SystemExit:
@@ -343,7 +339,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
             reason = str(e)
             entry.update(status="skipped", reason=reason)
             _write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
-                                                    "train": _plain(vars(parsed[cell.name]))})
+                                                    "train": train_config.plain_options(vars(parsed[cell.name]))})
             print(f"{tag} skipped - {str(e).splitlines()[0]}", flush=True)
         except CheckpointError as e:
             entry.update(status="failed", reason=str(e))
@@ -363,10 +359,6 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         status["report"] = str(index)
         print(f"report: {index}")
     return status
-
-
-def _plain(d: dict) -> dict:
-    return {k: v for k, v in d.items() if v is None or isinstance(v, (str, int, float, bool))}
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

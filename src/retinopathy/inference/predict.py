@@ -266,10 +266,10 @@ def main(args) -> dict:
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     opts = catalog_options(args)
-    if args.split != "all" and not args.split_file and len(args.inputs) == 1:  # the run's own split
-        from ..evaluation.evaluate import run_split_file
+    if args.split != "all" and len(args.inputs) == 1:  # the run's own split
+        from ..evaluation.evaluate import run_catalog_options
 
-        opts["split_file"] = run_split_file(Path(args.checkpoint), ckpt, args.inputs[0])
+        opts = run_catalog_options(args, Path(args.checkpoint), ckpt, args.inputs[0])
     items = collect_items(args.inputs, args.split, **opts)
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import get_model, list_models
 
-from .weights import load_pretrained_state
+from .weights import WeightsError, load_pretrained_state
 
 HEADS = ("linear", "lab")
 POOLS = ("avg", "max", "avgmax", "gem")
@@ -144,8 +144,8 @@ class Grader(nn.Module):
         own = self.net.state_dict()
         kept = {k: v for k, v in state.items() if not k.startswith(prefix) and k in own}
         first = _first_conv(self.net) + ".weight"
-        if self.space_to_depth > 1 and first in kept:
-            blocks = self.space_to_depth ** 2
+        blocks = self.space_to_depth ** 2
+        if blocks > 1 and first in kept and kept[first].shape[1] * blocks == own[first].shape[1]:  # RGB weights
             kept[first] = kept[first].repeat_interleave(blocks, dim=1) / blocks
         pools = tuple(n + "." for n, m in self.net.named_modules() if isinstance(m, GlobalPool))  # GeM's own p
         missing = [k for k in own if not k.startswith((prefix, *pools)) and k not in kept]
@@ -168,7 +168,10 @@ def build_model(arch: str = "resnet18", outputs: int = 5, head: str = "linear", 
     origin = "random initialisation (no pretraining)"
     if pretrained or weights_file:
         state, origin = load_pretrained_state(arch, weights_tag, weights_file, check_hash)
-        model.load_backbone(state)
+        try:
+            model.load_backbone(state)
+        except ValueError as e:
+            raise WeightsError(f"{origin}: {e}") from None
     return model, origin
 
 

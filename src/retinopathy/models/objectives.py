@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..evaluation.metrics import majority_accuracy
+
 NUM_GRADES = 5
 OBJECTIVES = ("classification", "regression", "ordinal", "ordinal+ce")
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
@@ -172,12 +174,6 @@ def blend_eyes(values, patients, weight: float) -> np.ndarray:
     return np.where(n > 1, (1 - weight) * values + weight * others, values)
 
 
-def majority_rate(labels) -> float:
-    """Accuracy of always answering the most common grade."""
-    labels = np.asarray(labels)
-    return float(np.bincount(labels).max() / len(labels))
-
-
 _QUADRATIC = np.subtract.outer(np.arange(NUM_GRADES), np.arange(NUM_GRADES)) ** 2.0
 
 
@@ -200,7 +196,7 @@ def tune_thresholds(scores: np.ndarray, labels: np.ndarray, rule: str = "kappa",
     if rule not in THRESHOLD_RULES:
         raise ValueError(f"unknown threshold rule {rule!r}; choose one of {', '.join(THRESHOLD_RULES)}")
     labels = np.asarray(labels)
-    floor = majority_rate(labels) + margin if rule == "kappa-above-majority" else -1.0
+    floor = majority_accuracy(labels) + margin if rule == "kappa-above-majority" else -1.0
 
     def value(th):  # compared as tuples: thresholds above the floor first, then kappa; below it, accuracy
         pred = np.digitize(scores, th)

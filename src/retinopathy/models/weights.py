@@ -65,7 +65,11 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
             raise WeightsError(f"weights file {path} not found")
         if verify:
             check_hash(path)
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a file that is not weights
+            raise WeightsError(f"weights file {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); "
+                               "pass a state dict or a training checkpoint saved by torch.save") from None
         if not isinstance(state, dict):
             raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict or checkpoint")
         state = state.get("model", state)  # a training checkpoint (retinopathy's, torchvision references')

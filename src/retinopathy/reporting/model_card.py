@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,29 +18,16 @@ from pathlib import Path
 import yaml
 
 from .. import __version__
+from ..atomic import write_text
+from ..data.splits import SPLIT_DEFAULTS
 from ..evaluation.metrics import GRADES
 from ..models.objectives import default_decision
 from ..models.restore import display_name
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import checkpoint_file, load_checkpoint
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
-SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0}
 EVAL_KEYS = ("split", "data", "epoch", "count", "accuracy", "majority_accuracy", "kappa", "macro_f1",
              "referable_auc", "ci95", "recall", "true_counts", "predicted_counts")
-
-
-def _checkpoint_file(path: Path) -> Path:
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
-            if candidate.exists():
-                return candidate
-    return path
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_store(path: Path) -> dict:
@@ -253,7 +239,7 @@ def render(ckpt: dict, name: str, config: dict, history: list[dict], store: dict
 def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval_dir: Path | None = None) -> Path:
     """Write (or update) ``MODEL_CARD.md`` beside the checkpoint; ``evaluation`` is ``evaluate``'s metrics.json
     content, kept in ``model_card.json`` with the earlier ones. Returns the card's path."""
-    file = _checkpoint_file(Path(checkpoint_path))
+    file = checkpoint_file(checkpoint_path)
     ckpt = load_checkpoint(file)
     folder = file.parent
     run = folder.parent if folder.name == "checkpoints" else folder
@@ -271,7 +257,7 @@ def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval
                       eval_dir=str(Path(eval_dir).resolve()) if eval_dir else None,
                       written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         store["evaluations"][f"{file.name}|{record['split']}|{record['data']}"] = record
-        _atomic_write(folder / STORE, json.dumps(store, indent=2))
+        write_text(folder / STORE, json.dumps(store, indent=2))
     card = folder / CARD
-    _atomic_write(card, render(card_ckpt, described.name, config or {}, history, store, run))
+    write_text(card, render(card_ckpt, described.name, config or {}, history, store, run))
     return card

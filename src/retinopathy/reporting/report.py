@@ -14,13 +14,13 @@ import argparse
 import csv
 import datetime as dt
 import json
-import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..atomic import write_text
 from ..errors import RetinopathyError
 from ..models.restore import display_name
 from . import figures
@@ -305,15 +305,9 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
            "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs)}
-    _atomic_write(out / "report.md", render_markdown(ctx))
-    _atomic_write(out / "index.html", render_html(ctx, out))
+    write_text(out / "report.md", render_markdown(ctx))
+    write_text(out / "index.html", render_html(ctx, out))
     return out / "index.html"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------------------------- markdown

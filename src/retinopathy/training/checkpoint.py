@@ -32,14 +32,19 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load and validate a checkpoint; every failure says which file and why."""
+def checkpoint_file(path: str | Path) -> Path:
+    """``path`` itself, or for a run folder its ``checkpoints/best.pt`` (or ``best.pt``)."""
     path = Path(path)
     if path.is_dir():
         for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
             if candidate.exists():
-                path = candidate
-                break
+                return candidate
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+    """Load and validate a checkpoint (a file, or a run folder: its best.pt); failures say which file and why."""
+    path = checkpoint_file(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:

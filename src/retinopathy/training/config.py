@@ -172,10 +172,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     pre, _ = parser.parse_known_args(argv)
     layered: dict = {}
+    if pre.resume and not (Path(pre.resume) / "config.yaml").exists():
+        parser.error(f"--resume {pre.resume}: not a run folder (no config.yaml there); pass the folder that "
+                     "`retinopathy train --out` wrote, e.g. runs/NAME")
     if pre.resume and not pre.config:
-        saved = Path(pre.resume) / "config.yaml"
-        if saved.exists():
-            layered.update(file_options(saved)[0])
+        layered.update(file_options(Path(pre.resume) / "config.yaml")[0])
     file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
     if pre.preset and (pre.resume or kind == "run"):
         parser.error("--preset cannot change a run's saved options (--resume, or -c a run's config.yaml); "
@@ -211,11 +212,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.train_crop_size <= args.image_size or args.train_crop_size % args.space_to_depth:
         parser.error(f"--train-crop-size {args.train_crop_size}: a window of at most --image-size "
                      f"{args.image_size} px (0: off), divisible by --space-to-depth {args.space_to_depth}")
+    source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
+    for action in parser._actions:  # a config file's values skip argparse's choices check
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            parser.error(f"{action.dest}: {value!r} (from {source}) is not one of "
+                         f"{', '.join(map(str, action.choices))}")
     try:
         args.blend_eyes = blend_weight(args.blend_eyes)  # a config file's value skips argparse's check
     except argparse.ArgumentTypeError as e:
         parser.error(str(e))
     return args
+
+
+def plain_options(options: dict) -> dict:
+    """The options that a checkpoint and a run's YAML can hold as they are (no Path objects, no functions)."""
+    return {k: v for k, v in options.items() if v is None or isinstance(v, (str, int, float, bool))}
 
 
 def environment() -> dict:

@@ -1,6 +1,7 @@
 """Multi-process set-up from torchrun's (or SLURM's) environment, as torchvision's references do."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -43,6 +44,16 @@ def init_distributed(device_type: str) -> DistInfo:
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
     return DistInfo(True, rank, world, local)
+
+
+def finite_everywhere(value: float, info: DistInfo, device) -> bool:
+    """Whether ``value`` is finite in every process (one collective): all of them stop together, instead of
+    the others waiting for the one that stopped until the collective times out."""
+    if not info.enabled:
+        return math.isfinite(value)
+    flag = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=device)
+    dist.all_reduce(flag)
+    return flag.item() == 0
 
 
 def all_gather_objects(obj, info: DistInfo) -> list:

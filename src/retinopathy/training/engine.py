@@ -5,7 +5,6 @@ Batches arrive as uint8 and are normalised on the device (:class:`~retinopathy.d
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 
 import numpy as np
@@ -14,7 +13,7 @@ from torch import nn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from .distributed import DistInfo, all_gather_objects
+from .distributed import DistInfo, all_gather_objects, finite_everywhere
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,7 +59,7 @@ def mix_batch(images: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.T
 
 def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, grader, frozen: bool,
                     scheduler=None, scaler=None, ema=None, amp="none", channels_last=False, mixup=0.0,
-                    progress=True, desc="train") -> dict:
+                    progress=True, desc="train", dist: DistInfo | None = None) -> dict:
     """One pass over ``loader``; returns mean loss per image, accuracy, images and images/s.
 
     ``ema`` (a ``torch.optim.swa_utils.AveragedModel``) follows ``grader`` after every optimizer step.
@@ -81,9 +80,9 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
         loss = objective.loss(out, target)
         if mixup:
             loss = lam * loss + (1 - lam) * objective.loss(out, target[perm])
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"loss is {loss.item()} at image {seen} of this epoch; lower --lr "
-                                     "or use --amp bf16/none")
+        if not finite_everywhere(loss.item(), dist or DistInfo(), device):
+            raise FloatingPointError(f"loss is {loss.item()} at image {seen} of this epoch (in this process or "
+                                     "another); lower --lr or use --amp bf16/none")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -24,13 +24,13 @@ from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES
-from ..evaluation.metrics import summary
+from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
-from ..models.objectives import class_weights, majority_rate, tune_thresholds
+from ..models.objectives import class_weights, tune_thresholds
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from .config import environment, parse_args
+from .config import environment, parse_args, plain_options
 from .distributed import barrier, cleanup, init_distributed
 from .engine import ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
@@ -179,7 +179,9 @@ def main(args) -> dict:
         ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
         if ckpt["config"]["model"] != args.model:
             raise CheckpointError(f"{args.resume}: the run trained {ckpt['config']['model']}, not {args.model}")
-    split_file = out / "split.csv" if ckpt is not None else args.split_file
+    elif args.resume and dist.main:
+        print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
+    split_file = Path(args.resume) / "split.csv" if ckpt is not None else args.split_file
 
     # ---- data ------------------------------------------------------------------------------------------
     opts = catalog_options(args)
@@ -313,7 +315,8 @@ def main(args) -> dict:
             if args.compile:
                 runner = torch.compile(runner)
             current_phase = phase
-        # Each epoch's randomness is a function of (seed, epoch): resuming repeats it exactly.
+        # Each epoch's randomness is a function of (seed, epoch); with --deterministic (fresh loader workers each
+        # epoch, which then draw their seeds from this generator) resuming repeats it exactly.
         torch.manual_seed(args.seed * 100003 + epoch)
         train_loader.generator.manual_seed(args.seed * 100003 + epoch)
         train_sampler.set_epoch(epoch)
@@ -321,7 +324,7 @@ def main(args) -> dict:
         tr = train_one_epoch(runner, objective, optimizer, train_loader, device, normalize, grader=grader,
                              frozen=frozen, scheduler=scheduler, scaler=scaler, ema=ema, amp=amp,
                              channels_last=channels_last, mixup=args.mixup, progress=progress,
-                             desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]")
+                             desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]", dist=dist)
         results = {sp: evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
@@ -345,7 +348,7 @@ def main(args) -> dict:
         row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"] * dist.world_size)
         value = row[f"{select_on}_{args.select_metric}"]
         eligible = (objective.decision == "argmax" or args.threshold_rule == "kappa"
-                    or row[f"{select_on}_accuracy"] > majority_rate(results[select_on]["labels"]))
+                    or row[f"{select_on}_accuracy"] > majority_accuracy(results[select_on]["labels"]) + margin)
         improved = outranks(value, eligible, best)
         if improved:
             best = {"value": value, "epoch": epoch, "metric": args.select_metric, "split": select_on,
@@ -356,7 +359,8 @@ def main(args) -> dict:
                      "ema_updates": int(ema.n_averaged) if ema else 0, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
-                     "rng": rng_state(), "best": best, "config": {**_plain(vars(args)), "data": config["data"]["path"]}, "model_info": model_info}
+                     "rng": rng_state(), "best": best, "model_info": model_info,
+                     "config": {**plain_options(vars(args)), "data": config["data"]["path"]}}
             save_checkpoint(state, out / "checkpoints" / "last.pt")
             if improved:
                 save_checkpoint(state, out / "checkpoints" / "best.pt")
@@ -370,7 +374,8 @@ def main(args) -> dict:
         last_result = row
 
     # ---- shipped thresholds from the training images too (--threshold-data train+selection) ---------------
-    if args.threshold_data == "train+selection" and objective.decision == "thresholds" and best["epoch"] is not None:
+    finished = ran > 0 and start_epoch + ran == args.epochs  # once, not at each --stop-after pause
+    if args.threshold_data == "train+selection" and objective.decision == "thresholds" and finished:
         barrier(dist)
         best_path = out / "checkpoints" / "best.pt"
         chosen = load_checkpoint(best_path)
@@ -399,10 +404,6 @@ def main(args) -> dict:
             write_model_card(best_path)
     cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
-
-
-def _plain(d: dict) -> dict:
-    return {k: v for k, v in d.items() if v is None or isinstance(v, (str, int, float, bool))}
 
 
 def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
