@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from retinopathy.cli.main import main
@@ -171,3 +172,19 @@ def test_shipped_configs_load(config, tmp_path):
         (tmp_path / "cell.yaml").write_text(yaml.safe_dump(cell.options))
         args = parse_args(["--config", str(tmp_path / "cell.yaml"), "--data", "somewhere", "--out", "runs/x"])
         assert {k: getattr(args, k) for k in cell.options} == cell.options
+
+
+def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys):
+    """Weights that do not fit, or cannot be read, fail their cell (not 'skipped': nothing to download) with the
+    reason; the next cell still runs and the command exits 1."""
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "misfit.pth")
+    (tmp_path / "cut.pth").write_bytes(b"PK\x03\x04 not a whole file")
+    config = write_config(tmp_path, grid={"model": ["resnet18"]},
+                          variants={"misfit": {"weights": str(tmp_path / "misfit.pth")},
+                                    "cut": {"weights": str(tmp_path / "cut.pth")}})
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 1
+    status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())["cells"]
+    assert [c["status"] for c in status.values()] == ["failed", "failed"]
+    assert "misfit.pth: the weights do not fit resnet18" in status["misfit-resnet18"]["reason"]
+    assert "cut.pth cannot be read" in status["cut-resnet18"]["reason"]
+    assert "misfit-resnet18: failed - " in capsys.readouterr().err

@@ -255,7 +255,7 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
         assert {k: rows[2][k] for k in expected} == pytest.approx(expected, abs=1e-9)
 
 
-def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path):
+def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
                  "--workers", "0", "--epochs", "2", "--freeze-epochs", "0", "--objective", "ordinal", "--amp", "none",
@@ -277,6 +277,10 @@ def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path):
     assert obj.thresholds == pytest.approx(both)
     assert both != pytest.approx(tune_thresholds(scores["val"], labels["val"], "kappa-above-majority", 0.02))
     assert "on train+val, accuracy margin 0.02)" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0  # a finished run: retuned again (e.g. after new options)
+    assert "thresholds of the selected epoch" in capsys.readouterr().out
+    assert restore(run / "checkpoints" / "best.pt")[1].thresholds == pytest.approx(both)
 
 
 def test_threshold_margin_must_be_a_fraction(capsys):

@@ -125,6 +125,13 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert 'data-status="not evaluated"' in page and "retinopathy evaluate" in page
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "r2")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    on_val = tmp_path / "on-val"  # eval/ holds `evaluate --split val`: not shown as the test result
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", on_val)
+    metrics = json.loads((on_val / "eval" / "metrics.json").read_text())
+    (on_val / "eval" / "metrics.json").write_text(json.dumps({**metrics, "split": "val"}))
+    assert main(["report", str(on_val), "--out", str(tmp_path / "r3")]) == 0
+    page = (tmp_path / "r3" / "index.html").read_text()
+    assert 'data-status="not evaluated"' in page and "best.pt on the val split, not best.pt on test" in page
 
 
 # ------------------------------------------------------------------------------------------------ browser

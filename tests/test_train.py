@@ -338,20 +338,25 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
 
 
 def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
-    """evaluate / predict take the run's split.csv on the data it trained on; on a copy elsewhere they split with
-    the run's seed and fractions (not the defaults); the command line overrides both."""
+    """evaluate / predict take the run's split.csv wherever it lists every image (the training data, a copy);
+    on other data they split with the run's seed and fractions (not the defaults); the command line overrides."""
     from argparse import Namespace
 
     from retinopathy.evaluation.evaluate import run_catalog_options
 
+    from .test_formats import make_kaggle
+
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     best.parent.mkdir(parents=True)
     best.write_bytes(b"")
-    (tmp_path / "run" / "split.csv").write_text("image,split\n")
-    ckpt = {"config": {"data": str(tmp_path / "data"), "split_seed": 3, "val_fraction": 0.15, "test_fraction": None}}
+    rows = make_kaggle(tmp_path / "copy", n_patients=3)
+    listed = "".join(f"{r.split(',')[0]},train\n" for r in rows)
+    (tmp_path / "run" / "split.csv").write_text("image,split\n" + listed)
+    make_kaggle(tmp_path / "other", n_patients=4)  # 3_left, 3_right are not in the run's split
+    ckpt = {"config": {"split_seed": 3, "val_fraction": 0.15, "test_fraction": None}}
     args = Namespace(split_file=None, split_seed=None, val_fraction=None, test_fraction=None)
-    assert run_catalog_options(args, best, ckpt, str(tmp_path / "data"))["split_file"] == tmp_path / "run" / "split.csv"
-    copy = run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))
-    assert "split_file" not in copy and (copy["seed"], copy["val_fraction"], copy["test_fraction"]) == (3, 0.15, 0.2)
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["split_file"] == tmp_path / "run" / "split.csv"
+    other = run_catalog_options(args, best, ckpt, str(tmp_path / "other"))
+    assert "split_file" not in other and (other["seed"], other["val_fraction"], other["test_fraction"]) == (3, 0.15, 0.2)
     args.split_seed = 5
-    assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["seed"] == 5
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "other"))["seed"] == 5

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -20,13 +21,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from ..atomic import write_text  # noqa: E402
 from ..cli.common import (  # noqa: E402
+    READ_KEYS,
     add_blend_argument,
     add_data_arguments,
     blend_setting,
     catalog_options,
 )
-from ..data import FundusDataset, Normalize, load_catalog  # noqa: E402
+from ..data import DataError, FundusDataset, Normalize, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
@@ -52,17 +55,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
+def _lists_every_image(split_csv: Path, data: str, read_options: dict) -> bool:
+    if not split_csv.exists():
+        return False
+    try:
+        names = {s.image for s in read_catalog(data, resolve=False, **read_options).samples}
+    except DataError:
+        return False  # not a dataset (a folder of photographs, say)
+    with open(split_csv, newline="", encoding="utf-8") as f:
+        return bool(names) and names <= {row.get("image") for row in csv.DictReader(f)}
+
+
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
-    Its split.csv when ``data`` is what the run trained on; else the split is recomputed with the run's seed and
-    fractions (so a copy of the data at another path splits as in training); the command line overrides both."""
+    Its split.csv when that lists every image of ``data`` (the data it trained on, a copy or a ``prepare``d
+    version of it); else the split is recomputed with the run's seed and fractions; the command line overrides."""
     opts = catalog_options(args)
     if args.split_file:
         return opts
     run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
-    same = str(Path(ckpt["config"].get("data") or "").resolve()) == str(Path(data).resolve())
-    if same and (run / "split.csv").exists():
+    if _lists_every_image(run / "split.csv", data, {k: opts[k] for k in READ_KEYS if k in opts}):
         opts["split_file"] = run / "split.csv"
     for key, opt in (("val_fraction", "val_fraction"), ("test_fraction", "test_fraction"), ("split_seed", "seed")):
         if getattr(args, key, None) is None and ckpt["config"].get(key) is not None:
@@ -120,16 +133,17 @@ def main(args) -> dict:
                     "skipped": [str(p) for p in dataset.skipped]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     try:
         write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
     except OSError as e:  # e.g. a checkpoint in a read-only folder
         print(f"warning: model card not updated ({e})", file=sys.stderr)
-    with open(out / "predictions.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
-        for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
-            w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6f}" for v in pr], f"{sc:.6f}"])
+    table = io.StringIO()
+    w = csv.writer(table)
+    w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
+    for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
+        w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6f}" for v in pr], f"{sc:.6f}"])
+    write_text(out / "predictions.csv", table.getvalue())
     np.savetxt(out / "confusion_matrix.csv", np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
                header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
     confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})",

@@ -41,9 +41,8 @@ import yaml
 from ..atomic import write_text
 from ..cli.common import READ_KEYS
 from ..errors import RetinopathyError
-from ..models.weights import WeightsError, load_pretrained_state
+from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..training import config as train_config
-from ..training.checkpoint import CheckpointError
 
 TOP_KEYS = ("name", "out", "data", "description", "base", "synth", "train", "grid", "variants", "evaluate",
             "report")
@@ -335,13 +334,13 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         try:
             entry.update(run_cell(cell, parsed[cell.name], exp, quiet, tag))
             entry.pop("reason", None)
-        except WeightsError as e:
+        except WeightsUnavailable as e:
             reason = str(e)
             entry.update(status="skipped", reason=reason)
             _write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
                                                     "train": train_config.plain_options(vars(parsed[cell.name]))})
             print(f"{tag} skipped - {str(e).splitlines()[0]}", flush=True)
-        except CheckpointError as e:
+        except (RetinopathyError, FloatingPointError, RuntimeError) as e:  # this cell's; the others still run
             entry.update(status="failed", reason=str(e))
             print(f"{tag} failed - {e}", file=sys.stderr, flush=True)
         entry["seconds"] = round(time.perf_counter() - t0, 1)

@@ -263,6 +263,9 @@ def single_eye(ckpt: dict, where) -> None:
 
 
 def main(args) -> dict:
+    if Path(args.out).is_dir():  # before the work, not after it
+        raise DataError([Problem("bad-output", args.out, None, "--out is a folder; give a CSV file to write, "
+                                 f"e.g. {Path(args.out) / 'predictions.csv'}")])
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     opts = catalog_options(args)

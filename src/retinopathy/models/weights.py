@@ -23,6 +23,10 @@ class WeightsError(RetinopathyError, RuntimeError):
     """Pretrained weights that cannot be had or do not match."""
 
 
+class WeightsUnavailable(WeightsError):
+    """ImageNet weights neither cached nor downloadable here (an experiment skips such a cell)."""
+
+
 def weights_enum(model: str, tag: str = "IMAGENET1K_V1"):
     try:
         enum = get_model_weights(model)
@@ -83,7 +87,7 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
     except (URLError, OSError, RuntimeError) as e:
         if path.exists():
             raise
-        raise WeightsError(
+        raise WeightsUnavailable(
             f"ImageNet weights {type(weights).__name__}.{weights.name} are not cached and could not be "
             f"downloaded ({type(e).__name__}: {e}).\n  expected file: {path.name}\n  cache folder: {path.parent}"
             f" (set TORCH_HOME to move it)\n  download address: {weights.url}\n"

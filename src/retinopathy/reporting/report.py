@@ -104,14 +104,18 @@ def load_run(run: Path, name: str | None = None) -> Run:
         metrics_file = run / "eval" / "metrics.json"
         ev = _read(metrics_file, json.loads) if metrics_file.exists() else None
         epochs = int(train.get("epochs") or len(rows))
-        if ev is not None:
+        command = (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} --data {train.get('data')} "
+                   f"--split test --out {run / 'eval'}`")
+        if ev is not None and (ev.get("split") != "test" or Path(str(ev.get("checkpoint"))).name == "last.pt"):
+            status, reason, ev = "not evaluated", (f"{metrics_file} is {Path(str(ev.get('checkpoint'))).name} on "
+                                                   f"the {ev.get('split')} split, not best.pt on test; {command}"), None
+        elif ev is not None:
             status, reason = "done", ""
         elif len(rows) < epochs:
             status, reason = "incomplete", (f"trained {len(rows)} of {epochs} epochs; continue with "
                                             f"`retinopathy train --resume {run}` or by re-running the experiment")
         else:
-            status, reason = "not evaluated", (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} "
-                                               f"--data {train.get('data')} --split test --out {run / 'eval'}`")
+            status, reason = "not evaluated", command
         return Run(name, run, status, reason, train, config, rows, ev)
     if (run / "SKIPPED.json").exists():
         info = _read(run / "SKIPPED.json", json.loads)
@@ -222,7 +226,7 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     datas = {str((r.config or {}).get("data", {}).get("path", r.train.get("data"))) for r in done}
     counts = {r.numbers["test_count"] for r in done}
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
-                 + (f" of {datas.pop()}" if len(datas) == 1 else "")
+                 + (f" of {next(iter(datas))}" if len(datas) == 1 else "")
                  + (f" ({counts.pop()} images)." if len(counts) == 1 else "."))
     unskilled = [r for r in done if r.numbers["kappa"] <= 0]
     graders = [r for r in done if r.numbers["kappa"] > 0]

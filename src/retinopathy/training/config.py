@@ -182,6 +182,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--preset cannot change a run's saved options (--resume, or -c a run's config.yaml); "
                      "pass the options to change instead")
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
+    if preset and preset not in PRESETS:
+        parser.error(f"preset: {preset!r} (from {pre.config}) is not one of {', '.join(sorted(PRESETS))}")
     if preset:
         layered.update(PRESETS[preset])
     layered.update(file_cfg)

@@ -20,6 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
+from ..atomic import write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, load_catalog
 from ..data.dataset import PairedEyes
@@ -173,6 +174,10 @@ def main(args) -> dict:
     elif device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
+    # the accuracy margin of the thresholds tuned each epoch (train+selection: the final retune's, below)
+    margin = args.threshold_margin if args.threshold_rule == "kappa-above-majority" else 0.0
+    per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
+
     # ---- resume ----------------------------------------------------------------------------------------
     ckpt = None
     if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
@@ -250,7 +255,7 @@ def main(args) -> dict:
                   "weights_origin": origin, "thresholds": objective.thresholds, "head_name": grader.head_name,
                   "pair_eyes": args.pair_eyes, "space_to_depth": args.space_to_depth,
                   "global_pool": args.global_pool, "threshold_data": select_on,
-                  "threshold_margin": args.threshold_margin,
+                  "threshold_margin": per_epoch_margin,
                   "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
@@ -266,7 +271,7 @@ def main(args) -> dict:
                          "world_size": dist.world_size},
               "weights": origin, "environment": environment()}
     if dist.main:
-        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     # ---- epochs ----------------------------------------------------------------------------------------
     columns = metrics_columns(eval_splits)
@@ -290,7 +295,6 @@ def main(args) -> dict:
                   "fast as on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
 
     current_phase = None
-    margin = args.threshold_margin if args.threshold_data == "selection" else 0.0  # per epoch
     ran = 0
     last_result = {}
     for epoch in range(start_epoch, args.epochs):
@@ -334,7 +338,8 @@ def main(args) -> dict:
                     r["probs"], r["scores"], [s.patient for s in eval_sets[sp].samples], args.blend_eyes)
         if objective.decision == "thresholds":  # tuned on the selection split
             sel = results[select_on]
-            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule, margin)
+            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule,
+                                                   per_epoch_margin)
             model_info["thresholds"] = objective.thresholds
             for r in results.values():
                 r["preds"] = objective.grades_of(r["probs"], r["scores"])
@@ -348,7 +353,8 @@ def main(args) -> dict:
         row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"] * dist.world_size)
         value = row[f"{select_on}_{args.select_metric}"]
         eligible = (objective.decision == "argmax" or args.threshold_rule == "kappa"
-                    or row[f"{select_on}_accuracy"] > majority_accuracy(results[select_on]["labels"]) + margin)
+                    or row[f"{select_on}_accuracy"] > majority_accuracy(results[select_on]["labels"])
+                    + per_epoch_margin)
         improved = outranks(value, eligible, best)
         if improved:
             best = {"value": value, "epoch": epoch, "metric": args.select_metric, "split": select_on,
@@ -374,8 +380,9 @@ def main(args) -> dict:
         last_result = row
 
     # ---- shipped thresholds from the training images too (--threshold-data train+selection) ---------------
-    finished = ran > 0 and start_epoch + ran == args.epochs  # once, not at each --stop-after pause
-    if args.threshold_data == "train+selection" and objective.decision == "thresholds" and finished:
+    finished = start_epoch + ran >= args.epochs  # not at a --stop-after pause; again on --resume of a finished run
+    if args.threshold_data == "train+selection" and objective.decision == "thresholds" and finished \
+            and best["epoch"] is not None:
         barrier(dist)
         best_path = out / "checkpoints" / "best.pt"
         chosen = load_checkpoint(best_path)
@@ -393,13 +400,14 @@ def main(args) -> dict:
             scores.append(objective.blended(r["probs"], r["scores"], [x.patient for x in ds.samples],
                                             args.blend_eyes)[1])
             labels.append(r["labels"])
-        thresholds = tune_thresholds(np.concatenate(scores), np.concatenate(labels), args.threshold_rule,
-                                     args.threshold_margin)
+        thresholds = tune_thresholds(np.concatenate(scores), np.concatenate(labels), args.threshold_rule, margin)
         if dist.main:
             print(f"thresholds of the selected epoch ({best['epoch'] + 1}) tuned on {len(labels[0])} training and "
                   f"{len(labels[1])} {select_on} images: {[round(t, 3) for t in thresholds]} "
-                  f"(on {select_on} alone: {[round(t, 3) for t in chosen['model_info']['thresholds']]})")
-            chosen["model_info"].update(thresholds=thresholds, threshold_data=f"train+{select_on}")
+                  f"(before: {[round(t, 3) for t in chosen['model_info']['thresholds']]}, "
+                  f"on {chosen['model_info']['threshold_data']})")
+            chosen["model_info"].update(thresholds=thresholds, threshold_data=f"train+{select_on}",
+                                        threshold_margin=margin)
             save_checkpoint(chosen, best_path)
             write_model_card(best_path)
     cleanup(dist)
