@@ -115,6 +115,13 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     assert float(rows[0]["Test accuracy"]) == pytest.approx(run_numbers(run)["test_accuracy"], abs=5e-5)
     with Image.open(tmp_path / "one" / "confusion.png") as im:
         assert im.size == figures.confusion_size_px(1, 1)
+    moved = tmp_path / "moved"  # trained with a relative --data: the resolved path still marks synthetic data
+    shutil.copytree(run, moved)
+    config = yaml.safe_load((moved / "config.yaml").read_text())
+    config["train"]["data"] = "data"
+    (moved / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["report", str(moved), "--out", str(tmp_path / "two")]) == 0
+    assert "The data are synthetic drawings" in (tmp_path / "two" / "report.md").read_text()
 
 
 def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
