@@ -105,8 +105,8 @@ def write_split(samples: list[Sample], path: str | Path) -> None:
     tmp.replace(path)
 
 
-def read_split(samples: list[Sample], path: str | Path) -> None:
-    """Apply a split written by :func:`write_split`; every sample must be listed."""
+def read_split_table(path: str | Path) -> dict[str, str]:
+    """``{image: split}`` of a split file written by :func:`write_split`; a DataError says what is wrong."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -118,7 +118,12 @@ def read_split(samples: list[Sample], path: str | Path) -> None:
            if not row.get("image") or row.get("split") not in ("train", "val", "test")]
     if bad:
         raise DataError(bad, hint="Pass the split.csv that a training run wrote, or drop --split-file.")
-    table = {row["image"]: row["split"] for row in rows}
+    return {row["image"]: row["split"] for row in rows}
+
+
+def read_split(samples: list[Sample], path: str | Path) -> None:
+    """Apply a split written by :func:`write_split`; every sample must be listed."""
+    table = read_split_table(path)
     missing = [s for s in samples if s.image not in table]
     if missing:
         raise DataError([Problem("split-mismatch", str(path), None,

@@ -31,6 +31,7 @@ from ..cli.common import (  # noqa: E402
 )
 from ..data import DataError, FundusDataset, Normalize, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
+from ..data.splits import read_split_table  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
@@ -60,10 +61,9 @@ def _lists_every_image(split_csv: Path, data: str, read_options: dict) -> bool:
         return False
     try:
         names = {s.image for s in read_catalog(data, resolve=False, **read_options).samples}
+        return bool(names) and names <= read_split_table(split_csv).keys()
     except DataError:
-        return False  # not a dataset (a folder of photographs, say)
-    with open(split_csv, newline="", encoding="utf-8") as f:
-        return bool(names) and names <= {row.get("image") for row in csv.DictReader(f)}
+        return False  # not a dataset (a folder of photographs, say), or not a usable split file
 
 
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str) -> dict:

@@ -106,9 +106,10 @@ def load_run(run: Path, name: str | None = None) -> Run:
         epochs = int(train.get("epochs") or len(rows))
         command = (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} --data {train.get('data')} "
                    f"--split test --out {run / 'eval'}`")
-        if ev is not None and (ev.get("split") != "test" or Path(str(ev.get("checkpoint"))).name == "last.pt"):
-            status, reason, ev = "not evaluated", (f"{metrics_file} is {Path(str(ev.get('checkpoint'))).name} on "
-                                                   f"the {ev.get('split')} split, not best.pt on test; {command}"), None
+        evaluated = Path(str((ev or {}).get("checkpoint"))).name
+        if ev is not None and (ev.get("split") != "test" or evaluated == "last.pt"):
+            status, reason, ev = "not evaluated", (f"{metrics_file} is {evaluated} on the {ev.get('split')} split, "
+                                                   f"not best.pt on test; {command}"), None
         elif ev is not None:
             status, reason = "done", ""
         elif len(rows) < epochs:
