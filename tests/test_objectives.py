@@ -167,7 +167,10 @@ def test_blend_eyes_mixes_each_eye_with_its_partner_only():
                                                              "--threshold-margin", "0.5",  # out of reach
                                                              "--blend-eyes", "0.4"]),
                                              ("ordinal", ["--pair-eyes", "--space-to-depth", "2",
-                                                          "--train-crop-size", "32"]),
+                                                          "--train-crop-size", "32",
+                                                          # bf16 on the CPU gave NaN weights in 3 of 10 runs
+                                                          # at these 16 px space-to-depth windows; fp32 in 0
+                                                          "--amp", "none"]),
                                              ("classification", ["--decision", "thresholds",
                                                                  "--global-pool", "gem"]),
                                              ("ordinal+ce", ["--mixup", "0.2", "--label-smoothing", "0.1"])])
