@@ -12,7 +12,7 @@ from torchvision.models import resnet18
 from retinopathy.data import Normalize
 from retinopathy.models import Grader, WeightsError, build_model, make_objective
 from retinopathy.models.factory import GlobalPool
-from retinopathy.training.engine import freeze_backbone, train_one_epoch
+from retinopathy.training.engine import Diverged, freeze_backbone, train_one_epoch
 
 
 def test_lab_head_shape_and_init():
@@ -94,6 +94,23 @@ def _step(model, frozen):
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
     train_one_epoch(model, make_objective("classification"), opt, _loader(), torch.device("cpu"),
                     Normalize((0.5,) * 3, (0.25,) * 3), grader=model, frozen=frozen, progress=False)
+
+
+@pytest.mark.parametrize("poison,named", [(float("nan"), "gradient norm nan"), (1e30, "gradient norm inf")])
+def test_a_non_finite_gradient_stops_training_before_the_step(poison, named):
+    """bf16 has no loss scaling: a NaN gradient, or one whose square overflows fp32 (AdamW's second moment
+    would turn it into NaN weights), under a finite loss. Training stops loudly and the weights stay as they were."""
+    torch.manual_seed(0)
+    model = Grader("resnet18", 4, "linear")  # the ordinal objective's 4 cumulative logits
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.net.layer4[0].conv1.weight.register_hook(lambda g: g * poison)
+    with pytest.raises(Diverged, match=f"epoch 3/9: non-finite {named} at image 0; stopped before"):
+        train_one_epoch(model, make_objective("ordinal"), opt, _loader(), torch.device("cpu"),
+                        Normalize((0.5,) * 3, (0.25,) * 3), grader=model, frozen=False, progress=False,
+                        desc="epoch 3/9")
+    assert not opt.state  # no step taken
+    assert all(torch.equal(before[k], v) for k, v in model.named_parameters())
 
 
 def test_frozen_phase_changes_only_the_head_and_keeps_bn_statistics():

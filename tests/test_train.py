@@ -248,7 +248,7 @@ def _loss_check(rank: int, port: int, out: str) -> None:
     td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         loss = float("nan") if rank == 1 else 0.7
-        Path(out, str(rank)).write_text(str(finite_everywhere(loss, DistInfo(True, rank, 2, 0), "cpu")))
+        Path(out, str(rank)).write_text(str(finite_everywhere([loss], DistInfo(True, rank, 2, 0), "cpu")))
     finally:
         td.destroy_process_group()
 
@@ -265,6 +265,28 @@ def test_a_non_finite_loss_in_one_process_stops_them_all(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_loss_check, args=(port, str(tmp_path)), nprocs=2)
     assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["False", "False"]
+
+
+def test_a_diverged_run_says_what_it_kept_and_resumes(synth_small, tmp_path, monkeypatch, capsys):
+    """A non-finite gradient in epoch 2 is a clean error (no traceback) that names the kept epoch and the way on;
+    the kept run then continues in fp32 to the end."""
+    from retinopathy.training import engine
+
+    run, args = tmp_path / "run", ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--amp", "bf16"]
+    assert main([*args, "--out", str(run), "--stop-after", "1"]) == 0
+    monkeypatch.setattr(engine, "gradient_norm", lambda optimizer: torch.tensor(float("nan")))
+    assert main([*args, "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "epoch 2/2 [finetune]: non-finite gradient norm nan at image 0; stopped before" in err
+    assert f"{run / 'checkpoints' / 'last.pt'} keeps epoch 1, the last finished: continue with --resume {run}" in err
+    assert len(rows(run)) == 1 and load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 0
+    monkeypatch.undo()
+    assert main([*args, "--resume", str(run), "--amp", "none"]) == 0
+    assert [r["epoch"] for r in rows(run)] == ["0", "1"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["engine"]["amp"] == "none"
+    assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--lr", "1e30",
+                 "--out", str(tmp_path / "wild")]) == 2
+    assert "No epoch finished; nothing was saved." in capsys.readouterr().err
 
 
 def test_space_to_depth_and_training_window_must_fit_the_image_size(capsys):

@@ -18,9 +18,10 @@ The YAML file::
 Each cell (``resnet18-pretrained``, ``resnet50-scratch``, ``lr-0.01``...) is a ``retinopathy train`` run in
 ``<out>/<name>/<cell>/`` (its options in ``cell.yaml``), then ``retinopathy evaluate`` of ``best.pt`` on the test
 split into ``<cell>/eval/``. A cell whose ImageNet weights cannot be had is skipped (``SKIPPED.json`` with the
-reason) and the others still run; a cell that fails (weights that do not fit, a non-finite loss...) is marked
-failed with its reason, the others still run, and the command exits 1. Finished cells are left alone on a
-re-run; interrupted ones resume from ``checkpoints/last.pt``. The state of every cell goes to ``<out>/<name>/experiment.json``.
+reason) and the others still run; a cell that fails (weights that do not fit, a non-finite loss or gradient...)
+is marked failed with its reason, the others still run, and the command exits 1. Finished cells are left alone on
+a re-run; interrupted ones resume from ``checkpoints/last.pt``. The state of every cell goes to
+``<out>/<name>/experiment.json``.
 """
 from __future__ import annotations
 
@@ -341,7 +342,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
             _write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
                                                     "train": train_config.plain_options(vars(parsed[cell.name]))})
             print(f"{tag} skipped - {str(e).splitlines()[0]}", flush=True)
-        except (RetinopathyError, FloatingPointError, RuntimeError) as e:  # this cell's; the others still run
+        except (RetinopathyError, RuntimeError) as e:  # this cell's (data, weights, divergence, memory)
             entry.update(status="failed", reason=str(e))
             print(f"{tag} failed - {e}", file=sys.stderr, flush=True)
         entry["seconds"] = round(time.perf_counter() - t0, 1)

@@ -46,12 +46,13 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(True, rank, world, local)
 
 
-def finite_everywhere(value: float, info: DistInfo, device) -> bool:
-    """Whether ``value`` is finite in every process (one collective): all of them stop together, instead of
-    the others waiting for the one that stopped until the collective times out."""
+def finite_everywhere(values: list[float], info: DistInfo, device) -> bool:
+    """Whether all ``values`` are finite in every process (one collective): all of them stop together, instead
+    of the others waiting for the one that stopped until the collective times out."""
+    local = all(math.isfinite(v) for v in values)
     if not info.enabled:
-        return math.isfinite(value)
-    flag = torch.tensor([0.0 if math.isfinite(value) else 1.0], device=device)
+        return local
+    flag = torch.tensor([0.0 if local else 1.0], device=device)
     dist.all_reduce(flag)
     return flag.item() == 0
 

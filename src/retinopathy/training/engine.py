@@ -5,6 +5,7 @@ Batches arrive as uint8 and are normalised on the device (:class:`~retinopathy.d
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 
 import numpy as np
@@ -13,9 +14,20 @@ from torch import nn
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
+from ..errors import RetinopathyError
 from .distributed import DistInfo, all_gather_objects, finite_everywhere
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Diverged(RetinopathyError, FloatingPointError):
+    """A non-finite loss or gradient: training stops before the optimizer step would spoil the weights."""
+
+
+def gradient_norm(optimizer) -> torch.Tensor:
+    """The 2-norm of every gradient the optimizer would apply (non-finite if any of them is)."""
+    return torch.nn.utils.get_total_norm(
+        [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None])
 
 
 def autocast(device: torch.device, amp: str):
@@ -80,23 +92,30 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
         loss = objective.loss(out, target)
         if mixup:
             loss = lam * loss + (1 - lam) * objective.loss(out, target[perm])
-        if not finite_everywhere(loss.item(), dist or DistInfo(), device):
-            raise FloatingPointError(f"loss is {loss.item()} at image {seen} of this epoch (in this process or "
-                                     "another); lower --lr or use --amp bf16/none")
         optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
+        if scaler is not None:  # fp16: the scaler itself skips steps whose scaled gradients overflow
             scaler.scale(loss).backward()
+            checked = loss.detach().float().reshape(1)
+        else:  # fp32/bf16: a non-finite gradient with a finite loss would otherwise poison the weights silently
+            loss.backward()
+            checked = torch.stack([loss.detach().float(), gradient_norm(optimizer).float()])
+        values = checked.tolist()
+        if not finite_everywhere(values, dist or DistInfo(), device):
+            bad = [f"{name} {v:.4g}" for name, v in zip(("loss", "gradient norm"), values) if not math.isfinite(v)]
+            raise Diverged(f"{desc}: non-finite {' and '.join(bad) or 'loss or gradient in another process'} at "
+                           f"image {seen}; stopped before the optimizer step, so the weights stay finite: lower "
+                           "--lr, or train with --amp none (bf16 has no loss scaling)")
+        if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
         else:
-            loss.backward()
             optimizer.step()
         if scheduler is not None:
             scheduler.step()
         if ema is not None:
             ema.update_parameters(grader)
         n = target.shape[0]
-        total_loss += loss.item() * n
+        total_loss += values[0] * n
         correct += (objective.predict(out.detach()) == target).sum().item()
         seen += n
         elapsed = time.perf_counter() - start

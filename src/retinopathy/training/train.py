@@ -33,7 +33,7 @@ from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args, plain_options
 from .distributed import barrier, cleanup, init_distributed
-from .engine import ShardSampler, evaluate, freeze_backbone, train_one_epoch
+from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 
@@ -325,10 +325,16 @@ def main(args) -> dict:
         train_loader.generator.manual_seed(args.seed * 100003 + epoch)
         train_sampler.set_epoch(epoch)
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
-        tr = train_one_epoch(runner, objective, optimizer, train_loader, device, normalize, grader=grader,
-                             frozen=frozen, scheduler=scheduler, scaler=scaler, ema=ema, amp=amp,
-                             channels_last=channels_last, mixup=args.mixup, progress=progress,
-                             desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]", dist=dist)
+        try:
+            tr = train_one_epoch(runner, objective, optimizer, train_loader, device, normalize, grader=grader,
+                                 frozen=frozen, scheduler=scheduler, scaler=scaler, ema=ema, amp=amp,
+                                 channels_last=channels_last, mixup=args.mixup, progress=progress,
+                                 desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]", dist=dist)
+        except Diverged as e:
+            cleanup(dist)
+            raise Diverged(f"{e}. " + (f"{out / 'checkpoints' / 'last.pt'} keeps epoch {epoch}, the last finished: "
+                                       f"continue with --resume {out} (with --amp none if it trained in bf16)"
+                                       if epoch else "No epoch finished; nothing was saved.")) from None
         results = {sp: evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
