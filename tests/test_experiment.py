@@ -12,6 +12,7 @@ import yaml
 
 from retinopathy.cli.main import main
 from retinopathy.experiments.runner import ExperimentError, cell_name, load_experiment, prepare_cell
+from retinopathy.training.checkpoint import load_checkpoint
 
 SCRATCH, PRETRAINED = "resnet18-scratch", "resnet18-pretrained"
 
@@ -40,7 +41,8 @@ def rows(run: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
-    """An offline experiment (empty TORCH_HOME) whose scratch cell was stopped after 1 of its 2 epochs."""
+    """An offline experiment (empty TORCH_HOME) whose scratch cell was stopped after 1 of its 2 epochs, and
+    killed, as it were, after writing epoch 2's metrics row but before its checkpoint (a row whose loss is 999)."""
     root = tmp_path_factory.mktemp("experiment")
     config = write_config(root)
     with pytest.MonkeyPatch.context() as mp:
@@ -55,6 +57,8 @@ def interrupted(tmp_path_factory):
                      "--quiet"]) == 0
         first_epoch = rows(cell.dir)
         assert len(first_epoch) == 1
+        with open(cell.dir / "metrics.csv", "a", newline="") as f:
+            csv.DictWriter(f, list(first_epoch[0])).writerow({**first_epoch[0], "epoch": "1", "train_loss": "999"})
         assert main(["experiment", str(config), "--quiet"]) == 0
         yield {"root": root, "config": config, "exp": root / "runs" / "grid", "first_epoch": first_epoch}
 
@@ -64,6 +68,8 @@ def test_interrupted_cell_resumes(interrupted):
     after = rows(run)
     assert [r["epoch"] for r in after] == ["0", "1"]
     assert after[0] == interrupted["first_epoch"][0], "the finished epoch was trained again"
+    assert after[1]["train_loss"] != "999", "the row without a checkpoint was taken for a trained epoch"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
     assert (run / "eval" / "metrics.json").exists() and (run / "eval" / "confusion_matrix.png").exists()
     status = json.loads((interrupted["exp"] / "experiment.json").read_text())
     assert status["cells"][SCRATCH]["status"] == "done"

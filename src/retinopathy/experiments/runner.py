@@ -26,7 +26,6 @@ a re-run; interrupted ones resume from ``checkpoints/last.pt``. The state of eve
 from __future__ import annotations
 
 import argparse
-import csv
 import inspect
 import itertools
 import json
@@ -45,6 +44,7 @@ from ..cli.common import READ_KEYS
 from ..errors import RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..training import config as train_config
+from ..training.checkpoint import load_checkpoint
 
 TOP_KEYS = ("name", "out", "data", "description", "base", "synth", "train", "grid", "variants", "evaluate",
             "report")
@@ -212,12 +212,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def epochs_done(run: Path) -> int:
-    """Epochs recorded in ``run/metrics.csv`` (0 when there is none)."""
-    try:
-        with open(run / "metrics.csv", newline="") as f:
-            return len({row["epoch"] for row in csv.DictReader(f)})
-    except FileNotFoundError:
-        return 0
+    """Epochs checkpointed in ``run/checkpoints/last.pt`` (0 when there is none). Not metrics.csv's rows: a row is
+    written before its checkpoint, so a run killed between the two has one row more (trimmed on resume)."""
+    last = run / "checkpoints" / "last.pt"
+    return load_checkpoint(last)["epoch"] + 1 if last.exists() else 0
 
 
 def is_evaluated(run: Path) -> bool:
@@ -279,19 +277,19 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
     from ..training import train
 
     run = cell.dir
-    done, has_last = epochs_done(run), (run / "checkpoints" / "last.pt").exists()
-    trained = has_last and done >= args.epochs
+    done = epochs_done(run)
+    trained = done >= args.epochs
     if trained and is_evaluated(run):
         print(f"{tag} finished earlier ({done} epochs, evaluated); nothing to do")
         return _done_entry(run)
     if not trained:
-        if args.pretrained and not has_last:
+        if args.pretrained and not done:
             check_weights(args)
         (run / "SKIPPED.json").unlink(missing_ok=True)
         shutil.rmtree(run / "eval", ignore_errors=True)  # from an earlier, shorter training
-        print(f"{tag} " + (f"resuming after epoch {done}/{args.epochs}" if has_last else
+        print(f"{tag} " + (f"resuming after epoch {done}/{args.epochs}" if done else
                            f"training {args.epochs} epochs") + f" -> {run}", flush=True)
-        argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if has_last else [])
+        argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))
     print(f"{tag} evaluating best.pt on the test split -> {run / 'eval'}", flush=True)
     evaluate_cell(run, args, exp, quiet)

@@ -373,10 +373,10 @@ def main(args) -> dict:
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
                      "rng": rng_state(), "best": best, "model_info": model_info,
                      "config": {**plain_options(vars(args)), "data": config["data"]["path"]}}
-            save_checkpoint(state, out / "checkpoints" / "last.pt")
-            if improved:
+            if improved:  # before last.pt: last.pt never names a best epoch that best.pt does not hold
                 save_checkpoint(state, out / "checkpoints" / "best.pt")
                 write_model_card(out / "checkpoints" / "best.pt")
+            save_checkpoint(state, out / "checkpoints" / "last.pt")
             print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}"
                   + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa {row[f'{sp}_kappa']:.3f}"
                             for sp in results)
