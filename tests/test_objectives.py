@@ -26,7 +26,7 @@ from retinopathy.models.objectives import (
 )
 from retinopathy.models.restore import restore
 from retinopathy.training.config import parse_args
-from retinopathy.training.train import outranks
+from retinopathy.training.train import eligible_epoch, outranks
 
 from .test_formats import make_kaggle
 
@@ -119,6 +119,13 @@ def test_selection_prefers_epochs_that_beat_the_majority():
     assert outranks(0.4, False, {"value": 0.3, "eligible": False})
     assert outranks(0.4, True, {"value": 0.3})  # checkpoints from before the rule: every epoch was eligible
     assert not outranks(0.3, True, {"value": 0.3, "eligible": True})
+    labels = np.r_[np.zeros(6, int), np.ones(4, int)]  # always grade 0: accuracy 0.6
+    thresholds, argmax = make_objective("ordinal"), make_objective("classification")
+    assert eligible_epoch(thresholds, "kappa-above-majority", 0.7, labels, 0.0)
+    assert not eligible_epoch(thresholds, "kappa-above-majority", 0.7, labels, 0.15)  # the tuning margin counts
+    assert not eligible_epoch(thresholds, "kappa-above-majority", 0.6, labels, 0.0)  # a tie does not beat it
+    assert eligible_epoch(thresholds, "kappa", 0.5, labels, 0.15) and eligible_epoch(argmax, "kappa-above-majority",
+                                                                                        0.5, labels, 0.15)
 
 
 def test_threshold_rule_kappa_above_majority():

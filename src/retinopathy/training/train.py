@@ -152,6 +152,13 @@ def outranks(value: float, eligible: bool, best: dict) -> bool:
     return (eligible, value) > (best.get("eligible", True), best["value"])
 
 
+def eligible_epoch(objective, rule: str, accuracy: float, labels, margin: float) -> bool:
+    """Whether an epoch may outrank under ``kappa-above-majority``: its accuracy on the selection split beats
+    always answering the majority grade by more than ``margin`` (the margin its thresholds were tuned with).
+    Every epoch is eligible under argmax decisions or the plain ``kappa`` rule."""
+    return objective.decision == "argmax" or rule == "kappa" or accuracy > majority_accuracy(labels) + margin
+
+
 def metrics_columns(eval_splits) -> list[str]:
     cols = ["epoch", "phase", "lr", "train_loss", "train_accuracy"]
     for sp in eval_splits:
@@ -358,9 +365,8 @@ def main(args) -> dict:
                         **{f"{sp}_recall_{g}": m["recall"][g] for g in GRADES}})
         row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"] * dist.world_size)
         value = row[f"{select_on}_{args.select_metric}"]
-        eligible = (objective.decision == "argmax" or args.threshold_rule == "kappa"
-                    or row[f"{select_on}_accuracy"] > majority_accuracy(results[select_on]["labels"])
-                    + per_epoch_margin)
+        eligible = eligible_epoch(objective, args.threshold_rule, row[f"{select_on}_accuracy"],
+                                  results[select_on]["labels"], per_epoch_margin)
         improved = outranks(value, eligible, best)
         if improved:
             best = {"value": value, "epoch": epoch, "metric": args.select_metric, "split": select_on,
