@@ -12,7 +12,7 @@ import yaml
 
 from retinopathy.cli.main import main
 from retinopathy.experiments.runner import ExperimentError, cell_name, load_experiment, prepare_cell
-from retinopathy.training.checkpoint import load_checkpoint
+from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
 SCRATCH, PRETRAINED = "resnet18-scratch", "resnet18-pretrained"
 
@@ -108,6 +108,31 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     assert [after[k] for k in training] == [before[k] for k in training]
 
 
+def test_an_interrupted_threshold_retune_is_redone(tmp_path, capsys):
+    """train+selection retunes best.pt after the last epoch; a kill during it leaves last.pt finished, and the
+    runner must not evaluate the per-epoch thresholds as if it had happened."""
+    config = write_config(tmp_path, train={"epochs": 1, "freeze_epochs": 0, "image_size": 32, "batch_size": 16,
+                                           "workers": 0, "objective": "regression",
+                                           "threshold_data": "train+selection"}, grid={"pretrained": [False]})
+    exp = load_experiment(config)
+    from retinopathy.data.synth import generate
+
+    generate(tmp_path / "data", **exp.synth, progress=False)
+    cell = exp.cells[0]
+    prepare_cell(cell, exp)
+    assert main(["train", "--config", str(cell.dir / "cell.yaml"), "--out", str(cell.dir), "--quiet"]) == 0
+    best = cell.dir / "checkpoints" / "best.pt"
+    ckpt = load_checkpoint(best)
+    assert ckpt["model_info"]["threshold_data"] == "train+val"
+    ckpt["model_info"]["threshold_data"] = "val"  # as the kill leaves it
+    save_checkpoint(ckpt, best)
+    capsys.readouterr()
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
+    assert "retuning best.pt's thresholds" in capsys.readouterr().out
+    assert load_checkpoint(best)["model_info"]["threshold_data"] == "train+val"
+    assert json.loads((cell.dir / "eval" / "metrics.json").read_text())["epoch"] == 0
+
+
 def test_changed_options_are_refused(interrupted):
     config = write_config(interrupted["root"], train={"epochs": 2, "freeze_epochs": 1, "image_size": 80,
                                                       "batch_size": 16, "workers": 0})
@@ -124,6 +149,14 @@ def test_config_errors_name_the_file(tmp_path, capsys):
     config = write_config(tmp_path, train={"out": "elsewhere"})
     with pytest.raises(ExperimentError, match="may not set out"):
         load_experiment(config)
+    # a cell that train would refuse stops the grid before any cell runs, not halfway with a traceback
+    for grid, named in (({"model": ["resnet19", "resnet18"]}, "'resnet19' is not a torchvision model"),
+                        ({"objective": ["classification", "regression"]}, "not to regression")):
+        config = write_config(tmp_path, train={"epochs": 1, "label_smoothing": 0.1}, grid=grid)
+        assert main(["experiment", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert named in err and str(config) in err
+        assert not (tmp_path / "runs" / "grid").exists() or not any((tmp_path / "runs" / "grid").rglob("*.pt"))
 
 
 def test_cell_names():

@@ -194,6 +194,32 @@ def test_mixup_trains_and_resumes_exactly(synth_small, tmp_path, capsys):
     assert "--mixup -1.0" in capsys.readouterr().err
 
 
+def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):
+    """The network, the metrics.csv columns and the selection rule cannot change on resume (a clean error, the
+    run untouched), nor can --out point elsewhere; the suggested way, a new run from its weights, works."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for change, named in ((["--objective", "ordinal"], "--objective classification (not ordinal)"),
+                          (["--eval-splits", "val"], "--eval-splits val,test (not val)")):
+        assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
+        assert named in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(run), "--out", str(tmp_path / "fork")])
+    assert "leave out --out" in capsys.readouterr().err
+    for bad, named in ((["--model", "resnet19"], "'resnet19' is not a torchvision model"),
+                       (["--objective", "regression", "--label-smoothing", "0.1"], "not to regression")):
+        with pytest.raises(SystemExit):
+            main(["train", "--data", str(synth_small), *FAST, *bad, "--out", str(tmp_path / "bad")])
+        assert named in capsys.readouterr().err
+    assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--freeze-epochs", "0",
+                 "--objective", "ordinal", "--weights", str(run / "checkpoints" / "best.pt"),
+                 "--out", str(tmp_path / "new")]) == 0
+
+
 def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)

@@ -218,6 +218,16 @@ def epochs_done(run: Path) -> int:
     return load_checkpoint(last)["epoch"] + 1 if last.exists() else 0
 
 
+def retune_pending(run: Path, args: argparse.Namespace) -> bool:
+    """Whether ``--threshold-data train+selection``'s retune of best.pt, after the last epoch, did not happen
+    (interrupted): ``train --resume`` of the finished run does it."""
+    best = run / "checkpoints" / "best.pt"
+    if args.threshold_data != "train+selection" or not best.exists():
+        return False
+    info = load_checkpoint(best)["model_info"]
+    return info["decision"] == "thresholds" and not info["threshold_data"].startswith("train+")
+
+
 def is_evaluated(run: Path) -> bool:
     """evaluate writes metrics.json first and confusion_matrix.png last: both present = complete."""
     return (run / "eval" / "metrics.json").exists() and (run / "eval" / "confusion_matrix.png").exists()
@@ -278,7 +288,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
 
     run = cell.dir
     done = epochs_done(run)
-    trained = done >= args.epochs
+    trained = done >= args.epochs and not retune_pending(run, args)
     if trained and is_evaluated(run):
         print(f"{tag} finished earlier ({done} epochs, evaluated); nothing to do")
         return _done_entry(run)
@@ -287,8 +297,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
             check_weights(args)
         (run / "SKIPPED.json").unlink(missing_ok=True)
         shutil.rmtree(run / "eval", ignore_errors=True)  # from an earlier, shorter training
-        print(f"{tag} " + (f"resuming after epoch {done}/{args.epochs}" if done else
-                           f"training {args.epochs} epochs") + f" -> {run}", flush=True)
+        doing = ("retuning best.pt's thresholds (interrupted after the last epoch)" if done >= args.epochs else
+                 f"resuming after epoch {done}/{args.epochs}" if done else f"training {args.epochs} epochs")
+        print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))
     print(f"{tag} evaluating best.pt on the test split -> {run / 'eval'}", flush=True)

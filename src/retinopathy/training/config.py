@@ -13,7 +13,7 @@ import yaml
 
 from ..cli.common import add_blend_argument, add_data_arguments, blend_weight
 from ..data.transforms import AUGMENT, PREPROCESS
-from ..models.factory import HEADS, POOLS
+from ..models.factory import HEADS, POOLS, list_models
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
 
 THRESHOLD_DATA = ("selection", "train+selection")
@@ -199,7 +199,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--data is required (or set data: in the config file)")
     if not args.out and not args.resume:
         parser.error("--out runs/NAME is required")
+    if args.out and args.resume and Path(args.out).resolve() != Path(args.resume).resolve():
+        parser.error(f"--resume {args.resume} continues that run in its own folder; leave out --out {args.out} "
+                     "(to start a new run from its weights: --weights RUN/checkpoints/best.pt --out NEW)")
     args.out = args.out or args.resume
+    if args.model not in list_models():
+        parser.error(f"--model {args.model!r} is not a torchvision model; any classification model works, e.g. "
+                     "resnet18, resnet50, efficientnet_b0, convnext_tiny")
+    if args.label_smoothing and args.objective not in ("classification", "ordinal+ce"):
+        parser.error(f"--label-smoothing applies to cross-entropy (objectives classification, ordinal+ce), not "
+                     f"to {args.objective}")
     if not 0 <= args.freeze_epochs <= args.epochs:
         parser.error("--freeze-epochs must be between 0 and --epochs")
     if not 0 < args.model_ema_decay < 1:

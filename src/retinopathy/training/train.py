@@ -146,6 +146,11 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+# What shapes the network, the metrics.csv columns or the meaning of "best": a resumed run keeps them.
+FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
+                   "select_on", "select_metric")
+
+
 def outranks(value: float, eligible: bool, best: dict) -> bool:
     """Model selection: the higher value wins, except that under ``--threshold-rule kappa-above-majority`` an
     epoch whose thresholds beat the majority grade on the selection split outranks any epoch whose could not."""
@@ -189,8 +194,12 @@ def main(args) -> dict:
     ckpt = None
     if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
         ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
-        if ckpt["config"]["model"] != args.model:
-            raise CheckpointError(f"{args.resume}: the run trained {ckpt['config']['model']}, not {args.model}")
+        changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in FIXED_ON_RESUME
+                   if k in ckpt["config"] and ckpt["config"][k] != getattr(args, k)]
+        if changed:
+            raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
+                                  "on resume. Resume without them, or start a new run (--out NEW, and --weights "
+                                  f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
     elif args.resume and dist.main:
         print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
     split_file = Path(args.resume) / "split.csv" if ckpt is not None else args.split_file
@@ -220,8 +229,6 @@ def main(args) -> dict:
     counts = train_set.class_counts()
     objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
                                label_smoothing=args.label_smoothing, decision=args.decision)
-    if args.objective not in ("classification", "ordinal+ce") and args.label_smoothing:
-        raise SystemExit("error: --label-smoothing applies to cross-entropy (objectives classification, ordinal+ce)")
     model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
                                 args.weights_tag, None if ckpt else args.weights, args.check_weights_hash,
                                 args.pair_eyes, args.space_to_depth, args.global_pool)
