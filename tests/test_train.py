@@ -17,6 +17,7 @@ import yaml
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
 from retinopathy.cli.main import main
+from retinopathy.data import DataError
 from retinopathy.training.checkpoint import load_checkpoint
 
 FAST = ["--model", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size", "16", "--workers", "0",
@@ -387,7 +388,8 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
 
 def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     """evaluate / predict take the run's split.csv wherever it lists every image (the training data, a copy);
-    on other data they split with the run's seed and fractions (not the defaults); the command line overrides."""
+    on other data they split with the run's seed and fractions (not the defaults); data that shares only some
+    images with the run's split is refused, since a fresh split would leak; the command line overrides."""
     from argparse import Namespace
 
     from retinopathy.evaluation.evaluate import run_catalog_options
@@ -400,11 +402,15 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     rows = make_kaggle(tmp_path / "copy", n_patients=3)
     listed = "".join(f"{r.split(',')[0]},train\n" for r in rows)
     (tmp_path / "run" / "split.csv").write_text("image,split\n" + listed)
-    make_kaggle(tmp_path / "other", n_patients=4)  # 3_left, 3_right are not in the run's split
+    make_kaggle(tmp_path / "more", n_patients=4)  # 3_left, 3_right are not in the run's split
+    others = make_kaggle(tmp_path / "other", n_patients=6)[6:]  # patients 3-5: none of them are
+    (tmp_path / "other" / "trainLabels.csv").write_text("image,level\n" + "\n".join(others) + "\n")
     ckpt = {"config": {"split_seed": 3, "val_fraction": 0.15, "test_fraction": None}}
-    args = Namespace(split_file=None, split_seed=None, val_fraction=None, test_fraction=None)
+    args = Namespace(split_file=None, split_seed=None, val_fraction=None, test_fraction=None, split="test")
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["split_file"] == tmp_path / "run" / "split.csv"
     other = run_catalog_options(args, best, ckpt, str(tmp_path / "other"))
     assert "split_file" not in other and (other["seed"], other["val_fraction"], other["test_fraction"]) == (3, 0.15, 0.2)
+    with pytest.raises(DataError, match="6 of its images are in the run's split .* and 2 are not"):
+        run_catalog_options(args, best, ckpt, str(tmp_path / "more"))
     args.split_seed = 5
-    assert run_catalog_options(args, best, ckpt, str(tmp_path / "other"))["seed"] == 5
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "more"))["seed"] == 5

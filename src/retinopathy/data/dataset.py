@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, open_image
-from .problems import DataError, Problem
+from .problems import DataError, Problem, refuse_misaligned
 from .splits import assign_splits, leakage_warnings, read_split, select, write_split
 from .transforms import Preprocessing, build_transform, geometry, to_tensor
 
@@ -71,9 +71,7 @@ class FundusDataset(Dataset):
         if check:
             samples, bad = _check_files(samples)
             problems += bad
-        misaligned = [p for p in problems if p.kind == "length-mismatch"]
-        if misaligned:  # every label after the extra line may belong to another image: nothing to skip safely
-            raise DataError(misaligned, hint="Fix the files: --skip-bad drops bad rows, not files out of step.")
+        refuse_misaligned(problems)
         if problems and not skip_bad:
             raise DataError(problems, hint="Fix the files, or pass --skip-bad (skip_bad=True) to drop them.")
         if not samples:

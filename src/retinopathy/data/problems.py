@@ -37,3 +37,11 @@ class DataError(RetinopathyError, ValueError):
         if hint:
             msg += f"\n{hint}"
         super().__init__(msg)
+
+
+def refuse_misaligned(problems: list[Problem]) -> None:
+    """Lab CSVs of different lengths: every grade after the gap may belong to another image, so nothing can be
+    skipped safely (not even with --skip-bad)."""
+    misaligned = [p for p in problems if p.kind == "length-mismatch"]
+    if misaligned:
+        raise DataError(misaligned, hint="Fix the files: --skip-bad drops bad rows, not files out of step.")

@@ -29,7 +29,7 @@ from ..cli.common import (  # noqa: E402
     blend_setting,
     catalog_options,
 )
-from ..data import DataError, FundusDataset, Normalize, load_catalog, read_catalog  # noqa: E402
+from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.splits import read_split_table  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
@@ -56,29 +56,44 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _lists_every_image(split_csv: Path, data: str, read_options: dict) -> bool:
+def _split_overlap(split_csv: Path, data: str, read_options: dict) -> tuple[int, int]:
+    """(images of ``data`` that ``split_csv`` assigns, images it does not); (0, 0) when either cannot be read."""
     if not split_csv.exists():
-        return False
+        return 0, 0
     try:
         names = {s.image for s in read_catalog(data, resolve=False, **read_options).samples}
-        return bool(names) and names <= read_split_table(split_csv).keys()
+        listed = len(names & read_split_table(split_csv).keys())
     except DataError:
-        return False  # not a dataset (a folder of photographs, say), or not a usable split file
+        return 0, 0  # not a dataset (a folder of photographs, say), or not a usable split file
+    return listed, len(names) - listed
 
 
-def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str) -> dict:
+def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
     Its split.csv when that lists every image of ``data`` (the data it trained on, a copy or a ``prepare``d
-    version of it); else the split is recomputed with the run's seed and fractions; the command line overrides."""
+    version of it); on other data the split is computed with the run's seed and fractions. Data that shares only
+    some images with the run's split is refused (a fresh split would put training images into val or test)
+    unless the command line chooses the split."""
     opts = catalog_options(args)
+    opts["labels"] = opts.get("labels") or labels
     if args.split_file:
         return opts
     run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
-    if _lists_every_image(run / "split.csv", data, {k: opts[k] for k in READ_KEYS if k in opts}):
-        opts["split_file"] = run / "split.csv"
+    split_csv = run / "split.csv"
+    listed, unlisted = _split_overlap(split_csv, data, {k: opts[k] for k in READ_KEYS if k in opts})
+    chosen = any(getattr(args, k, None) is not None for k in ("split_seed", "val_fraction", "test_fraction"))
+    if listed and not unlisted:
+        opts["split_file"] = split_csv
+    elif listed and not chosen and getattr(args, "split", "all") != "all":
+        raise DataError([Problem("split-overlap", str(data), None,
+                                 f"{listed} of its images are in the run's split ({split_csv}) and {unlisted} are "
+                                 f"not: a split computed afresh would put some of the run's training images into "
+                                 f"{args.split}")],
+                        hint="Use the data the run trained on; or choose the split with --split-file FILE (or "
+                             "--split-seed / --val-fraction / --test-fraction); or grade every image with --split all")
     for key, opt in (("val_fraction", "val_fraction"), ("test_fraction", "test_fraction"), ("split_seed", "seed")):
-        if getattr(args, key, None) is None and ckpt["config"].get(key) is not None:
+        if getattr(args, key, None) is None and ckpt.get("config", {}).get(key) is not None:
             opts[opt] = ckpt["config"][key]
     return opts
 

@@ -14,7 +14,8 @@ With ``--tta`` the probabilities (and scores) are averaged over the identity, ho
 flips; the grade is then the most probable one (classification) or the thresholded mean score.
 With ``--blend-eyes W`` (by default the checkpoint's setting, for which its thresholds were tuned) each eye's
 probabilities and score are mixed with those of the same patient's other eye among the graded images
-(``<patient>_left``/``_right``, or the dataset's patient column) before grading, as ``evaluate`` does.
+(``<patient>_left``/``_right``, or the dataset's patient column; within one dataset or folder) before grading,
+as ``evaluate`` does. ``--split val|test`` takes each dataset's split from the run (as ``evaluate`` does).
 ``--cam DIR`` writes ``DIR/<image>.png``: the Grad-CAM of the predicted grade (see ``explain.py``) on the
 unflipped preprocessed square, at the model's input size.
 """
@@ -37,6 +38,7 @@ from ..cli.common import add_blend_argument, add_data_arguments, blend_setting, 
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import detect_format, patient_of
 from ..data.images import IMAGE_EXTENSIONS
+from ..data.problems import refuse_misaligned
 from ..data.splits import select
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
@@ -56,7 +58,7 @@ class Item:
     image: str
     label: int | None = None
     error: str = ""
-    patient: str | None = None  # default: from the name (<patient>_left/right)
+    patient: str | None = None  # "<folder>|<patient>": eyes pair within a dataset or a folder, not across them
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -82,10 +84,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- inputs
 def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     catalog = load_catalog(data, **opts)
+    refuse_misaligned(catalog.problems)
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             print(f"warning: {p}", file=sys.stderr)
-    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", s.patient)
+    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}")
             for s in select(catalog.samples, split)]
 
 
@@ -99,23 +102,29 @@ def _is_dataset(folder: Path, opts: dict) -> bool:
         return False
 
 
-def collect_items(inputs, split: str = "all", **opts) -> list[Item]:
-    """Items for every input: image files, folders (recursive) and datasets; ``opts`` as for ``load_catalog``."""
+def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[Item]:
+    """Items for every input: image files, folders (recursive) and datasets; ``opts`` as for ``load_catalog``,
+    or ``options_for(folder, labels file or None)`` giving each dataset's. A ``split`` other than all needs
+    datasets."""
     items: list[Item] = []
     for raw in inputs:
         path = Path(raw)
-        if path.is_file() and path.suffix.lower() == ".csv":
-            items += _dataset_items(path.parent, {**opts, "labels": opts.get("labels") or path}, split)
+        dataset = path.is_file() and path.suffix.lower() == ".csv" or path.is_dir() and _is_dataset(path, opts)
+        if not dataset and split != "all" and path.exists():
+            raise DataError([Problem("no-split", str(path), None, f"--split {split} needs a dataset (labels CSV or "
+                                     "a labelled folder); this input has no splits. Pass --split all to grade it")])
+        if dataset:
+            folder, labels = (path.parent, path) if path.is_file() else (path, None)
+            data_opts = options_for(folder, labels) if options_for else {**opts, "labels": opts.get("labels") or labels}
+            items += _dataset_items(folder, data_opts, split)
         elif path.is_file():
-            items.append(Item(str(path), path.stem))
-        elif path.is_dir() and _is_dataset(path, opts):
-            items += _dataset_items(path, opts, split)
+            items.append(Item(str(path), path.stem, patient=f"{path.parent}|{patient_of(path.stem)}"))
         elif path.is_dir():
             files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
             if not files:
                 raise DataError([Problem("empty", str(path), None, "no images here (searched recursively for "
                                          f"{', '.join(IMAGE_EXTENSIONS)})")])
-            items += [Item(str(f), f.stem) for f in files]
+            items += [Item(str(f), f.stem, patient=f"{f.parent}|{patient_of(f.stem)}") for f in files]
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
     return items
@@ -268,12 +277,11 @@ def main(args) -> dict:
                                  f"e.g. {Path(args.out) / 'predictions.csv'}")])
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
-    opts = catalog_options(args)
-    if args.split != "all" and len(args.inputs) == 1:  # the run's own split
-        from ..evaluation.evaluate import run_catalog_options
+    from ..evaluation.evaluate import run_catalog_options
 
-        opts = run_catalog_options(args, Path(args.checkpoint), ckpt, args.inputs[0])
-    items = collect_items(args.inputs, args.split, **opts)
+    items = collect_items(args.inputs, args.split, (lambda folder, labels: run_catalog_options(  # each one's split
+        args, Path(args.checkpoint), ckpt, str(folder), labels)) if args.split != "all" else None,
+        **catalog_options(args))
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
     progress = not args.quiet and sys.stderr.isatty()

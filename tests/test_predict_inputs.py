@@ -1,0 +1,48 @@
+"""``predict`` on several inputs: each dataset graded on the run's own split, eyes paired within a folder only,
+and inputs that cannot honour the request refused (synthetic data: no shared data needed)."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+from retinopathy.cli.main import main
+from retinopathy.inference.predict import collect_items
+
+from .test_formats import disc
+
+
+def test_split_applies_the_runs_split_to_every_dataset(synth_small, tmp_path, capsys):
+    run, copy = tmp_path / "run", tmp_path / "copy"
+    assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "32", "--epochs", "1",
+                 "--freeze-epochs", "0", "--workers", "0", "--split-seed", "5", "--test-fraction", "0.3",
+                 "--out", str(run), "--quiet"]) == 0
+    shutil.copytree(synth_small, copy)
+    with open(run / "split.csv", newline="") as f:
+        test = sorted(r["image"] for r in csv.DictReader(f) if r["split"] == "test")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(run), str(synth_small), str(copy), "--split", "test", "--out", str(out),
+                 "--workers", "0", "--quiet"]) == 0
+    with open(out, newline="") as f:
+        graded = sorted(r["image"] for r in csv.DictReader(f))
+    assert graded == sorted(test + test)
+    folder = tmp_path / "photos"
+    disc(folder / "9_left.jpeg")
+    assert main(["predict", str(run), str(synth_small), str(folder), "--split", "test", "--out", str(out)]) == 2
+    assert f"{folder}: --split test needs a dataset" in capsys.readouterr().err
+
+
+def test_lab_files_out_of_step_are_refused(tiny_run, tmp_path, capsys):
+    for i in range(3):
+        disc(tmp_path / f"{i}_left.jpeg")
+    (tmp_path / "test_img.csv").write_text("0_left\n1_left\n2_left\n")
+    (tmp_path / "test_label.csv").write_text("0\n1\n")
+    assert main(["predict", str(tiny_run), str(tmp_path), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 2
+    assert "not files out of step" in capsys.readouterr().err and not (tmp_path / "p.csv").exists()
+
+
+def test_eyes_pair_within_a_folder_not_across_folders(tmp_path):
+    a, b = (disc(tmp_path / "siteA" / "1_left.jpeg"), disc(tmp_path / "siteA" / "1_right.jpeg"))
+    c = disc(tmp_path / "siteB" / "1_right.jpeg")
+    items = collect_items([a, b, tmp_path / "siteB"])
+    assert items[0].patient == items[1].patient != items[2].patient
+    assert [i.path for i in items] == [str(a), str(b), str(c)]
