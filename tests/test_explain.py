@@ -115,6 +115,8 @@ def test_heatmap_mass_is_in_the_lesion_quadrant(objective):
 def test_cam_layer_rule(arch, layer):
     model = Grader(arch, 5)
     assert cam_layer(model, image_size=SIZE) is model.net.get_submodule(layer)
+    s2d = Grader(arch, 5, space_to_depth=2)  # probed through its stem (12 channels into the network)
+    assert cam_layer(s2d, image_size=2 * SIZE) is s2d.net.get_submodule(layer)
 
 
 def test_cam_layer_refuses_vision_transformers():

@@ -47,7 +47,8 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     try:
         net.eval()
         with torch.no_grad():
-            net(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype))
+            stem = getattr(model, "stem", nn.Identity())  # a space-to-depth stem feeds the network 3 * s * s channels
+            net(stem(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)))
     finally:
         for h in handles:
             h.remove()
