@@ -139,6 +139,13 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert main(["report", str(on_val), "--out", str(tmp_path / "r3")]) == 0
     page = (tmp_path / "r3" / "index.html").read_text()
     assert 'data-status="not evaluated"' in page and "best.pt on the val split, not best.pt on test" in page
+    stale = tmp_path / "stale"  # eval/ holds an earlier best.pt: training went on
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", stale)
+    metrics = json.loads((stale / "eval" / "metrics.json").read_text())
+    (stale / "eval" / "metrics.json").write_text(json.dumps({**metrics, "epoch": metrics["epoch"] - 1}))
+    assert main(["report", str(stale), "--out", str(tmp_path / "r4")]) == 0
+    page = (tmp_path / "r4" / "index.html").read_text()
+    assert 'data-status="not evaluated"' in page and f"best.pt is now epoch {metrics['epoch'] + 1}" in page
 
 
 # ------------------------------------------------------------------------------------------------ browser
@@ -216,3 +223,13 @@ def test_one_run_experiment_is_named_after_the_experiment(tmp_path):
         {"name": "solo", "cells": {"resnet18": {"status": "pending", "dir": "resnet18", "values": {"model": "resnet18"}}}}))
     [run] = load_experiment(exp)
     assert run.status == "pending" and run.named == "solo"
+
+
+def test_a_cell_that_failed_without_a_reason_is_reported(tmp_path):
+    exp = tmp_path / "grid"
+    (exp / "resnet18").mkdir(parents=True)
+    (exp / "experiment.json").write_text(json.dumps(
+        {"name": "grid", "cells": {"resnet18": {"status": "failed", "reason": "", "dir": "resnet18",
+                                                "values": {"model": "resnet18"}}}}))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
+    assert "Missing: resnet18 - failed" in (tmp_path / "r" / "report.md").read_text()

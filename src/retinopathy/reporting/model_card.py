@@ -49,7 +49,7 @@ def _fmt(v, digits: int = 3) -> str:
 
 def _ci(record: dict, key: str) -> str:
     ci = (record.get("ci95") or {}).get(key)
-    return f" [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else ""
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
 def _majority(counts) -> float | None:

@@ -23,6 +23,7 @@ import yaml
 from ..atomic import write_text
 from ..errors import RetinopathyError
 from ..models.restore import display_name
+from ..training.checkpoint import load_checkpoint
 from . import figures
 from .html import ci_text, render_html, warning_text
 
@@ -96,6 +97,10 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
 def load_run(run: Path, name: str | None = None) -> Run:
     name = name or run.name
     if (run / "config.yaml").exists():
@@ -107,9 +112,15 @@ def load_run(run: Path, name: str | None = None) -> Run:
         command = (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} --data {train.get('data')} "
                    f"--split test --out {run / 'eval'}`")
         evaluated = Path(str((ev or {}).get("checkpoint"))).name
+        best = run / "checkpoints" / "best.pt"
+        best_epoch = load_checkpoint(best)["epoch"] if ev is not None and best.exists() else None
         if ev is not None and (ev.get("split") != "test" or evaluated == "last.pt"):
             status, reason, ev = "not evaluated", (f"{metrics_file} is {evaluated} on the {ev.get('split')} split, "
                                                    f"not best.pt on test; {command}"), None
+        elif ev is not None and best_epoch is not None and ev.get("epoch") != best_epoch:
+            status, reason, ev = "not evaluated", (f"{metrics_file} evaluated the best.pt of epoch "
+                                                   f"{ev.get('epoch', -1) + 1}; training went on and best.pt is now "
+                                                   f"epoch {best_epoch + 1}: {command}"), None
         elif ev is not None:
             status, reason = "done", ""
         elif len(rows) < epochs:
@@ -250,7 +261,7 @@ def at_a_glance(runs: list[Run]) -> list[str]:
                      + ", ".join(r.name for r in below) + ".")
     for r in runs:
         if r.eval is None:
-            lines.append(f"Missing: {r.name} - {r.status}: {r.reason.splitlines()[0] if r.reason else ''}")
+            lines.append(f"Missing: {r.name} - {r.status}: {first_line(r.reason)}")
     if any(r.status == "skipped" for r in runs):
         lines.append("Skipped cells run when the experiment is run again with their ImageNet weights available (how to "
                      "get them: 'more' under the cell in the table); finished cells are not run again.")
@@ -297,7 +308,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
             figs.append({"file": name, "kind": metric, "model": model,
                          "title": f"{display_name(model)}: {metric}"})
     cells = {(display_name(m), v): (grid[(m, v)].eval["confusion_matrix"] if grid[(m, v)].eval is not None
-                                    else f"{grid[(m, v)].status}: {grid[(m, v)].reason.splitlines()[0]}")
+                                    else f"{grid[(m, v)].status}: {first_line(grid[(m, v)].reason)}")
              for m in models for v in variants if (m, v) in grid}
     figures.confusion_grid([display_name(m) for m in models], variants, cells, out / "confusion.png")
     figs.append({"file": "confusion.png", "kind": "confusion", "model": None,
@@ -324,7 +335,7 @@ def cell_lines(run: Run) -> list[str]:
     """The lines of one results-table cell in report.md."""
     n = run.numbers
     if run.eval is None:
-        return [f"{run.status}: {run.reason.splitlines()[0]}" if run.reason else run.status]
+        return [f"{run.status}: {first_line(run.reason)}" if run.reason.strip() else run.status]
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
     lines = [f"test accuracy {fmt(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
              f"kappa {fmt(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {fmt(n['macro_f1'])}",
