@@ -1,15 +1,17 @@
 """Each kind of bad input gives its clear error at construction, and `data check` reports it."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 from PIL import Image
+from torch.utils.data import DataLoader
 
 from retinopathy.cli.main import main
-from retinopathy.data import DataError, FundusDataset, open_image
-from retinopathy.data.images import ImageError
+from retinopathy.data import DataError, FundusDataset, load_catalog, open_image
+from retinopathy.data.images import ImageError, check_image
 from retinopathy.errors import RetinopathyError
 
 from .test_formats import disc, make_kaggle
@@ -91,7 +93,57 @@ def test_truncated_png_and_tiff_fail_at_construction(tmp_path, ext):
     assert isinstance(error, RetinopathyError) and str(error) == f"{path}: truncated"
 
 
-@pytest.mark.parametrize("label", ["7", "-1", "two", "2.5", ""])
+def noise(size, fmt="JPEG", **options):
+    out = io.BytesIO()
+    Image.fromarray(np.random.default_rng(size).integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
+        out, fmt, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_end_marker_past_a_trailer_and_not_in_the_thumbnail(tmp_path, progressive):
+    """Bytes after the image (phones append trailers) are fine; a cut file is refused although the EOI of its
+    EXIF thumbnail is near its end."""
+    thumbnail = b"Exif\0\0" + noise(8)
+    jpeg = noise(64, progressive=progressive)
+    jpeg = jpeg[:2] + b"\xff\xe1" + (len(thumbnail) + 2).to_bytes(2, "big") + thumbnail + jpeg[2:]
+    path = tmp_path / "a.jpeg"
+    path.write_bytes(jpeg + bytes(8192))
+    assert check_image(path) == (64, 64) and open_image(path).size == (64, 64)
+    path.write_bytes(jpeg[: len(jpeg) // 2])  # in the scan data
+    with pytest.raises(ImageError, match="truncated JPEG"):
+        check_image(path)
+
+
+def corrupt_png(path):
+    png = bytearray(noise(64, "PNG"))
+    png[png.index(b"IDAT") + 100] ^= 0xFF  # the IEND stays
+    path.write_bytes(png)
+    return path
+
+
+def test_png_with_corrupt_data_fails_at_construction(tmp_path):
+    make_kaggle(tmp_path, n_patients=3, ext=".png")
+    corrupt_png(tmp_path / "1_left.png")
+    with pytest.raises(DataError, match="1_left.png: .*corrupt"):
+        FundusDataset(tmp_path, "all", image_size=32)
+
+
+def open_all(paths):
+    return [open_image(p) for p in paths]
+
+
+def test_image_error_from_a_loader_worker_is_its_own_message(tmp_path):
+    """A DataLoader worker re-raises ImageError with its traceback as the one argument: only the message stays."""
+    path = corrupt_png(tmp_path / "a.png")
+    with pytest.raises(ImageError) as direct:
+        open_image(path)
+    with pytest.raises(ImageError) as from_worker:
+        next(iter(DataLoader([str(path)], num_workers=1, collate_fn=open_all)))
+    assert str(from_worker.value) == str(direct.value)
+
+
+@pytest.mark.parametrize("label", ["7", "-1", "two", "2.5", "", "²"])
 def test_bad_label(tmp_path, kaggle, label):
     text = (kaggle / "trainLabels.csv").read_text().splitlines()
     text[4] = text[4].split(",")[0] + "," + label
@@ -113,6 +165,50 @@ def test_lab_files_of_different_lengths(tmp_path):
         FundusDataset(tmp_path, "train", image_size=32, val_fraction=0, skip_bad=True)
     rc, report = check(tmp_path, tmp_path)
     assert rc == 1 and "length-mismatch" in kinds(report)
+
+
+@pytest.mark.parametrize("encoding, line", [("cp1252", 4), ("utf-16", 1)])
+def test_labels_not_in_utf8(tmp_path, kaggle, encoding, line):
+    labels = kaggle / "trainLabels.csv"
+    labels.write_bytes(labels.read_text().replace("1_left", "1_léft").encode(encoding))
+    with pytest.raises(DataError, match=f"trainLabels.csv:{line}: byte .* is not UTF-8.*\n.*Re-save"):
+        FundusDataset(kaggle, "all", image_size=32)
+    (kaggle / "train_img.csv").write_bytes("0_left\n0_right\n1_right\n1_léft\n".encode(encoding))  # the lab format
+    (kaggle / "train_label.csv").write_text("0\n1\n2\n1\n")
+    with pytest.raises(DataError, match=f"train_img.csv:{line}: byte .* is not UTF-8"):
+        load_catalog(kaggle)
+    assert main(["data", "check", str(kaggle), "--json", str(tmp_path / "r.json"), "--quiet"]) == 2
+
+
+def test_unreadable_csv(tmp_path, kaggle):
+    with open(kaggle / "trainLabels.csv", "a") as f:
+        f.write(f'"{"x" * 200_000}",1\n')  # over the csv module's field size limit
+    with pytest.raises(DataError, match=r"trainLabels.csv:14: not a readable CSV file \(field larger"):
+        FundusDataset(kaggle, "all", image_size=32)
+
+
+@pytest.mark.parametrize("layout", ["lab", "folders", "--labels DIR"])
+@pytest.mark.parametrize("fmt", ["kaggle", "csv"])
+def test_csv_format_on_a_folder_without_labels_file(tmp_path, fmt, layout):
+    if layout == "lab":
+        disc(tmp_path / "0_left.jpeg")
+        (tmp_path / "train_img.csv").write_text("0_left\n")
+        (tmp_path / "train_label.csv").write_text("0\n")
+    elif layout == "folders":
+        for g in range(5):
+            disc(tmp_path / str(g) / f"{g}_left.jpeg")
+    else:
+        make_kaggle(tmp_path, n_patients=2)
+    labels = tmp_path / "images" if layout == "--labels DIR" else None
+    if labels:
+        labels.mkdir()
+    found = "" if labels else f" in the {layout} format"
+    with pytest.raises(DataError, match=f"--format {fmt} reads a labels CSV file, but this is a folder{found}\n"
+                                        "Pass --labels FILE"):
+        load_catalog(tmp_path, format=fmt, labels=labels)
+    args = ["--labels", str(labels)] if labels else []
+    assert main(["data", "check", str(tmp_path), "--format", fmt, *args, "--quiet",
+                 "--json", str(tmp_path / "r.json")]) == 2
 
 
 def test_duplicate_names(tmp_path, kaggle):

@@ -247,6 +247,21 @@ def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_pa
     assert rc == 2 and "do not fit resnet34" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("change,named", [(("preprocessing", None), "incomplete model information ('preprocessing'"),
+                                          (("arch", "resnet999"), "unknown model 'resnet999'"),
+                                          (("objective", "poisson"), "unknown objective 'poisson'")])
+def test_evaluate_refuses_checkpoints_it_cannot_rebuild(tiny_run, synth_small, tmp_path, capsys, change, named):
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    key, value = change
+    if value is None:
+        del ckpt["model_info"][key]
+    else:
+        ckpt["model_info"][key] = value
+    torch.save(ckpt, tmp_path / "odd.pt")
+    rc = main(["evaluate", str(tmp_path / "odd.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
+    assert rc == 2 and named in capsys.readouterr().err
+
+
 def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
     """torchrun --nproc_per_node=2 (gloo): one frozen and one fine-tuning epoch; same files as one process;
     evaluation inside training sees every test image exactly once."""

@@ -15,6 +15,7 @@ raises for bad rows: it returns them as :class:`~retinopathy.data.problems.Probl
 from __future__ import annotations
 
 import csv
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,7 +65,7 @@ def patient_of(image: str) -> str:
 
 def parse_label(text: str) -> int | None:
     text = text.strip()
-    if text.isdigit() and int(text) in GRADES:
+    if text.isascii() and text.isdigit() and int(text) in GRADES:  # not '²', which isdigit() too
         return int(text)
     return None
 
@@ -98,8 +99,21 @@ def _csv_format(path: Path) -> str:
     return "csv" if {"id_code", "diagnosis"} <= header else "kaggle"
 
 
+def _read_text(path: Path) -> str:
+    """A labels file's text, or a DataError naming the line with a byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise DataError([Problem("not-utf8", str(path), line,
+                                 f"byte {e.object[e.start]:#04x} is not UTF-8 (the file is in another "
+                                 "encoding, e.g. Excel's cp1252/Latin-1 or UTF-16)")],
+                        hint="Re-save the labels file as UTF-8 (in Excel: Save As > CSV UTF-8).") from None
+
+
 def _read_lines(path: Path) -> list[str]:
-    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines = _read_text(path).splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
@@ -146,30 +160,34 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
 def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: str | None,
                      problems: list[Problem]) -> list[Sample]:
     samples = []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        missing = [c for c in (image_col, label_col, patient_col) if c and c not in header]
-        if missing:
-            problems.append(Problem("bad-header", str(path), 1,
-                                    f"column(s) {missing} not found; the header is {header}. "
-                                    "Name the columns with --image-col and --label-col"))
-            return samples
-        ci, cl = header.index(image_col), header.index(label_col)
-        cp = header.index(patient_col) if patient_col else None
-        for line, row in enumerate(reader, start=2):
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                problems.append(Problem("bad-row", str(path), line,
-                                        f"{len(row)} fields where the header has {len(header)}"))
-                continue
-            name = row[ci].strip()
-            label = _checked_label(name, row[cl], path, path, line, problems)
-            if label is None:
-                continue
-            patient = row[cp].strip() if cp is not None else patient_of(name)
-            samples.append(Sample(name, label, patient, str(path), line))
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    try:
+        rows = list(reader)
+    except csv.Error as e:
+        raise DataError([Problem("bad-csv", str(path), reader.line_num, f"not a readable CSV file ({e})")],
+                        hint="Re-save it as a plain comma-separated UTF-8 file.") from None
+    header = [h.strip() for h in rows[0]] if rows else []
+    missing = [c for c in (image_col, label_col, patient_col) if c and c not in header]
+    if missing:
+        problems.append(Problem("bad-header", str(path), 1,
+                                f"column(s) {missing} not found; the header is {header}. "
+                                "Name the columns with --image-col and --label-col"))
+        return samples
+    ci, cl = header.index(image_col), header.index(label_col)
+    cp = header.index(patient_col) if patient_col else None
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            problems.append(Problem("bad-row", str(path), line,
+                                    f"{len(row)} fields where the header has {len(header)}"))
+            continue
+        name = row[ci].strip()
+        label = _checked_label(name, row[cl], path, path, line, problems)
+        if label is None:
+            continue
+        patient = row[cp].strip() if cp is not None else patient_of(name)
+        samples.append(Sample(name, label, patient, str(path), line))
     return samples
 
 
@@ -225,6 +243,15 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     else:
         if not labels.exists():
             raise DataError([Problem("missing-file", str(labels), None, "labels file not found")])
+        if labels.is_dir():
+            try:
+                found = f"a folder in the {detect_format(labels)[0]} format"
+            except DataError:
+                found = "a folder"
+            raise DataError([Problem("labels-not-file", str(labels), None,
+                                     f"--format {format} reads a labels CSV file, but this is {found}")],
+                            hint="Pass --labels FILE (the CSV of image names and grades), or the --format "
+                                 "that fits the folder.")
         if format == "kaggle":
             image_col, label_col = image_col or "image", label_col or "level"
         elif not (image_col and label_col):

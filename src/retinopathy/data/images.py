@@ -16,14 +16,18 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import RetinopathyError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
-END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND"}  # what a complete file ends with
 
 
 class ImageError(RetinopathyError, OSError):
     """An image that cannot be used, with the file and the reason."""
 
-    def __init__(self, path: str | os.PathLike, reason: str = ""):  # one argument: re-raised from a loader worker
-        self.path = str(path)
+    def __init__(self, path: str | os.PathLike, reason: str = ""):
+        """``ImageError(path, reason)``; one argument is a whole message, as a DataLoader worker re-raises it
+        (its "Caught ImageError in DataLoader worker ... Original Traceback ..." is cut to the error's line)."""
+        path = str(path)
+        if not reason and path.startswith("Caught ImageError"):
+            path = path.rstrip().splitlines()[-1].partition("ImageError: ")[2] or path
+        self.path = path
         self.reason = reason
         super().__init__(f"{self.path}: {reason}" if reason else self.path)
 
@@ -89,12 +93,49 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
         raise ImageError(path, f"cannot decode: {reason}") from None
 
 
+def _jpeg_scan_start(f) -> int | None:
+    """Offset of the first scan's data in a JPEG, or None: the segments after SOI are skipped by their
+    lengths, so an EXIF thumbnail (with its own EOI) is never looked into."""
+    pos = 2
+    while True:
+        f.seek(pos)
+        head = f.read(4)
+        if len(head) < 4:
+            return None
+        if head[0] != 0xFF or head[1] == 0xFF:  # junk or fill byte before a marker (Pillow skips them too)
+            pos += 1
+        elif 0xD0 <= head[1] <= 0xD9 or head[1] == 0x01:  # RSTn, SOI, EOI, TEM: no length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(head[2:], "big")
+            if head[1] == 0xDA:  # SOS
+                return pos
+
+
+def _jpeg_complete(path: Path, size: int) -> bool:
+    """Whether a JPEG has its end marker (EOI, FF D9) after the start of its first scan.
+
+    Scan data stuffs a data byte FF as FF 00, so the first FF D9 there is the image's end (progressive
+    JPEGs too). It is looked for in the last 4 KiB first, then, for files with a trailer after the
+    image (as some phones append), from the scan on.
+    """
+    with open(path, "rb") as f:
+        start = _jpeg_scan_start(f)
+        if start is None:
+            return False
+        f.seek(max(start, size - 4096))
+        if b"\xff\xd9" in f.read():
+            return True
+        f.seek(start)
+        return b"\xff\xd9" in f.read()
+
+
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
     """Check that ``path`` is a usable image and return its size (width, height).
 
-    Reads the header and looks for the end marker of a JPEG (EOI) or PNG (IEND), which catches missing, empty,
-    unidentifiable and truncated files without decoding pixels; other formats (TIFF) are decoded
-    (``data check`` decodes everything).
+    Catches missing, empty, unidentifiable, truncated and corrupt files without decoding a JPEG or PNG:
+    a JPEG needs its end marker (EOI) after its scan data, a PNG every chunk's checksum and its IEND
+    (``Image.verify``); other formats (TIFF) are decoded (``data check`` decodes everything).
     """
     path = Path(path)
     try:
@@ -106,17 +147,15 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             size, fmt = img.size, img.format
-            if fmt not in END_MARKERS:
+            if fmt == "PNG":
+                img.verify()
+            elif fmt != "JPEG":
                 img.load()
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"rejected as a decompression bomb ({e})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ImageError(path, "not a readable image (unknown, corrupt or truncated); re-export or remove it") \
             from None
-    if fmt in END_MARKERS:
-        with open(path, "rb") as f:
-            f.seek(max(0, st.st_size - 4096))
-            tail = f.read()
-        if END_MARKERS[fmt] not in tail:
-            raise ImageError(path, f"truncated {fmt} (no end marker); the file is incomplete, copy it again")
+    if fmt == "JPEG" and not _jpeg_complete(path, st.st_size):
+        raise ImageError(path, "truncated JPEG (no end marker); the file is incomplete, copy it again")
     return size

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import replacing
 from ..errors import RetinopathyError
 from .formats import Sample
 from .problems import DataError, Problem
@@ -96,13 +97,11 @@ def leakage_warnings(samples: list[Sample]) -> list[str]:
 def write_split(samples: list[Sample], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "patient", "label", "split"])
         for s in samples:
             w.writerow([s.image, s.patient, s.label, s.split])
-    tmp.replace(path)
 
 
 def read_split_table(path: str | Path) -> dict[str, str]:

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
 
-from ..atomic import write_text
+from ..atomic import replacing, write_text
 
 GRADE_MIX = (0.735, 0.070, 0.151, 0.025, 0.020)  # EyePACS class mix
 SAME_GRADE = 0.85  # probability that a patient's second eye has the first eye's grade
@@ -418,9 +418,8 @@ def _render_file(job: tuple) -> None:
     name = image_name(index)
     img = render_fundus(rng, size, grade, name.rsplit("_", 1)[1])
     path = Path(out) / f"{name}.jpeg"
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, "JPEG", quality=int(rng.integers(70, 96)))
-    os.replace(tmp, path)
+    with replacing(path, "wb") as f:
+        img.save(f, "JPEG", quality=int(rng.integers(70, 96)))
 
 
 def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, balanced: bool = False,

@@ -13,7 +13,6 @@ whatever the grade, so a hot region is one that pushes the grade up. Heatmaps ar
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +22,7 @@ from captum.attr import LayerAttribution, LayerGradCam
 from PIL import Image
 from torch import nn
 
+from ..atomic import replacing
 from ..errors import RetinopathyError
 
 POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
@@ -89,7 +89,6 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> Imag
 
 def save_overlay(image: torch.Tensor, heat: torch.Tensor, path: Path) -> Path:
     """Write :func:`overlay` as a PNG, atomically; returns ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    overlay(image, heat).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with replacing(path, "wb") as f:
+        overlay(image, heat).save(f, format="PNG")
     return path

@@ -34,6 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..atomic import replacing
 from ..cli.common import add_blend_argument, add_data_arguments, blend_setting, catalog_options
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import detect_format, patient_of
@@ -230,8 +231,7 @@ def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = Fa
     columns = ["path", "image", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "referable",
                "p_referable", "score", *(["heatmap"] if with_heatmaps else []), "error"]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path, newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
         for i, item in enumerate(items):
@@ -245,7 +245,6 @@ def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = Fa
                         f"{probs[REFERABLE:].sum():.6f}", f"{res['scores'][i]:.6f}",
                         *([res["heatmaps"][i]] if with_heatmaps else []), ""]
             w.writerow(row)
-    os.replace(tmp, path)
 
 
 def _report(items: list[Item], res: dict, out: Path) -> str:

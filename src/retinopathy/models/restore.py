@@ -31,13 +31,16 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
         model = Grader(info["arch"], info["num_outputs"], info["head"], info.get("pair_eyes", False),
                        info.get("space_to_depth", 1), info.get("global_pool", "avg"))
         model.load_state_dict(ckpt["model_ema"] if ckpt.get("model_ema") is not None else ckpt["model"])
+        objective = make_objective(info.get("objective", "classification"),
+                                   thresholds=info.get("thresholds", DEFAULT_THRESHOLDS), decision=info.get("decision"))
+        preprocessing = Preprocessing.from_dict(info["preprocessing"])
     except KeyError as e:
         raise CheckpointError(f"{where}: incomplete model information ({e} missing)") from None
+    except ValueError as e:  # an architecture, head, objective or preset this version does not know
+        raise CheckpointError(f"{where}: {e} (written by another retinopathy version?)") from None
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{where}: its weights do not fit {info['arch']} with a {info['head']} head and "
                               f"{info['num_outputs']} outputs ({first})") from None
-    objective = make_objective(info.get("objective", "classification"),
-                               thresholds=info.get("thresholds", DEFAULT_THRESHOLDS), decision=info.get("decision"))
     model.eval()
-    return model, objective, Preprocessing.from_dict(info["preprocessing"]), ckpt
+    return model, objective, preprocessing, ckpt

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically (temp file, then ``os.replace``), read with ``weights_only=True``.
+"""Checkpoints: written atomically (:func:`retinopathy.atomic.replacing`), read with ``weights_only=True``.
 
 A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``model`` (state dict),
 ``model_ema`` and ``ema_updates`` (the averaged weights under ``--model-ema``, else None and 0), ``optimizer``,
@@ -7,13 +7,13 @@ A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``m
 """
 from __future__ import annotations
 
-import os
 import pickle
 import zipfile
 from pathlib import Path
 
 import torch
 
+from ..atomic import replacing
 from ..errors import RetinopathyError
 
 FORMAT = "retinopathy-checkpoint"
@@ -27,9 +27,8 @@ class CheckpointError(RetinopathyError, RuntimeError):
 def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    with replacing(path, "wb") as f:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
 
 
 def checkpoint_file(path: str | Path) -> Path:

@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from ..atomic import write_text
+from ..atomic import replacing, write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, load_catalog
 from ..data.dataset import PairedEyes
@@ -438,12 +438,10 @@ def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
         with open(path, "a", newline="") as f:
             csv.DictWriter(f, columns).writerows(rows)
         return
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
+    with replacing(path, newline="") as f:
         w = csv.DictWriter(f, columns)
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def cli(argv: list[str] | None = None) -> int:
