@@ -250,3 +250,21 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2)  # 40,000 px > 2 x 5,000: a "bomb"
     with pytest.raises(ImageError, match="decompression bomb"):
         open_image(path)
+
+
+@pytest.mark.parametrize("argv,named", [(["synth", "OUT", "--n", "0"], "argument --n: 0 is too small (at least 1)"),
+                                        (["prepare", "D", "OUT", "--size", "4"], "--size: 4 is too small (at least 8)"),
+                                        (["predict", "C", "I", "-b", "0"], "--batch-size: 0 is too small"),
+                                        (["evaluate", "C", "--data", "D", "--out", "O", "-j", "x"],
+                                         "--workers: 'x' is not a whole number")])
+def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_an_output_that_is_a_folder_is_refused_before_the_work(tiny_run, kaggle, tmp_path, capsys):
+    assert main(["data", "check", str(kaggle), "--json", str(tmp_path), "--quiet"]) == 2
+    assert f"--json {tmp_path} is a folder" in capsys.readouterr().err
+    assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
+    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err

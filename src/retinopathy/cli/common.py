@@ -8,6 +8,19 @@ from ..data.splits import SPLIT_DEFAULTS
 from ..models.objectives import check_blend_weight
 
 
+def at_least(minimum: int):
+    """An argparse ``type``: an integer of at least ``minimum`` (argparse then names the option in its error)."""
+    def integer(text) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is too small (at least {minimum})")
+        return value
+    return integer
+
+
 def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") -> argparse._ArgumentGroup:
     """How to read the dataset folder ``name``: its format, labels, images and columns."""
     g = parser.add_argument_group(f"data (the format is detected from what is in {name}; these override it)")

@@ -5,9 +5,10 @@ import json
 import sys
 from pathlib import Path
 
+from ..atomic import write_text
 from ..data import DataError, load_catalog
 from ..data.check import check_catalog, format_report
-from .common import add_data_arguments, catalog_options
+from .common import add_data_arguments, at_least, catalog_options
 
 
 def add_parser(sub) -> None:
@@ -19,12 +20,16 @@ def add_parser(sub) -> None:
     p.add_argument("--stats", action="store_true", help="also compute per-channel mean and std")
     p.add_argument("--no-images", action="store_true", help="check the labels only (no image files needed)")
     p.add_argument("--json", default="data_check.json", help="where to write the report as JSON")
-    p.add_argument("--workers", type=int, default=None, help="decoding threads (default: all cores)")
+    p.add_argument("--workers", type=at_least(1), default=None, help="decoding threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    if Path(args.json).is_dir():  # before the work, not after it
+        print(f"error: --json {args.json} is a folder; give a file, e.g. {Path(args.json) / 'data_check.json'}",
+              file=sys.stderr)
+        return 2
     try:
         catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))
     except DataError as e:
@@ -37,6 +42,6 @@ def run(args) -> int:
                            progress=not args.quiet and sys.stderr.isatty())
     print(format_report(report))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(report, indent=2))
+    write_text(args.json, json.dumps(report, indent=2))
     print(f"\nreport written to {args.json}")
     return 1 if report["problems"] else 0

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import sys
 
+from .common import at_least
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("synth", help="write a synthetic fundus dataset (Kaggle or lab format)")
     p.add_argument("out", metavar="OUT", help="folder to write")
-    p.add_argument("--n", type=int, default=1000, help="number of images (two eyes per patient)")
-    p.add_argument("--size", type=int, default=256, help="image size in pixels")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n", type=at_least(1), default=1000, help="number of images (two eyes per patient)")
+    p.add_argument("--size", type=at_least(16), default=256, help="image size in pixels")
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--balanced", action="store_true", help="equal classes instead of EyePACS's mix")
     p.add_argument("--format", choices=("kaggle", "lab"), default="kaggle")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--workers", type=at_least(1), default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 

@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..atomic import write_text
-from ..cli.common import READ_KEYS, add_format_arguments
+from ..cli.common import READ_KEYS, add_format_arguments, at_least
 from ..errors import RetinopathyError
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, open_image
@@ -238,10 +238,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                        "matches which --preprocess preset.")
     p.add_argument("src", metavar="SRC", help="dataset folder (any supported format)")
     p.add_argument("out", metavar="OUT", help="folder to write (new, empty, or an earlier run's to resume it)")
-    p.add_argument("--size", type=int, default=512, help="short side in pixels (default 512; train at this size)")
+    p.add_argument("--size", type=at_least(8), default=512, help="short side in pixels (default 512; train at this size)")
     p.add_argument("--crop", choices=CROPS, default="none",
                    help="fov: crop the square around the round field of view (= --preprocess fov)")
-    p.add_argument("-j", "--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("-j", "--workers", type=at_least(1), default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_format_arguments(p, "SRC")
     return p

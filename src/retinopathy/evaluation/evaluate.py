@@ -26,6 +26,7 @@ from ..cli.common import (  # noqa: E402
     READ_KEYS,
     add_blend_argument,
     add_data_arguments,
+    at_least,
     blend_setting,
     catalog_options,
 )
@@ -46,8 +47,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder (any supported format)")
     add_data_arguments(p, split_default="test")
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv and the figures")
-    p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("-j", "--workers", type=int, default=None)
+    p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
+    p.add_argument("-j", "--workers", type=at_least(0), default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (0: none)")

@@ -172,6 +172,9 @@ def parity(model, runner, x: torch.Tensor) -> float:
 
 
 def main(args) -> dict:
+    if Path(args.out).is_dir():  # before the work, not after it
+        raise RetinopathyError(f"--out {args.out} is a folder; give the file to write, e.g. "
+                               f"{Path(args.out) / 'grader.onnx'}")
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..atomic import replacing
-from ..cli.common import add_blend_argument, add_data_arguments, blend_setting, catalog_options
+from ..cli.common import add_blend_argument, add_data_arguments, at_least, blend_setting, catalog_options
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import detect_format, patient_of
 from ..data.images import IMAGE_EXTENSIONS
@@ -73,8 +73,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_blend_argument(p, None)
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
     add_data_arguments(p, split_default="all")
-    p.add_argument("-b", "--batch-size", type=int, default=32)
-    p.add_argument("-j", "--workers", type=int, default=None,
+    p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
+    p.add_argument("-j", "--workers", type=at_least(0), default=None,
                    help="DataLoader workers (default: CPU cores, at most 8)")
     p.add_argument("--device", default="auto")
     p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
