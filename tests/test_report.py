@@ -146,6 +146,21 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert main(["report", str(stale), "--out", str(tmp_path / "r4")]) == 0
     page = (tmp_path / "r4" / "index.html").read_text()
     assert 'data-status="not evaluated"' in page and f"best.pt is now epoch {metrics['epoch'] + 1}" in page
+    killed = tmp_path / "killed"  # one more epoch's row was written, then the run was killed before its checkpoint
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", killed, ignore=shutil.ignore_patterns("eval"))
+    config = yaml.safe_load((killed / "config.yaml").read_text())
+    epochs = config["train"]["epochs"]
+    config["train"]["epochs"] = epochs + 1
+    (killed / "config.yaml").write_text(yaml.safe_dump(config))
+    lines = (killed / "metrics.csv").read_text().splitlines()
+    (killed / "metrics.csv").write_text("\n".join(lines + [str(epochs) + lines[-1][1:]]) + "\n")
+    broken = tmp_path / "broken"  # an unreadable best.pt marks that run, not the whole report
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", broken)
+    (broken / "checkpoints" / "best.pt").write_bytes(b"PK\x03\x04 truncated")
+    assert main(["report", str(killed), str(broken), "--out", str(tmp_path / "r5")]) == 0
+    md = (tmp_path / "r5" / "report.md").read_text()
+    assert f"killed - incomplete: trained {epochs} of {epochs + 1} epochs" in md and "broken - incomplete: " in md
+    assert "best.pt: cannot be read as a checkpoint" in md
 
 
 # ------------------------------------------------------------------------------------------------ browser

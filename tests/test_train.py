@@ -204,10 +204,13 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     shutil.copytree(tiny_run, run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     for change, named in ((["--objective", "ordinal"], "--objective classification (not ordinal)"),
-                          (["--eval-splits", "val"], "--eval-splits val,test (not val)")):
+                          (["--eval-splits", "val"], "--eval-splits val,test (not val)"),
+                          (["--threshold-margin", "0.1"], "--threshold-margin 0.0 (not 0.1)")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # a finished run may be resumed to retune its thresholds only (docs/eyepacs256.md does)
+    assert main(["train", "--resume", str(run), "--threshold-data", "train+selection", "--quiet"]) == 0
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(run), "--out", str(tmp_path / "fork")])
     assert "leave out --out" in capsys.readouterr().err
@@ -403,8 +406,9 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
 
 def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     """evaluate / predict take the run's split.csv wherever it lists every image (the training data, a copy);
-    on other data they split with the run's seed and fractions (not the defaults); data that shares only some
-    images with the run's split is refused, since a fresh split would leak; the command line overrides."""
+    on other data they split with the run's seed and fractions (not the defaults; the command line overrides);
+    the run's photographs with others added are refused, since a fresh split would leak; names that recur with
+    other grades are other photographs."""
     from argparse import Namespace
 
     from retinopathy.evaluation.evaluate import run_catalog_options
@@ -415,8 +419,8 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     best.parent.mkdir(parents=True)
     best.write_bytes(b"")
     rows = make_kaggle(tmp_path / "copy", n_patients=3)
-    listed = "".join(f"{r.split(',')[0]},train\n" for r in rows)
-    (tmp_path / "run" / "split.csv").write_text("image,split\n" + listed)
+    listed = "".join(f"{r.split(',')[0]},{r.split('_')[0]},{r.split(',')[1]},train\n" for r in rows)
+    (tmp_path / "run" / "split.csv").write_text("image,patient,label,split\n" + listed)
     make_kaggle(tmp_path / "more", n_patients=4)  # 3_left, 3_right are not in the run's split
     others = make_kaggle(tmp_path / "other", n_patients=6)[6:]  # patients 3-5: none of them are
     (tmp_path / "other" / "trainLabels.csv").write_text("image,level\n" + "\n".join(others) + "\n")
@@ -425,7 +429,10 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["split_file"] == tmp_path / "run" / "split.csv"
     other = run_catalog_options(args, best, ckpt, str(tmp_path / "other"))
     assert "split_file" not in other and (other["seed"], other["val_fraction"], other["test_fraction"]) == (3, 0.15, 0.2)
-    with pytest.raises(DataError, match="6 of its images are in the run's split .* and 2 are not"):
+    with pytest.raises(DataError, match="6 of its images are in the run's split .*, with the same grades, and 2 "):
         run_catalog_options(args, best, ckpt, str(tmp_path / "more"))
+    regraded = "".join(f"{r.split(',')[0]},{(int(r.split(',')[1]) + 1) % 5}\n" for r in rows)
+    (tmp_path / "more" / "trainLabels.csv").write_text("image,level\n" + regraded + "3_left,0\n3_right,1\n")
+    assert "split_file" not in run_catalog_options(args, best, ckpt, str(tmp_path / "more"))  # other photographs
     args.split_seed = 5
-    assert run_catalog_options(args, best, ckpt, str(tmp_path / "more"))["seed"] == 5
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "other"))["seed"] == 5

@@ -241,7 +241,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--size", type=at_least(8), default=512, help="short side in pixels (default 512; train at this size)")
     p.add_argument("--crop", choices=CROPS, default="none",
                    help="fov: crop the square around the round field of view (= --preprocess fov)")
-    p.add_argument("-j", "--workers", type=at_least(1), default=None, help="processes (default: all cores)")
+    p.add_argument("-j", "--workers", type=at_least(0), default=None, help="processes (default or 0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_format_arguments(p, "SRC")
     return p

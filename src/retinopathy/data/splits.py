@@ -104,8 +104,9 @@ def write_split(samples: list[Sample], path: str | Path) -> None:
             w.writerow([s.image, s.patient, s.label, s.split])
 
 
-def read_split_table(path: str | Path) -> dict[str, str]:
-    """``{image: split}`` of a split file written by :func:`write_split`; a DataError says what is wrong."""
+def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
+    """``{image: split}`` (or another ``column``: ``label``) of a split file written by :func:`write_split`;
+    a DataError says what is wrong."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -117,7 +118,7 @@ def read_split_table(path: str | Path) -> dict[str, str]:
            if not row.get("image") or row.get("split") not in ("train", "val", "test")]
     if bad:
         raise DataError(bad, hint="Pass the split.csv that a training run wrote, or drop --split-file.")
-    return {row["image"]: row["split"] for row in rows}
+    return {row["image"]: row.get(column) for row in rows}
 
 
 def read_split(samples: list[Sample], path: str | Path) -> None:

@@ -57,42 +57,45 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _split_overlap(split_csv: Path, data: str, read_options: dict) -> tuple[int, int]:
-    """(images of ``data`` that ``split_csv`` assigns, images it does not); (0, 0) when either cannot be read."""
+def _split_overlap(split_csv: Path, data: str, read_options: dict) -> tuple[int, int, int]:
+    """How the images of ``data`` meet the run's ``split_csv``: (listed with the grade the run saw, listed with
+    another grade, not listed); all 0 when either cannot be read."""
     if not split_csv.exists():
-        return 0, 0
+        return 0, 0, 0
     try:
-        names = {s.image for s in read_catalog(data, resolve=False, **read_options).samples}
-        listed = len(names & read_split_table(split_csv).keys())
+        samples = read_catalog(data, resolve=False, **read_options).samples
+        grades = read_split_table(split_csv, "label")
     except DataError:
-        return 0, 0  # not a dataset (a folder of photographs, say), or not a usable split file
-    return listed, len(names) - listed
+        return 0, 0, 0  # not a dataset (a folder of photographs, say), or not a usable split file
+    same = sum(grades.get(s.image) == str(s.label) for s in samples)
+    listed = sum(s.image in grades for s in samples)
+    return same, listed - same, len(samples) - listed
 
 
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
     Its split.csv when that lists every image of ``data`` (the data it trained on, a copy or a ``prepare``d
-    version of it); on other data the split is computed with the run's seed and fractions. Data that shares only
-    some images with the run's split is refused (a fresh split would put training images into val or test)
-    unless the command line chooses the split."""
+    version of it); on other data the split is computed with the run's seed and fractions. The run's photographs
+    with more added (names and grades as in its split.csv, and images it does not list) are refused unless
+    --split-file or --split all says what to grade: a fresh split would put training images into val or test.
+    Names that recur with other grades are taken as other photographs (EyePACS and synthetic sets share names)."""
     opts = catalog_options(args)
     opts["labels"] = opts.get("labels") or labels
     if args.split_file:
         return opts
     run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
     split_csv = run / "split.csv"
-    listed, unlisted = _split_overlap(split_csv, data, {k: opts[k] for k in READ_KEYS if k in opts})
-    chosen = any(getattr(args, k, None) is not None for k in ("split_seed", "val_fraction", "test_fraction"))
-    if listed and not unlisted:
+    same, regraded, unlisted = _split_overlap(split_csv, data, {k: opts[k] for k in READ_KEYS if k in opts})
+    if (same or regraded) and not unlisted:
         opts["split_file"] = split_csv
-    elif listed and not chosen and getattr(args, "split", "all") != "all":
+    elif same and not regraded and getattr(args, "split", "all") != "all":
         raise DataError([Problem("split-overlap", str(data), None,
-                                 f"{listed} of its images are in the run's split ({split_csv}) and {unlisted} are "
-                                 f"not: a split computed afresh would put some of the run's training images into "
-                                 f"{args.split}")],
-                        hint="Use the data the run trained on; or choose the split with --split-file FILE (or "
-                             "--split-seed / --val-fraction / --test-fraction); or grade every image with --split all")
+                                 f"{same} of its images are in the run's split ({split_csv}), with the same grades, "
+                                 f"and {unlisted} are not: a split computed afresh would put some of the run's "
+                                 f"training images into {args.split}")],
+                        hint="Use the data the run trained on, pass --split-file FILE assigning every image, or "
+                             "grade every image with --split all")
     for key, opt in (("val_fraction", "val_fraction"), ("test_fraction", "test_fraction"), ("split_seed", "seed")):
         if getattr(args, key, None) is None and ckpt.get("config", {}).get(key) is not None:
             opts[opt] = ckpt["config"][key]

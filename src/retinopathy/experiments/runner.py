@@ -44,7 +44,7 @@ from ..cli.common import READ_KEYS
 from ..errors import RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..training import config as train_config
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import epochs_saved, load_checkpoint
 
 TOP_KEYS = ("name", "out", "data", "description", "base", "synth", "train", "grid", "variants", "evaluate",
             "report")
@@ -211,20 +211,13 @@ def _write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, default=str))
 
 
-def epochs_done(run: Path) -> int:
-    """Epochs checkpointed in ``run/checkpoints/last.pt`` (0 when there is none). Not metrics.csv's rows: a row is
-    written before its checkpoint, so a run killed between the two has one row more (trimmed on resume)."""
-    last = run / "checkpoints" / "last.pt"
-    return load_checkpoint(last)["epoch"] + 1 if last.exists() else 0
-
-
 def retune_pending(run: Path, args: argparse.Namespace) -> bool:
     """Whether ``--threshold-data train+selection``'s retune of best.pt, after the last epoch, did not happen
     (interrupted): ``train --resume`` of the finished run does it."""
     best = run / "checkpoints" / "best.pt"
     if args.threshold_data != "train+selection" or not best.exists():
         return False
-    info = load_checkpoint(best)["model_info"]
+    info = load_checkpoint(best, mmap=True)["model_info"]
     return info["decision"] == "thresholds" and not info["threshold_data"].startswith("train+")
 
 
@@ -287,7 +280,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
     from ..training import train
 
     run = cell.dir
-    done = epochs_done(run)
+    done = epochs_saved(run)
     trained = done >= args.epochs and not retune_pending(run, args)
     if trained and is_evaluated(run):
         print(f"{tag} finished earlier ({done} epochs, evaluated); nothing to do")

@@ -125,7 +125,7 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
             if not files:
                 raise DataError([Problem("empty", str(path), None, "no images here (searched recursively for "
                                          f"{', '.join(IMAGE_EXTENSIONS)})")])
-            items += [Item(str(f), f.stem, patient=f"{f.parent}|{patient_of(f.stem)}") for f in files]
+            items += [Item(str(f), f.stem, patient=f"{path}|{patient_of(f.stem)}") for f in files]
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
     return items

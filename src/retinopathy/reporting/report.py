@@ -23,7 +23,7 @@ import yaml
 from ..atomic import write_text
 from ..errors import RetinopathyError
 from ..models.restore import display_name
-from ..training.checkpoint import load_checkpoint
+from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint
 from . import figures
 from .html import ci_text, render_html, warning_text
 
@@ -113,7 +113,12 @@ def load_run(run: Path, name: str | None = None) -> Run:
                    f"--split test --out {run / 'eval'}`")
         evaluated = Path(str((ev or {}).get("checkpoint"))).name
         best = run / "checkpoints" / "best.pt"
-        best_epoch = load_checkpoint(best)["epoch"] if ev is not None and best.exists() else None
+        try:  # checkpoints, not metrics.csv, say how far a run got (a row is written before its checkpoint)
+            saved = epochs_saved(run) if (run / "checkpoints" / "last.pt").exists() else len(rows)
+            best_epoch = load_checkpoint(best, mmap=True)["epoch"] if ev is not None and best.exists() else None
+        except CheckpointError as e:
+            return Run(name, run, "incomplete", str(e), train, config, rows)
+        rows = [r for r in rows if r["epoch"] < saved]
         if ev is not None and (ev.get("split") != "test" or evaluated == "last.pt"):
             status, reason, ev = "not evaluated", (f"{metrics_file} is {evaluated} on the {ev.get('split')} split, "
                                                    f"not best.pt on test; {command}"), None
@@ -123,8 +128,8 @@ def load_run(run: Path, name: str | None = None) -> Run:
                                                    f"epoch {best_epoch + 1}: {command}"), None
         elif ev is not None:
             status, reason = "done", ""
-        elif len(rows) < epochs:
-            status, reason = "incomplete", (f"trained {len(rows)} of {epochs} epochs; continue with "
+        elif saved < epochs:
+            status, reason = "incomplete", (f"trained {saved} of {epochs} epochs; continue with "
                                             f"`retinopathy train --resume {run}` or by re-running the experiment")
         else:
             status, reason = "not evaluated", command

@@ -41,13 +41,14 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load and validate a checkpoint (a file, or a run folder: its best.pt); failures say which file and why."""
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
+    """Load and validate a checkpoint (a file, or a run folder: its best.pt); failures say which file and why.
+    ``mmap``: tensors stay on disk until used (cheap when only ``epoch`` or ``model_info`` is read)."""
     path = checkpoint_file(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({first}); it may be truncated "
@@ -59,6 +60,13 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path}: written by a newer retinopathy (checkpoint format {ckpt['version']}, "
                               f"this version reads up to {VERSION}); upgrade the package")
     return ckpt
+
+
+def epochs_saved(run: str | Path) -> int:
+    """Epochs a run folder has checkpointed (its ``checkpoints/last.pt``; 0 when none). Not metrics.csv's rows:
+    a row is written before its checkpoint, so a run killed between the two has one row more (dropped on resume)."""
+    last = Path(run) / "checkpoints" / "last.pt"
+    return load_checkpoint(last, mmap=True)["epoch"] + 1 if last.exists() else 0
 
 
 def rng_state() -> dict:

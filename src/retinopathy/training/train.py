@@ -146,9 +146,12 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# What shapes the network, the metrics.csv columns or the meaning of "best": a resumed run keeps them.
+# What shapes the network, the metrics.csv columns or the meaning of "best": a resumed run keeps them; the
+# threshold options decide which epochs may be best, so they are kept too unless training has finished (then
+# a resume only retunes the thresholds of best.pt, as --threshold-data train+selection does).
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
                    "select_on", "select_metric")
+FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
 
 def outranks(value: float, eligible: bool, best: dict) -> bool:
@@ -194,7 +197,8 @@ def main(args) -> dict:
     ckpt = None
     if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
         ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
-        changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in FIXED_ON_RESUME
+        fixed = FIXED_ON_RESUME + (FIXED_WHILE_TRAINING if ckpt["epoch"] + 1 < args.epochs else ())
+        changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in fixed
                    if k in ckpt["config"] and ckpt["config"][k] != getattr(args, k)]
         if changed:
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
