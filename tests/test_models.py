@@ -11,7 +11,8 @@ from torchvision.models import resnet18
 
 from retinopathy.data import Normalize
 from retinopathy.models import Grader, WeightsError, build_model, make_objective
-from retinopathy.models.factory import GlobalPool
+from retinopathy.errors import RetinopathyError
+from retinopathy.models.factory import GlobalPool, ModelError
 from retinopathy.training.engine import Diverged, freeze_backbone, train_one_epoch
 
 
@@ -72,6 +73,17 @@ def test_global_pooling_lies_between_average_and_max():
     assert GlobalPool("gem")(one_spot).item() > 5 * GlobalPool("avg")(one_spot).item()
     with pytest.raises(ValueError, match="global pooling"):
         GlobalPool("median")
+
+
+def test_models_that_cannot_be_built_as_asked_say_so():
+    for kwargs, named in (({"arch": "resnet19"}, "unknown model"),
+                          ({"arch": "vgg11", "global_pool": "gem"}, "no global average pooling"),  # VGG's is 7x7
+                          ({"arch": "squeezenet1_0"}, "no Linear layer")):
+        with pytest.raises(ModelError, match=named):
+            Grader(outputs=5, **kwargs)
+    assert issubclass(ModelError, RetinopathyError)
+    googlenet = Grader("googlenet", 5).train()  # no auxiliary outputs in training
+    assert googlenet(torch.randn(2, 3, 64, 64)).shape == (2, 5)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
@@ -219,3 +231,18 @@ def test_weights_file_can_be_a_retinopathy_checkpoint(tiny_run):
     assert model.net.fc.out_features == 4 and "best.pt" in origin
     with pytest.raises(WeightsError, match="do not fit resnet50"):
         build_model("resnet50", weights_file=str(tiny_run / "checkpoints" / "best.pt"))
+
+
+def test_weights_file_from_a_model_ema_run_gives_the_averaged_weights(tiny_run, tmp_path):
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    averaged = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    torch.save({**ckpt, "model_ema": averaged}, tmp_path / "ema.pt")
+    model, _ = build_model("resnet18", outputs=4, weights_file=str(tmp_path / "ema.pt"))
+    assert torch.equal(model.net.layer4[1].conv2.weight, averaged["net.layer4.1.conv2.weight"])
+
+
+def test_a_damaged_cached_imagenet_file_is_a_weights_error(torch_home):
+    _, path = _write_fake_weights(torch_home)
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(WeightsError, match="cannot be read .* delete the file"):
+        build_model("resnet18", pretrained=True, check_hash=False)

@@ -298,6 +298,45 @@ def _loss_check(rank: int, port: int, out: str) -> None:
         td.destroy_process_group()
 
 
+def _buffers_check(rank: int, port: int, out: str) -> None:
+    import torch.distributed as td
+
+    from retinopathy.training.distributed import DistInfo, broadcast_buffers
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        bn = torch.nn.BatchNorm2d(3)
+        bn.running_mean.fill_(rank + 1.0)
+        bn.num_batches_tracked.fill_(rank + 5)
+        broadcast_buffers(bn, DistInfo(True, rank, 2, 0))
+        Path(out, str(rank)).write_text(f"{bn.running_mean.tolist()} {bn.num_batches_tracked.item()}")
+    finally:
+        td.destroy_process_group()
+
+
+def test_every_process_evaluates_rank_0s_batchnorm_statistics(tmp_path):
+    """DDP syncs buffers at the start of a forward pass only: after an epoch each process has its own BatchNorm
+    statistics, and evaluation must score the model rank 0 saves."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_buffers_check, args=(port, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["[1.0, 1.0, 1.0] 5"] * 2
+
+
+def test_a_last_training_batch_of_one_image_is_dropped(synth_small, tmp_path):
+    """At 32 px ResNet's last feature maps are 1 x 1: BatchNorm cannot train on a batch of one."""
+    from retinopathy.data import FundusDataset
+
+    n = len(FundusDataset(synth_small, "train", check=False))
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--batch-size", str(n - 1),
+                 "--epochs", "1", "--freeze-epochs", "0", "--out", str(tmp_path / "run")]) == 0
+
+
 def test_a_non_finite_loss_in_one_process_stops_them_all(tmp_path):
     """Under DDP the process whose loss is NaN must not stop alone (the others would wait in the gradient
     all-reduce until the timeout): every process learns of it and raises at the same step."""

@@ -20,10 +20,15 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import get_model, list_models
 
+from ..errors import RetinopathyError
 from .weights import WeightsError, load_pretrained_state
 
 HEADS = ("linear", "lab")
 POOLS = ("avg", "max", "avgmax", "gem")
+
+
+class ModelError(RetinopathyError, ValueError):
+    """A model that cannot be built as asked (architecture, head, pooling, stem)."""
 
 
 class GlobalPool(nn.Module):
@@ -32,7 +37,7 @@ class GlobalPool(nn.Module):
     def __init__(self, kind: str, p: float = 3.0, eps: float = 1e-6):
         super().__init__()
         if kind not in POOLS:
-            raise ValueError(f"unknown global pooling {kind!r}; choose one of {', '.join(POOLS)}")
+            raise ModelError(f"unknown global pooling {kind!r}; choose one of {', '.join(POOLS)}")
         self.kind, self.eps = kind, eps
         self.p = nn.Parameter(torch.tensor(p)) if kind == "gem" else None
 
@@ -51,7 +56,7 @@ class GlobalPool(nn.Module):
 def _last_linear(model: nn.Module) -> str:
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not names:
-        raise ValueError(f"{type(model).__name__} has no Linear layer to replace with a DR head")
+        raise ModelError(f"{type(model).__name__} has no Linear layer to replace with a DR head")
     return names[-1]
 
 
@@ -75,7 +80,7 @@ def make_head(kind: str, in_features: int, outputs: int) -> nn.Module:
                 nn.init.normal_(m.weight, 0.0, 0.01)
                 nn.init.zeros_(m.bias)
         return head
-    raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+    raise ModelError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
 
 
 class Grader(nn.Module):
@@ -90,25 +95,28 @@ class Grader(nn.Module):
                  space_to_depth: int = 1, global_pool: str = "avg"):
         super().__init__()
         if arch not in list_models():
-            raise ValueError(f"unknown model {arch!r}; any torchvision classification model works, "
+            raise ModelError(f"unknown model {arch!r}; any torchvision classification model works, "
                              "e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
         if space_to_depth < 1:
-            raise ValueError(f"space_to_depth must be 1 (off) or a block size of 2 or more, not {space_to_depth}")
-        self.net = get_model(arch, weights=None)
+            raise ModelError(f"space_to_depth must be 1 (off) or a block size of 2 or more, not {space_to_depth}")
+        # GoogLeNet and Inception v3 would add auxiliary outputs in training; their ImageNet weights load without them
+        self.net = get_model(arch, weights=None, **({"aux_logits": False, "init_weights": True}
+                                                     if arch in ("googlenet", "inception_v3") else {}))
         self.stem = nn.Identity()
         if space_to_depth > 1:
             self.stem = nn.PixelUnshuffle(space_to_depth)
             name = _first_conv(self.net)
             conv = self.net.get_submodule(name)
             if conv.groups != 1:
-                raise ValueError(f"{arch}: its first convolution is grouped; space_to_depth needs a plain one")
+                raise ModelError(f"{arch}: its first convolution is grouped; space_to_depth needs a plain one")
             _set_module(self.net, name, nn.Conv2d(conv.in_channels * space_to_depth ** 2, conv.out_channels,
                                                   conv.kernel_size, conv.stride, conv.padding,
                                                   bias=conv.bias is not None))
         if global_pool != "avg":
-            pools = [n for n, m in self.net.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+            pools = [n for n, m in self.net.named_modules() if isinstance(m, nn.AdaptiveAvgPool2d)
+                     and m.output_size in (1, (1, 1))]  # not VGG's or AlexNet's 7x7 / 6x6
             if not pools:
-                raise ValueError(f"{arch} has no global average pooling to replace with {global_pool!r}")
+                raise ModelError(f"{arch} has no global average pooling to replace with {global_pool!r}")
             _set_module(self.net, pools[-1], GlobalPool(global_pool))
         self.head_name = _last_linear(self.net)
         in_features = self.net.get_submodule(self.head_name).in_features
@@ -150,11 +158,11 @@ class Grader(nn.Module):
         pools = tuple(n + "." for n, m in self.net.named_modules() if isinstance(m, GlobalPool))  # GeM's own p
         missing = [k for k in own if not k.startswith((prefix, *pools)) and k not in kept]
         if missing:
-            raise ValueError(f"the weights do not fit {self.arch}: {len(missing)} backbone tensors missing, "
+            raise ModelError(f"the weights do not fit {self.arch}: {len(missing)} backbone tensors missing, "
                              f"e.g. {missing[:3]}")
         wrong = [k for k, v in kept.items() if v.shape != own[k].shape]
         if wrong:
-            raise ValueError(f"the weights do not fit {self.arch}: shape mismatch for {wrong[:3]}")
+            raise ModelError(f"the weights do not fit {self.arch}: shape mismatch for {wrong[:3]}")
         self.net.load_state_dict(kept, strict=False)
         return [k for k in state if k not in kept]
 

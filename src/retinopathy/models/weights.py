@@ -76,7 +76,9 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
                                "pass a state dict or a training checkpoint saved by torch.save") from None
         if not isinstance(state, dict):
             raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict or checkpoint")
-        state = state.get("model", state)  # a training checkpoint (retinopathy's, torchvision references')
+        # a training checkpoint (retinopathy's, torchvision references'): the averaged weights when it kept
+        # them (--model-ema), which are the ones it evaluated, selected and ships
+        state = state.get("model_ema") or state.get("model", state)
         return {k.removeprefix("net."): v for k, v in state.items()}, f"file {path}"  # Grader keys -> torchvision's
     weights = weights_enum(model, tag)
     path = cache_path(weights)
@@ -84,8 +86,11 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         check_hash(path)
     try:
         state = weights.get_state_dict(progress=True, check_hash=verify, weights_only=True)
-    except (URLError, OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - a download error, or torch.load's many kinds on a damaged file
         if path.exists():
+            raise WeightsError(f"cached ImageNet weights {path} cannot be read ({type(e).__name__}: "
+                               f"{str(e)[:200]}); delete the file and fetch it again") from None
+        if not isinstance(e, (URLError, OSError, RuntimeError)):
             raise
         raise WeightsUnavailable(
             f"ImageNet weights {type(weights).__name__}.{weights.name} are not cached and could not be "

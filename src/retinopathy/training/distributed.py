@@ -57,6 +57,15 @@ def finite_everywhere(values: list[float], info: DistInfo, device) -> bool:
     return flag.item() == 0
 
 
+def broadcast_buffers(module, info: DistInfo) -> None:
+    """Every process takes rank 0's buffers (BatchNorm statistics). DDP syncs them at the start of each forward
+    pass, so after an epoch's last step each process holds its own, and evaluation would score a different
+    model in each process instead of the one rank 0 saves."""
+    if info.enabled:
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def all_gather_objects(obj, info: DistInfo) -> list:
     if not info.enabled:
         return [obj]

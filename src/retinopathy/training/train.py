@@ -32,7 +32,7 @@ from ..models.objectives import class_weights, tune_thresholds
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import environment, parse_args, plain_options
-from .distributed import barrier, cleanup, init_distributed
+from .distributed import barrier, broadcast_buffers, cleanup, init_distributed
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
@@ -116,9 +116,12 @@ class BalancedSampler(WeightedRandomSampler):
         return self.per_rank
 
 
-def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int):
+def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int,
+                train: bool = False):
+    """``train``: a last batch of a single image is dropped (BatchNorm cannot train on one value per channel,
+    which a small input's 1 x 1 feature maps leave); every other batch is kept."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=False,
+                      pin_memory=device.type == "cuda", drop_last=train and len(sampler) % batch_size == 1,
                       persistent_workers=workers > 0 and not deterministic,
                       prefetch_factor=4 if workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed))
@@ -262,7 +265,7 @@ def main(args) -> dict:
     else:
         train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     train_loader = make_loader(train_set, args.batch_size, workers, device, train_sampler, args.deterministic,
-                               args.seed)
+                               args.seed, train=True)
     eval_loaders = {sp: make_loader(ds, args.batch_size, workers, device,
                                     ShardSampler(len(ds), dist.rank, dist.world_size), args.deterministic, 0)
                     for sp, ds in eval_sets.items()}
@@ -353,6 +356,9 @@ def main(args) -> dict:
             raise Diverged(f"{e}. " + (f"{out / 'checkpoints' / 'last.pt'} keeps epoch {epoch}, the last finished: "
                                        f"continue with --resume {out} (with --amp none if it trained in bf16)"
                                        if epoch else "No epoch finished; nothing was saved.")) from None
+        broadcast_buffers(model, dist)
+        if ema is not None:
+            broadcast_buffers(ema.module, dist)
         results = {sp: evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
                                 dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
