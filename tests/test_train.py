@@ -328,6 +328,22 @@ def test_every_process_evaluates_rank_0s_batchnorm_statistics(tmp_path):
     assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["[1.0, 1.0, 1.0] 5"] * 2
 
 
+def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path):
+    import shutil
+
+    from retinopathy.data import FundusDataset
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    bad = [FundusDataset(data, split, check=False).samples[0].path for split in ("train", "test")]
+    for path in bad:
+        Path(path).write_bytes(Path(path).read_bytes()[:300])
+    assert main(["train", "--data", str(data), *FAST, "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0",
+                 "--skip-bad", "--out", str(tmp_path / "run")]) == 0
+    skipped = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["skipped"]
+    assert [any(Path(p).name in s for s in skipped) for p in bad] == [True, True]
+
+
 def test_a_last_training_batch_of_one_image_is_dropped(synth_small, tmp_path):
     """At 32 px ResNet's last feature maps are 1 x 1: BatchNorm cannot train on a batch of one."""
     from retinopathy.data import FundusDataset

@@ -1,4 +1,4 @@
-"""The ``retinopathy`` command: ``main(argv)`` dispatches to one module per subcommand."""
+"""The ``retinopathy`` command: ``main(argv)`` dispatches each subcommand to the module that holds it."""
 from __future__ import annotations
 
 import argparse

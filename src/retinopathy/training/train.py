@@ -284,7 +284,7 @@ def main(args) -> dict:
                        "split_file": str(out / "split.csv"), "train_counts": counts,
                        "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
                        "leakage_warnings": train_set.warnings,
-                       "skipped": [str(p) for p in train_set.skipped]},
+                       "skipped": [str(p) for ds in (train_set, *eval_sets.values()) for p in ds.skipped]},
               "selection": {"split": select_on, "metric": args.select_metric,
                             "note": "selected on the test split (reproduces the lab; optimistic)"
                             if select_on == "test" else "selected on the validation split"},
