@@ -84,6 +84,7 @@ def test_models_that_cannot_be_built_as_asked_say_so():
     assert issubclass(ModelError, RetinopathyError)
     googlenet = Grader("googlenet", 5).train()  # no auxiliary outputs in training
     assert googlenet(torch.randn(2, 3, 64, 64)).shape == (2, 5)
+    assert googlenet.net.transform_input  # the input rescaling its ImageNet weights expect
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_b0"])
@@ -211,6 +212,10 @@ def test_weights_file_option(tmp_path):
     torch.save({"model": state, "epoch": 3}, tmp_path / "reference.pth")  # torchvision references' checkpoint
     model, _ = build_model("resnet18", weights_file=str(tmp_path / "reference.pth"))
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
+    averaged = torch.optim.swa_utils.AveragedModel(resnet18())  # its --model-ema: "module." keys, n_averaged
+    torch.save({"model": state, "model_ema": averaged.state_dict()}, tmp_path / "reference-ema.pth")
+    model, _ = build_model("resnet18", weights_file=str(tmp_path / "reference-ema.pth"))
+    assert torch.equal(model.net.conv1.weight, averaged.module.conv1.weight)
     torch.save([torch.zeros(3)], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="list.pth holds a list"):
         build_model("resnet18", weights_file=str(tmp_path / "list.pth"))

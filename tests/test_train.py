@@ -209,8 +209,17 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
-    # a finished run may be resumed to retune its thresholds only (docs/eyepacs256.md does)
-    assert main(["train", "--resume", str(run), "--threshold-data", "train+selection", "--quiet"]) == 0
+    # a finished argmax run has no thresholds to retune
+    assert main(["train", "--resume", str(run), "--threshold-data", "train+selection", "--quiet"]) == 2
+    assert "--threshold-data selection (not train+selection)" in capsys.readouterr().err
+    # a finished run with thresholds may be resumed to retune them (docs/eyepacs256.md does), and later extended
+    ordinal = tmp_path / "ordinal"
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1",
+                 "--freeze-epochs", "0", "--objective", "ordinal", "--out", str(ordinal)]) == 0
+    assert main(["train", "--resume", str(ordinal), "--threshold-data", "train+selection", "--threshold-margin",
+                 "0.02", "--quiet"]) == 0
+    assert load_checkpoint(ordinal / "checkpoints" / "best.pt")["model_info"]["threshold_data"] == "train+val"
+    assert main(["train", "--resume", str(ordinal), "--epochs", "2", "--quiet"]) == 0
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(run), "--out", str(tmp_path / "fork")])
     assert "leave out --out" in capsys.readouterr().err
@@ -338,17 +347,23 @@ def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path):
     bad = [FundusDataset(data, split, check=False).samples[0].path for split in ("train", "test")]
     for path in bad:
         Path(path).write_bytes(Path(path).read_bytes()[:300])
+    with open(data / "trainLabels.csv", "a") as f:
+        f.write("77_left,9\n")  # a bad row belongs to no split
     assert main(["train", "--data", str(data), *FAST, "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0",
                  "--skip-bad", "--out", str(tmp_path / "run")]) == 0
     skipped = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["skipped"]
     assert [any(Path(p).name in s for s in skipped) for p in bad] == [True, True]
+    assert sum("77_left" in s for s in skipped) == 1
 
 
 def test_a_last_training_batch_of_one_image_is_dropped(synth_small, tmp_path):
     """At 32 px ResNet's last feature maps are 1 x 1: BatchNorm cannot train on a batch of one."""
     from retinopathy.data import FundusDataset
 
+    from retinopathy.training.train import make_loader
+
     n = len(FundusDataset(synth_small, "train", check=False))
+    assert len(make_loader(list(range(1)), 16, 0, torch.device("cpu"), range(1), True, 0, train=True)) == 1
     assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--batch-size", str(n - 1),
                  "--epochs", "1", "--freeze-epochs", "0", "--out", str(tmp_path / "run")]) == 0
 
@@ -473,21 +488,26 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     best.parent.mkdir(parents=True)
     best.write_bytes(b"")
-    rows = make_kaggle(tmp_path / "copy", n_patients=3)
+    rows = make_kaggle(tmp_path / "copy", n_patients=10)
     listed = "".join(f"{r.split(',')[0]},{r.split('_')[0]},{r.split(',')[1]},train\n" for r in rows)
     (tmp_path / "run" / "split.csv").write_text("image,patient,label,split\n" + listed)
-    make_kaggle(tmp_path / "more", n_patients=4)  # 3_left, 3_right are not in the run's split
-    others = make_kaggle(tmp_path / "other", n_patients=6)[6:]  # patients 3-5: none of them are
+    make_kaggle(tmp_path / "more", n_patients=11)  # 10_left, 10_right are not in the run's split
+    others = make_kaggle(tmp_path / "other", n_patients=13)[20:]  # patients 10-12: none of them are
     (tmp_path / "other" / "trainLabels.csv").write_text("image,level\n" + "\n".join(others) + "\n")
     ckpt = {"config": {"split_seed": 3, "val_fraction": 0.15, "test_fraction": None}}
     args = Namespace(split_file=None, split_seed=None, val_fraction=None, test_fraction=None, split="test")
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["split_file"] == tmp_path / "run" / "split.csv"
     other = run_catalog_options(args, best, ckpt, str(tmp_path / "other"))
     assert "split_file" not in other and (other["seed"], other["val_fraction"], other["test_fraction"]) == (3, 0.15, 0.2)
-    with pytest.raises(DataError, match="6 of its images are in the run's split .*, with the same grades, and 2 "):
+    with pytest.raises(DataError, match="20 of its images are in the run's split .*, with the same grades, and 2 "):
+        run_catalog_options(args, best, ckpt, str(tmp_path / "more"))
+    new = "10_left,0\n10_right,1\n"
+    corrected = "\n".join(["0_left,4", *rows[1:]]) + "\n"
+    (tmp_path / "more" / "trainLabels.csv").write_text("image,level\n" + corrected + new)  # one grade corrected
+    with pytest.raises(DataError, match="19 of its images are in the run's split"):
         run_catalog_options(args, best, ckpt, str(tmp_path / "more"))
     regraded = "".join(f"{r.split(',')[0]},{(int(r.split(',')[1]) + 1) % 5}\n" for r in rows)
-    (tmp_path / "more" / "trainLabels.csv").write_text("image,level\n" + regraded + "3_left,0\n3_right,1\n")
+    (tmp_path / "more" / "trainLabels.csv").write_text("image,level\n" + regraded + new)
     assert "split_file" not in run_catalog_options(args, best, ckpt, str(tmp_path / "more"))  # other photographs
     args.split_seed = 5
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "other"))["seed"] == 5

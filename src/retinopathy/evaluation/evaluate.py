@@ -77,9 +77,10 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
 
     Its split.csv when that lists every image of ``data`` (the data it trained on, a copy or a ``prepare``d
     version of it); on other data the split is computed with the run's seed and fractions. The run's photographs
-    with more added (names and grades as in its split.csv, and images it does not list) are refused unless
-    --split-file or --split all says what to grade: a fresh split would put training images into val or test.
-    Names that recur with other grades are taken as other photographs (EyePACS and synthetic sets share names)."""
+    with more added (names it lists, at least 90 % of them with the grades it lists, and images it does not
+    list) are refused unless --split-file or --split all says what to grade: a fresh split would put training
+    images into val or test. Names that mostly recur with other grades are other photographs (EyePACS and
+    synthetic sets share names)."""
     opts = catalog_options(args)
     opts["labels"] = opts.get("labels") or labels
     if args.split_file:
@@ -89,7 +90,7 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     same, regraded, unlisted = _split_overlap(split_csv, data, {k: opts[k] for k in READ_KEYS if k in opts})
     if (same or regraded) and not unlisted:
         opts["split_file"] = split_csv
-    elif same and not regraded and getattr(args, "split", "all") != "all":
+    elif same >= 0.9 * (same + regraded) > 0 and getattr(args, "split", "all") != "all":
         raise DataError([Problem("split-overlap", str(data), None,
                                  f"{same} of its images are in the run's split ({split_csv}), with the same grades, "
                                  f"and {unlisted} are not: a split computed afresh would put some of the run's "

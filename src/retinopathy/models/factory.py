@@ -99,8 +99,9 @@ class Grader(nn.Module):
                              "e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
         if space_to_depth < 1:
             raise ModelError(f"space_to_depth must be 1 (off) or a block size of 2 or more, not {space_to_depth}")
-        # GoogLeNet and Inception v3 would add auxiliary outputs in training; their ImageNet weights load without them
-        self.net = get_model(arch, weights=None, **({"aux_logits": False, "init_weights": True}
+        # GoogLeNet and Inception v3: no auxiliary outputs in training (their ImageNet weights load without them),
+        # and the input rescaling their ImageNet weights expect (torchvision turns it on with weights)
+        self.net = get_model(arch, weights=None, **({"aux_logits": False, "init_weights": True, "transform_input": True}
                                                      if arch in ("googlenet", "inception_v3") else {}))
         self.stem = nn.Identity()
         if space_to_depth > 1:

@@ -77,8 +77,9 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         if not isinstance(state, dict):
             raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict or checkpoint")
         # a training checkpoint (retinopathy's, torchvision references'): the averaged weights when it kept
-        # them (--model-ema), which are the ones it evaluated, selected and ships
-        state = state.get("model_ema") or state.get("model", state)
+        # them (--model-ema; the references' AveragedModel adds "module." and n_averaged), as it evaluated them
+        ema = {k.removeprefix("module."): v for k, v in (state.get("model_ema") or {}).items() if k != "n_averaged"}
+        state = ema or state.get("model", state)
         return {k.removeprefix("net."): v for k, v in state.items()}, f"file {path}"  # Grader keys -> torchvision's
     weights = weights_enum(model, tag)
     path = cache_path(weights)

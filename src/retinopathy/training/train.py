@@ -121,7 +121,8 @@ def make_loader(dataset, batch_size: int, workers: int, device, sampler, determi
     """``train``: a last batch of a single image is dropped (BatchNorm cannot train on one value per channel,
     which a small input's 1 x 1 feature maps leave); every other batch is kept."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", drop_last=train and len(sampler) % batch_size == 1,
+                      pin_memory=device.type == "cuda",
+                      drop_last=train and len(sampler) > batch_size and len(sampler) % batch_size == 1,
                       persistent_workers=workers > 0 and not deterministic,
                       prefetch_factor=4 if workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed))
@@ -150,8 +151,8 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
 
 
 # What shapes the network, the metrics.csv columns or the meaning of "best": a resumed run keeps them; the
-# threshold options decide which epochs may be best, so they are kept too unless training has finished (then
-# a resume only retunes the thresholds of best.pt, as --threshold-data train+selection does).
+# threshold options decide which epochs may be best, so they are kept too, except to retune a finished run's
+# best.pt with --threshold-data train+selection (which then records them in last.pt as well).
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
                    "select_on", "select_metric")
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
@@ -200,7 +201,9 @@ def main(args) -> dict:
     ckpt = None
     if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
         ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
-        fixed = FIXED_ON_RESUME + (FIXED_WHILE_TRAINING if ckpt["epoch"] + 1 < args.epochs else ())
+        retune = (ckpt["epoch"] + 1 >= args.epochs and args.threshold_data == "train+selection"
+                  and ckpt["model_info"].get("decision") == "thresholds")
+        fixed = FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
         changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in fixed
                    if k in ckpt["config"] and ckpt["config"][k] != getattr(args, k)]
         if changed:
@@ -284,7 +287,8 @@ def main(args) -> dict:
                        "split_file": str(out / "split.csv"), "train_counts": counts,
                        "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
                        "leakage_warnings": train_set.warnings,
-                       "skipped": [str(p) for ds in (train_set, *eval_sets.values()) for p in ds.skipped]},
+                       "skipped": list(dict.fromkeys(str(p) for ds in (train_set, *eval_sets.values())
+                                                     for p in ds.skipped))},
               "selection": {"split": select_on, "metric": args.select_metric,
                             "note": "selected on the test split (reproduces the lab; optimistic)"
                             if select_on == "test" else "selected on the validation split"},
@@ -439,6 +443,10 @@ def main(args) -> dict:
                                         threshold_margin=margin)
             save_checkpoint(chosen, best_path)
             write_model_card(best_path)
+            last = load_checkpoint(out / "checkpoints" / "last.pt")  # the options config.yaml now holds
+            if any(last["config"].get(k) != getattr(args, k) for k in FIXED_WHILE_TRAINING):
+                last["config"].update({k: getattr(args, k) for k in FIXED_WHILE_TRAINING})
+                save_checkpoint(last, out / "checkpoints" / "last.pt")
     cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
 
