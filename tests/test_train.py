@@ -276,9 +276,10 @@ def test_evaluate_refuses_checkpoints_it_cannot_rebuild(tiny_run, synth_small, t
 
 def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
     """torchrun --nproc_per_node=2 (gloo): one frozen and one fine-tuning epoch; same files as one process;
-    evaluation inside training sees every test image exactly once."""
+    evaluation inside training sees every test image exactly once, with the model rank 0 saves (fp32, so that
+    the two processes' batching cannot move the loss: each process used to keep its own BatchNorm statistics)."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    common = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "1"]
+    common = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "1", "--amp", "none"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "retinopathy", *common,
                     "--out", str(tmp_path / "ddp")], check=True, env=env, timeout=300)
@@ -289,9 +290,11 @@ def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
     assert [x["phase"] for x in r] == ["frozen", "finetune"]
     assert yaml.safe_load((tmp_path / "ddp" / "config.yaml").read_text())["engine"]["world_size"] == 2
     assert main(["evaluate", str(tmp_path / "ddp" / "checkpoints" / "last.pt"), "--data", str(synth_small),
-                 "--split", "test", "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "0"]) == 0
+                 "--split", "test", "--out", str(tmp_path / "eval"), "--quiet", "--bootstrap", "0",
+                 "--amp", "none"]) == 0
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert float(r[-1]["test_accuracy"]) == pytest.approx(m["accuracy"], abs=1e-9)
+    assert float(r[-1]["test_loss"]) == pytest.approx(m["loss"], rel=1e-5)
 
 
 def _loss_check(rank: int, port: int, out: str) -> None:
