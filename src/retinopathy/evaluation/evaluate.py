@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import os
 import sys
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from ..atomic import write_text  # noqa: E402
+from ..atomic import replacing, write_text  # noqa: E402
 from ..cli.common import (  # noqa: E402
     READ_KEYS,
     add_blend_argument,
@@ -158,12 +157,11 @@ def main(args) -> dict:
         write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
     except OSError as e:  # e.g. a checkpoint in a read-only folder
         print(f"warning: model card not updated ({e})", file=sys.stderr)
-    table = io.StringIO()
-    w = csv.writer(table)
-    w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
-    for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
-        w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6f}" for v in pr], f"{sc:.6f}"])
-    write_text(out / "predictions.csv", table.getvalue())
+    with replacing(out / "predictions.csv", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
+        for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
+            w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6f}" for v in pr], f"{sc:.6f}"])
     np.savetxt(out / "confusion_matrix.csv", np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
                header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
     confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})",
