@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
-from retinopathy.data.splits import SplitError, shared_patients
+from retinopathy.data.splits import SplitError, leakage_warnings, shared_patients
 
 
 def disc(path, size=48, color=(180, 80, 40), mode="RGB", fmt=None):
@@ -85,6 +85,13 @@ def test_folder_per_grade(tmp_path):
     cat = read_catalog(tmp_path)
     assert cat.format == "folders"
     assert Counter(s.label for s in cat.samples) == {g: 3 for g in range(5)}
+    # fewer than five grades under train/: detection needs all five, --format folders finds them there too
+    for g in range(4):
+        disc(tmp_path / "sub" / "train" / str(g) / f"t{g}.jpg")
+    with pytest.raises(DataError, match="no known dataset layout"):
+        read_catalog(tmp_path / "sub")
+    cat = read_catalog(tmp_path / "sub", format="folders")
+    assert Counter(s.label for s in cat.samples) == {g: 1 for g in range(4)}
 
 
 def test_unknown_format_says_what_was_expected(tmp_path):
@@ -127,6 +134,14 @@ def test_real_lab_csvs(shared_data):
     assert [by_split["train"][g] for g in range(5)] == [20_656, 1_955, 4_210, 698, 581]
     assert [by_split["test"][g] for g in range(5)] == [5_154, 488, 1_082, 175, 127]
     assert shared_patients(cat.samples, "train", "test") == (5_618, 6_322)
+    # the default val part is carved from the lab's train side: test patients whose other eye went to val
+    # are warned about too (the three warnings count 5,618 of the 6,322 test patients between them)
+    default = load_catalog(shared_data / "eyepacs-labels", resolve=False)
+    warnings = leakage_warnings(default.samples)
+    test_counts = [int(w.split(" of ")[0].replace(",", "")) for w in warnings if " test patients " in w]
+    assert len(test_counts) == 2 and sum(test_counts) == 5_618
+    assert any(w.endswith("have an eye in val (patient leakage: scores on that split are optimistic)")
+               for w in warnings)
 
 
 def test_real_kaggle_labels(shared_data):

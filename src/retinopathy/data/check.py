@@ -12,7 +12,7 @@ from tqdm import tqdm
 from .formats import GRADES, Catalog
 from .images import ImageError, open_image
 from .problems import Problem
-from .splits import SPLITS, shared_patients
+from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
 
 STATS_SIZE = 256
@@ -65,10 +65,8 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         "shared_patients": {},
         "problems": [p.to_dict() for p in problems],
     }
-    for other in ("val", "test"):
-        n, total = shared_patients(catalog.samples, "train", other)
-        if total:
-            report["shared_patients"][f"train-{other}"] = {"shared": n, "patients": total}
+    for a, b, n, total in split_overlaps(catalog.samples):
+        report["shared_patients"][f"{a}-{b}"] = {"shared": n, "patients": total}
     if sizes:
         w, h = np.array(sizes).T
         report["image_sizes"] = {k: {"width": int(f(w)), "height": int(f(h))}

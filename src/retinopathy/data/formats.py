@@ -79,14 +79,23 @@ def detect_format(data: Path) -> tuple[str, Path]:
             return "kaggle", data / name
     if (data / "train.csv").exists():
         return "csv", data / "train.csv"
-    for sub in ("", "train", "images"):
-        if all((data / sub / str(g)).is_dir() for g in GRADES):
-            return "folders", data / sub
+    folders = grade_folders(data, every_grade=True)
+    if folders is not None:
+        return "folders", folders
     raise DataError([Problem("unknown-format", str(data), None,
                              "no known dataset layout here: expected the lab's train_img.csv/train_label.csv "
                              "(+ test_*), trainLabels.csv or labels.csv (image,level), train.csv "
                              "(id_code,diagnosis), or folders 0/ ... 4/")],
                     hint="Pass --format, --labels, --image-col/--label-col or --images to say what it is.")
+
+
+def grade_folders(data: Path, every_grade: bool) -> Path | None:
+    """The first of ``data``, ``data/train``, ``data/images`` holding grade folders ``0/`` ... ``4/`` (all five
+    with ``every_grade``, else any), or None."""
+    for folder in (data, data / "train", data / "images"):
+        if (all if every_grade else any)((folder / str(g)).is_dir() for g in GRADES):
+            return folder
+    return None
 
 
 def _csv_format(path: Path) -> str:
@@ -232,8 +241,10 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     elif format not in FORMATS:
         raise DataError([Problem("unknown-format", str(data), None,
                                  f"unknown format {format!r}; choose one of {', '.join(FORMATS)}")])
-    if labels is None:
-        labels = data if format in ("lab", "folders") else detect_format(data)[1]
+    if labels is None and format == "folders":
+        labels = grade_folders(data, every_grade=False) or data
+    elif labels is None:
+        labels = data if format == "lab" else detect_format(data)[1]
 
     if format == "lab":
         samples = _read_lab(labels, problems)

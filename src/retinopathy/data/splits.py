@@ -84,14 +84,20 @@ def shared_patients(samples: list[Sample], a: str = "train", b: str = "test") ->
     return len(pa & pb), len(pb)
 
 
-def leakage_warnings(samples: list[Sample]) -> list[str]:
+def split_overlaps(samples: list[Sample]) -> list[tuple[str, str, int, int]]:
+    """(a, b, shared, patients of b) for train-val, train-test and val-test, where b has patients."""
     out = []
-    for other in ("val", "test"):
-        n, total = shared_patients(samples, "train", other)
-        if n:
-            out.append(f"{n:,} of {total:,} {other} patients also have an eye in train "
-                       "(patient leakage: scores on that split are optimistic)")
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        n, total = shared_patients(samples, a, b)
+        if total:
+            out.append((a, b, n, total))
     return out
+
+
+def leakage_warnings(samples: list[Sample]) -> list[str]:
+    return [f"{n:,} of {total:,} {b} patients also have an eye in {a} "
+            "(patient leakage: scores on that split are optimistic)"
+            for a, b, n, total in split_overlaps(samples) if n]
 
 
 def write_split(samples: list[Sample], path: str | Path) -> None:
