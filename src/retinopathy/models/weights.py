@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from urllib.error import URLError
 
 import torch
-from torch.hub import HASH_REGEX
 from torchvision.models import get_model_weights
 
 from ..errors import RetinopathyError
@@ -43,10 +43,15 @@ def cache_path(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
 
 
+# torch.hub's naming rule, ``name-<first eight or more hex digits of the SHA-256>.ext``; its own HASH_REGEX also
+# takes ``-2.`` (fine for the URLs it checks, not for a user's ``mine-2.pth``)
+HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+
+
 def check_hash(path: Path) -> None:
     """Compare the file's SHA-256 with the prefix torchvision puts in its name (``resnet18-f37072fd.pth``)."""
-    m = HASH_REGEX.search(path.name)
-    if not m or not m.group(1):
+    m = HASH_IN_NAME.search(path.name)
+    if not m:
         return
     expected = m.group(1)
     h = hashlib.sha256()
