@@ -101,6 +101,17 @@ def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch
             assert np.abs(module(real_batch[:b]).numpy() - expected[:b]).max() < 1e-3
 
 
+@pytest.mark.shared_data
+def test_parity_defaults_to_the_training_photographs(checkpoint, shared_data, tmp_path):
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["config"] = {"data": str(shared_data / "fundus-real")}  # as train records it: the resolved folder
+    save_checkpoint(ckpt, tmp_path / "trained.pt")
+    out = tmp_path / "grader.ts.pt"
+    assert main(["export", str(tmp_path / "trained.pt"), "--format", "torchscript", "--out", str(out)]) == 0
+    meta = check_metadata(out, checkpoint)
+    assert meta["parity"]["images"] == f"8 image(s) from {shared_data / 'fundus-real' / 'images'}"
+
+
 def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys):
     out = tmp_path / "grader.ts.pt"
     assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--tolerance", "0"]) == 1

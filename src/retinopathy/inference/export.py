@@ -10,13 +10,14 @@ geometry of the photograph and ``(x / 255 - mean) / std`` happen outside the mod
 ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension, falling back to the
 TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
 but still the format LibTorch/C++ loads). Before anything is written, ONNX Runtime (or the reloaded
-TorchScript module) is compared with PyTorch on ``--check-images`` (default: four synthetic renders from
-``retinopathy.data.synth``) at batch sizes 1 and 3; a largest absolute logit difference of ``--tolerance``
+TorchScript module) is compared with PyTorch on ``--check-images`` (default: photographs of the folder the
+model was trained on; four synthetic renders where it is gone) at batch sizes 1 and 3; a largest absolute logit difference of ``--tolerance``
 (1e-3) or more fails the export (exit status 1, nothing written).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -30,6 +31,8 @@ import numpy as np
 import torch
 
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
+from ..data.images import IMAGE_EXTENSIONS
+from ..data.synth import render_fundus
 from ..errors import RetinopathyError
 from ..models.restore import restore
 from .predict import collect_items, single_eye
@@ -54,7 +57,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                 "its metadata goes to FILE.json")
     p.add_argument("--check-images", nargs="+", metavar="PATH",
                    help=f"images, folders or datasets for the parity check (the first {MAX_CHECK_IMAGES} "
-                        "readable ones; default: synthetic renders)")
+                        "readable ones; default: photographs of the folder the model was trained on, or synthetic "
+                        "renders where it is gone)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference|")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     return p
@@ -67,8 +71,17 @@ def metadata_path(model_file: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
+def training_photographs(ckpt) -> list[Path]:
+    """A few image files of the folder the checkpoint was trained on, when it is still here (none otherwise)."""
+    data = (ckpt.get("config") or {}).get("data")
+    if not data or not Path(data).is_dir():
+        return []
+    files = (f for f in Path(data).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+    return list(itertools.islice(files, 2 * MAX_CHECK_IMAGES))  # room for a few unreadable ones
+
+
 def check_batch(prep, paths=None) -> tuple[torch.Tensor, str]:
-    """Normalised float images for the parity check, and what they are."""
+    """Normalised float images for the parity check (synthetic renders without ``paths``), and what they are."""
     transform = build_transform(prep, train=False, uint8=True)
     if paths:
         images, used = [], []
@@ -86,21 +99,13 @@ def check_batch(prep, paths=None) -> tuple[torch.Tensor, str]:
         if not images:
             raise DataError([Problem("empty", " ".join(map(str, paths)), None,
                                      "no readable image for the parity check")])
-        what = f"{len(images)} image(s) from {', '.join(map(str, paths))}"
+        where = sorted({str(Path(u).parent) for u in used})
+        what = f"{len(images)} image(s) from {', '.join(where)}"
     else:
-        try:
-            from ..data.synth import render_fundus
-        except ImportError:
-            render_fundus = None
-        if render_fundus is not None:
-            rng = np.random.default_rng(0)
-            images = [transform(render_fundus(rng, prep.size, g, eye)) for g, eye in
-                      ((0, "left"), (2, "right"), (3, "left"), (4, "right"))]
-            what = "4 synthetic renders (retinopathy.data.synth.render_fundus)"
-        else:
-            g = torch.Generator().manual_seed(0)
-            images = list(torch.randint(0, 256, (4, 3, prep.size, prep.size), generator=g, dtype=torch.uint8))
-            what = "4 random images (retinopathy.data.synth is not available)"
+        rng = np.random.default_rng(0)
+        images = [transform(render_fundus(rng, prep.size, g, eye)) for g, eye in
+                  ((0, "left"), (2, "right"), (3, "left"), (4, "right"))]
+        what = "4 synthetic renders (retinopathy.data.synth.render_fundus; the training data was not found)"
     return Normalize(prep.mean, prep.std)(torch.stack(images)), what
 
 
@@ -181,7 +186,7 @@ def main(args) -> dict:
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")
     model = model.cpu().float().eval()
-    x, what = check_batch(prep, args.check_images)
+    x, what = check_batch(prep, args.check_images or training_photographs(ckpt))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
