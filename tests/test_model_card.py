@@ -9,6 +9,7 @@ import yaml
 
 from retinopathy.cli.main import main
 from retinopathy.reporting.model_card import write_model_card
+from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
 SECTIONS = ["## Model", "## Training data", "## Preprocessing", "## Training", "## Metrics", "## Intended use",
             "## Limitations"]
@@ -75,3 +76,20 @@ def test_evaluations_accumulate(run, synth_small, tmp_path):
         assert cells[5] == f"{m['majority_accuracy']:.3f}"
         assert cells[6].startswith(f"{m['kappa']:.3f}")
     assert "majority-class baseline" in card
+
+
+def test_other_blending_and_resaved_checkpoints_are_told_apart(run, synth_small, tmp_path):
+    ckpt = run / "checkpoints" / "best.pt"
+    common = ["--data", str(synth_small), "--split", "test", "--split-file", str(run / "split.csv"),
+              "--workers", "0", "--bootstrap", "0", "--quiet"]
+    assert main(["evaluate", str(ckpt), "--out", str(tmp_path / "e1"), *common]) == 0
+    assert main(["evaluate", str(ckpt), "--out", str(tmp_path / "e2"), "--blend-eyes", "0.5", *common]) == 0
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]
+    assert len(rows) == 2 and sum("--blend-eyes 0.5" in r for r in rows) == 1  # its own row, marked
+    assert not any(r.split("|")[3].strip().endswith("*") for r in rows)
+    save_checkpoint(load_checkpoint(ckpt), ckpt)  # saved again in place (as a retune of its thresholds does)
+    write_model_card(ckpt)
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]
+    assert len(rows) == 2 and all(r.split("|")[3].strip().endswith("*") for r in rows) and "thresholds retuned since" in card

@@ -17,6 +17,7 @@ from PIL import Image
 
 from retinopathy.cli.main import main
 from retinopathy.reporting import figures
+from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
 CELLS = ("resnet18-pretrained", "resnet18-scratch")
 
@@ -139,13 +140,21 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert main(["report", str(on_val), "--out", str(tmp_path / "r3")]) == 0
     page = (tmp_path / "r3" / "index.html").read_text()
     assert 'data-status="not evaluated"' in page and "best.pt on the val split, not best.pt on test" in page
-    stale = tmp_path / "stale"  # eval/ holds an earlier best.pt: training went on
+    stale = tmp_path / "stale"  # eval/ holds an earlier best.pt (an evaluation from before save ids): training went on
     shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", stale)
     metrics = json.loads((stale / "eval" / "metrics.json").read_text())
-    (stale / "eval" / "metrics.json").write_text(json.dumps({**metrics, "epoch": metrics["epoch"] - 1}))
+    (stale / "eval" / "metrics.json").write_text(json.dumps({**metrics, "epoch": metrics["epoch"] - 1,
+                                                             "checkpoint_id": None}))
     assert main(["report", str(stale), "--out", str(tmp_path / "r4")]) == 0
     page = (tmp_path / "r4" / "index.html").read_text()
     assert 'data-status="not evaluated"' in page and f"best.pt is now epoch {metrics['epoch'] + 1}" in page
+    resaved = tmp_path / "resaved"  # the same epoch's best.pt saved again (thresholds retuned, or another run)
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", resaved)
+    best = resaved / "checkpoints" / "best.pt"
+    save_checkpoint(load_checkpoint(best), best)
+    assert main(["report", str(resaved), "--out", str(tmp_path / "r6")]) == 0
+    page = (tmp_path / "r6" / "index.html").read_text()
+    assert 'data-status="not evaluated"' in page and "best.pt was saved again since" in page
     killed = tmp_path / "killed"  # one more epoch's row was written, then the run was killed before its checkpoint
     shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", killed, ignore=shutil.ignore_patterns("eval"))
     config = yaml.safe_load((killed / "config.yaml").read_text())

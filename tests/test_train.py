@@ -223,6 +223,11 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(run), "--out", str(tmp_path / "fork")])
     assert "leave out --out" in capsys.readouterr().err
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(SystemExit):  # a new run into a run's folder would replace it
+        main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--out", str(run)])
+    assert f"--out {run} already holds a run (checkpoints/last.pt): continue it with --resume" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     for bad, named in ((["--model", "resnet19"], "'resnet19' is not a torchvision model"),
                        (["--objective", "regression", "--label-smoothing", "0.1"], "not to regression")):
         with pytest.raises(SystemExit):
@@ -249,6 +254,15 @@ def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     rc = main(["evaluate", str(tmp_path / "foreign.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
     assert rc == 2 and "not a retinopathy checkpoint" in capsys.readouterr().err
+
+
+def test_a_run_folder_without_best_pt_says_what_to_pass(tiny_run, synth_small, tmp_path, capsys):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    last.write_bytes((tiny_run / "checkpoints" / "last.pt").read_bytes())
+    rc = main(["evaluate", str(tmp_path / "run"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
+    assert rc == 2 and f"a folder without checkpoints/best.pt; pass {last} to use its last epoch" in \
+        capsys.readouterr().err
 
 
 def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_path, capsys):

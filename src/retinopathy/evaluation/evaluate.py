@@ -148,7 +148,7 @@ def main(args) -> dict:
     metrics.update({"loss": res["loss"], "split": args.split, "blend_eyes": weight,
                     "data": str(Path(args.data).resolve()),
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
-                    "epoch": ckpt["epoch"], "selected": ckpt.get("best"),
+                    "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
                     "skipped": [str(p) for p in dataset.skipped]})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -2,10 +2,10 @@
 against the majority-class baseline, what it is for and what it cannot do.
 
 ``train`` writes it after each new ``best.pt``; ``evaluate`` adds its results. Evaluations accumulate in
-``model_card.json`` next to the card (one entry per checkpoint file, split and dataset; a re-evaluation
-replaces its entry), so the card always lists every split evaluated so far. The card describes ``best.pt``
-when the folder has one (else the checkpoint given); an evaluation of an earlier ``best.pt`` (another
-epoch) is kept but marked.
+``model_card.json`` next to the card (one entry per checkpoint file, split, dataset and ``--blend-eyes`` other
+than the trained one; a re-evaluation replaces its entry), so the card always lists every split evaluated so
+far. The card describes ``best.pt`` when the folder has one (else the checkpoint given); an evaluation of an
+earlier ``best.pt`` (another epoch, or thresholds retuned since) is kept but marked.
 """
 from __future__ import annotations
 
@@ -23,11 +23,11 @@ from ..data.splits import SPLIT_DEFAULTS
 from ..evaluation.metrics import GRADES
 from ..models.objectives import default_decision
 from ..models.restore import display_name
-from ..training.checkpoint import checkpoint_file, load_checkpoint
+from ..training.checkpoint import checkpoint_file, load_checkpoint, same_checkpoint
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
-EVAL_KEYS = ("split", "data", "epoch", "count", "accuracy", "majority_accuracy", "kappa", "macro_f1",
-             "referable_auc", "ci95", "recall", "true_counts", "predicted_counts")
+EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",
+             "kappa", "macro_f1", "referable_auc", "ci95", "recall", "true_counts", "predicted_counts")
 
 
 def _read_store(path: Path) -> dict:
@@ -168,7 +168,7 @@ def _history_rows(history: list[dict], config: dict, epoch: int | None, selected
     return lines + [""]
 
 
-def _evaluation_rows(store: dict, card_name: str, card_epoch) -> list[str]:
+def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     evaluations = list(store["evaluations"].values())
     lines = ["### Evaluations (`retinopathy evaluate`)", ""]
     if not evaluations:
@@ -176,21 +176,23 @@ def _evaluation_rows(store: dict, card_name: str, card_epoch) -> list[str]:
     lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
               "quadratic kappa [95% CI] | macro-F1 | referable AUC | recall grade 0-4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    stale = False
+    stale, trained_blend = False, card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
     for e in evaluations:
         mark = ""
-        if e.get("checkpoint") == card_name and e.get("epoch") != card_epoch:
+        if e.get("checkpoint") == card_name and not same_checkpoint(e, card_ckpt):
             mark, stale = " *", True
-        epoch = e.get("epoch")
+        epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
         lines.append(f"| {e.get('split')} | `{Path(e.get('data') or '?').name}` | {e.get('checkpoint')} (epoch "
-                     f"{epoch + 1 if isinstance(epoch, int) else '?'}){mark} | {e.get('count')} | "
+                     f"{epoch + 1 if isinstance(epoch, int) else '?'}"
+                     f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "
                      f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
                      f"{_fmt(e.get('kappa'))}{_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
                      f"{_fmt(e.get('referable_auc'))} | {' / '.join(_fmt(r, 2) for r in e.get('recall') or [])} |")
     lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
                   "split; quadratic kappa is 0 for such a model."]
     if stale:
-        lines.append("\n\\* evaluated an earlier best.pt (another epoch); run `retinopathy evaluate` again.")
+        lines.append("\n\\* evaluated an earlier best.pt (another epoch, or thresholds retuned since); run "
+                     "`retinopathy evaluate` again.")
     return lines + [""]
 
 
@@ -232,7 +234,7 @@ def render(ckpt: dict, name: str, config: dict, history: list[dict], store: dict
     best_epoch = (ckpt.get("best") or {}).get("epoch")
     lines += _history_rows(history, config, best_epoch if best_epoch is not None else ckpt.get("epoch"),
                            (ckpt.get("best") or {}).get("split"))
-    lines += _evaluation_rows(store, name, ckpt.get("epoch"))
+    lines += _evaluation_rows(store, name, ckpt)
     return "\n".join(lines) + "\n" + USE_AND_LIMITS
 
 
@@ -256,7 +258,10 @@ def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval
         record.update(checkpoint=file.name, epoch=ckpt.get("epoch"),
                       eval_dir=str(Path(eval_dir).resolve()) if eval_dir else None,
                       written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        store["evaluations"][f"{file.name}|{record['split']}|{record['data']}"] = record
+        other_blend = record["blend_eyes"] != ckpt["model_info"].get("blend_eyes", 0.0)
+        key = f"{file.name}|{record['split']}|{record['data']}" + (
+            f"|blend {record['blend_eyes']:g}" if other_blend else "")
+        store["evaluations"][key] = record
         write_text(folder / STORE, json.dumps(store, indent=2))
     card = folder / CARD
     write_text(card, render(card_ckpt, described.name, config or {}, history, store, run))

@@ -23,7 +23,7 @@ import yaml
 from ..atomic import write_text
 from ..errors import RetinopathyError
 from ..models.restore import display_name
-from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint
+from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, same_checkpoint
 from . import figures
 from .html import ci_text, render_html, warning_text
 
@@ -115,17 +115,19 @@ def load_run(run: Path, name: str | None = None) -> Run:
         best = run / "checkpoints" / "best.pt"
         try:  # checkpoints, not metrics.csv, say how far a run got (a row is written before its checkpoint)
             saved = epochs_saved(run) if (run / "checkpoints" / "last.pt").exists() else len(rows)
-            best_epoch = load_checkpoint(best, mmap=True)["epoch"] if ev is not None and best.exists() else None
+            best_ckpt = load_checkpoint(best, mmap=True) if ev is not None and best.exists() else None
         except CheckpointError as e:
             return Run(name, run, "incomplete", str(e), train, config, rows)
         rows = [r for r in rows if r["epoch"] < saved]
         if ev is not None and (ev.get("split") != "test" or evaluated == "last.pt"):
             status, reason, ev = "not evaluated", (f"{metrics_file} is {evaluated} on the {ev.get('split')} split, "
                                                    f"not best.pt on test; {command}"), None
-        elif ev is not None and best_epoch is not None and ev.get("epoch") != best_epoch:
+        elif ev is not None and best_ckpt is not None and not same_checkpoint(ev, best_ckpt):
+            since = ("training went on and best.pt is now epoch " if ev.get("epoch") != best_ckpt["epoch"] else
+                     "best.pt was saved again since (retuned thresholds, or another run in this folder), epoch ")
             status, reason, ev = "not evaluated", (f"{metrics_file} evaluated the best.pt of epoch "
-                                                   f"{ev.get('epoch', -1) + 1}; training went on and best.pt is now "
-                                                   f"epoch {best_epoch + 1}: {command}"), None
+                                                   f"{ev.get('epoch', -1) + 1}; {since}{best_ckpt['epoch'] + 1}: "
+                                                   f"{command}"), None
         elif ev is not None:
             status, reason = "done", ""
         elif saved < epochs:

@@ -3,11 +3,14 @@
 A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``model`` (state dict),
 ``model_ema`` and ``ema_updates`` (the averaged weights under ``--model-ema``, else None and 0), ``optimizer``,
 ``scheduler``, ``scaler``, ``epoch`` (last finished), ``phase``, ``rng``, ``best``, ``config`` and
-``model_info`` (architecture, head, objective, thresholds, preprocessing, class names).
+``model_info`` (architecture, head, objective, thresholds, preprocessing, class names), and ``save_id``, new at
+every save: evaluations record it, so a report or model card can tell the checkpoint they evaluated from one
+saved since in its place (a new best, retuned thresholds, another run trained into the folder).
 """
 from __future__ import annotations
 
 import pickle
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -28,7 +31,15 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path, "wb") as f:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, f)
+        torch.save({"format": FORMAT, "version": VERSION, **state, "save_id": uuid.uuid4().hex}, f)
+
+
+def same_checkpoint(record: dict, ckpt: dict) -> bool:
+    """Whether an evaluation ``record`` (evaluate's metrics.json) is of ``ckpt``: the same save where both carry
+    a ``save_id``, else (checkpoints from before it) the same epoch."""
+    if record.get("checkpoint_id") and ckpt.get("save_id"):
+        return record["checkpoint_id"] == ckpt["save_id"]
+    return record.get("epoch") == ckpt.get("epoch")
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -38,6 +49,9 @@ def checkpoint_file(path: str | Path) -> Path:
         for candidate in (path / "checkpoints" / "best.pt", path / "best.pt"):
             if candidate.exists():
                 return candidate
+        last = path / "checkpoints" / "last.pt"
+        raise CheckpointError(f"{path}: a folder without checkpoints/best.pt; " + (
+            f"pass {last} to use its last epoch" if last.exists() else "pass a checkpoint file (best.pt or last.pt)"))
     return path
 
 

@@ -203,6 +203,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--resume {args.resume} continues that run in its own folder; leave out --out {args.out} "
                      "(to start a new run from its weights: --weights RUN/checkpoints/best.pt --out NEW)")
     args.out = args.out or args.resume
+    if not args.resume and (Path(args.out) / "checkpoints" / "last.pt").exists():
+        parser.error(f"--out {args.out} already holds a run (checkpoints/last.pt): continue it with --resume "
+                     f"{args.out}, or give another --out (or remove that folder) to start a new run")
     if args.model not in list_models():
         parser.error(f"--model {args.model!r} is not a torchvision model; any classification model works, e.g. "
                      "resnet18, resnet50, efficientnet_b0, convnext_tiny")
