@@ -11,8 +11,8 @@ ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension,
 TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
 but still the format LibTorch/C++ loads). Before anything is written, ONNX Runtime (or the reloaded
 TorchScript module) is compared with PyTorch on ``--check-images`` (default: photographs of the folder the
-model was trained on; four synthetic renders where it is gone) at batch sizes 1 and 3; a largest absolute logit difference of ``--tolerance``
-(1e-3) or more fails the export (exit status 1, nothing written).
+model was trained on; four synthetic renders where it is gone) at batch sizes 1 and 3; a largest absolute
+logit difference of ``--tolerance`` (1e-3) or more fails the export (exit status 1, nothing written).
 """
 from __future__ import annotations
 
