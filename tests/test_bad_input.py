@@ -129,6 +129,32 @@ def test_png_with_corrupt_data_fails_at_construction(tmp_path):
         FundusDataset(tmp_path, "all", image_size=32)
 
 
+def test_corrupt_scan_data_is_dropped_by_the_cache_and_named_while_training(tmp_path):
+    """End marker intact, scan data broken: the start-up check cannot see it (no decode); the cache's decode at
+    construction reports it like any bad image, and without the cache the item's error names the row and the way
+    out."""
+    make_kaggle(tmp_path, n_patients=3)
+    jpeg = bytearray((tmp_path / "1_left.jpeg").read_bytes())
+    mid = (jpeg.index(b"\xff\xda") + len(jpeg)) // 2
+    jpeg[mid:mid + 10] = b"\xff\xc0" * 5
+    (tmp_path / "1_left.jpeg").write_bytes(jpeg)
+    with pytest.raises(DataError, match="trainLabels.csv:.*1_left: .*cannot decode"):
+        FundusDataset(tmp_path, "all", image_size=32, cache=True)
+    ds = FundusDataset(tmp_path, "all", image_size=32, cache=True, skip_bad=True)
+    assert [p.image for p in ds.skipped] == ["1_left"] and len(ds) == 5 and len(ds.cache) == 5
+    ds = FundusDataset(tmp_path, "all", image_size=32)
+    index = next(i for i in range(len(ds)) if ds.image_id(i) == "1_left")
+    with pytest.raises(ImageError, match=r"cannot decode: .*\(.*trainLabels.csv:\d+\)\. `retinopathy data check`"):
+        ds[index]
+
+
+def test_float_images_in_zero_to_one_are_not_black(tmp_path):
+    arr = np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64)
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.tiff")
+    a = np.asarray(open_image(tmp_path / "f.tiff"))
+    assert a[0, 0].max() == 0 and a[-1, -1].min() == 255
+
+
 def open_all(paths):
     return [open_image(p) for p in paths]
 
@@ -143,7 +169,7 @@ def test_image_error_from_a_loader_worker_is_its_own_message(tmp_path):
     assert str(from_worker.value) == str(direct.value)
 
 
-@pytest.mark.parametrize("label", ["7", "-1", "two", "2.5", "", "²"])
+@pytest.mark.parametrize("label", ["7", "-1", "two", "2.5", "", "²", "5.0", "nan", "inf", "1e0", "2.", "-0.0"])
 def test_bad_label(tmp_path, kaggle, label):
     text = (kaggle / "trainLabels.csv").read_text().splitlines()
     text[4] = text[4].split(",")[0] + "," + label
@@ -152,6 +178,18 @@ def test_bad_label(tmp_path, kaggle, label):
         FundusDataset(kaggle, "all", image_size=32)
     rc, report = check(tmp_path, kaggle)
     assert rc == 1 and kinds(report) == ["bad-label"]
+
+
+def test_whole_number_float_labels(tmp_path, kaggle):
+    """pandas writes an integer column that once held NaN as 2.0: such grades are read, in every format."""
+    text = (kaggle / "trainLabels.csv").read_text().splitlines()
+    (kaggle / "trainLabels.csv").write_text("\n".join(text[:1] + [f"{r}.0" if i % 2 else f"{r}.00"
+                                                                   for i, r in enumerate(text[1:])]) + "\n")
+    cat = load_catalog(kaggle, val_fraction=0)
+    assert not cat.problems and [f"{s.image},{s.label}" for s in cat.samples] == text[1:]
+    (kaggle / "train_img.csv").write_text("0_left\n0_right\n")
+    (kaggle / "train_label.csv").write_text("3.0\n4.00\n")
+    assert [s.label for s in load_catalog(kaggle, val_fraction=0).samples] == [3, 4]
 
 
 def test_lab_files_of_different_lengths(tmp_path):
@@ -209,6 +247,15 @@ def test_csv_format_on_a_folder_without_labels_file(tmp_path, fmt, layout):
     args = ["--labels", str(labels)] if labels else []
     assert main(["data", "check", str(tmp_path), "--format", fmt, *args, "--quiet",
                  "--json", str(tmp_path / "r.json")]) == 2
+
+
+def test_labels_file_given_as_the_dataset_folder(tmp_path, kaggle, capsys):
+    labels = kaggle / "trainLabels.csv"
+    with pytest.raises(DataError, match=f"{labels}: a file, not a dataset folder: pass its folder {kaggle} as DATA"
+                                        f"\nOr pass --labels {labels} with the folder"):
+        load_catalog(labels)
+    assert main(["data", "check", str(labels), "--quiet", "--json", str(tmp_path / "r.json")]) == 2
+    assert "a file, not a dataset folder" in capsys.readouterr().err
 
 
 def test_duplicate_names(tmp_path, kaggle):

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
-from retinopathy.data.splits import SplitError, leakage_warnings, shared_patients
+from retinopathy.data.splits import SplitError, leakage_warnings, shared_patients, write_split
 
 
 def disc(path, size=48, color=(180, 80, 40), mode="RGB", fmt=None):
@@ -76,6 +76,31 @@ def test_header_csv_with_named_columns(tmp_path):
     (tmp_path / "other.csv").write_text("file,grade\n" + "".join(f"id{i:03d}.png,{i % 5}\n" for i in range(10)))
     cat = read_catalog(tmp_path, labels=tmp_path / "other.csv", image_col="file", label_col="grade")
     assert not cat.problems and cat.samples[3].label == 3
+
+
+def test_image_names_holding_paths(tmp_path):
+    """A name with a folder (``/`` or Windows' ``\\``) is found relative to DATA, else by its file name under the
+    image root; its patient and eye come from the file name."""
+    files = ["train_images/0_left.jpeg", "train_images/0_right.jpeg", "extra/1_left.png", "train_images/1_right.jpeg"]
+    for name in files:
+        disc(tmp_path / name)
+    rows = ["train_images/0_left.jpeg,0", "train_images\\0_right.jpeg,1", "extra/1_left,2", "old/place/1_right.jpeg,3"]
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\n" + "".join(f"{r}\n" for r in rows))
+    cat = load_catalog(tmp_path, val_fraction=0.5, test_fraction=0.0)
+    assert not cat.problems and [s.path for s in cat.samples] == [str(tmp_path / f) for f in files]
+    assert [s.patient for s in cat.samples] == ["0", "0", "1", "1"]
+    write_split(cat.samples, tmp_path / "split.csv")
+    again = load_catalog(tmp_path, split_file=tmp_path / "split.csv")
+    assert [(s.image, s.split) for s in again.samples] == [(s.image, s.split) for s in cat.samples]
+    with open(tmp_path / "train.csv", "a") as f:
+        f.write("train_images/0_left.jpeg,0\nnowhere/9_left.jpeg,0\n")
+    labels = tmp_path / "train.csv"
+    assert [str(p) for p in read_catalog(tmp_path).problems] == [
+        f"{labels}:6: image train_images/0_left.jpeg is listed again (first at train.csv:2); remove one of the rows",
+        f"{labels}:7: image nowhere/9_left.jpeg not found: the name holds a path, and neither "
+        f"{tmp_path / 'nowhere' / '9_left.jpeg'} nor 9_left.jpeg in {tmp_path / 'train_images'} exists (tried .jpeg, "
+        f".jpg, .png, .tif, .tiff); fix the path (relative to {tmp_path}), add the file, pass --images, or use "
+        "--skip-bad to drop it"]
 
 
 def test_folder_per_grade(tmp_path):

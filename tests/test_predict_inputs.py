@@ -1,9 +1,11 @@
 """``predict`` on several inputs: each dataset graded on the run's own split, eyes paired within a folder only,
-and inputs that cannot honour the request refused (synthetic data: no shared data needed)."""
+linked folders followed, heatmap names unique, and inputs that cannot honour the request refused or told
+(synthetic data: no shared data needed)."""
 from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 from retinopathy.cli.main import main
 from retinopathy.inference.predict import collect_items
@@ -49,3 +51,38 @@ def test_eyes_pair_within_a_folder_not_across_folders(tmp_path):
     left, right = disc(tmp_path / "photos" / "left" / "7_left.jpeg"), disc(tmp_path / "photos" / "right" / "7_right.jpeg")
     items = collect_items([tmp_path / "photos"])  # one input folder: its sub-folders pair
     assert [i.path for i in items] == [str(left), str(right)] and items[0].patient == items[1].patient
+    clash = [disc(tmp_path / "sites" / site / f"7_{eye}.jpeg") for site in ("A", "B") for eye in ("left", "right")]
+    items = collect_items([tmp_path / "sites"])  # the same names in two sub-folders: pairs within each
+    assert [i.path for i in items] == list(map(str, clash))
+    assert items[0].patient == items[1].patient != items[2].patient == items[3].patient
+
+
+def test_folders_follow_links_and_heatmap_names_stay_unique(tiny_run, tmp_path):
+    photos = tmp_path / "photos"
+    for name in ("a/x.jpeg", "b/x.jpeg", "b/x-2.jpeg"):
+        disc(photos / name, size=64)
+    disc(tmp_path / "elsewhere" / "y_left.jpeg", size=64)
+    (photos / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "loop").symlink_to(photos)  # a link back up the tree is walked once
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(photos), "--cam", str(tmp_path / "cams"), "--out", str(out),
+                 "--workers", "0", "--quiet"]) == 0
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["image"] for r in rows) == ["x", "x", "x-2", "y_left"]
+    heatmaps = [r["heatmap"] for r in rows]
+    assert len(set(heatmaps)) == 4 and all(Path(h).exists() for h in heatmaps)
+
+
+def test_unlisted_images_and_lab_files_as_inputs_are_told(tiny_run, synth_small, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    disc(next(p for p in data.rglob("*.jpeg")).parent / "999_left.jpeg")
+    assert main(["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--quiet"]) == 0
+    assert "1 image(s) in" in capsys.readouterr().err
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "test_label.csv").write_text("0\n")
+    assert main(["predict", str(tiny_run), str(tmp_path / "lab" / "test_label.csv"), "--out",
+                 str(tmp_path / "q.csv")]) == 2
+    assert f"pass their folder, {tmp_path / 'lab'}" in capsys.readouterr().err

@@ -225,6 +225,23 @@ def test_names_with_extensions_and_other_formats(tmp_path):
     assert all(Path(s.path).parent.name == str(s.label) for s in copy.samples)
 
 
+def test_names_holding_paths_keep_them_inside_the_copy(tmp_path):
+    generate(tmp_path / "k", n=3, size=64, seed=0, progress=False)
+    files = [s.path for s in read_catalog(tmp_path / "k").samples]
+    src = tmp_path / "src"
+    names = ["a/b/0_left.jpeg", "train_images\\1_left.jpeg", "../k/" + Path(files[2]).name]
+    for name, file in zip(names[:2], files):
+        (src / name.replace("\\", "/")).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(file).save(src / name.replace("\\", "/"))
+    (src / "train.csv").write_text("id_code,diagnosis\n" + "".join(f"{n},0\n" for n in names))
+    m = prepare(src, tmp_path / "out", size=32, workers=1, progress=False)
+    assert [(p["kind"], p["line"]) for p in m["problems"]] == [("path-outside", 4)]
+    copy = read_catalog(tmp_path / "out")
+    assert [Path(s.path).relative_to(tmp_path / "out").as_posix() for s in copy.samples[:2]] == \
+        ["a/b/0_left.jpeg", "train_images/1_left.jpeg"]
+    assert not (tmp_path / "k" / (Path(files[2]).name + ".jpeg")).exists() and m["counts"]["images"] == 2
+
+
 def test_refuses_to_mix_settings_or_overwrite(tmp_path, capsys):
     src = tmp_path / "src"
     generate(src, n=6, size=64, seed=0, progress=False)

@@ -72,19 +72,19 @@ class FundusDataset(Dataset):
             samples, bad = _check_files(samples)
             problems += bad
         refuse_misaligned(problems)
+        self.preprocessing = Preprocessing(preprocess, image_size)
+        self.cache = None
+        if cache and transform is None and (skip_bad or not problems):
+            samples, self.cache, bad = _decode_all(samples, self.preprocessing, split)
+            problems += bad
         if problems and not skip_bad:
             raise DataError(problems, hint="Fix the files, or pass --skip-bad (skip_bad=True) to drop them.")
         if not samples:
             raise DataError(problems + [Problem("empty", str(catalog.root), None, f"no images in split {split!r}")])
         self.skipped = problems
         self.samples: list[Sample] = samples
-        self.preprocessing = Preprocessing(preprocess, image_size)
         self.train = split == "train" if train is None else train
-        self.cache = None
-        if cache and transform is None:
-            fixed, size = v2.Compose(geometry(self.preprocessing)), self.preprocessing.size
-            self.cache = np.stack([np.asarray(fixed(open_image(s.path, size))) for s in
-                                   tqdm(samples, desc=f"caching {split}", unit="img", disable=None, leave=False)])
+        if self.cache is not None:
             transform = v2.Compose(to_tensor(self.preprocessing, self.train, augment, uint8, crop))
         self.transform = transform or build_transform(self.preprocessing, self.train, augment, uint8, crop)
 
@@ -95,7 +95,14 @@ class FundusDataset(Dataset):
         s = self.samples[index]
         if self.cache is not None:
             return self.transform(Image.fromarray(self.cache[index])), s.label
-        return self.transform(open_image(s.path, self.preprocessing.size)), s.label
+        try:
+            image = open_image(s.path, self.preprocessing.size)
+        except ImageError as e:  # corrupt scan data: the start-up check reads headers and end markers only
+            where = f"{s.source}:{s.line}" if s.line else s.source
+            raise ImageError(s.path, f"{e.reason} ({where}). `retinopathy data check` decodes every "
+                                     "image and lists the bad ones; fix or remove them, or pass --cache-images "
+                                     "--skip-bad (decodes at start-up, drops them)") from None
+        return self.transform(image), s.label
 
     def image_id(self, index: int) -> str:
         return self.samples[index].image
@@ -124,6 +131,18 @@ def _check_files(samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
         except ImageError as e:
             bad.append(Problem("bad-image", s.source, s.line, f"{s.image}: {e}", s.image))
     return good, bad
+
+
+def _decode_all(samples: list[Sample], prep: Preprocessing, split: str):
+    """(samples that decode, their deterministic steps' output stacked as uint8 arrays, problems of the rest)."""
+    fixed, good, arrays, bad = v2.Compose(geometry(prep)), [], [], []
+    for s in tqdm(samples, desc=f"caching {split}", unit="img", disable=None, leave=False):
+        try:
+            arrays.append(np.asarray(fixed(open_image(s.path, prep.size))))
+            good.append(s)
+        except ImageError as e:
+            bad.append(Problem("bad-image", s.source, s.line, f"{s.image}: {e}", s.image))
+    return good, np.stack(arrays) if arrays else None, bad
 
 
 class PairedEyes(Dataset):

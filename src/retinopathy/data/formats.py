@@ -9,8 +9,9 @@ Formats (``format=``):
 ``folders``  one folder per grade, ``0/`` ... ``4/``.
 
 :func:`read_catalog` detects the format from what is in the folder, reads every row, checks labels,
-and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff``). It never
-raises for bad rows: it returns them as :class:`~retinopathy.data.problems.Problem` records.
+and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff``); a name holding a path
+(``train_images/1_left.jpeg``) is looked up relative to the dataset folder first. It never raises for bad rows: it
+returns them as :class:`~retinopathy.data.problems.Problem` records.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ LAB_FILES = {"train": ("train_img.csv", "train_label.csv"), "test": ("test_img.c
 KAGGLE_LABELS = ("trainLabels.csv", "labels.csv")
 IMAGE_SUBDIRS = ("", "images", "train", "train_images")
 _EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.IGNORECASE)
+_GRADE = re.compile(r"([0-9]+)(?:\.0+)?")  # ASCII digits only: not '²', which str.isdigit() accepts
 
 
 @dataclass
@@ -56,18 +58,24 @@ class Catalog:
     problems: list[Problem] = field(default_factory=list)
 
 
+def base_name(image: str) -> str:
+    """The file name in a name that holds a path: ``train_images/1_left.jpeg`` (or ``\\``) -> ``1_left.jpeg``."""
+    return re.split(r"[\\/]", image)[-1]
+
+
 def patient_of(image: str) -> str:
-    """``10_left`` -> ``10``; names without an eye suffix are their own patient."""
+    """``10_left`` (or ``train_images/10_left.jpeg``) -> ``10``; names without an eye suffix are their own patient."""
+    image = base_name(image)
     stem = Path(image).stem if Path(image).suffix.lower() in IMAGE_EXTENSIONS else image
     m = _EYE.match(stem)
     return m.group("patient") if m else stem
 
 
 def parse_label(text: str) -> int | None:
-    text = text.strip()
-    if text.isascii() and text.isdigit() and int(text) in GRADES:  # not '²', which isdigit() too
-        return int(text)
-    return None
+    """The grade 0-4 written as an integer or a whole-number float (pandas writes ``2.0`` in a column that held
+    NaN), else None."""
+    m = _GRADE.fullmatch(text.strip())
+    return int(m[1]) if m and int(m[1]) in GRADES else None
 
 
 def detect_format(data: Path) -> tuple[str, Path]:
@@ -221,6 +229,25 @@ def _find_image_root(data: Path, images: Path | None) -> Path | None:
     return None
 
 
+def _relative(image: str, data: Path) -> Path:
+    return data / image.replace("\\", "/")
+
+
+def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[Path, dict[str, str]]) -> Path | None:
+    """The file of ``image``: a name holding a path relative to ``data`` first, then by its file name under
+    ``image_root``. ``indexes`` keeps each folder's :func:`index_images`."""
+    name = base_name(image)
+    folders = [image_root] if image_root else []
+    if name != image:
+        folders.insert(0, _relative(image, data).parent)
+    for folder in folders:
+        if folder not in indexes:
+            indexes[folder] = index_images(folder) if folder.is_dir() else {}
+        if name in indexes[folder]:
+            return folder / indexes[folder][name]
+    return None
+
+
 def read_catalog(data: str | Path, *, format: str | None = None, labels: str | Path | None = None,
                  images: str | Path | None = None, image_col: str | None = None,
                  label_col: str | None = None, patient_col: str | None = None,
@@ -229,6 +256,10 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     data = Path(data)
     if not data.exists():
         raise DataError([Problem("missing-folder", str(data), None, "dataset folder not found")])
+    if data.is_file():
+        raise DataError([Problem("not-a-folder", str(data), None,
+                                 f"a file, not a dataset folder: pass its folder {data.parent} as DATA")],
+                        hint=f"Or pass --labels {data} with the folder that holds the dataset.")
     problems: list[Problem] = []
     labels = Path(labels) if labels else None
     if format is None:
@@ -287,17 +318,19 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     if format != "folders":
         image_root = _find_image_root(data, Path(images) if images else None)
         if resolve:
-            index = index_images(image_root) if image_root else {}
+            indexes: dict[Path, dict[str, str]] = {}
             for s in samples:  # a sample whose image is missing stays, with path None, so it keeps its split
-                fname = index.get(s.image)
-                if fname is None:
-                    where = image_root or f"{data} (or its images/, train/, train_images/)"
-                    problems.append(Problem("missing-image", s.source, s.line,
-                                            f"image {s.image} not found in {where} (tried "
-                                            f"{', '.join(IMAGE_EXTENSIONS)}); add the file, pass --images, "
-                                            "or use --skip-bad to drop it", s.image))
-                else:
-                    s.path = str(image_root / fname)
+                path = _find_image(s.image, data, image_root, indexes)
+                if path is not None:
+                    s.path = str(path)
+                    continue
+                name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
+                tried = f"(tried {', '.join(IMAGE_EXTENSIONS)})"
+                found = (f"not found in {where} {tried}; add the file" if name == s.image else
+                         f"not found: the name holds a path, and neither {_relative(s.image, data)} nor {name} "
+                         f"in {where} exists {tried}; fix the path (relative to {data}), add the file")
+                problems.append(Problem("missing-image", s.source, s.line, f"image {s.image} {found}, pass "
+                                        "--images, or use --skip-bad to drop it", s.image))
     if not samples and not problems:
         problems.append(Problem("empty", str(labels), None, "the dataset has no images"))
     return Catalog(format, data, label_files, image_root, samples, problems)

@@ -53,7 +53,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        top = (65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else
+               1.0 if img.mode == "F" and arr.max() <= 1 else 255.0)  # float images in 0-1 (scientific TIFFs)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(arr).convert("RGB")
     if img.mode == "P":

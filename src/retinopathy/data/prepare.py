@@ -38,7 +38,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 from torchvision.transforms import v2
@@ -64,11 +64,12 @@ class PrepareError(RetinopathyError, ValueError):
 
 
 def output_name(sample: Sample, fmt: str) -> str:
-    """Path of ``sample``'s copy relative to OUT, under a name that the copied labels still resolve."""
+    """Path of ``sample``'s copy relative to OUT, under a name that the copied labels still resolve (a name that
+    holds a path keeps it, with ``/``)."""
     if fmt == "folders":
         return f"{sample.label}/{sample.image}.jpeg"
-    keep = sample.image.lower().endswith((".jpeg", ".jpg"))
-    return sample.image if keep else f"{sample.image}.jpeg"
+    name = sample.image.replace("\\", "/")
+    return name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
 
 
 def resize_steps(size: int, crop: str) -> list:
@@ -180,6 +181,11 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     skipped = 0
     for s in (s for s in catalog.samples if s.path):
         name = output_name(s, catalog.format)
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            problems.append(Problem("path-outside", s.source, s.line, f"{s.image}: the copy keeps the name as "
+                                    "written, and this one leads out of OUT; write it relative to the dataset "
+                                    "folder in the labels", s.image))
+            continue
         if name in targets:
             problems.append(Problem("name-clash", s.source, s.line, f"{s.image}: its copy {name} would replace "
                                     f"that of {targets[name].image}; rename one of them", s.image))
@@ -189,7 +195,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         if dst.exists():
             skipped += 1
         else:
-            dst.parent.mkdir(exist_ok=True)
+            dst.parent.mkdir(parents=True, exist_ok=True)
             todo.append((s, str(dst)))
 
     jobs = [(s.path, dst, size, crop) for s, dst in todo]

@@ -14,7 +14,8 @@ With ``--tta`` the probabilities (and scores) are averaged over the identity, ho
 flips; the grade is then the most probable one (classification) or the thresholded mean score.
 With ``--blend-eyes W`` (by default the checkpoint's setting, for which its thresholds were tuned) each eye's
 probabilities and score are mixed with those of the same patient's other eye among the graded images
-(``<patient>_left``/``_right``, or the dataset's patient column; within one dataset or folder) before grading,
+(``<patient>_left``/``_right``, or the dataset's patient column; within one dataset or input folder, whose
+sub-folders pair unless a name recurs in several: ``siteA/7_left``, ``siteB/7_left``) before grading,
 as ``evaluate`` does. ``--split val|test`` takes each dataset's split from the run (as ``evaluate`` does).
 ``--cam DIR`` writes ``DIR/<image>.png``: the Grad-CAM of the predicted grade (see ``explain.py``) on the
 unflipped preprocessed square, at the model's input size.
@@ -37,8 +38,8 @@ from tqdm import tqdm
 from ..atomic import replacing
 from ..cli.common import add_blend_argument, add_data_arguments, at_least, blend_setting, catalog_options
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
-from ..data.formats import detect_format, patient_of
-from ..data.images import IMAGE_EXTENSIONS
+from ..data.formats import LAB_FILES, detect_format, patient_of
+from ..data.images import IMAGE_EXTENSIONS, index_images
 from ..data.problems import refuse_misaligned
 from ..data.splits import select
 from ..errors import RetinopathyError
@@ -59,7 +60,7 @@ class Item:
     image: str
     label: int | None = None
     error: str = ""
-    patient: str | None = None  # "<folder>|<patient>": eyes pair within a dataset or a folder, not across them
+    patient: str | None = None  # "<dataset or folder>|<patient>": eyes pair within one, not across them
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -89,6 +90,13 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             print(f"warning: {p}", file=sys.stderr)
+    if split == "all" and catalog.image_root is not None and catalog.format != "folders":
+        listed = {Path(s.path).name for s in catalog.samples if s.path}
+        unlisted = sorted(set(index_images(catalog.image_root).values()) - listed)
+        if unlisted:
+            print(f"warning: {len(unlisted)} image(s) in {catalog.image_root} are not in "
+                  f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
+                  "files to grade them", file=sys.stderr)
     return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}")
             for s in select(catalog.samples, split)]
 
@@ -103,6 +111,20 @@ def _is_dataset(folder: Path, opts: dict) -> bool:
         return False
 
 
+def image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted, following symbolic links to folders (each real folder once)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a link back up the tree, or a second link to one folder
+            dirs.clear()
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
+                  and (Path(root) / n).is_file()]
+    return sorted(files)
+
+
 def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[Item]:
     """Items for every input: image files, folders (recursive) and datasets; ``opts`` as for ``load_catalog``,
     or ``options_for(folder, labels file or None)`` giving each dataset's. A ``split`` other than all needs
@@ -110,6 +132,9 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
     items: list[Item] = []
     for raw in inputs:
         path = Path(raw)
+        if path.name in {name for pair in LAB_FILES.values() for name in pair}:
+            raise DataError([Problem("lab-file", str(path), None, "one of the course lab's paired CSVs (names in "
+                                     f"*_img.csv, grades in *_label.csv): pass their folder, {path.parent}")])
         dataset = path.is_file() and path.suffix.lower() == ".csv" or path.is_dir() and _is_dataset(path, opts)
         if not dataset and split != "all" and path.exists():
             raise DataError([Problem("no-split", str(path), None, f"--split {split} needs a dataset (labels CSV or "
@@ -121,11 +146,17 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
         elif path.is_file():
             items.append(Item(str(path), path.stem, patient=f"{path.parent}|{patient_of(path.stem)}"))
         elif path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+            files = image_files(path)
             if not files:
                 raise DataError([Problem("empty", str(path), None, "no images here (searched recursively for "
                                          f"{', '.join(IMAGE_EXTENSIONS)})")])
-            items += [Item(str(f), f.stem, patient=f"{path}|{patient_of(f.stem)}") for f in files]
+            by_patient: dict[str, list[Path]] = {}
+            for f in files:
+                by_patient.setdefault(patient_of(f.stem), []).append(f)
+            for f in files:  # eyes pair across sub-folders (left/7_left, right/7_right) unless names recur in
+                group = by_patient[patient_of(f.stem)]  # several (siteA/7_left, siteB/7_left): then within each
+                clash = len({g.stem.lower() for g in group}) < len(group)
+                items.append(Item(str(f), f.stem, patient=f"{f.parent if clash else path}|{patient_of(f.stem)}"))
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
     return items
@@ -174,13 +205,18 @@ def predict_batch(model, objective, x: torch.Tensor, tta: bool = False, amp: str
 
 
 def _heatmap_names(items: list[Item]) -> list[str]:
-    """A unique, file-system-safe PNG name per item (``<image>.png``, then ``<image>-2.png`` ...)."""
-    seen: dict[str, int] = {}
+    """A unique, file-system-safe PNG name per item (``<image>.png``, then ``<image>-2.png`` ... whichever is
+    free: an image may itself be called ``x-2``)."""
+    used: set[str] = set()
     names = []
     for item in items:
         stem = re.sub(r"[^\w.-]+", "_", Path(item.image).stem) or "image"
-        seen[stem] = seen.get(stem, 0) + 1
-        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+        name, k = f"{stem}.png", 1
+        while name.lower() in used:  # lower: case-insensitive file systems
+            k += 1
+            name = f"{stem}-{k}.png"
+        used.add(name.lower())
+        names.append(name)
     return names
 
 

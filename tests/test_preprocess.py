@@ -1,0 +1,129 @@
+"""Graham's local-colour normalisation (on a drawn disc with a lighting gradient and two lesions), the ``graham``
+preset built from it, and JPEGs decoded at reduced scale (``open_image(path, min_size)`` with ``draft``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from retinopathy.data import Preprocessing, build_transform, open_image
+from retinopathy.data.preprocess import GrahamNormalize
+from retinopathy.data.synth import render_fundus
+
+S = 256
+DARK, BRIGHT = (90, 128), (170, 100)  # (x, y) of a small dark spot (haemorrhage) and a bright one (exudate)
+
+
+def radius_grid(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:size, :size].astype(np.float64)
+    c = (size - 1) / 2
+    return xx, yy, np.hypot(xx - c, yy - c)
+
+
+@pytest.fixture(scope="module")
+def fundus() -> Image.Image:
+    """A disc filling the frame on black, lit unevenly (red 60 -> 200 from left to right), with two 7 px spots."""
+    xx, yy, r = radius_grid(S)
+    light = 60 + 140 * xx / (S - 1)
+    img = np.stack([light * f for f in (1.0, 0.6, 0.35)], -1)
+    img[r >= S / 2 - 1] = 0
+    for (x, y), delta in ((DARK, -45), (BRIGHT, 45)):
+        spot = np.hypot(xx - x, yy - y) <= 3
+        img[spot] = np.clip(img[spot] + delta, 0, 255)
+    return Image.fromarray(img.round().astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def graham(fundus) -> np.ndarray:
+    out = GrahamNormalize()(fundus)
+    assert out.size == fundus.size and out.mode == "RGB"
+    return np.asarray(out).astype(int)
+
+
+def test_graham_removes_the_lighting_gradient(fundus, graham):
+    xx, yy, r = radius_grid(S)
+    background = (r < 0.35 * S) & (np.hypot(xx - DARK[0], yy - DARK[1]) > 15) \
+        & (np.hypot(xx - BRIGHT[0], yy - BRIGHT[1]) > 15)
+    before = np.asarray(fundus).astype(int)[background]
+    assert (before.max(0) - before.min(0) >= [90, 55, 30]).all()  # the input: a strong left-to-right gradient
+    after = graham[background]
+    assert np.abs(after - 128).max() <= 4  # flat grey wherever the retina is locally even
+    assert np.abs(after.mean(0) - 128).max() < 0.5 and after.std(0).max() < 1.5
+    left, right = graham[(xx < 0.4 * S) & background], graham[(xx > 0.6 * S) & background]
+    assert np.abs(left.mean(0) - right.mean(0)).max() < 1  # no trace of the darker left half
+
+
+def test_graham_makes_small_lesions_stand_out(fundus, graham):
+    (dx, dy), (bx, by) = DARK, BRIGHT
+    assert (graham[dy, dx] < 40).all()  # 45 darker in the input: ~4x that below grey
+    assert (graham[by, bx] > 215).all()
+    assert (graham[dy - 1:dy + 2, dx - 1:dx + 2] < 60).all() and (graham[by - 1:by + 2, bx - 1:bx + 2] > 195).all()
+
+
+def test_graham_masks_the_rim_with_grey(graham):
+    _, _, r = radius_grid(S)
+    rim = r > 0.9 * S / 2 + 1  # outside 90 % of the circle, the bright/dark halo of the disc edge included
+    assert (graham[rim] == 128).all()
+    inside = r < 0.9 * S / 2 - 2
+    assert (graham[inside] != 128).any()  # inside, the image is kept (the spots, the noise of rounding)
+
+
+def test_graham_preset_is_the_fov_crop_then_graham():
+    """The ``graham`` preset's pipeline: a square around the field of view, then the normalisation."""
+    img = render_fundus(np.random.default_rng(7), 160, 3, "right")
+    size = 64
+    graham = build_transform(Preprocessing("graham", size), uint8=True)(img).permute(1, 2, 0).numpy().astype(int)
+    fov = build_transform(Preprocessing("fov", size), uint8=True)(img)
+    assert graham.shape == (size, size, 3)
+    expected = np.asarray(GrahamNormalize()(Image.fromarray(fov.permute(1, 2, 0).numpy()))).astype(int)
+    assert np.array_equal(graham, expected)
+    _, _, r = radius_grid(size)
+    assert (graham[r > 0.9 * size / 2 + 0.5] == 128).all()
+    centre = graham[r < 0.3 * size]
+    assert np.abs(centre.mean(0) - 128).max() < 10  # the orange retina became grey around 128 ...
+    assert np.abs(fov.permute(1, 2, 0).numpy()[r < 0.3 * size].mean(0) - 128).max() > 30  # ... which it is not
+    prep = Preprocessing("graham", size)
+    assert prep.mean == (0.5, 0.5, 0.5) and prep.std == (0.1, 0.1, 0.1)  # grey 128 -> ~0 after normalising
+
+
+# ------------------------------------------------------------------------------------------- draft decoding
+@pytest.fixture(scope="module")
+def big_jpeg(tmp_path_factory):
+    """A 2048 x 1536 JPEG (red ramp left to right, green ramp top to bottom) and its full decode."""
+    w, h = 2048, 1536
+    yy, xx = np.mgrid[:h, :w]
+    a = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 100)], -1).astype(np.uint8)
+    path = tmp_path_factory.mktemp("draft") / "big.jpeg"
+    Image.fromarray(a).save(path, quality=92)
+    return path
+
+
+@pytest.mark.parametrize("min_size, expected", [(100, (256, 192)), (200, (512, 384)), (300, (512, 384)),
+                                                (512, (1024, 768)), (800, (2048, 1536))])
+def test_large_jpeg_is_decoded_at_the_smallest_scale_that_keeps_min_size(big_jpeg, min_size, expected):
+    """JPEG scales 1/8, 1/4, 1/2, 1: the smallest whose both sides are at least ``min_size``."""
+    img = open_image(big_jpeg, min_size)
+    assert img.mode == "RGB" and img.size == expected
+    assert min(img.size) >= min_size
+
+
+def test_reduced_decode_is_the_same_picture(big_jpeg):
+    full = open_image(big_jpeg)
+    assert full.size == (2048, 1536)
+    small = open_image(big_jpeg, 300)
+    assert small.size == (512, 384)
+    reference = np.asarray(full.resize(small.size, Image.BOX)).astype(float)
+    assert np.abs(np.asarray(small).astype(float) - reference).mean() < 3
+
+
+def test_eyepacs_sized_jpeg_is_decoded_at_a_quarter(tmp_path):
+    """The README's example: a 4752 x 3168 photograph that will become 512 px is decoded at 1188 x 792."""
+    path = tmp_path / "eye.jpeg"
+    Image.new("RGB", (4752, 3168), (120, 60, 30)).save(path)
+    assert open_image(path, 512).size == (1188, 792)
+
+
+def test_png_is_never_reduced(tmp_path):
+    path = tmp_path / "big.png"
+    Image.new("RGB", (1024, 768), (10, 20, 30)).save(path)
+    assert open_image(path, 100).size == (1024, 768)
