@@ -265,6 +265,25 @@ def test_a_run_folder_without_best_pt_says_what_to_pass(tiny_run, synth_small, t
         capsys.readouterr().err
 
 
+def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth_small, tmp_path, capsys,
+                                                                 monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for argv in (["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(blocker)],
+                 ["predict", str(tiny_run), str(synth_small), "--out", str(blocker / "p.csv")],
+                 ["data", "check", str(synth_small), "--json", str(blocker / "d.json")],
+                 ["train", "--data", str(synth_small), *FAST, "--out", str(blocker / "run")]):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.startswith(f"error: {blocker}")  # at once, before any work
+    import retinopathy.training.train as train_module
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "main", interrupted)
+    assert main(["train", "--data", str(synth_small), *FAST, "--out", str(tmp_path / "run")]) == 130
+    assert "continue with `retinopathy train --resume RUN`" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_path, capsys):
     ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
     ckpt["model_info"]["arch"] = "resnet34"
@@ -464,6 +483,10 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
         parse_args(["-c", str(run), "--out", "runs/new", "--preset", "lab"])
     assert "--preset cannot change a run's saved options" in capsys.readouterr().err
     assert parse_args(["--resume", str(tmp_path)]).out == str(tmp_path)  # the folder given, not the saved out
+    home = Path(os.path.expanduser("~"))  # "~" in a config file or after "=" (the shell leaves both alone)
+    (tmp_path / "home.yaml").write_text("data: ~/d\n")
+    args = parse_args(["-c", str(tmp_path / "home.yaml"), "--out=~/runs/t"])
+    assert (args.data, args.out) == (str(home / "d"), str(home / "runs" / "t"))
     with pytest.raises(SystemExit):
         parse_args(["--resume", str(tmp_path), "--preset", "lab"])
 

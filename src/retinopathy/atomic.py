@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -25,3 +26,13 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with replacing(path) as f:
         f.write(text)
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (with its parents) and check that a file can be written in it, so that a command stops
+    before its work, not after it, when its output cannot be written (OSError naming the path)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=folder):
+        pass
+    return folder

@@ -44,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     except RetinopathyError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # a path the command could not create, read or write (read-only folder, full disk ...)
+        if e.filename is None:
+            raise
+        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        resume = argv and argv[0] in ("train", "experiment")
+        print("\ninterrupted" + ("; checkpoints/last.pt keeps the last finished epoch: continue with "
+                                 "`retinopathy train --resume RUN` (or run the experiment again)" if resume else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

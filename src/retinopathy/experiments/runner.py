@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import itertools
+import os
 import json
 import re
 import shutil
@@ -169,6 +170,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     data = data or cfg.get("data")
     if not data:
         raise ExperimentError(f"{file}: set data: to the dataset folder (or pass --data)")
+    data = os.path.expanduser(str(data))
     own = _options(cfg.get("train"), file, "train")
     grid = _options(cfg.get("grid"), file, "grid")
     grid = {k: v if isinstance(v, list) else [v] for k, v in grid.items()}
@@ -179,7 +181,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     if any(not v for v in grid.values()):
         raise ExperimentError(f"{file}: every grid: entry needs at least one value")
     variants = _variants(cfg.get("variants"), file, grid)
-    root = Path(cfg.get("out") or "runs") / name
+    root = Path(cfg.get("out") or "runs").expanduser() / name
     cells = []
     for vname, change in variants.items():
         for combo in itertools.product(*grid.values()):

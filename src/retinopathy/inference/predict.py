@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..atomic import replacing
+from ..atomic import replacing, writable_folder
 from ..cli.common import add_blend_argument, add_data_arguments, at_least, blend_setting, catalog_options
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import LAB_FILES, detect_format, patient_of
@@ -310,6 +310,8 @@ def main(args) -> dict:
     if Path(args.out).is_dir():  # before the work, not after it
         raise DataError([Problem("bad-output", args.out, None, "--out is a folder; give a CSV file to write, "
                                  f"e.g. {Path(args.out) / 'predictions.csv'}")])
+    for folder in (Path(args.out).parent, *([args.cam] if args.cam else [])):
+        writable_folder(folder)
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     from ..evaluation.evaluate import run_catalog_options

@@ -5,6 +5,7 @@ The resolved configuration is saved with each run (``config.yaml``), as timm doe
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -167,6 +168,9 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
     return {"data": exp.data, **exp.cells[0].options}, "experiment"
 
 
+PATH_OPTIONS = ("data", "out", "resume", "weights", "split_file", "labels", "images")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse with the precedence defaults < preset < config file < command line."""
     parser = get_args_parser()
@@ -193,6 +197,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise SystemExit(f"error: unknown option(s) in config: {', '.join(unknown)}")
     parser.set_defaults(**layered)
     args = parser.parse_args(argv)
+    for key in PATH_OPTIONS:  # "~" from a config file, or --out=~/x, which the shell leaves as it is
+        if isinstance(getattr(args, key), str):
+            setattr(args, key, os.path.expanduser(getattr(args, key)))
     if args.batch_size is None:
         args.batch_size = LAB_BATCH.get(args.model, 12) if args.preset == "lab" else 32
     if not args.data:
