@@ -551,3 +551,44 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     assert "split_file" not in run_catalog_options(args, best, ckpt, str(tmp_path / "more"))  # other photographs
     args.split_seed = 5
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "other"))["seed"] == 5
+
+
+def _slurm_check(rank: int, port: int, out: str) -> None:
+    import torch.distributed as td
+
+    from retinopathy.training.distributed import init_distributed
+
+    os.environ.update(SLURM_PROCID=str(rank), SLURM_NTASKS="2", SLURM_LOCALID=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        os.environ.pop(key, None)
+    info = init_distributed("cpu")
+    try:
+        x = torch.tensor([rank + 1.0])
+        td.all_reduce(x)
+        Path(out, str(rank)).write_text(f"{info.enabled} {info.rank} {info.world_size} {info.local_rank} {x.item()}")
+    finally:
+        td.destroy_process_group()
+
+
+def test_slurm_tasks_join_one_process_group(tmp_path, monkeypatch):
+    """srun without torchrun: SLURM_PROCID/SLURM_NTASKS name rank and world; MASTER_ADDR must be set."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from retinopathy.training.distributed import init_distributed
+
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert not init_distributed("cpu").enabled  # one task: a single process
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with pytest.raises(RuntimeError, match="under SLURM set MASTER_ADDR"):
+        init_distributed("cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_slurm_check, args=(port, str(tmp_path)), nprocs=2)
+    assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["True 0 2 0 3.0", "True 1 2 1 3.0"]

@@ -245,7 +245,9 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     if not saved_file.exists() or saved_file.read_text() != text:  # a finished cell's files stay untouched
         write_text(saved_file, text)
     try:
-        return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)])
+        started = (cell.dir / "checkpoints" / "last.pt").exists()  # train refuses a new run over it
+        return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
+                                       + (["--resume", str(cell.dir)] if started else []))
     except SystemExit:
         raise ExperimentError(f"{exp.file}: cell {cell.name} has invalid train options (see the message above)") \
             from None
