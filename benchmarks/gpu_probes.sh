@@ -7,8 +7,9 @@
 # sizes:     96 px x 99 epochs, 112 x 90, 128 x 72 (equal cost on 2 CPU cores) on (split 0, seed 0),
 #            (split 0, seed 1) and (split 1, seed 0): 9 runs, 288 s on one H200.
 # long-pair: 144 epochs, and --pair-eyes at 72, on split 0 with seeds 0 and 1: 4 runs, 281 s.
-# Uses the machine's Python and PyTorch, from the source tree; runs in $WORK/PROBE (default /tmp/probes), the
-# table and curves in ${OUT:-.}/probes-PROBE.json; exits non-zero if a run failed (its log is beside it).
+# Uses the machine's Python and PyTorch, from the source tree; runs in $WORK/PROBE (default /tmp/probes; a re-run
+# starts it afresh), the table and curves in ${OUT:-.}/probes-PROBE.json; exits non-zero if a run failed (its log
+# is beside it).
 set -uo pipefail
 probe=${1:?sizes or long-pair}
 data=$(realpath -m "${2:-$(dirname "$0")/../../shared/data/eyepacs-256}")
@@ -22,7 +23,7 @@ run() {  # NAME OPTION...
     --out "$work/$name" --quiet "$@" > "$work/$name.log" 2>&1 &
   pids+=($!)
 }
-mkdir -p "$work"
+rm -rf "$work" && mkdir -p "$work"  # a re-run redoes the probe (train refuses to start a run over an old one)
 case $probe in
   sizes) for pair in "0 0" "0 1" "1 0"; do read -r split seed <<< "$pair"
            for se in "96 99" "112 90" "128 72"; do read -r size epochs <<< "$se"

@@ -101,6 +101,10 @@ def test_image_names_holding_paths(tmp_path):
         f"{tmp_path / 'nowhere' / '9_left.jpeg'} nor 9_left.jpeg in {tmp_path / 'train_images'} exists (tried .jpeg, "
         f".jpg, .png, .tif, .tiff); fix the path (relative to {tmp_path}), add the file, pass --images, or use "
         "--skip-bad to drop it"]
+    linux = tmp_path / "linux"  # on Linux a backslash may be part of a file name: that file is found first
+    disc(linux / "images" / "site\\2_left.jpeg")
+    (linux / "labels.csv").write_text("image,level\nsite\\2_left,2\n")
+    assert [s.path for s in read_catalog(linux).samples] == [str(linux / "images" / "site\\2_left.jpeg")]
 
 
 def test_folder_per_grade(tmp_path):

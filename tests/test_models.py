@@ -209,8 +209,9 @@ def test_weights_file_option(tmp_path):
     torch.save(state, tmp_path / "mine.pth")
     model, origin = build_model("resnet18", weights_file=str(tmp_path / "mine.pth"))
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"]) and "mine.pth" in origin
-    torch.save(state, tmp_path / "mine-2.pth")  # no hash in the name (torch.hub's own pattern takes "2")
-    build_model("resnet18", weights_file=str(tmp_path / "mine-2.pth"))
+    for name in ("mine-2.pth", "mine-20240105.pth"):  # no hash in the name (torch.hub's own pattern takes "2")
+        torch.save(state, tmp_path / name)
+        build_model("resnet18", weights_file=str(tmp_path / name))
     (tmp_path / "mine-2.pth").rename(tmp_path / "mine-0123abcd.pth")  # a hash that does not match
     with pytest.raises(WeightsError, match="mine-0123abcd.pth: SHA-256 starts with .* the file name says 0123abcd"):
         build_model("resnet18", weights_file=str(tmp_path / "mine-0123abcd.pth"))

@@ -83,6 +83,7 @@ def test_unlisted_images_and_lab_files_as_inputs_are_told(tiny_run, synth_small,
     assert "1 image(s) in" in capsys.readouterr().err
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "test_label.csv").write_text("0\n")
+    (tmp_path / "lab" / "test_img.csv").write_text("0_left\n")
     assert main(["predict", str(tiny_run), str(tmp_path / "lab" / "test_label.csv"), "--out",
                  str(tmp_path / "q.csv")]) == 2
     assert f"pass their folder, {tmp_path / 'lab'}" in capsys.readouterr().err

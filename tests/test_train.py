@@ -275,13 +275,20 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
                  ["train", "--data", str(synth_small), *FAST, "--out", str(blocker / "run")]):
         assert main(argv) == 2
         assert capsys.readouterr().err.startswith(f"error: {blocker}")  # at once, before any work
+    assert main(["evaluate", str(tmp_path / "nothere.pt"), "--data", str(synth_small), "--out",
+                 str(tmp_path / "new" / "eval")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err and not (tmp_path / "new").exists()  # nothing left
+    (tmp_path / "e" / "metrics.json").mkdir(parents=True)  # a folder where a file goes: os.replace's target named
+    assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(tmp_path / "e"), "--quiet",
+                 "--workers", "0", "--bootstrap", "0"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'e' / 'metrics.json'}: Is a directory")
     import retinopathy.training.train as train_module
 
     def interrupted(args):
         raise KeyboardInterrupt
     monkeypatch.setattr(train_module, "main", interrupted)
     assert main(["train", "--data", str(synth_small), *FAST, "--out", str(tmp_path / "run")]) == 130
-    assert "continue with `retinopathy train --resume RUN`" in capsys.readouterr().err
+    assert "continue it with `retinopathy train --resume RUN`" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_path, capsys):
@@ -487,6 +494,9 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     (tmp_path / "home.yaml").write_text("data: ~/d\n")
     args = parse_args(["-c", str(tmp_path / "home.yaml"), "--out=~/runs/t"])
     assert (args.data, args.out) == (str(home / "d"), str(home / "runs" / "t"))
+    with pytest.raises(SystemExit):  # expanded before the check that it is a run folder
+        parse_args(["--resume=~/no-such-run-here"])
+    assert f"--resume {home / 'no-such-run-here'}: not a run folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--resume", str(tmp_path), "--preset", "lab"])
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -28,11 +29,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def writable_folder(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` (with its parents) and check that a file can be written in it, so that a command stops
-    before its work, not after it, when its output cannot be written (OSError naming the path)."""
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise now (an OSError naming the path) if files cannot be written in ``folder`` once it is made, so that a
+    command stops before its work, not after it. Creates nothing: a command that fails later leaves no folder."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryFile(dir=folder):
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(existing))
+    with tempfile.TemporaryFile(dir=existing):
         pass
-    return folder

@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..atomic import writable_folder, write_text
+from ..atomic import check_writable, write_text
 from ..data import DataError, load_catalog
 from ..data.check import check_catalog, format_report
 from .common import add_data_arguments, at_least, catalog_options
@@ -30,7 +30,7 @@ def run(args) -> int:
         print(f"error: --json {args.json} is a folder; give a file, e.g. {Path(args.json) / 'data_check.json'}",
               file=sys.stderr)
         return 2
-    writable_folder(Path(args.json).parent)
+    check_writable(Path(args.json).parent)
     try:
         catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))
     except DataError as e:
@@ -42,6 +42,7 @@ def run(args) -> int:
     report = check_catalog(catalog, stats=args.stats, workers=args.workers,
                            progress=not args.quiet and sys.stderr.isatty())
     print(format_report(report))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     write_text(args.json, json.dumps(report, indent=2))
     print(f"\nreport written to {args.json}")
     return 1 if report["problems"] else 0

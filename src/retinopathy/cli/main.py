@@ -47,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # a path the command could not create, read or write (read-only folder, full disk ...)
         if e.filename is None:
             raise
-        print(f"error: {e.filename}: {e.strerror or e}", file=sys.stderr)
+        print(f"error: {e.filename2 or e.filename}: {e.strerror or e}", file=sys.stderr)  # 2: os.replace's target
         return 2
     except KeyboardInterrupt:
         resume = argv and argv[0] in ("train", "experiment")
-        print("\ninterrupted" + ("; checkpoints/last.pt keeps the last finished epoch: continue with "
-                                 "`retinopathy train --resume RUN` (or run the experiment again)" if resume else ""),
-              file=sys.stderr)
+        print("\ninterrupted" + ("; a run keeps its last finished epoch in RUN/checkpoints/last.pt: continue it "
+                                 "with `retinopathy train --resume RUN` (an experiment: run it again); before the "
+                                 "first epoch, run the same command again" if resume else ""), file=sys.stderr)
         return 130
 
 

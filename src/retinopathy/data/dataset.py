@@ -100,8 +100,8 @@ class FundusDataset(Dataset):
         except ImageError as e:  # corrupt scan data: the start-up check reads headers and end markers only
             where = f"{s.source}:{s.line}" if s.line else s.source
             raise ImageError(s.path, f"{e.reason} ({where}). `retinopathy data check` decodes every "
-                                     "image and lists the bad ones; fix or remove them, or pass --cache-images "
-                                     "--skip-bad (decodes at start-up, drops them)") from None
+                                     "image and lists the bad ones: fix or remove them (train --cache-images "
+                                     "--skip-bad decodes at start-up and drops them)") from None
         return self.transform(image), s.label
 
     def image_id(self, index: int) -> str:

@@ -234,17 +234,18 @@ def _relative(image: str, data: Path) -> Path:
 
 
 def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[Path, dict[str, str]]) -> Path | None:
-    """The file of ``image``: a name holding a path relative to ``data`` first, then by its file name under
-    ``image_root``. ``indexes`` keeps each folder's :func:`index_images`."""
+    """The file of ``image``: its name as written under ``image_root`` (on Linux ``\\`` may be part of a file
+    name), then a name holding a path relative to ``data``, then its file name under ``image_root``. ``indexes``
+    keeps each folder's :func:`index_images`."""
     name = base_name(image)
-    folders = [image_root] if image_root else []
+    tries = [(image_root, image)] if image_root else []
     if name != image:
-        folders.insert(0, _relative(image, data).parent)
-    for folder in folders:
+        tries += [(_relative(image, data).parent, name)] + ([(image_root, name)] if image_root else [])
+    for folder, key in tries:
         if folder not in indexes:
             indexes[folder] = index_images(folder) if folder.is_dir() else {}
-        if name in indexes[folder]:
-            return folder / indexes[folder][name]
+        if key in indexes[folder]:
+            return folder / indexes[folder][key]
     return None
 
 

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from ..atomic import replacing, writable_folder, write_text  # noqa: E402
+from ..atomic import check_writable, replacing, write_text  # noqa: E402
 from ..cli.common import (  # noqa: E402
     READ_KEYS,
     add_blend_argument,
@@ -128,7 +128,8 @@ def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
 
 
 def main(args) -> dict:
-    out = writable_folder(args.out)
+    out = Path(args.out)
+    check_writable(out)
     checkpoint = Path(args.checkpoint)
     model, objective, prep, ckpt = restore(checkpoint)
     catalog = load_catalog(args.data, **run_catalog_options(args, checkpoint, ckpt, args.data))
@@ -151,6 +152,7 @@ def main(args) -> dict:
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
                     "skipped": [str(p) for p in dataset.skipped]})
+    out.mkdir(parents=True, exist_ok=True)
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     try:
         write_model_card(checkpoint, evaluation=metrics, eval_dir=out)

@@ -153,7 +153,7 @@ def _base_train(cfg: dict, file: Path, seen: tuple = ()) -> dict:
     """The ``train:`` options that ``base:`` inherits: the named file's (after its own base), else none."""
     if cfg.get("base") is None:
         return {}
-    base = file.parent / str(cfg["base"])
+    base = file.parent / os.path.expanduser(str(cfg["base"]))
     if base.resolve() in seen + (file.resolve(),):
         raise ExperimentError(f"{file}: base: {cfg['base']} leads back to itself")
     parent = _read(base)
@@ -203,7 +203,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
         if not isinstance(synth, dict) or set(synth) - allowed:
             raise ExperimentError(f"{file}: synth: takes {', '.join(sorted(allowed))}")
     report = cfg.get("report")
-    report_out = Path(report["out"]) if isinstance(report, dict) and report.get("out") else None
+    report_out = Path(report["out"]).expanduser() if isinstance(report, dict) and report.get("out") else None
     return Experiment(name, file, root, str(data), cells, grid, str(cfg.get("description") or ""), synth, ev,
                       report_out)
 

@@ -35,7 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..atomic import replacing, writable_folder
+from ..atomic import check_writable, replacing
 from ..cli.common import add_blend_argument, add_data_arguments, at_least, blend_setting, catalog_options
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import LAB_FILES, detect_format, patient_of
@@ -132,7 +132,8 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
     items: list[Item] = []
     for raw in inputs:
         path = Path(raw)
-        if path.name in {name for pair in LAB_FILES.values() for name in pair}:
+        partner = next((a if path.name == b else b for a, b in LAB_FILES.values() if path.name in (a, b)), None)
+        if partner and (path.parent / partner).exists():
             raise DataError([Problem("lab-file", str(path), None, "one of the course lab's paired CSVs (names in "
                                      f"*_img.csv, grades in *_label.csv): pass their folder, {path.parent}")])
         dataset = path.is_file() and path.suffix.lower() == ".csv" or path.is_dir() and _is_dataset(path, opts)
@@ -311,7 +312,7 @@ def main(args) -> dict:
         raise DataError([Problem("bad-output", args.out, None, "--out is a folder; give a CSV file to write, "
                                  f"e.g. {Path(args.out) / 'predictions.csv'}")])
     for folder in (Path(args.out).parent, *([args.cam] if args.cam else [])):
-        writable_folder(folder)
+        check_writable(folder)
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     from ..evaluation.evaluate import run_catalog_options

@@ -44,8 +44,9 @@ def cache_path(weights) -> Path:
 
 
 # torch.hub's naming rule, ``name-<first eight or more hex digits of the SHA-256>.ext``; its own HASH_REGEX also
-# takes ``-2.`` (fine for the URLs it checks, not for a user's ``mine-2.pth``)
-HASH_IN_NAME = re.compile(r"-([a-f0-9]{8,})\.")
+# takes ``-2.`` (fine for the URLs it checks, not for a user's ``mine-2.pth``). A letter among them, so that a date
+# (``-20240105.``) is not taken for a hash (a real prefix without a letter, 2 % of them, goes unchecked).
+HASH_IN_NAME = re.compile(r"-((?=[0-9]*[a-f])[a-f0-9]{8,})\.")
 
 
 def check_hash(path: Path) -> None:

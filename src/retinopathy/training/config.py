@@ -168,13 +168,21 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
     return {"data": exp.data, **exp.cells[0].options}, "experiment"
 
 
-PATH_OPTIONS = ("data", "out", "resume", "weights", "split_file", "labels", "images")
+PATH_OPTIONS = ("config", "data", "out", "resume", "weights", "split_file", "labels", "images")
+
+
+def expand_home(args: argparse.Namespace) -> None:
+    """``~`` in path options: from a config file, or ``--out=~/x``, which the shell leaves as it is."""
+    for key in PATH_OPTIONS:
+        if isinstance(getattr(args, key), str):
+            setattr(args, key, os.path.expanduser(getattr(args, key)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse with the precedence defaults < preset < config file < command line."""
     parser = get_args_parser()
     pre, _ = parser.parse_known_args(argv)
+    expand_home(pre)
     layered: dict = {}
     if pre.resume and not (Path(pre.resume) / "config.yaml").exists():
         parser.error(f"--resume {pre.resume}: not a run folder (no config.yaml there); pass the folder that "
@@ -197,9 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         raise SystemExit(f"error: unknown option(s) in config: {', '.join(unknown)}")
     parser.set_defaults(**layered)
     args = parser.parse_args(argv)
-    for key in PATH_OPTIONS:  # "~" from a config file, or --out=~/x, which the shell leaves as it is
-        if isinstance(getattr(args, key), str):
-            setattr(args, key, os.path.expanduser(getattr(args, key)))
+    expand_home(args)
     if args.batch_size is None:
         args.batch_size = LAB_BATCH.get(args.model, 12) if args.preset == "lab" else 32
     if not args.data:

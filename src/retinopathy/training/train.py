@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from ..atomic import replacing, writable_folder, write_text
+from ..atomic import check_writable, replacing, write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, load_catalog
 from ..data.dataset import PairedEyes
@@ -185,7 +185,9 @@ def main(args) -> dict:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     progress = not args.quiet and sys.stderr.isatty() and dist.main
-    out = writable_folder(args.out) if dist.main else Path(args.out)
+    out = Path(args.out)
+    if dist.main:
+        check_writable(out)
     torch.manual_seed(args.seed)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
@@ -232,6 +234,7 @@ def main(args) -> dict:
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
     if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
         train_set.write_split(out / "split.csv")
 
     # ---- model -----------------------------------------------------------------------------------------
