@@ -38,15 +38,18 @@ class FundusDataset(Dataset):
 
     ``data`` is any folder :func:`~retinopathy.data.formats.read_catalog` reads (or a ``Catalog``).
     ``split`` is ``train``, ``val``, ``test`` or ``all``. Problems (missing, empty, unreadable or
-    truncated images, bad labels, mismatched CSVs, duplicates) raise a :class:`DataError` here, at
-    construction, naming the first few and the count; ``skip_bad=True`` drops them and keeps the list
-    in ``self.skipped``. ``transform`` defaults to the preset named by ``preprocess``/``augment``;
-    ``crop`` makes training items random ``crop x crop`` windows of the ``image_size`` px image.
+    truncated images, bad labels, mismatched CSVs, duplicates; found from headers and end markers) raise a
+    :class:`DataError` here, at construction, naming the first few and the count; ``skip_bad=True`` drops them
+    and keeps the list in ``self.skipped``. A file broken inside its compressed data fails when first read
+    (naming its labels row), or here with ``cache=True``. ``transform`` defaults to the preset named by
+    ``preprocess``/``augment``; ``crop`` makes training items random ``crop x crop`` windows of the
+    ``image_size`` px image.
 
     ``cache=True`` (with the preset transform) decodes each photograph and applies the deterministic
     steps (field-of-view crop, resize, Graham's normalisation) once, here, keeping ``size x size x 3``
     bytes per image in memory; items then run only the random augmentation, as MONAI's ``CacheDataset``
-    does. Items are the same as without the cache.
+    does. Items are the same as without the cache; its full decode also reports (and with ``skip_bad`` drops)
+    files that decode only partly.
     """
 
     def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,

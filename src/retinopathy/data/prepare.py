@@ -6,7 +6,9 @@ optionally cropped to its round field of view (``--crop fov``), resized so that 
 colour resolution (4:4:4), then re-opened and checked. The label files are copied unchanged, so OUT is a
 dataset in the same format: images ``OUT/<name>.jpeg`` (lab, kaggle, csv) or ``OUT/<grade>/<name>.jpeg``
 (folders); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other (``x.png``) gets
-``.jpeg`` appended, so the labels still find it. Splits are made from the labels, so they do not change.
+``.jpeg`` appended, so the labels still find it. A name holding a path keeps it under OUT (``/`` for
+``\\``); one that would lead out of OUT is reported as a problem and not written. Splits are made from the
+labels, so they do not change.
 
 Work runs on all cores; a killed run leaves no half-written image (temporary ``.part`` files are renamed
 into place) and a re-run skips the finished files. Bad inputs are reported as the dataset reports them

@@ -10,9 +10,10 @@ geometry of the photograph and ``(x / 255 - mean) / std`` happen outside the mod
 ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension, falling back to the
 TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
 but still the format LibTorch/C++ loads). Before anything is written, ONNX Runtime (or the reloaded
-TorchScript module) is compared with PyTorch on ``--check-images`` (default: photographs of the folder the
-model was trained on; four synthetic renders where it is gone) at batch sizes 1 and 3; a largest absolute
-logit difference of ``--tolerance`` (1e-3) or more fails the export (exit status 1, nothing written).
+TorchScript module) is compared with PyTorch on ``--check-images`` (default: up to 8 photographs found under
+the folder the model was trained on; four synthetic renders when it is gone or holds none) at batch sizes 1
+and 3; a largest absolute logit difference of ``--tolerance`` (1e-3) or more fails the export (exit status 1,
+nothing written).
 """
 from __future__ import annotations
 
@@ -57,8 +58,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                 "its metadata goes to FILE.json")
     p.add_argument("--check-images", nargs="+", metavar="PATH",
                    help=f"images, folders or datasets for the parity check (the first {MAX_CHECK_IMAGES} "
-                        "readable ones; default: photographs of the folder the model was trained on, or synthetic "
-                        "renders where it is gone)")
+                        "readable ones; default: photographs found under the folder the model was trained on, or "
+                        "synthetic renders when it is gone or holds none)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference|")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     return p
@@ -105,7 +106,8 @@ def check_batch(prep, paths=None) -> tuple[torch.Tensor, str]:
         rng = np.random.default_rng(0)
         images = [transform(render_fundus(rng, prep.size, g, eye)) for g, eye in
                   ((0, "left"), (2, "right"), (3, "left"), (4, "right"))]
-        what = "4 synthetic renders (retinopathy.data.synth.render_fundus; the training data was not found)"
+        what = ("4 synthetic renders (retinopathy.data.synth.render_fundus; no photographs found where the "
+                "model was trained)")
     return Normalize(prep.mean, prep.std)(torch.stack(images)), what
 
 

@@ -15,9 +15,11 @@ flips; the grade is then the most probable one (classification) or the threshold
 With ``--blend-eyes W`` (by default the checkpoint's setting, for which its thresholds were tuned) each eye's
 probabilities and score are mixed with those of the same patient's other eye among the graded images
 (``<patient>_left``/``_right``, or the dataset's patient column; within one dataset or input folder, whose
-sub-folders pair unless a name recurs in several: ``siteA/7_left``, ``siteB/7_left``) before grading,
+sub-folders pair unless a name recurs in several: ``siteA/7_left``, ``siteB/7_left``; image files given one by
+one pair within their folder) before grading,
 as ``evaluate`` does. ``--split val|test`` takes each dataset's split from the run (as ``evaluate`` does).
-``--cam DIR`` writes ``DIR/<image>.png``: the Grad-CAM of the predicted grade (see ``explain.py``) on the
+``--cam DIR`` writes ``DIR/<image>.png`` (a repeated name gets ``-2``, ``-3`` ...; the ``heatmap`` column names
+each file): the Grad-CAM of the predicted grade (see ``explain.py``) on the
 unflipped preprocessed square, at the model's input size.
 """
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 torchvision keeps downloaded weights in ``$TORCH_HOME/hub/checkpoints/<name>-<sha256 prefix>.pth`` and
 checks the hash only when it downloads. Here a cached (or given) file is checked against the prefix in
-its name before it is loaded, and a file that is neither cached nor downloadable stops the run with a
-message that says what to do.
+its name (eight or more hex digits, one a letter) before it is loaded, and a file that is neither cached
+nor downloadable stops the run with a message that says what to do.
 """
 from __future__ import annotations
 
