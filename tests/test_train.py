@@ -602,3 +602,16 @@ def test_slurm_tasks_join_one_process_group(tmp_path, monkeypatch):
         port = s.getsockname()[1]
     mp.spawn(_slurm_check, args=(port, str(tmp_path)), nprocs=2)
     assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["True 0 2 0 3.0", "True 1 2 1 3.0"]
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_a_plain_model(synth_small, tmp_path):
+    """--compile (torch.compile: about a minute of compiling on a CPU) trains, and its checkpoint holds the plain
+    model's keys (no ``_orig_mod.``), which evaluate rebuilds."""
+    run = tmp_path / "compiled"
+    assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--freeze-epochs", "0",
+                 "--compile", "--out", str(run)]) == 0
+    state = load_checkpoint(run / "checkpoints" / "best.pt")["model"]
+    assert not any(k.startswith("_orig_mod") for k in state) and "net.fc.weight" in state
+    assert main(["evaluate", str(run), "--data", str(synth_small), "--split", "test", "--out", str(tmp_path / "e"),
+                 "--workers", "0", "--bootstrap", "0", "--quiet"]) == 0
