@@ -106,6 +106,11 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     assert "eval/metrics.json" in after
     training = ("cell.yaml", "config.yaml", "metrics.csv", "split.csv", "checkpoints/last.pt", "checkpoints/best.pt")
     assert [after[k] for k in training] == [before[k] for k in training]
+    # So is the evaluation of a best.pt saved again since (thresholds retuned by hand, say).
+    best = run / "checkpoints" / "best.pt"
+    save_checkpoint(load_checkpoint(best), best)
+    assert main(["experiment", config, "--quiet", "--no-report"]) == 0
+    assert json.loads((run / "eval" / "metrics.json").read_text())["checkpoint_id"] == load_checkpoint(best)["save_id"]
 
 
 def test_an_interrupted_threshold_retune_is_redone(tmp_path, capsys):

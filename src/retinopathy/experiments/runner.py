@@ -45,7 +45,7 @@ from ..cli.common import READ_KEYS
 from ..errors import RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..training import config as train_config
-from ..training.checkpoint import epochs_saved, load_checkpoint
+from ..training.checkpoint import epochs_saved, load_checkpoint, same_checkpoint
 
 TOP_KEYS = ("name", "out", "data", "description", "base", "synth", "train", "grid", "variants", "evaluate",
             "report")
@@ -224,8 +224,16 @@ def retune_pending(run: Path, args: argparse.Namespace) -> bool:
 
 
 def is_evaluated(run: Path) -> bool:
-    """evaluate writes metrics.json first and confusion_matrix.png last: both present = complete."""
-    return (run / "eval" / "metrics.json").exists() and (run / "eval" / "confusion_matrix.png").exists()
+    """evaluate writes metrics.json first and confusion_matrix.png last: both present = complete; and it must be of
+    the best.pt there now, not of one saved before it (a retune of its thresholds, say)."""
+    metrics, best = run / "eval" / "metrics.json", run / "checkpoints" / "best.pt"
+    if not (metrics.exists() and (run / "eval" / "confusion_matrix.png").exists()):
+        return False
+    try:
+        evaluation = json.loads(metrics.read_text())
+    except ValueError:
+        return False
+    return not best.exists() or same_checkpoint(evaluation, load_checkpoint(best, mmap=True))
 
 
 def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
