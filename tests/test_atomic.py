@@ -17,3 +17,26 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with replacing(path, "wb") as f:
         f.write(b"new")
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_ctrl_c_during_a_checkpoint_save_arrives_after_it(tmp_path, monkeypatch):
+    """torch.save turns an interrupt inside it into a RuntimeError from its zip writer; the save finishes, then
+    the KeyboardInterrupt comes."""
+    import os
+    import signal
+
+    import torch
+
+    from retinopathy.training import checkpoint
+
+    real_save = torch.save
+
+    def interrupted_save(obj, f):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: inside the save
+        real_save(obj, f)
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint({"epoch": 3, "model": {"w": torch.ones(4)}}, tmp_path / "last.pt")
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert checkpoint.load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

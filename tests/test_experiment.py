@@ -111,6 +111,13 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     save_checkpoint(load_checkpoint(best), best)
     assert main(["experiment", config, "--quiet", "--no-report"]) == 0
     assert json.loads((run / "eval" / "metrics.json").read_text())["checkpoint_id"] == load_checkpoint(best)["save_id"]
+    # And an evaluation with other bootstrap resamples than the file now asks for.
+    cfg = yaml.safe_load(interrupted["config"].read_text())
+    other = interrupted["config"].with_name("more-resamples.yaml")
+    other.write_text(yaml.safe_dump({**cfg, "evaluate": {"bootstrap": 30}}))
+    assert main(["experiment", str(other), "--quiet", "--no-report"]) == 0
+    assert json.loads((run / "eval" / "metrics.json").read_text())["ci95"]["resamples"] == 30
+    assert main(["experiment", config, "--quiet", "--no-report"]) == 0  # back to the fixture's 20
 
 
 def test_an_interrupted_threshold_retune_is_redone(tmp_path, capsys):

@@ -223,15 +223,18 @@ def retune_pending(run: Path, args: argparse.Namespace) -> bool:
     return info["decision"] == "thresholds" and not info["threshold_data"].startswith("train+")
 
 
-def is_evaluated(run: Path) -> bool:
+def is_evaluated(run: Path, resamples: int) -> bool:
     """evaluate writes metrics.json first and confusion_matrix.png last: both present = complete; and it must be of
-    the best.pt there now, not of one saved before it (a retune of its thresholds, say)."""
+    the best.pt there now, not of one saved before it (a retune of its thresholds, say), with the experiment's
+    ``resamples`` (its bootstrap)."""
     metrics, best = run / "eval" / "metrics.json", run / "checkpoints" / "best.pt"
     if not (metrics.exists() and (run / "eval" / "confusion_matrix.png").exists()):
         return False
     try:
         evaluation = json.loads(metrics.read_text())
     except ValueError:
+        return False
+    if (evaluation.get("ci95") or {}).get("resamples", 0) != resamples:
         return False
     return not best.exists() or same_checkpoint(evaluation, load_checkpoint(best, mmap=True))
 
@@ -271,12 +274,17 @@ def check_weights(args: argparse.Namespace) -> None:
         socket.setdefaulttimeout(old)
 
 
+def bootstrap(exp: Experiment) -> int:
+    """The patient-bootstrap resamples the experiment's evaluations use (``evaluate: {bootstrap: N}``)."""
+    return int(exp.evaluate.get("bootstrap", 1000))
+
+
 def evaluate_cell(run: Path, args: argparse.Namespace, exp: Experiment, quiet: bool) -> dict:
     """``retinopathy evaluate best.pt --split test`` with the run's own split, into ``run/eval``."""
     from ..evaluation import evaluate
 
     argv = [str(run / "checkpoints" / "best.pt"), "--data", args.data, "--split", "test", "--out", str(run / "eval"),
-            "--split-file", str(run / "split.csv"), "--bootstrap", str(exp.evaluate.get("bootstrap", 1000)),
+            "--split-file", str(run / "split.csv"), "--bootstrap", str(bootstrap(exp)),
             "--batch-size", str(exp.evaluate.get("batch_size", args.batch_size)), "--device", args.device,
             "--amp", args.amp]
     for key in READ_KEYS:
@@ -294,7 +302,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
     run = cell.dir
     done = epochs_saved(run)
     trained = done >= args.epochs and not retune_pending(run, args)
-    if trained and is_evaluated(run):
+    if trained and is_evaluated(run, bootstrap(exp)):
         print(f"{tag} finished earlier ({done} epochs, evaluated); nothing to do")
         return _done_entry(run)
     if not trained:

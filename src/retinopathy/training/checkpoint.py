@@ -9,7 +9,10 @@ saved since in its place (a new best, retuned thresholds, another run trained in
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
+import signal
+import threading
 import uuid
 import zipfile
 from pathlib import Path
@@ -27,10 +30,27 @@ class CheckpointError(RetinopathyError, RuntimeError):
     """A file that is not a usable retinopathy checkpoint."""
 
 
+@contextlib.contextmanager
+def interrupts_after():
+    """Ctrl-C during the block arrives as KeyboardInterrupt after it: inside ``torch.save`` it would surface as a
+    RuntimeError from the zip writer (a "failed" cell instead of an interrupted run)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with replacing(path, "wb") as f:
+    with interrupts_after(), replacing(path, "wb") as f:
         torch.save({"format": FORMAT, "version": VERSION, **state, "save_id": uuid.uuid4().hex}, f)
 
 
