@@ -32,18 +32,21 @@ class CheckpointError(RetinopathyError, RuntimeError):
 
 @contextlib.contextmanager
 def interrupts_after():
-    """Ctrl-C during the block arrives as KeyboardInterrupt after it: inside ``torch.save`` it would surface as a
-    RuntimeError from the zip writer (a "failed" cell instead of an interrupted run)."""
-    if threading.current_thread() is not threading.main_thread():
+    """Ctrl-C during the block reaches the SIGINT handler after it: inside ``torch.save`` it would surface as a
+    RuntimeError from the zip writer (a "failed" cell instead of an interrupted run). An ignored SIGINT stays so."""
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
         yield
         return
     caught = []
-    previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
-        if caught:
+        signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):
+            previous(*caught[0])  # Python's default handler raises KeyboardInterrupt
+        elif caught:
             raise KeyboardInterrupt
 
 
