@@ -2,8 +2,8 @@
 
 Generates the synthetic set (data/synthetic) when it is missing, runs configs/demo.yaml (runs/demo; ResNet18
 and ResNet50, with and without ImageNet weights; about 2-17 minutes on 2 CPU cores, as busy as they are),
-builds the report (reports/demo) and prints the path of its index.html. Offline, the pretrained cells are skipped and the report
-says why. Running it again reuses finished cells.
+builds the report (reports/demo) and prints the path of its index.html. Offline, the pretrained cells are
+skipped and the report says why. Running it again reuses finished cells.
 """
 from __future__ import annotations
 

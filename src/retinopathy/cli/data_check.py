@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
     add_data_arguments(p)
     p.add_argument("--stats", action="store_true", help="also compute per-channel mean and std")
     p.add_argument("--no-images", action="store_true", help="check the labels only (no image files needed)")
-    p.add_argument("--json", default="data_check.json", help="where to write the report as JSON (default data_check.json)")
+    p.add_argument("--json", default="data_check.json",
+                   help="where to write the report as JSON (default data_check.json)")
     p.add_argument("--workers", type=at_least(0), default=None, help="decoding threads (default or 0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -45,7 +45,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
             try:
                 size, acc = fut.result()
             except (ImageError, OSError, ValueError) as e:
-                problems.append(Problem("bad-image", s.source, s.line, f"{s.image}: {e}", s.image))
+                problems.append(Problem.bad_image(s, e))
                 continue
             ok.append(s)
             sizes.append(size)

@@ -132,7 +132,7 @@ def _check_files(samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
             check_image(s.path)
             good.append(s)
         except ImageError as e:
-            bad.append(Problem("bad-image", s.source, s.line, f"{s.image}: {e}", s.image))
+            bad.append(Problem.bad_image(s, e))
     return good, bad
 
 
@@ -144,7 +144,7 @@ def _decode_all(samples: list[Sample], prep: Preprocessing, split: str):
             arrays.append(np.asarray(fixed(open_image(s.path, prep.size))))
             good.append(s)
         except ImageError as e:
-            bad.append(Problem("bad-image", s.source, s.line, f"{s.image}: {e}", s.image))
+            bad.append(Problem.bad_image(s, e))
     return good, np.stack(arrays) if arrays else None, bad
 
 

@@ -213,7 +213,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         for (s, dst), reason in zip(todo, results):
             bar.update()
             if reason is not None:
-                problems.append(Problem("bad-image", s.source, s.line, f"{s.image}: {reason}", s.image))
+                problems.append(Problem.bad_image(s, reason))
                 failed.add(dst)
     finally:
         bar.close()
@@ -246,7 +246,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                        "matches which --preprocess preset.")
     p.add_argument("src", metavar="SRC", help="dataset folder (any supported format)")
     p.add_argument("out", metavar="OUT", help="folder to write (new, empty, or an earlier run's to resume it)")
-    p.add_argument("--size", type=at_least(8), default=512, help="short side in pixels (default 512; train at this size)")
+    p.add_argument("--size", type=at_least(8), default=512,
+                   help="short side in pixels (default 512; train at this size)")
     p.add_argument("--crop", choices=CROPS, default="none",
                    help="fov: crop the square around the round field of view (= --preprocess fov)")
     p.add_argument("-j", "--workers", type=at_least(0), default=None, help="processes (default or 0: all cores)")

@@ -23,6 +23,11 @@ class Problem:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def bad_image(cls, sample, reason) -> Problem:
+        """The image of ``sample`` (a labels row) cannot be used, for ``reason``."""
+        return cls("bad-image", sample.source, sample.line, f"{sample.image}: {reason}", sample.image)
+
 
 class DataError(RetinopathyError, ValueError):
     """The dataset cannot be used as it is. Holds every problem found."""

@@ -28,8 +28,8 @@ from __future__ import annotations
 import argparse
 import inspect
 import itertools
-import os
 import json
+import os
 import re
 import shutil
 import socket

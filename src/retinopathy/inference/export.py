@@ -18,7 +18,6 @@ nothing written).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import shutil
@@ -32,11 +31,10 @@ import numpy as np
 import torch
 
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
-from ..data.images import IMAGE_EXTENSIONS
 from ..data.synth import render_fundus
 from ..errors import RetinopathyError
 from ..models.restore import restore
-from .predict import collect_items, single_eye
+from .predict import collect_items, image_files, single_eye
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
@@ -77,8 +75,7 @@ def training_photographs(ckpt) -> list[Path]:
     data = (ckpt.get("config") or {}).get("data")
     if not data or not Path(data).is_dir():
         return []
-    files = (f for f in Path(data).rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
-    return list(itertools.islice(files, 2 * MAX_CHECK_IMAGES))  # room for a few unreadable ones
+    return image_files(Path(data))[:2 * MAX_CHECK_IMAGES]  # room for a few unreadable ones
 
 
 def check_batch(prep, paths=None) -> tuple[torch.Tensor, str]:

@@ -74,7 +74,8 @@ def checkpoint_file(path: str | Path) -> Path:
                 return candidate
         last = path / "checkpoints" / "last.pt"
         raise CheckpointError(f"{path}: a folder without checkpoints/best.pt; " + (
-            f"pass {last} to use its last epoch" if last.exists() else "pass a checkpoint file (best.pt or last.pt)"))
+            f"pass {last} to use its last epoch" if last.exists() else
+            "pass a checkpoint file (best.pt or last.pt)"))
     return path
 
 
