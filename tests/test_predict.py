@@ -12,6 +12,7 @@ from retinopathy.cli.main import main
 from retinopathy.data import Normalize, build_transform, open_image
 from retinopathy.evaluation.metrics import GRADES
 from retinopathy.models.restore import restore
+from retinopathy.training.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.shared_data
 PROBS = [f"prob_{g}" for g in GRADES]
@@ -69,6 +70,23 @@ def test_same_probabilities_as_evaluate(predicted, checkpoint, real, tmp_path):
         e = evaluated[r["image"]]
         assert np.abs(probs_of(r) - probs_of(e)).max() <= 1e-5, r["image"]
         assert (r["predicted_grade"], r["true_grade"]) == (e["predicted_grade"], e["true_grade"])
+
+
+def test_evaluate_normalises_with_the_checkpoints_statistics(predicted, checkpoint, real, tmp_path):
+    """The mean and std recorded in the checkpoint, not the preset's of this version, as predict does."""
+    ckpt = load_checkpoint(checkpoint)
+    prep = ckpt["model_info"]["preprocessing"]
+    prep["mean"], prep["std"] = [m + 0.1 for m in prep["mean"]], [2 * s for s in prep["std"]]
+    torch.save(ckpt, tmp_path / "other-stats.pt")
+    args = ["--workers", "0", "--quiet", "--amp", "none"]
+    assert main(["predict", str(tmp_path / "other-stats.pt"), str(real), "--out", str(tmp_path / "p.csv"), *args]) == 0
+    assert main(["evaluate", str(tmp_path / "other-stats.pt"), "--data", str(real), "--split", "all",
+                 "--out", str(tmp_path / "e"), "--bootstrap", "0", *args]) == 0
+    evaluated = {r["image"]: probs_of(r) for r in read_rows(tmp_path / "e" / "predictions.csv")}
+    before = {r["image"]: probs_of(r) for r in predicted}
+    for r in read_rows(tmp_path / "p.csv"):
+        assert np.abs(probs_of(r) - evaluated[r["image"]]).max() <= 1e-5, r["image"]
+    assert max(np.abs(evaluated[k] - before[k]).max() for k in before) > 1e-3
 
 
 def test_tta_averages_over_flips(predicted, checkpoint, real, tmp_path):

@@ -366,6 +366,48 @@ def _buffers_check(rank: int, port: int, out: str) -> None:
         td.destroy_process_group()
 
 
+def _epoch_totals_check(rank: int, port: int, out: str) -> None:
+    import torch.distributed as td
+
+    from retinopathy.data import Normalize
+    from retinopathy.models import make_objective
+    from retinopathy.training.distributed import DistInfo
+    from retinopathy.training.engine import train_one_epoch
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        n = 2 if rank == 0 else 6  # one batch each; rank 0's eyes are grade 0 (answered), rank 1's grade 1
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+        torch.nn.init.zeros_(model[1].weight)
+        with torch.no_grad():
+            model[1].bias.copy_(torch.tensor([1.0, 0, 0, 0, 0]))
+        data = torch.utils.data.TensorDataset(torch.zeros(n, 3, 2, 2, dtype=torch.uint8), torch.full((n,), rank))
+        tr = train_one_epoch(model, make_objective("classification"), torch.optim.SGD(model.parameters(), lr=0.0),
+                             torch.utils.data.DataLoader(data, batch_size=n), torch.device("cpu"),
+                             Normalize((0.5,) * 3, (0.25,) * 3), grader=model, frozen=False, progress=False,
+                             dist=DistInfo(True, rank, 2, 0))
+        Path(out, str(rank)).write_text(json.dumps([tr["images"], tr["accuracy"], tr["loss"]]))
+    finally:
+        td.destroy_process_group()
+
+
+def test_under_ddp_the_training_loss_and_accuracy_are_over_every_process(tmp_path):
+    """metrics.csv's train loss and accuracy are means over all processes' images, not rank 0's share."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_epoch_totals_check, args=(port, str(tmp_path)), nprocs=2)
+    logp = torch.log_softmax(torch.tensor([1.0, 0, 0, 0, 0]), 0)
+    loss = (2 * -logp[0] - 6 * logp[1]).item() / 8
+    for r in (0, 1):
+        images, accuracy, mean_loss = json.loads((tmp_path / str(r)).read_text())
+        assert images == 8 and accuracy == pytest.approx(2 / 8) and mean_loss == pytest.approx(loss, rel=1e-6)
+
+
 def test_every_process_evaluates_rank_0s_batchnorm_statistics(tmp_path):
     """DDP syncs buffers at the start of a forward pass only: after an epoch each process has its own BatchNorm
     statistics, and evaluation must score the model rank 0 saves."""

@@ -43,7 +43,8 @@ class FundusDataset(Dataset):
     and keeps the list in ``self.skipped``. A file broken inside its compressed data fails when first read
     (naming its labels row), or here with ``cache=True``. ``transform`` defaults to the preset named by
     ``preprocess``/``augment``; ``crop`` makes training items random ``crop x crop`` windows of the
-    ``image_size`` px image.
+    ``image_size`` px image. ``preprocess`` may be a checkpoint's :class:`Preprocessing` (its size and
+    normalisation statistics then replace ``image_size`` and the preset's).
 
     ``cache=True`` (with the preset transform) decodes each photograph and applies the deterministic
     steps (field-of-view crop, resize, Graham's normalisation) once, here, keeping ``size x size x 3``
@@ -53,7 +54,7 @@ class FundusDataset(Dataset):
     """
 
     def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,
-                 preprocess: str = "lab", augment: str = "flips", crop: int | None = None, train: bool | None = None,
+                 preprocess: str | Preprocessing = "lab", augment: str = "flips", crop: int | None = None, train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
                  check: bool = True, cache: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 0, split_file: str | Path | None = None, **read_options):
@@ -75,7 +76,8 @@ class FundusDataset(Dataset):
             samples, bad = _check_files(samples)
             problems += bad
         refuse_misaligned(problems)
-        self.preprocessing = Preprocessing(preprocess, image_size)
+        self.preprocessing = (preprocess if isinstance(preprocess, Preprocessing)
+                              else Preprocessing(preprocess, image_size))
         self.cache = None
         if cache and transform is None and (skip_bad or not problems):
             samples, self.cache, bad = _decode_all(samples, self.preprocessing, split)

@@ -133,7 +133,7 @@ def main(args) -> dict:
     checkpoint = Path(args.checkpoint)
     model, objective, prep, ckpt = restore(checkpoint)
     catalog = load_catalog(args.data, **run_catalog_options(args, checkpoint, ckpt, args.data))
-    dataset = FundusDataset(catalog, args.split, image_size=prep.size, preprocess=prep.preset, uint8=True,
+    dataset = FundusDataset(catalog, args.split, preprocess=prep, uint8=True,
                             skip_bad=bool(args.skip_bad))
     if ckpt["model_info"].get("pair_eyes"):
         dataset = PairedEyes(dataset)

@@ -57,6 +57,15 @@ def finite_everywhere(values: list[float], info: DistInfo, device) -> bool:
     return flag.item() == 0
 
 
+def sum_everywhere(values: list[float], info: DistInfo, device) -> list[float]:
+    """``values`` summed over all processes (one collective); themselves in a single process."""
+    if not info.enabled:
+        return values
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
 def broadcast_buffers(module, info: DistInfo) -> None:
     """Every process takes rank 0's buffers (BatchNorm statistics). DDP syncs them at the start of each forward
     pass, so after an epoch's last step each process holds its own, and evaluation would score a different

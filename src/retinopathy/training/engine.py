@@ -15,7 +15,7 @@ from torch.utils.data import Sampler
 from tqdm import tqdm
 
 from ..errors import RetinopathyError
-from .distributed import DistInfo, all_gather_objects, finite_everywhere
+from .distributed import DistInfo, all_gather_objects, finite_everywhere, sum_everywhere
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -72,7 +72,7 @@ def mix_batch(images: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.T
 def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, grader, frozen: bool,
                     scheduler=None, scaler=None, ema=None, amp="none", channels_last=False, mixup=0.0,
                     progress=True, desc="train", dist: DistInfo | None = None) -> dict:
-    """One pass over ``loader``; returns mean loss per image, accuracy, images and images/s.
+    """One pass over ``loader``; returns mean loss per image, accuracy, images and images/s (over all processes).
 
     ``ema`` (a ``torch.optim.swa_utils.AveragedModel``) follows ``grader`` after every optimizer step.
     ``mixup`` > 0: each batch is mixed (:func:`mix_batch`) and the loss is the same mix of the two targets'
@@ -122,6 +122,8 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
                         img_s=f"{seen / max(elapsed, 1e-9):.1f}")
     elapsed = time.perf_counter() - start
+    total_loss, correct, seen = sum_everywhere([total_loss, correct, seen], dist or DistInfo(), device)
+    seen = int(seen)
     return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "images": seen,
             "seconds": elapsed, "images_per_s": seen / max(elapsed, 1e-9)}
 

@@ -386,7 +386,7 @@ def main(args) -> dict:
             row.update({f"{sp}_loss": r["loss"], f"{sp}_accuracy": m["accuracy"], f"{sp}_kappa": m["kappa"],
                         f"{sp}_macro_f1": m["macro_f1"],
                         **{f"{sp}_recall_{g}": m["recall"][g] for g in GRADES}})
-        row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"] * dist.world_size)
+        row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"])
         value = row[f"{select_on}_{args.select_metric}"]
         eligible = eligible_epoch(objective, args.threshold_rule, row[f"{select_on}_accuracy"],
                                   results[select_on]["labels"], per_epoch_margin)
@@ -409,7 +409,7 @@ def main(args) -> dict:
             print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}"
                   + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa {row[f'{sp}_kappa']:.3f}"
                             for sp in results)
-                  + f" | {tr['images_per_s'] * dist.world_size:.1f} img/s" + (" *best" if improved else ""))
+                  + f" | {tr['images_per_s']:.1f} img/s" + (" *best" if improved else ""))
         barrier(dist)
         ran += 1
         last_result = row
