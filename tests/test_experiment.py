@@ -120,6 +120,33 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     assert main(["experiment", config, "--quiet", "--no-report"]) == 0  # back to the fixture's 20
 
 
+def test_a_refused_continuation_keeps_the_evaluation(interrupted, monkeypatch, capsys):
+    """More epochs for a finished cell whose training then fails (say, its resume is refused): the evaluation of
+    the best.pt that is still there stays. Fewer epochs than it trained: it stays as it is, with a warning."""
+    from retinopathy.errors import RetinopathyError
+    from retinopathy.training import train
+
+    def refuse(args):
+        raise RetinopathyError("resume refused")
+
+    run = interrupted["exp"] / SCRATCH
+    before = snapshot(run / "eval")
+    cfg = yaml.safe_load(interrupted["config"].read_text())
+    longer = interrupted["config"].with_name("longer.yaml")
+    longer.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "epochs": 3}}))
+    monkeypatch.setattr(train, "main", refuse)
+    assert main(["experiment", str(longer), "--quiet", "--no-report"]) == 1
+    assert "resume refused" in capsys.readouterr().err
+    assert snapshot(run / "eval") == before
+    monkeypatch.undo()
+    shorter = interrupted["config"].with_name("shorter.yaml")
+    shorter.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "epochs": 1}}))
+    assert main(["experiment", str(shorter), "--quiet", "--no-report"]) == 0
+    assert "trained 2 epochs, more than the 1 now asked for" in capsys.readouterr().err
+    assert main(["experiment", str(interrupted["config"]), "--quiet", "--no-report"]) == 0
+    assert snapshot(run / "eval") == before  # finished earlier again
+
+
 def test_an_interrupted_threshold_retune_is_redone(tmp_path, capsys):
     """train+selection retunes best.pt after the last epoch; a kill during it leaves last.pt finished, and the
     runner must not evaluate the per-epoch thresholds as if it had happened."""

@@ -302,6 +302,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
     run = cell.dir
     done = epochs_saved(run)
     trained = done >= args.epochs and not retune_pending(run, args)
+    if done > args.epochs:
+        print(f"warning: {run} trained {done} epochs, more than the {args.epochs} now asked for; it stays as it is "
+              "(delete the folder to train it again)", file=sys.stderr)
     if trained and is_evaluated(run, bootstrap(exp)):
         print(f"{tag} finished earlier ({done} epochs, evaluated); nothing to do")
         return _done_entry(run)
@@ -309,13 +312,13 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
         if args.pretrained and not done:
             check_weights(args)
         (run / "SKIPPED.json").unlink(missing_ok=True)
-        shutil.rmtree(run / "eval", ignore_errors=True)  # from an earlier, shorter training
         doing = ("retuning best.pt's thresholds (interrupted after the last epoch)" if done >= args.epochs else
                  f"resuming after epoch {done}/{args.epochs}" if done else f"training {args.epochs} epochs")
         print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))
     print(f"{tag} evaluating best.pt on the test split -> {run / 'eval'}", flush=True)
+    shutil.rmtree(run / "eval", ignore_errors=True)  # stale or partial; kept until now in case training fails
     evaluate_cell(run, args, exp, quiet)
     return _done_entry(run)
 
