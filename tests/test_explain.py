@@ -146,3 +146,38 @@ def test_predict_cam_writes_one_png_per_image(tmp_path):
         assert row["predicted_grade"] == ("0" if name == "healthy" else "4")
         with Image.open(row["heatmap"]) as png:
             assert png.format == "PNG" and png.size == (SIZE, SIZE) and png.mode == "RGB"
+
+
+def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, capsys):
+    """With --blend-eyes a classification model's row grade can be the blended one: its heatmap is of that grade
+    (the photograph's own logit of it), and heatmaps with nothing positive are named in a warning."""
+    from retinopathy.models.objectives import Objective
+
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint({"model": blob_detector().state_dict(), "epoch": 0, "phase": "finetune", "best": None,
+                     "config": {}, "model_info": {"arch": "resnet18", "head": "linear", "objective": "classification",
+                                                  "num_outputs": 5, "num_classes": 5,
+                                                  "preprocessing": Preprocessing("lab", SIZE).to_dict(),
+                                                  "thresholds": [0.5, 1.5, 2.5, 3.5], "blend_eyes": 0.5}}, ckpt)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    fundus(QUADRANTS["top_left"]).save(photos / "7_left.png")
+    fundus(None).save(photos / "7_right.png")
+    blended = Objective.blended
+
+    def to_grade_1(self, probs, scores, patients, weight):
+        probs, scores, _ = blended(self, probs, scores, patients, weight)
+        return probs, scores, np.ones(len(probs), dtype=int)
+
+    explained = []
+    call = GradCam.__call__
+    monkeypatch.setattr(Objective, "blended", to_grade_1)
+    monkeypatch.setattr(GradCam, "__call__", lambda self, x, grades: explained.extend(grades.tolist())
+                        or call(self, x, grades))
+    assert main(["predict", str(ckpt), str(photos), "--cam", str(tmp_path / "cams"), "--out",
+                 str(tmp_path / "p.csv"), "--workers", "0", "--quiet"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert [r["predicted_grade"] for r in csv.DictReader(f)] == ["1", "1"]
+    assert explained == [1, 1]
+    assert "heatmap(s) show no region" in capsys.readouterr().err  # no blob: nothing raises grade 1's logit
+

@@ -6,6 +6,7 @@ The checkpoint is a ResNet18 with the lab head whose BatchNorm statistics were m
 the time budget of this file)."""
 from __future__ import annotations
 
+import csv
 import inspect
 import json
 import warnings
@@ -65,6 +66,8 @@ def check_metadata(out, checkpoint):
     assert meta["blend_eyes"]["weight"] == 0.0  # trained without eye blending
     assert meta["class_names"][4] == "proliferative" and meta["input"]["shape"] == ["batch", 3, SIZE, SIZE]
     assert meta["parity"]["max_abs_diff"] < 1e-3
+    assert (meta["output"]["probabilities"], meta["output"]["grade"]) == ("softmax(outputs)", "the most probable grade")
+    assert [step.split("(")[0] for step in meta["preprocessing"]["steps"]] == ["Resize", "CenterCrop"]
     return meta
 
 
@@ -87,7 +90,7 @@ def test_onnx_matches_pytorch_on_real_images(checkpoint, real_batch, shared_data
 
 
 @pytest.mark.shared_data
-def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch, tmp_path):
+def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch, shared_data, tmp_path):
     out = tmp_path / "grader.ts.pt"
     assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
     meta = check_metadata(out, checkpoint)
@@ -99,6 +102,16 @@ def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch
     with torch.no_grad():
         for b in (1, 3):
             assert np.abs(module(real_batch[:b]).numpy() - expected[:b]).max() < 1e-3
+    # predict, with its defaults, gives the exported model's numbers (fp32: bf16 moved grades)
+    files = sorted((shared_data / "fundus-real" / "images").glob("*.jpeg"))[:7]
+    assert main(["predict", str(checkpoint), *map(str, files), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--quiet"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == list(map(str, files))
+    with torch.no_grad():
+        exported = torch.softmax(module(real_batch), 1).numpy()
+    assert np.abs(np.array([[float(r[f"prob_{g}"]) for g in range(5)] for r in rows]) - exported).max() < 2e-6
 
 
 @pytest.mark.shared_data

@@ -337,3 +337,14 @@ def test_bootstrap_ci_contains_estimate_and_shrinks():
         assert ci["accuracy"][0] <= (y == p).mean() <= ci["accuracy"][1]
     width = lambda ci, k: ci[k][1] - ci[k][0]  # noqa: E731
     assert width(ci_l, "kappa") < width(ci_s, "kappa") / 3 and width(ci_l, "accuracy") < width(ci_s, "accuracy") / 3
+
+
+@pytest.mark.parametrize("name", ["regression", "ordinal", "ordinal+ce"])
+def test_described_grade_rule_is_the_one_applied(name):
+    """The export JSON's words for a thresholded grade: the number of thresholds at or below the score."""
+    obj = make_objective(name, thresholds=[0.4, 1.3, 2.2, 3.1])
+    assert obj.describe()["grade"] == "the number of thresholds at or below the score"
+    scores = np.array([0.0, 0.4, 0.39, 1.3, 2.5, 3.1, 4.0])
+    assert obj.grades_of(None, scores).tolist() == [sum(t <= x for t in obj.thresholds) for x in scores]
+    assert obj.grades_of(None, torch.tensor(scores, dtype=torch.float32)).tolist() == [0, 1, 0, 2, 3, 4, 4]
+

@@ -27,6 +27,12 @@ def test_split_applies_the_runs_split_to_every_dataset(synth_small, tmp_path, ca
     with open(out, newline="") as f:
         graded = sorted(r["image"] for r in csv.DictReader(f))
     assert graded == sorted(test + test)
+    assert "training split" not in capsys.readouterr().err
+    assert main(["predict", str(run), str(synth_small), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    with open(run / "split.csv", newline="") as f:
+        trained = sum(r["split"] == "train" for r in csv.DictReader(f))
+    assert (f"warning: {trained} of the images with known grades are in the run's training split"
+            in capsys.readouterr().err)
     folder = tmp_path / "photos"
     disc(folder / "9_left.jpeg")
     assert main(["predict", str(run), str(synth_small), str(folder), "--split", "test", "--out", str(out)]) == 2

@@ -17,7 +17,8 @@ SCRIPTS = {
     "experiment": ("retinopathy.experiments.runner", "cli", "run a grid of training runs from a YAML file"),
     "report": ("retinopathy.reporting.report", "cli", "build an HTML/Markdown report of runs"),
     "prepare": ("retinopathy.data.prepare", "cli", "decode once at reduced size into a fast cache"),
-    "predict": ("retinopathy.inference.predict", "cli", "grade photographs with a trained checkpoint"),
+    "predict": ("retinopathy.inference.predict", "cli",
+                "grade photographs with a trained checkpoint; --cam explains them (Grad-CAM heatmaps)"),
     "export": ("retinopathy.inference.export", "cli", "export a checkpoint to ONNX or TorchScript"),
 }
 

@@ -23,6 +23,7 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from ..atomic import check_writable, replacing, write_text  # noqa: E402
 from ..cli.common import (  # noqa: E402
     READ_KEYS,
+    add_amp_argument,
     add_blend_argument,
     add_data_arguments,
     at_least,
@@ -49,7 +50,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
     p.add_argument("-j", "--workers", type=at_least(0), default=None)
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
+    add_amp_argument(p)
     p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (0: none)")
     add_blend_argument(p, None)
     p.add_argument("--quiet", action="store_true")
@@ -102,7 +103,7 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     return opts
 
 
-def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, device="auto", amp="auto",
+def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, device="auto", amp="none",
                     progress=True) -> dict:
     """Run ``model`` over every image of ``dataset`` (uint8 tensors); see :func:`engine.evaluate`."""
     device = pick_device(device)

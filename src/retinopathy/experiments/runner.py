@@ -285,8 +285,7 @@ def evaluate_cell(run: Path, args: argparse.Namespace, exp: Experiment, quiet: b
 
     argv = [str(run / "checkpoints" / "best.pt"), "--data", args.data, "--split", "test", "--out", str(run / "eval"),
             "--split-file", str(run / "split.csv"), "--bootstrap", str(bootstrap(exp)),
-            "--batch-size", str(exp.evaluate.get("batch_size", args.batch_size)), "--device", args.device,
-            "--amp", args.amp]
+            "--batch-size", str(exp.evaluate.get("batch_size", args.batch_size)), "--device", args.device]
     for key in READ_KEYS:
         if getattr(args, key, None) is not None:
             argv += [f"--{key.replace('_', '-')}", str(getattr(args, key))]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
+from ..data.transforms import geometry
 from ..data.synth import render_fundus
 from ..errors import RetinopathyError
 from ..models.restore import restore
@@ -39,6 +40,8 @@ from .predict import collect_items, image_files, single_eye
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
 MAX_CHECK_IMAGES = 8
+DECODE = ("RGB; a JPEG at reduced scale (Pillow's Image.draft) keeping both sides at or above size, as "
+          "retinopathy.data.open_image does; then the steps (retinopathy.data.transforms.geometry)")
 
 
 class ExportError(RetinopathyError, RuntimeError):
@@ -205,9 +208,9 @@ def main(args) -> dict:
                 "model_format": args.format, "exporter": exporter,
                 "input": {"name": "input", "shape": ["batch", 3, prep.size, prep.size], "dtype": "float32",
                           "layout": "NCHW, RGB", "normalisation": "(pixel / 255 - mean) / std"},
-                "output": {"name": "logits", "shape": ["batch", objective.outputs],
-                           "meaning": "raw model outputs; see objective"},
-                "preprocessing": prep.to_dict(), "objective": objective.name,
+                "output": {"name": "logits", "shape": ["batch", objective.outputs], **objective.describe()},
+                "preprocessing": {**prep.to_dict(), "decode": DECODE, "steps": [repr(t) for t in geometry(prep)]},
+                "objective": objective.name,
                 "decision": objective.decision, "thresholds": list(objective.thresholds),
                 "class_names": list(info.get("class_names", [])),
                 "blend_eyes": {"weight": info.get("blend_eyes", 0.0),

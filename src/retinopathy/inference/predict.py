@@ -38,12 +38,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..atomic import check_writable, replacing
-from ..cli.common import add_blend_argument, add_data_arguments, at_least, blend_setting, catalog_options
+from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
+                          catalog_options)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import LAB_FILES, detect_format, patient_of
 from ..data.images import IMAGE_EXTENSIONS, index_images
 from ..data.problems import refuse_misaligned
-from ..data.splits import select
+from ..data.splits import read_split_table, select
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
@@ -67,7 +68,8 @@ class Item:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("retinopathy predict", add_help=add_help,
-                                description="Grade fundus photographs with a trained checkpoint.")
+                                description="Grade fundus photographs with a trained checkpoint; --cam explains "
+                                            "each grade with a Grad-CAM heatmap.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt, or a run folder")
     p.add_argument("inputs", metavar="INPUT", nargs="+",
                    help="image files, folders of images (recursive), or datasets (folder or labels CSV)")
@@ -80,7 +82,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=at_least(0), default=None,
                    help="DataLoader workers (default: CPU cores, at most 8)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto")
+    add_amp_argument(p)
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -223,46 +225,68 @@ def _heatmap_names(items: list[Item]) -> list[str]:
     return names
 
 
-def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="auto",
+def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="none",
         tta=False, blend=0.0, cam_dir: Path | None = None, progress=True) -> dict:
     """Grade ``items``; returns arrays ``probs`` (N,5, NaN for failures), ``scores``, ``grades`` (-1 for
     failures), ``errors`` (reason or ""), and ``heatmaps`` (PNG paths) when ``cam_dir`` is given.
     ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`); the heatmaps
-    explain each photograph's own grade."""
+    explain the final grade (classification: the photograph's own logit of it) or the photograph's own score."""
     device = pick_device(device)
     amp, channels_last = inference_settings(model, device, amp)
     normalize = Normalize(prep.mean, prep.std).to(device)
     loader = DataLoader(ImageItems(items, prep), batch_size=batch_size, num_workers=workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")
+    cam = grad_cam(model, objective, prep) if cam_dir is not None else None
     n = len(items)
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
            "errors": [item.error for item in items], "heatmaps": [""] * n}
-    if cam_dir is not None:
-        try:
-            from .explain import GradCam, save_overlay
-        except ImportError as e:
-            raise RetinopathyError(f"--cam needs captum ({e}): pip install 'retinopathy[explain]'") from None
-        cam = GradCam(model, objective, image_size=prep.size)
-        names = _heatmap_names(items)
-        cam_dir.mkdir(parents=True, exist_ok=True)
     for images, idx, failed in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
         for i, reason in failed:
             res["errors"][i] = reason
         if images is None:
             continue
-        x = to_device(images, device, normalize, channels_last)
-        probs, scores, grades = predict_batch(model, objective, x, tta, amp)
+        probs, scores, grades = predict_batch(model, objective, to_device(images, device, normalize, channels_last),
+                                              tta, amp)
         res["probs"][idx], res["scores"][idx], res["grades"][idx] = (probs.cpu().numpy(), scores.cpu().numpy(),
                                                                     grades.cpu().numpy())
-        if cam_dir is not None:
-            for i, image, heat in zip(idx, images, cam(x, grades)):
-                res["heatmaps"][i] = str(save_overlay(image, heat, cam_dir / names[i]))
     graded = np.flatnonzero(res["grades"] >= 0)
     if blend and len(graded):
         patients = [items[i].patient or patient_of(items[i].image) for i in graded]
         res["probs"][graded], res["scores"][graded], res["grades"][graded] = objective.blended(
             res["probs"][graded], res["scores"][graded], patients, blend)
+    if cam is not None and len(graded):
+        write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress)
     return res
+
+
+def grad_cam(model, objective, prep):
+    """The Grad-CAM of :mod:`.explain` for ``model`` (before any work: captum is an optional dependency)."""
+    try:
+        from .explain import GradCam
+    except ImportError as e:
+        raise RetinopathyError(f"--cam needs captum ({e}): pip install 'retinopathy[explain]'") from None
+    return GradCam(model, objective, image_size=prep.size)
+
+
+def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, channels_last, progress) -> None:
+    """A second pass, once the grades are final (after eye blending): a Grad-CAM overlay PNG per graded image,
+    of the grade in its row (classification) or of the score (regression, ordinal)."""
+    from .explain import save_overlay
+
+    names = _heatmap_names(items)
+    cam_dir.mkdir(parents=True, exist_ok=True)
+    empty = []
+    for images, idx, _ in tqdm(loader, desc="heatmaps", unit="batch", disable=not progress, leave=False):
+        if images is None:
+            continue
+        x = to_device(images, device, normalize, channels_last)
+        for i, image, heat in zip(idx, images, cam(x, torch.as_tensor(res["grades"][idx]))):
+            res["heatmaps"][i] = str(save_overlay(image, heat, cam_dir / names[i]))
+            if not heat.any():
+                empty.append(names[i])
+    if empty:
+        print(f"warning: {len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
+              "raises what is explained (Grad-CAM keeps positive evidence only)", file=sys.stderr)
 
 
 def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:
@@ -301,6 +325,18 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     return text + f"\nwritten to {out}"
 
 
+def training_images(items: list[Item], checkpoint: Path) -> int:
+    """How many labelled ``items`` the run trained on: listed as train in its split.csv with the same grade (a name
+    alone is not enough: EyePACS and synthetic sets share names)."""
+    run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
+    try:
+        split, grade = (read_split_table(run / "split.csv", c) for c in ("split", "label"))
+    except DataError:
+        return 0
+    return sum(split.get(i.image) == "train" and grade.get(i.image) == str(i.label) for i in items
+               if i.label is not None)
+
+
 def single_eye(ckpt: dict, where) -> None:
     """Refuse a model that grades both eyes of a patient at once (``--pair-eyes``): it needs pairs."""
     if ckpt.get("model_info", {}).get("pair_eyes"):
@@ -333,6 +369,10 @@ def main(args) -> dict:
     out = Path(args.out)
     write_csv(out, items, res, with_heatmaps=bool(args.cam))
     print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam else ""))
+    seen = training_images(items, Path(args.checkpoint))
+    if seen:
+        print(f"warning: {seen} of the images with known grades are in the run's training split: its accuracy and "
+              "kappa on them overstate; grade --split test for the model's own numbers", file=sys.stderr)
     return res
 
 

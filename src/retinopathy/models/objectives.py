@@ -36,6 +36,8 @@ def default_decision(objective: str) -> str:
 class Objective:
     name = "classification"
     outputs = NUM_GRADES
+    meaning = {"outputs": "5 class logits", "probabilities": "softmax(outputs)",
+               "score": "expected grade: sum over k of k * probability k"}
 
     def __init__(self, class_weights: torch.Tensor | None = None, label_smoothing: float = 0.0,
                  thresholds=DEFAULT_THRESHOLDS, decision: str | None = None):
@@ -62,6 +64,12 @@ class Objective:
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return self.grades_of(self.probabilities(out), self.score(out))
 
+    def describe(self) -> dict:
+        """What the outputs mean and how they become a grade, in words (for an exported model's JSON)."""
+        grade = ("the most probable grade" if self.decision == "argmax" else
+                 "the number of thresholds at or below the score")
+        return {**self.meaning, "grade": grade}
+
     def grades_of(self, probs, scores):
         """Grades from probabilities and scores (one output's, or averaged or blended ones): the most probable
         grade (``decision="argmax"``) or the score cut at the thresholds (``"thresholds"``)."""
@@ -80,6 +88,9 @@ class Objective:
 class Regression(Objective):
     name = "regression"
     outputs = 1
+    meaning = {"outputs": "1 value: the score", "score": "the output",
+               "probabilities": "softmax(-(score - k)^2) over k = 0..4: a soft stand-in; the grade comes from the "
+                                "thresholds and need not be the most probable"}
 
     def loss(self, out, target):
         per = F.smooth_l1_loss(out.float().squeeze(1), target.float(), reduction="none")
@@ -97,6 +108,9 @@ class Regression(Objective):
 class Ordinal(Objective):
     name = "ordinal"
     outputs = NUM_GRADES - 1
+    meaning = {"outputs": "4 logits of P(grade > k), k = 0..3", "score": "sum of sigmoid(outputs)",
+               "probabilities": "c[k] - c[k+1] with c = [1, cumulative minimum of sigmoid(outputs), 0]; the grade "
+                                "comes from the thresholds and need not be the most probable"}
 
     def loss(self, out, target):
         levels = (target[:, None] > torch.arange(NUM_GRADES - 1, device=out.device)).float()
@@ -118,6 +132,8 @@ class Ordinal(Objective):
 class OrdinalCE(Ordinal):
     name = "ordinal+ce"
     outputs = Ordinal.outputs + NUM_GRADES  # 4 cumulative logits, then 5 class logits
+    meaning = {**Ordinal.meaning, "outputs": "4 logits of P(grade > k), k = 0..3, then 5 class logits (not used "
+                                             "for grading)", "score": "sum of sigmoid(outputs[:4])"}
 
     def loss(self, out, target):
         return super().loss(out[:, :Ordinal.outputs], target) + Objective.loss(self, out[:, Ordinal.outputs:], target)
