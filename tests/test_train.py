@@ -205,7 +205,9 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     for change, named in ((["--objective", "ordinal"], "--objective classification (not ordinal)"),
                           (["--eval-splits", "val"], "--eval-splits val,test (not val)"),
-                          (["--threshold-margin", "0.1"], "--threshold-margin 0.0 (not 0.1)")):
+                          (["--threshold-margin", "0.1"], "--threshold-margin 0.0 (not 0.1)"),
+                          (["--optimizer", "sgd"], "--optimizer adamw (not sgd)"),  # its state would not load
+                          (["--batch-size", "8"], "--batch-size 16 (not 8)")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
@@ -236,6 +238,57 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--freeze-epochs", "0",
                  "--objective", "ordinal", "--weights", str(run / "checkpoints" / "best.pt"),
                  "--out", str(tmp_path / "new")]) == 0
+
+
+def test_resume_keeps_the_schedule_and_the_saves_consistent(synth_small, tmp_path, capsys, monkeypatch):
+    """More epochs on resume: the learning rate is the longer schedule's from the first resumed epoch (not the
+    finished schedule's last value); other steps per epoch (another number of processes) are refused; a save
+    killed half-way leaves no temporary file for good; Ctrl-C during best.pt's save waits for last.pt too."""
+    import signal
+
+    import retinopathy.training.checkpoint as checkpoint_module
+    import retinopathy.training.train as train_module
+
+    opts = [*FAST, "--image-size", "32", "--freeze-epochs", "0", "--eval-splits", "val"]
+    longer, extended = tmp_path / "longer", tmp_path / "extended"
+    assert main(["train", "--data", str(synth_small), *opts, "--epochs", "4", "--stop-after", "3",
+                 "--out", str(longer)]) == 0
+    assert main(["train", "--data", str(synth_small), *opts, "--epochs", "2", "--out", str(extended)]) == 0
+    (extended / "checkpoints" / ".last.pt.tmp99999").write_bytes(b"half a checkpoint")
+    assert main(["train", "--resume", str(extended), "--epochs", "4", "--stop-after", "1"]) == 0
+    assert rows(extended)[2]["lr"] == rows(longer)[2]["lr"] != rows(extended)[1]["lr"]
+    assert not list((extended / "checkpoints").glob(".*tmp*"))
+    last = load_checkpoint(extended / "checkpoints" / "last.pt")
+    last["steps_per_epoch"] += 1
+    torch.save(last, extended / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", str(extended), "--epochs", "4"]) == 2
+    steps = last["steps_per_epoch"]
+    assert f"took {steps} steps per epoch, this resume would take {steps - 1}" in capsys.readouterr().err
+
+    save = checkpoint_module.save_checkpoint
+
+    def interrupted_save(state, path):
+        if Path(path).name == "best.pt":
+            signal.raise_signal(signal.SIGINT)
+        save(state, path)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", interrupted_save)
+    run = tmp_path / "interrupted"
+    assert main(["train", "--data", str(synth_small), *opts, "--epochs", "2", "--out", str(run)]) == 130
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 0 == \
+        load_checkpoint(run / "checkpoints" / "best.pt")["epoch"]
+
+
+def test_evaluation_losses_are_without_class_weights_or_smoothing(synth_small, tmp_path):
+    """metrics.csv's val loss is the plain one, the loss evaluate reports for the same weights."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1",
+                 "--freeze-epochs", "0", "--eval-splits", "val", "--amp", "none", "--class-weights", "inverse",
+                 "--label-smoothing", "0.2", "--sampler", "balanced", "--out", str(run)]) == 0
+    assert main(["evaluate", str(run / "checkpoints" / "last.pt"), "--data", str(synth_small), "--split", "val",
+                 "--out", str(tmp_path / "e"), "--quiet", "--bootstrap", "0"]) == 0
+    m = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert float(rows(run)[0]["val_loss"]) == pytest.approx(m["loss"], rel=1e-5)
 
 
 def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):

@@ -64,6 +64,11 @@ class Objective:
     def predict(self, out: torch.Tensor) -> torch.Tensor:
         return self.grades_of(self.probabilities(out), self.score(out))
 
+    def plain(self) -> "Objective":
+        """This objective without class weights or label smoothing: evaluation losses comparable across runs
+        (and equal to ``evaluate``'s), as timm validates with a plain cross-entropy."""
+        return type(self)(thresholds=self.thresholds, decision=self.decision)
+
     def describe(self) -> dict:
         """What the outputs mean and how they become a grade, in words (for an exported model's JSON)."""
         grade = ("the most probable grade" if self.decision == "argmax" else

@@ -30,7 +30,8 @@ from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, tune_thresholds
 from ..reporting.model_card import write_model_card
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .config import environment, parse_args, plain_options
 from .distributed import barrier, broadcast_buffers, cleanup, init_distributed
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
@@ -150,11 +151,14 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# What shapes the network, the metrics.csv columns or the meaning of "best": a resumed run keeps them; the
+# What shapes the network, the metrics.csv columns, the meaning of "best" or the restored optimizer and schedule
+# (a resumed run carries on with its saved state; steps per epoch are checked too): a resumed run keeps them. The
 # threshold options decide which epochs may be best, so they are kept too, except to retune a finished run's
-# best.pt with --threshold-data train+selection (which then records them in last.pt as well).
+# best.pt with --threshold-data train+selection (which then records them in last.pt as well). --epochs may grow:
+# the cosine then stretches over the longer schedule, from where that schedule would be.
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
-                   "select_on", "select_metric")
+                   "select_on", "select_metric", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
+                   "warmup_epochs", "freeze_epochs", "batch_size")
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
 
@@ -212,6 +216,9 @@ def main(args) -> dict:
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
                                   f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
+        if dist.main:
+            for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
+                leftover.unlink(missing_ok=True)
     elif args.resume and dist.main:
         print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
     split_file = Path(args.resume) / "split.csv" if ckpt is not None else args.split_file
@@ -271,6 +278,10 @@ def main(args) -> dict:
         train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     train_loader = make_loader(train_set, args.batch_size, workers, device, train_sampler, args.deterministic,
                                args.seed, train=True)
+    if ckpt is not None and ckpt.get("steps_per_epoch", len(train_loader)) != len(train_loader):
+        raise CheckpointError(f"{args.resume}: the run took {ckpt['steps_per_epoch']} steps per epoch, this resume "
+                              f"would take {len(train_loader)} ({dist.world_size} process(es)): its learning-rate "
+                              "schedule counts steps. Resume with as many processes (and the same data)")
     eval_loaders = {sp: make_loader(ds, args.batch_size, workers, device,
                                     ShardSampler(len(ds), dist.rank, dist.world_size), args.deterministic, 0)
                     for sp, ds in eval_sets.items()}
@@ -339,6 +350,8 @@ def main(args) -> dict:
                 optimizer.load_state_dict(ckpt["optimizer"])
                 if scheduler is not None and ckpt.get("scheduler"):
                     scheduler.load_state_dict(ckpt["scheduler"])
+                    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                        group["lr"] = base * factor(scheduler.last_epoch)  # the schedule's, at a new --epochs too
                 if scaler is not None and ckpt.get("scaler"):
                     scaler.load_state_dict(ckpt["scaler"])
             runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
@@ -346,10 +359,12 @@ def main(args) -> dict:
             if args.compile:
                 runner = torch.compile(runner)
             current_phase = phase
-        # Each epoch's randomness is a function of (seed, epoch); with --deterministic (fresh loader workers each
-        # epoch, which then draw their seeds from this generator) resuming repeats it exactly.
-        torch.manual_seed(args.seed * 100003 + epoch)
-        train_loader.generator.manual_seed(args.seed * 100003 + epoch)
+        # Each epoch's randomness is a function of (seed, epoch, rank): each process its own augmentation; with
+        # --deterministic (fresh loader workers each epoch, which then draw their seeds from this generator)
+        # resuming repeats it exactly.
+        epoch_seed = args.seed * 100003 + epoch + 7919 * dist.rank
+        torch.manual_seed(epoch_seed)
+        train_loader.generator.manual_seed(epoch_seed)
         train_sampler.set_epoch(epoch)
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         try:
@@ -365,8 +380,8 @@ def main(args) -> dict:
         broadcast_buffers(model, dist)
         if ema is not None:
             broadcast_buffers(ema.module, dist)
-        results = {sp: evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
-                                dist=dist, progress=progress, desc=f"eval {sp}")
+        results = {sp: evaluate(evaluated, objective.plain(), loader, device, normalize, amp=amp,
+                                channels_last=channels_last, dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
         if args.blend_eyes:
             for sp, r in results.items():
@@ -401,11 +416,13 @@ def main(args) -> dict:
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
                      "rng": rng_state(), "best": best, "model_info": model_info,
+                     "steps_per_epoch": len(train_loader),
                      "config": {**plain_options(vars(args)), "data": config["data"]["path"]}}
-            if improved:  # before last.pt: last.pt never names a best epoch that best.pt does not hold
-                save_checkpoint(state, out / "checkpoints" / "best.pt")
-                write_model_card(out / "checkpoints" / "best.pt")
-            save_checkpoint(state, out / "checkpoints" / "last.pt")
+            with interrupts_after():  # both or neither: a best.pt of an epoch that last.pt would train again
+                if improved:  # before last.pt: last.pt never names a best epoch that best.pt does not hold
+                    save_checkpoint(state, out / "checkpoints" / "best.pt")
+                    write_model_card(out / "checkpoints" / "best.pt")
+                save_checkpoint(state, out / "checkpoints" / "last.pt")
             print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}"
                   + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa {row[f'{sp}_kappa']:.3f}"
                             for sp in results)
