@@ -48,6 +48,23 @@ def experiment(tmp_path_factory):
     return root
 
 
+@pytest.fixture
+def closed_figures(monkeypatch):
+    """The matplotlib figures the code under test saves and closes, kept open to inspect their artists."""
+    import matplotlib.pyplot as plt
+
+    close, figs = plt.close, []
+    monkeypatch.setattr(plt, "close", figs.append)
+    yield figs
+    for fig in figs:
+        close(fig)
+
+
+def cell_texts(ax) -> dict:
+    """{(true grade, predicted grade): text} of a confusion-matrix axes."""
+    return {(round(y), round(x)): t.get_text() for t in ax.texts for x, y in [t.get_position()]}
+
+
 def run_numbers(run: Path) -> dict:
     """What the run's own files say: eval/metrics.json and metrics.csv."""
     m = json.loads((run / "eval" / "metrics.json").read_text())
@@ -257,3 +274,28 @@ def test_a_cell_that_failed_without_a_reason_is_reported(tmp_path):
                                                 "values": {"model": "resnet18"}}}}))
     assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
     assert "Missing: resnet18 - failed" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_grades_without_test_images_show_no_recall(experiment, tmp_path, closed_figures):
+    run = tmp_path / "no-grade-4"  # a test split without grade 4, as scikit-learn's zero_division=0 recorded it
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", run)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["confusion_matrix"][4], metrics["true_counts"][4] = [0] * 5, 0
+    metrics["per_grade"]["4"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    [row] = md_table((tmp_path / "r" / "report.md").read_text(), "## Per-grade recall and precision (test split)")
+    assert row["grade 4 recall / precision (n)"] == "n/a (0 images)"
+    assert "<td>n/a <span class='label'>(0 images)</span></td>" in (tmp_path / "r" / "index.html").read_text()
+    texts = cell_texts(closed_figures[-1].axes[0])  # confusion.png
+    assert [texts[(4, p)] for p in range(5)] == ["–"] * 5
+    assert all(texts[(t, p)] != "–" for t in range(4) for p in range(5))
+
+
+def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed_figures):
+    from retinopathy.evaluation.evaluate import confusion_figure
+
+    confusion_figure(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 4]), "no grades 3 and 4", tmp_path / "cm.png")
+    texts = cell_texts(closed_figures[0].axes[0])
+    assert [texts[(t, p)] for t in (3, 4) for p in range(5)] == ["–"] * 10
+    assert texts[(0, 0)] == "0.50" and texts[(2, 4)] == "0.50"

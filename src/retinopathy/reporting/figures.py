@@ -77,7 +77,8 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
 
 def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) -> None:
     """Row-normalised confusion matrices, one per (row, col) label pair; ``cells[(row, col)]`` is a 5x5 count
-    matrix, or a string saying why that run has none (skipped, not evaluated...)."""
+    matrix, or a string saying why that run has none (skipped, not evaluated...). The row of a grade with no
+    images is dashes: it has no recall."""
     fig, axes = plt.subplots(len(rows), len(cols), dpi=DPI, squeeze=False, layout="constrained",
                              figsize=(CONFUSION_CELL[0] * len(cols), CONFUSION_CELL[1] * len(rows)))
     for i, row in enumerate(rows):
@@ -92,9 +93,11 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
                 continue
             counts = np.asarray(cell, dtype=float)
             norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-            ConfusionMatrixDisplay(norm, display_labels=range(5)).plot(
+            disp = ConfusionMatrixDisplay(norm, display_labels=range(5)).plot(
                 ax=ax, cmap="Blues", values_format=".2f", colorbar=False, im_kw={"vmin": 0, "vmax": 1},
                 text_kw={"fontsize": 8})
+            for text in disp.text_[counts.sum(1) == 0].ravel():
+                text.set_text("–")
             ax.set_title(f"{row}\n{col}", fontsize=10)
             ax.set_xlabel("predicted grade", fontsize=9)
             ax.set_ylabel("true grade", fontsize=9)
