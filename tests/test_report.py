@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -307,11 +308,14 @@ def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def fake_series(n: int) -> list[dict]:
-    """``n`` runs with long labels, four epochs of metrics.csv rows each, as report.py passes them."""
+def fake_series(n: int, splits=("train", "test")) -> list[dict]:
+    """``n`` runs with long labels, four epochs of metrics.csv rows each (``splits``' columns), as report.py
+    passes them."""
     return [{"label": LONG_LABEL.format(i=i), "colour": figures.OTHERS[i % len(figures.OTHERS)], "freeze_epochs": 1,
-             "rows": [{"epoch": e, "train_accuracy": 0.3 + 0.1 * e, "test_accuracy": 0.2 + 0.1 * e + 0.02 * i,
-                       "train_loss": 1.5 - 0.2 * e, "test_loss": 1.6 - 0.1 * e - 0.02 * i} for e in range(4)]}
+             "rows": [{"epoch": e, **{f"{sp}_{metric}": start + sign * (0.1 * e + 0.02 * (i + k))
+                                      for k, sp in enumerate(splits)
+                                      for metric, start, sign in (("accuracy", 0.2, 1), ("loss", 1.6, -1))}}
+                      for e in range(4)]}
             for i in range(n)]
 
 
@@ -335,3 +339,14 @@ def test_confusion_titles_do_not_overlap(tmp_path, closed_figures):
     boxes = [ax.title.get_window_extent(fig.canvas.get_renderer()) for ax in fig.axes]
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and b.y1 <= fig.bbox.y1 for b in boxes)
+
+
+@pytest.mark.parametrize("splits", [("train", "val", "test"), ("train", "test")])
+def test_curves_show_val_when_recorded(tmp_path, closed_figures, splits):
+    figures.curves_figure("ResNet18: loss per epoch", fake_series(3, splits), "loss", tmp_path / "l.png")
+    fig = closed_figures[0]
+    styles = Counter(line.get_linestyle() for ax in fig.axes for line in ax.lines)
+    styles.pop(":")  # where fine-tuning starts
+    assert styles == {{"train": "--", "val": "-.", "test": "-"}[sp]: 3 for sp in splits}  # one line per run
+    keys = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert ("val" in keys) == ("val" in splits)

@@ -1,7 +1,8 @@
 """The report's figures (matplotlib, Agg): learning curves per model and the confusion matrices side by side.
 
 Colours are Okabe-Ito (colour-blind safe) and mean the same in every figure and table: pretrained runs are
-blue, runs from scratch orange (further variants take the palette's other colours); train is dashed, test solid.
+blue, runs from scratch orange (further variants take the palette's other colours); train is dashed, val
+(validation, when the run recorded it) dash-dotted, test solid.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ DPI = 110
 CURVE_SIZE = (7.0, 4.4)  # inches, without the legend below
 CONFUSION_CELL = (3.5, 3.3)  # inches per matrix
 LABEL_WIDTH, TITLE_WIDTH = 52, 40  # characters per line of a legend label, of a confusion-matrix title
-SPLITS = {"train": "--", "test": "-"}  # line style per split
+SPLITS = {"train": "--", "val": "-.", "test": "-"}  # line style per split
 BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
 
 
@@ -42,7 +43,8 @@ def variant_colours(variants: list[tuple[str, bool]]) -> dict[str, str]:
 
 
 def curves_figure(title: str, series: list[dict], metric: str, path: Path, baseline: float | None = None) -> None:
-    """Train (dashed) and test (solid) ``metric`` per epoch for each series, the legend below the axes.
+    """Train (dashed), val (dash-dotted, where metrics.csv has it) and test (solid) ``metric`` per epoch for each
+    series, the legend below the axes.
 
     ``series``: dicts with ``label``, ``colour``, ``rows`` (metrics.csv rows as dicts of floats) and
     ``freeze_epochs``; ``baseline``: majority-class test accuracy, drawn as a grey dotted line. The saved image

@@ -199,7 +199,7 @@ def run_section(run) -> str:
 def render_html(ctx: dict, out: Path) -> str:
     figs = ctx["figures"]
     curves = "".join(f'<figure>{_img(out / f["file"], f["title"])}<figcaption>{escape(f["title"])}. Colours as in '
-                     "the results table; dashed: train, solid: test.</figcaption></figure>"
+                     "the results table; dashed: train, dash-dotted: val, solid: test.</figcaption></figure>"
                      for f in figs if f["kind"] in ("accuracy", "loss"))
     confusion = "".join(_img(out / f["file"], f["title"], "wide") for f in figs if f["kind"] == "confusion")
     glance = "".join(f'<li class="{"warn" if line.startswith(("Warning", "Missing")) else ""}">{escape(line)}</li>'
