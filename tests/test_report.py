@@ -312,6 +312,7 @@ def fake_series(n: int, splits=("train", "test")) -> list[dict]:
     """``n`` runs with long labels, four epochs of metrics.csv rows each (``splits``' columns), as report.py
     passes them."""
     return [{"label": LONG_LABEL.format(i=i), "colour": figures.OTHERS[i % len(figures.OTHERS)], "freeze_epochs": 1,
+             "objective": "classification",
              "rows": [{"epoch": e, **{f"{sp}_{metric}": start + sign * (0.1 * e + 0.02 * (i + k))
                                       for k, sp in enumerate(splits)
                                       for metric, start, sign in (("accuracy", 0.2, 1), ("loss", 1.6, -1))}}
@@ -350,3 +351,17 @@ def test_curves_show_val_when_recorded(tmp_path, closed_figures, splits):
     assert styles == {{"train": "--", "val": "-.", "test": "-"}[sp]: 3 for sp in splits}  # one line per run
     keys = [t.get_text() for t in fig.legends[0].get_texts()]
     assert ("val" in keys) == ("val" in splits)
+
+
+def test_losses_of_different_objectives_get_a_panel_each(tmp_path, closed_figures):
+    objectives = ("classification", "regression", "classification")
+    series = [{**s, "objective": o} for s, o in zip(fake_series(3), objectives)]
+    figures.curves_figure("ResNet18: loss per epoch", series, "loss", tmp_path / "mixed.png")
+    figures.curves_figure("ResNet18: loss per epoch", [{**s, "objective": "ordinal"} for s in series], "loss",
+                          tmp_path / "one.png")
+    mixed, one = closed_figures
+    assert [ax.get_ylabel() for ax in mixed.axes] == ["loss (cross-entropy)", "loss (smooth L1)"]
+    assert [{line.get_color() for line in ax.lines if line.get_linestyle() != ":"} for ax in mixed.axes] == [
+        {series[0]["colour"], series[2]["colour"]}, {series[1]["colour"]}]
+    assert "not comparable" in mixed.get_suptitle()
+    assert [ax.get_ylabel() for ax in one.axes] == ["loss (ordinal binary cross-entropy)"]

@@ -22,11 +22,14 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 BLUE, ORANGE = "#0072B2", "#E69F00"
 OTHERS = ["#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
 DPI = 110
-CURVE_SIZE = (7.0, 4.4)  # inches, without the legend below
+CURVE_SIZE = (7.0, 4.4)  # inches, one panel, without the legend below
 CONFUSION_CELL = (3.5, 3.3)  # inches per matrix
 LABEL_WIDTH, TITLE_WIDTH = 52, 40  # characters per line of a legend label, of a confusion-matrix title
 SPLITS = {"train": "--", "val": "-.", "test": "-"}  # line style per split
 BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
+LOSSES = {"classification": "cross-entropy", "regression": "smooth L1", "ordinal": "ordinal binary cross-entropy",
+          "ordinal+ce": "ordinal binary cross-entropy + cross-entropy"}  # each objective's training loss
+PANEL_HEIGHT = 2.6  # inches for each further loss panel
 
 
 def confusion_size_px(rows: int, cols: int) -> tuple[int, int]:
@@ -44,15 +47,46 @@ def variant_colours(variants: list[tuple[str, bool]]) -> dict[str, str]:
 
 def curves_figure(title: str, series: list[dict], metric: str, path: Path, baseline: float | None = None) -> None:
     """Train (dashed), val (dash-dotted, where metrics.csv has it) and test (solid) ``metric`` per epoch for each
-    series, the legend below the axes.
+    series, the legend below the axes. Losses of different objectives get a panel each: they differ in kind and
+    scale, so one cannot be read against another.
 
-    ``series``: dicts with ``label``, ``colour``, ``rows`` (metrics.csv rows as dicts of floats) and
-    ``freeze_epochs``; ``baseline``: majority-class test accuracy, drawn as a grey dotted line. The saved image
-    grows downwards to fit the legend.
+    ``series``: dicts with ``label``, ``colour``, ``rows`` (metrics.csv rows as dicts of floats),
+    ``freeze_epochs`` and ``objective``; ``baseline``: majority-class test accuracy, drawn as a grey dotted
+    line. The saved image grows downwards to fit the legend.
     """
-    fig, ax = plt.subplots(figsize=CURVE_SIZE, dpi=DPI, layout="constrained")
+    panels = _panels(series, metric)
+    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False, dpi=DPI, layout="constrained",
+                             figsize=(CURVE_SIZE[0], CURVE_SIZE[1] + PANEL_HEIGHT * (len(panels) - 1)))
     markers = dict(zip((s["label"] for s in series), itertools.cycle("os^Dv")))  # tell overlapping lines apart
     splits = [sp for sp in SPLITS if any(r.get(f"{sp}_{metric}") is not None for s in series for r in s["rows"])]
+    for ax, (objective, members) in zip(axes[:, 0], panels):
+        _plot_runs(ax, members, metric, markers, splits)
+        ax.set_ylabel(f"loss ({LOSSES.get(objective, objective)})" if objective else
+                      "accuracy (fraction correct)" if metric == "accuracy" else metric)
+        if len(panels) > 1:
+            ax.set_title(f"{objective} objective", fontsize=10)
+    if metric == "accuracy":
+        axes[0, 0].set_ylim(0, 1.02)
+    if baseline is not None:
+        axes[0, 0].axhline(baseline, **BASELINE)
+    axes[-1, 0].set_xlabel("epoch")
+    fig.suptitle(title + ("\none panel per objective: their losses are not comparable" if len(panels) > 1 else ""),
+                 fontsize=12)
+    _legend(fig, series, markers, splits, baseline)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _panels(series: list[dict], metric: str) -> list[tuple[str | None, list[dict]]]:
+    """(objective, its series) per panel: one per objective for losses, else one panel (objective None)."""
+    if metric != "loss":
+        return [(None, series)]
+    objectives = dict.fromkeys(s["objective"] for s in series)
+    return [(o, [s for s in series if s["objective"] == o]) for o in objectives]
+
+
+def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[str]) -> None:
+    """One line per series and split, and a dotted line where fine-tuning starts."""
     for s in series:
         epochs = [r["epoch"] + 1 for r in s["rows"]]
         for split in splits:
@@ -63,18 +97,8 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
         ax.axvline(fe + 0.5, color="#555555", linestyle=":", linewidth=1.2)
         ax.annotate("fine-tuning starts", (fe + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -4),
                     textcoords="offset points", va="top", fontsize=8.5, color="#333333")
-    if baseline is not None:
-        ax.axhline(baseline, **BASELINE)
-    ax.set_title(title, fontsize=12)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric if metric != "accuracy" else "accuracy (fraction correct)")
-    if metric == "accuracy":
-        ax.set_ylim(0, 1.02)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    _legend(fig, series, markers, splits, baseline)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
 
 
 def _legend(fig, series: list[dict], markers: dict, splits: list[str], baseline: float | None) -> None:

@@ -71,6 +71,10 @@ class Run:
         return display_name(self.model)
 
     @property
+    def objective(self) -> str:
+        return str(self.train.get("objective", "classification"))
+
+    @property
     def pretrained(self) -> bool:
         return bool(self.train.get("pretrained", True))
 
@@ -305,7 +309,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
         mine = [r for r in runs if r.model == model and r.rows]
         if not mine:
             continue
-        series = [{"label": r.variant, "colour": r.colour, "rows": r.rows,
+        series = [{"label": r.variant, "colour": r.colour, "rows": r.rows, "objective": r.objective,
                    "freeze_epochs": int(r.train.get("freeze_epochs") or 0)} for r in mine]
         baselines = {round(r.numbers["majority_accuracy"], 6) for r in mine if "majority_accuracy" in r.numbers}
         for metric in ("accuracy", "loss"):
@@ -376,9 +380,9 @@ def render_markdown(ctx: dict) -> str:
         majors = sorted({fmt(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {' / '.join(majors) or '-'} |")
     md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 (mean F1 over the grades that are in the test "
-                "split or predicted) are those of the selected checkpoint (best.pt) on the test split; the 95% interval "
-                "resamples patients. ⚠ marks a run whose kappa is 0 or less, or whose test accuracy is not above "
-                "always answering the most common grade."), "", "### All runs", "",
+                "split or predicted) are those of the selected checkpoint (best.pt) on the test split; the 95% "
+                "interval resamples patients. ⚠ marks a run whose kappa is 0 or less, or whose test accuracy is not "
+                "above always answering the most common grade."), "", "### All runs", "",
            ("| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy "
             "| Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |"),
            "|---" * 13 + "|"]
