@@ -28,7 +28,7 @@ LABEL_WIDTH, TITLE_WIDTH = 52, 40  # characters per line of a legend label, of a
 SPLITS = {"train": "--", "val": "-.", "test": "-"}  # line style per split
 BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
 LOSSES = {"classification": "cross-entropy", "regression": "smooth L1", "ordinal": "ordinal binary cross-entropy",
-          "ordinal+ce": "ordinal binary cross-entropy + cross-entropy"}  # each objective's training loss
+          "ordinal+ce": "ordinal BCE + cross-entropy"}  # each objective's training loss
 PANEL_HEIGHT = 2.6  # inches for each further loss panel
 
 
