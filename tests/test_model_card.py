@@ -93,3 +93,13 @@ def test_other_blending_and_resaved_checkpoints_are_told_apart(run, synth_small,
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
     rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]
     assert len(rows) == 2 and all(r.split("|")[3].strip().endswith("*") for r in rows) and "thresholds retuned since" in card
+
+
+def test_recall_of_grades_without_images_is_not_zero(run):
+    evaluation = {"split": "test", "data": "/data/small", "blend_eyes": 0.0, "count": 10, "accuracy": 0.6,
+                  "majority_accuracy": 0.5, "kappa": 0.2, "macro_f1": 0.3, "referable_auc": None,
+                  "recall": [0.8, 0.0, 0.5, 0.0, 0.0], "true_counts": [5, 3, 2, 0, 0]}  # 0.0: as recorded before
+    card = write_model_card(run / "checkpoints" / "best.pt", evaluation=evaluation).read_text()
+    recall = table_row(card.split("### Evaluations")[1], "test")[-1]
+    assert recall == "0.80 / 0.00 / 0.50 / n/a (0 images) / n/a (0 images)"
+    assert "mean F1 over the grades that are in the split or predicted" in card

@@ -3,11 +3,13 @@ page renders offline in a real browser (headless Chromium)."""
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import re
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from retinopathy.reporting import figures
 from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
 CELLS = ("resnet18-pretrained", "resnet18-scratch")
+CURVE_PX = (figures.CURVE_SIZE[0] * figures.DPI, figures.CURVE_SIZE[1] * figures.DPI)
+LONG_LABEL = "from scratch, blend eyes 0.{i}, objective ordinal, preprocess graham, augment fundus, seed {i}"
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +50,23 @@ def experiment(tmp_path_factory):
         mp.setenv("TORCH_HOME", str(root / "torch"))
         assert main(["experiment", str(root / "tiny.yaml"), "--quiet"]) == 0
     return root
+
+
+@pytest.fixture
+def closed_figures(monkeypatch):
+    """The matplotlib figures the code under test saves and closes, kept open to inspect their artists."""
+    import matplotlib.pyplot as plt
+
+    close, figs = plt.close, []
+    monkeypatch.setattr(plt, "close", figs.append)
+    yield figs
+    for fig in figs:
+        close(fig)
+
+
+def cell_texts(ax) -> dict:
+    """{(true grade, predicted grade): text} of a confusion-matrix axes."""
+    return {(round(y), round(x)): t.get_text() for t in ax.texts for x, y in [t.get_position()]}
 
 
 def run_numbers(run: Path) -> dict:
@@ -97,13 +118,15 @@ def test_html_is_self_contained_with_every_figure(experiment):
     names = ["accuracy-resnet18.png", "loss-resnet18.png", "confusion.png"]
     assert page.count('src="data:image/png;base64,') == len(names)
     md = (out / "report.md").read_text()
-    expected = {"accuracy-resnet18.png": figures.curve_size_px(), "loss-resnet18.png": figures.curve_size_px(),
-                "confusion.png": figures.confusion_size_px(1, 2)}
-    for name, size in expected.items():
+    for name in names:
         with Image.open(out / name) as im:
             im.verify()
         with Image.open(out / name) as im:
-            assert im.format == "PNG" and im.size == size, name
+            assert im.format == "PNG", name
+            if name == "confusion.png":
+                assert im.size == figures.confusion_size_px(1, 2)
+            else:  # the curves' width, and their height with the legend below
+                assert abs(im.width - CURVE_PX[0]) < 0.05 * CURVE_PX[0] and im.height > CURVE_PX[1], name
             assert np.asarray(im.convert("L")).std() > 10, f"{name} looks blank"
         assert f"]({name})" in md
 
@@ -257,3 +280,88 @@ def test_a_cell_that_failed_without_a_reason_is_reported(tmp_path):
                                                 "values": {"model": "resnet18"}}}}))
     assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
     assert "Missing: resnet18 - failed" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_grades_without_test_images_show_no_recall(experiment, tmp_path, closed_figures):
+    run = tmp_path / "no-grade-4"  # a test split without grade 4, as scikit-learn's zero_division=0 recorded it
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", run)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    metrics["confusion_matrix"][4], metrics["true_counts"][4] = [0] * 5, 0
+    metrics["per_grade"]["4"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    [row] = md_table((tmp_path / "r" / "report.md").read_text(), "## Per-grade recall and precision (test split)")
+    assert row["grade 4 recall / precision (n)"] == "n/a (0 images)"
+    assert "<td>n/a <span class='label'>(0 images)</span></td>" in (tmp_path / "r" / "index.html").read_text()
+    texts = cell_texts(closed_figures[-1].axes[0])  # confusion.png
+    assert [texts[(4, p)] for p in range(5)] == ["–"] * 5
+    assert all(texts[(t, p)] != "–" for t in range(4) for p in range(5))
+
+
+def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed_figures):
+    from retinopathy.evaluation.evaluate import confusion_figure
+
+    confusion_figure(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 4]), "no grades 3 and 4", tmp_path / "cm.png")
+    texts = cell_texts(closed_figures[0].axes[0])
+    assert [texts[(t, p)] for t in (3, 4) for p in range(5)] == ["–"] * 10
+    assert texts[(0, 0)] == "0.50" and texts[(2, 4)] == "0.50"
+
+
+# ------------------------------------------------------------------------------------------------ figures
+def fake_series(n: int, splits=("train", "test")) -> list[dict]:
+    """``n`` runs with long labels, four epochs of metrics.csv rows each (``splits``' columns), as report.py
+    passes them."""
+    return [{"label": LONG_LABEL.format(i=i), "colour": figures.OTHERS[i % len(figures.OTHERS)], "freeze_epochs": 1,
+             "objective": "classification",
+             "rows": [{"epoch": e, **{f"{sp}_{metric}": start + sign * (0.1 * e + 0.02 * (i + k))
+                                      for k, sp in enumerate(splits)
+                                      for metric, start, sign in (("accuracy", 0.2, 1), ("loss", 1.6, -1))}}
+                      for e in range(4)]}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_curve_legends_fit_long_labels(tmp_path, closed_figures, n):
+    series = fake_series(n)
+    figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "a.png", baseline=0.4)
+    pixels = np.asarray(Image.open(tmp_path / "a.png").convert("L"))
+    edges = np.concatenate([pixels[:, :3], pixels[:, -3:], pixels[:3].T, pixels[-3:].T], axis=None)
+    assert edges.min() > 250, "ink at the image's edge: something is clipped"
+    assert abs(pixels.shape[1] - CURVE_PX[0]) < 0.05 * CURVE_PX[0] and pixels.shape[0] > CURVE_PX[1]
+    legend = " ".join(" ".join(t.get_text().split()) for t in closed_figures[0].legends[0].get_texts())
+    assert all(s["label"] in legend for s in series)  # whole labels, wrapped
+
+
+def test_confusion_titles_do_not_overlap(tmp_path, closed_figures):
+    cols = [LONG_LABEL.format(i=i) for i in range(3)]
+    figures.confusion_grid(["ResNet18"], cols, {("ResNet18", c): np.eye(5, dtype=int).tolist() for c in cols},
+                           tmp_path / "c.png")
+    fig = closed_figures[0]
+    boxes = [ax.title.get_window_extent(fig.canvas.get_renderer()) for ax in fig.axes]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+    assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and b.y1 <= fig.bbox.y1 for b in boxes)
+
+
+@pytest.mark.parametrize("splits", [("train", "val", "test"), ("train", "test")])
+def test_curves_show_val_when_recorded(tmp_path, closed_figures, splits):
+    figures.curves_figure("ResNet18: loss per epoch", fake_series(3, splits), "loss", tmp_path / "l.png")
+    fig = closed_figures[0]
+    styles = Counter(line.get_linestyle() for ax in fig.axes for line in ax.lines)
+    styles.pop(":")  # where fine-tuning starts
+    assert styles == {{"train": "--", "val": "-.", "test": "-"}[sp]: 3 for sp in splits}  # one line per run
+    keys = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert ("val" in keys) == ("val" in splits)
+
+
+def test_losses_of_different_objectives_get_a_panel_each(tmp_path, closed_figures):
+    objectives = ("classification", "regression", "classification")
+    series = [{**s, "objective": o} for s, o in zip(fake_series(3), objectives)]
+    figures.curves_figure("ResNet18: loss per epoch", series, "loss", tmp_path / "mixed.png")
+    figures.curves_figure("ResNet18: loss per epoch", [{**s, "objective": "ordinal"} for s in series], "loss",
+                          tmp_path / "one.png")
+    mixed, one = closed_figures
+    assert [ax.get_ylabel() for ax in mixed.axes] == ["loss (cross-entropy)", "loss (smooth L1)"]
+    assert [{line.get_color() for line in ax.lines if line.get_linestyle() != ":"} for ax in mixed.axes] == [
+        {series[0]["colour"], series[2]["colour"]}, {series[1]["colour"]}]
+    assert "not comparable" in mixed.get_suptitle()
+    assert [ax.get_ylabel() for ax in one.axes] == ["loss (ordinal binary cross-entropy)"]

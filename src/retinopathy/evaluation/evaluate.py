@@ -116,10 +116,13 @@ def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, d
 
 
 def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
-    """Row-normalised confusion matrix (rows = true grade), Blues, as in the course lab."""
+    """Row-normalised confusion matrix (rows = true grade), Blues, as in the course lab; the row of a grade with
+    no images is dashes (it has no recall)."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
-    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=GRADES, normalize="true", cmap="Blues",
-                                            values_format=".2f", ax=ax, colorbar=True)
+    disp = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=GRADES, normalize="true", cmap="Blues",
+                                                   values_format=".2f", ax=ax, colorbar=True)
+    for text in disp.text_[np.bincount(y_true, minlength=len(GRADES)) == 0].ravel():
+        text.set_text("–")
     ax.set_title(title)
     ax.set_xlabel("Predicted grade")
     ax.set_ylabel("True grade")

@@ -30,26 +30,35 @@ def referable_auc(y_true, probs) -> float | None:
     return float(roc_auc_score(y, np.asarray(probs)[:, REFERABLE:].sum(1)))
 
 
+def _defined(values) -> list[float | None]:
+    """Floats, with None where scikit-learn's ``zero_division=np.nan`` marks a value as undefined."""
+    return [None if np.isnan(v) else float(v) for v in values]
+
+
 def summary(y_true, y_pred) -> dict:
-    """The per-epoch numbers: accuracy, kappa, macro-F1, per-grade recall."""
+    """The per-epoch numbers: accuracy, kappa, macro-F1, per-grade recall.
+
+    Macro-F1 averages F1 over the grades present in the true or the predicted grades (scikit-learn's default
+    label set), not over all five: a grade with no images and no predictions has no F1. A grade with no images
+    has no recall (None)."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    _, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=GRADES, zero_division=0)
+    _, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=GRADES, zero_division=np.nan)
     return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": quadratic_kappa(y_true, y_pred),
-            "macro_f1": float(f1_score(y_true, y_pred, labels=GRADES, average="macro", zero_division=0)),
-            "recall": [float(r) for r in recall]}
+            "macro_f1": float(f1_score(y_true, y_pred, average="macro")), "recall": _defined(recall)}
 
 
 def full_metrics(y_true, y_pred, probs) -> dict:
-    """Everything ``evaluate`` writes to metrics.json."""
+    """Everything ``evaluate`` writes to metrics.json; per grade, None where a value is undefined: recall of a
+    grade with no images, precision of one never predicted, F1 of one neither present nor predicted."""
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=GRADES,
-                                                                     zero_division=0)
+                                                                     zero_division=np.nan)
     out = summary(y_true, y_pred)
     out.update({
         "majority_accuracy": majority_accuracy(y_true),
         "referable_auc": referable_auc(y_true, probs),
-        "per_grade": {str(g): {"precision": float(precision[g]), "recall": float(recall[g]),
-                               "f1": float(f1[g]), "support": int(support[g])} for g in GRADES},
+        "per_grade": {str(g): {"precision": p, "recall": r, "f1": f, "support": int(n)}
+                      for g, p, r, f, n in zip(GRADES, _defined(precision), _defined(recall), _defined(f1), support)},
         "count": int(len(y_true)),
         "true_counts": np.bincount(y_true, minlength=5).tolist(),
         "predicted_counts": np.bincount(y_pred, minlength=5).tolist(),

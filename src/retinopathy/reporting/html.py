@@ -78,8 +78,16 @@ def _img(path: Path, alt: str, cls: str = "") -> str:
     return f'<img{f" class={cls!r}" if cls else ""} alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _f(v, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
+def _f(v, digits: int = 3, none: str = "-") -> str:
+    return none if v is None else f"{v:.{digits}f}"
+
+
+def grade_parts(pg: dict) -> tuple[str, str]:
+    """('recall / precision', 'n') of one grade's ``per_grade`` entry; ('n/a', '0 images') for a grade the split
+    has no images of (no recall), and 'n/a' for the precision of a grade never predicted."""
+    if not pg["support"]:
+        return "n/a", "0 images"
+    return f"{_f(pg['recall'], 2, 'n/a')} / {_f(pg['precision'], 2, 'n/a')}", str(pg["support"])
 
 
 def ci_text(ci) -> str:
@@ -153,8 +161,8 @@ def results_table(ctx: dict) -> str:
 
 LEGEND = [
     ("<b>Test accuracy</b>, <b>kappa</b> (quadratic weighted; 0 = chance, 1 = perfect) and <b>macro-F1</b> (mean F1 "
-     "over the five grades) are those of the <b>selected checkpoint</b> (best.pt) on the test split; the 95% interval "
-     "resamples patients."),
+     "over the grades that are in the test split or predicted) are those of the <b>selected checkpoint</b> (best.pt) "
+     "on the test split; the 95% interval resamples patients."),
     ("The selected epoch is the one with the best value of the metric named in brackets on the selection split "
      "(val, or test to reproduce the lab). Epochs count from 1."),
     ("<b>Highest test accuracy over epochs</b> is the number the course lab reported: it is picked by looking at the "
@@ -170,9 +178,8 @@ def grades_table(runs) -> str:
     for r in runs:
         if r.eval is None:
             continue
-        pg = r.eval["per_grade"]
-        cells = "".join(f"<td>{_f(pg[str(g)]['recall'], 2)} / {_f(pg[str(g)]['precision'], 2)} "
-                        f"<span class='label'>({pg[str(g)]['support']})</span></td>" for g in range(5))
+        parts = [grade_parts(r.eval["per_grade"][str(g)]) for g in range(5)]
+        cells = "".join(f"<td>{values} <span class='label'>({n})</span></td>" for values, n in parts)
         rows.append(f'<tr data-run="{_attr(r.name)}"><td><span class="swatch" style="background:{r.colour}"></span>'
                     f"{escape(r.name)}</td>{cells}<td>{_f(r.eval.get('referable_auc'))}</td></tr>")
     return (f'<table class="grades" id="per-grade"><thead><tr><th>Run</th>{head}<th>Referable-DR AUC</th></tr>'
@@ -192,7 +199,7 @@ def run_section(run) -> str:
 def render_html(ctx: dict, out: Path) -> str:
     figs = ctx["figures"]
     curves = "".join(f'<figure>{_img(out / f["file"], f["title"])}<figcaption>{escape(f["title"])}. Colours as in '
-                     "the results table; dashed: train, solid: test.</figcaption></figure>"
+                     "the results table; dashed: train, dash-dotted: val, solid: test.</figcaption></figure>"
                      for f in figs if f["kind"] in ("accuracy", "loss"))
     confusion = "".join(_img(out / f["file"], f["title"], "wide") for f in figs if f["kind"] == "confusion")
     glance = "".join(f'<li class="{"warn" if line.startswith(("Warning", "Missing")) else ""}">{escape(line)}</li>'
@@ -210,9 +217,11 @@ def render_html(ctx: dict, out: Path) -> str:
 head is trained); the grey dotted horizontal line is the accuracy of always answering the most common grade.</p>
 </section>
 <section id="confusion"><h2>Confusion matrices (test split)</h2>{confusion}
-<p class="label">Each row is a true grade and sums to 1: the diagonal is the recall of that grade.</p></section>
+<p class="label">Each row is a true grade and sums to 1: the diagonal is the recall of that grade. A row of dashes
+is a grade with no test images.</p></section>
 <section id="grades"><h2>Per-grade recall and precision (test split)</h2>{grades_table(ctx["runs"])}
-<p class="label">Referable DR = grade 2 or worse; its AUC ranks test images by the predicted probability of
+<p class="label">n/a: no recall for a grade with no test images, no precision for a grade never predicted.
+Referable DR = grade 2 or worse; its AUC ranks test images by the predicted probability of
 grades 2-4 (0.5 = chance).</p></section>
 <section id="runs"><h2>Runs: configuration, data, selection, time, hardware, versions</h2>
 {"".join(run_section(r) for r in ctx["runs"])}</section>

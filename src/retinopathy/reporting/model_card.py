@@ -52,6 +52,12 @@ def _ci(record: dict, key: str) -> str:
     return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
+def _recalls(record: dict) -> str:
+    """Recall of grades 0-4, 'n/a (0 images)' for a grade the split has no images of."""
+    counts = record.get("true_counts") or [None] * len(GRADES)
+    return " / ".join("n/a (0 images)" if n == 0 else _fmt(r, 2) for r, n in zip(record.get("recall") or [], counts))
+
+
 def _majority(counts) -> float | None:
     return max(counts) / sum(counts) if counts and sum(counts) else None
 
@@ -187,9 +193,10 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "
                      f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
                      f"{_fmt(e.get('kappa'))}{_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
-                     f"{_fmt(e.get('referable_auc'))} | {' / '.join(_fmt(r, 2) for r in e.get('recall') or [])} |")
+                     f"{_fmt(e.get('referable_auc'))} | {_recalls(e)} |")
     lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
-                  "split; quadratic kappa is 0 for such a model."]
+                  "split; quadratic kappa is 0 for such a model. Macro-F1 is the mean F1 over the grades that are in "
+                  "the split or predicted."]
     if stale:
         lines.append("\n\\* evaluated an earlier best.pt (another epoch, or thresholds retuned since); run "
                      "`retinopathy evaluate` again.")

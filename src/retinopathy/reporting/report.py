@@ -25,7 +25,7 @@ from ..errors import RetinopathyError
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, same_checkpoint
 from . import figures
-from .html import ci_text, render_html, warning_text
+from .html import ci_text, grade_parts, render_html, warning_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "channels_last", "compile",
@@ -69,6 +69,10 @@ class Run:
     @property
     def title(self) -> str:
         return display_name(self.model)
+
+    @property
+    def objective(self) -> str:
+        return str(self.train.get("objective", "classification"))
 
     @property
     def pretrained(self) -> bool:
@@ -305,7 +309,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
         mine = [r for r in runs if r.model == model and r.rows]
         if not mine:
             continue
-        series = [{"label": r.variant, "colour": r.colour, "rows": r.rows,
+        series = [{"label": r.variant, "colour": r.colour, "rows": r.rows, "objective": r.objective,
                    "freeze_epochs": int(r.train.get("freeze_epochs") or 0)} for r in mine]
         baselines = {round(r.numbers["majority_accuracy"], 6) for r in mine if "majority_accuracy" in r.numbers}
         for metric in ("accuracy", "loss"):
@@ -375,9 +379,10 @@ def render_markdown(ctx: dict) -> str:
             cells.append(text.replace("|", "/"))
         majors = sorted({fmt(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {' / '.join(majors) or '-'} |")
-    md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 are those of the selected checkpoint (best.pt) "
-                "on the test split; the 95% interval resamples patients. ⚠ marks a run whose kappa is 0 or less, or "
-                "whose test accuracy is not above always answering the most common grade."), "", "### All runs", "",
+    md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 (mean F1 over the grades that are in the test "
+                "split or predicted) are those of the selected checkpoint (best.pt) on the test split; the 95% "
+                "interval resamples patients. ⚠ marks a run whose kappa is 0 or less, or whose test accuracy is not "
+                "above always answering the most common grade."), "", "### All runs", "",
            ("| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy "
             "| Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |"),
            "|---" * 13 + "|"]
@@ -398,11 +403,11 @@ def render_markdown(ctx: dict) -> str:
            "|---" * 7 + "|"]
     for r in runs:
         if r.eval is not None:
-            pg = r.eval["per_grade"]
-            md.append(f"| {r.name} | " + " | ".join(
-                f"{fmt(pg[str(g)]['recall'], 2)} / {fmt(pg[str(g)]['precision'], 2)} ({pg[str(g)]['support']})"
-                for g in GRADES) + f" | {fmt(r.eval.get('referable_auc'))} |")
-    md += ["", "Referable DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
+            parts = [grade_parts(r.eval["per_grade"][str(g)]) for g in GRADES]
+            md.append(f"| {r.name} | " + " | ".join(f"{values} ({n})" for values, n in parts)
+                      + f" | {fmt(r.eval.get('referable_auc'))} |")
+    md += ["", "n/a: no recall for a grade with no test images, no precision for a grade never predicted. Referable "
+               "DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
            "## Runs", ""]
     for r in runs:
         md += [f"### {r.name}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
