@@ -192,3 +192,13 @@ def test_the_run_trained_with_its_label_smoothing_and_a_constant_rate(graham_run
     last = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
     assert last["scheduler"] is None  # ... and no decay (cosine: 0 after the phase's last step)
     assert [g["lr"] for g in last["optimizer"]["param_groups"]] == [LR] * len(last["optimizer"]["param_groups"])
+
+
+def test_balanced_sampling_with_class_weights_is_told(tmp_path, capsys):
+    """Both correct for the rare grades; together they correct twice."""
+    parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "r"), "--sampler", "balanced"])
+    assert "warning" not in capsys.readouterr().err
+    parse_args(["--data", str(tmp_path), "--out", str(tmp_path / "r"), "--sampler", "balanced",
+                "--class-weights", "inverse"])
+    assert "--class-weights inverse weights the rare grades up a second time" in capsys.readouterr().err
+

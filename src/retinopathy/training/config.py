@@ -8,6 +8,7 @@ import argparse
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -225,6 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.label_smoothing and args.objective not in ("classification", "ordinal+ce"):
         parser.error(f"--label-smoothing applies to cross-entropy (objectives classification, ordinal+ce), not "
                      f"to {args.objective}")
+    if args.sampler == "balanced" and args.class_weights != "none":
+        print(f"warning: --sampler balanced already shows every grade equally often; --class-weights "
+              f"{args.class_weights} weights the rare grades up a second time", file=sys.stderr)
     if not 0 <= args.freeze_epochs <= args.epochs:
         parser.error("--freeze-epochs must be between 0 and --epochs")
     if not 0 < args.model_ema_decay < 1:
