@@ -54,7 +54,8 @@ class FundusDataset(Dataset):
     """
 
     def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,
-                 preprocess: str | Preprocessing = "lab", augment: str = "flips", crop: int | None = None, train: bool | None = None,
+                 preprocess: str | Preprocessing = "lab", augment: str = "flips", crop: int | None = None,
+                 train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
                  check: bool = True, cache: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 0, split_file: str | Path | None = None, **read_options):
