@@ -45,8 +45,8 @@ def val_scores(run: Path, data: str, tta: bool, workers: int, split: str = "val"
     model, objective, prep, ckpt = restore(run / "checkpoints" / checkpoint)
     if objective.name == "classification":
         raise SystemExit(f"{run}: a run with thresholds is needed (regression or ordinal; this one is classification)")
-    dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, image_size=prep.size,
-                            preprocess=prep.preset, uint8=True, train=False)
+    dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, preprocess=prep, uint8=True,
+                            train=False)
     res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)
     return res["scores"], res["labels"], [s.patient for s in dataset.samples], ckpt["config"]
 

@@ -78,10 +78,11 @@ def test_evaluate_normalises_with_the_checkpoints_statistics(predicted, checkpoi
     prep = ckpt["model_info"]["preprocessing"]
     prep["mean"], prep["std"] = [m + 0.1 for m in prep["mean"]], [2 * s for s in prep["std"]]
     torch.save(ckpt, tmp_path / "other-stats.pt")
-    args = ["--workers", "0", "--quiet", "--amp", "none"]
-    assert main(["predict", str(tmp_path / "other-stats.pt"), str(real), "--out", str(tmp_path / "p.csv"), *args]) == 0
+    args = ["--workers", "0", "--quiet"]
+    assert main(["predict", str(tmp_path / "other-stats.pt"), str(real), "--out", str(tmp_path / "p.csv"), *args,
+                 "--amp", "none"]) == 0
     assert main(["evaluate", str(tmp_path / "other-stats.pt"), "--data", str(real), "--split", "all",
-                 "--out", str(tmp_path / "e"), "--bootstrap", "0", *args]) == 0
+                 "--out", str(tmp_path / "e"), "--bootstrap", "0", *args]) == 0  # fp32 by default
     evaluated = {r["image"]: probs_of(r) for r in read_rows(tmp_path / "e" / "predictions.csv")}
     before = {r["image"]: probs_of(r) for r in predicted}
     for r in read_rows(tmp_path / "p.csv"):

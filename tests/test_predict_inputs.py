@@ -33,6 +33,11 @@ def test_split_applies_the_runs_split_to_every_dataset(synth_small, tmp_path, ca
         trained = sum(r["split"] == "train" for r in csv.DictReader(f))
     assert (f"warning: {trained} of the images with known grades are in the run's training split"
             in capsys.readouterr().err)
+    from retinopathy.data.synth import generate
+
+    generate(tmp_path / "other", n=60, size=32, seed=7, balanced=True, progress=False)  # the same names
+    assert main(["predict", str(run), str(tmp_path / "other"), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    assert "training split" not in capsys.readouterr().err
     folder = tmp_path / "photos"
     disc(folder / "9_left.jpeg")
     assert main(["predict", str(run), str(synth_small), str(folder), "--split", "test", "--out", str(out)]) == 2

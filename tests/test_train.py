@@ -261,7 +261,9 @@ def test_resume_keeps_the_schedule_and_the_saves_consistent(synth_small, tmp_pat
     last = load_checkpoint(extended / "checkpoints" / "last.pt")
     last["steps_per_epoch"] += 1
     torch.save(last, extended / "checkpoints" / "last.pt")
+    split = (extended / "split.csv").read_bytes()
     assert main(["train", "--resume", str(extended), "--epochs", "4"]) == 2
+    assert (extended / "split.csv").read_bytes() == split
     steps = last["steps_per_epoch"]
     assert f"took {steps} steps per epoch, this resume would take {steps - 1}" in capsys.readouterr().err
 
@@ -710,3 +712,13 @@ def test_compiled_training_saves_a_plain_model(synth_small, tmp_path):
     assert not any(k.startswith("_orig_mod") for k in state) and "net.fc.weight" in state
     assert main(["evaluate", str(run), "--data", str(synth_small), "--split", "test", "--out", str(tmp_path / "e"),
                  "--workers", "0", "--bootstrap", "0", "--quiet"]) == 0
+
+
+def test_each_process_draws_its_own_augmentation():
+    """Under DDP every process augments its share of the images with a stream of its own (one stream repeated the
+    same flips and rotations in every process); one process keeps the stream it always had."""
+    from retinopathy.training.train import epoch_seed
+
+    assert epoch_seed(3, 5, 0) == 3 * 100003 + 5
+    assert len({epoch_seed(s, e, r) for s in range(3) for e in range(100) for r in range(8)}) == 3 * 100 * 8
+

@@ -35,6 +35,7 @@ from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.splits import read_split_table  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
+from ..training.checkpoint import run_folder  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
 from ..training.train import inference_settings, make_loader, pick_device  # noqa: E402
 from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
@@ -85,8 +86,7 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     opts["labels"] = opts.get("labels") or labels
     if args.split_file:
         return opts
-    run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
-    split_csv = run / "split.csv"
+    split_csv = run_folder(checkpoint) / "split.csv"
     same, regraded, unlisted = _split_overlap(split_csv, data, {k: opts[k] for k in READ_KEYS if k in opts})
     if (same or regraded) and not unlisted:
         opts["split_file"] = split_csv

@@ -48,7 +48,7 @@ from ..data.splits import read_split_table, select
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
-from ..training.checkpoint import CheckpointError
+from ..training.checkpoint import CheckpointError, run_folder
 from ..training.engine import autocast, to_device
 from ..training.train import inference_settings, pick_device
 
@@ -280,7 +280,7 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
         if images is None:
             continue
         x = to_device(images, device, normalize, channels_last)
-        for i, image, heat in zip(idx, images, cam(x, torch.as_tensor(res["grades"][idx]))):
+        for i, image, heat in zip(idx, images, cam(x, torch.as_tensor(res["grades"][idx], device=x.device))):
             res["heatmaps"][i] = str(save_overlay(image, heat, cam_dir / names[i]))
             if not heat.any():
                 empty.append(names[i])
@@ -326,15 +326,16 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
 
 
 def training_images(items: list[Item], checkpoint: Path) -> int:
-    """How many labelled ``items`` the run trained on: listed as train in its split.csv with the same grade (a name
-    alone is not enough: EyePACS and synthetic sets share names)."""
-    run = checkpoint.parent.parent if checkpoint.is_file() else checkpoint
+    """How many labelled ``items`` the run trained on: listed as train in its split.csv, counted when at least 90 %
+    of the listed names have the grades it lists (a name alone is not enough: EyePACS and synthetic sets share
+    names, and most of their grades are 0)."""
     try:
-        split, grade = (read_split_table(run / "split.csv", c) for c in ("split", "label"))
+        split, grade = (read_split_table(run_folder(checkpoint) / "split.csv", c) for c in ("split", "label"))
     except DataError:
         return 0
-    return sum(split.get(i.image) == "train" and grade.get(i.image) == str(i.label) for i in items
-               if i.label is not None)
+    listed = [i for i in items if i.label is not None and i.image in grade]
+    same = [i for i in listed if grade[i.image] == str(i.label)]
+    return sum(split[i.image] == "train" for i in same) if len(same) >= 0.9 * len(listed) else 0
 
 
 def single_eye(ckpt: dict, where) -> None:

@@ -137,8 +137,9 @@ class Ordinal(Objective):
 class OrdinalCE(Ordinal):
     name = "ordinal+ce"
     outputs = Ordinal.outputs + NUM_GRADES  # 4 cumulative logits, then 5 class logits
-    meaning = {**Ordinal.meaning, "outputs": "4 logits of P(grade > k), k = 0..3, then 5 class logits (not used "
-                                             "for grading)", "score": "sum of sigmoid(outputs[:4])"}
+    meaning = {"outputs": "4 logits of P(grade > k), k = 0..3, then 5 class logits (not used for grading)",
+               "score": "sum of sigmoid(outputs[:4])",
+               "probabilities": Ordinal.meaning["probabilities"].replace("sigmoid(outputs)", "sigmoid(outputs[:4])")}
 
     def loss(self, out, target):
         return super().loss(out[:, :Ordinal.outputs], target) + Objective.loss(self, out[:, Ordinal.outputs:], target)

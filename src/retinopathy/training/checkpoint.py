@@ -65,6 +65,11 @@ def same_checkpoint(record: dict, ckpt: dict) -> bool:
     return record.get("epoch") == ckpt.get("epoch")
 
 
+def run_folder(checkpoint: Path) -> Path:
+    """The run a checkpoint belongs to (``RUN/checkpoints/best.pt`` -> ``RUN``; a run folder is itself)."""
+    return checkpoint.parent.parent if checkpoint.is_file() else checkpoint
+
+
 def checkpoint_file(path: str | Path) -> Path:
     """``path`` itself, or for a run folder its ``checkpoints/best.pt`` (or ``best.pt``)."""
     path = Path(path)

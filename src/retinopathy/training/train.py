@@ -151,15 +151,21 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# What shapes the network, the metrics.csv columns, the meaning of "best" or the restored optimizer and schedule
-# (a resumed run carries on with its saved state; steps per epoch are checked too): a resumed run keeps them. The
+# What shapes the network, the metrics.csv columns or the meaning of "best": a resumed run keeps them. The
 # threshold options decide which epochs may be best, so they are kept too, except to retune a finished run's
-# best.pt with --threshold-data train+selection (which then records them in last.pt as well). --epochs may grow:
-# the cosine then stretches over the longer schedule, from where that schedule would be.
+# best.pt with --threshold-data train+selection (which then records them in last.pt as well). A run that trains
+# on also keeps what its restored optimizer and schedule were built with (and its steps per epoch, checked
+# below); --epochs may grow: the cosine then stretches over the longer schedule, from where that schedule would be.
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
-                   "select_on", "select_metric", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
-                   "warmup_epochs", "freeze_epochs", "batch_size")
+                   "select_on", "select_metric")
+FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "warmup_epochs",
+                        "freeze_epochs", "batch_size")
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of an epoch's randomness in one process (augmentation, mixup, dropout): its own in each process."""
+    return seed * 100003 + epoch + 7919 * rank
 
 
 def outranks(value: float, eligible: bool, best: dict) -> bool:
@@ -204,12 +210,14 @@ def main(args) -> dict:
     per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
 
     # ---- resume ----------------------------------------------------------------------------------------
-    ckpt = None
+    ckpt, stepping = None, False
     if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
         ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
         retune = (ckpt["epoch"] + 1 >= args.epochs and args.threshold_data == "train+selection"
                   and ckpt["model_info"].get("decision") == "thresholds")
-        fixed = FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
+        stepping = ckpt["epoch"] + 1 < args.epochs
+        fixed = (FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
+                 + (FIXED_WHILE_STEPPING if stepping else ()))
         changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in fixed
                    if k in ckpt["config"] and ckpt["config"][k] != getattr(args, k)]
         if changed:
@@ -240,10 +248,6 @@ def main(args) -> dict:
     eval_sets = {sp: FundusDataset(catalog, sp, **common) for sp in eval_splits}
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
-    if dist.main:
-        out.mkdir(parents=True, exist_ok=True)
-        train_set.write_split(out / "split.csv")
-
     # ---- model -----------------------------------------------------------------------------------------
     counts = train_set.class_counts()
     objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
@@ -278,10 +282,13 @@ def main(args) -> dict:
         train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     train_loader = make_loader(train_set, args.batch_size, workers, device, train_sampler, args.deterministic,
                                args.seed, train=True)
-    if ckpt is not None and ckpt.get("steps_per_epoch", len(train_loader)) != len(train_loader):
+    if stepping and ckpt.get("steps_per_epoch", len(train_loader)) != len(train_loader):
         raise CheckpointError(f"{args.resume}: the run took {ckpt['steps_per_epoch']} steps per epoch, this resume "
                               f"would take {len(train_loader)} ({dist.world_size} process(es)): its learning-rate "
                               "schedule counts steps. Resume with as many processes (and the same data)")
+    if dist.main and ckpt is None:  # a resumed run's split.csv is what it read its split from: it stays
+        out.mkdir(parents=True, exist_ok=True)
+        train_set.write_split(out / "split.csv")
     eval_loaders = {sp: make_loader(ds, args.batch_size, workers, device,
                                     ShardSampler(len(ds), dist.rank, dist.world_size), args.deterministic, 0)
                     for sp, ds in eval_sets.items()}
@@ -362,9 +369,8 @@ def main(args) -> dict:
         # Each epoch's randomness is a function of (seed, epoch, rank): each process its own augmentation; with
         # --deterministic (fresh loader workers each epoch, which then draw their seeds from this generator)
         # resuming repeats it exactly.
-        epoch_seed = args.seed * 100003 + epoch + 7919 * dist.rank
-        torch.manual_seed(epoch_seed)
-        train_loader.generator.manual_seed(epoch_seed)
+        torch.manual_seed(epoch_seed(args.seed, epoch, dist.rank))
+        train_loader.generator.manual_seed(epoch_seed(args.seed, epoch, dist.rank))
         train_sampler.set_epoch(epoch)
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         try:
