@@ -34,6 +34,7 @@ from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, r
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.splits import read_split_table  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
+from ..reporting.figures import dash_rows_without_images  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.checkpoint import run_folder  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
@@ -121,8 +122,7 @@ def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
     disp = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=GRADES, normalize="true", cmap="Blues",
                                                    values_format=".2f", ax=ax, colorbar=True)
-    for text in disp.text_[np.bincount(y_true, minlength=len(GRADES)) == 0].ravel():
-        text.set_text("–")
+    dash_rows_without_images(disp, np.bincount(y_true, minlength=len(GRADES)))
     ax.set_title(title)
     ax.set_xlabel("Predicted grade")
     ax.set_ylabel("True grade")

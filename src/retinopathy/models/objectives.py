@@ -36,6 +36,7 @@ def default_decision(objective: str) -> str:
 class Objective:
     name = "classification"
     outputs = NUM_GRADES
+    loss_name = "cross-entropy"
     meaning = {"outputs": "5 class logits", "probabilities": "softmax(outputs)",
                "score": "expected grade: sum over k of k * probability k"}
 
@@ -93,6 +94,7 @@ class Objective:
 class Regression(Objective):
     name = "regression"
     outputs = 1
+    loss_name = "smooth L1"
     meaning = {"outputs": "1 value: the score", "score": "the output",
                "probabilities": "softmax(-(score - k)^2) over k = 0..4: a soft stand-in; the grade comes from the "
                                 "thresholds and need not be the most probable"}
@@ -113,6 +115,7 @@ class Regression(Objective):
 class Ordinal(Objective):
     name = "ordinal"
     outputs = NUM_GRADES - 1
+    loss_name = "ordinal binary cross-entropy"
     meaning = {"outputs": "4 logits of P(grade > k), k = 0..3", "score": "sum of sigmoid(outputs)",
                "probabilities": "c[k] - c[k+1] with c = [1, cumulative minimum of sigmoid(outputs), 0]; the grade "
                                 "comes from the thresholds and need not be the most probable"}
@@ -137,6 +140,7 @@ class Ordinal(Objective):
 class OrdinalCE(Ordinal):
     name = "ordinal+ce"
     outputs = Ordinal.outputs + NUM_GRADES  # 4 cumulative logits, then 5 class logits
+    loss_name = "ordinal BCE + cross-entropy"
     meaning = {"outputs": "4 logits of P(grade > k), k = 0..3, then 5 class logits (not used for grading)",
                "score": "sum of sigmoid(outputs[:4])",
                "probabilities": Ordinal.meaning["probabilities"].replace("sigmoid(outputs)", "sigmoid(outputs[:4])")}
@@ -149,6 +153,14 @@ class OrdinalCE(Ordinal):
 
     def score(self, out):
         return super().score(out[:, :Ordinal.outputs])
+
+
+def loss_name(objective: str) -> str:
+    """The training loss of the objective called ``objective`` (the name itself if this version has none)."""
+    try:
+        return make_objective(objective).loss_name
+    except ValueError:
+        return objective
 
 
 def make_objective(name: str, **kwargs) -> Objective:

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from ..models.objectives import loss_name  # noqa: E402
 
 BLUE, ORANGE = "#0072B2", "#E69F00"
 OTHERS = ["#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -27,8 +28,6 @@ CONFUSION_CELL = (3.5, 3.3)  # inches per matrix
 LABEL_WIDTH, TITLE_WIDTH = 52, 40  # characters per line of a legend label, of a confusion-matrix title
 SPLITS = {"train": "--", "val": "-.", "test": "-"}  # line style per split
 BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
-LOSSES = {"classification": "cross-entropy", "regression": "smooth L1", "ordinal": "ordinal binary cross-entropy",
-          "ordinal+ce": "ordinal BCE + cross-entropy"}  # each objective's training loss
 PANEL_HEIGHT = 2.6  # inches for each further loss panel
 
 
@@ -61,7 +60,7 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
     splits = [sp for sp in SPLITS if any(r.get(f"{sp}_{metric}") is not None for s in series for r in s["rows"])]
     for ax, (objective, members) in zip(axes[:, 0], panels):
         _plot_runs(ax, members, metric, markers, splits)
-        ax.set_ylabel(f"loss ({LOSSES.get(objective, objective)})" if objective else
+        ax.set_ylabel(f"loss ({loss_name(objective)})" if objective else
                       "accuracy (fraction correct)" if metric == "accuracy" else metric)
         if len(panels) > 1:
             ax.set_title(f"{objective} objective", fontsize=10)
@@ -115,6 +114,12 @@ def _legend(fig, series: list[dict], markers: dict, splits: list[str], baseline:
                loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=9, frameon=False, handlelength=3.5)
 
 
+def dash_rows_without_images(disp: ConfusionMatrixDisplay, row_counts) -> None:
+    """A grade with no images has no recall: its row of a row-normalised matrix shows dashes, not zeros."""
+    for text in disp.text_[np.asarray(row_counts) == 0].ravel():
+        text.set_text("–")
+
+
 def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) -> None:
     """Row-normalised confusion matrices, one per (row, col) label pair; ``cells[(row, col)]`` is a 5x5 count
     matrix, or a string saying why that run has none (skipped, not evaluated...). The row of a grade with no
@@ -136,8 +141,7 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
             disp = ConfusionMatrixDisplay(norm, display_labels=range(5)).plot(
                 ax=ax, cmap="Blues", values_format=".2f", colorbar=False, im_kw={"vmin": 0, "vmax": 1},
                 text_kw={"fontsize": 8})
-            for text in disp.text_[counts.sum(1) == 0].ravel():
-                text.set_text("–")
+            dash_rows_without_images(disp, counts.sum(1))
             ax.set_xlabel("predicted grade", fontsize=9)
             ax.set_ylabel("true grade", fontsize=9)
     fig.savefig(path, dpi=DPI)
