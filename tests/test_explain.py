@@ -150,7 +150,8 @@ def test_predict_cam_writes_one_png_per_image(tmp_path):
 
 def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, capsys):
     """With --blend-eyes a classification model's row grade can be the blended one: its heatmap is of that grade
-    (the photograph's own logit of it), and heatmaps with nothing positive are named in a warning."""
+    (the photograph's own logit of it), and heatmaps with nothing positive are named in a warning; an eye graded
+    without its partner is told."""
     from retinopathy.models.objectives import Objective
 
     ckpt = tmp_path / "best.pt"
@@ -180,4 +181,7 @@ def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, ca
         assert [r["predicted_grade"] for r in csv.DictReader(f)] == ["1", "1"]
     assert explained == [1, 1]
     assert "heatmap(s) show no region" in capsys.readouterr().err  # no blob: nothing raises grade 1's logit
+    assert main(["predict", str(ckpt), str(photos / "7_left.png"), "--out", str(tmp_path / "one.csv"),
+                 "--workers", "0", "--quiet"]) == 0
+    assert "1 image(s) without the patient's other eye (e.g. 7_left) are graded alone" in capsys.readouterr().err
 

@@ -29,6 +29,7 @@ import csv
 import os
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -254,6 +255,12 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         patients = [items[i].patient or patient_of(items[i].image) for i in graded]
         res["probs"][graded], res["scores"][graded], res["grades"][graded] = objective.blended(
             res["probs"][graded], res["scores"][graded], patients, blend)
+        eyes = Counter(patients)
+        alone = [items[i].image for i, p in zip(graded, patients) if eyes[p] == 1]
+        if alone:
+            print(f"warning: {len(alone)} image(s) without the patient's other eye (e.g. {alone[0]}) are graded "
+                  f"alone, against thresholds tuned on scores mixed with the other eye (--blend-eyes {blend}); "
+                  "give both eyes (<patient>_left/_right) for the grades the model was tuned for", file=sys.stderr)
     if cam is not None and len(graded):
         write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress)
     return res
