@@ -75,6 +75,18 @@ def test_interrupted_cell_resumes(interrupted):
     assert status["cells"][SCRATCH]["status"] == "done"
 
 
+def test_cells_are_evaluated_as_evaluate_grades(interrupted, tmp_path):
+    """The runner's evaluation is evaluate's with its defaults (fp32), not the training's bf16."""
+    run = interrupted["exp"] / SCRATCH
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(interrupted["root"] / "data"),
+                 "--split", "test", "--out", str(tmp_path), "--quiet", "--bootstrap", "0"]) == 0
+    scores = {}
+    for folder in (run / "eval", tmp_path):
+        with open(folder / "predictions.csv", newline="") as f:
+            scores[folder] = [r["score"] for r in csv.DictReader(f)]
+    assert scores[run / "eval"] == scores[tmp_path]
+
+
 @pytest.mark.timeout(120)
 def test_pretrained_cell_without_weights_is_skipped_with_reason(interrupted):
     exp = interrupted["exp"]

@@ -288,10 +288,13 @@ def test_grades_without_test_images_show_no_recall(experiment, tmp_path, closed_
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     metrics["confusion_matrix"][4], metrics["true_counts"][4] = [0] * 5, 0
     metrics["per_grade"]["4"] = {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    metrics["predicted_counts"][3] = metrics["predicted_counts"][4] = 0  # never predicted: no precision either
+    metrics["per_grade"]["3"]["precision"] = 0.0
     (run / "eval" / "metrics.json").write_text(json.dumps(metrics))
     assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
     [row] = md_table((tmp_path / "r" / "report.md").read_text(), "## Per-grade recall and precision (test split)")
     assert row["grade 4 recall / precision (n)"] == "n/a (0 images)"
+    assert row["grade 3 recall / precision (n)"].endswith(f" / n/a ({metrics['per_grade']['3']['support']})")
     assert "<td>n/a <span class='label'>(0 images)</span></td>" in (tmp_path / "r" / "index.html").read_text()
     texts = cell_texts(closed_figures[-1].axes[0])  # confusion.png
     assert [texts[(4, p)] for p in range(5)] == ["–"] * 5
@@ -365,3 +368,14 @@ def test_losses_of_different_objectives_get_a_panel_each(tmp_path, closed_figure
         {series[0]["colour"], series[2]["colour"]}, {series[1]["colour"]}]
     assert "not comparable" in mixed.get_suptitle()
     assert [ax.get_ylabel() for ax in one.axes] == ["loss (ordinal binary cross-entropy)"]
+
+
+def test_a_grade_predicted_without_images_keeps_its_precision():
+    """No images of grade 4 but answered for some: recall n/a, precision 0.00 (every such answer was wrong)."""
+    from retinopathy.reporting.html import grade_parts
+
+    per_grade = {str(g): {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for g in range(4)}
+    per_grade["4"] = {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
+    assert grade_parts({"per_grade": per_grade, "predicted_counts": [2, 2, 2, 1, 1]})[4] == ("n/a / 0.00", "0 images")
+    assert grade_parts({"per_grade": per_grade, "predicted_counts": [2, 2, 2, 2, 0]})[4] == ("n/a", "0 images")
+

@@ -82,12 +82,20 @@ def _f(v, digits: int = 3, none: str = "-") -> str:
     return none if v is None else f"{v:.{digits}f}"
 
 
-def grade_parts(pg: dict) -> tuple[str, str]:
-    """('recall / precision', 'n') of one grade's ``per_grade`` entry; ('n/a', '0 images') for a grade the split
-    has no images of (no recall), and 'n/a' for the precision of a grade never predicted."""
-    if not pg["support"]:
-        return "n/a", "0 images"
-    return f"{_f(pg['recall'], 2, 'n/a')} / {_f(pg['precision'], 2, 'n/a')}", str(pg["support"])
+def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
+    """('recall / precision', 'n') of each grade of an evaluation: 'n/a' for the recall of a grade the split has
+    no images of ('0 images'; just 'n/a' when it was never predicted either) and for the precision of a grade never
+    predicted (also in evaluations written before undefined values were null)."""
+    parts = []
+    for g in range(5):
+        pg = evaluation["per_grade"][str(g)]
+        never = (evaluation.get("predicted_counts") or [None] * 5)[g] == 0
+        precision = "n/a" if never else _f(pg["precision"], 2, "n/a")
+        if not pg["support"]:
+            parts.append(("n/a" if precision == "n/a" else f"n/a / {precision}", "0 images"))
+        else:
+            parts.append((f"{_f(pg['recall'], 2, 'n/a')} / {precision}", str(pg["support"])))
+    return parts
 
 
 def ci_text(ci) -> str:
@@ -178,8 +186,7 @@ def grades_table(runs) -> str:
     for r in runs:
         if r.eval is None:
             continue
-        parts = [grade_parts(r.eval["per_grade"][str(g)]) for g in range(5)]
-        cells = "".join(f"<td>{values} <span class='label'>({n})</span></td>" for values, n in parts)
+        cells = "".join(f"<td>{values} <span class='label'>({n})</span></td>" for values, n in grade_parts(r.eval))
         rows.append(f'<tr data-run="{_attr(r.name)}"><td><span class="swatch" style="background:{r.colour}"></span>'
                     f"{escape(r.name)}</td>{cells}<td>{_f(r.eval.get('referable_auc'))}</td></tr>")
     return (f'<table class="grades" id="per-grade"><thead><tr><th>Run</th>{head}<th>Referable-DR AUC</th></tr>'

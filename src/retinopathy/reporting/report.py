@@ -403,8 +403,7 @@ def render_markdown(ctx: dict) -> str:
            "|---" * 7 + "|"]
     for r in runs:
         if r.eval is not None:
-            parts = [grade_parts(r.eval["per_grade"][str(g)]) for g in GRADES]
-            md.append(f"| {r.name} | " + " | ".join(f"{values} ({n})" for values, n in parts)
+            md.append(f"| {r.name} | " + " | ".join(f"{values} ({n})" for values, n in grade_parts(r.eval))
                       + f" | {fmt(r.eval.get('referable_auc'))} |")
     md += ["", "n/a: no recall for a grade with no test images, no precision for a grade never predicted. Referable "
                "DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
