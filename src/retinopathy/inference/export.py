@@ -31,8 +31,8 @@ import numpy as np
 import torch
 
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
-from ..data.transforms import geometry
 from ..data.synth import render_fundus
+from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
 from .predict import collect_items, image_files, single_eye

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
 from ..models.objectives import loss_name  # noqa: E402
 
 BLUE, ORANGE = "#0072B2", "#E69F00"

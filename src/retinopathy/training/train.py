@@ -248,6 +248,7 @@ def main(args) -> dict:
     eval_sets = {sp: FundusDataset(catalog, sp, **common) for sp in eval_splits}
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
+
     # ---- model -----------------------------------------------------------------------------------------
     counts = train_set.class_counts()
     objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
@@ -369,8 +370,9 @@ def main(args) -> dict:
         # Each epoch's randomness is a function of (seed, epoch, rank): each process its own augmentation; with
         # --deterministic (fresh loader workers each epoch, which then draw their seeds from this generator)
         # resuming repeats it exactly.
-        torch.manual_seed(epoch_seed(args.seed, epoch, dist.rank))
-        train_loader.generator.manual_seed(epoch_seed(args.seed, epoch, dist.rank))
+        seed = epoch_seed(args.seed, epoch, dist.rank)
+        torch.manual_seed(seed)
+        train_loader.generator.manual_seed(seed)
         train_sampler.set_epoch(epoch)
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         try:
