@@ -372,12 +372,26 @@ def test_evaluate_refuses_checkpoints_it_cannot_rebuild(tiny_run, synth_small, t
 def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
     """torchrun --nproc_per_node=2 (gloo): one frozen and one fine-tuning epoch; same files as one process;
     evaluation inside training sees every test image exactly once, with the model rank 0 saves (fp32, so that
-    the two processes' batching cannot move the loss: each process used to keep its own BatchNorm statistics)."""
+    the two processes' batching cannot move the loss: each process used to keep its own BatchNorm statistics);
+    a DDP run cut after its first epoch and resumed under torchrun equals the straight DDP run."""
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    common = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "1", "--amp", "none"]
+    common = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "1", "--amp", "none",
+              "--deterministic"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "retinopathy", *common,
-                    "--out", str(tmp_path / "ddp")], check=True, env=env, timeout=300)
+
+    def ddp(*args):
+        subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "retinopathy", *args],
+                       check=True, env=env, timeout=300)
+
+    ddp(*common, "--out", str(tmp_path / "ddp"))
+    ddp(*common, "--out", str(tmp_path / "cut"), "--stop-after", "1")
+    ddp("train", "--resume", str(tmp_path / "cut"), "--quiet")
+    timing = {"epoch_seconds", "images_per_s"}
+    assert [{k: v for k, v in row.items() if k not in timing} for row in rows(tmp_path / "cut")] == \
+        [{k: v for k, v in row.items() if k not in timing} for row in rows(tmp_path / "ddp")]
+    sa = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["model"]
+    sb = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert main([*common, "--out", str(tmp_path / "single")]) == 0
     files = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())  # noqa: E731
     assert files(tmp_path / "ddp") == files(tmp_path / "single")
