@@ -123,10 +123,13 @@ def corrupt_png(path):
 
 
 def test_png_with_corrupt_data_fails_at_construction(tmp_path):
+    """... with Pillow's reason, and `data check` reports what training refuses."""
     make_kaggle(tmp_path, n_patients=3, ext=".png")
     corrupt_png(tmp_path / "1_left.png")
-    with pytest.raises(DataError, match="1_left.png: .*corrupt"):
+    with pytest.raises(DataError, match="1_left.png: corrupt or truncated \\(.*checksum"):
         FundusDataset(tmp_path, "all", image_size=32)
+    rc, report = check(tmp_path, tmp_path)
+    assert rc == 1 and [p["image"] for p in report["problems"]] == ["1_left"]
 
 
 def test_corrupt_scan_data_is_dropped_by_the_cache_and_named_while_training(tmp_path):
@@ -261,10 +264,84 @@ def test_labels_file_given_as_the_dataset_folder(tmp_path, kaggle, capsys):
 def test_duplicate_names(tmp_path, kaggle):
     with open(kaggle / "trainLabels.csv", "a") as f:
         f.write("1_left,1\n")
-    with pytest.raises(DataError, match=r"trainLabels.csv:14: image 1_left is listed again \(first at trainLabels.csv:4\)"):
-        FundusDataset(kaggle, "all", image_size=32)
+    for split in ("all", "train", "val", "test"):  # a row that is no sample concerns every split
+        with pytest.raises(DataError, match=r"trainLabels.csv:14: image 1_left is listed again \(first at "
+                                            r"trainLabels.csv:4\)"):
+            FundusDataset(kaggle, split, image_size=32, val_fraction=0.2)
     rc, report = check(tmp_path, kaggle)
     assert rc == 1 and kinds(report) == ["duplicate"]
+
+
+def test_one_image_under_two_names_is_a_duplicate(tmp_path, kaggle):
+    """With and without its extension, or through a path to the same file: one image, two grades."""
+    (kaggle / "sub").mkdir()
+    (kaggle / "sub" / "x.jpeg").symlink_to(kaggle / "2_left.jpeg")
+    with open(kaggle / "trainLabels.csv", "a") as f:
+        f.write("1_right.jpeg,4\n./2_left.jpeg,0\n")
+    problems = load_catalog(kaggle).problems
+    assert [(p.kind, p.line) for p in problems] == [("duplicate", 14), ("duplicate", 15)]
+    assert "first at trainLabels.csv:5, as 1_right" in problems[0].message
+
+
+def test_a_duplicate_across_the_lab_splits_is_reported_in_both(tmp_path):
+    """A test row naming a training image: the test split must not lose it silently."""
+    from retinopathy.data.synth import generate
+
+    generate(tmp_path, n=20, size=32, seed=0, format="lab", progress=False)
+    train_name = (tmp_path / "train_img.csv").read_text().splitlines()[0]
+    n_test = len((tmp_path / "test_img.csv").read_text().splitlines())
+    with open(tmp_path / "test_img.csv", "a") as f, open(tmp_path / "test_label.csv", "a") as g:
+        f.write(f"{train_name}\n")
+        g.write("3\n")
+    for split in ("train", "test"):
+        with pytest.raises(DataError, match=rf"test_img.csv:{n_test + 1}: image {train_name} is listed again "
+                                            r"\(first at train_img.csv:1\)"):
+            FundusDataset(tmp_path, split, image_size=32)
+    assert len(FundusDataset(tmp_path, "test", image_size=32, skip_bad=True).skipped) == 1
+
+
+def test_lab_image_problems_name_the_file_that_names_the_image(tmp_path):
+    from retinopathy.data.synth import generate
+
+    generate(tmp_path, n=20, size=32, seed=0, format="lab", progress=False)
+    first = (tmp_path / "train_img.csv").read_text().splitlines()[0]
+    next(tmp_path.glob(f"{first}.*")).unlink()
+    assert [str(p).split(": ")[0] for p in load_catalog(tmp_path).problems] == [f"{tmp_path / 'train_img.csv'}:1"]
+
+
+def test_data_check_of_grade_folders_says_where_the_images_are(tmp_path, capsys):
+    for grade in range(5):
+        disc(tmp_path / str(grade) / f"{grade}_left.jpeg")
+    rc, report = check(tmp_path, tmp_path)
+    assert rc == 0 and "(format: folders; images in the grade folders)" in capsys.readouterr().out
+
+
+def test_a_stray_picture_does_not_hide_the_images_folder(tmp_path):
+    make_kaggle(tmp_path, n_patients=3, sub="images")
+    disc(tmp_path / "preview.png")
+    catalog = load_catalog(tmp_path)
+    assert catalog.image_root == tmp_path / "images" and not catalog.problems
+
+
+def test_an_image_folder_that_does_not_exist_is_one_error(tmp_path, kaggle):
+    with pytest.raises(DataError, match=r"^1 problem.*\n.*nowhere: image folder \(--images\) not found"):
+        load_catalog(kaggle, images=tmp_path / "nowhere")
+
+
+def test_an_empty_patient_id_is_a_bad_row(tmp_path, kaggle):
+    rows = (kaggle / "trainLabels.csv").read_text().splitlines()
+    (kaggle / "trainLabels.csv").write_text("\n".join([rows[0] + ",patient"] + [
+        f"{r},{'' if i == 3 else r.split('_')[0]}" for i, r in enumerate(rows[1:], start=2)]) + "\n")
+    catalog = load_catalog(kaggle, patient_col="patient")
+    assert [(p.kind, p.line) for p in catalog.problems] == [("bad-row", 3)]
+    assert "empty 'patient'" in catalog.problems[0].message and len(catalog.samples) == 11
+
+
+def test_a_nearly_black_photograph_is_a_warning_of_data_check(tmp_path, kaggle):
+    Image.new("RGB", (48, 48), (3, 2, 1)).save(kaggle / "4_left.jpeg")
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 0 and report["problems"] == []
+    assert [(w["kind"], w["image"], w["line"]) for w in report["warnings"]] == [("blank-image", "4_left", 10)]
 
 
 def test_empty_dataset(tmp_path):

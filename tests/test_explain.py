@@ -83,6 +83,18 @@ def quadrant_mass(heat: np.ndarray) -> dict[str, float]:
             "bottom_left": heat[h:, :h].sum(), "bottom_right": heat[h:, h:].sum()}
 
 
+def test_a_heatmap_of_rounding_noise_is_empty():
+    """A model whose grade hardly depends on the image (a dead head) explains nothing: scaled to its peak, its
+    1e-20-sized Grad-CAM would look like a heatmap."""
+    model = blob_detector()
+    with torch.no_grad():
+        model.net.fc.weight *= 1e-20
+    _, x = batch([fundus(QUADRANTS["top_left"])])
+    heat = GradCam(model, make_objective("classification"), image_size=SIZE)(x, torch.tensor([4]))
+    assert not heat.any()
+    assert GradCam(blob_detector(), make_objective("classification"), image_size=SIZE)(x, torch.tensor([4])).any()
+
+
 def test_quadrant_mass_rejects_a_constant_heatmap():
     mass = quadrant_mass(np.full((SIZE, SIZE), 0.7))
     assert not mass["top_left"] > 1.5 * mass["bottom_right"]

@@ -151,6 +151,15 @@ def test_split_by_patient_is_deterministic_stratified_and_written(tmp_path):
         load_catalog(tmp_path, split_file=tmp_path / "edited.csv")
     with pytest.raises(DataError, match="nowhere.csv: cannot read the split file"):
         load_catalog(tmp_path, split_file=tmp_path / "nowhere.csv")
+    image, patient, label, split = lines[3].split(",")
+    other = "val" if split != "val" else "test"
+    (tmp_path / "spaced.csv").write_text("\n".join(lines[:3] + [f"{image}, {patient}, {label}, {split} "] + lines[4:]))
+    assert [s.split for s in load_catalog(tmp_path, split_file=tmp_path / "spaced.csv").samples] == \
+        [s.split for s in a.samples]
+    (tmp_path / "twice.csv").write_text("\n".join(lines + [lines[3], f"{image},{patient},{label},{other}"]))
+    with pytest.raises(DataError, match=rf"^1 problem.*\n.*twice.csv:{len(lines) + 2}: image {image} is listed "
+                                        r"again, differently \(first at line 4\)"):
+        load_catalog(tmp_path, split_file=tmp_path / "twice.csv")
     with pytest.raises(SplitError, match="--val-fraction 0.6 and --test-fraction 0.4"):
         load_catalog(tmp_path, val_fraction=0.6, test_fraction=0.4)
 

@@ -92,6 +92,12 @@ def test_unlisted_images_and_lab_files_as_inputs_are_told(tiny_run, synth_small,
     assert main(["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--workers", "0",
                  "--quiet"]) == 0
     assert "1 image(s) in" in capsys.readouterr().err
+    labels = (data / "trainLabels.csv").read_text().splitlines()
+    (data / "trainLabels.csv").write_text("\n".join(labels[:2] + [labels[2].rsplit(",", 1)[0] + ",7"] + labels[3:]))
+    assert main(["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err  # the row with a bad label is warned about as such, not as unlisted
+    assert "trainLabels.csv:3: label '7'" in err and "1 image(s) in" in err and "2 image(s) in" not in err
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "test_label.csv").write_text("0\n")
     (tmp_path / "lab" / "test_img.csv").write_text("0_left\n")

@@ -258,6 +258,17 @@ def test_named_variants_label_the_rows(tmp_path):
     assign_variants(runs)
     assert [r.variant for r in runs] == ["from scratch, recipe", "from scratch, no-graham",
                                          "from scratch, seed 1", "from scratch, seed 2"]
+    # an option left at its default (None on the command line, the value in a config file) is the same option;
+    # runs that differ in many options are told apart by their names
+    base = {"model": "resnet18", "pretrained": False, "epochs": 6}
+    runs = [Run("cli", tmp_path, "done", train={**base, "split_seed": None, "warmup_epochs": 1.0, "lr": 0.001}),
+            Run("file", tmp_path, "done", train={**base, "split_seed": 0, "warmup_epochs": 1, "lr": 0.003}),
+            Run("many", tmp_path, "done", train={**base, "split_seed": 1, "warmup_epochs": 2, "lr": 0.01,
+                                                   "seed": 3, "epochs": 9})]
+    assign_variants(runs[:2])
+    assert [r.variant for r in runs[:2]] == ["from scratch, lr 0.001", "from scratch, lr 0.003"]
+    assign_variants(runs)
+    assert [r.variant for r in runs] == ["from scratch, cli", "from scratch, file", "from scratch, many"]
 
 
 def test_one_run_experiment_is_named_after_the_experiment(tmp_path):

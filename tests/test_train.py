@@ -109,16 +109,20 @@ def test_evaluate_matches_scikit_learn(learned):
     assert Image.open(out / "confusion_matrix.png").size[0] > 300
 
 
-def test_resume_is_exact(synth_small, tmp_path):
+def test_resume_is_exact(synth_small, tmp_path, capsys):
     """A run cut after 2 epochs and resumed equals the straight run; the cut run also caches its images
     (--cache-images, carried into the resume by its config), which must not change a number either."""
     args = ["train", "--data", str(synth_small), *FAST, "--epochs", "3", "--freeze-epochs", "1",
             "--deterministic", "--augment", "fundus"]
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
     assert main([*args, "--out", str(tmp_path / "cut"), "--stop-after", "2", "--cache-images"]) == 0
+    assert f"continue with `retinopathy train --resume {tmp_path / 'cut'}`" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["cache_images"] is True
     assert len(rows(tmp_path / "cut")) == 2
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    assert "nothing to train: " in capsys.readouterr().out
+    assert b"\r" not in (tmp_path / "cut" / "metrics.csv").read_bytes() + (tmp_path / "cut" / "split.csv").read_bytes()
     timing = {"epoch_seconds", "images_per_s"}
     a, b = rows(tmp_path / "straight"), rows(tmp_path / "cut")
     assert len(a) == len(b) == 3
@@ -139,7 +143,7 @@ def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, m
             "--eval-splits", "val", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "auto")]) == 0
     out = capsys.readouterr().out
-    assert "amp none, channels_last True" in out and "no native bf16" in out
+    assert "amp none (evaluation none), channels_last True" in out and "no native bf16" in out
     assert main([*args, "--out", str(tmp_path / "chosen"), "--amp", "none"]) == 0
     assert "no native bf16" not in capsys.readouterr().out
 
@@ -173,6 +177,22 @@ def test_model_ema_is_evaluated_shipped_and_resumed_exactly(synth_small, tmp_pat
     row = rows(straight)[best["epoch"]]
     assert metrics["kappa"] == pytest.approx(float(row["val_kappa"]))
     assert metrics["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-3)
+
+
+def test_the_numbers_logged_in_training_are_evaluates(synth_small, tmp_path):
+    """Each epoch's evaluation (which selects best.pt and tunes an ordinal model's thresholds) grades in fp32 by
+    default, as evaluate, predict and the exported model do, whatever precision training uses: the selected
+    epoch's val kappa in metrics.csv is what evaluate reports (under training's bf16 they differed)."""
+    run = tmp_path / "ordinal"
+    assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "0",
+                 "--objective", "ordinal", "--amp", "auto", "--eval-splits", "val", "--out", str(run)]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["engine"]["eval_amp"] == "none"
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small), "--split", "val",
+                 "--out", str(tmp_path / "eval"), "--bootstrap", "0", "--workers", "0", "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    row = rows(run)[load_checkpoint(run / "checkpoints" / "best.pt")["epoch"]]
+    assert metrics["kappa"] == pytest.approx(float(row["val_kappa"]), abs=1e-9)
+    assert metrics["accuracy"] == pytest.approx(float(row["val_accuracy"]), abs=1e-9)
 
 
 def test_mixup_trains_and_resumes_exactly(synth_small, tmp_path, capsys):
@@ -343,7 +363,9 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
         raise KeyboardInterrupt
     monkeypatch.setattr(train_module, "main", interrupted)
     assert main(["train", "--data", str(synth_small), *FAST, "--out", str(tmp_path / "run")]) == 130
-    assert "continue it with `retinopathy train --resume RUN`" in capsys.readouterr().err
+    assert f"continue it with `retinopathy train --resume {tmp_path / 'run'}`" in capsys.readouterr().err
+    assert main(["train", "--data", str(synth_small), *FAST, f"--out={tmp_path / 'run2'}"]) == 130
+    assert f"{tmp_path / 'run2'}/checkpoints/last.pt" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_path, capsys):

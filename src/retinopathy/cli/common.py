@@ -50,12 +50,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
                        help=f"which split to use (default {split_default}; 'all' = every image)")
 
 
-def add_amp_argument(parser: argparse.ArgumentParser) -> None:
-    """``--amp`` for grading: fp32 unless asked (as timm's validate.py), so that the numbers are the exported
-    model's."""
-    parser.add_argument("--amp", choices=("none", "auto", "bf16", "fp16"), default="none",
-                        help="autocast while grading (default none: fp32, the numbers an exported model gives; "
-                             "auto: bf16 on CUDA and on CPUs with native bf16, faster, a few grades may differ)")
+def add_amp_argument(parser, flag: str = "--amp", grading: str = "grading") -> None:
+    """``--amp`` for grading (training's ``--eval-amp``): fp32 unless asked (as timm's validate.py), so that the
+    numbers are the exported model's."""
+    parser.add_argument(flag, choices=("none", "auto", "bf16", "fp16"), default="none",
+                        help=f"autocast while {grading} (default none: fp32, the numbers an exported model, "
+                             "evaluate and predict give; auto: bf16 on CUDA and on CPUs with native bf16, faster, "
+                             "a few grades may differ)")
 
 
 def blend_weight(value) -> float:

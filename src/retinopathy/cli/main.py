@@ -51,11 +51,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.filename2 or e.filename}: {e.strerror or e}", file=sys.stderr)  # 2: os.replace's target
         return 2
     except KeyboardInterrupt:
-        resume = argv and argv[0] in ("train", "experiment")
-        print("\ninterrupted" + ("; a run keeps its last finished epoch in RUN/checkpoints/last.pt: continue it "
-                                 "with `retinopathy train --resume RUN` (an experiment: run it again); before the "
-                                 "first epoch, run the same command again" if resume else ""), file=sys.stderr)
+        print("\ninterrupted" + _how_to_continue(argv), file=sys.stderr)
         return 130
+
+
+def _how_to_continue(argv: list[str]) -> str:
+    """What an interrupted train or experiment command can do next."""
+    if argv[:1] == ["experiment"]:
+        return "; run the same command again: finished cells are skipped, the interrupted one resumes"
+    if argv[:1] != ["train"]:
+        return ""
+    run = next((a.split("=", 1)[1] for a in argv if a.startswith(("--out=", "--resume="))), None) or next(
+        (b for a, b in zip(argv, argv[1:]) if a in ("--out", "--resume")), "RUN")
+    return (f"; the run keeps its last finished epoch in {run}/checkpoints/last.pt: continue it with "
+            f"`retinopathy train --resume {run}` (before the first epoch, run the same command again)")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from .formats import GRADES, Catalog
-from .images import ImageError, open_image
+from .images import ImageError, check_image, open_image
 from .problems import Problem
 from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
@@ -18,23 +17,29 @@ from .transforms import Preprocessing, geometry
 STATS_SIZE = 256
 
 
+BLANK_LEVEL = 8  # an image whose brightest 1 % of pixels stay below this (of 255) shows no retina
+
+
 def _inspect(path: str, stats: bool):
-    """Decode one image at reduced scale (enough to find truncation); return (size, pixel sums or None)."""
-    img = open_image(path, STATS_SIZE)  # raises ImageError with the reason
-    with Image.open(path) as header:
-        size = header.size
+    """Check one image as training does (headers, end markers, checksums), then decode it at reduced scale
+    (enough to find broken data inside); return (size, brightness of its brightest 1 %, pixel sums or None)."""
+    size = check_image(path)  # raises ImageError with the reason
+    img = open_image(path, STATS_SIZE)
+    bright = float(np.percentile(np.asarray(img.convert("L")), 99))
     if not stats:
-        return size, None
+        return size, bright, None
     for step in geometry(Preprocessing("lab", STATS_SIZE)):
         img = step(img)
     a = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
-    return size, (a.sum(0), (a * a).sum(0), len(a))
+    return size, bright, (a.sum(0), (a * a).sum(0), len(a))
 
 
 def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = None,
                   progress: bool = True) -> dict:
-    """Decode every image of ``catalog`` and return a JSON-ready report (``report["problems"]`` lists all)."""
+    """Decode every image of ``catalog`` and return a JSON-ready report (``report["problems"]`` lists all;
+    ``report["warnings"]`` the images that decode but look blank)."""
     problems: list[Problem] = list(catalog.problems)
+    blank: list[Problem] = []
     present = [s for s in catalog.samples if s.path]
     sizes, sums, ok = [], [np.zeros(3), np.zeros(3), 0], []
     workers = workers or os.cpu_count() or 1
@@ -43,10 +48,14 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         for s, fut in tqdm(zip(present, futures), total=len(present), desc="checking images",
                            unit="img", disable=not progress):
             try:
-                size, acc = fut.result()
+                size, bright, acc = fut.result()
             except (ImageError, OSError, ValueError) as e:
                 problems.append(Problem.bad_image(s, e))
                 continue
+            if bright < BLANK_LEVEL:
+                blank.append(Problem("blank-image", s.source, s.line, f"{s.image}: nearly black (its brightest "
+                                     f"pixels reach {bright:.0f} of 255): no retina to grade; check the "
+                                     "photograph, or remove its row", s.image))
             ok.append(s)
             sizes.append(size)
             if acc is not None:
@@ -64,6 +73,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         "patients": len({s.patient for s in catalog.samples}),
         "shared_patients": {},
         "problems": [p.to_dict() for p in problems],
+        "warnings": [p.to_dict() for p in blank],
     }
     for a, b, n, total in split_overlaps(catalog.samples):
         report["shared_patients"][f"{a}-{b}"] = {"shared": n, "patients": total}
@@ -86,7 +96,8 @@ def _grades(samples) -> dict:
 
 def format_report(report: dict) -> str:
     """The report as text for a person."""
-    lines = [f"dataset {report['data']}  (format: {report['format']}; images in {report['images_root']})",
+    where = report["images_root"] or ("the grade folders" if report["format"] == "folders" else "none found")
+    lines = [f"dataset {report['data']}  (format: {report['format']}; images in {where})",
              f"{report['rows']:,} labelled rows, {report['images_ok']:,} images decoded, "
              f"{report['patients']:,} patients",
              "", f"{'split':<8}" + "".join(f"{'grade ' + str(g):>10}" for g in GRADES) + f"{'total':>10}"]
@@ -107,6 +118,12 @@ def format_report(report: dict) -> str:
     lines.append("")
     lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
     for p in problems:
-        where = f"{p['file']}:{p['line']}" if p["line"] is not None else p["file"]
-        lines.append(f"  [{p['kind']}] {where}: {p['message']}")
+        lines.append(_problem_line(p))
+    if report.get("warnings"):
+        lines += ["", f"{len(report['warnings'])} warning(s):"] + [_problem_line(p) for p in report["warnings"]]
     return "\n".join(lines)
+
+
+def _problem_line(p: dict) -> str:
+    where = f"{p['file']}:{p['line']}" if p["line"] is not None else p["file"]
+    return f"  [{p['kind']}] {where}: {p['message']}"

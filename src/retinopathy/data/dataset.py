@@ -69,9 +69,10 @@ class FundusDataset(Dataset):
             warnings.warn(w, stacklevel=2)
         samples = select(catalog.samples, split)
         # Problems of rows in other splits belong to those splits; rows that never became samples
-        # (bad labels, mismatched files) concern every split.
-        others = {s.image for s in catalog.samples} - {s.image for s in samples}
-        problems = [p for p in catalog.problems if p.image not in others]
+        # (bad labels, duplicates, mismatched files) concern every split.
+        mine = {id(s) for s in samples}
+        others = {(s.source, s.line) for s in catalog.samples if id(s) not in mine}
+        problems = [p for p in catalog.problems if (p.file, p.line) not in others]
         samples = [s for s in samples if s.path]
         if check:
             samples, bad = _check_files(samples)
@@ -106,8 +107,9 @@ class FundusDataset(Dataset):
         except ImageError as e:  # corrupt scan data: the start-up check reads headers and end markers only
             where = f"{s.source}:{s.line}" if s.line else s.source
             raise ImageError(s.path, f"{e.reason} ({where}). `retinopathy data check` decodes every "
-                                     "image and lists the bad ones: fix or remove them (train --cache-images "
-                                     "--skip-bad decodes at start-up and drops them)") from None
+                                     "image and lists the bad ones: fix or remove them (in training, "
+                                     "--cache-images --skip-bad also decodes every image at start-up and drops "
+                                     "the bad ones)") from None
         return self.transform(image), s.label
 
     def image_id(self, index: int) -> str:

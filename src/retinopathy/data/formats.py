@@ -41,7 +41,7 @@ class Sample:
     image: str  # the name as written in the labels (e.g. "10_left")
     label: int
     patient: str
-    source: str  # labels file (or grade folder) it came from
+    source: str  # labels file (the lab's *_img.csv; or grade folder) that names it
     line: int | None  # 1-based line in ``source``
     split: str | None = None  # split given by the source (lab: train/test)
     path: str | None = None  # the image file, once found
@@ -64,10 +64,15 @@ def base_name(image: str) -> str:
     return re.split(r"[\\/]", image)[-1]
 
 
+def without_extension(image: str) -> str:
+    """``1_left.jpeg`` -> ``1_left``; a name without an image extension (``1_left``, ``1.5_left``) stays as it is."""
+    suffix = Path(base_name(image)).suffix
+    return image[:-len(suffix)] if suffix.lower() in IMAGE_EXTENSIONS else image
+
+
 def patient_of(image: str) -> str:
     """``10_left`` (or ``train_images/10_left.jpeg``) -> ``10``; names without an eye suffix are their own patient."""
-    image = base_name(image)
-    stem = Path(image).stem if Path(image).suffix.lower() in IMAGE_EXTENSIONS else image
+    stem = without_extension(base_name(image))
     m = _EYE.match(stem)
     return m.group("patient") if m else stem
 
@@ -171,7 +176,7 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
             name = name.strip()
             label = _checked_label(name, text, img_file, label_file, i, problems)
             if label is not None:
-                samples.append(Sample(name, label, patient_of(name), str(label_file), i, split))
+                samples.append(Sample(name, label, patient_of(name), str(img_file), i, split))
     return samples
 
 
@@ -205,6 +210,11 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
         if label is None:
             continue
         patient = row[cp].strip() if cp is not None else patient_of(name)
+        if not patient:
+            problems.append(Problem("bad-row", str(path), line, f"empty {patient_col!r} (patient) for {name}; fill "
+                                    "it in, or leave out --patient-col to take patients from the image names",
+                                    name))
+            continue
         samples.append(Sample(name, label, patient, str(path), line))
     return samples
 
@@ -220,14 +230,23 @@ def _read_folders(folder: Path) -> list[Sample]:
     return samples
 
 
-def _find_image_root(data: Path, images: Path | None) -> Path | None:
+def _find_image_root(data: Path, images: Path | None, samples: list[Sample]) -> Path | None:
+    """``images``, else the folder of IMAGE_SUBDIRS that holds the most of the listed images (the first on a tie:
+    a stray picture in ``data`` does not hide ``data/images/``)."""
     if images is not None:
+        if not images.is_dir():
+            raise DataError([Problem("missing-folder", str(images), None, "image folder (--images) not found")],
+                            hint="Pass the folder that holds the image files.")
         return images
+    best, most = None, -1
     for sub in IMAGE_SUBDIRS:
         folder = data / sub
-        if folder.is_dir() and index_images(folder):
-            return folder
-    return None
+        index = index_images(folder) if folder.is_dir() else {}
+        if index:
+            found = sum(base_name(s.image) in index for s in samples)
+            if found > most:
+                best, most = folder, found
+    return best
 
 
 def _relative(image: str, data: Path) -> Path:
@@ -303,29 +322,18 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         samples = _read_header_csv(labels, image_col, label_col, patient_col, problems)
         label_files = [labels]
 
-    seen: dict[str, Sample] = {}
-    unique = []
-    for s in samples:
-        first = seen.get(s.image)
-        if first is not None:
-            problems.append(Problem("duplicate", s.source, s.line,
-                                    f"image {s.image} is listed again (first at {Path(first.source).name}:"
-                                    f"{first.line}); remove one of the rows", s.image))
-            continue
-        seen[s.image] = s
-        unique.append(s)
-    samples = unique
-
     image_root = None
     if format != "folders":
-        image_root = _find_image_root(data, Path(images) if images else None)
+        image_root = _find_image_root(data, Path(images) if images else None, samples)
         if resolve:
             indexes: dict[Path, dict[str, str]] = {}
-            for s in samples:  # a sample whose image is missing stays, with path None, so it keeps its split
+            for s in samples:
                 path = _find_image(s.image, data, image_root, indexes)
-                if path is not None:
-                    s.path = str(path)
-                    continue
+                s.path = str(path) if path is not None else None
+    samples = _without_duplicates(samples, problems)
+    if format != "folders" and resolve:
+        for s in samples:  # a sample whose image is missing stays, with path None, so it keeps its split
+            if s.path is None:
                 name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
                 tried = f"(tried {', '.join(IMAGE_EXTENSIONS)})"
                 found = (f"not found in {where} {tried}; add the file" if name == s.image else
@@ -336,3 +344,25 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     if not samples and not problems:
         problems.append(Problem("empty", str(labels), None, "the dataset has no images"))
     return Catalog(format, data, label_files, image_root, samples, problems)
+
+
+def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[Sample]:
+    """The samples without rows that list an image again: the same name (with or without its extension) or the
+    same file; each dropped row becomes a problem naming the first one."""
+    by_name: dict[str, Sample] = {}
+    by_path: dict[str, Sample] = {}
+    unique = []
+    for s in samples:
+        first = by_name.get(without_extension(s.image)) or (by_path.get(s.path) if s.path else None)
+        if first is not None:
+            where = f"{Path(first.source).name}:{first.line}" if first.line else first.path
+            problems.append(Problem("duplicate", s.source if s.line else s.path or s.source, s.line,
+                                    f"image {s.image} is listed again (first at {where}"
+                                    + (f", as {first.image}" if first.image != s.image else "")
+                                    + f"); remove one of the {'rows' if s.line else 'files'}", s.image))
+            continue
+        by_name[without_extension(s.image)] = s
+        if s.path:
+            by_path[s.path] = s
+        unique.append(s)
+    return unique

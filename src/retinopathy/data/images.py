@@ -154,8 +154,10 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
                 img.load()
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"rejected as a decompression bomb ({e})") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise ImageError(path, "not a readable image (unknown, corrupt or truncated); re-export or remove it") \
+    except UnidentifiedImageError:
+        raise ImageError(path, "not a readable image (unknown or corrupt format); re-export or remove it") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(path, f"corrupt or truncated ({str(e) or type(e).__name__}); re-export or remove it") \
             from None
     if fmt == "JPEG" and not _jpeg_complete(path, st.st_size):
         raise ImageError(path, "truncated JPEG (no end marker); the file is incomplete, copy it again")

@@ -131,7 +131,11 @@ def _check_out(out: Path, catalog: Catalog, settings: dict) -> None:
             raise PrepareError(f"{out} is the source folder; choose another OUT")
     manifest = out / MANIFEST
     if manifest.exists():
-        old = json.loads(manifest.read_text()).get("settings")
+        try:
+            old = json.loads(manifest.read_text()).get("settings")
+        except (ValueError, AttributeError):
+            raise PrepareError(f"{manifest} is unreadable (a run killed while writing it, or edited): the copy in "
+                               f"{out} cannot be trusted; delete {out} and prepare again") from None
         if old != settings:
             diff = {k: (old or {}).get(k) for k in settings if (old or {}).get(k) != settings[k]}
             raise PrepareError(f"{out} holds a copy prepared with other settings {diff} (now "

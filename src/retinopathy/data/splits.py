@@ -104,7 +104,7 @@ def write_split(samples: list[Sample], path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path, newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["image", "patient", "label", "split"])
         for s in samples:
             w.writerow([s.image, s.patient, s.label, s.split])
@@ -119,9 +119,16 @@ def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError([Problem("missing-file", str(path), None, f"cannot read the split file ({e})")],
                         hint="Pass the split.csv that a training run wrote, or drop --split-file.") from None
-    bad = [Problem("bad-row", str(path), i, f"expected image and split columns, split one of train, val, test; "
-                   f"got {dict(row)}") for i, row in enumerate(rows, start=2)
-           if not row.get("image") or row.get("split") not in ("train", "val", "test")]
+    rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
+    bad, first = [], {}
+    for i, row in enumerate(rows, start=2):
+        if not row.get("image") or row.get("split") not in ("train", "val", "test"):
+            bad.append(Problem("bad-row", str(path), i, "expected image and split columns, split one of train, "
+                               f"val, test; got {row}"))
+        elif row["image"] in first and rows[first[row["image"]] - 2] != row:
+            bad.append(Problem("duplicate", str(path), i, f"image {row['image']} is listed again, differently "
+                               f"(first at line {first[row['image']]}); keep one of the rows"))
+        first.setdefault(row.get("image"), i)
     if bad:
         raise DataError(bad, hint="Pass the split.csv that a training run wrote, or drop --split-file.")
     return {row["image"]: row.get(column) for row in rows}

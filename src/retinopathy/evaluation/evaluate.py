@@ -163,7 +163,7 @@ def main(args) -> dict:
     except OSError as e:  # e.g. a checkpoint in a read-only folder
         print(f"warning: model card not updated ({e})", file=sys.stderr)
     with replacing(out / "predictions.csv", newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
         for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
             w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6f}" for v in pr], f"{sc:.6f}"])

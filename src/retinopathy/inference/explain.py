@@ -60,8 +60,12 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     return maps[-1]
 
 
+NOISE = 1e-8  # a raw Grad-CAM peak below this is rounding noise: the output does not depend on the image
+
+
 class GradCam:
-    """``GradCam(model, objective)(x, grades)`` -> heatmaps (N, H, W) in [0, 1] for a normalised batch ``x``."""
+    """``GradCam(model, objective)(x, grades)`` -> heatmaps (N, H, W) in [0, 1] for a normalised batch ``x``;
+    each scaled to its peak, and all zero where the peak is noise (:data:`NOISE`)."""
 
     def __init__(self, model: nn.Module, objective, layer: nn.Module | None = None, image_size: int = 224):
         self.layer = layer if layer is not None else cam_layer(model, image_size)
@@ -74,8 +78,8 @@ class GradCam:
         with torch.enable_grad():
             attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
         heat = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
-        peak = heat.flatten(1).amax(1).clamp_min(1e-12)
-        return (heat / peak[:, None, None]).clamp(0, 1).cpu()
+        peak = heat.flatten(1).amax(1)[:, None, None]
+        return torch.where(peak > NOISE, heat / peak.clamp_min(NOISE), 0.0).clamp(0, 1).cpu()
 
 
 def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> Image.Image:

@@ -42,7 +42,7 @@ from ..atomic import check_writable, replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
                           catalog_options)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
-from ..data.formats import LAB_FILES, detect_format, patient_of
+from ..data.formats import LAB_FILES, base_name, detect_format, patient_of, without_extension
 from ..data.images import IMAGE_EXTENSIONS, index_images
 from ..data.problems import refuse_misaligned
 from ..data.splits import read_split_table, select
@@ -97,7 +97,9 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
             print(f"warning: {p}", file=sys.stderr)
     if split == "all" and catalog.image_root is not None and catalog.format != "folders":
         listed = {Path(s.path).name for s in catalog.samples if s.path}
-        unlisted = sorted(set(index_images(catalog.image_root).values()) - listed)
+        flagged = {without_extension(base_name(p.image)) for p in catalog.problems if p.image}  # warned above
+        unlisted = sorted(f for f in set(index_images(catalog.image_root).values()) - listed
+                          if without_extension(f) not in flagged)
         if unlisted:
             print(f"warning: {len(unlisted)} image(s) in {catalog.image_root} are not in "
                   f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
@@ -302,7 +304,7 @@ def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = Fa
                "p_referable", "score", *(["heatmap"] if with_heatmaps else []), "error"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path, newline="") as f:
-        w = csv.writer(f)
+        w = csv.writer(f, lineterminator="\n")
         w.writerow(columns)
         for i, item in enumerate(items):
             known = "" if item.label is None else item.label

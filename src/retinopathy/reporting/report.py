@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
+from ..data.splits import SPLIT_DEFAULTS
 from ..errors import RetinopathyError
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, same_checkpoint
@@ -28,8 +29,9 @@ from . import figures
 from .html import ci_text, grade_parts, render_html, warning_text
 
 # Options that never tell two variants apart:
-IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "channels_last", "compile",
-           "cache_images", "stop_after", "split_file", "weights", "model", "pretrained"}
+IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
+           "compile", "deterministic", "cache_images", "stop_after", "split_file", "weights", "model", "pretrained"}
+MAX_LABEL_OPTIONS = 3  # runs that differ in more options are labelled by their names
 GRADES = range(5)
 
 
@@ -189,10 +191,20 @@ def collect(paths) -> list[Run]:
 
 
 # ------------------------------------------------------------------------------------------- numbers
+def _option(train: dict, key: str):
+    """A run's option as the run used it: an option left unset (None) is its default, and 1 == 1.0."""
+    from ..training.config import get_args_parser
+
+    value = train.get(key)
+    if value is None:
+        value = SPLIT_DEFAULTS.get(key, get_args_parser(add_help=False).get_default(key))
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
 def assign_variants(runs: list[Run]) -> None:
-    """Label each run 'ImageNet-pretrained' or 'from scratch', plus its name in its experiment or else any
-    option that differs between runs of the same model and pretraining (e.g. 'from scratch, seed 1'); colour
-    the labels consistently."""
+    """Label each run 'ImageNet-pretrained' or 'from scratch', plus its name in its experiment or else the
+    options that differ between runs of the same model and pretraining (e.g. 'from scratch, seed 1'; the runs'
+    names where more than three differ); colour the labels consistently."""
     groups = defaultdict(list)
     for r in runs:
         groups[(r.model, r.pretrained)].append(r)
@@ -200,9 +212,11 @@ def assign_variants(runs: list[Run]) -> None:
     for group in groups.values():
         if len(group) > 1:
             common = set.intersection(*(set(r.train) for r in group)) - IGNORED
-            keys |= {k for k in common if len({json.dumps(r.train[k], default=str) for r in group}) > 1}
+            keys |= {k for k in common if len({json.dumps(_option(r.train, k), default=str) for r in group}) > 1}
     for r in runs:
-        extra = r.named or ", ".join(f"{k.replace('_', ' ')} {r.train[k]}" for k in sorted(keys) if k in r.train)
+        shown = {k: r.train[k] if r.train[k] is not None else _option(r.train, k) for k in keys if k in r.train}
+        extra = r.named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
+                            ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
         r.variant = ("ImageNet-pretrained" if r.pretrained else "from scratch") + (f", {extra}" if extra else "")
     twice = Counter((r.model, r.variant) for r in runs)
     for r in runs:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli.common import add_blend_argument, add_data_arguments, blend_weight
+from ..cli.common import add_amp_argument, add_blend_argument, add_data_arguments, blend_weight
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS, POOLS, list_models
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
@@ -126,7 +126,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("engine")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
-                   help="mixed precision (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, else none)")
+                   help="mixed precision in training (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, "
+                        "else none)")
+    add_amp_argument(g, "--eval-amp", "evaluating each epoch, which selects best.pt, tunes the thresholds and "
+                                      "fills metrics.csv")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="channels_last memory format (default: on for conv models on CUDA and CPU)")
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,

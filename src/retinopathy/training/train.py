@@ -261,6 +261,7 @@ def main(args) -> dict:
         origin = ckpt["model_info"]["weights_origin"]
         objective.thresholds = list(ckpt["model_info"]["thresholds"])
     amp, channels_last = engine_settings(device, model, args.amp, args.channels_last)
+    eval_amp = engine_settings(device, model, args.eval_amp)[0]
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -313,7 +314,8 @@ def main(args) -> dict:
               "selection": {"split": select_on, "metric": args.select_metric,
                             "note": "selected on the test split (reproduces the lab; optimistic)"
                             if select_on == "test" else "selected on the validation split"},
-              "engine": {"device": str(device), "amp": amp, "channels_last": channels_last, "workers": workers,
+              "engine": {"device": str(device), "amp": amp, "eval_amp": eval_amp, "channels_last": channels_last,
+                         "workers": workers,
                          "world_size": dist.world_size},
               "weights": origin, "environment": environment()}
     if dist.main:
@@ -334,7 +336,7 @@ def main(args) -> dict:
         _write_rows(metrics_path, columns, [])
     if dist.main:
         print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating {eval_splits}, "
-              f"selecting on {select_on} by {args.select_metric}; device {device}, amp {amp}, "
+              f"selecting on {select_on} by {args.select_metric}; device {device}, amp {amp} (evaluation {eval_amp}), "
               f"channels_last {channels_last}, {dist.world_size} process(es) -> {out}")
         if device.type == "cpu" and args.amp == "auto" and amp == "none":
             print("note: this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as "
@@ -388,7 +390,7 @@ def main(args) -> dict:
         broadcast_buffers(model, dist)
         if ema is not None:
             broadcast_buffers(ema.module, dist)
-        results = {sp: evaluate(evaluated, objective.plain(), loader, device, normalize, amp=amp,
+        results = {sp: evaluate(evaluated, objective.plain(), loader, device, normalize, amp=eval_amp,
                                 channels_last=channels_last, dist=dist, progress=progress, desc=f"eval {sp}")
                    for sp, loader in eval_loaders.items()}
         if args.blend_eyes:
@@ -455,7 +457,7 @@ def main(args) -> dict:
         scores, labels = [], []
         for sp, ds, loader in (("train", clean, clean_loader),
                                (select_on, eval_sets[select_on], eval_loaders[select_on])):
-            r = evaluate(evaluated, objective, loader, device, normalize, amp=amp, channels_last=channels_last,
+            r = evaluate(evaluated, objective, loader, device, normalize, amp=eval_amp, channels_last=channels_last,
                          dist=dist, progress=progress, desc=f"thresholds: {sp}")
             scores.append(objective.blended(r["probs"], r["scores"], [x.patient for x in ds.samples],
                                             args.blend_eyes)[1])
@@ -474,6 +476,10 @@ def main(args) -> dict:
             if any(last["config"].get(k) != getattr(args, k) for k in FIXED_WHILE_TRAINING):
                 last["config"].update({k: getattr(args, k) for k in FIXED_WHILE_TRAINING})
                 save_checkpoint(last, out / "checkpoints" / "last.pt")
+    if dist.main and not finished:
+        print(f"stopped after {ran} epoch(s) (--stop-after): continue with `retinopathy train --resume {out}`")
+    elif dist.main and not ran:
+        print(f"nothing to train: {out} has finished its {args.epochs} epochs (--epochs N on --resume trains on)")
     cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
 
@@ -481,10 +487,10 @@ def main(args) -> dict:
 def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
     if append:
         with open(path, "a", newline="") as f:
-            csv.DictWriter(f, columns).writerows(rows)
+            csv.DictWriter(f, columns, lineterminator="\n").writerows(rows)
         return
     with replacing(path, newline="") as f:
-        w = csv.DictWriter(f, columns)
+        w = csv.DictWriter(f, columns, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
 
