@@ -132,6 +132,18 @@ def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_model_that_ignores_its_input_is_told(checkpoint, tmp_path, capsys):
+    """A dead head passes any parity check trivially: export says so."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["model"]["net.fc.3.weight"].zero_()  # the lab head's last Linear: its bias alone
+    save_checkpoint(ckpt, tmp_path / "dead.pt")
+    out = tmp_path / "dead.ts.pt"
+    assert main(["export", str(tmp_path / "dead.pt"), "--format", "torchscript", "--out", str(out)]) == 0
+    assert "gives the same outputs for all 4 check images" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "live.ts.pt")]) == 0
+    assert "same outputs" not in capsys.readouterr().err
+
+
 def test_bad_checkpoints_exit_2(checkpoint, tmp_path, capsys):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(checkpoint.read_bytes()[:1000])

@@ -164,9 +164,10 @@ def load_runner(path: Path, fmt: str):
     return lambda x: module(x).detach().numpy()
 
 
-def parity(model, runner, x: torch.Tensor) -> float:
-    """Largest absolute difference between PyTorch and the export over :func:`parity_batches`."""
-    worst = 0.0
+def parity(model, runner, x: torch.Tensor) -> tuple[float, float]:
+    """(largest absolute difference between PyTorch and the export over :func:`parity_batches`, largest spread
+    of one PyTorch output across the images: near 0, the model ignores its input and the check proves little)."""
+    worst, outputs = 0.0, []
     with torch.no_grad():
         for batch in parity_batches(x):
             ref = model(batch).float().numpy()
@@ -175,7 +176,9 @@ def parity(model, runner, x: torch.Tensor) -> float:
                 raise ExportError(f"the export returned shape {got.shape} for a batch of {len(batch)}; "
                                   f"PyTorch gives {ref.shape}")
             worst = max(worst, float(np.abs(got - ref).max()))
-    return worst
+            outputs.append(ref)
+    outputs = np.concatenate(outputs)
+    return worst, float((outputs.max(0) - outputs.min(0)).max())
 
 
 def main(args) -> dict:
@@ -197,9 +200,13 @@ def main(args) -> dict:
         example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # batch > 1: the batch must not specialise
         exporter = (export_onnx(model, example, target, args.opset) if args.format == "onnx"
                     else export_torchscript(model, example, target))
-        diff = parity(model, load_runner(target, args.format), x)
+        diff, spread = parity(model, load_runner(target, args.format), x)
         print(f"parity ({'ONNX Runtime' if args.format == 'onnx' else 'TorchScript'} vs PyTorch) on {what}, "
               f"batch sizes 1 and 3: max |logit difference| = {diff:.2e} (tolerance {args.tolerance:g})")
+        if len(x) > 1 and spread < 1e-6:
+            print(f"warning: the model gives the same outputs for all {len(x)} check images (spread {spread:.1e}): "
+                  "it does not respond to its input, and the parity check proves little; check the training run",
+                  file=sys.stderr)
         if not diff < args.tolerance:
             raise ExportError(f"parity check failed: max |logit difference| {diff:.3g} >= {args.tolerance:g}; "
                               f"{out} was not written")
