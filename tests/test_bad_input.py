@@ -273,14 +273,18 @@ def test_duplicate_names(tmp_path, kaggle):
 
 
 def test_one_image_under_two_names_is_a_duplicate(tmp_path, kaggle):
-    """With and without its extension, or through a path to the same file: one image, two grades."""
+    """With and without its extension, through ./ or a link to the same file: one image, two grades. Two files
+    that only share a stem are two images."""
     (kaggle / "sub").mkdir()
     (kaggle / "sub" / "x.jpeg").symlink_to(kaggle / "2_left.jpeg")
+    disc(kaggle / "9_left.png")
+    disc(kaggle / "9_left.JPG")
     with open(kaggle / "trainLabels.csv", "a") as f:
-        f.write("1_right.jpeg,4\n./2_left.jpeg,0\n")
-    problems = load_catalog(kaggle).problems
-    assert [(p.kind, p.line) for p in problems] == [("duplicate", 14), ("duplicate", 15)]
-    assert "first at trainLabels.csv:5, as 1_right" in problems[0].message
+        f.write("1_right.jpeg,4\n./2_left.jpeg,0\nsub/x.jpeg,1\n9_left.png,0\n9_left.JPG,0\n")
+    catalog = load_catalog(kaggle)
+    assert [(p.kind, p.line) for p in catalog.problems] == [("duplicate", 14), ("duplicate", 15), ("duplicate", 16)]
+    assert "first at trainLabels.csv:5, as 1_right" in catalog.problems[0].message
+    assert len(catalog.samples) == 14
 
 
 def test_a_duplicate_across_the_lab_splits_is_reported_in_both(tmp_path):
@@ -326,6 +330,7 @@ def test_a_stray_picture_does_not_hide_the_images_folder(tmp_path):
 def test_an_image_folder_that_does_not_exist_is_one_error(tmp_path, kaggle):
     with pytest.raises(DataError, match=r"^1 problem.*\n.*nowhere: image folder \(--images\) not found"):
         load_catalog(kaggle, images=tmp_path / "nowhere")
+    assert len(load_catalog(kaggle, images=tmp_path / "nowhere", resolve=False).samples) == 12  # labels only
 
 
 def test_an_empty_patient_id_is_a_bad_row(tmp_path, kaggle):
@@ -379,6 +384,8 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
 @pytest.mark.parametrize("argv,named", [(["synth", "OUT", "--n", "0"], "argument --n: 0 is too small (at least 1)"),
                                         (["prepare", "D", "OUT", "--size", "4"], "--size: 4 is too small (at least 8)"),
                                         (["predict", "C", "I", "-b", "0"], "--batch-size: 0 is too small"),
+                                        (["evaluate", "C", "--data", "D", "--bootstrap", "-1"],
+                                         "--bootstrap: -1 is too small (at least 0)"),
                                         (["evaluate", "C", "--data", "D", "--out", "O", "-j", "x"],
                                          "--workers: 'x' is not a whole number")])
 def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):

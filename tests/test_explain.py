@@ -93,6 +93,12 @@ def test_a_heatmap_of_rounding_noise_is_empty():
     heat = GradCam(model, make_objective("classification"), image_size=SIZE)(x, torch.tensor([4]))
     assert not heat.any()
     assert GradCam(blob_detector(), make_objective("classification"), image_size=SIZE)(x, torch.tensor([4])).any()
+    confident = blob_detector("ordinal")  # every cumulative logit near -20: a saturated, tiny (1e-9) but real CAM
+    with torch.no_grad():
+        confident.net.fc.bias.fill_(-20.0)
+    heat = GradCam(confident, make_objective("ordinal"), image_size=SIZE)(x, torch.tensor([0]))
+    mass = quadrant_mass(heat[0].numpy())
+    assert heat.any() and max(mass, key=mass.get) == "top_left" and mass["top_left"] > 1.5 * mass["bottom_right"]
 
 
 def test_quadrant_mass_rejects_a_constant_heatmap():

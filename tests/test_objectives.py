@@ -339,6 +339,25 @@ def test_bootstrap_ci_contains_estimate_and_shrinks():
     assert width(ci_l, "kappa") < width(ci_s, "kappa") / 3 and width(ci_l, "accuracy") < width(ci_s, "accuracy") / 3
 
 
+def test_kappa_above_majority_finds_the_floor_from_a_second_start():
+    """Mostly grade 0 and noisy scores: from 0.5..3.5 the coordinate search stayed below the majority rate (6 of
+    200 such simulated val sets); a second start at the cuts matching the grade mix reaches above it (all 200)."""
+    for seed in (16, 24, 98):
+        rng = np.random.default_rng(seed)
+        y = rng.choice(5, 200, p=[0.7, 0.07, 0.15, 0.04, 0.04])
+        scores = y + rng.normal(0, 1.0, 200) * rng.uniform(0.6, 1.4)
+        th = tune_thresholds(scores, y, "kappa-above-majority")
+        assert (np.digitize(scores, th) == y).mean() > majority_accuracy(y), seed
+
+
+def test_bootstrap_leaves_out_resamples_without_a_kappa():
+    """Perfect answers for two patients of different grades: a resample of one patient is all one grade, right
+    everywhere, and has no kappa (it used to count as 0, stretching the interval down to 0)."""
+    ci = bootstrap_ci([0, 0, 3, 3], [0, 0, 3, 3], ["a", "a", "b", "b"], n=200)
+    assert ci["kappa"] == [1.0, 1.0] and 50 < ci["kappa_undefined"] < 150 and ci["accuracy"] == [1.0, 1.0]
+    assert bootstrap_ci([2, 2], [2, 2], ["a", "a"], n=10)["kappa"] is None
+
+
 @pytest.mark.parametrize("name", ["regression", "ordinal", "ordinal+ce"])
 def test_described_grade_rule_is_the_one_applied(name):
     """The export JSON's words for a thresholded grade: the number of thresholds at or below the score."""

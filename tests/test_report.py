@@ -146,6 +146,14 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     (moved / "config.yaml").write_text(yaml.safe_dump(config))
     assert main(["report", str(moved), "--out", str(tmp_path / "two")]) == 0
     assert "The data are synthetic drawings" in (tmp_path / "two" / "report.md").read_text()
+    # an evaluation on other data, or with another --blend-eyes, says so where its numbers are shown
+    ev = json.loads((moved / "eval" / "metrics.json").read_text())
+    ev.update(data=str(tmp_path / "elsewhere"), blend_eyes=0.5)
+    (moved / "eval" / "metrics.json").write_text(json.dumps(ev))
+    assert main(["report", str(moved), "--out", str(tmp_path / "three")]) == 0
+    note = f"evaluated on {tmp_path / 'elsewhere'}, not the training data; graded with --blend-eyes 0.5 (trained with 0"
+    md, page = (tmp_path / "three" / "report.md").read_text(), (tmp_path / "three" / "index.html").read_text()
+    assert note in md and note in page and f"evaluated on the test split of {tmp_path / 'elsewhere'}" in md
 
 
 def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
@@ -269,6 +277,11 @@ def test_named_variants_label_the_rows(tmp_path):
     assert [r.variant for r in runs[:2]] == ["from scratch, lr 0.001", "from scratch, lr 0.003"]
     assign_variants(runs)
     assert [r.variant for r in runs] == ["from scratch, cli", "from scratch, file", "from scratch, many"]
+    other = [Run(f"e{i}", tmp_path, "done", train={"model": "efficientnet_b0", "pretrained": False, "lr": i,
+                                                  "epochs": i, "seed": i, "batch_size": i}) for i in (1, 2)]
+    assign_variants(runs[:2] + other)  # one model's many differences do not rename another model's runs
+    assert [r.variant for r in runs[:2] + other] == ["from scratch, lr 0.001", "from scratch, lr 0.003",
+                                                     "from scratch, e1", "from scratch, e2"]
 
 
 def test_one_run_experiment_is_named_after_the_experiment(tmp_path):

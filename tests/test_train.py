@@ -195,6 +195,15 @@ def test_the_numbers_logged_in_training_are_evaluates(synth_small, tmp_path):
     assert metrics["accuracy"] == pytest.approx(float(row["val_accuracy"]), abs=1e-9)
 
 
+def test_a_run_from_before_eval_amp_resumes_in_its_own_precision(tmp_path):
+    """Its epochs were evaluated in its training precision: a resume keeps evaluating so, not in fp32."""
+    from retinopathy.training.config import file_options
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"train": {"model": "resnet18", "amp": "auto"},
+                                                          "engine": {"amp": "bf16"}}))
+    assert file_options(tmp_path / "config.yaml")[0]["eval_amp"] == "bf16"
+
+
 def test_mixup_trains_and_resumes_exactly(synth_small, tmp_path, capsys):
     """--mixup changes training (other weights than without it) and, drawn from the seeded RNG, resumes to the
     same bits; a negative alpha is refused."""
@@ -389,6 +398,16 @@ def test_evaluate_refuses_checkpoints_it_cannot_rebuild(tiny_run, synth_small, t
     torch.save(ckpt, tmp_path / "odd.pt")
     rc = main(["evaluate", str(tmp_path / "odd.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
     assert rc == 2 and named in capsys.readouterr().err
+
+
+def test_evaluate_refuses_non_finite_outputs(tiny_run, synth_small, tmp_path, capsys):
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    ckpt["model"]["net.fc.bias"][0] = float("nan")
+    torch.save(ckpt, tmp_path / "nan.pt")
+    assert main(["evaluate", str(tmp_path / "nan.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e"),
+                 "--workers", "0", "--quiet"]) == 2
+    assert "images got non-finite outputs (NaN or inf)" in capsys.readouterr().err
+    assert not (tmp_path / "e" / "metrics.json").exists()
 
 
 def test_ddp_two_processes_on_cpu(synth_small, tmp_path):

@@ -96,7 +96,7 @@ def _grades(samples) -> dict:
 
 def format_report(report: dict) -> str:
     """The report as text for a person."""
-    where = report["images_root"] or ("the grade folders" if report["format"] == "folders" else "none found")
+    where = report["images_root"] or ("the grade folders" if report["format"] == "folders" else "no image folder")
     lines = [f"dataset {report['data']}  (format: {report['format']}; images in {where})",
              f"{report['rows']:,} labelled rows, {report['images_ok']:,} images decoded, "
              f"{report['patients']:,} patients",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,7 +324,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         label_files = [labels]
 
     image_root = None
-    if format != "folders":
+    if format != "folders" and resolve:
         image_root = _find_image_root(data, Path(images) if images else None, samples)
         if resolve:
             indexes: dict[Path, dict[str, str]] = {}
@@ -347,13 +348,14 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
 
 
 def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[Sample]:
-    """The samples without rows that list an image again: the same name (with or without its extension) or the
-    same file; each dropped row becomes a problem naming the first one."""
+    """The samples without rows that list an image again: the same name, or a name that leads to the same file
+    (``1_left`` and ``1_left.jpeg``, a link, ``./``); each dropped row becomes a problem naming the first one."""
     by_name: dict[str, Sample] = {}
-    by_path: dict[str, Sample] = {}
+    by_file: dict[str, Sample] = {}
     unique = []
     for s in samples:
-        first = by_name.get(without_extension(s.image)) or (by_path.get(s.path) if s.path else None)
+        real = os.path.realpath(s.path) if s.path else None
+        first = by_name.get(s.image) or (by_file.get(real) if real else None)
         if first is not None:
             where = f"{Path(first.source).name}:{first.line}" if first.line else first.path
             problems.append(Problem("duplicate", s.source if s.line else s.path or s.source, s.line,
@@ -361,8 +363,8 @@ def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[
                                     + (f", as {first.image}" if first.image != s.image else "")
                                     + f"); remove one of the {'rows' if s.line else 'files'}", s.image))
             continue
-        by_name[without_extension(s.image)] = s
-        if s.path:
-            by_path[s.path] = s
+        by_name[s.image] = s
+        if real:
+            by_file[real] = s
         unique.append(s)
     return unique

@@ -53,7 +53,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=at_least(0), default=None)
     p.add_argument("--device", default="auto")
     add_amp_argument(p)
-    p.add_argument("--bootstrap", type=int, default=1000, help="patient-level bootstrap resamples (0: none)")
+    p.add_argument("--bootstrap", type=at_least(0), default=1000, help="patient-level bootstrap resamples (0: none)")
     add_blend_argument(p, None)
     p.add_argument("--quiet", action="store_true")
     return p
@@ -175,7 +175,8 @@ def main(args) -> dict:
     print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f} "
           f"(majority class {metrics['majority_accuracy']:.4f})"
           + (f" [95% CI {ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" if ci else "")
-          + f" | kappa {metrics['kappa']:.4f}" + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci else "")
+          + f" | kappa {metrics['kappa']:.4f}"
+          + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci and ci["kappa"] else "")
           + f" | macro-F1 {metrics['macro_f1']:.4f}"
           + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")
           + f"\nwritten to {out}")

@@ -68,7 +68,10 @@ def full_metrics(y_true, y_pred, probs) -> dict:
 
 
 def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients)."""
+    """Percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients).
+
+    A resample in which truth and answers are all one grade has no kappa (0 / 0); such resamples are left out
+    of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one)."""
     y_true, y_pred, groups = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
@@ -77,8 +80,11 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, level: fl
     for _ in range(n):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
         acc.append(accuracy_score(y_true[idx], y_pred[idx]))
-        kap.append(quadratic_kappa(y_true[idx], y_pred[idx]))
+        one_grade = len(np.unique(np.concatenate([y_true[idx], y_pred[idx]]))) < 2
+        if not one_grade:
+            kap.append(quadratic_kappa(y_true[idx], y_pred[idx]))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {"level": level, "resamples": n, "unit": "patient",
             "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
-            "kappa": [float(np.percentile(kap, lo)), float(np.percentile(kap, hi))]}
+            "kappa": [float(np.percentile(kap, lo)), float(np.percentile(kap, hi))] if kap else None,
+            "kappa_undefined": n - len(kap)}

@@ -60,7 +60,8 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     return maps[-1]
 
 
-NOISE = 1e-8  # a raw Grad-CAM peak below this is rounding noise: the output does not depend on the image
+NOISE = 1e-12  # a raw Grad-CAM peak below this is rounding noise (a dead head: ~1e-16), not a confident model's
+# saturated score (an ordinal model with every logit near -20: ~1e-9)
 
 
 class GradCam:

@@ -239,18 +239,27 @@ def tune_thresholds(scores: np.ndarray, labels: np.ndarray, rule: str = "kappa",
             return (0, accuracy)
         return (1, _quadratic_kappa(labels, pred))
 
-    t = list(DEFAULT_THRESHOLDS)
-    best = value(t)
-    for _ in range(5):
-        start = t
-        for i in range(len(t)):
-            lo = max(t[i - 1] if i else -np.inf, t[i] - 1)
-            hi = min(t[i + 1] if i + 1 < len(t) else np.inf, t[i] + 1)
-            for cand in np.linspace(lo, hi, 41):
-                trial = t[:i] + [float(cand)] + t[i + 1:]
-                v = value(trial)
-                if v[0] > best[0] or (v[0] == best[0] and v[1] > best[1] + 1e-9):
-                    best, t = v, trial
-        if t == start:
-            break
+    def search(t: list[float]) -> tuple[tuple, list[float]]:
+        best = value(t)
+        for _ in range(5):
+            start = t
+            for i in range(len(t)):
+                lo = max(t[i - 1] if i else -np.inf, t[i] - 1)
+                hi = min(t[i + 1] if i + 1 < len(t) else np.inf, t[i] + 1)
+                for cand in np.linspace(lo, hi, 41):
+                    trial = t[:i] + [float(cand)] + t[i + 1:]
+                    v = value(trial)
+                    if v[0] > best[0] or (v[0] == best[0] and v[1] > best[1] + 1e-9):
+                        best, t = v, trial
+            if t == start:
+                break
+        return best, t
+
+    best, t = search(list(DEFAULT_THRESHOLDS))
+    if best[0] == 0 and len(scores):  # the floor not reached from 0.5..3.5: again from the cuts that answer each
+        # grade as often as it occurs (a start close to the floor when most eyes are grade 0)
+        share = np.cumsum(np.bincount(labels, minlength=NUM_GRADES))[:-1] / len(labels)
+        again, t2 = search([float(v) for v in np.quantile(scores, share)])
+        if again > best:
+            best, t = again, t2
     return [round(v, 4) for v in t]

@@ -116,7 +116,7 @@ def results_cell(run) -> str:
     n = run.numbers
     keys = ("test_accuracy", "kappa", "macro_f1", "majority_accuracy", "selected_epoch", "selection_split",
             "selection_metric", "best_selection_accuracy", "best_selection_epoch", "max_test_accuracy",
-            "max_test_epoch", "warning", "ci_accuracy", "ci_kappa")
+            "max_test_epoch", "warning", "ci_accuracy", "ci_kappa", "evaluation_note")
     attrs = {"run": run.name, "model": run.model, "variant": run.variant, "status": run.status,
              **{k: n.get(k) for k in keys if k in n}}
     if run.reason:
@@ -133,6 +133,8 @@ def results_cell(run) -> str:
              f'<div class="pair">kappa <b>{_f(n["kappa"])}</b>{escape(ci_text(n.get("ci_kappa")))} &nbsp; '
              f'macro-F1 <b>{_f(n["macro_f1"])}</b></div>',
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']
+    if n.get("evaluation_note"):
+        parts.append(f'<div class="badge">{escape(n["evaluation_note"])}</div>')
     if "best_selection_accuracy" in n:
         parts.append(f'<div class="small">best {sel} accuracy {_f(n["best_selection_accuracy"])} '
                      f'(epoch {n["best_selection_epoch"]})</div>')

@@ -204,17 +204,18 @@ def _option(train: dict, key: str):
 def assign_variants(runs: list[Run]) -> None:
     """Label each run 'ImageNet-pretrained' or 'from scratch', plus its name in its experiment or else the
     options that differ between runs of the same model and pretraining (e.g. 'from scratch, seed 1'; the runs'
-    names where more than three differ); colour the labels consistently."""
+    names where more than three differ among them); colour the labels consistently."""
     groups = defaultdict(list)
     for r in runs:
         groups[(r.model, r.pretrained)].append(r)
-    keys = set()
+    differing = {}
     for group in groups.values():
-        if len(group) > 1:
-            common = set.intersection(*(set(r.train) for r in group)) - IGNORED
-            keys |= {k for k in common if len({json.dumps(_option(r.train, k), default=str) for r in group}) > 1}
+        common = set.intersection(*(set(r.train) for r in group)) - IGNORED if len(group) > 1 else set()
+        keys = {k for k in common if len({json.dumps(_option(r.train, k), default=str) for r in group}) > 1}
+        differing.update({id(r): keys for r in group})
     for r in runs:
-        shown = {k: r.train[k] if r.train[k] is not None else _option(r.train, k) for k in keys if k in r.train}
+        keys = differing[id(r)]
+        shown = {k: r.train[k] if r.train[k] is not None else _option(r.train, k) for k in keys}
         extra = r.named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
                             ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
         r.variant = ("ImageNet-pretrained" if r.pretrained else "from scratch") + (f", {extra}" if extra else "")
@@ -253,14 +254,26 @@ def run_numbers(run: Run) -> dict:
                  majority_grade=max(GRADES, key=lambda g: ev["true_counts"][g]),
                  ci_accuracy=(ev.get("ci95") or {}).get("accuracy"), ci_kappa=(ev.get("ci95") or {}).get("kappa"))
         n["warning"] = n["test_accuracy"] <= n["majority_accuracy"] or n["kappa"] <= 0
+        n["evaluation_note"] = evaluation_note(run)
     return n
+
+
+def evaluation_note(run: Run) -> str:
+    """How the evaluation differs from the run's own setting (other data, another --blend-eyes), or ''."""
+    ev, trained = run.eval or {}, (run.config or {}).get("data", {}).get("path")
+    notes = []
+    if ev.get("data") and trained and Path(ev["data"]) != Path(trained):
+        notes.append(f"evaluated on {ev['data']}, not the training data")
+    if ev.get("blend_eyes") is not None and ev["blend_eyes"] != (run.train.get("blend_eyes") or 0.0):
+        notes.append(f"graded with --blend-eyes {ev['blend_eyes']} (trained with {run.train.get('blend_eyes') or 0})")
+    return "; ".join(notes)
 
 
 def at_a_glance(runs: list[Run]) -> list[str]:
     """A few plain sentences that sum the comparison up."""
     done = [r for r in runs if r.eval is not None]
     lines = []
-    datas = {str((r.config or {}).get("data", {}).get("path", r.train.get("data"))) for r in done}
+    datas = {str(r.eval.get("data") or (r.config or {}).get("data", {}).get("path", r.train.get("data"))) for r in done}
     counts = {r.numbers["test_count"] for r in done}
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
                  + (f" of {next(iter(datas))}" if len(datas) == 1 else "")
@@ -365,6 +378,8 @@ def cell_lines(run: Run) -> list[str]:
     lines = [f"test accuracy {fmt(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
              f"kappa {fmt(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {fmt(n['macro_f1'])}",
              f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
+    if n.get("evaluation_note"):
+        lines.append(n["evaluation_note"])
     if "best_selection_accuracy" in n:
         lines.append(f"best {sel} accuracy {fmt(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
     if "max_test_accuracy" in n:

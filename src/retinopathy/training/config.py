@@ -157,7 +157,10 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
     if not isinstance(cfg, dict):
         raise SystemExit(f"error: {path}: expected a mapping of option: value (keys are option names with _)")
     if "engine" in cfg and isinstance(cfg.get("train"), dict):
-        return {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}, "run"
+        options = {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
+        if "eval_amp" not in options:  # a run from before --eval-amp evaluated in its training precision
+            options["eval_amp"] = (cfg.get("engine") or {}).get("amp", "none")
+        return options, "run"
     if not {"name", "train", "grid", "base", "variants"} & set(cfg):
         return {str(k).replace("-", "_"): v for k, v in cfg.items()}, "options"
     from ..experiments.runner import ExperimentError, load_experiment

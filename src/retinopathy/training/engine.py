@@ -167,6 +167,11 @@ def evaluate(model, objective, loader, device, normalize, *, amp="none", channel
     order = np.argsort(np.concatenate([p["indices"] for p in parts]), kind="stable")
     out = torch.cat([p["outputs"] for p in parts])[order]
     y = torch.cat([p["labels"] for p in parts])[order]
+    broken = int((~torch.isfinite(out)).any(1).sum())
+    if broken:
+        raise RetinopathyError(f"{broken} of {len(out)} images got non-finite outputs (NaN or inf): the weights are "
+                               "broken (a diverged run) or the precision overflowed (fp16); grade in fp32 (--amp none) "
+                               "or use another checkpoint")
     return {"labels": y.numpy(), "outputs": out, "probs": objective.probabilities(out).numpy(),
             "scores": objective.score(out).numpy(), "preds": objective.predict(out).numpy(),
             "loss": sum(p["loss_sum"] for p in parts) / max(len(y), 1)}

@@ -443,8 +443,9 @@ def main(args) -> dict:
 
     # ---- shipped thresholds from the training images too (--threshold-data train+selection) ---------------
     finished = start_epoch + ran >= args.epochs  # not at a --stop-after pause; again on --resume of a finished run
-    if args.threshold_data == "train+selection" and objective.decision == "thresholds" and finished \
-            and best["epoch"] is not None:
+    retune = args.threshold_data == "train+selection" and objective.decision == "thresholds" and finished \
+        and best["epoch"] is not None
+    if retune:
         barrier(dist)
         best_path = out / "checkpoints" / "best.pt"
         chosen = load_checkpoint(best_path)
@@ -478,7 +479,7 @@ def main(args) -> dict:
                 save_checkpoint(last, out / "checkpoints" / "last.pt")
     if dist.main and not finished:
         print(f"stopped after {ran} epoch(s) (--stop-after): continue with `retinopathy train --resume {out}`")
-    elif dist.main and not ran:
+    elif dist.main and not ran and not retune:
         print(f"nothing to train: {out} has finished its {args.epochs} epochs (--epochs N on --resume trains on)")
     cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
