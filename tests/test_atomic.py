@@ -19,6 +19,29 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
+def test_a_pipe_or_device_is_written_in_place_not_replaced(tmp_path):
+    """`--json /dev/null` must not turn /dev/null into a file (a replace did, breaking the machine's /dev/null);
+    tested on a named pipe, which a replace would likewise swap for a file."""
+    import os
+    import stat
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(open(fifo).read()), daemon=True)
+    reader.start()
+    try:
+        write_text(fifo, "report")
+    finally:
+        if not got and stat.S_ISFIFO(os.stat(fifo).st_mode):
+            with open(fifo, "w"):  # release a reader still waiting for a writer
+                pass
+        reader.join(5)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got == ["report"]
+    assert [p.name for p in tmp_path.iterdir()] == ["pipe"]
+
+
 def test_ctrl_c_during_a_checkpoint_save_arrives_after_it(tmp_path, monkeypatch):
     """torch.save turns an interrupt inside it into a RuntimeError from its zip writer; the save finishes, then
     the KeyboardInterrupt comes."""

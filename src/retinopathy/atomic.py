@@ -1,9 +1,11 @@
-"""Files written whole or not at all: a temporary file beside the target, then ``os.replace``."""
+"""Files written whole or not at all: a temporary file beside the target, then ``os.replace`` (devices and pipes,
+such as ``/dev/null``, are written in place)."""
 from __future__ import annotations
 
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -13,14 +15,28 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
     """Yield a file opened for writing beside ``path`` that replaces ``path`` when the block succeeds and is
     removed when it fails: readers see the old file or the new one, never a part (text is UTF-8)."""
     path = Path(path)
+    kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}
+    if _special(path):  # /dev/null, /dev/stdout, a pipe: written in place (a replace would put a file there)
+        with open(path, mode, **kwargs) as f:
+            yield f
+        return
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": newline})) as f:
+        with open(tmp, mode, **kwargs) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _special(path: Path) -> bool:
+    """Whether ``path`` exists as something other than a file or a folder (a device, a pipe, a socket)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
