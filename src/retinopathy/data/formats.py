@@ -326,11 +326,10 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     image_root = None
     if format != "folders" and resolve:
         image_root = _find_image_root(data, Path(images) if images else None, samples)
-        if resolve:
-            indexes: dict[Path, dict[str, str]] = {}
-            for s in samples:
-                path = _find_image(s.image, data, image_root, indexes)
-                s.path = str(path) if path is not None else None
+        indexes: dict[Path, dict[str, str]] = {}
+        for s in samples:
+            path = _find_image(s.image, data, image_root, indexes)
+            s.path = str(path) if path is not None else None
     samples = _without_duplicates(samples, problems)
     if format != "folders" and resolve:
         for s in samples:  # a sample whose image is missing stays, with path None, so it keeps its split
