@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from retinopathy.cli.main import main
 from retinopathy.data import Normalize, build_transform, open_image
@@ -120,6 +121,17 @@ def test_grades_in_channels_last_on_the_cpu(predicted, checkpoint, real):
     res = run(model, objective, prep, items, device="cpu", amp="none", progress=False)
     assert next(p for p in model.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
     assert np.abs(res["probs"] - np.array([probs_of(r) for r in predicted[:4]])).max() <= 1e-5
+
+
+def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    shutil.copy(sorted((real / "images").glob("*.jpeg"))[0], folder / "real.jpeg")
+    Image.new("RGB", (300, 200), (4, 3, 2)).save(folder / "dark.jpeg")
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--quiet"]) == 0
+    assert "warning: 1 image(s) are nearly black (e.g. dark)" in capsys.readouterr().err
+    assert len(read_rows(tmp_path / "p.csv")) == 2
 
 
 def test_unreadable_images_are_listed_and_the_rest_graded(checkpoint, real, tmp_path):

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .formats import GRADES, Catalog
-from .images import ImageError, check_image, open_image
+from .images import BLANK_LEVEL, ImageError, brightest, check_image, open_image
 from .problems import Problem
 from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
@@ -17,15 +17,12 @@ from .transforms import Preprocessing, geometry
 STATS_SIZE = 256
 
 
-BLANK_LEVEL = 8  # an image whose brightest 1 % of pixels stay below this (of 255) shows no retina
-
-
 def _inspect(path: str, stats: bool):
     """Check one image as training does (headers, end markers, checksums), then decode it at reduced scale
     (enough to find broken data inside); return (size, brightness of its brightest 1 %, pixel sums or None)."""
     size = check_image(path)  # raises ImageError with the reason
     img = open_image(path, STATS_SIZE)
-    bright = float(np.percentile(np.asarray(img.convert("L")), 99))
+    bright = brightest(img)
     if not stats:
         return size, bright, None
     for step in geometry(Preprocessing("lab", STATS_SIZE)):

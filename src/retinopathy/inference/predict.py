@@ -43,7 +43,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           catalog_options)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import LAB_FILES, base_name, detect_format, patient_of, without_extension
-from ..data.images import IMAGE_EXTENSIONS, index_images
+from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, index_images
 from ..data.problems import refuse_misaligned
 from ..data.splits import read_split_table, select
 from ..errors import RetinopathyError
@@ -171,7 +171,8 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
 
 
 class ImageItems(Dataset):
-    """``(uint8 tensor or None, index, error)`` per item: an unreadable image is reported, not raised."""
+    """``(uint8 tensor or None, index, error, nearly black)`` per item: an unreadable image is reported, not
+    raised."""
 
     def __init__(self, items: list[Item], prep):
         self.items, self.size = items, prep.size
@@ -183,18 +184,21 @@ class ImageItems(Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         if item.error:
-            return None, index, item.error
+            return None, index, item.error, False
         try:
-            return self.transform(open_image(item.path, self.size)), index, ""
+            image = open_image(item.path, self.size)
         except ImageError as e:
-            return None, index, e.reason
+            return None, index, e.reason, False
+        return self.transform(image), index, "", brightest(image) < BLANK_LEVEL
 
 
 def collate(batch):
-    """(stacked good images or None, their indices, [(index, reason)] of the failed ones)."""
-    good = [(x, i) for x, i, err in batch if not err]
+    """(stacked good images or None, their indices, [(index, reason)] of the failed ones, indices of nearly
+    black ones)."""
+    good = [(x, i) for x, i, err, _ in batch if not err]
     images = torch.stack([x for x, _ in good]) if good else None
-    return images, [i for _, i in good], [(i, err) for x, i, err in batch if err]
+    return (images, [i for _, i in good], [(i, err) for _, i, err, _ in batch if err],
+            [i for _, i, _, black in batch if black])
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -243,7 +247,9 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     n = len(items)
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
            "errors": [item.error for item in items], "heatmaps": [""] * n}
-    for images, idx, failed in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+    black = []
+    for images, idx, failed, dark in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+        black += [items[i].image for i in dark]
         for i, reason in failed:
             res["errors"][i] = reason
         if images is None:
@@ -252,6 +258,9 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
                                               tta, amp)
         res["probs"][idx], res["scores"][idx], res["grades"][idx] = (probs.cpu().numpy(), scores.cpu().numpy(),
                                                                     grades.cpu().numpy())
+    if black:
+        print(f"warning: {len(black)} image(s) are nearly black (e.g. {black[0]}): no retina to grade, so their "
+              "grades mean nothing; check those photographs", file=sys.stderr)
     graded = np.flatnonzero(res["grades"] >= 0)
     if blend and len(graded):
         patients = [items[i].patient or patient_of(items[i].image) for i in graded]
@@ -285,7 +294,7 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
     names = _heatmap_names(items)
     cam_dir.mkdir(parents=True, exist_ok=True)
     empty = []
-    for images, idx, _ in tqdm(loader, desc="heatmaps", unit="batch", disable=not progress, leave=False):
+    for images, idx, *_ in tqdm(loader, desc="heatmaps", unit="batch", disable=not progress, leave=False):
         if images is None:
             continue
         x = to_device(images, device, normalize, channels_last)
