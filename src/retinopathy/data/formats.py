@@ -231,9 +231,10 @@ def _read_folders(folder: Path) -> list[Sample]:
     return samples
 
 
-def _find_image_root(data: Path, images: Path | None, samples: list[Sample]) -> Path | None:
+def _find_image_root(data: Path, images: Path | None, samples: list[Sample],
+                     indexes: dict[Path, dict[str, str]]) -> Path | None:
     """``images``, else the folder of IMAGE_SUBDIRS that holds the most of the listed images (the first on a tie:
-    a stray picture in ``data`` does not hide ``data/images/``)."""
+    a stray picture in ``data`` does not hide ``data/images/``); ``indexes`` keeps the folders' indexes."""
     if images is not None:
         if not images.is_dir():
             raise DataError([Problem("missing-folder", str(images), None, "image folder (--images) not found")],
@@ -242,7 +243,7 @@ def _find_image_root(data: Path, images: Path | None, samples: list[Sample]) -> 
     best, most = None, -1
     for sub in IMAGE_SUBDIRS:
         folder = data / sub
-        index = index_images(folder) if folder.is_dir() else {}
+        index = indexes.setdefault(folder, index_images(folder) if folder.is_dir() else {})
         if index:
             found = sum(base_name(s.image) in index for s in samples)
             if found > most:
@@ -325,8 +326,8 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
 
     image_root = None
     if format != "folders" and resolve:
-        image_root = _find_image_root(data, Path(images) if images else None, samples)
         indexes: dict[Path, dict[str, str]] = {}
+        image_root = _find_image_root(data, Path(images) if images else None, samples, indexes)
         for s in samples:
             path = _find_image(s.image, data, image_root, indexes)
             s.path = str(path) if path is not None else None

@@ -15,9 +15,14 @@ def majority_accuracy(y_true) -> float:
     return float(np.bincount(y, minlength=5).max() / len(y)) if len(y) else float("nan")
 
 
+def one_grade(y_true, y_pred) -> bool:
+    """Truth and answers are all one grade: kappa is 0 / 0, undefined."""
+    return len(np.unique(np.concatenate([y_true, y_pred]))) < 2
+
+
 def quadratic_kappa(y_true, y_pred) -> float:
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    if len(np.unique(np.concatenate([y_true, y_pred]))) < 2:
+    if one_grade(y_true, y_pred):
         return 0.0  # one grade everywhere: no agreement beyond chance
     return float(cohen_kappa_score(y_true, y_pred, labels=GRADES, weights="quadratic"))
 
@@ -80,8 +85,7 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, level: fl
     for _ in range(n):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
         acc.append(accuracy_score(y_true[idx], y_pred[idx]))
-        one_grade = len(np.unique(np.concatenate([y_true[idx], y_pred[idx]]))) < 2
-        if not one_grade:
+        if not one_grade(y_true[idx], y_pred[idx]):
             kap.append(quadratic_kappa(y_true[idx], y_pred[idx]))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     return {"level": level, "resamples": n, "unit": "patient",

@@ -50,7 +50,8 @@ from ..training.checkpoint import epochs_saved, load_checkpoint, same_checkpoint
 TOP_KEYS = ("name", "out", "data", "description", "base", "synth", "train", "grid", "variants", "evaluate",
             "report")
 RESERVED = {"data", "out", "resume", "config", "stop_after", "help"}  # the runner sets these itself
-RUNTIME = {"workers", "device", "amp", "eval_amp", "quiet", "channels_last", "compile", "epochs"}  # may change on a re-run
+RUNTIME = {"workers", "device", "amp", "eval_amp", "quiet", "channels_last", "compile",  # may change on a re-run
+           "epochs"}
 EVAL_KEYS = {"bootstrap", "batch_size"}
 WEIGHTS_TIMEOUT = 30  # seconds a stalled weights download may wait on the network before the cell is skipped
 

@@ -315,8 +315,7 @@ def main(args) -> dict:
                             "note": "selected on the test split (reproduces the lab; optimistic)"
                             if select_on == "test" else "selected on the validation split"},
               "engine": {"device": str(device), "amp": amp, "eval_amp": eval_amp, "channels_last": channels_last,
-                         "workers": workers,
-                         "world_size": dist.world_size},
+                         "workers": workers, "world_size": dist.world_size},
               "weights": origin, "environment": environment()}
     if dist.main:
         write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
