@@ -41,7 +41,7 @@ def run(args) -> int:
         for s in catalog.samples:
             s.path = None
     report = check_catalog(catalog, stats=args.stats, workers=args.workers,
-                           progress=not args.quiet and sys.stderr.isatty())
+                           progress=not args.quiet)
     print(format_report(report))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     write_text(args.json, json.dumps(report, indent=2))

@@ -1,8 +1,6 @@
 """``retinopathy synth OUT``: write a synthetic fundus dataset."""
 from __future__ import annotations
 
-import sys
-
 from .common import at_least
 
 
@@ -23,7 +21,7 @@ def run(args) -> int:
     from ..data.synth import generate
 
     s = generate(args.out, n=args.n, size=args.size, seed=args.seed, balanced=args.balanced,
-                 format=args.format, workers=args.workers, progress=not args.quiet and sys.stderr.isatty())
+                 format=args.format, workers=args.workers, progress=not args.quiet)
     print(f"wrote {s['n']} images ({args.size} px, grades {s['counts']}) to {args.out} "
           f"in {s['seconds']:.1f} s ({s['images_per_s']:.0f} images/s)")
     return 0

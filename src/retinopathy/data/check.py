@@ -6,8 +6,8 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .formats import GRADES, Catalog
 from .images import BLANK_LEVEL, ImageError, brightest, check_image, open_image
 from .problems import Problem
@@ -42,8 +42,8 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_inspect, s.path, stats) for s in present]
-        for s, fut in tqdm(zip(present, futures), total=len(present), desc="checking images",
-                           unit="img", disable=not progress):
+        for s, fut in progress_bar(zip(present, futures), enabled=progress, total=len(present),
+                                   desc="checking images", unit="img"):
             try:
                 size, bright, acc = fut.result()
             except (ImageError, OSError, ValueError) as e:

@@ -10,8 +10,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
-from tqdm import tqdm
 
+from ..progress import progress_bar
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, open_image
 from .problems import DataError, Problem, refuse_misaligned
@@ -50,14 +50,14 @@ class FundusDataset(Dataset):
     steps (field-of-view crop, resize, Graham's normalisation) once, here, keeping ``size x size x 3``
     bytes per image in memory; items then run only the random augmentation, as MONAI's ``CacheDataset``
     does. Items are the same as without the cache; its full decode also reports (and with ``skip_bad`` drops)
-    files that decode only partly.
+    files that decode only partly; ``progress`` shows a progress bar meanwhile.
     """
 
     def __init__(self, data: str | Path | Catalog, split: str = "train", *, image_size: int = 512,
                  preprocess: str | Preprocessing = "lab", augment: str = "flips", crop: int | None = None,
                  train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
-                 check: bool = True, cache: bool = False, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 check: bool = True, cache: bool = False, progress: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.2,
                  seed: int = 0, split_file: str | Path | None = None, **read_options):
         catalog = data if isinstance(data, Catalog) else load_catalog(
             data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_file=split_file,
@@ -82,7 +82,7 @@ class FundusDataset(Dataset):
                               else Preprocessing(preprocess, image_size))
         self.cache = None
         if cache and transform is None and (skip_bad or not problems):
-            samples, self.cache, bad = _decode_all(samples, self.preprocessing, split)
+            samples, self.cache, bad = _decode_all(samples, self.preprocessing, split, progress)
             problems += bad
         if problems and not skip_bad:
             raise DataError(problems, hint="Fix the files, or pass --skip-bad (skip_bad=True) to drop them.")
@@ -141,10 +141,10 @@ def _check_files(samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
     return good, bad
 
 
-def _decode_all(samples: list[Sample], prep: Preprocessing, split: str):
+def _decode_all(samples: list[Sample], prep: Preprocessing, split: str, progress: bool):
     """(samples that decode, their deterministic steps' output stacked as uint8 arrays, problems of the rest)."""
     fixed, good, arrays, bad = v2.Compose(geometry(prep)), [], [], []
-    for s in tqdm(samples, desc=f"caching {split}", unit="img", disable=None, leave=False):
+    for s in progress_bar(samples, enabled=progress, desc=f"caching {split}", unit="img", leave=False):
         try:
             arrays.append(np.asarray(fixed(open_image(s.path, prep.size))))
             good.append(s)

@@ -44,12 +44,12 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 from torchvision.transforms import v2
-from tqdm import tqdm
 
 from .. import __version__
 from ..atomic import write_text
 from ..cli.common import READ_KEYS, add_format_arguments, at_least
 from ..errors import RetinopathyError
+from ..progress import progress_bar
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, open_image
 from .problems import Problem
@@ -206,7 +206,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
 
     jobs = [(s.path, dst, size, crop) for s, dst in todo]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
-    bar = tqdm(total=len(jobs), unit="img", desc="prepare", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(jobs), enabled=progress, unit="img", desc="prepare", dynamic_ncols=True)
     if workers == 1:
         results = map(prepare_file, jobs)
     else:
@@ -263,7 +263,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def main(args) -> dict:
     options = {k: getattr(args, k) for k in READ_KEYS if getattr(args, k) is not None}
     m = prepare(args.src, args.out, size=args.size, crop=args.crop, workers=args.workers,
-                progress=not args.quiet and sys.stderr.isatty(), **options)
+                progress=not args.quiet, **options)
     c = m["counts"]
     print(f"{c['images']:,} images at {m['size']} px (crop {m['crop']}) in {args.out}: {c['written']:,} written, "
           f"{c['already_there']:,} already there, {m['seconds']:.1f} s ({m['images_per_s']:.1f} images/s, "

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
-from tqdm import tqdm
 
 from ..atomic import replacing, write_text
+from ..progress import progress_bar
 
 GRADE_MIX = (0.735, 0.070, 0.151, 0.025, 0.020)  # EyePACS class mix
 SAME_GRADE = 0.85  # probability that a patient's second eye has the first eye's grade
@@ -443,7 +443,7 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     names = [image_name(i) for i in range(n)]
     jobs = [(str(out), i, grades[i], size, seed) for i in range(n)]
     workers = max(1, min(workers or os.cpu_count() or 1, n))
-    bar = tqdm(total=n, unit="img", desc="synth", disable=not progress)
+    bar = progress_bar(total=n, enabled=progress, unit="img", desc="synth")
     if workers == 1:
         for job in jobs:
             _render_file(job)

@@ -141,7 +141,7 @@ def main(args) -> dict:
                             skip_bad=bool(args.skip_bad))
     if ckpt["model_info"].get("pair_eyes"):
         dataset = PairedEyes(dataset)
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet
     res = predict_dataset(model, objective, dataset, batch_size=args.batch_size, workers=args.workers,
                           device=args.device, amp=args.amp, progress=progress)
     info, weight, patients = ckpt["model_info"], blend_setting(args, ckpt), [s.patient for s in dataset.samples]

@@ -345,7 +345,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         from ..data.synth import generate
 
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
-        generate(data, **exp.synth, progress=not quiet and sys.stderr.isatty())
+        generate(data, **exp.synth, progress=not quiet)
     exp.dir.mkdir(parents=True, exist_ok=True)
     parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
     status_file = exp.dir / "experiment.json"

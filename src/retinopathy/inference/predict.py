@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from ..atomic import check_writable, replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
@@ -49,6 +48,7 @@ from ..data.splits import read_split_table, select
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
+from ..progress import progress_bar
 from ..training.checkpoint import CheckpointError, run_folder
 from ..training.engine import autocast, to_device
 from ..training.train import inference_settings, pick_device
@@ -248,7 +248,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
            "errors": [item.error for item in items], "heatmaps": [""] * n}
     black = []
-    for images, idx, failed, dark in tqdm(loader, desc="predict", unit="batch", disable=not progress, leave=False):
+    for images, idx, failed, dark in progress_bar(loader, enabled=progress, desc="predict", unit="batch", leave=False):
         black += [items[i].image for i in dark]
         for i, reason in failed:
             res["errors"][i] = reason
@@ -294,7 +294,7 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
     names = _heatmap_names(items)
     cam_dir.mkdir(parents=True, exist_ok=True)
     empty = []
-    for images, idx, *_ in tqdm(loader, desc="heatmaps", unit="batch", disable=not progress, leave=False):
+    for images, idx, *_ in progress_bar(loader, enabled=progress, desc="heatmaps", unit="batch", leave=False):
         if images is None:
             continue
         x = to_device(images, device, normalize, channels_last)
@@ -379,7 +379,7 @@ def main(args) -> dict:
         **catalog_options(args))
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet
     workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
     res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,
               amp=args.amp, tta=args.tta,

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Sampler
-from tqdm import tqdm
+from ..progress import progress_bar
 
 from ..errors import RetinopathyError
 from .distributed import DistInfo, all_gather_objects, finite_everywhere, sum_everywhere
@@ -81,7 +81,7 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
     set_train_mode(grader, frozen)
     total_loss, correct, seen = 0.0, 0, 0
     start = time.perf_counter()
-    bar = tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False, dynamic_ncols=True)
+    bar = progress_bar(loader, enabled=progress, desc=desc, unit="batch", leave=False, dynamic_ncols=True)
     for images, target in bar:
         images = to_device(images, device, normalize, channels_last)
         target = target.to(device, non_blocking=True)
@@ -150,7 +150,7 @@ def evaluate(model, objective, loader, device, normalize, *, amp="none", channel
     """
     model.eval()
     outputs, labels, loss_sum = [], [], 0.0
-    for images, target in tqdm(loader, desc=desc, unit="batch", disable=not progress, leave=False):
+    for images, target in progress_bar(loader, enabled=progress, desc=desc, unit="batch", leave=False):
         images = to_device(images, device, normalize, channels_last)
         target = target.to(device, non_blocking=True)
         with autocast(device, amp):

@@ -9,7 +9,6 @@ import csv
 import math
 import os
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -194,7 +193,7 @@ def main(args) -> dict:
     device = pick_device(args.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    progress = not args.quiet and sys.stderr.isatty() and dist.main
+    progress = not args.quiet and dist.main
     out = Path(args.out)
     if dist.main:
         check_writable(out)
@@ -243,7 +242,7 @@ def main(args) -> dict:
             raise DataError([], hint=f"--select-on {select_on}: the data has no {select_on} split")
         eval_splits.append(select_on)
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
-                  cache=args.cache_images)
+                  cache=args.cache_images, progress=progress)
     train_set = FundusDataset(catalog, "train", augment=args.augment, crop=args.train_crop_size, **common)
     eval_sets = {sp: FundusDataset(catalog, sp, **common) for sp in eval_splits}
     if args.pair_eyes:

@@ -1,0 +1,26 @@
+"""Progress in a log file: stderr that is not a terminal gets whole lines, now and then, and short work none."""
+from __future__ import annotations
+
+import retinopathy.progress as progress
+from retinopathy.cli.main import main
+
+
+def test_a_log_gets_one_line_per_update_and_quiet_gets_none(synth_small, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(progress, "LOG_EVERY", 0.0)  # every update is due
+    assert main(["data", "check", str(synth_small), "--json", str(tmp_path / "a.json")]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("checking images:")]
+    assert "\r" not in err and len(lines) >= 2, err
+    assert lines[-1].startswith("checking images: 100% 240/240"), lines[-1]
+
+    assert main(["data", "check", str(synth_small), "--json", str(tmp_path / "b.json"), "--quiet"]) == 0
+    assert "checking images" not in capsys.readouterr().err
+
+
+def test_work_shorter_than_the_interval_prints_nothing_to_a_log(capsys):
+    assert progress.LOG_EVERY >= 10
+    assert sum(progress.progress_bar(range(1000), desc="short")) == 499500
+    bar = progress.progress_bar(total=3, desc="manual")
+    bar.update(3)
+    bar.close()
+    assert capsys.readouterr().err == ""
