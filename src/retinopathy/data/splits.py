@@ -134,6 +134,26 @@ def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
     return {row["image"]: row.get(column) for row in rows}
 
 
+def run_overlap(split_csv: str | Path, labelled) -> tuple[dict[str, str], int, int]:
+    """How labelled images, ``(name, grade)`` pairs, meet a run's ``split_csv``: ``({name: split} of those listed
+    with the grade the run saw, how many are listed with another grade, how many are not listed)``; nothing
+    listed when the file is missing or unusable."""
+    labelled = list(labelled)
+    try:
+        split, grade = (read_split_table(split_csv, column) for column in ("split", "label"))
+    except DataError:
+        return {}, 0, len(labelled)
+    same = {name: split[name] for name, label in labelled if grade.get(name) == str(label)}
+    listed = sum(name in grade for name, _ in labelled)
+    return same, listed - len(same), len(labelled) - listed
+
+
+def same_photographs(same: int, regraded: int) -> bool:
+    """Whether the names a run's split lists are its photographs: at least 90 % of them with the grades it lists
+    (a name alone is not enough: EyePACS and synthetic sets share names, and most of their grades are 0)."""
+    return same > 0 and same >= 0.9 * (same + regraded)
+
+
 def read_split(samples: list[Sample], path: str | Path) -> None:
     """Apply a split written by :func:`write_split`; every sample must be listed."""
     table = read_split_table(path)

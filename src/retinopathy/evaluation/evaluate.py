@@ -32,7 +32,7 @@ from ..cli.common import (  # noqa: E402
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
-from ..data.splits import read_split_table  # noqa: E402
+from ..data.splits import run_overlap, same_photographs  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.figures import dash_rows_without_images  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
@@ -59,21 +59,6 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-def _split_overlap(split_csv: Path, data: str, read_options: dict) -> tuple[int, int, int]:
-    """How the images of ``data`` meet the run's ``split_csv``: (listed with the grade the run saw, listed with
-    another grade, not listed); all 0 when either cannot be read."""
-    if not split_csv.exists():
-        return 0, 0, 0
-    try:
-        samples = read_catalog(data, resolve=False, **read_options).samples
-        grades = read_split_table(split_csv, "label")
-    except DataError:
-        return 0, 0, 0  # not a dataset (a folder of photographs, say), or not a usable split file
-    same = sum(grades.get(s.image) == str(s.label) for s in samples)
-    listed = sum(s.image in grades for s in samples)
-    return same, listed - same, len(samples) - listed
-
-
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
@@ -88,10 +73,17 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     if args.split_file:
         return opts
     split_csv = run_folder(checkpoint) / "split.csv"
-    same, regraded, unlisted = _split_overlap(split_csv, data, {k: opts[k] for k in READ_KEYS if k in opts})
+    samples = []
+    if split_csv.exists():
+        try:  # a folder of photographs, say, is not a dataset: nothing of it is listed
+            samples = read_catalog(data, resolve=False, **{k: opts[k] for k in READ_KEYS if k in opts}).samples
+        except DataError:
+            pass
+    listed_same, regraded, unlisted = run_overlap(split_csv, [(s.image, s.label) for s in samples])
+    same = len(listed_same)
     if (same or regraded) and not unlisted:
         opts["split_file"] = split_csv
-    elif same >= 0.9 * (same + regraded) > 0 and getattr(args, "split", "all") != "all":
+    elif same_photographs(same, regraded) and getattr(args, "split", "all") != "all":
         raise DataError([Problem("split-overlap", str(data), None,
                                  f"{same} of its images are in the run's split ({split_csv}), with the same grades, "
                                  f"and {unlisted} are not: a split computed afresh would put some of the run's "

@@ -44,7 +44,7 @@ from ..data import DataError, ImageError, Normalize, Problem, build_transform, l
 from ..data.formats import LAB_FILES, base_name, detect_format, patient_of, without_extension
 from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, index_images
 from ..data.problems import refuse_misaligned
-from ..data.splits import read_split_table, select
+from ..data.splits import run_overlap, same_photographs, select
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
@@ -344,16 +344,11 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
 
 
 def training_images(items: list[Item], checkpoint: Path) -> int:
-    """How many labelled ``items`` the run trained on: listed as train in its split.csv, counted when at least 90 %
-    of the listed names have the grades it lists (a name alone is not enough: EyePACS and synthetic sets share
-    names, and most of their grades are 0)."""
-    try:
-        split, grade = (read_split_table(run_folder(checkpoint) / "split.csv", c) for c in ("split", "label"))
-    except DataError:
-        return 0
-    listed = [i for i in items if i.label is not None and i.image in grade]
-    same = [i for i in listed if grade[i.image] == str(i.label)]
-    return sum(split[i.image] == "train" for i in same) if len(same) >= 0.9 * len(listed) else 0
+    """How many labelled ``items`` the run trained on: listed as train in its split.csv, counted when they are the
+    run's photographs (:func:`same_photographs`)."""
+    same, regraded, _ = run_overlap(run_folder(checkpoint) / "split.csv",
+                                    [(i.image, i.label) for i in items if i.label is not None])
+    return sum(s == "train" for s in same.values()) if same_photographs(len(same), regraded) else 0
 
 
 def single_eye(ckpt: dict, where) -> None:

@@ -23,7 +23,7 @@ from ..data.splits import SPLIT_DEFAULTS
 from ..evaluation.metrics import GRADES
 from ..models.objectives import default_decision
 from ..models.restore import display_name
-from ..training.checkpoint import checkpoint_file, load_checkpoint, same_checkpoint
+from ..training.checkpoint import checkpoint_file, load_checkpoint, run_folder, same_checkpoint
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",
@@ -251,7 +251,7 @@ def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval
     file = checkpoint_file(checkpoint_path)
     ckpt = load_checkpoint(file)
     folder = file.parent
-    run = folder.parent if folder.name == "checkpoints" else folder
+    run = run_folder(file)
     described = folder / "best.pt" if file.name != "best.pt" and (folder / "best.pt").exists() else file
     card_ckpt = ckpt if described == file else load_checkpoint(described)
     config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}

@@ -66,8 +66,10 @@ def same_checkpoint(record: dict, ckpt: dict) -> bool:
 
 
 def run_folder(checkpoint: Path) -> Path:
-    """The run a checkpoint belongs to (``RUN/checkpoints/best.pt`` -> ``RUN``; a run folder is itself)."""
-    return checkpoint.parent.parent if checkpoint.is_file() else checkpoint
+    """The run a checkpoint belongs to: ``RUN/checkpoints/best.pt`` and ``RUN/best.pt`` -> ``RUN``; a run folder is
+    itself."""
+    folder = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
+    return folder.parent if folder.name == "checkpoints" else folder
 
 
 def checkpoint_file(path: str | Path) -> Path:
