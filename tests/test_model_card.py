@@ -103,3 +103,26 @@ def test_recall_of_grades_without_images_is_not_zero(run):
     recall = table_row(card.split("### Evaluations")[1], "test")[-1]
     assert recall == "0.80 / 0.00 / 0.50 / n/a (0 images) / n/a (0 images)"
     assert "mean F1 over the grades that are in the split or predicted" in card
+
+
+def test_grading_the_training_images_is_deterministic_warned_and_marked(run, synth_small, tmp_path, capsys):
+    """``evaluate --split train`` grades the unaugmented photographs (twice the same answers), says that they
+    are the run's training images, and the model card marks the row."""
+    common = ["evaluate", str(run), "--data", str(synth_small), "--split", "train", "--workers", "0",
+              "--bootstrap", "0", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b")]) == 0
+    first, second = ((tmp_path / d / "predictions.csv").read_text() for d in "ab")
+    assert first == second
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["training_images"] == m["count"] > 0
+    assert f"warning: {m['count']} of these images are in the run's training split" in capsys.readouterr().err
+    row = table_row((run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1], "train")
+    assert f"† ({m['count']} trained on)" in row[2]
+
+    assert main(["evaluate", str(run), "--data", str(synth_small), "--split", "test", "--workers", "0",
+                 "--bootstrap", "0", "--quiet", "--out", str(tmp_path / "t")]) == 0
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["training_images"] == 0
+    assert "training split" not in capsys.readouterr().err
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1]
+    assert "†" not in table_row(card, "test")[2] and "† (" in table_row(card, "train")[2]

@@ -19,6 +19,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 from retinopathy.cli.main import main
 from retinopathy.data import DataError
 from retinopathy.training.checkpoint import load_checkpoint
+from retinopathy.training.config import parse_args
 
 FAST = ["--model", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size", "16", "--workers", "0",
         "--quiet"]
@@ -600,7 +601,6 @@ def test_a_diverged_run_says_what_it_kept_and_resumes(synth_small, tmp_path, mon
 
 
 def test_space_to_depth_and_training_window_must_fit_the_image_size(capsys):
-    from retinopathy.training.config import parse_args
 
     base = ["--data", "d", "--out", "runs/x", "--image-size", "64"]
     for bad, named in ((["--space-to-depth", "3"], "--space-to-depth 3"), (["--train-crop-size", "96"], "96"),
@@ -615,7 +615,6 @@ def test_space_to_depth_and_training_window_must_fit_the_image_size(capsys):
 def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     """``-c`` takes an experiment file of one run (its train: options and data:) and a run's config.yaml (its
     options, never its run folder), the command line still overriding; anything else gets a clear error."""
-    from retinopathy.training.config import parse_args
 
     recipe = Path(__file__).parents[1] / "configs"
     args = parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--out", "runs/x", "--epochs", "3"])
@@ -674,6 +673,38 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     bad.write_text("lr: [0.1\n")
     with pytest.raises(SystemExit, match="list.yaml: cannot read it"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: 1.5", "epochs: 1.5 (from {f}): '1.5' is not a whole number"),
+    ("epochs: 0", "epochs: 0 (from {f}): 0 is too small (at least 1)"),
+    ("eval_splits: [val, test]", "eval_splits: ['val', 'test'] (from {f}) is not a single value"),
+    ("eval_splits: vall,test", "--eval-splits vall,test: vall is not val or test"),
+    ("eval_splits: train", "--eval-splits train: train is not val or test"),
+    ("batch_size: true", "batch_size: True (from {f}) is not a single value"),
+    ("blend_eyes: 0.8", "blend_eyes: 0.8 (from {f}): --blend-eyes 0.8"),
+    ("lr: -0.1", "--lr -0.1: a learning rate above 0"),
+    ("warmup_epochs: -2", "--warmup-epochs -2.0: 0 or more"),
+    ("label_smoothing: 1.5", "--label-smoothing 1.5: from 0 up to, not including, 1"),
+])
+def test_config_file_values_are_checked_as_the_command_line_checks_them(tmp_path, capsys, text, message):
+    """argparse converts and checks text only; a YAML number, list or bool gets the same checks, named."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text + "\n")
+    with pytest.raises(SystemExit):
+        parse_args(["-c", str(f), "--data", "d", "--out", str(tmp_path / "x")])
+    assert message.format(f=f) in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_config_file_numbers_are_converted_like_command_line_text(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 3\nlr: 1e-3\nwarmup_epochs: 0\nworkers: 0\nblend_eyes: 0.25\n")
+    args = parse_args(["-c", str(f), "--data", "d", "--out", "x"])
+    assert (args.epochs, args.lr, args.warmup_epochs, args.workers, args.blend_eyes) == (3, 0.001, 0.0, 0, 0.25)
+    assert isinstance(args.lr, float) and isinstance(args.warmup_epochs, float)
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", "x", "--image-size", "4"])
 
 
 def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):

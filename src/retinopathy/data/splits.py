@@ -154,6 +154,13 @@ def same_photographs(same: int, regraded: int) -> bool:
     return same > 0 and same >= 0.9 * (same + regraded)
 
 
+def trained_on(split_csv: str | Path, labelled) -> int:
+    """How many labelled images, ``(name, grade)`` pairs, a run trained on: listed as train in its ``split_csv``,
+    counted when they are its photographs (:func:`same_photographs`)."""
+    same, regraded, _ = run_overlap(split_csv, labelled)
+    return sum(s == "train" for s in same.values()) if same_photographs(len(same), regraded) else 0
+
+
 def read_split(samples: list[Sample], path: str | Path) -> None:
     """Apply a split written by :func:`write_split`; every sample must be listed."""
     table = read_split_table(path)

@@ -32,7 +32,7 @@ from ..cli.common import (  # noqa: E402
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
-from ..data.splits import run_overlap, same_photographs  # noqa: E402
+from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.figures import dash_rows_without_images  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
@@ -129,7 +129,7 @@ def main(args) -> dict:
     checkpoint = Path(args.checkpoint)
     model, objective, prep, ckpt = restore(checkpoint)
     catalog = load_catalog(args.data, **run_catalog_options(args, checkpoint, ckpt, args.data))
-    dataset = FundusDataset(catalog, args.split, preprocess=prep, uint8=True,
+    dataset = FundusDataset(catalog, args.split, train=False, preprocess=prep, uint8=True,
                             skip_bad=bool(args.skip_bad))
     if ckpt["model_info"].get("pair_eyes"):
         dataset = PairedEyes(dataset)
@@ -147,7 +147,9 @@ def main(args) -> dict:
                     "data": str(Path(args.data).resolve()),
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
-                    "skipped": [str(p) for p in dataset.skipped]})
+                    "skipped": [str(p) for p in dataset.skipped],
+                    "training_images": trained_on(run_folder(checkpoint) / "split.csv",
+                                                  [(s.image, s.label) for s in dataset.samples])})
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     try:
@@ -172,6 +174,10 @@ def main(args) -> dict:
           + f" | macro-F1 {metrics['macro_f1']:.4f}"
           + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")
           + f"\nwritten to {out}")
+    if metrics["training_images"]:
+        print(f"warning: {metrics['training_images']} of these images are in the run's training split: its "
+              "accuracy and kappa on them overstate (the model card marks this row); grade --split test for the "
+              "model's own numbers", file=sys.stderr)
     return metrics
 
 

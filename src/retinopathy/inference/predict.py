@@ -44,7 +44,7 @@ from ..data import DataError, ImageError, Normalize, Problem, build_transform, l
 from ..data.formats import LAB_FILES, base_name, detect_format, patient_of, without_extension
 from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, index_images
 from ..data.problems import refuse_misaligned
-from ..data.splits import run_overlap, same_photographs, select
+from ..data.splits import select, trained_on
 from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
@@ -343,14 +343,6 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     return text + f"\nwritten to {out}"
 
 
-def training_images(items: list[Item], checkpoint: Path) -> int:
-    """How many labelled ``items`` the run trained on: listed as train in its split.csv, counted when they are the
-    run's photographs (:func:`same_photographs`)."""
-    same, regraded, _ = run_overlap(run_folder(checkpoint) / "split.csv",
-                                    [(i.image, i.label) for i in items if i.label is not None])
-    return sum(s == "train" for s in same.values()) if same_photographs(len(same), regraded) else 0
-
-
 def single_eye(ckpt: dict, where) -> None:
     """Refuse a model that grades both eyes of a patient at once (``--pair-eyes``): it needs pairs."""
     if ckpt.get("model_info", {}).get("pair_eyes"):
@@ -383,7 +375,8 @@ def main(args) -> dict:
     out = Path(args.out)
     write_csv(out, items, res, with_heatmaps=bool(args.cam))
     print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam else ""))
-    seen = training_images(items, Path(args.checkpoint))
+    seen = trained_on(run_folder(Path(args.checkpoint)) / "split.csv",
+                      [(i.image, i.label) for i in items if i.label is not None])
     if seen:
         print(f"warning: {seen} of the images with known grades are in the run's training split: its accuracy and "
               "kappa on them overstate; grade --split test for the model's own numbers", file=sys.stderr)

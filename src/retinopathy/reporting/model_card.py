@@ -27,7 +27,8 @@ from ..training.checkpoint import checkpoint_file, load_checkpoint, run_folder, 
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",
-             "kappa", "macro_f1", "referable_auc", "ci95", "recall", "true_counts", "predicted_counts")
+             "kappa", "macro_f1", "referable_auc", "ci95", "recall", "true_counts", "predicted_counts",
+             "training_images")
 
 
 def _read_store(path: Path) -> dict:
@@ -182,11 +183,13 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
               "quadratic kappa [95% CI] | macro-F1 | referable AUC | recall grade 0-4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    stale, trained_blend = False, card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
+    stale, seen, trained_blend = False, False, card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
     for e in evaluations:
         mark = ""
         if e.get("checkpoint") == card_name and not same_checkpoint(e, card_ckpt):
             mark, stale = " *", True
+        if e.get("training_images"):
+            mark, seen = mark + f" † ({e['training_images']} trained on)", True
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
         lines.append(f"| {e.get('split')} | `{Path(e.get('data') or '?').name}` | {e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
@@ -197,6 +200,8 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
                   "split; quadratic kappa is 0 for such a model. Macro-F1 is the mean F1 over the grades that are in "
                   "the split or predicted."]
+    if seen:
+        lines.append("\n† includes images the run trained on: its accuracy and kappa there overstate.")
     if stale:
         lines.append("\n\\* evaluated an earlier best.pt (another epoch, or thresholds retuned since); run "
                      "`retinopathy evaluate` again.")

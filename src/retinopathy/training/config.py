@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli.common import add_amp_argument, add_blend_argument, add_data_arguments, blend_weight
+from ..cli.common import add_amp_argument, add_blend_argument, add_data_arguments, at_least
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS, POOLS, list_models
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
@@ -70,7 +70,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "selected with thresholds tuned on the selection split)")
     g.add_argument("--pair-eyes", action=argparse.BooleanOptionalAction, default=False,
                    help="the head also sees the other eye of the same patient (features concatenated)")
-    g.add_argument("--space-to-depth", type=int, default=1, metavar="B",
+    g.add_argument("--space-to-depth", type=at_least(1), default=1, metavar="B",
                    help="feed each BxB block of pixels as B*B*3 channels (TResNet's stem): the network costs "
                         "about what it costs at image-size/B px but sees every pixel (default 1: off)")
     g.add_argument("--global-pool", choices=POOLS, default="avg",
@@ -79,9 +79,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_blend_argument(g, 0.0)
 
     g = p.add_argument_group("schedule and optimisation")
-    g.add_argument("--epochs", type=int, default=20, help="total epochs, frozen ones included")
-    g.add_argument("--freeze-epochs", type=int, default=1, help="epochs that train only the head (lab: 5)")
-    g.add_argument("-b", "--batch-size", type=int, default=None, help="images per process (default 32; lab 12/6)")
+    g.add_argument("--epochs", type=at_least(1), default=20, help="total epochs, frozen ones included")
+    g.add_argument("--freeze-epochs", type=at_least(0), default=1, help="epochs that train only the head (lab: 5)")
+    g.add_argument("-b", "--batch-size", type=at_least(1), default=None, help="images per process (default 32; lab 12/6)")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
     g.add_argument("--momentum", type=float, default=0.9)
@@ -106,22 +106,23 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="deterministic algorithms, exact resume")
 
     g = p.add_argument_group("images")
-    g.add_argument("--image-size", type=int, default=512)
+    g.add_argument("--image-size", type=at_least(8), default=512)
     g.add_argument("--preprocess", choices=PREPROCESS, default="lab")
     g.add_argument("--augment", choices=AUGMENT, default="fundus")
-    g.add_argument("--train-crop-size", type=int, default=0, metavar="N",
+    g.add_argument("--train-crop-size", type=at_least(0), default=0, metavar="N",
                    help="train on random N x N windows of the --image-size image, unresized, and evaluate on "
                         "the whole image (lesions keep their size in pixels); 0: the whole image")
     g.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=False,
                    help="decode and preprocess each image once and keep it in memory (image-size^2 x 3 bytes "
                         "an image: 49 KB at 128 px, 786 KB at 512 px); epochs then only augment")
-    g.add_argument("-j", "--workers", type=int, default=None, help="DataLoader workers (default: CPU cores)")
+    g.add_argument("-j", "--workers", type=at_least(0), default=None, help="DataLoader workers (default: CPU cores)")
 
     g = p.add_argument_group("model selection")
     g.add_argument("--select-on", choices=("auto", "val", "test"), default="auto",
                    help="split that picks best.pt (auto: val when there is one; test only to reproduce the lab)")
     g.add_argument("--select-metric", choices=("accuracy", "kappa"), default="kappa")
-    g.add_argument("--eval-splits", default="val,test", help="splits evaluated after every epoch")
+    g.add_argument("--eval-splits", default="val,test", help="splits evaluated after every epoch: val, test or both "
+                   "(comma-separated; one the data lacks is left out)")
 
     g = p.add_argument_group("engine")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -138,7 +139,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (e.g. runs/NAME)")
     g.add_argument("--resume", help="continue the run in this folder where it stopped")
-    g.add_argument("--stop-after", type=int, default=None,
+    g.add_argument("--stop-after", type=at_least(0), default=None,
                    help="run at most this many epochs now, then stop cleanly (continue with --resume)")
     g.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars")
     return p
@@ -213,6 +214,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.set_defaults(**layered)
     args = parser.parse_args(argv)
     expand_home(args)
+    source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
+    for action in parser._actions:  # a config file's values that are not text skip argparse's type and choices
+        value = getattr(args, action.dest, None)
+        if value is None or isinstance(action, argparse.BooleanOptionalAction):
+            continue
+        if isinstance(value, (list, dict)) or action.type is not None and isinstance(value, bool):
+            parser.error(f"{action.dest}: {value!r} (from {source}) is not a single value; write it as on the "
+                         f"command line, e.g. {action.dest}: {action.default}")
+        if action.type is not None and not isinstance(value, str):
+            try:
+                setattr(args, action.dest, value := action.type(str(value)))
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+                parser.error(f"{action.dest}: {value!r} (from {source}): {e}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"{action.dest}: {value!r} (from {source}) is not one of "
+                         f"{', '.join(map(str, action.choices))}")
     if args.batch_size is None:
         args.batch_size = LAB_BATCH.get(args.model, 12) if args.preset == "lab" else 32
     if not args.data:
@@ -249,16 +266,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.train_crop_size <= args.image_size or args.train_crop_size % args.space_to_depth:
         parser.error(f"--train-crop-size {args.train_crop_size}: a window of at most --image-size "
                      f"{args.image_size} px (0: off), divisible by --space-to-depth {args.space_to_depth}")
-    source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
-    for action in parser._actions:  # a config file's values skip argparse's choices check
-        value = getattr(args, action.dest, None)
-        if action.choices is not None and value is not None and value not in action.choices:
-            parser.error(f"{action.dest}: {value!r} (from {source}) is not one of "
-                         f"{', '.join(map(str, action.choices))}")
-    try:
-        args.blend_eyes = blend_weight(args.blend_eyes)  # a config file's value skips argparse's check
-    except argparse.ArgumentTypeError as e:
-        parser.error(str(e))
+    unknown_splits = sorted(set(args.eval_splits.split(",")) - {"val", "test", ""})
+    if unknown_splits:
+        parser.error(f"--eval-splits {args.eval_splits}: {', '.join(unknown_splits)} is not val or test (training's "
+                     "own loss and accuracy are in metrics.csv already; grade the training images after training "
+                     "with `retinopathy evaluate RUN --split train`)")
+    if args.lr <= 0:
+        parser.error(f"--lr {args.lr}: a learning rate above 0")
+    for name in ("weight_decay", "warmup_epochs"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: 0 or more")
+    for name in ("momentum", "label_smoothing"):
+        if not 0 <= getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: from 0 up to, not including, 1")
     return args
 
 
@@ -280,7 +300,7 @@ def environment() -> dict:
     env = {"retinopathy": __version__, "python": platform.python_version(), "torch": str(torch.__version__),
            "torchvision": str(torchvision.__version__), "numpy": numpy.__version__, "pillow": PIL.__version__,
            "scikit_learn": sklearn.__version__, "platform": platform.platform(),
-           "cpu": platform.processor() or platform.machine(), "cpu_count": __import__("os").cpu_count(),
+           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
     try:
         root = Path(__file__).resolve().parents[3]

@@ -244,7 +244,7 @@ def main(args) -> dict:
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
                   cache=args.cache_images, progress=progress)
     train_set = FundusDataset(catalog, "train", augment=args.augment, crop=args.train_crop_size, **common)
-    eval_sets = {sp: FundusDataset(catalog, sp, **common) for sp in eval_splits}
+    eval_sets = {sp: FundusDataset(catalog, sp, train=False, **common) for sp in eval_splits}
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
 
