@@ -278,3 +278,30 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys):
     assert "misfit.pth: the weights do not fit resnet18" in status["misfit-resnet18"]["reason"]
     assert "cut.pth cannot be read" in status["cut-resnet18"]["reason"]
     assert "misfit-resnet18: failed - " in capsys.readouterr().err
+
+
+def test_a_finished_cell_whose_last_pt_was_deleted_stays_finished(interrupted, tmp_path, capsys):
+    """The README suggests deleting last.pt of finished runs: the experiment still sees the cell as finished, and
+    neither it nor `train` trains over it; a continuation is refused with what to do."""
+    import shutil
+
+    shutil.copytree(interrupted["exp"], tmp_path / "runs" / "grid")
+    config = write_config(tmp_path, data=str(interrupted["root"] / "data"))
+    run = tmp_path / "runs" / "grid" / SCRATCH
+    (run / "checkpoints" / "last.pt").unlink()
+    before = snapshot(run)
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
+    assert f"{SCRATCH}: finished earlier" in capsys.readouterr().out
+    assert snapshot(run) == before
+    cfg = yaml.safe_load(config.read_text())
+    longer = config.with_name("longer.yaml")
+    longer.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "epochs": 3}}))
+    assert main(["experiment", str(longer), "--quiet", "--no-report"]) == 1
+    assert "checkpoints/last.pt is gone, so its 2 of 3 epochs cannot continue" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 2
+    assert "its checkpoints/last.pt is gone (deleted once the run finished?)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(interrupted["root"] / "data"), "--out", str(run), "--no-pretrained", "--quiet"])
+    assert "already holds a run (checkpoints/best.pt)" in capsys.readouterr().err
+    after = snapshot(run)
+    assert {k: v for k, v in after.items() if k != "cell.yaml"} == {k: v for k, v in before.items() if k != "cell.yaml"}

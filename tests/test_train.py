@@ -329,7 +329,9 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     (run / "checkpoints" / "last.pt").write_bytes(b"PK\x03\x04 truncated")
     (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 1}, "engine": {}}))
     rc = main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--resume", str(run)])
-    assert rc == 2 and "last.pt: cannot be read as a checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "last.pt: cannot be read as a checkpoint" in err
+    assert f"A broken last.pt cannot be resumed: start a new run from the run's best.pt (--weights {run / 'checkpoints' / 'best.pt'}" in err
     with pytest.raises(SystemExit):  # a mistyped folder is not a new run
         main(["train", "--data", str(synth_small), *FAST, "--resume", str(tmp_path / "rnu")])
     assert "--resume " + str(tmp_path / "rnu") + ": not a run folder" in capsys.readouterr().err
@@ -808,3 +810,43 @@ def test_each_process_draws_its_own_augmentation():
     assert epoch_seed(3, 5, 0) == 3 * 100003 + 5
     assert len({epoch_seed(s, e, r) for s in range(3) for e in range(100) for r in range(8)}) == 3 * 100 * 8
 
+
+
+def test_resume_reads_the_resolved_data_path(tiny_run, tmp_path, monkeypatch):
+    """A run started with a relative --data resumes from any folder: config.yaml's resolved data.path is used."""
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    cfg["train"]["data"] = "relative/synth"  # as typed in another working directory
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    monkeypatch.chdir(tmp_path)
+    assert parse_args(["--resume", str(tmp_path)]).data == cfg["data"]["path"]
+    assert parse_args(["-c", str(tmp_path / "config.yaml"), "--out", "new"]).data == cfg["data"]["path"]
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("hello.pt", b"hello\n", "not a PyTorch file"),
+    ("abc.pt", b"abc", "not a PyTorch file"),
+    ("empty.pt", b"", "truncated, empty or not a PyTorch file"),
+    ("cut.pt", b"PK\x03\x04 not a whole zip", "truncated, empty or not a PyTorch file"),
+    ("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n", "run `git lfs pull`"),
+    ("grader.onnx", b"\x08\x07\x12\x07pytorch", "a .onnx file, not a PyTorch checkpoint"),
+    ("config.yaml", b"train:\n  lr: 0.1\n", "a .yaml file, not a PyTorch checkpoint"),
+])
+def test_a_file_that_is_not_a_checkpoint_gets_a_reason_not_a_traceback(tmp_path, name, content, reason):
+    from retinopathy.training.checkpoint import CheckpointError
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(f"{path}: cannot be read as a checkpoint (") and reason in str(e.value)
+    assert "weights_only` set to `False" not in str(e.value)  # torch's advice to load unsafely
+
+
+def test_a_pickled_object_is_refused_by_the_safe_load(tmp_path):
+    import argparse
+
+    from retinopathy.training.checkpoint import CheckpointError
+
+    torch.save({"model": argparse.Namespace(x=1)}, tmp_path / "obj.pt")
+    with pytest.raises(CheckpointError, match="Python objects that a safe load"):
+        load_checkpoint(tmp_path / "obj.pt")

@@ -257,7 +257,7 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     if not saved_file.exists() or saved_file.read_text() != text:  # a finished cell's files stay untouched
         write_text(saved_file, text)
     try:
-        started = (cell.dir / "checkpoints" / "last.pt").exists()  # train refuses a new run over it
+        started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
         return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
                                        + (["--resume", str(cell.dir)] if started else []))
     except SystemExit:
@@ -301,6 +301,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
 
     run = cell.dir
     done = epochs_saved(run)
+    if done < args.epochs and not (run / "checkpoints" / "last.pt").exists() and done:
+        raise ExperimentError(f"{run}: its checkpoints/last.pt is gone, so its {done} of {args.epochs} epochs cannot "
+                              f"continue; remove the folder to train the cell again (or ask for {done} epochs)")
     trained = done >= args.epochs and not retune_pending(run, args)
     if done > args.epochs:
         print(f"warning: {run} trained {done} epochs, more than the {args.epochs} now asked for; it stays as it is "

@@ -115,12 +115,13 @@ def load_run(run: Path, name: str | None = None) -> Run:
         metrics_file = run / "eval" / "metrics.json"
         ev = _read(metrics_file, json.loads) if metrics_file.exists() else None
         epochs = int(train.get("epochs") or len(rows))
-        command = (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} --data {train.get('data')} "
+        data = (config.get("data") or {}).get("path") or train.get("data")  # resolved, as the run saw it
+        command = (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} --data {data} "
                    f"--split test --out {run / 'eval'}`")
         evaluated = Path(str((ev or {}).get("checkpoint"))).name
         best = run / "checkpoints" / "best.pt"
         try:  # checkpoints, not metrics.csv, say how far a run got (a row is written before its checkpoint)
-            saved = epochs_saved(run) if (run / "checkpoints" / "last.pt").exists() else len(rows)
+            saved = epochs_saved(run) if (run / "checkpoints").exists() else len(rows)
             best_ckpt = load_checkpoint(best, mmap=True) if ev is not None and best.exists() else None
         except CheckpointError as e:
             return Run(name, run, "incomplete", str(e), train, config, rows)

@@ -10,6 +10,7 @@ saved since in its place (a new best, retuned thresholds, another run trained in
 from __future__ import annotations
 
 import contextlib
+import csv
 import pickle
 import signal
 import threading
@@ -94,10 +95,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({first}); it may be truncated "
-                              "or not a PyTorch file. Use checkpoints/last.pt or best.pt of a finished epoch.") from None
+    except Exception as e:  # on a file that is not one, the safe unpickler fails in many ways (KeyError, ...)
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({_unreadable(path, e)}). " + (
+            "A broken last.pt cannot be resumed: start a new run from the run's best.pt (--weights "
+            f"{path.with_name('best.pt')} --out NEW)" if path.name == "last.pt" else
+            "Pass a run's checkpoints/best.pt (or last.pt)")) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a retinopathy checkpoint (no '{FORMAT}' marker); "
                               "train one with `retinopathy train`, or pass ImageNet weights with --weights")
@@ -107,11 +109,32 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     return ckpt
 
 
+def _unreadable(path: Path, error: Exception) -> str:
+    """Why ``path`` is not a checkpoint, in words (torch's own message advises an unsafe load)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if head.startswith(b"version https://git-lfs"):
+        return "a Git LFS pointer, not the file itself: run `git lfs pull`"
+    if path.suffix in (".onnx", ".json", ".md", ".yaml", ".csv"):
+        return f"a {path.suffix} file, not a PyTorch checkpoint"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds Python objects that a safe load (weights_only=True) refuses"
+    if isinstance(error, (zipfile.BadZipFile, EOFError, RuntimeError)) or not head:
+        return "truncated, empty or not a PyTorch file"
+    return f"not a PyTorch file: {type(error).__name__}"
+
+
 def epochs_saved(run: str | Path) -> int:
     """Epochs a run folder has checkpointed (its ``checkpoints/last.pt``; 0 when none). Not metrics.csv's rows:
-    a row is written before its checkpoint, so a run killed between the two has one row more (dropped on resume)."""
-    last = Path(run) / "checkpoints" / "last.pt"
-    return load_checkpoint(last, mmap=True)["epoch"] + 1 if last.exists() else 0
+    a row is written before its checkpoint, so a run killed between the two has one row more (dropped on resume).
+    A run whose last.pt was deleted once it finished (it cannot continue) has its rows."""
+    checkpoints = Path(run) / "checkpoints"
+    if (checkpoints / "last.pt").exists():
+        return load_checkpoint(checkpoints / "last.pt", mmap=True)["epoch"] + 1
+    if (checkpoints / "best.pt").exists() and (Path(run) / "metrics.csv").exists():
+        with open(Path(run) / "metrics.csv", newline="") as f:
+            return sum(1 for _ in csv.DictReader(f))
+    return 0
 
 
 def rng_state() -> dict:

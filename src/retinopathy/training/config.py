@@ -161,6 +161,8 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
         options = {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
         if "eval_amp" not in options:  # a run from before --eval-amp evaluated in its training precision
             options["eval_amp"] = (cfg.get("engine") or {}).get("amp", "none")
+        if isinstance((cfg.get("data") or {}).get("path"), str):  # resolved: the run may have been started elsewhere
+            options["data"] = cfg["data"]["path"]
         return options, "run"
     if not {"name", "train", "grid", "base", "variants"} & set(cfg):
         return {str(k).replace("-", "_"): v for k, v in cfg.items()}, "options"
@@ -240,8 +242,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--resume {args.resume} continues that run in its own folder; leave out --out {args.out} "
                      "(to start a new run from its weights: --weights RUN/checkpoints/best.pt --out NEW)")
     args.out = args.out or args.resume
-    if not args.resume and (Path(args.out) / "checkpoints" / "last.pt").exists():
-        parser.error(f"--out {args.out} already holds a run (checkpoints/last.pt): continue it with --resume "
+    held = [n for n in ("last.pt", "best.pt") if (Path(args.out) / "checkpoints" / n).exists()]
+    if not args.resume and held:
+        parser.error(f"--out {args.out} already holds a run (checkpoints/{held[0]}): continue it with --resume "
                      f"{args.out}, or give another --out (or remove that folder) to start a new run")
     if args.model not in list_models():
         parser.error(f"--model {args.model!r} is not a torchvision model; any classification model works, e.g. "

@@ -226,6 +226,11 @@ def main(args) -> dict:
         if dist.main:
             for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
                 leftover.unlink(missing_ok=True)
+    elif args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
+        raise CheckpointError(f"{args.resume}: its checkpoints/last.pt is gone (deleted once the run finished?), so "
+                              f"the run cannot continue; start a new one from its weights (--weights "
+                              f"{Path(args.resume) / 'checkpoints' / 'best.pt'} --out NEW), or remove the folder "
+                              "to train it again")
     elif args.resume and dist.main:
         print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
     split_file = Path(args.resume) / "split.csv" if ckpt is not None else args.split_file
