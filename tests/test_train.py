@@ -121,8 +121,10 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
     assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["cache_images"] is True
     assert len(rows(tmp_path / "cut")) == 2
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
-    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    record = (tmp_path / "cut" / "config.yaml").read_bytes()
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--amp", "none", "--workers", "0"]) == 0
     assert "nothing to train: " in capsys.readouterr().out
+    assert (tmp_path / "cut" / "config.yaml").read_bytes() == record  # what trained it, not the idle resume
     assert b"\r" not in (tmp_path / "cut" / "metrics.csv").read_bytes() + (tmp_path / "cut" / "split.csv").read_bytes()
     timing = {"epoch_seconds", "images_per_s"}
     a, b = rows(tmp_path / "straight"), rows(tmp_path / "cut")
@@ -237,7 +239,10 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--eval-splits", "val"], "--eval-splits val,test (not val)"),
                           (["--threshold-margin", "0.1"], "--threshold-margin 0.0 (not 0.1)"),
                           (["--optimizer", "sgd"], "--optimizer adamw (not sgd)"),  # its state would not load
-                          (["--batch-size", "8"], "--batch-size 16 (not 8)")):
+                          (["--batch-size", "8"], "--batch-size 16 (not 8)"),
+                          (["--model-ema"], "--model-ema False (not True)"),
+                          (["--blend-eyes", "0.3"], "--blend-eyes 0.0 (not 0.3)"),
+                          (["--decision", "thresholds"], "--decision None (not thresholds)")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before

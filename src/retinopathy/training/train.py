@@ -150,13 +150,14 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-# What shapes the network, the metrics.csv columns or the meaning of "best": a resumed run keeps them. The
+# What shapes the network (its EMA too), the metrics.csv columns or the meaning of "best" (the decision rule, eye
+# blending): a resumed run keeps them. The
 # threshold options decide which epochs may be best, so they are kept too, except to retune a finished run's
 # best.pt with --threshold-data train+selection (which then records them in last.pt as well). A run that trains
 # on also keeps what its restored optimizer and schedule were built with (and its steps per epoch, checked
 # below); --epochs may grow: the cosine then stretches over the longer schedule, from where that schedule would be.
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
-                   "select_on", "select_metric")
+                   "select_on", "select_metric", "decision", "blend_eyes", "model_ema", "model_ema_decay")
 FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "warmup_epochs",
                         "freeze_epochs", "batch_size")
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
@@ -209,7 +210,7 @@ def main(args) -> dict:
     per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
 
     # ---- resume ----------------------------------------------------------------------------------------
-    ckpt, stepping = None, False
+    ckpt, stepping, retune = None, False, False
     if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
         ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
         retune = (ckpt["epoch"] + 1 >= args.epochs and args.threshold_data == "train+selection"
@@ -321,7 +322,7 @@ def main(args) -> dict:
               "engine": {"device": str(device), "amp": amp, "eval_amp": eval_amp, "channels_last": channels_last,
                          "workers": workers, "world_size": dist.world_size},
               "weights": origin, "environment": environment()}
-    if dist.main:
+    if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do leaves the record alone
         write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     # ---- epochs ----------------------------------------------------------------------------------------
