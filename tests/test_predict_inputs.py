@@ -104,3 +104,16 @@ def test_unlisted_images_and_lab_files_as_inputs_are_told(tiny_run, synth_small,
     assert main(["predict", str(tiny_run), str(tmp_path / "lab" / "test_label.csv"), "--out",
                  str(tmp_path / "q.csv")]) == 2
     assert f"pass their folder, {tmp_path / 'lab'}" in capsys.readouterr().err
+
+
+def test_a_photograph_given_twice_is_graded_once(tmp_path, capsys):
+    """A file passed twice, or also inside a folder passed, is one photograph (a copy would be a third eye in the
+    eye blending); a name with dots keeps them in its heatmap's file name."""
+    from retinopathy.inference.predict import _heatmap_names
+
+    left, right = disc(tmp_path / "p" / "3_left.jpeg"), disc(tmp_path / "p" / "3_right.jpeg")
+    items = collect_items([left, right, left, tmp_path / "p", tmp_path / "p" / "." / "3_right.jpeg"])
+    assert [i.path for i in items] == [str(left), str(right)]
+    assert "warning: 4 photograph(s) given more than once, graded once" in capsys.readouterr().err
+    dotted = [disc(tmp_path / "d" / f"scan.2024.0{k}.jpg") for k in (1, 2)]
+    assert _heatmap_names(collect_items(dotted)) == ["scan.2024.01.png", "scan.2024.02.png"]

@@ -34,8 +34,9 @@ def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") ->
     return g
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None) -> None:
-    """:func:`add_format_arguments` and the patient split."""
+def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None,
+                       skip_bad: bool = False) -> None:
+    """:func:`add_format_arguments`, the patient split and (for commands that stop on bad input) ``--skip-bad``."""
     g = add_format_arguments(parser)
     g.add_argument("--val-fraction", type=float, default=None,
                    help="share of patients for validation, per grade (default 0.1)")
@@ -43,8 +44,9 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
                    help="share of patients for test, per grade, when the data has no split (default 0.2)")
     g.add_argument("--split-seed", type=int, default=None, help="seed of the patient split (default 0)")
     g.add_argument("--split-file", help="reuse a split written by an earlier run (split.csv)")
-    g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
-                   help="drop bad rows and images (listed in the run) instead of stopping")
+    if skip_bad:
+        g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
+                       help="drop bad rows and images (listed in the run) instead of stopping")
     if split_default is not None:
         g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
                        help=f"which split to use (default {split_default}; 'all' = every image)")

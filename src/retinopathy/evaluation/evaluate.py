@@ -47,7 +47,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                 description="Evaluate a checkpoint on a split of a dataset.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt, or a run folder")
     p.add_argument("--data", required=True, help="dataset folder (any supported format)")
-    add_data_arguments(p, split_default="test")
+    add_data_arguments(p, split_default="test", skip_bad=True)
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv and the figures")
     p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
     p.add_argument("-j", "--workers", type=at_least(0), default=None)

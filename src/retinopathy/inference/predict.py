@@ -167,7 +167,25 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
                 items.append(Item(str(f), f.stem, patient=f"{f.parent if clash else path}|{patient_of(f.stem)}"))
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
-    return items
+    return _once(items)
+
+
+def _once(items: list[Item]) -> list[Item]:
+    """Each photograph once, whatever path led to it (a file given twice, or also inside a folder given): a copy
+    would count as a third eye of its patient in the eye blending."""
+    seen, kept, again = set(), [], []
+    for item in items:
+        if item.path:
+            key = os.path.realpath(item.path)
+            if key in seen:
+                again.append(item.path)
+                continue
+            seen.add(key)
+        kept.append(item)
+    if again:
+        print(f"warning: {len(again)} photograph(s) given more than once, graded once: "
+              f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}", file=sys.stderr)
+    return kept
 
 
 class ImageItems(Dataset):
@@ -222,7 +240,7 @@ def _heatmap_names(items: list[Item]) -> list[str]:
     used: set[str] = set()
     names = []
     for item in items:
-        stem = re.sub(r"[^\w.-]+", "_", Path(item.image).stem) or "image"
+        stem = re.sub(r"[^\w.-]+", "_", without_extension(Path(item.image).name)) or "image"
         name, k = f"{stem}.png", 1
         while name.lower() in used:  # lower: case-insensitive file systems
             k += 1

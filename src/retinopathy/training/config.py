@@ -38,7 +38,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    "config.yaml, or an experiment file of one run (e.g. configs/eyepacs256.yaml)")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named recipe; 'lab' reproduces the course lab")
     p.add_argument("--data", required=False, help="dataset folder (any supported format)")
-    add_data_arguments(p)
+    add_data_arguments(p, skip_bad=True)
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resnet18", help="torchvision model name (resnet18, resnet50, ...)")
