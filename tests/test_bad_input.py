@@ -156,6 +156,19 @@ def test_float_images_in_zero_to_one_are_not_black(tmp_path):
     Image.fromarray(arr, mode="F").save(tmp_path / "f.tiff")
     a = np.asarray(open_image(tmp_path / "f.tiff"))
     assert a[0, 0].max() == 0 and a[-1, -1].min() == 255
+    arr[0, 0] = np.nan  # one missing value must not turn the picture black
+    Image.fromarray(arr, mode="F").save(tmp_path / "nan.tiff")
+    assert np.array_equal(np.asarray(open_image(tmp_path / "nan.tiff"))[1:], a[1:])
+
+
+def test_one_name_in_two_formats_takes_the_first_listed_extension(tmp_path):
+    from retinopathy.data.images import index_images
+
+    for name in ("1_left.PNG", "1_left.jpeg", "2_left.tif", "2_left.png"):
+        (tmp_path / name).write_bytes(b"x")
+    index = index_images(tmp_path)
+    assert (index["1_left"], index["2_left"]) == ("1_left.jpeg", "2_left.png")
+    assert index["1_left.PNG"] == "1_left.PNG"
 
 
 def open_all(paths):

@@ -34,15 +34,17 @@ class ImageError(RetinopathyError, OSError):
 
 
 def index_images(folder: str | os.PathLike) -> dict[str, str]:
-    """Map image name (with and without extension) to file name for the image files in ``folder``."""
+    """Map image name (with and without extension) to file name for the image files in ``folder``; a name with
+    several files (``1_left.jpeg``, ``1_left.PNG``) takes them in the order of ``IMAGE_EXTENSIONS``."""
     index: dict[str, str] = {}
     try:
         entries = list(os.scandir(folder))
     except FileNotFoundError:
         return index
-    for entry in sorted(entries, key=lambda e: e.name):
+    rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
+    for entry in sorted(entries, key=lambda e: (rank.get(os.path.splitext(e.name)[1].lower(), len(rank)), e.name)):
         stem, ext = os.path.splitext(entry.name)
-        if ext.lower() in IMAGE_EXTENSIONS and entry.is_file():
+        if ext.lower() in rank and entry.is_file():
             index.setdefault(stem, entry.name)
             index[entry.name] = entry.name
     return index
@@ -53,7 +55,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         top = (65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else
                1.0 if img.mode == "F" and arr.max() <= 1 else 255.0)  # float images in 0-1 (scientific TIFFs)
         arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
