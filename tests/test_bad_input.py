@@ -409,6 +409,7 @@ def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
 
 def test_an_output_that_is_a_folder_is_refused_before_the_work(tiny_run, kaggle, tmp_path, capsys):
     assert main(["data", "check", str(kaggle), "--json", str(tmp_path), "--quiet"]) == 2
-    assert f"--json {tmp_path} is a folder" in capsys.readouterr().err
+    assert f"error: {tmp_path}: --json is a folder; give the file to write, e.g. {tmp_path / 'data_check.json'}" \
+        in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
-    assert f"--out {tmp_path} is a folder" in capsys.readouterr().err
+    assert f"error: {tmp_path}: --out is a folder; give the file to write" in capsys.readouterr().err

@@ -198,4 +198,6 @@ def test_missing_input_is_a_clear_error(checkpoint, tmp_path, capsys):
     assert main(["predict", str(checkpoint), str(tmp_path / "nowhere"), "--out", str(tmp_path / "p.csv")]) == 2
     assert "nowhere: no such file or folder" in capsys.readouterr().err
     assert main(["predict", str(checkpoint), str(tmp_path), "--out", str(tmp_path)]) == 2  # a folder, before the work
-    assert f"{tmp_path}: --out is a folder; give a CSV file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path}: --out is a folder; give the file to write, e.g. {tmp_path / 'predictions.csv'}" in err
+    assert "problem(s) in the dataset" not in err

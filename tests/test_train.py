@@ -855,3 +855,22 @@ def test_a_pickled_object_is_refused_by_the_safe_load(tmp_path):
     torch.save({"model": argparse.Namespace(x=1)}, tmp_path / "obj.pt")
     with pytest.raises(CheckpointError, match="Python objects that a safe load"):
         load_checkpoint(tmp_path / "obj.pt")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_that_is_not_there_is_a_clear_error(tiny_run, synth_small, tmp_path, capsys):
+    assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--device", "cuda", "--bootstrap", "0",
+                 "--out", str(tmp_path / "e"), "--quiet"]) == 2
+    assert "--device cuda: no such device here (torch finds no CUDA device); use --device auto or cpu" \
+        in capsys.readouterr().err
+
+
+def test_a_split_that_rounds_to_nothing_is_named(tmp_path, capsys):
+    """Two patients per grade: 10 % of them rounds to none, so there is nothing to select on; the error says so."""
+    from retinopathy.data.synth import generate
+
+    generate(tmp_path / "d", n=20, size=32, seed=0, balanced=True, progress=False)
+    assert main(["train", "--data", str(tmp_path / "d"), *FAST, "--epochs", "1", "--test-fraction", "0",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "no image is in the val or the test split, which --select-on auto selects on" in err and "0 problem(s)" not in err

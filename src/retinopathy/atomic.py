@@ -54,3 +54,11 @@ def check_writable(folder: str | os.PathLike) -> None:
         raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(existing))
     with tempfile.TemporaryFile(dir=existing):
         pass
+
+
+def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
+    """Raise now if the file ``path`` (given as ``option``) is a folder or cannot be written where it goes."""
+    if Path(path).is_dir():
+        raise IsADirectoryError(errno.EISDIR, f"{option} is a folder; give the file to write, e.g. "
+                                f"{Path(path) / example}", str(path))
+    check_writable(Path(path).parent)

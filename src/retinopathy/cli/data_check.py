@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..atomic import check_writable, write_text
+from ..atomic import check_output_file, write_text
 from ..data import DataError, load_catalog
 from ..data.check import check_catalog, format_report
 from .common import add_data_arguments, at_least, catalog_options
@@ -27,11 +27,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    if Path(args.json).is_dir():  # before the work, not after it
-        print(f"error: --json {args.json} is a folder; give a file, e.g. {Path(args.json) / 'data_check.json'}",
-              file=sys.stderr)
-        return 2
-    check_writable(Path(args.json).parent)
+    check_output_file(args.json, "--json", "data_check.json")  # before the work, not after it
     try:
         catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))
     except DataError as e:

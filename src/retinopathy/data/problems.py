@@ -10,7 +10,7 @@ from ..errors import RetinopathyError
 class Problem:
     """One thing wrong with the input: where it is and what to do about it."""
 
-    kind: str  # e.g. "missing-image", "bad-label", "corrupt-image", "length-mismatch"
+    kind: str  # e.g. "missing-image", "bad-label", "bad-image", "length-mismatch"
     file: str
     line: int | None
     message: str
@@ -32,10 +32,12 @@ class Problem:
 class DataError(RetinopathyError, ValueError):
     """The dataset cannot be used as it is. Holds every problem found."""
 
-    def __init__(self, problems: list[Problem], hint: str = "", show: int = 5):
+    SHOWN = 5  # problems named in the message; all are in ``problems``
+
+    def __init__(self, problems: list[Problem], hint: str = ""):
         self.problems = list(problems)
-        lines = [str(p) for p in self.problems[:show]]
-        more = len(self.problems) - show
+        lines = [str(p) for p in self.problems[:self.SHOWN]]
+        more = len(self.problems) - self.SHOWN
         if more > 0:
             lines.append(f"... and {more} more")
         msg = f"{len(self.problems)} problem(s) in the dataset:\n  " + "\n  ".join(lines)

@@ -316,7 +316,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
             check_weights(args)
         (run / "SKIPPED.json").unlink(missing_ok=True)
         doing = ("retuning best.pt's thresholds (interrupted after the last epoch)" if done >= args.epochs else
-                 f"resuming after epoch {done}/{args.epochs}" if done else f"training {args.epochs} epochs")
+                 f"resuming after epoch {done}/{args.epochs}" if done else f"training {args.epochs} epoch{'s' if args.epochs > 1 else ''}")
         print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))

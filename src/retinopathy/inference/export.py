@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..atomic import check_output_file
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
 from ..data.transforms import geometry
@@ -182,9 +183,7 @@ def parity(model, runner, x: torch.Tensor) -> tuple[float, float]:
 
 
 def main(args) -> dict:
-    if Path(args.out).is_dir():  # before the work, not after it
-        raise RetinopathyError(f"--out {args.out} is a folder; give the file to write, e.g. "
-                               f"{Path(args.out) / 'grader.onnx'}")
+    check_output_file(args.out, "--out", "grader.onnx")  # before the work, not after it
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]

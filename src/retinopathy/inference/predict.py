@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import check_writable, replacing
+from ..atomic import check_output_file, check_writable, replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
                           catalog_options)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
@@ -370,11 +370,9 @@ def single_eye(ckpt: dict, where) -> None:
 
 
 def main(args) -> dict:
-    if Path(args.out).is_dir():  # before the work, not after it
-        raise DataError([Problem("bad-output", args.out, None, "--out is a folder; give a CSV file to write, "
-                                 f"e.g. {Path(args.out) / 'predictions.csv'}")])
-    for folder in (Path(args.out).parent, *([args.cam] if args.cam else [])):
-        check_writable(folder)
+    check_output_file(args.out, "--out", "predictions.csv")  # before the work, not after it
+    if args.cam:
+        check_writable(args.cam)
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     from ..evaluation.evaluate import run_catalog_options

@@ -21,9 +21,10 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 
 from ..atomic import check_writable, replacing, write_text
 from ..cli.common import catalog_options
-from ..data import DataError, FundusDataset, Normalize, load_catalog
+from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES
+from ..errors import RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
@@ -39,8 +40,14 @@ GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA, then MPS, then the CPU; a named device must be there."""
     if name != "auto":
-        return torch.device(name)
+        device = torch.device(name)
+        if device.type == "cuda" and not torch.cuda.is_available() or device.type == "mps" and not (
+                getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise RetinopathyError(f"--device {name}: no such device here (torch finds no "
+                                   f"{device.type.upper()} device); use --device auto or cpu")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
@@ -245,7 +252,12 @@ def main(args) -> dict:
     select_on = args.select_on if args.select_on != "auto" else ("val" if "val" in splits_present else "test")
     if select_on not in eval_splits:
         if select_on not in splits_present:
-            raise DataError([], hint=f"--select-on {select_on}: the data has no {select_on} split")
+            wanted = "the val or the test split" if args.select_on == "auto" else f"the {select_on} split"
+            raise DataError([Problem("no-split", str(args.data), None, f"no image is in {wanted}, which --select-on "
+                                     f"{args.select_on} selects on (each grade's patients are split by "
+                                     "--val-fraction and --test-fraction, rounded: a grade with few patients may "
+                                     "give none)")],
+                            hint=f"Raise the fraction, add images, or pass --select-on with a split the data has")
         eval_splits.append(select_on)
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
                   cache=args.cache_images, progress=progress)
