@@ -190,6 +190,13 @@ def test_changed_options_are_refused(interrupted):
     with pytest.raises(ExperimentError, match=r"image_size: 64 -> 80"):
         exp = load_experiment(config)
         prepare_cell(next(c for c in exp.cells if c.name == SCRATCH), exp)
+    # an option written out at its default value is no change
+    config = write_config(interrupted["root"], train={"epochs": 2, "freeze_epochs": 1, "image_size": 64,
+                                                      "batch_size": 16, "workers": 0, "lr": 0.001, "seed": 0})
+    exp = load_experiment(config)
+    prepare_cell(next(c for c in exp.cells if c.name == SCRATCH), exp)
+    exp = load_experiment(write_config(interrupted["root"]))  # the fixture's file and cell.yaml back, as the
+    prepare_cell(next(c for c in exp.cells if c.name == SCRATCH), exp)  # later tests expect
 
 
 def test_config_errors_name_the_file(tmp_path, capsys):

@@ -31,10 +31,10 @@ def _strata(samples: list[Sample]) -> dict[int, list[str]]:
     return {g: sorted(p, key=lambda x: (len(x), x)) for g, p in sorted(strata.items())}
 
 
-def split_patients(samples: list[Sample], fractions: dict[str, float], seed: int,
-                   rest: str = "train") -> dict[str, str]:
+def split_patients(samples: list[Sample], fractions: dict[str, float], seed: int) -> dict[str, str]:
     """Assign each patient to a split. ``fractions`` maps split name to its share of each grade stratum
-    (stratified by the patient's worse eye); the remaining patients go to ``rest``. Returns patient -> split."""
+    (stratified by the patient's worse eye, rounded half to even); the remaining patients go to train. Returns
+    patient -> split."""
     rng = np.random.default_rng(seed)
     assignment: dict[str, str] = {}
     for _, patients in _strata(samples).items():
@@ -46,7 +46,7 @@ def split_patients(samples: list[Sample], fractions: dict[str, float], seed: int
                 assignment[p] = name
             start += n
         for p in order[start:]:
-            assignment[p] = rest
+            assignment[p] = "train"
     return assignment
 
 

@@ -28,9 +28,9 @@ def quadratic_kappa(y_true, y_pred) -> float:
 
 
 def referable_auc(y_true, probs) -> float | None:
-    """ROC AUC of P(grade >= 2) for referable DR; None when only one side is present."""
+    """ROC AUC of P(grade >= 2) for referable DR; None when only one side (or nothing) is present."""
     y = (np.asarray(y_true) >= REFERABLE).astype(int)
-    if y.min() == y.max():
+    if len(y) == 0 or y.min() == y.max():
         return None
     return float(roc_auc_score(y, np.asarray(probs)[:, REFERABLE:].sum(1)))
 
@@ -72,8 +72,8 @@ def full_metrics(y_true, y_pred, probs) -> dict:
     return out
 
 
-def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients).
+def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
+    """95 % percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients).
 
     A resample in which truth and answers are all one grade has no kappa (0 / 0); such resamples are left out
     of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one)."""
@@ -87,8 +87,8 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, level: fl
         acc.append(accuracy_score(y_true[idx], y_pred[idx]))
         if not one_grade(y_true[idx], y_pred[idx]):
             kap.append(quadratic_kappa(y_true[idx], y_pred[idx]))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    return {"level": level, "resamples": n, "unit": "patient",
+    lo, hi = 2.5, 97.5
+    return {"level": 0.95, "resamples": n, "unit": "patient",
             "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
             "kappa": [float(np.percentile(kap, lo)), float(np.percentile(kap, hi))] if kap else None,
             "kappa_undefined": n - len(kap)}

@@ -246,7 +246,8 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     saved_file = cell.dir / "cell.yaml"
     if saved_file.exists() and (cell.dir / "metrics.csv").exists():
         saved = yaml.safe_load(saved_file.read_text()) or {}
-        changed = sorted(k for k in set(saved) | set(options) if saved.get(k) != options.get(k))
+        changed = sorted(k for k in set(saved) | set(options)  # an option written as its default is no change
+                         if train_config.option_value(saved, k) != train_config.option_value(options, k))
         changed = [k for k in changed if k not in RUNTIME]
         if changed:
             what = ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed)

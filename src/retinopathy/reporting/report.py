@@ -21,10 +21,10 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
-from ..data.splits import SPLIT_DEFAULTS
 from ..errors import RetinopathyError
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, same_checkpoint
+from ..training.config import option_value
 from . import figures
 from .html import ci_text, grade_parts, render_html, warning_text
 
@@ -192,16 +192,6 @@ def collect(paths) -> list[Run]:
 
 
 # ------------------------------------------------------------------------------------------- numbers
-def _option(train: dict, key: str):
-    """A run's option as the run used it: an option left unset (None) is its default, and 1 == 1.0."""
-    from ..training.config import get_args_parser
-
-    value = train.get(key)
-    if value is None:
-        value = SPLIT_DEFAULTS.get(key, get_args_parser(add_help=False).get_default(key))
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
-
-
 def assign_variants(runs: list[Run]) -> None:
     """Label each run 'ImageNet-pretrained' or 'from scratch', plus its name in its experiment or else the
     options that differ between runs of the same model and pretraining (e.g. 'from scratch, seed 1'; the runs'
@@ -212,11 +202,11 @@ def assign_variants(runs: list[Run]) -> None:
     differing = {}
     for group in groups.values():
         common = set.intersection(*(set(r.train) for r in group)) - IGNORED if len(group) > 1 else set()
-        keys = {k for k in common if len({json.dumps(_option(r.train, k), default=str) for r in group}) > 1}
+        keys = {k for k in common if len({json.dumps(option_value(r.train, k), default=str) for r in group}) > 1}
         differing.update({id(r): keys for r in group})
     for r in runs:
         keys = differing[id(r)]
-        shown = {k: r.train[k] if r.train[k] is not None else _option(r.train, k) for k in keys}
+        shown = {k: r.train[k] if r.train[k] is not None else option_value(r.train, k) for k in keys}
         extra = r.named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
                             ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
         r.variant = ("ImageNet-pretrained" if r.pretrained else "from scratch") + (f", {extra}" if extra else "")

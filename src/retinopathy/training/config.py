@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from ..cli.common import add_amp_argument, add_blend_argument, add_data_arguments, at_least
+from ..data.splits import SPLIT_DEFAULTS
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS, POOLS, list_models
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
@@ -283,6 +284,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not 0 <= getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: from 0 up to, not including, 1")
     return args
+
+
+def option_value(options: dict, key: str):
+    """An option as a run used it: one left unset (None, or absent) is its default, and 1 == 1.0."""
+    value = options.get(key)
+    if value is None:
+        value = SPLIT_DEFAULTS.get(key, get_args_parser(add_help=False).get_default(key))
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
 def plain_options(options: dict) -> dict:
