@@ -136,6 +136,9 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     assert main(["report", str(run), "--out", str(tmp_path / "one")]) == 0
     rows = md_table((tmp_path / "one" / "report.md").read_text(), "### All runs")
     assert [r["Run"] for r in rows] == ["resnet18-scratch"]
+    assert main(["report", str(run), str(run.parent / "." / run.name), "--out", str(tmp_path / "twice")]) == 0
+    rows = md_table((tmp_path / "twice" / "report.md").read_text(), "### All runs")
+    assert [r["Run"] for r in rows] == ["resnet18-scratch"]  # the same run given twice is one row
     assert float(rows[0]["Test accuracy"]) == pytest.approx(run_numbers(run)["test_accuracy"], abs=5e-5)
     with Image.open(tmp_path / "one" / "confusion.png") as im:
         assert im.size == figures.confusion_size_px(1, 1)
@@ -282,6 +285,13 @@ def test_named_variants_label_the_rows(tmp_path):
     assign_variants(runs[:2] + other)  # one model's many differences do not rename another model's runs
     assert [r.variant for r in runs[:2] + other] == ["from scratch, lr 0.001", "from scratch, lr 0.003",
                                                      "from scratch, e1", "from scratch, e2"]
+    # a run started from --weights is not labelled ImageNet-pretrained
+    seeded = [Run("imagenet", tmp_path, "done", train={"model": "resnet18", "pretrained": True, "weights": None}),
+              Run("seeded", tmp_path, "done", train={"model": "resnet18", "pretrained": True,
+                                                     "weights": "runs/synth-r18/checkpoints/best.pt"}),
+              Run("file", tmp_path, "done", train={"model": "resnet18", "pretrained": True, "weights": "w/r18.pth"})]
+    assign_variants(seeded)
+    assert [r.variant for r in seeded] == ["ImageNet-pretrained", "from synth-r18", "from r18.pth"]
 
 
 def test_one_run_experiment_is_named_after_the_experiment(tmp_path):

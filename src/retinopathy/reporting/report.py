@@ -80,6 +80,17 @@ class Run:
     def pretrained(self) -> bool:
         return bool(self.train.get("pretrained", True))
 
+    @property
+    def start(self) -> str:
+        """Where its weights started: 'from scratch', 'ImageNet-pretrained', or 'from W' for --weights W (a run's
+        checkpoint is named by its run)."""
+        weights = Path(self.train.get("weights") or "")
+        if not self.pretrained:
+            return "from scratch"
+        if not weights.name:
+            return "ImageNet-pretrained"
+        return f"from {weights.parent.parent.name if weights.parent.name == 'checkpoints' else weights.name}"
+
 
 # ------------------------------------------------------------------------------------------- reading
 def read_rows(path: Path) -> list[dict]:
@@ -170,7 +181,7 @@ def load_experiment(exp: Path) -> list[Run]:
 
 
 def collect(paths) -> list[Run]:
-    """Runs from experiment folders, run folders and folders of runs, in the order given."""
+    """Runs from experiment folders, run folders and folders of runs, in the order given, each once."""
     runs: list[Run] = []
     for p in map(Path, paths):
         if (p / "experiment.json").exists():
@@ -184,6 +195,10 @@ def collect(paths) -> list[Run]:
                 raise ReportError(f"{p}: not a run folder (config.yaml), an experiment folder (experiment.json) "
                                   "or a folder of runs")
             runs += [load_run(d) for d in subs]
+    once = {}
+    for r in runs:  # a run given twice (itself and in its experiment, say) is one row
+        once.setdefault(r.dir.resolve(), r)
+    runs = list(once.values())
     names = Counter(r.name for r in runs)
     for r in runs:
         if names[r.name] > 1:
@@ -193,12 +208,12 @@ def collect(paths) -> list[Run]:
 
 # ------------------------------------------------------------------------------------------- numbers
 def assign_variants(runs: list[Run]) -> None:
-    """Label each run 'ImageNet-pretrained' or 'from scratch', plus its name in its experiment or else the
-    options that differ between runs of the same model and pretraining (e.g. 'from scratch, seed 1'; the runs'
+    """Label each run by where its weights started (:attr:`Run.start`), plus its name in its experiment or else
+    the options that differ between runs of the same model and start (e.g. 'from scratch, seed 1'; the runs'
     names where more than three differ among them); colour the labels consistently."""
     groups = defaultdict(list)
     for r in runs:
-        groups[(r.model, r.pretrained)].append(r)
+        groups[(r.model, r.start)].append(r)
     differing = {}
     for group in groups.values():
         common = set.intersection(*(set(r.train) for r in group)) - IGNORED if len(group) > 1 else set()
@@ -209,7 +224,7 @@ def assign_variants(runs: list[Run]) -> None:
         shown = {k: r.train[k] if r.train[k] is not None else option_value(r.train, k) for k in keys}
         extra = r.named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
                             ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
-        r.variant = ("ImageNet-pretrained" if r.pretrained else "from scratch") + (f", {extra}" if extra else "")
+        r.variant = r.start + (f", {extra}" if extra else "")
     twice = Counter((r.model, r.variant) for r in runs)
     for r in runs:
         if twice[(r.model, r.variant)] > 1:
