@@ -159,6 +159,23 @@ def test_a_refused_continuation_keeps_the_evaluation(interrupted, monkeypatch, c
     assert snapshot(run / "eval") == before  # finished earlier again
 
 
+def test_more_epochs_that_leave_best_pt_keep_its_evaluation(interrupted, monkeypatch, capsys):
+    """Training on that does not change best.pt (here: a stand-in that trains nothing) keeps the evaluation."""
+    from retinopathy.training import train
+
+    run = interrupted["exp"] / SCRATCH
+    before = snapshot(run / "eval")
+    cfg = yaml.safe_load(interrupted["config"].read_text())
+    longer = interrupted["config"].with_name("longer.yaml")
+    longer.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], "epochs": 3}}))
+    monkeypatch.setattr(train, "main", lambda args: None)
+    assert main(["experiment", str(longer), "--quiet", "--no-report"]) == 0
+    assert f"{SCRATCH}: best.pt is the one evaluated before; its evaluation stands" in capsys.readouterr().out
+    assert snapshot(run / "eval") == before
+    monkeypatch.undo()
+    assert main(["experiment", str(interrupted["config"]), "--quiet", "--no-report"]) == 0  # cell.yaml back
+
+
 def test_an_interrupted_threshold_retune_is_redone(tmp_path, capsys):
     """train+selection retunes best.pt after the last epoch; a kill during it leaves last.pt finished, and the
     runner must not evaluate the per-epoch thresholds as if it had happened."""

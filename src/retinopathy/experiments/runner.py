@@ -321,6 +321,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
         print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))
+        if is_evaluated(run, bootstrap(exp)):  # more epochs that did not change best.pt
+            print(f"{tag} best.pt is the one evaluated before; its evaluation stands")
+            return _done_entry(run)
     print(f"{tag} evaluating best.pt on the test split -> {run / 'eval'}", flush=True)
     shutil.rmtree(run / "eval", ignore_errors=True)  # stale or partial; kept until now in case training fails
     evaluate_cell(run, args, exp, quiet)
