@@ -287,9 +287,11 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         eyes = Counter(patients)
         alone = [items[i].image for i, p in zip(graded, patients) if eyes[p] == 1]
         if alone:
+            tuned = ("against thresholds tuned on scores mixed with the other eye" if objective.decision ==
+                     "thresholds" else "by a model selected on probabilities mixed with the other eye")
             print(f"warning: {len(alone)} image(s) without the patient's other eye (e.g. {alone[0]}) are graded "
-                  f"alone, against thresholds tuned on scores mixed with the other eye (--blend-eyes {blend}); "
-                  "give both eyes (<patient>_left/_right) for the grades the model was tuned for", file=sys.stderr)
+                  f"alone, {tuned} (--blend-eyes {blend}); give both eyes (<patient>_left/_right) for the grades "
+                  "the model was tuned for", file=sys.stderr)
     if cam is not None and len(graded):
         write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress)
     return res
@@ -350,7 +352,7 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     graded = res["grades"] >= 0
     counts = np.bincount(res["grades"][graded], minlength=len(GRADES)).tolist()
     text = (f"graded {int(graded.sum())} of {len(items)} images"
-            + (f" ({int((~graded).sum())} unreadable: see the error column)" if (~graded).any() else "")
+            + (f" ({int((~graded).sum())} missing or unreadable: see the error column)" if (~graded).any() else "")
             + f"; predicted grades 0-4: {counts}")
     labelled = np.array([graded[i] and item.label is not None for i, item in enumerate(items)], dtype=bool)
     if labelled.any():
