@@ -413,3 +413,16 @@ def test_an_output_that_is_a_folder_is_refused_before_the_work(tiny_run, kaggle,
         in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
     assert f"error: {tmp_path}: --out is a folder; give the file to write" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_stops_the_command_quietly(kaggle, tmp_path):
+    """`retinopathy ... | head -1`: the pipe closes under the command, which stops with the shell's status for
+    SIGPIPE and no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "retinopathy", "data", "check", str(kaggle), "--json",
+                             str(tmp_path / "r.json"), "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes a line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

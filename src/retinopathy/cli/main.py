@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
@@ -45,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except RetinopathyError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # the reader of the output left (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and none again when Python flushes
+        return 141  # 128 + SIGPIPE, a shell's status for it
     except OSError as e:  # a path the command could not create, read or write (read-only folder, full disk ...)
         if e.filename is None:
             raise
