@@ -122,5 +122,4 @@ def format_report(report: dict) -> str:
 
 
 def _problem_line(p: dict) -> str:
-    where = f"{p['file']}:{p['line']}" if p["line"] is not None else p["file"]
-    return f"  [{p['kind']}] {where}: {p['message']}"
+    return f"  [{p['kind']}] {Problem(**p)}"

@@ -5,7 +5,8 @@ import numpy as np
 from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
                              precision_recall_fscore_support, roc_auc_score)
 
-GRADES = [0, 1, 2, 3, 4]
+from ..data.formats import GRADES
+
 REFERABLE = 2  # moderate NPDR or worse
 
 
@@ -65,8 +66,8 @@ def full_metrics(y_true, y_pred, probs) -> dict:
         "per_grade": {str(g): {"precision": p, "recall": r, "f1": f, "support": int(n)}
                       for g, p, r, f, n in zip(GRADES, _defined(precision), _defined(recall), _defined(f1), support)},
         "count": int(len(y_true)),
-        "true_counts": np.bincount(y_true, minlength=5).tolist(),
-        "predicted_counts": np.bincount(y_pred, minlength=5).tolist(),
+        "true_counts": np.bincount(y_true, minlength=len(GRADES)).tolist(),
+        "predicted_counts": np.bincount(y_pred, minlength=len(GRADES)).tolist(),
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=GRADES).tolist(),
     })
     return out

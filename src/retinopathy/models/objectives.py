@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..data.formats import GRADES
 from ..evaluation.metrics import majority_accuracy
 
-NUM_GRADES = 5
+NUM_GRADES = len(GRADES)
 OBJECTIVES = ("classification", "regression", "ordinal", "ordinal+ce")
 DEFAULT_THRESHOLDS = (0.5, 1.5, 2.5, 3.5)
 THRESHOLD_RULES = ("kappa", "kappa-above-majority")

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
+from ..data.formats import GRADES
 from ..errors import RetinopathyError
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, same_checkpoint
@@ -32,7 +33,6 @@ from .html import ci_text, grade_parts, render_html, warning_text
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
            "compile", "deterministic", "cache_images", "stop_after", "split_file", "weights", "model", "pretrained"}
 MAX_LABEL_OPTIONS = 3  # runs that differ in more options are labelled by their names
-GRADES = range(5)
 
 
 class ReportError(RetinopathyError, ValueError):
