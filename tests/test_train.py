@@ -685,11 +685,15 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
 @pytest.mark.parametrize("text, message", [
     ("epochs: 1.5", "epochs: 1.5 (from {f}): '1.5' is not a whole number"),
     ("epochs: 0", "epochs: 0 (from {f}): 0 is too small (at least 1)"),
-    ("eval_splits: [val, test]", "eval_splits: ['val', 'test'] (from {f}) is not a single value"),
-    ("eval_splits: vall,test", "--eval-splits vall,test: vall is not val or test"),
-    ("eval_splits: train", "--eval-splits train: train is not val or test"),
-    ("batch_size: true", "batch_size: True (from {f}) is not a single value"),
+    ("epochs: true", "epochs: True (from {f}) is not a number; e.g. epochs: 20"),
+    ("eval_splits: [val, test]", "eval_splits: ['val', 'test'] (from {f}) is not a single value; write it as on the "
+                                 "command line; e.g. eval_splits: val,test"),
+    ("eval_splits: vall,test", "--eval-splits vall,test: 'vall' is not val or test\n"),
+    ("eval_splits: train", "--eval-splits train: 'train' is not val or test (training's own loss"),
+    ("batch_size: true", "batch_size: True (from {f}) is not a number\n"),
     ("blend_eyes: 0.8", "blend_eyes: 0.8 (from {f}): --blend-eyes 0.8"),
+    ("lr:", "lr: no value (from {f}); give one; e.g. lr: 0.001"),
+    ("pretrained: 'false'", "pretrained: 'false' (from {f}) is not true or false"),
     ("lr: -0.1", "--lr -0.1: a learning rate above 0"),
     ("warmup_epochs: -2", "--warmup-epochs -2.0: 0 or more"),
     ("label_smoothing: 1.5", "--label-smoothing 1.5: from 0 up to, not including, 1"),
@@ -710,6 +714,8 @@ def test_config_file_numbers_are_converted_like_command_line_text(tmp_path):
     args = parse_args(["-c", str(f), "--data", "d", "--out", "x"])
     assert (args.epochs, args.lr, args.warmup_epochs, args.workers, args.blend_eyes) == (3, 0.001, 0.0, 0, 0.25)
     assert isinstance(args.lr, float) and isinstance(args.warmup_epochs, float)
+    f.write_text("eval_splits: ' val, test'\nchannels_last: null\n")
+    assert parse_args(["-c", str(f), "--data", "d", "--out", "x"]).eval_splits == "val,test"
     with pytest.raises(SystemExit):
         parse_args(["--data", "d", "--out", "x", "--image-size", "4"])
 
@@ -825,6 +831,9 @@ def test_resume_reads_the_resolved_data_path(tiny_run, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert parse_args(["--resume", str(tmp_path)]).data == cfg["data"]["path"]
     assert parse_args(["-c", str(tmp_path / "config.yaml"), "--out", "new"]).data == cfg["data"]["path"]
+    cfg["train"]["data"] = str(tmp_path / "link")  # an absolute path stays as typed (a link may move with the data)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert parse_args(["--resume", str(tmp_path)]).data == str(tmp_path / "link")
 
 
 @pytest.mark.parametrize("name, content, reason", [

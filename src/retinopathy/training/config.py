@@ -122,8 +122,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--select-on", choices=("auto", "val", "test"), default="auto",
                    help="split that picks best.pt (auto: val when there is one; test only to reproduce the lab)")
     g.add_argument("--select-metric", choices=("accuracy", "kappa"), default="kappa")
-    g.add_argument("--eval-splits", default="val,test", help="splits evaluated after every epoch: val, test or both "
-                   "(comma-separated; one the data lacks is left out)")
+    g.add_argument("--eval-splits", default="val,test",
+                   help="splits evaluated after every epoch: val, test or both (comma-separated; one the data "
+                        "lacks is left out)")
 
     g = p.add_argument_group("engine")
     g.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
@@ -162,8 +163,9 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
         options = {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
         if "eval_amp" not in options:  # a run from before --eval-amp evaluated in its training precision
             options["eval_amp"] = (cfg.get("engine") or {}).get("amp", "none")
-        if isinstance((cfg.get("data") or {}).get("path"), str):  # resolved: the run may have been started elsewhere
-            options["data"] = cfg["data"]["path"]
+        typed, resolved = options.get("data"), (cfg.get("data") or {}).get("path")
+        if isinstance(resolved, str) and not (isinstance(typed, str) and Path(typed).expanduser().is_absolute()):
+            options["data"] = resolved  # a relative --data was relative to where the run started
         return options, "run"
     if not {"name", "train", "grid", "base", "variants"} & set(cfg):
         return {str(k).replace("-", "_"): v for k, v in cfg.items()}, "options"
@@ -218,13 +220,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     expand_home(args)
     source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
+    fresh = get_args_parser()
     for action in parser._actions:  # a config file's values that are not text skip argparse's type and choices
-        value = getattr(args, action.dest, None)
-        if value is None or isinstance(action, argparse.BooleanOptionalAction):
+        value, default = getattr(args, action.dest, None), fresh.get_default(action.dest)
+        example = f"; e.g. {action.dest}: {default}" if default is not None else ""
+        if default == argparse.SUPPRESS or value is None and default is None:
             continue
-        if isinstance(value, (list, dict)) or action.type is not None and isinstance(value, bool):
+        if value is None:
+            parser.error(f"{action.dest}: no value (from {source}); give one{example}")
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                parser.error(f"{action.dest}: {value!r} (from {source}) is not true or false")
+            continue
+        if isinstance(value, (list, dict)):
             parser.error(f"{action.dest}: {value!r} (from {source}) is not a single value; write it as on the "
-                         f"command line, e.g. {action.dest}: {action.default}")
+                         f"command line{example}")
+        if action.type is not None and isinstance(value, bool):
+            parser.error(f"{action.dest}: {value!r} (from {source}) is not a number{example}")
         if action.type is not None and not isinstance(value, str):
             try:
                 setattr(args, action.dest, value := action.type(str(value)))
@@ -243,10 +255,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--resume {args.resume} continues that run in its own folder; leave out --out {args.out} "
                      "(to start a new run from its weights: --weights RUN/checkpoints/best.pt --out NEW)")
     args.out = args.out or args.resume
-    held = [n for n in ("last.pt", "best.pt") if (Path(args.out) / "checkpoints" / n).exists()]
-    if not args.resume and held:
-        parser.error(f"--out {args.out} already holds a run (checkpoints/{held[0]}): continue it with --resume "
+    checkpoints = Path(args.out) / "checkpoints"
+    if not args.resume and (checkpoints / "last.pt").exists():
+        parser.error(f"--out {args.out} already holds a run (checkpoints/last.pt): continue it with --resume "
                      f"{args.out}, or give another --out (or remove that folder) to start a new run")
+    if not args.resume and (checkpoints / "best.pt").exists():
+        parser.error(f"--out {args.out} already holds a finished run (checkpoints/best.pt; its last.pt is gone, so "
+                     f"it cannot continue): give another --out, with --weights {checkpoints / 'best.pt'} to start "
+                     "from its weights, or remove that folder")
     if args.model not in list_models():
         parser.error(f"--model {args.model!r} is not a torchvision model; any classification model works, e.g. "
                      "resnet18, resnet50, efficientnet_b0, convnext_tiny")
@@ -270,11 +286,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.train_crop_size <= args.image_size or args.train_crop_size % args.space_to_depth:
         parser.error(f"--train-crop-size {args.train_crop_size}: a window of at most --image-size "
                      f"{args.image_size} px (0: off), divisible by --space-to-depth {args.space_to_depth}")
-    unknown_splits = sorted(set(args.eval_splits.split(",")) - {"val", "test", ""})
-    if unknown_splits:
-        parser.error(f"--eval-splits {args.eval_splits}: {', '.join(unknown_splits)} is not val or test (training's "
-                     "own loss and accuracy are in metrics.csv already; grade the training images after training "
-                     "with `retinopathy evaluate RUN --split train`)")
+    splits = [sp.strip() for sp in args.eval_splits.split(",") if sp.strip()]
+    allowed = {"val", "test", *(["train"] if args.resume else [])}  # a run from before this check may hold train
+    for sp in splits:
+        if sp not in allowed:
+            parser.error(f"--eval-splits {args.eval_splits}: {sp!r} is not val or test" + (
+                " (training's own loss and accuracy are in metrics.csv already; grade the training images after "
+                "training with `retinopathy evaluate RUN --split train`)" if sp == "train" else ""))
+    args.eval_splits = ",".join(splits)
     if args.lr <= 0:
         parser.error(f"--lr {args.lr}: a learning rate above 0")
     for name in ("weight_decay", "warmup_epochs"):
