@@ -250,3 +250,17 @@ def test_reduced_scale_decode_matches_full_decode(shared_data):
         assert fast.shape == full.shape == (3, 512, 512)
         assert (fast - full).abs().mean() < 2.0  # mean absolute difference under 2 of 255 levels
         assert np.corrcoef(fast.flatten(), full.flatten())[0, 1] > 0.995
+
+
+def test_a_runs_photographs_are_counted_by_name_and_grade(tmp_path):
+    """run_overlap/trained_on: a name listed with the run's grade is the run's photograph, counted once however
+    often it is given; a name listed with another grade is another photograph; 90 % must agree."""
+    from retinopathy.data.splits import run_overlap, trained_on
+
+    split = tmp_path / "split.csv"
+    split.write_text("image,patient,label,split\na,a,0,train\nb,b,1,train\nc,c,2,test\n")
+    assert run_overlap(split, [("a", 0), ("a", 0), ("x", 1)]) == ({"a": "train"}, 0, 1)
+    assert run_overlap(split, [("a", 0), ("b", 2), ("c", 2)]) == ({"a": "train", "c": "test"}, 1, 0)
+    assert trained_on(split, [("a", 0), ("b", 1), ("c", 2)] * 2) == 2  # the dataset given twice: still 2
+    assert trained_on(split, [("a", 0), ("b", 3), ("c", 4)]) == 0  # mostly other grades: other photographs
+    assert run_overlap(tmp_path / "none.csv", [("a", 0)]) == ({}, 0, 1)

@@ -112,8 +112,9 @@ def test_a_photograph_given_twice_is_graded_once(tmp_path, capsys):
     from retinopathy.inference.predict import _heatmap_names
 
     left, right = disc(tmp_path / "p" / "3_left.jpeg"), disc(tmp_path / "p" / "3_right.jpeg")
-    items = collect_items([left, right, left, tmp_path / "p", tmp_path / "p" / "." / "3_right.jpeg"])
+    (tmp_path / "link.jpeg").symlink_to(left)
+    items = collect_items([left, right, left, tmp_path / "p", f"{tmp_path}/p/./3_right.jpeg", tmp_path / "link.jpeg"])
     assert [i.path for i in items] == [str(left), str(right)]
-    assert "warning: 4 photograph(s) given more than once, graded once" in capsys.readouterr().err
+    assert "warning: 5 path(s) lead to a photograph already listed; each is graded once" in capsys.readouterr().err
     dotted = [disc(tmp_path / "d" / f"scan.2024.0{k}.jpg") for k in (1, 2)]
     assert _heatmap_names(collect_items(dotted)) == ["scan.2024.01.png", "scan.2024.02.png"]

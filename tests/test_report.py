@@ -136,7 +136,8 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     assert main(["report", str(run), "--out", str(tmp_path / "one")]) == 0
     rows = md_table((tmp_path / "one" / "report.md").read_text(), "### All runs")
     assert [r["Run"] for r in rows] == ["resnet18-scratch"]
-    assert main(["report", str(run), str(run.parent / "." / run.name), "--out", str(tmp_path / "twice")]) == 0
+    (tmp_path / "alias").symlink_to(run)
+    assert main(["report", str(run), str(tmp_path / "alias"), "--out", str(tmp_path / "twice")]) == 0
     rows = md_table((tmp_path / "twice" / "report.md").read_text(), "### All runs")
     assert [r["Run"] for r in rows] == ["resnet18-scratch"]  # the same run given twice is one row
     assert float(rows[0]["Test accuracy"]) == pytest.approx(run_numbers(run)["test_accuracy"], abs=5e-5)
@@ -289,9 +290,10 @@ def test_named_variants_label_the_rows(tmp_path):
     seeded = [Run("imagenet", tmp_path, "done", train={"model": "resnet18", "pretrained": True, "weights": None}),
               Run("seeded", tmp_path, "done", train={"model": "resnet18", "pretrained": True,
                                                      "weights": "runs/synth-r18/checkpoints/best.pt"}),
-              Run("file", tmp_path, "done", train={"model": "resnet18", "pretrained": True, "weights": "w/r18.pth"})]
+              Run("file", tmp_path, "done", train={"model": "resnet18", "pretrained": True, "weights": "w/r18.pth"}),
+              Run("flat", tmp_path, "done", train={"model": "resnet18", "pretrained": False, "weights": "old/best.pt"})]
     assign_variants(seeded)
-    assert [r.variant for r in seeded] == ["ImageNet-pretrained", "from synth-r18", "from r18.pth"]
+    assert [r.variant for r in seeded] == ["ImageNet-pretrained", "from synth-r18", "from r18.pth", "from old"]
 
 
 def test_one_run_experiment_is_named_after_the_experiment(tmp_path):

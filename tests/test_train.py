@@ -242,10 +242,13 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--batch-size", "8"], "--batch-size 16 (not 8)"),
                           (["--model-ema"], "--model-ema False (not True)"),
                           (["--blend-eyes", "0.3"], "--blend-eyes 0.0 (not 0.3)"),
-                          (["--decision", "thresholds"], "--decision None (not thresholds)")):
+                          (["--decision", "thresholds"], "--decision argmax (not thresholds)")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    # what it already used, said out loud, is no change (the decay of an EMA it does not keep either)
+    assert main(["train", "--resume", str(run), "--decision", "argmax", "--model-ema-decay", "0.9", "--quiet"]) == 0
+    assert "nothing to train" in capsys.readouterr().out
     # a finished argmax run has no thresholds to retune
     assert main(["train", "--resume", str(run), "--threshold-data", "train+selection", "--quiet"]) == 2
     assert "--threshold-data selection (not train+selection)" in capsys.readouterr().err
@@ -336,7 +339,8 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     rc = main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--resume", str(run)])
     err = capsys.readouterr().err
     assert rc == 2 and "last.pt: cannot be read as a checkpoint" in err
-    assert f"A broken last.pt cannot be resumed: start a new run from the run's best.pt (--weights {run / 'checkpoints' / 'best.pt'}" in err
+    assert ("A broken last.pt cannot be resumed: start a new run from the run's best.pt (--weights "
+            f"{run / 'checkpoints' / 'best.pt'}") in err
     with pytest.raises(SystemExit):  # a mistyped folder is not a new run
         main(["train", "--data", str(synth_small), *FAST, "--resume", str(tmp_path / "rnu")])
     assert "--resume " + str(tmp_path / "rnu") + ": not a run folder" in capsys.readouterr().err
@@ -608,7 +612,6 @@ def test_a_diverged_run_says_what_it_kept_and_resumes(synth_small, tmp_path, mon
 
 
 def test_space_to_depth_and_training_window_must_fit_the_image_size(capsys):
-
     base = ["--data", "d", "--out", "runs/x", "--image-size", "64"]
     for bad, named in ((["--space-to-depth", "3"], "--space-to-depth 3"), (["--train-crop-size", "96"], "96"),
                        (["--space-to-depth", "2", "--train-crop-size", "33"], "33")):
@@ -622,7 +625,6 @@ def test_space_to_depth_and_training_window_must_fit_the_image_size(capsys):
 def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     """``-c`` takes an experiment file of one run (its train: options and data:) and a run's config.yaml (its
     options, never its run folder), the command line still overriding; anything else gets a clear error."""
-
     recipe = Path(__file__).parents[1] / "configs"
     args = parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--out", "runs/x", "--epochs", "3"])
     assert (args.objective, args.image_size, args.blend_eyes, args.epochs) == ("ordinal", 128, 0.4, 3)
@@ -822,7 +824,6 @@ def test_each_process_draws_its_own_augmentation():
     assert len({epoch_seed(s, e, r) for s in range(3) for e in range(100) for r in range(8)}) == 3 * 100 * 8
 
 
-
 def test_resume_reads_the_resolved_data_path(tiny_run, tmp_path, monkeypatch):
     """A run started with a relative --data resumes from any folder: config.yaml's resolved data.path is used."""
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
@@ -839,6 +840,7 @@ def test_resume_reads_the_resolved_data_path(tiny_run, tmp_path, monkeypatch):
 @pytest.mark.parametrize("name, content, reason", [
     ("hello.pt", b"hello\n", "not a PyTorch file"),
     ("abc.pt", b"abc", "not a PyTorch file"),
+    ("readme.pt", b"garbage text that is long enough", "not a PyTorch file"),
     ("empty.pt", b"", "truncated, empty or not a PyTorch file"),
     ("cut.pt", b"PK\x03\x04 not a whole zip", "truncated, empty or not a PyTorch file"),
     ("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n", "run `git lfs pull`"),
@@ -882,4 +884,5 @@ def test_a_split_that_rounds_to_nothing_is_named(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "d"), *FAST, "--epochs", "1", "--test-fraction", "0",
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "no image is in the val or the test split, which --select-on auto selects on" in err and "0 problem(s)" not in err
+    assert "no image is in the val or the test split, which --select-on auto selects on" in err
+    assert "0 problem(s)" not in err

@@ -12,12 +12,13 @@ class _Lines:
     """A stream that writes each of tqdm's carriage-return redraws as a line of its own (for log files)."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream, self.last = stream, None
 
     def write(self, text: str) -> None:
         for part in text.split("\r"):
-            if part.strip():
-                self.stream.write(part.strip() + "\n")
+            if part.strip() and part.strip() != self.last:  # the closing redraw repeats the last line
+                self.last = part.strip()
+                self.stream.write(self.last + "\n")
 
     def flush(self) -> None:
         self.stream.flush()
@@ -29,5 +30,6 @@ def progress_bar(iterable=None, *, enabled: bool = True, **kwargs) -> tqdm:
     and shorter work prints nothing."""
     if enabled and not sys.stderr.isatty():
         kwargs.pop("dynamic_ncols", None)
-        kwargs.update(file=_Lines(sys.stderr), mininterval=LOG_EVERY, delay=LOG_EVERY, ncols=0)  # stats, no bar
+        kwargs.update(file=_Lines(sys.stderr), mininterval=LOG_EVERY, maxinterval=LOG_EVERY, delay=LOG_EVERY,
+                      ncols=0)  # stats, no bar; maxinterval: tqdm's monitor thread would add a line in between
     return tqdm(iterable, disable=not enabled, **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import select
 import sys
 
 from .. import __version__
@@ -46,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     except RetinopathyError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except BrokenPipeError:  # the reader of the output left (`| head`): stop quietly, as Unix tools do
+    except BrokenPipeError:
+        if not _reader_left():
+            raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and none again when Python flushes
         return 141  # 128 + SIGPIPE, a shell's status for it
     except OSError as e:  # a path the command could not create, read or write (read-only folder, full disk ...)
@@ -57,6 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted" + _how_to_continue(argv), file=sys.stderr)
         return 130
+
+
+def _reader_left() -> bool:
+    """Whether stdout is a pipe whose reader has gone (`| head`): then the command stops quietly, as Unix tools do."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file (captured)
+        return False
 
 
 def _how_to_continue(argv: list[str]) -> str:

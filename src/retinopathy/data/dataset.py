@@ -57,7 +57,8 @@ class FundusDataset(Dataset):
                  preprocess: str | Preprocessing = "lab", augment: str = "flips", crop: int | None = None,
                  train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
-                 check: bool = True, cache: bool = False, progress: bool = True, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                 check: bool = True, cache: bool = False, progress: bool = True, val_fraction: float = 0.1,
+                 test_fraction: float = 0.2,
                  seed: int = 0, split_file: str | Path | None = None, **read_options):
         catalog = data if isinstance(data, Catalog) else load_catalog(
             data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_file=split_file,

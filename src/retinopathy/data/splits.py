@@ -136,16 +136,16 @@ def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
 
 def run_overlap(split_csv: str | Path, labelled) -> tuple[dict[str, str], int, int]:
     """How labelled images, ``(name, grade)`` pairs, meet a run's ``split_csv``: ``({name: split} of those listed
-    with the grade the run saw, how many are listed with another grade, how many are not listed)``; nothing
-    listed when the file is missing or unusable."""
+    with the grade the run saw, how many other listed names come only with other grades, how many images are not
+    listed)``; nothing listed when the file is missing or unusable."""
     labelled = list(labelled)
     try:
         split, grade = (read_split_table(split_csv, column) for column in ("split", "label"))
     except DataError:
         return {}, 0, len(labelled)
     same = {name: split[name] for name, label in labelled if grade.get(name) == str(label)}
-    listed = sum(name in grade for name, _ in labelled)
-    return same, listed - len(same), len(labelled) - listed
+    listed = {name for name, _ in labelled if name in grade}  # names: a dataset given twice is not regraded
+    return same, len(listed - set(same)), sum(name not in grade for name, _ in labelled)
 
 
 def same_photographs(same: int, regraded: int) -> bool:

@@ -304,7 +304,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
     done = epochs_saved(run)
     if done < args.epochs and not (run / "checkpoints" / "last.pt").exists() and done:
         raise ExperimentError(f"{run}: its checkpoints/last.pt is gone, so its {done} of {args.epochs} epochs cannot "
-                              f"continue; remove the folder to train the cell again (or ask for {done} epochs)")
+                              "continue; remove the folder to train the cell again (or ask for "
+                              f"{done} epoch{'s' if done > 1 else ''})")
     trained = done >= args.epochs and not retune_pending(run, args)
     if done > args.epochs:
         print(f"warning: {run} trained {done} epochs, more than the {args.epochs} now asked for; it stays as it is "
@@ -317,7 +318,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
             check_weights(args)
         (run / "SKIPPED.json").unlink(missing_ok=True)
         doing = ("retuning best.pt's thresholds (interrupted after the last epoch)" if done >= args.epochs else
-                 f"resuming after epoch {done}/{args.epochs}" if done else f"training {args.epochs} epoch{'s' if args.epochs > 1 else ''}")
+                 f"resuming after epoch {done}/{args.epochs}" if done else
+                 f"training {args.epochs} epoch{'s' if args.epochs > 1 else ''}")
         print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))

@@ -183,7 +183,7 @@ def parity(model, runner, x: torch.Tensor) -> tuple[float, float]:
 
 
 def main(args) -> dict:
-    check_output_file(args.out, "--out", "grader.onnx")  # before the work, not after it
+    check_output_file(args.out, "--out", f"grader.{'onnx' if args.format == 'onnx' else 'pt'}")  # before the work
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]

@@ -183,7 +183,7 @@ def _once(items: list[Item]) -> list[Item]:
             seen.add(key)
         kept.append(item)
     if again:
-        print(f"warning: {len(again)} photograph(s) given more than once, graded once: "
+        print(f"warning: {len(again)} path(s) lead to a photograph already listed; each is graded once: "
               f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}", file=sys.stderr)
     return kept
 

@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from ..data.formats import GRADES  # noqa: E402
 from ..models.objectives import loss_name  # noqa: E402
 
 BLUE, ORANGE = "#0072B2", "#E69F00"
@@ -139,7 +140,7 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
                 continue
             counts = np.asarray(cell, dtype=float)
             norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-            disp = ConfusionMatrixDisplay(norm, display_labels=range(5)).plot(
+            disp = ConfusionMatrixDisplay(norm, display_labels=GRADES).plot(
                 ax=ax, cmap="Blues", values_format=".2f", colorbar=False, im_kw={"vmin": 0, "vmax": 1},
                 text_kw={"fontsize": 8})
             dash_rows_without_images(disp, counts.sum(1))

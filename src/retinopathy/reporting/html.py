@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from ..data.formats import GRADES
+
 CSS = """
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Helvetica,Arial,sans-serif;margin:0;
@@ -87,9 +89,9 @@ def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
     no images of ('0 images'; just 'n/a' when it was never predicted either) and for the precision of a grade never
     predicted (also in evaluations written before undefined values were null)."""
     parts = []
-    for g in range(5):
+    for g in GRADES:
         pg = evaluation["per_grade"][str(g)]
-        never = (evaluation.get("predicted_counts") or [None] * 5)[g] == 0
+        never = (evaluation.get("predicted_counts") or [None] * len(GRADES))[g] == 0
         precision = "n/a" if never else _f(pg["precision"], 2, "n/a")
         if not pg["support"]:
             parts.append(("n/a" if precision == "n/a" else f"n/a / {precision}", "0 images"))
@@ -183,7 +185,7 @@ LEGEND = [
 
 
 def grades_table(runs) -> str:
-    head = "".join(f"<th>grade {g}<br><span class='label'>recall / precision (n)</span></th>" for g in range(5))
+    head = "".join(f"<th>grade {g}<br><span class='label'>recall / precision (n)</span></th>" for g in GRADES)
     rows = []
     for r in runs:
         if r.eval is None:

@@ -85,11 +85,11 @@ class Run:
         """Where its weights started: 'from scratch', 'ImageNet-pretrained', or 'from W' for --weights W (a run's
         checkpoint is named by its run)."""
         weights = Path(self.train.get("weights") or "")
-        if not self.pretrained:
-            return "from scratch"
-        if not weights.name:
-            return "ImageNet-pretrained"
-        return f"from {weights.parent.parent.name if weights.parent.name == 'checkpoints' else weights.name}"
+        if weights.name in ("best.pt", "last.pt"):  # a run's checkpoint: RUN/checkpoints/best.pt or RUN/best.pt
+            return f"from {(weights.parent.parent if weights.parent.name == 'checkpoints' else weights.parent).name}"
+        if weights.name:  # loaded with or without --pretrained
+            return f"from {weights.name}"
+        return "ImageNet-pretrained" if self.pretrained else "from scratch"
 
 
 # ------------------------------------------------------------------------------------------- reading

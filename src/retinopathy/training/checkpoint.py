@@ -117,7 +117,7 @@ def _unreadable(path: Path, error: Exception) -> str:
         return "a Git LFS pointer, not the file itself: run `git lfs pull`"
     if path.suffix in (".onnx", ".json", ".md", ".yaml", ".csv"):
         return f"a {path.suffix} file, not a PyTorch checkpoint"
-    if isinstance(error, pickle.UnpicklingError):
+    if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
         return "it holds Python objects that a safe load (weights_only=True) refuses"
     if isinstance(error, (zipfile.BadZipFile, EOFError, RuntimeError)) or not head:
         return "truncated, empty or not a PyTorch file"

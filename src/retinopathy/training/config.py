@@ -82,7 +82,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("schedule and optimisation")
     g.add_argument("--epochs", type=at_least(1), default=20, help="total epochs, frozen ones included")
     g.add_argument("--freeze-epochs", type=at_least(0), default=1, help="epochs that train only the head (lab: 5)")
-    g.add_argument("-b", "--batch-size", type=at_least(1), default=None, help="images per process (default 32; lab 12/6)")
+    g.add_argument("-b", "--batch-size", type=at_least(1), default=None,
+                   help="images per process (default 32; lab 12/6)")
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
     g.add_argument("--momentum", type=float, default=0.9)

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Sampler
-from ..progress import progress_bar
 
 from ..errors import RetinopathyError
+from ..progress import progress_bar
 from .distributed import DistInfo, all_gather_objects, finite_everywhere, sum_everywhere
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

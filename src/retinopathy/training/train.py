@@ -28,7 +28,7 @@ from ..errors import RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
-from ..models.objectives import class_weights, tune_thresholds
+from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..reporting.model_card import write_model_card
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
@@ -97,7 +97,7 @@ class BalancedSampler(WeightedRandomSampler):
     def __init__(self, labels, seed: int, rank: int = 0, world: int = 1, decay: float | None = None,
                  final=(1.0, 2.0, 2.0, 2.0, 2.0)):
         self.labels = np.asarray(labels)
-        counts = np.bincount(self.labels, minlength=5).astype(float)
+        counts = np.bincount(self.labels, minlength=len(GRADES)).astype(float)
         self.balanced = len(self.labels) / (5 * np.maximum(counts, 1))
         self.final = np.asarray(final, dtype=float)
         self.seed, self.rank, self.world, self.decay = seed, rank, world, decay
@@ -164,7 +164,7 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
 # on also keeps what its restored optimizer and schedule were built with (and its steps per epoch, checked
 # below); --epochs may grow: the cosine then stretches over the longer schedule, from where that schedule would be.
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
-                   "select_on", "select_metric", "decision", "blend_eyes", "model_ema", "model_ema_decay")
+                   "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay")  # and --decision
 FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "warmup_epochs",
                         "freeze_epochs", "batch_size")
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
@@ -226,7 +226,11 @@ def main(args) -> dict:
         fixed = (FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
                  + (FIXED_WHILE_STEPPING if stepping else ()))
         changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in fixed
-                   if k in ckpt["config"] and ckpt["config"][k] != getattr(args, k)]
+                   if k in ckpt["config"] and ckpt["config"][k] != getattr(args, k)
+                   and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
+        decision = args.decision or default_decision(args.objective)  # None: the objective's own
+        if decision != ckpt["model_info"]["decision"]:
+            changed.append(f"--decision {ckpt['model_info']['decision']} (not {decision})")
         if changed:
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
@@ -257,7 +261,7 @@ def main(args) -> dict:
                                      f"{args.select_on} selects on (each grade's patients are split by "
                                      "--val-fraction and --test-fraction, rounded: a grade with few patients may "
                                      "give none)")],
-                            hint=f"Raise the fraction, add images, or pass --select-on with a split the data has")
+                            hint="Raise the fraction, add images, or pass --select-on with a split the data has")
         eval_splits.append(select_on)
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
                   cache=args.cache_images, progress=progress)
@@ -313,7 +317,7 @@ def main(args) -> dict:
                     for sp, ds in eval_sets.items()}
 
     model_info = {"arch": args.model, "head": args.head, "objective": args.objective,
-                  "decision": objective.decision, "num_outputs": objective.outputs, "num_classes": 5,
+                  "decision": objective.decision, "num_outputs": objective.outputs, "num_classes": len(GRADES),
                   "class_names": GRADE_NAMES, "preprocessing": train_set.preprocessing.to_dict(),
                   "weights_origin": origin, "thresholds": objective.thresholds, "head_name": grader.head_name,
                   "pair_eyes": args.pair_eyes, "space_to_depth": args.space_to_depth,
