@@ -326,6 +326,6 @@ def test_a_finished_cell_whose_last_pt_was_deleted_stays_finished(interrupted, t
     assert "its checkpoints/last.pt is gone (deleted once the run finished?)" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--data", str(interrupted["root"] / "data"), "--out", str(run), "--no-pretrained", "--quiet"])
-    assert "already holds a run (checkpoints/best.pt)" in capsys.readouterr().err
+    assert "already holds a finished run (checkpoints/best.pt; its last.pt is gone" in capsys.readouterr().err
     after = snapshot(run)
     assert {k: v for k, v in after.items() if k != "cell.yaml"} == {k: v for k, v in before.items() if k != "cell.yaml"}
