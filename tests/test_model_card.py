@@ -46,8 +46,26 @@ def test_card_from_a_training_run(run):
     val = config["data"]["eval_counts"]["val"]
     during_training = card.split("## Metrics")[1]
     assert table_row(during_training, "val")[3] == f"{max(val) / sum(val):.3f}"  # the majority-class baseline
-    assert "not a medical device" in card and "single photograph" in card and "EyePACS" in card
+    assert "not a medical device" in card and "single photograph" in card
+    assert "**Synthetic training data.**" in card and "EyePACS" not in card  # it learnt from synth drawings
     assert "None yet" in card
+
+
+def test_limitations_describe_this_model(tmp_path):
+    """What the model sees (one eye, blended with the other, or both) and what it learnt from (EyePACS labels or
+    synthetic drawings) are this model's; thresholds the search left where it started are said to be so."""
+    from retinopathy.reporting.model_card import _limitations, _model_section
+
+    photos = {"data": {"path": str(tmp_path)}}  # no synthetic README.txt: real photographs
+    one = "\n".join(_limitations({}, photos))
+    assert "One photograph, one grade" in one and "Label noise" in one and "Synthetic" not in one
+    blended = "\n".join(_limitations({"blend_eyes": 0.4}, photos))
+    assert "mixed with the other eye's (weight 0.4)" in blended and "One photograph, one grade" not in blended
+    assert "Both eyes, one grade each" in "\n".join(_limitations({"pair_eyes": True}, photos))
+    info = {"arch": "resnet18", "objective": "ordinal", "thresholds": [0.5, 1.5, 2.5, 3.5], "threshold_data": "val"}
+    assert "the search kept its starting values" in "\n".join(_model_section({"model_info": info}, "best.pt", {}, 1))
+    info["thresholds"] = [0.7, 1.5, 2.5, 3.5]
+    assert "starting values" not in "\n".join(_model_section({"model_info": info}, "best.pt", {}, 1))
 
 
 def test_evaluations_accumulate(run, synth_small, tmp_path):

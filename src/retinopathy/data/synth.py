@@ -27,6 +27,14 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..atomic import replacing, write_text
 from ..progress import progress_bar
 
+MARKER = "Synthetic"  # the first word of the README.txt that marks a folder this module wrote
+
+
+def is_synthetic(folder: str | Path) -> bool:
+    """Whether ``folder`` is a synthetic set written by :func:`generate` (its README.txt says so)."""
+    readme = Path(folder) / "README.txt"
+    return readme.exists() and readme.read_text(errors="replace").startswith(MARKER)
+
 GRADE_MIX = (0.735, 0.070, 0.151, 0.025, 0.020)  # EyePACS class mix
 SAME_GRADE = 0.85  # probability that a patient's second eye has the first eye's grade
 FORMATS = ("kaggle", "lab")
@@ -466,7 +474,7 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
             write_text(out / f"{split}_label.csv", "".join(f"{grades[i]}\n" for i in idx))
     counts = [grades.count(k) for k in range(5)]
     write_text(out / "README.txt", (
-        "Synthetic diabetic-retinopathy fundus photographs made by retinopathy.data.synth.\n"
+        f"{MARKER} diabetic-retinopathy fundus photographs made by retinopathy.data.synth.\n"
         "Not real patients and not for clinical use: drawn shapes only.\n"
         f"format: {format}\nimages: {n} of {(n + 1) // 2} patients (left and right eye)\n"
         f"size: {size} px\nseed: {seed}\nbalanced: {balanced}\nimages per grade 0-4: {' '.join(map(str, counts))}\n"))

@@ -20,8 +20,9 @@ import yaml
 from .. import __version__
 from ..atomic import write_text
 from ..data.splits import SPLIT_DEFAULTS
+from ..data.synth import is_synthetic
 from ..evaluation.metrics import GRADES
-from ..models.objectives import default_decision
+from ..models.objectives import DEFAULT_THRESHOLDS, default_decision
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, run_folder, same_checkpoint
 
@@ -72,7 +73,9 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              f"objective `{info.get('objective', '?')}`"
              + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')}"
                 + (f" on {info['threshold_data']}" if info.get("threshold_data") else "")
-                + (f", accuracy margin {info['threshold_margin']}" if info.get("threshold_margin") else "") + ")"
+                + (f", accuracy margin {info['threshold_margin']}" if info.get("threshold_margin") else "")
+                + ("; the search kept its starting values" if list(info.get("thresholds") or []) ==
+                   list(DEFAULT_THRESHOLDS) else "") + ")"
                 if info.get("decision", default_decision(info.get("objective"))) == "thresholds" else "")
              + ("; grades both eyes of a patient together (features concatenated)" if info.get("pair_eyes")
                 else "")
@@ -208,28 +211,46 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     return lines + [""]
 
 
-USE_AND_LIMITS = """## Intended use
+INTENDED_USE = """## Intended use
 
 Research and teaching: comparing training recipes and architectures for grading diabetic retinopathy
 (0 none, 1 mild, 2 moderate, 3 severe non-proliferative, 4 proliferative) from colour fundus photographs,
 and studying what such models attend to. Not for decisions about any person's care.
-
-## Limitations
-
-- **A research tool, not a medical device.** It has not been clinically validated or cleared by any
-  regulator. Do not use it to diagnose, screen, triage or reassure patients.
-- **One photograph, one grade.** The grade comes from a single photograph of one eye. Clinical grading uses
-  both eyes, several fields, image-quality checks and the patient's history; macular oedema is not assessed.
-  The model gives a grade 0-4 to anything it is shown, including ungradable or non-fundus images.
-- **Label noise.** EyePACS (Kaggle) grades were given by clinicians, one grade per image, and the dataset's
-  own description warns of noise in images and labels; graders disagree, most often between neighbouring
-  grades (0 and 1 especially), so the labels, and the accuracies above, are noisy, and no model can agree
-  with them perfectly.
-- **Imbalance and small numbers.** In EyePACS grades 3 and 4 are about 2% of images each: their recall
-  rests on few images (see the counts above); read the confidence intervals, not only the point estimates.
-- **Domain shift.** Performance on other cameras, populations or image quality than the training data's
-  is unknown; the preprocessing above must be applied exactly (the export's JSON records it).
 """
+
+
+def _limitations(info: dict, config: dict) -> list[str]:
+    """The limits of this model: what it sees (one eye, or both), and the labels it learnt from (EyePACS's, or
+    synthetic drawings)."""
+    blend = info.get("blend_eyes") or 0.0
+    sees = ("- **Both eyes, one grade each.** The model sees a patient's two photographs together; clinical grading "
+            "also uses" if info.get("pair_eyes") else
+            f"- **One photograph per eye, mixed with the other eye's.** Each eye's grade comes from its photograph, "
+            f"its outputs mixed with the other eye's (weight {blend:g}); clinical grading also uses" if blend else
+            "- **One photograph, one grade.** The grade comes from a single photograph of one eye. Clinical grading "
+            "uses both eyes,")
+    lines = ["## Limitations", "",
+             "- **A research tool, not a medical device.** It has not been clinically validated or cleared by any "
+             "regulator. Do not use it to diagnose, screen, triage or reassure patients.",
+             f"{sees} several fields, image-quality checks and the patient's history; macular oedema is not "
+             "assessed. The model gives a grade 0-4 to anything it is shown, including ungradable or non-fundus "
+             "images."]
+    data = (config.get("data") or {}).get("path")
+    if data and is_synthetic(data):
+        lines.append("- **Synthetic training data.** It learnt from synthetic drawings (retinopathy.data.synth), not "
+                     "photographs of patients: its numbers show that the pipeline works, not how it grades real "
+                     "eyes.")
+    else:
+        lines += ["- **Label noise.** EyePACS (Kaggle) grades were given by clinicians, one grade per image, and the "
+                  "dataset's own description warns of noise in images and labels; graders disagree, most often "
+                  "between neighbouring grades (0 and 1 especially), so the labels, and the accuracies above, are "
+                  "noisy, and no model can agree with them perfectly.",
+                  "- **Imbalance and small numbers.** In EyePACS grades 3 and 4 are about 2% of images each: their "
+                  "recall rests on few images (see the counts above); read the confidence intervals, not only the "
+                  "point estimates."]
+    return lines + ["- **Domain shift.** Performance on other cameras, populations or image quality than the training "
+                    "data's is unknown; the preprocessing above must be applied exactly (the export's JSON records "
+                    "it).", ""]
 
 
 def render(ckpt: dict, name: str, config: dict, history: list[dict], store: dict, run: Path) -> str:
@@ -247,7 +268,8 @@ def render(ckpt: dict, name: str, config: dict, history: list[dict], store: dict
     lines += _history_rows(history, config, best_epoch if best_epoch is not None else ckpt.get("epoch"),
                            (ckpt.get("best") or {}).get("split"))
     lines += _evaluation_rows(store, name, ckpt)
-    return "\n".join(lines) + "\n" + USE_AND_LIMITS
+    lines += [INTENDED_USE, *_limitations(ckpt.get("model_info", {}), config)]
+    return "\n".join(lines)
 
 
 def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval_dir: Path | None = None) -> Path:

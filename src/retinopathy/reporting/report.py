@@ -22,6 +22,7 @@ import yaml
 
 from ..atomic import write_text
 from ..data.formats import GRADES
+from ..data.synth import is_synthetic
 from ..errors import RetinopathyError
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, same_checkpoint
@@ -312,15 +313,10 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     if any(r.numbers.get("selection_split") == "test" for r in runs):
         lines.append("Some runs pick their checkpoint on the test split (the lab's rule), so their test numbers are "
                      "optimistic; a validation split gives honest ones.")
-    if any(_is_synthetic(d) for d in datas | {str(r.train.get("data")) for r in runs}):
+    if any(is_synthetic(d) for d in datas | {str(r.train.get("data")) for r in runs}):
         lines.append("The data are synthetic drawings (retinopathy.data.synth), not photographs of patients: these "
                      "numbers show the pipeline works, not how well a model grades real eyes.")
     return lines
-
-
-def _is_synthetic(data: str) -> bool:
-    readme = Path(data) / "README.txt"
-    return readme.exists() and readme.read_text(errors="replace").startswith("Synthetic")
 
 
 # ------------------------------------------------------------------------------------------- building
