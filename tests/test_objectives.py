@@ -196,7 +196,9 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
     assert model.global_pool == ("gem" if "--global-pool" in extra else "avg")
     rule = "kappa-above-majority" if "--threshold-rule" in extra else "kappa"
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
-    assert f"(tuned for {rule} on val" + (", accuracy margin 0.5)" if "--threshold-margin" in extra else ")") in card
+    kept = "; the search kept its starting values" if list(obj.thresholds) == [0.5, 1.5, 2.5, 3.5] else ""
+    assert (f"(tuned for {rule} on val" + (", accuracy margin 0.5" if "--threshold-margin" in extra else "")
+            + kept + ")") in card
     assert ("on random 32 px windows of the photograph" in card) == ("--train-crop-size" in extra)
     with open(run / "metrics.csv", newline="") as f:
         row = list(csv.DictReader(f))[ckpt["best"]["epoch"]]

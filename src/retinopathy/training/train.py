@@ -98,7 +98,7 @@ class BalancedSampler(WeightedRandomSampler):
                  final=(1.0, 2.0, 2.0, 2.0, 2.0)):
         self.labels = np.asarray(labels)
         counts = np.bincount(self.labels, minlength=len(GRADES)).astype(float)
-        self.balanced = len(self.labels) / (5 * np.maximum(counts, 1))
+        self.balanced = len(self.labels) / (len(GRADES) * np.maximum(counts, 1))
         self.final = np.asarray(final, dtype=float)
         self.seed, self.rank, self.world, self.decay = seed, rank, world, decay
         self.per_rank = math.ceil(len(self.labels) / world)
@@ -158,11 +158,11 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
 
 
 # What shapes the network (its EMA too), the metrics.csv columns or the meaning of "best" (the decision rule, eye
-# blending): a resumed run keeps them. The
-# threshold options decide which epochs may be best, so they are kept too, except to retune a finished run's
-# best.pt with --threshold-data train+selection (which then records them in last.pt as well). A run that trains
-# on also keeps what its restored optimizer and schedule were built with (and its steps per epoch, checked
-# below); --epochs may grow: the cosine then stretches over the longer schedule, from where that schedule would be.
+# blending): a resumed run keeps them. The threshold options decide which epochs may be best, so they are kept
+# too, except to retune a finished run's best.pt with --threshold-data train+selection (which then records them in
+# last.pt as well). A run that trains on also keeps what its restored optimizer and schedule were built with (and
+# its steps per epoch, checked below); --epochs may grow: the cosine then stretches over the longer schedule, from
+# where that schedule would be.
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
                    "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay")  # and --decision
 FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "warmup_epochs",
