@@ -24,3 +24,12 @@ def test_work_shorter_than_the_interval_prints_nothing_to_a_log(capsys):
     bar.update(3)
     bar.close()
     assert capsys.readouterr().err == ""
+
+
+def test_a_short_training_run_prints_no_progress_lines_to_a_log(synth_small, tmp_path, capsys):
+    """The epoch bar's running loss must not force a line per batch into a log (only the epoch lines show)."""
+    assert main(["train", "--data", str(synth_small), "--model", "resnet18", "--no-pretrained", "--epochs", "1",
+                 "--freeze-epochs", "0", "--image-size", "32", "--batch-size", "16", "--workers", "0",
+                 "--out", str(tmp_path / "run")]) == 0
+    captured = capsys.readouterr()
+    assert "batch" not in captured.err and "epoch 1/1 [finetune] train loss" in captured.out

@@ -120,7 +120,7 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
         seen += n
         elapsed = time.perf_counter() - start
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", acc=f"{correct / seen:.3f}",
-                        img_s=f"{seen / max(elapsed, 1e-9):.1f}")
+                        img_s=f"{seen / max(elapsed, 1e-9):.1f}", refresh=False)  # shown at the bar's own pace
     elapsed = time.perf_counter() - start
     total_loss, correct, seen = sum_everywhere([total_loss, correct, seen], dist or DistInfo(), device)
     seen = int(seen)
