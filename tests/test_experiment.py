@@ -288,7 +288,7 @@ def test_shipped_configs_load(config, tmp_path):
         assert {k: getattr(args, k) for k in cell.options} == cell.options
 
 
-def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys):
+def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     """Weights that do not fit, or cannot be read, fail their cell (not 'skipped': nothing to download) with the
     reason; the next cell still runs and the command exits 1."""
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "misfit.pth")
@@ -302,6 +302,16 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys):
     assert "misfit.pth: the weights do not fit resnet18" in status["misfit-resnet18"]["reason"]
     assert "cut.pth cannot be read" in status["cut-resnet18"]["reason"]
     assert "misfit-resnet18: failed - " in capsys.readouterr().err
+    # a new run interrupted before a cell's turn keeps that cell's last status and reason
+    from retinopathy.experiments import runner
+
+    def interrupted_run(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_cell", interrupted_run)
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 130
+    status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())["cells"]
+    assert status["cut-resnet18"]["status"] == "failed" and "cut.pth cannot be read" in status["cut-resnet18"]["reason"]
 
 
 def test_a_finished_cell_whose_last_pt_was_deleted_stays_finished(interrupted, tmp_path, capsys):

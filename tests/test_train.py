@@ -120,8 +120,11 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
     assert f"continue with `retinopathy train --resume {tmp_path / 'cut'}`" in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["cache_images"] is True
     assert len(rows(tmp_path / "cut")) == 2
+    first_leg = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     record = (tmp_path / "cut" / "config.yaml").read_bytes()
+    earlier = yaml.safe_load(record)["earlier"]  # the first leg's engine and machine stay on record
+    assert earlier == [{"epochs": 2, "engine": first_leg["engine"], "environment": first_leg["environment"]}]
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--amp", "none", "--workers", "0"]) == 0
     assert "nothing to train: " in capsys.readouterr().out
     assert (tmp_path / "cut" / "config.yaml").read_bytes() == record  # what trained it, not the idle resume

@@ -358,9 +358,14 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     exp.dir.mkdir(parents=True, exist_ok=True)
     parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
     status_file = exp.dir / "experiment.json"
+    try:  # a cell keeps its last status (a failure's reason, say) until it runs again
+        before = json.loads(status_file.read_text())["cells"] if status_file.exists() else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        before = {}
     status = {"name": exp.name, "config": str(exp.file.resolve()), "data": str(data.resolve()),
               "description": exp.description, "grid": exp.grid,
-              "cells": {c.name: {"status": "pending", "dir": c.name, "values": c.values} for c in exp.cells}}
+              "cells": {c.name: {"status": "pending", **(before.get(c.name) or {}), "dir": c.name, "values": c.values}
+                        for c in exp.cells}}
     _write_json(status_file, status)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):

@@ -339,6 +339,10 @@ def main(args) -> dict:
                          "workers": workers, "world_size": dist.world_size},
               "weights": origin, "environment": environment()}
     if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do leaves the record alone
+        if ckpt is not None:  # what ran the epochs before this resume stays on record
+            before = yaml.safe_load((out / "config.yaml").read_text()) or {}
+            config["earlier"] = before.get("earlier", []) + [
+                {"epochs": ckpt["epoch"] + 1, "engine": before.get("engine"), "environment": before.get("environment")}]
         write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
     # ---- epochs ----------------------------------------------------------------------------------------
