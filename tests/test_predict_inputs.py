@@ -118,3 +118,13 @@ def test_a_photograph_given_twice_is_graded_once(tmp_path, capsys):
     assert "warning: 5 path(s) lead to a photograph already listed; each is graded once" in capsys.readouterr().err
     dotted = [disc(tmp_path / "d" / f"scan.2024.0{k}.jpg") for k in (1, 2)]
     assert _heatmap_names(collect_items(dotted)) == ["scan.2024.01.png", "scan.2024.02.png"]
+
+
+def test_a_link_that_leads_nowhere_gets_an_error_row(tiny_run, tmp_path, capsys):
+    disc(tmp_path / "p" / "1_left.jpeg")
+    (tmp_path / "p" / "2_left.jpeg").symlink_to(tmp_path / "moved-away.jpeg")
+    assert main(["predict", str(tiny_run), str(tmp_path / "p"), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = {r["image"]: r for r in csv.DictReader(f)}
+    assert rows["1_left"]["error"] == "" and rows["2_left"]["error"] != "" and rows["2_left"]["predicted_grade"] == ""
+    assert "graded 1 of 2 images (1 missing or unreadable" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 from ..errors import RetinopathyError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+EMPTY = "empty file (0 bytes); replace it, or remove it (and its labels row)"
 BLANK_LEVEL = 8  # an image whose brightest 1 % of pixels stay below this (of 255) shows no retina
 
 
@@ -81,7 +82,7 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
     path = Path(path)
     try:
         if path.stat().st_size == 0:
-            raise ImageError(path, "empty file (0 bytes); replace it or remove its label row")
+            raise ImageError(path, EMPTY)
         with Image.open(path) as img:
             if min_size and img.format == "JPEG":
                 img.draft("RGB", (min_size, min_size))
@@ -153,7 +154,7 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
     except FileNotFoundError:
         raise ImageError(path, "file not found") from None
     if st.st_size == 0:
-        raise ImageError(path, "empty file (0 bytes); replace it or remove its label row")
+        raise ImageError(path, EMPTY)
     try:
         with Image.open(path) as img:
             size, fmt = img.size, img.format

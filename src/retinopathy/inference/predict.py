@@ -119,7 +119,8 @@ def _is_dataset(folder: Path, opts: dict) -> bool:
 
 
 def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder``, sorted, following symbolic links to folders (each real folder once)."""
+    """Image files under ``folder``, sorted, following symbolic links to folders (each real folder once); a link
+    that leads nowhere is listed too, so that it gets its error row."""
     files, seen = [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -128,7 +129,7 @@ def image_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
-                  and (Path(root) / n).is_file()]
+                  and ((Path(root) / n).is_file() or (Path(root) / n).is_symlink())]  # a broken link: an error row
     return sorted(files)
 
 
