@@ -47,7 +47,8 @@ def test_card_from_a_training_run(run):
     during_training = card.split("## Metrics")[1]
     assert table_row(during_training, "val")[3] == f"{max(val) / sum(val):.3f}"  # the majority-class baseline
     assert "not a medical device" in card and "single photograph" in card
-    assert "**Synthetic training data.**" in card and "EyePACS" not in card  # it learnt from synth drawings
+    assert "**Synthetic training data.**" in card and "Label noise" not in card  # it learnt from synth drawings
+    assert "Imbalance and small numbers" in card
     assert "None yet" in card
 
 

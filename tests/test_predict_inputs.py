@@ -122,9 +122,11 @@ def test_a_photograph_given_twice_is_graded_once(tmp_path, capsys):
 
 def test_a_link_that_leads_nowhere_gets_an_error_row(tiny_run, tmp_path, capsys):
     disc(tmp_path / "p" / "1_left.jpeg")
-    (tmp_path / "p" / "2_left.jpeg").symlink_to(tmp_path / "moved-away.jpeg")
+    for name in ("2_left", "3_left"):  # two links to one missing file: two rows, not one photograph
+        (tmp_path / "p" / f"{name}.jpeg").symlink_to(tmp_path / "moved-away.jpeg")
     assert main(["predict", str(tiny_run), str(tmp_path / "p"), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
     with open(tmp_path / "p.csv", newline="") as f:
         rows = {r["image"]: r for r in csv.DictReader(f)}
-    assert rows["1_left"]["error"] == "" and rows["2_left"]["error"] != "" and rows["2_left"]["predicted_grade"] == ""
-    assert "graded 1 of 2 images (1 missing or unreadable" in capsys.readouterr().out
+    assert rows["1_left"]["error"] == "" and rows["2_left"]["predicted_grade"] == rows["3_left"]["predicted_grade"] == ""
+    assert rows["2_left"]["error"] != "" and rows["3_left"]["error"] != ""
+    assert "graded 1 of 3 images (2 missing or unreadable" in capsys.readouterr().out

@@ -33,3 +33,14 @@ def test_a_short_training_run_prints_no_progress_lines_to_a_log(synth_small, tmp
                  "--out", str(tmp_path / "run")]) == 0
     captured = capsys.readouterr()
     assert "batch" not in captured.err and "epoch 1/1 [finetune] train loss" in captured.out
+
+
+def test_the_closing_redraw_does_not_repeat_the_last_line():
+    import io
+
+    out = io.StringIO()
+    lines = progress._Lines(out)
+    lines.write("\rx:  50% 2/4 [00:01<00:01, 2.0it/s]")
+    lines.write("\rx: 100% 4/4 [00:02<00:00, 2.0it/s]")
+    lines.write("\rx: 100% 4/4 [00:02<00:00, 1.9it/s]\n")  # tqdm's close: the same count, a new rate
+    assert out.getvalue().splitlines() == ["x:  50% 2/4 [00:01<00:01, 2.0it/s]", "x: 100% 4/4 [00:02<00:00, 2.0it/s]"]

@@ -696,6 +696,7 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     ("eval_splits: vall,test", "--eval-splits vall,test: 'vall' is not val or test\n"),
     ("eval_splits: train", "--eval-splits train: 'train' is not val or test (training's own loss"),
     ("batch_size: true", "batch_size: True (from {f}) is not a number\n"),
+    ("eval_splits: true", "eval_splits: True (from {f}) is not a text value; e.g. eval_splits: val,test"),
     ("blend_eyes: 0.8", "blend_eyes: 0.8 (from {f}): --blend-eyes 0.8"),
     ("lr:", "lr: no value (from {f}); give one; e.g. lr: 0.001"),
     ("pretrained: 'false'", "pretrained: 'false' (from {f}) is not true or false"),

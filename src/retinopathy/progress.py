@@ -15,10 +15,11 @@ class _Lines:
         self.stream, self.last = stream, None
 
     def write(self, text: str) -> None:
-        for part in text.split("\r"):
-            if part.strip() and part.strip() != self.last:  # the closing redraw repeats the last line
-                self.last = part.strip()
-                self.stream.write(self.last + "\n")
+        for line in map(str.strip, text.split("\r")):
+            done = line.split("[")[0]  # "desc: 45% 5863/13000": the closing redraw repeats it with a new rate
+            if line and done != self.last:
+                self.last = done
+                self.stream.write(line + "\n")
 
     def flush(self) -> None:
         self.stream.flush()

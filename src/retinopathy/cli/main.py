@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         if not _reader_left():
             raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # and none again when Python flushes
+        for stream in (sys.stdout, sys.stderr):  # and no second error when Python flushes them at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
         return 141  # 128 + SIGPIPE, a shell's status for it
     except OSError as e:  # a path the command could not create, read or write (read-only folder, full disk ...)
         if e.filename is None:
@@ -63,10 +64,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _reader_left() -> bool:
-    """Whether stdout is a pipe whose reader has gone (`| head`): then the command stops quietly, as Unix tools do."""
+    """Whether stdout or stderr is a pipe whose reader has gone (`| head`): then the command stops quietly, as Unix
+    tools do."""
     try:
         poller = select.poll()
-        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        for stream in (sys.stdout, sys.stderr):
+            poller.register(stream.fileno(), select.POLLOUT)
         return any(events & select.POLLERR for _, events in poller.poll(0))
     except (AttributeError, OSError, ValueError):  # no poll (Windows), or stdout is not a file (captured)
         return False

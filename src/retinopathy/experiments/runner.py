@@ -347,6 +347,16 @@ def _needs_synth(data: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- the grid
+def _last_status(status_file: Path, cell: str) -> dict:
+    """A cell's status and reason in an earlier ``experiment.json``: kept until the cell runs again (a failure's
+    reason, say, when a run is interrupted before the cell's turn); not its numbers."""
+    try:
+        entry = json.loads(status_file.read_text())["cells"][cell]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {k: entry[k] for k in ("status", "reason") if isinstance(entry, dict) and k in entry}
+
+
 def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) -> dict:
     """Run every cell that is not finished; write ``experiment.json``; build the report if the file asks."""
     data = Path(exp.data)
@@ -358,14 +368,10 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     exp.dir.mkdir(parents=True, exist_ok=True)
     parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
     status_file = exp.dir / "experiment.json"
-    try:  # a cell keeps its last status (a failure's reason, say) until it runs again
-        before = json.loads(status_file.read_text())["cells"] if status_file.exists() else {}
-    except (OSError, ValueError, KeyError, TypeError):
-        before = {}
     status = {"name": exp.name, "config": str(exp.file.resolve()), "data": str(data.resolve()),
               "description": exp.description, "grid": exp.grid,
-              "cells": {c.name: {"status": "pending", **(before.get(c.name) or {}), "dir": c.name, "values": c.values}
-                        for c in exp.cells}}
+              "cells": {c.name: {"status": "pending", **_last_status(status_file, c.name), "dir": c.name,
+                                 "values": c.values} for c in exp.cells}}
     _write_json(status_file, status)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):

@@ -129,7 +129,7 @@ def image_files(folder: Path) -> list[Path]:
             continue
         seen.add(real)
         files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
-                  and ((Path(root) / n).is_file() or (Path(root) / n).is_symlink())]  # a broken link: an error row
+                  and ((Path(root) / n).is_file() or not (Path(root) / n).exists())]  # a broken link: an error row
     return sorted(files)
 
 
@@ -176,8 +176,8 @@ def _once(items: list[Item]) -> list[Item]:
     would count as a third eye of its patient in the eye blending."""
     seen, kept, again = set(), [], []
     for item in items:
-        if item.path:
-            key = os.path.realpath(item.path)
+        if item.path:  # a link that leads nowhere is its own entry (each gets its error row)
+            key = os.path.realpath(item.path) if os.path.exists(item.path) else os.path.abspath(item.path)
             if key in seen:
                 again.append(item.path)
                 continue

@@ -241,13 +241,13 @@ def _limitations(info: dict, config: dict) -> list[str]:
                      "photographs of patients: its numbers show that the pipeline works, not how it grades real "
                      "eyes.")
     else:
-        lines += ["- **Label noise.** EyePACS (Kaggle) grades were given by clinicians, one grade per image, and the "
-                  "dataset's own description warns of noise in images and labels; graders disagree, most often "
-                  "between neighbouring grades (0 and 1 especially), so the labels, and the accuracies above, are "
-                  "noisy, and no model can agree with them perfectly.",
-                  "- **Imbalance and small numbers.** In EyePACS grades 3 and 4 are about 2% of images each: their "
-                  "recall rests on few images (see the counts above); read the confidence intervals, not only the "
-                  "point estimates."]
+        lines.append("- **Label noise.** Grades are given by clinicians, one grade per image, and graders disagree, "
+                     "most often between neighbouring grades (0 and 1 especially; EyePACS's own description warns of "
+                     "noise in images and labels), so the labels, and the accuracies above, are noisy, and no model "
+                     "can agree with them perfectly.")
+    lines.append("- **Imbalance and small numbers.** The severe grades are rare (in EyePACS grades 3 and 4 are about "
+                 "2% of images each): their recall rests on few images (see the counts above); read the confidence "
+                 "intervals, not only the point estimates.")
     return lines + ["- **Domain shift.** Performance on other cameras, populations or image quality than the training "
                     "data's is unknown; the preprocessing above must be applied exactly (the export's JSON records "
                     "it).", ""]

@@ -236,8 +236,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if isinstance(value, (list, dict)):
             parser.error(f"{action.dest}: {value!r} (from {source}) is not a single value; write it as on the "
                          f"command line{example}")
-        if action.type is not None and isinstance(value, bool):
-            parser.error(f"{action.dest}: {value!r} (from {source}) is not a number{example}")
+        if isinstance(value, bool) and isinstance(action, argparse._StoreAction):
+            parser.error(f"{action.dest}: {value!r} (from {source}) is not " + (
+                f"a number{example}" if action.type is not None else f"a text value{example}"))
+        if action.type is None and isinstance(action, argparse._StoreAction) and not isinstance(value, str):
+            setattr(args, action.dest, value := str(value))  # a text option given a number: its text
         if action.type is not None and not isinstance(value, str):
             try:
                 setattr(args, action.dest, value := action.type(str(value)))

@@ -170,6 +170,11 @@ FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "schedule
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
 
+def comparable(option: str, value):
+    """An option's value as resume compares it: --eval-splits as its list of names (``val,`` is ``val``)."""
+    return [s.strip() for s in value.split(",") if s.strip()] if option == "eval_splits" else value
+
+
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of an epoch's randomness in one process (augmentation, mixup, dropout): its own in each process."""
     return seed * 100003 + epoch + 7919 * rank
@@ -226,11 +231,12 @@ def main(args) -> dict:
         fixed = (FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
                  + (FIXED_WHILE_STEPPING if stepping else ()))
         changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in fixed
-                   if k in ckpt["config"] and ckpt["config"][k] != getattr(args, k)
+                   if k in ckpt["config"] and comparable(k, ckpt["config"][k]) != comparable(k, getattr(args, k))
                    and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
         decision = args.decision or default_decision(args.objective)  # None: the objective's own
-        if decision != ckpt["model_info"]["decision"]:
-            changed.append(f"--decision {ckpt['model_info']['decision']} (not {decision})")
+        trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
+        if decision != trained:
+            changed.append(f"--decision {trained} (not {decision})")
         if changed:
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
