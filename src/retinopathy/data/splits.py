@@ -113,6 +113,12 @@ def write_split(samples: list[Sample], path: str | Path) -> None:
 def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
     """``{image: split}`` (or another ``column``: ``label``) of a split file written by :func:`write_split`;
     a DataError says what is wrong."""
+    return {row["image"]: row.get(column) for row in _split_rows(path)}
+
+
+def _split_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a split file, stripped and checked (an image and a split each; an image listed again must
+    repeat its row)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
@@ -131,7 +137,7 @@ def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
         first.setdefault(row.get("image"), i)
     if bad:
         raise DataError(bad, hint="Pass the split.csv that a training run wrote, or drop --split-file.")
-    return {row["image"]: row.get(column) for row in rows}
+    return rows
 
 
 def run_overlap(split_csv: str | Path, labelled) -> tuple[dict[str, str], int, int]:
@@ -140,9 +146,10 @@ def run_overlap(split_csv: str | Path, labelled) -> tuple[dict[str, str], int, i
     listed)``; nothing listed when the file is missing or unusable."""
     labelled = list(labelled)
     try:
-        split, grade = (read_split_table(split_csv, column) for column in ("split", "label"))
+        rows = _split_rows(split_csv)  # read once for both columns
     except DataError:
         return {}, 0, len(labelled)
+    split, grade = ({row["image"]: row.get(column) for row in rows} for column in ("split", "label"))
     same = {name: split[name] for name, label in labelled if grade.get(name) == str(label)}
     listed = {name for name, _ in labelled if name in grade}  # names: a dataset given twice is not regraded
     return same, len(listed - set(same)), sum(name not in grade for name, _ in labelled)

@@ -347,14 +347,15 @@ def _needs_synth(data: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- the grid
-def _last_status(status_file: Path, cell: str) -> dict:
-    """A cell's status and reason in an earlier ``experiment.json``: kept until the cell runs again (a failure's
+def _last_statuses(status_file: Path) -> dict[str, dict]:
+    """Each cell's status and reason in an earlier ``experiment.json``: kept until the cell runs again (a failure's
     reason, say, when a run is interrupted before the cell's turn); not its numbers."""
     try:
-        entry = json.loads(status_file.read_text())["cells"][cell]
-    except (OSError, ValueError, KeyError, TypeError):
+        cells = json.loads(status_file.read_text())["cells"]
+        return {name: {k: entry[k] for k in ("status", "reason") if k in entry} for name, entry in cells.items()
+                if isinstance(entry, dict)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
-    return {k: entry[k] for k in ("status", "reason") if isinstance(entry, dict) and k in entry}
 
 
 def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) -> dict:
@@ -368,10 +369,11 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     exp.dir.mkdir(parents=True, exist_ok=True)
     parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
     status_file = exp.dir / "experiment.json"
+    last = _last_statuses(status_file)
     status = {"name": exp.name, "config": str(exp.file.resolve()), "data": str(data.resolve()),
               "description": exp.description, "grid": exp.grid,
-              "cells": {c.name: {"status": "pending", **_last_status(status_file, c.name), "dir": c.name,
-                                 "values": c.values} for c in exp.cells}}
+              "cells": {c.name: {"status": "pending", **last.get(c.name, {}), "dir": c.name, "values": c.values}
+                        for c in exp.cells}}
     _write_json(status_file, status)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):

@@ -25,7 +25,7 @@ from ..data.formats import GRADES
 from ..data.synth import is_synthetic
 from ..errors import RetinopathyError
 from ..models.restore import display_name
-from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, same_checkpoint
+from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, run_folder, same_checkpoint
 from ..training.config import option_value
 from . import figures
 from .html import ci_text, grade_parts, render_html, warning_text
@@ -86,11 +86,16 @@ class Run:
         """Where its weights started: 'from scratch', 'ImageNet-pretrained', or 'from W' for --weights W (a run's
         checkpoint is named by its run)."""
         weights = Path(self.train.get("weights") or "")
-        if weights.name in ("best.pt", "last.pt"):  # a run's checkpoint: RUN/checkpoints/best.pt or RUN/best.pt
-            return f"from {(weights.parent.parent if weights.parent.name == 'checkpoints' else weights.parent).name}"
+        if weights.name in ("best.pt", "last.pt"):  # a run's checkpoint, named by its run
+            return f"from {run_folder(weights).name}"
         if weights.name:  # loaded with or without --pretrained
             return f"from {weights.name}"
         return "ImageNet-pretrained" if self.pretrained else "from scratch"
+
+    @property
+    def data(self) -> str | None:
+        """The data it trained on: the resolved path its config.yaml records, else ``--data`` as typed."""
+        return ((self.config or {}).get("data") or {}).get("path") or self.train.get("data")
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -267,7 +272,7 @@ def run_numbers(run: Run) -> dict:
 
 def evaluation_note(run: Run) -> str:
     """How the evaluation differs from the run's own setting (other data, another --blend-eyes), or ''."""
-    ev, trained = run.eval or {}, (run.config or {}).get("data", {}).get("path")
+    ev, trained = run.eval or {}, run.data
     notes = []
     if ev.get("data") and trained and Path(ev["data"]) != Path(trained):
         notes.append(f"evaluated on {ev['data']}, not the training data")
@@ -280,7 +285,7 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     """A few plain sentences that sum the comparison up."""
     done = [r for r in runs if r.eval is not None]
     lines = []
-    datas = {str(r.eval.get("data") or (r.config or {}).get("data", {}).get("path", r.train.get("data"))) for r in done}
+    datas = {str(r.eval.get("data") or r.data) for r in done}
     counts = {r.numbers["test_count"] for r in done}
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
                  + (f" of {next(iter(datas))}" if len(datas) == 1 else "")

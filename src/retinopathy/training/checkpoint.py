@@ -66,10 +66,11 @@ def same_checkpoint(record: dict, ckpt: dict) -> bool:
     return record.get("epoch") == ckpt.get("epoch")
 
 
-def run_folder(checkpoint: Path) -> Path:
-    """The run a checkpoint belongs to: ``RUN/checkpoints/best.pt`` and ``RUN/best.pt`` -> ``RUN``; a run folder is
-    itself."""
-    folder = Path(checkpoint).parent if Path(checkpoint).is_file() else Path(checkpoint)
+def run_folder(checkpoint: str | Path) -> Path:
+    """The run a checkpoint belongs to: ``RUN/checkpoints/best.pt`` and ``RUN/best.pt`` -> ``RUN`` (also when the
+    file is gone: a ``.pt`` path that is not a folder); a run folder is itself."""
+    path = Path(checkpoint)
+    folder = path.parent if path.is_file() or path.suffix == ".pt" and not path.is_dir() else path
     return folder.parent if folder.name == "checkpoints" else folder
 
 

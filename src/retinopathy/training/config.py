@@ -5,6 +5,7 @@ The resolved configuration is saved with each run (``config.yaml``), as timm doe
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import subprocess
@@ -221,11 +222,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     expand_home(args)
     source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
-    fresh = get_args_parser()
     for action in parser._actions:  # a config file's values that are not text skip argparse's type and choices
-        value, default = getattr(args, action.dest, None), fresh.get_default(action.dest)
+        value, default = getattr(args, action.dest, None), defaults().get(action.dest)
         example = f"; e.g. {action.dest}: {default}" if default is not None else ""
-        if default == argparse.SUPPRESS or value is None and default is None:
+        if value is None and default is None:
             continue
         if value is None:
             parser.error(f"{action.dest}: no value (from {source}); give one{example}")
@@ -309,11 +309,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+@functools.cache
+def defaults() -> dict:
+    """Every option's built-in default (``{dest: default}``), before presets, files and the command line."""
+    return {a.dest: a.default for a in get_args_parser(add_help=False)._actions}
+
+
 def option_value(options: dict, key: str):
     """An option as a run used it: one left unset (None, or absent) is its default, and 1 == 1.0."""
     value = options.get(key)
     if value is None:
-        value = SPLIT_DEFAULTS.get(key, get_args_parser(add_help=False).get_default(key))
+        value = SPLIT_DEFAULTS.get(key, defaults().get(key))
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
 
