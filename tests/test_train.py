@@ -390,6 +390,9 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
     assert f"continue it with `retinopathy train --resume {tmp_path / 'run'}`" in capsys.readouterr().err
     assert main(["train", "--data", str(synth_small), *FAST, f"--out={tmp_path / 'run2'}"]) == 130
     assert f"{tmp_path / 'run2'}/checkpoints/last.pt" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text(f"data: {synth_small}\nout: {tmp_path / 'run3'}\n")  # the folder from a file
+    assert main(["train", "-c", str(tmp_path / "c.yaml"), *FAST]) == 130
+    assert f"`retinopathy train --resume {tmp_path / 'run3'}`" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_path, capsys):

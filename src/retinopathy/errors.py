@@ -5,3 +5,11 @@ class RetinopathyError(Exception):
     """Bad input, a missing file, an unusable checkpoint...: the message says what and what to do."""
 
     exit_code = 2
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a training run, with its folder (from --out, --resume or a config file) to continue from."""
+
+    def __init__(self, run):
+        super().__init__()
+        self.run = run

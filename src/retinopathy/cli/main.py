@@ -58,8 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e.filename2 or e.filename}: {e.strerror or e}", file=sys.stderr)  # 2: os.replace's target
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted" + _how_to_continue(argv), file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
         return 130
 
 
@@ -75,17 +75,14 @@ def _reader_left() -> bool:
         return False
 
 
-def _how_to_continue(argv: list[str]) -> str:
-    """What an interrupted train or experiment command can do next."""
+def _how_to_continue(argv: list[str], run) -> str:
+    """What an interrupted train or experiment command can do next (``run``: the training run's folder)."""
     if argv[:1] == ["experiment"]:
         return "; run the same command again: finished cells are skipped, the interrupted one resumes"
-    if argv[:1] != ["train"]:
+    if run is None:
         return ""
-    run = next((a.split("=", 1)[1] for a in argv if a.startswith(("--out=", "--resume="))), None) or next(
-        (b for a, b in zip(argv, argv[1:]) if a in ("--out", "--resume")), "RUN")
     return (f"; the run keeps its last finished epoch in {run}/checkpoints/last.pt: continue it with "
             f"`retinopathy train --resume {run}` (before the first epoch, run the same command again)")
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -24,7 +24,7 @@ from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES
-from ..errors import RetinopathyError
+from ..errors import Interrupted, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
@@ -527,5 +527,9 @@ def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    main(parse_args(argv))
+    args = parse_args(argv)
+    try:
+        main(args)
+    except KeyboardInterrupt:
+        raise Interrupted(args.out) from None
     return 0
