@@ -101,6 +101,19 @@ def test_a_heatmap_of_rounding_noise_is_empty():
     assert heat.any() and max(mass, key=mass.get) == "top_left" and mass["top_left"] > 1.5 * mass["bottom_right"]
 
 
+def test_a_flat_heatmap_is_empty():
+    """A model that ignores the image (every layer4 cell alike) points nowhere: scaled to its peak, its even
+    Grad-CAM would paint the whole photograph as maximal evidence."""
+    model = blob_detector()
+    with torch.no_grad():
+        model.net.conv1.weight.zero_()
+        model.net.bn1.bias[0] = 1.0  # the same activation at every pixel, whatever the image
+    _, x = batch([fundus(QUADRANTS["top_left"]), fundus(None)])
+    out = model(x)
+    assert torch.allclose(out[0], out[1]) and out[0, 4] > 0  # a real, input-independent grade-4 logit
+    assert not GradCam(model, make_objective("classification"), image_size=SIZE)(x, torch.tensor([4, 4])).any()
+
+
 def test_quadrant_mass_rejects_a_constant_heatmap():
     mass = quadrant_mass(np.full((SIZE, SIZE), 0.7))
     assert not mass["top_left"] > 1.5 * mass["bottom_right"]

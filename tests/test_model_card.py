@@ -67,6 +67,10 @@ def test_limitations_describe_this_model(tmp_path):
     assert "the search kept its starting values" in "\n".join(_model_section({"model_info": info}, "best.pt", {}, 1))
     info["thresholds"] = [0.7, 1.5, 2.5, 3.5]
     assert "starting values" not in "\n".join(_model_section({"model_info": info}, "best.pt", {}, 1))
+    assert "never grade" not in "\n".join(_model_section({"model_info": info}, "best.pt", {}, 1))
+    info["thresholds"] = [1.5, 1.5, 1.5, 3.5]  # merged by the search: no score falls between them
+    assert "[1.5, 1.5, 1.5, 3.5] (never grade 1 or 2: their thresholds coincide)" in "\n".join(
+        _model_section({"model_info": info}, "best.pt", {}, 1))
 
 
 def test_evaluations_accumulate(run, synth_small, tmp_path):
@@ -145,3 +149,15 @@ def test_grading_the_training_images_is_deterministic_warned_and_marked(run, syn
     assert "training split" not in capsys.readouterr().err
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1]
     assert "†" not in table_row(card, "test")[2] and "† (" in table_row(card, "train")[2]
+
+
+def test_a_model_no_better_than_the_majority_class_is_flagged(run):
+    good = {"split": "test", "data": "/data/small", "blend_eyes": 0.0, "count": 10, "accuracy": 0.6,
+            "majority_accuracy": 0.5, "kappa": 0.2, "macro_f1": 0.3, "true_counts": [5, 3, 2, 0, 0]}
+    card = write_model_card(run / "checkpoints" / "best.pt", evaluation=good).read_text()
+    assert "⚠" not in card
+    bad = {**good, "split": "val", "accuracy": 0.4}  # kappa > 0, but always answering grade 0 is right more often
+    card = write_model_card(run / "checkpoints" / "best.pt", evaluation=bad).read_text()
+    evaluations = card.split("### Evaluations")[1]
+    assert "⚠" not in table_row(evaluations, "test")[2] and table_row(evaluations, "val")[2].endswith("⚠")
+    assert "no better than always answering the most common grade" in evaluations

@@ -344,6 +344,7 @@ def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed
     texts = cell_texts(closed_figures[0].axes[0])
     assert [texts[(t, p)] for t in (3, 4) for p in range(5)] == ["–"] * 10
     assert texts[(0, 0)] == "0.50" and texts[(2, 4)] == "0.50"
+    assert closed_figures[0].axes[0].images[0].get_clim() == (0, 1)  # 0.50 is half-dark, not the darkest cell
 
 
 # ------------------------------------------------------------------------------------------------ figures

@@ -109,11 +109,12 @@ def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, d
 
 
 def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
-    """Row-normalised confusion matrix (rows = true grade), Blues, as in the course lab; the row of a grade with
-    no images is dashes (it has no recall)."""
+    """Row-normalised confusion matrix (rows = true grade), Blues on a fixed 0-1 scale, as in the course lab; the
+    row of a grade with no images is dashes (it has no recall)."""
     fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
     disp = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=GRADES, normalize="true", cmap="Blues",
-                                                   values_format=".2f", ax=ax, colorbar=True)
+                                                   values_format=".2f", ax=ax, colorbar=True,
+                                                   im_kw={"vmin": 0, "vmax": 1})
     dash_rows_without_images(disp, np.bincount(y_true, minlength=len(GRADES)))
     ax.set_title(title)
     ax.set_xlabel("Predicted grade")
@@ -163,8 +164,8 @@ def main(args) -> dict:
             w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6f}" for v in pr], f"{sc:.6f}"])
     np.savetxt(out / "confusion_matrix.csv", np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
                header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
-    confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})",
-                     out / "confusion_matrix.png")
+    confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
+                     f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
     ci = metrics.get("ci95")
     print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f} "
           f"(majority class {metrics['majority_accuracy']:.4f})"

@@ -16,6 +16,12 @@ def majority_accuracy(y_true) -> float:
     return float(np.bincount(y, minlength=len(GRADES)).max() / len(y)) if len(y) else float("nan")
 
 
+def no_better_than_majority(record: dict) -> bool:
+    """An evaluation (``metrics.json``) of a model that has not learnt to grade: kappa <= 0, or accuracy not above
+    always answering the most common grade."""
+    return record["accuracy"] <= record["majority_accuracy"] or record["kappa"] <= 0
+
+
 def one_grade(y_true, y_pred) -> bool:
     """Truth and answers are all one grade: kappa is 0 / 0, undefined."""
     return len(np.unique(np.concatenate([y_true, y_pred]))) < 2

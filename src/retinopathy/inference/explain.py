@@ -9,7 +9,8 @@ refused.
 What is explained: the logit of the predicted grade (classification); for the regression and ordinal
 objectives (ordinal+ce too), the continuous severity ``score`` (regression output / sum of P(grade > k)),
 whatever the grade, so a hot region is one that pushes the grade up. Heatmaps are ReLU'd, upsampled bilinearly
-(``LayerAttribution.interpolate``) to the input size and scaled to [0, 1] per image.
+(``LayerAttribution.interpolate``) to the input size and scaled to [0, 1] per image; one that is rounding noise
+or the same everywhere is left blank.
 """
 from __future__ import annotations
 
@@ -62,11 +63,13 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
 
 NOISE = 1e-12  # a raw Grad-CAM peak below this is rounding noise (a dead head: ~1e-16), not a confident model's
 # saturated score (an ordinal model with every logit near -20: ~1e-9)
+FLAT = 1 / 255  # a map that varies by less than this share of its peak points nowhere (one colour step when drawn):
+# scaled to its peak it would paint the whole photograph as maximal evidence (a model that ignores its input)
 
 
 class GradCam:
     """``GradCam(model, objective)(x, grades)`` -> heatmaps (N, H, W) in [0, 1] for a normalised batch ``x``;
-    each scaled to its peak, and all zero where the peak is noise (:data:`NOISE`)."""
+    each scaled to its peak, and all zero where the peak is noise (:data:`NOISE`) or the map is flat (:data:`FLAT`)."""
 
     def __init__(self, model: nn.Module, objective, layer: nn.Module | None = None, image_size: int = 224):
         self.layer = layer if layer is not None else cam_layer(model, image_size)
@@ -79,8 +82,9 @@ class GradCam:
         with torch.enable_grad():
             attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
         heat = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
-        peak = heat.flatten(1).amax(1)[:, None, None]
-        return torch.where(peak > NOISE, heat / peak.clamp_min(NOISE), 0.0).clamp(0, 1).cpu()
+        peak, low = heat.flatten(1).amax(1)[:, None, None], heat.flatten(1).amin(1)[:, None, None]
+        shown = (peak > NOISE) & (peak - low > FLAT * peak)
+        return torch.where(shown, heat / peak.clamp_min(NOISE), 0.0).clamp(0, 1).cpu()
 
 
 def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> Image.Image:

@@ -74,7 +74,7 @@ class Objective:
     def describe(self) -> dict:
         """What the outputs mean and how they become a grade, in words (for an exported model's JSON)."""
         grade = ("the most probable grade" if self.decision == "argmax" else
-                 "the number of thresholds at or below the score")
+                 "the number of thresholds at or below the score" + unreachable_note(self.thresholds))
         return {**self.meaning, "grade": grade}
 
     def grades_of(self, probs, scores):
@@ -219,6 +219,14 @@ def _quadratic_kappa(labels: np.ndarray, pred: np.ndarray) -> float:
     expected = np.outer(seen.sum(1), seen.sum(0)) / seen.sum()
     chance = (_QUADRATIC * expected).sum()
     return float(1 - (_QUADRATIC * seen).sum() / chance) if chance else 0.0
+
+
+def unreachable_note(thresholds) -> str:
+    """'' or words naming the grades no score can get: grade g lies between thresholds g-1 and g, which the
+    search may have merged (e.g. [1.5, 1.5, 1.5, 3.5]: never grade 1 or 2)."""
+    never = [str(g) for g in range(1, len(thresholds)) if thresholds[g - 1] >= thresholds[g]]
+    return (f" (never grade {' or '.join(never)}: {'its' if len(never) == 1 else 'their'} thresholds coincide)"
+            if never else "")
 
 
 def tune_thresholds(scores: np.ndarray, labels: np.ndarray, rule: str = "kappa", margin: float = 0.0) -> list[float]:

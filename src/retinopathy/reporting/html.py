@@ -42,7 +42,7 @@ tbody th{background:#f8f9fb;font-size:17px;white-space:nowrap}
 .small{font-size:12.5px;color:#3d454f;margin-top:2px}
 .lab{color:#6e5200}
 .badge{display:inline-block;margin-top:7px;padding:3px 8px;border-radius:6px;background:#fff0d1;
- border:1px solid #c77c00;color:#6b3f00;font-weight:650;font-size:13px}
+ border:1px solid #c77c00;color:#6b3f00;font-weight:650;font-size:13px;overflow-wrap:anywhere}
 td.missing{background:#f6f6f6;color:#444}
 .status{display:inline-block;padding:2px 8px;border-radius:6px;background:#e4e6ea;font-weight:650;font-size:13px;
  text-transform:uppercase;letter-spacing:.03em}

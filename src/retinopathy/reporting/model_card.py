@@ -21,8 +21,8 @@ from .. import __version__
 from ..atomic import write_text
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.synth import is_synthetic
-from ..evaluation.metrics import GRADES
-from ..models.objectives import DEFAULT_THRESHOLDS, default_decision
+from ..evaluation.metrics import GRADES, no_better_than_majority
+from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, run_folder, same_checkpoint
 
@@ -71,7 +71,8 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              f"- Architecture: {display_name(info.get('arch', '?'))} (torchvision `{info.get('arch', '?')}`) "
              f"with a `{info.get('head', '?')}` head, {info.get('num_outputs', '?')} output(s), "
              f"objective `{info.get('objective', '?')}`"
-             + (f", grade thresholds {info.get('thresholds')} (tuned for {train.get('threshold_rule', 'kappa')}"
+             + (f", grade thresholds {info.get('thresholds')}{unreachable_note(info.get('thresholds') or [])} "
+                f"(tuned for {train.get('threshold_rule', 'kappa')}"
                 + (f" on {info['threshold_data']}" if info.get("threshold_data") else "")
                 + (f", accuracy margin {info['threshold_margin']}" if info.get("threshold_margin") else "")
                 + ("; the search kept its starting values" if list(info.get("thresholds") or []) ==
@@ -186,9 +187,12 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
               "quadratic kappa [95% CI] | macro-F1 | referable AUC | recall grade 0-4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    stale, seen, trained_blend = False, False, card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
+    stale, seen, flagged = False, False, False
+    trained_blend = card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
     for e in evaluations:
         mark = ""
+        if all(e.get(k) is not None for k in ("accuracy", "majority_accuracy", "kappa")) and no_better_than_majority(e):
+            mark, flagged = " ⚠", True
         if e.get("checkpoint") == card_name and not same_checkpoint(e, card_ckpt):
             mark, stale = " *", True
         if e.get("training_images"):
@@ -203,6 +207,9 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
                   "split; quadratic kappa is 0 for such a model. Macro-F1 is the mean F1 over the grades that are in "
                   "the split or predicted."]
+    if flagged:
+        lines.append("\n⚠ no better than always answering the most common grade there (kappa <= 0, or accuracy not "
+                     "above the majority-class baseline): the model has not learnt to grade those photographs.")
     if seen:
         lines.append("\n† includes images the run trained on: its accuracy and kappa there overstate.")
     if stale:

@@ -24,6 +24,7 @@ from ..atomic import write_text
 from ..data.formats import GRADES
 from ..data.synth import is_synthetic
 from ..errors import RetinopathyError
+from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, run_folder, same_checkpoint
 from ..training.config import option_value
@@ -265,7 +266,7 @@ def run_numbers(run: Run) -> dict:
                  selected_epoch=ev["epoch"] + 1, test_count=ev["count"],
                  majority_grade=max(GRADES, key=lambda g: ev["true_counts"][g]),
                  ci_accuracy=(ev.get("ci95") or {}).get("accuracy"), ci_kappa=(ev.get("ci95") or {}).get("kappa"))
-        n["warning"] = n["test_accuracy"] <= n["majority_accuracy"] or n["kappa"] <= 0
+        n["warning"] = no_better_than_majority(ev)
         n["evaluation_note"] = evaluation_note(run)
     return n
 
