@@ -109,6 +109,8 @@ def test_table_values_are_the_runs_numbers(experiment):
         assert f"kappa {want['kappa']:.3f} (95% CI {ci['kappa'][0]:.3f} to {ci['kappa'][1]:.3f})" in md
         assert f"test accuracy {want['test_accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f} to " in md
     assert "ImageNet-pretrained" in md and "from scratch" in md
+    assert "adamw lr 0.001 weight decay 0.01" in md  # AdamW has no momentum to show
+
 
 
 def test_html_is_self_contained_with_every_figure(experiment):

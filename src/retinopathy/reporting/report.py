@@ -460,7 +460,9 @@ def run_details(run: Run) -> list[tuple[str, str]]:
         out.append(("Model", (f"{display_name(str(t.get('model')))}, {t.get('head', '?')} head, "
                               f"{t.get('objective', '?')} objective; weights: {weights}")))
         out.append(("Training", f"{t.get('epochs')} epochs ({t.get('freeze_epochs')} with the backbone frozen), "
-                                f"{t.get('optimizer')} lr {t.get('lr')} momentum {t.get('momentum')} weight decay "
+                                f"{t.get('optimizer')} lr {t.get('lr')}"
+                                + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
+                                + " weight decay "
                                 f"{t.get('weight_decay')}, scheduler {t.get('scheduler')}, "
                                 f"batch {t.get('batch_size')}, "
                                 f"seed {t.get('seed')}"
