@@ -368,6 +368,39 @@ def test_empty_dataset(tmp_path):
         FundusDataset(tmp_path, "all", image_size=32)
 
 
+@pytest.mark.parametrize("first,rows,said", [
+    ("image;level", "0_left;0\n", "separated by ';', not commas"),
+    ("0_left,0", "0_right,1\n", "the first line, 0_left,0, looks like a row, not a header: add a header line"),
+    ("", "", "the file is empty: write a header line (image,level)"),
+])
+def test_a_labels_file_no_row_of_which_is_usable_is_named_with_what_to_do(tmp_path, kaggle, capsys, first, rows,
+                                                                          said):
+    """Every row refused: the error is the file's, with advice that fits it; training says so too (it used to
+    report the consequence instead, an empty val split)."""
+    (kaggle / "trainLabels.csv").write_text(f"{first}\n{rows}" if first else "")
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 1 and [p["kind"] for p in report["problems"]] == ["bad-header"] and said in report["problems"][0][
+        "message"]
+    assert main(["train", "--data", str(kaggle), "--model", "resnet18", "--no-pretrained", "--image-size", "32",
+                 "--workers", "0", "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"{kaggle / 'trainLabels.csv'}:1:" in err and said in err and "no image is in" not in err
+
+
+def test_one_of_the_lab_csvs_given_as_labels_names_their_folder(tmp_path, tiny_run, capsys):
+    names = [f"{p}_{eye}" for p in range(3) for eye in ("left", "right")]
+    for n in names:
+        disc(tmp_path / f"{n}.jpeg")
+    (tmp_path / "train_img.csv").write_text("\n".join(names) + "\n")
+    (tmp_path / "train_label.csv").write_text("\n".join("0" for _ in names) + "\n")
+    for labels in ("train_img.csv", "train_label.csv"):
+        with pytest.raises(DataError, match=f"course lab's paired CSVs .*: pass their folder, {tmp_path}"):
+            load_catalog(tmp_path, labels=tmp_path / labels)
+    assert main(["predict", str(tiny_run), str(tmp_path / "train_img.csv"), "--out", str(tmp_path / "p.csv"),
+                 "--quiet"]) == 2
+    assert f"pass their folder, {tmp_path}" in capsys.readouterr().err
+
+
 def test_unknown_format_exit_status(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     assert main(["data", "check", str(tmp_path), "--json", str(tmp_path / "r.json"), "--quiet"]) == 2

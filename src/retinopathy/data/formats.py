@@ -181,6 +181,24 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
     return samples
 
 
+def _header_advice(header: list[str], columns: list[str]) -> str:
+    """What to do about a first line without the columns a header CSV needs."""
+    if not header:
+        return f"the file is empty: write a header line ({','.join(columns)}) and a row per image"
+    separator = next((c for c in ";\t|" if len(header) == 1 and c in header[0]), None)
+    if separator:
+        return (f"the header is {header}: the file is separated by {separator!r}, not commas; re-save it "
+                "comma-separated")
+    if len(header) > 1 and _grade_text(header[-1]):
+        return (f"the first line, {','.join(header)}, looks like a row, not a header: add a header line "
+                f"({','.join(columns)}) above it")
+    return f"the header is {header}. Name the columns with --image-col and --label-col"
+
+
+def _grade_text(text: str) -> bool:
+    return bool(_GRADE.fullmatch(text.strip()))
+
+
 def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: str | None,
                      problems: list[Problem]) -> list[Sample]:
     samples = []
@@ -193,9 +211,8 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
     header = [h.strip() for h in rows[0]] if rows else []
     missing = [c for c in (image_col, label_col, patient_col) if c and c not in header]
     if missing:
-        problems.append(Problem("bad-header", str(path), 1,
-                                f"column(s) {missing} not found; the header is {header}. "
-                                "Name the columns with --image-col and --label-col"))
+        problems.append(Problem("bad-header", str(path), 1, f"column(s) {missing} not found; " + _header_advice(
+            header, [image_col, label_col])))
         return samples
     ci, cl = header.index(image_col), header.index(label_col)
     cp = header.index(patient_col) if patient_col else None
@@ -285,6 +302,11 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                         hint=f"Or pass --labels {data} with the folder that holds the dataset.")
     problems: list[Problem] = []
     labels = Path(labels) if labels else None
+    partner = next((a if labels.name == b else b for a, b in LAB_FILES.values() if labels.name in (a, b)), None) \
+        if labels is not None and labels.is_file() else None
+    if partner and (labels.parent / partner).exists():
+        raise DataError([Problem("lab-file", str(labels), None, "one of the course lab's paired CSVs (names in "
+                                 f"*_img.csv, grades in *_label.csv): pass their folder, {labels.parent}")])
     if format is None:
         if labels is not None:
             format = "lab" if labels.is_dir() else ("csv" if image_col or label_col else _csv_format(labels))

@@ -41,7 +41,7 @@ from ..atomic import check_output_file, check_writable, replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
                           catalog_options)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
-from ..data.formats import LAB_FILES, base_name, detect_format, patient_of, without_extension
+from ..data.formats import base_name, detect_format, patient_of, without_extension
 from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, index_images
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
@@ -140,10 +140,6 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
     items: list[Item] = []
     for raw in inputs:
         path = Path(raw)
-        partner = next((a if path.name == b else b for a, b in LAB_FILES.values() if path.name in (a, b)), None)
-        if partner and (path.parent / partner).exists():
-            raise DataError([Problem("lab-file", str(path), None, "one of the course lab's paired CSVs (names in "
-                                     f"*_img.csv, grades in *_label.csv): pass their folder, {path.parent}")])
         dataset = path.is_file() and path.suffix.lower() == ".csv" or path.is_dir() and _is_dataset(path, opts)
         if not dataset and split != "all" and path.exists():
             raise DataError([Problem("no-split", str(path), None, f"--split {split} needs a dataset (labels CSV or "

@@ -257,6 +257,8 @@ def main(args) -> dict:
     opts = catalog_options(args)
     opts["split_file"] = split_file
     catalog = load_catalog(args.data, **opts)
+    if not catalog.samples:  # every row refused (a semicolon CSV, labels that are not grades...) or none at all
+        raise DataError(catalog.problems, hint="Fix the labels files: no row of them lists a usable image.")
     splits_present = {s.split for s in catalog.samples}
     eval_splits = [sp for sp in args.eval_splits.split(",") if sp and sp in splits_present]
     select_on = args.select_on if args.select_on != "auto" else ("val" if "val" in splits_present else "test")
