@@ -286,18 +286,38 @@ def test_duplicate_names(tmp_path, kaggle):
 
 
 def test_one_image_under_two_names_is_a_duplicate(tmp_path, kaggle):
-    """With and without its extension, through ./ or a link to the same file: one image, two grades. Two files
-    that only share a stem are two images."""
+    """With and without its extension, through ./, a symbolic or a hard link to the same file: one image listed
+    twice. Two files that only share a stem are two images."""
     (kaggle / "sub").mkdir()
     (kaggle / "sub" / "x.jpeg").symlink_to(kaggle / "2_left.jpeg")
+    (kaggle / "sub" / "y.jpeg").hardlink_to(kaggle / "3_left.jpeg")
     disc(kaggle / "9_left.png")
     disc(kaggle / "9_left.JPG")
-    with open(kaggle / "trainLabels.csv", "a") as f:
-        f.write("1_right.jpeg,4\n./2_left.jpeg,0\nsub/x.jpeg,1\n9_left.png,0\n9_left.JPG,0\n")
+    with open(kaggle / "trainLabels.csv", "a") as f:  # each with its first row's grade
+        f.write("1_right.jpeg,2\n./2_left.jpeg,2\nsub/x.jpeg,2\nsub/y.jpeg,3\n9_left.png,0\n9_left.JPG,0\n")
     catalog = load_catalog(kaggle)
-    assert [(p.kind, p.line) for p in catalog.problems] == [("duplicate", 14), ("duplicate", 15), ("duplicate", 16)]
+    assert [(p.kind, p.line) for p in catalog.problems] == [("duplicate", line) for line in (14, 15, 16, 17)]
     assert "first at trainLabels.csv:5, as 1_right" in catalog.problems[0].message
+    assert "first at trainLabels.csv:8, as 3_left" in catalog.problems[3].message
     assert len(catalog.samples) == 14
+
+
+def test_rows_of_one_image_with_two_grades_are_both_refused(tmp_path, kaggle):
+    """Which grade is right is unknown: keeping the first row (as --skip-bad did) kept the wrong one as often as
+    not. Both rows are problems, each naming the other, and --skip-bad drops both."""
+    with open(kaggle / "trainLabels.csv", "a") as f:
+        f.write("1_right,4\n./1_right.jpeg,0\n")  # 1_right is grade 2 at line 5
+    catalog = load_catalog(kaggle)
+    assert [str(p).split(": ", 1)[1] for p in catalog.problems] == [
+        "image 1_right is listed again with grade 4 (grade 2 there) (first at trainLabels.csv:5); remove one of the "
+        "rows, keeping the right grade",
+        "image ./1_right.jpeg is listed again with grade 0 (grade 2 there) (first at trainLabels.csv:5, as 1_right); "
+        "remove one of the rows, keeping the right grade",
+        "image 1_right has grade 2 here and 4 at trainLabels.csv:14: neither is used until one is removed"]
+    assert [p.line for p in catalog.problems] == [14, 15, 5]
+    assert "1_right" not in {s.image for s in catalog.samples} and len(catalog.samples) == 11
+    dataset = FundusDataset(kaggle, "all", image_size=32, skip_bad=True)
+    assert len(dataset) == 11 and len(dataset.skipped) == 3
 
 
 def test_a_duplicate_across_the_lab_splits_is_reported_in_both(tmp_path):
@@ -309,7 +329,7 @@ def test_a_duplicate_across_the_lab_splits_is_reported_in_both(tmp_path):
     n_test = len((tmp_path / "test_img.csv").read_text().splitlines())
     with open(tmp_path / "test_img.csv", "a") as f, open(tmp_path / "test_label.csv", "a") as g:
         f.write(f"{train_name}\n")
-        g.write("3\n")
+        g.write((tmp_path / "train_label.csv").read_text().splitlines()[0] + "\n")  # the same grade: one row too many
     for split in ("train", "test"):
         with pytest.raises(DataError, match=rf"test_img.csv:{n_test + 1}: image {train_name} is listed again "
                                             r"\(first at train_img.csv:1\)"):

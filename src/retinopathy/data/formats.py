@@ -371,22 +371,42 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
 
 def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[Sample]:
     """The samples without rows that list an image again: the same name, or a name that leads to the same file
-    (``1_left`` and ``1_left.jpeg``, a link, ``./``); each dropped row becomes a problem naming the first one."""
+    (``1_left`` and ``1_left.jpeg``, a symbolic or hard link, ``./``); each dropped row becomes a problem naming the
+    first one. Rows of one image that disagree on its grade are all dropped: which grade is right is unknown."""
     by_name: dict[str, Sample] = {}
-    by_file: dict[str, Sample] = {}
+    by_file: dict[tuple, Sample] = {}
+    disputed: dict[int, tuple[Sample, Sample]] = {}  # id(first row) -> (first row, a row with another grade)
     unique = []
     for s in samples:
-        real = os.path.realpath(s.path) if s.path else None
-        first = by_name.get(s.image) or (by_file.get(real) if real else None)
+        same = _file_identity(s.path) if s.path else None
+        first = by_name.get(s.image) or (by_file.get(same) if same else None)
         if first is not None:
             where = f"{Path(first.source).name}:{first.line}" if first.line else first.path
+            other = f" with grade {s.label} (grade {first.label} there)" if s.label != first.label else ""
             problems.append(Problem("duplicate", s.source if s.line else s.path or s.source, s.line,
-                                    f"image {s.image} is listed again (first at {where}"
+                                    f"image {s.image} is listed again{other} (first at {where}"
                                     + (f", as {first.image}" if first.image != s.image else "")
-                                    + f"); remove one of the {'rows' if s.line else 'files'}", s.image))
+                                    + f"); remove one of the {'rows' if s.line else 'files'}"
+                                    + (", keeping the right grade" if other else ""), s.image))
+            if other:
+                disputed.setdefault(id(first), (first, s))
             continue
         by_name[s.image] = s
-        if real:
-            by_file[real] = s
+        if same:
+            by_file[same] = s
         unique.append(s)
-    return unique
+    for first, other in disputed.values():
+        where = f"{Path(other.source).name}:{other.line}" if other.line else other.path
+        problems.append(Problem("duplicate", first.source if first.line else first.path or first.source, first.line,
+                                f"image {first.image} has grade {first.label} here and {other.label} at {where}: "
+                                "neither is used until one is removed", first.image))
+    return [s for s in unique if id(s) not in disputed]
+
+
+def _file_identity(path: str) -> tuple:
+    """What makes two paths one file: its device and inode (through symbolic and hard links alike)."""
+    try:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+    except OSError:
+        return (os.path.realpath(path),)
