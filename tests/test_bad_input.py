@@ -384,8 +384,20 @@ def test_a_nearly_black_photograph_is_a_warning_of_data_check(tmp_path, kaggle):
 
 def test_empty_dataset(tmp_path):
     (tmp_path / "trainLabels.csv").write_text("image,level\n")
-    with pytest.raises(DataError, match="no images"):
+    with pytest.raises(DataError, match="the dataset has no images: trainLabels.csv lists none"):
         FundusDataset(tmp_path, "all", image_size=32)
+    (tmp_path / "lab").mkdir()  # the lab format asked of a folder without its CSVs: which files it looked for
+    [problem] = load_catalog(tmp_path / "lab", format="lab").problems
+    assert "no train_img.csv + train_label.csv or test_img.csv + test_label.csv here" in problem.message
+    (tmp_path / "lab" / "train_img.csv").write_text("")
+    (tmp_path / "lab" / "train_label.csv").write_text("")
+    [problem] = load_catalog(tmp_path / "lab").problems
+    assert problem.message.endswith("train_img.csv and train_label.csv list none")
+    (tmp_path / "grades" / "0").mkdir(parents=True)
+    [problem] = load_catalog(tmp_path / "grades", format="folders").problems
+    assert "no image files in its grade folders 0/ ... 4/" in problem.message
+    with pytest.raises(DataError, match="image folder \\(--images\\) is a file, not a folder"):
+        load_catalog(tmp_path, images=tmp_path / "trainLabels.csv")
 
 
 @pytest.mark.parametrize("first,rows,said", [

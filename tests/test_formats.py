@@ -98,9 +98,13 @@ def test_image_names_holding_paths(tmp_path):
     assert [str(p) for p in read_catalog(tmp_path).problems] == [
         f"{labels}:6: image train_images/0_left.jpeg is listed again (first at train.csv:2); remove one of the rows",
         f"{labels}:7: image nowhere/9_left.jpeg not found: the name holds a path, and neither "
-        f"{tmp_path / 'nowhere' / '9_left.jpeg'} nor 9_left.jpeg in {tmp_path / 'train_images'} exists (tried .jpeg, "
-        f".jpg, .png, .tif, .tiff); fix the path (relative to {tmp_path}), add the file, pass --images, or use "
+        f"{tmp_path / 'nowhere' / '9_left.jpeg'} nor 9_left.jpeg in {tmp_path / 'train_images'} exists (looked for "
+        f"that exact name); fix the path (relative to {tmp_path}), add the file, pass --images, or use "
         "--skip-bad to drop it"]
+    with open(tmp_path / "train.csv", "a") as f:  # an extension that is not the file's: the file is named
+        f.write("0_right.jpg,0\n")
+    assert "image 0_right.jpg not found in" in str(read_catalog(tmp_path).problems[-1])
+    assert "(0_right.jpeg is there: fix the extension in the name)" in str(read_catalog(tmp_path).problems[-1])
     linux = tmp_path / "linux"  # on Linux a backslash may be part of a file name: that file is found first
     disc(linux / "images" / "site\\2_left.jpeg")
     (linux / "labels.csv").write_text("image,level\nsite\\2_left,2\n")
@@ -121,6 +125,38 @@ def test_folder_per_grade(tmp_path):
         read_catalog(tmp_path / "sub")
     cat = read_catalog(tmp_path / "sub", format="folders")
     assert Counter(s.label for s in cat.samples) == {g: 1 for g in range(4)}
+
+
+def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
+    """Images in sub-folders of a grade folder count (recursively, .bmp and .webp too); a folder named by another
+    number is a problem, not silently left out; train/ beside val/ or test/ gives the splits."""
+    for g in range(5):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    disc(tmp_path / "d" / "2" / "more" / "7_left.jpeg")
+    disc(tmp_path / "d" / "2" / "7_right.bmp", fmt="BMP")
+    disc(tmp_path / "d" / "3" / "8_left.webp", fmt="WEBP")
+    disc(tmp_path / "d" / "5" / "9_left.jpeg")
+    cat = read_catalog(tmp_path / "d")
+    assert sorted((s.image, s.label) for s in cat.samples) == [
+        ("0_left", 0), ("1_left", 1), ("2_left", 2), ("3_left", 3), ("4_left", 4), ("7_right", 2), ("8_left", 3),
+        ("more/7_left", 2)]
+    assert {s.patient for s in cat.samples if s.image.endswith("7_left") or s.image == "7_right"} == {"7"}
+    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / "5"))]
+    assert "its 1 image(s) are not used" in cat.problems[0].message
+
+    layout = tmp_path / "split"
+    for part, n in (("train", 4), ("test", 2)):
+        for g in range(5):
+            for i in range(n):
+                disc(layout / part / str(g) / f"{part}{g}{i}_left.jpeg")
+    cat = load_catalog(layout, val_fraction=0.25)
+    assert cat.format == "folders" and len(cat.samples) == 30
+    assert {s.image for s in cat.samples if s.split == "test"} == {f"test{g}{i}_left" for g in range(5) for i in range(2)}
+    assert Counter(s.split for s in cat.samples) == {"train": 15, "val": 5, "test": 10}  # val from train/
+    for g in range(5):
+        disc(layout / "val" / str(g) / f"val{g}_left.jpeg")
+    cat = load_catalog(layout, val_fraction=0.25)
+    assert Counter(s.split for s in cat.samples) == {"train": 20, "val": 5, "test": 10}  # val/ as given
 
 
 def test_unknown_format_says_what_was_expected(tmp_path):

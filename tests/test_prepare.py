@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from retinopathy.cli.main import main
-from retinopathy.data import FundusDataset, read_catalog
+from retinopathy.data import FundusDataset, load_catalog, read_catalog
 from retinopathy.data.prepare import MANIFEST, PrepareError, prepare
 from retinopathy.data.synth import generate
 
@@ -148,11 +148,13 @@ def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
     for p in images[::2]:
         p.unlink()
     (resumed / (images[0].name + ".part")).write_bytes(images[1].read_bytes()[:300])
+    images[1].write_bytes(images[1].read_bytes()[:500])  # and copies damaged since: cut, and emptied
+    images[3].write_bytes(b"")
     m = json.loads((resumed / MANIFEST).read_text())
     (resumed / MANIFEST).write_text(json.dumps({**m, "complete": False}))
     m = prepare(synth128, resumed, size=48, crop="fov", workers=2, progress=False)
-    assert m["complete"] and m["counts"]["written"] == len(images[::2])
-    assert m["counts"]["already_there"] == len(images) - len(images[::2])
+    assert m["complete"] and m["counts"]["written"] == len(images[::2]) + 2
+    assert m["counts"]["already_there"] == len(images) - len(images[::2]) - 2
     assert tree_bytes(resumed) == tree_bytes(clean)
     assert not list(resumed.glob("*.part"))
 
@@ -226,6 +228,20 @@ def test_names_with_extensions_and_other_formats(tmp_path):
     assert copy.format == "folders"
     assert sorted((s.image, s.label) for s in copy.samples) == sorted((s.image, s.label) for s in cat.samples)
     assert all(Path(s.path).parent.name == str(s.label) for s in copy.samples)
+
+    layout = tmp_path / "imagefolder"  # train/ + test/ (and an image nested in its grade folder) keep their places
+    for i, s in enumerate(cat.samples):
+        part = layout / ("test" if i % 3 == 0 else "train") / str(s.label) / ("deeper" if i == 1 else "")
+        part.mkdir(parents=True, exist_ok=True)
+        Image.open(s.path).save(part / f"{s.image}.png")
+    for g in range(5):
+        (layout / "train" / str(g)).mkdir(exist_ok=True)
+    m = prepare(layout, tmp_path / "imagefolder_out", size=32, workers=1, progress=False)
+    assert m["problems"] == []
+    a, b = load_catalog(layout), load_catalog(tmp_path / "imagefolder_out")
+    assert sorted((s.image, s.label, s.split) for s in a.samples) == sorted((s.image, s.label, s.split)
+                                                                          for s in b.samples)
+    assert {"train", "test"} <= {s.split for s in b.samples} and any("deeper/" in s.image for s in b.samples)
 
 
 def test_names_holding_paths_keep_them_inside_the_copy(tmp_path):

@@ -6,10 +6,11 @@ Formats (``format=``):
              ``test_img.csv``/``test_label.csv`` (one value per line, labels on the matching line);
 ``kaggle``   ``trainLabels.csv`` or ``labels.csv`` with columns ``image,level``;
 ``csv``      any CSV with a header, given the image and label columns (APTOS: ``train.csv``, ``id_code,diagnosis``);
-``folders``  one folder per grade, ``0/`` ... ``4/``.
+``folders``  one folder per grade, ``0/`` ... ``4/`` (searched recursively); in ``train/``, with ``val/`` and/or
+             ``test/`` beside it, those are the splits (torchvision's ``ImageFolder`` layout).
 
 :func:`read_catalog` detects the format from what is in the folder, reads every row, checks labels,
-and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff``); a name holding a path
+and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp``); a name holding a path
 (``train_images/1_left.jpeg``) is looked up as written under the image root, then relative to the dataset folder,
 then by its file name under the image root. It never raises for bad rows: it
 returns them as :class:`~retinopathy.data.problems.Problem` records.
@@ -237,15 +238,39 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
     return samples
 
 
-def _read_folders(folder: Path) -> list[Sample]:
+def _read_folders(folder: Path, problems: list[Problem], split: str | None = None) -> list[Sample]:
+    """The images under ``folder/0`` ... ``folder/4``, searched recursively as torchvision's ``ImageFolder`` does
+    (named by their path below the grade folder, without extension); a folder named by another number is a
+    problem, since its images would be left out silently."""
     samples = []
     for grade in GRADES:
         sub = folder / str(grade)
-        for key, fname in index_images(sub).items():
-            if key == fname:
-                samples.append(Sample(Path(fname).stem, grade, patient_of(fname), str(sub), None,
-                                      path=str(sub / fname)))
+        for root, dirs, names in os.walk(sub, followlinks=True):
+            dirs.sort()
+            here = Path(root)
+            for key, fname in sorted(index_images(here).items()):
+                if key == fname:
+                    image = (here / fname).relative_to(sub).with_suffix("").as_posix()
+                    samples.append(Sample(image, grade, patient_of(Path(fname).stem), str(sub), None, split,
+                                          path=str(here / fname)))
+    for other in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if other.is_dir() and _GRADE.fullmatch(other.name.lstrip("-")) and other.name not in map(str, GRADES):
+            count = sum(Path(n).suffix.lower() in IMAGE_EXTENSIONS for _, _, names in os.walk(other, followlinks=True)
+                        for n in names)
+            problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ is not a grade 0-4: its "
+                                    f"{count} image(s) are not used; move them into the folder of their grade, "
+                                    "or remove it"))
     return samples
+
+
+def split_folders(grades: Path) -> dict[str, Path]:
+    """ImageFolder's split layout: for grade folders in ``DATA/train``, the ``DATA/val`` and ``DATA/test`` that also
+    hold grade folders, with train: {split: folder}; else {} (one folder, split by patient)."""
+    if grades.name != "train":
+        return {}
+    given = {sp: grades.parent / sp for sp in ("val", "test")
+             if any((grades.parent / sp / str(g)).is_dir() for g in GRADES)}
+    return {"train": grades, **given} if given else {}
 
 
 def _find_image_root(data: Path, images: Path | None, samples: list[Sample],
@@ -254,7 +279,8 @@ def _find_image_root(data: Path, images: Path | None, samples: list[Sample],
     a stray picture in ``data`` does not hide ``data/images/``); ``indexes`` keeps the folders' indexes."""
     if images is not None:
         if not images.is_dir():
-            raise DataError([Problem("missing-folder", str(images), None, "image folder (--images) not found")],
+            raise DataError([Problem("missing-folder", str(images), None, "image folder (--images) " + (
+                "is a file, not a folder" if images.exists() else "not found"))],
                             hint="Pass the folder that holds the image files.")
         return images
     best, most = None, -1
@@ -326,7 +352,9 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         samples = _read_lab(labels, problems)
         label_files = [labels / f for pair in LAB_FILES.values() for f in pair if (labels / f).exists()]
     elif format == "folders":
-        samples, label_files = _read_folders(labels), [labels]
+        parts = split_folders(labels) or {None: labels}
+        samples = [s for sp, folder in parts.items() for s in _read_folders(folder, problems, sp)]
+        label_files = list(parts.values())
     else:
         if not labels.exists():
             raise DataError([Problem("missing-file", str(labels), None, "labels file not found")])
@@ -358,14 +386,20 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         for s in samples:  # a sample whose image is missing stays, with path None, so it keeps its split
             if s.path is None:
                 name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
-                tried = f"(tried {', '.join(IMAGE_EXTENSIONS)})"
+                stem, index = without_extension(name), indexes.get(image_root) or {}
+                tried = (f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
+                         f"({index[stem]} is there: fix the extension in the name)" if stem in index else
+                         "(looked for that exact name)")
                 found = (f"not found in {where} {tried}; add the file" if name == s.image else
                          f"not found: the name holds a path, and neither {_relative(s.image, data)} nor {name} "
                          f"in {where} exists {tried}; fix the path (relative to {data}), add the file")
                 problems.append(Problem("missing-image", s.source, s.line, f"image {s.image} {found}, pass "
                                         "--images, or use --skip-bad to drop it", s.image))
     if not samples and not problems:
-        problems.append(Problem("empty", str(labels), None, "the dataset has no images"))
+        problems.append(Problem("empty", str(labels), None, "the dataset has no images: " + (
+            f"{' and '.join(f.name for f in label_files)} list{'s' if len(label_files) == 1 else ''} none" if label_files and format != "folders" else
+            "no train_img.csv + train_label.csv or test_img.csv + test_label.csv here" if format == "lab" else
+            f"no image files in its grade folders 0/ ... 4/ ({', '.join(IMAGE_EXTENSIONS)})")))
     return Catalog(format, data, label_files, image_root, samples, problems)
 
 

@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import RetinopathyError
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 EMPTY = "empty file (0 bytes); replace it, or remove it (and its labels row)"
 BLANK_LEVEL = 8  # an image whose brightest 1 % of pixels stay below this (of 255) shows no retina
 

@@ -5,14 +5,14 @@ optionally cropped to its round field of view (``--crop fov``), resized so that 
 (the same torchvision ``Resize`` the training transforms use), and written as a quality-95 JPEG with full
 colour resolution (4:4:4), then re-opened and checked. The label files are copied unchanged, so OUT is a
 dataset in the same format: images ``OUT/<name>.jpeg`` (lab, kaggle, csv) or ``OUT/<grade>/<name>.jpeg``
-(folders); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other (``x.png``) gets
+(folders, where they were: ``OUT/train/<grade>/``...); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other (``x.png``) gets
 ``.jpeg`` appended, so the labels still find it. A name holding a path keeps it under OUT (``/`` for
 ``\\``); one that would lead out of OUT is reported as a problem and not written. Splits are made from the
 labels, so they do not change.
 
 Work runs on all cores; a killed run leaves no half-written image (temporary ``.part`` files are renamed
-into place) and a re-run skips the finished files. Bad inputs are reported as the dataset reports them
-(file and line) and not written; the exit status is then 1. ``OUT/prepare_manifest.json`` records the
+into place) and a re-run skips the finished files (a copy cut or emptied since is written again). Bad inputs are
+reported as the dataset reports them (file and line) and not written; the exit status is then 1. ``OUT/prepare_manifest.json`` records the
 source, settings, counts, problems and time; a re-run with other settings into the same OUT is refused.
 
 Which copy for which training (S = ``--size`` = ``--image-size``; "equal" = up to the JPEG coding at quality 95,
@@ -51,7 +51,7 @@ from ..cli.common import READ_KEYS, add_format_arguments, at_least
 from ..errors import RetinopathyError
 from ..progress import progress_bar
 from .formats import GRADES, Catalog, Sample, read_catalog
-from .images import ImageError, open_image
+from .images import ImageError, check_image, open_image
 from .problems import Problem
 from .transforms import Preprocessing, geometry
 
@@ -65,11 +65,11 @@ class PrepareError(RetinopathyError, ValueError):
     """OUT cannot be used for this copy (not empty, prepared with other settings, or the source itself)."""
 
 
-def output_name(sample: Sample, fmt: str) -> str:
+def output_name(sample: Sample, catalog: Catalog) -> str:
     """Path of ``sample``'s copy relative to OUT, under a name that the copied labels still resolve (a name that
-    holds a path keeps it, with ``/``)."""
-    if fmt == "folders":
-        return f"{sample.label}/{sample.image}.jpeg"
+    holds a path keeps it, with ``/``; grade folders keep their place, e.g. ``train/2/``)."""
+    if catalog.format == "folders":
+        return f"{Path(sample.source).relative_to(catalog.root).as_posix()}/{sample.image}.jpeg"
     name = sample.image.replace("\\", "/")
     return name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
 
@@ -104,14 +104,25 @@ def prepare_file(job: tuple) -> str | None:
     return None
 
 
+def _intact(path: Path) -> bool:
+    """A copy already there is kept when its header and end marker are whole (as the dataset checks them); one cut
+    or emptied since (a full disk, a copy that failed) is written again."""
+    try:
+        check_image(path)
+        return True
+    except ImageError:
+        return False
+
+
 def _write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
     if catalog.format == "folders":  # the grade folders are the labels; all five make the format detectable
-        for g in GRADES:
-            (out / str(g)).mkdir(exist_ok=True)
+        for folder in catalog.labels:
+            for g in GRADES:
+                (out / folder.relative_to(catalog.root) / str(g)).mkdir(parents=True, exist_ok=True)
         return []
     names = []
     for src in catalog.labels:
@@ -186,7 +197,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     targets: dict[str, Sample] = {}
     skipped = 0
     for s in (s for s in catalog.samples if s.path):
-        name = output_name(s, catalog.format)
+        name = output_name(s, catalog)
         if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
             problems.append(Problem("path-outside", s.source, s.line, f"{s.image}: the copy keeps the name as "
                                     "written, and this one leads out of OUT; write it relative to the dataset "
@@ -198,7 +209,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
             continue
         targets[name] = s
         dst = out / name
-        if dst.exists():
+        if dst.exists() and _intact(dst):
             skipped += 1
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
