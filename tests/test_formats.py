@@ -200,6 +200,24 @@ def test_split_by_patient_is_deterministic_stratified_and_written(tmp_path):
         load_catalog(tmp_path, val_fraction=0.6, test_fraction=0.4)
 
 
+def test_leakage_counts_only_rows_whose_image_is_there(tmp_path):
+    """Rows dropped for a missing image (--skip-bad) are in no split: they do not count as patients on both sides,
+    and a split that holds no one (val here) is not compared."""
+    for p in range(5):
+        disc(tmp_path / f"{p}_left.jpeg")
+    for p in range(2):
+        disc(tmp_path / f"{p}_right.jpeg")
+    (tmp_path / "train_img.csv").write_text("".join(f"{p}_left\n" for p in range(5)))
+    (tmp_path / "train_label.csv").write_text("".join(f"{p}\n" for p in range(5)))
+    (tmp_path / "test_img.csv").write_text("".join(f"{p}_right\n" for p in range(5)))
+    (tmp_path / "test_label.csv").write_text("".join(f"{p}\n" for p in range(5)))
+    with pytest.warns(UserWarning) as caught:
+        test = FundusDataset(tmp_path, "test", image_size=32, skip_bad=True, val_fraction=0.0)
+    assert len(test) == 2 and test.warnings == [
+        "2 of 2 test patients also have an eye in train (patient leakage: scores on that split are optimistic)"]
+    assert [str(w.message) for w in caught] == test.warnings
+
+
 def test_real_lab_csvs(shared_data):
     cat = load_catalog(shared_data / "eyepacs-labels", resolve=False, val_fraction=0.0)
     assert cat.format == "lab" and not cat.problems

@@ -72,7 +72,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         "problems": [p.to_dict() for p in problems],
         "warnings": [p.to_dict() for p in blank],
     }
-    for a, b, n, total in split_overlaps(catalog.samples):
+    for a, b, n, total in split_overlaps([s for s in catalog.samples if s.path]):
         report["shared_patients"][f"{a}-{b}"] = {"shared": n, "patients": total}
     if sizes:
         w, h = np.array(sizes).T

@@ -65,7 +65,8 @@ class FundusDataset(Dataset):
             **read_options)
         self.catalog = catalog
         self.split = split
-        self.warnings = leakage_warnings(catalog.samples) if split != "all" else []
+        found = [s for s in catalog.samples if s.path]  # rows whose image is missing are in no split's images
+        self.warnings = leakage_warnings(found) if split != "all" else []
         for w in self.warnings:
             warnings.warn(w, stacklevel=2)
         samples = select(catalog.samples, split)

@@ -87,11 +87,12 @@ def shared_patients(samples: list[Sample], a: str = "train", b: str = "test") ->
 
 
 def split_overlaps(samples: list[Sample]) -> list[tuple[str, str, int, int]]:
-    """(a, b, shared, patients of b) for train-val, train-test and val-test, where b has patients."""
+    """(a, b, shared, patients of b) for train-val, train-test and val-test, where both have patients."""
+    present = {s.split for s in samples}
     out = []
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         n, total = shared_patients(samples, a, b)
-        if total:
+        if total and a in present:
             out.append((a, b, n, total))
     return out
 
