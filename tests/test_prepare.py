@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +243,23 @@ def test_names_with_extensions_and_other_formats(tmp_path):
     assert sorted((s.image, s.label, s.split) for s in a.samples) == sorted((s.image, s.label, s.split)
                                                                           for s in b.samples)
     assert {"train", "test"} <= {s.split for s in b.samples} and any("deeper/" in s.image for s in b.samples)
+
+
+def test_names_with_and_without_their_folder_read_back(tmp_path):
+    """Images in DATA/train/, some listed as train/NAME and the others by name alone: the copy keeps them together
+    (the plain names used to land in OUT/, where reading OUT, which finds OUT/train/, did not look)."""
+    generate(tmp_path / "k", n=6, size=64, seed=0, progress=False)
+    src = tmp_path / "src"
+    (src / "train").mkdir(parents=True)
+    rows = ["image,level"]
+    for i, s in enumerate(read_catalog(tmp_path / "k").samples):
+        shutil.copy(s.path, src / "train" / Path(s.path).name)
+        rows.append(f"{'train/' + Path(s.path).name if i % 2 else s.image},{s.label}")
+    (src / "trainLabels.csv").write_text("\n".join(rows) + "\n")
+    m = prepare(src, tmp_path / "out", size=32, workers=1, progress=False)
+    assert m["problems"] == [] and m["counts"]["images"] == 6
+    assert sorted(p.name for p in (tmp_path / "out" / "train").iterdir()) == sorted(
+        p.name for p in (src / "train").iterdir())
 
 
 def test_names_holding_paths_keep_them_inside_the_copy(tmp_path):

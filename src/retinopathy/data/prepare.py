@@ -4,8 +4,8 @@ Each labelled image is decoded at reduced scale (``Image.draft``, :func:`~retino
 optionally cropped to its round field of view (``--crop fov``), resized so that its short side is ``--size``
 (the same torchvision ``Resize`` the training transforms use), and written as a quality-95 JPEG with full
 colour resolution (4:4:4), then re-opened and checked. The label files are copied unchanged, so OUT is a
-dataset in the same format: images ``OUT/<name>.jpeg`` (lab, kaggle, csv) or ``OUT/<grade>/<name>.jpeg``
-(folders, where they were: ``OUT/train/<grade>/``...); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other (``x.png``) gets
+dataset in the same format: images ``OUT/<name>.jpeg`` (lab, kaggle, csv; in ``OUT/train/`` etc. when the
+images were in such a folder) or ``OUT/<grade>/<name>.jpeg`` (folders, where they were: ``OUT/train/<grade>/``...); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other (``x.png``) gets
 ``.jpeg`` appended, so the labels still find it. A name holding a path keeps it under OUT (``/`` for
 ``\\``); one that would lead out of OUT is reported as a problem and not written. Splits are made from the
 labels, so they do not change.
@@ -67,11 +67,15 @@ class PrepareError(RetinopathyError, ValueError):
 
 def output_name(sample: Sample, catalog: Catalog) -> str:
     """Path of ``sample``'s copy relative to OUT, under a name that the copied labels still resolve (a name that
-    holds a path keeps it, with ``/``; grade folders keep their place, e.g. ``train/2/``)."""
+    holds a path keeps it, with ``/``; the others go where the images were, e.g. ``train/``, as do grade folders,
+    e.g. ``train/2/``)."""
     if catalog.format == "folders":
         return f"{Path(sample.source).relative_to(catalog.root).as_posix()}/{sample.image}.jpeg"
     name = sample.image.replace("\\", "/")
-    return name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
+    name = name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
+    if "/" not in name and catalog.image_root is not None and catalog.image_root.parent == catalog.root:
+        return f"{catalog.image_root.name}/{name}"  # beside the names that hold that folder (train/1_left.jpeg)
+    return name
 
 
 def resize_steps(size: int, crop: str) -> list:
