@@ -764,6 +764,10 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     regraded = "".join(f"{r.split(',')[0]},{(int(r.split(',')[1]) + 1) % 5}\n" for r in rows)
     (tmp_path / "more" / "trainLabels.csv").write_text("image,level\n" + regraded + new)
     assert "split_file" not in run_catalog_options(args, best, ckpt, str(tmp_path / "more"))  # other photographs
+    (tmp_path / "more" / "trainLabels.csv").write_text("image,level\n" + regraded)  # every name listed, yet others
+    assert "split_file" not in run_catalog_options(args, best, ckpt, str(tmp_path / "more"))
+    (tmp_path / "more" / "trainLabels.csv").write_text("image,level\n" + corrected)  # a grade corrected: the run's
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "more"))["split_file"] == tmp_path / "run" / "split.csv"
     args.split_seed = 5
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "other"))["seed"] == 5
 

@@ -62,8 +62,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
-    Its split.csv when that lists every image of ``data`` (the data it trained on, a copy or a ``prepare``d
-    version of it); on other data the split is computed with the run's seed and fractions. The run's photographs
+    Its split.csv when that lists every image of ``data``, at least 90 % with the grades it lists (the data it
+    trained on, a copy or a ``prepare``d version of it); on other data the split is computed with the run's seed and fractions. The run's photographs
     with more added (names it lists, at least 90 % of them with the grades it lists, and images it does not
     list) are refused unless --split-file or --split all says what to grade: a fresh split would put training
     images into val or test. Names that mostly recur with other grades are other photographs (EyePACS and
@@ -81,7 +81,7 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
             pass
     listed_same, regraded, unlisted = run_overlap(split_csv, [(s.image, s.label) for s in samples])
     same = len(listed_same)
-    if (same or regraded) and not unlisted:
+    if same_photographs(same, regraded) and not unlisted:
         opts["split_file"] = split_csv
     elif same_photographs(same, regraded) and getattr(args, "split", "all") != "all":
         raise DataError([Problem("split-overlap", str(data), None,
