@@ -245,9 +245,20 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--batch-size", "8"], "--batch-size 16 (not 8)"),
                           (["--model-ema"], "--model-ema False (not True)"),
                           (["--blend-eyes", "0.3"], "--blend-eyes 0.0 (not 0.3)"),
-                          (["--decision", "thresholds"], "--decision argmax (not thresholds)")):
+                          (["--decision", "thresholds"], "--decision argmax (not thresholds)"),
+                          (["--image-size", "32"], "--image-size 64 (not 32)"),  # what the model sees
+                          (["--preprocess", "graham"], "--preprocess lab (not graham)"),
+                          (["--augment", "none"], "--augment fundus (not none)"),  # how the next epochs learn
+                          (["--seed", "5"], "--seed 0 (not 5)")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
+    regraded = tmp_path / "regraded"  # the same names with other grades: other photographs
+    shutil.copytree(synth_small, regraded)
+    labels = (regraded / "trainLabels.csv").read_text().splitlines()
+    (regraded / "trainLabels.csv").write_text("\n".join(
+        [labels[0], *(f"{r.split(',')[0]},{(int(r.split(',')[1]) + 1) % 5}" for r in labels[1:4]), *labels[4:]]) + "\n")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--data", str(regraded)]) == 2
+    assert "3 of its images have other grades than in the run's" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     # what it already used, said out loud, is no change (the decay of an EMA it does not keep either)
     assert main(["train", "--resume", str(run), "--decision", "argmax", "--model-ema-decay", "0.9", "--quiet"]) == 0

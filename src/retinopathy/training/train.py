@@ -24,6 +24,7 @@ from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES
+from ..data.splits import run_overlap
 from ..errors import Interrupted, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
@@ -164,9 +165,11 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
 # its steps per epoch, checked below); --epochs may grow: the cosine then stretches over the longer schedule, from
 # where that schedule would be.
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
-                   "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay")  # and --decision
+                   "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay",  # and --decision
+                   "image_size", "preprocess", "train_crop_size")  # what the model sees
 FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "warmup_epochs",
-                        "freeze_epochs", "batch_size")
+                        "freeze_epochs", "batch_size",
+                        "augment", "sampler", "class_weights", "label_smoothing", "mixup", "seed")  # how it learns
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
 
@@ -257,6 +260,15 @@ def main(args) -> dict:
     opts = catalog_options(args)
     opts["split_file"] = split_file
     catalog = load_catalog(args.data, **opts)
+    if ckpt is not None:  # the split file matched the names; the grades say whether these are the same photographs
+        _, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])
+        if regraded:
+            raise DataError([Problem("split-mismatch", str(args.data), None,
+                                     f"{regraded} of its images have other grades than in the run's {split_file}: "
+                                     "these are not the photographs the run trained on")],
+                            hint=f"Resume with the data the run trained on ({ckpt['config'].get('data')}), or start a "
+                                 f"new run from its weights (--weights {Path(args.resume) / 'checkpoints' / 'best.pt'} "
+                                 "--out NEW)")
     if not catalog.samples:  # every row refused (a semicolon CSV, labels that are not grades...) or none at all
         raise DataError(catalog.problems, hint="Fix the labels files: no row of them lists a usable image.")
     splits_present = {s.split for s in catalog.samples}
