@@ -908,3 +908,26 @@ def test_a_split_that_rounds_to_nothing_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no image is in the val or the test split, which --select-on auto selects on" in err
     assert "0 problem(s)" not in err
+
+
+def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
+    """The lab split's patients on both sides come from each split's dataset: the CLI prints each once, as its
+    other warnings (`warning: ...`), not as a Python UserWarning with a source line; evaluating another run on
+    that data, they are not its leakage and are not printed."""
+    from .test_formats import disc
+
+    data = tmp_path / "lab"
+    for p in range(20):
+        for eye in ("left", "right"):
+            disc(data / f"{p}_{eye}.jpeg")
+    for split, eye in (("train", "left"), ("test", "right")):
+        (data / f"{split}_img.csv").write_text("".join(f"{p}_{eye}\n" for p in range(20)))
+        (data / f"{split}_label.csv").write_text("".join(f"{p % 5}\n" for p in range(20)))
+    assert main(["train", "--data", str(data), *FAST, "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0",
+                 "--val-fraction", "0.25", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: 15 of 20 test patients also have an eye in train (patient leakage") == 1
+    assert err.count("warning: 5 of 20 test patients also have an eye in val") == 1 and "UserWarning" not in err
+    assert main(["evaluate", str(tiny_run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "e"),
+                 "--workers", "0", "--bootstrap", "0", "--quiet"]) == 0
+    assert "leakage" not in capsys.readouterr().err

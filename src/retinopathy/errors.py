@@ -7,6 +7,11 @@ class RetinopathyError(Exception):
     exit_code = 2
 
 
+class DataWarning(UserWarning):
+    """Something about the data to know before trusting numbers (patients on both sides of a split); the CLI prints
+    it once, as ``warning: ...``."""
+
+
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during a training run, with its folder (from --out, --resume or a config file) to continue from."""
 

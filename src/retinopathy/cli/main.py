@@ -6,9 +6,10 @@ import importlib
 import os
 import select
 import sys
+import warnings
 
 from .. import __version__
-from ..errors import RetinopathyError
+from ..errors import DataWarning, RetinopathyError
 from . import data_check, synth
 
 COMMANDS = [synth, data_check]
@@ -38,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    with warnings.catch_warnings():  # restores the filters and showwarning afterwards (tests call main in-process)
+        warnings.simplefilter("once", DataWarning)  # once per message, though each split's dataset raises it
+        others = warnings.showwarning
+
+        def show(message, category, *rest, **kw):  # the package's data warnings as the CLI's other warnings
+            if issubclass(category, DataWarning):
+                print(f"warning: {message}", file=sys.stderr)
+            else:
+                others(message, category, *rest, **kw)
+        warnings.showwarning = show
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     try:
         if argv and argv[0] in SCRIPTS:
             module, func, _ = SCRIPTS[argv[0]]

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
+from ..errors import DataWarning
 from ..progress import progress_bar
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, open_image
@@ -68,7 +69,7 @@ class FundusDataset(Dataset):
         found = [s for s in catalog.samples if s.path]  # rows whose image is missing are in no split's images
         self.warnings = leakage_warnings(found) if split != "all" else []
         for w in self.warnings:
-            warnings.warn(w, stacklevel=2)
+            warnings.warn(w, DataWarning, stacklevel=2)
         samples = select(catalog.samples, split)
         # Problems of rows in other splits belong to those splits; rows that never became samples
         # (bad labels, duplicates, mismatched files) concern every split.

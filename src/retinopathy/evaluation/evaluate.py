@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -33,6 +34,7 @@ from ..cli.common import (  # noqa: E402
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
+from ..errors import DataWarning  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.figures import dash_rows_without_images  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
@@ -129,9 +131,13 @@ def main(args) -> dict:
     check_writable(out)
     checkpoint = Path(args.checkpoint)
     model, objective, prep, ckpt = restore(checkpoint)
-    catalog = load_catalog(args.data, **run_catalog_options(args, checkpoint, ckpt, args.data))
-    dataset = FundusDataset(catalog, args.split, train=False, preprocess=prep, uint8=True,
-                            skip_bad=bool(args.skip_bad))
+    opts = run_catalog_options(args, checkpoint, ckpt, args.data)
+    catalog = load_catalog(args.data, **opts)
+    with warnings.catch_warnings():
+        if opts.get("split_file") is None:  # a fresh split of other data: its patients on both sides of it are not
+            warnings.simplefilter("ignore", DataWarning)  # this model's leakage
+        dataset = FundusDataset(catalog, args.split, train=False, preprocess=prep, uint8=True,
+                                skip_bad=bool(args.skip_bad))
     if ckpt["model_info"].get("pair_eyes"):
         dataset = PairedEyes(dataset)
     progress = not args.quiet
