@@ -33,6 +33,13 @@ def test_split_applies_the_runs_split_to_every_dataset(synth_small, tmp_path, ca
         trained = sum(r["split"] == "train" for r in csv.DictReader(f))
     assert (f"warning: {trained} of the images with known grades are in the run's training split"
             in capsys.readouterr().err)
+    with open(run / "split.csv", newline="") as f:  # training images that cannot be read are not graded: not counted
+        broken = [r["image"] for r in csv.DictReader(f) if r["split"] == "train"][:3]
+    for name in broken:
+        (copy / f"{name}.jpeg").write_bytes(b"")
+    assert main(["predict", str(run), str(copy), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    assert (f"warning: {trained - 3} of the images with known grades are in the run's training split"
+            in capsys.readouterr().err)
     from retinopathy.data.synth import generate
 
     generate(tmp_path / "other", n=60, size=32, seed=7, balanced=True, progress=False)  # the same names

@@ -392,7 +392,7 @@ def main(args) -> dict:
     write_csv(out, items, res, with_heatmaps=bool(args.cam))
     print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam else ""))
     seen = trained_on(run_folder(Path(args.checkpoint)) / "split.csv",
-                      [(i.image, i.label) for i in items if i.label is not None])
+                      [(i.image, i.label) for i, g in zip(items, res["grades"]) if i.label is not None and g >= 0])
     if seen:
         print(f"warning: {seen} of the images with known grades are in the run's training split: its accuracy and "
               "kappa on them overstate; grade --split test for the model's own numbers", file=sys.stderr)
