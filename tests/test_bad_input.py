@@ -491,3 +491,19 @@ def test_a_reader_that_leaves_early_stops_the_command_quietly(kaggle, tmp_path):
     proc.stdout.close()  # before the command writes a line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_train_names_the_problems_of_every_split_at_once(tmp_path, synth_small, capsys):
+    """A bad image in val and one in train: both in the first error, not the train split's alone, then the
+    other's after the user fixed the first."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    catalog = load_catalog(data)
+    for split in ("train", "val"):
+        (data / f"{next(s.image for s in catalog.samples if s.split == split)}.jpeg").write_bytes(b"")
+    assert main(["train", "--data", str(data), "--model", "resnet18", "--no-pretrained", "--image-size", "32",
+                 "--epochs", "1", "--workers", "0", "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "2 problem(s) in the dataset" in err and err.count("empty file (0 bytes)") == 2

@@ -285,8 +285,18 @@ def main(args) -> dict:
         eval_splits.append(select_on)
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
                   cache=args.cache_images, progress=progress)
-    train_set = FundusDataset(catalog, "train", augment=args.augment, crop=args.train_crop_size, **common)
-    eval_sets = {sp: FundusDataset(catalog, sp, train=False, **common) for sp in eval_splits}
+    made, problems = {}, []  # every split's problems at once, not the train split's first (the smaller first)
+    for sp, extra in [*((sp, {"train": False}) for sp in eval_splits),
+                      ("train", {"augment": args.augment, "crop": args.train_crop_size})]:
+        try:
+            made[sp] = FundusDataset(catalog, sp, **extra, **common)
+        except DataError as e:
+            if any(p.kind == "length-mismatch" for p in e.problems):
+                raise
+            problems += [p for p in e.problems if p not in problems]
+    if problems:
+        raise DataError(problems, hint="Fix the files, or pass --skip-bad to drop them.")
+    train_set, eval_sets = made.pop("train"), made
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
 
