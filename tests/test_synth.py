@@ -107,6 +107,19 @@ def test_bad_arguments(tmp_path):
         synth.render_fundus(np.random.default_rng(0), 64, 5, "left")
 
 
+def test_the_command_does_not_write_over_a_dataset(tmp_path, capsys):
+    """A second `synth` into a dataset folder would regrade the images that runs trained on; it is refused."""
+    from retinopathy.cli.main import main
+
+    out = tmp_path / "d"
+    assert main(["synth", str(out), "--n", "4", "--size", "32", "--quiet"]) == 0
+    before = _digests(out)
+    assert main(["synth", str(out), "--n", "2", "--size", "32", "--seed", "3", "--quiet"]) == 2
+    assert "already exists and is not an empty folder" in capsys.readouterr().err and _digests(out) == before
+    (tmp_path / "empty").mkdir()
+    assert main(["synth", str(tmp_path / "empty"), "--n", "2", "--size", "32", "--quiet"]) == 0
+
+
 def test_eyes_mirror_each_other():
     right = np.asarray(synth.render_fundus(np.random.default_rng(1), 128, 0, "right"))
     left = np.asarray(synth.render_fundus(np.random.default_rng(1), 128, 0, "left"))
