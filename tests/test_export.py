@@ -89,6 +89,18 @@ def test_onnx_matches_pytorch_on_real_images(checkpoint, real_batch, shared_data
         assert np.abs(got - expected[:b]).max() < 1e-3
 
 
+def test_an_opset_asked_for_is_the_opset_written(checkpoint, tmp_path, capsys):
+    """The dynamo exporter writes opset 18 or later and, asked for 13, printed a conversion traceback and kept
+    18; the TorchScript-based exporter writes 13, and the JSON says which opset the file has."""
+    import onnx
+
+    out = tmp_path / "grader.onnx"
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(out), "--opset", "13"]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    declared = [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")]
+    assert declared == [13] and check_metadata(out, checkpoint)["opset"] == 13
+
+
 @pytest.mark.shared_data
 def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch, shared_data, tmp_path):
     out = tmp_path / "grader.ts.pt"

@@ -18,6 +18,8 @@ nothing written).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -121,26 +123,44 @@ def parity_batches(x: torch.Tensor) -> list[torch.Tensor]:
 
 # ---------------------------------------------------------------------------------------------- export
 def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = None) -> str:
-    """Write ``model`` as one ONNX file with a dynamic batch; returns the exporter that worked."""
+    """Write ``model`` as one ONNX file with a dynamic batch, in ``opset`` when given; returns the exporter that
+    worked. The dynamo exporter writes opset 18 or later (asked for less, it tries to convert, prints the failure
+    and keeps 18): then the TorchScript-based exporter writes it."""
     common = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # ONNX protobuf limit
     try:
-        torch.onnx.export(model, (example,), path, dynamo=True, external_data=large, verbose=False,
-                          dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
-        return "torch.export (dynamo)"
-    except Exception as first:  # noqa: BLE001 - any exporter failure: try the other exporter
-        print(f"warning: the dynamo ONNX exporter failed ({type(first).__name__}: {str(first)[:200]}); "
-              "trying the TorchScript-based exporter", file=sys.stderr)
-        for f in path.parent.iterdir():
-            f.unlink()
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(model, (example,), path, dynamo=False,
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
-        except Exception as second:  # noqa: BLE001
-            raise ExportError(f"ONNX export failed with both exporters: {first}; {second}") from None
-        return "TorchScript-based (dynamo=False)"
+        with contextlib.redirect_stderr(io.StringIO()):  # a failed opset conversion's traceback; the result says it
+            torch.onnx.export(model, (example,), path, dynamo=True, external_data=large, verbose=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
+        written = onnx_opset(path)
+        if opset is None or written == opset:
+            return "torch.export (dynamo)"
+        first = f"it wrote opset {written}, not {opset}"  # 18 at the least
+    except Exception as e:  # noqa: BLE001 - any exporter failure: try the other exporter
+        first = f"{type(e).__name__}: {str(e)[:200]}"
+    print(f"warning: the dynamo ONNX exporter failed ({first}); trying the TorchScript-based exporter",
+          file=sys.stderr)
+    for f in path.parent.iterdir():
+        f.unlink()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model, (example,), path, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
+    except Exception as second:  # noqa: BLE001
+        raise ExportError(f"ONNX export failed with both exporters: {first}; {second}") from None
+    if opset is not None and onnx_opset(path) != opset:
+        raise ExportError(f"--opset {opset}: neither exporter wrote it (the TorchScript-based one wrote "
+                          f"{onnx_opset(path)}); leave --opset out, or choose another")
+    return "TorchScript-based (dynamo=False)"
+
+
+def onnx_opset(path: Path) -> int:
+    """The default-domain opset an ONNX file declares."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def export_torchscript(model, example: torch.Tensor, path: Path) -> str:
@@ -212,6 +232,7 @@ def main(args) -> dict:
         info = ckpt["model_info"]
         meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model_file": out.name,
                 "model_format": args.format, "exporter": exporter,
+                **({"opset": onnx_opset(target)} if args.format == "onnx" else {}),
                 "input": {"name": "input", "shape": ["batch", 3, prep.size, prep.size], "dtype": "float32",
                           "layout": "NCHW, RGB", "normalisation": "(pixel / 255 - mean) / std"},
                 "output": {"name": "logits", "shape": ["batch", objective.outputs], **objective.describe()},
