@@ -465,7 +465,9 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
                                         (["evaluate", "C", "--data", "D", "--bootstrap", "-1"],
                                          "--bootstrap: -1 is too small (at least 0)"),
                                         (["evaluate", "C", "--data", "D", "--out", "O", "-j", "x"],
-                                         "--workers: 'x' is not a whole number")])
+                                         "--workers: 'x' is not a whole number"),
+                                        (["train", "--data", "D", "--out", "O", "--stop-after", "0"],
+                                         "--stop-after: 0 is too small (at least 1)")])
 def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -290,6 +290,10 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--freeze-epochs", "0",
                  "--objective", "ordinal", "--weights", str(run / "checkpoints" / "best.pt"),
                  "--out", str(tmp_path / "new")]) == 0
+    assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--freeze-epochs", "0", "--quiet",
+                 "--weights", str(run), "--out", str(tmp_path / "from-folder")]) == 0  # a run folder: its best.pt
+    origin = load_checkpoint(tmp_path / "from-folder" / "checkpoints" / "best.pt")["model_info"]["weights_origin"]
+    assert origin == f"file {run / 'checkpoints' / 'best.pt'}"
 
 
 def test_resume_keeps_the_schedule_and_the_saves_consistent(synth_small, tmp_path, capsys, monkeypatch):

@@ -193,7 +193,7 @@ def _header_advice(header: list[str], columns: list[str]) -> str:
     if len(header) > 1 and _grade_text(header[-1]):
         return (f"the first line, {','.join(header)}, looks like a row, not a header: add a header line "
                 f"({','.join(columns)}) above it")
-    return f"the header is {header}. Name the columns with --image-col and --label-col"
+    return f"the header is {header}. Name the columns with --image-col and --label-col (and --patient-col)"
 
 
 def _grade_text(text: str) -> bool:

@@ -17,6 +17,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from ..errors import RetinopathyError
+from ..training.checkpoint import checkpoint_file
 
 
 class WeightsError(RetinopathyError, RuntimeError):
@@ -70,7 +71,7 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
                           verify: bool = True) -> tuple[dict, str]:
     """State dict of ImageNet weights for ``model`` and a description of where it came from."""
     if file:
-        path = Path(file)
+        path = checkpoint_file(file)  # a run folder: its best.pt
         if not path.exists():
             raise WeightsError(f"weights file {path} not found")
         if verify:

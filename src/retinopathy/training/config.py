@@ -143,7 +143,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", help="run folder (e.g. runs/NAME)")
     g.add_argument("--resume", help="continue the run in this folder where it stopped")
-    g.add_argument("--stop-after", type=at_least(0), default=None,
+    g.add_argument("--stop-after", type=at_least(1), default=None,
                    help="run at most this many epochs now, then stop cleanly (continue with --resume)")
     g.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars")
     return p
