@@ -160,6 +160,8 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     note = f"evaluated on {tmp_path / 'elsewhere'}, not the training data; graded with --blend-eyes 0.5 (trained with 0"
     md, page = (tmp_path / "three" / "report.md").read_text(), (tmp_path / "three" / "index.html").read_text()
     assert note in md and note in page and f"evaluated on the test split of {tmp_path / 'elsewhere'}" in md
+    assert "The data are synthetic drawings" not in md  # graded on other data: it learnt from drawings, that is all
+    assert "Some runs learnt from synthetic drawings" in md
 
 
 def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):

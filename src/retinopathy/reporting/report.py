@@ -314,14 +314,17 @@ def at_a_glance(runs: list[Run]) -> list[str]:
         if r.eval is None:
             lines.append(f"Missing: {r.name} - {r.status}: {first_line(r.reason)}")
     if any(r.status == "skipped" for r in runs):
-        lines.append("Skipped cells run when the experiment is run again with their ImageNet weights available (how to "
-                     "get them: 'more' under the cell in the table); finished cells are not run again.")
+        lines.append("Skipped cells run when the experiment is run again with their ImageNet weights available (each "
+                     "cell's reason says how to get them); finished cells are not run again.")
     if any(r.numbers.get("selection_split") == "test" for r in runs):
         lines.append("Some runs pick their checkpoint on the test split (the lab's rule), so their test numbers are "
                      "optimistic; a validation split gives honest ones.")
-    if any(is_synthetic(d) for d in datas | {str(r.train.get("data")) for r in runs}):
+    if any(is_synthetic(d) for d in datas):
         lines.append("The data are synthetic drawings (retinopathy.data.synth), not photographs of patients: these "
                      "numbers show the pipeline works, not how well a model grades real eyes.")
+    elif any(is_synthetic(str(r.data)) for r in runs):
+        lines.append("Some runs learnt from synthetic drawings (retinopathy.data.synth), not from photographs of "
+                     "patients; their evaluations here are on photographs.")
     return lines
 
 

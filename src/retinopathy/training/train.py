@@ -357,7 +357,9 @@ def main(args) -> dict:
     config = {"train": {k: v for k, v in vars(args).items()},
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
                        "labels": [str(p) for p in catalog.labels], "images": str(catalog.image_root),
-                       "split_file": str(out / "split.csv"), "train_counts": counts,
+                       "split_file": str(out / "split.csv"),
+                       "split_options": {k: opts[k] for k in ("val_fraction", "test_fraction", "seed")},
+                       "train_counts": counts,
                        "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
                        "leakage_warnings": train_set.warnings,
                        "skipped": list(dict.fromkeys(str(p) for ds in (train_set, *eval_sets.values())
