@@ -1,6 +1,7 @@
 """Every supported dataset format, read from small files the tests write, plus the real lab CSVs."""
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import numpy as np
@@ -128,14 +129,17 @@ def test_folder_per_grade(tmp_path):
 
 
 def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
-    """Images in sub-folders of a grade folder count (recursively, .bmp and .webp too); a folder named by another
-    number is a problem, not silently left out; train/ beside val/ or test/ gives the splits."""
+    """Images in sub-folders of a grade folder count (recursively, .bmp and .webp too; a link back up is not
+    followed); a folder named like another grade that holds images is a problem, not silently left out; train/
+    beside val/ or test/ gives the splits, each naming its images, and the missing one is carved from train."""
     for g in range(5):
         disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
     disc(tmp_path / "d" / "2" / "more" / "7_left.jpeg")
     disc(tmp_path / "d" / "2" / "7_right.bmp", fmt="BMP")
     disc(tmp_path / "d" / "3" / "8_left.webp", fmt="WEBP")
+    (tmp_path / "d" / "0" / "up").symlink_to(tmp_path / "d")  # would bring grades 1-4 into grade 0
     disc(tmp_path / "d" / "5" / "9_left.jpeg")
+    (tmp_path / "d" / "6").mkdir()  # empty: nothing is left out
     cat = read_catalog(tmp_path / "d")
     assert sorted((s.image, s.label) for s in cat.samples) == [
         ("0_left", 0), ("1_left", 1), ("2_left", 2), ("3_left", 3), ("4_left", 4), ("7_right", 2), ("8_left", 3),
@@ -144,19 +148,24 @@ def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
     assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / "5"))]
     assert "its 1 image(s) are not used" in cat.problems[0].message
 
-    layout = tmp_path / "split"
-    for part, n in (("train", 4), ("test", 2)):
+    layout = tmp_path / "split"  # each split numbers its images from 0, as such folders often do
+    for part, n in (("train", 8), ("test", 2)):
         for g in range(5):
             for i in range(n):
-                disc(layout / part / str(g) / f"{part}{g}{i}_left.jpeg")
+                disc(layout / part / str(g) / f"{g}{i}_left.jpeg")
     cat = load_catalog(layout, val_fraction=0.25)
-    assert cat.format == "folders" and len(cat.samples) == 30
-    assert {s.image for s in cat.samples if s.split == "test"} == {f"test{g}{i}_left" for g in range(5) for i in range(2)}
-    assert Counter(s.split for s in cat.samples) == {"train": 15, "val": 5, "test": 10}  # val from train/
+    assert cat.format == "folders" and len(cat.samples) == 50 and not cat.problems
+    assert {s.image for s in cat.samples if s.split == "test"} == {f"test/{g}{i}_left" for g in range(5)
+                                                                   for i in range(2)}
+    assert Counter(s.split for s in cat.samples) == {"train": 30, "val": 10, "test": 10}  # val from train/
     for g in range(5):
-        disc(layout / "val" / str(g) / f"val{g}_left.jpeg")
+        disc(layout / "val" / str(g) / f"{g}0_left.jpeg")
     cat = load_catalog(layout, val_fraction=0.25)
-    assert Counter(s.split for s in cat.samples) == {"train": 20, "val": 5, "test": 10}  # val/ as given
+    assert Counter(s.split for s in cat.samples) == {"train": 40, "val": 5, "test": 10}  # val/ as given
+    shutil.rmtree(layout / "test")
+    cat = load_catalog(layout, test_fraction=0.25)  # train/ and val/: test is carved from train/
+    assert Counter(s.split for s in cat.samples) == {"train": 30, "val": 5, "test": 10}
+    assert {s.split for s in load_catalog(layout / "train").samples} == {"train", "val", "test"}  # train/ alone
 
 
 def test_unknown_format_says_what_was_expected(tmp_path):

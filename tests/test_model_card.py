@@ -161,3 +161,18 @@ def test_a_model_no_better_than_the_majority_class_is_flagged(run):
     evaluations = card.split("### Evaluations")[1]
     assert "⚠" not in table_row(evaluations, "test")[2] and table_row(evaluations, "val")[2].endswith("⚠")
     assert "no better than always answering the most common grade" in evaluations
+
+
+def test_the_split_rule_says_which_splits_the_data_gave():
+    from retinopathy.reporting.model_card import _split_rule
+
+    lab = {"format": "lab", "labels": ["/d/train_img.csv", "/d/train_label.csv", "/d/test_img.csv", "/d/test_label.csv"]}
+    assert _split_rule({"data": lab, "train": {}}) == ("the dataset's own train/test files; validation = 10% of the "
+                                                       "train patients (seed 0), by patient")
+    folders = {"format": "folders", "labels": ["/d/train", "/d/val", "/d/test"]}
+    assert _split_rule({"data": folders, "train": {"split_seed": 3}}) == "the dataset's own train/val/test folders"
+    folders["labels"] = ["/d/train", "/d/val"]
+    assert _split_rule({"data": folders, "train": {"split_seed": 3}}) == (
+        "the dataset's own train/val folders; test = 20% of the train patients (seed 3), by patient")
+    one = {"format": "folders", "labels": ["/d"]}
+    assert _split_rule({"data": one, "train": {}}).startswith("by patient (both eyes in the same split), stratified")

@@ -243,6 +243,8 @@ def test_names_with_extensions_and_other_formats(tmp_path):
     assert sorted((s.image, s.label, s.split) for s in a.samples) == sorted((s.image, s.label, s.split)
                                                                           for s in b.samples)
     assert {"train", "test"} <= {s.split for s in b.samples} and any("deeper/" in s.image for s in b.samples)
+    m = prepare(layout / "train", tmp_path / "train_out", size=32, workers=1, progress=False)  # its siblings: not DATA
+    assert m["problems"] == [] and m["counts"]["images"] == sum(1 for s in a.samples if s.image.startswith("train/"))
 
 
 def test_names_with_and_without_their_folder_read_back(tmp_path):

@@ -170,6 +170,7 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
     page = (tmp_path / "r" / "index.html").read_text()
     assert 'data-status="not evaluated"' in page and "retinopathy evaluate" in page
+    assert "The data are synthetic drawings" in page and "their evaluations here" not in page  # none to speak of
     assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "r2")]) == 2
     assert "not a run folder" in capsys.readouterr().err
     on_val = tmp_path / "on-val"  # eval/ holds `evaluate --split val`: not shown as the test result

@@ -235,6 +235,8 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     run untouched), nor can --out point elsewhere; the suggested way, a new run from its weights, works."""
     import shutil
 
+    from .test_formats import disc
+
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -252,14 +254,27 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--seed", "5"], "--seed 0 (not 5)")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
-    regraded = tmp_path / "regraded"  # the same names with other grades: other photographs
+    regraded = tmp_path / "regraded"  # the same names, mostly with other grades: other photographs
     shutil.copytree(synth_small, regraded)
     labels = (regraded / "trainLabels.csv").read_text().splitlines()
     (regraded / "trainLabels.csv").write_text("\n".join(
-        [labels[0], *(f"{r.split(',')[0]},{(int(r.split(',')[1]) + 1) % 5}" for r in labels[1:4]), *labels[4:]]) + "\n")
+        [labels[0], *(f"{r.split(',')[0]},{(int(r.split(',')[1]) + 1) % 5}" for r in labels[1:])]) + "\n")
     assert main(["train", "--resume", str(run), "--epochs", "3", "--data", str(regraded)]) == 2
-    assert "3 of its images have other grades than in the run's" in capsys.readouterr().err
+    assert f"{len(labels) - 1} of its images have other grades than in the run's" in capsys.readouterr().err
+    disc(regraded / "extra_left.jpeg")  # an image the run's split.csv does not list
+    with open(regraded / "trainLabels.csv", "a") as f:
+        f.write("extra_left,0\n")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--data", str(regraded)]) == 2
+    err = capsys.readouterr().err
+    assert "image extra_left is not in the split file" in err and "they are not the photographs it trained on" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    corrected = tmp_path / "corrected"  # one grade corrected since: the same photographs, said out loud
+    shutil.copytree(synth_small, corrected)
+    first = labels[1].split(",")
+    (corrected / "trainLabels.csv").write_text("\n".join(
+        [labels[0], f"{first[0]},{(int(first[1]) + 1) % 5}", *labels[2:]]) + "\n")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--data", str(corrected), "--quiet"]) == 0
+    assert "warning: 1 image(s) have other grades than when the run started" in capsys.readouterr().err
     # what it already used, said out loud, is no change (the decay of an EMA it does not keep either)
     assert main(["train", "--resume", str(run), "--decision", "argmax", "--model-ema-decay", "0.9", "--quiet"]) == 0
     assert "nothing to train" in capsys.readouterr().out

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS, index_images
+from .images import IMAGE_EXTENSIONS, image_files, index_images
 from .problems import DataError, Problem
 
 GRADES = (0, 1, 2, 3, 4)
@@ -239,37 +239,32 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
 
 
 def _read_folders(folder: Path, problems: list[Problem], split: str | None = None) -> list[Sample]:
-    """The images under ``folder/0`` ... ``folder/4``, searched recursively as torchvision's ``ImageFolder`` does
-    (named by their path below the grade folder, without extension); a folder named by another number is a
-    problem, since its images would be left out silently."""
+    """The images under ``folder/0`` ... ``folder/4``, searched recursively as torchvision's ``ImageFolder`` does,
+    named by their path below the grade folder without extension (after ``split/`` when the split has a folder
+    of its own, so that ``train/0/1.png`` and ``val/0/1.png`` stay two images); a folder named like another grade
+    (``5/``, ``-1/``) that holds images is a problem, since they would be left out silently."""
     samples = []
     for grade in GRADES:
         sub = folder / str(grade)
-        for root, dirs, names in os.walk(sub, followlinks=True):
-            dirs.sort()
-            here = Path(root)
-            for key, fname in sorted(index_images(here).items()):
-                if key == fname:
-                    image = (here / fname).relative_to(sub).with_suffix("").as_posix()
-                    samples.append(Sample(image, grade, patient_of(Path(fname).stem), str(sub), None, split,
-                                          path=str(here / fname)))
+        for f in image_files(sub):
+            image = f.relative_to(sub).with_suffix("").as_posix()
+            samples.append(Sample(f"{split}/{image}" if split else image, grade, patient_of(f.stem), str(sub), None,
+                                  split, path=str(f)))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if other.is_dir() and _GRADE.fullmatch(other.name.lstrip("-")) and other.name not in map(str, GRADES):
-            count = sum(Path(n).suffix.lower() in IMAGE_EXTENSIONS for _, _, names in os.walk(other, followlinks=True)
-                        for n in names)
+        if other.is_dir() and re.fullmatch(r"-?[0-9]", other.name) and int(other.name) not in GRADES \
+                and (count := len(image_files(other))):
             problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ is not a grade 0-4: its "
                                     f"{count} image(s) are not used; move them into the folder of their grade, "
                                     "or remove it"))
     return samples
 
 
-def split_folders(grades: Path) -> dict[str, Path]:
-    """ImageFolder's split layout: for grade folders in ``DATA/train``, the ``DATA/val`` and ``DATA/test`` that also
-    hold grade folders, with train: {split: folder}; else {} (one folder, split by patient)."""
-    if grades.name != "train":
+def split_folders(data: Path, grades: Path) -> dict[str, Path]:
+    """ImageFolder's split layout: grade folders in ``DATA/train`` and in ``DATA/val`` and/or ``DATA/test``:
+    {split: folder}; else {} (one folder, split by patient)."""
+    if grades != data / "train":
         return {}
-    given = {sp: grades.parent / sp for sp in ("val", "test")
-             if any((grades.parent / sp / str(g)).is_dir() for g in GRADES)}
+    given = {sp: data / sp for sp in ("val", "test") if any((data / sp / str(g)).is_dir() for g in GRADES)}
     return {"train": grades, **given} if given else {}
 
 
@@ -352,7 +347,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         samples = _read_lab(labels, problems)
         label_files = [labels / f for pair in LAB_FILES.values() for f in pair if (labels / f).exists()]
     elif format == "folders":
-        parts = split_folders(labels) or {None: labels}
+        parts = split_folders(data, labels) or {None: labels}
         samples = [s for sp, folder in parts.items() for s in _read_folders(folder, problems, sp)]
         label_files = list(parts.values())
     else:
@@ -441,6 +436,6 @@ def _file_identity(path: str) -> tuple:
     """What makes two paths one file: its device and inode (through symbolic and hard links alike)."""
     try:
         st = os.stat(path)
-        return (st.st_dev, st.st_ino)
     except OSError:
-        return (os.path.realpath(path),)
+        st = None
+    return (st.st_dev, st.st_ino) if st is not None and st.st_ino else (os.path.realpath(path),)  # 0: no inodes

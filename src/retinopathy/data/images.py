@@ -51,6 +51,22 @@ def index_images(folder: str | os.PathLike) -> dict[str, str]:
     return index
 
 
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files under ``folder``, sorted, following symbolic links to folders: each real folder once, and none
+    that holds ``folder`` (a link back up would bring in its siblings); a link that leads nowhere is listed too,
+    so that it gets its error."""
+    files, seen, top = [], set(), os.path.realpath(folder)
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
+            dirs.clear()
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
+                  and ((Path(root) / n).is_file() or not (Path(root) / n).exists())]  # a broken link: listed
+    return sorted(files)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: grey, palette, alpha (onto black), CMYK and 16-bit images."""
     if img.mode == "RGB":

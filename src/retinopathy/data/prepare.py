@@ -70,7 +70,8 @@ def output_name(sample: Sample, catalog: Catalog) -> str:
     holds a path keeps it, with ``/``; the others go where the images were, e.g. ``train/``, as do grade folders,
     e.g. ``train/2/``)."""
     if catalog.format == "folders":
-        return f"{Path(sample.source).relative_to(catalog.root).as_posix()}/{sample.image}.jpeg"
+        below = Path(sample.path).relative_to(sample.source).with_suffix(".jpeg")  # its place in its grade folder
+        return (Path(sample.source).relative_to(catalog.root) / below).as_posix()
     name = sample.image.replace("\\", "/")
     name = name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
     if "/" not in name and catalog.image_root is not None and catalog.image_root.parent == catalog.root:
@@ -161,7 +162,7 @@ def _check_out(out: Path, catalog: Catalog, settings: dict) -> None:
 
 def _remove_parts(out: Path) -> None:
     """Temporary files of a run that was killed."""
-    for p in [*out.glob("*" + PART), *out.glob("*/*" + PART)]:
+    for p in out.rglob("*" + PART):
         p.unlink()
 
 

@@ -35,7 +35,7 @@ class DataError(RetinopathyError, ValueError):
     SHOWN = 5  # problems named in the message; all are in ``problems``
 
     def __init__(self, problems: list[Problem], hint: str = ""):
-        self.problems = list(problems)
+        self.problems, self.hint = list(problems), hint
         lines = [str(p) for p in self.problems[:self.SHOWN]]
         more = len(self.problems) - self.SHOWN
         if more > 0:

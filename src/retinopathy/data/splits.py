@@ -54,17 +54,17 @@ def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: flo
     """Set ``sample.split`` for every sample, by patient.
 
     Samples that already carry a split (the lab format's train/test, ImageFolder's train/val/test folders) keep
-    it; a validation part is then carved from their train side by patient, unless a val split is given. Others get
-    a stratified train/val/test split.
+    it; the val and test parts that are not given are then carved from their train side by patient. Others get a
+    stratified train/val/test split.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise SplitError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: each in [0, 1), "
                          "and together less than 1")
     given = [s for s in samples if s.split]
     if given:
-        train = [s for s in given if s.split == "train"]
-        carve = val_fraction and not any(s.split == "val" for s in given)
-        patients = split_patients(train, {"val": val_fraction}, seed) if carve else {}
+        train, present = [s for s in given if s.split == "train"], {s.split for s in given}
+        carve = {sp: f for sp, f in (("test", test_fraction), ("val", val_fraction)) if f and sp not in present}
+        patients = split_patients(train, carve, seed) if carve else {}
         for s in train:
             s.split = patients.get(s.patient, "train")
     else:

@@ -35,10 +35,11 @@ import torch
 from ..atomic import check_output_file
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
+from ..data.images import image_files
 from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
-from .predict import collect_items, image_files, single_eye
+from .predict import collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
@@ -135,11 +136,13 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
         written = onnx_opset(path)
         if opset is None or written == opset:
             return "torch.export (dynamo)"
-        first = f"it wrote opset {written}, not {opset}"  # 18 at the least
+        print(f"note: the dynamo ONNX exporter writes opset {written}, not {opset}; the TorchScript-based exporter "
+              "writes it", file=sys.stderr)
+        first = f"it wrote opset {written}"
     except Exception as e:  # noqa: BLE001 - any exporter failure: try the other exporter
         first = f"{type(e).__name__}: {str(e)[:200]}"
-    print(f"warning: the dynamo ONNX exporter failed ({first}); trying the TorchScript-based exporter",
-          file=sys.stderr)
+        print(f"warning: the dynamo ONNX exporter failed ({first}); trying the TorchScript-based exporter",
+              file=sys.stderr)
     for f in path.parent.iterdir():
         f.unlink()
     try:

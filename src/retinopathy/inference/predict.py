@@ -42,7 +42,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           catalog_options)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import base_name, detect_format, patient_of, without_extension
-from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, index_images
+from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, image_files, index_images
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
 from ..errors import RetinopathyError
@@ -116,21 +116,6 @@ def _is_dataset(folder: Path, opts: dict) -> bool:
         return True
     except DataError:
         return False
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under ``folder``, sorted, following symbolic links to folders (each real folder once); a link
-    that leads nowhere is listed too, so that it gets its error row."""
-    files, seen = [], set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a link back up the tree, or a second link to one folder
-            dirs.clear()
-            continue
-        seen.add(real)
-        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
-                  and ((Path(root) / n).is_file() or not (Path(root) / n).exists())]  # a broken link: an error row
-    return sorted(files)
 
 
 def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[Item]:

@@ -9,6 +9,7 @@ import csv
 import math
 import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES
-from ..data.splits import run_overlap
+from ..data.splits import run_overlap, same_photographs
 from ..errors import Interrupted, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
@@ -259,16 +260,25 @@ def main(args) -> dict:
     # ---- data ------------------------------------------------------------------------------------------
     opts = catalog_options(args)
     opts["split_file"] = split_file
-    catalog = load_catalog(args.data, **opts)
-    if ckpt is not None:  # the split file matched the names; the grades say whether these are the same photographs
-        _, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])
-        if regraded:
+    elsewhere = (f"Resume with the data the run trained on ({ckpt['config'].get('data')}), or start a new run from "
+                 f"its weights (--weights {args.resume} --out NEW)") if ckpt is not None else ""
+    try:
+        catalog = load_catalog(args.data, **opts)
+    except DataError as e:
+        if ckpt is None or not any(p.kind == "split-mismatch" for p in e.problems):
+            raise
+        raise DataError(e.problems, hint="The run's split.csv does not list these images: they are not the "
+                        "photographs it trained on (or a folder of which this version reads more: sub-folders, .bmp "
+                        f"and .webp, val/ or test/ beside train/). {elsewhere}") from None
+    if ckpt is not None:  # the names match the run's split.csv; the grades say whether they are its photographs
+        same, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])
+        if not same_photographs(len(same), regraded):
             raise DataError([Problem("split-mismatch", str(args.data), None,
                                      f"{regraded} of its images have other grades than in the run's {split_file}: "
-                                     "these are not the photographs the run trained on")],
-                            hint=f"Resume with the data the run trained on ({ckpt['config'].get('data')}), or start a "
-                                 f"new run from its weights (--weights {Path(args.resume) / 'checkpoints' / 'best.pt'} "
-                                 "--out NEW)")
+                                     "these are not the photographs the run trained on")], hint=elsewhere)
+        if regraded and dist.main:
+            print(f"warning: {regraded} image(s) have other grades than when the run started (in {split_file}); "
+                  "the remaining epochs learn the new grades", file=sys.stderr)
     if not catalog.samples:  # every row refused (a semicolon CSV, labels that are not grades...) or none at all
         raise DataError(catalog.problems, hint="Fix the labels files: no row of them lists a usable image.")
     splits_present = {s.split for s in catalog.samples}
@@ -285,7 +295,7 @@ def main(args) -> dict:
         eval_splits.append(select_on)
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
                   cache=args.cache_images, progress=progress)
-    made, problems = {}, []  # every split's problems at once, not the train split's first (the smaller first)
+    made, failed = {}, []  # every split's problems at once, not the train split's first (the smaller first)
     for sp, extra in [*((sp, {"train": False}) for sp in eval_splits),
                       ("train", {"augment": args.augment, "crop": args.train_crop_size})]:
         try:
@@ -293,9 +303,9 @@ def main(args) -> dict:
         except DataError as e:
             if any(p.kind == "length-mismatch" for p in e.problems):
                 raise
-            problems += [p for p in e.problems if p not in problems]
-    if problems:
-        raise DataError(problems, hint="Fix the files, or pass --skip-bad to drop them.")
+            failed.append(e)
+    if failed:  # a bad labels row concerns every split: named once
+        raise DataError(list(dict.fromkeys(p for e in failed for p in e.problems)), hint=failed[0].hint)
     train_set, eval_sets = made.pop("train"), made
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
@@ -358,7 +368,8 @@ def main(args) -> dict:
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
                        "labels": [str(p) for p in catalog.labels], "images": str(catalog.image_root),
                        "split_file": str(out / "split.csv"),
-                       "split_options": {k: opts[k] for k in ("val_fraction", "test_fraction", "seed")},
+                       "split_options": {"val_fraction": opts["val_fraction"], "test_fraction": opts["test_fraction"],
+                                         "split_seed": opts["seed"]},
                        "train_counts": counts,
                        "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
                        "leakage_warnings": train_set.warnings,
