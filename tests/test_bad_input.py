@@ -419,6 +419,20 @@ def test_a_labels_file_no_row_of_which_is_usable_is_named_with_what_to_do(tmp_pa
     assert f"{kaggle / 'trainLabels.csv'}:1:" in err and said in err and "no image is in" not in err
 
 
+def test_lab_images_kept_in_two_folders_are_pointed_at(tmp_path):
+    """One image folder serves the lab's four CSVs: test images kept apart in DATA/test/ are 'not found' in
+    DATA/train/, and the message says where they are."""
+    for split, patients in (("train", range(4)), ("test", range(4, 6))):
+        names = [f"{p}_left" for p in patients]
+        for n in names:
+            disc(tmp_path / split / f"{n}.jpeg")
+        (tmp_path / f"{split}_img.csv").write_text("\n".join(names) + "\n")
+        (tmp_path / f"{split}_label.csv").write_text("\n".join("0" for _ in names) + "\n")
+    problems = load_catalog(tmp_path).problems
+    assert [(p.kind, p.line) for p in problems] == [("missing-image", 1), ("missing-image", 2)]
+    assert f"it is in {tmp_path / 'test'}: keep the images in one folder" in problems[0].message
+
+
 def test_one_of_the_lab_csvs_given_as_labels_names_their_folder(tmp_path, tiny_run, capsys):
     names = [f"{p}_{eye}" for p in range(3) for eye in ("left", "right")]
     for n in names:

@@ -281,7 +281,7 @@ def _find_image_root(data: Path, images: Path | None, samples: list[Sample],
     best, most = None, -1
     for sub in IMAGE_SUBDIRS:
         folder = data / sub
-        index = indexes.setdefault(folder, index_images(folder) if folder.is_dir() else {})
+        index = _index(folder, indexes)
         if index:
             found = sum(base_name(s.image) in index for s in samples)
             if found > most:
@@ -302,11 +302,16 @@ def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[P
     if name != image:
         tries += [(_relative(image, data).parent, name)] + ([(image_root, name)] if image_root else [])
     for folder, key in tries:
-        if folder not in indexes:
-            indexes[folder] = index_images(folder) if folder.is_dir() else {}
-        if key in indexes[folder]:
+        if key in _index(folder, indexes):
             return folder / indexes[folder][key]
     return None
+
+
+def _index(folder: Path, indexes: dict[Path, dict[str, str]]) -> dict[str, str]:
+    """:func:`index_images` of ``folder``, read once into ``indexes``."""
+    if folder not in indexes:
+        indexes[folder] = index_images(folder) if folder.is_dir() else {}
+    return indexes[folder]
 
 
 def read_catalog(data: str | Path, *, format: str | None = None, labels: str | Path | None = None,
@@ -385,6 +390,11 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                 tried = (f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
                          f"({index[stem]} is there: fix the extension in the name)" if stem in index else
                          "(looked for that exact name)")
+                elsewhere = next((data / sub for sub in (*IMAGE_SUBDIRS, "test", "test_images")
+                                  if data / sub != image_root and name in _index(data / sub, indexes)), None)
+                if elsewhere is not None:  # e.g. the lab's test images kept apart in DATA/test/
+                    tried += (f"; it is in {elsewhere}: keep the images in one folder (or link them into one), as "
+                              "one image folder serves every labels file")
                 found = (f"not found in {where} {tried}; add the file" if name == s.image else
                          f"not found: the name holds a path, and neither {_relative(s.image, data)} nor {name} "
                          f"in {where} exists {tried}; fix the path (relative to {data}), add the file")
