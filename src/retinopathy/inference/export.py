@@ -45,7 +45,8 @@ FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
 MAX_CHECK_IMAGES = 8
 DECODE = ("RGB; a JPEG at reduced scale (Pillow's Image.draft) keeping both sides at or above size, as "
-          "retinopathy.data.open_image does; then the steps (retinopathy.data.transforms.geometry)")
+          "retinopathy.data.open_image does; then the steps (retinopathy.data.transforms.geometry) on that 8-bit "
+          "PIL image, before it becomes a tensor (resizing a float tensor instead moves outputs by up to ~1e-3)")
 
 
 class ExportError(RetinopathyError, RuntimeError):
