@@ -447,6 +447,28 @@ def test_one_of_the_lab_csvs_given_as_labels_names_their_folder(tmp_path, tiny_r
     assert f"pass their folder, {tmp_path}" in capsys.readouterr().err
 
 
+def test_the_dataset_api_refuses_bad_arguments_at_construction(tmp_path, kaggle):
+    """Not in __getitem__, inside a DataLoader worker: a size, crop or augmentation that cannot work, or a
+    Catalog without splits; a DataError survives pickling (from a worker) with its problems."""
+    import pickle
+
+    from retinopathy.data import read_catalog
+
+    for bad, match in (({"image_size": -5}, "image size must be at least 1 px"),
+                       ({"image_size": 48, "crop": 100}, "crop 100 must be between 1 and the image size, 48 px"),
+                       ({"augment": "foo"}, "unknown augmentation 'foo'")):
+        with pytest.raises(ValueError, match=match):
+            FundusDataset(kaggle, "all", **bad)
+    with pytest.raises(ValueError, match="this Catalog's samples have no splits"):
+        FundusDataset(read_catalog(kaggle), "train", image_size=32)
+    assert len(FundusDataset(read_catalog(kaggle), "all", image_size=32)) == 12
+    (kaggle / "0_left.jpeg").write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        FundusDataset(kaggle, "all", image_size=32)
+    again = pickle.loads(pickle.dumps(e.value))
+    assert str(again) == str(e.value) and again.problems == e.value.problems
+
+
 def test_unknown_format_exit_status(tmp_path):
     (tmp_path / "x.txt").write_text("x")
     assert main(["data", "check", str(tmp_path), "--json", str(tmp_path / "r.json"), "--quiet"]) == 2

@@ -114,6 +114,18 @@ def test_a_flat_heatmap_is_empty():
     assert not GradCam(model, make_objective("classification"), image_size=SIZE)(x, torch.tensor([4, 4])).any()
 
 
+def test_gradcam_runs_in_eval_mode_and_takes_plain_grades():
+    """A model left in training mode: BatchNorm statistics untouched, and the same heatmap as in eval mode; an
+    int grade serves every image."""
+    model = blob_detector()
+    _, x = batch([fundus(QUADRANTS["top_left"]), fundus(QUADRANTS["bottom_right"])])
+    expected = GradCam(model, make_objective("classification"), image_size=SIZE)(x, torch.tensor([4, 4]))
+    model.train()
+    stats = model.net.bn1.running_mean.clone()
+    heat = GradCam(model, make_objective("classification"), image_size=SIZE)(x, 4)
+    assert torch.equal(model.net.bn1.running_mean, stats) and model.training and torch.allclose(heat, expected)
+
+
 def test_quadrant_mass_rejects_a_constant_heatmap():
     mass = quadrant_mass(np.full((SIZE, SIZE), 0.7))
     assert not mass["top_left"] > 1.5 * mass["bottom_right"]

@@ -20,3 +20,23 @@ def test_grades_without_images_or_predictions():
     assert m["per_grade"]["4"] == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
     assert m["per_grade"]["2"]["precision"] is None  # never predicted
     json.dumps(m, allow_nan=False)  # metrics.json stays strict JSON
+
+
+def test_grades_outside_0_to_4_are_refused_not_dropped():
+    """scikit-learn's kappa with labels=0..4 ignores a 7 (kappa 1.0 with a wrong answer); bincount grows."""
+    from retinopathy.evaluation import quadratic_kappa
+
+    with pytest.raises(ValueError, match=r"y_true: expected grades 0-4, got \[7\]"):
+        quadratic_kappa([0, 1, 2, 3, 7], [0, 1, 2, 3, 0])
+    with pytest.raises(ValueError, match=r"y_pred: expected grades 0-4, got \[2.5\]"):
+        full_metrics([0, 1], [0, 2.5], np.full((2, 5), 0.2))
+    assert quadratic_kappa(np.array([0.0, 4.0]), [0, 4]) == 1.0  # whole numbers as floats are grades
+
+
+def test_bootstrap_needs_one_group_per_image():
+    from retinopathy.evaluation import bootstrap_ci
+
+    with pytest.raises(ValueError, match=r"one entry per image \(4, 4, 2\)"):
+        bootstrap_ci([0, 1, 2, 3], [0, 1, 2, 3], [0, 0])  # used to resample the first two images only
+    per_image = bootstrap_ci([0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 1, 1], None, n=200)  # None: each image its own
+    assert per_image["unit"] == "image" and per_image["accuracy"][0] < per_image["accuracy"][1]

@@ -166,7 +166,7 @@ def test_a_model_no_better_than_the_majority_class_is_flagged(run):
 def test_the_split_rule_says_which_splits_the_data_gave():
     from retinopathy.reporting.model_card import _split_rule
 
-    lab = {"format": "lab", "labels": ["/d/train_img.csv", "/d/train_label.csv", "/d/test_img.csv", "/d/test_label.csv"]}
+    lab = {"format": "lab", "labels": [f"/d/{sp}_{kind}.csv" for sp in ("train", "test") for kind in ("img", "label")]}
     assert _split_rule({"data": lab, "train": {}}) == ("the dataset's own train/test files; validation = 10% of the "
                                                        "train patients (seed 0), by patient")
     folders = {"format": "folders", "labels": ["/d/train", "/d/val", "/d/test"]}

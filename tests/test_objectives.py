@@ -368,6 +368,9 @@ def test_described_grade_rule_is_the_one_applied(name):
     scores = np.array([0.0, 0.4, 0.39, 1.3, 2.5, 3.1, 4.0])
     assert obj.grades_of(None, scores).tolist() == [sum(t <= x for t in obj.thresholds) for x in scores]
     assert obj.grades_of(None, torch.tensor(scores, dtype=torch.float32)).tolist() == [0, 1, 0, 2, 3, 4, 4]
+    for bad in ([3.5, 2.5, 1.5, 0.5], [1.5]):  # torch's bucketize and numpy's digitize disagreed on the first
+        with pytest.raises(ValueError, match="expected 4 cuts in non-decreasing order"):
+            make_objective(name, thresholds=bad)
     merged = make_objective(name, thresholds=[0.5, 2.0, 2.0, 3.5])  # no score is at or above 2.0 and below 2.0
     assert merged.describe()["grade"].endswith("(never grade 2: its thresholds coincide)")
     assert 2 not in merged.grades_of(None, np.linspace(-1, 5, 601)).tolist()

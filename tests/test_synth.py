@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from retinopathy.data import synth
+from retinopathy.errors import RetinopathyError
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -118,6 +119,9 @@ def test_the_command_does_not_write_over_a_dataset(tmp_path, capsys):
     assert "already exists and is not an empty folder" in capsys.readouterr().err and _digests(out) == before
     (tmp_path / "empty").mkdir()
     assert main(["synth", str(tmp_path / "empty"), "--n", "2", "--size", "32", "--quiet"]) == 0
+    with pytest.raises(RetinopathyError, match="not an empty folder"):  # the Python function too
+        synth.generate(out, n=2, size=32, progress=False)
+    assert _digests(out) == before
 
 
 def test_eyes_mirror_each_other():

@@ -1,9 +1,6 @@
 """``retinopathy synth OUT``: write a synthetic fundus dataset."""
 from __future__ import annotations
 
-from pathlib import Path
-
-from ..errors import RetinopathyError
 from .common import at_least
 
 
@@ -23,10 +20,6 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..data.synth import generate
 
-    out = Path(args.out)
-    if out.is_dir() and any(out.iterdir()) or out.exists() and not out.is_dir():
-        raise RetinopathyError(f"{out} already exists and is not an empty folder: a new set would rewrite its "
-                               "images and labels under runs that used them; choose a new folder, or remove it")
     s = generate(args.out, n=args.n, size=args.size, seed=args.seed, balanced=args.balanced,
                  format=args.format, workers=args.workers, progress=not args.quiet)
     print(f"wrote {s['n']} images ({args.size} px, grades {s['counts']}) to {args.out} "

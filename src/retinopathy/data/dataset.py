@@ -64,6 +64,9 @@ class FundusDataset(Dataset):
         catalog = data if isinstance(data, Catalog) else load_catalog(
             data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_file=split_file,
             **read_options)
+        if split != "all" and any(s.split is None for s in catalog.samples):
+            raise ValueError(f"split {split!r}: this Catalog's samples have no splits (read_catalog reads labels "
+                             "only); pass the folder, or a Catalog from load_catalog, or split='all'")
         self.catalog = catalog
         self.split = split
         found = [s for s in catalog.samples if s.path]  # rows whose image is missing are in no split's images

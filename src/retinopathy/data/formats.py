@@ -10,7 +10,8 @@ Formats (``format=``):
              ``test/`` beside it, those are the splits (torchvision's ``ImageFolder`` layout).
 
 :func:`read_catalog` detects the format from what is in the folder, reads every row, checks labels,
-and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp``); a name holding a path
+and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp``); a name
+holding a path
 (``train_images/1_left.jpeg``) is looked up as written under the image root, then relative to the dataset folder,
 then by its file name under the image root. It never raises for bad rows: it
 returns them as :class:`~retinopathy.data.problems.Problem` records.
@@ -401,8 +402,9 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                 problems.append(Problem("missing-image", s.source, s.line, f"image {s.image} {found}, pass "
                                         "--images, or use --skip-bad to drop it", s.image))
     if not samples and not problems:
+        listed = " and ".join(f.name for f in label_files)
         problems.append(Problem("empty", str(labels), None, "the dataset has no images: " + (
-            f"{' and '.join(f.name for f in label_files)} list{'s' if len(label_files) == 1 else ''} none" if label_files and format != "folders" else
+            f"{listed} list{'s' if len(label_files) == 1 else ''} none" if label_files and format != "folders" else
             "no train_img.csv + train_label.csv or test_img.csv + test_label.csv here" if format == "lab" else
             f"no image files in its grade folders 0/ ... 4/ ({', '.join(IMAGE_EXTENSIONS)})")))
     return Catalog(format, data, label_files, image_root, samples, problems)

@@ -5,15 +5,17 @@ optionally cropped to its round field of view (``--crop fov``), resized so that 
 (the same torchvision ``Resize`` the training transforms use), and written as a quality-95 JPEG with full
 colour resolution (4:4:4), then re-opened and checked. The label files are copied unchanged, so OUT is a
 dataset in the same format: images ``OUT/<name>.jpeg`` (lab, kaggle, csv; in ``OUT/train/`` etc. when the
-images were in such a folder) or ``OUT/<grade>/<name>.jpeg`` (folders, where they were: ``OUT/train/<grade>/``...); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other (``x.png``) gets
-``.jpeg`` appended, so the labels still find it. A name holding a path keeps it under OUT (``/`` for
+images were in such a folder) or ``OUT/<grade>/<name>.jpeg`` (folders, where they were:
+``OUT/train/<grade>/``...); a name that already ends in ``.jpeg``/``.jpg`` is kept as it is, any other
+(``x.png``) gets ``.jpeg`` appended, so the labels still find it. A name holding a path keeps it under OUT (``/`` for
 ``\\``); one that would lead out of OUT is reported as a problem and not written. Splits are made from the
 labels, so they do not change.
 
 Work runs on all cores; a killed run leaves no half-written image (temporary ``.part`` files are renamed
-into place) and a re-run skips the finished files (a copy cut or emptied since is written again). Bad inputs are
-reported as the dataset reports them (file and line) and not written; the exit status is then 1. ``OUT/prepare_manifest.json`` records the
-source, settings, counts, problems and time; a re-run with other settings into the same OUT is refused.
+into place) and a re-run skips the finished files (a copy cut or emptied since is written again). Bad inputs
+are reported as the dataset reports them (file and line) and not written; the exit status is then 1.
+``OUT/prepare_manifest.json`` records the source, settings, counts, problems and time; a re-run with other
+settings into the same OUT is refused.
 
 Which copy for which training (S = ``--size`` = ``--image-size``; "equal" = up to the JPEG coding at quality 95,
 about 1 level of 255 on average):

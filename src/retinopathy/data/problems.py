@@ -45,6 +45,9 @@ class DataError(RetinopathyError, ValueError):
             msg += f"\n{hint}"
         super().__init__(msg)
 
+    def __reduce__(self):  # pickled (from a DataLoader worker, say) with its problems, not its message
+        return type(self), (self.problems, self.hint)
+
 
 def refuse_misaligned(problems: list[Problem]) -> None:
     """Lab CSVs of different lengths: every grade after the gap may belong to another image, so nothing can be

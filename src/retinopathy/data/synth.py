@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..atomic import replacing, write_text
+from ..errors import RetinopathyError
 from ..progress import progress_bar
 
 MARKER = "Synthetic"  # the first word of the README.txt that marks a folder this module wrote
@@ -439,6 +440,7 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     ``train_label.csv``, ``test_img.csv``, ``test_label.csv`` split by patient (``test_fraction`` of
     patients in test). Images ``<patient>_<left|right>.jpeg`` and a ``README.txt`` go in ``out`` too.
     Summary keys: n, counts (images per grade 0-4), seconds, images_per_s, format, size, seed, balanced, out.
+    ``out`` must be new or empty.
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -446,6 +448,9 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
         raise ValueError("need n >= 1, size >= 16, seed >= 0 and 0 <= test_fraction < 1")
     start = time.perf_counter()
     out = Path(out)
+    if out.is_dir() and any(out.iterdir()) or out.exists() and not out.is_dir():
+        raise RetinopathyError(f"{out} already exists and is not an empty folder: a new set would rewrite its "
+                               "images and labels under runs that used them; choose a new folder, or remove it")
     out.mkdir(parents=True, exist_ok=True)
     grades = assign_grades(n, seed, balanced)
     names = [image_name(i) for i in range(n)]

@@ -39,6 +39,8 @@ class Preprocessing:
         self.mean = tuple(float(v) for v in (self.mean or default_mean))
         self.std = tuple(float(v) for v in (self.std or default_std))
         self.size = int(self.size)
+        if self.size < 1:
+            raise ValueError(f"image size must be at least 1 px, got {self.size}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -81,6 +83,10 @@ def to_tensor(prep: Preprocessing, train: bool = False, augment: str = "flips", 
     image, unresized: the network trains on a part of each photograph at the scale it is evaluated at whole
     (FixRes's point: the apparent size of a lesion is the same in training and evaluation).
     """
+    if augment not in AUGMENT:
+        raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENT)}")
+    if crop and not 1 <= crop <= prep.size:  # 0 or None: the whole image
+        raise ValueError(f"crop {crop} must be between 1 and the image size, {prep.size} px")
     steps = (augmentation(augment) if train else []) + ([v2.RandomCrop(crop)] if train and crop else [])
     steps += [v2.PILToTensor()]
     if not uint8:

@@ -65,11 +65,11 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
     Its split.csv when that lists every image of ``data``, at least 90 % with the grades it lists (the data it
-    trained on, a copy or a ``prepare``d version of it); on other data the split is computed with the run's seed and fractions. The run's photographs
-    with more added (names it lists, at least 90 % of them with the grades it lists, and images it does not
-    list) are refused unless --split-file or --split all says what to grade: a fresh split would put training
-    images into val or test. Names that mostly recur with other grades are other photographs (EyePACS and
-    synthetic sets share names)."""
+    trained on, a copy or a ``prepare``d version of it); on other data the split is computed with the run's
+    seed and fractions. The run's photographs with more added (names it lists, at least 90 % of them with the
+    grades it lists, and images it does not list) are refused unless --split-file or --split all says what to
+    grade: a fresh split would put training images into val or test. Names that mostly recur with other grades
+    are other photographs (EyePACS and synthetic sets share names)."""
     opts = catalog_options(args)
     opts["labels"] = opts.get("labels") or labels
     if args.split_file:

@@ -27,8 +27,18 @@ def one_grade(y_true, y_pred) -> bool:
     return len(np.unique(np.concatenate([y_true, y_pred]))) < 2
 
 
+def grades(values, name: str = "grades") -> np.ndarray:
+    """``values`` as an array of grades 0-4, or a ValueError naming those that are not (scikit-learn's metrics
+    would drop them silently, or count them as further classes)."""
+    y = np.asarray(values)
+    bad = y[(y < 0) | (y > len(GRADES) - 1) | (y != np.round(y))] if y.size else y
+    if bad.size:
+        raise ValueError(f"{name}: expected grades 0-{len(GRADES) - 1}, got {sorted(set(bad.tolist()))[:5]}")
+    return y.astype(np.int64)
+
+
 def quadratic_kappa(y_true, y_pred) -> float:
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
     if one_grade(y_true, y_pred):
         return 0.0  # one grade everywhere: no agreement beyond chance
     return float(cohen_kappa_score(y_true, y_pred, labels=GRADES, weights="quadratic"))
@@ -53,7 +63,7 @@ def summary(y_true, y_pred) -> dict:
     Macro-F1 averages F1 over the grades present in the true or the predicted grades (scikit-learn's default
     label set), not over all five: a grade with no images and no predictions has no F1. A grade with no images
     has no recall (None)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
     _, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=GRADES, zero_division=np.nan)
     return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": quadratic_kappa(y_true, y_pred),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro")), "recall": _defined(recall)}
@@ -62,7 +72,7 @@ def summary(y_true, y_pred) -> dict:
 def full_metrics(y_true, y_pred, probs) -> dict:
     """Everything ``evaluate`` writes to metrics.json; per grade, None where a value is undefined: recall of a
     grade with no images, precision of one never predicted, F1 of one neither present nor predicted."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=GRADES,
                                                                      zero_division=np.nan)
     out = summary(y_true, y_pred)
@@ -83,8 +93,13 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
     """95 % percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients).
 
     A resample in which truth and answers are all one grade has no kappa (0 / 0); such resamples are left out
-    of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one)."""
-    y_true, y_pred, groups = np.asarray(y_true), np.asarray(y_pred), np.asarray(groups)
+    of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one).
+    ``groups=None`` resamples images."""
+    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
+    unit, groups = ("image", np.arange(len(y_true))) if groups is None else ("patient", np.asarray(groups))
+    if not len(y_true) == len(y_pred) == len(groups) or n < 1 or not len(y_true):
+        raise ValueError(f"bootstrap_ci: y_true, y_pred and groups need one entry per image ({len(y_true)}, "
+                         f"{len(y_pred)}, {len(groups)}), at least one, and n >= 1 resamples (got {n})")
     uniq, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
     rng = np.random.default_rng(seed)
@@ -95,7 +110,7 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
         if not one_grade(y_true[idx], y_pred[idx]):
             kap.append(quadratic_kappa(y_true[idx], y_pred[idx]))
     lo, hi = 2.5, 97.5
-    return {"level": 0.95, "resamples": n, "unit": "patient",
+    return {"level": 0.95, "resamples": n, "unit": unit,
             "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
             "kappa": [float(np.percentile(kap, lo)), float(np.percentile(kap, hi))] if kap else None,
             "kappa_undefined": n - len(kap)}

@@ -72,15 +72,23 @@ class GradCam:
     each scaled to its peak, and all zero where the peak is noise (:data:`NOISE`) or the map is flat (:data:`FLAT`)."""
 
     def __init__(self, model: nn.Module, objective, layer: nn.Module | None = None, image_size: int = 224):
+        self.model = model
         self.layer = layer if layer is not None else cam_layer(model, image_size)
         self.by_grade = objective.name == "classification"
         forward = model if self.by_grade else (lambda x: objective.score(model(x))[:, None])
         self.cam = LayerGradCam(forward, self.layer)
 
-    def __call__(self, x: torch.Tensor, grades: torch.Tensor) -> torch.Tensor:
-        target = grades.long() if self.by_grade else 0
-        with torch.enable_grad():
-            attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
+    def __call__(self, x: torch.Tensor, grades) -> torch.Tensor:
+        """Heatmaps of ``grades`` (one per image: a tensor, list or int) in eval mode, whatever mode the model was
+        left in (BatchNorm statistics stay as trained, dropout off)."""
+        target = torch.as_tensor(grades, device=x.device).long().expand(len(x)) if self.by_grade else 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.enable_grad():
+                attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
+        finally:
+            self.model.train(was_training)
         heat = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
         peak, low = heat.flatten(1).amax(1)[:, None, None], heat.flatten(1).amin(1)[:, None, None]
         shown = (peak > NOISE) & (peak - low > FLAT * peak)

@@ -306,8 +306,8 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
                 empty.append(names[i])
     if empty:
         print(f"warning: {len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
-              "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike everywhere (a model "
-              "that ignores the image)", file=sys.stderr)
+              "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike "
+              "everywhere (a model that ignores the image)", file=sys.stderr)
 
 
 def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:

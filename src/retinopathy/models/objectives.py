@@ -47,8 +47,20 @@ class Objective:
             raise ValueError(f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}")
         self.class_weights = class_weights
         self.label_smoothing = label_smoothing
-        self.thresholds = [float(t) for t in thresholds]
+        self.thresholds = thresholds
         self.decision = decision or default_decision(self.name)
+
+    @property
+    def thresholds(self) -> list[float]:
+        """The four cuts of the score between grades 0|1, 1|2, 2|3 and 3|4 (equal cuts: a grade never given)."""
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, values) -> None:
+        cuts = [float(t) for t in values]
+        if len(cuts) != NUM_GRADES - 1 or any(a > b for a, b in zip(cuts, cuts[1:])):
+            raise ValueError(f"thresholds: expected {NUM_GRADES - 1} cuts in non-decreasing order, got {cuts}")
+        self._thresholds = cuts
 
     def _weights(self, out: torch.Tensor):
         return None if self.class_weights is None else self.class_weights.to(out.device, torch.float32)
