@@ -212,8 +212,34 @@ def test_changed_options_are_refused(interrupted):
                                                       "batch_size": 16, "workers": 0, "lr": 0.001, "seed": 0})
     exp = load_experiment(config)
     prepare_cell(next(c for c in exp.cells if c.name == SCRATCH), exp)
+    # engine options that leave the numbers as they are, and the objective's own decision, are no change either
+    config = write_config(interrupted["root"], train={"epochs": 2, "freeze_epochs": 1, "image_size": 64,
+                                                      "batch_size": 16, "workers": 0, "cache_images": True,
+                                                      "deterministic": True, "decision": "argmax"})
+    exp = load_experiment(config)
+    prepare_cell(next(c for c in exp.cells if c.name == SCRATCH), exp)
     exp = load_experiment(write_config(interrupted["root"]))  # the fixture's file and cell.yaml back, as the
     prepare_cell(next(c for c in exp.cells if c.name == SCRATCH), exp)  # later tests expect
+
+
+def test_an_option_at_its_resolved_default_is_that_value():
+    from retinopathy.training.config import option_value
+
+    assert option_value({}, "batch_size") == 32 and option_value({"batch_size": 32}, "batch_size") == 32
+    assert option_value({"preset": "lab", "model": "resnet50"}, "batch_size") == 6  # the lab's, as parse_args
+    assert option_value({}, "decision") == "argmax" and option_value({"objective": "ordinal"}, "decision") == \
+        "thresholds"
+
+
+def test_a_cell_that_saved_nothing_takes_new_options(tmp_path):
+    """A cell that failed before its first epoch (a diverging learning rate, say) left cell.yaml and a header-only
+    metrics.csv: once the option is fixed it starts over, instead of every cell being refused."""
+    exp = load_experiment(write_config(tmp_path, grid={"model": ["resnet18"]}, variants={"fast": {"lr": 1e12}}))
+    cell = exp.cells[0]
+    prepare_cell(cell, exp)
+    (cell.dir / "metrics.csv").write_text("epoch,phase,lr\n")
+    exp = load_experiment(write_config(tmp_path, grid={"model": ["resnet18"]}, variants={"fast": {"lr": 0.05}}))
+    assert prepare_cell(exp.cells[0], exp).lr == 0.05
 
 
 def test_config_errors_name_the_file(tmp_path, capsys):
@@ -232,6 +258,16 @@ def test_config_errors_name_the_file(tmp_path, capsys):
         err = capsys.readouterr().err
         assert named in err and str(config) in err
         assert not (tmp_path / "runs" / "grid").exists() or not any((tmp_path / "runs" / "grid").rglob("*.pt"))
+    # a value train refuses names the cell and the option, without train's usage text
+    config = write_config(tmp_path, grid={"model": ["resnet18"]}, variants={"ok": {}, "bad": {"optimizer": "adam"}})
+    assert main(["experiment", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "cell bad-resnet18: optimizer: 'adam'" in err and "is not one of sgd, adamw" in err and "usage:" not in err
+    for ev, named in (({"bootstrap": -5}, "bootstrap: -5 is not a whole number >= 0"),
+                      ({"bootstrap": "lots"}, "bootstrap: 'lots' is not a whole number >= 0"),
+                      ({"batch_size": 0}, "batch_size: 0 is not a whole number >= 1")):
+        with pytest.raises(ExperimentError, match=named):  # with the file, not after the first cell has trained
+            load_experiment(write_config(tmp_path, evaluate=ev))
 
 
 def test_cell_names():
@@ -312,6 +348,11 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     assert main(["experiment", str(config), "--quiet", "--no-report"]) == 130
     status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())["cells"]
     assert status["cut-resnet18"]["status"] == "failed" and "cut.pth cannot be read" in status["cut-resnet18"]["reason"]
+    assert status["misfit-resnet18"]["status"] == "incomplete"  # interrupted in its turn: not its old failure
+    other = write_config(tmp_path, grid={"model": ["resnet34"]}, variants={"cut": {"weights": str(tmp_path / "cut.pth")}})
+    assert main(["experiment", str(other), "--quiet", "--no-report"]) == 130  # the same name: and out:, another grid
+    status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())["cells"]
+    assert list(status) == ["cut-resnet34", "misfit-resnet18", "cut-resnet18"]  # the earlier cells stay on record
 
 
 def test_a_finished_cell_whose_last_pt_was_deleted_stays_finished(interrupted, tmp_path, capsys):

@@ -421,3 +421,19 @@ def test_a_grade_predicted_without_images_keeps_its_precision():
     assert grade_parts({"per_grade": per_grade, "predicted_counts": [2, 2, 2, 1, 1]})[4] == ("n/a / 0.00", "0 images")
     assert grade_parts({"per_grade": per_grade, "predicted_counts": [2, 2, 2, 2, 0]})[4] == ("n/a", "0 images")
 
+
+
+def test_a_cell_whose_last_run_failed_is_marked_beside_its_earlier_evaluation(experiment, tmp_path):
+    """A finished cell run again with more epochs that then failed keeps its earlier evaluation: the numbers are
+    shown, and so is the failure, with the line that says why (not only "1 problem(s) in the dataset:")."""
+    exp = tmp_path / "tiny"
+    shutil.copytree(experiment / "runs" / "tiny", exp)
+    status = json.loads((exp / "experiment.json").read_text())
+    status["cells"]["resnet18-scratch"].update(status="failed",
+                                               reason="1 problem(s) in the dataset:\n  x.csv:3: bad grade\nFix it")
+    (exp / "experiment.json").write_text(json.dumps(status))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
+    md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "index.html").read_text()
+    assert ("Failed on its last run: resnet18-scratch (its earlier evaluation is shown): 1 problem(s) in the "
+            "dataset: x.csv:3: bad grade") in md
+    assert "its last run failed: 1 problem(s) in the dataset: x.csv:3: bad grade" in page

@@ -26,6 +26,8 @@ a re-run; interrupted ones resume from ``checkpoints/last.pt``. The state of eve
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import inspect
 import itertools
 import json
@@ -51,7 +53,7 @@ TOP_KEYS = ("name", "out", "data", "description", "base", "synth", "train", "gri
             "report")
 RESERVED = {"data", "out", "resume", "config", "stop_after", "help"}  # the runner sets these itself
 RUNTIME = {"workers", "device", "amp", "eval_amp", "quiet", "channels_last", "compile",  # may change on a re-run
-           "epochs"}
+           "epochs", "cache_images", "deterministic"}
 EVAL_KEYS = {"bootstrap", "batch_size"}
 WEIGHTS_TIMEOUT = 30  # seconds a stalled weights download may wait on the network before the cell is skipped
 
@@ -196,6 +198,9 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     ev = cfg.get("evaluate") or {}
     if not isinstance(ev, dict) or set(ev) - EVAL_KEYS:
         raise ExperimentError(f"{file}: evaluate: takes {', '.join(sorted(EVAL_KEYS))}")
+    for key, least in (("bootstrap", 0), ("batch_size", 1)):
+        if key in ev and not (isinstance(ev[key], int) and not isinstance(ev[key], bool) and ev[key] >= least):
+            raise ExperimentError(f"{file}: evaluate: {key}: {ev[key]!r} is not a whole number >= {least}")
     synth = cfg.get("synth")
     if synth is not None:
         from ..data.synth import generate
@@ -244,7 +249,7 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     """Write ``cell.yaml`` (refusing to mix options into a cell run with others) and parse it as train would."""
     options = {**cell.options, "data": str(Path(exp.data).resolve())}
     saved_file = cell.dir / "cell.yaml"
-    if saved_file.exists() and (cell.dir / "metrics.csv").exists():
+    if saved_file.exists() and epochs_saved(cell.dir):  # a cell that saved nothing may start over
         saved = yaml.safe_load(saved_file.read_text()) or {}
         changed = sorted(k for k in set(saved) | set(options)  # an option written as its default is no change
                          if train_config.option_value(saved, k) != train_config.option_value(options, k))
@@ -257,12 +262,16 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     text = yaml.safe_dump(options, sort_keys=False)
     if not saved_file.exists() or saved_file.read_text() != text:  # a finished cell's files stay untouched
         write_text(saved_file, text)
+    started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
+    said = io.StringIO()
     try:
-        started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
-        return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
-                                       + (["--resume", str(cell.dir)] if started else []))
+        with contextlib.redirect_stderr(said):  # argparse's usage text: the error line is what the cell needs
+            return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
+                                           + (["--resume", str(cell.dir)] if started else []))
     except SystemExit:
-        raise ExperimentError(f"{exp.file}: cell {cell.name} has invalid train options (see the message above)") \
+        error = next((line.partition("error: ")[2] for line in reversed(said.getvalue().splitlines())
+                      if "error: " in line), said.getvalue().strip())
+        raise ExperimentError(f"{exp.file}: cell {cell.name}: {error} (every cell is checked before any runs)") \
             from None
 
 
@@ -311,7 +320,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
         print(f"warning: {run} trained {done} epochs, more than the {args.epochs} now asked for; it stays as it is "
               "(delete the folder to train it again)", file=sys.stderr)
     if trained and is_evaluated(run, bootstrap(exp)):
-        print(f"{tag} finished earlier ({done} epochs, evaluated); nothing to do")
+        print(f"{tag} finished earlier ({done} epoch{'s' if done != 1 else ''}, evaluated); nothing to do")
         return _done_entry(run)
     if not trained:
         if args.pretrained and not done:
@@ -347,13 +356,11 @@ def _needs_synth(data: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- the grid
-def _last_statuses(status_file: Path) -> dict[str, dict]:
-    """Each cell's status and reason in an earlier ``experiment.json``: kept until the cell runs again (a failure's
-    reason, say, when a run is interrupted before the cell's turn); not its numbers."""
+def _recorded_cells(status_file: Path) -> dict[str, dict]:
+    """The cells an earlier ``experiment.json`` records (of this file, or of another with the same name and out)."""
     try:
         cells = json.loads(status_file.read_text())["cells"]
-        return {name: {k: entry[k] for k in ("status", "reason") if k in entry} for name, entry in cells.items()
-                if isinstance(entry, dict)}
+        return {name: entry for name, entry in cells.items() if isinstance(entry, dict)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
 
@@ -369,17 +376,23 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     exp.dir.mkdir(parents=True, exist_ok=True)
     parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
     status_file = exp.dir / "experiment.json"
-    last = _last_statuses(status_file)
+    recorded = _recorded_cells(status_file)
+    last = {name: {k: entry[k] for k in ("status", "reason") if k in entry} for name, entry in recorded.items()}
     status = {"name": exp.name, "config": str(exp.file.resolve()), "data": str(data.resolve()),
               "description": exp.description, "grid": exp.grid,
               "cells": {c.name: {"status": "pending", **last.get(c.name, {}), "dir": c.name, "values": c.values}
                         for c in exp.cells}}
+    for name, entry in recorded.items():  # another file's cells in this folder stay on record (and in the report)
+        status["cells"].setdefault(name, entry)
     _write_json(status_file, status)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):
         tag = f"[{i}/{len(exp.cells)}] {cell.name}:"
         entry = status["cells"][cell.name]
         t0 = time.perf_counter()
+        entry.update(status="incomplete", reason="its turn began and has not ended (interrupted?): run the "
+                     "experiment again to finish it")  # not an earlier run's status, if this one is cut short
+        _write_json(status_file, status)
         try:
             entry.update(run_cell(cell, parsed[cell.name], exp, quiet, tag))
             entry.pop("reason", None)

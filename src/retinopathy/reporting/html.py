@@ -105,6 +105,12 @@ def ci_text(ci) -> str:
     return f" (95% CI {_f(ci[0])} to {_f(ci[1])})" if ci else ""
 
 
+def first_line(text: str) -> str:
+    """A reason's first line; with the next when it only announces it ("1 problem(s) in the dataset:")."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
+
+
 def warning_text(n: dict) -> str:
     """Why a run is flagged: it has not learnt to grade (kappa <= 0), or it grades but is right less often
     than always answering the most common grade."""
@@ -137,6 +143,8 @@ def results_cell(run) -> str:
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']
     if n.get("evaluation_note"):
         parts.append(f'<div class="badge">{escape(n["evaluation_note"])}</div>')
+    if run.status == "failed":  # its last run failed; this evaluation is of the best.pt before it
+        parts.append(f'<div class="badge">&#9888; its last run failed: {escape(first_line(run.reason))}</div>')
     if "best_selection_accuracy" in n:
         parts.append(f'<div class="small">best {sel} accuracy {_f(n["best_selection_accuracy"])} '
                      f'(epoch {n["best_selection_epoch"]})</div>')

@@ -29,7 +29,7 @@ from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, run_folder, same_checkpoint
 from ..training.config import option_value
 from . import figures
-from .html import ci_text, grade_parts, render_html, warning_text
+from .html import ci_text, first_line, grade_parts, render_html, warning_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -119,10 +119,6 @@ def read_rows(path: Path) -> list[dict]:
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise ReportError(f"{path}: not a metrics.csv written by retinopathy train ({type(e).__name__}: {e})") from None
     return rows
-
-
-def first_line(text: str) -> str:
-    return text.strip().splitlines()[0] if text.strip() else ""
 
 
 def load_run(run: Path, name: str | None = None) -> Run:
@@ -300,8 +296,9 @@ def at_a_glance(runs: list[Run]) -> list[str]:
                      f"{ci_text(b.get('ci_kappa'))}, test accuracy {b['test_accuracy']:.3f} (always answering grade "
                      f"{b['majority_grade']} scores {b['majority_accuracy']:.3f}).")
     if unskilled and not graders:
-        lines.append("Warning: no run is better than always answering the most common grade (kappa <= 0): none has "
-                     "learnt to grade. More data, epochs, resolution or pretrained weights are needed.")
+        lines.append("Warning: no evaluated run is better than always answering the most common grade (kappa <= 0): "
+                     "none of them has learnt to grade. More data, epochs, resolution or pretrained weights are "
+                     "needed.")
     elif unskilled:
         lines.append(f"Warning: {len(unskilled)} of {len(done)} evaluated runs are no better than always answering "
                      "the most common grade (kappa <= 0): " + ", ".join(r.name for r in unskilled) + ".")
@@ -313,6 +310,8 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     for r in runs:
         if r.eval is None:
             lines.append(f"Missing: {r.name} - {r.status}: {first_line(r.reason)}")
+        elif r.status == "failed":  # an earlier evaluation still applies to its best.pt
+            lines.append(f"Failed on its last run: {r.name} (its earlier evaluation is shown): {first_line(r.reason)}")
     if any(r.status == "skipped" for r in runs):
         lines.append("Skipped cells run when the experiment is run again with their ImageNet weights available (each "
                      "cell's reason says how to get them); finished cells are not run again.")

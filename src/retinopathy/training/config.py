@@ -18,7 +18,7 @@ from ..cli.common import add_amp_argument, add_blend_argument, add_data_argument
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS, POOLS, list_models
-from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES
+from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES, default_decision
 
 THRESHOLD_DATA = ("selection", "train+selection")
 
@@ -318,7 +318,11 @@ def defaults() -> dict:
 def option_value(options: dict, key: str):
     """An option as a run used it: one left unset (None, or absent) is its default, and 1 == 1.0."""
     value = options.get(key)
-    if value is None:
+    if value is None and key == "batch_size":  # as parse_args resolves it
+        value = LAB_BATCH.get(options.get("model"), 12) if options.get("preset") == "lab" else 32
+    elif value is None and key == "decision":  # the objective's own
+        value = default_decision(options.get("objective") or defaults()["objective"])
+    elif value is None:
         value = SPLIT_DEFAULTS.get(key, defaults().get(key))
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
 
