@@ -164,6 +164,16 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     assert "Some runs learnt from synthetic drawings" in md
 
 
+def test_a_folder_of_experiments_is_every_experiment_in_it(experiment, tmp_path):
+    """`report runs/`: the experiment folders in it (and any run folders beside them)."""
+    runs = tmp_path / "runs"
+    shutil.copytree(experiment / "runs", runs)
+    shutil.copytree(runs / "tiny" / "resnet18-scratch", runs / "alone")
+    assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 0
+    names = [r["Run"] for r in md_table((tmp_path / "r" / "report.md").read_text(), "### All runs")]
+    assert sorted(names) == sorted([*CELLS, "alone"])
+
+
 def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     run = tmp_path / "unevaluated"
     shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", run, ignore=shutil.ignore_patterns("eval"))

@@ -4,7 +4,7 @@ Writes ``DIR/index.html`` (self-contained: inline CSS, figures as base64 data UR
 and ``DIR/report.md`` with the figures as PNGs beside it: the results table (one row per model, one column per
 variant such as pretrained/from scratch) beside the majority-class baseline, learning curves, confusion
 matrices, per-grade recall and precision, and each run's configuration, data, selection rule, time, hardware
-and versions. Accepts experiment folders, run folders, or folders of runs. A run without
+and versions. Accepts experiment folders, run folders, or folders of them (runs/). A run without
 ``eval/metrics.json`` is shown as "not evaluated" with the command that evaluates it (the report does not
 evaluate by itself); skipped, failed and unfinished cells are shown with their reason.
 """
@@ -184,7 +184,7 @@ def load_experiment(exp: Path) -> list[Run]:
 
 
 def collect(paths) -> list[Run]:
-    """Runs from experiment folders, run folders and folders of runs, in the order given, each once."""
+    """Runs from experiment folders, run folders and folders of both (``runs/``), in the order given, each once."""
     runs: list[Run] = []
     for p in map(Path, paths):
         if (p / "experiment.json").exists():
@@ -192,12 +192,13 @@ def collect(paths) -> list[Run]:
         elif (p / "config.yaml").exists() or (p / "SKIPPED.json").exists():
             runs.append(load_run(p))
         else:
-            subs = sorted(d for d in p.iterdir() if (d / "config.yaml").exists() or (d / "SKIPPED.json").exists()) \
-                if p.is_dir() else []
-            if not subs:
+            subs = sorted(d for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
+            experiments = [d for d in subs if (d / "experiment.json").exists()]
+            singles = [d for d in subs if (d / "config.yaml").exists() or (d / "SKIPPED.json").exists()]
+            if not experiments and not singles:
                 raise ReportError(f"{p}: not a run folder (config.yaml), an experiment folder (experiment.json) "
-                                  "or a folder of runs")
-            runs += [load_run(d) for d in subs]
+                                  "or a folder of runs or experiments")
+            runs += [r for d in experiments for r in load_experiment(d)] + [load_run(d) for d in singles]
     once = {}
     for r in runs:  # a run given twice (itself and in its experiment, say) is one row
         once.setdefault(r.dir.resolve(), r)
@@ -502,7 +503,7 @@ def run_details(run: Run) -> list[tuple[str, str]]:
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("retinopathy report", add_help=add_help,
                                 description="Build an HTML page (self-contained) and a Markdown report comparing "
-                                            "runs: experiment folders, run folders or folders of runs.")
+                                            "runs: experiment folders, run folders or folders of them (runs/).")
     p.add_argument("inputs", nargs="+", metavar="RUN_OR_EXPERIMENT_DIR")
     p.add_argument("--out", required=True, help="folder for index.html, report.md and the PNGs")
     p.add_argument("--title", help="page title")
