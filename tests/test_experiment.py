@@ -107,10 +107,12 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     run = exp / SCRATCH
     before = snapshot(run)
     capsys.readouterr()
+    took = json.loads((exp / "experiment.json").read_text())["cells"][SCRATCH]["seconds"]
     assert main(["experiment", config, "--quiet", "--no-report"]) == 0
     out = capsys.readouterr().out
     assert f"{SCRATCH}: finished earlier" in out and f"{PRETRAINED}: skipped" in out
     assert snapshot(run) == before
+    assert json.loads((exp / "experiment.json").read_text())["cells"][SCRATCH]["seconds"] == took  # not ~0 s
     # A lost evaluation is redone without training again.
     (run / "eval" / "metrics.json").unlink()
     assert main(["experiment", config, "--quiet", "--no-report"]) == 0

@@ -321,7 +321,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
               "(delete the folder to train it again)", file=sys.stderr)
     if trained and is_evaluated(run, bootstrap(exp)):
         print(f"{tag} finished earlier ({done} epoch{'s' if done != 1 else ''}, evaluated); nothing to do")
-        return _done_entry(run)
+        return {**_done_entry(run), "untouched": True}
     if not trained:
         if args.pretrained and not done:
             check_weights(args)
@@ -377,7 +377,8 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
     status_file = exp.dir / "experiment.json"
     recorded = _recorded_cells(status_file)
-    last = {name: {k: entry[k] for k in ("status", "reason") if k in entry} for name, entry in recorded.items()}
+    last = {name: {k: entry[k] for k in ("status", "reason", "seconds") if k in entry}
+            for name, entry in recorded.items()}
     status = {"name": exp.name, "config": str(exp.file.resolve()), "data": str(data.resolve()),
               "description": exp.description, "grid": exp.grid,
               "cells": {c.name: {"status": "pending", **last.get(c.name, {}), "dir": c.name, "values": c.values}
@@ -389,12 +390,14 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     for i, cell in enumerate(exp.cells, 1):
         tag = f"[{i}/{len(exp.cells)}] {cell.name}:"
         entry = status["cells"][cell.name]
-        t0 = time.perf_counter()
+        t0, kept, untouched = time.perf_counter(), entry.get("seconds"), False  # kept: the time its work took
         entry.update(status="incomplete", reason="its turn began and has not ended (interrupted?): run the "
                      "experiment again to finish it")  # not an earlier run's status, if this one is cut short
         _write_json(status_file, status)
         try:
-            entry.update(run_cell(cell, parsed[cell.name], exp, quiet, tag))
+            result = run_cell(cell, parsed[cell.name], exp, quiet, tag)
+            untouched = result.pop("untouched", False)
+            entry.update(result)
             entry.pop("reason", None)
         except WeightsUnavailable as e:
             reason = str(e)
@@ -405,7 +408,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         except (RetinopathyError, RuntimeError) as e:  # this cell's (data, weights, divergence, memory)
             entry.update(status="failed", reason=str(e))
             print(f"{tag} failed - {e}", file=sys.stderr, flush=True)
-        entry["seconds"] = round(time.perf_counter() - t0, 1)
+        entry["seconds"] = kept if untouched and kept is not None else round(time.perf_counter() - t0, 1)
         _write_json(status_file, status)
         if entry["status"] == "done":
             print(f"{tag} test accuracy {entry['test_accuracy']:.3f} (majority class {entry['majority_accuracy']:.3f})"
