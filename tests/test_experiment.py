@@ -354,7 +354,7 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     other = write_config(tmp_path, grid={"model": ["resnet34"]}, variants={"cut": {"weights": str(tmp_path / "cut.pth")}})
     assert main(["experiment", str(other), "--quiet", "--no-report"]) == 130  # the same name: and out:, another grid
     status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())["cells"]
-    assert list(status) == ["cut-resnet34", "misfit-resnet18", "cut-resnet18"]  # the earlier cells stay on record
+    assert list(status) == ["cut-resnet34"]  # the earlier cells saved no run: nothing of theirs to keep on record
 
 
 def test_a_finished_cell_whose_last_pt_was_deleted_stays_finished(interrupted, tmp_path, capsys):
@@ -382,3 +382,23 @@ def test_a_finished_cell_whose_last_pt_was_deleted_stays_finished(interrupted, t
     assert "already holds a finished run (checkpoints/best.pt; its last.pt is gone" in capsys.readouterr().err
     after = snapshot(run)
     assert {k: v for k, v in after.items() if k != "cell.yaml"} == {k: v for k, v in before.items() if k != "cell.yaml"}
+
+
+def test_another_files_runs_stay_on_record_and_do_not_decide_the_exit(tmp_path, monkeypatch):
+    """The folder's record keeps cells another file with the same name and out ran (their folders hold runs), not
+    cells whose folders are gone; the counts and the exit status are this file's cells'."""
+    from retinopathy.experiments import runner
+
+    config = write_config(tmp_path, grid={"model": ["resnet18"]}, synth=None)
+    exp = load_experiment(config)
+    (exp.dir / "old").mkdir(parents=True)
+    (exp.dir / "old" / "config.yaml").write_text("train: {}\n")
+    (exp.dir / "experiment.json").write_text(json.dumps({"cells": {
+        "old": {"status": "failed", "reason": "an earlier file's", "dir": "old"},
+        "gone": {"status": "done", "dir": "gone"}}}))
+    monkeypatch.setattr(runner, "run_cell", lambda *a: {"status": "done", "test_accuracy": 0.5, "kappa": 0.1,
+                                                        "macro_f1": 0.2, "majority_accuracy": 0.4})
+    (tmp_path / "data").mkdir()
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
+    cells = json.loads((exp.dir / "experiment.json").read_text())["cells"]
+    assert list(cells) == ["resnet18", "old"] and cells["old"]["status"] == "failed"

@@ -124,6 +124,9 @@ def test_gradcam_runs_in_eval_mode_and_takes_plain_grades():
     stats = model.net.bn1.running_mean.clone()
     heat = GradCam(model, make_objective("classification"), image_size=SIZE)(x, 4)
     assert torch.equal(model.net.bn1.running_mean, stats) and model.training and torch.allclose(heat, expected)
+    model.net.layer1.eval()  # a frozen part (as training's frozen backbone) stays in eval mode afterwards
+    GradCam(model, make_objective("classification"), image_size=SIZE)(x, 4)
+    assert model.training and not model.net.layer1.training and not model.net.layer1[0].bn1.training
 
 
 def test_quadrant_mass_rejects_a_constant_heatmap():

@@ -116,12 +116,18 @@ def test_the_command_does_not_write_over_a_dataset(tmp_path, capsys):
     assert main(["synth", str(out), "--n", "4", "--size", "32", "--quiet"]) == 0
     before = _digests(out)
     assert main(["synth", str(out), "--n", "2", "--size", "32", "--seed", "3", "--quiet"]) == 2
-    assert "already exists and is not an empty folder" in capsys.readouterr().err and _digests(out) == before
+    assert "already holds a dataset" in capsys.readouterr().err and _digests(out) == before
     (tmp_path / "empty").mkdir()
     assert main(["synth", str(tmp_path / "empty"), "--n", "2", "--size", "32", "--quiet"]) == 0
-    with pytest.raises(RetinopathyError, match="not an empty folder"):  # the Python function too
+    with pytest.raises(RetinopathyError, match="already holds a dataset"):  # the Python function too
         synth.generate(out, n=2, size=32, progress=False)
     assert _digests(out) == before
+    partial = tmp_path / "partial"  # an interrupted generation: images, but no labels or README.txt yet
+    synth.generate(partial, n=4, size=32, progress=False)
+    (partial / "trainLabels.csv").unlink()
+    (partial / "README.txt").unlink()
+    synth.generate(partial, n=4, size=32, progress=False)  # finished, not refused
+    assert len((partial / "trainLabels.csv").read_text().splitlines()) == 1 + 4
 
 
 def test_eyes_mirror_each_other():

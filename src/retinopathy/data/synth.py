@@ -31,6 +31,17 @@ from ..progress import progress_bar
 MARKER = "Synthetic"  # the first word of the README.txt that marks a folder this module wrote
 
 
+def holds_data(folder: str | Path) -> bool:
+    """Whether ``folder`` holds anything but the images of an interrupted generation (which writes its labels and
+    README.txt last): a dataset, labels, sub-folders or other files, which a new set must not write over."""
+    folder = Path(folder)
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        return True
+    return any(p.suffix != ".jpeg" or p.is_dir() for p in folder.iterdir()) or (folder / "README.txt").exists()
+
+
 def is_synthetic(folder: str | Path) -> bool:
     """Whether ``folder`` is a synthetic set written by :func:`generate` (its README.txt says so)."""
     readme = Path(folder) / "README.txt"
@@ -440,7 +451,7 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     ``train_label.csv``, ``test_img.csv``, ``test_label.csv`` split by patient (``test_fraction`` of
     patients in test). Images ``<patient>_<left|right>.jpeg`` and a ``README.txt`` go in ``out`` too.
     Summary keys: n, counts (images per grade 0-4), seconds, images_per_s, format, size, seed, balanced, out.
-    ``out`` must be new or empty.
+    ``out`` must be new, empty, or hold only the images of an interrupted generation (:func:`holds_data`).
     """
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
@@ -448,8 +459,8 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
         raise ValueError("need n >= 1, size >= 16, seed >= 0 and 0 <= test_fraction < 1")
     start = time.perf_counter()
     out = Path(out)
-    if out.is_dir() and any(out.iterdir()) or out.exists() and not out.is_dir():
-        raise RetinopathyError(f"{out} already exists and is not an empty folder: a new set would rewrite its "
+    if holds_data(out):
+        raise RetinopathyError(f"{out} already holds a dataset (or other files): a new set would rewrite its "
                                "images and labels under runs that used them; choose a new folder, or remove it")
     out.mkdir(parents=True, exist_ok=True)
     grades = assign_grades(n, seed, balanced)

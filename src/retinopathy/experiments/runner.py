@@ -249,7 +249,8 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     """Write ``cell.yaml`` (refusing to mix options into a cell run with others) and parse it as train would."""
     options = {**cell.options, "data": str(Path(exp.data).resolve())}
     saved_file = cell.dir / "cell.yaml"
-    if saved_file.exists() and epochs_saved(cell.dir):  # a cell that saved nothing may start over
+    started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
+    if saved_file.exists() and started:  # a cell that saved nothing may start over
         saved = yaml.safe_load(saved_file.read_text()) or {}
         changed = sorted(k for k in set(saved) | set(options)  # an option written as its default is no change
                          if train_config.option_value(saved, k) != train_config.option_value(options, k))
@@ -262,17 +263,18 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     text = yaml.safe_dump(options, sort_keys=False)
     if not saved_file.exists() or saved_file.read_text() != text:  # a finished cell's files stay untouched
         write_text(saved_file, text)
-    started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):  # argparse's usage text: the error line is what the cell needs
-            return train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
+            args = train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
                                            + (["--resume", str(cell.dir)] if started else []))
-    except SystemExit:
+    except SystemExit as e:
         error = next((line.partition("error: ")[2] for line in reversed(said.getvalue().splitlines())
-                      if "error: " in line), said.getvalue().strip())
+                      if "error: " in line), said.getvalue().strip() or str(e.code))
         raise ExperimentError(f"{exp.file}: cell {cell.name}: {error} (every cell is checked before any runs)") \
             from None
+    sys.stderr.write(said.getvalue())  # what parsing warned about
+    return args
 
 
 def check_weights(args: argparse.Namespace) -> None:
@@ -347,14 +349,6 @@ def _done_entry(run: Path) -> dict:
             "majority_accuracy": m["majority_accuracy"]}
 
 
-def _needs_synth(data: Path) -> bool:
-    """Generate only into a missing folder, or one that holds neither labels nor sub-folders (an interrupted
-    generation writes its CSV and README.txt last), so real data is never written over."""
-    if not data.exists():
-        return True
-    return not (data / "README.txt").exists() and not any(p.suffix == ".csv" or p.is_dir() for p in data.iterdir())
-
-
 # ---------------------------------------------------------------------------------------------- the grid
 def _recorded_cells(status_file: Path) -> dict[str, dict]:
     """The cells an earlier ``experiment.json`` records (of this file, or of another with the same name and out)."""
@@ -368,9 +362,9 @@ def _recorded_cells(status_file: Path) -> dict[str, dict]:
 def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) -> dict:
     """Run every cell that is not finished; write ``experiment.json``; build the report if the file asks."""
     data = Path(exp.data)
-    if exp.synth is not None and _needs_synth(data):
-        from ..data.synth import generate
+    from ..data.synth import generate, holds_data
 
+    if exp.synth is not None and not holds_data(data):  # a missing folder, or an interrupted generation's images
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
     exp.dir.mkdir(parents=True, exist_ok=True)
@@ -383,8 +377,10 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
               "description": exp.description, "grid": exp.grid,
               "cells": {c.name: {"status": "pending", **last.get(c.name, {}), "dir": c.name, "values": c.values}
                         for c in exp.cells}}
-    for name, entry in recorded.items():  # another file's cells in this folder stay on record (and in the report)
-        status["cells"].setdefault(name, entry)
+    for name, entry in recorded.items():  # another file's runs in this folder stay on record (and in the report)
+        d = exp.dir / str(entry.get("dir", name))
+        if name not in status["cells"] and ((d / "config.yaml").exists() or (d / "SKIPPED.json").exists()):
+            status["cells"][name] = entry
     _write_json(status_file, status)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):
@@ -413,7 +409,8 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         if entry["status"] == "done":
             print(f"{tag} test accuracy {entry['test_accuracy']:.3f} (majority class {entry['majority_accuracy']:.3f})"
                   f", kappa {entry['kappa']:.3f}, macro-F1 {entry['macro_f1']:.3f}", flush=True)
-    counts = {s: sum(e["status"] == s for e in status["cells"].values()) for s in ("done", "skipped", "failed")}
+    counts = {s: sum(status["cells"][c.name]["status"] == s for c in exp.cells) for s in ("done", "skipped", "failed")}
+    status["failed"] = counts["failed"]  # of this file's cells (another file's recorded cells are not re-run)
     print(f"experiment {exp.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + f" in {time.perf_counter() - start:.0f} s -> {exp.dir}")
     if report and exp.report_out is not None:
@@ -442,4 +439,4 @@ def main(args) -> dict:
 
 def cli(argv: list[str] | None = None) -> int:
     status = main(get_args_parser().parse_args(argv))
-    return 1 if any(e["status"] == "failed" for e in status["cells"].values()) else 0
+    return 1 if status.get("failed") else 0

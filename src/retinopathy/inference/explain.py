@@ -82,13 +82,14 @@ class GradCam:
         """Heatmaps of ``grades`` (one per image: a tensor, list or int) in eval mode, whatever mode the model was
         left in (BatchNorm statistics stay as trained, dropout off)."""
         target = torch.as_tensor(grades, device=x.device).long().expand(len(x)) if self.by_grade else 0
-        was_training = self.model.training
+        modes = {m: m.training for m in self.model.modules()}  # a frozen backbone stays in eval mode after
         self.model.eval()
         try:
             with torch.enable_grad():
                 attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
         finally:
-            self.model.train(was_training)
+            for m, training in modes.items():
+                m.training = training
         heat = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
         peak, low = heat.flatten(1).amax(1)[:, None, None], heat.flatten(1).amin(1)[:, None, None]
         shown = (peak > NOISE) & (peak - low > FLAT * peak)

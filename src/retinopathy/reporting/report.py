@@ -391,6 +391,8 @@ def cell_lines(run: Run) -> list[str]:
              f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
     if n.get("evaluation_note"):
         lines.append(n["evaluation_note"])
+    if run.status == "failed":
+        lines.append(f"its last run failed: {first_line(run.reason)}")
     if "best_selection_accuracy" in n:
         lines.append(f"best {sel} accuracy {fmt(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
     if "max_test_accuracy" in n:
