@@ -351,7 +351,8 @@ def test_a_failing_cell_does_not_stop_the_others(tmp_path, capsys, monkeypatch):
     status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())["cells"]
     assert status["cut-resnet18"]["status"] == "failed" and "cut.pth cannot be read" in status["cut-resnet18"]["reason"]
     assert status["misfit-resnet18"]["status"] == "incomplete"  # interrupted in its turn: not its old failure
-    other = write_config(tmp_path, grid={"model": ["resnet34"]}, variants={"cut": {"weights": str(tmp_path / "cut.pth")}})
+    other = write_config(tmp_path, grid={"model": ["resnet34"]},
+                         variants={"cut": {"weights": str(tmp_path / "cut.pth")}})
     assert main(["experiment", str(other), "--quiet", "--no-report"]) == 130  # the same name: and out:, another grid
     status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())["cells"]
     assert list(status) == ["cut-resnet34"]  # the earlier cells saved no run: nothing of theirs to keep on record
