@@ -191,14 +191,10 @@ def _header_advice(header: list[str], columns: list[str]) -> str:
     if separator:
         return (f"the header is {header}: the file is separated by {separator!r}, not commas; re-save it "
                 "comma-separated")
-    if len(header) > 1 and _grade_text(header[-1]):
+    if len(header) > 1 and _GRADE.fullmatch(header[-1].strip()):
         return (f"the first line, {','.join(header)}, looks like a row, not a header: add a header line "
                 f"({','.join(columns)}) above it")
     return f"the header is {header}. Name the columns with --image-col and --label-col (and --patient-col)"
-
-
-def _grade_text(text: str) -> bool:
-    return bool(_GRADE.fullmatch(text.strip()))
 
 
 def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: str | None,
@@ -422,10 +418,9 @@ def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[
         same = _file_identity(s.path) if s.path else None
         first = by_name.get(s.image) or (by_file.get(same) if same else None)
         if first is not None:
-            where = f"{Path(first.source).name}:{first.line}" if first.line else first.path
             other = f" with grade {s.label} (grade {first.label} there)" if s.label != first.label else ""
-            problems.append(Problem("duplicate", s.source if s.line else s.path or s.source, s.line,
-                                    f"image {s.image} is listed again{other} (first at {where}"
+            problems.append(Problem("duplicate", _listed_in(s), s.line,
+                                    f"image {s.image} is listed again{other} (first at {_place(first)}"
                                     + (f", as {first.image}" if first.image != s.image else "")
                                     + f"); remove one of the {'rows' if s.line else 'files'}"
                                     + (", keeping the right grade" if other else ""), s.image))
@@ -437,11 +432,20 @@ def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[
             by_file[same] = s
         unique.append(s)
     for first, other in disputed.values():
-        where = f"{Path(other.source).name}:{other.line}" if other.line else other.path
-        problems.append(Problem("duplicate", first.source if first.line else first.path or first.source, first.line,
-                                f"image {first.image} has grade {first.label} here and {other.label} at {where}: "
-                                "neither is used until one is removed", first.image))
+        problems.append(Problem("duplicate", _listed_in(first), first.line,
+                                f"image {first.image} has grade {first.label} here and {other.label} at "
+                                f"{_place(other)}: neither is used until one is removed", first.image))
     return [s for s in unique if id(s) not in disputed]
+
+
+def _place(sample: Sample) -> str:
+    """Where a row is, for a message: ``labels.csv:12``, or the file of a grade folder's image."""
+    return f"{Path(sample.source).name}:{sample.line}" if sample.line else sample.path
+
+
+def _listed_in(sample: Sample) -> str:
+    """The file a problem with ``sample`` names: its labels file, or (grade folders) the image itself."""
+    return sample.source if sample.line else sample.path or sample.source
 
 
 def _file_identity(path: str) -> tuple:

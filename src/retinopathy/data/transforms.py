@@ -83,11 +83,10 @@ def to_tensor(prep: Preprocessing, train: bool = False, augment: str = "flips", 
     image, unresized: the network trains on a part of each photograph at the scale it is evaluated at whole
     (FixRes's point: the apparent size of a lesion is the same in training and evaluation).
     """
-    if augment not in AUGMENT:
-        raise ValueError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENT)}")
+    augment_steps = augmentation(augment)  # built (and its name checked) for evaluation transforms too
     if crop and not 1 <= crop <= prep.size:  # 0 or None: the whole image
         raise ValueError(f"crop {crop} must be between 1 and the image size, {prep.size} px")
-    steps = (augmentation(augment) if train else []) + ([v2.RandomCrop(crop)] if train and crop else [])
+    steps = (augment_steps if train else []) + ([v2.RandomCrop(crop)] if train and crop else [])
     steps += [v2.PILToTensor()]
     if not uint8:
         steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]

@@ -38,7 +38,11 @@ def grades(values, name: str = "grades") -> np.ndarray:
 
 
 def quadratic_kappa(y_true, y_pred) -> float:
-    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
+    return _kappa(grades(y_true, "y_true"), grades(y_pred, "y_pred"))
+
+
+def _kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """:func:`quadratic_kappa` of grades already checked (the bootstrap's resamples, say)."""
     if one_grade(y_true, y_pred):
         return 0.0  # one grade everywhere: no agreement beyond chance
     return float(cohen_kappa_score(y_true, y_pred, labels=GRADES, weights="quadratic"))
@@ -65,7 +69,7 @@ def summary(y_true, y_pred) -> dict:
     has no recall (None)."""
     y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
     _, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=GRADES, zero_division=np.nan)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": quadratic_kappa(y_true, y_pred),
+    return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": _kappa(y_true, y_pred),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro")), "recall": _defined(recall)}
 
 
@@ -108,7 +112,7 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
         idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
         acc.append(accuracy_score(y_true[idx], y_pred[idx]))
         if not one_grade(y_true[idx], y_pred[idx]):
-            kap.append(quadratic_kappa(y_true[idx], y_pred[idx]))
+            kap.append(_kappa(y_true[idx], y_pred[idx]))
     lo, hi = 2.5, 97.5
     return {"level": 0.95, "resamples": n, "unit": unit,
             "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],

@@ -124,9 +124,10 @@ def parity_batches(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- export
-def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = None) -> str:
+def export_onnx(model, example: torch.Tensor, path: Path,
+                opset: int | None = None) -> tuple[str, int]:
     """Write ``model`` as one ONNX file with a dynamic batch, in ``opset`` when given; returns the exporter that
-    worked. The dynamo exporter writes opset 18 or later (asked for less, it tries to convert, prints the failure
+    worked and the opset the file declares. The dynamo exporter writes opset 18 or later (asked for less, it tries to convert, prints the failure
     and keeps 18): then the TorchScript-based exporter writes it."""
     common = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # ONNX protobuf limit
@@ -136,7 +137,7 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
                               dynamic_shapes=({0: torch.export.Dim("batch")},), **common)
         written = onnx_opset(path)
         if opset is None or written == opset:
-            return "torch.export (dynamo)"
+            return "torch.export (dynamo)", written
         print(f"note: the dynamo ONNX exporter writes opset {written}, not {opset}; the TorchScript-based exporter "
               "writes it", file=sys.stderr)
         first = f"it wrote opset {written}"
@@ -153,10 +154,11 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
                               dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **common)
     except Exception as second:  # noqa: BLE001
         raise ExportError(f"ONNX export failed with both exporters: {first}; {second}") from None
-    if opset is not None and onnx_opset(path) != opset:
+    written = onnx_opset(path)
+    if opset is not None and written != opset:
         raise ExportError(f"--opset {opset}: neither exporter wrote it (the TorchScript-based one wrote "
-                          f"{onnx_opset(path)}); leave --opset out, or choose another")
-    return "TorchScript-based (dynamo=False)"
+                          f"{written}); leave --opset out, or choose another")
+    return "TorchScript-based (dynamo=False)", written
 
 
 def onnx_opset(path: Path) -> int:
@@ -221,8 +223,8 @@ def main(args) -> dict:
     try:
         target = work / out.name
         example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # batch > 1: the batch must not specialise
-        exporter = (export_onnx(model, example, target, args.opset) if args.format == "onnx"
-                    else export_torchscript(model, example, target))
+        exporter, opset = (export_onnx(model, example, target, args.opset) if args.format == "onnx"
+                           else (export_torchscript(model, example, target), None))
         diff, spread = parity(model, load_runner(target, args.format), x)
         print(f"parity ({'ONNX Runtime' if args.format == 'onnx' else 'TorchScript'} vs PyTorch) on {what}, "
               f"batch sizes 1 and 3: max |logit difference| = {diff:.2e} (tolerance {args.tolerance:g})")
@@ -236,7 +238,7 @@ def main(args) -> dict:
         info = ckpt["model_info"]
         meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model_file": out.name,
                 "model_format": args.format, "exporter": exporter,
-                **({"opset": onnx_opset(target)} if args.format == "onnx" else {}),
+                **({"opset": opset} if opset is not None else {}),
                 "input": {"name": "input", "shape": ["batch", 3, prep.size, prep.size], "dtype": "float32",
                           "layout": "NCHW, RGB", "normalisation": "(pixel / 255 - mean) / std"},
                 "output": {"name": "logits", "shape": ["batch", objective.outputs], **objective.describe()},

@@ -104,13 +104,13 @@ def _split_rule(config: dict) -> str:
     get = lambda k: train.get(k) if train.get(k) is not None else SPLIT_DEFAULTS[k]  # noqa: E731
     if train.get("split_file"):
         return f"read from `{train['split_file']}`"
-    given = {"lab": [sp for sp in ("train", "test") if any(Path(f).name == f"{sp}_img.csv" for f in data.get("labels")
-                                                           or [])],
-             "folders": [Path(f).name for f in data.get("labels") or []]}.get(data.get("format"), [])
-    if data.get("format") == "lab" or len(given) > 1:
+    fmt, labels = data.get("format"), [Path(f).name for f in data.get("labels") or []]
+    given = ([sp for sp in ("train", "test") if f"{sp}_img.csv" in labels] if fmt == "lab" else
+             labels if fmt == "folders" else [])  # the splits the data brought: its files, or its folders
+    if fmt == "lab" or len(given) > 1:
         carved = [f"{'validation' if sp == 'val' else sp} = {get(f'{sp}_fraction'):.0%}" for sp in ("test", "val")
                   if sp not in given and get(f"{sp}_fraction")]
-        return (f"the dataset's own {'/'.join(given)} " + ("files" if data.get("format") == "lab" else "folders")
+        return (f"the dataset's own {'/'.join(given)} " + ("files" if fmt == "lab" else "folders")
                 + (f"; {' and '.join(carved)} of the train patients (seed {get('split_seed')}), by patient"
                    if carved else ""))
     return (f"by patient (both eyes in the same split), stratified by the worse eye's grade: "

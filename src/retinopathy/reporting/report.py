@@ -319,10 +319,11 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     if any(r.numbers.get("selection_split") == "test" for r in runs):
         lines.append("Some runs pick their checkpoint on the test split (the lab's rule), so their test numbers are "
                      "optimistic; a validation split gives honest ones.")
-    if any(is_synthetic(d) for d in datas) or not done and any(is_synthetic(str(r.data)) for r in runs):
+    learnt_from_drawings = any(is_synthetic(str(r.data)) for r in runs)
+    if any(is_synthetic(d) for d in datas) or not done and learnt_from_drawings:
         lines.append("The data are synthetic drawings (retinopathy.data.synth), not photographs of patients: these "
                      "numbers show the pipeline works, not how well a model grades real eyes.")
-    elif any(is_synthetic(str(r.data)) for r in runs):
+    elif learnt_from_drawings:
         lines.append("Some runs learnt from synthetic drawings (retinopathy.data.synth), not from photographs of "
                      "patients; their evaluations here are on photographs.")
     return lines
