@@ -124,11 +124,10 @@ def parity_batches(x: torch.Tensor) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------- export
-def export_onnx(model, example: torch.Tensor, path: Path,
-                opset: int | None = None) -> tuple[str, int]:
+def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = None) -> tuple[str, int]:
     """Write ``model`` as one ONNX file with a dynamic batch, in ``opset`` when given; returns the exporter that
-    worked and the opset the file declares. The dynamo exporter writes opset 18 or later (asked for less, it tries to convert, prints the failure
-    and keeps 18): then the TorchScript-based exporter writes it."""
+    worked and the opset the file declares. The dynamo exporter writes opset 18 or later (asked for less, it
+    tries to convert, prints the failure and keeps 18): then the TorchScript-based exporter writes it."""
     common = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # ONNX protobuf limit
     try:
