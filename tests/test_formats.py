@@ -275,6 +275,20 @@ def test_cached_items_equal_uncached_and_need_no_file(synth_small, monkeypatch, 
         assert torch.equal(xc, x) and yc == y
 
 
+def test_building_the_cache_needs_its_own_size_in_memory_not_twice(synth_small):
+    import tracemalloc
+
+    catalog = load_catalog(synth_small)  # read first: only the cache's building is measured
+    tracemalloc.start()
+    try:
+        ds = FundusDataset(catalog, "all", image_size=96, cache=True, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ds.cache.nbytes == 240 * 96 * 96 * 3
+    assert peak < 1.3 * ds.cache.nbytes  # a list of arrays stacked at the end needed 2x
+
+
 def test_training_windows_keep_the_evaluation_scale(synth_small):
     """``crop``: training items are unresized windows of the image that evaluation sees whole."""
     import torch

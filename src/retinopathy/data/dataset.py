@@ -148,15 +148,22 @@ def _check_files(samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
 
 
 def _decode_all(samples: list[Sample], prep: Preprocessing, split: str, progress: bool):
-    """(samples that decode, their deterministic steps' output stacked as uint8 arrays, problems of the rest)."""
-    fixed, good, arrays, bad = v2.Compose(geometry(prep)), [], [], []
+    """(samples that decode, their deterministic steps' output as one uint8 array, problems of the rest).
+
+    The array is allocated once and filled image by image, so building it needs its own size in memory, not twice.
+    """
+    fixed, good, cache, bad = v2.Compose(geometry(prep)), [], None, []
     for s in progress_bar(samples, enabled=progress, desc=f"caching {split}", unit="img", leave=False):
         try:
-            arrays.append(np.asarray(fixed(open_image(s.path, prep.size))))
-            good.append(s)
+            array = np.asarray(fixed(open_image(s.path, prep.size)))
         except ImageError as e:
             bad.append(Problem.bad_image(s, e))
-    return good, np.stack(arrays) if arrays else None, bad
+            continue
+        if cache is None:
+            cache = np.empty((len(samples), *array.shape), np.uint8)
+        cache[len(good)] = array
+        good.append(s)
+    return good, None if cache is None else cache[:len(good)], bad
 
 
 class PairedEyes(Dataset):
