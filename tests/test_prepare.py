@@ -160,6 +160,45 @@ def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
     assert not list(resumed.glob("*.part"))
 
 
+def test_changed_photographs_are_written_again_and_moved_ones_reported(tmp_path, capsys):
+    """A re-run writes the copy of a photograph replaced since (newer than its copy); in grade folders, a copy left
+    in its old grade folder by a photograph moved to another grade is reported (it would train on the old grade)."""
+    import os
+
+    generate(tmp_path / "k", n=10, size=64, seed=0, progress=False)
+    src, out = tmp_path / "folders", tmp_path / "out"
+    for s in read_catalog(tmp_path / "k").samples:
+        (src / str(s.label)).mkdir(parents=True, exist_ok=True)
+        shutil.copy(s.path, src / str(s.label) / Path(s.path).name)
+    for g in range(5):
+        (src / str(g)).mkdir(exist_ok=True)
+    prepare(src, out, size=32, workers=1, progress=False)
+    first, second = sorted(src.glob("*/*.jpeg"))[:2]
+    before = (out / first.relative_to(src)).read_bytes()
+    first.write_bytes(second.read_bytes())  # a corrected export of the same photograph, after the copy was made
+    earlier = first.stat().st_mtime - 5
+    os.utime(out / first.relative_to(src), (earlier, earlier))
+    m = prepare(src, out, size=32, workers=1, progress=False)
+    assert m["counts"]["written"] == 1 and m["problems"] == []
+    assert (out / first.relative_to(src)).read_bytes() not in (before, b"")
+    assert (out / first.relative_to(src)).read_bytes() == (out / second.relative_to(src)).read_bytes()
+
+    grade = int(first.parent.name)
+    moved = src / str((grade + 2) % 5) / first.name
+    first.rename(moved)  # regraded
+    assert main(["prepare", str(src), str(out), "--size", "32", "--workers", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    stale = out / first.relative_to(src)
+    assert f"[stale-copy] {stale}: no photograph of the source has this copy any more" in err
+    assert f"would be read as grade {grade}; delete it" in err
+    assert stale.exists()  # reported, not deleted
+    stale.unlink()
+    m = prepare(src, out, size=32, workers=1, progress=False)
+    assert m["problems"] == [] and m["counts"]["written"] == 0
+    copy = {s.image: s.label for s in read_catalog(out).samples}
+    assert copy == {s.image: s.label for s in read_catalog(src).samples} and copy[first.stem] == (grade + 2) % 5
+
+
 def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
     src = tmp_path / "src"
     generate(src, n=12, size=96, seed=0, progress=False)

@@ -12,8 +12,10 @@ images were in such a folder) or ``OUT/<grade>/<name>.jpeg`` (folders, where the
 labels, so they do not change.
 
 Work runs on all cores; a killed run leaves no half-written image (temporary ``.part`` files are renamed
-into place) and a re-run skips the finished files (a copy cut or emptied since is written again). Bad inputs
-are reported as the dataset reports them (file and line) and not written; the exit status is then 1.
+into place) and a re-run skips the finished files (a copy cut or emptied since, or older than its photograph, is
+written again; in grade folders, a copy whose photograph has moved to another grade or gone is reported, since it
+would be read with its old grade). Bad inputs are reported as the dataset reports them (file and line) and not
+written; the exit status is then 1.
 ``OUT/prepare_manifest.json`` records the source, settings, counts, problems and time; a re-run with other
 settings into the same OUT is refused.
 
@@ -53,7 +55,7 @@ from ..cli.common import READ_KEYS, add_format_arguments, at_least
 from ..errors import RetinopathyError
 from ..progress import progress_bar
 from .formats import GRADES, Catalog, Sample, read_catalog
-from .images import ImageError, check_image, open_image
+from .images import ImageError, check_image, image_files, open_image
 from .problems import Problem
 from .transforms import Preprocessing, geometry
 
@@ -111,14 +113,31 @@ def prepare_file(job: tuple) -> str | None:
     return None
 
 
-def _intact(path: Path) -> bool:
-    """A copy already there is kept when its header and end marker are whole (as the dataset checks them); one cut
-    or emptied since (a full disk, a copy that failed) is written again."""
+def _up_to_date(copy: Path, source: str) -> bool:
+    """A copy already there is kept when it is newer than its photograph (as ``make`` decides) and its header and end
+    marker are whole (as the dataset checks them); one cut or emptied since (a full disk, a copy that failed), or a
+    photograph replaced since (a corrected export), is written again."""
     try:
-        check_image(path)
+        if copy.stat().st_mtime < os.stat(source).st_mtime:
+            return False
+        check_image(copy)
         return True
-    except ImageError:
+    except (OSError, ImageError):
         return False
+
+
+def _stale_copies(out: Path, targets: dict) -> list[Problem]:
+    """Images in OUT's grade folders that no photograph of the source writes: read with the grade of their folder,
+    they would train on an old grade (a photograph moved to another grade folder) or a removed photograph."""
+    problems = []
+    for p in image_files(out):
+        name = p.relative_to(out)
+        grade = next((d for d in name.parts[:-1] if d in map(str, GRADES)), None)
+        if grade is not None and name.as_posix() not in targets:
+            problems.append(Problem("stale-copy", str(p), None, f"no photograph of the source has this copy any more "
+                                    f"(moved to another grade folder, or removed, since {out} was prepared), and it "
+                                    f"would be read as grade {grade}; delete it"))
+    return problems
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -216,7 +235,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
             continue
         targets[name] = s
         dst = out / name
-        if dst.exists() and _intact(dst):
+        if _up_to_date(dst, s.path):
             skipped += 1
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -242,6 +261,8 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         if workers > 1:
             pool.shutdown(cancel_futures=True)
 
+    if catalog.format == "folders":
+        problems += _stale_copies(out, targets)
     # Check that the copy reads back as the same dataset, every written image found under its name.
     copy = read_catalog(out, **manifest["read_options"])
     found = {c.image: c.path for c in copy.samples if c.path}
