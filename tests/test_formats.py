@@ -227,6 +227,23 @@ def test_leakage_counts_only_rows_whose_image_is_there(tmp_path):
     assert [str(w.message) for w in caught] == test.warnings
 
 
+def test_data_check_of_labels_only_counts_patients_on_both_sides(tmp_path, capsys):
+    """``data check --no-images`` (no image files needed) still reports leakage: it only needs the labels."""
+    import json
+
+    from retinopathy.cli.main import main
+
+    (tmp_path / "train_img.csv").write_text("".join(f"{p}_left\n" for p in range(5)))
+    (tmp_path / "train_label.csv").write_text("".join(f"{p % 5}\n" for p in range(5)))
+    (tmp_path / "test_img.csv").write_text("".join(f"{p}_right\n" for p in range(3)))
+    (tmp_path / "test_label.csv").write_text("".join(f"{p}\n" for p in range(3)))
+    out = tmp_path / "r.json"
+    assert main(["data", "check", str(tmp_path), "--no-images", "--val-fraction", "0", "--json", str(out),
+                 "--quiet"]) == 0
+    assert json.loads(out.read_text())["shared_patients"] == {"train-test": {"shared": 3, "patients": 3}}
+    assert "patients on both sides: 3 of 3 test patients also have an eye in train" in capsys.readouterr().out
+
+
 def test_real_lab_csvs(shared_data):
     cat = load_catalog(shared_data / "eyepacs-labels", resolve=False, val_fraction=0.0)
     assert cat.format == "lab" and not cat.problems

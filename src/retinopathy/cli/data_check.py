@@ -33,11 +33,8 @@ def run(args) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.no_images:
-        for s in catalog.samples:
-            s.path = None
-    report = check_catalog(catalog, stats=args.stats, workers=args.workers,
-                           progress=not args.quiet)
+    report = check_catalog(catalog, stats=args.stats, workers=args.workers, progress=not args.quiet,
+                           images=not args.no_images)
     print(format_report(report))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     write_text(args.json, json.dumps(report, indent=2))

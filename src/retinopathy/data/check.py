@@ -32,12 +32,13 @@ def _inspect(path: str, stats: bool):
 
 
 def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, images: bool = True) -> dict:
     """Decode every image of ``catalog`` and return a JSON-ready report (``report["problems"]`` lists all;
-    ``report["warnings"]`` the images that decode but look blank)."""
+    ``report["warnings"]`` the images that decode but look blank). ``images=False`` checks the labels only:
+    nothing is decoded, and patients shared between splits are counted over every row."""
     problems: list[Problem] = list(catalog.problems)
     blank: list[Problem] = []
-    present = [s for s in catalog.samples if s.path]
+    present = [s for s in catalog.samples if s.path] if images else []
     sizes, sums, ok = [], [np.zeros(3), np.zeros(3), 0], []
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(workers) as pool:
@@ -72,7 +73,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         "problems": [p.to_dict() for p in problems],
         "warnings": [p.to_dict() for p in blank],
     }
-    for a, b, n, total in split_overlaps([s for s in catalog.samples if s.path]):
+    for a, b, n, total in split_overlaps(present if images else catalog.samples):
         report["shared_patients"][f"{a}-{b}"] = {"shared": n, "patients": total}
     if sizes:
         w, h = np.array(sizes).T
