@@ -81,7 +81,7 @@ def halves(scores, labels, patients, rule: str, repeats: int, seed: int = 0, mar
 
 def val_parser(doc: str, repeats: int, out: str) -> argparse.ArgumentParser:
     """The options the val analyses share: run folders, data, halvings, workers, the JSON to write."""
-    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders of regression or ordinal runs (split.csv, best.pt)")
     p.add_argument("--data", default="../shared/data/eyepacs-256")
     p.add_argument("--repeats", type=int, default=repeats, help="random halvings of the val patients")

@@ -12,6 +12,7 @@
 # is beside it).
 set -uo pipefail
 probe=${1:?sizes or long-pair}
+case $probe in sizes|long-pair) ;; *) echo "unknown probe $probe: sizes or long-pair" >&2; exit 2 ;; esac
 data=$(realpath -m "${2:-$(dirname "$0")/../../shared/data/eyepacs-256}")
 work=$(realpath -m "${WORK:-/tmp/probes}/$probe"); out=$(realpath -m "${OUT:-.}/probes-$probe.json")
 cd "$(dirname "$0")/.."
@@ -33,7 +34,6 @@ case $probe in
                run "long_split0_seed$seed" --epochs 144 --seed "$seed"
                run "pair_split0_seed$seed" --pair-eyes --seed "$seed"
              done ;;
-  *) echo "unknown probe $probe: sizes or long-pair" >&2; exit 2 ;;
 esac
 failed=0
 for pid in "${pids[@]}"; do wait "$pid" || failed=$((failed + 1)); done

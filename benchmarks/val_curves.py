@@ -25,7 +25,7 @@ def summary(run: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--json", type=Path, help="also write every run's summary and curve here")
     args = p.parse_args(argv)

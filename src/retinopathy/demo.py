@@ -1,9 +1,9 @@
 """``make demo`` (``python -m retinopathy.demo``): the lab's four-cell comparison, scaled to a CPU, end to end.
 
 Generates the synthetic set (data/synthetic) when it is missing, runs configs/demo.yaml (runs/demo; ResNet18
-and ResNet50, with and without ImageNet weights; about 2-17 minutes on 2 CPU cores, as busy as they are),
-builds the report (reports/demo) and prints the path of its index.html. Offline, the pretrained cells are
-skipped and the report says why. Running it again reuses finished cells.
+and ResNet50, with and without ImageNet weights; about 1.6-1.8 minutes on 2 idle CPU cores, up to 17 when
+heavily shared), builds the report (reports/demo) and prints the path of its index.html. Offline, the
+pretrained cells are skipped and the report says why. Running it again reuses finished cells.
 """
 from __future__ import annotations
 

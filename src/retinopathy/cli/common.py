@@ -35,9 +35,9 @@ def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") ->
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None,
-                       skip_bad: bool = False) -> None:
+                       skip_bad: bool = False, name: str = "DATA") -> None:
     """:func:`add_format_arguments`, the patient split and (for commands that stop on bad input) ``--skip-bad``."""
-    g = add_format_arguments(parser)
+    g = add_format_arguments(parser, name)
     g.add_argument("--val-fraction", type=float, default=None,
                    help="share of patients for validation, per grade (default 0.1)")
     g.add_argument("--test-fraction", type=float, default=None,

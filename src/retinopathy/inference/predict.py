@@ -78,7 +78,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average probabilities over the four flips")
     add_blend_argument(p, None)
     p.add_argument("--cam", metavar="DIR", help="write a Grad-CAM overlay PNG per image into DIR")
-    add_data_arguments(p, split_default="all")
+    add_data_arguments(p, split_default="all", name="INPUT")
     p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
     p.add_argument("-j", "--workers", type=at_least(0), default=None,
                    help="DataLoader workers (default: CPU cores, at most 8)")
