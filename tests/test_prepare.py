@@ -199,6 +199,30 @@ def test_changed_photographs_are_written_again_and_moved_ones_reported(tmp_path,
     assert copy == {s.image: s.label for s in read_catalog(src).samples} and copy[first.stem] == (grade + 2) % 5
 
 
+def test_reading_a_copy_otherwise_than_it_was_prepared_warns(synth128, tmp_path):
+    """A copy read larger than prepared (upscaled), field-of-view crops read with the lab preset (the model would
+    record lab), and an unfinished copy: each a warning; the copy read as prepared: none."""
+    import warnings
+
+    out = tmp_path / "out"
+    prepare(synth128, out, size=32, crop="fov", workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FundusDataset(out, "val", image_size=32, preprocess="fov")
+    with pytest.warns(UserWarning) as caught:
+        FundusDataset(out, "val", image_size=48, preprocess="lab")
+    messages = [str(w.message) for w in caught]
+    assert messages == [f"{out} was prepared at 32 px and is read at 48 px: the copy is upscaled, without the "
+                        "originals' detail; prepare it again with --size 48, or use --image-size 32",
+                        f"{out} holds field-of-view crops (prepare --crop fov) read with the lab preset: a model "
+                        "trained so records lab and centre-crops the original photographs it grades later; use "
+                        "--preprocess fov (or graham)"]
+    m = json.loads((out / MANIFEST).read_text())
+    (out / MANIFEST).write_text(json.dumps({**m, "complete": False}))
+    with pytest.warns(UserWarning, match="a copy that `retinopathy prepare` has not finished .*run the same"):
+        FundusDataset(out, "val", image_size=32, preprocess="fov")
+
+
 def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
     src = tmp_path / "src"
     generate(src, n=12, size=96, seed=0, progress=False)

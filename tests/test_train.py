@@ -947,6 +947,9 @@ def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("warning: 15 of 20 test patients also have an eye in train (patient leakage") == 1
     assert err.count("warning: 5 of 20 test patients also have an eye in val") == 1 and "UserWarning" not in err
+    (data / "prepare_manifest.json").write_text('{"complete": true, "size": 32, "crop": "none"}')  # as if prepared
     assert main(["evaluate", str(tiny_run), "--data", str(data), "--split", "test", "--out", str(tmp_path / "e"),
                  "--workers", "0", "--bootstrap", "0", "--quiet"]) == 0
-    assert "leakage" not in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "leakage" not in err  # the data's other warnings are still shown
+    assert err.count(f"warning: {data} was prepared at 32 px and is read at 64 px: the copy is upscaled") == 1

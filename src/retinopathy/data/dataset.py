@@ -86,6 +86,10 @@ class FundusDataset(Dataset):
         refuse_misaligned(problems)
         self.preprocessing = (preprocess if isinstance(preprocess, Preprocessing)
                               else Preprocessing(preprocess, image_size))
+        from .prepare import copy_warnings  # here: prepare's module imports the command line's options
+
+        for w in copy_warnings(catalog.root, self.preprocessing):
+            warnings.warn(w, DataWarning, stacklevel=2)
         self.cache = None
         if cache and transform is None and (skip_bad or not problems):
             samples, self.cache, bad = _decode_all(samples, self.preprocessing, split, progress)

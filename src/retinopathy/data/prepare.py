@@ -33,6 +33,9 @@ about 1 level of 255 on average, about 2.5 after ``graham``, whose gain of 4 mag
   and prediction on originals would centre-crop them instead.
 * Train at S or below: at a smaller size the presets resize the copy down (same geometry, other resampling);
   a larger size would upscale the copy and lose detail.
+
+The dataset reads the manifest and warns when the copy is read at a larger size than S, when ``fov`` crops are
+read with ``lab``, and when the copy is unfinished (:func:`copy_warnings`).
 """
 from __future__ import annotations
 
@@ -281,6 +284,29 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         images_per_s=round(written / seconds, 2) if written else 0.0)
     _write_json(out / MANIFEST, manifest)
     return manifest
+
+
+def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
+    """What the manifest of a copy in ``root`` says against reading it with ``prep``: an unfinished copy, one made
+    smaller than it is read (upscaled, its detail lost), field-of-view crops read with the ``lab`` preset."""
+    try:
+        m = json.loads((Path(root) / MANIFEST).read_text())
+        complete, size, crop = m["complete"], int(m["size"]), m["crop"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return []
+    found = []
+    if not complete:
+        found.append(f"{root} is a copy that `retinopathy prepare` has not finished ({MANIFEST}): the images it "
+                     "has not written yet are missing; run the same prepare command again to finish it")
+    if size < prep.size:
+        found.append(f"{root} was prepared at {size} px and is read at {prep.size} px: the copy is upscaled, "
+                     f"without the originals' detail; prepare it again with --size {prep.size}, or use "
+                     f"--image-size {size}")
+    if crop == "fov" and prep.preset == "lab":
+        found.append(f"{root} holds field-of-view crops (prepare --crop fov) read with the lab preset: a model "
+                     "trained so records lab and centre-crops the original photographs it grades later; use "
+                     "--preprocess fov (or graham)")
+    return found
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -135,7 +135,8 @@ def main(args) -> dict:
     catalog = load_catalog(args.data, **opts)
     with warnings.catch_warnings():
         if opts.get("split_file") is None:  # a fresh split of other data: its patients on both sides of it are not
-            warnings.simplefilter("ignore", DataWarning)  # this model's leakage
+            warnings.filterwarnings("ignore", r"[0-9,]+ of [0-9,]+ \w+ patients also have an eye in ",
+                                    DataWarning)  # this model's leakage (the data's other warnings stay)
         dataset = FundusDataset(catalog, args.split, train=False, preprocess=prep, uint8=True,
                                 skip_bad=bool(args.skip_bad))
     if ckpt["model_info"].get("pair_eyes"):
