@@ -270,6 +270,17 @@ def test_config_errors_name_the_file(tmp_path, capsys):
                       ({"batch_size": 0}, "batch_size: 0 is not a whole number >= 1")):
         with pytest.raises(ExperimentError, match=named):  # with the file, not after the first cell has trained
             load_experiment(write_config(tmp_path, evaluate=ev))
+    # the other sections' values too, with the file, not a traceback from where they are used
+    for change, named in (({"synth": {"n": "many"}}, r"synth: need whole numbers .*\(got n='many'"),
+                          ({"synth": {"n": 0}}, "synth: need whole numbers n >= 1"),
+                          ({"synth": {"format": "x"}}, "synth: format must be one of"),
+                          ({"out": 5}, "out: 5 is not a folder"),
+                          ({"report": "reports/x"}, "report: takes out: FOLDER"),
+                          ({"report": {"output": "x"}}, "report: takes out: FOLDER")):
+        config = write_config(tmp_path, **change)
+        with pytest.raises(ExperimentError, match=named):
+            load_experiment(config)
+        assert main(["experiment", str(config)]) == 2 and str(config) in capsys.readouterr().err
 
 
 def test_cell_names():

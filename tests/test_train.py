@@ -19,7 +19,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 from retinopathy.cli.main import main
 from retinopathy.data import DataError
 from retinopathy.training.checkpoint import load_checkpoint
-from retinopathy.training.config import parse_args
+from retinopathy.training.config import ConfigError, parse_args
 
 FAST = ["--model", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size", "16", "--workers", "0",
         "--quiet"]
@@ -668,7 +668,7 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
                                                  "--no-cache-images"]).cache_images
     assert args.data == "../shared/data/eyepacs-256"
     assert parse_args(["-c", str(recipe / "eyepacs256.yaml"), "--data", "d", "--out", "x"]).data == "d"
-    with pytest.raises(SystemExit, match="describes 2 runs .*retinopathy experiment"):
+    with pytest.raises(ConfigError, match="describes 2 runs .*retinopathy experiment"):
         parse_args(["-c", str(recipe / "eyepacs256-splits.yaml"), "--out", "runs/x"])
 
     run = tmp_path / "config.yaml"
@@ -698,9 +698,9 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
 
     bad = tmp_path / "list.yaml"
     bad.write_text("- lr\n- 0.1\n")
-    with pytest.raises(SystemExit, match="list.yaml: expected a mapping"):
+    with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
-    with pytest.raises(SystemExit, match="missing.yaml: cannot read it"):
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read it"):
         parse_args(["-c", str(tmp_path / "missing.yaml"), "--data", "d", "--out", "x"])
     typo = tmp_path / "typo.yaml"
     typo.write_text("optimizer: SGD\n")  # argparse checks choices on the command line only
@@ -708,16 +708,22 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
         parse_args(["-c", str(typo), "--data", "d", "--out", "x"])
     assert "optimizer: 'SGD' (from " + str(typo) + ") is not one of sgd, adamw" in capsys.readouterr().err
     assert parse_args(["-c", str(typo), "--data", "d", "--out", "x", "--optimizer", "sgd"]).optimizer == "sgd"
-    with pytest.raises(SystemExit, match="is a folder; for a run's options pass"):
+    with pytest.raises(ConfigError, match="is a folder; for a run's options pass"):
         parse_args(["-c", str(tmp_path), "--data", "d", "--out", "x"])
     (tmp_path / "best.pt").write_bytes(bytes(range(256)))
-    with pytest.raises(SystemExit, match="best.pt: cannot read it as YAML"):
+    with pytest.raises(ConfigError, match="best.pt: cannot read it as YAML"):
         parse_args(["-c", str(tmp_path / "best.pt"), "--data", "d", "--out", "x"])
     (tmp_path / "dashes.yaml").write_text("image-size: 96\n")
     assert parse_args(["-c", str(tmp_path / "dashes.yaml"), "--data", "d", "--out", "x"]).image_size == 96
     bad.write_text("lr: [0.1\n")
-    with pytest.raises(SystemExit, match="list.yaml: cannot read it"):
+    with pytest.raises(ConfigError, match=r"(?s)list.yaml: cannot read it .*in \".*list.yaml\", line 1"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+    bad.write_text("image_sise: 96\nhelp: true\n")  # misspelt, and not an option (argparse's own -h)
+    with pytest.raises(ConfigError, match=r"list.yaml: unknown option\(s\) help, image_sise \(did you mean "
+                                          r"image_size\?\); the options are train's"):
+        parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+    assert main(["train", "-c", str(bad), "--data", "d", "--out", "x"]) == 2  # a usage error, as a flag's
+    assert "error: " + str(bad) in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, message", [
@@ -734,6 +740,9 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     ("lr:", "lr: no value (from {f}); give one; e.g. lr: 0.001"),
     ("pretrained: 'false'", "pretrained: 'false' (from {f}) is not true or false"),
     ("lr: -0.1", "--lr -0.1: a learning rate above 0"),
+    ("epochs: two", "epochs: 'two' (from {f}): 'two' is not a whole number"),  # text: not blamed on --epochs
+    ("lr: .nan", "--lr nan: not a finite number"),
+    ("weight_decay: .inf", "--weight-decay inf: not a finite number"),
     ("warmup_epochs: -2", "--warmup-epochs -2.0: 0 or more"),
     ("label_smoothing: 1.5", "--label-smoothing 1.5: from 0 up to, not including, 1"),
 ])
@@ -876,6 +885,22 @@ def test_resume_reads_the_resolved_data_path(tiny_run, tmp_path, monkeypatch):
     cfg["train"]["data"] = str(tmp_path / "link")  # an absolute path stays as typed (a link may move with the data)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert parse_args(["--resume", str(tmp_path)]).data == str(tmp_path / "link")
+
+
+def test_a_run_with_relative_file_options_resumes_from_any_folder(synth_small, tmp_path, monkeypatch):
+    """--labels (and --images, --split-file, --weights) typed relative to where the run started are saved absolute
+    in config.yaml, as data.path is: the run resumes, and -c its config.yaml starts a run, from another folder."""
+    monkeypatch.chdir(synth_small.parent)
+    run = tmp_path / "run"
+    assert main(["train", "--data", synth_small.name, "--labels", f"{synth_small.name}/trainLabels.csv", *FAST,
+                 "--image-size", "32", "--epochs", "2", "--freeze-epochs", "0", "--stop-after", "1",
+                 "--out", str(run)]) == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert saved["labels"] == str(synth_small / "trainLabels.csv") and saved["data"] == synth_small.name
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(run)]) == 0
+    assert [r["epoch"] for r in rows(run)] == ["0", "1"]
+    assert parse_args(["-c", str(run / "config.yaml"), "--out", "new"]).labels == str(synth_small / "trainLabels.csv")
 
 
 @pytest.mark.parametrize("name, content, reason", [

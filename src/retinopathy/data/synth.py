@@ -442,6 +442,20 @@ def _render_file(job: tuple) -> None:
         img.save(f, "JPEG", quality=int(rng.integers(70, 96)))
 
 
+def check_options(n: int = 1000, size: int = 256, seed: int = 0, balanced: bool = False, format: str = "kaggle",
+                  test_fraction: float = 0.2, **_) -> None:
+    """Raise ValueError for options :func:`generate` cannot use (an experiment's ``synth:`` is checked up front)."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (n, size, seed))
+    fraction = isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool)
+    if not (whole and fraction and isinstance(balanced, bool)) or n < 1 or size < 16 or seed < 0 \
+            or not 0 <= test_fraction < 1:
+        raise ValueError(f"need whole numbers n >= 1, size >= 16, seed >= 0, balanced true or false and "
+                         f"0 <= test_fraction < 1 (got n={n!r}, size={size!r}, seed={seed!r}, balanced={balanced!r}, "
+                         f"test_fraction={test_fraction!r})")
+
+
 def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, balanced: bool = False,
              format: str = "kaggle", workers: int | None = None, progress: bool = True,
              test_fraction: float = 0.2) -> dict:
@@ -453,10 +467,7 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     Summary keys: n, counts (images per grade 0-4), seconds, images_per_s, format, size, seed, balanced, out.
     ``out`` must be new, empty, or hold only the images of an interrupted generation (:func:`holds_data`).
     """
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    if n < 1 or size < 16 or seed < 0 or not 0 <= test_fraction < 1:
-        raise ValueError("need n >= 1, size >= 16, seed >= 0 and 0 <= test_fraction < 1")
+    check_options(n=n, size=size, seed=seed, balanced=balanced, format=format, test_fraction=test_fraction)
     start = time.perf_counter()
     out = Path(out)
     if holds_data(out):

@@ -184,6 +184,8 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     if any(not v for v in grid.values()):
         raise ExperimentError(f"{file}: every grid: entry needs at least one value")
     variants = _variants(cfg.get("variants"), file, grid)
+    if not isinstance(cfg.get("out") or "runs", str):
+        raise ExperimentError(f"{file}: out: {cfg['out']!r} is not a folder (e.g. out: runs)")
     root = Path(cfg.get("out") or "runs").expanduser() / name
     cells = []
     for vname, change in variants.items():
@@ -203,13 +205,20 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
             raise ExperimentError(f"{file}: evaluate: {key}: {ev[key]!r} is not a whole number >= {least}")
     synth = cfg.get("synth")
     if synth is not None:
-        from ..data.synth import generate
+        from ..data.synth import check_options, generate
 
         allowed = set(inspect.signature(generate).parameters) - {"out", "progress"}
         if not isinstance(synth, dict) or set(synth) - allowed:
             raise ExperimentError(f"{file}: synth: takes {', '.join(sorted(allowed))}")
+        try:
+            check_options(**synth)
+        except ValueError as e:
+            raise ExperimentError(f"{file}: synth: {e}") from None
     report = cfg.get("report")
-    report_out = Path(report["out"]).expanduser() if isinstance(report, dict) and report.get("out") else None
+    if report is not None and not (isinstance(report, dict) and set(report) == {"out"}
+                                   and isinstance(report["out"], str)):
+        raise ExperimentError(f"{file}: report: takes out: FOLDER (e.g. report: {{out: reports/{name}}})")
+    report_out = Path(report["out"]).expanduser() if report else None
     return Experiment(name, file, root, str(data), cells, grid, str(cfg.get("description") or ""), synth, ev,
                       report_out)
 
@@ -268,9 +277,10 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
         with contextlib.redirect_stderr(said):  # argparse's usage text: the error line is what the cell needs
             args = train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
                                            + (["--resume", str(cell.dir)] if started else []))
-    except SystemExit as e:
-        error = next((line.partition("error: ")[2] for line in reversed(said.getvalue().splitlines())
-                      if "error: " in line), said.getvalue().strip() or str(e.code))
+    except (SystemExit, train_config.ConfigError) as e:
+        error = str(e) if isinstance(e, train_config.ConfigError) else next(
+            (line.partition("error: ")[2] for line in reversed(said.getvalue().splitlines()) if "error: " in line),
+            said.getvalue().strip() or str(e.code))
         raise ExperimentError(f"{exp.file}: cell {cell.name}: {error} (every cell is checked before any runs)") \
             from None
     sys.stderr.write(said.getvalue())  # what parsing warned about

@@ -5,7 +5,9 @@ The resolved configuration is saved with each run (``config.yaml``), as timm doe
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
+import math
 import os
 import platform
 import subprocess
@@ -15,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..cli.common import add_amp_argument, add_blend_argument, add_data_arguments, at_least
+from ..errors import RetinopathyError
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import HEADS, POOLS, list_models
@@ -31,6 +34,11 @@ PRESETS: dict[str, dict] = {
                 objective="classification", select_on="test", select_metric="accuracy", val_fraction=0.0),
 }
 LAB_BATCH = {"resnet50": 6}
+WHERE_STARTED = ("weights", "split_file", "labels", "images")  # paths config.yaml records absolute
+
+
+class ConfigError(RetinopathyError, ValueError):
+    """A config file that cannot be used: unreadable, not a mapping, unknown options."""
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -153,14 +161,14 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
     """Option defaults from a YAML file and what it was: ``"options"`` (option: value), ``"run"`` (a run's
     ``config.yaml``: its options, not its folder) or ``"experiment"`` (one cell: ``train:``, ``base:``, ``data:``)."""
     if path.is_dir():
-        raise SystemExit(f"error: config {path} is a folder; for a run's options pass {path / 'config.yaml'}")
+        raise ConfigError(f"config {path} is a folder; for a run's options pass {path / 'config.yaml'}")
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
+        with path.open() as f:  # a file, not its text: YAML's errors then name it
+            cfg = yaml.safe_load(f) or {}
     except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
-        raise SystemExit(f"error: config {path}: cannot read it as YAML ({getattr(e, 'strerror', None) or e})") \
-            from None
+        raise ConfigError(f"config {path}: cannot read it as YAML ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(cfg, dict):
-        raise SystemExit(f"error: {path}: expected a mapping of option: value (keys are option names with _)")
+        raise ConfigError(f"{path}: expected a mapping of option: value (keys are option names with _)")
     if "engine" in cfg and isinstance(cfg.get("train"), dict):
         options = {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
         if "eval_amp" not in options:  # a run from before --eval-amp evaluated in its training precision
@@ -176,10 +184,10 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
     try:
         exp = load_experiment(path, data)
     except ExperimentError as e:
-        raise SystemExit(f"error: {e}") from None
+        raise ConfigError(str(e)) from None
     if len(exp.cells) != 1:
-        raise SystemExit(f"error: {path} describes {len(exp.cells)} runs ({', '.join(c.name for c in exp.cells)}); "
-                         f"run them all with `retinopathy experiment {path}`")
+        raise ConfigError(f"{path} describes {len(exp.cells)} runs ({', '.join(c.name for c in exp.cells)}); "
+                          f"run them all with `retinopathy experiment {path}`")
     return {"data": exp.data, **exp.cells[0].options}, "experiment"
 
 
@@ -214,14 +222,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if preset:
         layered.update(PRESETS[preset])
     layered.update(file_cfg)
-    known = {a.dest for a in parser._actions}
-    unknown = sorted(set(layered) - known)
+    source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
+    unknown = sorted(set(layered) - set(actions))
     if unknown:
-        raise SystemExit(f"error: unknown option(s) in config: {', '.join(unknown)}")
+        near = {k: difflib.get_close_matches(k, actions, 1) for k in unknown}
+        raise ConfigError(f"{source}: unknown option(s) " + ", ".join(
+            f"{k}" + (f" (did you mean {near[k][0]}?)" if near[k] else "") for k in unknown)
+            + "; the options are train's, with _ for - (`retinopathy train --help`)")
+    for key, value in layered.items():  # text the file gives a number option: checked here, naming the file
+        if isinstance(value, str) and actions[key].type is not None:  # (argparse would blame the flag)
+            try:
+                layered[key] = actions[key].type(value)
+            except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+                parser.error(f"{key}: {value!r} (from {source}): {e}")
     parser.set_defaults(**layered)
     args = parser.parse_args(argv)
     expand_home(args)
-    source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
     for action in parser._actions:  # a config file's values that are not text skip argparse's type and choices
         value, default = getattr(args, action.dest, None), defaults().get(action.dest)
         example = f"; e.g. {action.dest}: {default}" if default is not None else ""
@@ -298,6 +315,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 " (training's own loss and accuracy are in metrics.csv already; grade the training images after "
                 "training with `retinopathy evaluate RUN --split train`)" if sp == "train" else ""))
     args.eval_splits = ",".join(splits)
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if isinstance(value, float) and not math.isfinite(value):
+            parser.error(f"--{action.dest.replace('_', '-')} {value}: not a finite number")
     if args.lr <= 0:
         parser.error(f"--lr {args.lr}: a learning rate above 0")
     for name in ("weight_decay", "warmup_epochs"):

@@ -34,7 +34,7 @@ from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..reporting.model_card import write_model_card
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
-from .config import environment, parse_args, plain_options
+from .config import WHERE_STARTED, environment, parse_args, plain_options
 from .distributed import barrier, broadcast_buffers, cleanup, init_distributed
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
@@ -364,7 +364,8 @@ def main(args) -> dict:
                   "global_pool": args.global_pool, "threshold_data": select_on,
                   "threshold_margin": per_epoch_margin,
                   "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
-    config = {"train": {k: v for k, v in vars(args).items()},
+    typed = {k: os.path.abspath(v) if k in WHERE_STARTED and v else v for k, v in vars(args).items()}
+    config = {"train": typed,  # files as absolute paths, so that --resume and -c work from any folder
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
                        "labels": [str(p) for p in catalog.labels], "images": str(catalog.image_root),
                        "split_file": str(out / "split.csv"),
