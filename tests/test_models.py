@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision.models import resnet18
+from torchvision.models import resnet18, resnet34
 
 from retinopathy.data import Normalize
 from retinopathy.models import Grader, WeightsError, build_model, make_objective
@@ -229,8 +229,12 @@ def test_weights_file_option(tmp_path):
     with pytest.raises(WeightsError, match="bad.pth: the weights do not fit resnet18"):
         build_model("resnet18", weights_file=str(tmp_path / "bad.pth"))
     (tmp_path / "cut.pth").write_bytes((tmp_path / "mine.pth").read_bytes()[:1000])  # a half-copied file
-    with pytest.raises(WeightsError, match="cut.pth cannot be read"):
+    with pytest.raises(WeightsError, match=r"cut.pth cannot be read \(truncated, empty or not a PyTorch file\); "):
         build_model("resnet18", weights_file=str(tmp_path / "cut.pth"))
+    torch.save(resnet34().state_dict(), tmp_path / "r34.pth")  # resnet18's tensors are all in it, the same shapes
+    with pytest.raises(WeightsError, match=r"r34.pth: the weights do not fit resnet18: 96 of their backbone tensors "
+                                           r"are not in it, e.g. \['layer1.2.conv1.weight'"):
+        build_model("resnet18", weights_file=str(tmp_path / "r34.pth"))
 
 
 def test_weights_file_can_be_a_retinopathy_checkpoint(tiny_run):

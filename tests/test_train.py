@@ -125,8 +125,10 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
     record = (tmp_path / "cut" / "config.yaml").read_bytes()
     earlier = yaml.safe_load(record)["earlier"]  # the first leg's engine and machine stay on record
     assert earlier == [{"epochs": 2, "engine": first_leg["engine"], "environment": first_leg["environment"]}]
-    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--amp", "none", "--workers", "0"]) == 0
-    assert "nothing to train: " in capsys.readouterr().out
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--amp", "none", "--workers", "0",
+                 "--epochs", "1"]) == 0
+    assert f"nothing to train: {tmp_path / 'cut'} has finished its {len(rows(tmp_path / 'cut'))} epochs" \
+        in capsys.readouterr().out
     assert (tmp_path / "cut" / "config.yaml").read_bytes() == record  # what trained it, not the idle resume
     assert b"\r" not in (tmp_path / "cut" / "metrics.csv").read_bytes() + (tmp_path / "cut" / "split.csv").read_bytes()
     timing = {"epoch_seconds", "images_per_s"}
@@ -413,11 +415,22 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'e' / 'metrics.json'}: Is a directory")
     import retinopathy.training.train as train_module
 
-    def interrupted(args):
+    def interrupted(args):  # after the first epoch (its last.pt written), or (run0) before it
+        if not args.out.endswith("run0"):
+            (Path(args.out) / "checkpoints").mkdir(parents=True)
+            (Path(args.out) / "checkpoints" / "last.pt").touch()
         raise KeyboardInterrupt
     monkeypatch.setattr(train_module, "main", interrupted)
+    assert main(["train", "--data", str(synth_small), *FAST, "--out", str(tmp_path / "run0")]) == 130
+    assert f"no epoch of {tmp_path / 'run0'} had finished: run the same command again" in capsys.readouterr().err
     assert main(["train", "--data", str(synth_small), *FAST, "--out", str(tmp_path / "run")]) == 130
     assert f"continue it with `retinopathy train --resume {tmp_path / 'run'}`" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "4")  # as torchrun started it
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert main(["train", "--data", str(synth_small), *FAST, "--out", str(tmp_path / "ddp")]) == 130
+    assert (f"`torchrun --nproc_per_node=2 --nnodes=2 -m retinopathy train --resume {tmp_path / 'ddp'}`"
+            in capsys.readouterr().err)
+    monkeypatch.delenv("WORLD_SIZE")
     assert main(["train", "--data", str(synth_small), *FAST, f"--out={tmp_path / 'run2'}"]) == 130
     assert f"{tmp_path / 'run2'}/checkpoints/last.pt" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text(f"data: {synth_small}\nout: {tmp_path / 'run3'}\n")  # the folder from a file
@@ -431,6 +444,13 @@ def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_pa
     torch.save(ckpt, tmp_path / "mislabelled.pt")
     rc = main(["evaluate", str(tmp_path / "mislabelled.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
     assert rc == 2 and "do not fit resnet34" in capsys.readouterr().err
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")  # weights of 3 outputs, said so, classification
+    head = [k for k in ckpt["model"] if k.startswith("net.fc")]
+    ckpt["model"].update({k: ckpt["model"][k][:3] for k in head if ckpt["model"][k].shape[0] == 5})
+    ckpt["model_info"]["num_outputs"] = 3
+    torch.save(ckpt, tmp_path / "three.pt")
+    rc = main(["evaluate", str(tmp_path / "three.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
+    assert rc == 2 and "three.pt: 3 outputs, where its objective classification has 5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("change,named", [(("preprocessing", None), "incomplete model information ('preprocessing'"),
@@ -901,6 +921,16 @@ def test_a_run_with_relative_file_options_resumes_from_any_folder(synth_small, t
     assert main(["train", "--resume", str(run)]) == 0
     assert [r["epoch"] for r in rows(run)] == ["0", "1"]
     assert parse_args(["-c", str(run / "config.yaml"), "--out", "new"]).labels == str(synth_small / "trainLabels.csv")
+
+
+def test_resume_keeps_the_loader_workers_the_run_had(tiny_run, tmp_path):
+    """Each loader worker draws its own augmentations, so a resume with another worker count (the default: one per
+    core of the machine) would not continue the same run; the run's count is kept unless -j is given."""
+    cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    cfg["train"]["workers"], cfg["engine"]["workers"] = None, 3  # the default, on a 3-core machine
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert parse_args(["--resume", str(tmp_path)]).workers == 3
+    assert parse_args(["--resume", str(tmp_path), "-j", "1"]).workers == 1
 
 
 @pytest.mark.parametrize("name, content, reason", [

@@ -38,12 +38,14 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
                        skip_bad: bool = False, name: str = "DATA") -> None:
     """:func:`add_format_arguments`, the patient split and (for commands that stop on bad input) ``--skip-bad``."""
     g = add_format_arguments(parser, name)
+    run = "the checkpoint's run's, else " if split_default is not None else ""  # evaluate, predict: a run's split
     g.add_argument("--val-fraction", type=float, default=None,
-                   help="share of patients for validation, per grade (default 0.1)")
+                   help=f"share of patients for validation, per grade (default: {run}0.1)")
     g.add_argument("--test-fraction", type=float, default=None,
-                   help="share of patients for test, per grade, when the data has no split (default 0.2)")
-    g.add_argument("--split-seed", type=int, default=None, help="seed of the patient split (default 0)")
-    g.add_argument("--split-file", help="reuse a split written by an earlier run (split.csv)")
+                   help=f"share of patients for test, per grade, when the data has no split (default: {run}0.2)")
+    g.add_argument("--split-seed", type=int, default=None, help=f"seed of the patient split (default: {run}0)")
+    g.add_argument("--split-file", help="reuse a split written by an earlier run (split.csv)" + (
+        "; default: the run's own, on the photographs it trained on" if run else ""))
     if skip_bad:
         g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
                        help="drop bad rows and images (listed in the run) instead of stopping")

@@ -7,6 +7,7 @@ import os
 import select
 import sys
 import warnings
+from pathlib import Path
 
 from .. import __version__
 from ..errors import DataWarning, RetinopathyError
@@ -96,8 +97,12 @@ def _how_to_continue(argv: list[str], run) -> str:
         return "; run the same command again: finished cells are skipped, the interrupted one resumes"
     if run is None:
         return ""
+    if not (Path(run) / "checkpoints" / "last.pt").exists():
+        return f"; no epoch of {run} had finished: run the same command again"
+    from ..training.distributed import resume_command
+
     return (f"; the run keeps its last finished epoch in {run}/checkpoints/last.pt: continue it with "
-            f"`retinopathy train --resume {run}` (before the first epoch, run the same command again)")
+            f"`{resume_command(run)}`")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,7 +17,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from ..errors import RetinopathyError
-from ..training.checkpoint import checkpoint_file
+from ..training.checkpoint import checkpoint_file, unreadable
 
 
 class WeightsError(RetinopathyError, RuntimeError):
@@ -79,8 +79,8 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a file that is not weights
-            raise WeightsError(f"weights file {path} cannot be read ({type(e).__name__}: {str(e)[:200]}); "
-                               "pass a state dict or a training checkpoint saved by torch.save") from None
+            raise WeightsError(f"weights file {path} cannot be read ({unreadable(path, e)}); pass a state dict or "
+                               "a training checkpoint saved by torch.save") from None
         if not isinstance(state, dict):
             raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict or checkpoint")
         # a training checkpoint (retinopathy's, torchvision references'): the averaged weights when it kept

@@ -98,7 +98,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # on a file that is not one, the safe unpickler fails in many ways (KeyError, ...)
-        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({_unreadable(path, e)}). " + (
+        raise CheckpointError(f"{path}: cannot be read as a checkpoint ({unreadable(path, e)}). " + (
             "A broken last.pt cannot be resumed: start a new run from the run's best.pt (--weights "
             f"{path.with_name('best.pt')} --out NEW)" if path.name == "last.pt" else
             "Pass a run's checkpoints/best.pt (or last.pt)")) from None
@@ -111,7 +111,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     return ckpt
 
 
-def _unreadable(path: Path, error: Exception) -> str:
+def unreadable(path: Path, error: Exception) -> str:
     """Why ``path`` is not a checkpoint, in words (torch's own message advises an unsafe load)."""
     with open(path, "rb") as f:
         head = f.read(64)

@@ -114,7 +114,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "epoch towards grade 0 x1, others x2 (o_O, Kaggle 2015)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
-                   help="deterministic algorithms, exact resume")
+                   help="deterministic algorithms, exact resume (with the run's --workers: a resume keeps them "
+                        "unless -j is given, since each worker draws its own augmentations)")
 
     g = p.add_argument_group("images")
     g.add_argument("--image-size", type=at_least(8), default=512)
@@ -173,6 +174,8 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
         options = {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
         if "eval_amp" not in options:  # a run from before --eval-amp evaluated in its training precision
             options["eval_amp"] = (cfg.get("engine") or {}).get("amp", "none")
+        if options.get("workers") is None:  # the loader workers it ran with (by default one per core of that
+            options["workers"] = (cfg.get("engine") or {}).get("workers")  # machine): they draw the augmentations
         typed, resolved = options.get("data"), (cfg.get("data") or {}).get("path")
         if isinstance(resolved, str) and not (isinstance(typed, str) and Path(typed).expanduser().is_absolute()):
             options["data"] = resolved  # a relative --data was relative to where the run started

@@ -21,6 +21,15 @@ class DistInfo:
         return self.rank == 0
 
 
+def resume_command(run) -> str:
+    """The command that continues ``run`` as it was started: under torchrun, with the same processes per node."""
+    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 0) or 0)
+    if world <= 1:
+        return f"retinopathy train --resume {run}"
+    nodes = f" --nnodes={world // local}" if local and local != world else ""
+    return f"torchrun --nproc_per_node={local or world}{nodes} -m retinopathy train --resume {run}"
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group named by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS.
 

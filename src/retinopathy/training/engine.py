@@ -104,7 +104,7 @@ def train_one_epoch(model, objective, optimizer, loader, device, normalize, *, g
             bad = [f"{name} {v:.4g}" for name, v in zip(("loss", "gradient norm"), values) if not math.isfinite(v)]
             raise Diverged(f"{desc}: non-finite {' and '.join(bad) or 'loss or gradient in another process'} at "
                            f"image {seen}; stopped before the optimizer step, so the weights stay finite: lower "
-                           "--lr, or train with --amp none (bf16 has no loss scaling)")
+                           "--lr" + (", or train with --amp none (bf16 has no loss scaling)" if amp == "bf16" else ""))
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()

@@ -35,7 +35,7 @@ from ..reporting.model_card import write_model_card
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, rng_state, save_checkpoint,
                          set_rng_state)
 from .config import WHERE_STARTED, environment, parse_args, plain_options
-from .distributed import barrier, broadcast_buffers, cleanup, init_distributed
+from .distributed import barrier, broadcast_buffers, cleanup, init_distributed, resume_command
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
@@ -546,9 +546,9 @@ def main(args) -> dict:
                 last["config"].update({k: getattr(args, k) for k in FIXED_WHILE_TRAINING})
                 save_checkpoint(last, out / "checkpoints" / "last.pt")
     if dist.main and not finished:
-        print(f"stopped after {ran} epoch(s) (--stop-after): continue with `retinopathy train --resume {out}`")
+        print(f"stopped after {ran} epoch(s) (--stop-after): continue with `{resume_command(out)}`")
     elif dist.main and not ran and not retune:
-        print(f"nothing to train: {out} has finished its {args.epochs} epochs (--epochs N on --resume trains on)")
+        print(f"nothing to train: {out} has finished its {start_epoch} epochs (--epochs N on --resume trains on)")
     cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
 
