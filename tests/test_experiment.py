@@ -270,6 +270,10 @@ def test_config_errors_name_the_file(tmp_path, capsys):
                       ({"batch_size": 0}, "batch_size: 0 is not a whole number >= 1")):
         with pytest.raises(ExperimentError, match=named):  # with the file, not after the first cell has trained
             load_experiment(write_config(tmp_path, evaluate=ev))
+    config = write_config(tmp_path, name="nodata", synth=None, data=str(tmp_path / "nowhere"))  # stops once, first
+    assert main(["experiment", str(config)]) == 2
+    assert f"{config}: data: {tmp_path / 'nowhere'} not found; set data:" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "nodata").exists()
     # the other sections' values too, with the file, not a traceback from where they are used
     for change, named in (({"synth": {"n": "many"}}, r"synth: need whole numbers .*\(got n='many'"),
                           ({"synth": {"n": 0}}, "synth: need whole numbers n >= 1"),

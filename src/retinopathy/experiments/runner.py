@@ -377,6 +377,9 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     if exp.synth is not None and not holds_data(data):  # a missing folder, or an interrupted generation's images
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
+    if not data.exists():  # once, not as each cell's failure
+        raise ExperimentError(f"{exp.file}: data: {data} not found; set data: to the dataset folder (or pass "
+                              "--data), or add synth: to generate a synthetic one there")
     exp.dir.mkdir(parents=True, exist_ok=True)
     parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
     status_file = exp.dir / "experiment.json"
