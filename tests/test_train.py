@@ -1008,3 +1008,14 @@ def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "leakage" not in err  # the data's other warnings are still shown
     assert err.count(f"warning: {data} was prepared at 32 px and is read at 64 px: the copy is upscaled") == 1
+
+
+@pytest.mark.parametrize("argv, shown", [(["train"], ["(default: 20)", "default: 0.001", "default: adamw"]),
+                                         (["synth"], ["(default: 1000)", "default: kaggle"]),
+                                         (["evaluate"], ["(default: 1000)", "(default test;", "--device DEVICE default: auto"])])
+def test_help_gives_every_option_default(argv, shown, capsys):
+    """Defaults in --help, as timm's and torchvision's reference scripts show them."""
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert e.value.code == 0 and all(s in out for s in shown), out

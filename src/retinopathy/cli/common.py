@@ -21,6 +21,15 @@ def at_least(minimum: int):
     return integer
 
 
+def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``(default: X)`` to the help of every option whose help does not give its default already."""
+    for a in parser._actions:
+        if a.option_strings and a.default not in (None, argparse.SUPPRESS) and not isinstance(a.default, bool) \
+                and "default" not in (a.help or ""):
+            a.help = f"{a.help} (default: %(default)s)" if a.help else "default: %(default)s"
+    return parser
+
+
 def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") -> argparse._ArgumentGroup:
     """How to read the dataset folder ``name``: its format, labels, images and columns."""
     g = parser.add_argument_group(f"data (the format is detected from what is in {name}; these override it)")

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..atomic import check_output_file, write_text
 from ..data import DataError, load_catalog
 from ..data.check import check_catalog, format_report
-from .common import add_data_arguments, at_least, catalog_options
+from .common import add_data_arguments, at_least, catalog_options, show_defaults
 
 
 def add_parser(sub) -> None:
@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=at_least(0), default=None, help="decoding threads (default or 0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    show_defaults(p)
 
 
 def run(args) -> int:

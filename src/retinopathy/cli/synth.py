@@ -1,7 +1,7 @@
 """``retinopathy synth OUT``: write a synthetic fundus dataset."""
 from __future__ import annotations
 
-from .common import at_least
+from .common import at_least, show_defaults
 
 
 def add_parser(sub) -> None:
@@ -15,6 +15,7 @@ def add_parser(sub) -> None:
     p.add_argument("--workers", type=at_least(0), default=None, help="processes (default or 0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+    show_defaults(p)
 
 
 def run(args) -> int:

@@ -54,7 +54,7 @@ from torchvision.transforms import v2
 
 from .. import __version__
 from ..atomic import write_text
-from ..cli.common import READ_KEYS, add_format_arguments, at_least
+from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
 from ..errors import RetinopathyError
 from ..progress import progress_bar
 from .formats import GRADES, Catalog, Sample, read_catalog
@@ -322,7 +322,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=at_least(0), default=None, help="processes (default or 0: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_format_arguments(p, "SRC")
-    return p
+    return show_defaults(p)
 
 
 def main(args) -> dict:

@@ -30,6 +30,7 @@ from ..cli.common import (  # noqa: E402
     at_least,
     blend_setting,
     catalog_options,
+    show_defaults,
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
@@ -58,7 +59,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=at_least(0), default=1000, help="patient-level bootstrap resamples (0: none)")
     add_blend_argument(p, None)
     p.add_argument("--quiet", action="store_true")
-    return p
+    return show_defaults(p)
 
 
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:

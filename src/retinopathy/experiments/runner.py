@@ -43,7 +43,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
-from ..cli.common import READ_KEYS
+from ..cli.common import READ_KEYS, show_defaults
 from ..errors import RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..training import config as train_config
@@ -443,7 +443,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (overrides data: in the file)")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not build the report afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+    return show_defaults(p)
 
 
 def main(args) -> dict:

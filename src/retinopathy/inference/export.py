@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..atomic import check_output_file
+from ..cli.common import show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
 from ..data.images import image_files
@@ -68,7 +69,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "synthetic renders when it is gone or holds none)")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference|")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    return p
+    return show_defaults(p)
 
 
 def metadata_path(model_file: str | Path) -> Path:

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import check_output_file, check_writable, replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
-                          catalog_options)
+                          catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import base_name, detect_format, patient_of, without_extension
 from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, image_files, index_images
@@ -85,7 +85,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     add_amp_argument(p)
     p.add_argument("--quiet", action="store_true")
-    return p
+    return show_defaults(p)
 
 
 # ---------------------------------------------------------------------------------------------- inputs

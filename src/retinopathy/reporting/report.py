@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
+from ..cli.common import show_defaults
 from ..data.formats import GRADES
 from ..data.synth import is_synthetic
 from ..errors import RetinopathyError
@@ -510,7 +511,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="RUN_OR_EXPERIMENT_DIR")
     p.add_argument("--out", required=True, help="folder for index.html, report.md and the PNGs")
     p.add_argument("--title", help="page title")
-    return p
+    return show_defaults(p)
 
 
 def main(args) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli.common import add_amp_argument, add_blend_argument, add_data_arguments, at_least
+from ..cli.common import add_amp_argument, add_blend_argument, add_data_arguments, at_least, show_defaults
 from ..errors import RetinopathyError
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.transforms import AUGMENT, PREPROCESS
@@ -155,7 +155,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--stop-after", type=at_least(1), default=None,
                    help="run at most this many epochs now, then stop cleanly (continue with --resume)")
     g.add_argument("--quiet", action=argparse.BooleanOptionalAction, default=False, help="no progress bars")
-    return p
+    return show_defaults(p)
 
 
 def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
