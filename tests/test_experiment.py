@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -280,11 +281,15 @@ def test_config_errors_name_the_file(tmp_path, capsys):
                           ({"synth": {"format": "x"}}, "synth: format must be one of"),
                           ({"out": 5}, "out: 5 is not a folder"),
                           ({"report": "reports/x"}, "report: takes out: FOLDER"),
-                          ({"report": {"output": "x"}}, "report: takes out: FOLDER")):
+                          ({"report": {"output": "x"}}, "report: takes out: FOLDER"),
+                          ({"report": {"out": ""}}, "report: takes out: FOLDER")):
         config = write_config(tmp_path, **change)
         with pytest.raises(ExperimentError, match=named):
             load_experiment(config)
         assert main(["experiment", str(config)]) == 2 and str(config) in capsys.readouterr().err
+    from retinopathy.data.synth import check_options
+
+    check_options(n=np.int64(10), size=np.int32(64), seed=np.int64(0), test_fraction=np.float32(0.2))  # from Python
 
 
 def test_cell_names():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torchvision.models import resnet18, resnet34
+from torchvision.models import googlenet, resnet18, resnet34
 
 from retinopathy.data import Normalize
 from retinopathy.models import Grader, WeightsError, build_model, make_objective
@@ -235,6 +235,13 @@ def test_weights_file_option(tmp_path):
     with pytest.raises(WeightsError, match=r"r34.pth: the weights do not fit resnet18: 96 of their backbone tensors "
                                            r"are not in it, e.g. \['layer1.2.conv1.weight'"):
         build_model("resnet18", weights_file=str(tmp_path / "r34.pth"))
+    aux = googlenet(aux_logits=True, init_weights=False).state_dict()  # torchvision's file holds the auxiliary heads,
+    torch.save(aux, tmp_path / "googlenet.pth")  # which the model it builds for training leaves out
+    model, _ = build_model("googlenet", weights_file=str(tmp_path / "googlenet.pth"))
+    assert torch.equal(model.net.conv1.conv.weight, aux["conv1.conv.weight"])
+    gem = Grader("resnet18", 5, global_pool="gem").net.state_dict()  # another run's GeM exponent: not in avg's model
+    torch.save(gem, tmp_path / "gem.pth")
+    build_model("resnet18", weights_file=str(tmp_path / "gem.pth"))
 
 
 def test_weights_file_can_be_a_retinopathy_checkpoint(tiny_run):

@@ -202,3 +202,18 @@ def test_balanced_sampling_with_class_weights_is_told(tmp_path, capsys):
                 "--class-weights", "inverse"])
     assert "--class-weights inverse weights the rare grades up a second time" in capsys.readouterr().err
 
+
+
+def test_normalize_takes_uint8_images_and_batches_of_any_rank():
+    """One image (C x H x W), a batch (N x C x H x W) and eye pairs (N x 2 x C x H x W): torchvision's Normalize of
+    the image scaled to 0-1, the shape kept; float input passes through."""
+    from torchvision.transforms import v2
+
+    mean, std = (0.4, 0.3, 0.2), (0.25, 0.2, 0.15)
+    reference = v2.Normalize(mean, std)
+    for shape in ((3, 8, 8), (4, 3, 8, 8), (4, 2, 3, 8, 8)):
+        x = torch.randint(0, 256, shape, dtype=torch.uint8)
+        y = Normalize(mean, std)(x)
+        assert y.shape == shape and torch.allclose(y, reference(x.float() / 255), atol=1e-5)
+    x = torch.rand(2, 3, 8, 8)
+    assert Normalize(mean, std)(x) is x

@@ -931,6 +931,7 @@ def test_resume_keeps_the_loader_workers_the_run_had(tiny_run, tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert parse_args(["--resume", str(tmp_path)]).workers == 3
     assert parse_args(["--resume", str(tmp_path), "-j", "1"]).workers == 1
+    assert parse_args(["-c", str(tmp_path / "config.yaml"), "--out", "new"]).workers is None  # a new run: this machine
 
 
 @pytest.mark.parametrize("name, content, reason", [
@@ -1012,7 +1013,8 @@ def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, shown", [(["train"], ["(default: 20)", "default: 0.001", "default: adamw"]),
                                          (["synth"], ["(default: 1000)", "default: kaggle"]),
-                                         (["evaluate"], ["(default: 1000)", "(default test;", "--device DEVICE default: auto"])])
+                                         (["evaluate"], ["(default: 1000)", "(default test;",
+                                                         "--device DEVICE default: auto"])])
 def test_help_gives_every_option_default(argv, shown, capsys):
     """Defaults in --help, as timm's and torchvision's reference scripts show them."""
     with pytest.raises(SystemExit) as e:

@@ -292,7 +292,7 @@ def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
     try:
         m = json.loads((Path(root) / MANIFEST).read_text())
         complete, size, crop = m["complete"], int(m["size"]), m["crop"]
-    except (OSError, ValueError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, OverflowError):
         return []
     found = []
     if not complete:

@@ -15,6 +15,7 @@ so the files are byte-identical whatever the number of workers.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -447,9 +448,9 @@ def check_options(n: int = 1000, size: int = 256, seed: int = 0, balanced: bool 
     """Raise ValueError for options :func:`generate` cannot use (an experiment's ``synth:`` is checked up front)."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (n, size, seed))
-    fraction = isinstance(test_fraction, (int, float)) and not isinstance(test_fraction, bool)
-    if not (whole and fraction and isinstance(balanced, bool)) or n < 1 or size < 16 or seed < 0 \
+    whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (n, size, seed))
+    fraction = isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
+    if not (whole and fraction and isinstance(balanced, numbers.Integral)) or n < 1 or size < 16 or seed < 0 \
             or not 0 <= test_fraction < 1:
         raise ValueError(f"need whole numbers n >= 1, size >= 16, seed >= 0, balanced true or false and "
                          f"0 <= test_fraction < 1 (got n={n!r}, size={size!r}, seed={seed!r}, balanced={balanced!r}, "

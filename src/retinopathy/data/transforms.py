@@ -104,8 +104,8 @@ class Normalize(torch.nn.Module):
 
     def __init__(self, mean, std):
         super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255, persistent=False)
+        self.register_buffer("mean", torch.tensor(mean).view(-1, 1, 1) * 255, persistent=False)  # C x 1 x 1: any
+        self.register_buffer("std", torch.tensor(std).view(-1, 1, 1) * 255, persistent=False)  # ... x C x H x W
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.uint8:

@@ -216,7 +216,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
             raise ExperimentError(f"{file}: synth: {e}") from None
     report = cfg.get("report")
     if report is not None and not (isinstance(report, dict) and set(report) == {"out"}
-                                   and isinstance(report["out"], str)):
+                                   and isinstance(report["out"], str) and report["out"].strip()):
         raise ExperimentError(f"{file}: report: takes out: FOLDER (e.g. report: {{out: reports/{name}}})")
     report_out = Path(report["out"]).expanduser() if report else None
     return Experiment(name, file, root, str(data), cells, grid, str(cfg.get("description") or ""), synth, ev,
@@ -377,7 +377,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     if exp.synth is not None and not holds_data(data):  # a missing folder, or an interrupted generation's images
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
-    if not data.exists():  # once, not as each cell's failure
+    if not data.exists() and not any((c.dir / "checkpoints").exists() for c in exp.cells):  # once, not per cell
         raise ExperimentError(f"{exp.file}: data: {data} not found; set data: to the dataset folder (or pass "
                               "--data), or add synth: to generate a synthetic one there")
     exp.dir.mkdir(parents=True, exist_ok=True)

@@ -34,9 +34,6 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
         objective = make_objective(info.get("objective", "classification"),
                                    thresholds=info.get("thresholds", DEFAULT_THRESHOLDS), decision=info.get("decision"))
         preprocessing = Preprocessing.from_dict(info["preprocessing"])
-        if objective.outputs != info["num_outputs"]:
-            raise ValueError(f"{info['num_outputs']} outputs, where its objective {info.get('objective')} has "
-                             f"{objective.outputs}")
     except KeyError as e:
         raise CheckpointError(f"{where}: incomplete model information ({e} missing)") from None
     except ValueError as e:  # an architecture, head, objective or preset this version does not know
@@ -45,5 +42,8 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
         first = str(e).splitlines()[0]
         raise CheckpointError(f"{where}: its weights do not fit {info['arch']} with a {info['head']} head and "
                               f"{info['num_outputs']} outputs ({first})") from None
+    if objective.outputs != info["num_outputs"]:
+        raise CheckpointError(f"{where}: {info['num_outputs']} outputs, where its objective "
+                              f"{info.get('objective', 'classification')} has {objective.outputs}")
     model.eval()
     return model, objective, preprocessing, ckpt

@@ -34,7 +34,8 @@ from .html import ci_text, first_line, grade_parts, render_html, warning_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
-           "compile", "deterministic", "cache_images", "stop_after", "split_file", "weights", "model", "pretrained"}
+           "compile", "deterministic", "cache_images", "stop_after", "split_file", "weights", "model", "pretrained",
+           "labels", "images"}
 MAX_LABEL_OPTIONS = 3  # runs that differ in more options are labelled by their names
 
 

@@ -158,7 +158,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return show_defaults(p)
 
 
-def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
+def file_options(path: Path, data: str | None = None, resume: bool = False) -> tuple[dict, str]:
     """Option defaults from a YAML file and what it was: ``"options"`` (option: value), ``"run"`` (a run's
     ``config.yaml``: its options, not its folder) or ``"experiment"`` (one cell: ``train:``, ``base:``, ``data:``)."""
     if path.is_dir():
@@ -174,8 +174,8 @@ def file_options(path: Path, data: str | None = None) -> tuple[dict, str]:
         options = {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
         if "eval_amp" not in options:  # a run from before --eval-amp evaluated in its training precision
             options["eval_amp"] = (cfg.get("engine") or {}).get("amp", "none")
-        if options.get("workers") is None:  # the loader workers it ran with (by default one per core of that
-            options["workers"] = (cfg.get("engine") or {}).get("workers")  # machine): they draw the augmentations
+        if resume and options.get("workers") is None:  # the loader workers it ran with (by default one per core
+            options["workers"] = (cfg.get("engine") or {}).get("workers")  # of that machine) draw its augmentations
         typed, resolved = options.get("data"), (cfg.get("data") or {}).get("path")
         if isinstance(resolved, str) and not (isinstance(typed, str) and Path(typed).expanduser().is_absolute()):
             options["data"] = resolved  # a relative --data was relative to where the run started
@@ -214,7 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--resume {pre.resume}: not a run folder (no config.yaml there); pass the folder that "
                      "`retinopathy train --out` wrote, e.g. runs/NAME")
     if pre.resume and not pre.config:
-        layered.update(file_options(Path(pre.resume) / "config.yaml")[0])
+        layered.update(file_options(Path(pre.resume) / "config.yaml", resume=True)[0])
     file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
     if pre.preset and (pre.resume or kind == "run"):
         parser.error("--preset cannot change a run's saved options (--resume, or -c a run's config.yaml); "
