@@ -287,12 +287,21 @@ def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path, caps
     both = tune_thresholds(np.concatenate(list(scores.values())), np.concatenate(list(labels.values())),
                            "kappa-above-majority", 0.02)
     assert obj.thresholds == pytest.approx(both)
-    assert both != pytest.approx(tune_thresholds(scores["val"], labels["val"], "kappa-above-majority", 0.02))
-    assert "on train+val, accuracy margin 0.02)" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    on_val = tune_thresholds(scores["val"], labels["val"], "kappa-above-majority", 0.02)
+    assert both != pytest.approx(on_val) and info["epoch_thresholds"] == pytest.approx(on_val)  # metrics.csv's
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert "on train+val, accuracy margin 0.02)" in card
+    assert "These rows graded with the thresholds tuned at that epoch" in card  # not the shipped model's numbers
     capsys.readouterr()
     assert main(["train", "--resume", str(run)]) == 0  # a finished run: retuned again (e.g. after new options)
     assert "thresholds of the selected epoch" in capsys.readouterr().out
-    assert restore(run / "checkpoints" / "best.pt")[1].thresholds == pytest.approx(both)
+    again = restore(run / "checkpoints" / "best.pt")[3]["model_info"]
+    assert again["thresholds"] == pytest.approx(both) and again["epoch_thresholds"] == pytest.approx(on_val)
+    assert main(["evaluate", str(run), "--data", str(synth_small), "--out", str(run / "eval"), "--workers", "0",
+                 "--bootstrap", "0", "--quiet"]) == 0
+    assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
+    assert "at each epoch's thresholds, before the shipped ones were retuned" in \
+        (tmp_path / "report" / "report.md").read_text()
 
 
 def test_threshold_margin_must_be_a_fraction(capsys):

@@ -124,7 +124,7 @@ def results_cell(run) -> str:
     n = run.numbers
     keys = ("test_accuracy", "kappa", "macro_f1", "majority_accuracy", "selected_epoch", "selection_split",
             "selection_metric", "best_selection_accuracy", "best_selection_epoch", "max_test_accuracy",
-            "max_test_epoch", "warning", "ci_accuracy", "ci_kappa", "evaluation_note")
+            "max_test_epoch", "max_test_note", "warning", "ci_accuracy", "ci_kappa", "evaluation_note")
     attrs = {"run": run.name, "model": run.model, "variant": run.variant, "status": run.status,
              **{k: n.get(k) for k in keys if k in n}}
     if run.reason:
@@ -150,7 +150,8 @@ def results_cell(run) -> str:
                      f'(epoch {n["best_selection_epoch"]})</div>')
     if "max_test_accuracy" in n:
         parts.append(f'<div class="small lab">highest test accuracy over epochs {_f(n["max_test_accuracy"])} '
-                     f'(epoch {n["max_test_epoch"]}) - the lab\'s number, optimistic</div>')
+                     f'(epoch {n["max_test_epoch"]}) - the lab\'s number, optimistic'
+                     + (f'; {escape(n["max_test_note"])}' if "max_test_note" in n else "") + '</div>')
     if n.get("warning"):
         parts.append(f'<div class="badge">&#9888; {escape(warning_text(n))}</div>')
     return f'<td class="cell" {data}>{"".join(parts)}</td>'

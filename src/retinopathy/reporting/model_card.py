@@ -167,7 +167,8 @@ def _training_section(config: dict) -> list[str]:
             f"{engine.get('world_size', 1)} process(es)", ""]
 
 
-def _history_rows(history: list[dict], config: dict, epoch: int | None, selected_on: str | None) -> list[str]:
+def _history_rows(history: list[dict], config: dict, epoch: int | None, selected_on: str | None,
+                  info: dict) -> list[str]:
     row = next((r for r in history if r.get("epoch") == str(epoch)), None)
     if row is None:
         return []
@@ -182,7 +183,16 @@ def _history_rows(history: list[dict], config: dict, epoch: int | None, selected
                          f"{_fmt(float(row[f'{split}_macro_f1']))} |")
     if selected_on:
         lines += ["", f"The {selected_on} numbers are optimistic: this epoch was chosen on that split."]
+    before = info.get("epoch_thresholds")
+    if before is not None and before != info.get("thresholds"):
+        lines += ["", f"These rows graded with the thresholds tuned at that epoch ({_cuts(before)}); the model ships "
+                  f"thresholds retuned afterwards on {info.get('threshold_data')} ({_cuts(info['thresholds'])}), so "
+                  "its own numbers, below, differ."]
     return lines + [""]
+
+
+def _cuts(thresholds) -> str:
+    return ", ".join(f"{t:.3g}" for t in thresholds)
 
 
 def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
@@ -279,7 +289,7 @@ def render(ckpt: dict, name: str, config: dict, history: list[dict], store: dict
     lines += ["## Metrics", ""]
     best_epoch = (ckpt.get("best") or {}).get("epoch")
     lines += _history_rows(history, config, best_epoch if best_epoch is not None else ckpt.get("epoch"),
-                           (ckpt.get("best") or {}).get("split"))
+                           (ckpt.get("best") or {}).get("split"), ckpt.get("model_info", {}))
     lines += _evaluation_rows(store, name, ckpt)
     lines += [INTENDED_USE, *_limitations(ckpt.get("model_info", {}), config)]
     return "\n".join(lines)

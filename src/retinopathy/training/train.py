@@ -537,8 +537,9 @@ def main(args) -> dict:
                   f"{len(labels[1])} {select_on} images: {[round(t, 3) for t in thresholds]} "
                   f"(before: {[round(t, 3) for t in chosen['model_info']['thresholds']]}, "
                   f"on {chosen['model_info']['threshold_data']})")
+            before = chosen["model_info"].get("epoch_thresholds", chosen["model_info"]["thresholds"])
             chosen["model_info"].update(thresholds=thresholds, threshold_data=f"train+{select_on}",
-                                        threshold_margin=margin)
+                                        threshold_margin=margin, epoch_thresholds=before)  # metrics.csv's
             save_checkpoint(chosen, best_path)
             write_model_card(best_path)
             last = load_checkpoint(out / "checkpoints" / "last.pt")  # the options config.yaml now holds
