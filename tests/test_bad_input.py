@@ -221,6 +221,21 @@ def test_lab_files_of_different_lengths(tmp_path):
     assert rc == 1 and "length-mismatch" in kinds(report)
 
 
+def test_lab_files_with_a_header_line_say_so(tmp_path):
+    """pandas' to_csv writes a header by default; the lab's CSVs have none."""
+    for i in range(3):
+        disc(tmp_path / f"{i}_left.jpeg")
+    (tmp_path / "train_img.csv").write_text("image\n0_left\n1_left\n2_left\n")
+    (tmp_path / "train_label.csv").write_text("level\n0\n1\n2\n")
+    with pytest.raises(DataError, match=r"train_label.csv:1: train_img.csv's line 1, 'image', and train_label.csv's "
+                                        r"line 1, 'level', look like a header: the lab's CSVs have none; remove it"):
+        FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)
+    (tmp_path / "train_label.csv").write_text("0\n1\n2\n")  # the header in one file only: out of step
+    with pytest.raises(DataError, match=r"has 4 lines but train_label.csv has 3; .*train_img.csv's line 1, 'image', "
+                                        r"looks like a header"):
+        FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)
+
+
 @pytest.mark.parametrize("encoding, line", [("cp1252", 4), ("utf-16", 1)])
 def test_labels_not_in_utf8(tmp_path, kaggle, encoding, line):
     labels = kaggle / "trainLabels.csv"

@@ -171,12 +171,19 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     f"{img_name} and {label_name}"))
             continue
         names, labels = _read_lines(img_file), _read_lines(label_file)
+        headers = [f"{f.name}'s line 1, {lines[0].strip()!r}," for f, lines in ((img_file, names), (label_file, labels))
+                   if lines and re.fullmatch(r"[A-Za-z_ -]+", lines[0].strip())]  # image, level (pandas' to_csv)
+        advice = (f"{' and '.join(headers)} look{'s' if len(headers) == 1 else ''} like a header: the lab's CSVs "
+                  "have none; remove it (pandas: to_csv(..., header=False, index=False))") if headers else ""
         if len(names) != len(labels):
             problems.append(Problem("length-mismatch", str(label_file), None,
                                     f"{img_name} has {len(names)} lines but {label_name} has {len(labels)}; "
-                                    "each image needs its label on the same line"))
+                                    "each image needs its label on the same line" + (f"; {advice}" if advice else "")))
         for i, (name, text) in enumerate(zip(names, labels), start=1):
             name = name.strip()
+            if i == 1 and headers and len(names) == len(labels):
+                problems.append(Problem("bad-row", str(label_file), 1, advice, name))
+                continue
             label = _checked_label(name, text, img_file, label_file, i, problems)
             if label is not None:
                 samples.append(Sample(name, label, patient_of(name), str(img_file), i, split))
