@@ -447,3 +447,14 @@ def test_a_cell_whose_last_run_failed_is_marked_beside_its_earlier_evaluation(ex
     assert ("Failed on its last run: resnet18-scratch (its earlier evaluation is shown): 1 problem(s) in the "
             "dataset: x.csv:3: bad grade") in md
     assert "its last run failed: 1 problem(s) in the dataset: x.csv:3: bad grade" in page
+
+
+def test_a_run_that_changes_its_preset_says_what_it_changed():
+    """'preset lab' only for the lab's recipe as it is; a run that changed some of its options names them."""
+    from retinopathy.reporting.report import _preset_text
+    from retinopathy.training.config import PRESETS
+
+    lab = {"preset": "lab", **PRESETS["lab"]}
+    assert _preset_text(lab) == ", preset lab" and _preset_text({}) == ""
+    assert _preset_text({**lab, "lr": 0.01, "class_weights": "inverse", "freeze_epochs": 0}) == \
+        ", preset lab with lr, freeze_epochs, class_weights changed"

@@ -110,7 +110,7 @@ def _legend(fig, series: list[dict], markers: dict, splits: list[str], baseline:
     keys = [Line2D([], [], color="#555555", linestyle=SPLITS[sp], linewidth=2, label=sp) for sp in splits]
     if baseline is not None:
         keys.append(Line2D([], [], **BASELINE, label=textwrap.fill(f"always the most common grade (test) "
-                                                                   f"{baseline:.2f}", 22)))
+                                                                   f"{baseline:.3f}", 22)))
     blank, rows = Line2D([], [], linestyle="none", label=" "), max(len(runs), len(keys))
     fig.legend(handles=runs + [blank] * (rows - len(runs)) + keys + [blank] * (rows - len(keys)), ncol=2,
                loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=9, frameon=False, handlelength=3.5)

@@ -111,6 +111,12 @@ def first_line(text: str) -> str:
     return " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
 
 
+def epochs_text(train: dict) -> str:
+    """``20 epochs (5 with the backbone frozen)``; without pretrained weights the frozen backbone is a random one."""
+    backbone = "backbone" if train.get("pretrained") or train.get("weights") else "random (not pretrained) backbone"
+    return f"{train.get('epochs')} epochs ({train.get('freeze_epochs')} with the {backbone} frozen)"
+
+
 def warning_text(n: dict) -> str:
     """Why a run is flagged: it has not learnt to grade (kappa <= 0), or it grades but is right less often
     than always answering the most common grade."""

@@ -28,9 +28,9 @@ from ..errors import RetinopathyError
 from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, run_folder, same_checkpoint
-from ..training.config import option_value
+from ..training.config import PRESETS, option_value
 from . import figures
-from .html import ci_text, first_line, grade_parts, render_html, warning_text
+from .html import ci_text, epochs_text, first_line, grade_parts, render_html, warning_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -460,6 +460,14 @@ def render_markdown(ctx: dict) -> str:
     return "\n".join(md)
 
 
+def _preset_text(t: dict) -> str:
+    """``, preset lab`` and the preset's options the run changed (a run named after a recipe it does not follow)."""
+    if not t.get("preset") or t["preset"] not in PRESETS:
+        return f", preset {t['preset']}" if t.get("preset") else ""
+    changed = [k for k, v in PRESETS[t["preset"]].items() if option_value(t, k) != option_value({k: v}, k)]
+    return f", preset {t['preset']}" + (f" with {', '.join(changed)} changed" if changed else "")
+
+
 def run_details(run: Run) -> list[tuple[str, str]]:
     """(label, text) pairs that describe one run: configuration, data, split, selection, time, hardware, versions."""
     t, c = run.train, run.config or {}
@@ -469,14 +477,15 @@ def run_details(run: Run) -> list[tuple[str, str]]:
         weights = c.get("weights") or ("ImageNet" if run.pretrained else "none (from scratch)")
         out.append(("Model", (f"{display_name(str(t.get('model')))}, {t.get('head', '?')} head, "
                               f"{t.get('objective', '?')} objective; weights: {weights}")))
-        out.append(("Training", f"{t.get('epochs')} epochs ({t.get('freeze_epochs')} with the backbone frozen), "
+        out.append(("Training", f"{epochs_text(t)}, "
                                 f"{t.get('optimizer')} lr {t.get('lr')}"
                                 + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
                                 + " weight decay "
                                 f"{t.get('weight_decay')}, scheduler {t.get('scheduler')}, "
                                 f"batch {t.get('batch_size')}, "
-                                f"seed {t.get('seed')}"
-                                + (f", preset {t['preset']}" if t.get("preset") else "")))
+                                f"seed {t.get('seed')}, class weights {t.get('class_weights')}, sampler "
+                                f"{t.get('sampler')}, label smoothing {t.get('label_smoothing')}, mixup "
+                                f"{t.get('mixup', 0.0)}" + _preset_text(t)))
         out.append(("Images", (f"{t.get('image_size')} px, preprocessing {t.get('preprocess')}, augmentation "
                                f"{t.get('augment')}"
                                + (f", trained on {t['train_crop_size']} px windows" if t.get("train_crop_size")
