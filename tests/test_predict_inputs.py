@@ -137,3 +137,26 @@ def test_a_link_that_leads_nowhere_gets_an_error_row(tiny_run, tmp_path, capsys)
     assert rows["1_left"]["error"] == "" and rows["1_left"]["predicted_grade"] != ""
     assert all(rows[n]["error"] != "" and rows[n]["predicted_grade"] == "" for n in ("2_left", "3_left"))
     assert "graded 1 of 3 images (2 missing or unreadable" in capsys.readouterr().out
+
+
+def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsys):
+    """--out, --cam and --json that would overwrite a labels file, a photograph or the checkpoint being read are
+    refused before any work, naming the file; nothing is changed."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    labels = (data / "trainLabels.csv").read_bytes()
+    photo = sorted(data.glob("*.jpeg"))[0]
+    before = photo.read_bytes()
+    for argv, named in (
+            (["predict", str(tiny_run), str(data), "--out", str(data / "trainLabels.csv")],
+             f"--out would replace {data / 'trainLabels.csv'}, an input of this command"),
+            (["predict", str(tiny_run), str(photo), "--out", str(tmp_path / "p.csv"), "--cam", str(data)],
+             f"--cam would write heatmaps among the photographs being graded (in {data})"),
+            (["data", "check", str(data), "--json", str(data / "trainLabels.csv"), "--quiet"],
+             f"--json would replace {data / 'trainLabels.csv'}"),
+            (["export", str(tiny_run), "--format", "torchscript", "--out", str(tiny_run / "checkpoints" / "last.pt")],
+             f"--out would replace {tiny_run / 'checkpoints' / 'last.pt'}")):
+        assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
+        assert named in capsys.readouterr().err
+    assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
+    assert not (tmp_path / "p.csv").exists()

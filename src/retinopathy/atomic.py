@@ -62,3 +62,13 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
         raise IsADirectoryError(errno.EISDIR, f"{option} is a folder; give the file to write, e.g. "
                                 f"{Path(path) / example}", str(path))
     check_writable(Path(path).parent)
+
+
+def refuse_replacing(path: str | os.PathLike, option: str, inputs) -> None:
+    """Raise now (an OSError naming ``path``) if writing ``path`` would replace one of the command's ``inputs``
+    (a labels file, a photograph, the checkpoint being read)."""
+    target = Path(path).resolve()
+    for p in inputs:
+        if p is not None and Path(p).resolve() == target:
+            raise FileExistsError(errno.EEXIST, f"{option} would replace {p}, an input of this command; choose "
+                                  "another file", str(path))

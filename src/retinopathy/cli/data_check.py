@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..atomic import check_output_file, write_text
+from ..atomic import check_output_file, refuse_replacing, write_text
 from ..data import DataError, load_catalog
 from ..data.check import check_catalog, format_report
 from .common import add_data_arguments, at_least, catalog_options, show_defaults
@@ -34,6 +34,7 @@ def run(args) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    refuse_replacing(args.json, "--json", [*catalog.labels, *(s.path for s in catalog.samples)])
     report = check_catalog(catalog, stats=args.stats, workers=args.workers, progress=not args.quiet,
                            images=not args.no_images)
     print(format_report(report))

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import check_output_file
+from ..atomic import check_output_file, refuse_replacing
 from ..cli.common import show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
@@ -40,6 +40,7 @@ from ..data.images import image_files
 from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
+from ..training.checkpoint import checkpoint_file
 from .predict import collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
@@ -212,6 +213,8 @@ def main(args) -> dict:
     check_output_file(args.out, "--out", f"grader.{'onnx' if args.format == 'onnx' else 'pt'}")  # before the work
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
+    read = checkpoint_file(args.checkpoint)
+    refuse_replacing(args.out, "--out", [read, read.parent / "last.pt", read.parent / "best.pt"])
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")

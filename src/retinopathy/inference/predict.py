@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import os
 import re
 import sys
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import check_output_file, check_writable, replacing
+from ..atomic import check_output_file, check_writable, refuse_replacing, replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
                           catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
@@ -65,6 +66,7 @@ class Item:
     label: int | None = None
     error: str = ""
     patient: str | None = None  # "<dataset or folder>|<patient>": eyes pair within one, not across them
+    source: str | None = None  # the labels file that lists it
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -104,7 +106,7 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
             print(f"warning: {len(unlisted)} image(s) in {catalog.image_root} are not in "
                   f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
                   "files to grade them", file=sys.stderr)
-    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}")
+    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}", s.source)
             for s in select(catalog.samples, split)]
 
 
@@ -346,6 +348,16 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     return text + f"\nwritten to {out}"
 
 
+def refuse_cam_among_photographs(cam: Path, items: list[Item]) -> None:
+    """A heatmap folder that is, or is inside, a folder of the photographs graded: a heatmap would replace a
+    photograph of the same name, or be graded (in grade folders: trained on) with them next time."""
+    folders = {Path(i.path).resolve().parent for i in items if i.path}
+    where = next((f for f in folders if cam.resolve() == f or f in cam.resolve().parents), None)
+    if where is not None:
+        raise FileExistsError(errno.EEXIST, f"--cam would write heatmaps among the photographs being graded (in "
+                              f"{where}); choose a folder outside them", str(cam))
+
+
 def single_eye(ckpt: dict, where) -> None:
     """Refuse a model that grades both eyes of a patient at once (``--pair-eyes``): it needs pairs."""
     if ckpt.get("model_info", {}).get("pair_eyes"):
@@ -367,6 +379,9 @@ def main(args) -> dict:
         **catalog_options(args))
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
+    refuse_replacing(args.out, "--out", [i.path for i in items] + [i.source for i in items])
+    if args.cam:
+        refuse_cam_among_photographs(Path(args.cam), items)
     progress = not args.quiet
     workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
     res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,
