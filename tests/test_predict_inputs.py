@@ -160,3 +160,30 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_home_and_paths_with_spaces_on_the_command_line(synth_small, tmp_path, monkeypatch, capsys):
+    """``~`` in any command's path (also ``--opt=~/x``, which the shell leaves alone) is the home folder, not a
+    folder named ``~``; commands the tool suggests quote paths with spaces; an unwritable folder is named."""
+    import tempfile
+
+    from retinopathy.atomic import check_writable
+    from retinopathy.training.distributed import resume_command
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    assert main(["synth", "~/s1", "--n", "4", "--size", "32", "--quiet"]) == 0
+    assert main(["data", "check", "--json=~/c.json", str(tmp_path / "s1"), "--quiet"]) == 0
+    assert (tmp_path / "s1" / "trainLabels.csv").exists() and (tmp_path / "c.json").exists()
+    assert not (tmp_path / "~").exists()
+    assert resume_command(Path("runs/sp ace")) == "retinopathy train --resume 'runs/sp ace'"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "tmpabc123"))
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    try:
+        check_writable(tmp_path / "out")
+    except PermissionError as e:
+        assert e.filename == str(tmp_path) and "cannot write files in this folder" in e.strerror
+    else:
+        raise AssertionError("an unwritable folder was not refused")

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -921,6 +922,18 @@ def test_a_run_with_relative_file_options_resumes_from_any_folder(synth_small, t
     assert main(["train", "--resume", str(run)]) == 0
     assert [r["epoch"] for r in rows(run)] == ["0", "1"]
     assert parse_args(["-c", str(run / "config.yaml"), "--out", "new"]).labels == str(synth_small / "trainLabels.csv")
+
+
+def test_a_run_whose_data_moved_says_how_to_resume(synth_small, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), *FAST, "--image-size", "32", "--epochs", "2", "--freeze-epochs", "0",
+                 "--stop-after", "1", "--out", str(run)]) == 0
+    data.rename(tmp_path / "moved")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "If the data moved, resume with --data NEW_FOLDER" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--data", str(tmp_path / "moved")]) == 0
 
 
 def test_resume_keeps_the_loader_workers_the_run_had(tiny_run, tmp_path):

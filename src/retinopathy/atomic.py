@@ -52,8 +52,12 @@ def check_writable(folder: str | os.PathLike) -> None:
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(existing))
-    with tempfile.TemporaryFile(dir=existing):
-        pass
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:  # named: not the temporary file's path
+        raise PermissionError(e.errno, f"cannot write files in this folder ({e.strerror}); choose another",
+                              str(existing)) from None
 
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:

@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(argv: list[str]) -> int:
+    argv = [_home(a) for a in argv]
     try:
         if argv and argv[0] in SCRIPTS:
             module, func, _ = SCRIPTS[argv[0]]
@@ -77,6 +78,16 @@ def _run(argv: list[str]) -> int:
     except KeyboardInterrupt as e:
         print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
         return 130
+
+
+def _home(arg: str) -> str:
+    """``~`` at the start of an argument or of an option's value (``--out=~/x``, which the shell leaves alone): the
+    home folder, as for every path, rather than a folder named ``~`` in the current one."""
+    if arg.startswith("~"):
+        return os.path.expanduser(arg)
+    option, eq, value = arg.partition("=")
+    home = eq and option.startswith("--") and value.startswith("~")
+    return f"{option}={os.path.expanduser(value)}" if home else arg
 
 
 def _reader_left() -> bool:

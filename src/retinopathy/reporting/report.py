@@ -14,6 +14,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import shlex
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
 from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, run_folder, same_checkpoint
 from ..training.config import PRESETS, option_value
+from ..training.distributed import resume_command
 from . import figures
 from .html import ci_text, epochs_text, first_line, grade_parts, render_html, warning_text
 
@@ -132,8 +134,8 @@ def load_run(run: Path, name: str | None = None) -> Run:
         ev = _read(metrics_file, json.loads) if metrics_file.exists() else None
         epochs = int(train.get("epochs") or len(rows))
         data = (config.get("data") or {}).get("path") or train.get("data")  # resolved, as the run saw it
-        command = (f"run `retinopathy evaluate {run / 'checkpoints' / 'best.pt'} --data {data} "
-                   f"--split test --out {run / 'eval'}`")
+        command = (f"run `retinopathy evaluate {shlex.quote(str(run / 'checkpoints' / 'best.pt'))} --data "
+                   f"{shlex.quote(str(data))} --split test --out {shlex.quote(str(run / 'eval'))}`")
         evaluated = Path(str((ev or {}).get("checkpoint"))).name
         best = run / "checkpoints" / "best.pt"
         try:  # checkpoints, not metrics.csv, say how far a run got (a row is written before its checkpoint)
@@ -155,7 +157,7 @@ def load_run(run: Path, name: str | None = None) -> Run:
             status, reason = "done", ""
         elif saved < epochs:
             status, reason = "incomplete", (f"trained {saved} of {epochs} epochs; continue with "
-                                            f"`retinopathy train --resume {run}` or by re-running the experiment")
+                                            f"`{resume_command(run)}` or by re-running the experiment")
         else:
             status, reason = "not evaluated", command
         return Run(name, run, status, reason, train, config, rows, ev)
@@ -495,7 +497,7 @@ def run_details(run: Run) -> list[tuple[str, str]]:
         counts = "; ".join(f"{sp} {sum(v)} {v}" for sp, v in
                            [("train", data.get("train_counts", []))] + list(data.get("eval_counts", {}).items()))
         out.append(("Data", f"{data.get('path')} ({data.get('format')} format)"))
-        out.append(("Split", f"{data.get('split_file')}; images per grade 0-4: {counts}"))
+        out.append(("Split", f"{run.dir / 'split.csv'}; images per grade 0-4: {counts}"))  # where it is now
         if data.get("leakage_warnings"):
             out.append(("Split warnings", "; ".join(data["leakage_warnings"])))
     sel = c.get("selection")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+import shlex
 from dataclasses import dataclass
 
 import torch
@@ -25,9 +26,10 @@ def resume_command(run) -> str:
     """The command that continues ``run`` as it was started: under torchrun, with the same processes per node."""
     world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 0) or 0)
     if world <= 1:
-        return f"retinopathy train --resume {run}"
+        return f"retinopathy train --resume {shlex.quote(str(run))}"
     nodes = f" --nnodes={world // local}" if local and local != world else ""
-    return f"torchrun --nproc_per_node={local or world}{nodes} -m retinopathy train --resume {run}"
+    return (f"torchrun --nproc_per_node={local or world}{nodes} -m retinopathy train --resume "
+            f"{shlex.quote(str(run))}")
 
 
 def init_distributed(device_type: str) -> DistInfo:

@@ -265,6 +265,9 @@ def main(args) -> dict:
     try:
         catalog = load_catalog(args.data, **opts)
     except DataError as e:
+        if ckpt is not None and any(p.kind == "missing-folder" for p in e.problems):
+            raise DataError(e.problems, hint=f"If the data moved, resume with --data NEW_FOLDER (its images must "
+                            f"be those of {split_file}).") from None
         if ckpt is None or not any(p.kind == "split-mismatch" for p in e.problems):
             raise
         raise DataError(e.problems, hint="The run's split.csv does not list these images: they are not the "
