@@ -154,7 +154,8 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
              f"--cam would write heatmaps among the photographs being graded (in {data})"),
             (["data", "check", str(data), "--json", str(data / "trainLabels.csv"), "--quiet"],
              f"--json would replace {data / 'trainLabels.csv'}"),
-            (["export", str(tiny_run), "--format", "torchscript", "--out", str(tiny_run / "checkpoints" / "last.pt")],
+            (["export", str(tiny_run), "--format", "torchscript", "--out",
+              str(tiny_run / "checkpoints" / "last.pt")],
              f"--out would replace {tiny_run / 'checkpoints' / 'last.pt'}")):
         assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
         assert named in capsys.readouterr().err
