@@ -234,6 +234,10 @@ def test_lab_files_with_a_header_line_say_so(tmp_path):
     with pytest.raises(DataError, match=r"has 4 lines but train_label.csv has 3; .*train_img.csv's line 1, 'image', "
                                         r"looks like a header"):
         FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)
+    disc(tmp_path / "abc_left.jpeg")  # a first image named without digits, with its grade: a row, not a header
+    (tmp_path / "train_img.csv").write_text("abc_left\n0_left\n1_left\n2_left\n")
+    (tmp_path / "train_label.csv").write_text("3\n0\n1\n2\n")
+    assert len(FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)) == 4
 
 
 @pytest.mark.parametrize("encoding, line", [("cp1252", 4), ("utf-16", 1)])

@@ -7,6 +7,8 @@ import csv
 import shutil
 from pathlib import Path
 
+import pytest
+
 from retinopathy.cli.main import main
 from retinopathy.inference.predict import collect_items
 
@@ -139,11 +141,12 @@ def test_a_link_that_leads_nowhere_gets_an_error_row(tiny_run, tmp_path, capsys)
     assert "graded 1 of 3 images (2 missing or unreadable" in capsys.readouterr().out
 
 
-def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsys):
+def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsys, monkeypatch):
     """--out, --cam and --json that would overwrite a labels file, a photograph or the checkpoint being read are
     refused before any work, naming the file; nothing is changed."""
-    data = tmp_path / "data"
+    data, lab = tmp_path / "data", tmp_path / "lab"
     shutil.copytree(synth_small, data)
+    assert main(["synth", str(lab), "--n", "8", "--size", "32", "--format", "lab", "--quiet"]) == 0
     labels = (data / "trainLabels.csv").read_bytes()
     photo = sorted(data.glob("*.jpeg"))[0]
     before = photo.read_bytes()
@@ -152,6 +155,10 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
              f"--out would replace {data / 'trainLabels.csv'}, an input of this command"),
             (["predict", str(tiny_run), str(photo), "--out", str(tmp_path / "p.csv"), "--cam", str(data)],
              f"--cam would write heatmaps among the photographs being graded (in {data})"),
+            (["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--cam", str(data / "cams")],
+             f"--cam would write heatmaps among the photographs being graded (in {data})"),  # graded next time
+            (["predict", str(tiny_run), str(lab), "--out", str(lab / "test_label.csv")],
+             f"--out would replace {lab / 'test_label.csv'}, an input of this command"),
             (["data", "check", str(data), "--json", str(data / "trainLabels.csv"), "--quiet"],
              f"--json would replace {data / 'trainLabels.csv'}"),
             (["export", str(tiny_run), "--format", "torchscript", "--out",
@@ -161,6 +168,11 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
     assert not (tmp_path / "p.csv").exists()
+    (tmp_path / "cams").mkdir()  # a single photograph's heatmaps in a folder below it: nothing is replaced
+    monkeypatch.chdir(data)
+    assert main(["predict", str(tiny_run), photo.name, "--out", "p.csv", "--cam", "cams", "--workers", "0",
+                 "--quiet"]) == 0
+    assert (data / "cams" / f"{photo.stem}.png").exists()
 
 
 def test_home_and_paths_with_spaces_on_the_command_line(synth_small, tmp_path, monkeypatch, capsys):
@@ -182,9 +194,6 @@ def test_home_and_paths_with_spaces_on_the_command_line(synth_small, tmp_path, m
     def refused(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "tmpabc123"))
     monkeypatch.setattr(tempfile, "TemporaryFile", refused)
-    try:
+    with pytest.raises(PermissionError) as e:
         check_writable(tmp_path / "out")
-    except PermissionError as e:
-        assert e.filename == str(tmp_path) and "cannot write files in this folder" in e.strerror
-    else:
-        raise AssertionError("an unwritable folder was not refused")
+    assert e.value.filename == str(tmp_path) and "cannot write files in this folder" in e.value.strerror

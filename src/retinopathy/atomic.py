@@ -56,8 +56,8 @@ def check_writable(folder: str | os.PathLike) -> None:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:  # named: not the temporary file's path
-        raise PermissionError(e.errno, f"cannot write files in this folder ({e.strerror}); choose another",
-                              str(existing)) from None
+        raise OSError(e.errno, f"cannot write files in this folder ({e.strerror}); choose another",
+                      str(existing)) from None
 
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
@@ -71,6 +71,8 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
 def refuse_replacing(path: str | os.PathLike, option: str, inputs) -> None:
     """Raise now (an OSError naming ``path``) if writing ``path`` would replace one of the command's ``inputs``
     (a labels file, a photograph, the checkpoint being read)."""
+    if not os.path.lexists(path):  # nothing there to replace
+        return
     target = Path(path).resolve()
     for p in inputs:
         if p is not None and Path(p).resolve() == target:

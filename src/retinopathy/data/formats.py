@@ -171,8 +171,12 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     f"{img_name} and {label_name}"))
             continue
         names, labels = _read_lines(img_file), _read_lines(label_file)
-        headers = [f"{f.name}'s line 1, {lines[0].strip()!r}," for f, lines in ((img_file, names), (label_file, labels))
-                   if lines and re.fullmatch(r"[A-Za-z_ -]+", lines[0].strip())]  # image, level (pandas' to_csv)
+        words = [bool(lines) and bool(re.fullmatch(r"[A-Za-z_ -]+", lines[0].strip())) for lines in (names, labels)]
+        words[1] = words[1] and parse_label(labels[0]) is None  # image, level (pandas' to_csv); abc_left is a name
+        extra = (len(names) == len(labels) + 1, len(labels) == len(names) + 1)  # a header in one file only
+        headers = [f"{f.name}'s line 1, {lines[0].strip()!r}," for f, lines, word, other, more in
+                   ((img_file, names, words[0], words[1], extra[0]), (label_file, labels, words[1], words[0], extra[1]))
+                   if word and (other or more)]
         advice = (f"{' and '.join(headers)} look{'s' if len(headers) == 1 else ''} like a header: the lab's CSVs "
                   "have none; remove it (pandas: to_csv(..., header=False, index=False))") if headers else ""
         if len(names) != len(labels):
@@ -181,7 +185,7 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     "each image needs its label on the same line" + (f"; {advice}" if advice else "")))
         for i, (name, text) in enumerate(zip(names, labels), start=1):
             name = name.strip()
-            if i == 1 and headers and len(names) == len(labels):
+            if i == 1 and len(headers) == 2 and len(names) == len(labels):
                 problems.append(Problem("bad-row", str(label_file), 1, advice, name))
                 continue
             label = _checked_label(name, text, img_file, label_file, i, problems)

@@ -214,7 +214,8 @@ def main(args) -> dict:
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     read = checkpoint_file(args.checkpoint)
-    refuse_replacing(args.out, "--out", [read, read.parent / "last.pt", read.parent / "best.pt"])
+    refuse_replacing(args.out, "--out", [read, *([read.parent / "last.pt", read.parent / "best.pt"]
+                                                 if read.parent.name == "checkpoints" else [])])
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")

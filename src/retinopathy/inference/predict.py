@@ -66,7 +66,7 @@ class Item:
     label: int | None = None
     error: str = ""
     patient: str | None = None  # "<dataset or folder>|<patient>": eyes pair within one, not across them
-    source: str | None = None  # the labels file that lists it
+    labels: tuple = ()  # its dataset's labels files
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -106,7 +106,8 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
             print(f"warning: {len(unlisted)} image(s) in {catalog.image_root} are not in "
                   f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
                   "files to grade them", file=sys.stderr)
-    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}", s.source)
+    labels = tuple(map(str, catalog.labels))
+    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}", labels)
             for s in select(catalog.samples, split)]
 
 
@@ -348,11 +349,15 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     return text + f"\nwritten to {out}"
 
 
-def refuse_cam_among_photographs(cam: Path, items: list[Item]) -> None:
-    """A heatmap folder that is, or is inside, a folder of the photographs graded: a heatmap would replace a
-    photograph of the same name, or be graded (in grade folders: trained on) with them next time."""
-    folders = {Path(i.path).resolve().parent for i in items if i.path}
-    where = next((f for f in folders if cam.resolve() == f or f in cam.resolve().parents), None)
+def refuse_cam_among_photographs(cam: Path, items: list[Item], folders: list[Path]) -> None:
+    """A heatmap folder that is a folder of the photographs graded (a heatmap ``x.png`` would replace a photograph
+    ``x.png``; in a dataset, heatmaps beside the photographs would be read with them), or that is inside a folder or
+    dataset given as input (searched recursively: the heatmaps would be graded, in grade folders trained on, with
+    the photographs next time)."""
+    here = {Path(os.path.abspath(cam)), cam.resolve()}
+    parents = {Path(f(i.path)).parent for i in items if i.path for f in (os.path.abspath, os.path.realpath)}
+    where = next((f for f in parents if f in here), None) or next(
+        (f for f in folders if f.resolve() in here or f.resolve() in cam.resolve().parents), None)
     if where is not None:
         raise FileExistsError(errno.EEXIST, f"--cam would write heatmaps among the photographs being graded (in "
                               f"{where}); choose a folder outside them", str(cam))
@@ -379,9 +384,9 @@ def main(args) -> dict:
         **catalog_options(args))
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
-    refuse_replacing(args.out, "--out", [i.path for i in items] + [i.source for i in items])
+    refuse_replacing(args.out, "--out", [i.path for i in items] + list({f for i in items for f in i.labels}))
     if args.cam:
-        refuse_cam_among_photographs(Path(args.cam), items)
+        refuse_cam_among_photographs(Path(args.cam), items, [Path(p) for p in args.inputs if Path(p).is_dir()])
     progress = not args.quiet
     workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
     res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,

@@ -113,7 +113,10 @@ def first_line(text: str) -> str:
 
 def epochs_text(train: dict) -> str:
     """``20 epochs (5 with the backbone frozen)``; without pretrained weights the frozen backbone is a random one."""
-    backbone = "backbone" if train.get("pretrained") or train.get("weights") else "random (not pretrained) backbone"
+    if not train.get("freeze_epochs"):
+        return f"{train.get('epochs')} epochs"
+    pretrained = train.get("pretrained", True) or train.get("weights")
+    backbone = "backbone" if pretrained else "random (not pretrained) backbone"
     return f"{train.get('epochs')} epochs ({train.get('freeze_epochs')} with the {backbone} frozen)"
 
 

@@ -260,7 +260,8 @@ def run_numbers(run: Run) -> dict:
             n["best_selection_accuracy"], n["best_selection_epoch"] = best
         if best := _best(run.rows, "test_accuracy"):
             n["max_test_accuracy"], n["max_test_epoch"] = best
-            if ((run.config or {}).get("train") or {}).get("threshold_data") == "train+selection":
+            train = (run.config or {}).get("train") or {}
+            if train.get("threshold_data") == "train+selection" and option_value(train, "decision") == "thresholds":
                 n["max_test_note"] = "at each epoch's thresholds, before the shipped ones were retuned"
     ev = run.eval
     if ev is not None:

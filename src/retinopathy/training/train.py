@@ -265,7 +265,7 @@ def main(args) -> dict:
     try:
         catalog = load_catalog(args.data, **opts)
     except DataError as e:
-        if ckpt is not None and any(p.kind == "missing-folder" for p in e.problems):
+        if ckpt is not None and any(p.kind == "missing-folder" and p.file == str(args.data) for p in e.problems):
             raise DataError(e.problems, hint=f"If the data moved, resume with --data NEW_FOLDER (its images must "
                             f"be those of {split_file}).") from None
         if ckpt is None or not any(p.kind == "split-mismatch" for p in e.problems):
