@@ -158,6 +158,22 @@ def _checked_label(name: str, text: str, name_file: Path, label_file: Path, line
     return label
 
 
+def _lab_header_advice(img_file: Path, names: list[str], label_file: Path, labels: list[str]) -> tuple[str, bool]:
+    """What to say of header lines in the lab's CSVs (pandas' ``to_csv`` writes ``image`` and ``level``), which have
+    none, and whether both files have one (their line 1 is then no row). A line 1 of letters counts as a header when
+    the other file has one too, or one line fewer; a label's, only when it is no grade."""
+    word = [bool(lines) and bool(re.fullmatch(r"[A-Za-z_ -]+", lines[0].strip())) for lines in (names, labels)]
+    word[1] = word[1] and parse_label(labels[0]) is None  # "abc_left" with its grade is a row
+    one_more = (len(names) == len(labels) + 1, len(labels) == len(names) + 1)
+    headers = [f"{f.name}'s line 1, {lines[0].strip()!r}," for k, (f, lines) in enumerate(
+        ((img_file, names), (label_file, labels))) if word[k] and (word[1 - k] or one_more[k])]
+    if not headers:
+        return "", False
+    return (f"{' and '.join(headers)} look{'s' if len(headers) == 1 else ''} like a header: the lab's CSVs have "
+            "none; remove it (pandas: to_csv(..., header=False, index=False))",
+            len(headers) == 2 and len(names) == len(labels))
+
+
 def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
     samples = []
     for split, (img_name, label_name) in LAB_FILES.items():
@@ -171,21 +187,14 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     f"{img_name} and {label_name}"))
             continue
         names, labels = _read_lines(img_file), _read_lines(label_file)
-        words = [bool(lines) and bool(re.fullmatch(r"[A-Za-z_ -]+", lines[0].strip())) for lines in (names, labels)]
-        words[1] = words[1] and parse_label(labels[0]) is None  # image, level (pandas' to_csv); abc_left is a name
-        extra = (len(names) == len(labels) + 1, len(labels) == len(names) + 1)  # a header in one file only
-        headers = [f"{f.name}'s line 1, {lines[0].strip()!r}," for f, lines, word, other, more in
-                   ((img_file, names, words[0], words[1], extra[0]), (label_file, labels, words[1], words[0], extra[1]))
-                   if word and (other or more)]
-        advice = (f"{' and '.join(headers)} look{'s' if len(headers) == 1 else ''} like a header: the lab's CSVs "
-                  "have none; remove it (pandas: to_csv(..., header=False, index=False))") if headers else ""
+        advice, both = _lab_header_advice(img_file, names, label_file, labels)
         if len(names) != len(labels):
             problems.append(Problem("length-mismatch", str(label_file), None,
                                     f"{img_name} has {len(names)} lines but {label_name} has {len(labels)}; "
                                     "each image needs its label on the same line" + (f"; {advice}" if advice else "")))
         for i, (name, text) in enumerate(zip(names, labels), start=1):
             name = name.strip()
-            if i == 1 and len(headers) == 2 and len(names) == len(labels):
+            if i == 1 and both:
                 problems.append(Problem("bad-row", str(label_file), 1, advice, name))
                 continue
             label = _checked_label(name, text, img_file, label_file, i, problems)
