@@ -420,6 +420,23 @@ def test_losses_of_different_objectives_get_a_panel_each(tmp_path, closed_figure
         {series[0]["colour"], series[2]["colour"]}, {series[1]["colour"]}]
     assert "not comparable" in mixed.get_suptitle()
     assert [ax.get_ylabel() for ax in one.axes] == ["loss (ordinal binary cross-entropy)"]
+    assert "training's loss" not in one.get_suptitle()
+
+
+def test_a_training_loss_with_more_terms_than_the_evaluation_losses_says_so(tmp_path, closed_figures):
+    """Class weights, label smoothing and mixup weigh on training's loss, not on val's and test's (plain, as
+    evaluate reports them): the curves, drawn on one axis, say so."""
+    from retinopathy.reporting.report import loss_terms
+
+    terms = loss_terms({"class_weights": "inverse", "label_smoothing": 0.1, "mixup": 0.0})
+    assert terms == ["class weights", "label smoothing"] and loss_terms({}) == []
+    series = [{**s, "train_loss_terms": t} for s, t in zip(fake_series(2), (terms, []))]
+    figures.curves_figure("ResNet18: loss per epoch", series, "loss", tmp_path / "loss.png")
+    figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "accuracy.png")
+    loss, accuracy = closed_figures
+    assert "training's loss includes class weights, label smoothing; val and test losses are plain" in \
+        loss.get_suptitle()
+    assert "training's loss" not in accuracy.get_suptitle()
 
 
 def test_a_grade_predicted_without_images_keeps_its_precision():

@@ -52,8 +52,9 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
     scale, so one cannot be read against another.
 
     ``series``: dicts with ``label``, ``colour``, ``rows`` (metrics.csv rows as dicts of floats),
-    ``freeze_epochs`` and ``objective``; ``baseline``: majority-class test accuracy, drawn as a grey dotted
-    line. The saved image grows downwards to fit the legend.
+    ``freeze_epochs``, ``objective`` and ``train_loss_terms`` (what training's loss adds: class weights...);
+    ``baseline``: majority-class test accuracy, drawn as a grey dotted line. The saved image grows downwards to
+    fit the legend.
     """
     panels = _panels(series, metric)
     fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False, dpi=DPI, layout="constrained",
@@ -71,7 +72,9 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
     if baseline is not None:
         axes[0, 0].axhline(baseline, **BASELINE)
     axes[-1, 0].set_xlabel("epoch")
-    fig.suptitle(title + ("\none panel per objective: their losses are not comparable" if len(panels) > 1 else ""),
+    terms = sorted({t for s in series for t in s.get("train_loss_terms", [])}) if metric == "loss" else []
+    fig.suptitle(title + ("\none panel per objective: their losses are not comparable" if len(panels) > 1 else "")
+                 + (f"\ntraining's loss includes {', '.join(terms)}; val and test losses are plain" if terms else ""),
                  fontsize=12)
     _legend(fig, series, markers, splits, baseline)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")

@@ -356,7 +356,8 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
         if not mine:
             continue
         series = [{"label": r.variant, "colour": r.colour, "rows": r.rows, "objective": r.objective,
-                   "freeze_epochs": int(r.train.get("freeze_epochs") or 0)} for r in mine]
+                   "freeze_epochs": int(r.train.get("freeze_epochs") or 0), "train_loss_terms": loss_terms(r.train)}
+                  for r in mine]
         baselines = {round(r.numbers["majority_accuracy"], 6) for r in mine if "majority_accuracy" in r.numbers}
         for metric in ("accuracy", "loss"):
             name = f"{metric}-{model}.png"
@@ -461,6 +462,13 @@ def render_markdown(ctx: dict) -> str:
     for r in runs:
         md += [f"### {r.name}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
     return "\n".join(md)
+
+
+def loss_terms(t: dict) -> list[str]:
+    """What a run's training loss adds to the plain loss its val and test losses are (``evaluate``'s)."""
+    return [name for name, on in (("class weights", option_value(t, "class_weights") not in (None, "none")),
+                                  ("label smoothing", bool(option_value(t, "label_smoothing"))),
+                                  ("mixup", bool(option_value(t, "mixup")))) if on]
 
 
 def _preset_text(t: dict) -> str:
