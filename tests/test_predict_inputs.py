@@ -197,3 +197,26 @@ def test_home_and_paths_with_spaces_on_the_command_line(synth_small, tmp_path, m
     with pytest.raises(PermissionError) as e:
         check_writable(tmp_path / "out")
     assert e.value.filename == str(tmp_path) and "cannot write files in this folder" in e.value.strerror
+
+
+def test_names_as_long_as_a_file_name_may_be(tiny_run, tmp_path):
+    """A 255-byte file name leaves no room for '.part' or '.tmpPID': temporary files get a short name instead
+    (prepare, atomic writes), and a heatmap's name is shortened; nothing is left behind."""
+    from retinopathy.atomic import write_text
+    from retinopathy.data.prepare import prepare
+
+    write_text(tmp_path / ("x" * 250 + ".json"), "{}")
+    assert (tmp_path / ("x" * 250 + ".json")).read_text() == "{}"
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--n", "4", "--size", "32", "--quiet"]) == 0
+    long = "日本" * 40 + "_left"  # 245 bytes, + ".jpeg": 250
+    (data / "1_left.jpeg").rename(data / f"{long}.jpeg")
+    labels = data / "trainLabels.csv"
+    labels.write_text(labels.read_text().replace("1_left,", f"{long},"))
+    m = prepare(data, tmp_path / "small", size=32, workers=1, progress=False)
+    assert m["problems"] == [] and (tmp_path / "small" / f"{long}.jpeg").exists()
+    assert main(["predict", str(tiny_run), str(data / f"{long}.jpeg"), "--out", str(tmp_path / "p.csv"),
+                 "--cam", str(tmp_path / "cams"), "--workers", "0", "--quiet"]) == 0
+    (heatmap,) = (tmp_path / "cams").iterdir()
+    assert heatmap.name.startswith("日本") and len(heatmap.name.encode()) <= 255
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part") or ".tmp" in p.name]

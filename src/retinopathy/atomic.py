@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import stat
 import tempfile
@@ -20,7 +21,7 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
         with open(path, mode, **kwargs) as f:
             yield f
         return
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = sibling(path, f".tmp{os.getpid()}", ".")
     try:
         with open(tmp, mode, **kwargs) as f:
             yield f
@@ -28,6 +29,15 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sibling(path: Path, suffix: str, prefix: str = "") -> Path:
+    """``path``'s temporary sibling ``<prefix>NAME<suffix>``; for a name with no room left for them (a file name
+    holds 255 bytes), a short one of the same form made from a hash of the name."""
+    name = f"{prefix}{path.name}{suffix}"
+    if len(os.fsencode(name)) > 255:
+        name = f"{prefix}{hashlib.sha1(os.fsencode(path.name)).hexdigest()[:16]}{suffix}"
+    return path.with_name(name)
 
 
 def _special(path: Path) -> bool:

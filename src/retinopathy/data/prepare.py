@@ -53,7 +53,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .. import __version__
-from ..atomic import write_text
+from ..atomic import sibling, write_text
 from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
 from ..errors import RetinopathyError
 from ..progress import progress_bar
@@ -102,7 +102,7 @@ def prepare_file(job: tuple) -> str | None:
             img = step(img)
     except ImageError as e:
         return str(e)
-    tmp = dst + PART
+    tmp = str(sibling(Path(dst), PART))
     try:
         img.save(tmp, "JPEG", quality=QUALITY, subsampling=0)
         with Image.open(tmp) as check:
@@ -158,7 +158,7 @@ def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
         dst = out / src.name
         if dst.resolve() == src.resolve():
             raise PrepareError(f"{out}: would overwrite its own labels {src}; choose another OUT")
-        tmp = dst.with_name(dst.name + PART)
+        tmp = sibling(dst, PART)
         shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
         names.append(src.name)

@@ -226,6 +226,7 @@ def _heatmap_names(items: list[Item]) -> list[str]:
     names = []
     for item in items:
         stem = re.sub(r"[^\w.-]+", "_", without_extension(Path(item.image).name)) or "image"
+        stem = stem.encode()[:200].decode(errors="ignore")  # room for "-2.png" and a temporary suffix in 255 bytes
         name, k = f"{stem}.png", 1
         while name.lower() in used:  # lower: case-insensitive file systems
             k += 1
