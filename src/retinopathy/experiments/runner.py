@@ -184,9 +184,10 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     if any(not v for v in grid.values()):
         raise ExperimentError(f"{file}: every grid: entry needs at least one value")
     variants = _variants(cfg.get("variants"), file, grid)
-    if not isinstance(cfg.get("out") or "runs", str):
-        raise ExperimentError(f"{file}: out: {cfg['out']!r} is not a folder (e.g. out: runs)")
-    root = Path(cfg.get("out") or "runs").expanduser() / name
+    out = cfg.get("out") or "runs"
+    if not isinstance(out, str):
+        raise ExperimentError(f"{file}: out: {out!r} is not a folder (e.g. out: runs)")
+    root = Path(out).expanduser() / name
     cells = []
     for vname, change in variants.items():
         for combo in itertools.product(*grid.values()):

@@ -162,7 +162,7 @@ class Grader(nn.Module):
             raise ModelError(f"the weights do not fit {self.arch}: {len(missing)} backbone tensors missing, "
                              f"e.g. {missing[:3]}")
         tops = {k.split(".")[0] for k in own}  # modules the model has: not an auxiliary head it leaves out (googlenet)
-        extra = [k for k in state if k not in own and k.split(".")[0] in tops and not k.startswith((prefix, *pools))]
+        extra = [k for k in state if k not in own and k.split(".")[0] in tops and not k.startswith(prefix)]
         if extra:  # every tensor of resnet18 is in resnet34's weights too, with the same shape
             raise ModelError(f"the weights do not fit {self.arch}: {len(extra)} of their backbone tensors are not "
                              f"in it, e.g. {extra[:3]} (weights of a larger model of its family?)")

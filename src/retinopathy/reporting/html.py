@@ -111,13 +111,16 @@ def first_line(text: str) -> str:
     return " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
 
 
-def epochs_text(train: dict) -> str:
-    """``20 epochs (5 with the backbone frozen)``; without pretrained weights the frozen backbone is a random one."""
-    if not train.get("freeze_epochs"):
-        return f"{train.get('epochs')} epochs"
-    pretrained = train.get("pretrained", True) or train.get("weights")
-    backbone = "backbone" if pretrained else "random (not pretrained) backbone"
-    return f"{train.get('epochs')} epochs ({train.get('freeze_epochs')} with the {backbone} frozen)"
+def training_text(t: dict) -> str:
+    """A run's training options in one line, for the report and the model card: ``20 epochs (5 with the backbone
+    frozen), sgd lr 0.001 momentum 0.9 ...``; without pretrained weights the frozen backbone is a random one."""
+    backbone = "backbone" if t.get("pretrained", True) or t.get("weights") else "random (not pretrained) backbone"
+    frozen = f" ({t['freeze_epochs']} with the {backbone} frozen)" if t.get("freeze_epochs") else ""
+    return (f"{t.get('epochs')} epochs{frozen}, {t.get('optimizer')} lr {t.get('lr')}"
+            + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
+            + f" weight decay {t.get('weight_decay')}, scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
+            f"class weights {t.get('class_weights')}, sampler {t.get('sampler')}, label smoothing "
+            f"{t.get('label_smoothing')}, mixup alpha {t.get('mixup', 0.0)}, seed {t.get('seed')}")
 
 
 def warning_text(n: dict) -> str:

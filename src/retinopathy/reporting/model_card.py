@@ -25,7 +25,7 @@ from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, run_folder, same_checkpoint
-from .html import epochs_text
+from .html import training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",
@@ -159,11 +159,7 @@ def _training_section(config: dict) -> list[str]:
     if not t:
         return []
     return ["## Training", "",
-            f"- {epochs_text(t)}, optimizer "
-            f"{t.get('optimizer')} lr {t.get('lr')}, weight decay {t.get('weight_decay')}, batch "
-            f"{t.get('batch_size')}, scheduler {t.get('scheduler')}, class weights {t.get('class_weights')}, "
-            f"sampler {t.get('sampler')}, label smoothing {t.get('label_smoothing')}, "
-            f"mixup alpha {t.get('mixup', 0.0)}, seed {t.get('seed')}",
+            f"- {training_text(t)}",
             f"- Device {engine.get('device')}, mixed precision {engine.get('amp')}, "
             f"{engine.get('world_size', 1)} process(es)", ""]
 

@@ -32,7 +32,7 @@ from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
-from .html import ci_text, epochs_text, first_line, grade_parts, render_html, warning_text
+from .html import ci_text, first_line, grade_parts, render_html, training_text, warning_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -488,15 +488,7 @@ def run_details(run: Run) -> list[tuple[str, str]]:
         weights = c.get("weights") or ("ImageNet" if run.pretrained else "none (from scratch)")
         out.append(("Model", (f"{display_name(str(t.get('model')))}, {t.get('head', '?')} head, "
                               f"{t.get('objective', '?')} objective; weights: {weights}")))
-        out.append(("Training", f"{epochs_text(t)}, "
-                                f"{t.get('optimizer')} lr {t.get('lr')}"
-                                + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
-                                + " weight decay "
-                                f"{t.get('weight_decay')}, scheduler {t.get('scheduler')}, "
-                                f"batch {t.get('batch_size')}, "
-                                f"seed {t.get('seed')}, class weights {t.get('class_weights')}, sampler "
-                                f"{t.get('sampler')}, label smoothing {t.get('label_smoothing')}, mixup "
-                                f"{t.get('mixup', 0.0)}" + _preset_text(t)))
+        out.append(("Training", training_text(t) + _preset_text(t)))
         out.append(("Images", (f"{t.get('image_size')} px, preprocessing {t.get('preprocess')}, augmentation "
                                f"{t.get('augment')}"
                                + (f", trained on {t['train_crop_size']} px windows" if t.get("train_crop_size")
