@@ -132,6 +132,31 @@ def test_png_with_corrupt_data_fails_at_construction(tmp_path):
     assert rc == 1 and [p["image"] for p in report["problems"]] == ["1_left"]
 
 
+@pytest.mark.parametrize("error, says", [
+    (PermissionError(13, "Permission denied"), "cannot read it: permission denied; let the user running"),
+    (OSError(5, "Input/output error"), "cannot read it: Input/output error (the file system's error, not the"),
+])
+def test_an_unreadable_file_is_not_called_corrupt(tmp_path, kaggle, monkeypatch, error, says):
+    """A file the system will not read (permission denied as another user, an I/O error) says so: it is neither
+    corrupt nor to be re-exported (root reads any file, so the refusal is simulated)."""
+    path, real_open = kaggle / "2_right.jpeg", Image.open
+
+    def refusing(fp, *a, **kw):
+        if str(fp) == str(path):
+            raise type(error)(error.errno, error.strerror, str(path))
+        return real_open(fp, *a, **kw)
+    monkeypatch.setattr(Image, "open", refusing)
+    for read in (check_image, open_image):
+        with pytest.raises(ImageError, match="2_right.jpeg: " + says.replace("(", r"\(")) as e:
+            read(path)
+        assert "corrupt" not in str(e.value) and "decode" not in str(e.value)
+    with pytest.raises(DataError, match=says.replace("(", r"\(")):
+        FundusDataset(kaggle, "all", image_size=32)
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 1 and [p["image"] for p in report["problems"]] == ["2_right"]
+    assert says in report["problems"][0]["message"]
+
+
 def test_corrupt_scan_data_is_dropped_by_the_cache_and_named_while_training(tmp_path):
     """End marker intact, scan data broken: the start-up check cannot see it (no decode); the cache's decode at
     construction reports it like any bad image, and without the cache the item's error names the row and the way

@@ -17,6 +17,7 @@ import torch
 import yaml
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
+from retinopathy import __version__
 from retinopathy.cli.main import main
 from retinopathy.data import DataError
 from retinopathy.training.checkpoint import load_checkpoint
@@ -1034,3 +1035,16 @@ def test_help_gives_every_option_default(argv, shown, capsys):
         main([*argv, "--help"])
     out = " ".join(capsys.readouterr().out.split())  # unwrapped
     assert e.value.code == 0 and all(s in out for s in shown), out
+
+
+def test_version_and_command_list_answer_without_importing_torch():
+    """``retinopathy --version`` and ``--help`` (and a mistyped command) import no command: torch takes seconds."""
+    code = ("import sys\nfrom retinopathy.cli.main import main\n"
+            "for argv in (['--version'], ['--help'], ['trian']):\n"
+            "    try:\n        main(argv)\n    except SystemExit as e:\n        print('exit', e.code)\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert run.stdout.count("exit 0") == 2 and "exit 2" in run.stdout, run.stdout + run.stderr
+    assert f"retinopathy {__version__}" in run.stdout and "evaluate a checkpoint" in run.stdout
+    assert "invalid choice: 'trian'" in run.stderr and "torch imported: False" in run.stdout

@@ -11,10 +11,11 @@ from ..data.check import check_catalog, format_report
 from .common import add_data_arguments, at_least, catalog_options, show_defaults
 
 
-def add_parser(sub) -> None:
-    data = sub.add_parser("data", help="inspect datasets")
+def add_parser(sub, text: str) -> None:
+    data = sub.add_parser("data", help=text, description=text)
     dsub = data.add_subparsers(dest="data_command", required=True)
-    p = dsub.add_parser("check", help="read a dataset, decode every image, report counts, sizes and problems")
+    text = "read a dataset, decode every image, report counts, sizes and problems"
+    p = dsub.add_parser("check", help=text, description=text)
     p.add_argument("data", metavar="DATA", help="dataset folder")
     add_data_arguments(p)
     p.add_argument("--stats", action="store_true", help="also compute per-channel mean and std")

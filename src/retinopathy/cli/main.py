@@ -11,30 +11,33 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DataWarning, RetinopathyError
-from . import data_check, synth
-
-COMMANDS = [synth, data_check]
-# Commands with parsers of their own (torchvision-references style ``get_args_parser``): module, function, help.
-SCRIPTS = {
-    "train": ("retinopathy.training.train", "cli", "train a DR grader (frozen, then fine-tuned)"),
-    "evaluate": ("retinopathy.evaluation.evaluate", "cli", "evaluate a checkpoint on a dataset split"),
-    "experiment": ("retinopathy.experiments.runner", "cli", "run a grid of training runs from a YAML file"),
-    "report": ("retinopathy.reporting.report", "cli", "build an HTML/Markdown report of runs"),
-    "prepare": ("retinopathy.data.prepare", "cli", "decode once at reduced size into a fast cache"),
-    "predict": ("retinopathy.inference.predict", "cli",
+# Each command's module and its help. Most build a parser of their own (torchvision-references style, ``cli(argv)``);
+# synth's and data's ``add_parser`` add theirs to this one. A module is imported only for its command: --help and
+# --version answer at once, without the seconds it takes to import torch.
+COMMANDS = {
+    "synth": ("retinopathy.cli.synth", "write a synthetic fundus dataset (Kaggle or lab format)"),
+    "data": ("retinopathy.cli.data_check", "inspect datasets"),
+    "train": ("retinopathy.training.train", "train a DR grader (frozen, then fine-tuned)"),
+    "evaluate": ("retinopathy.evaluation.evaluate", "evaluate a checkpoint on a dataset split"),
+    "experiment": ("retinopathy.experiments.runner", "run a grid of training runs from a YAML file"),
+    "report": ("retinopathy.reporting.report", "build an HTML/Markdown report of runs"),
+    "prepare": ("retinopathy.data.prepare", "decode once at reduced size into a fast cache"),
+    "predict": ("retinopathy.inference.predict",
                 "grade photographs with a trained checkpoint; --cam explains them (Grad-CAM heatmaps)"),
-    "export": ("retinopathy.inference.export", "cli", "export a checkpoint to ONNX or TorchScript"),
+    "export": ("retinopathy.inference.export", "export a checkpoint to ONNX or TorchScript"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command=None) -> argparse.ArgumentParser:
+    """The ``retinopathy`` parser; ``command``, a module with ``add_parser``, adds its own, the others stand in."""
     parser = argparse.ArgumentParser(prog="retinopathy", description="Diabetic-retinopathy grading toolkit")
     parser.add_argument("--version", action="version", version=f"retinopathy {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in COMMANDS:
-        module.add_parser(sub)
-    for name, (_, _, text) in SCRIPTS.items():
-        sub.add_parser(name, help=text, add_help=False)
+    for name, (module, text) in COMMANDS.items():
+        if command is not None and command.__name__ == module:
+            command.add_parser(sub, text)
+        else:
+            sub.add_parser(name, help=text, add_help=False)
     return parser
 
 
@@ -56,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     argv = [_home(a) for a in argv]
     try:
-        if argv and argv[0] in SCRIPTS:
-            module, func, _ = SCRIPTS[argv[0]]
-            return getattr(importlib.import_module(module), func)(argv[1:]) or 0
-        args = build_parser().parse_args(argv)
+        command = importlib.import_module(COMMANDS[argv[0]][0]) if argv and argv[0] in COMMANDS else None
+        if hasattr(command, "cli"):
+            return command.cli(argv[1:]) or 0
+        args = build_parser(command).parse_args(argv)
         return args.func(args) or 0
     except RetinopathyError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -4,8 +4,8 @@ from __future__ import annotations
 from .common import at_least, show_defaults
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("synth", help="write a synthetic fundus dataset (Kaggle or lab format)")
+def add_parser(sub, text: str) -> None:
+    p = sub.add_parser("synth", help=text, description=text)
     p.add_argument("out", metavar="OUT", help="folder to write")
     p.add_argument("--n", type=at_least(1), default=1000, help="number of images (two eyes per patient)")
     p.add_argument("--size", type=at_least(16), default=256, help="image size in pixels")

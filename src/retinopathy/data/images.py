@@ -92,6 +92,20 @@ def brightest(img: Image.Image) -> float:
     return float(np.percentile(np.asarray(img.convert("L")), 99))
 
 
+def _refuse_unreadable(path: Path, e: Exception) -> None:
+    """Raise :class:`ImageError` for a file the system would not read (missing, permission denied, an I/O error:
+    ``errno`` set), which says nothing about the image; Pillow's decoding errors carry no ``errno``."""
+    if not isinstance(e, OSError) or not isinstance(e.errno, int):
+        return
+    if isinstance(e, FileNotFoundError):
+        raise ImageError(path, "file not found") from None
+    if isinstance(e, PermissionError):
+        raise ImageError(path, "cannot read it: permission denied; let the user running retinopathy read it "
+                               "(chmod a+r, and a+x on its folders), or remove it") from None
+    raise ImageError(path, f"cannot read it: {e.strerror or e} (the file system's error, not the image's); check the "
+                           "file and its disk, or copy it again") from None
+
+
 def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Image:
     """Decode ``path`` to an RGB image; with ``min_size`` a JPEG is decoded at the smallest scale whose
     both sides are at least ``min_size`` (``Image.draft``). Raises :class:`ImageError` with the reason."""
@@ -106,14 +120,13 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
             return to_rgb(img)
     except ImageError:
         raise
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"rejected as a decompression bomb ({e}); shrink it or raise "
                                "PIL.Image.MAX_IMAGE_PIXELS knowingly") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not a readable image (unknown or corrupt format); re-export or remove it") from None
     except (OSError, SyntaxError, ValueError) as e:
+        _refuse_unreadable(path, e)
         reason = str(e) or type(e).__name__
         if "truncated" in reason.lower():
             reason = f"truncated image ({reason}); the file is incomplete, copy it again"
@@ -167,24 +180,25 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     try:
         st = path.stat()
-    except FileNotFoundError:
-        raise ImageError(path, "file not found") from None
-    if st.st_size == 0:
-        raise ImageError(path, EMPTY)
-    try:
+        if st.st_size == 0:
+            raise ImageError(path, EMPTY)
         with Image.open(path) as img:
             size, fmt = img.size, img.format
             if fmt == "PNG":
                 img.verify()
             elif fmt != "JPEG":
                 img.load()
+        complete = fmt != "JPEG" or _jpeg_complete(path, st.st_size)
+    except ImageError:
+        raise
     except Image.DecompressionBombError as e:
         raise ImageError(path, f"rejected as a decompression bomb ({e})") from None
     except UnidentifiedImageError:
         raise ImageError(path, "not a readable image (unknown or corrupt format); re-export or remove it") from None
     except (OSError, SyntaxError, ValueError) as e:
+        _refuse_unreadable(path, e)
         raise ImageError(path, f"corrupt or truncated ({str(e) or type(e).__name__}); re-export or remove it") \
             from None
-    if fmt == "JPEG" and not _jpeg_complete(path, st.st_size):
+    if not complete:
         raise ImageError(path, "truncated JPEG (no end marker); the file is incomplete, copy it again")
     return size
