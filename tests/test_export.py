@@ -144,6 +144,16 @@ def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("tolerance", ["nan", "-1", "inf", "tiny"])
+def test_a_tolerance_that_is_no_limit_is_a_usage_error(checkpoint, tmp_path, tolerance, capsys):
+    """``nan`` failed every parity check as "difference >= nan"; ``inf`` passed any."""
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(checkpoint), "--out", str(tmp_path / "g.onnx"), "--tolerance", tolerance])
+    says = "'tiny' is not a number" if tolerance == "tiny" else f"{tolerance}: a finite number, 0 or more"
+    assert e.value.code == 2 and f"argument --tolerance: {says}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_model_that_ignores_its_input_is_told(checkpoint, tmp_path, capsys):
     """A dead head passes any parity check trivially: export says so."""
     ckpt = torch.load(checkpoint, weights_only=True)

@@ -21,6 +21,17 @@ def at_least(minimum: int):
     return integer
 
 
+def non_negative(text) -> float:
+    """An argparse ``type``: a finite number of 0 or more (``nan`` would fail every ``<`` check, ``inf`` pass it)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text}: a finite number, 0 or more")
+    return value
+
+
 def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``(default: X)`` to the help of every option whose help does not give its default already."""
     for a in parser._actions:

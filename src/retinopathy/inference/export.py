@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..atomic import check_output_file, refuse_replacing
-from ..cli.common import show_defaults
+from ..cli.common import non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
 from ..data.images import image_files
@@ -68,7 +68,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help=f"images, folders or datasets for the parity check (the first {MAX_CHECK_IMAGES} "
                         "readable ones; default: photographs found under the folder the model was trained on, or "
                         "synthetic renders when it is gone or holds none)")
-    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |logit difference|")
+    p.add_argument("--tolerance", type=non_negative, default=1e-3, help="largest allowed |logit difference|")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     return show_defaults(p)
 
