@@ -475,3 +475,6 @@ def test_a_run_that_changes_its_preset_says_what_it_changed():
     assert _preset_text(lab) == ", preset lab" and _preset_text({}) == ""
     assert _preset_text({**lab, "lr": 0.01, "class_weights": "inverse", "freeze_epochs": 0}) == \
         ", preset lab with lr, freeze_epochs, class_weights changed"
+    assert _preset_text({**lab, "model": "resnet50", "batch_size": 6}) == ", preset lab"  # the lab's for resnet50
+    assert _preset_text({**lab, "model": "resnet50", "batch_size": 12}) == ", preset lab with batch_size changed"
+    assert _preset_text({**lab, "model": "resnet18", "batch_size": 32}) == ", preset lab with batch_size changed"

@@ -475,7 +475,8 @@ def _preset_text(t: dict) -> str:
     """``, preset lab`` and the preset's options the run changed (a run named after a recipe it does not follow)."""
     if not t.get("preset") or t["preset"] not in PRESETS:
         return f", preset {t['preset']}" if t.get("preset") else ""
-    changed = [k for k, v in PRESETS[t["preset"]].items() if option_value(t, k) != option_value({k: v}, k)]
+    preset = {**PRESETS[t["preset"]], "preset": t["preset"], "model": t.get("model")}  # its batch size is the model's
+    changed = [k for k in [*PRESETS[t["preset"]], "batch_size"] if option_value(t, k) != option_value(preset, k)]
     return f", preset {t['preset']}" + (f" with {', '.join(changed)} changed" if changed else "")
 
 
