@@ -68,3 +68,23 @@ def test_ctrl_c_during_a_checkpoint_save_arrives_after_it(tmp_path, monkeypatch)
     assert checkpoint.load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     signal.signal(signal.SIGINT, before)
+
+
+def test_a_checkpoint_save_that_fails_keeps_the_last_one(tmp_path, monkeypatch):
+    """A full disk (or a crash) in the middle of saving last.pt leaves the previous last.pt whole: the run resumes
+    from it."""
+    import torch
+
+    from retinopathy.training import checkpoint
+
+    path, real_save = tmp_path / "last.pt", torch.save
+    checkpoint.save_checkpoint({"epoch": 3, "model": {"w": torch.ones(4)}}, path)
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04 the first bytes of a zip")
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save_checkpoint({"epoch": 4, "model": {"w": torch.zeros(4)}}, path)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert checkpoint.load_checkpoint(path)["epoch"] == 3 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

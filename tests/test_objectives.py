@@ -44,6 +44,21 @@ def test_objective_outputs(name):
     assert set(obj.predict(out.detach()).tolist()) <= set(range(5))
 
 
+@pytest.mark.parametrize("name", ["ordinal", "regression"])
+def test_probabilities_put_each_grade_in_its_place(name):
+    """Outputs that say "grade 0", "grade 2" and "grade 4" give those grades the highest probability, and the
+    score is the grade: prob_* and p_referable (grades 2-4) are read from these columns."""
+    big = 12.0
+    out = (torch.tensor([[-big] * 4, [big, big, -big, -big], [big] * 4]) if name == "ordinal"
+           else torch.tensor([[0.0], [2.0], [4.0]]))
+    obj = make_objective(name)
+    p = obj.probabilities(out)
+    assert p.argmax(1).tolist() == [0, 2, 4] and (p.max(1).values > 0.5).all()
+    assert obj.score(out).tolist() == pytest.approx([0, 2, 4], abs=1e-4)
+    referable = p[:, 2:].sum(1)
+    assert referable[0] < 0.05 and referable[1] > 0.5 and referable[2] > 0.95
+
+
 def test_ordinal_with_a_cross_entropy_head():
     """ordinal+ce: the loss is the ordinal loss of the first 4 outputs plus cross-entropy of the last 5; grades,
     probabilities and scores are the ordinal ones, whatever the class logits say."""

@@ -73,6 +73,27 @@ def test_same_probabilities_as_evaluate(predicted, checkpoint, real, tmp_path):
         assert (r["predicted_grade"], r["true_grade"]) == (e["predicted_grade"], e["true_grade"])
 
 
+def test_a_thresholded_grade_is_cut_from_the_score_not_the_most_probable(checkpoint, real, tmp_path):
+    """A checkpoint that grades by thresholds (regression, ordinal, or ``--decision thresholds``) is graded by them,
+    with or without eye blending, as evaluate grades it: the most probable grade is not the grade."""
+    from retinopathy.training.checkpoint import save_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    cuts = [0.2, 0.4, 0.6, 0.8]
+    ckpt["model_info"] = {**ckpt["model_info"], "decision": "thresholds", "thresholds": cuts}
+    save_checkpoint(ckpt, tmp_path / "cut.pt")
+    assert main(["predict", str(tmp_path / "cut.pt"), str(real), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--quiet", "--amp", "none", "--blend-eyes", "0"]) == 0
+    rows = read_rows(tmp_path / "p.csv")
+    scores, grades = np.array([float(r["score"]) for r in rows]), [int(r["predicted_grade"]) for r in rows]
+    assert grades == np.digitize(scores, cuts).tolist()
+    assert grades != [int(probs_of(r).argmax()) for r in rows]  # the cuts matter for these photographs
+    assert main(["evaluate", str(tmp_path / "cut.pt"), "--data", str(real), "--split", "all", "--blend-eyes", "0",
+                 "--out", str(tmp_path / "e"), "--workers", "0", "--bootstrap", "0", "--quiet", "--amp", "none"]) == 0
+    evaluated = {r["image"]: int(r["predicted_grade"]) for r in read_rows(tmp_path / "e" / "predictions.csv")}
+    assert {r["image"]: int(r["predicted_grade"]) for r in rows} == evaluated
+
+
 def test_evaluate_normalises_with_the_checkpoints_statistics(predicted, checkpoint, real, tmp_path):
     """The mean and std recorded in the checkpoint, not the preset's of this version, as predict does."""
     ckpt = load_checkpoint(checkpoint)

@@ -87,7 +87,7 @@ def test_run_folder_contents(learned, learn_data):
         assert all(x[col] != "" for x in r), col
     best = load_checkpoint(run / "checkpoints" / "best.pt")
     assert best["best"]["value"] == max(float(x["val_kappa"]) for x in r)
-    assert set(best) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "phase", "rng", "config"}
+    assert set(best) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "phase", "config"}
 
 
 def test_evaluate_matches_scikit_learn(learned):
@@ -354,6 +354,41 @@ def test_resume_keeps_the_schedule_and_the_saves_consistent(synth_small, tmp_pat
     assert main(["train", "--data", str(synth_small), *opts, "--epochs", "2", "--out", str(run)]) == 130
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 0 == \
         load_checkpoint(run / "checkpoints" / "best.pt")["epoch"]
+
+
+def test_each_epoch_trains_with_its_class_weights_sampling_and_phase(tmp_path, monkeypatch):
+    """What each epoch is given: the loss weights of the training split's counts, the decaying sampler's weights
+    for that epoch (not epoch 0's again), only the head's parameters while frozen and every one after."""
+    from retinopathy.data.synth import generate
+    from retinopathy.models.objectives import class_weights
+    from retinopathy.training import train as training
+
+    data = tmp_path / "data"
+    generate(data, n=60, size=32, seed=0, workers=1, progress=False)  # EyePACS's mix: the weights differ from 1
+    seen, real = [], training.train_one_epoch
+
+    def spy(model, objective, optimizer, loader, *rest, grader, frozen, **kw):
+        sampler, names = loader.sampler, {id(p): n for n, p in grader.named_parameters()}
+        seen.append({"frozen": frozen, "weights": objective.class_weights, "drawn": sampler.weights.clone(),
+                     "due": [torch.as_tensor(sampler.class_weights(e)[sampler.labels]) for e in range(3)],
+                     "trainable": {n for n, p in grader.named_parameters() if p.requires_grad},
+                     "optimized": {names[id(p)] for g in optimizer.param_groups for p in g["params"]
+                                   if p.requires_grad}, "all": set(names.values())})
+        return real(model, objective, optimizer, loader, *rest, grader=grader, frozen=frozen, **kw)
+    monkeypatch.setattr(training, "train_one_epoch", spy)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--no-pretrained", "--image-size", "32", "--epochs", "3",
+                 "--freeze-epochs", "1", "--class-weights", "inverse", "--sampler", "decay", "--workers", "0",
+                 "--batch-size", "16", "--eval-splits", "val", "--out", str(run), "--quiet"]) == 0
+    counts = yaml.safe_load((run / "config.yaml").read_text())["data"]["train_counts"]
+    assert [e["frozen"] for e in seen] == [True, False, False]
+    for epoch, e in enumerate(seen):
+        assert torch.allclose(e["weights"], class_weights(counts, "inverse")) and e["weights"].std() > 0.1
+        assert torch.allclose(e["drawn"], e["due"][epoch].double())
+    assert not torch.allclose(seen[0]["drawn"], seen[2]["drawn"])
+    head = seen[0]["trainable"]
+    assert head and all(n.startswith("net.fc.") for n in head) and seen[1]["trainable"] == seen[1]["all"]
+    assert seen[0]["optimized"] == head and seen[1]["optimized"] == seen[1]["all"]
 
 
 def test_evaluation_losses_are_without_class_weights_or_smoothing(synth_small, tmp_path):

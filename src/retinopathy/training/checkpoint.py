@@ -3,7 +3,7 @@
 A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``model`` (state dict),
 ``model_ema`` and ``ema_updates`` (the averaged weights under ``--model-ema``, else None and 0), ``optimizer``,
 ``scheduler``, ``scaler``, ``epoch`` (last finished), ``steps_per_epoch`` (a resume with epochs left that
-changes it is refused: the schedule counts steps), ``phase``, ``rng``, ``best``, ``config`` and ``model_info``
+changes it is refused: the schedule counts steps), ``phase``, ``best``, ``config`` and ``model_info``
 (architecture, head, objective, thresholds, preprocessing, class names), and ``save_id``, new at every save:
 evaluations record it, so a report or model card can tell the checkpoint they evaluated from one saved since in
 its place (a new best, retuned thresholds, another run trained into the folder).
@@ -137,16 +137,3 @@ def epochs_saved(run: str | Path) -> int:
         with open(Path(run) / "metrics.csv", newline="") as f:
             return sum(1 for _ in csv.DictReader(f))
     return 0
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -32,8 +32,7 @@ from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..reporting.model_card import write_model_card
-from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
 from .distributed import barrier, broadcast_buffers, cleanup, init_distributed, resume_command
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
@@ -398,7 +397,6 @@ def main(args) -> dict:
     start_epoch, best = 0, {"value": -math.inf, "epoch": None, "eligible": False}
     if ckpt is not None:
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
-        set_rng_state(ckpt["rng"])
         if dist.main and metrics_path.exists():  # drop rows of epochs that were not checkpointed
             with open(metrics_path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
@@ -496,7 +494,7 @@ def main(args) -> dict:
                      "ema_updates": int(ema.n_averaged) if ema else 0, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
-                     "rng": rng_state(), "best": best, "model_info": model_info,
+                     "best": best, "model_info": model_info,
                      "steps_per_epoch": len(train_loader),
                      "config": {**plain_options(vars(args)), "data": config["data"]["path"]}}
             with interrupts_after():  # both or neither: a best.pt of an epoch that last.pt would train again
