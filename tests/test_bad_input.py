@@ -41,6 +41,25 @@ def test_clean_dataset_checks_ok(tmp_path, kaggle):
     assert len(report["stats"]["mean"]) == 3 and report["stats"]["mean"][0] > report["stats"]["mean"][2]
 
 
+def test_data_check_stats_and_split_counts_are_those_of_the_images(tmp_path):
+    """--stats: mean and standard deviation per channel over every pixel (two flat colours, one per half of the
+    patients); per_split: each split's own rows."""
+    rows = []
+    for p in range(40):
+        colour = (200, 100, 50) if p % 2 else (100, 50, 150)
+        for eye in ("left", "right"):
+            Image.new("RGB", (40, 30), colour).save(tmp_path / f"{p}_{eye}.png")
+            rows.append(f"{p}_{eye},{p % 5}")
+    (tmp_path / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+    rc, report = check(tmp_path, tmp_path, "--stats")
+    assert rc == 0
+    assert report["stats"]["mean"] == pytest.approx([150 / 255, 75 / 255, 100 / 255], abs=1e-3)
+    assert report["stats"]["std"] == pytest.approx([50 / 255, 25 / 255, 50 / 255], abs=1e-3)
+    splits = [s.split for s in load_catalog(tmp_path).samples]
+    assert {sp: c["total"] for sp, c in report["per_split"].items()} == {sp: splits.count(sp) for sp in set(splits)}
+    assert len(report["per_split"]) == 3
+
+
 def test_missing_image(tmp_path, kaggle):
     (kaggle / "3_left.jpeg").unlink()
     with pytest.raises(DataError, match=r"trainLabels.csv:8: image 3_left not found"):

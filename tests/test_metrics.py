@@ -40,3 +40,20 @@ def test_bootstrap_needs_one_group_per_image():
         bootstrap_ci([0, 1, 2, 3], [0, 1, 2, 3], [0, 0])  # used to resample the first two images only
     per_image = bootstrap_ci([0, 1, 2, 3, 0, 1], [0, 1, 2, 3, 1, 1], None, n=200)  # None: each image its own
     assert per_image["unit"] == "image" and per_image["accuracy"][0] < per_image["accuracy"][1]
+
+
+def test_confusion_matrix_rows_are_true_grades():
+    """confusion_matrix.csv and the normalised figure read a row as the true grade, a column as the answer."""
+    m = full_metrics([0, 0, 1, 3], [0, 1, 1, 4], np.eye(5)[[0, 1, 1, 4]])
+    assert m["confusion_matrix"] == [[1, 1, 0, 0, 0], [0, 1, 0, 0, 0], [0] * 5, [0, 0, 0, 0, 1], [0] * 5]
+
+
+def test_bootstrap_interval_is_95_percent():
+    """Accuracy 0.5 over 400 independent images: its 95 % interval is about 2 x 1.96 x 0.025 = 0.098 wide
+    (a 90 % one would be 0.082)."""
+    from retinopathy.evaluation import bootstrap_ci
+
+    y = np.zeros(400, dtype=int)
+    ci = bootstrap_ci(y, np.tile([0, 1], 200), None, n=2000)
+    assert ci["level"] == 0.95 and 0.09 < ci["accuracy"][1] - ci["accuracy"][0] < 0.106
+    assert ci["accuracy"][0] < 0.5 < ci["accuracy"][1]
