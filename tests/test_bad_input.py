@@ -240,6 +240,31 @@ def test_bad_label(tmp_path, kaggle, label):
     assert rc == 1 and kinds(report) == ["bad-label"]
 
 
+def test_rows_with_too_few_or_too_many_fields_are_named(tmp_path, kaggle):
+    text = (kaggle / "trainLabels.csv").read_text().splitlines()
+    text[2], text[5] = text[2].split(",")[0], text[5] + ",x"  # a row cut short, one with a stray field
+    (kaggle / "trainLabels.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"(?s)trainLabels.csv:3: 1 fields where the header has 2.*"
+                                        r"trainLabels.csv:6: 3 fields where the header has 2"):
+        FundusDataset(kaggle, "all", image_size=32)
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 1 and kinds(report) == ["bad-row"] and [p["line"] for p in report["problems"]] == [3, 6]
+
+
+def test_eyes_are_named_in_any_case(tmp_path):
+    """``10_Left`` and ``10_RIGHT`` are one patient's two eyes: they stay on one side of every split."""
+    from retinopathy.data.formats import patient_of
+
+    assert patient_of("10_Left") == patient_of("10_RIGHT") == patient_of("10_left.jpeg") == "10"
+    rows = [f"{p}_{eye},{p % 5}" for p in range(40) for eye in ("LEFT", "Right")]
+    for row in rows:
+        disc(tmp_path / f"{row.split(',')[0]}.jpeg", size=32)
+    (tmp_path / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+    rc, report = check(tmp_path, tmp_path)
+    assert rc == 0 and report["patients"] == 40
+    assert report["shared_patients"] and all(v["shared"] == 0 for v in report["shared_patients"].values())
+
+
 def test_whole_number_float_labels(tmp_path, kaggle):
     """pandas writes an integer column that once held NaN as 2.0: such grades are read, in every format."""
     text = (kaggle / "trainLabels.csv").read_text().splitlines()
@@ -549,6 +574,19 @@ def test_other_modes_become_rgb(tmp_path, mode):
     assert img.mode == "RGB" and img.size == (64, 64)
     a = np.asarray(img)
     assert a[0, 0].max() < 30 and a[32, 32].max() > 50  # dark corner, bright centre survive conversion
+
+
+def test_conversions_keep_the_values(tmp_path):
+    """16-bit images are scaled from 0-65535 (32768 is mid-grey, not white); a transparent border is black, whatever
+    colour its pixels hold under the alpha (a fundus PNG exported with a transparent background)."""
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "grey16.tif")
+    assert np.abs(np.asarray(open_image(tmp_path / "grey16.tif")).astype(int) - 128).max() <= 1
+    rgba = np.zeros((8, 8, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # white under the alpha everywhere
+    rgba[2:6, 2:6, 3] = 255  # opaque only in the middle
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    a = np.asarray(open_image(tmp_path / "alpha.png"))
+    assert (a[0, 0] == 0).all() and (a[4, 4] == 255).all()
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
