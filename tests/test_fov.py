@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image, ImageDraw
 
 from retinopathy.data.images import open_image
@@ -13,9 +14,9 @@ W, H = 640, 440
 
 
 def drawn_fundus(cx: float, cy: float, r: float, band_top: int = 0, band_bottom: int = 0, notch: bool = False,
-                 seed: int = 0) -> Image.Image:
+                 seed: int = 0, text: bool = False) -> Image.Image:
     """A textured orange disc on black, optionally with black bands over the top/bottom rows (the camera's
-    flat mask) and EyePACS's small notch on the right rim."""
+    flat mask), EyePACS's small notch on the right rim, and white labels burned into two corners."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:H, :W] + 0.5
     d = np.hypot(xx - cx, yy - cy) / r
@@ -27,6 +28,9 @@ def drawn_fundus(cx: float, cy: float, r: float, band_top: int = 0, band_bottom:
     out = Image.fromarray(img.astype(np.uint8), "RGB")
     if notch:
         ImageDraw.Draw(out).rectangle([cx + r - 2, cy - 0.55 * r, cx + r + 10, cy - 0.5 * r], fill=(150, 90, 40))
+    if text:
+        for box in ([10, 10, 90, 40], [W - 80, H - 40, W - 10, H - 10]):
+            ImageDraw.Draw(out).rectangle(box, fill=(255, 255, 255))
     return out
 
 
@@ -39,6 +43,8 @@ CASES = {
     "clipped by the frame at the top, by a dark band at the bottom": dict(cx=320, cy=232, r=260, band_bottom=14),
     "dark bands at top and bottom, off-centre": dict(cx=330, cy=215, r=270, band_top=18, band_bottom=9),
     "notch on the right rim": dict(cx=320, cy=220, r=250, notch=True),
+    "clipped at the left and right sides too (a tight crop)": dict(cx=300, cy=220, r=330),
+    "white labels burned into two corners": dict(cx=320, cy=220, r=200, text=True),
 }
 
 
@@ -59,6 +65,23 @@ def test_find_fov_at_any_resolution():
     small = img.resize((W // 4, H // 4), Image.BILINEAR)
     cx, cy, r = np.array(find_fov(small)) * 4
     assert abs(cx - 320) < 6 and abs(cy - 220) < 6 and abs(r - 260) < 6
+
+
+def test_fov_and_graham_presets_crop_to_the_field_of_view():
+    """The ``fov`` preset (and ``graham``, which adds its normalisation) is the crop, then the resize: the retina
+    fills the frame, and a copy already cropped so is left as it is (no second resampling)."""
+    from torchvision.transforms import v2
+
+    from retinopathy.data.transforms import Preprocessing, build_transform
+
+    img = drawn_fundus(320, 220, 200)
+    got = build_transform(Preprocessing("fov", 64), uint8=True)(img)
+    cropped = FovCrop()(img)
+    assert cropped.width == cropped.height and abs(cropped.width - 400) <= 8  # the circle's diameter
+    assert torch.equal(got, v2.PILToTensor()(v2.Resize((64, 64), antialias=True)(cropped)))
+    grey = got.float().mean(0)
+    assert grey[32, 1] > 60 and grey[32, -2] > 60 and grey[1, 32] > 60 and grey[0, 0] < 10  # touches every side
+    assert FovCrop()(cropped) is cropped
 
 
 def test_find_fov_on_a_black_image_falls_back_to_the_centre():
