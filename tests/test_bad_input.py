@@ -60,6 +60,17 @@ def test_data_check_stats_and_split_counts_are_those_of_the_images(tmp_path):
     assert len(report["per_split"]) == 3
 
 
+def test_a_missing_image_concerns_only_its_own_split(tmp_path):
+    """Training is not refused for a test photograph that is missing; the test split names it."""
+    make_kaggle(tmp_path, n_patients=30)
+    gone = next(s for s in load_catalog(tmp_path).samples if s.split == "test")
+    (tmp_path / f"{gone.image}.jpeg").unlink()
+    train = FundusDataset(tmp_path, "train", image_size=32)
+    assert train.skipped == [] and len(train) == sum(s.split == "train" for s in load_catalog(tmp_path).samples)
+    with pytest.raises(DataError, match=f"trainLabels.csv:{gone.line}: .*{gone.image}"):
+        FundusDataset(tmp_path, "test", image_size=32)
+
+
 def test_missing_image(tmp_path, kaggle):
     (kaggle / "3_left.jpeg").unlink()
     with pytest.raises(DataError, match=r"trainLabels.csv:8: image 3_left not found"):

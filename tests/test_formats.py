@@ -174,6 +174,24 @@ def test_unknown_format_says_what_was_expected(tmp_path):
         read_catalog(tmp_path)
 
 
+def test_splits_are_stratified_by_the_worse_eye(tmp_path):
+    """A patient with one healthy eye and one proliferative eye counts as grade 4: half of such patients go to a
+    half-sized test split, whatever the seed (by the better eye they would be mixed in with the healthy ones)."""
+    rows = [f"{p}_{eye},{4 if p < 10 and eye == 'right' else 0}" for p in range(20) for eye in ("left", "right")]
+    (tmp_path / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+    for seed in range(5):
+        cat = load_catalog(tmp_path, resolve=False, val_fraction=0, test_fraction=0.5, seed=seed)
+        test = {s.patient for s in cat.samples if s.split == "test"}
+        assert len(test) == 10 and len({p for p in test if int(p) < 10}) == 5, (seed, sorted(test))
+
+
+def test_a_runs_photographs_are_nine_in_ten_listed_with_their_grades():
+    from retinopathy.data.splits import same_photographs
+
+    assert same_photographs(9, 1) and same_photographs(90, 10) and not same_photographs(17, 3)
+    assert not same_photographs(0, 0) and not same_photographs(1, 1)
+
+
 def test_split_by_patient_is_deterministic_stratified_and_written(tmp_path):
     make_kaggle(tmp_path, n_patients=60)
     a = load_catalog(tmp_path, val_fraction=0.2, test_fraction=0.2, seed=3)

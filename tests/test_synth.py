@@ -152,3 +152,10 @@ def test_lesions_grow_with_grade():
     assert all(mean[g] < mean[g + 1] for g in range(4)), mean
     assert (changed[1:] > 0).mean() > 0.9  # nearly every diseased eye shows its lesions
     assert mean[4] > 0.01
+
+
+def test_every_image_is_its_own_eye(tmp_path):
+    """Two photographs of one grade are two eyes, not one image repeated."""
+    synth.generate(tmp_path, n=20, size=32, seed=0, balanced=True, workers=1, progress=False)
+    files = sorted(tmp_path.rglob("*.jpeg"))
+    assert len(files) == 20 and len({hashlib.sha256(f.read_bytes()).hexdigest() for f in files}) == 20
