@@ -151,6 +151,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
     for p in images[::2]:
         p.unlink()
     (resumed / (images[0].name + ".part")).write_bytes(images[1].read_bytes()[:300])
+    (resumed / (images[5].name + ".part")).write_bytes(b"half")  # beside a copy that is whole: left as it is
     images[1].write_bytes(images[1].read_bytes()[:500])  # and copies damaged since: cut, and emptied
     images[3].write_bytes(b"")
     m = json.loads((resumed / MANIFEST).read_text())
