@@ -615,7 +615,11 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
                                         (["evaluate", "C", "--data", "D", "--out", "O", "-j", "x"],
                                          "--workers: 'x' is not a whole number"),
                                         (["train", "--data", "D", "--out", "O", "--stop-after", "0"],
-                                         "--stop-after: 0 is too small (at least 1)")])
+                                         "--stop-after: 0 is too small (at least 1)"),
+                                        (["train", "--data", "D", "--out", "O", "--epochs", "2", "--freeze-epochs",
+                                          "3"], "--freeze-epochs must be between 0 and --epochs"),
+                                        (["train", "--data", "D", "--out", "O", "--model-ema-decay", "1"],
+                                         "--model-ema-decay must lie between 0 and 1 (not 1.0)")])
 def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -324,6 +324,10 @@ def test_base_file_gives_train_options(tmp_path):
     assert [c.name for c in exp.cells] == ["split-seed-1", "split-seed-2"]
     for cell, seed in zip(exp.cells, (1, 2)):  # inherited, overridden by train:, varied by grid:
         assert cell.options == {"epochs": 2, "image_size": 64, "lr": 0.02, "split_seed": seed}
+    (tmp_path / "splits.yaml").write_text(splits.read_text())
+    chained = write_config(tmp_path, base="splits.yaml", train={"epochs": 3}, grid={"model": ["resnet18"]})
+    cell = load_experiment(chained).cells[0]  # a base of a base: each file's train: over the one it names
+    assert cell.options == {"epochs": 3, "image_size": 64, "lr": 0.02, "split_seed": 0, "model": "resnet18"}
     loop = write_config(tmp_path, base="grid.yaml")
     with pytest.raises(ExperimentError, match="leads back to itself"):
         load_experiment(loop)

@@ -71,6 +71,27 @@ def check_metadata(out, checkpoint):
     return meta
 
 
+def test_metadata_is_the_checkpoints_own(tmp_path):
+    """A regression grader with its own thresholds, eye blending and normalisation: the JSON a deployment reads
+    says what this checkpoint does, not what a default one would."""
+    torch.manual_seed(0)
+    model = Grader("resnet18", 1, "lab").eval()
+    prep = Preprocessing("graham", SIZE, mean=(0.4, 0.5, 0.6), std=(0.2, 0.1, 0.3))
+    cuts = [0.3, 1.2, 2.6, 3.1]
+    save_checkpoint({"model": model.state_dict(), "epoch": 1, "phase": "finetune", "best": None, "config": {},
+                     "model_info": {"arch": "resnet18", "head": "lab", "objective": "regression", "num_outputs": 1,
+                                    "num_classes": 5, "preprocessing": prep.to_dict(), "thresholds": cuts,
+                                    "decision": "thresholds", "blend_eyes": 0.4, "weights_origin": "test"}},
+                    tmp_path / "reg.pt")
+    out = tmp_path / "reg.ts.pt"
+    assert main(["export", str(tmp_path / "reg.pt"), "--format", "torchscript", "--out", str(out)]) == 0
+    meta = json.loads((tmp_path / "reg.ts.pt.json").read_text())
+    assert (meta["objective"], meta["decision"], meta["thresholds"]) == ("regression", "thresholds", cuts)
+    assert meta["blend_eyes"]["weight"] == 0.4 and meta["output"]["shape"] == ["batch", 1]
+    assert (meta["preprocessing"]["mean"], meta["preprocessing"]["std"]) == ([0.4, 0.5, 0.6], [0.2, 0.1, 0.3])
+    assert meta["preprocessing"]["preset"] == "graham" and meta["output"]["grade"].startswith("the number of thr")
+
+
 @pytest.mark.shared_data
 def test_onnx_matches_pytorch_on_real_images(checkpoint, real_batch, shared_data, tmp_path, capsys):
     import onnxruntime as ort

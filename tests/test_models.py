@@ -141,6 +141,14 @@ def test_frozen_phase_changes_only_the_head_and_keeps_bn_statistics():
     assert not torch.equal(before["net.bn1.running_mean"], model.state_dict()["net.bn1.running_mean"])
 
 
+@pytest.mark.parametrize("head", ["linear", "lab"])
+def test_each_head_gives_the_objectives_outputs(head):
+    """1 output for regression, 4 for ordinal, 9 for ordinal+ce, 5 for classification, with either head."""
+    x = torch.randn(2, 3, 32, 32)
+    for outputs in (1, 4, 5, 9):
+        assert Grader("resnet18", outputs, head).eval()(x).shape == (2, outputs)
+
+
 @pytest.fixture
 def torch_home(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
@@ -163,6 +171,24 @@ def test_pretrained_weights_load_through_the_torchvision_enum(torch_home):
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
     assert torch.equal(model.net.layer4[1].bn2.running_var, state["layer4.1.bn2.running_var"])
     assert model.net.fc[0].in_features == 512  # the head is new, not ImageNet's
+
+
+def test_training_starts_from_the_imagenet_weights_of_its_tag(torch_home, synth_small, tmp_path, capsys):
+    """``train --pretrained`` (the default) loads torchvision's file: after a frozen epoch the backbone is still
+    ImageNet's, and the run says where it came from; ``--weights-tag`` picks which of the model's weights."""
+    from retinopathy.cli.main import main
+    from retinopathy.training.checkpoint import load_checkpoint
+
+    state, _ = _write_fake_weights(torch_home)
+    common = ["train", "--data", str(synth_small), "--image-size", "32", "--batch-size", "16", "--workers", "0",
+              "--epochs", "1", "--freeze-epochs", "1", "--no-check-weights-hash", "--quiet"]
+    assert main([*common, "--out", str(tmp_path / "run")]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert "ResNet18_Weights.IMAGENET1K_V1" in ckpt["model_info"]["weights_origin"]
+    for name in ("layer1.0.conv1.weight", "layer4.1.bn2.running_var"):
+        assert torch.equal(ckpt["model"][f"net.{name}"], state[name])
+    assert main([*common, "--weights-tag", "IMAGENET1K_V2", "--out", str(tmp_path / "v2")]) != 0
+    assert "ResNet18_Weights has no 'IMAGENET1K_V2'; available: IMAGENET1K_V1" in capsys.readouterr().err
 
 
 def test_pretrained_weights_adapt_to_space_to_depth(torch_home):

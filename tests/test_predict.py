@@ -92,6 +92,12 @@ def test_a_thresholded_grade_is_cut_from_the_score_not_the_most_probable(checkpo
                  "--out", str(tmp_path / "e"), "--workers", "0", "--bootstrap", "0", "--quiet", "--amp", "none"]) == 0
     evaluated = {r["image"]: int(r["predicted_grade"]) for r in read_rows(tmp_path / "e" / "predictions.csv")}
     assert {r["image"]: int(r["predicted_grade"]) for r in rows} == evaluated
+    assert main(["predict", str(tmp_path / "cut.pt"), str(real), "--out", str(tmp_path / "tta.csv"), "--workers", "0",
+                 "--quiet", "--amp", "none", "--blend-eyes", "0", "--tta"]) == 0
+    tta = read_rows(tmp_path / "tta.csv")  # the score of the averaged views: the expected grade of their mean
+    scores = np.array([float(r["score"]) for r in tta])
+    assert np.allclose(scores, [probs_of(r) @ np.arange(5) for r in tta], atol=1e-4)
+    assert [int(r["predicted_grade"]) for r in tta] == np.digitize(scores, cuts).tolist()
 
 
 def test_evaluate_normalises_with_the_checkpoints_statistics(predicted, checkpoint, real, tmp_path):

@@ -77,6 +77,27 @@ def test_eyes_pair_within_a_folder_not_across_folders(tmp_path):
     assert items[0].patient == items[1].patient != items[2].patient == items[3].patient
 
 
+def test_same_names_in_other_folders_or_datasets_are_other_patients(tiny_run, synth_small, tmp_path):
+    """siteA/1_left.jpeg and siteB/1_right.jpeg given as files, or two datasets with the same names, are different
+    patients; eye blending mixes only a patient's own eyes, so each of those eyes keeps its own score."""
+    a, b = disc(tmp_path / "siteA" / "1_left.jpeg"), disc(tmp_path / "siteB" / "1_right.jpeg", color=(90, 40, 20))
+    items = collect_items([a, b])
+    assert items[0].patient != items[1].patient
+    shutil.copytree(synth_small, tmp_path / "copy")
+    items = collect_items([synth_small, tmp_path / "copy"])
+    half = len(items) // 2
+    assert [i.image for i in items[:half]] == [i.image for i in items[half:]]
+    assert not {i.patient for i in items[:half]} & {i.patient for i in items[half:]}
+    scores = {}
+    for weight in ("0", "0.5"):
+        out = tmp_path / f"blend-{weight}.csv"
+        assert main(["predict", str(tiny_run), str(a), str(b), "--blend-eyes", weight, "--out", str(out),
+                     "--workers", "0", "--quiet", "--amp", "none"]) == 0
+        with open(out, newline="") as f:
+            scores[weight] = [float(r["score"]) for r in csv.DictReader(f)]
+    assert scores["0.5"] == scores["0"] and scores["0"][0] != scores["0"][1]
+
+
 def test_folders_follow_links_and_heatmap_names_stay_unique(tiny_run, tmp_path):
     photos = tmp_path / "photos"
     for name in ("a/x.jpeg", "b/x.jpeg", "b/x-2.jpeg"):

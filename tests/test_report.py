@@ -352,6 +352,62 @@ def test_grades_without_test_images_show_no_recall(experiment, tmp_path, closed_
     assert all(texts[(t, p)] != "–" for t in range(4) for p in range(5))
 
 
+def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_figures):
+    """A run whose numbers all differ (test accuracy, the majority rate and grade, the two intervals, val against
+    test accuracy, a leakage warning) beside a weaker one and one with kappa 0: each lands where the page says."""
+    import matplotlib.lines
+
+    runs = {name: tmp_path / name for name in ("good", "flat", "weak")}
+    for run in runs.values():
+        shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", run)
+    weak = json.loads((runs["weak"] / "eval" / "metrics.json").read_text())
+    (runs["weak"] / "eval" / "metrics.json").write_text(json.dumps({**weak, "kappa": 0.2}))
+    good = runs["good"]
+    m = json.loads((good / "eval" / "metrics.json").read_text())
+    m.update(accuracy=0.7, kappa=0.45, majority_accuracy=0.3, true_counts=[2, 3, 2, 1, 2],
+             confusion_matrix=[[1, 1, 0, 0, 0], [0, 3, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 1, 0], [0, 0, 0, 1, 1]])
+    m["ci95"].update(accuracy=[0.5, 0.85], kappa=[0.2, 0.7])
+    (good / "eval" / "metrics.json").write_text(json.dumps(m))
+    with open(good / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[0].update(val_accuracy="0.375", test_accuracy="0.7")
+    with open(good / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    config = yaml.safe_load((good / "config.yaml").read_text())
+    config["data"]["leakage_warnings"] = ["3 of 5 test patients also have an eye in train"]
+    (good / "config.yaml").write_text(yaml.safe_dump(config))
+    flat_majority = json.loads((runs["flat"] / "eval" / "metrics.json").read_text())["majority_accuracy"]
+
+    assert main(["report", str(runs["weak"]), str(good), str(runs["flat"]), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert ("Highest quadratic kappa: ResNet18, from scratch (good) - kappa 0.450 (95% CI 0.200 to 0.700), test "
+            "accuracy 0.700 (always answering grade 1 scores 0.300).") in md
+    assert "(kappa <= 0): flat." in md  # kappa exactly 0 has not learnt to grade
+    table = {r["Run"]: r for r in md_table(md, "### All runs")}
+    assert table["good"]["Best selection accuracy (epoch)"] == "0.3750 (1, val)"
+    assert table["good"]["Majority accuracy"] == "0.3000"
+    [results] = md_table(md, "## Results")
+    assert results["Always the most common grade (test)"] == " / ".join(sorted({"0.300", f"{flat_majority:.3f}"}))
+    assert "- **Split warnings**: 3 of 5 test patients also have an eye in train" in md
+    assert "- **Training**: 1 epoch, adamw lr 0.001" in md  # one epoch, not "1 epochs"
+    split = next(line for line in md.splitlines() if line.startswith("- **Split**") and "good" in line)
+    counts = config["data"]["eval_counts"]
+    for sp in ("val", "test"):
+        assert f"{sp} {sum(counts[sp])} {counts[sp]}" in split
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert '<div class="baseline">' + " / ".join(sorted({"0.300", f"{flat_majority:.3f}"})) in page
+    accuracy = next(f for f in closed_figures if "accuracy" in f._suptitle.get_text())
+    lines = [ln for ln in accuracy.axes[0].get_lines() if isinstance(ln, matplotlib.lines.Line2D)]
+    dash_dotted = [list(ln.get_ydata()) for ln in lines if ln.get_linestyle() == "-."]
+    assert [0.375] in dash_dotted  # the val curve plots val accuracy
+    assert any(list(ln.get_ydata()) == [0.3, 0.3] for ln in lines)  # the majority baseline (an axhline)
+    confusion = next(f for f in closed_figures if f.axes and f.axes[0].texts and f not in (accuracy,))
+    texts = cell_texts(next(ax for ax in confusion.axes if "(good)" in ax.get_title()))
+    assert (texts[(0, 0)], texts[(0, 1)], texts[(1, 1)]) == ("0.50", "0.50", "1.00")  # each row sums to 1
+
+
 def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed_figures):
     from retinopathy.evaluation.evaluate import confusion_figure
 

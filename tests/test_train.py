@@ -234,6 +234,18 @@ def test_mixup_trains_and_resumes_exactly(synth_small, tmp_path, capsys):
     assert "--mixup -1.0" in capsys.readouterr().err
 
 
+def test_a_run_stopped_early_resumes_to_its_last_epoch(tiny_run, tmp_path):
+    """--stop-after belongs to the command that gave it: a plain --resume trains every epoch that is left."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--stop-after", "1", "--quiet"]) == 0
+    assert len(rows(run)) == 3
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert len(rows(run)) == 4
+
+
 def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):
     """The network, the metrics.csv columns and the selection rule cannot change on resume (a clean error, the
     run untouched), nor can --out point elsewhere; the suggested way, a new run from its weights, works."""
@@ -255,7 +267,11 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--image-size", "32"], "--image-size 64 (not 32)"),  # what the model sees
                           (["--preprocess", "graham"], "--preprocess lab (not graham)"),
                           (["--augment", "none"], "--augment fundus (not none)"),  # how the next epochs learn
-                          (["--seed", "5"], "--seed 0 (not 5)")):
+                          (["--seed", "5"], "--seed 0 (not 5)"),
+                          (["--select-metric", "accuracy"], "--select-metric kappa (not accuracy)"),  # what best is
+                          (["--head", "lab"], "--head linear (not lab)"),
+                          (["--lr", "0.01"], "--lr 0.001 (not 0.01)"),
+                          (["--sampler", "balanced"], "--sampler random (not balanced)")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
     regraded = tmp_path / "regraded"  # the same names, mostly with other grades: other photographs

@@ -116,7 +116,8 @@ def training_text(t: dict) -> str:
     frozen), sgd lr 0.001 momentum 0.9 ...``; without pretrained weights the frozen backbone is a random one."""
     backbone = "backbone" if t.get("pretrained", True) or t.get("weights") else "random (not pretrained) backbone"
     frozen = f" ({t['freeze_epochs']} with the {backbone} frozen)" if t.get("freeze_epochs") else ""
-    return (f"{t.get('epochs')} epochs{frozen}, {t.get('optimizer')} lr {t.get('lr')}"
+    epochs = f"{t.get('epochs')} epoch" + ("" if t.get("epochs") == 1 else "s")
+    return (f"{epochs}{frozen}, {t.get('optimizer')} lr {t.get('lr')}"
             + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
             + f" weight decay {t.get('weight_decay')}, scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
             f"class weights {t.get('class_weights')}, sampler {t.get('sampler')}, label smoothing "
