@@ -299,6 +299,17 @@ def test_cell_names():
     assert cell_name({"deterministic": False, "image_size": 96}) == "no-deterministic-image-size-96"
 
 
+def test_a_grid_is_every_combination_of_its_values(tmp_path):
+    exp = load_experiment(write_config(tmp_path, grid={"model": ["resnet18", "resnet50"], "pretrained": [True, False],
+                                                       "lr": [0.01]}))
+    assert [c.name for c in exp.cells] == ["resnet18-pretrained-lr-0.01", "resnet18-scratch-lr-0.01",
+                                           "resnet50-pretrained-lr-0.01", "resnet50-scratch-lr-0.01"]
+    assert exp.cells[3].options == {"epochs": 2, "freeze_epochs": 1, "image_size": 64, "batch_size": 16, "workers": 0,
+                                     "model": "resnet50", "pretrained": False, "lr": 0.01}
+    with pytest.raises(ExperimentError, match="the same cell name twice"):  # names that would share a folder
+        load_experiment(write_config(tmp_path, grid={"optimizer": ["a b", "a_b"]}))
+
+
 def test_variants_are_one_change_each(tmp_path):
     config = write_config(tmp_path, grid={"model": ["resnet18"]},
                           variants={"recipe": {}, "small": {"image_size": 32}, "flips": {"augment": "flips"}})

@@ -1,6 +1,7 @@
 """MODEL_CARD.md: the required sections from a real run, then evaluations that accumulate (majority baseline shown)."""
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -46,10 +47,21 @@ def test_card_from_a_training_run(run):
     val = config["data"]["eval_counts"]["val"]
     during_training = card.split("## Metrics")[1]
     assert table_row(during_training, "val")[3] == f"{max(val) / sum(val):.3f}"  # the majority-class baseline
+    with open(run / "metrics.csv", newline="") as f:
+        selected = list(csv.DictReader(f))[load_checkpoint(run / "checkpoints" / "best.pt")["epoch"]]
+    for split in ("val", "test"):  # each split's own numbers of the selected epoch
+        row = table_row(during_training, split)
+        assert (row[2], row[4]) == (f"{float(selected[f'{split}_accuracy']):.3f}",
+                                    f"{float(selected[f'{split}_kappa']):.3f}")
+    assert selected["val_accuracy"] != selected["test_accuracy"]  # so that a swap would show
     assert "not a medical device" in card and "single photograph" in card
     assert "**Synthetic training data.**" in card and "Label noise" not in card  # it learnt from synth drawings
     assert "Imbalance and small numbers" in card
     assert "None yet" in card
+    config["data"]["leakage_warnings"] = ["2 of 4 test patients also have an eye in train"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "\n- Warning: 2 of 4 test patients also have an eye in train\n" in \
+        write_model_card(run / "checkpoints" / "best.pt").read_text()
 
 
 def test_limitations_describe_this_model(tmp_path):

@@ -175,9 +175,9 @@ def test_evaluate_adds_its_test_metrics_to_the_model_card(graham_run, tmp_path):
     assert cells[1] == f"`{data.name}`" and cells[2].startswith("best.pt (epoch ")
     assert cells[3] == str(m["count"])
     lo, hi = m["ci95"]["accuracy"]
-    assert cells[4].startswith(f"{m['accuracy']:.3f} [") and f"{lo:.3f}" in cells[4] and f"{hi:.3f}" in cells[4]
-    assert cells[5] == f"{m['majority_accuracy']:.3f}"
-    assert cells[6].startswith(f"{m['kappa']:.3f}") and cells[7] == f"{m['macro_f1']:.3f}"
+    assert cells[4] == f"{m['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]" and cells[5] == f"{m['majority_accuracy']:.3f}"
+    kappa_ci = f" [{m['ci95']['kappa'][0]:.3f}, {m['ci95']['kappa'][1]:.3f}]" if m["ci95"]["kappa"] else ""
+    assert cells[6] == f"{m['kappa']:.3f}{kappa_ci}" and cells[7] == f"{m['macro_f1']:.3f}"
     store = json.loads((copy / "checkpoints" / "model_card.json").read_text())
     (record,) = store["evaluations"].values()
     assert record["split"] == "test" and record["count"] == m["count"] and record["accuracy"] == m["accuracy"]

@@ -104,7 +104,8 @@ def test_evaluate_matches_scikit_learn(learned):
     assert learned["referable_auc"] == pytest.approx(roc_auc_score(y >= 2, probs[:, 2:].sum(1)), abs=1e-5)
     assert learned["majority_accuracy"] == pytest.approx(np.bincount(y).max() / len(y))
     cm = np.loadtxt(out / "confusion_matrix.csv", delimiter=",")
-    assert cm.sum() == len(y) and np.trace(cm) == (y == yhat).sum()
+    assert cm.tolist() == [np.bincount(yhat[y == t], minlength=5).tolist() for t in range(5)]  # rows: true grades
+    assert not np.array_equal(cm, cm.T)  # so that a transposed file would show
     lo, hi = learned["ci95"]["kappa"]
     assert lo <= learned["kappa"] <= hi
     from PIL import Image
@@ -1053,7 +1054,7 @@ def test_a_split_that_rounds_to_nothing_is_named(tmp_path, capsys):
 def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
     """The lab split's patients on both sides come from each split's dataset: the CLI prints each once, as its
     other warnings (`warning: ...`), not as a Python UserWarning with a source line; evaluating another run on
-    that data, they are not its leakage and are not printed."""
+    that data, they are not its leakage and are not printed; evaluating the run itself, they are."""
     from .test_formats import disc
 
     data = tmp_path / "lab"
@@ -1074,6 +1075,10 @@ def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "leakage" not in err  # the data's other warnings are still shown
     assert err.count(f"warning: {data} was prepared at 32 px and is read at 64 px: the copy is upscaled") == 1
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(data), "--split", "test", "--out",
+                 str(tmp_path / "own"), "--workers", "0", "--bootstrap", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err  # the run's own split: its leakage is this model's, and said
+    assert err.count("warning: 15 of 20 test patients also have an eye in train (patient leakage") == 1
 
 
 @pytest.mark.parametrize("argv, shown", [(["train"], ["(default: 20)", "default: 0.001", "default: adamw"]),
