@@ -172,6 +172,13 @@ def test_a_folder_of_experiments_is_every_experiment_in_it(experiment, tmp_path)
     assert main(["report", str(runs), "--out", str(tmp_path / "r")]) == 0
     names = [r["Run"] for r in md_table((tmp_path / "r" / "report.md").read_text(), "### All runs")]
     assert sorted(names) == sorted([*CELLS, "alone"])
+    # "alone" and the scratch cell share model and variant: both keep a cell of the results table
+    cells = re.findall(r'<td class="cell[^"]*" data-run="([^"]*)"', (tmp_path / "r" / "index.html").read_text())
+    assert sorted(cells) == sorted([*CELLS, "alone"])
+    shutil.copytree(runs / "tiny", runs / "tiny2")  # a copy of the experiment: its runs are told apart by folder
+    assert main(["report", str(runs), "--out", str(tmp_path / "r2")]) == 0
+    names = [r["Run"] for r in md_table((tmp_path / "r2" / "report.md").read_text(), "### All runs")]
+    assert sorted(names) == sorted(["alone", *(f"{e}/{c}" for e in ("tiny", "tiny2") for c in CELLS)])
 
 
 def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
