@@ -241,10 +241,10 @@ def test_a_run_stopped_early_resumes_to_its_last_epoch(tiny_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    assert main(["train", "--resume", str(run), "--epochs", "4", "--stop-after", "1", "--quiet"]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "5", "--stop-after", "1", "--quiet"]) == 0
     assert len(rows(run)) == 3
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    assert len(rows(run)) == 4
+    assert len(rows(run)) == 5
 
 
 def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):
