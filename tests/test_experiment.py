@@ -86,6 +86,11 @@ def test_cells_are_evaluated_as_evaluate_grades(interrupted, tmp_path):
         with open(folder / "predictions.csv", newline="") as f:
             scores[folder] = [r["score"] for r in csv.DictReader(f)]
     assert scores[run / "eval"] == scores[tmp_path]
+    entry = json.loads((interrupted["exp"] / "experiment.json").read_text())["cells"][SCRATCH]
+    m = json.loads((run / "eval" / "metrics.json").read_text())  # experiment.json records the evaluation's numbers
+    assert [entry[k] for k in ("test_accuracy", "kappa", "macro_f1", "majority_accuracy")] == \
+        [m[k] for k in ("accuracy", "kappa", "macro_f1", "majority_accuracy")]
+    assert m["accuracy"] != m["majority_accuracy"]  # so that one taken for the other would show
 
 
 @pytest.mark.timeout(120)

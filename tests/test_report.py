@@ -226,6 +226,8 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert main(["report", str(killed), str(broken), "--out", str(tmp_path / "r5")]) == 0
     md = (tmp_path / "r5" / "report.md").read_text()
     assert f"killed - incomplete: trained {epochs} of {epochs + 1} epochs" in md and "broken - incomplete: " in md
+    killed_details = md.split("### killed")[1].split("###")[0]  # the row without its checkpoint is not counted
+    assert f" min over {epochs} epoch{'s' if epochs > 1 else ''} (sum of epoch_seconds)" in killed_details
     assert "best.pt: cannot be read as a checkpoint" in md
 
 

@@ -111,13 +111,17 @@ def first_line(text: str) -> str:
     return " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
 
 
+def epochs_text(n) -> str:
+    """``1 epoch``, ``20 epochs``."""
+    return f"{n} epoch" + ("" if n == 1 else "s")
+
+
 def training_text(t: dict) -> str:
     """A run's training options in one line, for the report and the model card: ``20 epochs (5 with the backbone
     frozen), sgd lr 0.001 momentum 0.9 ...``; without pretrained weights the frozen backbone is a random one."""
     backbone = "backbone" if t.get("pretrained", True) or t.get("weights") else "random (not pretrained) backbone"
     frozen = f" ({t['freeze_epochs']} with the {backbone} frozen)" if t.get("freeze_epochs") else ""
-    epochs = f"{t.get('epochs')} epoch" + ("" if t.get("epochs") == 1 else "s")
-    return (f"{epochs}{frozen}, {t.get('optimizer')} lr {t.get('lr')}"
+    return (f"{epochs_text(t.get('epochs'))}{frozen}, {t.get('optimizer')} lr {t.get('lr')}"
             + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
             + f" weight decay {t.get('weight_decay')}, scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
             f"class weights {t.get('class_weights')}, sampler {t.get('sampler')}, label smoothing "

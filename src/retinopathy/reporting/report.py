@@ -32,7 +32,7 @@ from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
-from .html import ci_text, first_line, grade_parts, render_html, training_text, warning_text
+from .html import ci_text, epochs_text, first_line, grade_parts, render_html, training_text, warning_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -507,7 +507,7 @@ def run_details(run: Run) -> list[tuple[str, str]]:
         out.append(("Selection rule", f"best.pt = best {sel.get('split')} {sel.get('metric')}; {sel.get('note')}"))
     if run.rows:
         secs = run.numbers.get("seconds", 0)
-        out.append(("Time", f"{secs / 60:.1f} min over {len(run.rows)} epochs (sum of epoch_seconds)"))
+        out.append(("Time", f"{secs / 60:.1f} min over {epochs_text(len(run.rows))} (sum of epoch_seconds)"))
     eng, env = c.get("engine"), c.get("environment")
     if eng or env:
         eng, env = eng or {}, env or {}
