@@ -263,6 +263,24 @@ def test_two_rows_for_one_image_are_reported(tmp_path):
     assert m["counts"]["images"] == 4
 
 
+def test_two_images_whose_copies_would_share_a_name_are_reported(tmp_path):
+    """``site\\2_left`` (a Windows path, or a Linux file with a backslash in its name) and ``site/2_left`` are two
+    photographs whose copies would both be ``site/2_left.jpeg``: the second is reported, not written over the first,
+    and the read-back of the copy reports the first, whose copied label now names a copy shared with another row."""
+    src = tmp_path / "src"
+    generate(src, n=4, size=64, seed=0, progress=False)
+    (src / "site").mkdir()
+    shutil.copy(src / "1_left.jpeg", src / "site\\2_left.jpeg")
+    shutil.copy(src / "1_right.jpeg", src / "site" / "2_left.jpeg")
+    with open(src / "trainLabels.csv", "a") as f:
+        f.write("site\\2_left,1\nsite/2_left,2\n")
+    m = prepare(src, tmp_path / "out", size=32, workers=1, progress=False)
+    assert [(p["kind"], p["image"], p["line"]) for p in m["problems"]] == [
+        ("name-clash", "site/2_left", 7),
+        ("unresolved-copy", "site\\2_left", 6)]  # the copied labels name both rows' copy: neither reads back
+    assert m["counts"]["written"] == 5 and (tmp_path / "out" / "site" / "2_left.jpeg").exists()
+
+
 def test_names_with_extensions_and_other_formats(tmp_path):
     """A CSV naming files with their extension (PNG here), the lab format and grade folders all read back."""
     generate(tmp_path / "k", n=10, size=64, seed=0, progress=False)
