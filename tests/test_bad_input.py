@@ -165,6 +165,7 @@ def test_png_with_corrupt_data_fails_at_construction(tmp_path):
 @pytest.mark.parametrize("error, says", [
     (PermissionError(13, "Permission denied"), "cannot read it: permission denied; let the user running"),
     (OSError(5, "Input/output error"), "cannot read it: Input/output error (the file system's error, not the"),
+    (IsADirectoryError(21, "Is a directory"), "a folder, not an image file; name an image in it"),
 ])
 def test_an_unreadable_file_is_not_called_corrupt(tmp_path, kaggle, monkeypatch, error, says):
     """A file the system will not read (permission denied as another user, an I/O error) says so: it is neither

@@ -99,6 +99,8 @@ def _refuse_unreadable(path: Path, e: Exception) -> None:
         return
     if isinstance(e, FileNotFoundError):
         raise ImageError(path, "file not found") from None
+    if isinstance(e, IsADirectoryError):
+        raise ImageError(path, "a folder, not an image file; name an image in it") from None
     if isinstance(e, PermissionError):
         raise ImageError(path, "cannot read it: permission denied; let the user running retinopathy read it "
                                "(chmod a+r, and a+x on its folders), or remove it") from None
