@@ -46,6 +46,7 @@ from ..atomic import write_text
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
+from ..reporting.html import epochs_text
 from ..training import config as train_config
 from ..training.checkpoint import epochs_saved, load_checkpoint, same_checkpoint
 
@@ -327,13 +328,13 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
     if done < args.epochs and not (run / "checkpoints" / "last.pt").exists() and done:
         raise ExperimentError(f"{run}: its checkpoints/last.pt is gone, so its {done} of {args.epochs} epochs cannot "
                               "continue; remove the folder to train the cell again (or ask for "
-                              f"{done} epoch{'s' if done > 1 else ''})")
+                              f"{epochs_text(done)})")
     trained = done >= args.epochs and not retune_pending(run, args)
     if done > args.epochs:
         print(f"warning: {run} trained {done} epochs, more than the {args.epochs} now asked for; it stays as it is "
               "(delete the folder to train it again)", file=sys.stderr)
     if trained and is_evaluated(run, bootstrap(exp)):
-        print(f"{tag} finished earlier ({done} epoch{'s' if done != 1 else ''}, evaluated); nothing to do")
+        print(f"{tag} finished earlier ({epochs_text(done)}, evaluated); nothing to do")
         return {**_done_entry(run), "untouched": True}
     if not trained:
         if args.pretrained and not done:
@@ -341,7 +342,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
         (run / "SKIPPED.json").unlink(missing_ok=True)
         doing = ("retuning best.pt's thresholds (interrupted after the last epoch)" if done >= args.epochs else
                  f"resuming after epoch {done}/{args.epochs}" if done else
-                 f"training {args.epochs} epoch{'s' if args.epochs > 1 else ''}")
+                 f"training {epochs_text(args.epochs)}")
         print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))

@@ -31,6 +31,7 @@ from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, default_decision, tune_thresholds
+from ..reporting.html import epochs_text
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
@@ -550,7 +551,7 @@ def main(args) -> dict:
     if dist.main and not finished:
         print(f"stopped after {ran} epoch(s) (--stop-after): continue with `{resume_command(out)}`")
     elif dist.main and not ran and not retune:
-        print(f"nothing to train: {out} has finished its {start_epoch} epochs (--epochs N on --resume trains on)")
+        print(f"nothing to train: {out} has finished its {epochs_text(start_epoch)} (--epochs N on --resume trains on)")
     cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
 
