@@ -98,7 +98,7 @@ def table(rows: list[dict], columns: list[str], title: str = "") -> str:
             return f"{v:.3g}" if abs(v) < 10 else f"{v:,.1f}"
         return str(v)
     cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     lines = [title] if title else []
     lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
     lines.append("  ".join("-" * w for w in widths))

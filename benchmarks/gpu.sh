@@ -4,9 +4,10 @@
 #
 #   benchmarks/gpu.sh [RESULTS.json] [gpu_bench.py options, e.g. --dry-run]
 #
-# Uses the machine's own Python and PyTorch (torch >= 2.11; $PYTHON, default python3) and installs nothing;
-# runs from the source tree with PYTHONPATH=src. Results: RESULTS.json, else $OUT/gpu_bench.json, else
-# ./gpu_bench.json, rewritten after every part, so a kill keeps what was measured.
+# Uses the machine's own Python and PyTorch (torch >= 2.11, torchvision, Pillow, NumPy, PyYAML, scikit-learn,
+# tqdm; $PYTHON, default python3) and installs nothing; runs from the source tree with PYTHONPATH=src.
+# Results: RESULTS.json, else $OUT/gpu_bench.json, else gpu_bench.json in the repository root, rewritten after
+# every part, so a kill keeps what was measured; the synthetic set goes to gpu_bench_data/ beside it (--workdir).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-.}/gpu_bench.json"

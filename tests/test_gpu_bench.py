@@ -1,4 +1,5 @@
-"""``benchmarks/gpu.sh --dry-run`` runs end to end on the CPU (tiny sizes), so the GPU benchmark cannot rot."""
+"""The benchmarks cannot rot: ``benchmarks/gpu.sh --dry-run`` runs end to end on the CPU (tiny sizes), and
+the summary of ``run_all.py`` prints whatever ran."""
 from __future__ import annotations
 
 import json
@@ -53,3 +54,15 @@ def test_gpu_bench_keeps_partial_results_when_a_part_fails(tmp_path):
     assert not res["complete"]
     assert res["parts"]["data"]["status"] == "ok" and res["parts"]["loader"]["status"] == "ok"
     assert "unknown model" in res["parts"]["no_such_model"]["status"]
+
+
+def test_a_summary_with_every_benchmark_failed_is_still_printed():
+    """run_all.py prints its summary table when no benchmark left a row (each failed), not a traceback."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("common", REPO / "benchmarks" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    assert common.table([], ["ratio / figure", "value"], "summary (3 s)").splitlines() == [
+        "summary (3 s)", "ratio / figure  value", "--------------  -----"]
+    assert common.table([{"a": 1.5}], ["a"]).splitlines()[-1] == "1.5"

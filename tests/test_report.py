@@ -310,6 +310,12 @@ def test_named_variants_label_the_rows(tmp_path):
     assign_variants(runs[:2] + other)  # one model's many differences do not rename another model's runs
     assert [r.variant for r in runs[:2] + other] == ["from scratch, lr 0.001", "from scratch, lr 0.003",
                                                      "from scratch, e1", "from scratch, e2"]
+    # an option one run names and another leaves out (a cell that never started has only its cell.yaml) differs
+    # when the named value is not the default
+    sparse = [Run("pending", tmp_path, "pending", train={"model": "resnet18", "pretrained": False, "epochs": 2}),
+              Run("ordinal", tmp_path, "done", train={**base, "epochs": 2, "objective": "ordinal", "lr": 0.001})]
+    assign_variants(sparse)
+    assert [r.variant for r in sparse] == ["from scratch, objective classification", "from scratch, objective ordinal"]
     # a run started from --weights is not labelled ImageNet-pretrained
     seeded = [Run("imagenet", tmp_path, "done", train={"model": "resnet18", "pretrained": True, "weights": None}),
               Run("seeded", tmp_path, "done", train={"model": "resnet18", "pretrained": True,
@@ -526,9 +532,28 @@ def test_a_cell_whose_last_run_failed_is_marked_beside_its_earlier_evaluation(ex
     (exp / "experiment.json").write_text(json.dumps(status))
     assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
     md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "index.html").read_text()
-    assert ("Failed on its last run: resnet18-scratch (its earlier evaluation is shown): 1 problem(s) in the "
-            "dataset: x.csv:3: bad grade") in md
+    assert ("Failed on its last run: resnet18-scratch (its evaluation of the best checkpoint so far is shown): "
+            "1 problem(s) in the dataset: x.csv:3: bad grade") in md
     assert "its last run failed: 1 problem(s) in the dataset: x.csv:3: bad grade" in page
+
+
+def test_a_cell_stopped_short_after_its_evaluation_is_marked_unfinished(experiment, tmp_path):
+    """A finished, evaluated cell run again with more epochs and interrupted before a better checkpoint: its
+    evaluation still applies to best.pt and is shown, and the report says the run is unfinished, not done."""
+    exp = tmp_path / "tiny"
+    shutil.copytree(experiment / "runs" / "tiny", exp)
+    config_file = exp / "resnet18-scratch" / "config.yaml"
+    config = yaml.safe_load(config_file.read_text())
+    config["train"]["epochs"] = 3  # one epoch saved of three
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
+    md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "index.html").read_text()
+    rows = {r["Run"]: r for r in md_table(md, "### All runs")}
+    assert rows["resnet18-scratch"]["Status"] == "incomplete" and rows["resnet18-scratch"]["Test accuracy"] != "-"
+    assert "Unfinished: resnet18-scratch (its evaluation of the best checkpoint so far is shown): trained 1 of 3 " \
+        "epochs; continue with" in md
+    assert "unfinished: trained 1 of 3 epochs" in page
+    assert rows["resnet18-pretrained"]["Status"] == "done"
 
 
 def test_a_run_that_changes_its_preset_says_what_it_changed():

@@ -116,6 +116,13 @@ def epochs_text(n) -> str:
     return f"{n} epoch" + ("" if n == 1 else "s")
 
 
+def standing_text(run) -> str:
+    """What an evaluated run that is not ``done`` says beside its numbers: its last run failed, or it trained on
+    after that evaluation and stopped short; the evaluation shown is of the best.pt it still has."""
+    said = "its last run failed" if run.status == "failed" else "unfinished"
+    return f"{said}: {first_line(run.reason)}"
+
+
 def training_text(t: dict) -> str:
     """A run's training options in one line, for the report and the model card: ``20 epochs (5 with the backbone
     frozen), sgd lr 0.001 momentum 0.9 ...``; without pretrained weights the frozen backbone is a random one."""
@@ -160,8 +167,8 @@ def results_cell(run) -> str:
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']
     if n.get("evaluation_note"):
         parts.append(f'<div class="badge">{escape(n["evaluation_note"])}</div>')
-    if run.status == "failed":  # its last run failed; this evaluation is of the best.pt before it
-        parts.append(f'<div class="badge">&#9888; its last run failed: {escape(first_line(run.reason))}</div>')
+    if run.status != "done":
+        parts.append(f'<div class="badge">&#9888; {escape(standing_text(run))}</div>')
     if "best_selection_accuracy" in n:
         parts.append(f'<div class="small">best {sel} accuracy {_f(n["best_selection_accuracy"])} '
                      f'(epoch {n["best_selection_epoch"]})</div>')

@@ -32,7 +32,8 @@ from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
-from .html import ci_text, epochs_text, first_line, grade_parts, render_html, training_text, warning_text
+from .html import (ci_text, epochs_text, first_line, grade_parts, render_html, standing_text, training_text,
+                   warning_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -153,11 +154,11 @@ def load_run(run: Path, name: str | None = None) -> Run:
             status, reason, ev = "not evaluated", (f"{metrics_file} evaluated the best.pt of epoch "
                                                    f"{ev.get('epoch', -1) + 1}; {since}{best_ckpt['epoch'] + 1}: "
                                                    f"{command}"), None
-        elif ev is not None:
-            status, reason = "done", ""
-        elif saved < epochs:
+        elif saved < epochs:  # an evaluation here is of the best.pt so far, from before training went on
             status, reason = "incomplete", (f"trained {saved} of {epochs} epochs; continue with "
                                             f"`{resume_command(run)}` or by re-running the experiment")
+        elif ev is not None:
+            status, reason = "done", ""
         else:
             status, reason = "not evaluated", command
         return Run(name, run, status, reason, train, config, rows, ev)
@@ -224,12 +225,12 @@ def assign_variants(runs: list[Run]) -> None:
         groups[(r.model, r.start)].append(r)
     differing = {}
     for group in groups.values():
-        common = set.intersection(*(set(r.train) for r in group)) - IGNORED if len(group) > 1 else set()
-        keys = {k for k in common if len({json.dumps(option_value(r.train, k), default=str) for r in group}) > 1}
+        named = set.union(*(set(r.train) for r in group)) - IGNORED if len(group) > 1 else set()  # absent: default
+        keys = {k for k in named if len({json.dumps(option_value(r.train, k), default=str) for r in group}) > 1}
         differing.update({id(r): keys for r in group})
     for r in runs:
         keys = differing[id(r)]
-        shown = {k: r.train[k] if r.train[k] is not None else option_value(r.train, k) for k in keys}
+        shown = {k: r.train[k] if r.train.get(k) is not None else option_value(r.train, k) for k in keys}
         extra = r.named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
                             ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
         r.variant = r.start + (f", {extra}" if extra else "")
@@ -318,8 +319,9 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     for r in runs:
         if r.eval is None:
             lines.append(f"Missing: {r.name} - {r.status}: {first_line(r.reason)}")
-        elif r.status == "failed":  # an earlier evaluation still applies to its best.pt
-            lines.append(f"Failed on its last run: {r.name} (its earlier evaluation is shown): {first_line(r.reason)}")
+        elif r.status != "done":  # failed or stopped short since; its earlier evaluation still applies to its best.pt
+            lines.append(f"{'Failed on its last run' if r.status == 'failed' else 'Unfinished'}: {r.name} (its "
+                         f"evaluation of the best checkpoint so far is shown): {first_line(r.reason)}")
     if any(r.status == "skipped" for r in runs):
         lines.append("Skipped cells run when the experiment is run again with their ImageNet weights available (each "
                      "cell's reason says how to get them); finished cells are not run again.")
@@ -400,8 +402,8 @@ def cell_lines(run: Run) -> list[str]:
              f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
     if n.get("evaluation_note"):
         lines.append(n["evaluation_note"])
-    if run.status == "failed":
-        lines.append(f"its last run failed: {first_line(run.reason)}")
+    if run.status != "done":
+        lines.append(standing_text(run))
     if "best_selection_accuracy" in n:
         lines.append(f"best {sel} accuracy {fmt(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
     if "max_test_accuracy" in n:
