@@ -120,7 +120,8 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
             "--deterministic", "--augment", "fundus"]
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
     assert main([*args, "--out", str(tmp_path / "cut"), "--stop-after", "2", "--cache-images"]) == 0
-    assert f"continue with `retinopathy train --resume {tmp_path / 'cut'}`" in capsys.readouterr().out
+    assert f"stopped after 2 epochs (--stop-after): continue with `retinopathy train --resume {tmp_path / 'cut'}`" \
+        in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["cache_images"] is True
     assert len(rows(tmp_path / "cut")) == 2
     first_leg = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
@@ -128,10 +129,11 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
     record = (tmp_path / "cut" / "config.yaml").read_bytes()
     earlier = yaml.safe_load(record)["earlier"]  # the first leg's engine and machine stay on record
     assert earlier == [{"epochs": 2, "engine": first_leg["engine"], "environment": first_leg["environment"]}]
+    capsys.readouterr()
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--amp", "none", "--workers", "0",
                  "--epochs", "1"]) == 0
-    assert f"nothing to train: {tmp_path / 'cut'} has finished its {len(rows(tmp_path / 'cut'))} epochs" \
-        in capsys.readouterr().out
+    said = capsys.readouterr().out  # that alone: no "training resnet18 ..." line, as if it started
+    assert said == f"nothing to train: {tmp_path / 'cut'} has finished its 3 epochs (--epochs N on --resume trains on)\n"
     assert (tmp_path / "cut" / "config.yaml").read_bytes() == record  # what trained it, not the idle resume
     assert b"\r" not in (tmp_path / "cut" / "metrics.csv").read_bytes() + (tmp_path / "cut" / "split.csv").read_bytes()
     timing = {"epoch_seconds", "images_per_s"}
@@ -798,6 +800,18 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     assert main(["train", "-c", str(bad), "--data", "d", "--out", "x"]) == 2  # a usage error, as a flag's
     assert "error: " + str(bad) in capsys.readouterr().err
+
+
+def test_a_usage_error_is_two_lines_not_every_option(tmp_path, capsys):
+    """train has some 65 options: its usage line names the required ones, so an error is not lost below them."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        parse_args(["--data", "d", "--out", str(run)])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "usage: retinopathy train --data DATA --out runs/NAME [options]  (or -c FILE, --resume RUN)"
+    assert len(err) == 2 and err[1].startswith(f"retinopathy train: error: --out {run} already holds a run")
 
 
 @pytest.mark.parametrize("text, message", [

@@ -94,8 +94,9 @@ def _grades(samples) -> dict:
 
 def format_report(report: dict) -> str:
     """The report as text for a person."""
-    where = report["images_root"] or ("the grade folders" if report["format"] == "folders" else "no image folder")
-    lines = [f"dataset {report['data']}  (format: {report['format']}; images in {where})",
+    where = (f"images in {report['images_root']}" if report["images_root"] else
+             "images in the grade folders" if report["format"] == "folders" else "no image folder found")
+    lines = [f"dataset {report['data']}  (format: {report['format']}; {where})",
              f"{report['rows']:,} labelled rows, {report['images_ok']:,} images decoded, "
              f"{report['patients']:,} patients",
              "", f"{'split':<8}" + "".join(f"{'grade ' + str(g):>10}" for g in GRADES) + f"{'total':>10}"]

@@ -95,7 +95,7 @@ class FundusDataset(Dataset):
             samples, self.cache, bad = _decode_all(samples, self.preprocessing, split, progress)
             problems += bad
         if problems and not skip_bad:
-            raise DataError(problems, hint="Fix the files, or pass --skip-bad (skip_bad=True) to drop them.")
+            raise DataError(problems, hint="Fix the files, or pass --skip-bad (in Python: skip_bad=True) to drop them.")
         if not samples:
             raise DataError(problems + [Problem("empty", str(catalog.root), None, f"no images in split {split!r}")])
         self.skipped = problems

@@ -42,7 +42,8 @@ class ConfigError(RetinopathyError, ValueError):
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser("retinopathy train", add_help=add_help,
+    p = argparse.ArgumentParser("retinopathy train", add_help=add_help,  # a short usage: errors stay readable
+                                usage="%(prog)s --data DATA --out runs/NAME [options]  (or -c FILE, --resume RUN)",
                                 description="Train a DR grader (frozen backbone first, then fine-tuning).")
     p.add_argument("-c", "--config", help="YAML file of option defaults: option: value (names with _), a run's "
                    "config.yaml, or an experiment file of one run (e.g. configs/eyepacs256.yaml)")

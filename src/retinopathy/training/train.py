@@ -404,8 +404,8 @@ def main(args) -> dict:
             _write_rows(metrics_path, columns, rows)
     elif dist.main:
         _write_rows(metrics_path, columns, [])
-    if dist.main:
-        print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating {eval_splits}, "
+    if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do says only that, below
+        print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating {' and '.join(eval_splits)}, "
               f"selecting on {select_on} by {args.select_metric}; device {device}, amp {amp} (evaluation {eval_amp}), "
               f"channels_last {channels_last}, {dist.world_size} process(es) -> {out}")
         if device.type == "cpu" and args.amp == "auto" and amp == "none":
@@ -549,7 +549,7 @@ def main(args) -> dict:
                 last["config"].update({k: getattr(args, k) for k in FIXED_WHILE_TRAINING})
                 save_checkpoint(last, out / "checkpoints" / "last.pt")
     if dist.main and not finished:
-        print(f"stopped after {ran} epoch(s) (--stop-after): continue with `{resume_command(out)}`")
+        print(f"stopped after {epochs_text(ran)} (--stop-after): continue with `{resume_command(out)}`")
     elif dist.main and not ran and not retune:
         print(f"nothing to train: {out} has finished its {epochs_text(start_epoch)} (--epochs N on --resume trains on)")
     cleanup(dist)
