@@ -241,3 +241,22 @@ def test_names_as_long_as_a_file_name_may_be(tiny_run, tmp_path):
     (heatmap,) = (tmp_path / "cams").iterdir()
     assert heatmap.name.startswith("日本") and len(heatmap.name.encode()) <= 255
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".part") or ".tmp" in p.name]
+
+
+def test_a_prepared_copy_read_otherwise_than_prepared_warns_as_in_training(tiny_run, synth_small, tmp_path, capsys):
+    """predict reads a copy's prepare_manifest.json as train and evaluate do: field-of-view crops graded by a
+    lab-preset model, and a copy smaller than the model's input, are each a warning; the grades still come."""
+    from retinopathy.data.prepare import prepare
+
+    copy = tmp_path / "copy"
+    prepare(synth_small, copy, size=32, crop="fov", workers=1, progress=False)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run / "checkpoints" / "best.pt"), str(copy), "--out", str(out),
+                 "--workers", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {copy} was prepared at 32 px and is read at 64 px: the copy is upscaled" in err
+    assert f"warning: {copy} holds field-of-view crops (prepare --crop fov) read with the lab preset" in err
+    assert err.count(f"warning: {copy} ") == 2 and len(out.read_text().splitlines()) == 241  # once each, all graded
+    assert main(["predict", str(tiny_run / "checkpoints" / "best.pt"), str(synth_small), "--out",
+                 str(tmp_path / "q.csv"), "--workers", "0", "--quiet"]) == 0
+    assert f"warning: {synth_small} " not in capsys.readouterr().err  # the originals: nothing to say of a copy

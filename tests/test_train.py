@@ -983,8 +983,11 @@ def test_a_run_with_relative_file_options_resumes_from_any_folder(synth_small, t
     assert main(["train", "--data", synth_small.name, "--labels", f"{synth_small.name}/trainLabels.csv", *FAST,
                  "--image-size", "32", "--epochs", "2", "--freeze-epochs", "0", "--stop-after", "1",
                  "--out", str(run)]) == 0
-    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    saved, found = config["train"], config["data"]
     assert saved["labels"] == str(synth_small / "trainLabels.csv") and saved["data"] == synth_small.name
+    assert found["labels"] == [str(synth_small / "trainLabels.csv")] and found["images"] == str(synth_small)
+    assert found["path"] == str(synth_small) and found["split_file"] == str(run / "split.csv")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--resume", str(run)]) == 0
     assert [r["epoch"] for r in rows(run)] == ["0", "1"]

@@ -44,6 +44,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import base_name, detect_format, patient_of, without_extension
 from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, image_files, index_images
+from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
 from ..errors import RetinopathyError
@@ -385,6 +386,9 @@ def main(args) -> dict:
         **catalog_options(args))
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
+    folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
+    for warning in dict.fromkeys(w for folder in folders for w in copy_warnings(folder, prep)):  # as train's
+        print(f"warning: {warning}", file=sys.stderr)
     refuse_replacing(args.out, "--out", [i.path for i in items] + list({f for i in items for f in i.labels}))
     if args.cam:
         refuse_cam_among_photographs(Path(args.cam), items, [Path(p) for p in args.inputs if Path(p).is_dir()])
