@@ -133,7 +133,8 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--amp", "none", "--workers", "0",
                  "--epochs", "1"]) == 0
     said = capsys.readouterr().out  # that alone: no "training resnet18 ..." line, as if it started
-    assert said == f"nothing to train: {tmp_path / 'cut'} has finished its 3 epochs (--epochs N on --resume trains on)\n"
+    assert said == f"nothing to train: {tmp_path / 'cut'} has finished its 3 epochs (--epochs N on --resume trains " \
+        "on)\n"
     assert (tmp_path / "cut" / "config.yaml").read_bytes() == record  # what trained it, not the idle resume
     assert b"\r" not in (tmp_path / "cut" / "metrics.csv").read_bytes() + (tmp_path / "cut" / "split.csv").read_bytes()
     timing = {"epoch_seconds", "images_per_s"}
