@@ -171,7 +171,18 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
     labels = (data / "trainLabels.csv").read_bytes()
     photo = sorted(data.glob("*.jpeg"))[0]
     before = photo.read_bytes()
+    best, last = tiny_run / "checkpoints" / "best.pt", tiny_run / "checkpoints" / "last.pt"
+    models = best.read_bytes(), last.read_bytes()
+    weights = tmp_path / "grader.bin"  # a checkpoint by any name
+    shutil.copy(best, weights)
     for argv, named in (
+            (["predict", str(tiny_run), str(photo), "--out", str(best)],
+             f"--out would replace a model file with a .csv file; choose another file, e.g. {best.parent}/"
+             "predictions.csv"),
+            (["data", "check", str(data), "--json", str(last), "--quiet"],
+             "--json would replace a model file with a .json file"),
+            (["predict", str(weights), str(photo), "--out", str(weights)],
+             f"--out would replace {weights}, an input of this command"),
             (["predict", str(tiny_run), str(data), "--out", str(data / "trainLabels.csv")],
              f"--out would replace {data / 'trainLabels.csv'}, an input of this command"),
             (["predict", str(tiny_run), str(photo), "--out", str(tmp_path / "p.csv"), "--cam", str(data)],
@@ -188,6 +199,7 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
         assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
+    assert (best.read_bytes(), last.read_bytes()) == models and weights.read_bytes() == models[0]
     assert not (tmp_path / "p.csv").exists()
     (tmp_path / "cams").mkdir()  # a single photograph's heatmaps in a folder below it: nothing is replaced
     monkeypatch.chdir(data)

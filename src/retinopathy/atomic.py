@@ -70,12 +70,21 @@ def check_writable(folder: str | os.PathLike) -> None:
                       str(existing)) from None
 
 
+MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".safetensors")
+
+
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
-    """Raise now if the file ``path`` (given as ``option``) is a folder or cannot be written where it goes."""
-    if Path(path).is_dir():
+    """Raise now if the file ``path`` (given as ``option``; ``example`` is such a file's name) is a folder, a model
+    file that this command's output would replace (a table written over best.pt), or cannot be written there."""
+    path = Path(path)
+    if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{option} is a folder; give the file to write, e.g. "
-                                f"{Path(path) / example}", str(path))
-    check_writable(Path(path).parent)
+                                f"{path / example}", str(path))
+    suffix = path.suffix.lower()
+    if path.exists() and suffix in MODEL_SUFFIXES and suffix != Path(example).suffix:
+        raise FileExistsError(errno.EEXIST, f"{option} would replace a model file with a {Path(example).suffix} "
+                              f"file; choose another file, e.g. {path.parent / example}", str(path))
+    check_writable(path.parent)
 
 
 def refuse_replacing(path: str | os.PathLike, option: str, inputs) -> None:

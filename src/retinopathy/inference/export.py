@@ -40,7 +40,7 @@ from ..data.images import image_files
 from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
-from ..training.checkpoint import checkpoint_file
+from ..training.checkpoint import run_checkpoints
 from .predict import collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
@@ -213,9 +213,7 @@ def main(args) -> dict:
     check_output_file(args.out, "--out", f"grader.{'onnx' if args.format == 'onnx' else 'pt'}")  # before the work
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
-    read = checkpoint_file(args.checkpoint)
-    refuse_replacing(args.out, "--out", [read, *([read.parent / "last.pt", read.parent / "best.pt"]
-                                                 if read.parent.name == "checkpoints" else [])])
+    refuse_replacing(args.out, "--out", run_checkpoints(args.checkpoint))
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")

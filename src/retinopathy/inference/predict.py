@@ -51,7 +51,7 @@ from ..errors import RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
 from ..models.restore import restore
 from ..progress import progress_bar
-from ..training.checkpoint import CheckpointError, run_folder
+from ..training.checkpoint import CheckpointError, run_checkpoints, run_folder
 from ..training.engine import autocast, to_device
 from ..training.train import inference_settings, pick_device
 
@@ -389,7 +389,8 @@ def main(args) -> dict:
     folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
     for warning in dict.fromkeys(w for folder in folders for w in copy_warnings(folder, prep)):  # as train's
         print(f"warning: {warning}", file=sys.stderr)
-    refuse_replacing(args.out, "--out", [i.path for i in items] + list({f for i in items for f in i.labels}))
+    refuse_replacing(args.out, "--out", [i.path for i in items] + list({f for i in items for f in i.labels})
+                     + run_checkpoints(args.checkpoint))
     if args.cam:
         refuse_cam_among_photographs(Path(args.cam), items, [Path(p) for p in args.inputs if Path(p).is_dir()])
     progress = not args.quiet

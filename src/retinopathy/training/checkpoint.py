@@ -89,6 +89,13 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def run_checkpoints(path: str | Path) -> list[Path]:
+    """The checkpoint a command reads for ``path`` and, in a run's ``checkpoints/`` folder, its siblings: what the
+    command's output must not replace."""
+    read = checkpoint_file(path)
+    return [read, *([read.parent / "last.pt", read.parent / "best.pt"] if read.parent.name == "checkpoints" else [])]
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """Load and validate a checkpoint (a file, or a run folder: its best.pt); failures say which file and why.
     ``mmap``: tensors stay on disk until used (cheap when only ``epoch`` or ``model_info`` is read)."""
