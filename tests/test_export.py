@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import math
 import warnings
 
 import numpy as np
@@ -185,6 +186,21 @@ def test_a_model_that_ignores_its_input_is_told(checkpoint, tmp_path, capsys):
     assert "gives the same outputs for all 4 check images" in capsys.readouterr().err
     assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(tmp_path / "live.ts.pt")]) == 0
     assert "same outputs" not in capsys.readouterr().err
+
+
+def test_a_model_whose_outputs_are_not_numbers_is_not_exported(checkpoint, tmp_path, capsys):
+    """NaN outputs passed the parity check: max() over NaN differences was 0."""
+    from retinopathy.inference.export import parity
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["model"]["net.fc.3.weight"][:] = float("nan")
+    save_checkpoint(ckpt, tmp_path / "nan.pt")
+    out = tmp_path / "nan.ts.pt"
+    assert main(["export", str(tmp_path / "nan.pt"), "--format", "torchscript", "--out", str(out)]) == 1
+    assert "outputs on the check images are not finite (NaN or inf)" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nan.pt"]
+    model = torch.nn.Linear(2, 2)  # an export that alone gives NaN fails the check
+    assert parity(model, lambda x: np.full((len(x), 2), np.nan, np.float32), torch.zeros(4, 2))[0] == math.inf
 
 
 def test_bad_checkpoints_exit_2(checkpoint, tmp_path, capsys):

@@ -159,7 +159,7 @@ def test_a_link_that_leads_nowhere_gets_an_error_row(tiny_run, tmp_path, capsys)
         rows = {r["image"]: r for r in csv.DictReader(f)}
     assert rows["1_left"]["error"] == "" and rows["1_left"]["predicted_grade"] != ""
     assert all(rows[n]["error"] != "" and rows[n]["predicted_grade"] == "" for n in ("2_left", "3_left"))
-    assert "graded 1 of 3 images (2 missing or unreadable" in capsys.readouterr().out
+    assert "graded 1 of 3 images (2 not graded" in capsys.readouterr().out
 
 
 def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsys, monkeypatch):
@@ -272,3 +272,22 @@ def test_a_prepared_copy_read_otherwise_than_prepared_warns_as_in_training(tiny_
     assert main(["predict", str(tiny_run / "checkpoints" / "best.pt"), str(synth_small), "--out",
                  str(tmp_path / "q.csv"), "--workers", "0", "--quiet"]) == 0
     assert f"warning: {synth_small} " not in capsys.readouterr().err  # the originals: nothing to say of a copy
+
+
+def test_outputs_that_are_not_numbers_are_no_grade(tiny_run, synth_small, tmp_path, capsys):
+    """A checkpoint whose outputs are NaN (a diverged run; fp16 overflowing) grades nothing: NaN would compare as
+    grade 0, 'no DR'. Each row says why, and with nothing graded the exit status is 1."""
+    import torch
+
+    ckpt = torch.load(tiny_run / "checkpoints" / "best.pt", weights_only=True)
+    head = next(k for k in ckpt["model"] if k.endswith("fc.weight"))
+    ckpt["model"][head][:] = float("nan")
+    broken = tmp_path / "broken.pt"
+    torch.save(ckpt, broken)
+    photos = sorted(synth_small.glob("*.jpeg"))[:2]
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(broken), *map(str, photos), "--out", str(out), "--workers", "0", "--quiet"]) == 1
+    rows = list(csv.DictReader(out.open()))
+    assert [r["predicted_grade"] for r in rows] == ["", ""] and [r["referable"] for r in rows] == ["", ""]
+    assert all(r["error"].startswith("the model's outputs are not finite (NaN or inf)") for r in rows)
+    assert "graded 0 of 2 images (2 not graded: see the error column)" in capsys.readouterr().out

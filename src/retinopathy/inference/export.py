@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import sys
@@ -203,7 +204,11 @@ def parity(model, runner, x: torch.Tensor) -> tuple[float, float]:
             if got.shape != ref.shape:
                 raise ExportError(f"the export returned shape {got.shape} for a batch of {len(batch)}; "
                                   f"PyTorch gives {ref.shape}")
-            worst = max(worst, float(np.abs(got - ref).max()))
+            if not np.isfinite(ref).all():
+                raise ExportError("the model's outputs on the check images are not finite (NaN or inf): its weights "
+                                  "are broken (a diverged run); use another checkpoint. Nothing was exported")
+            diff = np.abs(got - ref)
+            worst = max(worst, float(diff.max()) if np.isfinite(diff).all() else math.inf)  # NaN: max() said 0
             outputs.append(ref)
     outputs = np.concatenate(outputs)
     return worst, float((outputs.max(0) - outputs.min(0)).max())

@@ -237,6 +237,10 @@ def _heatmap_names(items: list[Item]) -> list[str]:
     return names
 
 
+NON_FINITE = ("the model's outputs are not finite (NaN or inf): broken weights (a diverged run) or an overflowing "
+              "precision (fp16); grade in fp32 (--amp none) or use another checkpoint")
+
+
 def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="none",
         tta=False, blend=0.0, cam_dir: Path | None = None, progress=True) -> dict:
     """Grade ``items``; returns arrays ``probs`` (N,5, NaN for failures), ``scores``, ``grades`` (-1 for
@@ -261,8 +265,12 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
             continue
         probs, scores, grades = predict_batch(model, objective, to_device(images, device, normalize, channels_last),
                                               tta, amp)
-        res["probs"][idx], res["scores"][idx], res["grades"][idx] = (probs.cpu().numpy(), scores.cpu().numpy(),
-                                                                    grades.cpu().numpy())
+        probs, scores, grades = probs.float().cpu().numpy(), scores.float().cpu().numpy(), grades.cpu().numpy()
+        broken = ~(np.isfinite(probs).all(1) & np.isfinite(scores))  # not a grade: NaN compares as no DR
+        grades[broken] = -1
+        for i in np.asarray(idx)[broken]:
+            res["errors"][i] = NON_FINITE
+        res["probs"][idx], res["scores"][idx], res["grades"][idx] = probs, scores, grades
     if black:
         print(f"warning: {len(black)} image(s) are nearly black (e.g. {black[0]}): no retina to grade, so their "
               "grades mean nothing; check those photographs", file=sys.stderr)
@@ -305,7 +313,10 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
         if images is None:
             continue
         x = to_device(images, device, normalize, channels_last)
-        for i, image, heat in zip(idx, images, cam(x, torch.as_tensor(res["grades"][idx], device=x.device))):
+        targets = torch.as_tensor(np.maximum(res["grades"][idx], 0), device=x.device)  # -1: outputs not finite
+        for i, image, heat in zip(idx, images, cam(x, targets)):
+            if res["grades"][i] < 0:
+                continue
             res["heatmaps"][i] = str(save_overlay(image, heat, cam_dir / names[i]))
             if not heat.any():
                 empty.append(names[i])
@@ -340,7 +351,7 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     graded = res["grades"] >= 0
     counts = np.bincount(res["grades"][graded], minlength=len(GRADES)).tolist()
     text = (f"graded {int(graded.sum())} of {len(items)} images"
-            + (f" ({int((~graded).sum())} missing or unreadable: see the error column)" if (~graded).any() else "")
+            + (f" ({int((~graded).sum())} not graded: see the error column)" if (~graded).any() else "")
             + f"; predicted grades 0-4: {counts}")
     labelled = np.array([graded[i] and item.label is not None for i, item in enumerate(items)], dtype=bool)
     if labelled.any():
@@ -411,5 +422,6 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    main(get_args_parser().parse_args(argv))
-    return 0
+    """Exit status 0 when some image was graded, 1 when none could be (each row's error says why)."""
+    res = main(get_args_parser().parse_args(argv))
+    return 0 if (res["grades"] >= 0).any() else 1
