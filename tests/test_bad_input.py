@@ -263,6 +263,28 @@ def test_rows_with_too_few_or_too_many_fields_are_named(tmp_path, kaggle):
     assert rc == 1 and kinds(report) == ["bad-row"] and [p["line"] for p in report["problems"]] == [3, 6]
 
 
+def test_a_stray_quote_names_every_line_it_swallows(tmp_path, kaggle):
+    """A quote that opens a field and never closes makes the CSV reader take the rest of the file as one field:
+    the rows after it were lost without a word, and later line numbers were off. Now the row says which lines it
+    ran over, and a quoted field that closes on a later line shifts no line number."""
+    text = (kaggle / "trainLabels.csv").read_text().splitlines()
+    n = len(text)
+    text[3] = '"' + text[3]  # line 4
+    (kaggle / "trainLabels.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=rf"trainLabels.csv:4: a quoted field runs from here to line {n}, so lines "
+                                        rf"4-{n} read as one row: remove the stray '\"'"):
+        FundusDataset(kaggle, "all", image_size=32, val_fraction=0, test_fraction=0)
+    rc, report = check(tmp_path, kaggle)  # 12 rows: 2 read, 10 in the one bad row; it says so
+    assert rc == 1 and report["per_grade"]["total"] == 2 and [p["line"] for p in report["problems"]] == [4]
+    text[3] = text[3][1:]
+    text[2] = text[2].replace(",", ',"', 1) + '\n"'  # a label quoted across two lines (line 3-4), then a bad one
+    text[5] = text[5].split(",")[0] + ",9"
+    (kaggle / "trainLabels.csv").write_text("\n".join(text) + "\n")
+    with pytest.raises(DataError, match=r"(?s)trainLabels.csv:3: a quoted field runs from here to line 4.*"
+                                        r"trainLabels.csv:7: label '9'"):
+        FundusDataset(kaggle, "all", image_size=32)
+
+
 def test_eyes_are_named_in_any_case(tmp_path):
     """``10_Left`` and ``10_RIGHT`` are one patient's two eyes: they stay on one side of every split."""
     from retinopathy.data.formats import patient_of

@@ -220,12 +220,14 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
                      problems: list[Problem]) -> list[Sample]:
     samples = []
     reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    rows = []  # (the line a row starts on, the line it ends on, its fields)
     try:
-        rows = list(reader)
+        for row in reader:
+            rows.append((rows[-1][1] + 1 if rows else 1, reader.line_num, row))
     except csv.Error as e:
         raise DataError([Problem("bad-csv", str(path), reader.line_num, f"not a readable CSV file ({e})")],
                         hint="Re-save it as a plain comma-separated UTF-8 file.") from None
-    header = [h.strip() for h in rows[0]] if rows else []
+    header = [h.strip() for h in rows[0][2]] if rows else []
     missing = [c for c in (image_col, label_col, patient_col) if c and c not in header]
     if missing:
         problems.append(Problem("bad-header", str(path), 1, f"column(s) {missing} not found; " + _header_advice(
@@ -233,8 +235,12 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
         return samples
     ci, cl = header.index(image_col), header.index(label_col)
     cp = header.index(patient_col) if patient_col else None
-    for line, row in enumerate(rows[1:], start=2):
+    for line, last, row in rows[1:]:
         if not any(cell.strip() for cell in row):
+            continue
+        if last > line:  # a quote that opens a field and no quote that closes it on the line: the lines after it
+            problems.append(Problem("bad-row", str(path), line, f"a quoted field runs from here to line {last}, "
+                                    f"so lines {line}-{last} read as one row: remove the stray '\"' (or close it)"))
             continue
         if len(row) != len(header):
             problems.append(Problem("bad-row", str(path), line,
