@@ -649,6 +649,29 @@ def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
     assert e.value.code == 2 and named in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["train", "--data", "D", "--out", "O"], ["evaluate", "C", "--data", "D"],
+                                  ["predict", "C", "I"]])
+@pytest.mark.parametrize("device", ["banana", "cuda:x", "meta", "xla"])
+def test_a_device_that_is_not_one_is_a_usage_error(argv, device, capsys):
+    """torch.device() accepts meta and xla and raises on the rest: tracebacks, or a failure deep in grading."""
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--device", device])
+    assert e.value.code == 2
+    assert f"argument --device: {device!r} is not one of auto, cpu, cuda, cuda:N, mps" in capsys.readouterr().err
+
+
+def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch):
+    from retinopathy.errors import RetinopathyError
+    from retinopathy.training.train import pick_device
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
+    assert str(pick_device("cuda:0")) == "cuda:0"
+    with pytest.raises(RetinopathyError, match=r"--device cuda:5: this machine has 1 CUDA device\(s\), cuda:0 to "
+                                               r"cuda:0"):
+        pick_device("cuda:5")
+
+
 def test_an_output_that_is_a_folder_is_refused_before_the_work(tiny_run, kaggle, tmp_path, capsys):
     assert main(["data", "check", str(kaggle), "--json", str(tmp_path), "--quiet"]) == 2
     assert f"error: {tmp_path}: --json is a folder; give the file to write, e.g. {tmp_path / 'data_check.json'}" \

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from ..data.formats import FORMATS
 from ..data.splits import SPLIT_DEFAULTS
@@ -30,6 +31,14 @@ def non_negative(text) -> float:
     if not 0 <= value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text}: a finite number, 0 or more")
     return value
+
+
+def device_name(text) -> str:
+    """An argparse ``type``: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (torch's other device types, such as
+    ``meta``, cannot grade or train here)."""
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", str(text)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of auto, cpu, cuda, cuda:N, mps")
+    return str(text)
 
 
 def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -49,6 +49,9 @@ def pick_device(name: str) -> torch.device:
                 getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise RetinopathyError(f"--device {name}: no such device here (torch finds no "
                                    f"{device.type.upper()} device); use --device auto or cpu")
+        if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
+            raise RetinopathyError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
+                                   f"cuda:{count - 1}")
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
