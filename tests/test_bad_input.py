@@ -649,6 +649,23 @@ def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
     assert e.value.code == 2 and named in capsys.readouterr().err
 
 
+def test_a_symbolic_link_loop_is_one_bad_image(tmp_path, kaggle):
+    """A link that leads to itself stopped every command at the folder's index ('Too many levels of symbolic
+    links'), and with an output file already there, predict crashed in Path.resolve(). Now it is one bad image."""
+    loop = kaggle / "2_left.jpeg"
+    loop.unlink()
+    loop.symlink_to(loop.name)
+    rc, report = check(tmp_path, kaggle)
+    [problem] = report["problems"]
+    assert rc == 1 and problem["kind"] == "bad-image" and problem["image"] == "2_left"
+    assert "a symbolic link that leads back to itself (a loop)" in problem["message"]
+    assert len(FundusDataset(kaggle, "all", image_size=32, skip_bad=True)) == 11
+    from retinopathy.atomic import refuse_replacing
+
+    (tmp_path / "p.csv").write_text("")
+    refuse_replacing(tmp_path / "p.csv", "--out", [loop])  # not an input it would replace; no RuntimeError
+
+
 @pytest.mark.parametrize("argv", [["train", "--data", "D", "--out", "O"], ["evaluate", "C", "--data", "D"],
                                   ["predict", "C", "I"]])
 @pytest.mark.parametrize("device", ["banana", "cuda:x", "meta", "xla"])

@@ -92,8 +92,8 @@ def refuse_replacing(path: str | os.PathLike, option: str, inputs) -> None:
     (a labels file, a photograph, the checkpoint being read)."""
     if not os.path.lexists(path):  # nothing there to replace
         return
-    target = Path(path).resolve()
+    target = os.path.realpath(path)  # not Path.resolve(): a symbolic-link loop among the inputs raises there
     for p in inputs:
-        if p is not None and Path(p).resolve() == target:
+        if p is not None and os.path.realpath(p) == target:
             raise FileExistsError(errno.EEXIST, f"{option} would replace {p}, an input of this command; choose "
                                   "another file", str(path))

@@ -7,6 +7,7 @@ is never set).
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def index_images(folder: str | os.PathLike) -> dict[str, str]:
     rank = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
     for entry in sorted(entries, key=lambda e: (rank.get(os.path.splitext(e.name)[1].lower(), len(rank)), e.name)):
         stem, ext = os.path.splitext(entry.name)
-        if ext.lower() in rank and entry.is_file():
+        try:
+            listed = entry.is_file()
+        except OSError:  # a symbolic-link loop: listed, so that reading it names the error
+            listed = True
+        if ext.lower() in rank and listed:
             index.setdefault(stem, entry.name)
             index[entry.name] = entry.name
     return index
@@ -104,6 +109,9 @@ def _refuse_unreadable(path: Path, e: Exception) -> None:
     if isinstance(e, PermissionError):
         raise ImageError(path, "cannot read it: permission denied; let the user running retinopathy read it "
                                "(chmod a+r, and a+x on its folders), or remove it") from None
+    if e.errno == errno.ELOOP:
+        raise ImageError(path, "a symbolic link that leads back to itself (a loop), not to a photograph; point it at "
+                               "the photograph, or remove it") from None
     raise ImageError(path, f"cannot read it: {e.strerror or e} (the file system's error, not the image's); check the "
                            "file and its disk, or copy it again") from None
 
