@@ -330,6 +330,11 @@ def test_variants_are_one_change_each(tmp_path):
     typo = write_config(tmp_path, variants={"x": {"augmnet": "flips"}})
     with pytest.raises(ExperimentError, match="augmnet"):
         load_experiment(typo)
+    twice = tmp_path / "twice.yaml"  # PyYAML keeps the last of a key written twice, silently
+    twice.write_text("name: twice\ngrid: {model: [resnet18]}\ntrain: {epochs: 1, image_size: 32, epochs: 3}\n")
+    with pytest.raises(ExperimentError, match=r"(?s)twice.yaml: not valid YAML \('epochs' is written twice \(first on "
+                                              r"line 3\); keep one.*line 3, column 36"):
+        load_experiment(twice)
 
 
 def test_base_file_gives_train_options(tmp_path):

@@ -795,6 +795,10 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     bad.write_text("lr: [0.1\n")
     with pytest.raises(ConfigError, match=r"(?s)list.yaml: cannot read it .*in \".*list.yaml\", line 1"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+    bad.write_text("epochs: 1\nlr: 0.1\nepochs: 2\n")  # PyYAML keeps the last silently
+    with pytest.raises(ConfigError, match=r"(?s)list.yaml: cannot read it as YAML \('epochs' is written twice \(first "
+                                          r"on line 1\); keep one.*line 3"):
+        parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     bad.write_text("image_sise: 96\nhelp: true\n")  # misspelt, and not an option (argparse's own -h)
     with pytest.raises(ConfigError, match=r"list.yaml: unknown option\(s\) help, image_sise \(did you mean "
                                           r"image_size\?\); the options are train's"):

@@ -140,10 +140,11 @@ def _variants(section, file: Path, grid: dict) -> dict:
 def _read(file: Path) -> dict:
     """An experiment file as a mapping, with only known top-level keys."""
     try:
-        cfg = yaml.safe_load(file.read_text())
+        with file.open() as f:  # a file, not its text: YAML's errors then name it
+            cfg = train_config.load_yaml(f)
     except OSError as e:
         raise ExperimentError(f"{file}: cannot read it ({e.strerror})") from None
-    except yaml.YAMLError as e:
+    except (ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
         raise ExperimentError(f"{file}: not valid YAML ({e})") from None
     if not isinstance(cfg, dict):
         raise ExperimentError(f"{file}: expected a mapping with name, data, train and grid")

@@ -38,6 +38,29 @@ LAB_BATCH = {"resnet50": 6}
 WHERE_STARTED = ("weights", "split_file", "labels", "images")  # paths config.yaml records absolute
 
 
+class _OnceLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _mapping_once(loader: _OnceLoader, node, deep: bool = False) -> dict:
+    lines: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, str) and key in lines:
+            raise yaml.constructor.ConstructorError(None, None, f"{key!r} is written twice (first on line "
+                                                    f"{lines[key]}); keep one", key_node.start_mark)
+        lines[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep)
+
+
+_OnceLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
+def load_yaml(stream):
+    """A config or experiment file (a stream or text) as ``yaml.safe_load`` reads it, less its silent last-wins."""
+    return yaml.load(stream, Loader=_OnceLoader)  # noqa: S506 (a SafeLoader)
+
+
 class ConfigError(RetinopathyError, ValueError):
     """A config file that cannot be used: unreadable, not a mapping, unknown options."""
 
@@ -167,7 +190,7 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
         raise ConfigError(f"config {path} is a folder; for a run's options pass {path / 'config.yaml'}")
     try:
         with path.open() as f:  # a file, not its text: YAML's errors then name it
-            cfg = yaml.safe_load(f) or {}
+            cfg = load_yaml(f) or {}
     except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
         raise ConfigError(f"config {path}: cannot read it as YAML ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(cfg, dict):
