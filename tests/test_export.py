@@ -210,8 +210,10 @@ def test_bad_checkpoints_exit_2(checkpoint, tmp_path, capsys):
     torch.save({"fc.weight": torch.zeros(5, 2)}, foreign)
     newer = tmp_path / "newer.pt"
     torch.save({**torch.load(checkpoint, weights_only=True), "version": 99}, newer)
+    odd = tmp_path / "odd.pt"
+    torch.save({**torch.load(checkpoint, weights_only=True), "version": "x"}, odd)
     for path, reason in {truncated: "cannot be read", foreign: "not a retinopathy checkpoint",
-                         newer: "newer retinopathy"}.items():
+                         newer: "newer retinopathy", odd: "its format version is 'x', not a number"}.items():
         assert main(["export", str(path), "--out", str(tmp_path / "m.onnx")]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and str(path) in err and reason in err

@@ -537,6 +537,19 @@ def test_a_cell_whose_last_run_failed_is_marked_beside_its_earlier_evaluation(ex
     assert "its last run failed: 1 problem(s) in the dataset: x.csv:3: bad grade" in page
 
 
+@pytest.mark.parametrize("file, content", [("experiment.json", {"cells": 5}),
+                                           ("experiment.json", {"cells": {"resnet18-scratch": "done"}}),
+                                           ("resnet18-scratch/eval/metrics.json", []),
+                                           ("resnet18-scratch/config.yaml", [1, 2])])
+def test_a_record_edited_out_of_shape_is_named(experiment, tmp_path, file, content, capsys):
+    """Files of the wrong shape (valid JSON or YAML, but not a mapping) gave tracebacks (TypeError, AttributeError)."""
+    exp = tmp_path / "tiny"
+    shutil.copytree(experiment / "runs" / "tiny", exp)
+    (exp / file).write_text(json.dumps(content))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 2
+    assert f"error: {exp / file}: not as retinopathy writes it (edited by hand?)" in capsys.readouterr().err
+
+
 def test_a_cell_stopped_short_after_its_evaluation_is_marked_unfinished(experiment, tmp_path):
     """A finished, evaluated cell run again with more epochs and interrupted before a better checkpoint: its
     evaluation still applies to best.pt and is shown, and the report says the run is unfinished, not done."""

@@ -46,12 +46,19 @@ class ReportError(RetinopathyError, ValueError):
     """A folder given to the report is not a run or an experiment, or its files cannot be read."""
 
 
-def _read(path: Path, parse):
-    """``parse(text)`` of a run's file, or a ReportError that names it."""
+def _read(path: Path, parse) -> dict | None:
+    """``parse(text)`` of a run's file (a mapping, or nothing for an empty YAML file), or a ReportError that names
+    it."""
     try:
-        return parse(path.read_text())
+        content = parse(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
         raise ReportError(f"{path}: cannot read it ({e})") from None
+    cells = content.get("cells", {}) if isinstance(content, dict) and path.name == "experiment.json" else {}
+    if content is not None and not isinstance(content, dict) or not (
+            isinstance(cells, dict) and all(isinstance(entry, dict) for entry in cells.values())):
+        raise ReportError(f"{path}: not as retinopathy writes it (edited by hand?); restore it, or run the command "
+                          "that writes it again")
+    return content
 
 
 @dataclass

@@ -112,7 +112,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a retinopathy checkpoint (no '{FORMAT}' marker); "
                               "train one with `retinopathy train`, or pass ImageNet weights with --weights")
-    if int(ckpt.get("version", 0)) > VERSION:
+    if not isinstance(ckpt.get("version", 0), int):
+        raise CheckpointError(f"{path}: not a retinopathy checkpoint (its format version is {ckpt['version']!r}, "
+                              "not a number)")
+    if ckpt.get("version", 0) > VERSION:
         raise CheckpointError(f"{path}: written by a newer retinopathy (checkpoint format {ckpt['version']}, "
                               f"this version reads up to {VERSION}); upgrade the package")
     return ckpt
