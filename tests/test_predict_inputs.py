@@ -291,3 +291,19 @@ def test_outputs_that_are_not_numbers_are_no_grade(tiny_run, synth_small, tmp_pa
     assert [r["predicted_grade"] for r in rows] == ["", ""] and [r["referable"] for r in rows] == ["", ""]
     assert all(r["error"].startswith("the model's outputs are not finite (NaN or inf)") for r in rows)
     assert "graded 0 of 2 images (2 not graded: see the error column)" in capsys.readouterr().out
+
+
+def test_rows_left_out_of_a_dataset_are_counted(tiny_run, synth_small, tmp_path, capsys):
+    """A labelled dataset's rows with bad grades are named one by one, and their count is said, so that 'graded 58
+    of 58' does not read as every photograph of the folder."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    lines = (data / "trainLabels.csv").read_text().splitlines()
+    lines[1], lines[2] = lines[1].split(",")[0] + ",2.5", lines[2].split(",")[0] + ",-1"
+    (data / "trainLabels.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(data), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    said = capsys.readouterr()
+    assert said.err.count("is not an integer 0-4") == 2
+    assert f"warning: 2 row(s) of {data / 'trainLabels.csv'} are left out, photographs and all" in said.err
+    assert f"graded {len(lines) - 3} of {len(lines) - 3} images" in said.out

@@ -99,6 +99,11 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             print(f"warning: {p}", file=sys.stderr)
+    dropped = [p for p in catalog.problems if p.kind in ("bad-label", "bad-row") and p.line is not None]
+    if dropped:
+        print(f"warning: {len(dropped)} row(s) of {', '.join(map(str, catalog.labels))} are left out, photographs and "
+              "all (each named above); fix them to grade those photographs here, or pass the photographs as files",
+              file=sys.stderr)
     if split == "all" and catalog.image_root is not None and catalog.format != "folders":
         listed = {Path(s.path).name for s in catalog.samples if s.path}
         flagged = {without_extension(base_name(p.image)) for p in catalog.problems if p.image}  # warned above
