@@ -649,6 +649,21 @@ def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
     assert e.value.code == 2 and named in capsys.readouterr().err
 
 
+def test_labels_files_beside_the_one_read_are_named(tmp_path, kaggle, capsys):
+    """Format detection reads the first known labels file; data check says which, and which others it left."""
+    (kaggle / "labels.csv").write_text("image,level\n1_left,4\n")
+    (kaggle / "train.csv").write_text("id_code,diagnosis\n")
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 0 and report["labels"] == [str(kaggle / "trainLabels.csv")]
+    assert report["labels_not_read"] == [str(kaggle / "labels.csv"), str(kaggle / "train.csv")]
+    assert ("labels read from trainLabels.csv; also here, not read: labels.csv, train.csv (read another with --labels "
+            "or --format)") in capsys.readouterr().out
+    (kaggle / "labels.csv").unlink()
+    (kaggle / "train.csv").unlink()
+    rc, report = check(tmp_path, kaggle)
+    assert report["labels_not_read"] == [] and "labels read from trainLabels.csv\n" in capsys.readouterr().out
+
+
 def test_a_symbolic_link_loop_is_one_bad_image(tmp_path, kaggle):
     """A link that leads to itself stopped every command at the folder's index ('Too many levels of symbolic
     links'), and with an output file already there, predict crashed in Path.resolve(). Now it is one bad image."""

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..progress import progress_bar
-from .formats import GRADES, Catalog
+from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog
 from .images import BLANK_LEVEL, ImageError, brightest, check_image, open_image
 from .problems import Problem
 from .splits import SPLITS, split_overlaps
@@ -63,6 +63,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
     report: dict = {
         "data": str(catalog.root), "format": catalog.format,
         "labels": [str(p) for p in catalog.labels],
+        "labels_not_read": _other_labels(catalog),
         "images_root": str(catalog.image_root) if catalog.image_root else None,
         "rows": len(catalog.samples), "images_ok": len(ok),
         "per_grade": _grades(catalog.samples),
@@ -92,14 +93,26 @@ def _grades(samples) -> dict:
     return {"total": len(samples), **{str(g): c.get(g, 0) for g in GRADES}}
 
 
+def _other_labels(catalog: Catalog) -> list[str]:
+    """Labels files of a known name beside the ones read (a folder with the lab's CSVs and trainLabels.csv)."""
+    read = {os.path.realpath(p) for p in catalog.labels}
+    names = [*(n for pair in LAB_FILES.values() for n in pair), *KAGGLE_LABELS, "train.csv"]
+    return [str(catalog.root / n) for n in names
+            if (catalog.root / n).is_file() and os.path.realpath(catalog.root / n) not in read]
+
+
 def format_report(report: dict) -> str:
     """The report as text for a person."""
     where = (f"images in {report['images_root']}" if report["images_root"] else
              "images in the grade folders" if report["format"] == "folders" else "no image folder found")
-    lines = [f"dataset {report['data']}  (format: {report['format']}; {where})",
-             f"{report['rows']:,} labelled rows, {report['images_ok']:,} images decoded, "
-             f"{report['patients']:,} patients",
-             "", f"{'split':<8}" + "".join(f"{'grade ' + str(g):>10}" for g in GRADES) + f"{'total':>10}"]
+    lines = [f"dataset {report['data']}  (format: {report['format']}; {where})"]
+    if report["labels"] and report["format"] != "folders":
+        lines.append("labels read from " + ", ".join(os.path.basename(p) for p in report["labels"]) + (
+            f"; also here, not read: {', '.join(os.path.basename(p) for p in report['labels_not_read'])} (read "
+            "another with --labels or --format)" if report["labels_not_read"] else ""))
+    lines += [f"{report['rows']:,} labelled rows, {report['images_ok']:,} images decoded, "
+              f"{report['patients']:,} patients",
+              "", f"{'split':<8}" + "".join(f"{'grade ' + str(g):>10}" for g in GRADES) + f"{'total':>10}"]
     for name, counts in [("all", report["per_grade"]), *report["per_split"].items()]:
         lines.append(f"{name:<8}" + "".join(f"{counts[str(g)]:>10,}" for g in GRADES) + f"{counts['total']:>10,}")
     if "image_sizes" in report:
