@@ -248,6 +248,13 @@ def test_weights_file_option(tmp_path):
     torch.save({"model": state, "model_ema": averaged.state_dict()}, tmp_path / "reference-ema.pth")
     model, _ = build_model("resnet18", weights_file=str(tmp_path / "reference-ema.pth"))
     assert torch.equal(model.net.conv1.weight, averaged.module.conv1.weight)
+    wrapped = {f"module.{k}": v for k, v in state.items()}  # a DDP-wrapped model's, in timm's checkpoint key
+    torch.save({"state_dict": wrapped, "epoch": 9}, tmp_path / "timm.pth.tar")
+    model, _ = build_model("resnet18", weights_file=str(tmp_path / "timm.pth.tar"))
+    assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
+    torch.save({"state_dict": [1]}, tmp_path / "odd.pth")
+    with pytest.raises(WeightsError, match="odd.pth holds a list where a state dict belongs"):
+        build_model("resnet18", weights_file=str(tmp_path / "odd.pth"))
     torch.save([torch.zeros(3)], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="list.pth holds a list"):
         build_model("resnet18", weights_file=str(tmp_path / "list.pth"))

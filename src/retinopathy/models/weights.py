@@ -84,10 +84,14 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         if not isinstance(state, dict):
             raise WeightsError(f"weights file {path} holds a {type(state).__name__}, not a state dict or checkpoint")
         # a training checkpoint (retinopathy's, torchvision references'): the averaged weights when it kept
-        # them (--model-ema; the references' AveragedModel adds "module." and n_averaged), as it evaluated them
-        ema = {k.removeprefix("module."): v for k, v in (state.get("model_ema") or {}).items() if k != "n_averaged"}
-        state = ema or state.get("model", state)
-        return {k.removeprefix("net."): v for k, v in state.items()}, f"file {path}"  # Grader keys -> torchvision's
+        # them (--model-ema; the references' AveragedModel adds "module." and n_averaged), as it evaluated them;
+        # timm's and Lightning's keep theirs in "state_dict", and a DDP-wrapped model's keys start "module."
+        ema = {k: v for k, v in (state.get("model_ema") or {}).items() if k != "n_averaged"}
+        state = ema or state.get("model") or state.get("state_dict") or state
+        if not isinstance(state, dict):
+            raise WeightsError(f"weights file {path} holds a {type(state).__name__} where a state dict belongs")
+        return ({k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()},  # -> torchvision's
+                f"file {path}")
     weights = weights_enum(model, tag)
     path = cache_path(weights)
     if path.exists() and verify:
