@@ -1069,8 +1069,26 @@ def test_a_split_that_rounds_to_nothing_is_named(tmp_path, capsys):
     assert main(["train", "--data", str(tmp_path / "d"), *FAST, "--epochs", "1", "--test-fraction", "0",
                  "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "no image is in the val or the test split, which --select-on auto selects on" in err
+    assert "no image is in the val or the test split, which --select-on auto selects on (each grade's" in err
     assert "0 problem(s)" not in err
+    split = tmp_path / "split.csv"  # a split file of training rows only: the fractions are not why
+    split.write_text("image,split\n" + "".join(f"{p.stem},train\n" for p in (tmp_path / "d").glob("*.jpeg")))
+    assert main(["train", "--data", str(tmp_path / "d"), *FAST, "--epochs", "1", "--split-file", str(split),
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"selects on ({split} puts none there)" in err and "Give some of the split file's rows that split" in err
+    assert "--val-fraction" not in err
+
+
+def test_a_resume_without_the_runs_split_says_to_restore_it(synth_small, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "2",
+                 "--freeze-epochs", "0", "--stop-after", "1", "--out", str(run)]) == 0
+    (run / "split.csv").unlink()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'split.csv'}" in err and "restore it (a new split would train on some of them)" in err
+    assert "drop --split-file" not in err
 
 
 def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):

@@ -271,6 +271,10 @@ def main(args) -> dict:
         if ckpt is not None and any(p.kind == "missing-folder" and p.file == str(args.data) for p in e.problems):
             raise DataError(e.problems, hint=f"If the data moved, resume with --data NEW_FOLDER (its images must "
                             f"be those of {split_file}).") from None
+        if ckpt is not None and any(p.kind == "missing-file" and p.file == str(split_file) for p in e.problems):
+            raise DataError(e.problems, hint="The run's split.csv says which photographs it trains on and which it "
+                            "keeps for val and test; restore it (a new split would train on some of them), or start "
+                            f"a new run from its weights (--weights {args.resume} --out NEW).") from None
         if ckpt is None or not any(p.kind == "split-mismatch" for p in e.problems):
             raise
         raise DataError(e.problems, hint="The run's split.csv does not list these images: they are not the "
@@ -293,11 +297,12 @@ def main(args) -> dict:
     if select_on not in eval_splits:
         if select_on not in splits_present:
             wanted = "the val or the test split" if args.select_on == "auto" else f"the {select_on} split"
+            why = (f"{split_file} puts none there" if split_file else "each grade's patients are split by "
+                   "--val-fraction and --test-fraction, rounded: a grade with few patients may give none")
             raise DataError([Problem("no-split", str(args.data), None, f"no image is in {wanted}, which --select-on "
-                                     f"{args.select_on} selects on (each grade's patients are split by "
-                                     "--val-fraction and --test-fraction, rounded: a grade with few patients may "
-                                     "give none)")],
-                            hint="Raise the fraction, add images, or pass --select-on with a split the data has")
+                                     f"{args.select_on} selects on ({why})")],
+                            hint=("Give some of the split file's rows that split" if split_file else
+                                  "Raise the fraction, add images") + ", or pass --select-on with a split the data has")
         eval_splits.append(select_on)
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
                   cache=args.cache_images, progress=progress)
