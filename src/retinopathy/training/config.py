@@ -163,7 +163,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "lacks is left out)")
 
     g = p.add_argument_group("engine")
-    g.add_argument("--device", type=device_name, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    g.add_argument("--device", type=device_name, default="auto",
+                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
                    help="mixed precision in training (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, "
                         "else none)")
