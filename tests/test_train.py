@@ -1124,7 +1124,8 @@ def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
 @pytest.mark.parametrize("argv, shown", [(["train"], ["(default: 20)", "default: 0.001", "default: adamw"]),
                                          (["synth"], ["(default: 1000)", "default: kaggle"]),
                                          (["evaluate"], ["(default: 1000)", "(default test;",
-                                                         "--device DEVICE default: auto"])])
+                                                         "--device DEVICE auto (cuda, then mps, then cpu), cpu, "
+                                                         "cuda, cuda:1, mps (default: auto)"])])
 def test_help_gives_every_option_default(argv, shown, capsys):
     """Defaults in --help, as timm's and torchvision's reference scripts show them."""
     with pytest.raises(SystemExit) as e:

@@ -41,6 +41,11 @@ def device_name(text) -> str:
     return str(text)
 
 
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", type=device_name, default="auto",
+                        help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+
+
 def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``(default: X)`` to the help of every option whose help does not give its default already."""
     for a in parser._actions:

@@ -27,10 +27,10 @@ from ..cli.common import (  # noqa: E402
     add_amp_argument,
     add_blend_argument,
     add_data_arguments,
+    add_device_argument,
     at_least,
     blend_setting,
     catalog_options,
-    device_name,
     show_defaults,
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
@@ -55,8 +55,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv and the figures")
     p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
     p.add_argument("-j", "--workers", type=at_least(0), default=None)
-    p.add_argument("--device", type=device_name, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, "
-                   "cuda:1, mps")
+    add_device_argument(p)
     add_amp_argument(p)
     p.add_argument("--bootstrap", type=at_least(0), default=1000, help="patient-level bootstrap resamples (0: none)")
     add_blend_argument(p, None)

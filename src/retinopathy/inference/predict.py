@@ -39,8 +39,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import check_output_file, check_writable, refuse_replacing, replacing
-from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, blend_setting,
-                          catalog_options, device_name, show_defaults)
+from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
+                          blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import base_name, detect_format, patient_of, without_extension
 from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, image_files, index_images
@@ -85,8 +85,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
     p.add_argument("-j", "--workers", type=at_least(0), default=None,
                    help="DataLoader workers (default: CPU cores, at most 8)")
-    p.add_argument("--device", type=device_name, default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, "
-                   "cuda:1, mps")
+    add_device_argument(p)
     add_amp_argument(p)
     p.add_argument("--quiet", action="store_true")
     return show_defaults(p)

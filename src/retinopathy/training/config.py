@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, at_least, device_name,
+from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           show_defaults)
 from ..errors import RetinopathyError
 from ..data.splits import SPLIT_DEFAULTS
@@ -163,8 +163,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "lacks is left out)")
 
     g = p.add_argument_group("engine")
-    g.add_argument("--device", type=device_name, default="auto",
-                   help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:1, mps")
+    add_device_argument(g)
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
                    help="mixed precision in training (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, "
                         "else none)")
