@@ -283,6 +283,10 @@ def test_a_stray_quote_names_every_line_it_swallows(tmp_path, kaggle):
     with pytest.raises(DataError, match=r"(?s)trainLabels.csv:3: a quoted field runs from here to line 4.*"
                                         r"trainLabels.csv:7: label '9'"):
         FundusDataset(kaggle, "all", image_size=32)
+    notes = kaggle / "notes.csv"  # a closed quote around a note over two lines: a row as any other
+    notes.write_text('image,level,note\n1_left,2,"seen twice,\nsecond visit"\n1_right,3,\n')
+    rc, report = check(tmp_path, kaggle, "--labels", str(notes))
+    assert report["problems"] == [] and report["per_grade"]["2"] == report["per_grade"]["3"] == 1
 
 
 def test_eyes_are_named_in_any_case(tmp_path):

@@ -252,8 +252,8 @@ def test_weights_file_option(tmp_path):
     torch.save({"state_dict": wrapped, "epoch": 9}, tmp_path / "timm.pth.tar")
     model, _ = build_model("resnet18", weights_file=str(tmp_path / "timm.pth.tar"))
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
-    torch.save({"state_dict": [1]}, tmp_path / "odd.pth")
-    with pytest.raises(WeightsError, match="odd.pth holds a list where a state dict belongs"):
+    torch.save({"model": torch.zeros(2), "state_dict": [1]}, tmp_path / "odd.pth")  # neither a state dict
+    with pytest.raises(WeightsError, match="odd.pth: the weights do not fit resnet18: 120 backbone tensors missing"):
         build_model("resnet18", weights_file=str(tmp_path / "odd.pth"))
     torch.save([torch.zeros(3)], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="list.pth holds a list"):

@@ -200,6 +200,10 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
     assert (best.read_bytes(), last.read_bytes()) == models and weights.read_bytes() == models[0]
+    from retinopathy.atomic import check_output_file
+
+    (tmp_path / "grader.pth").write_bytes(b"an earlier TorchScript export")
+    check_output_file(tmp_path / "grader.pth", "--out", "grader.pt")  # export may write over its own, by either name
     assert not (tmp_path / "p.csv").exists()
     (tmp_path / "cams").mkdir()  # a single photograph's heatmaps in a folder below it: nothing is replaced
     monkeypatch.chdir(data)

@@ -284,6 +284,7 @@ def test_page_in_a_real_browser(experiment, tmp_path):
 
 def test_named_variants_label_the_rows(tmp_path):
     from retinopathy.reporting.report import Run, assign_variants
+    from retinopathy.training.config import PRESETS
 
     runs = [Run("recipe-resnet18", tmp_path, "done", train={"model": "resnet18", "pretrained": False, "lr": 1},
                 named="recipe"),
@@ -316,6 +317,12 @@ def test_named_variants_label_the_rows(tmp_path):
               Run("ordinal", tmp_path, "done", train={**base, "epochs": 2, "objective": "ordinal", "lr": 0.001})]
     assign_variants(sparse)
     assert [r.variant for r in sparse] == ["from scratch, objective classification", "from scratch, objective ordinal"]
+    lab = [Run("pending", tmp_path, "pending", train={"model": "resnet18", "pretrained": False, "preset": "lab",
+                                                      "lr": 0.003}),  # only what its cell.yaml says
+           Run("done", tmp_path, "done", train={"model": "resnet18", "pretrained": False, "preset": "lab",
+                                                **PRESETS["lab"], "lr": 0.001, "workers": 0})]
+    assign_variants(lab)  # the preset's options, left out of one, are not differences
+    assert [r.variant for r in lab] == ["from scratch, lr 0.003", "from scratch, lr 0.001"]
     # a run started from --weights is not labelled ImageNet-pretrained
     seeded = [Run("imagenet", tmp_path, "done", train={"model": "resnet18", "pretrained": True, "weights": None}),
               Run("seeded", tmp_path, "done", train={"model": "resnet18", "pretrained": True,

@@ -799,6 +799,12 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"(?s)list.yaml: cannot read it as YAML \('epochs' is written twice \(first "
                                           r"on line 1\); keep one.*line 3"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+    bad.write_text("common: &c {epochs: 3, lr: 0.1}\n<<: *c\nlr: 0.2\n")  # merge keys stay YAML's own
+    with pytest.raises(ConfigError, match="unknown option"):  # 'common' is no option, but it was read
+        parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+    bad.write_text("? [a, b]\n: 1\n")  # a key that is a list: a YAML error, not a traceback
+    with pytest.raises(ConfigError, match="(?s)list.yaml: cannot read it as YAML .*unhashable"):
+        parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     bad.write_text("image_sise: 96\nhelp: true\n")  # misspelt, and not an option (argparse's own -h)
     with pytest.raises(ConfigError, match=r"list.yaml: unknown option\(s\) help, image_sise \(did you mean "
                                           r"image_size\?\); the options are train's"):
@@ -1078,6 +1084,15 @@ def test_a_split_that_rounds_to_nothing_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"selects on ({split} puts none there)" in err and "Give some of the split file's rows that split" in err
     assert "--val-fraction" not in err
+
+
+def test_config_names_the_files_given_not_where_their_links_lead(synth_small, tmp_path):
+    link = tmp_path / "grades.csv"
+    link.symlink_to(synth_small / "trainLabels.csv")
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), "--labels", str(link), *FAST, "--image-size", "32",
+                 "--epochs", "1", "--freeze-epochs", "0", "--out", str(run)]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["labels"] == [str(link)]
 
 
 def test_a_resume_without_the_runs_split_says_to_restore_it(synth_small, tmp_path, capsys):

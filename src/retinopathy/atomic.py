@@ -70,7 +70,7 @@ def check_writable(folder: str | os.PathLike) -> None:
                       str(existing)) from None
 
 
-MODEL_SUFFIXES = (".pt", ".pth", ".ckpt", ".onnx", ".safetensors")
+MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx", ".safetensors": ".safetensors"}
 
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
@@ -80,8 +80,8 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{option} is a folder; give the file to write, e.g. "
                                 f"{path / example}", str(path))
-    suffix = path.suffix.lower()
-    if path.exists() and suffix in MODEL_SUFFIXES and suffix != Path(example).suffix:
+    suffix = path.suffix.lower()  # .pt and .pth are one kind: export writes TorchScript to either
+    if path.exists() and suffix in MODEL_SUFFIXES and MODEL_SUFFIXES[suffix] != Path(example).suffix:
         raise FileExistsError(errno.EEXIST, f"{option} would replace a model file with a {Path(example).suffix} "
                               f"file; choose another file, e.g. {path.parent / example}", str(path))
     check_writable(path.parent)

@@ -238,10 +238,11 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
     for line, last, row in rows[1:]:
         if not any(cell.strip() for cell in row):
             continue
-        if last > line:  # a quote that opens a field and no quote that closes it on the line: the lines after it
+        read = [row[c] for c in (ci, cl, cp) if c is not None and c < len(row)]
+        if last > line and (len(row) != len(header) or any("\n" in cell or "\r" in cell for cell in read)):
             problems.append(Problem("bad-row", str(path), line, f"a quoted field runs from here to line {last}, "
                                     f"so lines {line}-{last} read as one row: remove the stray '\"' (or close it)"))
-            continue
+            continue  # (a closed quote around other text over several lines, a note say, is a row as any other)
         if len(row) != len(header):
             problems.append(Problem("bad-row", str(path), line,
                                     f"{len(row)} fields where the header has {len(header)}"))

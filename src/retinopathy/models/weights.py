@@ -87,9 +87,7 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         # them (--model-ema; the references' AveragedModel adds "module." and n_averaged), as it evaluated them;
         # timm's and Lightning's keep theirs in "state_dict", and a DDP-wrapped model's keys start "module."
         ema = {k: v for k, v in (state.get("model_ema") or {}).items() if k != "n_averaged"}
-        state = ema or state.get("model") or state.get("state_dict") or state
-        if not isinstance(state, dict):
-            raise WeightsError(f"weights file {path} holds a {type(state).__name__} where a state dict belongs")
+        state = ema or next((state[k] for k in ("model", "state_dict") if isinstance(state.get(k), dict)), state)
         return ({k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()},  # -> torchvision's
                 f"file {path}")
     weights = weights_enum(model, tag)

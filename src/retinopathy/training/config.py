@@ -43,10 +43,12 @@ class _OnceLoader(yaml.SafeLoader):
 
 
 def _mapping_once(loader: _OnceLoader, node, deep: bool = False) -> dict:
-    lines: dict = {}
+    lines: dict[str, int] = {}
     for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, str) and key in lines:
+        if key_node.tag != "tag:yaml.org,2002:str":  # merge keys (<<), numbers, lists: PyYAML's own rules
+            continue
+        key = loader.construct_object(key_node)
+        if key in lines:
             raise yaml.constructor.ConstructorError(None, None, f"{key!r} is written twice (first on line "
                                                     f"{lines[key]}); keep one", key_node.start_mark)
         lines[key] = key_node.start_mark.line + 1
@@ -371,6 +373,8 @@ def option_value(options: dict, key: str):
         value = LAB_BATCH.get(options.get("model"), 12) if options.get("preset") == "lab" else 32
     elif value is None and key == "decision":  # the objective's own
         value = default_decision(options.get("objective") or defaults()["objective"])
+    elif value is None and key in PRESETS.get(options.get("preset"), {}):  # a cell's preset, as parse_args applies it
+        value = PRESETS[options["preset"]][key]
     elif value is None:
         value = SPLIT_DEFAULTS.get(key, defaults().get(key))
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value

@@ -378,9 +378,9 @@ def main(args) -> dict:
     typed = {k: os.path.abspath(v) if k in WHERE_STARTED and v else v for k, v in vars(args).items()}
     config = {"train": typed,  # files as absolute paths, so that --resume and -c work from any folder
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
-                       "labels": [str(p.resolve()) for p in catalog.labels],
-                       "images": str(catalog.image_root.resolve()) if catalog.image_root else None,
-                       "split_file": str((out / "split.csv").resolve()),
+                       "labels": [os.path.abspath(p) for p in catalog.labels],  # abspath: the names, not the
+                       "images": os.path.abspath(catalog.image_root) if catalog.image_root else None,  # links' targets
+                       "split_file": os.path.abspath(out / "split.csv"),
                        "split_options": {"val_fraction": opts["val_fraction"], "test_fraction": opts["test_fraction"],
                                          "split_seed": opts["seed"]},
                        "train_counts": counts,
