@@ -345,6 +345,14 @@ def test_lab_files_with_a_header_line_say_so(tmp_path):
     (tmp_path / "train_img.csv").write_text("abc_left\n0_left\n1_left\n2_left\n")
     (tmp_path / "train_label.csv").write_text("3\n0\n1\n2\n")
     assert len(FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)) == 4
+    (tmp_path / "train_label.csv").write_text("0,3\n1,0\n2,1\n3,2\n")  # to_csv's default index=True
+    with pytest.raises(DataError, match=r"train_label.csv:1: label '0,3' for abc_left is not an integer 0-4 \(pandas' "
+                                        r"row index before the grade\? write the lab's CSVs with to_csv\(\.\.\., "
+                                        r"header=False, index=False\)\)"):
+        FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)
+    (tmp_path / "train_label.csv").write_text("3,x\n0\n1\n2\n")  # not an index and a grade: no such guess
+    with pytest.raises(DataError, match=r"label '3,x' for abc_left is not an integer 0-4\n"):
+        FundusDataset(tmp_path, "train", image_size=32, val_fraction=0)
 
 
 @pytest.mark.parametrize("encoding, line", [("cp1252", 4), ("utf-16", 1)])
