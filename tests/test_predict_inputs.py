@@ -298,16 +298,18 @@ def test_outputs_that_are_not_numbers_are_no_grade(tiny_run, synth_small, tmp_pa
 
 
 def test_rows_left_out_of_a_dataset_are_counted(tiny_run, synth_small, tmp_path, capsys):
-    """A labelled dataset's rows with bad grades are named one by one, and their count is said, so that 'graded 58
-    of 58' does not read as every photograph of the folder."""
+    """A labelled dataset's rows with bad grades, or listed twice with two grades, are named one by one, and the
+    photographs they leave out are counted, so that 'graded 237 of 237' does not read as every photograph listed."""
     data = tmp_path / "data"
     shutil.copytree(synth_small, data)
     lines = (data / "trainLabels.csv").read_text().splitlines()
     lines[1], lines[2] = lines[1].split(",")[0] + ",2.5", lines[2].split(",")[0] + ",-1"
+    name, grade = lines[3].split(",")
+    lines.append(f"{name},{(int(grade) + 1) % 5}")  # listed again with another grade: neither row is used
     (data / "trainLabels.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "p.csv"
     assert main(["predict", str(tiny_run), str(data), "--out", str(out), "--workers", "0", "--quiet"]) == 0
     said = capsys.readouterr()
     assert said.err.count("is not an integer 0-4") == 2
-    assert f"warning: 2 row(s) of {data / 'trainLabels.csv'} are left out, photographs and all" in said.err
-    assert f"graded {len(lines) - 3} of {len(lines) - 3} images" in said.out
+    assert f"warning: 3 photograph(s) listed in {data / 'trainLabels.csv'} are left out (their rows" in said.err
+    assert f"graded {len(lines) - 5} of {len(lines) - 5} images" in said.out

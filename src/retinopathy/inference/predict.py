@@ -98,10 +98,12 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             print(f"warning: {p}", file=sys.stderr)
-    dropped = [p for p in catalog.problems if p.kind in ("bad-label", "bad-row") and p.line is not None]
+    kept = {s.image for s in catalog.samples}  # rows refused, and images whose rows disagree on the grade
+    dropped = {p.image or (p.file, p.line) for p in catalog.problems if p.kind in ("bad-label", "bad-row", "duplicate")
+               and p.line is not None and p.image not in kept}
     if dropped:
-        print(f"warning: {len(dropped)} row(s) of {', '.join(map(str, catalog.labels))} are left out, photographs and "
-              "all (each named above); fix them to grade those photographs here, or pass the photographs as files",
+        print(f"warning: {len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out "
+              "(their rows are named above); fix those rows to grade them here, or pass the photographs as files",
               file=sys.stderr)
     if split == "all" and catalog.image_root is not None and catalog.format != "folders":
         listed = {Path(s.path).name for s in catalog.samples if s.path}
