@@ -676,6 +676,14 @@ def test_labels_files_beside_the_one_read_are_named(tmp_path, kaggle, capsys):
     assert report["labels_not_read"] == [] and "labels read from trainLabels.csv\n" in capsys.readouterr().out
 
 
+def test_a_folder_where_an_image_should_be_is_named(kaggle):
+    (kaggle / "2_left.jpeg").unlink()
+    (kaggle / "2_left.jpeg").mkdir()
+    with pytest.raises(DataError, match=r"image 2_left not found in .* \(2_left.jpeg there is a folder, not an image "
+                                        r"file\); add the file"):
+        FundusDataset(kaggle, "all", image_size=32)
+
+
 def test_a_symbolic_link_loop_is_one_bad_image(tmp_path, kaggle):
     """A link that leads to itself stopped every command at the folder's index ('Too many levels of symbolic
     links'), and with an output file already there, predict crashed in Path.resolve(). Now it is one bad image."""

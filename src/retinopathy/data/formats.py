@@ -413,7 +413,10 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
             if s.path is None:
                 name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
                 stem, index = without_extension(name), indexes.get(image_root) or {}
-                tried = (f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
+                folder = next((f for f in ([name] if stem != name else [name + e for e in IMAGE_EXTENSIONS])
+                               if image_root and (image_root / f).is_dir()), None)
+                tried = (f"({folder} there is a folder, not an image file)" if folder else
+                         f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
                          f"({index[stem]} is there: fix the extension in the name)" if stem in index else
                          "(looked for that exact name)")
                 elsewhere = next((data / sub for sub in (*IMAGE_SUBDIRS, "test", "test_images")
