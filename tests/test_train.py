@@ -1086,6 +1086,30 @@ def test_a_split_that_rounds_to_nothing_is_named(tmp_path, capsys):
     assert "--val-fraction" not in err
 
 
+def test_a_kill_between_the_two_saves_is_mended_on_resume(synth_small, tmp_path, monkeypatch, capsys):
+    """last.pt is saved before best.pt: killed between them, best.pt is never of an epoch the resume trains again
+    (nor alone, which left a run that could neither resume nor start over); the resume writes best.pt from last.pt."""
+    import retinopathy.training.train as train_module
+    from retinopathy.training.checkpoint import load_checkpoint
+
+    saved = []
+    real_save = train_module.save_checkpoint
+    monkeypatch.setattr(train_module, "save_checkpoint", lambda state, path: (saved.append(Path(path).name),
+                                                                               real_save(state, path)))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1",
+                 "--freeze-epochs", "0", "--out", str(run)]) == 0
+    assert saved == ["last.pt", "best.pt"]  # the first epoch is always the best so far
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    (run / "checkpoints" / "best.pt").unlink()  # as if killed after last.pt
+    (run / "checkpoints" / "MODEL_CARD.md").unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == last["epoch"] == 0 and best["save_id"] != last["save_id"]
+    assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+    assert (run / "checkpoints" / "MODEL_CARD.md").exists()
+
+
 def test_config_names_the_files_given_not_where_their_links_lead(synth_small, tmp_path):
     link = tmp_path / "grades.csv"
     link.symlink_to(synth_small / "trainLabels.csv")

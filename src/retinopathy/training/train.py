@@ -200,6 +200,16 @@ def eligible_epoch(objective, rule: str, accuracy: float, labels, margin: float)
     return objective.decision == "argmax" or rule == "kappa" or accuracy > majority_accuracy(labels) + margin
 
 
+def restore_best(folder: Path, last: dict) -> None:
+    """Write ``best.pt`` from ``last`` when last.pt's epoch was its best and best.pt did not follow it (the process
+    was killed between the two saves): the two hold the same state."""
+    best = folder / "best.pt"
+    if last["best"].get("epoch") == last["epoch"] and (
+            not best.exists() or load_checkpoint(best, mmap=True)["epoch"] != last["epoch"]):
+        save_checkpoint({k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, best)
+        write_model_card(best)
+
+
 def metrics_columns(eval_splits) -> list[str]:
     cols = ["epoch", "phase", "lr", "train_loss", "train_accuracy"]
     for sp in eval_splits:
@@ -251,6 +261,7 @@ def main(args) -> dict:
         if dist.main:
             for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
                 leftover.unlink(missing_ok=True)
+            restore_best(out / "checkpoints", ckpt)
     elif args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
         raise CheckpointError(f"{args.resume}: its checkpoints/last.pt is gone (deleted once the run finished?), so "
                               f"the run cannot continue; start a new one from its weights (--weights "
@@ -507,11 +518,11 @@ def main(args) -> dict:
                      "best": best, "model_info": model_info,
                      "steps_per_epoch": len(train_loader),
                      "config": {**plain_options(vars(args)), "data": config["data"]["path"]}}
-            with interrupts_after():  # both or neither: a best.pt of an epoch that last.pt would train again
-                if improved:  # before last.pt: last.pt never names a best epoch that best.pt does not hold
+            with interrupts_after():  # Ctrl-C waits for both; a kill between them is mended on resume (restore_best)
+                save_checkpoint(state, out / "checkpoints" / "last.pt")
+                if improved:  # after last.pt: best.pt is never of an epoch that last.pt does not hold
                     save_checkpoint(state, out / "checkpoints" / "best.pt")
                     write_model_card(out / "checkpoints" / "best.pt")
-                save_checkpoint(state, out / "checkpoints" / "last.pt")
             print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}"
                   + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa {row[f'{sp}_kappa']:.3f}"
                             for sp in results)
