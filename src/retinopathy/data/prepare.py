@@ -45,7 +45,6 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
@@ -57,6 +56,7 @@ from ..atomic import sibling, write_text
 from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
 from ..errors import RetinopathyError
 from ..progress import progress_bar
+from ..workers import mapped
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, image_files, open_image
 from .problems import Problem
@@ -247,22 +247,16 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     jobs = [(s.path, dst, size, crop) for s, dst in todo]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
     bar = progress_bar(total=len(jobs), enabled=progress, unit="img", desc="prepare", dynamic_ncols=True)
-    if workers == 1:
-        results = map(prepare_file, jobs)
-    else:
-        pool = ProcessPoolExecutor(workers)
-        results = pool.map(prepare_file, jobs, chunksize=max(1, min(16, len(jobs) // (workers * 8))))
     failed: set[str] = set()
     try:
-        for (s, dst), reason in zip(todo, results):
-            bar.update()
-            if reason is not None:
-                problems.append(Problem.bad_image(s, reason))
-                failed.add(dst)
+        with mapped(prepare_file, jobs, workers, most_per_chunk=16) as results:
+            for (s, dst), reason in zip(todo, results):
+                bar.update()
+                if reason is not None:
+                    problems.append(Problem.bad_image(s, reason))
+                    failed.add(dst)
     finally:
         bar.close()
-        if workers > 1:
-            pool.shutdown(cancel_futures=True)
 
     if catalog.format == "folders":
         problems += _stale_copies(out, targets)

@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..atomic import replacing, write_text
 from ..errors import RetinopathyError
 from ..progress import progress_bar
+from ..workers import mapped
 
 MARKER = "Synthetic"  # the first word of the README.txt that marks a folder this module wrote
 
@@ -480,15 +480,12 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     jobs = [(str(out), i, grades[i], size, seed) for i in range(n)]
     workers = max(1, min(workers or os.cpu_count() or 1, n))
     bar = progress_bar(total=n, enabled=progress, unit="img", desc="synth")
-    if workers == 1:
-        for job in jobs:
-            _render_file(job)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(workers) as pool:
-            for _ in pool.map(_render_file, jobs, chunksize=max(1, min(32, n // (workers * 8)))):
+    try:
+        with mapped(_render_file, jobs, workers, most_per_chunk=32) as rendered:
+            for _ in rendered:
                 bar.update()
-    bar.close()
+    finally:
+        bar.close()
 
     if format == "kaggle":
         write_text(out / "trainLabels.csv", "image,level\n" + "".join(f"{m},{g}\n" for m, g in zip(names, grades)))
