@@ -1110,6 +1110,22 @@ def test_a_kill_between_the_two_saves_is_mended_on_resume(synth_small, tmp_path,
     assert (run / "checkpoints" / "MODEL_CARD.md").exists()
 
 
+def test_a_run_being_trained_is_not_trained_by_a_second_command(synth_small, tmp_path, capsys):
+    """Two trainings in one folder, or a resume of a run still training, mixed their metrics.csv rows and
+    checkpoints, both exiting 0. The folder is locked while a run trains; a run that fails first leaves no folder."""
+    from retinopathy.atomic import exclusive
+
+    run = tmp_path / "run"
+    args = ["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1", "--out", str(run)]
+    with exclusive(run, "trained"):  # as another process training it holds it
+        assert main(args) == 2
+        assert f"error: {run} is being trained by another process right now; wait for it" in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert not run.exists()
+    assert main(["train", "--data", str(tmp_path / "nowhere"), *FAST, "--out", str(run)]) == 2
+    assert not run.exists()
+
+
 def test_config_names_the_files_given_not_where_their_links_lead(synth_small, tmp_path):
     link = tmp_path / "grades.csv"
     link.symlink_to(synth_small / "trainLabels.csv")

@@ -10,6 +10,13 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .errors import RetinopathyError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
+
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = None):
@@ -71,6 +78,31 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx", ".safetensors": ".safetensors"}
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, doing: str):
+    """Hold ``folder``'s ``.lock`` for the block: a second command that would write the same folder at the same time
+    (two trainings, or a resume of a run still training) stops at once instead of mixing their files. ``flock``: the
+    lock goes with its process, however that ends; the file is never written, so it changes no folder's contents.
+    A folder this made and that holds nothing else afterwards is removed again."""
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    with open(lock, "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RetinopathyError(f"{folder} is being {doing} by another process right now; wait for it to "
+                                       "finish, or use another folder") from None
+        try:
+            yield
+        finally:
+            if made and [p.name for p in folder.iterdir()] == [lock.name]:
+                lock.unlink()
+                folder.rmdir()
 
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import write_text
+from ..atomic import exclusive, write_text
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
@@ -450,7 +450,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def main(args) -> dict:
-    return run_experiment(load_experiment(args.config, args.data), quiet=args.quiet, report=args.report)
+    exp = load_experiment(args.config, args.data)
+    with exclusive(exp.dir, "run as an experiment"):
+        return run_experiment(exp, quiet=args.quiet, report=args.report)
 
 
 def cli(argv: list[str] | None = None) -> int:

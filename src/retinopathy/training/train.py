@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from ..atomic import check_writable, replacing, write_text
+from ..atomic import check_writable, exclusive, replacing, write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
@@ -219,6 +219,15 @@ def metrics_columns(eval_splits) -> list[str]:
 
 
 def main(args) -> dict:
+    """Train a run into ``args.out``, which stays locked while it trains (by rank 0 under torchrun)."""
+    if os.environ.get("RANK", "0") != "0":
+        return _train(args)
+    check_writable(Path(args.out))
+    with exclusive(args.out, "trained"):
+        return _train(args)
+
+
+def _train(args) -> dict:
     dist = init_distributed(pick_device(args.device).type)
     device = pick_device(args.device)
     if dist.enabled and device.type == "cuda":
