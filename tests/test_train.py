@@ -951,6 +951,28 @@ def test_slurm_tasks_join_one_process_group(tmp_path, monkeypatch):
     assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["True 0 2 0 3.0", "True 1 2 1 3.0"]
 
 
+def test_only_the_first_process_locks_the_run(tmp_path, monkeypatch):
+    """Under torchrun or srun every process trains the run, and only rank 0 holds its folder's lock: with
+    SLURM_PROCID alone (no RANK), every task took it for rank 0, and the others stopped as if a second command."""
+    import argparse
+
+    import retinopathy.training.train as train_module
+    from retinopathy.atomic import exclusive
+    from retinopathy.errors import RetinopathyError
+
+    for key in ("RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(train_module, "_train", lambda args: "trained")
+    args = argparse.Namespace(out=str(tmp_path / "run"))
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    with exclusive(tmp_path / "run", "trained"):  # held by the task of rank 0
+        monkeypatch.setenv("SLURM_PROCID", "1")
+        assert train_module.main(args) == "trained"
+        monkeypatch.setenv("SLURM_PROCID", "0")
+        with pytest.raises(RetinopathyError, match="is being trained by another process"):
+            train_module.main(args)
+
+
 @pytest.mark.slow
 def test_compiled_training_saves_a_plain_model(synth_small, tmp_path):
     """--compile (torch.compile: about a minute of compiling on a CPU) trains, and its checkpoint holds the plain

@@ -11,7 +11,8 @@ def mapped(function, jobs: list, workers: int, most_per_chunk: int):
     """``function`` over ``jobs``, results in order: in this process for one worker, else over a process pool.
     The pool's workers ignore Ctrl-C (a terminal sends it to the whole process group), and leaving the block stops
     them at once: a ProcessPoolExecutor, interrupted, could hang for good after "interrupted", its queue's lock
-    held by a worker. Each job writes its file atomically, so a stopped one leaves nothing half-written."""
+    held by a worker. Each job writes its file atomically: a stopped one leaves no half-written file under the
+    file's name, at most its temporary file beside it."""
     if workers == 1:
         yield map(function, jobs)
         return

@@ -32,25 +32,32 @@ def resume_command(run) -> str:
             f"{shlex.quote(str(run))}")
 
 
+def launched_as() -> tuple[int, int, int]:
+    """(rank, world size, local rank) that torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_NTASKS) gave this
+    process; (0, 1, 0) for a single one."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        rank = int(env["SLURM_PROCID"])
+        return rank, int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", rank % max(1, torch.cuda.device_count())))
+    return 0, 1, 0
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group named by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS.
 
     ``nccl`` on CUDA, ``gloo`` otherwise. A single process returns ``DistInfo(enabled=False)``.
     """
+    rank, world, local = launched_as()
+    if world <= 1:
+        return DistInfo()
     env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    elif "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        rank, world = int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"])
-        local = int(env.get("SLURM_LOCALID", rank % max(1, torch.cuda.device_count())))
+    if "RANK" not in env or "WORLD_SIZE" not in env:  # srun without torchrun
         env.setdefault("MASTER_PORT", "29500")
         if "MASTER_ADDR" not in env:
             raise RuntimeError("under SLURM set MASTER_ADDR (e.g. the first host of $SLURM_NODELIST), "
                                "or launch with torchrun")
-    else:
-        return DistInfo()
-    if world <= 1:
-        return DistInfo()
     if device_type == "cuda":
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)

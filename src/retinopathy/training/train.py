@@ -35,7 +35,7 @@ from ..reporting.html import epochs_text
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
-from .distributed import barrier, broadcast_buffers, cleanup, init_distributed, resume_command
+from .distributed import barrier, broadcast_buffers, cleanup, init_distributed, launched_as, resume_command
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
@@ -219,8 +219,8 @@ def metrics_columns(eval_splits) -> list[str]:
 
 
 def main(args) -> dict:
-    """Train a run into ``args.out``, which stays locked while it trains (by rank 0 under torchrun)."""
-    if os.environ.get("RANK", "0") != "0":
+    """Train a run into ``args.out``, which stays locked while it trains (by rank 0 under torchrun or srun)."""
+    if launched_as()[0] != 0:
         return _train(args)
     check_writable(Path(args.out))
     with exclusive(args.out, "trained"):
@@ -233,9 +233,7 @@ def _train(args) -> dict:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     progress = not args.quiet and dist.main
-    out = Path(args.out)
-    if dist.main:
-        check_writable(out)
+    out = Path(args.out)  # checked writable, and locked, by main()
     torch.manual_seed(args.seed)
     if args.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
