@@ -1,7 +1,9 @@
 """Every supported dataset format, read from small files the tests write, plus the real lab CSVs."""
 from __future__ import annotations
 
+import os
 import shutil
+import unicodedata
 from collections import Counter
 
 import numpy as np
@@ -110,6 +112,19 @@ def test_image_names_holding_paths(tmp_path):
     disc(linux / "images" / "site\\2_left.jpeg")
     (linux / "labels.csv").write_text("image,level\nsite\\2_left,2\n")
     assert [s.path for s in read_catalog(linux).samples] == [str(linux / "images" / "site\\2_left.jpeg")]
+
+
+def test_names_match_across_unicode_normal_forms(tmp_path):
+    """A file named in NFD (as macOS writes "é": e + a combining accent) is found from a label written in NFC,
+    and the other way round, as the two spell one visible name."""
+    nfc, nfd = "caf\u00e9_left", "cafe\u0301_right"
+    disc(tmp_path / "images" / (unicodedata.normalize("NFD", nfc) + ".jpeg"))
+    disc(tmp_path / "images" / (unicodedata.normalize("NFC", nfd) + ".png"))
+    (tmp_path / "labels.csv").write_text(f"image,level\n{nfc},1\n{nfd}.png,2\n", encoding="utf-8")
+    cat = read_catalog(tmp_path)
+    assert not cat.problems
+    assert [os.path.basename(s.path) for s in cat.samples] == [
+        unicodedata.normalize("NFD", nfc) + ".jpeg", unicodedata.normalize("NFC", nfd) + ".png"]
 
 
 def test_folder_per_grade(tmp_path):

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS, image_files, index_images
+from .images import IMAGE_EXTENSIONS, image_files, index_images, indexed
 from .problems import DataError, Problem
 
 GRADES = (0, 1, 2, 3, 4)
@@ -309,7 +309,7 @@ def _find_image_root(data: Path, images: Path | None, samples: list[Sample],
         folder = data / sub
         index = _index(folder, indexes)
         if index:
-            found = sum(base_name(s.image) in index for s in samples)
+            found = sum(indexed(index, base_name(s.image)) is not None for s in samples)
             if found > most:
                 best, most = folder, found
     return best
@@ -328,8 +328,9 @@ def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[P
     if name != image:
         tries += [(_relative(image, data).parent, name)] + ([(image_root, name)] if image_root else [])
     for folder, key in tries:
-        if key in _index(folder, indexes):
-            return folder / indexes[folder][key]
+        found = indexed(_index(folder, indexes), key)
+        if found:
+            return folder / found
     return None
 
 

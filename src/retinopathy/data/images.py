@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +38,8 @@ class ImageError(RetinopathyError, OSError):
 
 def index_images(folder: str | os.PathLike) -> dict[str, str]:
     """Map image name (with and without extension) to file name for the image files in ``folder``; a name with
-    several files (``1_left.jpeg``, ``1_left.PNG``) takes them in the order of ``IMAGE_EXTENSIONS``."""
+    several files (``1_left.jpeg``, ``1_left.PNG``) takes them in the order of ``IMAGE_EXTENSIONS``. Each name is
+    also keyed in Unicode NFC, so a label written in NFC finds a file named in NFD (as macOS writes names)."""
     index: dict[str, str] = {}
     try:
         entries = list(os.scandir(folder))
@@ -53,7 +55,14 @@ def index_images(folder: str | os.PathLike) -> dict[str, str]:
         if ext.lower() in rank and listed:
             index.setdefault(stem, entry.name)
             index[entry.name] = entry.name
+            for key in (entry.name, stem):
+                index.setdefault(unicodedata.normalize("NFC", key), entry.name)
     return index
+
+
+def indexed(index: dict[str, str], name: str) -> str | None:
+    """The file of ``name`` in an :func:`index_images` index, as written or in Unicode NFC."""
+    return index.get(name) or index.get(unicodedata.normalize("NFC", name))
 
 
 def image_files(folder: str | os.PathLike) -> list[Path]:
