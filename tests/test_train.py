@@ -250,6 +250,22 @@ def test_a_run_stopped_early_resumes_to_its_last_epoch(tiny_run, tmp_path):
     assert len(rows(run)) == 5
 
 
+def test_training_without_some_grades_says_so(synth_small, tmp_path, capsys):
+    """A train split missing grades (a subset, a filter gone wrong) is named before the hours of training."""
+    labels = list(csv.DictReader(open(synth_small / "trainLabels.csv")))
+    for kept, said in [({"0", "2"}, "the train split holds no image of grade 1, 3, 4: the model learns nothing "
+                        "of it and may never answer it"),
+                       ({"0"}, "every train image is grade 0: the model cannot learn to tell grades apart")]:
+        data = tmp_path / "-".join(sorted(kept))
+        data.mkdir()
+        (data / "labels.csv").write_text("image,level\n" + "".join([
+            f"{r['image']},{r['level']}\n" for r in labels if r["level"] in kept][:40]))
+        assert main(["train", "--data", str(data), "--images", str(synth_small), *FAST,
+                     "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0", "--eval-splits", "val",
+                     "--out", str(data / "run")]) == 0
+        assert f"warning: {said}" in capsys.readouterr().err
+
+
 def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):
     """The network, the metrics.csv columns and the selection rule cannot change on resume (a clean error, the
     run untouched), nor can --out point elsewhere; the suggested way, a new run from its weights, works."""
