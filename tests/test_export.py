@@ -123,6 +123,39 @@ def test_an_opset_asked_for_is_the_opset_written(checkpoint, tmp_path, capsys):
     assert declared == [13] and check_metadata(out, checkpoint)["opset"] == 13
 
 
+def test_a_failed_first_exporter_removes_only_what_it_wrote(checkpoint, tmp_path, monkeypatch, capsys):
+    """When the dynamo exporter fails, its partial output goes, and nothing else in the folder (the function is
+    public: the folder may be the user's)."""
+    from retinopathy.inference.export import export_onnx
+
+    real = torch.onnx.export
+
+    def dynamo_fails(*args, dynamo=True, **kwargs):
+        if dynamo:
+            (tmp_path / "grader.onnx").write_text("partial")
+            (tmp_path / "grader.onnx.data").write_text("partial")
+            raise RuntimeError("the dynamo exporter failed")
+        return real(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", dynamo_fails)
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "runs").mkdir()
+    exporter, _ = export_onnx(restore(checkpoint)[0], torch.zeros(1, 3, SIZE, SIZE), tmp_path / "grader.onnx")
+    assert exporter.startswith("TorchScript-based") and "dynamo ONNX exporter failed" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grader.onnx", "notes.txt", "runs"]
+
+
+def test_a_model_named_like_its_metadata_file_is_written(checkpoint, tmp_path, capsys):
+    """``--out meta.json``: the metadata went over the model in the work folder; only meta.json.json came out."""
+    out = tmp_path / "meta.json"
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "meta.json.json"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        assert torch.jit.load(str(out))(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 5)
+    assert check_metadata(out, checkpoint)["model_file"] == "meta.json"
+
+
 @pytest.mark.shared_data
 def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch, shared_data, tmp_path):
     out = tmp_path / "grader.ts.pt"

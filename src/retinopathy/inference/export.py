@@ -133,6 +133,7 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
     tries to convert, prints the failure and keeps 18): then the TorchScript-based exporter writes it."""
     common = dict(input_names=["input"], output_names=["logits"], opset_version=opset)
     large = sum(p.numel() * p.element_size() for p in model.parameters()) > 1.8e9  # ONNX protobuf limit
+    before = set(path.parent.iterdir())
     try:
         with contextlib.redirect_stderr(io.StringIO()):  # a failed opset conversion's traceback; the result says it
             torch.onnx.export(model, (example,), path, dynamo=True, external_data=large, verbose=False,
@@ -147,8 +148,8 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
         first = f"{type(e).__name__}: {str(e)[:200]}"
         print(f"warning: the dynamo ONNX exporter failed ({first}); trying the TorchScript-based exporter",
               file=sys.stderr)
-    for f in path.parent.iterdir():
-        f.unlink()
+    for f in set(path.parent.iterdir()) - before:  # what the first exporter wrote (the file, external data)
+        shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -260,11 +261,12 @@ def main(args) -> dict:
                 "checkpoint": str(Path(args.checkpoint).resolve()), "epoch": ckpt.get("epoch"),
                 "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,
                            "batch_sizes": [1, 3]}}
-        (work / "meta.json").write_text(json.dumps(meta, indent=2))
+        card = metadata_path(work / out.name)  # NAME.json: never the model's own name (--out meta.json)
+        card.write_text(json.dumps(meta, indent=2))
         for f in work.iterdir():  # the model (and any external data), then its metadata
-            if f.name != "meta.json":
+            if f != card:
                 os.replace(f, out.parent / f.name)
-        os.replace(work / "meta.json", metadata_path(out))
+        os.replace(card, metadata_path(out))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"exported {info['arch']} ({objective.name}, {exporter}) to {out}; preprocessing in {metadata_path(out)}")
