@@ -126,8 +126,10 @@ def test_the_command_does_not_write_over_a_dataset(tmp_path, capsys):
     synth.generate(partial, n=4, size=32, progress=False)
     (partial / "trainLabels.csv").unlink()
     (partial / "README.txt").unlink()
+    (partial / ".3_left.jpeg.tmp4242").write_bytes(b"half")  # a worker stopped mid-write (the pool's terminate)
     synth.generate(partial, n=4, size=32, progress=False)  # finished, not refused
     assert len((partial / "trainLabels.csv").read_text().splitlines()) == 1 + 4
+    assert not list(partial.glob(".*"))
 
 
 def test_eyes_mirror_each_other():

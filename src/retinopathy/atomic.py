@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -36,6 +37,11 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def leftover(path: Path) -> bool:
+    """Whether ``path`` is the temporary file of a :func:`replacing` whose process was killed (``.NAME.tmpPID``)."""
+    return re.fullmatch(r"\..+\.tmp\d+", path.name) is not None and path.is_file()
 
 
 def sibling(path: Path, suffix: str, prefix: str = "") -> Path:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import replacing, write_text
+from ..atomic import leftover, replacing, write_text
 from ..errors import RetinopathyError
 from ..progress import progress_bar
 from ..workers import mapped
@@ -33,14 +33,16 @@ MARKER = "Synthetic"  # the first word of the README.txt that marks a folder thi
 
 
 def holds_data(folder: str | Path) -> bool:
-    """Whether ``folder`` holds anything but the images of an interrupted generation (which writes its labels and
-    README.txt last): a dataset, labels, sub-folders or other files, which a new set must not write over."""
+    """Whether ``folder`` holds anything but what an interrupted generation leaves (its images and the temporary
+    files of the images it was writing; it writes its labels and README.txt last): a dataset, labels, sub-folders or
+    other files, which a new set must not write over."""
     folder = Path(folder)
     if not folder.exists():
         return False
     if not folder.is_dir():
         return True
-    return any(p.suffix != ".jpeg" or p.is_dir() for p in folder.iterdir()) or (folder / "README.txt").exists()
+    return any((p.suffix != ".jpeg" or p.is_dir()) and not leftover(p) for p in folder.iterdir()) \
+        or (folder / "README.txt").exists()
 
 
 def is_synthetic(folder: str | Path) -> bool:
@@ -475,6 +477,8 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
         raise RetinopathyError(f"{out} already holds a dataset (or other files): a new set would rewrite its "
                                "images and labels under runs that used them; choose a new folder, or remove it")
     out.mkdir(parents=True, exist_ok=True)
+    for p in filter(leftover, out.iterdir()):
+        p.unlink()
     grades = assign_grades(n, seed, balanced)
     names = [image_name(i) for i in range(n)]
     jobs = [(str(out), i, grades[i], size, seed) for i in range(n)]
