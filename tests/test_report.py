@@ -217,6 +217,7 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     config = yaml.safe_load((killed / "config.yaml").read_text())
     epochs = config["train"]["epochs"]
     config["train"]["epochs"] = epochs + 1
+    config["engine"]["world_size"] = 2  # trained by two processes: resumed by two, whatever the shell reporting
     (killed / "config.yaml").write_text(yaml.safe_dump(config))
     lines = (killed / "metrics.csv").read_text().splitlines()
     (killed / "metrics.csv").write_text("\n".join(lines + [str(epochs) + lines[-1][1:]]) + "\n")
@@ -226,6 +227,7 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert main(["report", str(killed), str(broken), "--out", str(tmp_path / "r5")]) == 0
     md = (tmp_path / "r5" / "report.md").read_text()
     assert f"killed - incomplete: trained {epochs} of {epochs + 1} epochs" in md and "broken - incomplete: " in md
+    assert f"`torchrun --nproc_per_node=2 -m retinopathy train --resume {killed}`" in md
     killed_details = md.split("### killed")[1].split("###")[0]  # the row without its checkpoint is not counted
     assert f" min over {epochs} epoch{'s' if epochs > 1 else ''} (sum of epoch_seconds)" in killed_details
     assert "best.pt: cannot be read as a checkpoint" in md

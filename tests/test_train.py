@@ -504,6 +504,11 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
     assert (f"`torchrun --nproc_per_node=2 --nnodes=2 -m retinopathy train --resume {tmp_path / 'ddp'}`"
             in capsys.readouterr().err)
     monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("SLURM_PROCID", "0")  # as srun started it, without torchrun
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert main(["train", "--data", str(synth_small), *FAST, "--out", str(tmp_path / "srun")]) == 130
+    assert f"`srun --ntasks=4 retinopathy train --resume {tmp_path / 'srun'}`" in capsys.readouterr().err
+    monkeypatch.delenv("SLURM_NTASKS")
     assert main(["train", "--data", str(synth_small), *FAST, f"--out={tmp_path / 'run2'}"]) == 130
     assert f"{tmp_path / 'run2'}/checkpoints/last.pt" in capsys.readouterr().err
     (tmp_path / "c.yaml").write_text(f"data: {synth_small}\nout: {tmp_path / 'run3'}\n")  # the folder from a file

@@ -162,8 +162,9 @@ def load_run(run: Path, name: str | None = None) -> Run:
                                                    f"{ev.get('epoch', -1) + 1}; {since}{best_ckpt['epoch'] + 1}: "
                                                    f"{command}"), None
         elif saved < epochs:  # an evaluation here is of the best.pt so far, from before training went on
+            world = int((config.get("engine") or {}).get("world_size") or 1)
             status, reason = "incomplete", (f"trained {saved} of {epochs} epochs; continue with "
-                                            f"`{resume_command(run)}` or by re-running the experiment")
+                                            f"`{resume_command(run, world)}` or by re-running the experiment")
         elif ev is not None:
             status, reason = "done", ""
         else:

@@ -22,14 +22,21 @@ class DistInfo:
         return self.rank == 0
 
 
-def resume_command(run) -> str:
-    """The command that continues ``run`` as it was started: under torchrun, with the same processes per node."""
-    world, local = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_WORLD_SIZE", 0) or 0)
+def resume_command(run, world: int | None = None) -> str:
+    """The command that continues ``run`` as it was started: under torchrun with the same processes per node, under
+    srun with the same tasks. ``world``: the run's process count, for a caller outside the run (the report), which
+    cannot know the launcher: then torchrun on one node."""
+    env, run = os.environ, shlex.quote(str(run))
+    if world is None and "SLURM_PROCID" in env and "WORLD_SIZE" not in env and launched_as()[1] > 1:
+        return f"srun --ntasks={launched_as()[1]} retinopathy train --resume {run}"
+    if world is None:
+        world, local = int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_WORLD_SIZE", 0) or 0)
+    else:
+        local = world
     if world <= 1:
-        return f"retinopathy train --resume {shlex.quote(str(run))}"
+        return f"retinopathy train --resume {run}"
     nodes = f" --nnodes={world // local}" if local and local != world else ""
-    return (f"torchrun --nproc_per_node={local or world}{nodes} -m retinopathy train --resume "
-            f"{shlex.quote(str(run))}")
+    return f"torchrun --nproc_per_node={local or world}{nodes} -m retinopathy train --resume {run}"
 
 
 def launched_as() -> tuple[int, int, int]:
