@@ -188,6 +188,32 @@ def test_an_unreadable_file_is_not_called_corrupt(tmp_path, kaggle, monkeypatch,
     assert says in report["problems"][0]["message"]
 
 
+def test_a_labels_file_that_cannot_be_read_is_named(tmp_path, kaggle, monkeypatch, capsys):
+    """An I/O error reading the labels (read() names no file) was a traceback in data check, and prepare called
+    it "cannot write OUT"; both name the labels file, and prepare leaves OUT alone."""
+    from pathlib import Path
+
+    labels, real_read = kaggle / "trainLabels.csv", Path.read_bytes
+
+    def failing(self):
+        if self == labels:
+            raise OSError(5, "Input/output error")
+        return real_read(self)
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    for command in (["data", "check", str(kaggle)], ["prepare", str(kaggle), str(tmp_path / "out"), "--size", "32"]):
+        assert main([*command, "--quiet"]) == 2
+        assert f"error: 1 problem(s) in the dataset:\n  {labels}: cannot be read: Input/output error" \
+            in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    from retinopathy.data import prepare
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(kaggle / "images"))
+    monkeypatch.setattr(prepare, "prepare", refused)  # a read of the source refused: not called a write of OUT
+    assert main(["prepare", str(kaggle), str(tmp_path / "out"), "--quiet"]) == 2
+    assert capsys.readouterr().err == f"error: {kaggle / 'images'}: Permission denied\n"
+
+
 def test_corrupt_scan_data_is_dropped_by_the_cache_and_named_while_training(tmp_path):
     """End marker intact, scan data broken: the start-up check cannot see it (no decode); the cache's decode at
     construction reports it like any bad image, and without the cache the item's error names the row and the way

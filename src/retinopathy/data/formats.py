@@ -125,8 +125,12 @@ def _csv_format(path: Path) -> str:
 
 
 def _read_text(path: Path) -> str:
-    """A labels file's text, or a DataError naming the line with a byte that is not UTF-8."""
-    data = path.read_bytes()
+    """A labels file's text, or a DataError naming the file that cannot be read or the line with a byte that is not
+    UTF-8."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # a folder, no permission, an I/O error (read() names no file)
+        raise DataError([Problem("unreadable", str(path), None, f"cannot be read: {e.strerror or e}")]) from None
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:

@@ -340,5 +340,7 @@ def cli(argv: list[str] | None = None) -> int:
     try:
         m = main(args)
     except OSError as e:  # a full disk, no permission: not a bad input, but something to act on
+        if e.filename and not Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(args.out)):
+            raise  # a file read, not written: the dispatcher names it
         raise PrepareError(f"cannot write {args.out}: {e}") from None
     return 1 if m["problems"] else 0
