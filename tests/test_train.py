@@ -266,6 +266,19 @@ def test_training_without_some_grades_says_so(synth_small, tmp_path, capsys):
         assert f"warning: {said}" in capsys.readouterr().err
 
 
+def test_the_process_group_is_left_however_training_ends(synth_small, tmp_path, monkeypatch):
+    """A failure after joining the process group (bad data, a wrong checkpoint, Ctrl-C) leaves it too, as a
+    finished run does: only a finished run and a diverged one did."""
+    from retinopathy.training import train as train_module
+    from retinopathy.training.distributed import DistInfo
+
+    left = []
+    monkeypatch.setattr(train_module, "init_distributed", lambda device_type: DistInfo(enabled=True))
+    monkeypatch.setattr(train_module, "cleanup", left.append)
+    assert main(["train", "--data", str(tmp_path / "nowhere"), *FAST, "--out", str(tmp_path / "run")]) == 2
+    assert left == [DistInfo(enabled=True)]
+
+
 def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):
     """The network, the metrics.csv columns and the selection rule cannot change on resume (a clean error, the
     run untouched), nor can --out point elsewhere; the suggested way, a new run from its weights, works."""

@@ -1,7 +1,8 @@
 """``retinopathy train``: fit a DR grader, frozen backbone first, then fine-tuning; resumable; DDP-ready.
 
-Read top to bottom: ``main(args)`` sets up devices and data, then runs epochs of ``train_one_epoch`` and
-``evaluate`` (see engine.py), writing ``metrics.csv`` and checkpoints on rank 0 only.
+Read top to bottom: ``main(args)`` locks the run folder, ``_train`` joins the process group, ``_run`` sets up
+devices and data, then runs epochs of ``train_one_epoch`` and ``evaluate`` (see engine.py), writing ``metrics.csv``
+and checkpoints on rank 0 only.
 """
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ from ..reporting.html import epochs_text
 from ..reporting.model_card import write_model_card
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
-from .distributed import barrier, broadcast_buffers, cleanup, init_distributed, launched_as, resume_command
+from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, launched_as,
+                          resume_command)
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
@@ -228,8 +230,16 @@ def main(args) -> dict:
 
 
 def _train(args) -> dict:
-    dist = init_distributed(pick_device(args.device).type)
+    """Join the process group (under torchrun or srun), and leave it however the training ends."""
     device = pick_device(args.device)
+    dist = init_distributed(device.type)
+    try:
+        return _run(args, dist, device)
+    finally:
+        cleanup(dist)
+
+
+def _run(args, dist: DistInfo, device: torch.device) -> dict:
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     progress = not args.quiet and dist.main
@@ -486,7 +496,6 @@ def _train(args) -> dict:
                                  channels_last=channels_last, mixup=args.mixup, progress=progress,
                                  desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]", dist=dist)
         except Diverged as e:
-            cleanup(dist)
             raise Diverged(f"{e}. " + (f"{out / 'checkpoints' / 'last.pt'} keeps epoch {epoch}, the last finished: "
                                        f"continue with --resume {out} (with --amp none if it trained in bf16)"
                                        if epoch else "No epoch finished; nothing was saved.")) from None
@@ -585,7 +594,6 @@ def _train(args) -> dict:
         print(f"stopped after {epochs_text(ran)} (--stop-after): continue with `{resume_command(out)}`")
     elif dist.main and not ran and not retune:
         print(f"nothing to train: {out} has finished its {epochs_text(start_epoch)} (--epochs N on --resume trains on)")
-    cleanup(dist)
     return {"out": str(out), "best": best, "last": last_result}
 
 
