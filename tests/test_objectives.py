@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from retinopathy.cli.main import main
 from retinopathy.data import FundusDataset
@@ -19,7 +19,6 @@ from retinopathy.evaluation.evaluate import predict_dataset
 from retinopathy.evaluation.metrics import bootstrap_ci, majority_accuracy, quadratic_kappa
 from retinopathy.models import Grader, make_objective
 from retinopathy.models.objectives import (
-    _quadratic_kappa,
     blend_eyes,
     class_weights,
     tune_thresholds,
@@ -120,12 +119,15 @@ def test_tuned_thresholds_beat_the_defaults():
     assert quadratic_kappa(labels, np.digitize(scores, t)) > quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5])) + 0.1
 
 
-def test_the_search_computes_the_same_kappa_as_scikit_learn():
+def test_kappa_is_scikit_learns():
     rng = np.random.default_rng(2)
     for labels, pred in [(rng.integers(0, 5, 300), rng.integers(0, 5, 300)),
                          (np.r_[np.zeros(90, int), np.full(10, 4)], rng.choice([0, 2, 4], 100)),  # grades absent
+                         (np.zeros(50, int), rng.integers(0, 2, 50)),  # the truth one grade
                          (np.zeros(50, int), np.zeros(50, int))]:  # one grade only: no agreement beyond chance
-        assert _quadratic_kappa(labels, pred) == pytest.approx(quadratic_kappa(labels, pred), abs=1e-12)
+        one = len({*labels, *pred}) == 1  # scikit-learn: 0 / 0, nan
+        expected = 0.0 if one else cohen_kappa_score(labels, pred, labels=range(5), weights="quadratic")
+        assert quadratic_kappa(labels, pred) == pytest.approx(expected, abs=1e-12)
 
 
 def test_selection_prefers_epochs_that_beat_the_majority():

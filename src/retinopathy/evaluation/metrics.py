@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, cohen_kappa_score, confusion_matrix, f1_score,
-                             precision_recall_fscore_support, roc_auc_score)
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
 
 from ..data.formats import GRADES
 
@@ -38,14 +37,22 @@ def grades(values, name: str = "grades") -> np.ndarray:
 
 
 def quadratic_kappa(y_true, y_pred) -> float:
-    return _kappa(grades(y_true, "y_true"), grades(y_pred, "y_pred"))
+    return quadratic_kappa_unchecked(grades(y_true, "y_true"), grades(y_pred, "y_pred"))
 
 
-def _kappa(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """:func:`quadratic_kappa` of grades already checked (the bootstrap's resamples, say)."""
-    if one_grade(y_true, y_pred):
-        return 0.0  # one grade everywhere: no agreement beyond chance
-    return float(cohen_kappa_score(y_true, y_pred, labels=GRADES, weights="quadratic"))
+_QUADRATIC = np.subtract.outer(np.arange(len(GRADES)), np.arange(len(GRADES))) ** 2.0
+
+
+def quadratic_kappa_unchecked(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """:func:`quadratic_kappa` of grades already checked: scikit-learn's ``cohen_kappa_score(labels=GRADES,
+    weights="quadratic")`` (the tests check it is) without its input checks, which take most of its time (6.6 ms
+    against 0.08 ms on 402 eyes): the bootstrap and the threshold search compute it thousands of times. 0 when
+    truth and answers are one grade everywhere (no agreement beyond chance)."""
+    n = len(GRADES)
+    seen = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    expected = np.outer(seen.sum(1), seen.sum(0)) / max(seen.sum(), 1)
+    chance = (_QUADRATIC * expected).sum()
+    return float(1 - (_QUADRATIC * seen).sum() / chance) if chance else 0.0
 
 
 def referable_auc(y_true, probs) -> float | None:
@@ -69,7 +76,7 @@ def summary(y_true, y_pred) -> dict:
     has no recall (None)."""
     y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
     _, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=GRADES, zero_division=np.nan)
-    return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": _kappa(y_true, y_pred),
+    return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": quadratic_kappa_unchecked(y_true, y_pred),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro")), "recall": _defined(recall)}
 
 
@@ -112,7 +119,7 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
         idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
         acc.append(accuracy_score(y_true[idx], y_pred[idx]))
         if not one_grade(y_true[idx], y_pred[idx]):
-            kap.append(_kappa(y_true[idx], y_pred[idx]))
+            kap.append(quadratic_kappa_unchecked(y_true[idx], y_pred[idx]))
     lo, hi = 2.5, 97.5
     return {"level": 0.95, "resamples": n, "unit": unit,
             "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
