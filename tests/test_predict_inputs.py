@@ -175,6 +175,7 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
     models = best.read_bytes(), last.read_bytes()
     weights = tmp_path / "grader.bin"  # a checkpoint by any name
     shutil.copy(best, weights)
+    (tmp_path / "check.img").write_bytes(b"not checked: an input by its path")
     for argv, named in (
             (["predict", str(tiny_run), str(photo), "--out", str(best)],
              f"--out would replace a model file with a .csv file; choose another file, e.g. {best.parent}/"
@@ -195,7 +196,13 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
              f"--json would replace {data / 'trainLabels.csv'}"),
             (["export", str(tiny_run), "--format", "torchscript", "--out",
               str(tiny_run / "checkpoints" / "last.pt")],
-             f"--out would replace {tiny_run / 'checkpoints' / 'last.pt'}")):
+             f"--out would replace {tiny_run / 'checkpoints' / 'last.pt'}"),
+            (["export", str(tiny_run), "--format", "torchscript", "--out", str(photo), "--check-images", str(photo)],
+             "--out would replace a photograph with a .pt file; choose another file"),
+            (["export", str(tiny_run), "--out", str(tmp_path / "check.img"), "--check-images",
+              str(tmp_path / "check.img")], f"--out would replace {tmp_path / 'check.img'}, an input of this command"),
+            (["predict", str(tiny_run), str(data), "--out", str(photo)],
+             "--out would replace a photograph with a .csv file")):
         assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before

@@ -113,7 +113,10 @@ def exclusive(folder: str | os.PathLike, doing: str):
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
     """Raise now if the file ``path`` (given as ``option``; ``example`` is such a file's name) is a folder, a model
-    file that this command's output would replace (a table written over best.pt), or cannot be written there."""
+    file that this command's output would replace (a table written over best.pt), a photograph, or cannot be
+    written there."""
+    from .data.images import IMAGE_EXTENSIONS
+
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, f"{option} is a folder; give the file to write, e.g. "
@@ -121,6 +124,9 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     suffix = path.suffix.lower()  # .pt and .pth are one kind: export writes TorchScript to either
     if path.exists() and suffix in MODEL_SUFFIXES and MODEL_SUFFIXES[suffix] != Path(example).suffix:
         raise FileExistsError(errno.EEXIST, f"{option} would replace a model file with a {Path(example).suffix} "
+                              f"file; choose another file, e.g. {path.parent / example}", str(path))
+    if path.exists() and suffix in IMAGE_EXTENSIONS:
+        raise FileExistsError(errno.EEXIST, f"{option} would replace a photograph with a {Path(example).suffix} "
                               f"file; choose another file, e.g. {path.parent / example}", str(path))
     check_writable(path.parent)
 

@@ -219,7 +219,7 @@ def main(args) -> dict:
     check_output_file(args.out, "--out", f"grader.{'onnx' if args.format == 'onnx' else 'pt'}")  # before the work
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
-    refuse_replacing(args.out, "--out", run_checkpoints(args.checkpoint))
+    refuse_replacing(args.out, "--out", [*run_checkpoints(args.checkpoint), *(args.check_images or [])])
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")
