@@ -141,6 +141,19 @@ def test_frozen_phase_changes_only_the_head_and_keeps_bn_statistics():
     assert not torch.equal(before["net.bn1.running_mean"], model.state_dict()["net.bn1.running_mean"])
 
 
+@pytest.mark.parametrize("arch, pair_eyes", [("vit_b_16", False), ("resnet18", True)])
+def test_frozen_means_only_the_head_trains(arch, pair_eyes):
+    """Parameters held by the network itself (ViT's class token) freeze too; with eye pairing the head is the
+    pair head, and the network's own classifier is gone."""
+    model = Grader(arch, 5, pair_eyes=pair_eyes)
+    freeze_backbone(model, True)
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trains == {f"{'pair_head' if pair_eyes else 'net.' + model.head_name}.{n}" for n, _ in
+                      model.head.named_parameters()} and trains
+    freeze_backbone(model, False)
+    assert all(p.requires_grad for p in model.parameters())
+
+
 @pytest.mark.parametrize("head", ["linear", "lab"])
 def test_each_head_gives_the_objectives_outputs(head):
     """1 output for regression, 4 for ordinal, 9 for ordinal+ce, 5 for classification, with either head."""

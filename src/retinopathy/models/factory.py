@@ -84,7 +84,8 @@ def make_head(kind: str, in_features: int, outputs: int) -> nn.Module:
 
 
 class Grader(nn.Module):
-    """A torchvision backbone whose classifier is a DR head; ``head_name`` says which submodule it is.
+    """A torchvision backbone whose classifier is a DR head, :attr:`head`; ``head_name`` names the network's
+    classifier, which the head replaces (with ``pair_eyes`` it becomes an identity, and the head is ``pair_head``).
 
     With ``pair_eyes`` the input is ``(N, 2, C, H, W)`` (an eye, then the other eye of the same patient):
     both go through the backbone, and the head sees the two feature vectors concatenated, as the
@@ -127,7 +128,7 @@ class Grader(nn.Module):
             self.pair_head = new_head
         else:
             _set_module(self.net, self.head_name, new_head)
-        self.arch, self.outputs, self.head_kind, self.pair_eyes = arch, outputs, head, pair_eyes
+        self.arch, self.outputs, self.pair_eyes = arch, outputs, pair_eyes
         self.space_to_depth, self.global_pool = space_to_depth, global_pool
 
     @property

@@ -37,13 +37,11 @@ def autocast(device: torch.device, amp: str):
 
 
 def freeze_backbone(grader: nn.Module, frozen: bool) -> None:
-    """Only the head trains while ``frozen``; every parameter trains otherwise."""
+    """Only the head trains while ``frozen`` (also parameters held by the network itself, as ViT's class token);
+    every parameter trains otherwise."""
+    head = set(grader.head.parameters())
     for p in grader.parameters():
-        p.requires_grad = True
-    if frozen:
-        for m in grader.backbone_modules():
-            for p in m.parameters(recurse=False):
-                p.requires_grad = False
+        p.requires_grad = not frozen or p in head
 
 
 def set_train_mode(model: nn.Module, frozen: bool) -> None:
