@@ -69,7 +69,7 @@ def augmentation(name: str) -> list:
     flips = [v2.RandomHorizontalFlip(0.5), v2.RandomVerticalFlip(0.5)]
     if name == "flips":
         return flips
-    if name == "fundus":
+    if name == "fundus":  # black corners, also on graham's grey: a grey fill, measured, gained nothing (docs/)
         return [v2.RandomAffine(degrees=180, translate=(0.05, 0.05), scale=(0.9, 1.1)),
                 v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.1), *flips]
     raise ValueError(f"unknown augmentation {name!r}; choose one of {', '.join(AUGMENT)}")
