@@ -427,6 +427,22 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     dash_dotted = [list(ln.get_ydata()) for ln in lines if ln.get_linestyle() == "-."]
     assert [0.375] in dash_dotted  # the val curve plots val accuracy
     assert any(list(ln.get_ydata()) == [0.3, 0.3] for ln in lines)  # the majority baseline (an axhline)
+    assert "Their test splits differ" not in md and "its test split:" not in md  # copies of one run's test split
+    weak["true_counts"] = [5, 1, 2, 1, 1]  # another test split (one photograph fewer, another grade mix)
+    (runs["weak"] / "eval" / "metrics.json").write_text(json.dumps({**weak, "kappa": 0.2, "majority_accuracy": 0.5}))
+    predictions = (runs["weak"] / "eval" / "predictions.csv").read_text().splitlines()
+    (runs["weak"] / "eval" / "predictions.csv").write_text("\n".join(predictions[:-1]) + "\n")
+    assert main(["report", str(runs["weak"]), str(good), "--out", str(tmp_path / "r2")]) == 0
+    md = (tmp_path / "r2" / "report.md").read_text()
+    assert "Their test splits differ (other data, split seeds or split files)" in md
+    assert "its test split: always answering grade 0 scores 0.500" in md  # each cell names its own baseline
+    assert "its test split: always answering grade 1 scores 0.300" in md
+    accuracy = [f for f in closed_figures if f._suptitle and "accuracy" in f._suptitle.get_text()][-1]
+    lines = accuracy.axes[0].get_lines()
+    curves = {ln.get_color() for ln in lines if list(ln.get_xdata()) != [0, 1]}
+    baselines = {ln.get_ydata()[0]: ln.get_color() for ln in lines if list(ln.get_xdata()) == [0, 1]}
+    assert baselines.keys() == {0.3, 0.5} and set(baselines.values()) <= curves  # each in its run's colour
+    assert len(set(baselines.values())) == 2
     confusion = next(f for f in closed_figures if f.axes and f.axes[0].texts and f not in (accuracy,))
     texts = cell_texts(next(ax for ax in confusion.axes if "(good)" in ax.get_title()))
     assert (texts[(0, 0)], texts[(0, 1)], texts[(1, 1)]) == ("0.50", "0.50", "1.00")  # each row sums to 1
@@ -440,6 +456,18 @@ def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed
     assert [texts[(t, p)] for t in (3, 4) for p in range(5)] == ["–"] * 10
     assert texts[(0, 0)] == "0.50" and texts[(2, 4)] == "0.50"
     assert closed_figures[0].axes[0].images[0].get_clim() == (0, 1)  # 0.50 is half-dark, not the darkest cell
+    assert [t.get_text() for t in closed_figures[0].axes[0].get_yticklabels()] == [  # how many images each row is
+        "0 (n=2)", "1 (n=1)", "2 (n=2)", "3 (n=0)", "4 (n=0)"]
+
+
+def test_a_diverged_run_does_not_flatten_the_others_losses(tmp_path, closed_figures):
+    series = fake_series(3)
+    series[0]["rows"][2]["test_loss"] = 930.0  # one run's loss exploded at one epoch
+    figures.curves_figure("ResNet18: loss per epoch", series, "loss", tmp_path / "l.png")
+    ax = closed_figures[0].axes[0]
+    assert ax.get_yscale() == "log" and ax.get_ylabel().endswith(", log scale")
+    figures.curves_figure("ResNet18: loss per epoch", fake_series(3), "loss", tmp_path / "l2.png")
+    assert closed_figures[1].axes[0].get_yscale() == "linear"
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -457,8 +485,8 @@ def fake_series(n: int, splits=("train", "test")) -> list[dict]:
 
 @pytest.mark.parametrize("n", [1, 3, 8])
 def test_curve_legends_fit_long_labels(tmp_path, closed_figures, n):
-    series = fake_series(n)
-    figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "a.png", baseline=0.4)
+    series = [{**s, "baseline": 0.4} for s in fake_series(n)]
+    figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "a.png")
     pixels = np.asarray(Image.open(tmp_path / "a.png").convert("L"))
     edges = np.concatenate([pixels[:, :3], pixels[:, -3:], pixels[:3].T, pixels[-3:].T], axis=None)
     assert edges.min() > 250, "ink at the image's edge: something is clipped"

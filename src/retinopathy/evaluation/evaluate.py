@@ -19,7 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from ..atomic import check_writable, replacing, write_text  # noqa: E402
 from ..cli.common import (  # noqa: E402
@@ -38,7 +38,7 @@ from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
 from ..errors import DataWarning  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
-from ..reporting.figures import dash_rows_without_images  # noqa: E402
+from ..reporting.figures import plot_confusion  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.checkpoint import run_folder  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
@@ -113,16 +113,11 @@ def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, d
 
 
 def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
-    """Row-normalised confusion matrix (rows = true grade), Blues on a fixed 0-1 scale, as in the course lab; the
-    row of a grade with no images is dashes (it has no recall)."""
-    fig, ax = plt.subplots(figsize=(5.2, 4.6), dpi=120)
-    disp = ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=GRADES, normalize="true", cmap="Blues",
-                                                   values_format=".2f", ax=ax, colorbar=True,
-                                                   im_kw={"vmin": 0, "vmax": 1})
-    dash_rows_without_images(disp, np.bincount(y_true, minlength=len(GRADES)))
+    """The row-normalised confusion matrix (:func:`~retinopathy.reporting.figures.plot_confusion`) of one
+    evaluation."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.6), dpi=120)
+    plot_confusion(ax, confusion_matrix(y_true, y_pred, labels=GRADES), colorbar=True)
     ax.set_title(title)
-    ax.set_xlabel("Predicted grade")
-    ax.set_ylabel("True grade")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -46,15 +46,17 @@ def variant_colours(variants: list[tuple[str, bool]]) -> dict[str, str]:
     return colours
 
 
-def curves_figure(title: str, series: list[dict], metric: str, path: Path, baseline: float | None = None) -> None:
+def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> None:
     """Train (dashed), val (dash-dotted, where metrics.csv has it) and test (solid) ``metric`` per epoch for each
     series, the legend below the axes. Losses of different objectives get a panel each: they differ in kind and
     scale, so one cannot be read against another.
 
     ``series``: dicts with ``label``, ``colour``, ``rows`` (metrics.csv rows as dicts of floats),
-    ``freeze_epochs``, ``objective`` and ``train_loss_terms`` (what training's loss adds: class weights...);
-    ``baseline``: majority-class test accuracy, drawn as a grey dotted line. The saved image grows downwards to
-    fit the legend.
+    ``freeze_epochs``, ``objective``, ``train_loss_terms`` (what training's loss adds: class weights...) and
+    ``baseline`` (majority-class test accuracy, or None): drawn on accuracy as a grey dotted line, or one per run in
+    its colour when the runs' test splits differ. A loss panel whose values span more than a factor of 100 (a run
+    that diverged) is drawn on a log scale, so that the other runs do not flatten into one line. The saved image
+    grows downwards to fit the legend.
     """
     panels = _panels(series, metric)
     fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False, dpi=DPI, layout="constrained",
@@ -63,20 +65,28 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path, basel
     splits = [sp for sp in SPLITS if any(r.get(f"{sp}_{metric}") is not None for s in series for r in s["rows"])]
     for ax, (objective, members) in zip(axes[:, 0], panels):
         _plot_runs(ax, members, metric, markers, splits)
-        ax.set_ylabel(f"loss ({loss_name(objective)})" if objective else
-                      "accuracy (fraction correct)" if metric == "accuracy" else metric)
+        values = [v for s in members for r in s["rows"] for sp in splits if (v := r.get(f"{sp}_{metric}"))]
+        log = metric == "loss" and values and min(values) > 0 and max(values) > 100 * min(values)
+        if log:
+            ax.set_yscale("log")
+        ax.set_ylabel((f"loss ({loss_name(objective)})" if objective else metric) + (", log scale" if log else "")
+                      if metric != "accuracy" else "accuracy (fraction correct)")
         if len(panels) > 1:
             ax.set_title(f"{objective} objective", fontsize=10)
+    baselines = {s["baseline"] for s in series if s.get("baseline") is not None} if metric == "accuracy" else set()
     if metric == "accuracy":
         axes[0, 0].set_ylim(0, 1.02)
-    if baseline is not None:
-        axes[0, 0].axhline(baseline, **BASELINE)
+    for s in series if len(baselines) > 1 else []:
+        if s.get("baseline") is not None:
+            axes[0, 0].axhline(s["baseline"], **{**BASELINE, "color": s["colour"]})
+    if len(baselines) == 1:
+        axes[0, 0].axhline(*baselines, **BASELINE)
     axes[-1, 0].set_xlabel("epoch")
     terms = sorted({t for s in series for t in s.get("train_loss_terms", [])}) if metric == "loss" else []
     fig.suptitle(title + ("\none panel per objective: their losses are not comparable" if len(panels) > 1 else "")
                  + (f"\ntraining's loss includes {', '.join(terms)}; val and test losses are plain" if terms else ""),
                  fontsize=12)
-    _legend(fig, series, markers, splits, baseline)
+    _legend(fig, series, markers, splits, baselines)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
 
@@ -105,30 +115,40 @@ def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[
     ax.grid(alpha=0.3)
 
 
-def _legend(fig, series: list[dict], markers: dict, splits: list[str], baseline: float | None) -> None:
+def _legend(fig, series: list[dict], markers: dict, splits: list[str], baselines: set[float]) -> None:
     """Below the axes: the runs (colour and marker) in the left column, the splits' line styles and the baseline
     in the right one; labels wrapped, so that any number of runs keeps the figure's width."""
     runs = [Line2D([], [], color=s["colour"], marker=markers[s["label"]], linewidth=2,
                    label=textwrap.fill(s["label"], LABEL_WIDTH)) for s in series]
     keys = [Line2D([], [], color="#555555", linestyle=SPLITS[sp], linewidth=2, label=sp) for sp in splits]
-    if baseline is not None:
-        keys.append(Line2D([], [], **BASELINE, label=textwrap.fill(f"always the most common grade (test) "
-                                                                   f"{baseline:.3f}", 22)))
+    if baselines:
+        keys.append(Line2D([], [], **BASELINE, label=textwrap.fill(
+            "always the most common grade (test) " + (f"{next(iter(baselines)):.3f}" if len(baselines) == 1 else
+                                                       "of each run's test split, in its colour"), 22)))
     blank, rows = Line2D([], [], linestyle="none", label=" "), max(len(runs), len(keys))
     fig.legend(handles=runs + [blank] * (rows - len(runs)) + keys + [blank] * (rows - len(keys)), ncol=2,
                loc="upper center", bbox_to_anchor=(0.5, 0), fontsize=9, frameon=False, handlelength=3.5)
 
 
-def dash_rows_without_images(disp: ConfusionMatrixDisplay, row_counts) -> None:
-    """A grade with no images has no recall: its row of a row-normalised matrix shows dashes, not zeros."""
-    for text in disp.text_[np.asarray(row_counts) == 0].ravel():
+def plot_confusion(ax, counts, colorbar: bool = False, fontsize: float | None = None) -> None:
+    """The row-normalised confusion matrix of ``counts`` (rows: true grade) on a fixed 0-1 Blues scale, as in the
+    course lab. Each row names its number of images (a row of one image is as dark as a row of 500), and the row
+    of a grade with no images is dashes: it has no recall."""
+    counts = np.asarray(counts, dtype=float)
+    rows = counts.sum(1)
+    disp = ConfusionMatrixDisplay(counts / np.maximum(rows[:, None], 1), display_labels=GRADES).plot(
+        ax=ax, cmap="Blues", values_format=".2f", colorbar=colorbar, im_kw={"vmin": 0, "vmax": 1},
+        text_kw={"fontsize": fontsize} if fontsize else None)
+    for text in disp.text_[rows == 0].ravel():
         text.set_text("–")
+    ax.set_yticks(range(len(GRADES)), [f"{g} (n={int(n)})" for g, n in zip(GRADES, rows)])
+    ax.set_xlabel("predicted grade", fontsize=fontsize and fontsize + 1)
+    ax.set_ylabel("true grade", fontsize=fontsize and fontsize + 1)
 
 
 def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) -> None:
     """Row-normalised confusion matrices, one per (row, col) label pair; ``cells[(row, col)]`` is a 5x5 count
-    matrix, or a string saying why that run has none (skipped, not evaluated...). The row of a grade with no
-    images is dashes: it has no recall."""
+    matrix, or a string saying why that run has none (skipped, not evaluated...); see :func:`plot_confusion`."""
     fig, axes = plt.subplots(len(rows), len(cols), dpi=DPI, squeeze=False, layout="constrained",
                              figsize=(CONFUSION_CELL[0] * len(cols), CONFUSION_CELL[1] * len(rows)))
     for i, row in enumerate(rows):
@@ -141,13 +161,6 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
                         fontsize=9, color="#333333", transform=ax.transAxes,
                         bbox={"boxstyle": "round", "fc": "#f3f3f3", "ec": "#bbbbbb"})
                 continue
-            counts = np.asarray(cell, dtype=float)
-            norm = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-            disp = ConfusionMatrixDisplay(norm, display_labels=GRADES).plot(
-                ax=ax, cmap="Blues", values_format=".2f", colorbar=False, im_kw={"vmin": 0, "vmax": 1},
-                text_kw={"fontsize": 8})
-            dash_rows_without_images(disp, counts.sum(1))
-            ax.set_xlabel("predicted grade", fontsize=9)
-            ax.set_ylabel("true grade", fontsize=9)
+            plot_confusion(ax, cell, fontsize=8)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -135,6 +135,11 @@ def training_text(t: dict) -> str:
             f"{t.get('label_smoothing')}, mixup alpha {t.get('mixup', 0.0)}, seed {t.get('seed')}")
 
 
+def majority_text(n: dict) -> str:
+    """A run's own baseline, for a cell beside runs tested on other test splits."""
+    return f"its test split: always answering grade {n['majority_grade']} scores {_f(n['majority_accuracy'])}"
+
+
 def warning_text(n: dict) -> str:
     """Why a run is flagged: it has not learnt to grade (kappa <= 0), or it grades but is right less often
     than always answering the most common grade."""
@@ -167,6 +172,8 @@ def results_cell(run) -> str:
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']
     if n.get("evaluation_note"):
         parts.append(f'<div class="badge">{escape(n["evaluation_note"])}</div>')
+    if n.get("own_majority"):
+        parts.append(f'<div class="small">{escape(majority_text(n))}</div>')
     if run.status != "done":
         parts.append(f'<div class="badge">&#9888; {escape(standing_text(run))}</div>')
     if "best_selection_accuracy" in n:
@@ -258,7 +265,8 @@ def render_html(ctx: dict, out: Path) -> str:
 <ul class="legend">{"".join(f"<li>{line}</li>" for line in LEGEND)}</ul></section>
 <section id="curves"><h2>Learning curves</h2><div class="figs">{curves}</div>
 <p class="label">The dotted vertical line is where fine-tuning of the whole network starts (before it, only the
-head is trained); the grey dotted horizontal line is the accuracy of always answering the most common grade.</p>
+head is trained); the dotted horizontal line is the test accuracy of always answering the most common grade (grey;
+one per run, in its colour, when the runs' test splits differ).</p>
 </section>
 <section id="confusion"><h2>Confusion matrices (test split)</h2>{confusion}
 <p class="label">Each row is a true grade and sums to 1: the diagonal is the recall of that grade. A row of dashes

@@ -32,8 +32,8 @@ from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
-from .html import (ci_text, epochs_text, first_line, grade_parts, render_html, standing_text, training_text,
-                   warning_text)
+from .html import (ci_text, epochs_text, first_line, grade_parts, majority_text, render_html, standing_text,
+                   training_text, warning_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -295,6 +295,17 @@ def evaluation_note(run: Run) -> str:
     return "; ".join(notes)
 
 
+def test_set(run: Run):
+    """What identifies the photographs a run was tested on: the images of its predictions.csv, else its data, the
+    number of test images and their grade mix."""
+    predictions = run.dir / "eval" / "predictions.csv"
+    try:
+        with open(predictions, newline="", encoding="utf-8") as f:
+            return frozenset(row["image"] for row in csv.DictReader(f))
+    except (OSError, KeyError, UnicodeDecodeError, csv.Error):
+        return str(run.eval.get("data") or run.data), run.eval["count"], tuple(run.eval["true_counts"])
+
+
 def at_a_glance(runs: list[Run]) -> list[str]:
     """A few plain sentences that sum the comparison up."""
     done = [r for r in runs if r.eval is not None]
@@ -304,6 +315,9 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
                  + (f" of {next(iter(datas))}" if len(datas) == 1 else "")
                  + (f" ({counts.pop()} images)." if len(counts) == 1 else "."))
+    if len({test_set(r) for r in done}) > 1:
+        lines.append("Their test splits differ (other data, split seeds or split files): each run is compared with "
+                     "its own baseline, and their kappas differ also by the photographs drawn, as the intervals say.")
     unskilled = [r for r in done if r.numbers["kappa"] <= 0]
     graders = [r for r in done if r.numbers["kappa"] > 0]
     if graders:
@@ -355,6 +369,11 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     assign_variants(runs)
     for r in runs:
         r.numbers = run_numbers(r)
+    for model in dict.fromkeys(r.model for r in runs):  # test splits of other sizes or grade mixes: each its own
+        mine = [r for r in runs if r.model == model and r.eval is not None]
+        if len({round(r.numbers["majority_accuracy"], 6) for r in mine}) > 1:
+            for r in mine:
+                r.numbers["own_majority"] = True
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = list(dict.fromkeys(r.model for r in runs))
@@ -366,13 +385,11 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
         if not mine:
             continue
         series = [{"label": r.variant, "colour": r.colour, "rows": r.rows, "objective": r.objective,
-                   "freeze_epochs": int(r.train.get("freeze_epochs") or 0), "train_loss_terms": loss_terms(r.train)}
-                  for r in mine]
-        baselines = {round(r.numbers["majority_accuracy"], 6) for r in mine if "majority_accuracy" in r.numbers}
+                   "freeze_epochs": int(r.train.get("freeze_epochs") or 0), "train_loss_terms": loss_terms(r.train),
+                   "baseline": r.numbers.get("majority_accuracy")} for r in mine]
         for metric in ("accuracy", "loss"):
             name = f"{metric}-{model}.png"
-            figures.curves_figure(f"{display_name(model)}: {metric} per epoch", series, metric, out / name,
-                                  baseline=baselines.pop() if metric == "accuracy" and len(baselines) == 1 else None)
+            figures.curves_figure(f"{display_name(model)}: {metric} per epoch", series, metric, out / name)
             figs.append({"file": name, "kind": metric, "model": model,
                          "title": f"{display_name(model)}: {metric}"})
     cells = {(display_name(m), v): (grid[(m, v)].eval["confusion_matrix"] if grid[(m, v)].eval is not None
@@ -410,6 +427,8 @@ def cell_lines(run: Run) -> list[str]:
              f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
     if n.get("evaluation_note"):
         lines.append(n["evaluation_note"])
+    if n.get("own_majority"):
+        lines.append(majority_text(n))
     if run.status != "done":
         lines.append(standing_text(run))
     if "best_selection_accuracy" in n:
