@@ -348,8 +348,8 @@ def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = Fa
                 row += [""] * (len(columns) - len(row) - 1) + [res["errors"][i]]
             else:
                 probs, grade = res["probs"][i], int(res["grades"][i])
-                row += [grade, *[f"{v:.6f}" for v in probs], int(grade >= REFERABLE),
-                        f"{probs[REFERABLE:].sum():.6f}", f"{res['scores'][i]:.6f}",
+                row += [grade, *[f"{v:.6g}" for v in probs], int(grade >= REFERABLE),
+                        f"{probs[REFERABLE:].sum():.6g}", f"{res['scores'][i]:.6g}",
                         *([res["heatmaps"][i]] if with_heatmaps else []), ""]
             w.writerow(row)
 
