@@ -384,7 +384,13 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         raise ExperimentError(f"{exp.file}: data: {data} not found; set data: to the dataset folder (or pass "
                               "--data), or add synth: to generate a synthetic one there")
     exp.dir.mkdir(parents=True, exist_ok=True)
-    parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
+    fresh = [c.dir for c in exp.cells if not c.dir.exists()]
+    try:
+        parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
+    except ExperimentError:  # the cell.yaml files written so far go: a refused file leaves no cells behind
+        for folder in fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     status_file = exp.dir / "experiment.json"
     recorded = _recorded_cells(status_file)
     last = {name: {k: entry[k] for k in ("status", "reason", "seconds") if k in entry}
