@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from retinopathy.evaluation.metrics import full_metrics
+from retinopathy.evaluation.metrics import full_metrics, referable_auc
 
 
 def test_grades_without_images_or_predictions():
@@ -57,3 +57,11 @@ def test_bootstrap_interval_is_95_percent():
     ci = bootstrap_ci(y, np.tile([0, 1], 200), None, n=2000)
     assert ci["level"] == 0.95 and 0.09 < ci["accuracy"][1] - ci["accuracy"][0] < 0.106
     assert ci["accuracy"][0] < 0.5 < ci["accuracy"][1]
+
+
+def test_referable_auc_ranks_grade_2_and_up_by_their_summed_probabilities():
+    """Referable DR is grade 2 (moderate) or worse, scored by P(2) + P(3) + P(4) (0.3, 0.7 and 0.4 here)."""
+    probs = [[0.1, 0.6, 0.1, 0.0, 0.2], [0.2, 0.1, 0.6, 0.0, 0.1], [0.3, 0.3, 0.2, 0.2, 0.0]]
+    assert referable_auc([1, 2, 3], probs) == 1.0  # 0.3 against 0.7 and 0.4 (grade 3 alone: 0.5; P(3+P4): 0.25)
+    assert referable_auc([2, 1, 0], probs) == 0.0  # 0.3 against 0.7 and 0.4, the other way round
+    assert referable_auc([0, 1, 1], probs) is None  # no referable eye: no AUC

@@ -107,6 +107,11 @@ def test_class_weights_favour_rare_grades():
     for kind in ("inverse", "effective"):
         w = class_weights([700, 70, 150, 25, 20], kind)
         assert w[4] > w[2] > w[0] and w.mean() == pytest.approx(1.0)
+    counts = np.array([700, 70, 150, 25, 20])
+    inverse = counts.sum() / (5 * counts)
+    effective = (1 - 0.999) / (1 - 0.999 ** counts)  # Cui et al.: milder than inverse for the common grade
+    assert class_weights(counts, "inverse").numpy() == pytest.approx(inverse / inverse.mean(), rel=1e-6)
+    assert class_weights(counts, "effective").numpy() == pytest.approx(effective / effective.mean(), rel=1e-6)
     assert class_weights([1, 1, 1, 1, 1], "none") is None
 
 
