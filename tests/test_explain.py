@@ -190,8 +190,15 @@ def test_predict_cam_writes_one_png_per_image(tmp_path):
     assert sorted(p.name for p in cams.iterdir()) == sorted(f"{n}.png" for n in rows)
     for name, row in rows.items():
         assert row["predicted_grade"] == ("0" if name == "healthy" else "4")
-        with Image.open(row["heatmap"]) as png:
-            assert png.format == "PNG" and png.size == (SIZE, SIZE) and png.mode == "RGB"
+        with Image.open(row["heatmap"]) as png:  # the image seen, enlarged to 256 px, beside the heatmap; a caption
+            assert png.format == "PNG" and png.mode == "RGB" and png.width == 2 * 256 + 6 and png.height > 256 + 30
+            pixels = np.asarray(png, dtype=float)
+        assert (pixels[256:] < 100).any()  # caption text under the pictures
+        if name in QUADRANTS:  # the file's heat lies on the blob: the overlay differs most from the photo there
+            coloured = np.abs(pixels[:256, 256 + 6:] - pixels[:256, :256]).sum(2)
+            quarter = {q: coloured[4 * y - 64:4 * y + 64, 4 * x - 64:4 * x + 64].mean()
+                       for q, (x, y) in QUADRANTS.items()}
+            assert max(quarter, key=quarter.get) == name
 
 
 def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, capsys):

@@ -20,7 +20,7 @@ import matplotlib
 import numpy as np
 import torch
 from captum.attr import LayerAttribution, LayerGradCam
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from ..atomic import replacing
@@ -105,8 +105,40 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, alpha: float = 0.6) -> Imag
     return Image.fromarray((blend * 255 + 0.5).clip(0, 255).astype(np.uint8), "RGB")
 
 
-def save_overlay(image: torch.Tensor, heat: torch.Tensor, path: Path) -> Path:
-    """Write :func:`overlay` as a PNG, atomically; returns ``path``."""
+PANEL = 256  # the smallest side of each picture in a heatmap file (a 64 px input is shown 4 times larger)
+
+
+def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, caption: list[str]) -> Image.Image:
+    """The image the model saw beside the same with the heatmap (:func:`overlay`), each enlarged to at least
+    :data:`PANEL` px, above the ``caption`` lines and a colour key: the heat is scaled to this image's peak."""
+    seen = Image.fromarray(image.permute(1, 2, 0).cpu().numpy().astype(np.uint8), "RGB")
+    scale = max(1, -(-PANEL // min(seen.size)))
+    size = (seen.width * scale, seen.height * scale)
+    panels = [p.resize(size, Image.Resampling.BILINEAR) for p in (seen, overlay(image, heat))]
+    font = ImageFont.load_default(size=13)
+    line, pad, gap = 18, 8, 6
+    width = 2 * size[0] + gap
+    key = [] if not heat.any() else ["colour: none", "strongest in this image"]
+    figure = Image.new("RGB", (width, size[1] + pad + line * (len(caption) + bool(key)) + pad), "white")
+    for i, panel in enumerate(panels):
+        figure.paste(panel, (i * (size[0] + gap), 0))
+    draw = ImageDraw.Draw(figure)
+    y = size[1] + pad
+    for text in caption:
+        draw.text((pad, y), text, fill="black", font=font)
+        y += line
+    if key:  # the jet scale between its two ends
+        left = pad + draw.textlength(key[0] + " ", font=font)
+        right = width - pad - draw.textlength(" " + key[1], font=font)
+        bar = (matplotlib.colormaps["jet"](np.linspace(0, 1, max(2, int(right - left))))[:, :3] * 255).astype(np.uint8)
+        figure.paste(Image.fromarray(np.repeat(bar[None], line - 6, axis=0), "RGB"), (int(left), y + 3))
+        draw.text((pad, y), key[0], fill="black", font=font)
+        draw.text((right + draw.textlength(" ", font=font), y), key[1], fill="black", font=font)
+    return figure
+
+
+def save_heatmap(image: torch.Tensor, heat: torch.Tensor, caption: list[str], path: Path) -> Path:
+    """Write :func:`heatmap_figure` as a PNG, atomically; returns ``path``."""
     with replacing(path, "wb") as f:
-        overlay(image, heat).save(f, format="PNG")
+        heatmap_figure(image, heat, caption).save(f, format="PNG")
     return path

@@ -53,7 +53,7 @@ from ..models.restore import restore
 from ..progress import progress_bar
 from ..training.checkpoint import CheckpointError, run_checkpoints, run_folder
 from ..training.engine import autocast, to_device
-from ..training.train import inference_settings, pick_device
+from ..training.train import GRADE_NAMES, inference_settings, pick_device
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
 
@@ -311,7 +311,7 @@ def grad_cam(model, objective, prep):
 def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, channels_last, progress) -> None:
     """A second pass, once the grades are final (after eye blending): a Grad-CAM overlay PNG per graded image,
     of the grade in its row (classification) or of the score (regression, ordinal)."""
-    from .explain import save_overlay
+    from .explain import save_heatmap
 
     names = _heatmap_names(items)
     cam_dir.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,14 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
         for i, image, heat in zip(idx, images, cam(x, targets)):
             if res["grades"][i] < 0:
                 continue
-            res["heatmaps"][i] = str(save_overlay(image, heat, cam_dir / names[i]))
+            grade = int(res["grades"][i])
+            explained = f"grade {grade}'s output" if cam.by_grade else "the severity score"
+            said = [f"{items[i].image}: grade {grade} ({GRADE_NAMES[grade]})"
+                    + ("" if cam.by_grade else f", severity score {res['scores'][i]:.2f}"),
+                    f"left: the image the model saw; right: where it raises {explained} (Grad-CAM)"]
+            if not heat.any():
+                said.append("blank: no region raises it (or every region alike)")
+            res["heatmaps"][i] = str(save_heatmap(image, heat, said, cam_dir / names[i]))
             if not heat.any():
                 empty.append(names[i])
     if empty:
