@@ -63,7 +63,8 @@ def check_metadata(out, checkpoint):
     meta = json.loads((out.parent / (out.name + ".json")).read_text())
     _, objective, prep, _ = restore(checkpoint)
     assert Preprocessing.from_dict(meta["preprocessing"]) == prep
-    assert meta["objective"] == "classification" and meta["thresholds"] == objective.thresholds
+    assert meta["objective"] == "classification" and "thresholds" not in meta  # argmax: no thresholds to misuse
+    assert meta["preprocessing"]["definitions"] == {}  # torchvision's steps only
     assert meta["blend_eyes"]["weight"] == 0.0  # trained without eye blending
     assert meta["class_names"][4] == "proliferative" and meta["input"]["shape"] == ["batch", 3, SIZE, SIZE]
     assert meta["parity"]["max_abs_diff"] < 1e-3
@@ -91,6 +92,10 @@ def test_metadata_is_the_checkpoints_own(tmp_path):
     assert meta["blend_eyes"]["weight"] == 0.4 and meta["output"]["shape"] == ["batch", 1]
     assert (meta["preprocessing"]["mean"], meta["preprocessing"]["std"]) == ([0.4, 0.5, 0.6], [0.2, 0.1, 0.3])
     assert meta["preprocessing"]["preset"] == "graham" and meta["output"]["grade"].startswith("the number of thr")
+    graham = meta["preprocessing"]["definitions"]["GrahamNormalize"]  # the project's own steps, written out
+    assert "4*img - 4*GaussianBlur(img, sigma) + 128" in graham and "sigma_fraction=0.03333333333333333" in " ".join(
+        meta["preprocessing"]["steps"]) and "FovCrop" in meta["preprocessing"]["definitions"]
+    assert meta["blend_eyes"]["meaning"].startswith("before the thresholds, ")
 
 
 @pytest.mark.shared_data

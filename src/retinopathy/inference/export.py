@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import io
 import json
 import math
@@ -243,20 +244,24 @@ def main(args) -> dict:
         if not diff < args.tolerance:
             raise ExportError(f"parity check failed: max |logit difference| {diff:.3g} >= {args.tolerance:g}; "
                               f"{out} was not written")
-        info = ckpt["model_info"]
+        info, steps = ckpt["model_info"], geometry(prep)
+        own_steps = {type(t).__name__: " ".join(inspect.getdoc(t).split()) for t in steps  # not torchvision's
+                     if type(t).__module__.startswith("retinopathy.")}
         meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model_file": out.name,
                 "model_format": args.format, "exporter": exporter,
                 **({"opset": opset} if opset is not None else {}),
                 "input": {"name": "input", "shape": ["batch", 3, prep.size, prep.size], "dtype": "float32",
                           "layout": "NCHW, RGB", "normalisation": "(pixel / 255 - mean) / std"},
                 "output": {"name": "logits", "shape": ["batch", objective.outputs], **objective.describe()},
-                "preprocessing": {**prep.to_dict(), "decode": DECODE, "steps": [repr(t) for t in geometry(prep)]},
+                "preprocessing": {**prep.to_dict(), "decode": DECODE, "steps": [repr(t) for t in steps],
+                                  "definitions": own_steps},
                 "objective": objective.name,
-                "decision": objective.decision, "thresholds": list(objective.thresholds),
+                "decision": objective.decision,
+                **({"thresholds": list(objective.thresholds)} if objective.decision == "thresholds" else {}),
                 "class_names": list(info.get("class_names", [])),
                 "blend_eyes": {"weight": info.get("blend_eyes", 0.0),
-                               "meaning": "before the thresholds, each eye's score (and probabilities) = "
-                                          "(1 - weight) * its own + weight * the same patient's other eye's"},
+                               "meaning": f"before the {objective.decision}, each eye's score (and probabilities) "
+                                          "= (1 - weight) * its own + weight * the same patient's other eye's"},
                 "arch": info["arch"], "head": info["head"], "weights_origin": info.get("weights_origin"),
                 "checkpoint": str(Path(args.checkpoint).resolve()), "epoch": ckpt.get("epoch"),
                 "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,
