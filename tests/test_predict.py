@@ -159,6 +159,17 @@ def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tm
                  "--quiet"]) == 0
     assert "warning: 1 image(s) are nearly black (e.g. dark)" in capsys.readouterr().err
     assert len(read_rows(tmp_path / "p.csv")) == 2
+    photo = np.asarray(Image.open(folder / "real.jpeg"))
+    Image.fromarray((photo // 4).astype(np.uint8)).save(folder / "dim.png")  # as 10-bit values read on 12 bits
+    Image.fromarray(photo).resize((16, 12)).save(folder / "tiny.png")
+    Image.fromarray(np.concatenate([photo] * 4, axis=1)).save(folder / "strip.jpeg")  # four photographs side by side
+    assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 1 image(s) are very dark (e.g. dim: its brightest 1 % reaches " in err
+    assert "warning: 1 image(s) are smaller than half the model's input (e.g. tiny: 16x12 px, enlarged to " in err
+    assert "warning: 1 image(s) are far from the shape of a photograph of the eye (e.g. strip: its sides " in err
+    assert len(read_rows(tmp_path / "p.csv")) == 5 and "real" not in err  # graded all the same; the photo is fine
 
 
 def test_unreadable_images_are_listed_and_the_rest_graded(checkpoint, real, tmp_path):

@@ -20,6 +20,7 @@ from ..errors import RetinopathyError
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 EMPTY = "empty file (0 bytes); replace it, or remove it (and its labels row)"
 BLANK_LEVEL = 8  # an image whose brightest 1 % of pixels stay below this (of 255) shows no retina
+DIM_LEVEL = 40  # ... below this, a retina too dark to trust (real photographs: 87 and up, see brightest())
 
 
 class ImageError(RetinopathyError, OSError):
@@ -104,6 +105,15 @@ def brightest(img: Image.Image) -> float:
     """How bright (0-255) the brightest 1 % of ``img``'s pixels are: below :data:`BLANK_LEVEL` there is no retina
     to grade (real photographs: 87 and up, measured on fundus-real and eyepacs-256)."""
     return float(np.percentile(np.asarray(img.convert("L")), 99))
+
+
+def doubt(img: Image.Image, size: int) -> str:
+    """Why a grade of ``img`` (decoded for a model input of ``size`` px) would be doubtful, or '': ``black`` (no
+    retina), ``dark``, ``small`` (enlarged more than twice) or ``narrow`` (sides more than 2:1; photographs are
+    about 3:2)."""
+    level = brightest(img)
+    return ("black" if level < BLANK_LEVEL else "dark" if level < DIM_LEVEL else
+            "small" if 2 * min(img.size) < size else "narrow" if max(img.size) > 2 * min(img.size) else "")
 
 
 def _refuse_unreadable(path: Path, e: Exception) -> None:

@@ -43,7 +43,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import base_name, detect_format, patient_of, without_extension
-from ..data.images import BLANK_LEVEL, IMAGE_EXTENSIONS, brightest, image_files, index_images
+from ..data.images import IMAGE_EXTENSIONS, brightest, doubt, image_files, index_images
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
@@ -182,8 +182,8 @@ def _once(items: list[Item]) -> list[Item]:
 
 
 class ImageItems(Dataset):
-    """``(uint8 tensor or None, index, error, nearly black)`` per item: an unreadable image is reported, not
-    raised."""
+    """``(uint8 tensor or None, index, error, doubt)`` per item (:func:`~retinopathy.data.images.doubt`): an
+    unreadable image is reported, not raised."""
 
     def __init__(self, items: list[Item], prep):
         self.items, self.size = items, prep.size
@@ -195,21 +195,33 @@ class ImageItems(Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         if item.error:
-            return None, index, item.error, False
+            return None, index, item.error, ""
         try:
             image = open_image(item.path, self.size)
         except ImageError as e:
-            return None, index, e.reason, False
-        return self.transform(image), index, "", brightest(image) < BLANK_LEVEL
+            return None, index, e.reason, ""
+        why = doubt(image, self.size)
+        return self.transform(image), index, "", why and f"{why}|{image.width}x{image.height}|{brightest(image):.0f}"
 
 
 def collate(batch):
-    """(stacked good images or None, their indices, [(index, reason)] of the failed ones, indices of nearly
-    black ones)."""
+    """(stacked good images or None, their indices, [(index, reason)] of the failed ones, [(index, doubt)] of
+    those whose grades are doubtful)."""
     good = [(x, i) for x, i, err, _ in batch if not err]
     images = torch.stack([x for x, _ in good]) if good else None
     return (images, [i for _, i in good], [(i, err) for _, i, err, _ in batch if err],
-            [i for _, i, _, black in batch if black])
+            [(i, why) for _, i, _, why in batch if why])
+
+
+DOUBTS = {"black": "are nearly black (e.g. {name}): no retina to grade, so their grades mean nothing; check those "
+                   "photographs",
+          "dark": "are very dark (e.g. {name}: its brightest 1 % reaches {level} of 255; photographs reach 87 and up): "
+                  "under-exposed, or 10- or 12-bit values stored in a 16-bit file, read on the 16-bit scale; their "
+                  "grades are doubtful",
+          "small": "are smaller than half the model's input (e.g. {name}: {size} px, enlarged to {input} px): too "
+                   "little detail for their grades to mean much",
+          "narrow": "are far from the shape of a photograph of the eye (e.g. {name}: its sides {ratio}): the "
+                    "preprocessing keeps a square of them, so much of each is not seen"}
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -263,9 +275,14 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     n = len(items)
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
            "errors": [item.error for item in items], "heatmaps": [""] * n}
-    black = []
-    for images, idx, failed, dark in progress_bar(loader, enabled=progress, desc="predict", unit="batch", leave=False):
-        black += [items[i].image for i in dark]
+    doubtful: dict[str, list] = {kind: [] for kind in DOUBTS}
+    for images, idx, failed, doubts in progress_bar(loader, enabled=progress, desc="predict", unit="batch",
+                                                    leave=False):
+        for i, why in doubts:
+            kind, size, level = why.split("|")
+            sides = sorted(map(int, size.split("x")))
+            doubtful[kind].append({"name": items[i].image, "size": size, "level": level, "input": prep.size,
+                                   "ratio": f"{sides[1] / sides[0]:.1f}:1"})
         for i, reason in failed:
             res["errors"][i] = reason
         if images is None:
@@ -278,9 +295,9 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         for i in np.asarray(idx)[broken]:
             res["errors"][i] = NON_FINITE
         res["probs"][idx], res["scores"][idx], res["grades"][idx] = probs, scores, grades
-    if black:
-        print(f"warning: {len(black)} image(s) are nearly black (e.g. {black[0]}): no retina to grade, so their "
-              "grades mean nothing; check those photographs", file=sys.stderr)
+    for kind, found in doubtful.items():
+        if found:
+            print(f"warning: {len(found)} image(s) " + DOUBTS[kind].format(**found[0]), file=sys.stderr)
     graded = np.flatnonzero(res["grades"] >= 0)
     if blend and len(graded):
         patients = [items[i].patient or patient_of(items[i].image) for i in graded]
