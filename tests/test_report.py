@@ -460,6 +460,13 @@ def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed
         "0 (n=2)", "1 (n=1)", "2 (n=2)", "3 (n=0)", "4 (n=0)"]
 
 
+def test_fine_tuning_starts_are_told_apart(tmp_path, closed_figures):
+    series = [{**s, "freeze_epochs": fe} for s, fe in zip(fake_series(3), (1, 2, 2))]
+    figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "a.png")
+    notes = sorted(t.get_text() for t in closed_figures[0].axes[0].texts)
+    assert notes == ["fine-tuning starts (1 epoch frozen)", "fine-tuning starts (2 epochs frozen)"]
+
+
 def test_a_diverged_run_does_not_flatten_the_others_losses(tmp_path, closed_figures):
     series = fake_series(3)
     series[0]["rows"][2]["test_loss"] = 930.0  # one run's loss exploded at one epoch

@@ -21,9 +21,10 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from ..data.formats import GRADES  # noqa: E402
 from ..models.objectives import loss_name  # noqa: E402
+from .html import epochs_text  # noqa: E402
 
 BLUE, ORANGE = "#0072B2", "#E69F00"
-OTHERS = ["#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+OTHERS = ["#009E73", "#CC79A7", "#D55E00", "#000000", "#56B4E9", "#F0E442"]  # sky blue and yellow (faint) last
 DPI = 110
 CURVE_SIZE = (7.0, 4.4)  # inches, one panel, without the legend below
 CONFUSION_CELL = (3.5, 3.3)  # inches per matrix
@@ -107,10 +108,12 @@ def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[
             values = [r.get(f"{split}_{metric}") for r in s["rows"]]
             ax.plot(epochs, [np.nan if v is None else v for v in values], SPLITS[split], color=s["colour"],
                     marker=markers[s["label"]], markersize=5, linewidth=2, alpha=0.85)
-    for fe in sorted({s["freeze_epochs"] for s in series if s["freeze_epochs"]}):
+    starts = sorted({s["freeze_epochs"] for s in series if s["freeze_epochs"]})
+    for fe in starts:
         ax.axvline(fe + 0.5, color="#555555", linestyle=":", linewidth=1.2)
-        ax.annotate("fine-tuning starts", (fe + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -4),
-                    textcoords="offset points", va="top", fontsize=8.5, color="#333333")
+        ax.annotate("fine-tuning starts" + (f" ({epochs_text(fe)} frozen)" if len(starts) > 1 else ""),
+                    (fe + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -4), textcoords="offset points",
+                    va="top", fontsize=8.5, color="#333333")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
 
