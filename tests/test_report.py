@@ -205,6 +205,10 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert main(["report", str(stale), "--out", str(tmp_path / "r4")]) == 0
     page = (tmp_path / "r4" / "index.html").read_text()
     assert 'data-status="not evaluated"' in page and f"best.pt is now epoch {metrics['epoch'] + 1}" in page
+    (stale / "eval" / "metrics.json").write_text(json.dumps({**metrics, "epoch": metrics["epoch"] + 1,
+                                                             "checkpoint_id": None}))  # best.pt put back by hand
+    assert main(["report", str(stale), "--out", str(tmp_path / "r4")]) == 0
+    assert "best.pt was replaced since by an earlier epoch's, " in (tmp_path / "r4" / "report.md").read_text()
     resaved = tmp_path / "resaved"  # the same epoch's best.pt saved again (thresholds retuned, or another run)
     shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", resaved)
     best = resaved / "checkpoints" / "best.pt"

@@ -156,8 +156,9 @@ def load_run(run: Path, name: str | None = None) -> Run:
             status, reason, ev = "not evaluated", (f"{metrics_file} is {evaluated} on the {ev.get('split')} split, "
                                                    f"not best.pt on test; {command}"), None
         elif ev is not None and best_ckpt is not None and not same_checkpoint(ev, best_ckpt):
-            since = ("training went on and best.pt is now epoch " if ev.get("epoch") != best_ckpt["epoch"] else
-                     "best.pt was saved again since (retuned thresholds, or another run in this folder), epoch ")
+            since = ("training went on and best.pt is now epoch " if ev.get("epoch", -1) < best_ckpt["epoch"] else
+                     "best.pt was replaced since by an earlier epoch's, " if ev.get("epoch", -1) > best_ckpt["epoch"]
+                     else "best.pt was saved again since (retuned thresholds, or another run in this folder), epoch ")
             status, reason, ev = "not evaluated", (f"{metrics_file} evaluated the best.pt of epoch "
                                                    f"{ev.get('epoch', -1) + 1}; {since}{best_ckpt['epoch'] + 1}: "
                                                    f"{command}"), None
