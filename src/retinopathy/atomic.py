@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
 import re
 import stat
@@ -68,6 +69,11 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (values JSON does not know, such as paths, as text)."""
+    write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
 def check_writable(folder: str | os.PathLike) -> None:
     """Raise now (an OSError naming the path) if files cannot be written in ``folder`` once it is made, so that a
     command stops before its work, not after it. Creates nothing: a command that fails later leaves no folder."""
@@ -90,8 +96,8 @@ MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx
 def exclusive(folder: str | os.PathLike, doing: str):
     """Hold ``folder``'s ``.lock`` for the block: a second command that would write the same folder at the same time
     (two trainings, or a resume of a run still training) stops at once instead of mixing their files. ``flock``: the
-    lock goes with its process, however that ends; the file is never written, so it changes no folder's contents.
-    A folder this made and that holds nothing else afterwards is removed again."""
+    lock goes with its process, however that ends. The empty ``.lock`` stays, and is never written, so a finished
+    folder's files stay as they were; a folder this made and that holds nothing else afterwards is removed again."""
     folder = Path(folder)
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)

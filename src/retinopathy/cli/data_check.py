@@ -1,12 +1,10 @@
 """``retinopathy data check DATA``."""
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
-from ..atomic import check_output_file, refuse_replacing, write_text
-from ..data import DataError, load_catalog
+from ..atomic import check_output_file, refuse_replacing, write_json
+from ..data import load_catalog
 from ..data.check import check_catalog, format_report
 from .common import add_data_arguments, at_least, catalog_options, show_defaults
 
@@ -30,16 +28,12 @@ def add_parser(sub, text: str) -> None:
 
 def run(args) -> int:
     check_output_file(args.json, "--json", "data_check.json")  # before the work, not after it
-    try:
-        catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))  # a DataError: exit 2
     refuse_replacing(args.json, "--json", [*catalog.labels, *(s.path for s in catalog.samples)])
     report = check_catalog(catalog, stats=args.stats, workers=args.workers, progress=not args.quiet,
                            images=not args.no_images)
     print(format_report(report))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    write_text(args.json, json.dumps(report, indent=2))
+    write_json(args.json, report)
     print(f"\nreport written to {args.json}")
     return 1 if report["problems"] else 0

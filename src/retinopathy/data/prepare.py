@@ -52,7 +52,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .. import __version__
-from ..atomic import sibling, write_text
+from ..atomic import sibling, write_json
 from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
 from ..errors import RetinopathyError
 from ..progress import progress_bar
@@ -143,10 +143,6 @@ def _stale_copies(out: Path, targets: dict) -> list[Problem]:
     return problems
 
 
-def _write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
     if catalog.format == "folders":  # the grade folders are the labels; all five make the format detectable
         for folder in catalog.labels:
@@ -218,7 +214,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     manifest = {"source": settings["source"], "out": str(out.resolve()), "size": size, "crop": crop,
                 "settings": settings, "read_options": _out_read_options(read_options, catalog, out),
                 "complete": False, "started": started_at, "retinopathy": __version__}
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     labels = _copy_labels(catalog, out)
 
     problems: list[Problem] = list(catalog.problems)
@@ -276,7 +272,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
                 "already_there": skipped, "problems": len(problems)},
         problems=[p.to_dict() for p in problems], seconds=round(seconds, 3), workers=workers,
         images_per_s=round(written / seconds, 2) if written else 0.0)
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import sys
 import warnings
@@ -21,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from ..atomic import check_writable, replacing, write_text  # noqa: E402
+from ..atomic import check_writable, replacing, write_json  # noqa: E402
 from ..cli.common import (  # noqa: E402
     READ_KEYS,
     add_amp_argument,
@@ -156,7 +155,7 @@ def main(args) -> dict:
                     "training_images": trained_on(run_folder(checkpoint) / "split.csv",
                                                   [(s.image, s.label) for s in dataset.samples])})
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    write_json(out / "metrics.json", metrics)
     try:
         write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
     except OSError as e:  # e.g. a checkpoint in a read-only folder

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import exclusive, write_text
+from ..atomic import exclusive, write_json, write_text
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
@@ -227,10 +227,6 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
 
 
 # ---------------------------------------------------------------------------------------------- cells
-def _write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=str))
-
-
 def retune_pending(run: Path, args: argparse.Namespace) -> bool:
     """Whether ``--threshold-data train+selection``'s retune of best.pt, after the last epoch, did not happen
     (interrupted): ``train --resume`` of the finished run does it."""
@@ -403,7 +399,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         d = exp.dir / str(entry.get("dir", name))
         if name not in status["cells"] and ((d / "config.yaml").exists() or (d / "SKIPPED.json").exists()):
             status["cells"][name] = entry
-    _write_json(status_file, status)
+    write_json(status_file, status)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):
         tag = f"[{i}/{len(exp.cells)}] {cell.name}:"
@@ -411,7 +407,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         t0, kept, untouched = time.perf_counter(), entry.get("seconds"), False  # kept: the time its work took
         entry.update(status="incomplete", reason="its turn began and has not ended (interrupted?): run the "
                      "experiment again to finish it")  # not an earlier run's status, if this one is cut short
-        _write_json(status_file, status)
+        write_json(status_file, status)
         try:
             result = run_cell(cell, parsed[cell.name], exp, quiet, tag)
             untouched = result.pop("untouched", False)
@@ -420,14 +416,14 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         except WeightsUnavailable as e:
             reason = str(e)
             entry.update(status="skipped", reason=reason)
-            _write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
+            write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
                                                     "train": train_config.plain_options(vars(parsed[cell.name]))})
             print(f"{tag} skipped - {str(e).splitlines()[0]}", flush=True)
         except (RetinopathyError, RuntimeError) as e:  # this cell's (data, weights, divergence, memory)
             entry.update(status="failed", reason=str(e))
             print(f"{tag} failed - {e}", file=sys.stderr, flush=True)
         entry["seconds"] = kept if untouched and kept is not None else round(time.perf_counter() - t0, 1)
-        _write_json(status_file, status)
+        write_json(status_file, status)
         if entry["status"] == "done":
             print(f"{tag} test accuracy {entry['test_accuracy']:.3f} (majority class {entry['majority_accuracy']:.3f})"
                   f", kappa {entry['kappa']:.3f}, macro-F1 {entry['macro_f1']:.3f}", flush=True)

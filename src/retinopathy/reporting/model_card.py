@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from .. import __version__
-from ..atomic import write_text
+from ..atomic import write_json, write_text
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.synth import is_synthetic
 from ..evaluation.metrics import GRADES, no_better_than_majority
@@ -316,7 +316,7 @@ def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval
         key = f"{file.name}|{record['split']}|{record['data']}" + (
             f"|blend {record['blend_eyes']:g}" if other_blend else "")
         store["evaluations"][key] = record
-        write_text(folder / STORE, json.dumps(store, indent=2))
+        write_json(folder / STORE, store)
     card = folder / CARD
     write_text(card, render(card_ckpt, described.name, config or {}, history, store, run))
     return card

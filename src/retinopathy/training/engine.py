@@ -144,7 +144,8 @@ def evaluate(model, objective, loader, device, normalize, *, amp="none", channel
              dist: DistInfo = DistInfo(), progress=True, desc="eval") -> dict:
     """Predict every sample of ``loader.dataset`` once (also across processes) and gather the results.
 
-    Returns arrays in dataset order: ``labels``, ``outputs`` (raw), ``probs``, ``scores``, and mean ``loss``.
+    Returns arrays in dataset order: ``labels``, ``outputs`` (raw), ``probs``, ``scores``, ``preds`` (grades by the
+    objective's decision), and mean ``loss``.
     """
     model.eval()
     outputs, labels, loss_sum = [], [], 0.0
