@@ -629,3 +629,11 @@ def test_a_run_that_changes_its_preset_says_what_it_changed():
     assert _preset_text({**lab, "model": "resnet50", "batch_size": 6}) == ", preset lab"  # the lab's for resnet50
     assert _preset_text({**lab, "model": "resnet50", "batch_size": 12}) == ", preset lab with batch_size changed"
     assert _preset_text({**lab, "model": "resnet18", "batch_size": 32}) == ", preset lab with batch_size changed"
+
+
+def test_missing_numbers_read_alike_everywhere():
+    """None and NaN (an undefined kappa, a metrics.json edited by hand) print as the same mark, never 'nan'."""
+    from retinopathy.reporting.html import number
+
+    assert [number(v) for v in (None, float("nan"), 0.25)] == ["-", "-", "0.250"]
+    assert number(float("nan"), none="n/a") == "n/a"

@@ -80,8 +80,9 @@ def _img(path: Path, alt: str, cls: str = "") -> str:
     return f'<img{f" class={cls!r}" if cls else ""} alt="{escape(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _f(v, digits: int = 3, none: str = "-") -> str:
-    return none if v is None else f"{v:.{digits}f}"
+def number(v, digits: int = 3, none: str = "-") -> str:
+    """``v`` with ``digits`` decimals, or ``none`` where there is no number (None, or NaN)."""
+    return none if v is None or v != v else f"{v:.{digits}f}"
 
 
 def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
@@ -92,17 +93,17 @@ def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
     for g in GRADES:
         pg = evaluation["per_grade"][str(g)]
         never = (evaluation.get("predicted_counts") or [None] * len(GRADES))[g] == 0
-        precision = "n/a" if never else _f(pg["precision"], 2, "n/a")
+        precision = "n/a" if never else number(pg["precision"], 2, "n/a")
         if not pg["support"]:
             parts.append(("n/a" if precision == "n/a" else f"n/a / {precision}", "0 images"))
         else:
-            parts.append((f"{_f(pg['recall'], 2, 'n/a')} / {precision}", str(pg["support"])))
+            parts.append((f"{number(pg['recall'], 2, 'n/a')} / {precision}", str(pg["support"])))
     return parts
 
 
 def ci_text(ci) -> str:
     """' (95% CI lo to hi)', or nothing when there is no interval."""
-    return f" (95% CI {_f(ci[0])} to {_f(ci[1])})" if ci else ""
+    return f" (95% CI {number(ci[0])} to {number(ci[1])})" if ci else ""
 
 
 def first_line(text: str) -> str:
@@ -137,7 +138,7 @@ def training_text(t: dict) -> str:
 
 def majority_text(n: dict) -> str:
     """A run's own baseline, for a cell beside runs tested on other test splits."""
-    return f"its test split: always answering grade {n['majority_grade']} scores {_f(n['majority_accuracy'])}"
+    return f"its test split: always answering grade {n['majority_grade']} scores {number(n['majority_accuracy'])}"
 
 
 def warning_text(n: dict) -> str:
@@ -146,7 +147,7 @@ def warning_text(n: dict) -> str:
     if n["kappa"] <= 0:
         return f"no better than always answering grade {n['majority_grade']}"
     return (f"accuracy not above always answering grade {n['majority_grade']} "
-            f"({_f(n['majority_accuracy'])}), although kappa > 0")
+            f"({number(n['majority_accuracy'])}), although kappa > 0")
 
 
 def results_cell(run) -> str:
@@ -165,10 +166,10 @@ def results_cell(run) -> str:
         return (f'<td class="cell missing" {data}><span class="status">{escape(run.status)}</span>'
                 f'<div class="reason">{escape(first)}{more}</div></td>')
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
-    parts = [f'<div class="big">{_f(n["test_accuracy"])}</div><div class="label">test accuracy'
+    parts = [f'<div class="big">{number(n["test_accuracy"])}</div><div class="label">test accuracy'
              f'{escape(ci_text(n.get("ci_accuracy")))}</div>',
-             f'<div class="pair">kappa <b>{_f(n["kappa"])}</b>{escape(ci_text(n.get("ci_kappa")))} &nbsp; '
-             f'macro-F1 <b>{_f(n["macro_f1"])}</b></div>',
+             f'<div class="pair">kappa <b>{number(n["kappa"])}</b>{escape(ci_text(n.get("ci_kappa")))} &nbsp; '
+             f'macro-F1 <b>{number(n["macro_f1"])}</b></div>',
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']
     if n.get("evaluation_note"):
         parts.append(f'<div class="badge">{escape(n["evaluation_note"])}</div>')
@@ -177,10 +178,10 @@ def results_cell(run) -> str:
     if run.status != "done":
         parts.append(f'<div class="badge">&#9888; {escape(standing_text(run))}</div>')
     if "best_selection_accuracy" in n:
-        parts.append(f'<div class="small">best {sel} accuracy {_f(n["best_selection_accuracy"])} '
+        parts.append(f'<div class="small">best {sel} accuracy {number(n["best_selection_accuracy"])} '
                      f'(epoch {n["best_selection_epoch"]})</div>')
     if "max_test_accuracy" in n:
-        parts.append(f'<div class="small lab">highest test accuracy over epochs {_f(n["max_test_accuracy"])} '
+        parts.append(f'<div class="small lab">highest test accuracy over epochs {number(n["max_test_accuracy"])} '
                      f'(epoch {n["max_test_epoch"]}) - the lab\'s number, optimistic'
                      + (f'; {escape(n["max_test_note"])}' if "max_test_note" in n else "") + '</div>')
     if n.get("warning"):
@@ -200,7 +201,7 @@ def results_table(ctx: dict) -> str:
                         for v in ctx["variants"])
         majors = sorted({r.numbers["majority_accuracy"] for r in ctx["runs"] if r.model == m and r.eval is not None})
         grade = next((r.numbers["majority_grade"] for r in ctx["runs"] if r.model == m and r.eval is not None), None)
-        base = " / ".join(_f(x) for x in majors) or "-"
+        base = " / ".join(number(x) for x in majors) or "-"
         rows.append(f'<tr data-model="{_attr(m)}"><th>{escape(display_name(m))}</th>{cells}'
                     f'<td class="majority" data-majority-accuracy="{_attr(majors[0] if majors else None)}">'
                     f'<div class="baseline">{base}</div><div class="label">'
@@ -232,7 +233,7 @@ def grades_table(runs) -> str:
             continue
         cells = "".join(f"<td>{values} <span class='label'>({n})</span></td>" for values, n in grade_parts(r.eval))
         rows.append(f'<tr data-run="{_attr(r.name)}"><td><span class="swatch" style="background:{r.colour}"></span>'
-                    f"{escape(r.name)}</td>{cells}<td>{_f(r.eval.get('referable_auc'))}</td></tr>")
+                    f"{escape(r.name)}</td>{cells}<td>{number(r.eval.get('referable_auc'))}</td></tr>")
     return (f'<table class="grades" id="per-grade"><thead><tr><th>Run</th>{head}<th>Referable-DR AUC</th></tr>'
             f'</thead><tbody>{"".join(rows)}</tbody></table>')
 

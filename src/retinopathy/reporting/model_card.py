@@ -25,7 +25,7 @@ from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, run_folder, same_checkpoint
-from .html import training_text
+from .html import number, training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",
@@ -47,7 +47,7 @@ def _read_store(path: Path) -> dict:
 
 
 def _fmt(v, digits: int = 3) -> str:
-    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+    return number(v, digits, none="n/a")
 
 
 def _ci(record: dict, key: str) -> str:

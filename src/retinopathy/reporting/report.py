@@ -32,8 +32,8 @@ from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
-from .html import (ci_text, epochs_text, first_line, grade_parts, majority_text, render_html, standing_text,
-                   training_text, warning_text)
+from .html import (ci_text, epochs_text, first_line, grade_parts, majority_text, number, render_html,
+                   standing_text, training_text, warning_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -413,18 +413,14 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
 
 
 # ------------------------------------------------------------------------------------------- markdown
-def fmt(v, digits: int = 3) -> str:
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def cell_lines(run: Run) -> list[str]:
     """The lines of one results-table cell in report.md."""
     n = run.numbers
     if run.eval is None:
         return [f"{run.status}: {first_line(run.reason)}" if run.reason.strip() else run.status]
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
-    lines = [f"test accuracy {fmt(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
-             f"kappa {fmt(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {fmt(n['macro_f1'])}",
+    lines = [f"test accuracy {number(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
+             f"kappa {number(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {number(n['macro_f1'])}",
              f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
     if n.get("evaluation_note"):
         lines.append(n["evaluation_note"])
@@ -433,9 +429,10 @@ def cell_lines(run: Run) -> list[str]:
     if run.status != "done":
         lines.append(standing_text(run))
     if "best_selection_accuracy" in n:
-        lines.append(f"best {sel} accuracy {fmt(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
+        lines.append(f"best {sel} accuracy {number(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
     if "max_test_accuracy" in n:
-        lines.append(f"highest test accuracy over epochs {fmt(n['max_test_accuracy'])} (epoch {n['max_test_epoch']}; "
+        lines.append(f"highest test accuracy over epochs {number(n['max_test_accuracy'])} "
+                     f"(epoch {n['max_test_epoch']}; "
                      "the lab's number, optimistic" + (f"; {n['max_test_note']})" if "max_test_note" in n else ")"))
     return lines
 
@@ -458,7 +455,7 @@ def render_markdown(ctx: dict) -> str:
             if r.numbers.get("warning"):
                 text += f"<br>**⚠ {warning_text(r.numbers)}**"
             cells.append(text.replace("|", "/"))
-        majors = sorted({fmt(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
+        majors = sorted({number(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {' / '.join(majors) or '-'} |")
     md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 (mean F1 over the grades that are in the test "
                 "split or predicted) are those of the selected checkpoint (best.pt) on the test split; the 95% "
@@ -469,13 +466,13 @@ def render_markdown(ctx: dict) -> str:
            "|---" * 13 + "|"]
     for r in runs:
         n = r.numbers
-        best = (f"{fmt(n['best_selection_accuracy'], 4)} ({n['best_selection_epoch']}, {n['selection_split']})"
+        best = (f"{number(n['best_selection_accuracy'], 4)} ({n['best_selection_epoch']}, {n['selection_split']})"
                 if "best_selection_accuracy" in n else "-")
-        top = f"{fmt(n['max_test_accuracy'], 4)} ({n['max_test_epoch']})" if "max_test_accuracy" in n else "-"
+        top = f"{number(n['max_test_accuracy'], 4)} ({n['max_test_epoch']})" if "max_test_accuracy" in n else "-"
         md.append(f"| {r.name} | {r.title} | {r.variant} | {r.status} | {n.get('selected_epoch', '-')} | "
-                  f"{fmt(n.get('test_accuracy'), 4)} | {fmt(n.get('kappa'), 4)} | {fmt(n.get('macro_f1'), 4)} | "
-                  f"{fmt(n.get('majority_accuracy'), 4)} | {fmt(n.get('referable_auc'), 4)} | {best} | {top} | "
-                  f"{fmt(n.get('seconds'), 0)} |")
+                  + " | ".join(number(n.get(k), 4) for k in ("test_accuracy", "kappa", "macro_f1", "majority_accuracy",
+                                                              "referable_auc"))
+                  + f" | {best} | {top} | {number(n.get('seconds'), 0)} |")
     md += ["", "## Figures", ""]
     for f in ctx["figures"]:
         md += [f"### {f['title']}", "", f"![{f['title']}]({f['file']})", ""]
@@ -485,7 +482,7 @@ def render_markdown(ctx: dict) -> str:
     for r in runs:
         if r.eval is not None:
             md.append(f"| {r.name} | " + " | ".join(f"{values} ({n})" for values, n in grade_parts(r.eval))
-                      + f" | {fmt(r.eval.get('referable_auc'))} |")
+                      + f" | {number(r.eval.get('referable_auc'))} |")
     md += ["", "n/a: no recall for a grade with no test images, no precision for a grade never predicted. Referable "
                "DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
            "## Runs", ""]
