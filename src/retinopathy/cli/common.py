@@ -5,7 +5,7 @@ import argparse
 import re
 
 from ..data.formats import FORMATS
-from ..data.splits import SPLIT_DEFAULTS
+from ..data.splits import split_option
 from ..models.objectives import check_blend_weight
 
 
@@ -127,10 +127,8 @@ def catalog_options(ns) -> dict:
     """Keyword arguments for :func:`retinopathy.data.load_catalog` from parsed options (or a config dict)."""
     get = ns.get if isinstance(ns, dict) else lambda k, d=None: getattr(ns, k, d)
     opts = {k: get(k) for k in READ_KEYS if get(k) is not None}
-    opts["val_fraction"] = get("val_fraction") if get("val_fraction") is not None else SPLIT_DEFAULTS["val_fraction"]
-    opts["test_fraction"] = (get("test_fraction") if get("test_fraction") is not None
-                             else SPLIT_DEFAULTS["test_fraction"])
-    opts["seed"] = get("split_seed") if get("split_seed") is not None else SPLIT_DEFAULTS["split_seed"]
+    opts.update(val_fraction=split_option(get, "val_fraction"), test_fraction=split_option(get, "test_fraction"),
+                seed=split_option(get, "split_seed"))
     if get("split_file"):
         opts["split_file"] = get("split_file")
     return opts

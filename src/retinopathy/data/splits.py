@@ -16,6 +16,12 @@ SPLITS = ("train", "val", "test", "all")
 SPLIT_DEFAULTS = {"val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0}  # when a run sets none
 
 
+def split_option(get, key: str):
+    """The split option ``key`` as a run set it (``get(key)``: None when it did not), else its default."""
+    value = get(key)
+    return SPLIT_DEFAULTS[key] if value is None else value
+
+
 class SplitError(RetinopathyError, ValueError):
     """Split fractions that leave no room for training."""
 

@@ -13,13 +13,14 @@ import csv
 import json
 import sys
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import yaml
 
 from .. import __version__
 from ..atomic import write_json, write_text
-from ..data.splits import SPLIT_DEFAULTS
+from ..data.splits import split_option
 from ..data.synth import is_synthetic
 from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
@@ -102,7 +103,7 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
 
 def _split_rule(config: dict) -> str:
     data, train = config.get("data", {}), config.get("train", {})
-    get = lambda k: train.get(k) if train.get(k) is not None else SPLIT_DEFAULTS[k]  # noqa: E731
+    get = partial(split_option, train.get)
     if train.get("split_file"):
         return f"read from `{train['split_file']}`"
     fmt, labels = data.get("format"), [Path(f).name for f in data.get("labels") or []]
