@@ -130,11 +130,8 @@ def format_report(report: dict) -> str:
     lines.append("")
     lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
     for p in problems:
-        lines.append(_problem_line(p))
+        lines.append(Problem(**p).listed())
     if report.get("warnings"):
-        lines += ["", f"{len(report['warnings'])} warning(s):"] + [_problem_line(p) for p in report["warnings"]]
+        lines += ["", f"{len(report['warnings'])} warning(s):"] + [Problem(**p).listed() for p in report["warnings"]]
     return "\n".join(lines)
 
-
-def _problem_line(p: dict) -> str:
-    return f"  [{p['kind']}] {Problem(**p)}"

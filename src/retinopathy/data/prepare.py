@@ -324,7 +324,7 @@ def main(args) -> dict:
           f"{c['already_there']:,} already there, {m['seconds']:.1f} s ({m['images_per_s']:.1f} images/s, "
           f"{m['workers']} workers); {c['problems']} problem(s); manifest {Path(args.out) / MANIFEST}")
     for p in m["problems"][:20]:
-        print(f"  [{p['kind']}] {Problem(**p)}", file=sys.stderr)
+        print(Problem(**p).listed(), file=sys.stderr)
     if len(m["problems"]) > 20:
         print(f"  ... and {len(m['problems']) - 20} more (all in the manifest)", file=sys.stderr)
     return m

@@ -23,6 +23,10 @@ class Problem:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def listed(self) -> str:
+        """The problem as a line of a list: ``  [kind] file:line: message``."""
+        return f"  [{self.kind}] {self}"
+
     @classmethod
     def bad_image(cls, sample, reason) -> Problem:
         """The image of ``sample`` (a labels row) cannot be used, for ``reason``."""
