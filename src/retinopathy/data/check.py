@@ -134,4 +134,3 @@ def format_report(report: dict) -> str:
     if report.get("warnings"):
         lines += ["", f"{len(report['warnings'])} warning(s):"] + [Problem(**p).listed() for p in report["warnings"]]
     return "\n".join(lines)
-
