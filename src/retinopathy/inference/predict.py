@@ -443,7 +443,7 @@ def main(args) -> dict:
               cam_dir=Path(args.cam) if args.cam else None, progress=progress)
     out = Path(args.out)
     write_csv(out, items, res, with_heatmaps=bool(args.cam))
-    print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam else ""))
+    print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam and any(res["heatmaps"]) else ""))
     seen = trained_on(run_folder(Path(args.checkpoint)) / "split.csv",
                       [(i.image, i.label) for i, g in zip(items, res["grades"]) if i.label is not None and g >= 0])
     if seen:
