@@ -238,3 +238,17 @@ def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, ca
                  "--workers", "0", "--quiet"]) == 0
     assert "1 image(s) without the patient's other eye (e.g. 7_left) are graded alone" in capsys.readouterr().err
 
+
+
+def test_heatmap_captions_fit_the_picture():
+    """A long file name is cut, a long sentence wrapped: no caption text runs off the right edge."""
+    from retinopathy.inference.explain import heatmap_figure
+
+    image, heat = torch.full((3, 40, 100), 120, dtype=torch.uint8), torch.rand(40, 100)
+    caption = ["x" * 200 + ": grade 4 (proliferative)", "left: the image the model saw; right: " + "where " * 40]
+    figure = np.asarray(heatmap_figure(image, heat, caption).convert("L"))
+    scale = -(-256 // 40)  # the short side enlarged to at least 256 px, by a whole factor
+    assert figure.shape[1] == 2 * 100 * scale + 6
+    text = figure[40 * scale:]
+    assert text[:, -6:].min() > 200  # nothing written into the right margin
+    assert (text < 100).any(1).sum() > 10 * 4  # several lines of text

@@ -95,6 +95,8 @@ def test_metadata_is_the_checkpoints_own(tmp_path):
     graham = meta["preprocessing"]["definitions"]["GrahamNormalize"]  # the project's own steps, written out
     assert "4*img - 4*GaussianBlur(img, sigma) + 128" in graham and "sigma_fraction=0.03333333333333333" in " ".join(
         meta["preprocessing"]["steps"]) and "FovCrop" in meta["preprocessing"]["definitions"]
+    assert "centred on the circle that find_fov fits" in meta["preprocessing"]["definitions"]["FovCrop"]  # no markup
+    assert meta["version"] == 2  # thresholds only for their decision
     assert meta["blend_eyes"]["meaning"].startswith("before the thresholds, ")
 
 
@@ -139,6 +141,7 @@ def test_a_failed_first_exporter_removes_only_what_it_wrote(checkpoint, tmp_path
         if dynamo:
             (tmp_path / "grader.onnx").write_text("partial")
             (tmp_path / "grader.onnx.data").write_text("partial")
+            (tmp_path / "predictions.csv").write_text("written meanwhile by another command")
             raise RuntimeError("the dynamo exporter failed")
         return real(*args, dynamo=dynamo, **kwargs)
 
@@ -147,7 +150,7 @@ def test_a_failed_first_exporter_removes_only_what_it_wrote(checkpoint, tmp_path
     (tmp_path / "runs").mkdir()
     exporter, _ = export_onnx(restore(checkpoint)[0], torch.zeros(1, 3, SIZE, SIZE), tmp_path / "grader.onnx")
     assert exporter.startswith("TorchScript-based") and "dynamo ONNX exporter failed" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["grader.onnx", "notes.txt", "runs"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grader.onnx", "notes.txt", "predictions.csv", "runs"]
 
 
 def test_a_model_named_like_its_metadata_file_is_written(checkpoint, tmp_path, capsys):

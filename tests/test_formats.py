@@ -125,6 +125,12 @@ def test_names_match_across_unicode_normal_forms(tmp_path):
     assert not cat.problems
     assert [os.path.basename(s.path) for s in cat.samples] == [
         unicodedata.normalize("NFD", nfc) + ".jpeg", unicodedata.normalize("NFC", nfd) + ".png"]
+    disc(tmp_path / "images" / (nfc + ".jpeg"))  # both spellings there: each name finds its own file
+    (tmp_path / "labels.csv").write_text(f"image,level\n{nfc},1\n{unicodedata.normalize('NFD', nfc)},2\n")
+    assert [os.path.basename(s.path) for s in read_catalog(tmp_path).samples] == [
+        nfc + ".jpeg", unicodedata.normalize("NFD", nfc) + ".jpeg"]
+    (tmp_path / "labels.csv").write_text(f"image,level\n{unicodedata.normalize('NFD', nfd)}.jpg,1\n")
+    assert "(caf\u00e9_right.png is there: fix the extension" in str(read_catalog(tmp_path).problems[0])
 
 
 def test_folder_per_grade(tmp_path):

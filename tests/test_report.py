@@ -447,6 +447,11 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     baselines = {ln.get_ydata()[0]: ln.get_color() for ln in lines if list(ln.get_xdata()) == [0, 1]}
     assert baselines.keys() == {0.3, 0.5} and set(baselines.values()) <= curves  # each in its run's colour
     assert len(set(baselines.values())) == 2
+    twin = tmp_path / "twin"  # a copy without predictions.csv: compared by data, count and grade mix instead
+    shutil.copytree(runs["weak"], twin)
+    (twin / "eval" / "predictions.csv").unlink()
+    assert main(["report", str(runs["weak"]), str(twin), "--out", str(tmp_path / "r3")]) == 0
+    assert "Their test splits differ" not in (tmp_path / "r3" / "report.md").read_text()
     confusion = next(f for f in closed_figures if f.axes and f.axes[0].texts and f not in (accuracy,))
     texts = cell_texts(next(ax for ax in confusion.axes if "(good)" in ax.get_title()))
     assert (texts[(0, 0)], texts[(0, 1)], texts[(1, 1)]) == ("0.50", "0.50", "1.00")  # each row sums to 1

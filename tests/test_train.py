@@ -254,7 +254,7 @@ def test_training_without_some_grades_says_so(synth_small, tmp_path, capsys):
     """A train split missing grades (a subset, a filter gone wrong) is named before the hours of training."""
     labels = list(csv.DictReader(open(synth_small / "trainLabels.csv")))
     for kept, said in [({"0", "2"}, "the train split holds no image of grade 1, 3, 4: the model learns nothing "
-                        "of it and may never answer it"),
+                        "of them and may never answer them"),
                        ({"0"}, "every train image is grade 0: the model cannot learn to tell grades apart")]:
         data = tmp_path / "-".join(sorted(kept))
         data.mkdir()

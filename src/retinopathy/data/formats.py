@@ -422,10 +422,10 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                                if image_root and (image_root / f).is_dir()), None)
                 tried = (f"({folder} there is a folder, not an image file)" if folder else
                          f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
-                         f"({index[stem]} is there: fix the extension in the name)" if stem in index else
+                         f"({indexed(index, stem)} is there: fix the extension in the name)" if indexed(index, stem) else
                          "(looked for that exact name)")
                 elsewhere = next((data / sub for sub in (*IMAGE_SUBDIRS, "test", "test_images")
-                                  if data / sub != image_root and name in _index(data / sub, indexes)), None)
+                                  if data / sub != image_root and indexed(_index(data / sub, indexes), name)), None)
                 if elsewhere is not None:  # e.g. the lab's test images kept apart in DATA/test/
                     tried += (f"; it is in {elsewhere}: keep the images in one folder (or link them into one), as "
                               "one image folder serves every labels file")

@@ -56,8 +56,8 @@ def index_images(folder: str | os.PathLike) -> dict[str, str]:
         if ext.lower() in rank and listed:
             index.setdefault(stem, entry.name)
             index[entry.name] = entry.name
-            for key in (entry.name, stem):
-                index.setdefault(unicodedata.normalize("NFC", key), entry.name)
+    for key, name in list(index.items()):  # after every name as written: a file named in NFC keeps its own
+        index.setdefault(unicodedata.normalize("NFC", key), name)
     return index
 
 

@@ -164,7 +164,7 @@ def main(args) -> dict:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
         for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
-            w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.6g}" for v in pr], f"{sc:.6g}"])
+            w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.9g}" for v in pr], f"{sc:.9g}"])
     np.savetxt(out / "confusion_matrix.csv", np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
                header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
     confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"

@@ -383,7 +383,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     fresh = [c.dir for c in exp.cells if not c.dir.exists()]
     try:
         parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
-    except ExperimentError:  # the cell.yaml files written so far go: a refused file leaves no cells behind
+    except BaseException:  # the cell.yaml files written so far go: a refused file leaves no cells behind
         for folder in fresh:
             shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -118,6 +118,7 @@ def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, caption: list[str]) 
     font = ImageFont.load_default(size=13)
     line, pad, gap = 18, 8, 6
     width = 2 * size[0] + gap
+    caption = [part for text in caption for part in _fit(text, font, width - 2 * pad)]
     key = [] if not heat.any() else ["colour: none", "strongest in this image"]
     figure = Image.new("RGB", (width, size[1] + pad + line * (len(caption) + bool(key)) + pad), "white")
     for i, panel in enumerate(panels):
@@ -135,6 +136,19 @@ def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, caption: list[str]) 
         draw.text((pad, y), key[0], fill="black", font=font)
         draw.text((right + draw.textlength(" ", font=font), y), key[1], fill="black", font=font)
     return figure
+
+
+def _fit(text: str, font, width: float) -> list[str]:
+    """``text`` in lines of at most ``width`` px, broken at spaces; a word too long for a line ends in '...'."""
+    lines: list[str] = []
+    for word in text.split(" "):
+        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
+            lines[-1] += f" {word}"
+            continue
+        while font.getlength(word) > width:
+            word = word[:-4] + "..."
+        lines.append(word)
+    return lines
 
 
 def save_heatmap(image: torch.Tensor, heat: torch.Tensor, caption: list[str], path: Path) -> Path:

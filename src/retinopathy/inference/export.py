@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -46,7 +47,7 @@ from ..training.checkpoint import run_checkpoints
 from .predict import collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
-EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 1
+EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 2  # 2: thresholds only for their decision
 MAX_CHECK_IMAGES = 8
 DECODE = ("RGB; a JPEG at reduced scale (Pillow's Image.draft) keeping both sides at or above size, as "
           "retinopathy.data.open_image does; then the steps (retinopathy.data.transforms.geometry) on that 8-bit "
@@ -149,8 +150,9 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
         first = f"{type(e).__name__}: {str(e)[:200]}"
         print(f"warning: the dynamo ONNX exporter failed ({first}); trying the TorchScript-based exporter",
               file=sys.stderr)
-    for f in set(path.parent.iterdir()) - before:  # what the first exporter wrote (the file, external data)
-        shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+    for f in set(path.parent.iterdir()) - before:  # what the first exporter wrote: the file, its external data
+        if f.name.startswith(path.name):
+            shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -245,8 +247,8 @@ def main(args) -> dict:
             raise ExportError(f"parity check failed: max |logit difference| {diff:.3g} >= {args.tolerance:g}; "
                               f"{out} was not written")
         info, steps = ckpt["model_info"], geometry(prep)
-        own_steps = {type(t).__name__: " ".join(inspect.getdoc(t).split()) for t in steps  # not torchvision's
-                     if type(t).__module__.startswith("retinopathy.")}
+        own_steps = {type(t).__name__: re.sub(r":\w+:`([^`]+)`", r"\1", " ".join(inspect.getdoc(t).split()))
+                     for t in steps if type(t).__module__.startswith("retinopathy.")}  # not torchvision's
         meta = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model_file": out.name,
                 "model_format": args.format, "exporter": exporter,
                 **({"opset": opset} if opset is not None else {}),

@@ -214,9 +214,9 @@ def collate(batch):
 
 
 DOUBTS = {"black": "are nearly black (e.g. {name}): no retina to grade, so their grades mean nothing; check those "
-                   "photographs",
+                   "photographs (a 10-bit image stored in a 16-bit file is read on the 16-bit scale, so nearly black)",
           "dark": "are very dark (e.g. {name}: its brightest 1 % reaches {level} of 255; photographs reach 87 and up): "
-                  "under-exposed, or 10- or 12-bit values stored in a 16-bit file, read on the 16-bit scale; their "
+                  "under-exposed, or 12-bit values stored in a 16-bit file, read on the 16-bit scale; their "
                   "grades are doubtful",
           "small": "are smaller than half the model's input (e.g. {name}: {size} px, enlarged to {input} px): too "
                    "little detail for their grades to mean much",
@@ -372,8 +372,8 @@ def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = Fa
                 row += [""] * (len(columns) - len(row) - 1) + [res["errors"][i]]
             else:
                 probs, grade = res["probs"][i], int(res["grades"][i])
-                row += [grade, *[f"{v:.6g}" for v in probs], int(grade >= REFERABLE),
-                        f"{probs[REFERABLE:].sum():.6g}", f"{res['scores'][i]:.6g}",
+                row += [grade, *[f"{v:.9g}" for v in probs], int(grade >= REFERABLE),
+                        f"{probs[REFERABLE:].sum():.9g}", f"{res['scores'][i]:.9g}",
                         *([res["heatmaps"][i]] if with_heatmaps else []), ""]
             w.writerow(row)
 

@@ -296,15 +296,22 @@ def evaluation_note(run: Run) -> str:
     return "; ".join(notes)
 
 
-def test_set(run: Run):
-    """What identifies the photographs a run was tested on: the images of its predictions.csv, else its data, the
-    number of test images and their grade mix."""
-    predictions = run.dir / "eval" / "predictions.csv"
+def _tested_images(run: Run) -> frozenset | None:
+    """The images of a run's predictions.csv, or None when it has none to read."""
     try:
-        with open(predictions, newline="", encoding="utf-8") as f:
-            return frozenset(row["image"] for row in csv.DictReader(f))
+        with open(run.dir / "eval" / "predictions.csv", newline="", encoding="utf-8") as f:
+            return frozenset(row["image"] for row in csv.DictReader(f)) or None
     except (OSError, KeyError, UnicodeDecodeError, csv.Error):
-        return str(run.eval.get("data") or run.data), run.eval["count"], tuple(run.eval["true_counts"])
+        return None
+
+
+def test_splits_differ(runs: list[Run]) -> bool:
+    """Whether the evaluated ``runs`` were tested on different photographs: by their predictions.csv's images when
+    every run has them, else by data, number of test images and grade mix."""
+    images = [_tested_images(r) for r in runs]
+    if all(images):
+        return len(set(images)) > 1
+    return len({(str(r.eval.get("data") or r.data), r.eval["count"], tuple(r.eval["true_counts"])) for r in runs}) > 1
 
 
 def at_a_glance(runs: list[Run]) -> list[str]:
@@ -316,9 +323,10 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
                  + (f" of {next(iter(datas))}" if len(datas) == 1 else "")
                  + (f" ({counts.pop()} images)." if len(counts) == 1 else "."))
-    if len({test_set(r) for r in done}) > 1:
-        lines.append("Their test splits differ (other data, split seeds or split files): each run is compared with "
-                     "its own baseline, and their kappas differ also by the photographs drawn, as the intervals say.")
+    if test_splits_differ(done):
+        lines.append("Their test splits differ (other data, split seeds or split files): compare each run with its "
+                     "own split's baseline, and expect kappas to differ also by the photographs drawn, as the "
+                     "intervals say.")
     unskilled = [r for r in done if r.numbers["kappa"] <= 0]
     graders = [r for r in done if r.numbers["kappa"] > 0]
     if graders:
@@ -370,7 +378,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     assign_variants(runs)
     for r in runs:
         r.numbers = run_numbers(r)
-    for model in dict.fromkeys(r.model for r in runs):  # test splits of other sizes or grade mixes: each its own
+    for model in dict.fromkeys(r.model for r in runs):  # test splits of other grade mixes: each its own baseline
         mine = [r for r in runs if r.model == model and r.eval is not None]
         if len({round(r.numbers["majority_accuracy"], 6) for r in mine}) > 1:
             for r in mine:

@@ -356,7 +356,8 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         print("warning: " + (f"every train image is grade {counts.index(max(counts))}: the model cannot learn to "
                              "tell grades apart" if len(absent) == len(counts) - 1 else
                              f"the train split holds no image of grade {', '.join(absent)}: the model learns "
-                             "nothing of it and may never answer it"), file=sys.stderr)
+                             f"nothing of {'them' if len(absent) > 1 else 'it'} and may never answer "
+                             f"{'them' if len(absent) > 1 else 'it'}"), file=sys.stderr)
     objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
                                label_smoothing=args.label_smoothing, decision=args.decision)
     model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
