@@ -1245,6 +1245,31 @@ def test_help_gives_every_option_default(argv, shown, capsys):
     assert e.value.code == 0 and all(s in out for s in shown), out
 
 
+def test_sigterm_stops_training_as_ctrl_c_does(synth_small, tmp_path):
+    """``docker stop``, SLURM and ``timeout`` send SIGTERM to the whole process group: the run stops with the
+    resume hint and no traceback (the loader workers had died of it, and PyTorch reported them as killed), and
+    resumes to the end."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "3", "--freeze-epochs", "1",
+            "--workers", "2", "--out", str(run)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "retinopathy", *argv], stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # into the second epoch: its loader workers are busy
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err and "killed by signal" not in err, err
+    assert f"continue it with `retinopathy train --resume {run}`" in err
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert [int(r["epoch"]) for r in rows(run)] == [0, 1, 2]
+
+
 def test_version_and_command_list_answer_without_importing_torch():
     """``retinopathy --version`` and ``--help`` (and a mistyped command) import no command: torch takes seconds."""
     code = ("import sys\nfrom retinopathy.cli.main import main\n"

@@ -10,6 +10,7 @@ import csv
 import math
 import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -130,12 +131,22 @@ class BalancedSampler(WeightedRandomSampler):
         return self.per_rank
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm(worker_id: int) -> None:
+    """In a loader worker: SIGTERM stops it as Ctrl-C does, quietly (PyTorch's own handler re-raises a SIGTERM
+    that does not come from the main process, and the main process then reports the worker as killed)."""
+    signal.signal(signal.SIGTERM, _stop)
+
+
 def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int,
                 train: bool = False):
     """``train``: a last batch of a single image is dropped (BatchNorm cannot train on one value per channel,
     which a small input's 1 x 1 feature maps leave); every other batch is kept."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda",
+                      pin_memory=device.type == "cuda", worker_init_fn=_stop_on_sigterm,
                       drop_last=train and len(sampler) > batch_size and len(sampler) % batch_size == 1,
                       persistent_workers=workers > 0 and not deterministic,
                       prefetch_factor=4 if workers > 0 else None,
@@ -610,9 +621,14 @@ def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
+    """``retinopathy train``. SIGTERM (``docker stop``, SLURM, ``timeout``) stops it as Ctrl-C does: loader
+    workers, forked after this, stop quietly too, and the run can be continued with ``--resume``."""
     args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         main(args)
     except KeyboardInterrupt:
         raise Interrupted(args.out) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
