@@ -52,7 +52,7 @@ def quadratic_kappa_unchecked(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     seen = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
     expected = np.outer(seen.sum(1), seen.sum(0)) / max(seen.sum(), 1)
     chance = (_QUADRATIC * expected).sum()
-    return float(1 - (_QUADRATIC * seen).sum() / chance) if chance else 0.0
+    return round(float(1 - (_QUADRATIC * seen).sum() / chance), 12) if chance else 0.0  # 1e-16 is 0: no skill
 
 
 def referable_auc(y_true, probs) -> float | None:

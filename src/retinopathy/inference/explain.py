@@ -119,7 +119,7 @@ def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, caption: list[str]) 
     line, pad, gap = 18, 8, 6
     width = 2 * size[0] + gap
     caption = [part for text in caption for part in _fit(text, font, width - 2 * pad)]
-    key = [] if not heat.any() else ["colour: none", "strongest in this image"]
+    key = [] if not heat.any() else ["evidence: none", "strongest in this image"]
     figure = Image.new("RGB", (width, size[1] + pad + line * (len(caption) + bool(key)) + pad), "white")
     for i, panel in enumerate(panels):
         figure.paste(panel, (i * (size[0] + gap), 0))
@@ -128,11 +128,11 @@ def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, caption: list[str]) 
     for text in caption:
         draw.text((pad, y), text, fill="black", font=font)
         y += line
-    if key:  # the jet scale between its two ends
+    if key:  # the scale between its two ends, blended as the heatmap is (over grey): weak evidence barely tints
         left = pad + draw.textlength(key[0] + " ", font=font)
         right = width - pad - draw.textlength(" " + key[1], font=font)
-        bar = (matplotlib.colormaps["jet"](np.linspace(0, 1, max(2, int(right - left))))[:, :3] * 255).astype(np.uint8)
-        figure.paste(Image.fromarray(np.repeat(bar[None], line - 6, axis=0), "RGB"), (int(left), y + 3))
+        ramp = torch.linspace(0, 1, max(2, int(right - left))).expand(line - 6, -1)
+        figure.paste(overlay(torch.full((3, *ramp.shape), 128, dtype=torch.uint8), ramp), (int(left), y + 3))
         draw.text((pad, y), key[0], fill="black", font=font)
         draw.text((right + draw.textlength(" ", font=font), y), key[1], fill="black", font=font)
     return figure

@@ -48,7 +48,7 @@ from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
 from ..errors import RetinopathyError
-from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, summary
+from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade, summary
 from ..models.restore import restore
 from ..progress import progress_bar
 from ..training.checkpoint import CheckpointError, run_checkpoints, run_folder
@@ -343,7 +343,7 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
                 continue
             grade = int(res["grades"][i])
             explained = f"grade {grade}'s output" if cam.by_grade else "the severity score"
-            said = [f"{items[i].image}: grade {grade} ({GRADE_NAMES[grade]})"
+            said = [f"{items[i].path or items[i].image}: grade {grade} ({GRADE_NAMES[grade]})"
                     + ("" if cam.by_grade else f", severity score {res['scores'][i]:.2f}"),
                     f"left: the image the model saw; right: where it raises {explained} (Grad-CAM)"]
             if not heat.any():
@@ -387,9 +387,11 @@ def _report(items: list[Item], res: dict, out: Path) -> str:
     labelled = np.array([graded[i] and item.label is not None for i, item in enumerate(items)], dtype=bool)
     if labelled.any():
         y = np.array([items[i].label for i in np.flatnonzero(labelled)])
-        m = summary(y, res["grades"][labelled])
+        answers = res["grades"][labelled]
+        m = summary(y, answers)
+        kappa = "undefined (one grade in truth and answers)" if one_grade(y, answers) else f"{m['kappa']:.4f}"
         text += (f"\n{int(labelled.sum())} with known grades: accuracy {m['accuracy']:.4f} "
-                 f"(majority class {majority_accuracy(y):.4f}) | quadratic kappa {m['kappa']:.4f}")
+                 f"(majority class {majority_accuracy(y):.4f}) | quadratic kappa {kappa}")
     return text + f"\nwritten to {out}"
 
 

@@ -165,7 +165,9 @@ def load_run(run: Path, name: str | None = None) -> Run:
         elif saved < epochs:  # an evaluation here is of the best.pt so far, from before training went on
             world = int((config.get("engine") or {}).get("world_size") or 1)
             status, reason = "incomplete", (f"trained {saved} of {epochs} epochs; continue with "
-                                            f"`{resume_command(run, world)}` or by re-running the experiment")
+                                            f"`{resume_command(run, world)}`" + (
+                                                " or by re-running the experiment"
+                                                if (run.parent / "experiment.json").exists() else ""))
         elif ev is not None:
             status, reason = "done", ""
         else:
@@ -240,6 +242,7 @@ def assign_variants(runs: list[Run]) -> None:
     for r in runs:
         keys = differing[id(r)]
         shown = {k: r.train[k] if r.train.get(k) is not None else option_value(r.train, k) for k in keys}
+        shown = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in shown.items()}  # 0, not 0.0
         extra = r.named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
                             ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
         r.variant = r.start + (f", {extra}" if extra else "")
@@ -320,10 +323,11 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     lines = []
     datas = {str(r.eval.get("data") or r.data) for r in done}
     counts = {r.numbers["test_count"] for r in done}
-    lines.append(f"{len(done)} of {len(runs)} runs are evaluated on the test split"
+    differ = test_splits_differ(done)
+    lines.append(f"{len(done)} of {len(runs)} runs are evaluated on " + ("test splits" if differ else "the test split")
                  + (f" of {next(iter(datas))}" if len(datas) == 1 else "")
-                 + (f" ({counts.pop()} images)." if len(counts) == 1 else "."))
-    if test_splits_differ(done):
+                 + (f" ({counts.pop()} images{' each' if differ else ''})." if len(counts) == 1 else "."))
+    if differ:
         lines.append("Their test splits differ (other data, split seeds or split files): compare each run with its "
                      "own split's baseline, and expect kappas to differ also by the photographs drawn, as the "
                      "intervals say.")
