@@ -128,6 +128,11 @@ def test_an_opset_asked_for_is_the_opset_written(checkpoint, tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
     declared = [o.version for o in onnx.load(str(out)).opset_import if o.domain in ("", "ai.onnx")]
     assert declared == [13] and check_metadata(out, checkpoint)["opset"] == 13
+    for argv, said in ((["--opset", "5"], "argument --opset: 5 is too small (at least 7)"),  # a traceback from ORT
+                       (["--format", "torchscript", "--opset", "13"], "--opset is for --format onnx")):  # ignored
+        with pytest.raises(SystemExit) as e:
+            main(["export", str(checkpoint), "--out", str(tmp_path / "g.pt"), *argv])
+        assert e.value.code == 2 and said in capsys.readouterr().err
 
 
 def test_a_failed_first_exporter_removes_only_what_it_wrote(checkpoint, tmp_path, monkeypatch, capsys):

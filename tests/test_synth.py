@@ -17,8 +17,12 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def test_deterministic_whatever_the_workers(tmp_path):
-    a = synth.generate(tmp_path / "a", n=9, size=48, seed=3, workers=1, progress=False)
+def test_deterministic_whatever_the_workers(tmp_path, monkeypatch):
+    import retinopathy.workers
+
+    with monkeypatch.context() as m:  # workers=0: no process started, as for a DataLoader
+        m.setattr(retinopathy.workers.multiprocessing, "get_context", lambda *a: pytest.fail("a pool was started"))
+        a = synth.generate(tmp_path / "a", n=9, size=48, seed=3, workers=0, progress=False)
     synth.generate(tmp_path / "b", n=9, size=48, seed=3, workers=2, progress=False)
     synth.generate(tmp_path / "c", n=9, size=48, seed=4, workers=2, progress=False)
     da, db, dc = (_digests(tmp_path / k) for k in "abc")
@@ -117,6 +121,9 @@ def test_the_command_does_not_write_over_a_dataset(tmp_path, capsys):
     before = _digests(out)
     assert main(["synth", str(out), "--n", "2", "--size", "32", "--seed", "3", "--quiet"]) == 2
     assert "already holds a dataset" in capsys.readouterr().err and _digests(out) == before
+    (tmp_path / "afile.txt").write_text("mine")
+    assert main(["synth", str(tmp_path / "afile.txt"), "--n", "2", "--size", "32", "--quiet"]) == 2
+    assert "afile.txt is a file, not a folder" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["synth", str(tmp_path / "empty"), "--n", "2", "--size", "32", "--quiet"]) == 0
     with pytest.raises(RetinopathyError, match="already holds a dataset"):  # the Python function too

@@ -464,7 +464,13 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
             f"{run / 'checkpoints' / 'best.pt'}") in err
     with pytest.raises(SystemExit):  # a mistyped folder is not a new run
         main(["train", "--data", str(synth_small), *FAST, "--resume", str(tmp_path / "rnu")])
-    assert "--resume " + str(tmp_path / "rnu") + ": not a run folder" in capsys.readouterr().err
+    assert "--resume " + str(tmp_path / "rnu") + ": not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a checkpoint, as timm's --resume takes: its run folder is named
+        main(["train", "--resume", str(run / "checkpoints" / "last.pt")])
+    assert f"last.pt: a file; --resume takes the run folder, {run}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(synth_small)])
+    assert f"--resume {synth_small}: not a run folder (no config.yaml there)" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):
@@ -803,7 +809,7 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     assert (args.data, args.out) == (str(home / "d"), str(home / "runs" / "t"))
     with pytest.raises(SystemExit):  # expanded before the check that it is a run folder
         parse_args(["--resume=~/no-such-run-here"])
-    assert f"--resume {home / 'no-such-run-here'}: not a run folder" in capsys.readouterr().err
+    assert f"--resume {home / 'no-such-run-here'}: not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse_args(["--resume", str(tmp_path), "--preset", "lab"])
 
@@ -811,7 +817,7 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     bad.write_text("- lr\n- 0.1\n")
     with pytest.raises(ConfigError, match="list.yaml: expected a mapping"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
-    with pytest.raises(ConfigError, match="missing.yaml: cannot read it"):
+    with pytest.raises(ConfigError, match="missing.yaml: not found"):
         parse_args(["-c", str(tmp_path / "missing.yaml"), "--data", "d", "--out", "x"])
     typo = tmp_path / "typo.yaml"
     typo.write_text("optimizer: SGD\n")  # argparse checks choices on the command line only
@@ -869,7 +875,7 @@ def test_a_usage_error_is_two_lines_not_every_option(tmp_path, capsys):
     ("eval_splits: train", "--eval-splits train: 'train' is not val or test (training's own loss"),
     ("batch_size: true", "batch_size: True (from {f}) is not a number\n"),
     ("eval_splits: true", "eval_splits: True (from {f}) is not a text value; e.g. eval_splits: val,test"),
-    ("blend_eyes: 0.8", "blend_eyes: 0.8 (from {f}): --blend-eyes 0.8"),
+    ("blend_eyes: 0.8", "blend_eyes: 0.8 (from {f}): blend weight 0.8 must lie between 0"),
     ("lr:", "lr: no value (from {f}); give one; e.g. lr: 0.001"),
     ("pretrained: 'false'", "pretrained: 'false' (from {f}) is not true or false"),
     ("lr: -0.1", "--lr -0.1: a learning rate above 0"),

@@ -102,7 +102,7 @@ def blend_weight(value) -> float:
     try:
         return check_blend_weight(float(value))
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--blend-eyes {value}: {e}") from None
+        raise argparse.ArgumentTypeError(str(e)) from None  # argparse, or the config file's check, names the option
 
 
 def add_blend_argument(group, default: float | None) -> None:

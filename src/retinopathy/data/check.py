@@ -40,7 +40,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
     blank: list[Problem] = []
     present = [s for s in catalog.samples if s.path] if images else []
     sizes, sums, ok = [], [np.zeros(3), np.zeros(3), 0], []
-    workers = workers or os.cpu_count() or 1
+    workers = max(1, os.cpu_count() or 1 if workers is None else workers)
     with ThreadPoolExecutor(workers) as pool:
         futures = [pool.submit(_inspect, s.path, stats) for s in present]
         for s, fut in progress_bar(zip(present, futures), enabled=progress, total=len(present),

@@ -241,7 +241,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
             todo.append((s, str(dst)))
 
     jobs = [(s.path, dst, size, crop) for s, dst in todo]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) or 1))
+    workers = max(1, min(os.cpu_count() or 1 if workers is None else workers, len(jobs) or 1))  # 0, 1: in here
     bar = progress_bar(total=len(jobs), enabled=progress, unit="img", desc="prepare", dynamic_ncols=True)
     failed: set[str] = set()
     try:
@@ -309,7 +309,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="short side in pixels (default 512; train at this size)")
     p.add_argument("--crop", choices=CROPS, default="none",
                    help="fov: crop the square around the round field of view (= --preprocess fov)")
-    p.add_argument("-j", "--workers", type=at_least(0), default=None, help="processes (default or 0: all cores)")
+    p.add_argument("-j", "--workers", type=at_least(0), default=None,
+                   help="processes (default: all cores; 0: none, in this process, as for train's loaders)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_format_arguments(p, "SRC")
     return show_defaults(p)

@@ -473,6 +473,8 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     check_options(n=n, size=size, seed=seed, balanced=balanced, format=format, test_fraction=test_fraction)
     start = time.perf_counter()
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RetinopathyError(f"{out} is a file, not a folder; choose a new folder for the synthetic set")
     if holds_data(out):
         raise RetinopathyError(f"{out} already holds a dataset (or other files): a new set would rewrite its "
                                "images and labels under runs that used them; choose a new folder, or remove it")
@@ -482,7 +484,7 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     grades = assign_grades(n, seed, balanced)
     names = [image_name(i) for i in range(n)]
     jobs = [(str(out), i, grades[i], size, seed) for i in range(n)]
-    workers = max(1, min(workers or os.cpu_count() or 1, n))
+    workers = max(1, min(os.cpu_count() or 1 if workers is None else workers, n))  # 0 or 1: in this process
     bar = progress_bar(total=n, enabled=progress, unit="img", desc="synth")
     try:
         with mapped(_render_file, jobs, workers, most_per_chunk=32) as rendered:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..atomic import check_output_file, refuse_replacing
-from ..cli.common import non_negative, show_defaults
+from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
 from ..data.images import image_files
@@ -72,7 +72,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "readable ones; default: photographs found under the folder the model was trained on, or "
                         "synthetic renders when it is gone or holds none)")
     p.add_argument("--tolerance", type=non_negative, default=1e-3, help="largest allowed |logit difference|")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=at_least(7), default=None,
+                   help="ONNX opset, 7 or more (what ONNX Runtime runs; default: the exporter's); --format onnx only")
     return show_defaults(p)
 
 
@@ -281,5 +282,9 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    main(get_args_parser().parse_args(argv))
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if args.opset is not None and args.format != "onnx":
+        parser.error(f"--opset is for --format onnx; leave it out for --format {args.format}")
+    main(args)
     return 0

@@ -193,6 +193,8 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
     try:
         with path.open() as f:  # a file, not its text: YAML's errors then name it
             cfg = load_yaml(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config {path}: not found") from None
     except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
         raise ConfigError(f"config {path}: cannot read it as YAML ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(cfg, dict):
@@ -238,8 +240,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     expand_home(pre)
     layered: dict = {}
     if pre.resume and not (Path(pre.resume) / "config.yaml").exists():
-        parser.error(f"--resume {pre.resume}: not a run folder (no config.yaml there); pass the folder that "
-                     "`retinopathy train --out` wrote, e.g. runs/NAME")
+        resume = Path(pre.resume)
+        run = resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
+        parser.error(f"--resume {pre.resume}: " + (
+            "not found" if not resume.exists() else
+            f"a file; --resume takes the run folder, {run}" if (run / "config.yaml").exists() else
+            "not a run folder (no config.yaml there); pass the folder that `retinopathy train --out` wrote, "
+            "e.g. runs/NAME"))
     if pre.resume and not pre.config:
         layered.update(file_options(Path(pre.resume) / "config.yaml", resume=True)[0])
     file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
