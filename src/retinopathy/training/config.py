@@ -120,13 +120,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--freeze-epochs", type=at_least(0), default=1, help="epochs that train only the head (lab: 5)")
     g.add_argument("-b", "--batch-size", type=at_least(1), default=None,
                    help="images per process (default 32; lab 12/6)")
-    g.add_argument("--lr", type=float, default=1e-3)
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--scheduler", choices=("none", "cosine"), default="cosine")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of each phase")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="a new one for each phase")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (AdamW does not use it)")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="on every parameter (lab: 5e-4)")
+    g.add_argument("--scheduler", choices=("none", "cosine"), default="cosine",
+                   help="per step within each phase: cosine to zero after the warm-up, or constant (lab)")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up at the start of each phase")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy's (classification only)")
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup (timm's --mixup): blend each batch with a shuffled copy, weight ~ Beta(ALPHA, "
                         "ALPHA), and the two targets' losses alike (default 0: off)")
@@ -135,19 +136,26 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         "evaluated each epoch, selected, and loaded by evaluate/predict/export")
     g.add_argument("--model-ema-decay", type=float, default=0.998,
                    help="EMA decay per optimizer step (0.998 averages roughly the last 500 steps)")
-    g.add_argument("--class-weights", choices=("none", "inverse", "effective"), default="none")
+    g.add_argument("--class-weights", choices=("none", "inverse", "effective"), default="none",
+                   help="weigh each grade's loss by 1/count (inverse) or by Cui et al.'s effective number of "
+                        "images (milder); mean weight 1")
     g.add_argument("--sampler", choices=("random", "balanced", "decay"), default="random",
                    help="balanced: every grade equally often; decay: balanced at first, then halving each "
                         "epoch towards grade 0 x1, others x2 (o_O, Kaggle 2015)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="model initialisation, order and augmentation (the "
+                                                               "split has --split-seed)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
                    help="deterministic algorithms, exact resume (with the run's --workers: a resume keeps them "
                         "unless -j is given, since each worker draws its own augmentations)")
 
     g = p.add_argument_group("images")
-    g.add_argument("--image-size", type=at_least(8), default=512)
-    g.add_argument("--preprocess", choices=PREPROCESS, default="lab")
-    g.add_argument("--augment", choices=AUGMENT, default="fundus")
+    g.add_argument("--image-size", type=at_least(8), default=512, help="side of the square the network sees")
+    g.add_argument("--preprocess", choices=PREPROCESS, default="lab",
+                   help="lab: resize and centre crop; fov: crop around the round field of view first; graham: "
+                        "fov, then Ben Graham's subtraction of the local average colour")
+    g.add_argument("--augment", choices=AUGMENT, default="fundus",
+                   help="fundus: any rotation, small scale and shift, brightness/contrast/colour jitter, flips; "
+                        "flips: the lab's; none")
     g.add_argument("--train-crop-size", type=at_least(0), default=0, metavar="N",
                    help="train on random N x N windows of the --image-size image, unresized, and evaluate on "
                         "the whole image (lesions keep their size in pixels); 0: the whole image")
@@ -159,7 +167,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g = p.add_argument_group("model selection")
     g.add_argument("--select-on", choices=("auto", "val", "test"), default="auto",
                    help="split that picks best.pt (auto: val when there is one; test only to reproduce the lab)")
-    g.add_argument("--select-metric", choices=("accuracy", "kappa"), default="kappa")
+    g.add_argument("--select-metric", choices=("accuracy", "kappa"), default="kappa",
+                   help="what picks best.pt on the selection split (lab: accuracy)")
     g.add_argument("--eval-splits", default="val,test",
                    help="splits evaluated after every epoch: val, test or both (comma-separated; one the data "
                         "lacks is left out)")
