@@ -418,11 +418,12 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
             if s.path is None:
                 name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
                 stem, index = without_extension(name), indexes.get(image_root) or {}
+                other = indexed(index, stem)  # the same name with another extension
                 folder = next((f for f in ([name] if stem != name else [name + e for e in IMAGE_EXTENSIONS])
                                if image_root and (image_root / f).is_dir()), None)
                 tried = (f"({folder} there is a folder, not an image file)" if folder else
                          f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
-                         f"({indexed(index, stem)} is there: fix the extension in the name)" if indexed(index, stem) else
+                         f"({other} is there: fix the extension in the name)" if other else
                          "(looked for that exact name)")
                 elsewhere = next((data / sub for sub in (*IMAGE_SUBDIRS, "test", "test_images")
                                   if data / sub != image_root and indexed(_index(data / sub, indexes), name)), None)
