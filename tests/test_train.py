@@ -1206,6 +1206,10 @@ def test_a_resume_without_the_runs_split_says_to_restore_it(synth_small, tmp_pat
     err = capsys.readouterr().err
     assert f"{run / 'split.csv'}" in err and "restore it (a new split would train on some of them)" in err
     assert "drop --split-file" not in err
+    (run / "split.csv").write_text("nonsense\n1_left\n")  # damaged: evaluating cannot tell its training images
+    assert main(["evaluate", str(run), "--data", str(synth_small), "--split", "all", "--out", str(tmp_path / "ev"),
+                 "--bootstrap", "0", "--workers", "0", "--quiet"]) == 0
+    assert f"warning: the run's {run / 'split.csv'} cannot be used (" in capsys.readouterr().err
 
 
 def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import replacing
-from ..errors import RetinopathyError
+from ..errors import DataWarning, RetinopathyError
 from .formats import Sample
 from .problems import DataError, Problem
 
@@ -152,11 +153,16 @@ def _split_rows(path: str | Path) -> list[dict[str, str]]:
 def run_overlap(split_csv: str | Path, labelled) -> tuple[dict[str, str], int, int]:
     """How labelled images, ``(name, grade)`` pairs, meet a run's ``split_csv``: ``({name: split} of those listed
     with the grade the run saw, how many other listed names come only with other grades, how many images are not
-    listed)``; nothing listed when the file is missing or unusable."""
+    listed)``; nothing listed when the file is missing or unusable (then, for a file that is there, a warning: the
+    run's training images cannot be told apart)."""
     labelled = list(labelled)
     try:
         rows = _split_rows(split_csv)  # read once for both columns
-    except DataError:
+    except DataError as e:
+        if Path(split_csv).is_file():
+            warnings.warn(DataWarning(f"the run's {split_csv} cannot be used ({e.problems[0].message}): which images "
+                                      "it trained on is unknown, so none are counted or kept apart; restore the "
+                                      "file from a copy"), stacklevel=2)
         return {}, 0, len(labelled)
     split, grade = ({row["image"]: row.get(column) for row in rows} for column in ("split", "label"))
     same = {name: split[name] for name, label in labelled if grade.get(name) == str(label)}

@@ -308,7 +308,7 @@ def _tested_images(run: Run) -> frozenset | None:
         return None
 
 
-def test_splits_differ(runs: list[Run]) -> bool:
+def splits_differ(runs: list[Run]) -> bool:
     """Whether the evaluated ``runs`` were tested on different photographs: by their predictions.csv's images when
     every run has them, else by data, number of test images and grade mix."""
     images = [_tested_images(r) for r in runs]
@@ -323,7 +323,7 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     lines = []
     datas = {str(r.eval.get("data") or r.data) for r in done}
     counts = {r.numbers["test_count"] for r in done}
-    differ = test_splits_differ(done)
+    differ = splits_differ(done)
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on " + ("test splits" if differ else "the test split")
                  + (f" of {next(iter(datas))}" if len(datas) == 1 else "")
                  + (f" ({counts.pop()} images{' each' if differ else ''})." if len(counts) == 1 else "."))
