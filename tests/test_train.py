@@ -1242,7 +1242,9 @@ def test_data_warnings_are_printed_once_as_warnings(tiny_run, tmp_path, capsys):
     assert err.count("warning: 15 of 20 test patients also have an eye in train (patient leakage") == 1
 
 
-@pytest.mark.parametrize("argv, shown", [(["train"], ["(default: 20)", "default: 0.001", "default: adamw"]),
+@pytest.mark.parametrize("argv, shown", [(["train"], ["(default: 20)", "default: 0.001", "default: adamw",
+                                                     "loaded by evaluate/predict/export (default: off)",
+                                                     "torchvision weights file name (default: on)"]),
                                          (["synth"], ["(default: 1000)", "default: kaggle"]),
                                          (["evaluate"], ["(default: 1000)", "(default test;",
                                                          "--device DEVICE auto (cuda, then mps, then cpu), cpu, "

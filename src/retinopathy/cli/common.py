@@ -47,10 +47,14 @@ def add_device_argument(parser) -> None:
 
 
 def show_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``(default: X)`` to the help of every option whose help does not give its default already."""
+    """Add ``(default: X)`` to the help of every option whose help does not give its default already; ``--x/--no-x``
+    switches say on or off (a plain flag is off unless given)."""
     for a in parser._actions:
-        if a.option_strings and a.default not in (None, argparse.SUPPRESS) and not isinstance(a.default, bool) \
-                and "default" not in (a.help or ""):
+        if not a.option_strings or a.default in (None, argparse.SUPPRESS) or "default" in (a.help or ""):
+            continue
+        if isinstance(a, argparse.BooleanOptionalAction):
+            a.help = f"{a.help or ''} (default: {'on' if a.default else 'off'})".strip()
+        elif not isinstance(a.default, bool):
             a.help = f"{a.help} (default: %(default)s)" if a.help else "default: %(default)s"
     return parser
 
