@@ -11,7 +11,7 @@ from .common import add_data_arguments, at_least, catalog_options, show_defaults
 
 def add_parser(sub, text: str) -> None:
     data = sub.add_parser("data", help=text, description=text)
-    dsub = data.add_subparsers(dest="data_command", required=True)
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="check")
     text = "read a dataset, decode every image, report counts, sizes and problems"
     p = dsub.add_parser("check", help=text, description=text)
     p.add_argument("data", metavar="DATA", help="dataset folder")
