@@ -433,12 +433,14 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     assert any(list(ln.get_ydata()) == [0.3, 0.3] for ln in lines)  # the majority baseline (an axhline)
     assert "Their test splits differ" not in md and "its test split:" not in md  # copies of one run's test split
     weak["true_counts"] = [5, 1, 2, 1, 1]  # another test split (one photograph fewer, another grade mix)
+    weak["ci95"] = {**weak["ci95"], "kappa": [0.05, 0.35]}  # overlaps good's [0.2, 0.7]
     (runs["weak"] / "eval" / "metrics.json").write_text(json.dumps({**weak, "kappa": 0.2, "majority_accuracy": 0.5}))
     predictions = (runs["weak"] / "eval" / "predictions.csv").read_text().splitlines()
     (runs["weak"] / "eval" / "predictions.csv").write_text("\n".join(predictions[:-1]) + "\n")
     assert main(["report", str(runs["weak"]), str(good), "--out", str(tmp_path / "r2")]) == 0
     md = (tmp_path / "r2" / "report.md").read_text()
     assert "Their test splits differ (other data, split seeds or split files)" in md
+    assert "Its interval overlaps those of 1 other run(s): not a clear winner." in md
     assert "its test split: always answering grade 0 scores 0.500" in md  # each cell names its own baseline
     assert "its test split: always answering grade 1 scores 0.300" in md
     accuracy = [f for f in closed_figures if f._suptitle and "accuracy" in f._suptitle.get_text()][-1]

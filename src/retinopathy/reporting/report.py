@@ -336,9 +336,13 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     if graders:
         best = max(graders, key=lambda r: (r.numbers["kappa"], r.numbers["test_accuracy"]))
         b = best.numbers
+        close = [r for r in done if r is not best and b.get("ci_kappa") and r.numbers.get("ci_kappa")
+                 and r.numbers["ci_kappa"][1] >= b["ci_kappa"][0]]  # intervals that overlap the best's
         lines.append(f"Highest quadratic kappa: {best.title}, {best.variant} - kappa {b['kappa']:.3f}"
                      f"{ci_text(b.get('ci_kappa'))}, test accuracy {b['test_accuracy']:.3f} (always answering grade "
-                     f"{b['majority_grade']} scores {b['majority_accuracy']:.3f}).")
+                     f"{b['majority_grade']} scores {b['majority_accuracy']:.3f})."
+                     + (f" Its interval overlaps those of {len(close)} other run(s): not a clear winner." if close
+                        else ""))
     if unskilled and not graders:
         lines.append("Warning: no evaluated run is better than always answering the most common grade (kappa <= 0): "
                      "none of them has learnt to grade. More data, epochs, resolution or pretrained weights are "
