@@ -467,7 +467,7 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     assert "--resume " + str(tmp_path / "rnu") + ": not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a checkpoint, as timm's --resume takes: its run folder is named
         main(["train", "--resume", str(run / "checkpoints" / "last.pt")])
-    assert f"last.pt: a file; --resume takes the run folder, {run}" in capsys.readouterr().err
+    assert f"last.pt: inside a run; --resume takes the run folder, {run}" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(synth_small)])
     assert f"--resume {synth_small}: not a run folder (no config.yaml there)" in capsys.readouterr().err

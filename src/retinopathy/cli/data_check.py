@@ -21,7 +21,7 @@ def add_parser(sub, text: str) -> None:
     p.add_argument("--json", default="data_check.json",
                    help="where to write the report as JSON (default data_check.json)")
     p.add_argument("--workers", type=at_least(0), default=None,
-                   help="decoding threads (default: all cores; 0: none, in this thread)")
+                   help="decoding threads (default: all cores; 0 or 1: one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     show_defaults(p)

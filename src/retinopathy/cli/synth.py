@@ -13,7 +13,7 @@ def add_parser(sub, text: str) -> None:
     p.add_argument("--balanced", action="store_true", help="equal classes instead of EyePACS's mix")
     p.add_argument("--format", choices=("kaggle", "lab"), default="kaggle")
     p.add_argument("--workers", type=at_least(0), default=None,
-                   help="processes (default: all cores; 0: none, in this process, as for train's loaders)")
+                   help="processes (default: all cores; 0 or 1: none, all in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
     show_defaults(p)

@@ -310,7 +310,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--crop", choices=CROPS, default="none",
                    help="fov: crop the square around the round field of view (= --preprocess fov)")
     p.add_argument("-j", "--workers", type=at_least(0), default=None,
-                   help="processes (default: all cores; 0: none, in this process, as for train's loaders)")
+                   help="processes (default: all cores; 0 or 1: none, all in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_format_arguments(p, "SRC")
     return show_defaults(p)

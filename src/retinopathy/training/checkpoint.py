@@ -35,19 +35,23 @@ class CheckpointError(RetinopathyError, RuntimeError):
 @contextlib.contextmanager
 def interrupts_after():
     """Ctrl-C during the block reaches the SIGINT handler after it: inside ``torch.save`` it would surface as a
-    RuntimeError from the zip writer (a "failed" cell instead of an interrupted run). An ignored SIGINT stays so."""
-    previous = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or previous in (signal.SIG_IGN, None):
+    RuntimeError from the zip writer (a "failed" cell instead of an interrupted run). An ignored SIGINT stays so.
+    SIGTERM too, where a Python handler takes it (train turns it into Ctrl-C); by default it still kills."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    held = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    held = {s: h for s, h in held.items() if callable(h) or (s == signal.SIGINT and h not in (signal.SIG_IGN, None))}
     caught = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append((signum, frame)))
+    for s in held:
+        signal.signal(s, lambda signum, frame: caught.append((signum, frame)))
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught and callable(previous):
-            previous(*caught[0])  # Python's default handler raises KeyboardInterrupt
+        for s, h in held.items():
+            signal.signal(s, h)
+        if caught and callable(held[caught[0][0]]):
+            held[caught[0][0]](*caught[0])  # Python's default SIGINT handler raises KeyboardInterrupt
         elif caught:
             raise KeyboardInterrupt
 

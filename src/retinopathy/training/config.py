@@ -127,7 +127,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--scheduler", choices=("none", "cosine"), default="cosine",
                    help="per step within each phase: cosine to zero after the warm-up, or constant (lab)")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up at the start of each phase")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy's (classification only)")
+    g.add_argument("--label-smoothing", type=float, default=0.0, help="cross-entropy's (classification, ordinal+ce)")
     g.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
                    help="mixup (timm's --mixup): blend each batch with a shuffled copy, weight ~ Beta(ALPHA, "
                         "ALPHA), and the two targets' losses alike (default 0: off)")
@@ -253,7 +253,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         run = resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
         parser.error(f"--resume {pre.resume}: " + (
             "not found" if not resume.exists() else
-            f"a file; --resume takes the run folder, {run}" if (run / "config.yaml").exists() else
+            f"inside a run; --resume takes the run folder, {run}" if (run / "config.yaml").exists() else
             "not a run folder (no config.yaml there); pass the folder that `retinopathy train --out` wrote, "
             "e.g. runs/NAME"))
     if pre.resume and not pre.config:

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -135,10 +136,12 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def _stop_on_sigterm(worker_id: int) -> None:
-    """In a loader worker: SIGTERM stops it as Ctrl-C does, quietly (PyTorch's own handler re-raises a SIGTERM
-    that does not come from the main process, and the main process then reports the worker as killed)."""
-    signal.signal(signal.SIGTERM, _stop)
+def _own_process_group(worker_id: int) -> None:
+    """A loader worker leaves its parent's process group: a SIGTERM (or Ctrl-C) sent to the group reaches the main
+    process alone, which stops the workers itself (PyTorch's worker handler exits at once on a SIGTERM from its
+    parent; one from elsewhere killed the worker, and the main process then failed on it). A worker whose parent
+    is gone stops by itself (PyTorch's watchdog)."""
+    os.setpgrp()
 
 
 def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int,
@@ -146,7 +149,7 @@ def make_loader(dataset, batch_size: int, workers: int, device, sampler, determi
     """``train``: a last batch of a single image is dropped (BatchNorm cannot train on one value per channel,
     which a small input's 1 x 1 feature maps leave); every other batch is kept."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", worker_init_fn=_stop_on_sigterm,
+                      pin_memory=device.type == "cuda", worker_init_fn=_own_process_group,
                       drop_last=train and len(sampler) > batch_size and len(sampler) % batch_size == 1,
                       persistent_workers=workers > 0 and not deterministic,
                       prefetch_factor=4 if workers > 0 else None,
@@ -621,14 +624,18 @@ def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``retinopathy train``. SIGTERM (``docker stop``, SLURM, ``timeout``) stops it as Ctrl-C does: loader
-    workers, forked after this, stop quietly too, and the run can be continued with ``--resume``."""
+    """``retinopathy train``. SIGTERM (``docker stop``, SLURM, ``timeout``; to the process or its group) stops a
+    single-process run as Ctrl-C does, saves finished first, and the run can be continued with ``--resume``. Under
+    torchrun or srun the launcher tears the ranks down (a rank waiting in a collective could not run a Python
+    handler)."""
     args = parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _stop)
+    catch = threading.current_thread() is threading.main_thread() and launched_as()[1] == 1
+    previous = signal.signal(signal.SIGTERM, _stop) if catch else None
     try:
         main(args)
     except KeyboardInterrupt:
         raise Interrupted(args.out) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if catch:
+            signal.signal(signal.SIGTERM, previous)
     return 0
