@@ -107,13 +107,12 @@ def brightest(img: Image.Image) -> float:
     return float(np.percentile(np.asarray(img.convert("L")), 99))
 
 
-def doubt(img: Image.Image, size: int) -> str:
-    """Why a grade of ``img`` (decoded for a model input of ``size`` px) would be doubtful, or '': ``black`` (no
-    retina), ``dark``, ``small`` (enlarged more than twice) or ``narrow`` (sides more than 2:1; photographs are
-    about 3:2)."""
-    level = brightest(img)
+def doubt(level: float, sides: tuple[int, int], size: int) -> str:
+    """Why a grade of an image (its :func:`brightest` ``level``, its ``sides`` as decoded for a model input of
+    ``size`` px) would be doubtful, or '': ``black`` (no retina), ``dark``, ``small`` (enlarged more than twice) or
+    ``narrow`` (sides more than 2:1; photographs are about 3:2)."""
     return ("black" if level < BLANK_LEVEL else "dark" if level < DIM_LEVEL else
-            "small" if 2 * min(img.size) < size else "narrow" if max(img.size) > 2 * min(img.size) else "")
+            "small" if 2 * min(sides) < size else "narrow" if max(sides) > 2 * min(sides) else "")
 
 
 def _refuse_unreadable(path: Path, e: Exception) -> None:

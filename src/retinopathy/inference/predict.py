@@ -182,8 +182,8 @@ def _once(items: list[Item]) -> list[Item]:
 
 
 class ImageItems(Dataset):
-    """``(uint8 tensor or None, index, error, doubt)`` per item (:func:`~retinopathy.data.images.doubt`): an
-    unreadable image is reported, not raised."""
+    """``(uint8 tensor or None, index, error, doubt)`` per item, ``doubt`` being ``(kind, (width, height), level)``
+    (:func:`~retinopathy.data.images.doubt`) or None: an unreadable image is reported, not raised."""
 
     def __init__(self, items: list[Item], prep):
         self.items, self.size = items, prep.size
@@ -195,13 +195,14 @@ class ImageItems(Dataset):
     def __getitem__(self, index: int):
         item = self.items[index]
         if item.error:
-            return None, index, item.error, ""
+            return None, index, item.error, None
         try:
             image = open_image(item.path, self.size)
         except ImageError as e:
-            return None, index, e.reason, ""
-        why = doubt(image, self.size)
-        return self.transform(image), index, "", why and f"{why}|{image.width}x{image.height}|{brightest(image):.0f}"
+            return None, index, e.reason, None
+        level = brightest(image)
+        kind = doubt(level, image.size, self.size)
+        return self.transform(image), index, "", (kind, image.size, level) if kind else None
 
 
 def collate(batch):
@@ -278,11 +279,9 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     doubtful: dict[str, list] = {kind: [] for kind in DOUBTS}
     for images, idx, failed, doubts in progress_bar(loader, enabled=progress, desc="predict", unit="batch",
                                                     leave=False):
-        for i, why in doubts:
-            kind, size, level = why.split("|")
-            sides = sorted(map(int, size.split("x")))
-            doubtful[kind].append({"name": items[i].image, "size": size, "level": level, "input": prep.size,
-                                   "ratio": f"{sides[1] / sides[0]:.1f}:1"})
+        for i, (kind, (w, h), level) in doubts:
+            doubtful[kind].append({"name": items[i].image, "size": f"{w}x{h}", "level": f"{level:.0f}",
+                                   "input": prep.size, "ratio": f"{max(w, h) / min(w, h):.1f}:1"})
         for i, reason in failed:
             res["errors"][i] = reason
         if images is None:
@@ -348,9 +347,8 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
                     f"left: the image the model saw; right: where it raises {explained} (Grad-CAM)"]
             if not heat.any():
                 said.append("blank: no region raises it (or every region alike)")
-            res["heatmaps"][i] = str(save_heatmap(image, heat, said, cam_dir / names[i]))
-            if not heat.any():
                 empty.append(names[i])
+            res["heatmaps"][i] = str(save_heatmap(image, heat, said, cam_dir / names[i]))
     if empty:
         print(f"warning: {len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
               "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike "
