@@ -3,7 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import signal
+
+
+def worker_count(requested: int | None, jobs: int) -> int:
+    """How many workers to use for ``jobs`` jobs: ``requested`` (None: every core), at most one per job; 0 or 1 is
+    one, working in this process."""
+    return max(1, min(os.cpu_count() or 1 if requested is None else requested, jobs))
 
 
 @contextlib.contextmanager

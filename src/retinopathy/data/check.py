@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..progress import progress_bar
+from ..workers import worker_count
 from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog
 from .images import BLANK_LEVEL, ImageError, brightest, check_image, open_image
 from .problems import Problem
@@ -40,8 +41,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
     blank: list[Problem] = []
     present = [s for s in catalog.samples if s.path] if images else []
     sizes, sums, ok = [], [np.zeros(3), np.zeros(3), 0], []
-    workers = max(1, os.cpu_count() or 1 if workers is None else workers)
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(worker_count(workers, len(present))) as pool:
         futures = [pool.submit(_inspect, s.path, stats) for s in present]
         for s, fut in progress_bar(zip(present, futures), enabled=progress, total=len(present),
                                    desc="checking images", unit="img"):

@@ -56,7 +56,7 @@ from ..atomic import sibling, write_json
 from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
 from ..errors import RetinopathyError
 from ..progress import progress_bar
-from ..workers import mapped
+from ..workers import mapped, worker_count
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, image_files, open_image
 from .problems import Problem
@@ -241,7 +241,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
             todo.append((s, str(dst)))
 
     jobs = [(s.path, dst, size, crop) for s, dst in todo]
-    workers = max(1, min(os.cpu_count() or 1 if workers is None else workers, len(jobs) or 1))  # 0, 1: in here
+    workers = worker_count(workers, len(jobs))
     bar = progress_bar(total=len(jobs), enabled=progress, unit="img", desc="prepare", dynamic_ncols=True)
     failed: set[str] = set()
     try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from ..atomic import leftover, replacing, write_text
 from ..errors import RetinopathyError
 from ..progress import progress_bar
-from ..workers import mapped
+from ..workers import mapped, worker_count
 
 MARKER = "Synthetic"  # the first word of the README.txt that marks a folder this module wrote
 
@@ -484,7 +483,7 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     grades = assign_grades(n, seed, balanced)
     names = [image_name(i) for i in range(n)]
     jobs = [(str(out), i, grades[i], size, seed) for i in range(n)]
-    workers = max(1, min(os.cpu_count() or 1 if workers is None else workers, n))  # 0 or 1: in this process
+    workers = worker_count(workers, n)
     bar = progress_bar(total=n, enabled=progress, unit="img", desc="synth")
     try:
         with mapped(_render_file, jobs, workers, most_per_chunk=32) as rendered:
