@@ -156,11 +156,11 @@ def _checked_label(name: str, text: str, name_file: Path, label_file: Path, line
         return None
     label = parse_label(text)
     if label is None:
-        indexed = re.fullmatch(r"\s*[0-9]+\s*,.*", text) and parse_label(text.split(",", 1)[1]) is not None
+        row_index = re.fullmatch(r"\s*[0-9]+\s*,.*", text) and parse_label(text.split(",", 1)[1]) is not None
         problems.append(Problem("bad-label", str(label_file), line,
                                 f"label {text.strip()!r} for {name} is not an integer 0-4" + (
                                     " (pandas' row index before the grade? write the lab's CSVs with "
-                                    "to_csv(..., header=False, index=False))" if indexed else ""), name))
+                                    "to_csv(..., header=False, index=False))" if row_index else ""), name))
     return label
 
 

@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import inspect
 import io
-import json
 import math
 import os
 import re
@@ -35,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import check_output_file, refuse_replacing
+from ..atomic import check_output_file, refuse_replacing, write_json
 from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
@@ -270,7 +269,7 @@ def main(args) -> dict:
                 "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,
                            "batch_sizes": [1, 3]}}
         card = metadata_path(work / out.name)  # NAME.json: never the model's own name (--out meta.json)
-        card.write_text(json.dumps(meta, indent=2))
+        write_json(card, meta)
         for f in work.iterdir():  # the model (and any external data), then its metadata
             if f != card:
                 os.replace(f, out.parent / f.name)

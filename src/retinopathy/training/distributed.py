@@ -27,8 +27,9 @@ def resume_command(run, world: int | None = None) -> str:
     srun with the same tasks. ``world``: the run's process count, for a caller outside the run (the report), which
     cannot know the launcher: then torchrun on one node."""
     env, run = os.environ, shlex.quote(str(run))
-    if world is None and "SLURM_PROCID" in env and "WORLD_SIZE" not in env and launched_as()[1] > 1:
-        return f"srun --ntasks={launched_as()[1]} retinopathy train --resume {run}"
+    tasks = launched_as()[1] if world is None and "SLURM_PROCID" in env and "WORLD_SIZE" not in env else 1
+    if tasks > 1:
+        return f"srun --ntasks={tasks} retinopathy train --resume {run}"
     if world is None:
         world, local = int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_WORLD_SIZE", 0) or 0)
     else:
