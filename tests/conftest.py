@@ -47,3 +47,47 @@ def tiny_run(synth_small, tmp_path_factory) -> Path:
                "--out", str(run), "--quiet"])
     assert rc == 0
     return run
+
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """``full_disk(name, nth=1)``: the ``nth`` opening of a file called ``name`` for writing (or of its atomic
+    write's temporary) finds the disk full after 100 bytes (inside ``torch.save``, the zip writer then reports a
+    RuntimeError, as a real full disk makes it do)."""
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    class Full:
+        def __init__(self, file):
+            self.file, self.room = file, 100
+
+        def write(self, data):
+            if len(data) > self.room:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.room -= len(data)
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    def fill(name: str, nth: int = 1):
+        writes = []
+
+        def opened(file, mode="r", *args, **kwargs):
+            f = real_open(file, mode, *args, **kwargs)
+            if isinstance(file, (str, os.PathLike)) and mode[0] in "wa" and (
+                    Path(file).name == name or Path(file).name.startswith(f".{name}.tmp")):
+                writes.append(file)
+                return Full(f) if len(writes) == nth else f
+            return f
+
+        monkeypatch.setattr(builtins, "open", opened)
+    return fill

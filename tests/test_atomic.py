@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from retinopathy.atomic import replacing, write_text
+from retinopathy.errors import NotWritten
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
@@ -17,6 +18,20 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     with replacing(path, "wb") as f:
         f.write(b"new")
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, full_disk):
+    """A write that fails for want of room names no file: the error names the file being written (the CLI prints
+    its message), and is still an OSError."""
+    import errno
+
+    path = tmp_path / "metrics.json"
+    write_text(path, "old")
+    full_disk("metrics.json")
+    with pytest.raises(NotWritten) as e:
+        write_text(path, "new" * 100)
+    assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC and e.value.filename == str(path)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
 
 
 def test_a_pipe_or_device_is_written_in_place_not_replaced(tmp_path):
@@ -86,21 +101,17 @@ def test_ctrl_c_during_a_checkpoint_save_arrives_after_it(tmp_path, monkeypatch)
     assert checkpoint.load_checkpoint(tmp_path / "last.pt")["epoch"] == 4
 
 
-def test_a_checkpoint_save_that_fails_keeps_the_last_one(tmp_path, monkeypatch):
-    """A full disk (or a crash) in the middle of saving last.pt leaves the previous last.pt whole: the run resumes
-    from it."""
+def test_a_checkpoint_save_that_fails_keeps_the_last_one(tmp_path, full_disk):
+    """A full disk in the middle of saving last.pt leaves the previous last.pt whole (the run resumes from it), and
+    the error names the file and the cause, not the zip writer's "unexpected pos"."""
     import torch
 
     from retinopathy.training import checkpoint
 
-    path, real_save = tmp_path / "last.pt", torch.save
+    path = tmp_path / "last.pt"
     checkpoint.save_checkpoint({"epoch": 3, "model": {"w": torch.ones(4)}}, path)
-
-    def disk_full(obj, f):
-        f.write(b"PK\x03\x04 the first bytes of a zip")
-        raise OSError(28, "No space left on device")
-    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    full_disk("last.pt")
+    with pytest.raises(NotWritten) as e:
         checkpoint.save_checkpoint({"epoch": 4, "model": {"w": torch.zeros(4)}}, path)
-    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert str(e.value) == f"{path}: cannot be written (No space left on device)"
     assert checkpoint.load_checkpoint(path)["epoch"] == 3 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]

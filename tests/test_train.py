@@ -583,7 +583,8 @@ def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     common = ["train", "--data", str(synth_small), *FAST, "--epochs", "2", "--freeze-epochs", "1", "--amp", "none",
               "--deterministic"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path / "tmp")}  # torchrun's folders go with it
 
     def ddp(*args):
         subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "retinopathy", *args],
@@ -1280,6 +1281,30 @@ def test_sigterm_stops_training_as_ctrl_c_does(synth_small, tmp_path):
     assert f"continue it with `retinopathy train --resume {run}`" in err
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert [int(r["epoch"]) for r in rows(run)] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("full, hint", [
+    ("last.pt", "the run keeps its last finished epoch in {last}: continue it with `retinopathy train --resume {run}`"),
+    ("metrics.csv", "no epoch of {run} had finished: run the same command again")])
+def test_a_full_disk_stops_training_with_the_file_named_and_the_run_resumable(synth_small, tmp_path, capsys,
+                                                                              monkeypatch, full_disk, full, hint):
+    """A disk that fills while a checkpoint or the metrics are written (the project's CI once ran out of space)
+    stops training with the file and the cause named, not the zip writer's "unexpected pos" or a traceback: the
+    checkpoint saved before is kept and the run goes on to the end."""
+    full_disk(full, nth=2)  # the second epoch's last.pt; the first epoch's row (after the header)
+    run = tmp_path / "run"
+    argv = ["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "2", "--freeze-epochs", "1",
+            "--out", str(run)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    last = run / "checkpoints" / "last.pt"
+    assert f"error: {run / full if full != 'last.pt' else last}: cannot be written (No space left on device); " \
+           + hint.format(last=last, run=run) in err, err
+    assert [p.name for p in (run / "checkpoints").glob(".*")] == []
+    assert load_checkpoint(last)["epoch"] == 0 if full == "last.pt" else not last.exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet"] if full == "last.pt" else argv) == 0
+    assert [int(r["epoch"]) for r in rows(run)] == [0, 1]
 
 
 def test_version_and_command_list_answer_without_importing_torch():

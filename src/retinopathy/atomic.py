@@ -12,7 +12,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import RetinopathyError
+from .errors import NotWritten, RetinopathyError
 
 try:
     import fcntl
@@ -32,12 +32,28 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
         return
     tmp = sibling(path, f".tmp{os.getpid()}", ".")
     try:
-        with open(tmp, mode, **kwargs) as f:
+        with naming(path), open(tmp, mode, **kwargs) as f:
             yield f
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@contextlib.contextmanager
+def naming(path: str | os.PathLike):
+    """A write in the block that fails for want of room raises :class:`NotWritten` naming ``path``: the OSError
+    of a failed write names no file, and ``torch.save`` reports it as a RuntimeError from its zip writer."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        cause = next((c for c in (e, e.__context__) if isinstance(c, OSError)), None)
+        if cause is None or cause.errno not in ROOM or isinstance(e, NotWritten):
+            raise
+        raise NotWritten(cause.errno, cause.strerror, str(path)) from e
 
 
 def leftover(path: Path) -> bool:

@@ -7,6 +7,16 @@ class RetinopathyError(Exception):
     exit_code = 2
 
 
+class NotWritten(RetinopathyError, OSError):
+    """A file that could not be written for want of room (a full disk, a quota): ``NotWritten(errno, strerror,
+    path)``. ``run``: a training run to continue once there is room (``train`` sets it)."""
+
+    run = None
+
+    def __str__(self):
+        return f"{self.filename}: cannot be written ({self.strerror})"
+
+
 class DataWarning(UserWarning):
     """Something about the data to know before trusting numbers (patients on both sides of a split); the CLI prints
     it once, as ``warning: ...``."""

@@ -65,7 +65,8 @@ def _run(argv: list[str]) -> int:
         args = build_parser(command).parse_args(argv)
         return args.func(args) or 0
     except RetinopathyError as e:
-        print(f"error: {e}", file=sys.stderr)
+        run = getattr(e, "run", None)  # a training run that stopped unsaved (a full disk) can be continued
+        print(f"error: {e}" + (_how_to_continue(argv, run) if run else ""), file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         if not _reader_left():
@@ -106,7 +107,8 @@ def _reader_left() -> bool:
 
 
 def _how_to_continue(argv: list[str], run) -> str:
-    """What an interrupted train or experiment command can do next (``run``: the training run's folder)."""
+    """What an interrupted (or unsaved) train or experiment command can do next (``run``: the training run's
+    folder)."""
     if argv[:1] == ["experiment"]:
         return "; run the same command again: finished cells are skipped, the interrupted one resumes"
     if run is None:

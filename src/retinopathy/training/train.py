@@ -23,13 +23,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 
-from ..atomic import check_writable, exclusive, replacing, write_text
+from ..atomic import check_writable, exclusive, naming, replacing, write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES
 from ..data.splits import run_overlap, same_photographs
-from ..errors import Interrupted, RetinopathyError
+from ..errors import Interrupted, NotWritten, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
@@ -614,7 +614,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
 
 def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
     if append:
-        with open(path, "a", newline="") as f:
+        with naming(path), open(path, "a", newline="") as f:
             csv.DictWriter(f, columns, lineterminator="\n").writerows(rows)
         return
     with replacing(path, newline="") as f:
@@ -635,6 +635,9 @@ def cli(argv: list[str] | None = None) -> int:
         main(args)
     except KeyboardInterrupt:
         raise Interrupted(args.out) from None
+    except NotWritten as e:  # a full disk: the run continues from its last saved epoch once there is room
+        e.run = args.out
+        raise
     finally:
         if catch:
             signal.signal(signal.SIGTERM, previous)
