@@ -758,6 +758,18 @@ def test_an_output_that_is_a_folder_is_refused_before_the_work(tiny_run, kaggle,
     assert f"error: {tmp_path}: --out is a folder; give the file to write" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("written", ["metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "model.pt"])
+def test_a_full_disk_is_named_not_a_traceback(tiny_run, synth_small, tmp_path, capsys, full_disk, written):
+    """Each kind of write (atomic JSON, numpy's table, matplotlib's figure, torch.jit's model) that finds the disk
+    full names its file: the OSError of a failed write names none, and the command ended in a traceback."""
+    full_disk(written)
+    argv = (["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path / written)]
+            if written.endswith(".pt") else
+            ["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(tmp_path), "--quiet"])
+    assert main(argv) == 2
+    assert f"error: {tmp_path / written}: cannot be written (No space left on device)" in capsys.readouterr().err
+
+
 def test_a_reader_that_leaves_early_stops_the_command_quietly(kaggle, tmp_path):
     """`retinopathy ... | head -1`: the pipe closes under the command, which stops with the shell's status for
     SIGPIPE and no traceback."""

@@ -37,7 +37,7 @@ from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
 from ..errors import DataWarning  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
-from ..reporting.figures import plot_confusion  # noqa: E402
+from ..reporting.figures import plot_confusion, save_figure  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.checkpoint import run_folder  # noqa: E402
 from ..training.engine import ShardSampler, evaluate  # noqa: E402
@@ -118,8 +118,7 @@ def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
     plot_confusion(ax, confusion_matrix(y_true, y_pred, labels=GRADES), colorbar=True)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(args) -> dict:
@@ -165,8 +164,9 @@ def main(args) -> dict:
         w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
         for s, t, p, pr, sc in zip(dataset.samples, y, pred, probs, res["scores"]):
             w.writerow([s.image, s.patient, int(t), int(p), *[f"{v:.9g}" for v in pr], f"{sc:.9g}"])
-    np.savetxt(out / "confusion_matrix.csv", np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
-               header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
+    with replacing(out / "confusion_matrix.csv") as f:
+        np.savetxt(f, np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
+                   header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
     confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
                      f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
     ci = metrics.get("ci95")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import check_output_file, refuse_replacing, write_json
+from ..atomic import check_output_file, naming, refuse_replacing, write_json
 from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
@@ -179,7 +179,8 @@ def export_torchscript(model, example: torch.Tensor, path: Path) -> str:
     with warnings.catch_warnings():  # torch.jit is deprecated upstream; it is still what LibTorch loads
         warnings.simplefilter("ignore", FutureWarning)
         traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(path))
+        with open(path, "wb") as f:  # a Python file: a failed write is an OSError (:func:`naming` names it)
+            torch.jit.save(traced, f)
     return "torch.jit.trace"
 
 
@@ -234,8 +235,9 @@ def main(args) -> dict:
     try:
         target = work / out.name
         example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # batch > 1: the batch must not specialise
-        exporter, opset = (export_onnx(model, example, target, args.opset) if args.format == "onnx"
-                           else (export_torchscript(model, example, target), None))
+        with naming(out):
+            exporter, opset = (export_onnx(model, example, target, args.opset) if args.format == "onnx"
+                               else (export_torchscript(model, example, target), None))
         diff, spread = parity(model, load_runner(target, args.format), x)
         print(f"parity ({'ONNX Runtime' if args.format == 'onnx' else 'TorchScript'} vs PyTorch) on {what}, "
               f"batch sizes 1 and 3: max |logit difference| = {diff:.2e} (tolerance {args.tolerance:g})")

@@ -19,6 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
+from ..atomic import naming  # noqa: E402
 from ..data.formats import GRADES  # noqa: E402
 from ..models.objectives import loss_name  # noqa: E402
 from .html import epochs_text  # noqa: E402
@@ -88,8 +89,7 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> No
                  + (f"\ntraining's loss includes {', '.join(terms)}; val and test losses are plain" if terms else ""),
                  fontsize=12)
     _legend(fig, series, markers, splits, baselines)
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, path, dpi=DPI, bbox_inches="tight")
 
 
 def _panels(series: list[dict], metric: str) -> list[tuple[str | None, list[dict]]]:
@@ -165,5 +165,14 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
                         bbox={"boxstyle": "round", "fc": "#f3f3f3", "ec": "#bbbbbb"})
                 continue
             plot_confusion(ax, cell, fontsize=8)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    save_figure(fig, path, dpi=DPI)
+
+
+def save_figure(fig, path: Path, **kwargs) -> None:
+    """``fig.savefig(path)``, a full disk named as every write names it (:func:`~retinopathy.atomic.naming`), and
+    the figure closed."""
+    try:
+        with naming(path):
+            fig.savefig(path, **kwargs)
+    finally:
+        plt.close(fig)
