@@ -14,6 +14,17 @@ def _shared_root() -> Path:
     return Path(os.environ.get("RETINOPATHY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_report_header(config):
+    """The free space where the tests write: they hold up to about 3 GB at once (checkpoints of ResNets), and a
+    full disk fails them in odd places."""
+    import shutil
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
+    return f"free space in {tempfile.gettempdir()}: {free:.1f} GB" + (
+        " - the tests need about 3 GB" if free < 3 else "")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or $RETINOPATHY_SHARED_DATA); skips when absent unless REQUIRE_SHARED_DATA=1."""
