@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -238,7 +237,8 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------------------ browser
-def _browser():
+def _browser(profile: Path):
+    """Headless Chromium with its profile in ``profile`` (a test's tmp_path: removed with it)."""
     chromium, driver = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
     if not (chromium.exists() and driver.exists()):
         msg = "headless Chromium not installed (apt-get install chromium chromium-driver)"
@@ -251,7 +251,7 @@ def _browser():
     opts = webdriver.ChromeOptions()
     for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
-              f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}", "--window-size=1280,1000"):
+              f"--user-data-dir={profile}", "--window-size=1280,1000"):
         opts.add_argument(a)
     return webdriver.Chrome(service=Service(str(driver)), options=opts)
 
@@ -260,7 +260,7 @@ def _browser():
 def test_page_in_a_real_browser(experiment, tmp_path):
     from selenium.webdriver.common.by import By
 
-    driver = _browser()
+    driver = _browser(tmp_path / "chromium")
     try:
         driver.get((experiment / "report" / "index.html").as_uri())
         shot = tmp_path / "page.png"
