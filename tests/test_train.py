@@ -348,7 +348,8 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(SystemExit):  # a new run into a run's folder would replace it
         main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--out", str(run)])
-    assert f"--out {run} already holds a run (checkpoints/last.pt): continue it with --resume" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"--out {run} already holds a run (checkpoints/last.pt): continue it with --resume" in err
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     for bad, named in ((["--model", "resnet19"], "'resnet19' is not a torchvision model"),
                        (["--objective", "regression", "--label-smoothing", "0.1"], "not to regression")):
@@ -930,9 +931,11 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     (tmp_path / "other" / "trainLabels.csv").write_text("image,level\n" + "\n".join(others) + "\n")
     ckpt = {"config": {"split_seed": 3, "val_fraction": 0.15, "test_fraction": None}}
     args = Namespace(split_file=None, split_seed=None, val_fraction=None, test_fraction=None, split="test")
-    assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["split_file"] == tmp_path / "run" / "split.csv"
+    copy = run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))
+    assert copy["split_file"] == tmp_path / "run" / "split.csv"
     other = run_catalog_options(args, best, ckpt, str(tmp_path / "other"))
-    assert "split_file" not in other and (other["seed"], other["val_fraction"], other["test_fraction"]) == (3, 0.15, 0.2)
+    assert "split_file" not in other
+    assert (other["seed"], other["val_fraction"], other["test_fraction"]) == (3, 0.15, 0.2)
     with pytest.raises(DataError, match="20 of its images are in the run's split .*, with the same grades, and 2 "):
         run_catalog_options(args, best, ckpt, str(tmp_path / "more"))
     new = "10_left,0\n10_right,1\n"
@@ -1285,7 +1288,7 @@ def test_sigterm_stops_training_as_ctrl_c_does(synth_small, tmp_path):
 
 @pytest.mark.parametrize("full, hint", [
     ("last.pt", "the run keeps its last finished epoch in {last}: continue it with `retinopathy train --resume {run}`"),
-    ("metrics.csv", "no epoch of {run} had finished: run the same command again")])
+    ("metrics.csv", "no epoch of {run} had finished: run the same command again")], ids=["last.pt", "metrics.csv"])
 def test_a_full_disk_stops_training_with_the_file_named_and_the_run_resumable(synth_small, tmp_path, capsys,
                                                                               monkeypatch, full_disk, full, hint):
     """A disk that fills while a checkpoint or the metrics are written (the project's CI once ran out of space)
