@@ -57,7 +57,10 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     maps = [m for m, shape in seen if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1
             and not isinstance(m, POOLING)]
     if not maps:
-        raise RetinopathyError(f"{type(net).__name__}: no layer with a spatial feature map found for Grad-CAM")
+        flat = any(shape is not None and len(shape) == 4 for _, shape in seen)  # maps, all 1x1 at this size
+        raise RetinopathyError(f"{type(net).__name__}: no layer with a spatial feature map found for Grad-CAM" + (
+            f": at {image_size} px its feature maps shrink to 1x1, which locate nothing; Grad-CAM needs a model "
+            "trained on larger images (--image-size)" if flat else ""))
     return maps[-1]
 
 
