@@ -20,9 +20,11 @@ def pytest_report_header(config):
     import shutil
     import tempfile
 
-    free = shutil.disk_usage(tempfile.gettempdir()).free / 1e9
-    return f"free space in {tempfile.gettempdir()}: {free:.1f} GB" + (
-        " - the tests need about 3 GB" if free < 3 else "")
+    where = Path(config.option.basetemp or tempfile.gettempdir()).resolve()
+    while not where.exists():  # --basetemp is made later
+        where = where.parent
+    free = shutil.disk_usage(where).free / 1e9
+    return f"free space in {where}: {free:.1f} GB" + (" - the tests need about 3 GB" if free < 3 else "")
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +66,8 @@ def tiny_run(synth_small, tmp_path_factory) -> Path:
 def full_disk(monkeypatch):
     """``full_disk(name, nth=1)``: the ``nth`` opening of a file called ``name`` for writing (or of its atomic
     write's temporary) finds the disk full after 100 bytes (inside ``torch.save``, the zip writer then reports a
-    RuntimeError, as a real full disk makes it do)."""
+    RuntimeError, as a real full disk makes it do). Writes made past Python (to the file's descriptor, as
+    ``shutil.copyfile`` does) are not reached: a test of those sets RLIMIT_FSIZE in a subprocess."""
     import builtins
     import errno
 

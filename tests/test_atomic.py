@@ -1,9 +1,12 @@
 """Files written whole or not at all."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from retinopathy.atomic import replacing, write_text
+from retinopathy.cli.main import main
 from retinopathy.errors import NotWritten
 
 
@@ -32,6 +35,28 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, full_disk):
         write_text(path, "new" * 100)
     assert isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC and e.value.filename == str(path)
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full (Linux's always-full device)")
+def test_a_full_device_is_named_too(synth_small, capsys):
+    """`--json /dev/full` (or /dev/stdout on a full disk): devices are written in place, and named when full."""
+    assert main(["data", "check", str(synth_small), "--json", "/dev/full", "--quiet"]) == 2
+    assert "error: /dev/full: cannot be written (No space left on device)" in capsys.readouterr().err
+
+
+def test_a_figure_on_a_full_disk_leaves_the_one_before_whole(tmp_path, full_disk):
+    """Pillow removes only a file it created: a figure written in place over an older one left it cut off."""
+    import matplotlib.pyplot as plt
+
+    from retinopathy.reporting.figures import save_figure
+
+    path = tmp_path / "confusion.png"
+    save_figure(plt.figure(), path)
+    before = path.read_bytes()
+    full_disk("confusion.png")
+    with pytest.raises(NotWritten, match="confusion.png: cannot be written"):
+        save_figure(plt.figure(), path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["confusion.png"]
 
 
 def test_a_pipe_or_device_is_written_in_place_not_replaced(tmp_path):

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -758,16 +761,45 @@ def test_an_output_that_is_a_folder_is_refused_before_the_work(tiny_run, kaggle,
     assert f"error: {tmp_path}: --out is a folder; give the file to write" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("written", ["metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "model.pt"])
+@pytest.mark.parametrize("written", ["metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "model.pt",
+                                     "model.pt.json"])
 def test_a_full_disk_is_named_not_a_traceback(tiny_run, synth_small, tmp_path, capsys, full_disk, written):
-    """Each kind of write (atomic JSON, numpy's table, matplotlib's figure, torch.jit's model) that finds the disk
-    full names its file: the OSError of a failed write names none, and the command ended in a traceback."""
+    """Each kind of write (atomic JSON, numpy's table, matplotlib's figure, torch.jit's model, export's metadata)
+    that finds the disk full names its file: the OSError of a failed write names none (the command ended in a
+    traceback), and export wrote its metadata in a work folder (it named that)."""
     full_disk(written)
-    argv = (["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path / written)]
-            if written.endswith(".pt") else
+    argv = (["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path / "model.pt")]
+            if written.startswith("model") else
             ["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(tmp_path), "--quiet"])
     assert main(argv) == 2
     assert f"error: {tmp_path / written}: cannot be written (No space left on device)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["synth", "prepare"])
+def test_images_cut_off_by_a_file_size_limit_are_an_error_not_written(tmp_path, command):
+    """A real limit (RLIMIT_FSIZE: the kernel cuts a write short, then fails the next with EFBIG, as a filling disk
+    does): Pillow wrote JPEGs past Python and lost the short write, so synth exited 0 with every image cut off at
+    the limit. Now the command names the image, and no cut-off image is left."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))  # a 96 px JPEG is larger
+
+    from retinopathy.data.synth import generate
+
+    out = tmp_path / "out"
+    if command == "prepare":
+        generate(tmp_path / "photos", n=4, size=96, progress=False)  # a labels file under the limit
+    argv = (["synth", str(out), "--n", "4", "--size", "96"] if command == "synth" else
+            ["prepare", str(tmp_path / "photos"), str(out), "--size", "96"])
+    run = subprocess.run([sys.executable, "-m", "retinopathy", *argv, "--workers", "0", "--quiet"], text=True,
+                         capture_output=True, preexec_fn=limit, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr
+    assert re.search(rf"error: {re.escape(str(out))}/\S+\.jpeg: cannot be written \(File too large\)", run.stderr)
+    assert not list(out.glob("*.jpeg")), "no image, whole or cut off, is left"
 
 
 def test_a_reader_that_leaves_early_stops_the_command_quietly(kaggle, tmp_path):

@@ -449,3 +449,21 @@ def test_another_files_runs_stay_on_record_and_do_not_decide_the_exit(tmp_path, 
     assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
     cells = json.loads((exp.dir / "experiment.json").read_text())["cells"]
     assert list(cells) == ["resnet18", "old"] and cells["old"]["status"] == "failed"
+
+
+def test_a_full_disk_stops_the_experiment_at_its_cell(tmp_path, capsys, monkeypatch, full_disk):
+    """Every next cell would fail as the first did: the experiment stops there (the cell "incomplete"), says how to
+    go on, and the same command then finishes it."""
+    config = write_config(tmp_path, grid={"model": ["resnet18"], "pretrained": [False], "seed": [0, 1]},
+                          train={"epochs": 1, "freeze_epochs": 1, "image_size": 32, "batch_size": 16, "workers": 0})
+    full_disk("last.pt")
+    assert main(["experiment", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "last.pt: cannot be written (No space left on device); run the same command again: finished cells are " \
+           "skipped, the interrupted one resumes" in err, err
+    status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())
+    assert [c["status"] for c in status["cells"].values()] == ["incomplete", "pending"]
+    monkeypatch.undo()
+    assert main(["experiment", str(config), "--quiet"]) == 0
+    status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())
+    assert [c["status"] for c in status["cells"].values()] == ["done", "done"]

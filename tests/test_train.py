@@ -1310,6 +1310,20 @@ def test_a_full_disk_stops_training_with_the_file_named_and_the_run_resumable(sy
     assert [int(r["epoch"]) for r in rows(run)] == [0, 1]
 
 
+def test_a_model_card_a_full_disk_stopped_is_written_on_resume(synth_small, tmp_path, full_disk, monkeypatch):
+    """The card is written after best.pt: a resume of a run whose last save was a new best writes it (the hint to
+    resume had left the run without a card: nothing was left to train)."""
+    run = tmp_path / "run"
+    full_disk("MODEL_CARD.md")
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1",
+                 "--freeze-epochs", "1", "--out", str(run)]) == 2
+    card = run / "checkpoints" / "MODEL_CARD.md"
+    assert not card.exists()
+    monkeypatch.undo()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert card.exists() and "epoch 1 of 1" in card.read_text()
+
+
 def test_version_and_command_list_answer_without_importing_torch():
     """``retinopathy --version`` and ``--help`` (and a mistyped command) import no command: torch takes seconds."""
     code = ("import sys\nfrom retinopathy.cli.main import main\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -27,7 +28,7 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
     path = Path(path)
     kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}
     if _special(path):  # /dev/null, /dev/stdout, a pipe: written in place (a replace would put a file there)
-        with open(path, mode, **kwargs) as f:
+        with naming(path), open(path, mode, **kwargs) as f:
             yield f
         return
     tmp = sibling(path, f".tmp{os.getpid()}", ".")
@@ -43,17 +44,31 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
 ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+def out_of_room(e: BaseException) -> OSError | None:
+    """The OSError of a full disk (or quota, or file-size limit) that ``e`` is, or was raised while handling
+    (``torch.save``'s zip writer reports a failed write as a RuntimeError)."""
+    return next((c for c in (e, e.__context__) if isinstance(c, OSError) and c.errno in ROOM), None)
+
+
 @contextlib.contextmanager
 def naming(path: str | os.PathLike):
-    """A write in the block that fails for want of room raises :class:`NotWritten` naming ``path``: the OSError
-    of a failed write names no file, and ``torch.save`` reports it as a RuntimeError from its zip writer."""
+    """A write in the block that fails for want of room raises :class:`NotWritten` naming ``path`` (the OSError
+    of a failed write names no file, or a temporary one)."""
     try:
         yield
     except (OSError, RuntimeError) as e:
-        cause = next((c for c in (e, e.__context__) if isinstance(c, OSError)), None)
-        if cause is None or cause.errno not in ROOM or isinstance(e, NotWritten):
+        cause = out_of_room(e)
+        if cause is None or isinstance(e, NotWritten) and e.filename == str(path):
             raise
         raise NotWritten(cause.errno, cause.strerror, str(path)) from e
+
+
+def encoded(image, format: str, **params) -> bytes:
+    """A PIL ``image`` encoded in memory, for a Python file to write: Pillow writes JPEG to a file's descriptor
+    past Python, and loses a short write (the cut-off image of a full disk, with no error)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format, **params)
+    return buffer.getvalue()
 
 
 def leftover(path: Path) -> bool:

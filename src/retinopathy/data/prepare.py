@@ -52,9 +52,9 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from .. import __version__
-from ..atomic import sibling, write_json
+from ..atomic import encoded, naming, sibling, write_json
 from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
-from ..errors import RetinopathyError
+from ..errors import NotWritten, RetinopathyError
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
 from .formats import GRADES, Catalog, Sample, read_catalog
@@ -104,7 +104,8 @@ def prepare_file(job: tuple) -> str | None:
         return str(e)
     tmp = str(sibling(Path(dst), PART))
     try:
-        img.save(tmp, "JPEG", quality=QUALITY, subsampling=0)
+        with naming(dst), open(tmp, "wb") as f:
+            f.write(encoded(img, "JPEG", quality=QUALITY, subsampling=0))
         with Image.open(tmp) as check:
             check.load()
             if check.format != "JPEG" or check.size != img.size:
@@ -155,7 +156,8 @@ def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
         if dst.resolve() == src.resolve():
             raise PrepareError(f"{out}: would overwrite its own labels {src}; choose another OUT")
         tmp = sibling(dst, PART)
-        shutil.copyfile(src, tmp)
+        with naming(dst):
+            shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
         names.append(src.name)
     return names
@@ -336,7 +338,9 @@ def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     try:
         m = main(args)
-    except OSError as e:  # a full disk, no permission: not a bad input, but something to act on
+    except NotWritten:  # a full disk, with the file named
+        raise
+    except OSError as e:  # no permission...: not a bad input, but something to act on
         if e.filename and not Path(os.path.abspath(e.filename)).is_relative_to(os.path.abspath(args.out)):
             raise  # a file read, not written: the dispatcher names it
         raise PrepareError(f"cannot write {args.out}: {e}") from None

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..atomic import leftover, replacing, write_text
+from ..atomic import encoded, leftover, replacing, write_text
 from ..errors import RetinopathyError
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
@@ -441,7 +441,7 @@ def _render_file(job: tuple) -> None:
     img = render_fundus(rng, size, grade, name.rsplit("_", 1)[1])
     path = Path(out) / f"{name}.jpeg"
     with replacing(path, "wb") as f:
-        img.save(f, "JPEG", quality=int(rng.integers(70, 96)))
+        f.write(encoded(img, "JPEG", quality=int(rng.integers(70, 96))))
 
 
 def check_options(n: int = 1000, size: int = 256, seed: int = 0, balanced: bool = False, format: str = "kaggle",

@@ -44,7 +44,7 @@ import yaml
 
 from ..atomic import exclusive, write_json, write_text
 from ..cli.common import READ_KEYS, show_defaults
-from ..errors import RetinopathyError
+from ..errors import NotWritten, RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..reporting.html import epochs_text
 from ..training import config as train_config
@@ -419,6 +419,9 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
             write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
                                                     "train": train_config.plain_options(vars(parsed[cell.name]))})
             print(f"{tag} skipped - {str(e).splitlines()[0]}", flush=True)
+        except NotWritten as e:  # a full disk: every next cell would fail as this one; it stays "incomplete"
+            e.run = cell.dir
+            raise
         except (RetinopathyError, RuntimeError) as e:  # this cell's (data, weights, divergence, memory)
             entry.update(status="failed", reason=str(e))
             print(f"{tag} failed - {e}", file=sys.stderr, flush=True)

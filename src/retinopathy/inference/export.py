@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import check_output_file, naming, refuse_replacing, write_json
+from ..atomic import check_output_file, naming, out_of_room, refuse_replacing, write_json
 from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
@@ -147,12 +147,13 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
               "writes it", file=sys.stderr)
         first = f"it wrote opset {written}"
     except Exception as e:  # noqa: BLE001 - any exporter failure: try the other exporter
+        if out_of_room(e):  # the other exporter would fail alike
+            _remove_new(path, before)
+            raise
         first = f"{type(e).__name__}: {str(e)[:200]}"
         print(f"warning: the dynamo ONNX exporter failed ({first}); trying the TorchScript-based exporter",
               file=sys.stderr)
-    for f in set(path.parent.iterdir()) - before:  # what the first exporter wrote: the file, its external data
-        if f.name.startswith(path.name):
-            shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
+    _remove_new(path, before)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -165,6 +166,13 @@ def export_onnx(model, example: torch.Tensor, path: Path, opset: int | None = No
         raise ExportError(f"--opset {opset}: neither exporter wrote it (the TorchScript-based one wrote "
                           f"{written}); leave --opset out, or choose another")
     return "TorchScript-based (dynamo=False)", written
+
+
+def _remove_new(path: Path, before: set) -> None:
+    """What an exporter wrote for ``path`` (the file, its external data) that was not in its folder ``before``."""
+    for f in set(path.parent.iterdir()) - before:
+        if f.name.startswith(path.name):
+            shutil.rmtree(f) if f.is_dir() and not f.is_symlink() else f.unlink()
 
 
 def onnx_opset(path: Path) -> int:
@@ -271,7 +279,8 @@ def main(args) -> dict:
                 "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,
                            "batch_sizes": [1, 3]}}
         card = metadata_path(work / out.name)  # NAME.json: never the model's own name (--out meta.json)
-        write_json(card, meta)
+        with naming(metadata_path(out)):  # not the work folder's copy
+            write_json(card, meta)
         for f in work.iterdir():  # the model (and any external data), then its metadata
             if f != card:
                 os.replace(f, out.parent / f.name)

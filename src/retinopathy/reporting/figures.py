@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from ..atomic import naming  # noqa: E402
+from ..atomic import replacing  # noqa: E402
 from ..data.formats import GRADES  # noqa: E402
 from ..models.objectives import loss_name  # noqa: E402
 from .html import epochs_text  # noqa: E402
@@ -169,10 +169,10 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
 
 
 def save_figure(fig, path: Path, **kwargs) -> None:
-    """``fig.savefig(path)``, a full disk named as every write names it (:func:`~retinopathy.atomic.naming`), and
-    the figure closed."""
+    """``fig.savefig(path)`` written atomically (:func:`~retinopathy.atomic.replacing`: a full disk leaves the
+    figure before it whole, and is named), and the figure closed."""
     try:
-        with naming(path):
-            fig.savefig(path, **kwargs)
+        with replacing(path, "wb") as f:
+            fig.savefig(f, format=Path(path).suffix[1:], **kwargs)
     finally:
         plt.close(fig)

@@ -217,13 +217,15 @@ def eligible_epoch(objective, rule: str, accuracy: float, labels, margin: float)
 
 
 def restore_best(folder: Path, last: dict) -> None:
-    """Write ``best.pt`` from ``last`` when last.pt's epoch was its best and best.pt did not follow it (the process
-    was killed between the two saves): the two hold the same state."""
+    """When last.pt's epoch was its best, write ``best.pt`` from ``last`` if best.pt did not follow it (the process
+    was killed between the two saves: the two hold the same state), and its model card (which a full disk may have
+    stopped)."""
     best = folder / "best.pt"
-    if last["best"].get("epoch") == last["epoch"] and (
-            not best.exists() or load_checkpoint(best, mmap=True)["epoch"] != last["epoch"]):
+    if last["best"].get("epoch") != last["epoch"]:
+        return
+    if not best.exists() or load_checkpoint(best, mmap=True)["epoch"] != last["epoch"]:
         save_checkpoint({k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, best)
-        write_model_card(best)
+    write_model_card(best)
 
 
 def metrics_columns(eval_splits) -> list[str]:
