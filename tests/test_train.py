@@ -1311,8 +1311,8 @@ def test_a_full_disk_stops_training_with_the_file_named_and_the_run_resumable(sy
 
 
 def test_a_model_card_a_full_disk_stopped_is_written_on_resume(synth_small, tmp_path, full_disk, monkeypatch):
-    """The card is written after best.pt: a resume of a run whose last save was a new best writes it (the hint to
-    resume had left the run without a card: nothing was left to train)."""
+    """The card is written after best.pt: a resume of a run whose last save was a new best writes it when it did
+    not follow best.pt (the hint to resume had left the run without a card: nothing was left to train)."""
     run = tmp_path / "run"
     full_disk("MODEL_CARD.md")
     assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1",

@@ -19,7 +19,8 @@ Each cell (``resnet18-pretrained``, ``resnet50-scratch``, ``lr-0.01``...) is a `
 ``<out>/<name>/<cell>/`` (its options in ``cell.yaml``), then ``retinopathy evaluate`` of ``best.pt`` on the test
 split into ``<cell>/eval/``. A cell whose ImageNet weights cannot be had is skipped (``SKIPPED.json`` with the
 reason) and the others still run; a cell that fails (weights that do not fit, a non-finite loss or gradient...)
-is marked failed with its reason, the others still run, and the command exits 1. Finished cells are left alone on
+is marked failed with its reason, the others still run, and the command exits 1 (a full disk stops the command:
+every next cell would fail alike). Finished cells are left alone on
 a re-run; interrupted ones resume from ``checkpoints/last.pt``. The state of every cell goes to
 ``<out>/<name>/experiment.json``.
 """

@@ -35,7 +35,7 @@ from ..models import build_model, make_objective
 from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..reporting.html import epochs_text
-from ..reporting.model_card import write_model_card
+from ..reporting.model_card import CARD, write_model_card
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
 from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, launched_as,
@@ -218,14 +218,15 @@ def eligible_epoch(objective, rule: str, accuracy: float, labels, margin: float)
 
 def restore_best(folder: Path, last: dict) -> None:
     """When last.pt's epoch was its best, write ``best.pt`` from ``last`` if best.pt did not follow it (the process
-    was killed between the two saves: the two hold the same state), and its model card (which a full disk may have
-    stopped)."""
-    best = folder / "best.pt"
+    was killed between the two saves: the two hold the same state), and its model card if that did not follow
+    best.pt (a full disk stopped it)."""
+    best, card = folder / "best.pt", folder / CARD
     if last["best"].get("epoch") != last["epoch"]:
         return
     if not best.exists() or load_checkpoint(best, mmap=True)["epoch"] != last["epoch"]:
         save_checkpoint({k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, best)
-    write_model_card(best)
+    if not card.exists() or card.stat().st_mtime_ns < best.stat().st_mtime_ns:
+        write_model_card(best)
 
 
 def metrics_columns(eval_splits) -> list[str]:
