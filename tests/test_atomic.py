@@ -44,6 +44,29 @@ def test_a_full_device_is_named_too(synth_small, capsys):
     assert "error: /dev/full: cannot be written (No space left on device)" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd/1"), reason="no /proc (Linux)")
+def test_a_link_to_a_stream_is_written_in_place(capfd):
+    """`--json /dev/stdout > out.json`: /dev/stdout links (through /proc/self/fd/1) to a regular file, and a replace
+    put a file in place of the link (as root, the machine's /dev/stdout); tested on /proc/self/fd/1, which cannot
+    be replaced, so that a regression fails here without harm."""
+    write_text("/proc/self/fd/1", "report\n")
+    assert capfd.readouterr().out == "report\n"
+
+
+def test_an_error_raised_while_handling_a_full_disk_stays_itself(tmp_path):
+    """An EIO from another file, raised while a full disk was handled, is not reported as the full disk."""
+    import errno
+
+    from retinopathy.atomic import naming
+
+    with pytest.raises(OSError) as e, naming(tmp_path / "out.csv"):
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise OSError(errno.EIO, os.strerror(errno.EIO), "/elsewhere")
+    assert e.value.errno == errno.EIO and e.value.filename == "/elsewhere" and not isinstance(e.value, NotWritten)
+
+
 def test_a_figure_on_a_full_disk_leaves_the_one_before_whole(tmp_path, full_disk):
     """Pillow removes only a file it created: a figure written in place over an older one left it cut off."""
     import matplotlib.pyplot as plt

@@ -464,6 +464,11 @@ def test_a_full_disk_stops_the_experiment_at_its_cell(tmp_path, capsys, monkeypa
     status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())
     assert [c["status"] for c in status["cells"].values()] == ["incomplete", "pending"]
     monkeypatch.undo()
+    full_disk("experiment.json", nth=2)  # the status file itself, at the first cell's turn: the same hint
+    assert main(["experiment", str(config), "--quiet"]) == 2
+    assert "experiment.json: cannot be written (No space left on device); run the same command again" in \
+        capsys.readouterr().err
+    monkeypatch.undo()
     assert main(["experiment", str(config), "--quiet"]) == 0
     status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())
     assert [c["status"] for c in status["cells"].values()] == ["done", "done"]

@@ -47,7 +47,8 @@ ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 def out_of_room(e: BaseException) -> OSError | None:
     """The OSError of a full disk (or quota, or file-size limit) that ``e`` is, or was raised while handling
     (``torch.save``'s zip writer reports a failed write as a RuntimeError)."""
-    return next((c for c in (e, e.__context__) if isinstance(c, OSError) and c.errno in ROOM), None)
+    cause = e if isinstance(e, OSError) else e.__context__
+    return cause if isinstance(cause, OSError) and cause.errno in ROOM else None
 
 
 @contextlib.contextmanager
@@ -86,7 +87,11 @@ def sibling(path: Path, suffix: str, prefix: str = "") -> Path:
 
 
 def _special(path: Path) -> bool:
-    """Whether ``path`` exists as something other than a file or a folder (a device, a pipe, a socket)."""
+    """Whether ``path`` exists as something other than a file or a folder (a device, a pipe, a socket), or names
+    one of the process's streams (``/dev/stdout`` links to the file stdout is redirected to: a replace would put
+    a file in place of the link)."""
+    if os.path.abspath(path).startswith(("/dev/", "/proc/")):
+        return True
     try:
         mode = path.stat().st_mode
     except OSError:

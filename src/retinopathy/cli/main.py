@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from .. import __version__
-from ..errors import DataWarning, RetinopathyError
+from ..errors import DataWarning, NotWritten, RetinopathyError
 # Each command's module and its help. Most build a parser of their own (torchvision-references style, ``cli(argv)``);
 # synth's and data's ``add_parser`` add theirs to this one. A module is imported only for its command: --help and
 # --version answer at once, without the seconds it takes to import torch.
@@ -66,7 +66,8 @@ def _run(argv: list[str]) -> int:
         return args.func(args) or 0
     except RetinopathyError as e:
         run = getattr(e, "run", None)  # a training run that stopped unsaved (a full disk) can be continued
-        print(f"error: {e}" + (_how_to_continue(argv, run) if run else ""), file=sys.stderr)
+        unsaved = run or isinstance(e, NotWritten) and argv[:1] == ["experiment"]
+        print(f"error: {e}" + (_how_to_continue(argv, run) if unsaved else ""), file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         if not _reader_left():

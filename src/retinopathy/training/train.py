@@ -225,7 +225,7 @@ def restore_best(folder: Path, last: dict) -> None:
         return
     if not best.exists() or load_checkpoint(best, mmap=True)["epoch"] != last["epoch"]:
         save_checkpoint({k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, best)
-    if not card.exists() or card.stat().st_mtime_ns < best.stat().st_mtime_ns:
+    if not card.exists() or card.stat().st_mtime_ns <= best.stat().st_mtime_ns:  # <=: coarse clocks
         write_model_card(best)
 
 
