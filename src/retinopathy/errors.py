@@ -8,8 +8,9 @@ class RetinopathyError(Exception):
 
 
 class NotWritten(RetinopathyError, OSError):
-    """A file that could not be written for want of room (a full disk, a quota): ``NotWritten(errno, strerror,
-    path)``. ``run``: a training run to continue once there is room (``train`` sets it)."""
+    """A file that could not be written for want of room (a full disk, a quota, a file-size limit):
+    ``NotWritten(errno, strerror, path)``. ``run``: a training run to continue once there is room (``train`` sets
+    it; under ``experiment`` the CLI says to run the experiment again)."""
 
     run = None
 

@@ -420,8 +420,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
             write_json(cell.dir / "SKIPPED.json", {"cell": cell.name, "status": "skipped", "reason": reason,
                                                     "train": train_config.plain_options(vars(parsed[cell.name]))})
             print(f"{tag} skipped - {str(e).splitlines()[0]}", flush=True)
-        except NotWritten as e:  # a full disk: every next cell would fail as this one; it stays "incomplete"
-            e.run = cell.dir
+        except NotWritten:  # a full disk: every next cell would fail as this one; it stays "incomplete"
             raise
         except (RetinopathyError, RuntimeError) as e:  # this cell's (data, weights, divergence, memory)
             entry.update(status="failed", reason=str(e))
