@@ -1,8 +1,10 @@
 """``retinopathy train``: fit a DR grader, frozen backbone first, then fine-tuning; resumable; DDP-ready.
 
-Read top to bottom: ``main(args)`` locks the run folder, ``_train`` joins the process group, ``_run`` sets up
-devices and data, then runs epochs of ``train_one_epoch`` and ``evaluate`` (see engine.py), writing ``metrics.csv``
-and checkpoints on rank 0 only.
+Read top to bottom: ``main(args)`` locks the run folder, ``_train`` joins the process group, ``_run`` continues
+a run (``resume_state``), reads the data (``load_data``), builds the model and its ``Engine``, records
+``config.yaml``, then runs epochs (``start_phase`` for each phase, ``train_one_epoch`` from engine.py,
+``grade_epoch``), writing ``metrics.csv`` and checkpoints on rank 0 only; ``retune_thresholds`` ends a
+``--threshold-data train+selection`` run.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +30,7 @@ from ..atomic import check_writable, exclusive, naming, replacing, write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
-from ..data.formats import GRADES
+from ..data.formats import GRADES, Catalog
 from ..data.splits import run_overlap, same_photographs
 from ..errors import Interrupted, NotWritten, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
@@ -256,26 +259,13 @@ def _train(args) -> dict:
         cleanup(dist)
 
 
-def _run(args, dist: DistInfo, device: torch.device) -> dict:
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    progress = not args.quiet and dist.main
-    out = Path(args.out)  # checked writable, and locked, by main()
-    torch.manual_seed(args.seed)
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    # the accuracy margin of the thresholds tuned each epoch (train+selection: the final retune's, below)
-    margin = args.threshold_margin if args.threshold_rule == "kappa-above-majority" else 0.0
-    per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
-
-    # ---- resume ----------------------------------------------------------------------------------------
-    ckpt, stepping, retune = None, False, False
-    if args.resume and (Path(args.resume) / "checkpoints" / "last.pt").exists():
-        ckpt = load_checkpoint(Path(args.resume) / "checkpoints" / "last.pt")
+def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bool]:
+    """``--resume``: (last.pt, whether the run trains on, whether it only retunes a finished run's thresholds);
+    ``(None, False, False)`` for a new run. Refuses options the run cannot change; rank 0 mends what a save
+    killed half-way left."""
+    last_pt = Path(args.resume or "") / "checkpoints" / "last.pt"
+    if args.resume and last_pt.exists():
+        ckpt = load_checkpoint(last_pt)
         retune = (ckpt["epoch"] + 1 >= args.epochs and args.threshold_data == "train+selection"
                   and ckpt["model_info"].get("decision") == "thresholds")
         stepping = ckpt["epoch"] + 1 < args.epochs
@@ -296,16 +286,35 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
             for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
                 leftover.unlink(missing_ok=True)
             restore_best(out / "checkpoints", ckpt)
-    elif args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
+        return ckpt, stepping, retune
+    if args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
         raise CheckpointError(f"{args.resume}: its checkpoints/last.pt is gone (deleted once the run finished?), so "
                               f"the run cannot continue; start a new one from its weights (--weights "
                               f"{Path(args.resume) / 'checkpoints' / 'best.pt'} --out NEW), or remove the folder "
                               "to train it again")
-    elif args.resume and dist.main:
+    if args.resume and dist.main:
         print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
-    split_file = Path(args.resume) / "split.csv" if ckpt is not None else args.split_file
+    return None, False, False
 
-    # ---- data ------------------------------------------------------------------------------------------
+
+@dataclass
+class RunData:
+    """What a run trains and evaluates on: the catalog and its split, the datasets, and the options they were
+    made with (``common``: again for the clean training images of a threshold retune)."""
+    catalog: Catalog
+    split_options: dict
+    split_file: Path | None
+    train_set: FundusDataset | PairedEyes
+    eval_sets: dict
+    eval_splits: list[str]
+    select_on: str
+    common: dict
+
+
+def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunData:
+    """Read the catalog (a resumed run: from its split.csv, checked to be its photographs) and make the datasets
+    of the train split and of each evaluated split (the selection split always among them)."""
+    split_file = Path(args.resume) / "split.csv" if ckpt is not None else args.split_file
     opts = catalog_options(args)
     opts["split_file"] = split_file
     elsewhere = (f"Resume with the data the run trained on ({ckpt['config'].get('data')}), or start a new run from "
@@ -365,6 +374,167 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     train_set, eval_sets = made.pop("train"), made
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
+    return RunData(catalog, opts, split_file, train_set, eval_sets, eval_splits, select_on, common)
+
+
+@dataclass
+class Engine:
+    """Where and how a run computes: device, precision (training's and evaluation's), memory format, loader
+    workers, processes, the input normalisation (on the device), and whether rank 0 shows progress bars."""
+    device: torch.device
+    amp: str
+    eval_amp: str
+    channels_last: bool
+    workers: int
+    dist: DistInfo
+    normalize: Normalize
+    progress: bool
+
+    def eval_loader(self, dataset, args) -> DataLoader:
+        """Every image once, sharded across processes."""
+        return make_loader(dataset, args.batch_size, self.workers, self.device,
+                           ShardSampler(len(dataset), self.dist.rank, self.dist.world_size), args.deterministic, 0)
+
+    def grade(self, model, objective, loader, desc: str) -> dict:
+        return evaluate(model, objective, loader, self.device, self.normalize, amp=self.eval_amp,
+                        channels_last=self.channels_last, dist=self.dist, progress=self.progress, desc=desc)
+
+
+def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine, ckpt: dict | None) -> None:
+    """config.yaml: the options (files as absolute paths, so that --resume and -c work from any folder), the data
+    and its split, the selection, the engine and the environment; a resume adds what ran the epochs before it."""
+    typed = {k: os.path.abspath(v) if k in WHERE_STARTED and v else v for k, v in vars(args).items()}
+    catalog, train_set, eval_sets, opts = data.catalog, data.train_set, data.eval_sets, data.split_options
+    config = {"train": typed,
+              "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
+                       "labels": [os.path.abspath(p) for p in catalog.labels],  # abspath: the names, not the
+                       "images": os.path.abspath(catalog.image_root) if catalog.image_root else None,  # links' targets
+                       "split_file": os.path.abspath(out / "split.csv"),
+                       "split_options": {"val_fraction": opts["val_fraction"], "test_fraction": opts["test_fraction"],
+                                         "split_seed": opts["seed"]},
+                       "train_counts": train_set.class_counts(),
+                       "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
+                       "leakage_warnings": train_set.warnings,
+                       "skipped": list(dict.fromkeys(str(p) for ds in (train_set, *eval_sets.values())
+                                                     for p in ds.skipped))},
+              "selection": {"split": data.select_on, "metric": args.select_metric,
+                            "note": "selected on the test split (reproduces the lab; optimistic)"
+                            if data.select_on == "test" else "selected on the validation split"},
+              "engine": {"device": str(engine.device), "amp": engine.amp, "eval_amp": engine.eval_amp,
+                         "channels_last": engine.channels_last, "workers": engine.workers,
+                         "world_size": engine.dist.world_size},
+              "weights": origin, "environment": environment()}
+    if ckpt is not None:  # what ran the epochs before this resume stays on record
+        before = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        config["earlier"] = before.get("earlier", []) + [
+            {"epochs": ckpt["epoch"] + 1, "engine": before.get("engine"), "environment": before.get("environment")}]
+    write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+def start_phase(args, model, frozen: bool, steps_per_epoch: int, ckpt: dict | None, engine: Engine):
+    """A phase (frozen backbone, then fine-tuning) trains its own parameters: a new optimizer, schedule, fp16
+    gradient scaler and DDP wrapper, restored from ``ckpt`` when the run stopped in this phase. Returns
+    (optimizer, scheduler, scaler, the module to train)."""
+    phase = "frozen" if frozen else "finetune"
+    freeze_backbone(model, frozen)
+    optimizer = build_optimizer(args, model.parameters())
+    phase_epochs = args.freeze_epochs if frozen else args.epochs - args.freeze_epochs
+    scheduler = build_scheduler(args, optimizer, steps_per_epoch, phase_epochs)
+    scaler = torch.amp.GradScaler(engine.device.type) if engine.amp == "fp16" else None
+    if ckpt is not None and ckpt["phase"] == phase:
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+            for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                group["lr"] = base * factor(scheduler.last_epoch)  # the schedule's, at a new --epochs too
+        if scaler is not None and ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
+    device = engine.device
+    runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if engine.dist.enabled else model
+    return optimizer, scheduler, scaler, torch.compile(runner) if args.compile else runner
+
+
+def grade_epoch(args, model, objective, eval_loaders: dict, data: RunData, engine: Engine, margin: float) -> dict:
+    """Each evaluated split's results, with eye blending, graded by thresholds that are tuned on the selection
+    split (``objective.thresholds`` then holds them)."""
+    results = {sp: engine.grade(model, objective.plain(), loader, f"eval {sp}") for sp, loader in eval_loaders.items()}
+    if args.blend_eyes:
+        for sp, r in results.items():
+            r["probs"], r["scores"], r["preds"] = objective.blended(
+                r["probs"], r["scores"], [s.patient for s in data.eval_sets[sp].samples], args.blend_eyes)
+    if objective.decision == "thresholds":
+        sel = results[data.select_on]
+        objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule, margin)
+        for r in results.values():
+            r["preds"] = objective.grades_of(r["probs"], r["scores"])
+    return results
+
+
+def epoch_row(epoch: int, phase: str, lr: float, tr: dict, results: dict, seconds: float) -> dict:
+    """One metrics.csv row (``metrics_columns``)."""
+    row = {"epoch": epoch, "phase": phase, "lr": lr, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"]}
+    for sp, r in results.items():
+        m = summary(r["labels"], r["preds"])
+        row.update({f"{sp}_loss": r["loss"], f"{sp}_accuracy": m["accuracy"], f"{sp}_kappa": m["kappa"],
+                    f"{sp}_macro_f1": m["macro_f1"], **{f"{sp}_recall_{g}": m["recall"][g] for g in GRADES}})
+    return {**row, "epoch_seconds": seconds, "images_per_s": tr["images_per_s"]}
+
+
+def retune_thresholds(args, evaluated, objective, ema, data: RunData, eval_loader, engine: Engine, out: Path,
+                      best: dict, margin: float) -> None:
+    """``--threshold-data train+selection``, once training has finished: tune the selected epoch's thresholds on
+    the (unaugmented) training images and the selection split together, and store them in best.pt."""
+    barrier(engine.dist)
+    best_path = out / "checkpoints" / "best.pt"
+    chosen = load_checkpoint(best_path)
+    evaluated.load_state_dict(chosen["model_ema"] if ema is not None else chosen["model"])
+    clean = FundusDataset(data.catalog, "train", train=False, **{**data.common, "cache": False})
+    if args.pair_eyes:
+        clean = PairedEyes(clean)
+    scores, labels = [], []
+    for sp, ds, loader in (("train", clean, engine.eval_loader(clean, args)),
+                           (data.select_on, data.eval_sets[data.select_on], eval_loader)):
+        r = engine.grade(evaluated, objective, loader, f"thresholds: {sp}")
+        scores.append(objective.blended(r["probs"], r["scores"], [x.patient for x in ds.samples], args.blend_eyes)[1])
+        labels.append(r["labels"])
+    thresholds = tune_thresholds(np.concatenate(scores), np.concatenate(labels), args.threshold_rule, margin)
+    if not engine.dist.main:
+        return
+    info = chosen["model_info"]
+    print(f"thresholds of the selected epoch ({best['epoch'] + 1}) tuned on {len(labels[0])} training and "
+          f"{len(labels[1])} {data.select_on} images: {[round(t, 3) for t in thresholds]} "
+          f"(before: {[round(t, 3) for t in info['thresholds']]}, on {info['threshold_data']})")
+    before = info.get("epoch_thresholds", info["thresholds"])  # metrics.csv's
+    info.update(thresholds=thresholds, threshold_data=f"train+{data.select_on}", threshold_margin=margin,
+                epoch_thresholds=before)
+    save_checkpoint(chosen, best_path)
+    write_model_card(best_path)
+    last = load_checkpoint(out / "checkpoints" / "last.pt")  # the options config.yaml now holds
+    if any(last["config"].get(k) != getattr(args, k) for k in FIXED_WHILE_TRAINING):
+        last["config"].update({k: getattr(args, k) for k in FIXED_WHILE_TRAINING})
+        save_checkpoint(last, out / "checkpoints" / "last.pt")
+
+
+def _run(args, dist: DistInfo, device: torch.device) -> dict:
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    progress = not args.quiet and dist.main
+    out = Path(args.out)  # checked writable, and locked, by main()
+    torch.manual_seed(args.seed)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    # the accuracy margin of the thresholds tuned each epoch (train+selection: the final retune's, below)
+    margin = args.threshold_margin if args.threshold_rule == "kappa-above-majority" else 0.0
+    per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
+
+    ckpt, stepping, retune = resume_state(args, out, dist)
+    data = load_data(args, ckpt, dist, progress)
+    train_set, select_on = data.train_set, data.select_on
 
     # ---- model -----------------------------------------------------------------------------------------
     counts = train_set.class_counts()
@@ -385,11 +555,9 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         origin = ckpt["model_info"]["weights_origin"]
         objective.thresholds = list(ckpt["model_info"]["thresholds"])
     amp, channels_last = engine_settings(device, model, args.amp, args.channels_last)
-    eval_amp = engine_settings(device, model, args.eval_amp)[0]
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    grader = model
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True) \
         if args.model_ema else None
     if ema is not None and ckpt is not None:
@@ -398,15 +566,17 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         ema.module.load_state_dict(ckpt["model_ema"])
         ema.n_averaged.fill_(ckpt["ema_updates"])
     evaluated = ema.module if ema is not None else model  # what is evaluated, selected and shipped
-    normalize = Normalize(train_set.preprocessing.mean, train_set.preprocessing.std).to(device)
+    engine = Engine(device, amp, engine_settings(device, model, args.eval_amp)[0], channels_last,
+                    args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // dist.world_size),
+                    dist, Normalize(train_set.preprocessing.mean, train_set.preprocessing.std).to(device), progress)
 
-    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // dist.world_size)
+    # ---- loaders ---------------------------------------------------------------------------------------
     if args.sampler in ("balanced", "decay"):
         train_sampler = BalancedSampler(train_set.targets, args.seed, dist.rank, dist.world_size,
                                         decay=0.5 if args.sampler == "decay" else None)
     else:
         train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
-    train_loader = make_loader(train_set, args.batch_size, workers, device, train_sampler, args.deterministic,
+    train_loader = make_loader(train_set, args.batch_size, engine.workers, device, train_sampler, args.deterministic,
                                args.seed, train=True)
     if stepping and ckpt.get("steps_per_epoch", len(train_loader)) != len(train_loader):
         raise CheckpointError(f"{args.resume}: the run took {ckpt['steps_per_epoch']} steps per epoch, this resume "
@@ -415,46 +585,21 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     if dist.main and ckpt is None:  # a resumed run's split.csv is what it read its split from: it stays
         out.mkdir(parents=True, exist_ok=True)
         train_set.write_split(out / "split.csv")
-    eval_loaders = {sp: make_loader(ds, args.batch_size, workers, device,
-                                    ShardSampler(len(ds), dist.rank, dist.world_size), args.deterministic, 0)
-                    for sp, ds in eval_sets.items()}
+    eval_loaders = {sp: engine.eval_loader(ds, args) for sp, ds in data.eval_sets.items()}
 
     model_info = {"arch": args.model, "head": args.head, "objective": args.objective,
                   "decision": objective.decision, "num_outputs": objective.outputs, "num_classes": len(GRADES),
                   "class_names": GRADE_NAMES, "preprocessing": train_set.preprocessing.to_dict(),
-                  "weights_origin": origin, "thresholds": objective.thresholds, "head_name": grader.head_name,
+                  "weights_origin": origin, "thresholds": objective.thresholds, "head_name": model.head_name,
                   "pair_eyes": args.pair_eyes, "space_to_depth": args.space_to_depth,
                   "global_pool": args.global_pool, "threshold_data": select_on,
                   "threshold_margin": per_epoch_margin,
                   "blend_eyes": args.blend_eyes, "model_ema": args.model_ema_decay if args.model_ema else None}
-    typed = {k: os.path.abspath(v) if k in WHERE_STARTED and v else v for k, v in vars(args).items()}
-    config = {"train": typed,  # files as absolute paths, so that --resume and -c work from any folder
-              "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
-                       "labels": [os.path.abspath(p) for p in catalog.labels],  # abspath: the names, not the
-                       "images": os.path.abspath(catalog.image_root) if catalog.image_root else None,  # links' targets
-                       "split_file": os.path.abspath(out / "split.csv"),
-                       "split_options": {"val_fraction": opts["val_fraction"], "test_fraction": opts["test_fraction"],
-                                         "split_seed": opts["seed"]},
-                       "train_counts": counts,
-                       "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
-                       "leakage_warnings": train_set.warnings,
-                       "skipped": list(dict.fromkeys(str(p) for ds in (train_set, *eval_sets.values())
-                                                     for p in ds.skipped))},
-              "selection": {"split": select_on, "metric": args.select_metric,
-                            "note": "selected on the test split (reproduces the lab; optimistic)"
-                            if select_on == "test" else "selected on the validation split"},
-              "engine": {"device": str(device), "amp": amp, "eval_amp": eval_amp, "channels_last": channels_last,
-                         "workers": workers, "world_size": dist.world_size},
-              "weights": origin, "environment": environment()}
     if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do leaves the record alone
-        if ckpt is not None:  # what ran the epochs before this resume stays on record
-            before = yaml.safe_load((out / "config.yaml").read_text()) or {}
-            config["earlier"] = before.get("earlier", []) + [
-                {"epochs": ckpt["epoch"] + 1, "engine": before.get("engine"), "environment": before.get("environment")}]
-        write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        write_run_config(args, data, out, origin, engine, ckpt)
 
     # ---- epochs ----------------------------------------------------------------------------------------
-    columns = metrics_columns(eval_splits)
+    columns = metrics_columns(data.eval_splits)
     metrics_path = out / "metrics.csv"
     start_epoch, best = 0, {"value": -math.inf, "epoch": None, "eligible": False}
     if ckpt is not None:
@@ -466,9 +611,10 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     elif dist.main:
         _write_rows(metrics_path, columns, [])
     if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do says only that, below
-        print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating {' and '.join(eval_splits)}, "
-              f"selecting on {select_on} by {args.select_metric}; device {device}, amp {amp} (evaluation {eval_amp}), "
-              f"channels_last {channels_last}, {dist.world_size} process(es) -> {out}")
+        print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating "
+              f"{' and '.join(data.eval_splits)}, selecting on {select_on} by {args.select_metric}; device {device}, "
+              f"amp {amp} (evaluation {engine.eval_amp}), channels_last {channels_last}, {dist.world_size} "
+              f"process(es) -> {out}")
         if device.type == "cpu" and args.amp == "auto" and amp == "none":
             print("note: this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as "
                   "fast as on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
@@ -481,24 +627,8 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
             break
         frozen = epoch < args.freeze_epochs
         phase = "frozen" if frozen else "finetune"
-        if current_phase != phase:  # a new phase: new trainable set, optimizer, scheduler, DDP wrapper
-            freeze_backbone(grader, frozen)
-            optimizer = build_optimizer(args, model.parameters())
-            phase_epochs = args.freeze_epochs if frozen else args.epochs - args.freeze_epochs
-            scheduler = build_scheduler(args, optimizer, len(train_loader), phase_epochs)
-            scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
-            if ckpt is not None and ckpt["phase"] == phase:
-                optimizer.load_state_dict(ckpt["optimizer"])
-                if scheduler is not None and ckpt.get("scheduler"):
-                    scheduler.load_state_dict(ckpt["scheduler"])
-                    for group, base, factor in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-                        group["lr"] = base * factor(scheduler.last_epoch)  # the schedule's, at a new --epochs too
-                if scaler is not None and ckpt.get("scaler"):
-                    scaler.load_state_dict(ckpt["scaler"])
-            runner = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-                if dist.enabled else model
-            if args.compile:
-                runner = torch.compile(runner)
+        if current_phase != phase:
+            optimizer, scheduler, scaler, runner = start_phase(args, model, frozen, len(train_loader), ckpt, engine)
             current_phase = phase
         # Each epoch's randomness is a function of (seed, epoch, rank): each process its own augmentation; with
         # --deterministic (fresh loader workers each epoch, which then draw their seeds from this generator)
@@ -509,7 +639,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         train_sampler.set_epoch(epoch)
         t0, lr = time.perf_counter(), optimizer.param_groups[0]["lr"]
         try:
-            tr = train_one_epoch(runner, objective, optimizer, train_loader, device, normalize, grader=grader,
+            tr = train_one_epoch(runner, objective, optimizer, train_loader, device, engine.normalize, grader=model,
                                  frozen=frozen, scheduler=scheduler, scaler=scaler, ema=ema, amp=amp,
                                  channels_last=channels_last, mixup=args.mixup, progress=progress,
                                  desc=f"epoch {epoch + 1}/{args.epochs} [{phase}]", dist=dist)
@@ -520,28 +650,9 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         broadcast_buffers(model, dist)
         if ema is not None:
             broadcast_buffers(ema.module, dist)
-        results = {sp: evaluate(evaluated, objective.plain(), loader, device, normalize, amp=eval_amp,
-                                channels_last=channels_last, dist=dist, progress=progress, desc=f"eval {sp}")
-                   for sp, loader in eval_loaders.items()}
-        if args.blend_eyes:
-            for sp, r in results.items():
-                r["probs"], r["scores"], r["preds"] = objective.blended(
-                    r["probs"], r["scores"], [s.patient for s in eval_sets[sp].samples], args.blend_eyes)
-        if objective.decision == "thresholds":  # tuned on the selection split
-            sel = results[select_on]
-            objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule,
-                                                   per_epoch_margin)
-            model_info["thresholds"] = objective.thresholds
-            for r in results.values():
-                r["preds"] = objective.grades_of(r["probs"], r["scores"])
-        row = {"epoch": epoch, "phase": phase, "lr": lr,
-               "train_loss": tr["loss"], "train_accuracy": tr["accuracy"]}
-        for sp, r in results.items():
-            m = summary(r["labels"], r["preds"])
-            row.update({f"{sp}_loss": r["loss"], f"{sp}_accuracy": m["accuracy"], f"{sp}_kappa": m["kappa"],
-                        f"{sp}_macro_f1": m["macro_f1"],
-                        **{f"{sp}_recall_{g}": m["recall"][g] for g in GRADES}})
-        row.update(epoch_seconds=time.perf_counter() - t0, images_per_s=tr["images_per_s"])
+        results = grade_epoch(args, evaluated, objective, eval_loaders, data, engine, per_epoch_margin)
+        model_info["thresholds"] = objective.thresholds
+        row = epoch_row(epoch, phase, lr, tr, results, time.perf_counter() - t0)
         value = row[f"{select_on}_{args.select_metric}"]
         eligible = eligible_epoch(objective, args.threshold_rule, row[f"{select_on}_accuracy"],
                                   results[select_on]["labels"], per_epoch_margin)
@@ -557,7 +668,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
                      "best": best, "model_info": model_info,
                      "steps_per_epoch": len(train_loader),
-                     "config": {**plain_options(vars(args)), "data": config["data"]["path"]}}
+                     "config": {**plain_options(vars(args)), "data": str(Path(args.data).resolve())}}
             with interrupts_after():  # Ctrl-C waits for both; a kill between them is mended on resume (restore_best)
                 save_checkpoint(state, out / "checkpoints" / "last.pt")
                 if improved:  # after last.pt: best.pt is never of an epoch that last.pt does not hold
@@ -571,43 +682,11 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         ran += 1
         last_result = row
 
-    # ---- shipped thresholds from the training images too (--threshold-data train+selection) ---------------
     finished = start_epoch + ran >= args.epochs  # not at a --stop-after pause; again on --resume of a finished run
     retune = args.threshold_data == "train+selection" and objective.decision == "thresholds" and finished \
         and best["epoch"] is not None
     if retune:
-        barrier(dist)
-        best_path = out / "checkpoints" / "best.pt"
-        chosen = load_checkpoint(best_path)
-        evaluated.load_state_dict(chosen["model_ema"] if ema is not None else chosen["model"])
-        clean = FundusDataset(catalog, "train", train=False, **{**common, "cache": False})
-        if args.pair_eyes:
-            clean = PairedEyes(clean)
-        clean_loader = make_loader(clean, args.batch_size, workers, device,
-                                   ShardSampler(len(clean), dist.rank, dist.world_size), args.deterministic, 0)
-        scores, labels = [], []
-        for sp, ds, loader in (("train", clean, clean_loader),
-                               (select_on, eval_sets[select_on], eval_loaders[select_on])):
-            r = evaluate(evaluated, objective, loader, device, normalize, amp=eval_amp, channels_last=channels_last,
-                         dist=dist, progress=progress, desc=f"thresholds: {sp}")
-            scores.append(objective.blended(r["probs"], r["scores"], [x.patient for x in ds.samples],
-                                            args.blend_eyes)[1])
-            labels.append(r["labels"])
-        thresholds = tune_thresholds(np.concatenate(scores), np.concatenate(labels), args.threshold_rule, margin)
-        if dist.main:
-            print(f"thresholds of the selected epoch ({best['epoch'] + 1}) tuned on {len(labels[0])} training and "
-                  f"{len(labels[1])} {select_on} images: {[round(t, 3) for t in thresholds]} "
-                  f"(before: {[round(t, 3) for t in chosen['model_info']['thresholds']]}, "
-                  f"on {chosen['model_info']['threshold_data']})")
-            before = chosen["model_info"].get("epoch_thresholds", chosen["model_info"]["thresholds"])
-            chosen["model_info"].update(thresholds=thresholds, threshold_data=f"train+{select_on}",
-                                        threshold_margin=margin, epoch_thresholds=before)  # metrics.csv's
-            save_checkpoint(chosen, best_path)
-            write_model_card(best_path)
-            last = load_checkpoint(out / "checkpoints" / "last.pt")  # the options config.yaml now holds
-            if any(last["config"].get(k) != getattr(args, k) for k in FIXED_WHILE_TRAINING):
-                last["config"].update({k: getattr(args, k) for k in FIXED_WHILE_TRAINING})
-                save_checkpoint(last, out / "checkpoints" / "last.pt")
+        retune_thresholds(args, evaluated, objective, ema, data, eval_loaders[select_on], engine, out, best, margin)
     if dist.main and not finished:
         print(f"stopped after {epochs_text(ran)} (--stop-after): continue with `{resume_command(out)}`")
     elif dist.main and not ran and not retune:
