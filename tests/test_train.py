@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -363,6 +364,31 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                  "--weights", str(run), "--out", str(tmp_path / "from-folder")]) == 0  # a run folder: its best.pt
     origin = load_checkpoint(tmp_path / "from-folder" / "checkpoints" / "best.pt")["model_info"]["weights_origin"]
     assert origin == f"file {run / 'checkpoints' / 'best.pt'}"
+
+
+def test_weights_from_a_run_with_another_split_warn_of_its_training_images(tiny_run, synth_small, tmp_path,
+                                                                           capsys):
+    """Fine-tuning a run's weights on a new split of its photographs puts some of its training images into val
+    and test: the count is said, kept with the run (config.yaml, model card), and the same split is quiet."""
+    opts = ["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1", "--freeze-epochs",
+            "0", "--weights", str(tiny_run)]
+    assert main([*opts, "--split-seed", "1", "--out", str(tmp_path / "other")]) == 0
+    err = capsys.readouterr().err
+    split = {}
+    with open(tiny_run / "split.csv", newline="") as f:
+        old = {r["image"]: r["split"] for r in csv.DictReader(f)}
+    with open(tmp_path / "other" / "split.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            split.setdefault(r["split"], []).append(old[r["image"]] == "train")
+    said = (f"{sum(split['val'])} of the {len(split['val'])} val images and {sum(split['test'])} of the "
+            f"{len(split['test'])} test images were training images of the run the --weights come from "
+            f"({tiny_run / 'split.csv'})")
+    assert sum(split["test"]) > 0 and f"warning: {said}" in err and f"--split-file {tiny_run / 'split.csv'}" in err
+    config = yaml.safe_load((tmp_path / "other" / "config.yaml").read_text())
+    assert any(said in w for w in config["data"]["leakage_warnings"])
+    assert said in (tmp_path / "other" / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert main([*opts, "--out", str(tmp_path / "same")]) == 0  # the run's own split: nothing to say
+    assert "training images of the run the --weights" not in capsys.readouterr().err
 
 
 def test_resume_keeps_the_schedule_and_the_saves_consistent(synth_small, tmp_path, capsys, monkeypatch):
@@ -1101,7 +1127,6 @@ def test_resume_keeps_the_loader_workers_the_run_had(tiny_run, tmp_path):
     ("empty.pt", b"", "truncated, empty or not a PyTorch file"),
     ("cut.pt", b"PK\x03\x04 not a whole zip", "truncated, empty or not a PyTorch file"),
     ("lfs.pt", b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 1\n", "run `git lfs pull`"),
-    ("grader.onnx", b"\x08\x07\x12\x07pytorch", "a .onnx file, not a PyTorch checkpoint"),
     ("config.yaml", b"train:\n  lr: 0.1\n", "a .yaml file, not a PyTorch checkpoint"),
 ])
 def test_a_file_that_is_not_a_checkpoint_gets_a_reason_not_a_traceback(tmp_path, name, content, reason):
@@ -1113,6 +1138,27 @@ def test_a_file_that_is_not_a_checkpoint_gets_a_reason_not_a_traceback(tmp_path,
         load_checkpoint(path)
     assert str(e.value).startswith(f"{path}: cannot be read as a checkpoint (") and reason in str(e.value)
     assert "weights_only` set to `False" not in str(e.value)  # torch's advice to load unsafely
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_an_exported_model_given_for_a_checkpoint_or_weights_is_named_as_one(tmp_path):
+    import warnings
+
+    from retinopathy.models.weights import WeightsError, load_pretrained_state
+    from retinopathy.training.checkpoint import CheckpointError
+
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "grader.ts.pt")
+    (tmp_path / "grader.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
+    for name, kind in (("grader.ts.pt", "a TorchScript model"), ("grader.onnx", "an ONNX model")):
+        path = tmp_path / name
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch.load's "looks like a TorchScript archive" warning
+            with pytest.raises(CheckpointError) as e:
+                load_checkpoint(path)
+            assert str(e.value) == (f"{path}: {kind} (`retinopathy export` writes these), not a checkpoint: pass "
+                                    "the run's checkpoints/best.pt")
+            with pytest.raises(WeightsError, match=f"weights file {re.escape(str(path))} is {kind} "):
+                load_pretrained_state("resnet18", file=str(path))
 
 
 def test_a_pickled_object_is_refused_by_the_safe_load(tmp_path):

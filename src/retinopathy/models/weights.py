@@ -17,7 +17,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from ..errors import RetinopathyError
-from ..training.checkpoint import checkpoint_file, unreadable
+from ..training.checkpoint import checkpoint_file, exported_model, unreadable
 
 
 class WeightsError(RetinopathyError, RuntimeError):
@@ -76,6 +76,9 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
             raise WeightsError(f"weights file {path} not found")
         if verify:
             check_hash(path)
+        if kind := exported_model(path):
+            raise WeightsError(f"weights file {path} is {kind} (`retinopathy export` writes these), not weights: "
+                               "pass the run's checkpoints/best.pt, or a state dict saved by torch.save")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a file that is not weights

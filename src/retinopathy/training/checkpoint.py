@@ -106,6 +106,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     path = checkpoint_file(path)
     if not path.exists():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if kind := exported_model(path):
+        raise CheckpointError(f"{path}: {kind} (`retinopathy export` writes these), not a checkpoint: pass the "
+                              "run's checkpoints/best.pt")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # on a file that is not one, the safe unpickler fails in many ways (KeyError, ...)
@@ -125,13 +128,26 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     return ckpt
 
 
+def exported_model(path: Path) -> str | None:
+    """What an exported model is ("a TorchScript model", "an ONNX model"), or None for any other file. A
+    TorchScript archive is a zip whose records include ``constants.pkl``, which a checkpoint's never do (torch.load
+    would hand it to torch.jit.load, with a warning, and fail)."""
+    if path.suffix == ".onnx":
+        return "an ONNX model"
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "a TorchScript model" if any(n.endswith("/constants.pkl") for n in z.namelist()) else None
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
 def unreadable(path: Path, error: Exception) -> str:
     """Why ``path`` is not a checkpoint, in words (torch's own message advises an unsafe load)."""
     with open(path, "rb") as f:
         head = f.read(64)
     if head.startswith(b"version https://git-lfs"):
         return "a Git LFS pointer, not the file itself: run `git lfs pull`"
-    if path.suffix in (".onnx", ".json", ".md", ".yaml", ".csv"):
+    if path.suffix in (".json", ".md", ".yaml", ".csv"):
         return f"a {path.suffix} file, not a PyTorch checkpoint"
     if isinstance(error, pickle.UnpicklingError) and "Unsupported global" in str(error):
         return "it holds Python objects that a safe load (weights_only=True) refuses"

@@ -39,7 +39,7 @@ from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..reporting.html import epochs_text
 from ..reporting.model_card import CARD, write_model_card
-from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, run_folder, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
 from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, launched_as,
                           resume_command)
@@ -309,6 +309,7 @@ class RunData:
     eval_splits: list[str]
     select_on: str
     common: dict
+    warnings: list[str]  # of the split: config.yaml, the model card and the report show them
 
 
 def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunData:
@@ -374,7 +375,26 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
     train_set, eval_sets = made.pop("train"), made
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
-    return RunData(catalog, opts, split_file, train_set, eval_sets, eval_splits, select_on, common)
+    return RunData(catalog, opts, split_file, train_set, eval_sets, eval_splits, select_on, common,
+                   list(train_set.warnings))
+
+
+def weights_run_overlap(weights: str, data: RunData) -> str | None:
+    """``--weights`` from a run on the same photographs with another split: how many of its training images this
+    run keeps for val and test (their numbers would overstate), and how to keep them apart; None when none."""
+    split_csv = run_folder(weights) / "split.csv"
+    if not split_csv.is_file():
+        return None
+    same, regraded, _ = run_overlap(split_csv, [(s.image, s.label) for s in data.catalog.samples])
+    if not same_photographs(len(same), regraded):
+        return None
+    held = {sp: [s for s in data.catalog.samples if s.split == sp] for sp in ("val", "test")}
+    seen = {sp: sum(same.get(s.image) == "train" for s in samples) for sp, samples in held.items()}
+    if not any(seen.values()):
+        return None
+    return (f"{' and '.join(f'{n} of the {len(held[sp])} {sp} images' for sp, n in seen.items() if n)} were "
+            f"training images of the run the --weights come from ({split_csv}): scores on them are optimistic; to "
+            f"keep them apart, train on that run's split (--split-file {split_csv})")
 
 
 @dataclass
@@ -414,7 +434,7 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
                                          "split_seed": opts["seed"]},
                        "train_counts": train_set.class_counts(),
                        "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
-                       "leakage_warnings": train_set.warnings,
+                       "leakage_warnings": data.warnings,
                        "skipped": list(dict.fromkeys(str(p) for ds in (train_set, *eval_sets.values())
                                                      for p in ds.skipped))},
               "selection": {"split": data.select_on, "metric": args.select_metric,
@@ -550,6 +570,10 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
                                 args.weights_tag, None if ckpt else args.weights, args.check_weights_hash,
                                 args.pair_eyes, args.space_to_depth, args.global_pool)
+    if ckpt is None and args.weights and not args.split_file and (overlap := weights_run_overlap(args.weights, data)):
+        data.warnings.append(overlap)
+        if dist.main:
+            print(f"warning: {overlap}", file=sys.stderr)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         origin = ckpt["model_info"]["weights_origin"]
