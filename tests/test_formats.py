@@ -280,7 +280,27 @@ def test_data_check_of_labels_only_counts_patients_on_both_sides(tmp_path, capsy
     assert main(["data", "check", str(tmp_path), "--no-images", "--val-fraction", "0", "--json", str(out),
                  "--quiet"]) == 0
     assert json.loads(out.read_text())["shared_patients"] == {"train-test": {"shared": 3, "patients": 3}}
-    assert "patients on both sides: 3 of 3 test patients also have an eye in train" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "patients on both sides: 3 of 3 test patients also have an eye in train" in text
+    assert f"dataset {tmp_path}  (format: lab; images not checked (--no-images))" in text
+
+
+def test_data_check_without_the_images_says_so_once_and_lists_a_few(tmp_path, capsys):
+    """Labels whose images are all missing (the lab's CSVs without their JPEGs): one line says what to do, the
+    text lists 20 problems of a kind, and the JSON report holds every one."""
+    import json
+
+    from retinopathy.cli.main import main
+
+    (tmp_path / "trainLabels.csv").write_text("image,level\n" + "".join(f"{p}_left,{p % 5}\n" for p in range(30)))
+    out = tmp_path / "r.json"
+    assert main(["data", "check", str(tmp_path), "--json", str(out), "--quiet"]) == 1
+    text = capsys.readouterr().out
+    assert ("none of the 30 listed images was found: pass --images DIR (the folder that holds them), or "
+            "--no-images to check the labels only") in text
+    assert text.count("[missing-image]") == 21 and "trainLabels.csv:21: image 19_left not found" in text
+    assert "trainLabels.csv:22:" not in text and "... and 10 more [missing-image]" in text
+    assert len(json.loads(out.read_text())["problems"]) == 30
 
 
 def test_real_lab_csvs(shared_data):

@@ -16,6 +16,7 @@ from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
 
 STATS_SIZE = 256
+SHOWN_PER_KIND = 20  # problems of one kind listed in the text report
 
 
 def _inspect(path: str, stats: bool):
@@ -64,7 +65,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         "data": str(catalog.root), "format": catalog.format,
         "labels": [str(p) for p in catalog.labels],
         "labels_not_read": _other_labels(catalog),
-        "images_root": str(catalog.image_root) if catalog.image_root else None,
+        "images_root": str(catalog.image_root) if catalog.image_root else None, "images_checked": images,
         "rows": len(catalog.samples), "images_ok": len(ok),
         "per_grade": _grades(catalog.samples),
         "per_split": {sp: _grades([s for s in catalog.samples if s.split == sp])
@@ -103,7 +104,8 @@ def _other_labels(catalog: Catalog) -> list[str]:
 
 def format_report(report: dict) -> str:
     """The report as text for a person."""
-    where = (f"images in {report['images_root']}" if report["images_root"] else
+    where = ("images not checked (--no-images)" if not report.get("images_checked", True) else
+             f"images in {report['images_root']}" if report["images_root"] else
              "images in the grade folders" if report["format"] == "folders" else "no image folder found")
     lines = [f"dataset {report['data']}  (format: {report['format']}; {where})"]
     if report["labels"] and report["format"] != "folders":
@@ -129,8 +131,17 @@ def format_report(report: dict) -> str:
     problems = report["problems"]
     lines.append("")
     lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
+    missing = sum(p["kind"] == "missing-image" for p in problems)
+    if report["images_checked"] and missing and missing == report["rows"]:
+        lines.append(f"  none of the {missing:,} listed images was found: pass --images DIR (the folder that holds "
+                     "them), or --no-images to check the labels only")
+    shown = Counter()
     for p in problems:
-        lines.append(Problem(**p).listed())
+        shown[p["kind"]] += 1
+        if shown[p["kind"]] <= SHOWN_PER_KIND:
+            lines.append(Problem(**p).listed())
+    lines += [f"  ... and {n - SHOWN_PER_KIND:,} more [{kind}] (every problem is in the JSON report)"
+              for kind, n in shown.items() if n > SHOWN_PER_KIND]
     if report.get("warnings"):
         lines += ["", f"{len(report['warnings'])} warning(s):"] + [Problem(**p).listed() for p in report["warnings"]]
     return "\n".join(lines)
