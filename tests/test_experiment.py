@@ -270,7 +270,8 @@ def test_config_errors_name_the_file(tmp_path, capsys):
     config = write_config(tmp_path, grid={"model": ["resnet18"]}, variants={"ok": {}, "bad": {"optimizer": "adam"}})
     assert main(["experiment", str(config)]) == 2
     err = capsys.readouterr().err
-    assert "cell bad-resnet18: optimizer: 'adam'" in err and "is not one of sgd, adamw" in err and "usage:" not in err
+    assert f"{config}: cell bad-resnet18: optimizer: 'adam' is not one of sgd, adamw" in err and "usage:" not in err
+    assert "cell.yaml" not in err  # the cell's file, removed with the others
     assert not (tmp_path / "runs" / "grid").exists()
     for ev, named in (({"bootstrap": -5}, "bootstrap: -5 is not a whole number >= 0"),
                       ({"bootstrap": "lots"}, "bootstrap: 'lots' is not a whole number >= 0"),
