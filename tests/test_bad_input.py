@@ -759,6 +759,14 @@ def test_an_output_that_is_a_folder_is_refused_before_the_work(tiny_run, kaggle,
         in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path)]) == 2
     assert f"error: {tmp_path}: --out is a folder; give the file to write" in capsys.readouterr().err
+    new = tmp_path / "new"  # not there yet, but a folder by its slash (it used to be written as a file "new")
+    for argv, example in ((["export", str(tiny_run), "--format", "onnx"], "grader.onnx"),
+                          (["predict", str(tiny_run), str(kaggle)], "predictions.csv"),
+                          (["data", "check", str(kaggle), "--json"], "data_check.json")):
+        assert main([*argv, *([] if argv[-1] == "--json" else ["--out"]), f"{new}/"]) == 2
+        assert (f"error: {new}: {argv[-1] if argv[-1] == '--json' else '--out'} is a folder (it ends with /); give "
+                f"the file to write, e.g. {new / example}") in capsys.readouterr().err
+        assert not new.exists()
 
 
 @pytest.mark.parametrize("written", ["metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "model.pt",

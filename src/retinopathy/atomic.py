@@ -159,10 +159,11 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     written there."""
     from .data.images import IMAGE_EXTENSIONS
 
+    folder = os.fspath(path).endswith(("/", os.sep))  # Path() drops the slash: "new/" would become a file "new"
     path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, f"{option} is a folder; give the file to write, e.g. "
-                                f"{path / example}", str(path))
+    if path.is_dir() or folder:
+        raise IsADirectoryError(errno.EISDIR, f"{option} is a folder{'' if path.is_dir() else ' (it ends with /)'}; "
+                                f"give the file to write, e.g. {path / example}", str(path))
     suffix = path.suffix.lower()  # .pt and .pth are one kind: export writes TorchScript to either
     if path.exists() and suffix in MODEL_SUFFIXES and MODEL_SUFFIXES[suffix] != Path(example).suffix:
         raise FileExistsError(errno.EEXIST, f"{option} would replace a model file with a {Path(example).suffix} "
