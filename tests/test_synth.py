@@ -98,10 +98,18 @@ def test_lab_layout(tmp_path):
         names[split] = imgs
         for name in imgs:
             _check_image(tmp_path / f"{name}.jpeg", 64)
-    assert len(names["test"]) == 6  # 3 of 10 patients
     _pairs(names["train"] + names["test"])
     patients = {split: {n.rsplit("_", 1)[0] for n in imgs} for split, imgs in names.items()}
     assert not patients["train"] & patients["test"]
+    # stratified by the patient's worse eye, as every other split: 30 % of each grade's patients (rounded)
+    grade = {}
+    for split in ("train", "test"):
+        for name, g in zip(names[split], (tmp_path / f"{split}_label.csv").read_text().splitlines()):
+            patient = name.rsplit("_", 1)[0]
+            grade[patient] = max(grade.get(patient, 0), int(g))
+    for g in set(grade.values()):
+        of_grade = {p for p, w in grade.items() if w == g}
+        assert len(of_grade & patients["test"]) == round(0.3 * len(of_grade))
     assert not (tmp_path / "trainLabels.csv").exists()
 
 

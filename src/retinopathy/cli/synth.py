@@ -11,7 +11,9 @@ def add_parser(sub, text: str) -> None:
     p.add_argument("--size", type=at_least(16), default=256, help="image size in pixels")
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--balanced", action="store_true", help="equal classes instead of EyePACS's mix")
-    p.add_argument("--format", choices=("kaggle", "lab"), default="kaggle")
+    p.add_argument("--format", choices=("kaggle", "lab"), default="kaggle",
+                   help="kaggle: trainLabels.csv; lab: the course lab's header-less train/test CSVs, 20 %% of each "
+                        "grade's patients (by the worse eye) in test")
     p.add_argument("--workers", type=at_least(0), default=None,
                    help="processes (default: all cores; 0 or 1: none, all in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -27,6 +27,8 @@ from ..atomic import encoded, leftover, replacing, write_text
 from ..errors import RetinopathyError
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
+from .formats import Sample
+from .splits import split_patients
 
 MARKER = "Synthetic"  # the first word of the README.txt that marks a folder this module wrote
 
@@ -464,8 +466,9 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     """Write a synthetic DR dataset into ``out``; return a summary dict.
 
     ``kaggle``: ``trainLabels.csv`` (``image,level``); ``lab``: header-less ``train_img.csv``,
-    ``train_label.csv``, ``test_img.csv``, ``test_label.csv`` split by patient (``test_fraction`` of
-    patients in test). Images ``<patient>_<left|right>.jpeg`` and a ``README.txt`` go in ``out`` too.
+    ``train_label.csv``, ``test_img.csv``, ``test_label.csv`` split by patient (``test_fraction`` of the
+    patients of each worse-eye grade in test). Images ``<patient>_<left|right>.jpeg`` and a ``README.txt`` go in
+    ``out`` too.
     Summary keys: n, counts (images per grade 0-4), seconds, images_per_s, format, size, seed, balanced, out.
     ``out`` must be new, empty, or hold only the images of an interrupted generation (:func:`holds_data`).
     """
@@ -495,11 +498,10 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
     if format == "kaggle":
         write_text(out / "trainLabels.csv", "image,level\n" + "".join(f"{m},{g}\n" for m, g in zip(names, grades)))
     else:
-        n_pat = (n + 1) // 2
-        rng = np.random.default_rng([seed, 0x5EED, 0x7E57])
-        test = set(rng.permutation(n_pat)[: round(test_fraction * n_pat)].tolist())
-        for split, keep in (("train", False), ("test", True)):
-            idx = [i for i in range(n) if (i // 2 in test) == keep]
+        eyes = [Sample(m, g, str(i // 2), "", None) for i, (m, g) in enumerate(zip(names, grades))]
+        patients = split_patients(eyes, {"test": test_fraction}, seed)  # stratified by the worse eye, as elsewhere
+        for split in ("train", "test"):
+            idx = [i for i in range(n) if patients[str(i // 2)] == split]
             write_text(out / f"{split}_img.csv", "".join(f"{names[i]}\n" for i in idx))
             write_text(out / f"{split}_label.csv", "".join(f"{grades[i]}\n" for i in idx))
     counts = [grades.count(k) for k in range(5)]
