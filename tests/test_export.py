@@ -280,3 +280,41 @@ def test_pair_eye_models_are_refused(tmp_path, capsys):
                  ["predict", str(path), str(image), "--out", str(tmp_path / "p.csv")]):
         assert main(argv) == 2
         assert "both eyes" in capsys.readouterr().err
+
+
+def readme_example(marker: str) -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return next(block for block in readme.split("```python\n")[1:] if marker in block.split("```")[0]).split("```")[0]
+
+
+@pytest.mark.parametrize("objective", ["classification", "regression"])
+def test_the_readme_grades_with_an_exported_model_as_predict_does(checkpoint, objective, tmp_path, monkeypatch,
+                                                                   capsys):
+    """README's snippet for the ONNX model and its JSON (argmax, and a score cut at thresholds) gives predict's
+    grade for the same photograph."""
+    if objective == "regression":
+        torch.manual_seed(0)
+        model = Grader("resnet18", 1, "lab").eval()
+        save_checkpoint({"model": model.state_dict(), "epoch": 1, "phase": "finetune", "best": None, "config": {},
+                         "model_info": {"arch": "resnet18", "head": "lab", "objective": "regression",
+                                        "num_outputs": 1, "num_classes": 5,
+                                        "preprocessing": Preprocessing("lab", SIZE).to_dict(),
+                                        "thresholds": [-100.0, -99.0, -98.0, 100.0], "decision": "thresholds",
+                                        "weights_origin": "test"}}, tmp_path / "reg.pt")
+        checkpoint = tmp_path / "reg.pt"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.jpeg")
+    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "grader.onnx"),
+                 "--check-images", str(tmp_path)]) == 0
+    assert main(["predict", str(checkpoint), str(tmp_path / "photo.jpeg"), "--out", str(tmp_path / "p.csv"),
+                 "--quiet"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    if objective == "regression":  # its thresholds give grade 3; the default ones would not
+        assert row["predicted_grade"] == "3" and not 2.5 <= float(row["score"]) < 3.5
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(readme_example("ort.InferenceSession"), scope)
+    assert scope["grade"] == int(row["predicted_grade"])
