@@ -178,6 +178,15 @@ def test_a_folder_of_experiments_is_every_experiment_in_it(experiment, tmp_path)
     assert main(["report", str(runs), "--out", str(tmp_path / "r2")]) == 0
     names = [r["Run"] for r in md_table((tmp_path / "r2" / "report.md").read_text(), "### All runs")]
     assert sorted(names) == sorted(["alone", *(f"{e}/{c}" for e in ("tiny", "tiny2") for c in CELLS)])
+    # the title names the experiments when they are all it compares
+    (runs / "other").mkdir()
+    (runs / "other" / "experiment.json").write_text(json.dumps({"name": "other", "cells": {}}))
+    for given, title in (([runs / "tiny"], ": experiment tiny"), ([runs / "tiny", runs / "other"], ": experiments "
+                         "tiny, other"), ([runs / "tiny", runs / "alone"], ""), ([runs / "tiny", runs / "tiny2"],
+                         ": experiment tiny")):
+        assert main(["report", *map(str, given), "--out", str(tmp_path / "t")]) == 0
+        md = (tmp_path / "t" / "report.md").read_text()
+        assert md.startswith(f"# Diabetic-retinopathy grader comparison{title}\n")
 
 
 def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):

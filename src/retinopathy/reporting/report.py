@@ -417,8 +417,9 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
                  "title": "Normalized confusion matrices (rows: true grade)"})
     experiments = [_read(Path(p) / "experiment.json", json.loads) for p in paths
                    if (Path(p) / "experiment.json").exists()]
+    named = list(dict.fromkeys(e["name"] for e in experiments))  # the title names them when they are all it compares
     default_title = "Diabetic-retinopathy grader comparison" + (
-        f": experiment {experiments[0]['name']}" if len(experiments) == 1 else "")
+        f": experiment{'s' * (len(named) > 1)} {', '.join(named)}" if named and len(experiments) == len(paths) else "")
     ctx = {"title": title or default_title, "about": [e["description"] for e in experiments if e.get("description")],
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
