@@ -498,6 +498,12 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(synth_small)])
     assert f"--resume {synth_small}: not a run folder (no config.yaml there)" in capsys.readouterr().err
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "experiment.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(tmp_path / "exp")])
+    assert f"--resume {tmp_path / 'exp'}: an experiment's folder: `retinopathy experiment CONFIG` again continues " \
+        "its cells" in capsys.readouterr().err
 
 
 def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):

@@ -254,6 +254,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--resume {pre.resume}: " + (
             "not found" if not resume.exists() else
             f"inside a run; --resume takes the run folder, {run}" if (run / "config.yaml").exists() else
+            "an experiment's folder: `retinopathy experiment CONFIG` again continues its cells (or --resume one "
+            "of its run folders)" if (resume / "experiment.json").exists() else
             "not a run folder (no config.yaml there); pass the folder that `retinopathy train --out` wrote, "
             "e.g. runs/NAME"))
     if pre.resume and not pre.config:
