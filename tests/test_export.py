@@ -292,8 +292,8 @@ def readme_example(marker: str) -> str:
 @pytest.mark.parametrize("objective", ["classification", "regression"])
 def test_the_readme_grades_with_an_exported_model_as_predict_does(checkpoint, objective, tmp_path, monkeypatch,
                                                                    capsys):
-    """README's snippet for the ONNX model and its JSON (argmax, and a score cut at thresholds) gives predict's
-    grade for the same photograph."""
+    """README's snippet for an exported model and its JSON (ONNX, and TorchScript in its comment) gives predict's
+    probabilities, score and grade for the same photograph: argmax, and a score cut at thresholds."""
     if objective == "regression":
         torch.manual_seed(0)
         model = Grader("resnet18", 1, "lab").eval()
@@ -306,8 +306,9 @@ def test_the_readme_grades_with_an_exported_model_as_predict_does(checkpoint, ob
         checkpoint = tmp_path / "reg.pt"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.jpeg")
-    assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / "grader.onnx"),
-                 "--check-images", str(tmp_path)]) == 0
+    for fmt, name in (("onnx", "grader.onnx"), ("torchscript", "grader.ts.pt")):
+        assert main(["export", str(checkpoint), "--format", fmt, "--out", str(tmp_path / name),
+                     "--check-images", str(tmp_path)]) == 0
     assert main(["predict", str(checkpoint), str(tmp_path / "photo.jpeg"), "--out", str(tmp_path / "p.csv"),
                  "--quiet"]) == 0
     with open(tmp_path / "p.csv", newline="") as f:
@@ -315,6 +316,14 @@ def test_the_readme_grades_with_an_exported_model_as_predict_does(checkpoint, ob
     if objective == "regression":  # its thresholds give grade 3; the default ones would not
         assert row["predicted_grade"] == "3" and not 2.5 <= float(row["score"]) < 3.5
     monkeypatch.chdir(tmp_path)
-    scope = {}
-    exec(readme_example("ort.InferenceSession"), scope)
-    assert scope["grade"] == int(row["predicted_grade"])
+    code = readme_example("ort.InferenceSession")
+    torchscript = "\n".join(line.replace("# TorchScript instead: ", "") if "TorchScript instead" in line else line
+                            for line in code.splitlines() if "ort.InferenceSession" not in line)
+    for snippet in (code, torchscript):
+        scope = {}
+        exec(snippet, scope)
+        out = torch.from_numpy(scope["out"])
+        assert scope["grade"] == int(row["predicted_grade"])
+        assert float(scope["objective"].score(out)[0]) == pytest.approx(float(row["score"]), abs=1e-4)
+        assert scope["objective"].probabilities(out)[0].tolist() == pytest.approx(
+            [float(row[f"prob_{g}"]) for g in range(5)], abs=1e-4)

@@ -299,8 +299,14 @@ def test_data_check_without_the_images_says_so_once_and_lists_a_few(tmp_path, ca
     assert ("none of the 30 listed images was found: pass --images DIR (the folder that holds them), or "
             "--no-images to check the labels only") in text
     assert text.count("[missing-image]") == 21 and "trainLabels.csv:21: image 19_left not found" in text
-    assert "trainLabels.csv:22:" not in text and "... and 10 more [missing-image]" in text
+    assert "trainLabels.csv:22:" not in text and "  ... and 10 more [missing-image] (every one is in the JSON" in text
     assert len(json.loads(out.read_text())["problems"]) == 30
+    for p in range(30):  # the images, all black: 30 warnings, listed alike
+        Image.new("RGB", (32, 32)).save(tmp_path / f"{p}_left.jpeg")
+    assert main(["data", "check", str(tmp_path), "--json", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "30 warning(s):" in text and text.count("[blank-image]") == 21 and "10 more [blank-image]" in text
+    assert len(json.loads(out.read_text())["warnings"]) == 30
 
 
 def test_real_lab_csvs(shared_data):

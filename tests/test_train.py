@@ -369,10 +369,13 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
 def test_weights_from_a_run_with_another_split_warn_of_its_training_images(tiny_run, synth_small, tmp_path,
                                                                            capsys):
     """Fine-tuning a run's weights on a new split of its photographs puts some of its training images into val
-    and test: the count is said, kept with the run (config.yaml, model card), and the same split is quiet."""
+    and test: the count is said, kept with the run (config.yaml, model card, also after a resume), and the same
+    split is quiet."""
     opts = ["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1", "--freeze-epochs",
             "0", "--weights", str(tiny_run)]
-    assert main([*opts, "--split-seed", "1", "--out", str(tmp_path / "other")]) == 0
+    assert main([*opts, "--split-seed", "1", "--epochs", "2", "--stop-after", "1",
+                 "--out", str(tmp_path / "other")]) == 0
+    assert main(["train", "--resume", str(tmp_path / "other"), "--quiet"]) == 0
     err = capsys.readouterr().err
     split = {}
     with open(tiny_run / "split.csv", newline="") as f:

@@ -13,7 +13,8 @@ def add_parser(sub, text: str) -> None:
     p.add_argument("--balanced", action="store_true", help="equal classes instead of EyePACS's mix")
     p.add_argument("--format", choices=("kaggle", "lab"), default="kaggle",
                    help="kaggle: trainLabels.csv; lab: the course lab's header-less train/test CSVs, 20 %% of each "
-                        "grade's patients (by the worse eye) in test")
+                        "grade's patients (by the worse eye; rounded, so a grade of one or two patients may have "
+                        "none) in test")
     p.add_argument("--workers", type=at_least(0), default=None,
                    help="processes (default: all cores; 0 or 1: none, all in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -104,7 +104,7 @@ def _other_labels(catalog: Catalog) -> list[str]:
 
 def format_report(report: dict) -> str:
     """The report as text for a person."""
-    where = ("images not checked (--no-images)" if not report.get("images_checked", True) else
+    where = ("images not checked (--no-images)" if not report["images_checked"] else
              f"images in {report['images_root']}" if report["images_root"] else
              "images in the grade folders" if report["format"] == "folders" else "no image folder found")
     lines = [f"dataset {report['data']}  (format: {report['format']}; {where})"]
@@ -135,13 +135,18 @@ def format_report(report: dict) -> str:
     if report["images_checked"] and missing and missing == report["rows"]:
         lines.append(f"  none of the {missing:,} listed images was found: pass --images DIR (the folder that holds "
                      "them), or --no-images to check the labels only")
-    shown = Counter()
-    for p in problems:
-        shown[p["kind"]] += 1
-        if shown[p["kind"]] <= SHOWN_PER_KIND:
-            lines.append(Problem(**p).listed())
-    lines += [f"  ... and {n - SHOWN_PER_KIND:,} more [{kind}] (every problem is in the JSON report)"
-              for kind, n in shown.items() if n > SHOWN_PER_KIND]
-    if report.get("warnings"):
-        lines += ["", f"{len(report['warnings'])} warning(s):"] + [Problem(**p).listed() for p in report["warnings"]]
+    lines += _listed(problems)
+    if report["warnings"]:
+        lines += ["", f"{len(report['warnings'])} warning(s):", *_listed(report["warnings"])]
     return "\n".join(lines)
+
+
+def _listed(problems: list[dict]) -> list[str]:
+    """Problems (or warnings) as lines, ``SHOWN_PER_KIND`` of each kind; the JSON report holds every one."""
+    lines, seen = [], Counter()
+    for p in problems:
+        seen[p["kind"]] += 1
+        if seen[p["kind"]] <= SHOWN_PER_KIND:
+            lines.append(Problem(**p).listed())
+    return lines + [f"  ... and {n - SHOWN_PER_KIND:,} more [{kind}] (every one is in the JSON report)"
+                    for kind, n in seen.items() if n > SHOWN_PER_KIND]

@@ -382,8 +382,9 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
 def weights_run_overlap(weights: str, data: RunData) -> str | None:
     """``--weights`` from a run on the same photographs with another split: how many of its training images this
     run keeps for val and test (their numbers would overstate), and how to keep them apart; None when none."""
-    split_csv = run_folder(weights) / "split.csv"
-    if not split_csv.is_file():
+    folder = Path(os.path.abspath(run_folder(weights)))
+    split_csv = folder / "split.csv"
+    if not split_csv.is_file() or not (folder / "config.yaml").is_file():  # a run's folder, not any split.csv
         return None
     same, regraded, _ = run_overlap(split_csv, [(s.image, s.label) for s in data.catalog.samples])
     if not same_photographs(len(same), regraded):
@@ -444,8 +445,10 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
                          "channels_last": engine.channels_last, "workers": engine.workers,
                          "world_size": engine.dist.world_size},
               "weights": origin, "environment": environment()}
-    if ckpt is not None:  # what ran the epochs before this resume stays on record
+    if ckpt is not None:  # what ran the epochs before this resume stays on record, and what was said of its split
         before = yaml.safe_load((out / "config.yaml").read_text()) or {}
+        config["data"]["leakage_warnings"] = list(dict.fromkeys(
+            [*((before.get("data") or {}).get("leakage_warnings") or []), *data.warnings]))
         config["earlier"] = before.get("earlier", []) + [
             {"epochs": ckpt["epoch"] + 1, "engine": before.get("engine"), "environment": before.get("environment")}]
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
