@@ -179,11 +179,15 @@ def test_a_folder_of_experiments_is_every_experiment_in_it(experiment, tmp_path)
     names = [r["Run"] for r in md_table((tmp_path / "r2" / "report.md").read_text(), "### All runs")]
     assert sorted(names) == sorted(["alone", *(f"{e}/{c}" for e in ("tiny", "tiny2") for c in CELLS)])
     # the title names the experiments when they are all it compares
-    (runs / "other").mkdir()
-    (runs / "other" / "experiment.json").write_text(json.dumps({"name": "other", "cells": {}}))
+    (runs / "other" / "c").mkdir(parents=True)  # an experiment of one cell, not run yet
+    (runs / "other" / "experiment.json").write_text(json.dumps({"name": "other", "cells": {"c": {"dir": "c"}}}))
+    (tmp_path / "only").mkdir()  # a folder of experiments alone
+    for name in ("tiny", "other"):
+        (tmp_path / "only" / name).symlink_to(runs / name)
     for given, title in (([runs / "tiny"], ": experiment tiny"), ([runs / "tiny", runs / "other"], ": experiments "
                          "tiny, other"), ([runs / "tiny", runs / "alone"], ""), ([runs / "tiny", runs / "tiny2"],
-                         ": experiment tiny")):
+                         ": experiment tiny"), ([runs], ""), ([runs / "tiny", runs / "tiny2", runs / "other"],
+                         ": experiments tiny, other"), ([tmp_path / "only"], ": experiments other, tiny")):
         assert main(["report", *map(str, given), "--out", str(tmp_path / "t")]) == 0
         md = (tmp_path / "t" / "report.md").read_text()
         assert md.startswith(f"# Diabetic-retinopathy grader comparison{title}\n")

@@ -75,6 +75,7 @@ class Run:
     eval: dict | None = None
     variant: str = ""
     named: str = ""  # its name in the experiment: the variant's (``variants:``) or a one-run experiment's
+    experiment: str | None = None  # the name of the experiment it is a cell of
     colour: str = "#000000"
     numbers: dict = field(default_factory=dict)
 
@@ -195,6 +196,7 @@ def load_experiment(exp: Path) -> list[Run]:
         if entry.get("status") == "failed":
             run.status, run.reason = "failed", entry.get("reason", "")
         run.named = str(entry.get("values", {}).get("variant") or (status.get("name", exp.name) if single else ""))
+        run.experiment = str(status.get("name", exp.name))
         runs.append(run)
     return runs
 
@@ -417,9 +419,9 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
                  "title": "Normalized confusion matrices (rows: true grade)"})
     experiments = [_read(Path(p) / "experiment.json", json.loads) for p in paths
                    if (Path(p) / "experiment.json").exists()]
-    named = list(dict.fromkeys(e["name"] for e in experiments))  # the title names them when they are all it compares
+    named = list(dict.fromkeys(r.experiment for r in runs))  # the title names them when they are all it compares
     default_title = "Diabetic-retinopathy grader comparison" + (
-        f": experiment{'s' * (len(named) > 1)} {', '.join(named)}" if named and len(experiments) == len(paths) else "")
+        f": experiment{'s' * (len(named) > 1)} {', '.join(named)}" if None not in named else "")
     ctx = {"title": title or default_title, "about": [e["description"] for e in experiments if e.get("description")],
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
