@@ -734,7 +734,9 @@ def test_every_process_evaluates_rank_0s_batchnorm_statistics(tmp_path):
     assert [(tmp_path / str(r)).read_text() for r in (0, 1)] == ["[1.0, 1.0, 1.0] 5"] * 2
 
 
-def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path):
+def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path, capsys):
+    """What --skip-bad drops is said (train and evaluate: how many, of which kinds, where they are listed) and
+    recorded; a resume says where it continues."""
     import shutil
 
     from retinopathy.data import FundusDataset
@@ -746,11 +748,23 @@ def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path):
         Path(path).write_bytes(Path(path).read_bytes()[:300])
     with open(data / "trainLabels.csv", "a") as f:
         f.write("77_left,9\n")  # a bad row belongs to no split
-    assert main(["train", "--data", str(data), *FAST, "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0",
-                 "--skip-bad", "--out", str(tmp_path / "run")]) == 0
-    skipped = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["skipped"]
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), *FAST, "--image-size", "32", "--epochs", "2", "--freeze-epochs", "0",
+                 "--skip-bad", "--stop-after", "1", "--out", str(run)]) == 0
+    skipped = yaml.safe_load((run / "config.yaml").read_text())["data"]["skipped"]
     assert [any(Path(p).name in s for s in skipped) for p in bad] == [True, True]
     assert sum("77_left" in s for s in skipped) == 1
+    assert (f"warning: --skip-bad dropped 3 labelled row(s) or image(s) (bad-image 2, bad-label 1); each is listed "
+            f"in {run / 'config.yaml'} (data: skipped)") in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert f"resuming {run} after its epoch 1 (checkpoints/last.pt)" in out.out and "dropped 3" in out.err
+    assert main(["evaluate", str(run), "--data", str(data), "--split", "test", "--skip-bad", "--bootstrap", "50",
+                 "--out", str(tmp_path / "eval"), "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert (f"warning: --skip-bad dropped 2 labelled row(s) or image(s) (bad-label 1, bad-image 1); each is listed in "
+            f"{tmp_path / 'eval' / 'metrics.json'} (skipped)") in out.err
+    assert re.search(r"accuracy [0-9.]+ \[95% CI [0-9.]+, [0-9.]+\] \(majority class [0-9.]+\) \| kappa", out.out)
 
 
 def test_a_last_training_batch_of_one_image_is_dropped(synth_small, tmp_path):

@@ -1,6 +1,7 @@
 """Problems found in a dataset, and the error that carries them."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 from ..errors import RetinopathyError
@@ -31,6 +32,13 @@ class Problem:
     def bad_image(cls, sample, reason) -> Problem:
         """The image of ``sample`` (a labels row) cannot be used, for ``reason``."""
         return cls("bad-image", sample.source, sample.line, f"{sample.image}: {reason}", sample.image)
+
+
+def skipped_note(problems: list[Problem], where: str) -> str:
+    """What ``--skip-bad`` dropped, in one line: how many, of which kinds, and where each one is listed."""
+    kinds = Counter(p.kind for p in problems)
+    return (f"--skip-bad dropped {len(problems):,} labelled row(s) or image(s) ("
+            + ", ".join(f"{kind} {n:,}" for kind, n in kinds.most_common()) + f"); each is listed in {where}")
 
 
 class DataError(RetinopathyError, ValueError):

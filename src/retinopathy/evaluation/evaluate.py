@@ -34,6 +34,7 @@ from ..cli.common import (  # noqa: E402
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
+from ..data.problems import skipped_note  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
 from ..errors import DataWarning  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
@@ -170,10 +171,11 @@ def main(args) -> dict:
     confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
                      f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
     ci = metrics.get("ci95")
-    print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f} "
-          f"(majority class {metrics['majority_accuracy']:.4f})"
+    if dataset.skipped:
+        print(f"warning: {skipped_note(dataset.skipped, str(out / 'metrics.json'))} (skipped)", file=sys.stderr)
+    print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f}"
           + (f" [95% CI {ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" if ci else "")
-          + f" | kappa {metrics['kappa']:.4f}"
+          + f" (majority class {metrics['majority_accuracy']:.4f}) | kappa {metrics['kappa']:.4f}"
           + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci and ci["kappa"] else "")
           + f" | macro-F1 {metrics['macro_f1']:.4f}"
           + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")

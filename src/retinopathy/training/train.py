@@ -31,6 +31,7 @@ from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES, Catalog
+from ..data.problems import skipped_note
 from ..data.splits import run_overlap, same_photographs
 from ..errors import Interrupted, NotWritten, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
@@ -310,6 +311,7 @@ class RunData:
     select_on: str
     common: dict
     warnings: list[str]  # of the split: config.yaml, the model card and the report show them
+    skipped: list[Problem]  # what --skip-bad dropped, of every split
 
 
 def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunData:
@@ -376,7 +378,8 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
     if args.pair_eyes:
         train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
     return RunData(catalog, opts, split_file, train_set, eval_sets, eval_splits, select_on, common,
-                   list(train_set.warnings))
+                   list(train_set.warnings),
+                   list(dict.fromkeys(p for ds in (train_set, *eval_sets.values()) for p in ds.skipped)))
 
 
 def weights_run_overlap(weights: str, data: RunData) -> str | None:
@@ -436,8 +439,7 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
                        "train_counts": train_set.class_counts(),
                        "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
                        "leakage_warnings": data.warnings,
-                       "skipped": list(dict.fromkeys(str(p) for ds in (train_set, *eval_sets.values())
-                                                     for p in ds.skipped))},
+                       "skipped": [str(p) for p in data.skipped]},
               "selection": {"split": data.select_on, "metric": args.select_metric,
                             "note": "selected on the test split (reproduces the lab; optimistic)"
                             if data.select_on == "test" else "selected on the validation split"},
@@ -638,6 +640,10 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     elif dist.main:
         _write_rows(metrics_path, columns, [])
     if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do says only that, below
+        if data.skipped:
+            print(f"warning: {skipped_note(data.skipped, str(out / 'config.yaml'))} (data: skipped)", file=sys.stderr)
+        if ckpt is not None:
+            print(f"resuming {out} after its epoch {ckpt['epoch'] + 1} (checkpoints/last.pt)")
         print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating "
               f"{' and '.join(data.eval_splits)}, selecting on {select_on} by {args.select_metric}; device {device}, "
               f"amp {amp} (evaluation {engine.eval_amp}), channels_last {channels_last}, {dist.world_size} "
