@@ -76,8 +76,9 @@ def test_a_missing_image_concerns_only_its_own_split(tmp_path):
 
 def test_missing_image(tmp_path, kaggle):
     (kaggle / "3_left.jpeg").unlink()
-    with pytest.raises(DataError, match=r"trainLabels.csv:8: image 3_left not found"):
+    with pytest.raises(DataError, match=r"trainLabels.csv:8: image 3_left not found") as e:
         FundusDataset(kaggle, "all", image_size=32)
+    assert e.value.hint.startswith(f"11 of the 12 listed images are in {kaggle}. Fix the files, or pass --skip-bad")
     ds = FundusDataset(kaggle, "all", image_size=32, skip_bad=True)
     assert len(ds) == 11 and "3_left" in str(ds.skipped[0])
     rc, report = check(tmp_path, kaggle)

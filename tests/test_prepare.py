@@ -245,6 +245,8 @@ def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
                      ("3_right", "bad-image", "trainLabels.csv", line["3_right"]),
                      ("4_left", "missing-image", "trainLabels.csv", line["4_left"])}
     assert "truncated" in err and "empty file" in err and f"trainLabels.csv:{line['2_left']}" in err
+    assert (f"note: 3 listed image(s) are not in the copy (missing or unreadable), and its labels, copied as they "
+            f"are, still list them: train from {out} with --skip-bad") in err
     assert not (out / "2_left.jpeg").exists() and not (out / "3_right.jpeg").exists()
     assert not list(out.glob("*.part"))
     assert (out / "trainLabels.csv").read_text().splitlines() == lines  # labels copied as they are

@@ -95,7 +95,10 @@ class FundusDataset(Dataset):
             samples, self.cache, bad = _decode_all(samples, self.preprocessing, split, progress)
             problems += bad
         if problems and not skip_bad:
-            raise DataError(problems, hint="Fix the files, or pass --skip-bad (in Python: skip_bad=True) to drop them.")
+            missing = len(catalog.samples) - len(found)  # of every split: how much of the listing is here
+            raise DataError(problems, hint=(f"{len(found):,} of the {len(catalog.samples):,} listed images are in "
+                                            f"{catalog.image_root or catalog.root}. " if missing else "")
+                            + "Fix the files, or pass --skip-bad (in Python: skip_bad=True) to drop them.")
         if not samples:
             raise DataError(problems + [Problem("empty", str(catalog.root), None, f"no images in split {split!r}")])
         self.skipped = problems

@@ -329,7 +329,11 @@ def main(args) -> dict:
     for p in m["problems"][:20]:
         print(Problem(**p).listed(), file=sys.stderr)
     if len(m["problems"]) > 20:
-        print(f"  ... and {len(m['problems']) - 20} more (all in the manifest)", file=sys.stderr)
+        print(f"  ... and {len(m['problems']) - 20:,} more (all in the manifest)", file=sys.stderr)
+    if uncopied := sum(p["kind"] in ("missing-image", "bad-image") for p in m["problems"]):
+        print(f"note: {uncopied:,} listed image(s) are not in the copy (missing or unreadable), and its labels, copied "
+              f"as they are, still list them: train from {args.out} with --skip-bad, or fix the images and run "
+              "prepare again", file=sys.stderr)
     return m
 
 

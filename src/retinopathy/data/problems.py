@@ -51,8 +51,8 @@ class DataError(RetinopathyError, ValueError):
         lines = [str(p) for p in self.problems[:self.SHOWN]]
         more = len(self.problems) - self.SHOWN
         if more > 0:
-            lines.append(f"... and {more} more")
-        msg = f"{len(self.problems)} problem(s) in the dataset:\n  " + "\n  ".join(lines)
+            lines.append(f"... and {more:,} more")
+        msg = f"{len(self.problems):,} problem(s) in the dataset:\n  " + "\n  ".join(lines)
         if hint:
             msg += f"\n{hint}"
         super().__init__(msg)
