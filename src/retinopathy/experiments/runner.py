@@ -280,7 +280,7 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
     except (SystemExit, train_config.ConfigError) as e:
         error = str(e) if isinstance(e, train_config.ConfigError) else next(
             (line.partition("error: ")[2] for line in reversed(said.getvalue().splitlines()) if "error: " in line),
-            said.getvalue().strip() or str(e.code)).replace(f" (from {saved_file})", "")  # removed, below
+            said.getvalue().strip() or str(e.code)).replace(f" (from {saved_file})", "")  # that file goes (below)
         raise ExperimentError(f"{exp.file}: cell {cell.name}: {error} (every cell is checked before any runs)") \
             from None
     sys.stderr.write(said.getvalue())  # what parsing warned about
