@@ -1404,3 +1404,28 @@ def test_version_and_command_list_answer_without_importing_torch():
     assert run.stdout.count("exit 0") == 2 and "exit 2" in run.stdout, run.stdout + run.stderr
     assert f"retinopathy {__version__}" in run.stdout and "evaluate a checkpoint" in run.stdout
     assert "invalid choice: 'trian'" in run.stderr and "torch imported: False" in run.stdout
+
+
+def test_evaluate_and_predict_find_the_images_where_the_run_did(synth_small, tmp_path, capsys):
+    """A run given --images (labels in one folder, photographs in another, as the lab's CSVs are kept): evaluate
+    and predict of its data look there too, without --images again."""
+    import shutil
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    shutil.copy(synth_small / "trainLabels.csv", labels)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(labels), "--images", str(synth_small), *FAST, "--image-size", "32",
+                 "--epochs", "1", "--freeze-epochs", "0", "--out", str(run)]) == 0
+    assert main(["evaluate", str(run), "--data", str(labels), "--bootstrap", "0", "--out", str(tmp_path / "e"),
+                 "--quiet"]) == 0
+    test_images = sum(r.split(",")[3] == "test" for r in (run / "split.csv").read_text().splitlines()[1:])
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["count"] == test_images > 0
+    assert main(["predict", str(run), str(labels), "--split", "test", "--out", str(tmp_path / "p.csv"),
+                 "--quiet"]) == 0
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == test_images + 1
+    elsewhere = tmp_path / "elsewhere"  # other data: the run's folder is not assumed
+    shutil.copytree(labels, elsewhere)
+    assert main(["evaluate", str(run), "--data", str(elsewhere), "--bootstrap", "0", "--out", str(tmp_path / "e2"),
+                 "--quiet"]) == 2
+    assert "not found" in capsys.readouterr().err

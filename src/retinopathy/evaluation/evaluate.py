@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import yaml  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from ..atomic import check_writable, replacing, write_json  # noqa: E402
@@ -63,6 +64,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return show_defaults(p)
 
 
+def run_images(checkpoint: Path, data: str) -> str | None:
+    """The image folder a run was given (``--images``, in its config.yaml) when ``data`` is the folder it trained
+    on; None otherwise."""
+    try:
+        config = yaml.safe_load((run_folder(checkpoint) / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    images = (config.get("train") or {}).get("images")
+    return images if images and (config.get("data") or {}).get("path") == str(Path(data).resolve()) else None
+
+
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
@@ -71,8 +83,11 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     seed and fractions. The run's photographs with more added (names it lists, at least 90 % of them with the
     grades it lists, and images it does not list) are refused unless --split-file or --split all says what to
     grade: a fresh split would put training images into val or test. Names that mostly recur with other grades
-    are other photographs (EyePACS and synthetic sets share names)."""
+    are other photographs (EyePACS and synthetic sets share names). The images are looked for where the run
+    found them (its ``--images``) unless ``--images`` says otherwise."""
     opts = catalog_options(args)
+    if "images" not in opts and (images := run_images(checkpoint, data)):
+        opts["images"] = images
     opts["labels"] = opts.get("labels") or labels
     if args.split_file:
         return opts
