@@ -176,11 +176,16 @@ def same_photographs(same: int, regraded: int) -> bool:
     return same > 0 and same >= 0.9 * (same + regraded)
 
 
-def trained_on(split_csv: str | Path, labelled) -> int:
-    """How many labelled images, ``(name, grade)`` pairs, a run trained on: listed as train in its ``split_csv``,
-    counted when they are its photographs (:func:`same_photographs`)."""
+def trained_names(split_csv: str | Path, labelled) -> set[str]:
+    """The names of the labelled images, ``(name, grade)`` pairs, that a run trained on: listed as train in its
+    ``split_csv``, when they are its photographs (:func:`same_photographs`); none otherwise."""
     same, regraded, _ = run_overlap(split_csv, labelled)
-    return sum(s == "train" for s in same.values()) if same_photographs(len(same), regraded) else 0
+    return {name for name, s in same.items() if s == "train"} if same_photographs(len(same), regraded) else set()
+
+
+def trained_on(split_csv: str | Path, labelled) -> int:
+    """How many labelled images a run trained on (:func:`trained_names`)."""
+    return len(trained_names(split_csv, labelled))
 
 
 def read_split(samples: list[Sample], path: str | Path) -> None:

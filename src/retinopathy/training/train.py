@@ -32,7 +32,7 @@ from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES, Catalog
 from ..data.problems import skipped_note
-from ..data.splits import run_overlap, same_photographs
+from ..data.splits import run_overlap, same_photographs, trained_names
 from ..errors import Interrupted, NotWritten, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
@@ -389,11 +389,9 @@ def weights_run_overlap(weights: str, data: RunData) -> str | None:
     split_csv = folder / "split.csv"
     if not split_csv.is_file() or not (folder / "config.yaml").is_file():  # a run's folder, not any split.csv
         return None
-    same, regraded, _ = run_overlap(split_csv, [(s.image, s.label) for s in data.catalog.samples])
-    if not same_photographs(len(same), regraded):
-        return None
+    trained = trained_names(split_csv, [(s.image, s.label) for s in data.catalog.samples])
     held = {sp: [s for s in data.catalog.samples if s.split == sp] for sp in ("val", "test")}
-    seen = {sp: sum(same.get(s.image) == "train" for s in samples) for sp, samples in held.items()}
+    seen = {sp: sum(s.image in trained for s in samples) for sp, samples in held.items()}
     if not any(seen.values()):
         return None
     return (f"{' and '.join(f'{n} of the {len(held[sp])} {sp} images' for sp, n in seen.items() if n)} were "
