@@ -27,6 +27,15 @@ def pytest_report_header(config):
     return f"free space in {where}: {free:.1f} GB" + (" - the tests need about 3 GB" if free < 3 else "")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_as_from_a_terminal():
+    """SIGINT raises KeyboardInterrupt, as in a command run from a terminal: a suite started in the background
+    (``make test &``, nohup) inherits SIGINT ignored, and the tests of Ctrl-C would fail there for that alone."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or $RETINOPATHY_SHARED_DATA); skips when absent unless REQUIRE_SHARED_DATA=1."""

@@ -118,8 +118,6 @@ def test_ctrl_c_during_a_checkpoint_save_arrives_after_it(tmp_path, monkeypatch)
     from retinopathy.training import checkpoint
 
     real_save = torch.save
-    before = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a command run from a shell
 
     def interrupted_save(obj, f):
         os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode: inside the save
@@ -130,7 +128,6 @@ def test_ctrl_c_during_a_checkpoint_save_arrives_after_it(tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert checkpoint.load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    signal.signal(signal.SIGINT, before)
     from retinopathy.training.train import _stop
 
     before = signal.signal(signal.SIGTERM, _stop)  # as train sets it: SIGTERM too waits for the save
