@@ -751,11 +751,15 @@ def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path, capsy
     run = tmp_path / "run"
     assert main(["train", "--data", str(data), *FAST, "--image-size", "32", "--epochs", "2", "--freeze-epochs", "0",
                  "--skip-bad", "--stop-after", "1", "--out", str(run)]) == 0
-    skipped = yaml.safe_load((run / "config.yaml").read_text())["data"]["skipped"]
-    assert [any(Path(p).name in s for s in skipped) for p in bad] == [True, True]
-    assert sum("77_left" in s for s in skipped) == 1
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["skipped"] == 3
+    with open(run / "skipped.csv", newline="") as f:
+        skipped = list(csv.DictReader(f))
+    assert sorted((r["kind"], r["image"]) for r in skipped) == sorted(
+        [("bad-image", Path(p).stem) for p in bad] + [("bad-label", "77_left")])
+    assert [r["line"] for r in skipped if r["kind"] == "bad-label"] == ["242"]
     assert (f"warning: --skip-bad dropped 3 labelled row(s) or image(s) (bad-image 2, bad-label 1); each is listed "
-            f"in {run / 'config.yaml'} (data: skipped)") in capsys.readouterr().err
+            f"in {run / 'skipped.csv'}") in capsys.readouterr().err
+    assert "3 unusable image(s) were skipped with --skip-bad" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     out = capsys.readouterr()
     assert f"resuming {run} after its epoch 1 (checkpoints/last.pt)" in out.out and "dropped 3" in out.err
@@ -763,7 +767,11 @@ def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path, capsy
                  "--out", str(tmp_path / "eval"), "--quiet"]) == 0
     out = capsys.readouterr()
     assert (f"warning: --skip-bad dropped 2 labelled row(s) or image(s) (bad-label 1, bad-image 1); each is listed in "
-            f"{tmp_path / 'eval' / 'metrics.json'} (skipped)") in out.err
+            f"{tmp_path / 'eval' / 'skipped.csv'}") in out.err
+    assert len((tmp_path / "eval" / "skipped.csv").read_text().splitlines()) == 3
+    assert main(["evaluate", str(run), "--data", str(synth_small), "--split", "test", "--out", str(tmp_path / "eval"),
+                 "--quiet"]) == 0
+    assert not (tmp_path / "eval" / "skipped.csv").exists(), "a list of another evaluation's dropped images stays"
     assert re.search(r"accuracy [0-9.]+ \[95% CI [0-9.]+, [0-9.]+\] \(majority class [0-9.]+\) \| kappa", out.out)
 
 

@@ -1,9 +1,13 @@
 """Problems found in a dataset, and the error that carries them."""
 from __future__ import annotations
 
+import csv
+import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
+from ..atomic import replacing
 from ..errors import RetinopathyError
 
 
@@ -32,6 +36,18 @@ class Problem:
     def bad_image(cls, sample, reason) -> Problem:
         """The image of ``sample`` (a labels row) cannot be used, for ``reason``."""
         return cls("bad-image", sample.source, sample.line, f"{sample.image}: {reason}", sample.image)
+
+
+def write_skipped(path: str | os.PathLike, problems: list[Problem]) -> None:
+    """List what ``--skip-bad`` dropped in ``path`` (CSV: kind, file, line, message, image), or remove ``path``
+    when nothing was, so that it never lists another time's."""
+    if not problems:
+        Path(path).unlink(missing_ok=True)
+        return
+    with replacing(path, newline="") as f:
+        w = csv.DictWriter(f, [field.name for field in fields(Problem)], lineterminator="\n")
+        w.writeheader()
+        w.writerows(p.to_dict() for p in problems)
 
 
 def skipped_note(problems: list[Problem], where: str) -> str:

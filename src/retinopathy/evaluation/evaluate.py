@@ -2,7 +2,8 @@
 
 Writes ``metrics.json`` (accuracy beside the majority-class accuracy, quadratic kappa with patient-level
 bootstrap CIs, macro-F1, per-grade precision/recall/F1, referable-DR AUC, counts), ``predictions.csv``
-(every image, gathered over all batches), ``confusion_matrix.csv`` and ``confusion_matrix.png``.
+(every image, gathered over all batches), ``confusion_matrix.csv`` and ``confusion_matrix.png`` (and
+``skipped.csv``, what ``--skip-bad`` dropped).
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ from ..cli.common import (  # noqa: E402
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
-from ..data.problems import skipped_note  # noqa: E402
+from ..data.problems import skipped_note, write_skipped  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
 from ..errors import DataWarning  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
@@ -166,11 +167,12 @@ def main(args) -> dict:
                     "data": str(Path(args.data).resolve()),
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
-                    "skipped": [str(p) for p in dataset.skipped],
+                    "skipped": len(dataset.skipped),  # each listed in skipped.csv
                     "training_images": trained_on(run_folder(checkpoint) / "split.csv",
                                                   [(s.image, s.label) for s in dataset.samples])})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
+    write_skipped(out / "skipped.csv", dataset.skipped)
     try:
         write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
     except OSError as e:  # e.g. a checkpoint in a read-only folder
@@ -187,7 +189,7 @@ def main(args) -> dict:
                      f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
     ci = metrics.get("ci95")
     if dataset.skipped:
-        print(f"warning: {skipped_note(dataset.skipped, str(out / 'metrics.json'))} (skipped)", file=sys.stderr)
+        print(f"warning: {skipped_note(dataset.skipped, str(out / 'skipped.csv'))}", file=sys.stderr)
     print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f}"
           + (f" [95% CI {ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" if ci else "")
           + f" (majority class {metrics['majority_accuracy']:.4f}) | kappa {metrics['kappa']:.4f}"

@@ -135,8 +135,9 @@ def _data_section(config: dict) -> list[str]:
     for split, c in counts.items():
         if c:
             lines.append(f"| {split} | " + " | ".join(str(v) for v in c) + f" | {sum(c)} |")
-    if data.get("skipped"):
-        lines += ["", f"- {len(data['skipped'])} unusable image(s) were skipped (listed in `config.yaml`)"]
+    if data.get("skipped"):  # a count, listed in skipped.csv (earlier versions listed them here)
+        n = data["skipped"] if isinstance(data["skipped"], int) else len(data["skipped"])
+        lines += ["", f"- {n:,} unusable image(s) were skipped with --skip-bad (listed in `skipped.csv`)"]
     for w in data.get("leakage_warnings") or []:
         lines += ["", f"- Warning: {w}"]
     return lines + [""]

@@ -31,7 +31,7 @@ from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADES, Catalog
-from ..data.problems import skipped_note
+from ..data.problems import skipped_note, write_skipped
 from ..data.splits import run_overlap, same_photographs, trained_names
 from ..errors import Interrupted, NotWritten, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
@@ -424,7 +424,8 @@ class Engine:
 
 def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine, ckpt: dict | None) -> None:
     """config.yaml: the options (files as absolute paths, so that --resume and -c work from any folder), the data
-    and its split, the selection, the engine and the environment; a resume adds what ran the epochs before it."""
+    and its split, the selection, the engine and the environment; a resume adds what ran the epochs before it.
+    What --skip-bad dropped is counted there and listed in skipped.csv."""
     typed = {k: os.path.abspath(v) if k in WHERE_STARTED and v else v for k, v in vars(args).items()}
     catalog, train_set, eval_sets, opts = data.catalog, data.train_set, data.eval_sets, data.split_options
     config = {"train": typed,
@@ -437,7 +438,7 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
                        "train_counts": train_set.class_counts(),
                        "eval_counts": {sp: ds.class_counts() for sp, ds in eval_sets.items()},
                        "leakage_warnings": data.warnings,
-                       "skipped": [str(p) for p in data.skipped]},
+                       "skipped": len(data.skipped)},  # each listed in skipped.csv
               "selection": {"split": data.select_on, "metric": args.select_metric,
                             "note": "selected on the test split (reproduces the lab; optimistic)"
                             if data.select_on == "test" else "selected on the validation split"},
@@ -451,6 +452,7 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
             [*((before.get("data") or {}).get("leakage_warnings") or []), *data.warnings]))
         config["earlier"] = before.get("earlier", []) + [
             {"epochs": ckpt["epoch"] + 1, "engine": before.get("engine"), "environment": before.get("environment")}]
+    write_skipped(out / "skipped.csv", data.skipped)
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
 
@@ -639,7 +641,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         _write_rows(metrics_path, columns, [])
     if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do says only that, below
         if data.skipped:
-            print(f"warning: {skipped_note(data.skipped, str(out / 'config.yaml'))} (data: skipped)", file=sys.stderr)
+            print(f"warning: {skipped_note(data.skipped, str(out / 'skipped.csv'))}", file=sys.stderr)
         if ckpt is not None:
             print(f"resuming {out} after its epoch {ckpt['epoch'] + 1} (checkpoints/last.pt)")
         print(f"training {args.model} ({origin}) on {len(train_set):,} images, evaluating "
