@@ -954,6 +954,19 @@ def test_config_file_values_are_checked_as_the_command_line_checks_them(tmp_path
     assert not (tmp_path / "x").exists()
 
 
+def test_a_config_files_data_not_found_says_where_it_was_looked_for(tmp_path, monkeypatch, capsys):
+    """A relative data: is read from the folder the command runs in (as timm's and torchvision's scripts read
+    theirs), not the config file's; not found, the error says which folder that was."""
+    (tmp_path / "cfg").mkdir()
+    f = tmp_path / "cfg" / "c.yaml"
+    f.write_text("data: eyes\nepochs: 1\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "-c", str(f), "--out", "x"]) == 2
+    assert (f"eyes: dataset folder not found (a relative path: looked for in the current folder, {tmp_path})"
+            in capsys.readouterr().err)
+    assert not (tmp_path / "x").exists()
+
+
 def test_config_file_numbers_are_converted_like_command_line_text(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 3\nlr: 1e-3\nwarmup_epochs: 0\nworkers: 0\nblend_eyes: 0.25\n")

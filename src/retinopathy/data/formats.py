@@ -352,7 +352,8 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     """Read a dataset folder in any supported format. ``resolve=False`` reads only the labels."""
     data = Path(data)
     if not data.exists():
-        raise DataError([Problem("missing-folder", str(data), None, "dataset folder not found")])
+        raise DataError([Problem("missing-folder", str(data), None, "dataset folder not found" + (
+            "" if data.is_absolute() else f" (a relative path: looked for in the current folder, {Path.cwd()})"))])
     if data.is_file():
         raise DataError([Problem("not-a-folder", str(data), None,
                                  f"a file, not a dataset folder: pass its folder {data.parent} as DATA")],

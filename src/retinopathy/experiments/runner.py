@@ -378,8 +378,10 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
     if not data.exists() and not any((c.dir / "checkpoints").exists() for c in exp.cells):  # once, not per cell
-        raise ExperimentError(f"{exp.file}: data: {data} not found; set data: to the dataset folder (or pass "
-                              "--data), or add synth: to generate a synthetic one there")
+        raise ExperimentError(f"{exp.file}: data: {data} not found" + (
+            "" if data.is_absolute() else f" in the current folder, {os.getcwd()} (a relative path is relative to "
+            "the folder the command runs in)") + "; set data: to the dataset folder (or pass --data), or add synth: "
+            "to generate a synthetic one there")
     exp.dir.mkdir(parents=True, exist_ok=True)
     fresh = [c.dir for c in exp.cells if not c.dir.exists()]
     try:
