@@ -433,6 +433,14 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     assert results["Always the most common grade (test)"] == " / ".join(sorted({"0.300", f"{flat_majority:.3f}"}))
     assert "- **Split warnings**: 3 of 5 test patients also have an eye in train" in md
     assert "- **Training**: 1 epoch, adamw lr 0.001" in md  # one epoch, not "1 epochs"
+    assert "classification objective, grade: the most probable; weights:" in md  # how outputs become grades
+    config["train"].update(objective="ordinal", threshold_rule="kappa-above-majority", threshold_margin=0.02,
+                           threshold_data="train+selection", blend_eyes=0.4)
+    (good / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["report", str(good), "--out", str(tmp_path / "r2")]) == 0
+    assert ("ordinal objective, grades cut from the score at thresholds tuned for kappa-above-majority on the training "
+            "and selection images (accuracy margin 0.02); each eye's score mixed with the other eye's, weight 0.4; "
+            "weights:") in (tmp_path / "r2" / "report.md").read_text()
     split = next(line for line in md.splitlines() if line.startswith("- **Split**") and "good" in line)
     counts = config["data"]["eval_counts"]
     for sp in ("val", "test"):

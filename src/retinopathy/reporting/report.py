@@ -526,6 +526,24 @@ def _preset_text(t: dict) -> str:
     return f", preset {t['preset']}" + (f" with {', '.join(changed)} changed" if changed else "")
 
 
+def _grading_text(t: dict) -> str:
+    """How the run's outputs become grades: the most probable grade or the score at tuned thresholds, and what
+    of the patient's other eye it uses (``--pair-eyes``, ``--blend-eyes``)."""
+    if option_value(t, "decision") == "thresholds":
+        on = "the training and selection images" if option_value(t, "threshold_data") == "train+selection" else \
+            "the selection split"
+        margin = option_value(t, "threshold_margin")
+        text = (f"grades cut from the score at thresholds tuned for {option_value(t, 'threshold_rule')} on {on}"
+                + (f" (accuracy margin {margin:g})" if margin else ""))
+    else:
+        text = "grade: the most probable"
+    if option_value(t, "pair_eyes"):
+        text += "; sees both eyes of a patient (features concatenated)"
+    if option_value(t, "blend_eyes"):
+        text += f"; each eye's score mixed with the other eye's, weight {option_value(t, 'blend_eyes'):g}"
+    return text
+
+
 def run_details(run: Run) -> list[tuple[str, str]]:
     """(label, text) pairs that describe one run: configuration, data, split, selection, time, hardware, versions."""
     t, c = run.train, run.config or {}
@@ -534,7 +552,7 @@ def run_details(run: Run) -> list[tuple[str, str]]:
     if t:
         weights = c.get("weights") or ("ImageNet" if run.pretrained else "none (from scratch)")
         out.append(("Model", (f"{display_name(str(t.get('model')))}, {t.get('head', '?')} head, "
-                              f"{t.get('objective', '?')} objective; weights: {weights}")))
+                              f"{t.get('objective', '?')} objective, {_grading_text(t)}; weights: {weights}")))
         out.append(("Training", training_text(t) + _preset_text(t)))
         out.append(("Images", (f"{t.get('image_size')} px, preprocessing {t.get('preprocess')}, augmentation "
                                f"{t.get('augment')}"
