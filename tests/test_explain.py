@@ -176,7 +176,7 @@ def test_cam_layer_refuses_vision_transformers():
         cam_layer(Grader("vit_b_32", 5), image_size=224)
 
 
-def test_predict_cam_writes_one_png_per_image(tmp_path):
+def test_predict_cam_writes_one_png_per_image(tmp_path, capsys):
     ckpt = tmp_path / "best.pt"
     prep = Preprocessing("lab", SIZE)
     save_checkpoint({"model": blob_detector().state_dict(), "epoch": 0, "phase": "finetune", "best": None,
@@ -191,6 +191,8 @@ def test_predict_cam_writes_one_png_per_image(tmp_path):
     out, cams = tmp_path / "pred.csv", tmp_path / "cams"
     assert main(["predict", str(ckpt), str(photos), "--cam", str(cams), "--out", str(out), "--workers", "0",
                  "--quiet"]) == 0
+    assert "the model's last feature map, 2x2 cells at 64 px, enlarged: they show which part" in \
+        capsys.readouterr().err  # a ResNet's layer4 at 64 px
     with open(out, newline="") as f:
         rows = {r["image"]: r for r in csv.DictReader(f)}
     assert sorted(p.name for p in cams.iterdir()) == sorted(f"{n}.png" for n in rows)
@@ -244,6 +246,18 @@ def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, ca
                  "--workers", "0", "--quiet"]) == 0
     assert "1 image(s) without the patient's other eye (e.g. 7_left) are graded alone" in capsys.readouterr().err
 
+
+
+def test_coarse_heatmaps_are_told_from_the_map_they_enlarge():
+    """A ResNet's layer4 is the image / 32: 2x2 at 64 px (told), 4x4 at 128 px and 7x7 at 224 (not)."""
+    from retinopathy.inference.explain import coarse_note
+
+    model = blob_detector()
+    for size, grid in ((64, (2, 2)), (128, (4, 4)), (224, (7, 7))):
+        cam = GradCam(model, make_objective("classification"), image_size=size)
+        cam(torch.zeros(1, 3, size, size), 4)
+        assert cam.grid == grid
+        assert bool(coarse_note(cam.grid, size)) == (size == 64)
 
 
 def test_heatmap_captions_fit_the_picture():

@@ -70,12 +70,25 @@ FLAT = 1 / 255  # a map that varies by less than this share of its peak points n
 # scaled to its peak it would paint the whole photograph as maximal evidence (a model that ignores its input)
 
 
+COARSE = 4  # a feature map with fewer cells a side than this locates a quarter or a ninth of the image, no lesion
+
+
+def coarse_note(grid: tuple[int, int] | None, image_size: int) -> str:
+    """A warning for heatmaps upsampled from a map of fewer than :data:`COARSE` cells a side, or ''."""
+    if grid is None or min(grid) >= COARSE:
+        return ""
+    return (f"the heatmaps are the model's last feature map, {grid[0]}x{grid[1]} cells at {image_size} px, enlarged: "
+            "they show which part of the image, not which lesion, and their peak can fall outside the eye; a "
+            "model trained on larger images (--image-size; 7x7 at 224 px for a ResNet) gives finer ones")
+
+
 class GradCam:
     """``GradCam(model, objective)(x, grades)`` -> heatmaps (N, H, W) in [0, 1] for a normalised batch ``x``;
-    each scaled to its peak, and all zero where the peak is noise (:data:`NOISE`) or the map is flat (:data:`FLAT`)."""
+    each scaled to its peak, and all zero where the peak is noise (:data:`NOISE`) or the map is flat (:data:`FLAT`).
+    ``grid`` is the size of the feature map the last call weighed (each heatmap is it, enlarged)."""
 
     def __init__(self, model: nn.Module, objective, layer: nn.Module | None = None, image_size: int = 224):
-        self.model = model
+        self.model, self.grid = model, None
         self.layer = layer if layer is not None else cam_layer(model, image_size)
         self.by_grade = objective.name == "classification"
         forward = model if self.by_grade else (lambda x: objective.score(model(x))[:, None])
@@ -93,6 +106,7 @@ class GradCam:
         finally:
             for m, training in modes.items():
                 m.training = training
+        self.grid = tuple(attr.shape[-2:])
         heat = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
         peak, low = heat.flatten(1).amax(1)[:, None, None], heat.flatten(1).amin(1)[:, None, None]
         shown = (peak > NOISE) & (peak - low > FLAT * peak)

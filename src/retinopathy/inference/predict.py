@@ -327,14 +327,15 @@ def grad_cam(model, objective, prep):
 def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, channels_last, progress) -> None:
     """A second pass, once the grades are final (after eye blending): a Grad-CAM overlay PNG per graded image,
     of the grade in its row (classification) or of the score (regression, ordinal)."""
-    from .explain import save_heatmap
+    from .explain import coarse_note, save_heatmap
 
     names = _heatmap_names(items)
     cam_dir.mkdir(parents=True, exist_ok=True)
-    empty = []
+    empty, size = [], None
     for images, idx, *_ in progress_bar(loader, enabled=progress, desc="heatmaps", unit="batch", leave=False):
         if images is None:
             continue
+        size = images.shape[-1]
         x = to_device(images, device, normalize, channels_last)
         targets = torch.as_tensor(np.maximum(res["grades"][idx], 0), device=x.device)  # -1: outputs not finite
         for i, image, heat in zip(idx, images, cam(x, targets)):
@@ -353,6 +354,8 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
         print(f"warning: {len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
               "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike "
               "everywhere (a model that ignores the image)", file=sys.stderr)
+    if coarse_note(cam.grid, size):
+        print(f"warning: {coarse_note(cam.grid, size)}", file=sys.stderr)
 
 
 def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:
