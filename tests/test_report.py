@@ -451,6 +451,15 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     lines = [ln for ln in accuracy.axes[0].get_lines() if isinstance(ln, matplotlib.lines.Line2D)]
     dash_dotted = [list(ln.get_ydata()) for ln in lines if ln.get_linestyle() == "-."]
     assert [0.375] in dash_dotted  # the val curve plots val accuracy
+    coinciding = {}  # flat and weak are copies of one run: their curves lie on each other and both stay visible
+    for ln in lines:
+        if ln.get_marker() not in (None, "", "None"):
+            coinciding.setdefault((ln.get_linestyle(), tuple(ln.get_ydata())), []).append(ln)
+    groups = [g for g in coinciding.values() if len(g) > 1]
+    assert groups and all(len({ln.get_marker() for ln in g}) == len(g) for g in groups)
+    assert all(ln.get_markerfacecolor() == "none" for g in groups for ln in g)  # hollow: one shape inside another
+    ticks = [t for t in accuracy.axes[0].get_xticks() if 0.5 <= t <= 1.5]
+    assert ticks == [1]  # one epoch: one tick, not 0.945 ... 1.05
     assert any(list(ln.get_ydata()) == [0.3, 0.3] for ln in lines)  # the majority baseline (an axhline)
     assert "Their test splits differ" not in md and "its test split:" not in md  # copies of one run's test split
     weak["true_counts"] = [5, 1, 2, 1, 1]  # another test split (one photograph fewer, another grade mix)

@@ -32,6 +32,8 @@ CONFUSION_CELL = (3.5, 3.3)  # inches per matrix
 LABEL_WIDTH, TITLE_WIDTH = 52, 34  # characters per line of a legend label, of a confusion-matrix title
 SPLITS = {"train": "--", "val": "-.", "test": "-"}  # line style per split
 BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
+MARK = {"markersize": 6, "markerfacecolor": "none", "markeredgewidth": 1.5}  # hollow: runs with equal values
+# (a repeat, a run copied) show both shapes at each point instead of one hiding the other
 PANEL_HEIGHT = 2.6  # inches for each further loss panel
 
 
@@ -107,21 +109,22 @@ def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[
         for split in splits:
             values = [r.get(f"{split}_{metric}") for r in s["rows"]]
             ax.plot(epochs, [np.nan if v is None else v for v in values], SPLITS[split], color=s["colour"],
-                    marker=markers[s["label"]], markersize=5, linewidth=2, alpha=0.85)
+                    marker=markers[s["label"]], **MARK, linewidth=2, alpha=0.85)
     starts = sorted({s["freeze_epochs"] for s in series if s["freeze_epochs"]})
     for fe in starts:
         ax.axvline(fe + 0.5, color="#555555", linestyle=":", linewidth=1.2)
         ax.annotate("fine-tuning starts" + (f" ({epochs_text(fe)} frozen)" if len(starts) > 1 else ""),
                     (fe + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -4), textcoords="offset points",
                     va="top", fontsize=8.5, color="#333333")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlim(0.5, max((r["epoch"] + 1 for s in series for r in s["rows"]), default=1) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick, not 0.945...1.05
     ax.grid(alpha=0.3)
 
 
 def _legend(fig, series: list[dict], markers: dict, splits: list[str], baselines: set[float]) -> None:
     """Below the axes: the runs (colour and marker) in the left column, the splits' line styles and the baseline
     in the right one; labels wrapped, so that any number of runs keeps the figure's width."""
-    runs = [Line2D([], [], color=s["colour"], marker=markers[s["label"]], linewidth=2,
+    runs = [Line2D([], [], color=s["colour"], marker=markers[s["label"]], **MARK, linewidth=2,
                    label=textwrap.fill(s["label"], LABEL_WIDTH)) for s in series]
     keys = [Line2D([], [], color="#555555", linestyle=SPLITS[sp], linewidth=2, label=sp) for sp in splits]
     if baselines:
