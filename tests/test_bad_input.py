@@ -85,6 +85,27 @@ def test_missing_image(tmp_path, kaggle):
     assert rc == 1 and kinds(report) == ["missing-image"] and report["problems"][0]["line"] == 8
 
 
+def test_images_one_folder_down_from_images_are_pointed_to(tmp_path, kaggle):
+    """--images one level above the photographs finds none: the error says so first, also when --skip-bad dropped
+    every row (the empty split was the last of the problems), and names the folder below that holds them."""
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (kaggle / "trainLabels.csv").rename(labels / "trainLabels.csv")
+    (tmp_path / "pics").mkdir()
+    kaggle.rename(tmp_path / "pics" / "images")
+    hint = (f"None of the 12 listed images is in {tmp_path / 'pics'}; {tmp_path / 'pics' / 'images'} holds images: "
+            "pass the folder that holds them as --images (in Python: images=).")
+    with pytest.raises(DataError) as e:
+        FundusDataset(labels, "all", image_size=32, images=tmp_path / "pics")
+    assert e.value.hint.startswith(hint) and "--skip-bad" not in e.value.hint  # it would drop every row
+    with pytest.raises(DataError) as e:
+        FundusDataset(labels, "all", image_size=32, images=tmp_path / "pics", skip_bad=True)
+    assert str(e.value).splitlines()[1] == (f"  {labels}: no images in split 'all': --skip-bad (skip_bad=True) "
+                                            "dropped all 12 of its rows")
+    assert e.value.hint.startswith(hint)
+    assert len(FundusDataset(labels, "all", image_size=32, images=tmp_path / "pics" / "images")) == 12
+
+
 @pytest.mark.parametrize("damage", ["zero-byte", "truncated", "garbage"])
 def test_unreadable_images(tmp_path, kaggle, damage):
     path = kaggle / "2_right.jpeg"

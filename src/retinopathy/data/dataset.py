@@ -13,8 +13,8 @@ from torchvision.transforms import v2
 
 from ..errors import DataWarning
 from ..progress import progress_bar
-from .formats import GRADES, Catalog, Sample, read_catalog
-from .images import ImageError, check_image, open_image
+from .formats import GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
+from .images import ImageError, check_image, index_images, open_image
 from .problems import DataError, Problem, refuse_misaligned
 from .splits import assign_splits, leakage_warnings, read_split, select, write_split
 from .transforms import Preprocessing, build_transform, geometry, to_tensor
@@ -94,13 +94,14 @@ class FundusDataset(Dataset):
         if cache and transform is None and (skip_bad or not problems):
             samples, self.cache, bad = _decode_all(samples, self.preprocessing, split, progress)
             problems += bad
+        here = _listed_here(catalog, len(found))
         if problems and not skip_bad:
-            missing = len(catalog.samples) - len(found)  # of every split: how much of the listing is here
-            raise DataError(problems, hint=(f"{len(found):,} of the {len(catalog.samples):,} listed images are in "
-                                            f"{catalog.image_root or catalog.root}. " if missing else "")
-                            + "Fix the files, or pass --skip-bad (in Python: skip_bad=True) to drop them.")
-        if not samples:
-            raise DataError(problems + [Problem("empty", str(catalog.root), None, f"no images in split {split!r}")])
+            raise DataError(problems, hint=here + (
+                "Fix the files, or pass --skip-bad (in Python: skip_bad=True) to drop them." if found else ""))
+        if not samples:  # said first: with --skip-bad, the cause of what it dropped
+            raise DataError([Problem("empty", str(catalog.root), None, f"no images in split {split!r}" + (
+                f": --skip-bad (skip_bad=True) dropped all {len(problems):,} of its rows" if problems else ""))]
+                + problems, hint=here.strip())
         self.skipped = problems
         self.samples: list[Sample] = samples
         self.train = split == "train" if train is None else train
@@ -141,6 +142,19 @@ class FundusDataset(Dataset):
 
     def write_split(self, path: str | Path) -> None:
         write_split(self.catalog.samples, path)
+
+
+def _listed_here(catalog: Catalog, found: int) -> str:
+    """How much of the listing (every split's) the image folder holds, when not all of it; when none, where to
+    look: a folder of :data:`IMAGE_SUBDIRS` below it that holds images (an ``--images`` one level up)."""
+    listed, root = len(catalog.samples), Path(catalog.image_root or catalog.root)
+    if found == listed:
+        return ""
+    if found:
+        return f"{found:,} of the {listed:,} listed images are in {root}. "
+    below = [root / sub for sub in IMAGE_SUBDIRS if sub and index_images(root / sub)]
+    return (f"None of the {listed:,} listed images is in {root}" + (f"; {below[0]} holds images" if below else "")
+            + ": pass the folder that holds them as --images (in Python: images=). ")
 
 
 def _check_files(samples: list[Sample]) -> tuple[list[Sample], list[Problem]]:
