@@ -165,10 +165,12 @@ def test_cam_layer_rule(arch, layer):
     assert cam_layer(s2d, image_size=2 * SIZE) is s2d.net.get_submodule(layer)
 
 
-def test_cam_layer_says_when_the_input_is_too_small_for_a_feature_map():
-    """MobileNet shrinks 32 px to 1x1: the error says why there is nothing to explain, not only that."""
-    with pytest.raises(RetinopathyError, match="at 32 px its feature maps shrink to 1x1, which locate nothing"):
-        cam_layer(Grader("mobilenet_v3_small", 5), image_size=32)
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "resnet18"])
+def test_cam_layer_says_when_the_input_is_too_small_for_a_feature_map(arch):
+    """MobileNet and a ResNet's layer4 shrink 32 px to 1x1: the error says why there is nothing to explain (a ResNet
+    gave blank heatmaps, blamed on a model that ignores its input)."""
+    with pytest.raises(RetinopathyError, match="at 32 px its last feature map shrinks to 1x1, which locates nothing"):
+        cam_layer(Grader(arch, 5), image_size=32)
 
 
 def test_cam_layer_refuses_vision_transformers():

@@ -14,6 +14,7 @@ or the same everywhere is left blank.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import matplotlib
@@ -29,11 +30,22 @@ from ..errors import RetinopathyError
 POOLING = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d)
 
 
+@contextlib.contextmanager
+def in_eval_mode(model: nn.Module):
+    """``model`` in eval mode for the block, then each module as it was: a frozen part of a model in training
+    stays in eval mode (``model.train()`` would not keep it)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     """The layer whose activations Grad-CAM weighs (see the module docstring for the rule)."""
     net = getattr(model, "net", model)
-    if isinstance(getattr(net, "layer4", None), nn.Module):
-        return net.layer4
     if hasattr(net, "conv_proj") and hasattr(net, "encoder"):
         raise RetinopathyError(f"{type(net).__name__} is a vision transformer: it has no convolutional feature map "
                          "for Grad-CAM; use a convolutional model (ResNet, EfficientNet, ConvNeXt, ...)")
@@ -44,23 +56,22 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
 
     handles = [child.register_forward_hook(hook) for child in net.children()]
     param = next(net.parameters())
-    was_training = net.training
     try:
-        net.eval()
-        with torch.no_grad():
+        with in_eval_mode(net), torch.no_grad():
             stem = getattr(model, "stem", nn.Identity())  # a space-to-depth stem feeds the network 3 * s * s channels
             net(stem(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)))
     finally:
         for h in handles:
             h.remove()
-        net.train(was_training)
     maps = [m for m, shape in seen if shape is not None and len(shape) == 4 and shape[-1] * shape[-2] > 1
             and not isinstance(m, POOLING)]
+    if isinstance(getattr(net, "layer4", None), nn.Module):  # a ResNet: its last block, not an earlier one
+        maps = [m for m in maps if m is net.layer4]
     if not maps:
-        flat = any(shape is not None and len(shape) == 4 for _, shape in seen)  # maps, all 1x1 at this size
+        flat = any(shape is not None and len(shape) == 4 for _, shape in seen)  # maps, the last one 1x1 here
         raise RetinopathyError(f"{type(net).__name__}: no layer with a spatial feature map found for Grad-CAM" + (
-            f": at {image_size} px its feature maps shrink to 1x1, which locate nothing; Grad-CAM needs a model "
-            "trained on larger images (--image-size)" if flat else ""))
+            f": at {image_size} px its last feature map shrinks to 1x1, which locates nothing; Grad-CAM needs a "
+            "model trained on larger images (--image-size)" if flat else ""))
     return maps[-1]
 
 
@@ -98,14 +109,8 @@ class GradCam:
         """Heatmaps of ``grades`` (one per image: a tensor, list or int) in eval mode, whatever mode the model was
         left in (BatchNorm statistics stay as trained, dropout off)."""
         target = torch.as_tensor(grades, device=x.device).long().expand(len(x)) if self.by_grade else 0
-        modes = {m: m.training for m in self.model.modules()}  # a frozen backbone stays in eval mode after
-        self.model.eval()
-        try:
-            with torch.enable_grad():
-                attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
-        finally:
-            for m, training in modes.items():
-                m.training = training
+        with in_eval_mode(self.model), torch.enable_grad():
+            attr = self.cam.attribute(x.float(), target=target, relu_attributions=True).detach().float()
         self.grid = tuple(attr.shape[-2:])
         heat = LayerAttribution.interpolate(attr, tuple(x.shape[-2:]), interpolate_mode="bilinear")[:, 0]
         peak, low = heat.flatten(1).amax(1)[:, None, None], heat.flatten(1).amin(1)[:, None, None]
