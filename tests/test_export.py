@@ -327,3 +327,30 @@ def test_the_readme_grades_with_an_exported_model_as_predict_does(checkpoint, ob
         assert float(scope["objective"].score(out)[0]) == pytest.approx(float(row["score"]), abs=1e-4)
         assert scope["objective"].probabilities(out)[0].tolist() == pytest.approx(
             [float(row[f"prob_{g}"]) for g in range(5)], abs=1e-4)
+
+
+def test_the_readme_grades_with_a_checkpoint_in_python_as_predict_does(tiny_run, tmp_path, monkeypatch):
+    """README's snippet for a run's checkpoint in Python (restore, build_transform, open_image) gives predict's
+    probabilities, score and grade; an RGBA image in memory goes through to_rgb as the README says."""
+    from retinopathy.data import build_transform, to_rgb
+    from retinopathy.models import restore
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.jpeg")
+    assert main(["predict", str(tiny_run), str(tmp_path / "photo.jpeg"), "--out", str(tmp_path / "p.csv"),
+                 "--quiet"]) == 0
+    with open(tmp_path / "p.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "NAME").symlink_to(tiny_run)
+    scope = {}
+    exec(readme_example("restore("), scope)
+    out = scope["out"]
+    assert scope["grade"] == int(row["predicted_grade"])
+    assert float(scope["objective"].score(out)[0]) == pytest.approx(float(row["score"]), abs=1e-4)
+    assert scope["objective"].probabilities(out)[0].tolist() == pytest.approx(
+        [float(row[f"prob_{g}"]) for g in range(5)], abs=1e-4)
+    model, _, prep, _ = restore(tiny_run / "checkpoints" / "best.pt")
+    rgba = Image.open(tmp_path / "photo.jpeg").convert("RGBA")
+    assert build_transform(prep)(to_rgb(rgba)).shape == (3, prep.size, prep.size)
