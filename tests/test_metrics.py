@@ -31,6 +31,11 @@ def test_grades_outside_0_to_4_are_refused_not_dropped():
     with pytest.raises(ValueError, match=r"y_pred: expected grades 0-4, got \[2.5\]"):
         full_metrics([0, 1], [0, 2.5], np.full((2, 5), 0.2))
     assert quadratic_kappa(np.array([0.0, 4.0]), [0, 4]) == 1.0  # whole numbers as floats are grades
+    with pytest.raises(ValueError, match=r"quadratic_kappa: y_true and y_pred need one grade per image each \(got "
+                                         r"2 and 3\)"):  # was numpy's "operands could not be broadcast"
+        quadratic_kappa([0, 1], [0, 1, 2])
+    with pytest.raises(ValueError, match=r"full_metrics: .* \(got 3 and 2\)"):
+        full_metrics([0, 1, 2], [0, 1], np.full((3, 5), 0.2))
 
 
 def test_bootstrap_needs_one_group_per_image():
@@ -65,3 +70,6 @@ def test_referable_auc_ranks_grade_2_and_up_by_their_summed_probabilities():
     assert referable_auc([1, 2, 3], probs) == 1.0  # 0.3 against 0.7 and 0.4 (grade 3 alone: 0.5; P(3+P4): 0.25)
     assert referable_auc([2, 1, 0], probs) == 0.0  # 0.3 against 0.7 and 0.4, the other way round
     assert referable_auc([0, 1, 1], probs) is None  # no referable eye: no AUC
+    with pytest.raises(ValueError, match=r"probs need the 5 grade probabilities of each of the 3 images, shape "
+                                         r"\(3, 5\); got shape \(3,\)"):  # P(referable) itself: an IndexError
+        referable_auc([1, 2, 3], [0.3, 0.7, 0.4])

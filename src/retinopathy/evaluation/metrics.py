@@ -36,8 +36,18 @@ def grades(values, name: str = "grades") -> np.ndarray:
     return y.astype(np.int64)
 
 
+def graded_pair(y_true, y_pred, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Both as :func:`grades`, one per image: a ValueError names ``where`` and the two lengths when they differ."""
+    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"{where}: y_true and y_pred need one grade per image each (got {len(y_true)} and "
+                         f"{len(y_pred)})")
+    return y_true, y_pred
+
+
 def quadratic_kappa(y_true, y_pred) -> float:
-    return quadratic_kappa_unchecked(grades(y_true, "y_true"), grades(y_pred, "y_pred"))
+    """Quadratic weighted kappa of true and predicted grades 0-4 (scikit-learn's, with the five grades as labels)."""
+    return quadratic_kappa_unchecked(*graded_pair(y_true, y_pred, "quadratic_kappa"))
 
 
 _QUADRATIC = np.subtract.outer(np.arange(len(GRADES)), np.arange(len(GRADES))) ** 2.0
@@ -56,11 +66,16 @@ def quadratic_kappa_unchecked(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def referable_auc(y_true, probs) -> float | None:
-    """ROC AUC of P(grade >= 2) for referable DR; None when only one side (or nothing) is present."""
-    y = (np.asarray(y_true) >= REFERABLE).astype(int)
+    """ROC AUC of P(grade >= 2) for referable DR, from ``probs``, the (N, 5) grade probabilities (P(grade >= 2) is
+    their sum over grades 2-4); None when only one side (or nothing) is present."""
+    y = (grades(y_true, "y_true") >= REFERABLE).astype(int)
+    p = np.asarray(probs, dtype=float)
+    if p.shape != (len(y), len(GRADES)):
+        raise ValueError(f"referable_auc: probs need the {len(GRADES)} grade probabilities of each of the {len(y)} "
+                         f"images, shape ({len(y)}, {len(GRADES)}); got shape {p.shape}")
     if len(y) == 0 or y.min() == y.max():
         return None
-    return float(roc_auc_score(y, np.asarray(probs)[:, REFERABLE:].sum(1)))
+    return float(roc_auc_score(y, p[:, REFERABLE:].sum(1)))
 
 
 def _defined(values) -> list[float | None]:
@@ -74,7 +89,7 @@ def summary(y_true, y_pred) -> dict:
     Macro-F1 averages F1 over the grades present in the true or the predicted grades (scikit-learn's default
     label set), not over all five: a grade with no images and no predictions has no F1. A grade with no images
     has no recall (None)."""
-    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
+    y_true, y_pred = graded_pair(y_true, y_pred, "summary")
     _, recall, _, _ = precision_recall_fscore_support(y_true, y_pred, labels=GRADES, zero_division=np.nan)
     return {"accuracy": float(accuracy_score(y_true, y_pred)), "kappa": quadratic_kappa_unchecked(y_true, y_pred),
             "macro_f1": float(f1_score(y_true, y_pred, average="macro")), "recall": _defined(recall)}
@@ -83,7 +98,7 @@ def summary(y_true, y_pred) -> dict:
 def full_metrics(y_true, y_pred, probs) -> dict:
     """Everything ``evaluate`` writes to metrics.json; per grade, None where a value is undefined: recall of a
     grade with no images, precision of one never predicted, F1 of one neither present nor predicted."""
-    y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
+    y_true, y_pred = graded_pair(y_true, y_pred, "full_metrics")
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=GRADES,
                                                                      zero_division=np.nan)
     out = summary(y_true, y_pred)
