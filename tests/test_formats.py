@@ -143,8 +143,14 @@ def test_folder_per_grade(tmp_path):
     # fewer than five grades under train/: detection needs all five, --format folders finds them there too
     for g in range(4):
         disc(tmp_path / "sub" / "train" / str(g) / f"t{g}.jpg")
-    with pytest.raises(DataError, match="no known dataset layout"):
+    with pytest.raises(DataError, match=r"no known dataset layout.*or folders 0/ \.\.\. 4/ \(all five\); "
+                                        r".*train holds 0/, 1/, 2/, 3/ only") as e:
         read_catalog(tmp_path / "sub")
+    assert e.value.hint == ("Pass --format folders to read the grade folders there are (in Python: "
+                            "format='folders').")
+    with pytest.raises(DataError) as e:
+        read_catalog(tmp_path / "sub" / "train" / "0")
+    assert e.value.hint.endswith("(in Python: format=, labels=, image_col=, label_col=, images=).")
     cat = read_catalog(tmp_path / "sub", format="folders")
     assert Counter(s.label for s in cat.samples) == {g: 1 for g in range(4)}
 

@@ -98,11 +98,15 @@ def detect_format(data: Path) -> tuple[str, Path]:
     folders = grade_folders(data, every_grade=True)
     if folders is not None:
         return "folders", folders
+    some = grade_folders(data, every_grade=False)  # a folder per grade, not every grade: said, not guessed
+    found = f"; {some} holds {', '.join(f'{g}/' for g in GRADES if (some / str(g)).is_dir())} only" if some else ""
     raise DataError([Problem("unknown-format", str(data), None,
                              "no known dataset layout here: expected the lab's train_img.csv/train_label.csv "
                              "(+ test_*), trainLabels.csv or labels.csv (image,level), train.csv "
-                             "(id_code,diagnosis), or folders 0/ ... 4/")],
-                    hint="Pass --format, --labels, --image-col/--label-col or --images to say what it is.")
+                             f"(id_code,diagnosis), or folders 0/ ... 4/ (all five){found}")],
+                    hint=("Pass --format folders to read the grade folders there are (in Python: format='folders')."
+                          if some else "Pass --format, --labels, --image-col/--label-col or --images to say what it "
+                          "is (in Python: format=, labels=, image_col=, label_col=, images=)."))
 
 
 def grade_folders(data: Path, every_grade: bool) -> Path | None:

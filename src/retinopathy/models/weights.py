@@ -110,5 +110,6 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
             f"downloaded ({type(e).__name__}: {e}).\n  expected file: {path.name}\n  cache folder: {path.parent}"
             f" (set TORCH_HOME to move it)\n  download address: {weights.url}\n"
             "Either copy the file there from a machine with network access, pass --weights FILE, "
-            "or train from scratch with --no-pretrained.") from None
+            "or train from scratch with --no-pretrained (in Python: build_model(..., weights_file=FILE) or "
+            "pretrained=False).") from None
     return state, f"torchvision {type(weights).__name__}.{weights.name} ({path.name})"
