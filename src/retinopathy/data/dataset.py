@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 from ..errors import DataWarning
 from ..progress import progress_bar
-from .formats import GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
+from .formats import GRADE_NAMES, GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, index_images, open_image
 from .problems import DataError, Problem, refuse_misaligned
 from .splits import assign_splits, leakage_warnings, read_split, select, write_split
@@ -132,9 +132,17 @@ class FundusDataset(Dataset):
     def patient_id(self, index: int) -> str:
         return self.samples[index].patient
 
+    classes = GRADE_NAMES  # as torchvision's ImageFolder: the name of each class index (grade)
+    class_to_idx = {name: grade for grade, name in enumerate(GRADE_NAMES)}
+
     @property
     def targets(self) -> list[int]:
         return [s.label for s in self.samples]
+
+    @property
+    def patients(self) -> list[str]:
+        """Each item's patient (the groups that :func:`~retinopathy.evaluation.bootstrap_ci` resamples)."""
+        return [s.patient for s in self.samples]
 
     def class_counts(self) -> list[int]:
         counts = Counter(self.targets)

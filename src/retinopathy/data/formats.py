@@ -28,6 +28,7 @@ from .images import IMAGE_EXTENSIONS, image_files, index_images, indexed
 from .problems import DataError, Problem
 
 GRADES = (0, 1, 2, 3, 4)
+GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]  # the international clinical scale
 FORMATS = ("lab", "kaggle", "csv", "folders")
 LAB_FILES = {"train": ("train_img.csv", "train_label.csv"), "test": ("test_img.csv", "test_label.csv")}
 KAGGLE_LABELS = ("trainLabels.csv", "labels.csv")

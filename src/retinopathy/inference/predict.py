@@ -42,7 +42,7 @@ from ..atomic import check_output_file, check_writable, refuse_replacing, replac
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
-from ..data.formats import base_name, detect_format, patient_of, without_extension
+from ..data.formats import GRADE_NAMES, base_name, detect_format, patient_of, without_extension
 from ..data.images import IMAGE_EXTENSIONS, brightest, doubt, image_files, index_images
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
@@ -53,7 +53,7 @@ from ..models.restore import restore
 from ..progress import progress_bar
 from ..training.checkpoint import CheckpointError, run_checkpoints, run_folder
 from ..training.engine import autocast, to_device
-from ..training.train import GRADE_NAMES, inference_settings, pick_device
+from ..training.train import inference_settings, pick_device
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
 

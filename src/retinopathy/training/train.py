@@ -30,7 +30,7 @@ from ..atomic import check_writable, exclusive, naming, replacing, write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
-from ..data.formats import GRADES, Catalog
+from ..data.formats import GRADE_NAMES, GRADES, Catalog
 from ..data.problems import skipped_note, write_skipped
 from ..data.splits import run_overlap, same_photographs, trained_names
 from ..errors import Interrupted, NotWritten, RetinopathyError
@@ -46,7 +46,6 @@ from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_di
                           resume_command)
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
-GRADE_NAMES = ["none", "mild", "moderate", "severe", "proliferative"]
 
 
 def pick_device(name: str) -> torch.device:
