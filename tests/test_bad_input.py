@@ -104,6 +104,9 @@ def test_images_one_folder_down_from_images_are_pointed_to(tmp_path, kaggle):
                                             "dropped all 12 of its rows")
     assert e.value.hint.startswith(hint)
     assert len(FundusDataset(labels, "all", image_size=32, images=tmp_path / "pics" / "images")) == 12
+    (tmp_path / "pics" / "train").write_text("")  # a file named like a folder looked into
+    with pytest.raises(DataError):
+        FundusDataset(labels, "all", image_size=32, images=tmp_path / "pics")
 
 
 @pytest.mark.parametrize("damage", ["zero-byte", "truncated", "garbage"])

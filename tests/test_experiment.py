@@ -285,8 +285,8 @@ def test_config_errors_name_the_file(tmp_path, capsys):
     assert not (tmp_path / "runs" / "nodata").exists()
     config = write_config(tmp_path, name="nodata", synth=None, data="nowhere")
     assert main(["experiment", str(config)]) == 2
-    assert (f"{config}: data: nowhere not found in the current folder, {os.getcwd()} (a relative path is relative "
-            "to the folder the command runs in); set data:") in capsys.readouterr().err
+    assert (f"{config}: data: nowhere not found (a relative path: looked for in the current folder, {os.getcwd()}); "
+            "set data:") in capsys.readouterr().err
     # the other sections' values too, with the file, not a traceback from where they are used
     for change, named in (({"synth": {"n": "many"}}, r"synth: need whole numbers .*\(got n='many'"),
                           ({"synth": {"n": 0}}, "synth: need whole numbers n >= 1"),

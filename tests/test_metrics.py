@@ -73,3 +73,4 @@ def test_referable_auc_ranks_grade_2_and_up_by_their_summed_probabilities():
     with pytest.raises(ValueError, match=r"probs need the 5 grade probabilities of each of the 3 images, shape "
                                          r"\(3, 5\); got shape \(3,\)"):  # P(referable) itself: an IndexError
         referable_auc([1, 2, 3], [0.3, 0.7, 0.4])
+    assert referable_auc([], []) is None  # nothing present: no AUC, whatever shape the empty probabilities have

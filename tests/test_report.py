@@ -441,6 +441,11 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     assert ("ordinal objective, grades cut from the score at thresholds tuned for kappa-above-majority on the training "
             "and selection images (accuracy margin 0.02); each eye's score mixed with the other eye's, weight 0.4; "
             "weights:") in (tmp_path / "r2" / "report.md").read_text()
+    config["train"].update(threshold_rule="kappa", threshold_data="selection")  # a margin only that rule applies
+    (good / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["report", str(good), "--out", str(tmp_path / "r3")]) == 0
+    assert ("thresholds tuned for kappa on the selection split; each eye's"
+            in (tmp_path / "r3" / "report.md").read_text())
     split = next(line for line in md.splitlines() if line.startswith("- **Split**") and "good" in line)
     counts = config["data"]["eval_counts"]
     for sp in ("val", "test"):
@@ -567,6 +572,7 @@ def test_curves_show_val_when_recorded(tmp_path, closed_figures, splits):
 def test_losses_of_different_objectives_get_a_panel_each(tmp_path, closed_figures):
     objectives = ("classification", "regression", "classification")
     series = [{**s, "objective": o} for s, o in zip(fake_series(3), objectives)]
+    series[1]["rows"] = series[1]["rows"][:2]  # a shorter run alone in the last panel: no panel cut to its length
     figures.curves_figure("ResNet18: loss per epoch", series, "loss", tmp_path / "mixed.png")
     figures.curves_figure("ResNet18: loss per epoch", [{**s, "objective": "ordinal"} for s in series], "loss",
                           tmp_path / "one.png")
@@ -575,6 +581,7 @@ def test_losses_of_different_objectives_get_a_panel_each(tmp_path, closed_figure
     assert [{line.get_color() for line in ax.lines if line.get_linestyle() != ":"} for ax in mixed.axes] == [
         {series[0]["colour"], series[2]["colour"]}, {series[1]["colour"]}]
     assert "not comparable" in mixed.get_suptitle()
+    assert [ax.get_xlim() for ax in mixed.axes] == [(0.5, 4.5)] * 2
     assert [ax.get_ylabel() for ax in one.axes] == ["loss (ordinal binary cross-entropy)"]
     assert "training's loss" not in one.get_suptitle()
 

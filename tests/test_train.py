@@ -534,6 +534,11 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
                  ["train", "--data", str(synth_small), *FAST, "--out", str(blocker / "run")]):
         assert main(argv) == 2
         assert capsys.readouterr().err.startswith(f"error: {blocker}")  # at once, before any work
+    before = sorted(p.name for p in tiny_run.iterdir())
+    for given in (tiny_run, tiny_run / "checkpoints" / "best.pt"):  # its skipped.csv, split.csv are training's
+        assert main(["evaluate", str(given), "--data", str(synth_small), "--out", str(tiny_run)]) == 2
+        assert f"error: --out {tiny_run} is the run's own folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tiny_run.iterdir()) == before
     assert main(["evaluate", str(tmp_path / "nothere.pt"), "--data", str(synth_small), "--out",
                  str(tmp_path / "new" / "eval")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err and not (tmp_path / "new").exists()  # nothing left

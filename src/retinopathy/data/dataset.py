@@ -132,8 +132,14 @@ class FundusDataset(Dataset):
     def patient_id(self, index: int) -> str:
         return self.samples[index].patient
 
-    classes = GRADE_NAMES  # as torchvision's ImageFolder: the name of each class index (grade)
-    class_to_idx = {name: grade for grade, name in enumerate(GRADE_NAMES)}
+    @property
+    def classes(self) -> list[str]:
+        """The name of each class index (grade), as torchvision's ImageFolder has them."""
+        return list(GRADE_NAMES)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {name: grade for grade, name in enumerate(GRADE_NAMES)}
 
     @property
     def targets(self) -> list[int]:
@@ -160,7 +166,7 @@ def _listed_here(catalog: Catalog, found: int) -> str:
         return ""
     if found:
         return f"{found:,} of the {listed:,} listed images are in {root}. "
-    below = [root / sub for sub in IMAGE_SUBDIRS if sub and index_images(root / sub)]
+    below = [root / sub for sub in IMAGE_SUBDIRS if sub and (root / sub).is_dir() and index_images(root / sub)]
     return (f"None of the {listed:,} listed images is in {root}" + (f"; {below[0]} holds images" if below else "")
             + ": pass the folder that holds them as --images (in Python: images=). ")
 

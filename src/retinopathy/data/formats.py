@@ -350,6 +350,12 @@ def _index(folder: Path, indexes: dict[Path, dict[str, str]]) -> dict[str, str]:
     return indexes[folder]
 
 
+def looked_in(path: Path) -> str:
+    """Where a relative ``path`` was looked for, to say beside 'not found': a relative path in a config file is
+    read from the folder the command runs in, not the file's."""
+    return "" if path.is_absolute() else f" (a relative path: looked for in the current folder, {Path.cwd()})"
+
+
 def read_catalog(data: str | Path, *, format: str | None = None, labels: str | Path | None = None,
                  images: str | Path | None = None, image_col: str | None = None,
                  label_col: str | None = None, patient_col: str | None = None,
@@ -357,8 +363,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     """Read a dataset folder in any supported format. ``resolve=False`` reads only the labels."""
     data = Path(data)
     if not data.exists():
-        raise DataError([Problem("missing-folder", str(data), None, "dataset folder not found" + (
-            "" if data.is_absolute() else f" (a relative path: looked for in the current folder, {Path.cwd()})"))])
+        raise DataError([Problem("missing-folder", str(data), None, "dataset folder not found" + looked_in(data))])
     if data.is_file():
         raise DataError([Problem("not-a-folder", str(data), None,
                                  f"a file, not a dataset folder: pass its folder {data.parent} as DATA")],

@@ -38,7 +38,7 @@ from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, r
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.problems import skipped_note, write_skipped  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
-from ..errors import DataWarning  # noqa: E402
+from ..errors import DataWarning, RetinopathyError  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.figures import plot_confusion, save_figure  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
@@ -140,8 +140,11 @@ def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
 
 def main(args) -> dict:
     out = Path(args.out)
-    check_writable(out)
     checkpoint = Path(args.checkpoint)
+    if (out / "config.yaml").exists() and out.resolve() == run_folder(checkpoint).resolve():
+        raise RetinopathyError(f"--out {out} is the run's own folder, where its training wrote split.csv, "
+                               f"skipped.csv and more: evaluate into a folder of its own, e.g. --out {out / 'eval'}")
+    check_writable(out)
     model, objective, prep, ckpt = restore(checkpoint)
     opts = run_catalog_options(args, checkpoint, ckpt, args.data)
     catalog = load_catalog(args.data, **opts)

@@ -70,7 +70,7 @@ def referable_auc(y_true, probs) -> float | None:
     their sum over grades 2-4); None when only one side (or nothing) is present."""
     y = (grades(y_true, "y_true") >= REFERABLE).astype(int)
     p = np.asarray(probs, dtype=float)
-    if p.shape != (len(y), len(GRADES)):
+    if len(y) and p.shape != (len(y), len(GRADES)):
         raise ValueError(f"referable_auc: probs need the {len(GRADES)} grade probabilities of each of the {len(y)} "
                          f"images, shape ({len(y)}, {len(GRADES)}); got shape {p.shape}")
     if len(y) == 0 or y.min() == y.max():

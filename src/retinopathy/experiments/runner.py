@@ -372,16 +372,15 @@ def _recorded_cells(status_file: Path) -> dict[str, dict]:
 def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) -> dict:
     """Run every cell that is not finished; write ``experiment.json``; build the report if the file asks."""
     data = Path(exp.data)
+    from ..data.formats import looked_in
     from ..data.synth import generate, holds_data
 
     if exp.synth is not None and not holds_data(data):  # a missing folder, or an interrupted generation's images
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
     if not data.exists() and not any((c.dir / "checkpoints").exists() for c in exp.cells):  # once, not per cell
-        raise ExperimentError(f"{exp.file}: data: {data} not found" + (
-            "" if data.is_absolute() else f" in the current folder, {os.getcwd()} (a relative path is relative to "
-            "the folder the command runs in)") + "; set data: to the dataset folder (or pass --data), or add synth: "
-            "to generate a synthetic one there")
+        raise ExperimentError(f"{exp.file}: data: {data} not found{looked_in(data)}; set data: to the dataset folder "
+                              "(or pass --data), or add synth: to generate a synthetic one there")
     exp.dir.mkdir(parents=True, exist_ok=True)
     fresh = [c.dir for c in exp.cells if not c.dir.exists()]
     try:

@@ -3,8 +3,8 @@
 Which layer (:func:`cam_layer`): ``net.layer4`` (the last convolutional block) for ResNet-style models;
 otherwise the last direct child of ``net`` whose output, on a probe image, is a 4-D feature map larger than
 1x1 and which is not a pooling layer: ``features`` for EfficientNet, ConvNeXt, MobileNet, DenseNet and VGG,
-``trunk_output`` for RegNet, ``Mixed_7c`` for Inception-v3. Vision transformers have no such map and are
-refused.
+``trunk_output`` for RegNet, ``Mixed_7c`` for Inception-v3. A model whose map (``layer4`` too) shrinks to 1x1 at
+the image size locates nothing and is refused, as are vision transformers, which have no such map.
 
 What is explained: the logit of the predicted grade (classification); for the regression and ordinal
 objectives (ordinal+ce too), the continuous severity ``score`` (regression output / sum of P(grade > k)),

@@ -354,8 +354,9 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
         print(f"warning: {len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
               "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike "
               "everywhere (a model that ignores the image)", file=sys.stderr)
-    if coarse_note(cam.grid, size):
-        print(f"warning: {coarse_note(cam.grid, size)}", file=sys.stderr)
+    coarse = coarse_note(cam.grid, size)
+    if coarse:
+        print(f"warning: {coarse}", file=sys.stderr)
 
 
 def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:

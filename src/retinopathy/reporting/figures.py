@@ -86,6 +86,7 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> No
     if len(baselines) == 1:
         axes[0, 0].axhline(*baselines, **BASELINE)
     axes[-1, 0].set_xlabel("epoch")
+    axes[-1, 0].set_xlim(0.5, max((r["epoch"] + 1 for s in series for r in s["rows"]), default=1) + 0.5)  # shared
     terms = sorted({t for s in series for t in s.get("train_loss_terms", [])}) if metric == "loss" else []
     fig.suptitle(title + ("\none panel per objective: their losses are not comparable" if len(panels) > 1 else "")
                  + (f"\ntraining's loss includes {', '.join(terms)}; val and test losses are plain" if terms else ""),
@@ -116,7 +117,6 @@ def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[
         ax.annotate("fine-tuning starts" + (f" ({epochs_text(fe)} frozen)" if len(starts) > 1 else ""),
                     (fe + 0.5, 1), xycoords=("data", "axes fraction"), xytext=(4, -4), textcoords="offset points",
                     va="top", fontsize=8.5, color="#333333")
-    ax.set_xlim(0.5, max((r["epoch"] + 1 for s in series for r in s["rows"]), default=1) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick, not 0.945...1.05
     ax.grid(alpha=0.3)
 

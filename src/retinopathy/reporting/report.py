@@ -532,9 +532,9 @@ def _grading_text(t: dict) -> str:
     if option_value(t, "decision") == "thresholds":
         on = "the training and selection images" if option_value(t, "threshold_data") == "train+selection" else \
             "the selection split"
-        margin = option_value(t, "threshold_margin")
-        text = (f"grades cut from the score at thresholds tuned for {option_value(t, 'threshold_rule')} on {on}"
-                + (f" (accuracy margin {margin:g})" if margin else ""))
+        rule, margin = option_value(t, "threshold_rule"), option_value(t, "threshold_margin")
+        text = (f"grades cut from the score at thresholds tuned for {rule} on {on}"
+                + (f" (accuracy margin {margin:g})" if margin and rule == "kappa-above-majority" else ""))
     else:
         text = "grade: the most probable"
     if option_value(t, "pair_eyes"):

@@ -47,7 +47,6 @@ from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_di
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
 
 
-
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA, then MPS, then the CPU; a named device must be there."""
     if name != "auto":
