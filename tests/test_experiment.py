@@ -141,6 +141,23 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     assert main(["experiment", config, "--quiet", "--no-report"]) == 0  # back to the fixture's 20
 
 
+def test_a_cell_that_ran_with_other_options_is_refused_after_the_values_are_checked(interrupted, capsys):
+    """A mistyped value for a cell that has run is named as one (it was called a change of options, with the
+    advice to delete the finished cell); a real change is refused naming each cell it concerns, nothing touched."""
+    cfg = {**yaml.safe_load(interrupted["config"].read_text()), "grid": {"model": ["resnet18"], "pretrained": [False]}}
+    run = interrupted["exp"] / SCRATCH
+    before = snapshot(run)
+    other = interrupted["config"].with_name("changed.yaml")
+    for change, said in (({"lr": "fast"}, f"{other}: cell {SCRATCH}: lr: 'fast': could not convert"),
+                         ({"lr": 0.05, "optimizer": "sgd"}, f"1 cell(s) were run with other options than {other} gives "
+                                                            f"now: {run} (lr: None -> 0.05, optimizer: ")):
+        other.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], **change}}))
+        assert main(["experiment", str(other), "--quiet", "--no-report"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and ("run with other options" in err) == ("optimizer" in change), err
+    assert snapshot(run) == before
+
+
 def test_a_refused_continuation_keeps_the_evaluation(interrupted, monkeypatch, capsys):
     """More epochs for a finished cell whose training then fails (say, its resume is refused): the evaluation of
     the best.pt that is still there stays. Fewer epochs than it trained: it stays as it is, with a warning."""

@@ -37,6 +37,7 @@ import re
 import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,8 +255,17 @@ def is_evaluated(run: Path, resamples: int) -> bool:
     return not best.exists() or same_checkpoint(evaluation, load_checkpoint(best, mmap=True))
 
 
+class ChangedCell(ExperimentError):
+    """A cell that has run (saved a checkpoint) with options other than the file's now: ``what`` changed."""
+
+    def __init__(self, cell: Cell, what: str):
+        super().__init__(f"{cell.dir} ({what})")
+        self.cell, self.what = cell, what
+
+
 def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
-    """Write ``cell.yaml`` (refusing to mix options into a cell run with others) and parse it as train would."""
+    """Write ``cell.yaml`` and parse it as train would; a cell run with other options raises :class:`ChangedCell`
+    (once the new options have passed train's checks: a mistyped value is named as one, not as a change)."""
     options = {**cell.options, "data": str(Path(exp.data).resolve())}
     saved_file = cell.dir / "cell.yaml"
     started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
@@ -265,22 +275,28 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
                          if train_config.option_value(saved, k) != train_config.option_value(options, k))
         changed = [k for k in changed if k not in RUNTIME]
         if changed:
-            what = ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed)
-            raise ExperimentError(f"{cell.dir} was run with other options ({what}). Delete that folder to run the "
-                                  f"cell again, or give the experiment another name: in {exp.file}")
+            with tempfile.TemporaryDirectory() as scratch:
+                _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
+            raise ChangedCell(cell, ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed))
     cell.dir.mkdir(parents=True, exist_ok=True)
+    return _parse_cell(cell, exp, options, saved_file, cell.dir, resume=started)
+
+
+def _parse_cell(cell: Cell, exp: Experiment, options: dict, file: Path, out: Path, resume: bool) -> argparse.Namespace:
+    """``options`` written to ``file`` (left as it is when it holds them: a finished cell's files stay untouched)
+    and parsed as ``train -c file --out out [--resume out]``; an ExperimentError names the cell and the value."""
     text = yaml.safe_dump(options, sort_keys=False)
-    if not saved_file.exists() or saved_file.read_text() != text:  # a finished cell's files stay untouched
-        write_text(saved_file, text)
+    if not file.exists() or file.read_text() != text:
+        write_text(file, text)
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):  # argparse's usage text: the error line is what the cell needs
-            args = train_config.parse_args(["--config", str(saved_file), "--out", str(cell.dir)]
-                                           + (["--resume", str(cell.dir)] if started else []))
+            args = train_config.parse_args(["--config", str(file), "--out", str(out)]
+                                           + (["--resume", str(out)] if resume else []))
     except (SystemExit, train_config.ConfigError) as e:
         error = str(e) if isinstance(e, train_config.ConfigError) else next(
             (line.partition("error: ")[2] for line in reversed(said.getvalue().splitlines()) if "error: " in line),
-            said.getvalue().strip() or str(e.code)).replace(f" (from {saved_file})", "")  # that file goes (below)
+            said.getvalue().strip() or str(e.code)).replace(f" (from {file})", "")  # that file goes (below)
         raise ExperimentError(f"{exp.file}: cell {cell.name}: {error} (every cell is checked before any runs)") \
             from None
     sys.stderr.write(said.getvalue())  # what parsing warned about
@@ -383,8 +399,17 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
                               "(or pass --data), or add synth: to generate a synthetic one there")
     exp.dir.mkdir(parents=True, exist_ok=True)
     fresh = [c.dir for c in exp.cells if not c.dir.exists()]
+    parsed, changed = {}, []
     try:
-        parsed = {c.name: prepare_cell(c, exp) for c in exp.cells}  # every cell checked before any runs
+        for c in exp.cells:  # every cell checked before any runs
+            try:
+                parsed[c.name] = prepare_cell(c, exp)
+            except ChangedCell as e:
+                changed.append(e)
+        if changed:
+            raise ExperimentError(f"{len(changed)} cell(s) were run with other options than {exp.file} gives now: "
+                                  + "; ".join(str(e) for e in changed) + ". Delete those folders to run them again, "
+                                  "or give the experiment another name (its cells then start afresh)")
     except BaseException:  # the cell.yaml files written so far go: a refused file leaves no cells behind
         for folder in fresh:
             shutil.rmtree(folder, ignore_errors=True)
