@@ -314,6 +314,14 @@ def test_named_variants_label_the_rows(tmp_path):
     assign_variants(runs)
     assert [r.variant for r in runs] == ["from scratch, recipe", "from scratch, no-graham",
                                          "from scratch, seed 1", "from scratch, seed 2"]
+    # two experiments' variants of one name are their own recipes: each label says whose
+    cells = [Run(f"{e}/lab-resnet50", tmp_path, "done", train={"model": "resnet50", "pretrained": False, "epochs": n},
+                 named="lab", experiment=e) for e, n in (("cmp", 3), ("cmp2", 4))]
+    assign_variants(cells + runs[2:3])
+    assert [r.variant for r in cells + runs[2:3]] == ["from scratch, cmp: lab", "from scratch, cmp2: lab",
+                                                      "from scratch, epochs 20, seed 1"]
+    assign_variants(cells[:1])
+    assert cells[0].variant == "from scratch, lab"
     # an option left at its default (None on the command line, the value in a config file) is the same option;
     # runs that differ in many options are told apart by their names
     base = {"model": "resnet18", "pretrained": False, "epochs": 6}

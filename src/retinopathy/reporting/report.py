@@ -241,12 +241,14 @@ def assign_variants(runs: list[Run]) -> None:
         named = set.union(*(set(r.train) for r in group)) - IGNORED if len(group) > 1 else set()  # absent: default
         keys = {k for k in named if len({json.dumps(option_value(r.train, k), default=str) for r in group}) > 1}
         differing.update({id(r): keys for r in group})
+    several = len({r.experiment for r in runs if r.experiment}) > 1  # a variant's name is its experiment's own
     for r in runs:
         keys = differing[id(r)]
         shown = {k: r.train[k] if r.train.get(k) is not None else option_value(r.train, k) for k in keys}
         shown = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in shown.items()}  # 0, not 0.0
-        extra = r.named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
-                            ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
+        named = f"{r.experiment}: {r.named}" if several and r.named and r.experiment else r.named
+        extra = named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
+                          ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
         r.variant = r.start + (f", {extra}" if extra else "")
     twice = Counter((r.model, r.variant) for r in runs)
     for r in runs:
@@ -422,7 +424,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     named = list(dict.fromkeys(r.experiment for r in runs))  # the title names them when they are all it compares
     default_title = "Diabetic-retinopathy grader comparison" + (
         f": experiment{'s' * (len(named) > 1)} {', '.join(named)}" if None not in named else "")
-    ctx = {"title": title or default_title, "about": [e["description"] for e in experiments if e.get("description")],
+    ctx = {"title": title or default_title, "about": list(dict.fromkeys(e["description"] for e in experiments if e.get("description"))),
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
            "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs)}
