@@ -158,6 +158,17 @@ def test_a_cell_that_ran_with_other_options_is_refused_after_the_values_are_chec
     assert snapshot(run) == before
 
 
+def test_a_synthetic_set_made_otherwise_than_the_file_asks_is_refused(interrupted, capsys):
+    """synth: edited after its set was made (more images, another seed) was ignored: the cells kept reporting
+    on the old set as if it were the new one."""
+    cfg = yaml.safe_load(interrupted["config"].read_text())
+    other = interrupted["config"].with_name("more-images.yaml")
+    other.write_text(yaml.safe_dump({**cfg, "synth": {**cfg["synth"], "n": 90, "seed": 5}}))
+    assert main(["experiment", str(other), "--quiet", "--no-report"]) == 2
+    assert (f"{other}: synth: {interrupted['root'] / 'data'} holds a synthetic set made with n: 60, seed: 4, where "
+            "the file asks for n: 90, seed: 5; delete") in capsys.readouterr().err
+
+
 def test_a_refused_continuation_keeps_the_evaluation(interrupted, monkeypatch, capsys):
     """More epochs for a finished cell whose training then fails (say, its resume is refused): the evaluation of
     the best.pt that is still there stays. Fewer epochs than it trained: it stays as it is, with a warning."""

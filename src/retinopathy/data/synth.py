@@ -14,8 +14,10 @@ so the files are byte-identical whatever the number of workers.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,26 @@ def is_synthetic(folder: str | Path) -> bool:
     """Whether ``folder`` is a synthetic set written by :func:`generate` (its README.txt says so)."""
     readme = Path(folder) / "README.txt"
     return readme.exists() and readme.read_text(errors="replace").startswith(MARKER)
+
+_RECORDED = {"format": (r"format: (\w+)", str), "n": (r"images: (\d+) of", int), "size": (r"size: (\d+) px", int),
+             "seed": (r"seed: (-?\d+)", int), "balanced": (r"balanced: (True|False)", lambda v: v == "True"),
+             "test_fraction": (r"test fraction: ([0-9.]+)", float)}  # what README.txt records, and how to read it
+
+
+def made_otherwise(folder: str | Path, **options) -> dict:
+    """{option: (made with, asked for)} for each of :func:`generate`'s ``options`` (defaults included) that the
+    synthetic set in ``folder`` was made with otherwise, as its README.txt records; {} when none is, or when
+    ``folder`` is no such set."""
+    if not is_synthetic(folder):
+        return {}
+    text = (Path(folder) / "README.txt").read_text(errors="replace")
+    asked = {k: p.default for k, p in inspect.signature(generate).parameters.items() if k in _RECORDED} | options
+    if asked["format"] != "lab":
+        asked.pop("test_fraction")  # a Kaggle-format set has no test split of its own
+    made = {k: read(m[1]) for k, (pattern, read) in _RECORDED.items()
+            if (m := re.search(rf"^{pattern}", text, re.M))}
+    return {k: (made[k], v) for k, v in asked.items() if k in made and made[k] != v}
+
 
 GRADE_MIX = (0.735, 0.070, 0.151, 0.025, 0.020)  # EyePACS class mix
 SAME_GRADE = 0.85  # probability that a patient's second eye has the first eye's grade
@@ -509,7 +531,8 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
         f"{MARKER} diabetic-retinopathy fundus photographs made by retinopathy.data.synth.\n"
         "Not real patients and not for clinical use: drawn shapes only.\n"
         f"format: {format}\nimages: {n} of {(n + 1) // 2} patients (left and right eye)\n"
-        f"size: {size} px\nseed: {seed}\nbalanced: {balanced}\nimages per grade 0-4: {' '.join(map(str, counts))}\n"))
+        f"size: {size} px\nseed: {seed}\nbalanced: {balanced}\nimages per grade 0-4: {' '.join(map(str, counts))}\n"
+        + (f"test fraction: {test_fraction}\n" if format == "lab" else "")))
     seconds = time.perf_counter() - start
     return {"n": n, "counts": counts, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1),
             "format": format, "size": size, "seed": seed, "balanced": balanced, "out": str(out)}

@@ -389,11 +389,16 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     """Run every cell that is not finished; write ``experiment.json``; build the report if the file asks."""
     data = Path(exp.data)
     from ..data.formats import looked_in
-    from ..data.synth import generate, holds_data
+    from ..data.synth import generate, holds_data, made_otherwise
 
     if exp.synth is not None and not holds_data(data):  # a missing folder, or an interrupted generation's images
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
+    elif exp.synth is not None and (otherwise := made_otherwise(data, **exp.synth)):
+        raise ExperimentError(f"{exp.file}: synth: {data} holds a synthetic set made with " + ", ".join(
+            f"{k}: {made}" for k, (made, _) in otherwise.items()) + ", where the file asks for " + ", ".join(
+            f"{k}: {asked}" for k, (_, asked) in otherwise.items()) + f"; delete {data} (and the runs trained on it, "
+            f"{exp.dir}) to make it again, or set data: to another folder")
     if not data.exists() and not any((c.dir / "checkpoints").exists() for c in exp.cells):  # once, not per cell
         raise ExperimentError(f"{exp.file}: data: {data} not found{looked_in(data)}; set data: to the dataset folder "
                               "(or pass --data), or add synth: to generate a synthetic one there")
