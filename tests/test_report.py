@@ -234,6 +234,7 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     epochs = config["train"]["epochs"]
     config["train"]["epochs"] = epochs + 1
     config["engine"]["world_size"] = 2  # trained by two processes: resumed by two, whatever the shell reporting
+    config["earlier"] = [{"epochs": 1, "engine": {**config["engine"], "amp": "bf16"}}]  # resumed once, in bf16 before
     (killed / "config.yaml").write_text(yaml.safe_dump(config))
     lines = (killed / "metrics.csv").read_text().splitlines()
     (killed / "metrics.csv").write_text("\n".join(lines + [str(epochs) + lines[-1][1:]]) + "\n")
@@ -245,7 +246,9 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert f"killed - incomplete: trained {epochs} of {epochs + 1} epochs" in md and "broken - incomplete: " in md
     assert f"`torchrun --nproc_per_node=2 -m retinopathy train --resume {killed}`" in md
     killed_details = md.split("### killed")[1].split("###")[0]  # the row without its checkpoint is not counted
-    assert f" min over {epochs} epoch{'s' if epochs > 1 else ''} (sum of epoch_seconds)" in killed_details
+    assert re.search(rf"\*\*Time\*\*: [0-9.]+ s over {epochs} epochs? \(sum of epoch_seconds\)", killed_details)
+    assert ("**Resumed**: after epoch 1, which ran on cpu (amp bf16, 2 process(es)); the options shown are the last "
+            "run's") in killed_details
     assert "best.pt: cannot be read as a checkpoint" in md
 
 

@@ -573,7 +573,14 @@ def run_details(run: Run) -> list[tuple[str, str]]:
         out.append(("Selection rule", f"best.pt = best {sel.get('split')} {sel.get('metric')}; {sel.get('note')}"))
     if run.rows:
         secs = run.numbers.get("seconds", 0)
-        out.append(("Time", f"{secs / 60:.1f} min over {epochs_text(len(run.rows))} (sum of epoch_seconds)"))
+        took = f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.1f} s"
+        out.append(("Time", f"{took} over {epochs_text(len(run.rows))} (sum of epoch_seconds)"))
+    earlier = [e for e in c.get("earlier") or [] if isinstance(e, dict)]
+    if earlier:  # a resumed (or extended) run: the epochs before each resume ran as then set up
+        out.append(("Resumed", "; ".join(
+            f"after epoch {e.get('epochs')}, which ran on {(e.get('engine') or {}).get('device')} (amp "
+            f"{(e.get('engine') or {}).get('amp')}, {(e.get('engine') or {}).get('world_size')} process(es))"
+            for e in earlier) + "; the options shown are the last run's (config.yaml: earlier)"))
     eng, env = c.get("engine"), c.get("environment")
     if eng or env:
         eng, env = eng or {}, env or {}
