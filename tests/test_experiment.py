@@ -465,9 +465,9 @@ def test_a_finished_cell_whose_last_pt_was_deleted_stays_finished(interrupted, t
     assert {k: v for k, v in after.items() if k != "cell.yaml"} == {k: v for k, v in before.items() if k != "cell.yaml"}
 
 
-def test_another_files_runs_stay_on_record_and_do_not_decide_the_exit(tmp_path, monkeypatch):
+def test_another_files_runs_stay_on_record_and_do_not_decide_the_exit(tmp_path, monkeypatch, capsys):
     """The folder's record keeps cells another file with the same name and out ran (their folders hold runs), not
-    cells whose folders are gone; the counts and the exit status are this file's cells'."""
+    cells whose folders are gone, and says so at the start; the counts and the exit status are this file's cells'."""
     from retinopathy.experiments import runner
 
     config = write_config(tmp_path, grid={"model": ["resnet18"]}, synth=None)
@@ -483,6 +483,9 @@ def test_another_files_runs_stay_on_record_and_do_not_decide_the_exit(tmp_path, 
     assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
     cells = json.loads((exp.dir / "experiment.json").read_text())["cells"]
     assert list(cells) == ["resnet18", "old"] and cells["old"]["status"] == "failed"
+    assert capsys.readouterr().out.startswith(
+        f"experiment grid: 1 cell(s) -> {exp.dir.resolve()} (data {(tmp_path / 'data').resolve()}); 1 cell(s) of "
+        "another file stay in its record and report: old\n")
 
 
 def test_a_full_disk_stops_the_experiment_at_its_cell(tmp_path, capsys, monkeypatch, full_disk):

@@ -432,6 +432,10 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         if name not in status["cells"] and ((d / "config.yaml").exists() or (d / "SKIPPED.json").exists()):
             status["cells"][name] = entry
     write_json(status_file, status)
+    kept = [name for name in status["cells"] if name not in {c.name for c in exp.cells}]
+    print(f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} (data {data.resolve()})" + (
+        f"; {len(kept)} cell(s) of another file stay in its record and report: {', '.join(kept[:5])}"
+        + (", ..." if len(kept) > 5 else "") if kept else ""), flush=True)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):
         tag = f"[{i}/{len(exp.cells)}] {cell.name}:"
