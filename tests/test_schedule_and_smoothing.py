@@ -1,5 +1,5 @@
-"""The learning-rate schedule of a training phase (linear warm-up, then cosine to zero; or constant) and the
-classification objective's label smoothing."""
+"""The optimizer and learning-rate schedule of a training phase (linear warm-up, then cosine to zero; or
+constant) and the classification objective's label smoothing."""
 from __future__ import annotations
 
 import math
@@ -105,3 +105,27 @@ def test_label_smoothing_in_the_ce_part_of_ordinal_plus_ce(batch):
     expected = plain - F.cross_entropy(out, target) + F.cross_entropy(out, target, label_smoothing=0.2)
     assert smoothed.item() == pytest.approx(expected.item(), rel=1e-6)
     assert abs(smoothed.item() - plain.item()) > 0.05
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_norm_weight_decay_gives_the_normalisation_layers_a_group_of_their_own(optimizer):
+    """As torchvision's reference scripts (--norm-weight-decay) and timm (0 on norms and biases) offer: without it
+    one group decayed by --weight-decay, as before; the frozen phase's group holds the head alone."""
+    from retinopathy.models import Grader
+    from retinopathy.training.engine import freeze_backbone
+    from retinopathy.training.config import parse_args
+    from retinopathy.training.train import build_optimizer
+
+    model = Grader("resnet18", 5)
+    base = ["--data", "d", "--out", "x", "--optimizer", optimizer, "--weight-decay", "0.02"]
+    [group] = build_optimizer(parse_args(base), model).param_groups
+    assert group["weight_decay"] == 0.02 and len(group["params"]) == len(list(model.parameters()))
+    other, norm = build_optimizer(parse_args([*base, "--norm-weight-decay", "0"]), model).param_groups
+    bn = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert {id(p) for p in norm["params"]} == bn and (norm["weight_decay"], other["weight_decay"]) == (0, 0.02)
+    assert len(other["params"]) + len(bn) == len(list(model.parameters()))
+    freeze_backbone(model, True)
+    [head] = build_optimizer(parse_args([*base, "--norm-weight-decay", "0"]), model).param_groups
+    assert head["params"] == [p for p in model.parameters() if p.requires_grad] and head["weight_decay"] == 0.02
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--norm-weight-decay", "-1"])

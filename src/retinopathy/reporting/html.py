@@ -131,7 +131,9 @@ def training_text(t: dict) -> str:
     frozen = f" ({t['freeze_epochs']} with the {backbone} frozen)" if t.get("freeze_epochs") else ""
     return (f"{epochs_text(t.get('epochs'))}{frozen}, {t.get('optimizer')} lr {t.get('lr')}"
             + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
-            + f" weight decay {t.get('weight_decay')}, scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
+            + f" weight decay {t.get('weight_decay')}"
+            + (f" ({t['norm_weight_decay']} on normalisation layers)" if t.get("norm_weight_decay") is not None else "")
+            + f", scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
             f"class weights {t.get('class_weights')}, sampler {t.get('sampler')}, label smoothing "
             f"{t.get('label_smoothing')}, mixup alpha {t.get('mixup', 0.0)}, seed {t.get('seed')}")
 

@@ -123,7 +123,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate of each phase")
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw", help="a new one for each phase")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum (AdamW does not use it)")
-    g.add_argument("--weight-decay", type=float, default=0.01, help="on every parameter (lab: 5e-4)")
+    g.add_argument("--weight-decay", type=float, default=0.01,
+                   help="on every parameter, unless --norm-weight-decay (lab: 5e-4)")
+    g.add_argument("--norm-weight-decay", type=float, default=None, metavar="WD",
+                   help="weight decay of the normalisation layers' parameters (BatchNorm...), e.g. 0 as timm does "
+                        "and torchvision's reference scripts offer; default: --weight-decay's")
     g.add_argument("--scheduler", choices=("none", "cosine"), default="cosine",
                    help="per step within each phase: cosine to zero after the warm-up, or constant (lab)")
     g.add_argument("--warmup-epochs", type=float, default=1.0, help="linear warm-up at the start of each phase")
@@ -369,8 +373,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{action.dest.replace('_', '-')} {value}: not a finite number")
     if args.lr <= 0:
         parser.error(f"--lr {args.lr}: a learning rate above 0")
-    for name in ("weight_decay", "warmup_epochs"):
-        if getattr(args, name) < 0:
+    for name in ("weight_decay", "norm_weight_decay", "warmup_epochs"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: 0 or more")
     for name in ("momentum", "label_smoothing"):
         if not 0 <= getattr(args, name) < 1:

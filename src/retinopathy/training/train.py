@@ -25,6 +25,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torchvision.ops._utils import split_normalization_params
 
 from ..atomic import check_writable, exclusive, naming, replacing, write_text
 from ..cli.common import catalog_options
@@ -158,11 +159,19 @@ def make_loader(dataset, batch_size: int, workers: int, device, sampler, determi
                       generator=torch.Generator().manual_seed(seed))
 
 
-def build_optimizer(args, params):
-    params = [p for p in params if p.requires_grad]
+def build_optimizer(args, model: torch.nn.Module):
+    """SGD or AdamW over ``model``'s trainable parameters, decayed by --weight-decay; with --norm-weight-decay,
+    the normalisation layers' parameters (BatchNorm, LayerNorm...) form a group decayed by that instead, split as
+    torchvision's reference scripts split them (``split_normalization_params``)."""
+    if args.norm_weight_decay is None:
+        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": args.weight_decay}]
+    else:
+        norm, other = split_normalization_params(model)
+        groups = [g for g in ({"params": other, "weight_decay": args.weight_decay},
+                              {"params": norm, "weight_decay": args.norm_weight_decay}) if g["params"]]
     if args.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
+    return torch.optim.AdamW(groups, lr=args.lr)
 
 
 def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
@@ -189,8 +198,8 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
                    "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay",  # and --decision
                    "image_size", "preprocess", "train_crop_size")  # what the model sees
-FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "warmup_epochs",
-                        "freeze_epochs", "batch_size",
+FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "norm_weight_decay", "scheduler",
+                        "warmup_epochs", "freeze_epochs", "batch_size",
                         "augment", "sampler", "class_weights", "label_smoothing", "mixup", "seed")  # how it learns
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
@@ -460,7 +469,7 @@ def start_phase(args, model, frozen: bool, steps_per_epoch: int, ckpt: dict | No
     (optimizer, scheduler, scaler, the module to train)."""
     phase = "frozen" if frozen else "finetune"
     freeze_backbone(model, frozen)
-    optimizer = build_optimizer(args, model.parameters())
+    optimizer = build_optimizer(args, model)
     phase_epochs = args.freeze_epochs if frozen else args.epochs - args.freeze_epochs
     scheduler = build_scheduler(args, optimizer, steps_per_epoch, phase_epochs)
     scaler = torch.amp.GradScaler(engine.device.type) if engine.amp == "fp16" else None
