@@ -484,8 +484,8 @@ def test_another_files_runs_stay_on_record_and_do_not_decide_the_exit(tmp_path, 
     cells = json.loads((exp.dir / "experiment.json").read_text())["cells"]
     assert list(cells) == ["resnet18", "old"] and cells["old"]["status"] == "failed"
     assert capsys.readouterr().out.startswith(
-        f"experiment grid: 1 cell(s) -> {exp.dir.resolve()} (data {(tmp_path / 'data').resolve()}); 1 cell(s) of "
-        "another file stay in its record and report: old\n")
+        f"experiment grid: 1 cell(s) -> {exp.dir.resolve()} (data {(tmp_path / 'data').resolve()}); 1 cell(s) the "
+        "file no longer has stay in its record and report: old\n")
 
 
 def test_a_full_disk_stops_the_experiment_at_its_cell(tmp_path, capsys, monkeypatch, full_disk):

@@ -234,7 +234,7 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     epochs = config["train"]["epochs"]
     config["train"]["epochs"] = epochs + 1
     config["engine"]["world_size"] = 2  # trained by two processes: resumed by two, whatever the shell reporting
-    config["earlier"] = [{"epochs": 1, "engine": {**config["engine"], "amp": "bf16"}}]  # resumed once, in bf16 before
+    config["earlier"] = [{"epochs": 1, "engine": {**config["engine"], "amp": "bf16"}}, {"epochs": 2, "engine": None}]
     (killed / "config.yaml").write_text(yaml.safe_dump(config))
     lines = (killed / "metrics.csv").read_text().splitlines()
     (killed / "metrics.csv").write_text("\n".join(lines + [str(epochs) + lines[-1][1:]]) + "\n")
@@ -247,8 +247,8 @@ def test_not_evaluated_run_and_bad_folder(experiment, tmp_path, capsys):
     assert f"`torchrun --nproc_per_node=2 -m retinopathy train --resume {killed}`" in md
     killed_details = md.split("### killed")[1].split("###")[0]  # the row without its checkpoint is not counted
     assert re.search(rf"\*\*Time\*\*: [0-9.]+ s over {epochs} epochs? \(sum of epoch_seconds\)", killed_details)
-    assert ("**Resumed**: after epoch 1, which ran on cpu (amp bf16, 2 process(es)); the options shown are the last "
-            "run's") in killed_details
+    assert ("**Resumed**: after epoch 1, which ran on cpu (amp bf16, processes 2); after epoch 2; the options shown "
+            "are the last run's") in killed_details  # resumed twice, in bf16 first; what a record lacks is left out
     assert "best.pt: cannot be read as a checkpoint" in md
 
 
@@ -325,6 +325,10 @@ def test_named_variants_label_the_rows(tmp_path):
                                                       "from scratch, epochs 20, seed 1"]
     assign_variants(cells[:1])
     assert cells[0].variant == "from scratch, lab"
+    solo = Run("solo", tmp_path, "done", train={"model": "resnet50", "pretrained": False}, named="solo",
+               experiment="solo")  # a one-run experiment's run is named after it
+    assign_variants(cells + [solo])
+    assert solo.variant == "from scratch, solo"
     # an option left at its default (None on the command line, the value in a config file) is the same option;
     # runs that differ in many options are told apart by their names
     base = {"model": "resnet18", "pretrained": False, "epochs": 6}

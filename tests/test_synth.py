@@ -176,3 +176,15 @@ def test_every_image_is_its_own_eye(tmp_path):
     synth.generate(tmp_path, n=20, size=32, seed=0, balanced=True, workers=1, progress=False)
     files = sorted(tmp_path.rglob("*.jpeg"))
     assert len(files) == 20 and len({hashlib.sha256(f.read_bytes()).hexdigest() for f in files}) == 20
+
+
+def test_a_set_is_compared_with_the_settings_it_was_made_with(tmp_path):
+    """What README.txt records reads back as generate's options (a tiny test fraction, balanced given as 1); a
+    folder that is no synthetic set is never called different."""
+    from retinopathy.data.synth import made_otherwise
+
+    synth.generate(tmp_path / "lab", n=8, size=32, format="lab", test_fraction=0.00001, balanced=1, progress=False)
+    assert made_otherwise(tmp_path / "lab", n=8, size=32, format="lab", test_fraction=0.00001, balanced=True) == {}
+    assert made_otherwise(tmp_path / "lab", n=9, size=32, format="lab", test_fraction=0.00001, balanced=False) == {
+        "n": (8, 9), "balanced": (True, False)}
+    assert made_otherwise(tmp_path, n=9) == {}

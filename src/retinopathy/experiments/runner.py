@@ -398,7 +398,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
         raise ExperimentError(f"{exp.file}: synth: {data} holds a synthetic set made with " + ", ".join(
             f"{k}: {made}" for k, (made, _) in otherwise.items()) + ", where the file asks for " + ", ".join(
             f"{k}: {asked}" for k, (_, asked) in otherwise.items()) + f"; delete {data} (and the runs trained on it, "
-            f"{exp.dir}) to make it again, or set data: to another folder")
+            f"{exp.dir}) to make it again, set data: (or --data) to another folder, or remove synth:")
     if not data.exists() and not any((c.dir / "checkpoints").exists() for c in exp.cells):  # once, not per cell
         raise ExperimentError(f"{exp.file}: data: {data} not found{looked_in(data)}; set data: to the dataset folder "
                               "(or pass --data), or add synth: to generate a synthetic one there")
@@ -434,7 +434,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     write_json(status_file, status)
     kept = [name for name in status["cells"] if name not in {c.name for c in exp.cells}]
     print(f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} (data {data.resolve()})" + (
-        f"; {len(kept)} cell(s) of another file stay in its record and report: {', '.join(kept[:5])}"
+        f"; {len(kept)} cell(s) the file no longer has stay in its record and report: {', '.join(kept[:5])}"
         + (", ..." if len(kept) > 5 else "") if kept else ""), flush=True)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):

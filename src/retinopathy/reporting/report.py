@@ -246,7 +246,8 @@ def assign_variants(runs: list[Run]) -> None:
         keys = differing[id(r)]
         shown = {k: r.train[k] if r.train.get(k) is not None else option_value(r.train, k) for k in keys}
         shown = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in shown.items()}  # 0, not 0.0
-        named = f"{r.experiment}: {r.named}" if several and r.named and r.experiment else r.named
+        named = f"{r.experiment}: {r.named}" if several and r.named and r.experiment not in (None, r.named) \
+            else r.named  # a one-run experiment's run is named after it already
         extra = named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
                           ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
         r.variant = r.start + (f", {extra}" if extra else "")
@@ -424,7 +425,8 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     named = list(dict.fromkeys(r.experiment for r in runs))  # the title names them when they are all it compares
     default_title = "Diabetic-retinopathy grader comparison" + (
         f": experiment{'s' * (len(named) > 1)} {', '.join(named)}" if None not in named else "")
-    ctx = {"title": title or default_title, "about": list(dict.fromkeys(e["description"] for e in experiments if e.get("description"))),
+    about = list(dict.fromkeys(e["description"] for e in experiments if e.get("description")))  # each once
+    ctx = {"title": title or default_title, "about": about,
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
            "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs)}
@@ -546,6 +548,16 @@ def _grading_text(t: dict) -> str:
     return text
 
 
+def _resumed_text(earlier: dict) -> str:
+    """One entry of config.yaml's ``earlier``: ``after epoch 3, which ran on cpu (amp bf16, 1 process(es))``, of
+    what it records."""
+    eng = earlier.get("engine") if isinstance(earlier.get("engine"), dict) else {}
+    how = ", ".join(f"{name} {eng[key]}" for key, name in (("amp", "amp"), ("world_size", "processes"))
+                    if eng.get(key) is not None)
+    return (f"after epoch {earlier.get('epochs', '?')}" + (f", which ran on {eng['device']}" if eng.get("device") else "")
+            + (f" ({how})" if how else ""))
+
+
 def run_details(run: Run) -> list[tuple[str, str]]:
     """(label, text) pairs that describe one run: configuration, data, split, selection, time, hardware, versions."""
     t, c = run.train, run.config or {}
@@ -575,12 +587,10 @@ def run_details(run: Run) -> list[tuple[str, str]]:
         secs = run.numbers.get("seconds", 0)
         took = f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.1f} s"
         out.append(("Time", f"{took} over {epochs_text(len(run.rows))} (sum of epoch_seconds)"))
-    earlier = [e for e in c.get("earlier") or [] if isinstance(e, dict)]
+    earlier = [e for e in c.get("earlier") if isinstance(e, dict)] if isinstance(c.get("earlier"), list) else []
     if earlier:  # a resumed (or extended) run: the epochs before each resume ran as then set up
-        out.append(("Resumed", "; ".join(
-            f"after epoch {e.get('epochs')}, which ran on {(e.get('engine') or {}).get('device')} (amp "
-            f"{(e.get('engine') or {}).get('amp')}, {(e.get('engine') or {}).get('world_size')} process(es))"
-            for e in earlier) + "; the options shown are the last run's (config.yaml: earlier)"))
+        out.append(("Resumed", "; ".join(_resumed_text(e) for e in earlier)
+                    + "; the options shown are the last run's (config.yaml: earlier)"))
     eng, env = c.get("engine"), c.get("environment")
     if eng or env:
         eng, env = eng or {}, env or {}
