@@ -531,7 +531,8 @@ def generate(out: str | Path, n: int = 1000, size: int = 256, seed: int = 0, bal
         f"{MARKER} diabetic-retinopathy fundus photographs made by retinopathy.data.synth.\n"
         "Not real patients and not for clinical use: drawn shapes only.\n"
         f"format: {format}\nimages: {n} of {(n + 1) // 2} patients (left and right eye)\n"
-        f"size: {size} px\nseed: {seed}\nbalanced: {bool(balanced)}\nimages per grade 0-4: {' '.join(map(str, counts))}\n"
+        f"size: {size} px\nseed: {seed}\nbalanced: {bool(balanced)}\n"
+        f"images per grade 0-4: {' '.join(map(str, counts))}\n"
         + (f"test fraction: {test_fraction}\n" if format == "lab" else "")))
     seconds = time.perf_counter() - start
     return {"n": n, "counts": counts, "seconds": round(seconds, 3), "images_per_s": round(n / seconds, 1),

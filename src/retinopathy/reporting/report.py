@@ -554,8 +554,8 @@ def _resumed_text(earlier: dict) -> str:
     eng = earlier.get("engine") if isinstance(earlier.get("engine"), dict) else {}
     how = ", ".join(f"{name} {eng[key]}" for key, name in (("amp", "amp"), ("world_size", "processes"))
                     if eng.get(key) is not None)
-    return (f"after epoch {earlier.get('epochs', '?')}" + (f", which ran on {eng['device']}" if eng.get("device") else "")
-            + (f" ({how})" if how else ""))
+    return (f"after epoch {earlier.get('epochs', '?')}"
+            + (f", which ran on {eng['device']}" if eng.get("device") else "") + (f" ({how})" if how else ""))
 
 
 def run_details(run: Run) -> list[tuple[str, str]]:
