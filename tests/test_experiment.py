@@ -158,6 +158,22 @@ def test_a_cell_that_ran_with_other_options_is_refused_after_the_values_are_chec
     assert snapshot(run) == before
 
 
+def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tmp_path, capsys):
+    before = snapshot(interrupted["exp"])
+    assert main(["experiment", str(interrupted["config"]), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"experiment grid: 2 cell(s) -> {interrupted['exp']} (data {interrupted['root'] / 'data'})"
+    assert out[1].startswith(f"[1/2] {PRETRAINED} (not started): epochs: 2, freeze_epochs: 1, image_size: 64")
+    assert out[2].startswith(f"[2/2] {SCRATCH} (evaluated): ") and out[2].endswith("pretrained: False")
+    assert snapshot(interrupted["exp"]) == before
+    cfg = yaml.safe_load(interrupted["config"].read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "train": {**cfg["train"], "lr": -1}}))
+    assert main(["experiment", str(bad), "--dry-run"]) == 2
+    assert f"{bad}: cell {PRETRAINED}: --lr -1.0: a learning rate above 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_synthetic_set_made_otherwise_than_the_file_asks_is_refused(interrupted, capsys):
     """synth: edited after its set was made (more images, another seed) was ignored: the cells kept reporting
     on the old set as if it were the new one."""

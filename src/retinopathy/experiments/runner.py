@@ -486,11 +486,34 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (overrides data: in the file)")
     p.add_argument("--no-report", dest="report", action="store_false", help="do not build the report afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every cell's options as train would and list the cells (folder, what is there, "
+                        "options) without training or writing anything")
     return show_defaults(p)
+
+
+def list_cells(exp: Experiment) -> None:
+    """``--dry-run``: each cell's options checked as ``train`` checks them (in a scratch folder), and listed."""
+    data = str(Path(exp.data).resolve())
+    missing = "" if Path(data).exists() else ", not there yet: " + (
+        "synth: would make it" if exp.synth is not None else "the experiment would stop")
+    print(f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} (data {data}{missing})")
+    for i, cell in enumerate(exp.cells, 1):
+        with tempfile.TemporaryDirectory() as scratch:
+            _parse_cell(cell, exp, {**cell.options, "data": data}, Path(scratch) / "cell.yaml", Path(scratch) / "run",
+                        resume=False)
+        there = ("evaluated" if (cell.dir / "eval" / "metrics.json").exists() else
+                 "trained, not evaluated" if (cell.dir / "checkpoints" / "best.pt").exists() else
+                 "started" if (cell.dir / "checkpoints" / "last.pt").exists() else "not started")
+        print(f"[{i}/{len(exp.cells)}] {cell.name} ({there}): "
+              + ", ".join(f"{k}: {v}" for k, v in cell.options.items()))
 
 
 def main(args) -> dict:
     exp = load_experiment(args.config, args.data)
+    if args.dry_run:
+        list_cells(exp)
+        return {}
     with exclusive(exp.dir, "run as an experiment"):
         return run_experiment(exp, quiet=args.quiet, report=args.report)
 
