@@ -19,8 +19,9 @@ class NotWritten(RetinopathyError, OSError):
 
 
 class DataWarning(UserWarning):
-    """Something about the data to know before trusting numbers (patients on both sides of a split); the CLI prints
-    it once, as ``warning: ...``."""
+    """Something about the data or the results to know before trusting them (patients on both sides of a split,
+    photographs graded in doubt or without their other eye, blank or coarse heatmaps); the CLI prints it once, as
+    ``warning: ...``."""
 
 
 class Interrupted(KeyboardInterrupt):

@@ -30,6 +30,7 @@ import errno
 import os
 import re
 import sys
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ from ..data.images import IMAGE_EXTENSIONS, brightest, doubt, image_files, index
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
-from ..errors import RetinopathyError
+from ..errors import DataWarning, RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade, summary
 from ..models.restore import restore
 from ..progress import progress_bar
@@ -92,28 +93,33 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
+def warn(message: str) -> None:
+    """What to know about the inputs or the results, as a :class:`DataWarning` (the CLI prints ``warning: ...``;
+    a program calling these functions can filter or record it)."""
+    warnings.warn(message, DataWarning, stacklevel=3)
+
+
 def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     catalog = load_catalog(data, **opts)
     refuse_misaligned(catalog.problems)
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
-            print(f"warning: {p}", file=sys.stderr)
+            warn(str(p))
     kept = {s.image for s in catalog.samples}  # rows refused, and images whose rows disagree on the grade
     dropped = {p.image or (p.file, p.line) for p in catalog.problems if p.kind in ("bad-label", "bad-row", "duplicate")
                and p.line is not None and p.image not in kept}
     if dropped:
-        print(f"warning: {len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out "
-              "(their rows are named above); fix those rows to grade them here, or pass the photographs as files",
-              file=sys.stderr)
+        warn(f"{len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out (their "
+             "rows are named above); fix those rows to grade them here, or pass the photographs as files")
     if split == "all" and catalog.image_root is not None and catalog.format != "folders":
         listed = {Path(s.path).name for s in catalog.samples if s.path}
         flagged = {without_extension(base_name(p.image)) for p in catalog.problems if p.image}  # warned above
         unlisted = sorted(f for f in set(index_images(catalog.image_root).values()) - listed
                           if without_extension(f) not in flagged)
         if unlisted:
-            print(f"warning: {len(unlisted)} image(s) in {catalog.image_root} are not in "
-                  f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
-                  "files to grade them", file=sys.stderr)
+            warn(f"{len(unlisted)} image(s) in {catalog.image_root} are not in "
+                 f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
+                 "files to grade them")
     labels = tuple(map(str, catalog.labels))
     return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}", labels)
             for s in select(catalog.samples, split)]
@@ -176,8 +182,8 @@ def _once(items: list[Item]) -> list[Item]:
             seen.add(key)
         kept.append(item)
     if again:
-        print(f"warning: {len(again)} path(s) lead to a photograph already listed; each is graded once: "
-              f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}", file=sys.stderr)
+        warn(f"{len(again)} path(s) lead to a photograph already listed; each is graded once: "
+             f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}")
     return kept
 
 
@@ -296,7 +302,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         res["probs"][idx], res["scores"][idx], res["grades"][idx] = probs, scores, grades
     for kind, found in doubtful.items():
         if found:
-            print(f"warning: {len(found)} image(s) " + DOUBTS[kind].format(**found[0]), file=sys.stderr)
+            warn(f"{len(found)} image(s) " + DOUBTS[kind].format(**found[0]))
     graded = np.flatnonzero(res["grades"] >= 0)
     if blend and len(graded):
         patients = [items[i].patient or patient_of(items[i].image) for i in graded]
@@ -307,9 +313,9 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         if alone:
             tuned = ("against thresholds tuned on scores mixed with the other eye" if objective.decision ==
                      "thresholds" else "by a model selected on probabilities mixed with the other eye")
-            print(f"warning: {len(alone)} image(s) without the patient's other eye (e.g. {alone[0]}) are graded "
-                  f"alone, {tuned} (--blend-eyes {blend}); give both eyes (<patient>_left/_right) for the grades "
-                  "the model was tuned for", file=sys.stderr)
+            warn(f"{len(alone)} image(s) without the patient's other eye (e.g. {alone[0]}) are graded "
+                 f"alone, {tuned} (--blend-eyes {blend}); give both eyes (<patient>_left/_right) for the grades "
+                 "the model was tuned for")
     if cam is not None and len(graded):
         write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress)
     return res
@@ -351,12 +357,12 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
                 empty.append(names[i])
             res["heatmaps"][i] = str(save_heatmap(image, heat, said, cam_dir / names[i]))
     if empty:
-        print(f"warning: {len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
-              "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike "
-              "everywhere (a model that ignores the image)", file=sys.stderr)
+        warn(f"{len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
+             "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike "
+             "everywhere (a model that ignores the image)")
     coarse = coarse_note(cam.grid, size)
     if coarse:
-        print(f"warning: {coarse}", file=sys.stderr)
+        warn(coarse)
 
 
 def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:
