@@ -367,6 +367,26 @@ def test_named_variants_label_the_rows(tmp_path):
     assert [r.variant for r in seeded] == ["ImageNet-pretrained", "from synth-r18", "from r18.pth", "from old"]
 
 
+def test_a_named_variants_options_are_listed_under_the_results(experiment, tmp_path):
+    """A variant's name says nothing of its recipe: the report lists, under the results, the options in which each
+    named variant's runs differ from the other runs of their model."""
+    exp = tmp_path / "ablation"
+    for variant, lr in (("recipe", 0.001), ("fast", 0.01)):
+        shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", exp / variant)
+        config = yaml.safe_load((exp / variant / "config.yaml").read_text())
+        config["train"]["lr"] = lr
+        (exp / variant / "config.yaml").write_text(yaml.safe_dump(config))
+    (exp / "experiment.json").write_text(json.dumps({"name": "ablation", "cells": {
+        v: {"dir": v, "status": "done", "values": {"variant": v}} for v in ("recipe", "fast")}}))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "- **from scratch, recipe**: lr 0.001\n- **from scratch, fast**: lr 0.01\n" in md
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert '<div id="variants">' in page and "<li><b>from scratch, fast</b>: lr 0.01</li>" in page
+    assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(tmp_path / "r2")]) == 0  # none named
+    assert "Variants, by the options" not in (tmp_path / "r2" / "report.md").read_text()
+
+
 def test_one_run_experiment_is_named_after_the_experiment(tmp_path):
     from retinopathy.reporting.report import load_experiment
 

@@ -227,6 +227,15 @@ LEGEND = [
 ]
 
 
+def recipes_list(recipes: dict[str, str]) -> str:
+    """What each named variant changes (its runs' options that differ from the other runs of their model)."""
+    if not recipes:
+        return ""
+    items = "".join(f"<li><b>{escape(v)}</b>: {escape(d)}</li>" for v, d in recipes.items())
+    return (f'<div id="variants"><p class="label">Variants, by the options in which their runs differ from the other '
+            f'runs of the same model:</p><ul class="legend">{items}</ul></div>')
+
+
 def grades_table(runs) -> str:
     head = "".join(f"<th>grade {g}<br><span class='label'>recall / precision (n)</span></th>" for g in GRADES)
     rows = []
@@ -265,7 +274,7 @@ def render_html(ctx: dict, out: Path) -> str:
 {"".join(f'<p class="about">{escape(a)}</p>' for a in ctx["about"])}
 <section class="glance" id="glance"><h2>At a glance</h2><ul>{glance}</ul></section>
 <section id="results-section"><h2>Results</h2>{results_table(ctx)}
-<ul class="legend">{"".join(f"<li>{line}</li>" for line in LEGEND)}</ul></section>
+<ul class="legend">{"".join(f"<li>{line}</li>" for line in LEGEND)}</ul>{recipes_list(ctx["recipes"])}</section>
 <section id="curves"><h2>Learning curves</h2><div class="figs">{curves}</div>
 <p class="label">The dotted vertical line is where fine-tuning of the whole network starts (before it, only the
 head is trained); the dotted horizontal line is the test accuracy of always answering the most common grade (grey;

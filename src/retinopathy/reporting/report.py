@@ -78,6 +78,7 @@ class Run:
     experiment: str | None = None  # the name of the experiment it is a cell of
     colour: str = "#000000"
     numbers: dict = field(default_factory=dict)
+    differs: str = ""  # the options in which it differs from the other runs of its model (a named variant's recipe)
 
     @property
     def model(self) -> str:
@@ -248,8 +249,8 @@ def assign_variants(runs: list[Run]) -> None:
         shown = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in shown.items()}  # 0, not 0.0
         named = f"{r.experiment}: {r.named}" if several and r.named and r.experiment not in (None, r.named) \
             else r.named  # a one-run experiment's run is named after it already
-        extra = named or (r.name if len(keys) > MAX_LABEL_OPTIONS else
-                          ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items())))
+        r.differs = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items()))
+        extra = named or (r.name if len(keys) > MAX_LABEL_OPTIONS else r.differs)
         r.variant = r.start + (f", {extra}" if extra else "")
     twice = Counter((r.model, r.variant) for r in runs)
     for r in runs:
@@ -426,10 +427,15 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     default_title = "Diabetic-retinopathy grader comparison" + (
         f": experiment{'s' * (len(named) > 1)} {', '.join(named)}" if None not in named else "")
     about = list(dict.fromkeys(e["description"] for e in experiments if e.get("description")))  # each once
+    recipes: dict[str, list[str]] = {}  # what a named variant changes, which its label does not say
+    for r in runs:
+        if r.named and r.differs and r.differs not in recipes.setdefault(r.variant, []):
+            recipes[r.variant].append(r.differs)
     ctx = {"title": title or default_title, "about": about,
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
-           "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs)}
+           "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs),
+           "recipes": {v: " / ".join(d) for v, d in recipes.items() if d}}
     write_text(out / "report.md", render_markdown(ctx))
     write_text(out / "index.html", render_html(ctx, out))
     return out / "index.html"
@@ -483,7 +489,11 @@ def render_markdown(ctx: dict) -> str:
     md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 (mean F1 over the grades that are in the test "
                 "split or predicted) are those of the selected checkpoint (best.pt) on the test split; the 95% "
                 "interval resamples patients. ⚠ marks a run whose kappa is 0 or less, or whose test accuracy is not "
-                "above always answering the most common grade."), "", "### All runs", "",
+                "above always answering the most common grade.")]
+    if ctx["recipes"]:
+        md += ["", "Variants, by the options in which their runs differ from the other runs of the same model:", ""]
+        md += [f"- **{v}**: {d}" for v, d in ctx["recipes"].items()]
+    md += ["", "### All runs", "",
            ("| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy "
             "| Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |"),
            "|---" * 13 + "|"]
