@@ -163,10 +163,18 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
     assert main(["experiment", str(interrupted["config"]), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"experiment grid: 2 cell(s) -> {interrupted['exp']} (data {interrupted['root'] / 'data'})"
-    assert out[1].startswith(f"[1/2] {PRETRAINED} (not started): epochs: 2, freeze_epochs: 1, image_size: 64")
-    assert out[2].startswith(f"[2/2] {SCRATCH} (evaluated): ") and out[2].endswith("pretrained: False")
-    assert snapshot(interrupted["exp"]) == before
+    assert out[1].startswith(f"[1/2] {PRETRAINED} (skipped before (no ImageNet weights)): epochs: 2, freeze_epochs: 1")
+    assert out[2].startswith(f"[2/2] {SCRATCH} (finished, evaluated): ") and out[2].endswith("pretrained: False")
     cfg = yaml.safe_load(interrupted["config"].read_text())
+    other = tmp_path / "other.yaml"  # the same experiment asked for more: what a run would do, or refuse
+    for change, rc, said in (({"train": {**cfg["train"], "epochs": 3}}, 0, f"{SCRATCH} (2 of 3 epochs trained)"),
+                             ({"evaluate": {"bootstrap": 30}}, 0, f"{SCRATCH} (finished, to be evaluated)"),
+                             ({"train": {**cfg["train"], "lr": 0.01}}, 2, "1 cell(s) were run with other options"),
+                             ({"synth": {**cfg["synth"], "seed": 9}}, 2, "holds a synthetic set made with seed: 4")):
+        other.write_text(yaml.safe_dump({**cfg, **change}))
+        assert main(["experiment", str(other), "--dry-run"]) == rc
+        assert said in "".join(capsys.readouterr())
+    assert snapshot(interrupted["exp"]) == before
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "train": {**cfg["train"], "lr": -1}}))
     assert main(["experiment", str(bad), "--dry-run"]) == 2

@@ -144,9 +144,11 @@ def test_a_photograph_given_twice_is_graded_once(tmp_path):
 
     left, right = disc(tmp_path / "p" / "3_left.jpeg"), disc(tmp_path / "p" / "3_right.jpeg")
     (tmp_path / "link.jpeg").symlink_to(left)
-    with pytest.warns(DataWarning, match=r"5 path\(s\) lead to a photograph already listed; each is graded once"):
+    with pytest.warns(DataWarning, match=r"5 path\(s\) lead to a photograph already listed; each is graded once") \
+            as said:  # a DataWarning, as the datasets' (the CLI prints them), from the line that called collect_items
         items = collect_items([left, right, left, tmp_path / "p", f"{tmp_path}/p/./3_right.jpeg",
-                               tmp_path / "link.jpeg"])  # a DataWarning, as the datasets' (the CLI prints them)
+                               tmp_path / "link.jpeg"])
+    assert [w.filename for w in said] == [__file__]
     assert [i.path for i in items] == [str(left), str(right)]
     dotted = [disc(tmp_path / "d" / f"scan.2024.0{k}.jpg") for k in (1, 2)]
     assert _heatmap_names(collect_items(dotted)) == ["scan.2024.01.png", "scan.2024.02.png"]

@@ -385,6 +385,20 @@ def test_a_named_variants_options_are_listed_under_the_results(experiment, tmp_p
     assert '<div id="variants">' in page and "<li><b>from scratch, fast</b>: lr 0.01</li>" in page
     assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(tmp_path / "r2")]) == 0  # none named
     assert "Variants, by the options" not in (tmp_path / "r2" / "report.md").read_text()
+    shutil.copytree(exp / "fast", exp / "fast50")  # the same variant on another model, there with another batch
+    config = yaml.safe_load((exp / "fast50" / "config.yaml").read_text())
+    config["train"].update(model="resnet50", batch_size=8)
+    (exp / "fast50" / "config.yaml").write_text(yaml.safe_dump(config))
+    shutil.copytree(exp / "recipe", exp / "recipe50")
+    config = yaml.safe_load((exp / "recipe50" / "config.yaml").read_text())
+    config["train"].update(model="resnet50")
+    (exp / "recipe50" / "config.yaml").write_text(yaml.safe_dump(config))
+    cells = {v: {"dir": v, "status": "done", "values": {"variant": v.removesuffix("50")}}
+             for v in ("recipe", "fast", "recipe50", "fast50")}
+    (exp / "experiment.json").write_text(json.dumps({"name": "ablation", "cells": cells}))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r3")]) == 0
+    assert ("- **from scratch, fast**: ResNet18: lr 0.01; ResNet50: batch size 8, lr 0.01\n"
+            in (tmp_path / "r3" / "report.md").read_text())
 
 
 def test_one_run_experiment_is_named_after_the_experiment(tmp_path):

@@ -263,9 +263,10 @@ class ChangedCell(ExperimentError):
         self.cell, self.what = cell, what
 
 
-def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
-    """Write ``cell.yaml`` and parse it as train would; a cell run with other options raises :class:`ChangedCell`
-    (once the new options have passed train's checks: a mistyped value is named as one, not as a change)."""
+def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Namespace:
+    """Write ``cell.yaml`` and parse it as train would (``dry``: in a scratch folder, writing nothing); a cell run
+    with other options raises :class:`ChangedCell` (once the new options have passed train's checks: a mistyped
+    value is named as one, not as a change)."""
     options = {**cell.options, "data": str(Path(exp.data).resolve())}
     saved_file = cell.dir / "cell.yaml"
     started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
@@ -278,8 +279,46 @@ def prepare_cell(cell: Cell, exp: Experiment) -> argparse.Namespace:
             with tempfile.TemporaryDirectory() as scratch:
                 _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
             raise ChangedCell(cell, ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed))
+    if dry:
+        with tempfile.TemporaryDirectory() as scratch:
+            return _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
     cell.dir.mkdir(parents=True, exist_ok=True)
     return _parse_cell(cell, exp, options, saved_file, cell.dir, resume=started)
+
+
+def prepare_cells(exp: Experiment, dry: bool = False) -> dict[str, argparse.Namespace]:
+    """:func:`prepare_cell` of every cell, before any runs; the cells run with other options are refused together."""
+    parsed, changed = {}, []
+    for c in exp.cells:
+        try:
+            parsed[c.name] = prepare_cell(c, exp, dry)
+        except ChangedCell as e:
+            changed.append(e)
+    if changed:
+        raise ExperimentError(f"{len(changed)} cell(s) were run with other options than {exp.file} gives now: "
+                              + "; ".join(str(e) for e in changed) + ". Delete those folders to run them again, "
+                              "or give the experiment another name (its cells then start afresh)")
+    return parsed
+
+
+def check_data(exp: Experiment) -> bool:
+    """Refuse a ``synth:`` set made with other settings and a missing data folder that nothing would make; True
+    when ``synth:`` is to make the set (a missing folder, or an interrupted generation's images)."""
+    from ..data.formats import looked_in
+    from ..data.synth import holds_data, made_otherwise
+
+    data = Path(exp.data)
+    if exp.synth is not None and not holds_data(data):
+        return True
+    if exp.synth is not None and (otherwise := made_otherwise(data, **exp.synth)):
+        raise ExperimentError(f"{exp.file}: synth: {data} holds a synthetic set made with " + ", ".join(
+            f"{k}: {made}" for k, (made, _) in otherwise.items()) + ", where the file asks for " + ", ".join(
+            f"{k}: {asked}" for k, (_, asked) in otherwise.items()) + f"; delete {data} (and the runs trained on it, "
+            f"{exp.dir}) to make it again, set data: (or --data) to another folder, or remove synth:")
+    if not data.exists() and not any((c.dir / "checkpoints").exists() for c in exp.cells):  # once, not per cell
+        raise ExperimentError(f"{exp.file}: data: {data} not found{looked_in(data)}; set data: to the dataset folder "
+                              "(or pass --data), or add synth: to generate a synthetic one there")
+    return False
 
 
 def _parse_cell(cell: Cell, exp: Experiment, options: dict, file: Path, out: Path, resume: bool) -> argparse.Namespace:
@@ -388,33 +427,15 @@ def _recorded_cells(status_file: Path) -> dict[str, dict]:
 def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) -> dict:
     """Run every cell that is not finished; write ``experiment.json``; build the report if the file asks."""
     data = Path(exp.data)
-    from ..data.formats import looked_in
-    from ..data.synth import generate, holds_data, made_otherwise
+    from ..data.synth import generate
 
-    if exp.synth is not None and not holds_data(data):  # a missing folder, or an interrupted generation's images
+    if check_data(exp):
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
-    elif exp.synth is not None and (otherwise := made_otherwise(data, **exp.synth)):
-        raise ExperimentError(f"{exp.file}: synth: {data} holds a synthetic set made with " + ", ".join(
-            f"{k}: {made}" for k, (made, _) in otherwise.items()) + ", where the file asks for " + ", ".join(
-            f"{k}: {asked}" for k, (_, asked) in otherwise.items()) + f"; delete {data} (and the runs trained on it, "
-            f"{exp.dir}) to make it again, set data: (or --data) to another folder, or remove synth:")
-    if not data.exists() and not any((c.dir / "checkpoints").exists() for c in exp.cells):  # once, not per cell
-        raise ExperimentError(f"{exp.file}: data: {data} not found{looked_in(data)}; set data: to the dataset folder "
-                              "(or pass --data), or add synth: to generate a synthetic one there")
     exp.dir.mkdir(parents=True, exist_ok=True)
     fresh = [c.dir for c in exp.cells if not c.dir.exists()]
-    parsed, changed = {}, []
     try:
-        for c in exp.cells:  # every cell checked before any runs
-            try:
-                parsed[c.name] = prepare_cell(c, exp)
-            except ChangedCell as e:
-                changed.append(e)
-        if changed:
-            raise ExperimentError(f"{len(changed)} cell(s) were run with other options than {exp.file} gives now: "
-                                  + "; ".join(str(e) for e in changed) + ". Delete those folders to run them again, "
-                                  "or give the experiment another name (its cells then start afresh)")
+        parsed = prepare_cells(exp)  # every cell checked before any runs
     except BaseException:  # the cell.yaml files written so far go: a refused file leaves no cells behind
         for folder in fresh:
             shutil.rmtree(folder, ignore_errors=True)
@@ -493,18 +514,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def list_cells(exp: Experiment) -> None:
-    """``--dry-run``: each cell's options checked as ``train`` checks them (in a scratch folder), and listed."""
+    """``--dry-run``: what the experiment would refuse (its data, cells run with other options, values train
+    refuses), checked as a run checks it but writing nothing; then each cell, what is in its folder, its options."""
     data = str(Path(exp.data).resolve())
-    missing = "" if Path(data).exists() else ", not there yet: " + (
-        "synth: would make it" if exp.synth is not None else "the experiment would stop")
-    print(f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} (data {data}{missing})")
+    make = check_data(exp)
+    parsed = prepare_cells(exp, dry=True)
+    print(f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} (data {data}"
+          + (", which synth: would make" if make else "") + ")")
     for i, cell in enumerate(exp.cells, 1):
-        with tempfile.TemporaryDirectory() as scratch:
-            _parse_cell(cell, exp, {**cell.options, "data": data}, Path(scratch) / "cell.yaml", Path(scratch) / "run",
-                        resume=False)
-        there = ("evaluated" if (cell.dir / "eval" / "metrics.json").exists() else
-                 "trained, not evaluated" if (cell.dir / "checkpoints" / "best.pt").exists() else
-                 "started" if (cell.dir / "checkpoints" / "last.pt").exists() else "not started")
+        last = cell.dir / "checkpoints" / "last.pt"
+        done = load_checkpoint(last, mmap=True)["epoch"] + 1 if last.exists() else 0
+        there = ("skipped before (no ImageNet weights)" if (cell.dir / "SKIPPED.json").exists() else
+                 "not started" if not done else
+                 f"{done} of {parsed[cell.name].epochs} epochs trained" if done < parsed[cell.name].epochs else
+                 "finished, evaluated" if is_evaluated(cell.dir, bootstrap(exp)) else "finished, to be evaluated")
         print(f"[{i}/{len(exp.cells)}] {cell.name} ({there}): "
               + ", ".join(f"{k}: {v}" for k, v in cell.options.items()))
 

@@ -93,10 +93,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-def warn(message: str) -> None:
+def warn(message: str, depth: int = 0) -> None:
     """What to know about the inputs or the results, as a :class:`DataWarning` (the CLI prints ``warning: ...``;
-    a program calling these functions can filter or record it)."""
-    warnings.warn(message, DataWarning, stacklevel=3)
+    a program calling these functions can filter or record it), attributed to the caller of the public function,
+    ``depth`` calls above the one that warns."""
+    warnings.warn(message, DataWarning, stacklevel=3 + depth)
 
 
 def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
@@ -104,13 +105,13 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     refuse_misaligned(catalog.problems)
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
-            warn(str(p))
+            warn(str(p), depth=1)
     kept = {s.image for s in catalog.samples}  # rows refused, and images whose rows disagree on the grade
     dropped = {p.image or (p.file, p.line) for p in catalog.problems if p.kind in ("bad-label", "bad-row", "duplicate")
                and p.line is not None and p.image not in kept}
     if dropped:
         warn(f"{len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out (their "
-             "rows are named above); fix those rows to grade them here, or pass the photographs as files")
+             "rows are named above); fix those rows to grade them here, or pass the photographs as files", depth=1)
     if split == "all" and catalog.image_root is not None and catalog.format != "folders":
         listed = {Path(s.path).name for s in catalog.samples if s.path}
         flagged = {without_extension(base_name(p.image)) for p in catalog.problems if p.image}  # warned above
@@ -119,7 +120,7 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
         if unlisted:
             warn(f"{len(unlisted)} image(s) in {catalog.image_root} are not in "
                  f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
-                 "files to grade them")
+                 "files to grade them", depth=1)
     labels = tuple(map(str, catalog.labels))
     return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}", labels)
             for s in select(catalog.samples, split)]
@@ -183,7 +184,7 @@ def _once(items: list[Item]) -> list[Item]:
         kept.append(item)
     if again:
         warn(f"{len(again)} path(s) lead to a photograph already listed; each is graded once: "
-             f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}")
+             f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}", depth=1)
     return kept
 
 
@@ -359,10 +360,10 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
     if empty:
         warn(f"{len(empty)} heatmap(s) show no region (e.g. {empty[0]}): nothing in those photographs "
              "raises what is explained (Grad-CAM keeps positive evidence only), or it is raised alike "
-             "everywhere (a model that ignores the image)")
+             "everywhere (a model that ignores the image)", depth=1)
     coarse = coarse_note(cam.grid, size)
     if coarse:
-        warn(coarse)
+        warn(coarse, depth=1)
 
 
 def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:

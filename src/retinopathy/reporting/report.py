@@ -427,15 +427,16 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     default_title = "Diabetic-retinopathy grader comparison" + (
         f": experiment{'s' * (len(named) > 1)} {', '.join(named)}" if None not in named else "")
     about = list(dict.fromkeys(e["description"] for e in experiments if e.get("description")))  # each once
-    recipes: dict[str, list[str]] = {}  # what a named variant changes, which its label does not say
+    recipes: dict[str, dict[str, str]] = {}  # what a named variant changes (per model), which its label does not say
     for r in runs:
-        if r.named and r.differs and r.differs not in recipes.setdefault(r.variant, []):
-            recipes[r.variant].append(r.differs)
+        if r.named and r.differs:
+            recipes.setdefault(r.variant, {})[display_name(r.model)] = r.differs
     ctx = {"title": title or default_title, "about": about,
            "generated": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "inputs": [str(p) for p in paths],
            "runs": runs, "models": models, "variants": variants, "grid": grid, "figures": figs,
            "colours": {r.variant: r.colour for r in runs}, "glance": at_a_glance(runs),
-           "recipes": {v: " / ".join(d) for v, d in recipes.items() if d}}
+           "recipes": {v: next(iter(d.values())) if len(set(d.values())) == 1 else  # one text, else each model's
+                       "; ".join(f"{m}: {t}" for m, t in d.items()) for v, d in recipes.items()}}
     write_text(out / "report.md", render_markdown(ctx))
     write_text(out / "index.html", render_html(ctx, out))
     return out / "index.html"
