@@ -385,6 +385,11 @@ def test_a_named_variants_options_are_listed_under_the_results(experiment, tmp_p
     assert '<div id="variants">' in page and "<li><b>from scratch, fast</b>: lr 0.01</li>" in page
     assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(tmp_path / "r2")]) == 0  # none named
     assert "Variants, by the options" not in (tmp_path / "r2" / "report.md").read_text()
+    assert main(["report", str(exp / "fast"), "--out", str(tmp_path / "one")]) == 0  # a cell alone keeps its name
+    assert "| fast | ResNet18 | from scratch, fast |" in (tmp_path / "one" / "report.md").read_text()
+    (exp / "experiment.json").write_text("{")  # a broken record: the run is still shown, without its names
+    assert main(["report", str(exp / "fast"), "--out", str(tmp_path / "one")]) == 0
+    assert "| fast | ResNet18 | from scratch |" in (tmp_path / "one" / "report.md").read_text()
     shutil.copytree(exp / "fast", exp / "fast50")  # the same variant on another model, there with another batch
     config = yaml.safe_load((exp / "fast50" / "config.yaml").read_text())
     config["train"].update(model="resnet50", batch_size=8)

@@ -185,7 +185,6 @@ def load_experiment(exp: Path) -> list[Run]:
     """The cells of an experiment folder in grid order, with the status ``experiment.json`` records."""
     status = _read(exp / "experiment.json", json.loads)
     runs = []
-    single = len(status.get("cells", {})) == 1  # a one-run experiment is named after the experiment
     for cname, entry in status.get("cells", {}).items():
         d = exp / entry.get("dir", cname)
         if (d / "config.yaml").exists() or (d / "SKIPPED.json").exists():
@@ -196,10 +195,31 @@ def load_experiment(exp: Path) -> list[Run]:
                                           "experiment again to run it", {**entry.get("values", {}), **opts})
         if entry.get("status") == "failed":
             run.status, run.reason = "failed", entry.get("reason", "")
-        run.named = str(entry.get("values", {}).get("variant") or (status.get("name", exp.name) if single else ""))
-        run.experiment = str(status.get("name", exp.name))
+        _name_cell(run, status, entry, exp)
         runs.append(run)
     return runs
+
+
+def _name_cell(run: Run, status: dict, entry: dict, exp: Path) -> None:
+    """A cell's names: its variant's (or a one-run experiment's), and its experiment's."""
+    single = len(status.get("cells", {})) == 1  # a one-run experiment is named after the experiment
+    run.named = str(entry.get("values", {}).get("variant") or (status.get("name", exp.name) if single else ""))
+    run.experiment = str(status.get("name", exp.name))
+
+
+def load_cell_or_run(run: Path) -> Run:
+    """A run folder; one that is a cell of the experiment in its parent folder keeps its names there."""
+    loaded = load_run(run)
+    try:
+        status = _read(run.parent / "experiment.json", json.loads) if (run.parent / "experiment.json").exists() \
+            else {}
+    except ReportError:  # that record is the experiment's report's to name; this run is shown without its names
+        status = {}
+    entry = next((e for name, e in (status or {}).get("cells", {}).items()
+                  if (run.parent / str(e.get("dir", name))).resolve() == run.resolve()), None)
+    if entry is not None:
+        _name_cell(loaded, status, entry, run.parent)
+    return loaded
 
 
 def collect(paths) -> list[Run]:
@@ -209,7 +229,7 @@ def collect(paths) -> list[Run]:
         if (p / "experiment.json").exists():
             runs += load_experiment(p)
         elif (p / "config.yaml").exists() or (p / "SKIPPED.json").exists():
-            runs.append(load_run(p))
+            runs.append(load_cell_or_run(p))
         else:
             subs = sorted(d for d in p.iterdir() if d.is_dir()) if p.is_dir() else []
             experiments = [d for d in subs if (d / "experiment.json").exists()]
