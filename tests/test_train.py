@@ -21,7 +21,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 from retinopathy import __version__
 from retinopathy.cli.main import main
 from retinopathy.data import DataError
-from retinopathy.training.checkpoint import load_checkpoint
+from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 from retinopathy.training.config import ConfigError, parse_args
 
 FAST = ["--model", "resnet18", "--no-pretrained", "--image-size", "64", "--batch-size", "16", "--workers", "0",
@@ -278,6 +278,18 @@ def test_the_process_group_is_left_however_training_ends(synth_small, tmp_path, 
     monkeypatch.setattr(train_module, "cleanup", left.append)
     assert main(["train", "--data", str(tmp_path / "nowhere"), *FAST, "--out", str(tmp_path / "run")]) == 2
     assert left == [DistInfo(enabled=True)]
+
+
+def test_an_option_newer_than_the_run_is_kept_at_its_default_on_resume(tiny_run, tmp_path, capsys):
+    """A run from before --norm-weight-decay existed trained with one optimizer group: asking for the option on
+    its resume is refused as a change (it was a traceback from the optimizer's load_state_dict)."""
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    del last["config"]["norm_weight_decay"]
+    save_checkpoint(last, run / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--norm-weight-decay", "0", "--quiet"]) == 2
+    assert "the run trained with --norm-weight-decay not set (not 0.0)" in capsys.readouterr().err
 
 
 def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):

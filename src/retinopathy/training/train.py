@@ -42,7 +42,7 @@ from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..reporting.html import epochs_text
 from ..reporting.model_card import CARD, write_model_card
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, run_folder, save_checkpoint
-from .config import WHERE_STARTED, environment, parse_args, plain_options
+from .config import WHERE_STARTED, defaults, environment, parse_args, plain_options
 from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, launched_as,
                           resume_command)
 from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
@@ -204,6 +204,11 @@ FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "norm_wei
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
 
+def unset(value):
+    """An option's value as a refusal names it: ``not set`` for None."""
+    return "not set" if value is None else value
+
+
 def comparable(option: str, value):
     """An option's value as resume compares it: --eval-splits as its list of names (``val,`` is ``val``)."""
     return [s.strip() for s in value.split(",") if s.strip()] if option == "eval_splits" else value
@@ -279,8 +284,10 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         stepping = ckpt["epoch"] + 1 < args.epochs
         fixed = (FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
                  + (FIXED_WHILE_STEPPING if stepping else ()))
-        changed = [f"--{k.replace('_', '-')} {ckpt['config'][k]} (not {getattr(args, k)})" for k in fixed
-                   if k in ckpt["config"] and comparable(k, ckpt["config"][k]) != comparable(k, getattr(args, k))
+        initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
+        had = {k: ckpt["config"].get(k, initial[k]) for k in fixed}  # an option newer than the run: its default
+        changed = [f"--{k.replace('_', '-')} {unset(had[k])} (not {unset(getattr(args, k))})" for k in fixed
+                   if comparable(k, had[k]) != comparable(k, getattr(args, k))
                    and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
         decision = args.decision or default_decision(args.objective)  # None: the objective's own
         trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
