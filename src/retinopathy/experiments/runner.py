@@ -270,18 +270,18 @@ def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Nam
     options = {**cell.options, "data": str(Path(exp.data).resolve())}
     saved_file = cell.dir / "cell.yaml"
     started = any((cell.dir / "checkpoints" / n).exists() for n in ("last.pt", "best.pt"))  # no new run there
+    saved, changed = {}, []
     if saved_file.exists() and started:  # a cell that saved nothing may start over
         saved = yaml.safe_load(saved_file.read_text()) or {}
         changed = sorted(k for k in set(saved) | set(options)  # an option written as its default is no change
-                         if train_config.option_value(saved, k) != train_config.option_value(options, k))
-        changed = [k for k in changed if k not in RUNTIME]
-        if changed:
-            with tempfile.TemporaryDirectory() as scratch:
-                _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
-            raise ChangedCell(cell, ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed))
-    if dry:
+                         if train_config.option_value(saved, k) != train_config.option_value(options, k)
+                         and k not in RUNTIME)
+    if dry or changed:  # checked in a scratch folder: nothing written, and a mistyped value named as one
         with tempfile.TemporaryDirectory() as scratch:
-            return _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
+            args = _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
+        if changed:
+            raise ChangedCell(cell, ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed))
+        return args
     cell.dir.mkdir(parents=True, exist_ok=True)
     return _parse_cell(cell, exp, options, saved_file, cell.dir, resume=started)
 
@@ -424,6 +424,12 @@ def _recorded_cells(status_file: Path) -> dict[str, dict]:
         return {}
 
 
+def heading(exp: Experiment, data_note: str = "") -> str:
+    """``experiment NAME: N cell(s) -> FOLDER (data FOLDER)``, absolute: relative paths are the current folder's."""
+    return (f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} "
+            f"(data {Path(exp.data).resolve()}{data_note})")
+
+
 def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) -> dict:
     """Run every cell that is not finished; write ``experiment.json``; build the report if the file asks."""
     data = Path(exp.data)
@@ -454,9 +460,8 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
             status["cells"][name] = entry
     write_json(status_file, status)
     kept = [name for name in status["cells"] if name not in {c.name for c in exp.cells}]
-    print(f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} (data {data.resolve()})" + (
-        f"; {len(kept)} cell(s) the file no longer has stay in its record and report: {', '.join(kept[:5])}"
-        + (", ..." if len(kept) > 5 else "") if kept else ""), flush=True)
+    print(heading(exp) + (f"; {len(kept)} cell(s) the file no longer has stay in its record and report: "
+                          f"{', '.join(kept[:5])}" + (", ..." if len(kept) > 5 else "") if kept else ""), flush=True)
     start = time.perf_counter()
     for i, cell in enumerate(exp.cells, 1):
         tag = f"[{i}/{len(exp.cells)}] {cell.name}:"
@@ -508,19 +513,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--no-report", dest="report", action="store_false", help="do not build the report afterwards")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true",
-                   help="check every cell's options as train would and list the cells (folder, what is there, "
-                        "options) without training or writing anything")
+                   help="check what a run would refuse (the data, cells run with other options, values train "
+                        "refuses) and list the cells (how far each has got, its options), writing nothing")
     return show_defaults(p)
 
 
 def list_cells(exp: Experiment) -> None:
     """``--dry-run``: what the experiment would refuse (its data, cells run with other options, values train
     refuses), checked as a run checks it but writing nothing; then each cell, what is in its folder, its options."""
-    data = str(Path(exp.data).resolve())
     make = check_data(exp)
     parsed = prepare_cells(exp, dry=True)
-    print(f"experiment {exp.name}: {len(exp.cells)} cell(s) -> {exp.dir.resolve()} (data {data}"
-          + (", which synth: would make" if make else "") + ")")
+    print(heading(exp, ", which synth: would make" if make else ""))
     for i, cell in enumerate(exp.cells, 1):
         last = cell.dir / "checkpoints" / "last.pt"
         done = load_checkpoint(last, mmap=True)["epoch"] + 1 if last.exists() else 0

@@ -580,7 +580,7 @@ def _grading_text(t: dict) -> str:
 
 
 def _resumed_text(earlier: dict) -> str:
-    """One entry of config.yaml's ``earlier``: ``after epoch 3, which ran on cpu (amp bf16, 1 process(es))``, of
+    """One entry of config.yaml's ``earlier``: ``after epoch 3, which ran on cpu (amp bf16, processes 1)``, of
     what it records."""
     eng = earlier.get("engine") if isinstance(earlier.get("engine"), dict) else {}
     how = ", ".join(f"{name} {eng[key]}" for key, name in (("amp", "amp"), ("world_size", "processes"))
