@@ -283,16 +283,18 @@ def test_pair_eye_models_are_refused(tmp_path, capsys):
 
 
 def readme_example(marker: str) -> str:
+    """The Python block holding `marker` in the README or the docs page on using a model."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    return next(block for block in readme.split("```python\n")[1:] if marker in block.split("```")[0]).split("```")[0]
+    root = Path(__file__).resolve().parents[1]
+    text = "".join((root / name).read_text() for name in ("README.md", "docs/using-a-model.md"))
+    return next(block for block in text.split("```python\n")[1:] if marker in block.split("```")[0]).split("```")[0]
 
 
 @pytest.mark.parametrize("objective", ["classification", "regression"])
-def test_the_readme_grades_with_an_exported_model_as_predict_does(checkpoint, objective, tmp_path, monkeypatch,
+def test_the_docs_example_grades_with_an_exported_model_as_predict_does(checkpoint, objective, tmp_path, monkeypatch,
                                                                    capsys):
-    """README's snippet for an exported model and its JSON (ONNX, and TorchScript in its comment) gives predict's
+    """The docs' snippet for an exported model and its JSON (ONNX, and TorchScript in its comment) gives predict's
     probabilities, score and grade for the same photograph: argmax, and a score cut at thresholds."""
     if objective == "regression":
         torch.manual_seed(0)
