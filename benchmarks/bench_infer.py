@@ -24,7 +24,7 @@ def run(rounds: int = 2, n: int = 128, size: int = 224, batch: int = 32) -> dict
     from retinopathy.evaluation.evaluate import predict_dataset
     from retinopathy.models import make_objective
 
-    generate = common.synth_generate()
+    from retinopathy.data.synth import generate
     cores = os.cpu_count() or 1
     objective = make_objective("classification")
     with tempfile.TemporaryDirectory(prefix="bench_infer_") as tmp:

@@ -39,7 +39,7 @@ def subset(src: Path, dst: Path, n: int) -> None:
 
 
 def run(sizes=(2000, 10000), workers: int = 2, timeout: float = 600) -> dict:
-    generate = common.synth_generate()
+    from retinopathy.data.synth import generate
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_memory_") as tmp:
         tmp = Path(tmp)

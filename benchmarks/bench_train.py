@@ -30,7 +30,7 @@ def run(rounds: int = 2, steps: int = 4, batch: int = 16, size: int = 224, compi
     from retinopathy.data import load_catalog
     from retinopathy.data.prepare import prepare
 
-    generate = common.synth_generate()
+    from retinopathy.data.synth import generate
     cores = os.cpu_count() or 1
     threads = torch.get_num_threads()
     device = "cpu"

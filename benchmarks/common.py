@@ -6,7 +6,6 @@ shared machine are noise, ratios measured side by side (interleaved, best of sev
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -18,6 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 if "PYTHONPATH" not in os.environ:  # run from a checkout without installing (gpu.sh sets PYTHONPATH=src)
     sys.path.insert(0, str(REPO / "src"))
+
+from retinopathy import atomic  # noqa: E402
 
 
 def shared_root() -> Path:
@@ -31,20 +32,6 @@ def real_photos() -> Path:
         sys.exit(f"error: real photographs not found in {folder}; set RETINOPATHY_SHARED_DATA to the folder "
                  "that holds fundus-real/")
     return folder
-
-
-def synth_generate(timeout: float = 600.0):
-    """``retinopathy.data.synth.generate``, waiting (polling) while another engineer is still writing it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            from retinopathy.data.synth import generate
-            return generate
-        except ImportError as e:
-            if time.monotonic() > deadline:
-                sys.exit(f"error: retinopathy.data.synth.generate is not importable ({e})")
-            print(f"waiting for retinopathy.data.synth ({e}) ...", file=sys.stderr)
-            time.sleep(15)
 
 
 def cpu_flags() -> list[str]:
@@ -108,9 +95,8 @@ def table(rows: list[dict], columns: list[str], title: str = "") -> str:
 
 
 def write_json(data: dict, path: str | Path | None, name: str) -> Path:
+    """Write ``data`` to ``path`` (default ``benchmarks/results/<name>.json``) atomically; return the path."""
     path = Path(path) if path else RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    atomic.write_json(path, data)
     return path

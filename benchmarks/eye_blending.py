@@ -28,7 +28,9 @@ from retinopathy.models.restore import restore
 
 
 class FlipAverage(torch.nn.Module):
-    """The mean output over the four flips (for a regression score, the mean score)."""
+    """The mean raw output over the four flips: for a regression, the mean score, as ``predict --tta``; for an
+    ordinal model the mean logits, close to but not ``predict --tta``'s mean of probabilities and scores (the
+    analysis in docs/eyepacs256.md ran it on regressions)."""
 
     def __init__(self, model):
         super().__init__()
@@ -43,8 +45,9 @@ def val_scores(run: Path, data: str, tta: bool, workers: int, split: str = "val"
     """The val (or another split's, unaugmented) scores (no blending) of the run's best.pt (or ``checkpoint``),
     the labels, the patients and the run's config."""
     model, objective, prep, ckpt = restore(run / "checkpoints" / checkpoint)
-    if objective.name == "classification":
-        raise SystemExit(f"{run}: a run with thresholds is needed (regression or ordinal; this one is classification)")
+    if objective.decision != "thresholds":
+        raise SystemExit(f"{run}: a run graded at thresholds is needed (regression, ordinal, or --decision "
+                         "thresholds; this one grades by argmax)")
     dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, preprocess=prep, uint8=True,
                             train=False)
     res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)

@@ -63,7 +63,7 @@ def get_args(argv=None) -> argparse.Namespace:
 def part_data(args, save) -> None:
     from retinopathy.data.prepare import prepare
 
-    generate = common.synth_generate(timeout=30)
+    from retinopathy.data.synth import generate
     work = Path(args.workdir)
     t = time.perf_counter()
     s = generate(work / "originals", n=args.n, size=args.src_size, seed=0, progress=False)

@@ -5,7 +5,7 @@ applies torchvision's ``Resize(S)``, ``CenterCrop(S)``, flips, ``ToTensor`` and 
 worker, and a plain fp32 loop (default memory format, SGD).
 
 *The engine's way*: ``FundusDataset`` (reduced-scale draft decode, uint8 tensors), ``make_loader`` and
-``train_one_epoch`` / ``evaluate`` as ``retinopathy train`` builds them, with the settings
+``train_one_epoch`` as ``retinopathy train`` builds them, with the settings
 ``engine_settings`` picks for the device unless told otherwise.
 """
 from __future__ import annotations
@@ -20,8 +20,7 @@ from torchvision import transforms as T
 from retinopathy.data import FundusDataset, Normalize
 from retinopathy.data.transforms import LAB_MEAN, LAB_STD
 from retinopathy.models import build_model, make_objective
-from retinopathy.training.engine import evaluate, train_one_epoch
-from retinopathy.training.train import engine_settings, make_loader
+from retinopathy.training.engine import engine_settings, make_loader, train_one_epoch
 
 
 class LabDataset(Dataset):
@@ -150,8 +149,3 @@ def lab_predict(model, loader, device) -> int:
         n += len(x)
     return n
 
-
-def engine_predict(model, loader, device, amp: str, channels_last: bool) -> dict:
-    device = torch.device(device)
-    return evaluate(model, make_objective("classification"), loader, device, Normalize(LAB_MEAN, LAB_STD).to(device),
-                    amp=amp, channels_last=channels_last, progress=False)

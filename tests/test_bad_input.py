@@ -692,8 +692,9 @@ def test_conversions_keep_the_values(tmp_path):
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
     path = disc(tmp_path / "big.png", size=200, fmt="PNG")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100 * 100 // 2)  # 40,000 px > 2 x 5,000: a "bomb"
-    with pytest.raises(ImageError, match="decompression bomb"):
-        open_image(path)
+    for read in (open_image, check_image):  # the dataset's check at construction gives the same advice
+        with pytest.raises(ImageError, match="decompression bomb .*raise PIL.Image.MAX_IMAGE_PIXELS knowingly"):
+            read(path)
 
 
 @pytest.mark.parametrize("argv,named", [(["synth", "OUT", "--n", "0"], "argument --n: 0 is too small (at least 1)"),
@@ -768,7 +769,7 @@ def test_a_device_that_is_not_one_is_a_usage_error(argv, device, capsys):
 
 def test_a_cuda_device_this_machine_lacks_is_named(monkeypatch):
     from retinopathy.errors import RetinopathyError
-    from retinopathy.training.train import pick_device
+    from retinopathy.training.engine import pick_device
 
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)

@@ -175,6 +175,13 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
         assert main(["experiment", str(other), "--dry-run"]) == rc
         assert said in "".join(capsys.readouterr())
     assert snapshot(interrupted["exp"]) == before
+    last = interrupted["exp"] / SCRATCH / "checkpoints" / "last.pt"  # deleted once finished, as docs/training.md advises
+    last.rename(tmp_path / "last.pt")
+    try:
+        assert main(["experiment", str(interrupted["config"]), "--dry-run"]) == 0
+        assert f"{SCRATCH} (finished, evaluated)" in capsys.readouterr().out
+    finally:
+        (tmp_path / "last.pt").rename(last)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "train": {**cfg["train"], "lr": -1}}))
     assert main(["experiment", str(bad), "--dry-run"]) == 2

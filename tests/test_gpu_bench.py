@@ -16,7 +16,7 @@ def cpu_defaults() -> tuple[str, bool]:
     import torch
 
     from retinopathy.models import build_model
-    from retinopathy.training.train import engine_settings
+    from retinopathy.training.engine import engine_settings
 
     model, _ = build_model("resnet18", 5)
     return engine_settings(torch.device("cpu"), model)

@@ -63,6 +63,11 @@ def closed_figures(monkeypatch):
         close(fig)
 
 
+def confusion_size_px(rows: int, cols: int) -> tuple[int, int]:
+    """The pixel size of a figure of rows x cols confusion matrices."""
+    return round(figures.CONFUSION_CELL[0] * cols * figures.DPI), round(figures.CONFUSION_CELL[1] * rows * figures.DPI)
+
+
 def cell_texts(ax) -> dict:
     """{(true grade, predicted grade): text} of a confusion-matrix axes."""
     return {(round(y), round(x)): t.get_text() for t in ax.texts for x, y in [t.get_position()]}
@@ -125,7 +130,7 @@ def test_html_is_self_contained_with_every_figure(experiment):
         with Image.open(out / name) as im:
             assert im.format == "PNG", name
             if name == "confusion.png":
-                assert im.size == figures.confusion_size_px(1, 2)
+                assert im.size == confusion_size_px(1, 2)
             else:  # the curves' width, and their height with the legend below
                 assert abs(im.width - CURVE_PX[0]) < 0.05 * CURVE_PX[0] and im.height > CURVE_PX[1], name
             assert np.asarray(im.convert("L")).std() > 10, f"{name} looks blank"
@@ -143,7 +148,7 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     assert [r["Run"] for r in rows] == ["resnet18-scratch"]  # the same run given twice is one row
     assert float(rows[0]["Test accuracy"]) == pytest.approx(run_numbers(run)["test_accuracy"], abs=5e-5)
     with Image.open(tmp_path / "one" / "confusion.png") as im:
-        assert im.size == figures.confusion_size_px(1, 1)
+        assert im.size == confusion_size_px(1, 1)
     moved = tmp_path / "moved"  # trained with a relative --data: the resolved path still marks synthetic data
     shutil.copytree(run, moved)
     config = yaml.safe_load((moved / "config.yaml").read_text())

@@ -151,9 +151,9 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
 def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, monkeypatch):
     """Without native bf16, --amp auto trains in fp32 (still channels_last, faster in fp32 too) and tells the
     user why it is slower; an explicit --amp choice gets no note."""
-    from retinopathy.training import train
+    from retinopathy.training import engine
 
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
     args = ["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--freeze-epochs", "0",
             "--eval-splits", "val", "--device", "cpu"]
     assert main([*args, "--out", str(tmp_path / "auto")]) == 0
@@ -796,7 +796,7 @@ def test_a_last_training_batch_of_one_image_is_dropped(synth_small, tmp_path):
     """At 32 px ResNet's last feature maps are 1 x 1: BatchNorm cannot train on a batch of one."""
     from retinopathy.data import FundusDataset
 
-    from retinopathy.training.train import make_loader
+    from retinopathy.training.engine import make_loader
 
     n = len(FundusDataset(synth_small, "train", check=False))
     assert len(make_loader(list(range(1)), 16, 0, torch.device("cpu"), range(1), True, 0, train=True)) == 1

@@ -7,6 +7,7 @@ is never set).
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import unicodedata
@@ -134,18 +135,12 @@ def _refuse_unreadable(path: Path, e: Exception) -> None:
                            "file and its disk, or copy it again") from None
 
 
-def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Image:
-    """Decode ``path`` to an RGB image; with ``min_size`` a JPEG is decoded at the smallest scale whose
-    both sides are at least ``min_size`` (``Image.draft``). Raises :class:`ImageError` with the reason."""
-    path = Path(path)
+@contextlib.contextmanager
+def _image_errors(path: Path, undecodable):
+    """Turn what reading ``path`` raises into :class:`ImageError`: the file system's errors, Pillow's refusals, and
+    a decoding failure, worded by ``undecodable(reason)``."""
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(path, EMPTY)
-        with Image.open(path) as img:
-            if min_size and img.format == "JPEG":
-                img.draft("RGB", (min_size, min_size))
-            img.load()
-            return to_rgb(img)
+        yield
     except ImageError:
         raise
     except Image.DecompressionBombError as e:
@@ -155,10 +150,27 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
         raise ImageError(path, "not a readable image (unknown or corrupt format); re-export or remove it") from None
     except (OSError, SyntaxError, ValueError) as e:
         _refuse_unreadable(path, e)
-        reason = str(e) or type(e).__name__
-        if "truncated" in reason.lower():
-            reason = f"truncated image ({reason}); the file is incomplete, copy it again"
-        raise ImageError(path, f"cannot decode: {reason}") from None
+        raise ImageError(path, undecodable(str(e) or type(e).__name__)) from None
+
+
+def _cannot_decode(reason: str) -> str:
+    if "truncated" in reason.lower():
+        reason = f"truncated image ({reason}); the file is incomplete, copy it again"
+    return f"cannot decode: {reason}"
+
+
+def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Image:
+    """Decode ``path`` to an RGB image; with ``min_size`` a JPEG is decoded at the smallest scale whose
+    both sides are at least ``min_size`` (``Image.draft``). Raises :class:`ImageError` with the reason."""
+    path = Path(path)
+    with _image_errors(path, _cannot_decode):
+        if path.stat().st_size == 0:
+            raise ImageError(path, EMPTY)
+        with Image.open(path) as img:
+            if min_size and img.format == "JPEG":
+                img.draft("RGB", (min_size, min_size))
+            img.load()
+            return to_rgb(img)
 
 
 def _jpeg_scan_start(f) -> int | None:
@@ -206,7 +218,7 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
     (``Image.verify``); other formats (TIFF) are decoded (``data check`` decodes everything).
     """
     path = Path(path)
-    try:
+    with _image_errors(path, lambda reason: f"corrupt or truncated ({reason}); re-export or remove it"):
         st = path.stat()
         if st.st_size == 0:
             raise ImageError(path, EMPTY)
@@ -217,16 +229,6 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
             elif fmt != "JPEG":
                 img.load()
         complete = fmt != "JPEG" or _jpeg_complete(path, st.st_size)
-    except ImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageError(path, f"rejected as a decompression bomb ({e})") from None
-    except UnidentifiedImageError:
-        raise ImageError(path, "not a readable image (unknown or corrupt format); re-export or remove it") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        _refuse_unreadable(path, e)
-        raise ImageError(path, f"corrupt or truncated ({str(e) or type(e).__name__}); re-export or remove it") \
-            from None
     if not complete:
         raise ImageError(path, "truncated JPEG (no end marker); the file is incomplete, copy it again")
     return size

@@ -49,7 +49,6 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
-from torchvision.transforms import v2
 
 from .. import __version__
 from ..atomic import encoded, naming, sibling, write_json
@@ -60,7 +59,7 @@ from ..workers import mapped, worker_count
 from .formats import GRADES, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, image_files, open_image
 from .problems import Problem
-from .transforms import Preprocessing, geometry
+from .transforms import Preprocessing, geometry, short_side_resize
 
 MANIFEST = "prepare_manifest.json"
 CROPS = ("none", "fov")
@@ -90,7 +89,7 @@ def resize_steps(size: int, crop: str) -> list:
     """The geometry applied before writing: the training presets' own steps, so the copy matches them."""
     if crop == "fov":
         return geometry(Preprocessing("fov", size))  # FovCrop, then Resize((S, S))
-    return [v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)]  # short side S
+    return [short_side_resize(size)]  # as the lab preset's, before its crop
 
 
 def prepare_file(job: tuple) -> str | None:

@@ -120,10 +120,9 @@ def write_split(samples: list[Sample], path: str | Path) -> None:
             w.writerow([s.image, s.patient, s.label, s.split])
 
 
-def read_split_table(path: str | Path, column: str = "split") -> dict[str, str]:
-    """``{image: split}`` (or another ``column``: ``label``) of a split file written by :func:`write_split`;
-    a DataError says what is wrong."""
-    return {row["image"]: row.get(column) for row in _split_rows(path)}
+def read_split_table(path: str | Path) -> dict[str, str]:
+    """``{image: split}`` of a split file written by :func:`write_split`; a DataError says what is wrong."""
+    return {row["image"]: row["split"] for row in _split_rows(path)}
 
 
 def _split_rows(path: str | Path) -> list[dict[str, str]]:

@@ -52,11 +52,15 @@ class Preprocessing:
         return cls(d["preset"], d["size"], tuple(d["mean"]), tuple(d["std"]))
 
 
+def short_side_resize(size: int) -> v2.Resize:
+    """The lab's ``Resize(S)``: the short side to ``size``, the aspect kept."""
+    return v2.Resize(size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
+
+
 def geometry(prep: Preprocessing) -> list:
     """The deterministic steps that bring a photograph to ``size x size``."""
-    resize = v2.Resize(prep.size, interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
     if prep.preset == "lab":
-        return [resize, v2.CenterCrop(prep.size)]
+        return [short_side_resize(prep.size), v2.CenterCrop(prep.size)]
     steps = [FovCrop(), v2.Resize((prep.size, prep.size), antialias=True)]
     if prep.preset == "graham":
         steps.append(GrahamNormalize())

@@ -43,8 +43,7 @@ from ..models.restore import display_name, restore  # noqa: E402
 from ..reporting.figures import plot_confusion, save_figure  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.checkpoint import run_folder  # noqa: E402
-from ..training.engine import ShardSampler, evaluate  # noqa: E402
-from ..training.train import inference_settings, make_loader, pick_device  # noqa: E402
+from ..training.engine import ShardSampler, evaluate, make_loader, pick_device, to_engine  # noqa: E402
 from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
 
 
@@ -120,7 +119,7 @@ def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, d
                     progress=True) -> dict:
     """Run ``model`` over every image of ``dataset`` (uint8 tensors); see :func:`engine.evaluate`."""
     device = pick_device(device)
-    amp, channels_last = inference_settings(model, device, amp)
+    amp, channels_last = to_engine(model, device, amp)
     loader = make_loader(dataset, batch_size, os.cpu_count() if workers is None else workers, device,
                          ShardSampler(len(dataset)), True, 0)
     normalize = Normalize(dataset.preprocessing.mean, dataset.preprocessing.std).to(device)
@@ -176,10 +175,6 @@ def main(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     write_skipped(out / "skipped.csv", dataset.skipped)
-    try:
-        write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
-    except OSError as e:  # e.g. a checkpoint in a read-only folder
-        print(f"warning: model card not updated ({e})", file=sys.stderr)
     with replacing(out / "predictions.csv", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["image", "patient", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "score"])
@@ -190,6 +185,13 @@ def main(args) -> dict:
                    header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
     confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
                      f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
+    try:  # last: a card that cannot be written loses none of the evaluation's files
+        write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
+    except OSError as e:  # e.g. a checkpoint in a read-only folder
+        print(f"warning: model card not updated ({e})", file=sys.stderr)
+    except yaml.YAMLError as e:
+        print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not valid YAML "
+              f"({str(e).splitlines()[0]})", file=sys.stderr)
     ci = metrics.get("ci95")
     if dataset.skipped:
         print(f"warning: {skipped_note(dataset.skipped, str(out / 'skipped.csv'))}", file=sys.stderr)

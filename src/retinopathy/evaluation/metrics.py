@@ -132,7 +132,7 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
     acc, kap = [], []
     for _ in range(n):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
-        acc.append(accuracy_score(y_true[idx], y_pred[idx]))
+        acc.append((y_true[idx] == y_pred[idx]).mean())  # accuracy_score's input checks cost 20x the mean here
         if not one_grade(y_true[idx], y_pred[idx]):
             kap.append(quadratic_kappa_unchecked(y_true[idx], y_pred[idx]))
     lo, hi = 2.5, 97.5

@@ -525,8 +525,7 @@ def list_cells(exp: Experiment) -> None:
     parsed = prepare_cells(exp, dry=True)
     print(heading(exp, ", which synth: would make" if make else ""))
     for i, cell in enumerate(exp.cells, 1):
-        last = cell.dir / "checkpoints" / "last.pt"
-        done = load_checkpoint(last, mmap=True)["epoch"] + 1 if last.exists() else 0
+        done = epochs_saved(cell.dir)
         there = ("skipped before (no ImageNet weights)" if (cell.dir / "SKIPPED.json").exists() else
                  "not started" if not done else
                  f"{done} of {parsed[cell.name].epochs} epochs trained" if done < parsed[cell.name].epochs else

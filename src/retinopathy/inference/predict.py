@@ -11,7 +11,8 @@ The CSV has one row per image: ``path, image, true_grade`` (blank when unknown),
 ``score`` (expected grade, or the regression/ordinal score), ``heatmap`` (with ``--cam``) and ``error``: an
 image that cannot be read keeps its row with the reason there and blank predictions; the others are graded.
 With ``--tta`` the probabilities (and scores) are averaged over the identity, horizontal, vertical and both
-flips; the grade is then the most probable one (classification) or the thresholded mean score.
+flips; the grade then follows the checkpoint's decision: the most probable grade, or the mean score cut at the
+thresholds.
 With ``--blend-eyes W`` (by default the checkpoint's setting, for which its thresholds were tuned) each eye's
 probabilities and score are mixed with those of the same patient's other eye among the graded images
 (``<patient>_left``/``_right``, or the dataset's patient column; within one dataset or input folder, whose
@@ -53,8 +54,7 @@ from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade
 from ..models.restore import restore
 from ..progress import progress_bar
 from ..training.checkpoint import CheckpointError, run_checkpoints, run_folder
-from ..training.engine import autocast, to_device
-from ..training.train import inference_settings, pick_device
+from ..training.engine import autocast, pick_device, to_device, to_engine
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
 
@@ -275,7 +275,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`); the heatmaps
     explain the final grade (classification: the photograph's own logit of it) or the photograph's own score."""
     device = pick_device(device)
-    amp, channels_last = inference_settings(model, device, amp)
+    amp, channels_last = to_engine(model, device, amp)
     normalize = Normalize(prep.mean, prep.std).to(device)
     loader = DataLoader(ImageItems(items, prep), batch_size=batch_size, num_workers=workers, collate_fn=collate,
                         pin_memory=device.type == "cuda")

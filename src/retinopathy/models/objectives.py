@@ -65,6 +65,11 @@ class Objective:
     def _weights(self, out: torch.Tensor):
         return None if self.class_weights is None else self.class_weights.to(out.device, torch.float32)
 
+    def _weighted_mean(self, per: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The mean of per-image losses, each weighted by its grade's class weight (as cross-entropy's weight)."""
+        w = self._weights(out)
+        return (per * w[target]).sum() / w[target].sum() if w is not None else per.mean()
+
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(out.float(), target, weight=self._weights(out), label_smoothing=self.label_smoothing)
 
@@ -114,8 +119,7 @@ class Regression(Objective):
 
     def loss(self, out, target):
         per = F.smooth_l1_loss(out.float().squeeze(1), target.float(), reduction="none")
-        w = self._weights(out)
-        return (per * w[target]).sum() / w[target].sum() if w is not None else per.mean()
+        return self._weighted_mean(per, out, target)
 
     def score(self, out):
         return out.float().squeeze(1)
@@ -136,8 +140,7 @@ class Ordinal(Objective):
     def loss(self, out, target):
         levels = (target[:, None] > torch.arange(NUM_GRADES - 1, device=out.device)).float()
         per = F.binary_cross_entropy_with_logits(out.float(), levels, reduction="none").sum(1)
-        w = self._weights(out)
-        return (per * w[target]).sum() / w[target].sum() if w is not None else per.mean()
+        return self._weighted_mean(per, out, target)
 
     def probabilities(self, out):
         above = out.float().sigmoid()  # P(grade > k), k = 0..3

@@ -37,10 +37,6 @@ MARK = {"markersize": 6, "markerfacecolor": "none", "markeredgewidth": 1.5}  # h
 PANEL_HEIGHT = 2.6  # inches for each further loss panel
 
 
-def confusion_size_px(rows: int, cols: int) -> tuple[int, int]:
-    return round(CONFUSION_CELL[0] * cols * DPI), round(CONFUSION_CELL[1] * rows * DPI)
-
-
 def variant_colours(variants: list[tuple[str, bool]]) -> dict[str, str]:
     """{variant label: colour} for (label, pretrained) pairs: first pretrained blue, first scratch orange."""
     colours, others = {}, itertools.cycle(OTHERS)

@@ -9,7 +9,6 @@ earlier ``best.pt`` (another epoch, or thresholds retuned since) is kept but mar
 """
 from __future__ import annotations
 
-import csv
 import json
 import sys
 from datetime import datetime, timezone
@@ -25,7 +24,7 @@ from ..data.synth import is_synthetic
 from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
-from ..training.checkpoint import checkpoint_file, load_checkpoint, run_folder, same_checkpoint
+from ..training.checkpoint import checkpoint_file, load_checkpoint, metrics_rows, run_folder, same_checkpoint
 from .html import number, training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
@@ -304,10 +303,7 @@ def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval
     described = folder / "best.pt" if file.name != "best.pt" and (folder / "best.pt").exists() else file
     card_ckpt = ckpt if described == file else load_checkpoint(described)
     config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
-    history = []
-    if (run / "metrics.csv").exists():
-        with open(run / "metrics.csv", newline="") as f:
-            history = list(csv.DictReader(f))
+    history = metrics_rows(run / "metrics.csv")
     store = _read_store(folder / STORE)
     if evaluation is not None:
         record = {k: evaluation.get(k) for k in EVAL_KEYS}

@@ -28,7 +28,8 @@ from ..data.synth import is_synthetic
 from ..errors import RetinopathyError
 from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
-from ..training.checkpoint import CheckpointError, epochs_saved, load_checkpoint, run_folder, same_checkpoint
+from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoint, metrics_rows, run_folder,
+                                   same_checkpoint)
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
@@ -116,20 +117,17 @@ class Run:
 # ------------------------------------------------------------------------------------------- reading
 def read_rows(path: Path) -> list[dict]:
     """metrics.csv as dicts, numbers as floats (epoch as int), empty cells as None."""
-    if not path.exists():
-        return []
     rows = []
     try:
-        with open(path, newline="") as f:
-            for raw in csv.DictReader(f):
-                row = {}
-                for k, v in raw.items():
-                    try:
-                        row[k] = float(v) if v not in ("", None) else None
-                    except ValueError:
-                        row[k] = v
-                row["epoch"] = int(row["epoch"])
-                rows.append(row)
+        for raw in metrics_rows(path):
+            row = {}
+            for k, v in raw.items():
+                try:
+                    row[k] = float(v) if v not in ("", None) else None
+                except ValueError:
+                    row[k] = v
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
     except (OSError, KeyError, TypeError, ValueError) as e:
         raise ReportError(f"{path}: not a metrics.csv written by retinopathy train ({type(e).__name__}: {e})") from None
     return rows

@@ -163,7 +163,14 @@ def epochs_saved(run: str | Path) -> int:
     checkpoints = Path(run) / "checkpoints"
     if (checkpoints / "last.pt").exists():
         return load_checkpoint(checkpoints / "last.pt", mmap=True)["epoch"] + 1
-    if (checkpoints / "best.pt").exists() and (Path(run) / "metrics.csv").exists():
-        with open(Path(run) / "metrics.csv", newline="") as f:
-            return sum(1 for _ in csv.DictReader(f))
+    if (checkpoints / "best.pt").exists():
+        return len(metrics_rows(Path(run) / "metrics.csv"))
     return 0
+
+
+def metrics_rows(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a run's ``metrics.csv`` as written (text cells); none when there is no such file."""
+    if not Path(path).exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -319,7 +319,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"{action.dest}: {value!r} (from {source}) is not one of "
                          f"{', '.join(map(str, action.choices))}")
     if args.batch_size is None:
-        args.batch_size = LAB_BATCH.get(args.model, 12) if args.preset == "lab" else 32
+        args.batch_size = default_batch_size(args.model, args.preset)
     if not args.data:
         parser.error("--data is required (or set data: in the config file)")
     if not args.out and not args.resume:
@@ -383,6 +383,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 @functools.cache
+def default_batch_size(model: str, preset: str | None) -> int:
+    """The batch size of a run that sets none: 32, or under ``--preset lab`` the lab's for the model."""
+    return LAB_BATCH.get(model, 12) if preset == "lab" else 32
+
+
 def defaults() -> dict:
     """Every option's built-in default (``{dest: default}``), before presets, files and the command line."""
     return {a.dest: a.default for a in get_args_parser(add_help=False)._actions}
@@ -392,7 +397,7 @@ def option_value(options: dict, key: str):
     """An option as a run used it: one left unset (None, or absent) is its default, and 1 == 1.0."""
     value = options.get(key)
     if value is None and key == "batch_size":  # as parse_args resolves it
-        value = LAB_BATCH.get(options.get("model"), 12) if options.get("preset") == "lab" else 32
+        value = default_batch_size(options.get("model") or defaults()["model"], options.get("preset"))
     elif value is None and key == "decision":  # the objective's own
         value = default_decision(options.get("objective") or defaults()["objective"])
     elif value is None and key in PRESETS.get(options.get("preset"), {}):  # a cell's preset, as parse_args applies it

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import math
 import os
-import re
 import signal
 import sys
 import threading
@@ -34,67 +33,19 @@ from ..data.dataset import PairedEyes
 from ..data.formats import GRADE_NAMES, GRADES, Catalog
 from ..data.problems import skipped_note, write_skipped
 from ..data.splits import run_overlap, same_photographs, trained_names
-from ..errors import Interrupted, NotWritten, RetinopathyError
+from ..errors import Interrupted, NotWritten
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
-from ..models.factory import is_convolutional
 from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..reporting.html import epochs_text
 from ..reporting.model_card import CARD, write_model_card
-from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, run_folder, save_checkpoint
+from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, metrics_rows, run_folder,
+                         save_checkpoint)
 from .config import WHERE_STARTED, defaults, environment, parse_args, plain_options
 from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, launched_as,
                           resume_command)
-from .engine import Diverged, ShardSampler, evaluate, freeze_backbone, train_one_epoch
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: CUDA, then MPS, then the CPU; a named device must be there."""
-    if name != "auto":
-        device = torch.device(name)
-        if device.type == "cuda" and not torch.cuda.is_available() or device.type == "mps" and not (
-                getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise RetinopathyError(f"--device {name}: no such device here (torch finds no "
-                                   f"{device.type.upper()} device); use --device auto or cpu")
-        if device.type == "cuda" and (device.index or 0) >= (count := torch.cuda.device_count()):
-            raise RetinopathyError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to "
-                                   f"cuda:{count - 1}")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 matrix instructions (AVX512-BF16 or AMX, from /proc/cpuinfo; False elsewhere): there bf16
-    autocast trains a ResNet about twice as fast as fp32 (benchmarks/README.md); without them it is emulated."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
-
-
-def engine_settings(device: torch.device, model, amp: str = "auto",
-                    channels_last: bool | None = None) -> tuple[str, bool]:
-    """(amp, channels_last) after 'auto' / None: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere;
-    channels_last for convolutional models on CUDA and CPUs (on CPUs it also speeds up fp32, 1.13-1.15x)."""
-    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-    amp = ("bf16" if fast else "none") if amp == "auto" else amp
-    cl = channels_last if channels_last is not None else device.type in ("cuda", "cpu")
-    return amp, bool(cl and is_convolutional(model))
-
-
-def inference_settings(model, device: torch.device, amp: str = "auto") -> tuple[str, bool]:
-    """``engine_settings`` for grading: moves ``model`` to ``device`` (channels_last where that is the default:
-    1.23x faster fp32 inference on an AVX2 CPU) and returns (amp, channels_last)."""
-    model.to(device)
-    amp, channels_last = engine_settings(device, model, amp)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    return amp, channels_last
+from .engine import (Diverged, ShardSampler, engine_settings, evaluate, freeze_backbone, make_loader, pick_device,
+                     to_engine, train_one_epoch)
 
 
 class BalancedSampler(WeightedRandomSampler):
@@ -137,26 +88,6 @@ class BalancedSampler(WeightedRandomSampler):
 
 def _stop(signum, frame):
     raise KeyboardInterrupt
-
-
-def _own_process_group(worker_id: int) -> None:
-    """A loader worker leaves its parent's process group: a SIGTERM (or Ctrl-C) sent to the group reaches the main
-    process alone, which stops the workers itself (PyTorch's worker handler exits at once on a SIGTERM from its
-    parent; one from elsewhere killed the worker, and the main process then failed on it). A worker whose parent
-    is gone stops by itself (PyTorch's watchdog)."""
-    os.setpgrp()
-
-
-def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int,
-                train: bool = False):
-    """``train``: a last batch of a single image is dropped (BatchNorm cannot train on one value per channel,
-    which a small input's 1 x 1 feature maps leave); every other batch is kept."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=device.type == "cuda", worker_init_fn=_own_process_group,
-                      drop_last=train and len(sampler) > batch_size and len(sampler) % batch_size == 1,
-                      persistent_workers=workers > 0 and not deterministic,
-                      prefetch_factor=4 if workers > 0 else None,
-                      generator=torch.Generator().manual_seed(seed))
 
 
 def build_optimizer(args, model: torch.nn.Module):
@@ -597,10 +528,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         model.load_state_dict(ckpt["model"])
         origin = ckpt["model_info"]["weights_origin"]
         objective.thresholds = list(ckpt["model_info"]["thresholds"])
-    amp, channels_last = engine_settings(device, model, args.amp, args.channels_last)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    amp, channels_last = to_engine(model, device, args.amp, args.channels_last)
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True) \
         if args.model_ema else None
     if ema is not None and ckpt is not None:
@@ -648,9 +576,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     if ckpt is not None:
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
         if dist.main and metrics_path.exists():  # drop rows of epochs that were not checkpointed
-            with open(metrics_path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start_epoch]
-            _write_rows(metrics_path, columns, rows)
+            _write_rows(metrics_path, columns, [r for r in metrics_rows(metrics_path) if int(r["epoch"]) < start_epoch])
     elif dist.main:
         _write_rows(metrics_path, columns, [])
     if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do says only that, below
