@@ -292,6 +292,21 @@ def test_an_option_newer_than_the_run_is_kept_at_its_default_on_resume(tiny_run,
     assert "the run trained with --norm-weight-decay not set (not 0.0)" in capsys.readouterr().err
 
 
+def test_a_resume_in_another_number_of_processes_is_refused(tiny_run, tmp_path, capsys):
+    """Each process draws its own images and augmentations: a run continues only in as many processes as it ran
+    in, and the refusal gives the command that does (even where the steps per epoch would happen to match)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert last["world_size"] == 1
+    last["world_size"] = 2  # as if trained under torchrun --nproc_per_node=2
+    save_checkpoint(last, run / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "the run trained in 2 process(es), this resume has 1" in err
+    assert f"torchrun --nproc_per_node=2 -m retinopathy train --resume {run}" in err
+
+
 def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):
     """The network, the metrics.csv columns and the selection rule cannot change on resume (a clean error, the
     run untouched), nor can --out point elsewhere; the suggested way, a new run from its weights, works."""
@@ -307,7 +322,11 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--threshold-margin", "0.1"], "--threshold-margin 0.0 (not 0.1)"),
                           (["--optimizer", "sgd"], "--optimizer adamw (not sgd)"),  # its state would not load
                           (["--batch-size", "8"], "--batch-size 16 (not 8)"),
-                          (["--model-ema"], "--model-ema False (not True)"),
+                          (["--model-ema"], "--no-model-ema (not --model-ema)"),
+                          (["--val-fraction", "0.3"], "--val-fraction 0.1 (not 0.3)"),  # its split.csv decides
+                          (["--split-seed", "5"], "--split-seed 0 (not 5)"),
+                          (["--pretrained"], "--no-pretrained (not --pretrained)"),  # last.pt holds the weights
+                          (["--weights", "w.pt"], f"--weights not set (not {os.path.abspath('w.pt')})"),
                           (["--blend-eyes", "0.3"], "--blend-eyes 0.0 (not 0.3)"),
                           (["--decision", "thresholds"], "--decision argmax (not thresholds)"),
                           (["--image-size", "32"], "--image-size 64 (not 32)"),  # what the model sees
@@ -342,7 +361,8 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     assert main(["train", "--resume", str(run), "--epochs", "3", "--data", str(corrected), "--quiet"]) == 0
     assert "warning: 1 image(s) have other grades than when the run started" in capsys.readouterr().err
     # what it already used, said out loud, is no change (the decay of an EMA it does not keep either)
-    assert main(["train", "--resume", str(run), "--decision", "argmax", "--model-ema-decay", "0.9", "--quiet"]) == 0
+    assert main(["train", "--resume", str(run), "--decision", "argmax", "--model-ema-decay", "0.9", "--val-fraction",
+                 "0.1", "--quiet"]) == 0
     assert "nothing to train" in capsys.readouterr().out
     # a finished argmax run has no thresholds to retune
     assert main(["train", "--resume", str(run), "--threshold-data", "train+selection", "--quiet"]) == 2

@@ -32,7 +32,7 @@ from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADE_NAMES, GRADES, Catalog
 from ..data.problems import skipped_note, write_skipped
-from ..data.splits import run_overlap, same_photographs, trained_names
+from ..data.splits import SPLIT_DEFAULTS, run_overlap, same_photographs, trained_names
 from ..errors import Interrupted, NotWritten
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
@@ -128,21 +128,33 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
 # where that schedule would be.
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
                    "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay",  # and --decision
-                   "image_size", "preprocess", "train_crop_size")  # what the model sees
+                   "image_size", "preprocess", "train_crop_size",  # what the model sees
+                   "val_fraction", "test_fraction", "split_seed", "split_file",  # the split (its split.csv decides)
+                   "pretrained", "weights", "weights_tag")  # where the weights started (last.pt holds them now)
 FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "norm_weight_decay", "scheduler",
                         "warmup_epochs", "freeze_epochs", "batch_size",
                         "augment", "sampler", "class_weights", "label_smoothing", "mixup", "seed")  # how it learns
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
 
-def unset(value):
-    """An option's value as a refusal names it: ``not set`` for None."""
-    return "not set" if value is None else value
+def flag(option: str, value, bare: bool = False) -> str:
+    """An option as a refusal names it: ``--lr 0.01``, ``--no-pretrained``, ``--split-file not set``; ``bare``:
+    a value without its option's name (a switch keeps it)."""
+    name = option.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    shown = "not set" if value is None else value
+    return str(shown) if bare else f"--{name} {shown}"
+
+
+def effective(option: str, value):
+    """An option's value as the run used it: a split option left unset is its default."""
+    return SPLIT_DEFAULTS[option] if value is None and option in SPLIT_DEFAULTS else value
 
 
 def comparable(option: str, value):
     """An option's value as resume compares it: --eval-splits as its list of names (``val,`` is ``val``)."""
-    return [s.strip() for s in value.split(",") if s.strip()] if option == "eval_splits" else value
+    return [s.strip() for s in value.split(",") if s.strip()] if option == "eval_splits" else effective(option, value)
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -186,6 +198,9 @@ def metrics_columns(eval_splits) -> list[str]:
 
 def main(args) -> dict:
     """Train a run into ``args.out``, which stays locked while it trains (by rank 0 under torchrun or srun)."""
+    for key in WHERE_STARTED:  # absolute: config.yaml and checkpoints name the files wherever a resume runs
+        if getattr(args, key):
+            setattr(args, key, os.path.abspath(getattr(args, key)))
     if launched_as()[0] != 0:
         return _train(args)
     check_writable(Path(args.out))
@@ -217,9 +232,10 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                  + (FIXED_WHILE_STEPPING if stepping else ()))
         initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
         had = {k: ckpt["config"].get(k, initial[k]) for k in fixed}  # an option newer than the run: its default
-        changed = [f"--{k.replace('_', '-')} {unset(had[k])} (not {unset(getattr(args, k))})" for k in fixed
+        changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})" for k in fixed
                    if comparable(k, had[k]) != comparable(k, getattr(args, k))
-                   and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
+                   and not (k == "model_ema_decay" and not args.model_ema)  # no EMA, no decay to keep
+                   and not (k in WHERE_STARTED and had[k] and not os.path.isabs(had[k]))]  # typed relative: unknowable
         decision = args.decision or default_decision(args.objective)  # None: the objective's own
         trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
         if decision != trained:
@@ -371,9 +387,8 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
     """config.yaml: the options (files as absolute paths, so that --resume and -c work from any folder), the data
     and its split, the selection, the engine and the environment; a resume adds what ran the epochs before it.
     What --skip-bad dropped is counted there and listed in skipped.csv."""
-    typed = {k: os.path.abspath(v) if k in WHERE_STARTED and v else v for k, v in vars(args).items()}
     catalog, train_set, eval_sets, opts = data.catalog, data.train_set, data.eval_sets, data.split_options
-    config = {"train": typed,
+    config = {"train": dict(vars(args)),
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
                        "labels": [os.path.abspath(p) for p in catalog.labels],  # abspath: the names, not the
                        "images": os.path.abspath(catalog.image_root) if catalog.image_root else None,  # links' targets
@@ -549,6 +564,12 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     train_loader = make_loader(train_set, args.batch_size, engine.workers, device, train_sampler, args.deterministic,
                                args.seed, train=True)
+    if stepping and ckpt.get("world_size", dist.world_size) != dist.world_size:
+        raise CheckpointError(f"{args.resume}: the run trained in {ckpt['world_size']} process(es), this resume has "
+                              f"{dist.world_size}: each process draws its own share of the images and its own "
+                              "augmentations, so another count would not continue the run as it was going (and "
+                              "changes its steps per epoch). Resume it as it ran: "
+                              f"{resume_command(args.resume, ckpt['world_size'])}")
     if stepping and ckpt.get("steps_per_epoch", len(train_loader)) != len(train_loader):
         raise CheckpointError(f"{args.resume}: the run took {ckpt['steps_per_epoch']} steps per epoch, this resume "
                               f"would take {len(train_loader)} ({dist.world_size} process(es)): its learning-rate "
@@ -640,7 +661,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
                      "scheduler": scheduler.state_dict() if scheduler else None,
                      "scaler": scaler.state_dict() if scaler else None, "epoch": epoch, "phase": phase,
                      "best": best, "model_info": model_info,
-                     "steps_per_epoch": len(train_loader),
+                     "steps_per_epoch": len(train_loader), "world_size": dist.world_size,
                      "config": {**plain_options(vars(args)), "data": str(Path(args.data).resolve())}}
             with interrupts_after():  # Ctrl-C waits for both; a kill between them is mended on resume (restore_best)
                 save_checkpoint(state, out / "checkpoints" / "last.pt")
