@@ -540,3 +540,36 @@ def test_a_full_disk_stops_the_experiment_at_its_cell(tmp_path, capsys, monkeypa
     assert main(["experiment", str(config), "--quiet"]) == 0
     status = json.loads((tmp_path / "runs" / "grid" / "experiment.json").read_text())
     assert [c["status"] for c in status["cells"].values()] == ["done", "done"]
+
+
+def _grid_file(tmp_path: Path, **changes) -> Path:
+    """A two-cell experiment file (nothing run) in tmp_path; ``changes`` replace its top-level keys."""
+    (tmp_path / "data").mkdir(exist_ok=True)
+    cfg = {"name": "g", "out": str(tmp_path / "runs"), "data": str(tmp_path / "data"),
+           "train": {"epochs": 1, "image_size": 32, "workers": 0, "pretrained": False},
+           "grid": {"model": ["resnet18", "mobilenet_v3_small"]}, **changes}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp_path / "g.yaml"
+
+
+def test_every_cell_run_with_other_options_is_named(tmp_path):
+    from retinopathy.experiments.runner import prepare_cells
+
+    exp = load_experiment(_grid_file(tmp_path))
+    for c in exp.cells:  # as if each had saved an epoch with lr 0.5
+        (c.dir / "checkpoints").mkdir(parents=True)
+        (c.dir / "checkpoints" / "last.pt").write_bytes(b"")
+        (c.dir / "cell.yaml").write_text(yaml.safe_dump({**c.options, "lr": 0.5}))
+    with pytest.raises(ExperimentError, match="2 cell") as e:
+        prepare_cells(exp)
+    assert all(str(c.dir) in str(e.value) for c in exp.cells)
+
+
+def test_a_dry_run_names_absolute_folders_and_the_data_synth_would_make(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", str(_grid_file(tmp_path, out="runs", data="data")), "--dry-run"]) == 0
+    assert f"-> {tmp_path / 'runs' / 'g'} (data {tmp_path / 'data'})" in capsys.readouterr().out
+    config = _grid_file(tmp_path, data=str(tmp_path / "new"), synth={"n": 20, "size": 32})
+    assert main(["experiment", str(config), "--dry-run"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith(", which synth: would make)")
+    assert not (tmp_path / "new").exists() and not (tmp_path / "runs").exists()

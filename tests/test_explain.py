@@ -260,6 +260,7 @@ def test_coarse_heatmaps_are_told_from_the_map_they_enlarge():
         cam(torch.zeros(1, 3, size, size), 4)
         assert cam.grid == grid
         assert bool(coarse_note(cam.grid, size)) == (size == 64)
+    assert coarse_note((3, 3), 96) and coarse_note((2, 4), 64)  # below 4x4 in either direction
 
 
 def test_heatmap_captions_fit_the_picture():

@@ -235,6 +235,9 @@ def test_split_by_patient_is_deterministic_stratified_and_written(tmp_path):
     assert ds.patients == [ds.patient_id(i) for i in range(len(ds))] and len(set(ds.patients)) == len(ds) // 2
     assert ds.classes[ds.targets[0]] == list(ds.class_to_idx)[ds.targets[0]]  # as ImageFolder's
     assert ds.class_to_idx == {"none": 0, "mild": 1, "moderate": 2, "severe": 3, "proliferative": 4}
+    ds.classes.append("ungradable")  # a user's own list: the package's grade names (predict's output) unchanged
+    from retinopathy.data import GRADE_NAMES, __all__ as exported
+    assert "GRADE_NAMES" in exported and GRADE_NAMES == list(ds.class_to_idx) == ds.classes
     ds.write_split(tmp_path / "split.csv")
     d = load_catalog(tmp_path, split_file=tmp_path / "split.csv")
     assert [s.split for s in d.samples] == [s.split for s in a.samples]

@@ -73,4 +73,15 @@ def test_referable_auc_ranks_grade_2_and_up_by_their_summed_probabilities():
     with pytest.raises(ValueError, match=r"probs need the 5 grade probabilities of each of the 3 images, shape "
                                          r"\(3, 5\); got shape \(3,\)"):  # P(referable) itself: an IndexError
         referable_auc([1, 2, 3], [0.3, 0.7, 0.4])
+    with pytest.raises(ValueError, match=r"got shape \(3, 4\)"):  # four columns: one grade short
+        referable_auc([0, 2, 4], np.full((3, 4), 0.25))
+    with pytest.raises(ValueError, match="y_true: expected grades 0-4"):
+        referable_auc([0, 2, 7], np.full((3, 5), 0.2))
     assert referable_auc([], []) is None  # nothing present: no AUC, whatever shape the empty probabilities have
+
+
+def test_metrics_of_answers_and_truths_of_different_lengths_name_both():
+    from retinopathy.evaluation.metrics import summary
+
+    with pytest.raises(ValueError, match=r"summary: .* \(got 2 and 3\)"):
+        summary([0, 1], [0, 1, 2])

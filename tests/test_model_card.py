@@ -200,3 +200,11 @@ def test_a_config_yaml_that_is_not_yaml_leaves_the_evaluation_whole(run, synth_s
     assert f"model card not updated: {run / 'config.yaml'} is not valid YAML" in capsys.readouterr().err
     assert {"metrics.json", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png"} <= {
         p.name for p in out.iterdir()}
+
+
+def test_a_run_that_listed_its_skipped_images_in_config_yaml_is_counted():
+    """Earlier versions listed --skip-bad's rows in config.yaml (no skipped.csv): the card counts them there."""
+    from retinopathy.reporting.model_card import _data_section
+
+    text = "\n".join(_data_section({"data": {"path": "d", "format": "kaggle", "skipped": ["a: x", "b: y"]}}))
+    assert "- 2 unusable image(s) were skipped with --skip-bad (listed in the run's `config.yaml`)" in text

@@ -740,3 +740,51 @@ def test_missing_numbers_read_alike_everywhere():
 
     assert [number(v) for v in (None, float("nan"), 0.25)] == ["-", "-", "0.250"]
     assert number(float("nan"), none="n/a") == "n/a"
+
+
+def _pending_experiment(root: Path, name: str, cells: dict, description: str | None = None) -> Path:
+    """An experiment folder of cells that have not started (cell.yaml only), as the runner leaves it before its
+    first cell trains: enough for the report's text."""
+    exp = root / name
+    for cell, (train, values) in cells.items():
+        (exp / cell).mkdir(parents=True)
+        (exp / cell / "cell.yaml").write_text(yaml.safe_dump(train))
+    (exp / "experiment.json").write_text(json.dumps({"name": name, "description": description, "cells": {
+        cell: {"status": "pending", "dir": cell, "values": values} for cell, (train, values) in cells.items()}}))
+    return exp
+
+
+def test_recipes_are_listed_for_named_variants_once_each(tmp_path):
+    """A recipe that every model shares is given once (not per model), without the variant's own name as an
+    option; a grid without named variants lists none; a description two experiments share is said once."""
+    from retinopathy.reporting.report import build_report
+
+    cells = {f"{v}-{m}": ({"model": m, "pretrained": False, "lr": lr}, {"variant": v, "model": m})
+             for v, lr in (("base", 0.001), ("fast", 0.01)) for m in ("resnet18", "resnet50")}
+    build_report([_pending_experiment(tmp_path, "abl", cells)], tmp_path / "r1")
+    lines = (tmp_path / "r1" / "report.md").read_text().splitlines()
+    fast = next(line for line in lines if line.startswith("- **from scratch, fast**: "))
+    assert "lr 0.01" in fast and "ResNet18" not in fast and "variant" not in fast
+    grid = {f"lr{lr}": ({"model": "resnet18", "pretrained": False, "lr": lr}, {"lr": lr}) for lr in (0.1, 0.2)}
+    build_report([_pending_experiment(tmp_path, "grid", grid)], tmp_path / "r2")
+    assert "Variants, by the options" not in (tmp_path / "r2" / "report.md").read_text()
+    one = {"m": ({"model": "resnet18", "pretrained": False}, {"model": "resnet18"}),
+           "n": ({"model": "resnet18", "pretrained": False, "lr": 0.5}, {"model": "resnet18"})}
+    halves = [_pending_experiment(tmp_path, name, one, description="Both halves of one comparison") for name in "ab"]
+    build_report(halves, tmp_path / "r3")
+    assert (tmp_path / "r3" / "report.md").read_text().count("Both halves of one comparison") == 1
+
+
+def test_the_models_and_training_lines_say_what_each_option_did(tmp_path):
+    """Eye pairing on the Model line, --norm-weight-decay on the Training line, minutes from a minute on."""
+    from retinopathy.reporting.html import training_text
+    from retinopathy.reporting.report import Run, _grading_text, run_details
+
+    assert _grading_text({"objective": "classification", "pair_eyes": True}).endswith(
+        "; sees both eyes of a patient (features concatenated)")
+    assert "weight decay 0.05 (0.0 on normalisation layers)," in training_text(
+        {"optimizer": "adamw", "weight_decay": 0.05, "norm_weight_decay": 0.0})
+    assert "normalisation" not in training_text({"optimizer": "adamw", "weight_decay": 0.05})
+    for secs, shown in ((59.5, "59.5 s"), (90, "1.5 min"), (900, "15.0 min")):
+        run = Run("r", tmp_path, "done", rows=[{"epoch": 0, "epoch_seconds": secs}], numbers={"seconds": secs})
+        assert dict(run_details(run))["Time"].startswith(f"{shown} over 1 epoch")

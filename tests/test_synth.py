@@ -188,3 +188,6 @@ def test_a_set_is_compared_with_the_settings_it_was_made_with(tmp_path):
     assert made_otherwise(tmp_path / "lab", n=9, size=32, format="lab", test_fraction=0.00001, balanced=False) == {
         "n": (8, 9), "balanced": (True, False)}
     assert made_otherwise(tmp_path, n=9) == {}
+    synth.generate(tmp_path / "mix", n=8, size=32, balanced=False, progress=False)  # README.txt: balanced: False
+    assert made_otherwise(tmp_path / "mix", n=8, size=32, balanced=False) == {}
+    assert made_otherwise(tmp_path / "mix", n=8, size=32, balanced=True) == {"balanced": (False, True)}

@@ -292,6 +292,17 @@ def test_an_option_newer_than_the_run_is_kept_at_its_default_on_resume(tiny_run,
     assert "the run trained with --norm-weight-decay not set (not 0.0)" in capsys.readouterr().err
 
 
+def test_a_run_that_predates_an_option_with_a_default_resumes_with_it(tiny_run, tmp_path, capsys):
+    """--momentum (default 0.9) missing from an old run's checkpoint is the default it ran with, not 'not set'."""
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    del last["config"]["momentum"]
+    save_checkpoint(last, run / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--stop-after", "1", "--quiet"]) == 0, \
+        capsys.readouterr().err
+
+
 def test_a_resume_in_another_number_of_processes_is_refused(tiny_run, tmp_path, capsys):
     """Each process draws its own images and augmentations: a run continues only in as many processes as it ran
     in, and the refusal gives the command that does (even where the steps per epoch would happen to match)."""
@@ -794,6 +805,7 @@ def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path, capsy
     assert sorted((r["kind"], r["image"]) for r in skipped) == sorted(
         [("bad-image", Path(p).stem) for p in bad] + [("bad-label", "77_left")])
     assert [r["line"] for r in skipped if r["kind"] == "bad-label"] == ["242"]
+    assert set(skipped[0]) == {"kind", "file", "line", "message", "image"} and all(r["message"] for r in skipped)
     assert (f"warning: --skip-bad dropped 3 labelled row(s) or image(s) (bad-image 2, bad-label 1); each is listed "
             f"in {run / 'skipped.csv'}") in capsys.readouterr().err
     assert "3 unusable image(s) were skipped with --skip-bad" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
@@ -806,9 +818,11 @@ def test_skip_bad_records_the_images_of_every_split(synth_small, tmp_path, capsy
     assert (f"warning: --skip-bad dropped 2 labelled row(s) or image(s) (bad-label 1, bad-image 1); each is listed in "
             f"{tmp_path / 'eval' / 'skipped.csv'}") in out.err
     assert len((tmp_path / "eval" / "skipped.csv").read_text().splitlines()) == 3
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["skipped"] == 2
     assert main(["evaluate", str(run), "--data", str(synth_small), "--split", "test", "--out", str(tmp_path / "eval"),
                  "--quiet"]) == 0
     assert not (tmp_path / "eval" / "skipped.csv").exists(), "a list of another evaluation's dropped images stays"
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["skipped"] == 0
     assert re.search(r"accuracy [0-9.]+ \[95% CI [0-9.]+, [0-9.]+\] \(majority class [0-9.]+\) \| kappa", out.out)
 
 

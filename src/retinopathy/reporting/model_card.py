@@ -135,8 +135,9 @@ def _data_section(config: dict) -> list[str]:
         if c:
             lines.append(f"| {split} | " + " | ".join(str(v) for v in c) + f" | {sum(c)} |")
     if data.get("skipped"):  # a count, listed in skipped.csv (earlier versions listed them here)
-        n = data["skipped"] if isinstance(data["skipped"], int) else len(data["skipped"])
-        lines += ["", f"- {n:,} unusable image(s) were skipped with --skip-bad (listed in `skipped.csv`)"]
+        counted = isinstance(data["skipped"], int)
+        n, where = (data["skipped"], "`skipped.csv`") if counted else (len(data["skipped"]), "`config.yaml`")
+        lines += ["", f"- {n:,} unusable image(s) were skipped with --skip-bad (listed in the run's {where})"]
     for w in data.get("leakage_warnings") or []:
         lines += ["", f"- Warning: {w}"]
     return lines + [""]

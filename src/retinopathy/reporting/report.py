@@ -189,8 +189,9 @@ def load_experiment(exp: Path) -> list[Run]:
             run = load_run(d, cname)
         else:
             opts = _read(d / "cell.yaml", yaml.safe_load) if (d / "cell.yaml").exists() else {}
+            values = {k: v for k, v in entry.get("values", {}).items() if k != "variant"}  # a name, not an option
             run = Run(cname, d, "pending", "not run yet: the experiment stopped before this cell; run the "
-                                          "experiment again to run it", {**entry.get("values", {}), **opts})
+                                          "experiment again to run it", {**values, **opts})
         if entry.get("status") == "failed":
             run.status, run.reason = "failed", entry.get("reason", "")
         _name_cell(run, status, entry, exp)
