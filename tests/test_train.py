@@ -768,6 +768,43 @@ def test_under_ddp_the_training_loss_and_accuracy_are_over_every_process(tmp_pat
         assert images == 8 and accuracy == pytest.approx(2 / 8) and mean_loss == pytest.approx(loss, rel=1e-6)
 
 
+def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
+    """torchrun starts its ranks in sessions of their own: a SIGKILL of the launcher reaches none of them, and they
+    trained on unattended, holding the run's lock. A rank now stops, saying why, once its launcher is gone."""
+    import signal
+    import time
+
+    rank = ("import time; from retinopathy.training.distributed import watch_launcher; "
+            "watch_launcher(1, interval=0.1); time.sleep(60)")
+    launcher = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {rank!r}], "
+                f"start_new_session=True, stderr=open({str(tmp_path / 'err')!r}, 'w')); "
+                f"open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", launcher], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "pid").exists() or not (tmp_path / "pid").read_text():
+            assert time.monotonic() < deadline, "the launcher never started its rank"
+            time.sleep(0.1)
+        pid = int((tmp_path / "pid").read_text())
+        time.sleep(3)  # the rank is watching
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    def alive() -> bool:  # an exited orphan may stay a zombie where nothing reaps it
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 20
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(), "the rank trained on without its launcher"
+    assert f"the launcher that started it (pid {proc.pid}) is gone; stopping" in (tmp_path / "err").read_text()
+
+
 def test_every_process_evaluates_rank_0s_batchnorm_statistics(tmp_path):
     """DDP syncs buffers at the start of a forward pass only: after an epoch each process has its own BatchNorm
     statistics, and evaluation must score the model rank 0 saves."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 import math
 import os
 import shlex
+import sys
+import threading
+import time
 from dataclasses import dataclass
 
 import torch
@@ -69,7 +72,26 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
+    watch_launcher(rank)
     return DistInfo(True, rank, world, local)
+
+
+def watch_launcher(rank: int, interval: float = 2.0) -> threading.Thread:
+    """Stop this process when the launcher that started it is gone (torchrun killed by SIGKILL or the OOM killer:
+    it starts its ranks in sessions of their own, so nothing reaches them, and they would train on unattended,
+    holding the run's lock). A hard exit, as a kill would be: saves are atomic, so the last saved epoch is kept."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(interval)
+        print(f"error: rank {rank}: the launcher that started it (pid {parent}) is gone; stopping. Continue the run "
+              "from its last saved epoch with torchrun ... --resume RUN", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="launcher-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def finite_everywhere(values: list[float], info: DistInfo, device) -> bool:
