@@ -152,6 +152,32 @@ def warning_text(n: dict) -> str:
             f"({number(n['majority_accuracy'])}), although kappa > 0")
 
 
+def cell_notes(run) -> list[tuple[str, str]]:
+    """What a results cell says below its numbers and selected epoch, in both renderings: (kind, text), kind
+    ``note`` (about the evaluation), ``small`` (small print), ``lab`` (the lab's number) or ``warn`` (marked)."""
+    n, sel = run.numbers, run.numbers.get("selection_split") or "?"
+    notes = [("note", n["evaluation_note"])] if n.get("evaluation_note") else []
+    if n.get("own_majority"):
+        notes.append(("small", majority_text(n)))
+    if run.status != "done":
+        notes.append(("warn", standing_text(run)))
+    if "best_selection_accuracy" in n:
+        notes.append(("small", f"best {sel} accuracy {number(n['best_selection_accuracy'])} "
+                               f"(epoch {n['best_selection_epoch']})"))
+    if "max_test_accuracy" in n:
+        notes.append(("lab", f"highest test accuracy over epochs {number(n['max_test_accuracy'])} (epoch "
+                             f"{n['max_test_epoch']}) - the lab's number, optimistic"
+                      + (f"; {n['max_test_note']}" if "max_test_note" in n else "")))
+    if n.get("warning"):
+        notes.append(("warn", warning_text(n)))
+    return notes
+
+
+def baselines(runs, model: str) -> list[float]:
+    """The majority-class test accuracies of a model's evaluated runs (one per test split)."""
+    return sorted({r.numbers["majority_accuracy"] for r in runs if r.model == model and r.eval is not None})
+
+
 def results_cell(run) -> str:
     n = run.numbers
     keys = ("test_accuracy", "kappa", "macro_f1", "majority_accuracy", "selected_epoch", "selection_split",
@@ -173,21 +199,9 @@ def results_cell(run) -> str:
              f'<div class="pair">kappa <b>{number(n["kappa"])}</b>{escape(ci_text(n.get("ci_kappa")))} &nbsp; '
              f'macro-F1 <b>{number(n["macro_f1"])}</b></div>',
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']
-    if n.get("evaluation_note"):
-        parts.append(f'<div class="badge">{escape(n["evaluation_note"])}</div>')
-    if n.get("own_majority"):
-        parts.append(f'<div class="small">{escape(majority_text(n))}</div>')
-    if run.status != "done":
-        parts.append(f'<div class="badge">&#9888; {escape(standing_text(run))}</div>')
-    if "best_selection_accuracy" in n:
-        parts.append(f'<div class="small">best {sel} accuracy {number(n["best_selection_accuracy"])} '
-                     f'(epoch {n["best_selection_epoch"]})</div>')
-    if "max_test_accuracy" in n:
-        parts.append(f'<div class="small lab">highest test accuracy over epochs {number(n["max_test_accuracy"])} '
-                     f'(epoch {n["max_test_epoch"]}) - the lab\'s number, optimistic'
-                     + (f'; {escape(n["max_test_note"])}' if "max_test_note" in n else "") + '</div>')
-    if n.get("warning"):
-        parts.append(f'<div class="badge">&#9888; {escape(warning_text(n))}</div>')
+    markup = {"note": '<div class="badge">{}</div>', "small": '<div class="small">{}</div>',
+              "lab": '<div class="small lab">{}</div>', "warn": '<div class="badge">&#9888; {}</div>'}
+    parts += [markup[kind].format(escape(text)) for kind, text in cell_notes(run)]
     return f'<td class="cell" {data}>{"".join(parts)}</td>'
 
 
@@ -201,7 +215,7 @@ def results_table(ctx: dict) -> str:
         cells = "".join(results_cell(ctx["grid"][(m, v)]) if (m, v) in ctx["grid"]
                         else '<td class="cell missing" data-status="absent">not in this comparison</td>'
                         for v in ctx["variants"])
-        majors = sorted({r.numbers["majority_accuracy"] for r in ctx["runs"] if r.model == m and r.eval is not None})
+        majors = baselines(ctx["runs"], m)
         grade = next((r.numbers["majority_grade"] for r in ctx["runs"] if r.model == m and r.eval is not None), None)
         base = " / ".join(number(x) for x in majors) or "-"
         rows.append(f'<tr data-model="{_attr(m)}"><th>{escape(display_name(m))}</th>{cells}'

@@ -14,6 +14,7 @@ import argparse
 import csv
 import datetime as dt
 import json
+import re
 import shlex
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -33,8 +34,8 @@ from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoin
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
-from .html import (ci_text, epochs_text, first_line, grade_parts, majority_text, number, render_html,
-                   standing_text, training_text, warning_text)
+from .html import (LEGEND, baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, number,
+                   render_html, training_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -468,22 +469,10 @@ def cell_lines(run: Run) -> list[str]:
     if run.eval is None:
         return [f"{run.status}: {first_line(run.reason)}" if run.reason.strip() else run.status]
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
-    lines = [f"test accuracy {number(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
-             f"kappa {number(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {number(n['macro_f1'])}",
-             f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})"]
-    if n.get("evaluation_note"):
-        lines.append(n["evaluation_note"])
-    if n.get("own_majority"):
-        lines.append(majority_text(n))
-    if run.status != "done":
-        lines.append(standing_text(run))
-    if "best_selection_accuracy" in n:
-        lines.append(f"best {sel} accuracy {number(n['best_selection_accuracy'])} (epoch {n['best_selection_epoch']})")
-    if "max_test_accuracy" in n:
-        lines.append(f"highest test accuracy over epochs {number(n['max_test_accuracy'])} "
-                     f"(epoch {n['max_test_epoch']}; "
-                     "the lab's number, optimistic" + (f"; {n['max_test_note']})" if "max_test_note" in n else ")"))
-    return lines
+    return [f"test accuracy {number(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
+            f"kappa {number(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {number(n['macro_f1'])}",
+            f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})",
+            *(f"**⚠ {text}**" if kind == "warn" else text for kind, text in cell_notes(run))]
 
 
 def render_markdown(ctx: dict) -> str:
@@ -500,16 +489,10 @@ def render_markdown(ctx: dict) -> str:
             if r is None:
                 cells.append("not in this comparison")
                 continue
-            text = "<br>".join(cell_lines(r))
-            if r.numbers.get("warning"):
-                text += f"<br>**⚠ {warning_text(r.numbers)}**"
-            cells.append(text.replace("|", "/"))
-        majors = sorted({number(r.numbers["majority_accuracy"]) for r in runs if r.model == m and r.eval})
-        md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {' / '.join(majors) or '-'} |")
-    md += ["", ("Epochs count from 1. Test accuracy, kappa and macro-F1 (mean F1 over the grades that are in the test "
-                "split or predicted) are those of the selected checkpoint (best.pt) on the test split; the 95% "
-                "interval resamples patients. ⚠ marks a run whose kappa is 0 or less, or whose test accuracy is not "
-                "above always answering the most common grade.")]
+            cells.append("<br>".join(cell_lines(r)).replace("|", "/"))
+        majors = " / ".join(number(x) for x in baselines(runs, m))
+        md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {majors or '-'} |")
+    md += ["", " ".join(re.sub(r"<[^>]+>", "", line).replace("&#9888;", "⚠") for line in LEGEND)]
     if ctx["recipes"]:
         md += ["", "Variants, by the options in which their runs differ from the other runs of the same model:", ""]
         md += [f"- **{v}**: {d}" for v, d in ctx["recipes"].items()]
