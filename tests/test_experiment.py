@@ -175,7 +175,8 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
         assert main(["experiment", str(other), "--dry-run"]) == rc
         assert said in "".join(capsys.readouterr())
     assert snapshot(interrupted["exp"]) == before
-    last = interrupted["exp"] / SCRATCH / "checkpoints" / "last.pt"  # deleted once finished, as docs/training.md advises
+    last = interrupted["exp"] / SCRATCH / "checkpoints" / "last.pt"  # deleted once finished, as docs/training.md
+    # advises
     last.rename(tmp_path / "last.pt")
     try:
         assert main(["experiment", str(interrupted["config"]), "--dry-run"]) == 0

@@ -127,7 +127,8 @@ def test_other_blending_and_resaved_checkpoints_are_told_apart(run, synth_small,
     write_model_card(ckpt)
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
     rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]
-    assert len(rows) == 2 and all(r.split("|")[3].strip().endswith("*") for r in rows) and "thresholds retuned since" in card
+    assert len(rows) == 2 and all(r.split("|")[3].strip().endswith("*") for r in rows)
+    assert "thresholds retuned since" in card
 
 
 def test_recall_of_grades_without_images_is_not_zero(run):

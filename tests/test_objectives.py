@@ -121,7 +121,8 @@ def test_tuned_thresholds_beat_the_defaults():
     scores = labels * 0.5 + rng.normal(0, 0.2, 500)  # a model whose scale is off by half
     t = tune_thresholds(scores, labels)
     assert t == sorted(t)
-    assert quadratic_kappa(labels, np.digitize(scores, t)) > quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5])) + 0.1
+    even = quadratic_kappa(labels, np.digitize(scores, [0.5, 1.5, 2.5, 3.5]))
+    assert quadratic_kappa(labels, np.digitize(scores, t)) > even + 0.1
 
 
 def test_kappa_is_scikit_learns():
@@ -254,7 +255,8 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
         for w in ("0", "default"):  # fp32: one's blend is the other's scores mixed exactly
             blend = ["--blend-eyes", w] if w != "default" else []
             assert main(["predict", str(run / "checkpoints" / "best.pt"), str(synth_small), "--split", "test", *blend,
-                         "--out", str(tmp_path / f"predict-{w}.csv"), "--quiet", "--workers", "0", "--amp", "none"]) == 0
+                         "--out", str(tmp_path / f"predict-{w}.csv"), "--quiet", "--workers", "0",
+                         "--amp", "none"]) == 0
             with open(tmp_path / f"predict-{w}.csv", newline="") as f:
                 predicted[w] = list(csv.DictReader(f))
         assert sorted(r["image"] for r in predicted["default"]) == sorted(r["image"] for r in rows)

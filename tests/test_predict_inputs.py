@@ -69,7 +69,8 @@ def test_eyes_pair_within_a_folder_not_across_folders(tmp_path):
     items = collect_items([a, b, tmp_path / "siteB"])
     assert items[0].patient == items[1].patient != items[2].patient
     assert [i.path for i in items] == [str(a), str(b), str(c)]
-    left, right = disc(tmp_path / "photos" / "left" / "7_left.jpeg"), disc(tmp_path / "photos" / "right" / "7_right.jpeg")
+    left = disc(tmp_path / "photos" / "left" / "7_left.jpeg")
+    right = disc(tmp_path / "photos" / "right" / "7_right.jpeg")
     items = collect_items([tmp_path / "photos"])  # one input folder: its sub-folders pair
     assert [i.path for i in items] == [str(left), str(right)] and items[0].patient == items[1].patient
     clash = [disc(tmp_path / "sites" / site / f"7_{eye}.jpeg") for site in ("A", "B") for eye in ("left", "right")]

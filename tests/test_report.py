@@ -418,7 +418,8 @@ def test_one_run_experiment_is_named_after_the_experiment(tmp_path):
     (exp / "resnet18").mkdir(parents=True)
     (exp / "resnet18" / "cell.yaml").write_text("model: resnet18\npretrained: false\n")
     (exp / "experiment.json").write_text(json.dumps(
-        {"name": "solo", "cells": {"resnet18": {"status": "pending", "dir": "resnet18", "values": {"model": "resnet18"}}}}))
+        {"name": "solo", "cells": {"resnet18": {"status": "pending", "dir": "resnet18",
+                                                 "values": {"model": "resnet18"}}}}))
     [run] = load_experiment(exp)
     assert run.status == "pending" and run.named == "solo"
 

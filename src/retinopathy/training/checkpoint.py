@@ -1,12 +1,12 @@
 """Checkpoints: written atomically (:func:`retinopathy.atomic.replacing`), read with ``weights_only=True``.
 
-A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``model`` (state dict),
-``model_ema`` and ``ema_updates`` (the averaged weights under ``--model-ema``, else None and 0), ``optimizer``,
-``scheduler``, ``scaler``, ``epoch`` (last finished), ``steps_per_epoch`` and ``world_size`` (a resume with epochs
-left that changes either is refused: the schedule counts steps, each process draws its own images), ``phase``, ``best``, ``config`` and ``model_info``
-(architecture, head, objective, thresholds, preprocessing, class names), and ``save_id``, new at every save:
-evaluations record it, so a report or model card can tell the checkpoint they evaluated from one saved since in
-its place (a new best, retuned thresholds, another run trained into the folder).
+A checkpoint is a dict of tensors and plain values: ``format``, ``version``, ``model`` (state dict), ``model_ema``
+and ``ema_updates`` (the averaged weights under ``--model-ema``, else None and 0), ``optimizer``, ``scheduler``,
+``scaler``, ``epoch`` (last finished), ``steps_per_epoch`` and ``world_size`` (a resume with epochs left that
+changes either is refused: the schedule counts steps, each process draws its own images), ``phase``, ``best``,
+``config`` and ``model_info`` (architecture, head, objective, thresholds, preprocessing, class names), and
+``save_id``, new at every save: evaluations record it, so a report or model card can tell the checkpoint they
+evaluated from one saved since in its place (a new best, retuned thresholds, another run trained into the folder).
 """
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
 """``retinopathy train``: fit a DR grader, frozen backbone first, then fine-tuning; resumable; DDP-ready.
 
-Read top to bottom: ``main(args)`` locks the run folder, ``_train`` joins the process group, ``_run`` continues
-a run (``resume_state``), reads the data (``load_data``), builds the model and its ``Engine``, records
-``config.yaml``, then runs epochs (``start_phase`` for each phase, ``train_one_epoch`` from engine.py,
-``grade_epoch``), writing ``metrics.csv`` and checkpoints on rank 0 only; ``retune_thresholds`` ends a
-``--threshold-data train+selection`` run.
+Read top to bottom: ``main(args)`` locks the run folder, ``_train`` joins the process group, ``_run`` continues a
+run (``resume_state``), reads the data (``load_data``), builds the model and its ``Engine`` (``build_grader``) and
+the training loader (``make_train_loader``), records ``config.yaml``, then runs epochs (``start_phase`` for each
+phase, ``train_one_epoch`` from engine.py, ``grade_epoch``), writing ``metrics.csv`` and checkpoints on rank 0 only;
+``retune_thresholds`` ends a ``--threshold-data train+selection`` run.
 """
 from __future__ import annotations
 
@@ -232,8 +232,8 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                  + (FIXED_WHILE_STEPPING if stepping else ()))
         initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
         had = {k: ckpt["config"].get(k, initial[k]) for k in fixed}  # an option newer than the run: its default
-        changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})" for k in fixed
-                   if comparable(k, had[k]) != comparable(k, getattr(args, k))
+        changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
+                   for k in fixed if comparable(k, had[k]) != comparable(k, getattr(args, k))
                    and not (k == "model_ema_decay" and not args.model_ema)  # no EMA, no decay to keep
                    and not (k in WHERE_STARTED and had[k] and not os.path.isabs(had[k]))]  # typed relative: unknowable
         decision = args.decision or default_decision(args.objective)  # None: the objective's own
@@ -501,27 +501,10 @@ def retune_thresholds(args, evaluated, objective, ema, data: RunData, eval_loade
         save_checkpoint(last, out / "checkpoints" / "last.pt")
 
 
-def _run(args, dist: DistInfo, device: torch.device) -> dict:
-    if dist.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist.local_rank)
-    progress = not args.quiet and dist.main
-    out = Path(args.out)  # checked writable, and locked, by main()
-    torch.manual_seed(args.seed)
-    if args.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-    # the accuracy margin of the thresholds tuned each epoch (train+selection: the final retune's, below)
-    margin = args.threshold_margin if args.threshold_rule == "kappa-above-majority" else 0.0
-    per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
-
-    ckpt, stepping, retune = resume_state(args, out, dist)
-    data = load_data(args, ckpt, dist, progress)
-    train_set, select_on = data.train_set, data.select_on
-
-    # ---- model -----------------------------------------------------------------------------------------
+def build_grader(args, ckpt: dict | None, data: RunData, dist: DistInfo, device: torch.device, progress: bool):
+    """The network, its objective and moving average (a resumed run's, restored), on the device, and the
+    ``Engine`` it runs on: ``(model, objective, ema or None, weights origin, engine)``."""
+    train_set = data.train_set
     counts = train_set.class_counts()
     absent = [str(g) for g, n in enumerate(counts) if n == 0]
     if absent and dist.main and ckpt is None:
@@ -551,12 +534,16 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
             raise CheckpointError(f"{args.resume}: the run was trained without --model-ema; resume it without")
         ema.module.load_state_dict(ckpt["model_ema"])
         ema.n_averaged.fill_(ckpt["ema_updates"])
-    evaluated = ema.module if ema is not None else model  # what is evaluated, selected and shipped
     engine = Engine(device, amp, engine_settings(device, model, args.eval_amp)[0], channels_last,
                     args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // dist.world_size),
                     dist, Normalize(train_set.preprocessing.mean, train_set.preprocessing.std).to(device), progress)
+    return model, objective, ema, origin, engine
 
-    # ---- loaders ---------------------------------------------------------------------------------------
+
+def make_train_loader(args, train_set, engine: Engine, ckpt: dict | None, stepping: bool):
+    """The training sampler and loader; a resume with epochs left must have the run's processes and steps per
+    epoch. ``(sampler, loader)``."""
+    dist, device = engine.dist, engine.device
     if args.sampler in ("balanced", "decay"):
         train_sampler = BalancedSampler(train_set.targets, args.seed, dist.rank, dist.world_size,
                                         decay=0.5 if args.sampler == "decay" else None)
@@ -574,6 +561,34 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         raise CheckpointError(f"{args.resume}: the run took {ckpt['steps_per_epoch']} steps per epoch, this resume "
                               f"would take {len(train_loader)} ({dist.world_size} process(es)): its learning-rate "
                               "schedule counts steps. Resume with as many processes (and the same data)")
+    return train_sampler, train_loader
+
+
+def _run(args, dist: DistInfo, device: torch.device) -> dict:
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    progress = not args.quiet and dist.main
+    out = Path(args.out)  # checked writable, and locked, by main()
+    torch.manual_seed(args.seed)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=device.type != "cpu")
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    # the accuracy margin of the thresholds tuned each epoch (train+selection: the final retune's, below)
+    margin = args.threshold_margin if args.threshold_rule == "kappa-above-majority" else 0.0
+    per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
+
+    ckpt, stepping, retune = resume_state(args, out, dist)
+    data = load_data(args, ckpt, dist, progress)
+    train_set, select_on = data.train_set, data.select_on
+
+    # ---- model and loaders -----------------------------------------------------------------------------
+    model, objective, ema, origin, engine = build_grader(args, ckpt, data, dist, device, progress)
+    evaluated = ema.module if ema is not None else model  # what is evaluated, selected and shipped
+    amp, channels_last = engine.amp, engine.channels_last
+    train_sampler, train_loader = make_train_loader(args, train_set, engine, ckpt, stepping)
     if dist.main and ckpt is None:  # a resumed run's split.csv is what it read its split from: it stays
         out.mkdir(parents=True, exist_ok=True)
         train_set.write_split(out / "split.csv")
