@@ -251,6 +251,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = get_args_parser()
     pre, _ = parser.parse_known_args(argv)
     expand_home(pre)
+    layered, source = _layered_defaults(parser, pre)
+    parser.set_defaults(**layered)
+    args = parser.parse_args(argv)
+    expand_home(args)
+    _retype_file_values(args, parser, source)
+    _check_values(args, parser)
+    return args
+
+
+def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace) -> tuple[dict, str]:
+    """The defaults that a run's config.yaml (--resume), a preset and a config file give (a later one wins),
+    checked and typed, and where they came from (for messages)."""
     layered: dict = {}
     if pre.resume and not (Path(pre.resume) / "config.yaml").exists():
         resume = Path(pre.resume)
@@ -288,9 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 layered[key] = actions[key].type(value)
             except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
                 parser.error(f"{key}: {value!r} (from {source}): {e}")
-    parser.set_defaults(**layered)
-    args = parser.parse_args(argv)
-    expand_home(args)
+    return layered, source
+
+
+def _retype_file_values(args: argparse.Namespace, parser: argparse.ArgumentParser, source) -> None:
+    """Give a config file's values argparse's types and checks: YAML numbers, booleans, lists and empty values
+    skip them."""
     for action in parser._actions:  # a config file's values that are not text skip argparse's type and choices
         value, default = getattr(args, action.dest, None), defaults().get(action.dest)
         example = f"; e.g. {action.dest}: {default}" if default is not None else ""
@@ -318,6 +333,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if action.choices is not None and value not in action.choices:
             parser.error(f"{action.dest}: {value!r} (from {source}) is not one of "
                          f"{', '.join(map(str, action.choices))}")
+
+
+def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What one option's value or two options together cannot be; fills in --batch-size and --out."""
     if args.batch_size is None:
         args.batch_size = default_batch_size(args.model, args.preset)
     if not args.data:
@@ -379,15 +398,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("momentum", "label_smoothing"):
         if not 0 <= getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: from 0 up to, not including, 1")
-    return args
 
 
-@functools.cache
 def default_batch_size(model: str, preset: str | None) -> int:
     """The batch size of a run that sets none: 32, or under ``--preset lab`` the lab's for the model."""
     return LAB_BATCH.get(model, 12) if preset == "lab" else 32
 
 
+@functools.cache
 def defaults() -> dict:
     """Every option's built-in default (``{dest: default}``), before presets, files and the command line."""
     return {a.dest: a.default for a in get_args_parser(add_help=False)._actions}
