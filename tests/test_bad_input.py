@@ -750,7 +750,7 @@ def test_a_symbolic_link_loop_is_one_bad_image(tmp_path, kaggle):
     assert rc == 1 and problem["kind"] == "bad-image" and problem["image"] == "2_left"
     assert "a symbolic link that leads back to itself (a loop)" in problem["message"]
     assert len(FundusDataset(kaggle, "all", image_size=32, skip_bad=True)) == 11
-    from retinopathy.atomic import refuse_replacing
+    from retinopathy.outputs import refuse_replacing
 
     (tmp_path / "p.csv").write_text("")
     refuse_replacing(tmp_path / "p.csv", "--out", [loop])  # not an input it would replace; no RuntimeError

@@ -212,7 +212,7 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
     assert (best.read_bytes(), last.read_bytes()) == models and weights.read_bytes() == models[0]
-    from retinopathy.atomic import check_output_file
+    from retinopathy.outputs import check_output_file
 
     (tmp_path / "grader.pth").write_bytes(b"an earlier TorchScript export")
     check_output_file(tmp_path / "grader.pth", "--out", "grader.pt")  # export may write over its own, by either name
@@ -229,7 +229,7 @@ def test_home_and_paths_with_spaces_on_the_command_line(synth_small, tmp_path, m
     folder named ``~``; commands the tool suggests quote paths with spaces; an unwritable folder is named."""
     import tempfile
 
-    from retinopathy.atomic import check_writable
+    from retinopathy.outputs import check_writable
     from retinopathy.training.distributed import resume_command
 
     monkeypatch.setenv("HOME", str(tmp_path))

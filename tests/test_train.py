@@ -1159,7 +1159,7 @@ def test_only_the_first_process_locks_the_run(tmp_path, monkeypatch):
     import argparse
 
     import retinopathy.training.train as train_module
-    from retinopathy.atomic import exclusive
+    from retinopathy.outputs import exclusive
     from retinopathy.errors import RetinopathyError
 
     for key in ("RANK", "WORLD_SIZE"):
@@ -1357,7 +1357,7 @@ def test_a_kill_between_the_two_saves_is_mended_on_resume(synth_small, tmp_path,
 def test_a_run_being_trained_is_not_trained_by_a_second_command(synth_small, tmp_path, capsys):
     """Two trainings in one folder, or a resume of a run still training, mixed their metrics.csv rows and
     checkpoints, both exiting 0. The folder is locked while a run trains; a run that fails first leaves no folder."""
-    from retinopathy.atomic import exclusive
+    from retinopathy.outputs import exclusive
 
     run = tmp_path / "run"
     args = ["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1", "--out", str(run)]

@@ -22,7 +22,9 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
-from ..atomic import check_writable, replacing, write_json  # noqa: E402
+from ..atomic import replacing, write_json  # noqa: E402
+
+from ..outputs import check_writable  # noqa: E402
 from ..cli.common import (  # noqa: E402
     READ_KEYS,
     add_amp_argument,

@@ -44,7 +44,9 @@ from pathlib import Path
 
 import yaml
 
-from ..atomic import exclusive, write_json, write_text
+from ..atomic import write_json, write_text
+
+from ..outputs import exclusive
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import NotWritten, RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state

@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import check_output_file, naming, out_of_room, refuse_replacing, write_json
+from ..atomic import naming, out_of_room, write_json
+
+from ..outputs import check_output_file, refuse_replacing
 from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus

@@ -40,7 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import check_output_file, check_writable, refuse_replacing, replacing
+from ..atomic import replacing
+
+from ..outputs import check_output_file, check_writable, refuse_replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image

@@ -26,7 +26,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
 from torchvision.ops._utils import split_normalization_params
 
-from ..atomic import check_writable, exclusive, naming, replacing, write_text
+from ..atomic import naming, replacing, write_text
+
+from ..outputs import check_writable, exclusive
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes

@@ -1,0 +1,92 @@
+"""Where a command may write, checked before its work: a folder that can be written, an output file that would not
+replace an input, a model or a photograph, and one writer at a time per run or experiment folder."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import RetinopathyError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no lock
+    fcntl = None
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """Raise now (an OSError naming the path) if files cannot be written in ``folder`` once it is made, so that a
+    command stops before its work, not after it. Creates nothing: a command that fails later leaves no folder."""
+    folder = Path(folder)
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(existing))
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:  # named: not the temporary file's path
+        raise OSError(e.errno, f"cannot write files in this folder ({e.strerror}); choose another",
+                      str(existing)) from None
+
+
+MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx", ".safetensors": ".safetensors"}
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | os.PathLike, doing: str):
+    """Hold ``folder``'s ``.lock`` for the block: a second command that would write the same folder at the same time
+    (two trainings, or a resume of a run still training) stops at once instead of mixing their files. ``flock``: the
+    lock goes with its process, however that ends. The empty ``.lock`` stays, and is never written, so a finished
+    folder's files stay as they were; a folder this made and that holds nothing else afterwards is removed again."""
+    folder = Path(folder)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / ".lock"
+    with open(lock, "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise RetinopathyError(f"{folder} is being {doing} by another process right now; wait for it to "
+                                       "finish, or use another folder") from None
+        try:
+            yield
+        finally:
+            if made and [p.name for p in folder.iterdir()] == [lock.name]:
+                lock.unlink()
+                folder.rmdir()
+
+
+def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
+    """Raise now if the file ``path`` (given as ``option``; ``example`` is such a file's name) is a folder, a model
+    file that this command's output would replace (a table written over best.pt), a photograph, or cannot be
+    written there."""
+    from .data.images import IMAGE_EXTENSIONS
+
+    folder = os.fspath(path).endswith(("/", os.sep))  # Path() drops the slash: "new/" would become a file "new"
+    path = Path(path)
+    if path.is_dir() or folder:
+        raise IsADirectoryError(errno.EISDIR, f"{option} is a folder{'' if path.is_dir() else ' (it ends with /)'}; "
+                                f"give the file to write, e.g. {path / example}", str(path))
+    suffix = path.suffix.lower()  # .pt and .pth are one kind: export writes TorchScript to either
+    if path.exists() and suffix in MODEL_SUFFIXES and MODEL_SUFFIXES[suffix] != Path(example).suffix:
+        raise FileExistsError(errno.EEXIST, f"{option} would replace a model file with a {Path(example).suffix} "
+                              f"file; choose another file, e.g. {path.parent / example}", str(path))
+    if path.exists() and suffix in IMAGE_EXTENSIONS:
+        raise FileExistsError(errno.EEXIST, f"{option} would replace a photograph with a {Path(example).suffix} "
+                              f"file; choose another file, e.g. {path.parent / example}", str(path))
+    check_writable(path.parent)
+
+
+def refuse_replacing(path: str | os.PathLike, option: str, inputs) -> None:
+    """Raise now (an OSError naming ``path``) if writing ``path`` would replace one of the command's ``inputs``
+    (a labels file, a photograph, the checkpoint being read)."""
+    if not os.path.lexists(path):  # nothing there to replace
+        return
+    target = os.path.realpath(path)  # not Path.resolve(): a symbolic-link loop among the inputs raises there
+    for p in inputs:
+        if p is not None and os.path.realpath(p) == target:
+            raise FileExistsError(errno.EEXIST, f"{option} would replace {p}, an input of this command; choose "
+                                  "another file", str(path))
