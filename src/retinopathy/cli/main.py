@@ -81,7 +81,10 @@ def _run(argv: list[str]) -> int:
         print(f"error: {e.filename2 or e.filename}: {e.strerror or e}", file=sys.stderr)  # 2: os.replace's target
         return 2
     except KeyboardInterrupt as e:
-        print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
+        from ..training.distributed import launched_as
+
+        if launched_as()[0] == 0:  # under torchrun every rank is interrupted: rank 0 says so, once
+            print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
         return 130
 
 
