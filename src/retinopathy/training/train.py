@@ -246,6 +246,12 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
                                   f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
+        if stepping and ckpt.get("world_size", dist.world_size) != dist.world_size:  # before the data is read
+            raise CheckpointError(f"{args.resume}: the run trained in {ckpt['world_size']} process(es), this resume "
+                                  f"has {dist.world_size}: each process draws its own share of the images and its own "
+                                  "augmentations, so another count would not continue the run as it was going (and "
+                                  "changes its steps per epoch). Resume it as it ran: "
+                                  f"{resume_command(args.resume, ckpt['world_size'])}")
         if dist.main:
             for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
                 leftover.unlink(missing_ok=True)
@@ -543,8 +549,8 @@ def build_grader(args, ckpt: dict | None, data: RunData, dist: DistInfo, device:
 
 
 def make_train_loader(args, train_set, engine: Engine, ckpt: dict | None, stepping: bool):
-    """The training sampler and loader; a resume with epochs left must have the run's processes and steps per
-    epoch. ``(sampler, loader)``."""
+    """The training sampler and loader; a resume with epochs left must have the run's steps per epoch.
+    ``(sampler, loader)``."""
     dist, device = engine.dist, engine.device
     if args.sampler in ("balanced", "decay"):
         train_sampler = BalancedSampler(train_set.targets, args.seed, dist.rank, dist.world_size,
@@ -553,12 +559,6 @@ def make_train_loader(args, train_set, engine: Engine, ckpt: dict | None, steppi
         train_sampler = DistributedSampler(train_set, dist.world_size, dist.rank, shuffle=True, seed=args.seed)
     train_loader = make_loader(train_set, args.batch_size, engine.workers, device, train_sampler, args.deterministic,
                                args.seed, train=True)
-    if stepping and ckpt.get("world_size", dist.world_size) != dist.world_size:
-        raise CheckpointError(f"{args.resume}: the run trained in {ckpt['world_size']} process(es), this resume has "
-                              f"{dist.world_size}: each process draws its own share of the images and its own "
-                              "augmentations, so another count would not continue the run as it was going (and "
-                              "changes its steps per epoch). Resume it as it ran: "
-                              f"{resume_command(args.resume, ckpt['world_size'])}")
     if stepping and ckpt.get("steps_per_epoch", len(train_loader)) != len(train_loader):
         raise CheckpointError(f"{args.resume}: the run took {ckpt['steps_per_epoch']} steps per epoch, this resume "
                               f"would take {len(train_loader)} ({dist.world_size} process(es)): its learning-rate "
