@@ -193,14 +193,15 @@ def test_the_split_rule_says_which_splits_the_data_gave():
 
 def test_a_config_yaml_that_is_not_yaml_leaves_the_evaluation_whole(run, synth_small, tmp_path, capsys):
     """The card cannot be updated from a broken config.yaml: evaluate warns, naming it, and writes all its files."""
-    (run / "config.yaml").write_text("train: {model: resnet18\n")
-    out = tmp_path / "eval"
-    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small), "--split", "test",
-                 "--split-file", str(run / "split.csv"), "--out", str(out), "--workers", "0", "--bootstrap", "0",
-                 "--quiet"]) == 0
-    assert f"model card not updated: {run / 'config.yaml'} is not valid YAML" in capsys.readouterr().err
-    assert {"metrics.json", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png"} <= {
-        p.name for p in out.iterdir()}
+    for broken in ("train: {model: resnet18\n", "- a list\n- not options\n"):  # not YAML; not a mapping
+        (run / "config.yaml").write_text(broken)
+        out = tmp_path / f"eval{len(broken)}"
+        assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(synth_small), "--split", "test",
+                     "--split-file", str(run / "split.csv"), "--out", str(out), "--workers", "0", "--bootstrap",
+                     "0", "--quiet"]) == 0
+        assert f"model card not updated: {run / 'config.yaml'} is not a run's config.yaml" in capsys.readouterr().err
+        assert {"metrics.json", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png"} <= {
+            p.name for p in out.iterdir()}
 
 
 def test_a_run_that_listed_its_skipped_images_in_config_yaml_is_counted():

@@ -490,7 +490,8 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     assert table["good"]["Best selection accuracy (epoch)"] == "0.3750 (1, val)"
     assert table["good"]["Majority accuracy"] == "0.3000"
     [results] = md_table(md, "## Results")
-    assert results["Always the most common grade (test)"] == " / ".join(sorted({"0.300", f"{flat_majority:.3f}"}))
+    baseline = results["Baseline: always the most common grade (test accuracy)"]
+    assert baseline == " / ".join(sorted({"0.300", f"{flat_majority:.3f}"}))
     assert "- **Split warnings**: 3 of 5 test patients also have an eye in train" in md
     assert "- **Training**: 1 epoch, adamw lr 0.001" in md  # one epoch, not "1 epochs"
     assert "classification objective, grade: the most probable; weights:" in md  # how outputs become grades

@@ -315,7 +315,19 @@ def test_a_resume_in_another_number_of_processes_is_refused(tiny_run, tmp_path, 
     assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "the run trained in 2 process(es), this resume has 1" in err
-    assert f"torchrun --nproc_per_node=2 -m retinopathy train --resume {run}" in err
+    assert f"torchrun --nproc_per_node=2 -m retinopathy train --resume {run} --epochs 3" in err
+
+
+def test_files_a_resume_does_not_read_keep_the_runs_record(tiny_run, tmp_path, monkeypatch, capsys):
+    """--weights given again by another path (an experiment's relative weights: run from another folder) neither
+    stops the resume nor replaces what config.yaml and the checkpoints say the run started from."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", str(run), "--weights", "w.pt", "--epochs", "3", "--quiet"]) == 0
+    assert "note: --weights" in capsys.readouterr().err
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["weights"] is None
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["weights"] is None
 
 
 def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsys):
@@ -337,7 +349,6 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--val-fraction", "0.3"], "--val-fraction 0.1 (not 0.3)"),  # its split.csv decides
                           (["--split-seed", "5"], "--split-seed 0 (not 5)"),
                           (["--pretrained"], "--no-pretrained (not --pretrained)"),  # last.pt holds the weights
-                          (["--weights", "w.pt"], f"--weights not set (not {os.path.abspath('w.pt')})"),
                           (["--blend-eyes", "0.3"], "--blend-eyes 0.0 (not 0.3)"),
                           (["--decision", "thresholds"], "--decision argmax (not thresholds)"),
                           (["--image-size", "32"], "--image-size 64 (not 32)"),  # what the model sees
@@ -375,6 +386,9 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     assert main(["train", "--resume", str(run), "--decision", "argmax", "--model-ema-decay", "0.9", "--val-fraction",
                  "0.1", "--quiet"]) == 0
     assert "nothing to train" in capsys.readouterr().out
+    # a file a resume does not read, given again (as an experiment run from another folder does): noted, unused
+    assert main(["train", "--resume", str(run), "--weights", "w.pt", "--quiet"]) == 0
+    assert f"note: --weights {os.path.abspath('w.pt')} is not read on resume" in capsys.readouterr().err
     # a finished argmax run has no thresholds to retune
     assert main(["train", "--resume", str(run), "--threshold-data", "train+selection", "--quiet"]) == 2
     assert "--threshold-data selection (not train+selection)" in capsys.readouterr().err

@@ -73,6 +73,8 @@ def run_images(checkpoint: Path, data: str) -> str | None:
         config = yaml.safe_load((run_folder(checkpoint) / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
         return None
+    if not isinstance(config, dict):  # not a run's config.yaml
+        return None
     images = (config.get("train") or {}).get("images")
     return images if images and (config.get("data") or {}).get("path") == str(Path(data).resolve()) else None
 
@@ -185,15 +187,15 @@ def main(args) -> dict:
     with replacing(out / "confusion_matrix.csv") as f:
         np.savetxt(f, np.array(metrics["confusion_matrix"]), fmt="%d", delimiter=",",
                    header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
-    confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
-                     f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
-    try:  # last: a card that cannot be written loses none of the evaluation's files
-        write_model_card(checkpoint, evaluation=metrics, eval_dir=out)
+    try:  # before the figure, which marks the evaluation finished (an experiment checks it): a card that cannot
+        write_model_card(checkpoint, evaluation=metrics, eval_dir=out)  # be written loses none of the files
     except OSError as e:  # e.g. a checkpoint in a read-only folder
         print(f"warning: model card not updated ({e})", file=sys.stderr)
     except yaml.YAMLError as e:
-        print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not valid YAML "
-              f"({str(e).splitlines()[0]})", file=sys.stderr)
+        print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not a run's "
+              f"config.yaml ({str(e).splitlines()[0]})", file=sys.stderr)
+    confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
+                     f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
     ci = metrics.get("ci95")
     if dataset.skipped:
         print(f"warning: {skipped_note(dataset.skipped, str(out / 'skipped.csv'))}", file=sys.stderr)

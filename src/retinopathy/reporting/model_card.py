@@ -304,6 +304,8 @@ def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval
     described = folder / "best.pt" if file.name != "best.pt" and (folder / "best.pt").exists() else file
     card_ckpt = ckpt if described == file else load_checkpoint(described)
     config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").exists() else {}
+    if not isinstance(config, dict | None):
+        raise yaml.YAMLError(f"it holds a {type(config).__name__}, not a mapping of options")
     history = metrics_rows(run / "metrics.csv")
     store = _read_store(folder / STORE)
     if evaluation is not None:

@@ -480,7 +480,8 @@ def render_markdown(ctx: dict) -> str:
     md = [f"# {ctx['title']}", "", f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}.", ""]
     md += [line for about in ctx["about"] for line in (about, "")]
     md += ["## At a glance", ""] + [f"- {line}" for line in ctx["glance"]] + ["", "## Results", ""]
-    md.append("| Model | " + " | ".join(ctx["variants"]) + " | Always the most common grade (test) |")
+    md.append("| Model | " + " | ".join(ctx["variants"])
+              + " | Baseline: always the most common grade (test accuracy) |")
     md.append("|---" * (len(ctx["variants"]) + 2) + "|")
     for m in ctx["models"]:
         cells = []

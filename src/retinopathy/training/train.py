@@ -131,8 +131,9 @@ def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
 FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
                    "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay",  # and --decision
                    "image_size", "preprocess", "train_crop_size",  # what the model sees
-                   "val_fraction", "test_fraction", "split_seed", "split_file",  # the split (its split.csv decides)
-                   "pretrained", "weights", "weights_tag")  # where the weights started (last.pt holds them now)
+                   "val_fraction", "test_fraction", "split_seed",  # the split (its split.csv decides)
+                   "pretrained", "weights_tag")  # where the weights started (last.pt holds them now)
+UNUSED_ON_RESUME = ("weights", "split_file")  # files a resume does not read: the record keeps the run's
 FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "norm_weight_decay", "scheduler",
                         "warmup_epochs", "freeze_epochs", "batch_size",
                         "augment", "sampler", "class_weights", "label_smoothing", "mixup", "seed")  # how it learns
@@ -236,8 +237,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         had = {k: ckpt["config"].get(k, initial[k]) for k in fixed}  # an option newer than the run: its default
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
                    for k in fixed if comparable(k, had[k]) != comparable(k, getattr(args, k))
-                   and not (k == "model_ema_decay" and not args.model_ema)  # no EMA, no decay to keep
-                   and not (k in WHERE_STARTED and had[k] and not os.path.isabs(had[k]))]  # typed relative: unknowable
+                   and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
         decision = args.decision or default_decision(args.objective)  # None: the objective's own
         trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
         if decision != trained:
@@ -246,12 +246,21 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
                                   f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
+        for k in UNUSED_ON_RESUME:  # given again, perhaps by another path (an experiment run from elsewhere)
+            ran_with = ckpt["config"].get(k)
+            if getattr(args, k) != ran_with and (ran_with is None or os.path.isabs(ran_with)):
+                if getattr(args, k) and dist.main:
+                    print(f"note: --{k.replace('_', '-')} {getattr(args, k)} is not read on resume (the run's "
+                          f"{'last.pt' if k == 'weights' else 'split.csv'} holds what it gave); its record keeps "
+                          f"{ran_with or 'none'}", file=sys.stderr)
+                setattr(args, k, ran_with)
         if stepping and ckpt.get("world_size", dist.world_size) != dist.world_size:  # before the data is read
             raise CheckpointError(f"{args.resume}: the run trained in {ckpt['world_size']} process(es), this resume "
                                   f"has {dist.world_size}: each process draws its own share of the images and its own "
                                   "augmentations, so another count would not continue the run as it was going (and "
                                   "changes its steps per epoch). Resume it as it ran: "
-                                  f"{resume_command(args.resume, ckpt['world_size'])}")
+                                  f"{resume_command(args.resume, ckpt['world_size'])}"
+                                  + (f" --epochs {args.epochs}" if args.epochs != ckpt["config"].get("epochs") else ""))
         if dist.main:
             for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
                 leftover.unlink(missing_ok=True)
