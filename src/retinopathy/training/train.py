@@ -202,7 +202,7 @@ def metrics_columns(eval_splits) -> list[str]:
 def main(args) -> dict:
     """Train a run into ``args.out``, which stays locked while it trains (by rank 0 under torchrun or srun)."""
     for key in WHERE_STARTED:  # absolute: config.yaml and checkpoints name the files wherever a resume runs
-        if getattr(args, key):
+        if getattr(args, key, None):
             setattr(args, key, os.path.abspath(getattr(args, key)))
     if launched_as()[0] != 0:
         return _train(args)
