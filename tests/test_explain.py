@@ -275,3 +275,18 @@ def test_heatmap_captions_fit_the_picture():
     text = figure[40 * scale:]
     assert text[:, -6:].min() > 200  # nothing written into the right margin
     assert (text < 100).any(1).sum() > 10 * 4  # several lines of text
+
+
+def test_the_coarse_heatmap_warning_points_at_the_callers_line(tmp_path):
+    """predict.run's warnings are DataWarnings attributed to the program that called it (as collect_items's are),
+    not to a line inside the package."""
+    from retinopathy.errors import DataWarning
+    from retinopathy.inference.predict import collect_items, run
+
+    fundus(None).resize((64, 64)).save(tmp_path / "1_left.png")
+    items = collect_items([tmp_path / "1_left.png"])
+    model = blob_detector().eval()
+    with pytest.warns(DataWarning, match="2x2 cells at 64 px") as said:
+        run(model, make_objective("classification"), Preprocessing("lab", 64), items, cam_dir=tmp_path / "cams",
+            progress=False)
+    assert {w.filename for w in said if "cells at" in str(w.message)} == {__file__}
