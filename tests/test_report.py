@@ -665,7 +665,7 @@ def test_a_training_loss_with_more_terms_than_the_evaluation_losses_says_so(tmp_
 
 def test_a_grade_predicted_without_images_keeps_its_precision():
     """No images of grade 4 but answered for some: recall n/a, precision 0.00 (every such answer was wrong)."""
-    from retinopathy.reporting.html import grade_parts
+    from retinopathy.reporting.text import grade_parts
 
     per_grade = {str(g): {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for g in range(4)}
     per_grade["4"] = {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}
@@ -738,7 +738,7 @@ def test_a_run_that_changes_its_preset_says_what_it_changed():
 
 def test_missing_numbers_read_alike_everywhere():
     """None and NaN (an undefined kappa, a metrics.json edited by hand) print as the same mark, never 'nan'."""
-    from retinopathy.reporting.html import number
+    from retinopathy.reporting.text import number
 
     assert [number(v) for v in (None, float("nan"), 0.25)] == ["-", "-", "0.250"]
     assert number(float("nan"), none="n/a") == "n/a"
@@ -779,7 +779,7 @@ def test_recipes_are_listed_for_named_variants_once_each(tmp_path):
 
 def test_the_models_and_training_lines_say_what_each_option_did(tmp_path):
     """Eye pairing on the Model line, --norm-weight-decay on the Training line, minutes from a minute on."""
-    from retinopathy.reporting.html import training_text
+    from retinopathy.reporting.text import training_text
     from retinopathy.reporting.report import Run, _grading_text, run_details
 
     assert _grading_text({"objective": "classification", "pair_eyes": True}).endswith(

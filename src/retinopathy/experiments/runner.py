@@ -50,7 +50,7 @@ from ..outputs import exclusive
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import NotWritten, RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
-from ..reporting.html import epochs_text
+from ..reporting.text import epochs_text
 from ..training import config as train_config
 from ..training.checkpoint import epochs_saved, load_checkpoint, same_checkpoint
 

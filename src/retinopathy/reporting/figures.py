@@ -22,7 +22,7 @@ from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 from ..atomic import replacing  # noqa: E402
 from ..data.formats import GRADES  # noqa: E402
 from ..models.objectives import loss_name  # noqa: E402
-from .html import epochs_text  # noqa: E402
+from .text import epochs_text  # noqa: E402
 
 BLUE, ORANGE = "#0072B2", "#E69F00"
 OTHERS = ["#009E73", "#CC79A7", "#D55E00", "#000000", "#56B4E9", "#F0E442"]  # sky blue and yellow (faint) last

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..data.formats import GRADES
+from .text import baselines, cell_notes, ci_text, grade_parts, number
 
 CSS = """
 *{box-sizing:border-box}
@@ -78,104 +79,6 @@ def _attr(v) -> str:
 def _img(path: Path, alt: str, cls: str = "") -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img{f" class={cls!r}" if cls else ""} alt="{escape(alt)}" src="data:image/png;base64,{data}">'
-
-
-def number(v, digits: int = 3, none: str = "-") -> str:
-    """``v`` with ``digits`` decimals, or ``none`` where there is no number (None, or NaN)."""
-    return none if v is None or v != v else f"{v:.{digits}f}"
-
-
-def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
-    """('recall / precision', 'n') of each grade of an evaluation: 'n/a' for the recall of a grade the split has
-    no images of ('0 images'; just 'n/a' when it was never predicted either) and for the precision of a grade never
-    predicted (also in evaluations written before undefined values were null)."""
-    parts = []
-    for g in GRADES:
-        pg = evaluation["per_grade"][str(g)]
-        never = (evaluation.get("predicted_counts") or [None] * len(GRADES))[g] == 0
-        precision = "n/a" if never else number(pg["precision"], 2, "n/a")
-        if not pg["support"]:
-            parts.append(("n/a" if precision == "n/a" else f"n/a / {precision}", "0 images"))
-        else:
-            parts.append((f"{number(pg['recall'], 2, 'n/a')} / {precision}", str(pg["support"])))
-    return parts
-
-
-def ci_text(ci) -> str:
-    """' (95% CI lo to hi)', or nothing when there is no interval."""
-    return f" (95% CI {number(ci[0])} to {number(ci[1])})" if ci else ""
-
-
-def first_line(text: str) -> str:
-    """A reason's first line; with the next when it only announces it ("1 problem(s) in the dataset:")."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return " ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":") else (lines[0] if lines else "")
-
-
-def epochs_text(n) -> str:
-    """``1 epoch``, ``20 epochs``."""
-    return f"{n} epoch" + ("" if n == 1 else "s")
-
-
-def standing_text(run) -> str:
-    """What an evaluated run that is not ``done`` says beside its numbers: its last run failed, or it trained on
-    after that evaluation and stopped short; the evaluation shown is of the best.pt it still has."""
-    said = "its last run failed" if run.status == "failed" else "unfinished"
-    return f"{said}: {first_line(run.reason)}"
-
-
-def training_text(t: dict) -> str:
-    """A run's training options in one line, for the report and the model card: ``20 epochs (5 with the backbone
-    frozen), sgd lr 0.001 momentum 0.9 ...``; without pretrained weights the frozen backbone is a random one."""
-    backbone = "backbone" if t.get("pretrained", True) or t.get("weights") else "random (not pretrained) backbone"
-    frozen = f" ({t['freeze_epochs']} with the {backbone} frozen)" if t.get("freeze_epochs") else ""
-    return (f"{epochs_text(t.get('epochs'))}{frozen}, {t.get('optimizer')} lr {t.get('lr')}"
-            + (f" momentum {t.get('momentum')}" if t.get("optimizer") == "sgd" else "")
-            + f" weight decay {t.get('weight_decay')}"
-            + (f" ({t['norm_weight_decay']} on normalisation layers)" if t.get("norm_weight_decay") is not None else "")
-            + f", scheduler {t.get('scheduler')}, batch {t.get('batch_size')}, "
-            f"class weights {t.get('class_weights')}, sampler {t.get('sampler')}, label smoothing "
-            f"{t.get('label_smoothing')}, mixup alpha {t.get('mixup', 0.0)}, seed {t.get('seed')}")
-
-
-def majority_text(n: dict) -> str:
-    """A run's own baseline, for a cell beside runs tested on other test splits."""
-    return f"its test split: always answering grade {n['majority_grade']} scores {number(n['majority_accuracy'])}"
-
-
-def warning_text(n: dict) -> str:
-    """Why a run is flagged: it has not learnt to grade (kappa <= 0), or it grades but is right less often
-    than always answering the most common grade."""
-    if n["kappa"] <= 0:
-        return f"no better than always answering grade {n['majority_grade']}"
-    return (f"accuracy not above always answering grade {n['majority_grade']} "
-            f"({number(n['majority_accuracy'])}), although kappa > 0")
-
-
-def cell_notes(run) -> list[tuple[str, str]]:
-    """What a results cell says below its numbers and selected epoch, in both renderings: (kind, text), kind
-    ``note`` (about the evaluation), ``small`` (small print), ``lab`` (the lab's number) or ``warn`` (marked)."""
-    n, sel = run.numbers, run.numbers.get("selection_split") or "?"
-    notes = [("note", n["evaluation_note"])] if n.get("evaluation_note") else []
-    if n.get("own_majority"):
-        notes.append(("small", majority_text(n)))
-    if run.status != "done":
-        notes.append(("warn", standing_text(run)))
-    if "best_selection_accuracy" in n:
-        notes.append(("small", f"best {sel} accuracy {number(n['best_selection_accuracy'])} "
-                               f"(epoch {n['best_selection_epoch']})"))
-    if "max_test_accuracy" in n:
-        notes.append(("lab", f"highest test accuracy over epochs {number(n['max_test_accuracy'])} (epoch "
-                             f"{n['max_test_epoch']}) - the lab's number, optimistic"
-                      + (f"; {n['max_test_note']}" if "max_test_note" in n else "")))
-    if n.get("warning"):
-        notes.append(("warn", warning_text(n)))
-    return notes
-
-
-def baselines(runs, model: str) -> list[float]:
-    """The majority-class test accuracies of a model's evaluated runs (one per test split)."""
-    return sorted({r.numbers["majority_accuracy"] for r in runs if r.model == model and r.eval is not None})
 
 
 def results_cell(run) -> str:

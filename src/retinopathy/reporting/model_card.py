@@ -25,7 +25,7 @@ from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, metrics_rows, run_folder, same_checkpoint
-from .html import number, training_text
+from .text import number, training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",

@@ -34,8 +34,8 @@ from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoin
 from ..training.config import PRESETS, option_value
 from ..training.distributed import resume_command
 from . import figures
-from .html import (LEGEND, baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, number,
-                   render_html, training_text)
+from .html import LEGEND, render_html
+from .text import baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, number, training_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",

@@ -39,7 +39,7 @@ from ..errors import Interrupted, NotWritten
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.objectives import class_weights, default_decision, tune_thresholds
-from ..reporting.html import epochs_text
+from ..reporting.text import epochs_text
 from ..reporting.model_card import CARD, write_model_card
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, metrics_rows, run_folder,
                          save_checkpoint)
