@@ -424,28 +424,8 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
             path = _find_image(s.image, data, image_root, indexes)
             s.path = str(path) if path is not None else None
     samples = _without_duplicates(samples, problems)
-    if format != "folders" and resolve:
-        for s in samples:  # a sample whose image is missing stays, with path None, so it keeps its split
-            if s.path is None:
-                name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
-                stem, index = without_extension(name), indexes.get(image_root) or {}
-                other = indexed(index, stem)  # the same name with another extension
-                folder = next((f for f in ([name] if stem != name else [name + e for e in IMAGE_EXTENSIONS])
-                               if image_root and (image_root / f).is_dir()), None)
-                tried = (f"({folder} there is a folder, not an image file)" if folder else
-                         f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
-                         f"({other} is there: fix the extension in the name)" if other else
-                         "(looked for that exact name)")
-                elsewhere = next((data / sub for sub in (*IMAGE_SUBDIRS, "test", "test_images")
-                                  if data / sub != image_root and indexed(_index(data / sub, indexes), name)), None)
-                if elsewhere is not None:  # e.g. the lab's test images kept apart in DATA/test/
-                    tried += (f"; it is in {elsewhere}: keep the images in one folder (or link them into one), as "
-                              "one image folder serves every labels file")
-                found = (f"not found in {where} {tried}; add the file" if name == s.image else
-                         f"not found: the name holds a path, and neither {_relative(s.image, data)} nor {name} "
-                         f"in {where} exists {tried}; fix the path (relative to {data}), add the file")
-                problems.append(Problem("missing-image", s.source, s.line, f"image {s.image} {found}, pass "
-                                        "--images, or use --skip-bad to drop it", s.image))
+    if format != "folders" and resolve:  # a sample whose image is missing stays, with path None, to keep its split
+        problems += [_missing_image(s, data, image_root, indexes) for s in samples if s.path is None]
     if not samples and not problems:
         listed = " and ".join(f.name for f in label_files)
         problems.append(Problem("empty", str(labels), None, "the dataset has no images: " + (
@@ -453,6 +433,30 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
             "no train_img.csv + train_label.csv or test_img.csv + test_label.csv here" if format == "lab" else
             f"no image files in its grade folders 0/ ... 4/ ({', '.join(IMAGE_EXTENSIONS)})")))
     return Catalog(format, data, label_files, image_root, samples, problems)
+
+
+def _missing_image(s: Sample, data: Path, image_root: Path | None, indexes: dict) -> Problem:
+    """The problem of a listed image that is not there: where it was looked for, and what is there instead (a
+    folder of that name, the name with another extension, the image in another of the usual folders)."""
+    name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
+    stem, index = without_extension(name), indexes.get(image_root) or {}
+    other = indexed(index, stem)  # the same name with another extension
+    folder = next((f for f in ([name] if stem != name else [name + e for e in IMAGE_EXTENSIONS])
+                   if image_root and (image_root / f).is_dir()), None)
+    tried = (f"({folder} there is a folder, not an image file)" if folder else
+             f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
+             f"({other} is there: fix the extension in the name)" if other else
+             "(looked for that exact name)")
+    elsewhere = next((data / sub for sub in (*IMAGE_SUBDIRS, "test", "test_images")
+                      if data / sub != image_root and indexed(_index(data / sub, indexes), name)), None)
+    if elsewhere is not None:  # e.g. the lab's test images kept apart in DATA/test/
+        tried += (f"; it is in {elsewhere}: keep the images in one folder (or link them into one), as "
+                  "one image folder serves every labels file")
+    found = (f"not found in {where} {tried}; add the file" if name == s.image else
+             f"not found: the name holds a path, and neither {_relative(s.image, data)} nor {name} "
+             f"in {where} exists {tried}; fix the path (relative to {data}), add the file")
+    return Problem("missing-image", s.source, s.line, f"image {s.image} {found}, pass --images, or use "
+                   "--skip-bad to drop it", s.image)
 
 
 def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[Sample]:
