@@ -160,3 +160,18 @@ def test_a_checkpoint_save_that_fails_keeps_the_last_one(tmp_path, full_disk):
         checkpoint.save_checkpoint({"epoch": 4, "model": {"w": torch.zeros(4)}}, path)
     assert str(e.value) == f"{path}: cannot be written (No space left on device)"
     assert checkpoint.load_checkpoint(path)["epoch"] == 3 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_an_interrupted_command_says_so_once_under_torchrun(tmp_path, monkeypatch, capsys):
+    """Ctrl-C reaches every rank of a torchrun job: rank 0 alone says 'interrupted'; every rank exits 130."""
+    from retinopathy.reporting import report
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "build_report", interrupted)
+    for rank, said in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 130
+        assert ("interrupted" in capsys.readouterr().err) == said

@@ -790,18 +790,3 @@ def test_the_models_and_training_lines_say_what_each_option_did(tmp_path):
     for secs, shown in ((59.5, "59.5 s"), (90, "1.5 min"), (900, "15.0 min")):
         run = Run("r", tmp_path, "done", rows=[{"epoch": 0, "epoch_seconds": secs}], numbers={"seconds": secs})
         assert dict(run_details(run))["Time"].startswith(f"{shown} over 1 epoch")
-
-
-def test_an_interrupted_command_says_so_once_under_torchrun(tmp_path, monkeypatch, capsys):
-    """Ctrl-C reaches every rank of a torchrun job: rank 0 alone says 'interrupted'; every rank exits 130."""
-    from retinopathy.reporting import report
-
-    def interrupted(*args):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(report, "build_report", interrupted)
-    for rank, said in (("1", False), ("0", True)):
-        monkeypatch.setenv("RANK", rank)
-        monkeypatch.setenv("WORLD_SIZE", "2")
-        assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 130
-        assert ("interrupted" in capsys.readouterr().err) == said

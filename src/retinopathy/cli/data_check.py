@@ -4,10 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..atomic import write_json
-
-from ..outputs import check_output_file, refuse_replacing
 from ..data import load_catalog
 from ..data.check import check_catalog, format_report
+from ..outputs import check_output_file, refuse_replacing
 from .common import add_data_arguments, at_least, catalog_options, show_defaults
 
 

@@ -81,11 +81,18 @@ def _run(argv: list[str]) -> int:
         print(f"error: {e.filename2 or e.filename}: {e.strerror or e}", file=sys.stderr)  # 2: os.replace's target
         return 2
     except KeyboardInterrupt as e:
-        from ..training.distributed import launched_as
-
-        if launched_as()[0] == 0:  # under torchrun every rank is interrupted: rank 0 says so, once
+        if _rank() == 0:  # under torchrun every rank is interrupted: rank 0 says so, once
             print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
         return 130
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (RANK) or srun (SLURM_PROCID), as ``distributed.launched_as`` reads it,
+    without importing torch: an interrupt can come while torch is still being imported."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"])
+    return int(env["SLURM_PROCID"]) if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 else 0
 
 
 def _home(arg: str) -> str:

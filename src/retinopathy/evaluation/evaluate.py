@@ -23,8 +23,6 @@ import yaml  # noqa: E402
 from sklearn.metrics import confusion_matrix  # noqa: E402
 
 from ..atomic import replacing, write_json  # noqa: E402
-
-from ..outputs import check_writable  # noqa: E402
 from ..cli.common import (  # noqa: E402
     READ_KEYS,
     add_amp_argument,
@@ -42,6 +40,7 @@ from ..data.problems import skipped_note, write_skipped  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
 from ..errors import DataWarning, RetinopathyError  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
+from ..outputs import check_writable  # noqa: E402
 from ..reporting.figures import plot_confusion, save_figure  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.checkpoint import run_folder  # noqa: E402

@@ -45,11 +45,10 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_json, write_text
-
-from ..outputs import exclusive
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import NotWritten, RetinopathyError
 from ..models.weights import WeightsUnavailable, load_pretrained_state
+from ..outputs import exclusive
 from ..reporting.text import epochs_text
 from ..training import config as train_config
 from ..training.checkpoint import epochs_saved, load_checkpoint, same_checkpoint

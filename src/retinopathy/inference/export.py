@@ -35,8 +35,6 @@ import numpy as np
 import torch
 
 from ..atomic import naming, out_of_room, write_json
-
-from ..outputs import check_output_file, refuse_replacing
 from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
 from ..data.synth import render_fundus
@@ -44,6 +42,7 @@ from ..data.images import image_files
 from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
+from ..outputs import check_output_file, refuse_replacing
 from ..training.checkpoint import run_checkpoints
 from .predict import collect_items, single_eye
 

@@ -41,8 +41,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..atomic import replacing
-
-from ..outputs import check_output_file, check_writable, refuse_replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
@@ -54,6 +52,7 @@ from ..data.splits import select, trained_on
 from ..errors import DataWarning, RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade, summary
 from ..models.restore import restore
+from ..outputs import check_output_file, check_writable, refuse_replacing
 from ..progress import progress_bar
 from ..training.checkpoint import CheckpointError, run_checkpoints, run_folder
 from ..training.engine import autocast, pick_device, to_device, to_engine

@@ -27,8 +27,6 @@ from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampl
 from torchvision.ops._utils import split_normalization_params
 
 from ..atomic import naming, replacing, write_text
-
-from ..outputs import check_writable, exclusive
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
@@ -39,8 +37,9 @@ from ..errors import Interrupted, NotWritten
 from ..evaluation.metrics import majority_accuracy, summary
 from ..models import build_model, make_objective
 from ..models.objectives import class_weights, default_decision, tune_thresholds
-from ..reporting.text import epochs_text
+from ..outputs import check_writable, exclusive
 from ..reporting.model_card import CARD, write_model_card
+from ..reporting.text import epochs_text
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, metrics_rows, run_folder,
                          save_checkpoint)
 from .config import WHERE_STARTED, defaults, environment, parse_args, plain_options
