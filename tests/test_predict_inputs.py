@@ -230,7 +230,7 @@ def test_home_and_paths_with_spaces_on_the_command_line(synth_small, tmp_path, m
     import tempfile
 
     from retinopathy.outputs import check_writable
-    from retinopathy.training.distributed import resume_command
+    from retinopathy.launch import resume_command
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DataWarning, NotWritten, RetinopathyError
+from ..launch import launched_as, resume_command
 # Each command's module and its help. Most build a parser of their own (torchvision-references style, ``cli(argv)``);
 # synth's and data's ``add_parser`` add theirs to this one. A module is imported only for its command: --help and
 # --version answer at once, without the seconds it takes to import torch.
@@ -81,18 +82,9 @@ def _run(argv: list[str]) -> int:
         print(f"error: {e.filename2 or e.filename}: {e.strerror or e}", file=sys.stderr)  # 2: os.replace's target
         return 2
     except KeyboardInterrupt as e:
-        if _rank() == 0:  # under torchrun every rank is interrupted: rank 0 says so, once
+        if launched_as()[0] == 0:  # under torchrun every rank is interrupted: rank 0 says so, once
             print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
         return 130
-
-
-def _rank() -> int:
-    """This process's rank under torchrun (RANK) or srun (SLURM_PROCID), as ``distributed.launched_as`` reads it,
-    without importing torch: an interrupt can come while torch is still being imported."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"])
-    return int(env["SLURM_PROCID"]) if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1 else 0
 
 
 def _home(arg: str) -> str:
@@ -126,8 +118,6 @@ def _how_to_continue(argv: list[str], run) -> str:
         return ""
     if not (Path(run) / "checkpoints" / "last.pt").exists():
         return f"; no epoch of {run} had finished: run the same command again"
-    from ..training.distributed import resume_command
-
     return (f"; the run keeps its last finished epoch in {run}/checkpoints/last.pt: continue it with "
             f"`{resume_command(run)}`")
 

@@ -28,11 +28,11 @@ from ..data.formats import GRADES
 from ..data.synth import is_synthetic
 from ..errors import RetinopathyError
 from ..evaluation.metrics import no_better_than_majority
+from ..launch import resume_command
 from ..models.restore import display_name
 from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoint, metrics_rows, run_folder,
                                    same_checkpoint)
 from ..training.config import PRESETS, option_value
-from ..training.distributed import resume_command
 from . import figures
 from .html import LEGEND, render_html
 from .text import baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, number, training_text

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import os
-import shlex
 import sys
 import threading
 import time
@@ -11,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from ..launch import launched_as
 
 
 @dataclass
@@ -23,36 +24,6 @@ class DistInfo:
     @property
     def main(self) -> bool:
         return self.rank == 0
-
-
-def resume_command(run, world: int | None = None) -> str:
-    """The command that continues ``run`` as it was started: under torchrun with the same processes per node, under
-    srun with the same tasks. ``world``: the run's process count, for a caller outside the run (the report), which
-    cannot know the launcher: then torchrun on one node."""
-    env, run = os.environ, shlex.quote(str(run))
-    tasks = launched_as()[1] if world is None and "SLURM_PROCID" in env and "WORLD_SIZE" not in env else 1
-    if tasks > 1:
-        return f"srun --ntasks={tasks} retinopathy train --resume {run}"
-    if world is None:
-        world, local = int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_WORLD_SIZE", 0) or 0)
-    else:
-        local = world
-    if world <= 1:
-        return f"retinopathy train --resume {run}"
-    nodes = f" --nnodes={world // local}" if local and local != world else ""
-    return f"torchrun --nproc_per_node={local or world}{nodes} -m retinopathy train --resume {run}"
-
-
-def launched_as() -> tuple[int, int, int]:
-    """(rank, world size, local rank) that torchrun (RANK/WORLD_SIZE) or srun (SLURM_PROCID/SLURM_NTASKS) gave this
-    process; (0, 1, 0) for a single one."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
-        rank = int(env["SLURM_PROCID"])
-        return rank, int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", rank % max(1, torch.cuda.device_count())))
-    return 0, 1, 0
 
 
 def init_distributed(device_type: str) -> DistInfo:

@@ -32,9 +32,10 @@ from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import GRADE_NAMES, GRADES, Catalog
 from ..data.problems import skipped_note, write_skipped
-from ..data.splits import SPLIT_DEFAULTS, run_overlap, same_photographs, trained_names
+from ..data.splits import SPLIT_DEFAULTS, run_overlap, same_photographs, split_option, trained_names
 from ..errors import Interrupted, NotWritten
 from ..evaluation.metrics import majority_accuracy, summary
+from ..launch import launched_as, resume_command
 from ..models import build_model, make_objective
 from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..outputs import check_writable, exclusive
@@ -43,8 +44,7 @@ from ..reporting.text import epochs_text
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, metrics_rows, run_folder,
                          save_checkpoint)
 from .config import WHERE_STARTED, defaults, environment, parse_args, plain_options
-from .distributed import (DistInfo, barrier, broadcast_buffers, cleanup, init_distributed, launched_as,
-                          resume_command)
+from .distributed import DistInfo, barrier, broadcast_buffers, cleanup, init_distributed
 from .engine import (Diverged, ShardSampler, engine_settings, evaluate, freeze_backbone, make_loader, pick_device,
                      to_engine, train_one_epoch)
 
@@ -150,8 +150,8 @@ def flag(option: str, value, bare: bool = False) -> str:
 
 
 def effective(option: str, value):
-    """An option's value as the run used it: a split option left unset is its default."""
-    return SPLIT_DEFAULTS[option] if value is None and option in SPLIT_DEFAULTS else value
+    """An option's value as the run used it: a split option left unset is its default (:func:`split_option`)."""
+    return split_option({option: value}.get, option) if option in SPLIT_DEFAULTS else value
 
 
 def comparable(option: str, value):
