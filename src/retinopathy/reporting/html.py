@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..data.formats import GRADES
-from .text import baselines, cell_notes, ci_text, grade_parts, number
+from .text import RECIPES, baselines, cell_notes, ci_text, grade_parts, number
 
 CSS = """
 *{box-sizing:border-box}
@@ -149,8 +149,7 @@ def recipes_list(recipes: dict[str, str]) -> str:
     if not recipes:
         return ""
     items = "".join(f"<li><b>{escape(v)}</b>: {escape(d)}</li>" for v, d in recipes.items())
-    return (f'<div id="variants"><p class="label">Variants, by the options in which their runs differ from the other '
-            f'runs of the same model:</p><ul class="legend">{items}</ul></div>')
+    return f'<div id="variants"><p class="label">{RECIPES}</p><ul class="legend">{items}</ul></div>'
 
 
 def grades_table(runs) -> str:

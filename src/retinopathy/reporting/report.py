@@ -35,7 +35,7 @@ from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoin
 from ..training.config import PRESETS, option_value
 from . import figures
 from .html import LEGEND, render_html
-from .text import baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, number, training_text
+from .text import RECIPES, baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, number, training_text
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -495,7 +495,7 @@ def render_markdown(ctx: dict) -> str:
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {majors or '-'} |")
     md += ["", " ".join(re.sub(r"<[^>]+>", "", line).replace("&#9888;", "⚠") for line in LEGEND)]
     if ctx["recipes"]:
-        md += ["", "Variants, by the options in which their runs differ from the other runs of the same model:", ""]
+        md += ["", RECIPES, ""]
         md += [f"- **{v}**: {d}" for v, d in ctx["recipes"].items()]
     md += ["", "### All runs", "",
            ("| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..data.formats import GRADES
 
+RECIPES = "Variants, by the options in which their runs differ from the other runs of the same model:"
 
 def number(v, digits: int = 3, none: str = "-") -> str:
     """``v`` with ``digits`` decimals, or ``none`` where there is no number (None, or NaN)."""
