@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import functools
 import os
 import re
 import time
@@ -201,6 +202,7 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Native bf16 matrix instructions (AVX512-BF16 or AMX, from /proc/cpuinfo; False elsewhere): there bf16
     autocast trains a ResNet about twice as fast as fp32 (benchmarks/README.md); without them it is emulated."""
