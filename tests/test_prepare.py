@@ -163,9 +163,10 @@ def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
     assert not list(resumed.glob("*.part"))
 
 
-def test_changed_photographs_are_written_again_and_moved_ones_reported(tmp_path, capsys):
-    """A re-run writes the copy of a photograph replaced since (newer than its copy); in grade folders, a copy left
-    in its old grade folder by a photograph moved to another grade is reported (it would train on the old grade)."""
+def test_changed_photographs_are_written_again_and_moved_ones_set_aside(tmp_path, capsys):
+    """A re-run writes the copy of a photograph replaced since, even one given back its old timestamp (as unzip or
+    ``cp -p`` do); in grade folders, a copy left in its old grade folder by a photograph moved to another grade is
+    renamed *.stale (it would train on the old grade) and reported."""
     import os
 
     generate(tmp_path / "k", n=10, size=64, seed=0, progress=False)
@@ -178,9 +179,10 @@ def test_changed_photographs_are_written_again_and_moved_ones_reported(tmp_path,
     prepare(src, out, size=32, workers=1, progress=False)
     first, second = sorted(src.glob("*/*.jpeg"))[:2]
     before = (out / first.relative_to(src)).read_bytes()
+    old_time = first.stat().st_mtime_ns
     first.write_bytes(second.read_bytes())  # a corrected export of the same photograph, after the copy was made
-    earlier = first.stat().st_mtime - 5
-    os.utime(out / first.relative_to(src), (earlier, earlier))
+    os.utime(first, ns=(old_time, old_time))  # ... unpacked with the timestamp it had: older than its copy
+    assert first.stat().st_mtime < (out / first.relative_to(src)).stat().st_mtime
     m = prepare(src, out, size=32, workers=1, progress=False)
     assert m["counts"]["written"] == 1 and m["problems"] == []
     assert (out / first.relative_to(src)).read_bytes() not in (before, b"")
@@ -192,14 +194,36 @@ def test_changed_photographs_are_written_again_and_moved_ones_reported(tmp_path,
     assert main(["prepare", str(src), str(out), "--size", "32", "--workers", "1", "--quiet"]) == 1
     err = capsys.readouterr().err
     stale = out / first.relative_to(src)
-    assert f"[stale-copy] {stale}: no photograph of the source has this copy any more" in err
-    assert f"would be read as grade {grade}; delete it" in err
-    assert stale.exists()  # reported, not deleted
-    stale.unlink()
-    m = prepare(src, out, size=32, workers=1, progress=False)
-    assert m["problems"] == [] and m["counts"]["written"] == 0
+    assert (f"[stale-copy] {stale}: no photograph of the source has this copy any more (moved to another grade "
+            f"folder, or removed, since {out} was prepared), so it would be read as grade {grade}: renamed to "
+            f"{stale.name}.stale") in err
+    assert not stale.exists() and stale.with_name(stale.name + ".stale").exists()  # set aside, not deleted
     copy = {s.image: s.label for s in read_catalog(out).samples}
     assert copy == {s.image: s.label for s in read_catalog(src).samples} and copy[first.stem] == (grade + 2) % 5
+    m = prepare(src, out, size=32, workers=1, progress=False)
+    assert m["problems"] == [] and m["counts"]["written"] == 0
+
+
+def test_earlier_copies_of_photographs_now_missing_or_bad_are_set_aside(tmp_path, capsys):
+    """A photograph removed or damaged after it was copied: its earlier copy is renamed *.stale, so that the copy
+    reports the row as the source does instead of reading an image the source no longer has."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    generate(src, n=10, size=64, seed=0, progress=False)
+    prepare(src, out, size=32, workers=1, progress=False)
+    good = (src / "1_left.jpeg").read_bytes()
+    (src / "1_left.jpeg").write_bytes(good[: len(good) // 2])  # truncated since
+    (src / "1_right.jpeg").unlink()  # removed since
+    assert main(["prepare", str(src), str(out), "--size", "32", "--workers", "1", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "2 listed image(s) are not in the copy" in err and "2 earlier copies of them were renamed *.stale" in err
+    m = json.loads((out / MANIFEST).read_text())
+    assert sorted(m["set_aside"]) == [str(out / "1_left.jpeg.stale"), str(out / "1_right.jpeg.stale")]
+    assert not (out / "1_left.jpeg").exists() and (out / "1_left.jpeg.stale").stat().st_size > 0
+    assert {(p.image, p.kind) for p in read_catalog(out).problems} == {("1_left", "missing-image"),
+                                                                       ("1_right", "missing-image")}
+    (src / "1_left.jpeg").write_bytes(good)  # repaired: written again
+    m = prepare(src, out, size=32, workers=1, progress=False)
+    assert m["counts"]["written"] == 1 and (out / "1_left.jpeg").exists()
 
 
 def test_reading_a_copy_otherwise_than_it_was_prepared_warns(synth128, tmp_path):

@@ -12,12 +12,13 @@ images were in such a folder) or ``OUT/<grade>/<name>.jpeg`` (folders, where the
 labels, so they do not change.
 
 Work runs on all cores; a killed run leaves no half-written image (temporary ``.part`` files are renamed
-into place) and a re-run skips the finished files (a copy cut or emptied since, or older than its photograph, is
-written again; in grade folders, a copy whose photograph has moved to another grade or gone is reported, since it
-would be read with its old grade). Bad inputs are reported as the dataset reports them (file and line) and not
-written; the exit status is then 1.
-``OUT/prepare_manifest.json`` records the source, settings, counts, problems and time; a re-run with other
-settings into the same OUT is refused.
+into place) and a re-run skips the finished files (a copy cut or emptied since, or whose photograph has another
+size or modification time than when it was copied, is written again). Bad inputs are reported as the dataset
+reports them (file and line) and not written; an earlier copy of a photograph now missing or unreadable, and in
+grade folders one whose photograph has moved to another grade or gone, is renamed ``<name>.stale`` (and
+reported), so that the copy never reads an image its source no longer has; the exit status is then 1.
+``OUT/prepare_manifest.json`` records the source, settings, each photograph's size and modification time,
+counts, problems and time; a re-run with other settings into the same OUT is refused.
 
 Which copy for which training (S = ``--size`` = ``--image-size``; "equal" = up to the JPEG coding at quality 95,
 about 1 level of 255 on average, about 2.5 after ``graham``, whose gain of 4 magnifies it):
@@ -65,6 +66,7 @@ MANIFEST = "prepare_manifest.json"
 CROPS = ("none", "fov")
 QUALITY = 95
 PART = ".part"
+STALE = ".stale"
 
 
 class PrepareError(RetinopathyError, ValueError):
@@ -83,6 +85,11 @@ def output_name(sample: Sample, catalog: Catalog) -> str:
     if "/" not in name and catalog.image_root is not None and catalog.image_root.parent == catalog.root:
         return f"{catalog.image_root.name}/{name}"  # beside the names that hold that folder (train/1_left.jpeg)
     return name
+
+
+def _outside(name: str) -> bool:
+    """A copy name that would lead out of OUT."""
+    return PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts
 
 
 def resize_steps(size: int, crop: str) -> list:
@@ -116,12 +123,21 @@ def prepare_file(job: tuple) -> str | None:
     return None
 
 
-def _up_to_date(copy: Path, source: str) -> bool:
-    """A copy already there is kept when it is newer than its photograph (as ``make`` decides) and its header and end
-    marker are whole (as the dataset checks them); one cut or emptied since (a full disk, a copy that failed), or a
-    photograph replaced since (a corrected export), is written again."""
+def _source_stat(source: str) -> list[int]:
+    st = os.stat(source)
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _up_to_date(copy: Path, source: str, recorded: list | None) -> bool:
+    """A copy already there is kept when its photograph has the size and modification time recorded when the copy
+    was written (a copy from before that record: when it is newer than its photograph, as ``make`` decides) and
+    its header and end marker are whole (as the dataset checks them); one cut or emptied since (a full disk, a
+    copy that failed), or a photograph replaced since (a corrected export, even one unpacked with its old
+    timestamp), is written again."""
     try:
-        if copy.stat().st_mtime < os.stat(source).st_mtime:
+        if recorded is not None and recorded != _source_stat(source):
+            return False
+        if recorded is None and copy.stat().st_mtime < os.stat(source).st_mtime:
             return False
         check_image(copy)
         return True
@@ -129,17 +145,28 @@ def _up_to_date(copy: Path, source: str) -> bool:
         return False
 
 
+def set_aside(copy: Path) -> Path | None:
+    """Rename an earlier copy that the source no longer backs to ``<name>.stale`` (not an image name, so the
+    dataset does not read it, and nothing is lost); None when there is none."""
+    if not copy.is_file():
+        return None
+    aside = copy.with_name(copy.name + STALE)
+    os.replace(copy, aside)
+    return aside
+
+
 def _stale_copies(out: Path, targets: dict) -> list[Problem]:
-    """Images in OUT's grade folders that no photograph of the source writes: read with the grade of their folder,
-    they would train on an old grade (a photograph moved to another grade folder) or a removed photograph."""
+    """Images in OUT's grade folders that no photograph of the source writes (moved to another grade folder, or
+    removed): read with the grade of their folder, they would train on an old grade or a removed photograph, so
+    they are set aside (:func:`set_aside`) and reported."""
     problems = []
     for p in image_files(out):
         name = p.relative_to(out)
         grade = next((d for d in name.parts[:-1] if d in map(str, GRADES)), None)
         if grade is not None and name.as_posix() not in targets:
             problems.append(Problem("stale-copy", str(p), None, f"no photograph of the source has this copy any more "
-                                    f"(moved to another grade folder, or removed, since {out} was prepared), and it "
-                                    f"would be read as grade {grade}; delete it"))
+                                    f"(moved to another grade folder, or removed, since {out} was prepared), so it "
+                                    f"would be read as grade {grade}: renamed to {set_aside(p).name}"))
     return problems
 
 
@@ -162,23 +189,28 @@ def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
     return names
 
 
-def _check_out(out: Path, catalog: Catalog, settings: dict) -> None:
+def _check_out(out: Path, catalog: Catalog, settings: dict) -> dict:
+    """Refuse an OUT that cannot take this copy; return the earlier run's record of its photographs ({copy name:
+    [size, modification time in ns]}, empty for a new OUT)."""
     for folder in (catalog.root, catalog.image_root):
         if folder is not None and out.resolve() == Path(folder).resolve():
             raise PrepareError(f"{out} is the source folder; choose another OUT")
     manifest = out / MANIFEST
     if manifest.exists():
         try:
-            old = json.loads(manifest.read_text()).get("settings")
-        except (ValueError, AttributeError):
+            earlier = json.loads(manifest.read_text())
+            old, sources = earlier.get("settings"), dict(earlier.get("sources", {}))
+        except (ValueError, AttributeError, TypeError):
             raise PrepareError(f"{manifest} is unreadable (a run killed while writing it, or edited): the copy in "
                                f"{out} cannot be trusted; delete {out} and prepare again") from None
         if old != settings:
             diff = {k: (old or {}).get(k) for k in settings if (old or {}).get(k) != settings[k]}
             raise PrepareError(f"{out} holds a copy prepared with other settings {diff} (now "
                                f"{ {k: settings[k] for k in diff} }); choose another OUT or delete it")
-    elif out.exists() and any(out.iterdir()):
+        return sources
+    if out.exists() and any(out.iterdir()):
         raise PrepareError(f"{out} is not empty and has no {MANIFEST}; choose a new or empty folder")
+    return {}
 
 
 def _remove_parts(out: Path) -> None:
@@ -209,22 +241,28 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     settings = {"source": str(Path(src).resolve()), "format": catalog.format, "size": size, "crop": crop,
                 "quality": QUALITY, "subsampling": "4:4:4", "resize": "bilinear, antialiased (torchvision)",
                 "decode": "Pillow draft (reduced-scale JPEG decode)"}
-    _check_out(out, catalog, settings)
+    recorded = _check_out(out, catalog, settings)
     out.mkdir(parents=True, exist_ok=True)
     _remove_parts(out)
     manifest = {"source": settings["source"], "out": str(out.resolve()), "size": size, "crop": crop,
                 "settings": settings, "read_options": _out_read_options(read_options, catalog, out),
-                "complete": False, "started": started_at, "retinopathy": __version__}
+                "complete": False, "started": started_at, "retinopathy": __version__, "sources": recorded}
     write_json(out / MANIFEST, manifest)
     labels = _copy_labels(catalog, out)
 
     problems: list[Problem] = list(catalog.problems)
     todo: list[tuple[Sample, str]] = []
     targets: dict[str, Sample] = {}
+    sources: dict[str, list[int]] = {}
+    set_aside_copies: list[str] = []
     skipped = 0
-    for s in (s for s in catalog.samples if s.path):
+    for s in catalog.samples:
         name = output_name(s, catalog)
-        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        if s.path is None:  # its photograph is missing now: an earlier copy of it must not be read in its place
+            if not _outside(name) and (aside := set_aside(out / name)):
+                set_aside_copies.append(str(aside))
+            continue
+        if _outside(name):
             problems.append(Problem("path-outside", s.source, s.line, f"{s.image}: the copy keeps the name as "
                                     "written, and this one leads out of OUT; write it relative to the dataset "
                                     "folder in the labels", s.image))
@@ -235,7 +273,8 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
             continue
         targets[name] = s
         dst = out / name
-        if _up_to_date(dst, s.path):
+        sources[name] = _source_stat(s.path)  # before it is read: a change during the run is seen by the next one
+        if _up_to_date(dst, s.path, recorded.get(name)):
             skipped += 1
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +291,8 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
                 if reason is not None:
                     problems.append(Problem.bad_image(s, reason))
                     failed.add(dst)
+                    if aside := set_aside(Path(dst)):  # an earlier copy of what is now unreadable
+                        set_aside_copies.append(str(aside))
     finally:
         bar.close()
 
@@ -271,7 +312,9 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         complete=True, finished=datetime.now(timezone.utc).isoformat(timespec="seconds"), labels=labels,
         counts={"samples": len(catalog.samples), "images": len(targets) - len(failed), "written": written,
                 "already_there": skipped, "problems": len(problems)},
-        problems=[p.to_dict() for p in problems], seconds=round(seconds, 3), workers=workers,
+        problems=[p.to_dict() for p in problems], set_aside=set_aside_copies,
+        sources={k: v for k, v in sources.items() if str(out / k) not in failed}, seconds=round(seconds, 3),
+        workers=workers,
         images_per_s=round(written / seconds, 2) if written else 0.0)
     write_json(out / MANIFEST, manifest)
     return manifest
@@ -332,7 +375,8 @@ def main(args) -> dict:
     if uncopied := sum(p["kind"] in ("missing-image", "bad-image") for p in m["problems"]):
         print(f"note: {uncopied:,} listed image(s) are not in the copy (missing or unreadable), and its labels, copied "
               f"as they are, still list them: train from {args.out} with --skip-bad, or fix the images and run "
-              "prepare again", file=sys.stderr)
+              "prepare again" + (f"; {len(m['set_aside']):,} earlier copies of them were renamed *{STALE}, so that "
+                                 "they are not read in their place" if m["set_aside"] else ""), file=sys.stderr)
     return m
 
 
