@@ -357,6 +357,30 @@ def test_eyes_are_named_in_any_case(tmp_path):
     assert report["shared_patients"] and all(v["shared"] == 0 for v in report["shared_patients"].values())
 
 
+def test_names_without_an_eye_suffix_keep_their_folder_as_part_of_the_patient(tmp_path):
+    """``p7/left`` and ``p7/right`` are patient p7's eyes; ImageFolder's ``train/0/1.png`` and ``val/0/1.png`` are
+    two patients (not one patient leaking from train into val), as are ``a/x.png`` and ``b/x.png``."""
+    from retinopathy.data import read_catalog
+    from retinopathy.data.formats import patient_of
+    from retinopathy.data.splits import leakage_warnings
+
+    assert patient_of("p7/left.jpeg") == patient_of("p7\\RIGHT") == "p7"
+    assert len({patient_of("a/x.png"), patient_of("b/x.png"), patient_of("x")}) == 3
+    rows = [f"p{p}/{eye}.jpeg,{p % 5}" for p in range(20) for eye in ("left", "right")]
+    for row in rows:
+        disc(tmp_path / "perpatient" / row.split(",")[0], size=32)
+    (tmp_path / "perpatient" / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+    rc, report = check(tmp_path, tmp_path / "perpatient")
+    assert rc == 0 and report["patients"] == 20
+    assert all(v["shared"] == 0 for v in report["shared_patients"].values())
+
+    for split, n in (("train", 15), ("val", 5)):
+        for i in range(n):
+            disc(tmp_path / "folders" / split / str(i % 5) / f"{i}.png", size=32)
+    samples = read_catalog(tmp_path / "folders").samples
+    assert len({s.patient for s in samples}) == 20 and leakage_warnings(samples) == []
+
+
 def test_whole_number_float_labels(tmp_path, kaggle):
     """pandas writes an integer column that once held NaN as 2.0: such grades are read, in every format."""
     text = (kaggle / "trainLabels.csv").read_text().splitlines()

@@ -74,10 +74,14 @@ def without_extension(image: str) -> str:
 
 
 def patient_of(image: str) -> str:
-    """``10_left`` (or ``train_images/10_left.jpeg``) -> ``10``; names without an eye suffix are their own patient."""
-    stem = without_extension(base_name(image))
-    m = _EYE.match(stem)
-    return m.group("patient") if m else stem
+    """``10_left`` (or ``train_images/10_left.jpeg``) -> ``10``; ``p7/left.jpeg`` -> ``p7`` (a folder per
+    patient); any other name is its own patient, its path included (``train/1`` and ``val/1`` are two)."""
+    name = without_extension(image).replace("\\", "/")
+    stem = base_name(name)
+    if m := _EYE.match(stem):
+        return m.group("patient")
+    folder = name[:-len(stem)].rstrip("/")
+    return folder if folder and stem.lower() in ("left", "right") else name
 
 
 def parse_label(text: str) -> int | None:
@@ -283,8 +287,8 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
         sub = folder / str(grade)
         for f in image_files(sub):
             image = f.relative_to(sub).with_suffix("").as_posix()
-            samples.append(Sample(f"{split}/{image}" if split else image, grade, patient_of(f.stem), str(sub), None,
-                                  split, path=str(f)))
+            image = f"{split}/{image}" if split else image
+            samples.append(Sample(image, grade, patient_of(image), str(sub), None, split, path=str(f)))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
         if other.is_dir() and re.fullmatch(r"-?[0-9]", other.name) and int(other.name) not in GRADES \
                 and (count := len(image_files(other))):
