@@ -381,6 +381,35 @@ def test_names_without_an_eye_suffix_keep_their_folder_as_part_of_the_patient(tm
     assert len({s.patient for s in samples}) == 20 and leakage_warnings(samples) == []
 
 
+@pytest.mark.parametrize("end", [b"\r\n", b"\r\r\n", b"\r"])
+def test_any_line_ending_gives_the_rows_and_line_numbers_an_editor_shows(tmp_path, end):
+    """Windows (\\r\\n), text-mode csv.writer on Windows (\\r\\r\\n, no blank rows in between) and old Mac (\\r) line
+    ends: one row per line, and a bad label reported on its own line."""
+    from retinopathy.data import read_catalog
+
+    for name in ("1_left", "1_right", "2_left"):
+        disc(tmp_path / "lab" / "images" / f"{name}.jpeg", size=32)
+        disc(tmp_path / "kaggle" / f"{name}.jpeg", size=32)
+    (tmp_path / "lab" / "train_img.csv").write_bytes(end.join([b"1_left", b"1_right", b"2_left", b""]))
+    (tmp_path / "lab" / "train_label.csv").write_bytes(end.join([b"0", b"7", b"2", b""]))
+    (tmp_path / "kaggle" / "trainLabels.csv").write_bytes(end.join([b"image,level", b"1_left,0", b"1_right,7",
+                                                                     b"2_left,2", b""]))
+    for folder, file, line in (("lab", "train_label.csv", 2), ("kaggle", "trainLabels.csv", 3)):
+        catalog = read_catalog(tmp_path / folder)
+        assert [(Path(p.file).name, p.line, p.image) for p in catalog.problems] == [(file, line, "1_right")]
+        assert sorted(s.image for s in catalog.samples) == ["1_left", "2_left"]
+
+
+def test_blank_lines_above_the_header_are_skipped(tmp_path):
+    from retinopathy.data import read_catalog
+
+    make_kaggle(tmp_path, n_patients=2)
+    labels = tmp_path / "trainLabels.csv"
+    labels.write_text("\n  \n" + labels.read_text() + "3_left,9\n")
+    catalog = read_catalog(tmp_path)
+    assert len(catalog.samples) == 4 and [(p.line, p.image) for p in catalog.problems] == [(8, "3_left")]
+
+
 def test_whole_number_float_labels(tmp_path, kaggle):
     """pandas writes an integer column that once held NaN as 2.0: such grades are read, in every format."""
     text = (kaggle / "trainLabels.csv").read_text().splitlines()

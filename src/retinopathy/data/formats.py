@@ -134,14 +134,15 @@ def _csv_format(path: Path) -> str:
 
 
 def _read_text(path: Path) -> str:
-    """A labels file's text, or a DataError naming the file that cannot be read or the line with a byte that is not
-    UTF-8."""
+    """A labels file's text with its lines ended by ``\\n`` (from ``\\r\\n``, ``\\r`` alone, or the ``\\r\\r\\n`` of a CSV
+    written in text mode on Windows), or a DataError naming the file that cannot be read or the line with a byte
+    that is not UTF-8."""
     try:
         data = path.read_bytes()
     except OSError as e:  # a folder, no permission, an I/O error (read() names no file)
         raise DataError([Problem("unreadable", str(path), None, f"cannot be read: {e.strerror or e}")]) from None
     try:
-        return data.decode("utf-8-sig")
+        return re.sub(r"\r*\n|\r", "\n", data.decode("utf-8-sig"))
     except UnicodeDecodeError as e:
         line = e.object.count(b"\n", 0, e.start) + 1
         raise DataError([Problem("not-utf8", str(path), line,
@@ -151,7 +152,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_lines(path: Path) -> list[str]:
-    lines = _read_text(path).splitlines()
+    lines = _read_text(path).split("\n")
     while lines and not lines[-1].strip():
         lines.pop()
     return lines
@@ -243,11 +244,13 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
     except csv.Error as e:
         raise DataError([Problem("bad-csv", str(path), reader.line_num, f"not a readable CSV file ({e})")],
                         hint="Re-save it as a plain comma-separated UTF-8 file.") from None
+    while rows and not any(cell.strip() for cell in rows[0][2]):
+        rows.pop(0)  # blank lines above the header
     header = [h.strip() for h in rows[0][2]] if rows else []
     missing = [c for c in (image_col, label_col, patient_col) if c and c not in header]
     if missing:
-        problems.append(Problem("bad-header", str(path), 1, f"column(s) {missing} not found; " + _header_advice(
-            header, [image_col, label_col])))
+        problems.append(Problem("bad-header", str(path), rows[0][0] if rows else 1,
+                                f"column(s) {missing} not found; " + _header_advice(header, [image_col, label_col])))
         return samples
     ci, cl = header.index(image_col), header.index(label_col)
     cp = header.index(patient_col) if patient_col else None
