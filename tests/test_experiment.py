@@ -138,6 +138,15 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     other.write_text(yaml.safe_dump({**cfg, "evaluate": {"bootstrap": 30}}))
     assert main(["experiment", str(other), "--quiet", "--no-report"]) == 0
     assert json.loads((run / "eval" / "metrics.json").read_text())["ci95"]["resamples"] == 30
+    # And one of another split, written there by hand: not the cell's test result.
+    assert main(["evaluate", str(best), "--data", str(interrupted["root"] / "data"), "--split", "val", "--out",
+                 str(run / "eval"), "--bootstrap", "30", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["experiment", str(other), "--quiet", "--no-report"]) == 0
+    assert f"{SCRATCH}: finished earlier" not in capsys.readouterr().out
+    m = json.loads((run / "eval" / "metrics.json").read_text())
+    assert m["split"] == "test" and json.loads((exp / "experiment.json").read_text())["cells"][SCRATCH]["kappa"] == \
+        m["kappa"]
     assert main(["experiment", config, "--quiet", "--no-report"]) == 0  # back to the fixture's 20
 
 

@@ -240,10 +240,12 @@ def retune_pending(run: Path, args: argparse.Namespace) -> bool:
     return info["decision"] == "thresholds" and not info["threshold_data"].startswith("train+")
 
 
-def is_evaluated(run: Path, resamples: int) -> bool:
-    """evaluate writes metrics.json first and confusion_matrix.png last: both present = complete; and it must be of
-    the best.pt there now, not of one saved before it (a retune of its thresholds, say), with the experiment's
-    ``resamples`` (its bootstrap)."""
+def is_evaluated(run: Path, exp: Experiment) -> bool:
+    """evaluate writes metrics.json first and confusion_matrix.png last: both present = complete; and it must be
+    what the experiment's evaluation is (best.pt on the test split of the experiment's data, with the weight of the
+    eyes that the checkpoint was trained with and the experiment's bootstrap), of the best.pt there now, not of one
+    saved before it (a retune of its thresholds, say); an evaluation of another split or other data in ``run/eval``
+    is done again."""
     metrics, best = run / "eval" / "metrics.json", run / "checkpoints" / "best.pt"
     if not (metrics.exists() and (run / "eval" / "confusion_matrix.png").exists()):
         return False
@@ -251,9 +253,14 @@ def is_evaluated(run: Path, resamples: int) -> bool:
         evaluation = json.loads(metrics.read_text())
     except ValueError:
         return False
-    if (evaluation.get("ci95") or {}).get("resamples", 0) != resamples:
+    if (evaluation.get("ci95") or {}).get("resamples", 0) != bootstrap(exp) or evaluation.get("split") != "test" \
+            or evaluation.get("data") != str(Path(exp.data).resolve()):
         return False
-    return not best.exists() or same_checkpoint(evaluation, load_checkpoint(best, mmap=True))
+    if not best.exists():
+        return True
+    ckpt = load_checkpoint(best, mmap=True)
+    return same_checkpoint(evaluation, ckpt) and evaluation.get("blend_eyes") == ckpt["model_info"].get("blend_eyes",
+                                                                                                        0.0)
 
 
 class ChangedCell(ExperimentError):
@@ -387,7 +394,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
     if done > args.epochs:
         print(f"warning: {run} trained {done} epochs, more than the {args.epochs} now asked for; it stays as it is "
               "(delete the folder to train it again)", file=sys.stderr)
-    if trained and is_evaluated(run, bootstrap(exp)):
+    if trained and is_evaluated(run, exp):
         print(f"{tag} finished earlier ({epochs_text(done)}, evaluated); nothing to do")
         return {**_done_entry(run), "untouched": True}
     if not trained:
@@ -400,7 +407,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
         print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
         train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))
-        if is_evaluated(run, bootstrap(exp)):  # more epochs that did not change best.pt
+        if is_evaluated(run, exp):  # more epochs that did not change best.pt
             print(f"{tag} best.pt is the one evaluated before; its evaluation stands")
             return _done_entry(run)
     print(f"{tag} evaluating best.pt on the test split -> {run / 'eval'}", flush=True)
@@ -530,7 +537,7 @@ def list_cells(exp: Experiment) -> None:
         there = ("skipped before (no ImageNet weights)" if (cell.dir / "SKIPPED.json").exists() else
                  "not started" if not done else
                  f"{done} of {parsed[cell.name].epochs} epochs trained" if done < parsed[cell.name].epochs else
-                 "finished, evaluated" if is_evaluated(cell.dir, bootstrap(exp)) else "finished, to be evaluated")
+                 "finished, evaluated" if is_evaluated(cell.dir, exp) else "finished, to be evaluated")
         print(f"[{i}/{len(exp.cells)}] {cell.name} ({there}): "
               + ", ".join(f"{k}: {v}" for k, v in cell.options.items()))
 
