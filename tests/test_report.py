@@ -18,6 +18,7 @@ from PIL import Image
 
 from retinopathy.cli.main import main
 from retinopathy.reporting import figures
+from retinopathy.reporting.report import collect, load_experiment
 from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
 CELLS = ("resnet18-pretrained", "resnet18-scratch")
@@ -412,8 +413,6 @@ def test_a_named_variants_options_are_listed_under_the_results(experiment, tmp_p
 
 
 def test_one_run_experiment_is_named_after_the_experiment(tmp_path):
-    from retinopathy.reporting.report import load_experiment
-
     exp = tmp_path / "solo"
     (exp / "resnet18").mkdir(parents=True)
     (exp / "resnet18" / "cell.yaml").write_text("model: resnet18\npretrained: false\n")
@@ -432,6 +431,22 @@ def test_a_cell_that_failed_without_a_reason_is_reported(tmp_path):
                                                 "values": {"model": "resnet18"}}}}))
     assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
     assert "Missing: resnet18 - failed" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_a_cell_that_did_not_run_has_the_model_it_would_have_run(tmp_path):
+    """A failed or pending cell that leaves the model at train's default (``grid: {seed: ...}``) is of that model,
+    not of an 'unknown model' of its own."""
+    exp = tmp_path / "grid"
+    for seed in (1, 2):
+        (exp / f"seed-{seed}").mkdir(parents=True)
+        (exp / f"seed-{seed}" / "cell.yaml").write_text(f"seed: {seed}\nepochs: 3\n")
+    (exp / "experiment.json").write_text(json.dumps(
+        {"name": "grid", "cells": {"seed-1": {"status": "failed", "reason": "x", "dir": "seed-1",
+                                              "values": {"seed": 1}},
+                                   "seed-2": {"status": "pending", "dir": "seed-2", "values": {"seed": 2}}}}))
+    runs = load_experiment(exp)
+    assert [(r.status, r.model, r.objective, r.pretrained) for r in runs] == \
+        [("failed", "resnet18", "classification", True), ("pending", "resnet18", "classification", True)]
 
 
 def test_grades_without_test_images_show_no_recall(experiment, tmp_path, closed_figures):
@@ -688,6 +703,30 @@ def test_a_cell_whose_last_run_failed_is_marked_beside_its_earlier_evaluation(ex
     assert ("Failed on its last run: resnet18-scratch (its evaluation of the best checkpoint so far is shown): "
             "1 problem(s) in the dataset: x.csv:3: bad grade") in md
     assert "its last run failed: 1 problem(s) in the dataset: x.csv:3: bad grade" in page
+    # given as a run folder, the cell is marked all the same, whichever comes first
+    for paths in ([exp / "resnet18-scratch"], [exp / "resnet18-scratch", exp]):
+        assert [(r.name, r.status) for r in collect(paths) if r.name == "resnet18-scratch"] == \
+            [("resnet18-scratch", "failed")]
+
+
+def test_run_names_are_shown_as_written(experiment, tmp_path):
+    """Names with '$' (matplotlib's TeX), '|' (a Markdown column) or '<' (a tag): the report is built and shows them
+    as written (it stopped with a mathtext error; report.md's tables gained columns)."""
+    odd = tmp_path / "odd"
+    names = ["a$^$b", "b|c", "<i>x&q"]
+    for name in names:
+        shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", odd / name)
+    assert main(["report", str(odd), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    lines = md.splitlines()
+    columns = [len(re.split(r"(?<!\\)\|", line)) for line in lines]  # '|' not escaped as '\|'
+    for i in (i for i, line in enumerate(lines) if line.startswith("|---")):  # every row of a table as wide as its
+        rows = itertools.takewhile(lambda j: lines[j].startswith("|"), range(i + 1, len(lines)))  # header
+        assert {columns[j] for j in rows} <= {columns[i - 1]} and columns[i] == columns[i - 1], lines[i - 1]
+    assert "a$^$b" in md and "b\\|c" in md and "&lt;i>x&q" in md
+    assert not [line for line in lines if line.startswith(("|", "#")) and "<i>" in line]
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "a$^$b" in page and "&lt;i&gt;x&amp;q" in page
 
 
 @pytest.mark.parametrize("file, content", [("experiment.json", {"cells": 5}),

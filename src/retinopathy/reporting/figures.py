@@ -35,6 +35,8 @@ BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
 MARK = {"markersize": 6, "markerfacecolor": "none", "markeredgewidth": 1.5}  # hollow: runs with equal values
 # (a repeat, a run copied) show both shapes at each point instead of one hiding the other
 PANEL_HEIGHT = 2.6  # inches for each further loss panel
+# Run and variant names are text, not TeX: a name with two '$' (a$^$b) stopped the report with a mathtext error.
+AS_WRITTEN = matplotlib.rc_context({"text.parse_math": False})
 
 
 def variant_colours(variants: list[tuple[str, bool]]) -> dict[str, str]:
@@ -46,6 +48,7 @@ def variant_colours(variants: list[tuple[str, bool]]) -> dict[str, str]:
     return colours
 
 
+@AS_WRITTEN
 def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> None:
     """Train (dashed), val (dash-dotted, where metrics.csv has it) and test (solid) ``metric`` per epoch for each
     series, the legend below the axes. Losses of different objectives get a panel each: they differ in kind and
@@ -148,6 +151,7 @@ def plot_confusion(ax, counts, colorbar: bool = False, fontsize: float | None = 
     ax.set_ylabel("true grade", fontsize=fontsize and fontsize + 1)
 
 
+@AS_WRITTEN
 def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) -> None:
     """Row-normalised confusion matrices, one per (row, col) label pair; ``cells[(row, col)]`` is a 5x5 count
     matrix, or a string saying why that run has none (skipped, not evaluated...); see :func:`plot_confusion`."""

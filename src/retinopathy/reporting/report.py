@@ -84,7 +84,9 @@ class Run:
 
     @property
     def model(self) -> str:
-        return str(self.train.get("model", "unknown model"))
+        """Its model; one a cell left at train's default (a pending or failed cell has only the options it set)
+        is that default."""
+        return str(option_value(self.train, "model")) if self.train else "unknown model"
 
     @property
     def title(self) -> str:
@@ -92,11 +94,11 @@ class Run:
 
     @property
     def objective(self) -> str:
-        return str(self.train.get("objective", "classification"))
+        return str(option_value(self.train, "objective"))
 
     @property
     def pretrained(self) -> bool:
-        return bool(self.train.get("pretrained", True))
+        return bool(option_value(self.train, "pretrained"))
 
     @property
     def start(self) -> str:
@@ -193,15 +195,16 @@ def load_experiment(exp: Path) -> list[Run]:
             values = {k: v for k, v in entry.get("values", {}).items() if k != "variant"}  # a name, not an option
             run = Run(cname, d, "pending", "not run yet: the experiment stopped before this cell; run the "
                                           "experiment again to run it", {**values, **opts})
-        if entry.get("status") == "failed":
-            run.status, run.reason = "failed", entry.get("reason", "")
-        _name_cell(run, status, entry, exp)
+        _as_cell(run, status, entry, exp)
         runs.append(run)
     return runs
 
 
-def _name_cell(run: Run, status: dict, entry: dict, exp: Path) -> None:
-    """A cell's names: its variant's (or a one-run experiment's), and its experiment's."""
+def _as_cell(run: Run, status: dict, entry: dict, exp: Path) -> None:
+    """What ``experiment.json`` says of a cell: its names (its variant's, or a one-run experiment's, and its
+    experiment's), and a failure of its last attempt (after an earlier evaluation, which the report keeps)."""
+    if entry.get("status") == "failed":
+        run.status, run.reason = "failed", entry.get("reason", "")
     single = len(status.get("cells", {})) == 1  # a one-run experiment is named after the experiment
     run.named = str(entry.get("values", {}).get("variant") or (status.get("name", exp.name) if single else ""))
     run.experiment = str(status.get("name", exp.name))
@@ -218,7 +221,7 @@ def load_cell_or_run(run: Path) -> Run:
     entry = next((e for name, e in (status or {}).get("cells", {}).items()
                   if (run.parent / str(e.get("dir", name))).resolve() == run.resolve()), None)
     if entry is not None:
-        _name_cell(loaded, status, entry, run.parent)
+        _as_cell(loaded, status, entry, run.parent)
     return loaded
 
 
@@ -475,12 +478,17 @@ def cell_lines(run: Run) -> list[str]:
             *(f"**⚠ {text}**" if kind == "warn" else text for kind, text in cell_notes(run))]
 
 
+def _md(name: str) -> str:
+    """A run or variant name as Markdown shows it: its '|' not a column break, its '<' not a tag."""
+    return name.replace("|", "\\|").replace("<", "&lt;")
+
+
 def render_markdown(ctx: dict) -> str:
     runs, grid = ctx["runs"], ctx["grid"]
     md = [f"# {ctx['title']}", "", f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}.", ""]
     md += [line for about in ctx["about"] for line in (about, "")]
     md += ["## At a glance", ""] + [f"- {line}" for line in ctx["glance"]] + ["", "## Results", ""]
-    md.append("| Model | " + " | ".join(ctx["variants"])
+    md.append("| Model | " + " | ".join(map(_md, ctx["variants"]))
               + " | Baseline: always the most common grade (test accuracy) |")
     md.append("|---" * (len(ctx["variants"]) + 2) + "|")
     for m in ctx["models"]:
@@ -506,7 +514,7 @@ def render_markdown(ctx: dict) -> str:
         best = (f"{number(n['best_selection_accuracy'], 4)} ({n['best_selection_epoch']}, {n['selection_split']})"
                 if "best_selection_accuracy" in n else "-")
         top = f"{number(n['max_test_accuracy'], 4)} ({n['max_test_epoch']})" if "max_test_accuracy" in n else "-"
-        md.append(f"| {r.name} | {r.title} | {r.variant} | {r.status} | {n.get('selected_epoch', '-')} | "
+        md.append(f"| {_md(r.name)} | {r.title} | {_md(r.variant)} | {r.status} | {n.get('selected_epoch', '-')} | "
                   + " | ".join(number(n.get(k), 4) for k in ("test_accuracy", "kappa", "macro_f1", "majority_accuracy",
                                                               "referable_auc"))
                   + f" | {best} | {top} | {number(n.get('seconds'), 0)} |")
@@ -518,13 +526,13 @@ def render_markdown(ctx: dict) -> str:
            "|---" * 7 + "|"]
     for r in runs:
         if r.eval is not None:
-            md.append(f"| {r.name} | " + " | ".join(f"{values} ({n})" for values, n in grade_parts(r.eval))
+            md.append(f"| {_md(r.name)} | " + " | ".join(f"{values} ({n})" for values, n in grade_parts(r.eval))
                       + f" | {number(r.eval.get('referable_auc'))} |")
     md += ["", "n/a: no recall for a grade with no test images, no precision for a grade never predicted. Referable "
                "DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
            "## Runs", ""]
     for r in runs:
-        md += [f"### {r.name}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
+        md += [f"### {_md(r.name)}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
     return "\n".join(md)
 
 
