@@ -100,6 +100,17 @@ def test_same_names_in_other_folders_or_datasets_are_other_patients(tiny_run, sy
     assert scores["0.5"] == scores["0"] and scores["0"][0] != scores["0"][1]
 
 
+def test_a_patients_eyes_pair_however_their_folder_is_written(tmp_path, monkeypatch):
+    """One folder written as a relative path, an absolute one, or through a link: the eyes in it pair up."""
+    left, right = disc(tmp_path / "few" / "1_left.jpeg"), disc(tmp_path / "few" / "1_right.jpeg")
+    (tmp_path / "link").symlink_to(tmp_path / "few")
+    monkeypatch.chdir(tmp_path)
+    for inputs in (["few/1_left.jpeg", right], ["link/1_left.jpeg", "few/1_right.jpeg"], [left, "few"],
+                   ["link", right]):
+        items = collect_items(inputs)
+        assert len(items) == 2 and items[0].patient == items[1].patient, inputs
+
+
 def test_folders_follow_links_and_heatmap_names_stay_unique(tiny_run, tmp_path):
     photos = tmp_path / "photos"
     for name in ("a/x.jpeg", "b/x.jpeg", "b/x-2.jpeg"):

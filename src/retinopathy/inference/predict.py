@@ -123,7 +123,8 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
                  f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
                  "files to grade them", depth=1)
     labels = tuple(map(str, catalog.labels))
-    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{data}|{s.patient}", labels)
+    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{os.path.realpath(data)}|{s.patient}",
+                 labels)
             for s in select(catalog.samples, split)]
 
 
@@ -153,7 +154,7 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
             data_opts = options_for(folder, labels) if options_for else {**opts, "labels": opts.get("labels") or labels}
             items += _dataset_items(folder, data_opts, split)
         elif path.is_file():
-            items.append(Item(str(path), path.stem, patient=f"{path.parent}|{patient_of(path.stem)}"))
+            items.append(Item(str(path), path.stem, patient=f"{os.path.realpath(path.parent)}|{patient_of(path.stem)}"))
         elif path.is_dir():
             files = image_files(path)
             if not files:
@@ -165,7 +166,8 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
             for f in files:  # eyes pair across sub-folders (left/7_left, right/7_right) unless names recur in
                 group = by_patient[patient_of(f.stem)]  # several (siteA/7_left, siteB/7_left): then within each
                 clash = len({g.stem.lower() for g in group}) < len(group)
-                items.append(Item(str(f), f.stem, patient=f"{f.parent if clash else path}|{patient_of(f.stem)}"))
+                folder = os.path.realpath(f.parent if clash else path)  # however the folder was written
+                items.append(Item(str(f), f.stem, patient=f"{folder}|{patient_of(f.stem)}"))
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
     return _once(items)
