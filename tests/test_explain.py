@@ -165,6 +165,13 @@ def test_cam_layer_rule(arch, layer):
     assert cam_layer(s2d, image_size=2 * SIZE) is s2d.net.get_submodule(layer)
 
 
+def test_cam_layer_looks_inside_module_lists():
+    """MaxViT's blocks sit in a ModuleList, which its forward never calls: the layer is the last block (512 x 7 x 7
+    at 224 px), not the stem (112 x 112), the only direct child that hooks saw."""
+    model = Grader("maxvit_t", 5)
+    assert cam_layer(model, image_size=224) is model.net.blocks[-1]
+
+
 @pytest.mark.parametrize("arch", ["mobilenet_v3_small", "resnet18"])
 def test_cam_layer_says_when_the_input_is_too_small_for_a_feature_map(arch):
     """MobileNet and a ResNet's layer4 shrink 32 px to 1x1: the error says why there is nothing to explain (a ResNet

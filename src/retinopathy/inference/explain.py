@@ -1,9 +1,10 @@
 """Grad-CAM heatmaps (captum's ``LayerGradCam``) on the model that predicted, overlaid on the image it saw.
 
 Which layer (:func:`cam_layer`): ``net.layer4`` (the last convolutional block) for ResNet-style models;
-otherwise the last direct child of ``net`` whose output, on a probe image, is a 4-D feature map larger than
-1x1 and which is not a pooling layer: ``features`` for EfficientNet, ConvNeXt, MobileNet, DenseNet and VGG,
-``trunk_output`` for RegNet, ``Mixed_7c`` for Inception-v3. A model whose map (``layer4`` too) shrinks to 1x1 at
+otherwise the last direct child of ``net`` (the children of a ``ModuleList``, which is never called itself)
+whose output, on a probe image, is a 4-D feature map larger than 1x1 and which is not a pooling layer:
+``features`` for EfficientNet, ConvNeXt, MobileNet, DenseNet and VGG, ``trunk_output`` for RegNet, ``Mixed_7c``
+for Inception-v3, the last block of ``blocks`` for MaxViT. A model whose map (``layer4`` too) shrinks to 1x1 at
 the image size locates nothing and is refused, as are vision transformers, which have no such map.
 
 What is explained: the logit of the predicted grade (classification); for the regression and ordinal
@@ -43,6 +44,15 @@ def in_eval_mode(model: nn.Module):
             m.training = training
 
 
+def _called_children(module: nn.Module):
+    """``module``'s children, those of a ModuleList or ModuleDict in its place (its forward calls them, not it)."""
+    for child in module.children():
+        if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+            yield from _called_children(child)
+        else:
+            yield child
+
+
 def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     """The layer whose activations Grad-CAM weighs (see the module docstring for the rule)."""
     net = getattr(model, "net", model)
@@ -54,7 +64,7 @@ def cam_layer(model: nn.Module, image_size: int = 224) -> nn.Module:
     def hook(module, _inputs, output):
         seen.append((module, output.shape if isinstance(output, torch.Tensor) else None))
 
-    handles = [child.register_forward_hook(hook) for child in net.children()]
+    handles = [child.register_forward_hook(hook) for child in _called_children(net)]
     param = next(net.parameters())
     try:
         with in_eval_mode(net), torch.no_grad():
