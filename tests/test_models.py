@@ -51,6 +51,8 @@ def test_space_to_depth_sees_every_pixel_at_the_cost_of_half_the_size():
     assert not torch.allclose(s2d(x), s2d(y))
     with pytest.raises(ValueError, match="space_to_depth"):
         Grader("resnet18", 5, space_to_depth=0)
+    with pytest.raises(ValueError, match="googlenet rescales the three colour channels of its input itself"):
+        Grader("googlenet", 5, space_to_depth=2)  # it trained until its first forward, then failed on 3 channels
 
 
 def test_global_pooling_lies_between_average_and_max():

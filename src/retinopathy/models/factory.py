@@ -100,6 +100,9 @@ class Grader(nn.Module):
                              "e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
         if space_to_depth < 1:
             raise ModelError(f"space_to_depth must be 1 (off) or a block size of 2 or more, not {space_to_depth}")
+        if space_to_depth > 1 and arch in ("googlenet", "inception_v3"):
+            raise ModelError(f"{arch} rescales the three colour channels of its input itself and would drop the "
+                             "others that space_to_depth makes; use it with another model (e.g. resnet18)")
         # GoogLeNet and Inception v3: no auxiliary outputs in training (their ImageNet weights load without them),
         # and the input rescaling their ImageNet weights expect (torchvision turns it on with weights)
         self.net = get_model(arch, weights=None, **({"aux_logits": False, "init_weights": True, "transform_input": True}
