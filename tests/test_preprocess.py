@@ -123,6 +123,16 @@ def test_eyepacs_sized_jpeg_is_decoded_at_a_quarter(tmp_path):
     assert open_image(path, 512).size == (1188, 792)
 
 
+def test_a_camera_jpeg_with_a_second_image_is_decoded_at_reduced_scale_too(big_jpeg, tmp_path):
+    """Cameras and phones write MPO files (a JPEG followed by a second image; Pillow names their format MPO)."""
+    path = tmp_path / "camera.jpeg"
+    with Image.open(big_jpeg) as img:
+        img.save(path, "MPO", save_all=True, append_images=[img.resize((64, 48))])
+    with Image.open(path) as img:
+        assert img.format == "MPO"
+    assert open_image(path, 300).size == (512, 384)
+
+
 def test_png_is_never_reduced(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (1024, 768), (10, 20, 30)).save(path)

@@ -167,7 +167,7 @@ def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Im
         if path.stat().st_size == 0:
             raise ImageError(path, EMPTY)
         with Image.open(path) as img:
-            if min_size and img.format == "JPEG":
+            if min_size and img.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a second image
                 img.draft("RGB", (min_size, min_size))
             img.load()
             return to_rgb(img)
