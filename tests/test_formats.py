@@ -133,6 +133,18 @@ def test_names_match_across_unicode_normal_forms(tmp_path):
     assert "(caf\u00e9_right.png is there: fix the extension" in str(read_catalog(tmp_path).problems[0])
 
 
+def test_folders_in_names_match_across_unicode_normal_forms(tmp_path):
+    """A name that holds a path finds its folder named in the other normal form too, as file names do."""
+    a, b = "clinique_\u00e9", "h\u00f4pital"  # NFC; on disk: a in NFD, b in NFC
+    disc(tmp_path / unicodedata.normalize("NFD", a) / "1_left.jpeg")
+    disc(tmp_path / b / "sub" / "2_left.jpeg")
+    (tmp_path / "labels.csv").write_text(f"image,level\n{a}/1_left.jpeg,1\n"
+                                         f"{unicodedata.normalize('NFD', b)}/sub/2_left.jpeg,2\n")
+    cat = read_catalog(tmp_path)
+    assert not cat.problems and [s.path for s in cat.samples] == [
+        str(tmp_path / unicodedata.normalize("NFD", a) / "1_left.jpeg"), str(tmp_path / b / "sub" / "2_left.jpeg")]
+
+
 def test_folder_per_grade(tmp_path):
     for g in range(5):
         for i in range(3):

@@ -21,6 +21,7 @@ import csv
 import io
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,9 +135,9 @@ def _csv_format(path: Path) -> str:
 
 
 def _read_text(path: Path) -> str:
-    """A labels file's text with its lines ended by ``\\n`` (from ``\\r\\n``, ``\\r`` alone, or the ``\\r\\r\\n`` of a CSV
-    written in text mode on Windows), or a DataError naming the file that cannot be read or the line with a byte
-    that is not UTF-8."""
+    """A labels file's text with its lines ended by ``\\n`` (from ``\\r\\n``, ``\\r`` alone, or the ``\\r\\r\\n`` of a
+    CSV written in text mode on Windows), or a DataError naming the file that cannot be read or the line with a
+    byte that is not UTF-8."""
     try:
         data = path.read_bytes()
     except OSError as e:  # a folder, no permission, an I/O error (read() names no file)
@@ -332,7 +333,16 @@ def _find_image_root(data: Path, images: Path | None, samples: list[Sample],
 
 
 def _relative(image: str, data: Path) -> Path:
-    return data / image.replace("\\", "/")
+    """The path of a name that holds one, under ``data``; a folder in it written in another Unicode normal form
+    than the one on disk (macOS writes NFD) is the one on disk, as file names are (:func:`index_images`)."""
+    *folders, name = image.replace("\\", "/").split("/")
+    path = data
+    for part in folders:
+        if not (path / part).is_dir() and path.is_dir():
+            want = unicodedata.normalize("NFC", part)
+            part = next((e.name for e in os.scandir(path) if unicodedata.normalize("NFC", e.name) == want), part)
+        path = path / part
+    return path / name
 
 
 def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[Path, dict[str, str]]) -> Path | None:
