@@ -205,6 +205,26 @@ def test_parity_defaults_to_the_training_photographs(checkpoint, shared_data, tm
     assert meta["parity"]["images"] == f"8 image(s) from {shared_data / 'fundus-real' / 'images'}"
 
 
+def test_parity_falls_back_to_renders_when_no_training_photograph_reads(checkpoint, tmp_path, capsys):
+    """The training folder holds only unreadable images: synthetic renders, with the skipped files named; images
+    the user chose (--check-images) that cannot be read stay an error."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}_left.jpeg").write_bytes(b"\xff\xd8 not a jpeg")
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["config"] = {"data": str(data)}
+    save_checkpoint(ckpt, tmp_path / "trained.pt")
+    out = tmp_path / "grader.ts.pt"
+    assert main(["export", str(tmp_path / "trained.pt"), "--format", "torchscript", "--out", str(out)]) == 0
+    meta = json.loads((tmp_path / "grader.ts.pt.json").read_text())
+    assert meta["parity"]["images"].startswith("4 synthetic renders")
+    assert capsys.readouterr().err.count("warning: parity check skips") == 3
+    assert main(["export", str(tmp_path / "trained.pt"), "--format", "torchscript", "--out", str(tmp_path / "b.pt"),
+                 "--check-images", str(data)]) == 2
+    assert "no readable image for the parity check" in capsys.readouterr().err
+
+
 def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys):
     out = tmp_path / "grader.ts.pt"
     assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--tolerance", "0"]) == 1

@@ -92,11 +92,13 @@ def training_photographs(ckpt) -> list[Path]:
     return image_files(Path(data))[:2 * MAX_CHECK_IMAGES]  # room for a few unreadable ones
 
 
-def check_batch(prep, paths=None) -> tuple[torch.Tensor, str]:
-    """Normalised float images for the parity check (synthetic renders without ``paths``), and what they are."""
+def check_batch(prep, paths=None, or_renders: bool = False) -> tuple[torch.Tensor, str]:
+    """Normalised float images for the parity check, and what they are: synthetic renders without ``paths``, or
+    (``or_renders``: paths not chosen by the user) when none of them is readable."""
     transform = build_transform(prep, train=False, uint8=True)
+    images: list = []
     if paths:
-        images, used = [], []
+        used = []
         for item in collect_items(paths):
             if item.error:
                 continue
@@ -108,16 +110,16 @@ def check_batch(prep, paths=None) -> tuple[torch.Tensor, str]:
             used.append(item.path)
             if len(images) == MAX_CHECK_IMAGES:
                 break
-        if not images:
+        if not images and not or_renders:
             raise DataError([Problem("empty", " ".join(map(str, paths)), None,
                                      "no readable image for the parity check")])
         where = sorted({str(Path(u).parent) for u in used})
         what = f"{len(images)} image(s) from {', '.join(where)}"
-    else:
+    if not images:
         rng = np.random.default_rng(0)
         images = [transform(render_fundus(rng, prep.size, g, eye)) for g, eye in
                   ((0, "left"), (2, "right"), (3, "left"), (4, "right"))]
-        what = ("4 synthetic renders (retinopathy.data.synth.render_fundus; no photographs found where the "
+        what = ("4 synthetic renders (retinopathy.data.synth.render_fundus; no readable photographs found where the "
                 "model was trained)")
     return Normalize(prep.mean, prep.std)(torch.stack(images)), what
 
@@ -237,7 +239,7 @@ def main(args) -> dict:
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")
     model = model.cpu().float().eval()
-    x, what = check_batch(prep, args.check_images or training_photographs(ckpt))
+    x, what = check_batch(prep, args.check_images or training_photographs(ckpt), or_renders=not args.check_images)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
