@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,10 @@ def test_an_option_at_its_resolved_default_is_that_value():
     assert option_value({"preset": "lab", "model": "resnet50"}, "batch_size") == 6  # the lab's, as parse_args
     assert option_value({}, "decision") == "argmax" and option_value({"objective": "ordinal"}, "decision") == \
         "thresholds"
+    # text as train reads it: YAML leaves 1e-3 (no dot) as text; a cell written so is no change from 0.001
+    assert option_value({"lr": "1e-3"}, "lr") == option_value({"lr": 0.001}, "lr") == 0.001
+    assert option_value({"image_size": "32"}, "image_size") == 32.0
+    assert option_value({"eval_splits": "val, test"}, "eval_splits") == option_value({}, "eval_splits") == "val,test"
 
 
 def test_a_cell_that_saved_nothing_takes_new_options(tmp_path):
@@ -327,6 +332,9 @@ def test_config_errors_name_the_file(tmp_path, capsys):
     assert str(config) in err and "image_sise" in err
     config = write_config(tmp_path, train={"out": "elsewhere"})
     with pytest.raises(ExperimentError, match="may not set out"):
+        load_experiment(config)
+    config = write_config(tmp_path, train={"image_size": 64, "image-size": 32})
+    with pytest.raises(ExperimentError, match=re.escape(f"{config}: 'train:': image_size is written twice")):
         load_experiment(config)
     # a cell that train would refuse stops the grid before any cell runs, not halfway with a traceback
     for grid, named in (({"model": ["resnet19", "resnet18"]}, "'resnet19' is not a torchvision model"),

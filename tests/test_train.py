@@ -1266,6 +1266,52 @@ def test_resume_keeps_the_loader_workers_the_run_had(tiny_run, tmp_path):
     assert parse_args(["-c", str(tmp_path / "config.yaml"), "--out", "new"]).workers is None  # a new run: this machine
 
 
+def test_a_resume_with_a_config_file_keeps_the_runs_other_options(tiny_run, tmp_path):
+    """-c FILE with --resume changes what the file gives; the rest is the run's, not train's defaults (which the
+    resume then refused as changes the user never made)."""
+    (tmp_path / "t.yaml").write_text("eval_amp: none\n")
+    args = parse_args(["--resume", str(tiny_run), "-c", str(tmp_path / "t.yaml")])
+    assert (args.eval_amp, args.image_size, args.pretrained, args.workers, args.batch_size) == \
+        ("none", 64, False, 0, 16)
+    assert parse_args(["--resume", str(tiny_run), "-c", str(tmp_path / "t.yaml"), "-j", "2"]).workers == 2
+
+
+def test_a_finished_run_resumed_with_options_it_no_longer_uses_keeps_its_record(tiny_run, tmp_path, capsys):
+    """A finished run learns no more: --lr or --seed given to it are told to change nothing, and config.yaml keeps
+    what it trained with (it recorded them, and later resumes refused the run's own values)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train", "--resume", str(run), "--lr", "0.5", "--seed", "7", "--epochs", "1", "--quiet"]) == 0
+    assert ("note: the run has trained its 2 epochs, so --lr 0.5, --seed 7, --epochs 1 change nothing now; its "
+            "record keeps --lr 0.001, --seed 0, --epochs 2") in capsys.readouterr().err
+    train = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (train["lr"], train["seed"], train["epochs"]) == (0.001, 0, 2)
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--stop-after", "1", "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("text, error", [
+    ("resume: runs/x\n", "resume: is not an option a file can give; pass --resume on the command line"),
+    ("image_size: 64\nimage-size: 32\n", "image_size is written twice (as image_size and image-size); keep one"),
+])
+def test_a_config_file_cannot_give_what_only_the_command_line_may(tmp_path, text, error):
+    (tmp_path / "c.yaml").write_text("data: d\n" + text)
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        parse_args(["-c", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")])
+
+
+@pytest.mark.parametrize("argv, text, error", [
+    ([], "preset: [lab]\n", "preset: ['lab'] (from"),
+    (["--split-seed", "-1"], "", "--split-seed: -1 is too small (at least 0)"),
+    ([], "split_seed: -1\n", "split_seed: -1 (from"),
+])
+def test_values_train_cannot_use_are_usage_errors(tmp_path, capsys, argv, text, error):
+    """They were tracebacks (TypeError: unhashable list; numpy's 'expected non-negative integer')."""
+    (tmp_path / "c.yaml").write_text("data: d\n" + text)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "-c", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o"), *argv])
+    assert e.value.code == 2 and error in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name, content, reason", [
     ("hello.pt", b"hello\n", "not a PyTorch file"),
     ("abc.pt", b"abc", "not a PyTorch file"),

@@ -81,7 +81,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
                    help=f"share of patients for validation, per grade (default: {run}0.1)")
     g.add_argument("--test-fraction", type=float, default=None,
                    help=f"share of patients for test, per grade, when the data has no split (default: {run}0.2)")
-    g.add_argument("--split-seed", type=int, default=None, help=f"seed of the patient split (default: {run}0)")
+    g.add_argument("--split-seed", type=at_least(0), default=None, help=f"seed of the patient split (default: {run}0)")
     g.add_argument("--split-file", help="reuse a split written by an earlier run (split.csv)" + (
         "; default: the run's own, on the photographs it trained on" if run else ""))
     if skip_bad:

@@ -94,7 +94,10 @@ def _options(section, file: Path, what: str) -> dict:
         return {}
     if not isinstance(section, dict):
         raise ExperimentError(f"{file}: '{what}:' must be a mapping of option: value")
-    opts = {str(k).replace("-", "_"): v for k, v in section.items()}
+    try:
+        opts = train_config.option_names(section, f"{file}: '{what}:'")
+    except train_config.ConfigError as e:
+        raise ExperimentError(str(e)) from None
     known = {a.dest for a in train_config.get_args_parser()._actions}
     unknown = sorted(set(opts) - known)
     if unknown:

@@ -198,6 +198,19 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return show_defaults(p)
 
 
+def option_names(options: dict, where) -> dict:
+    """``options`` keyed by option names with ``_`` (``image-size`` is ``image_size``); one written both ways is
+    refused, as one written twice is."""
+    named: dict = {}
+    for key, value in options.items():
+        name = str(key).replace("-", "_")
+        if name in named:
+            raise ConfigError(f"{where}: {name} is written twice (as {name} and {str(name).replace('_', '-')}); "
+                              "keep one")
+        named[name] = value
+    return named
+
+
 def file_options(path: Path, data: str | None = None, resume: bool = False) -> tuple[dict, str]:
     """Option defaults from a YAML file and what it was: ``"options"`` (option: value), ``"run"`` (a run's
     ``config.yaml``: its options, not its folder) or ``"experiment"`` (one cell: ``train:``, ``base:``, ``data:``)."""
@@ -223,7 +236,11 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
             options["data"] = resolved  # a relative --data was relative to where the run started
         return options, "run"
     if not {"name", "train", "grid", "base", "variants"} & set(cfg):
-        return {str(k).replace("-", "_"): v for k, v in cfg.items()}, "options"
+        options = option_names(cfg, path)
+        if "resume" in options or "config" in options:
+            key = "resume" if "resume" in options else "config"
+            raise ConfigError(f"{path}: {key}: is not an option a file can give; pass --{key} on the command line")
+        return options, "options"
     from ..experiments.runner import ExperimentError, load_experiment
 
     try:
@@ -274,17 +291,17 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace) 
             "of its run folders)" if (resume / "experiment.json").exists() else
             "not a run folder (no config.yaml there); pass the folder that `retinopathy train --out` wrote, "
             "e.g. runs/NAME"))
-    if pre.resume and not pre.config:
-        layered.update(file_options(Path(pre.resume) / "config.yaml", resume=True)[0])
     file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
     if pre.preset and (pre.resume or kind == "run"):
         parser.error("--preset cannot change a run's saved options (--resume, or -c a run's config.yaml); "
                      "pass the options to change instead")
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
-    if preset and preset not in PRESETS:
+    if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         parser.error(f"preset: {preset!r} (from {pre.config}) is not one of {', '.join(sorted(PRESETS))}")
     if preset:
         layered.update(PRESETS[preset])
+    if pre.resume:  # the run's options, which a file (-c) and the command line may then change
+        layered.update(file_options(Path(pre.resume) / "config.yaml", resume=True)[0])
     layered.update(file_cfg)
     source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
@@ -411,9 +428,23 @@ def defaults() -> dict:
     return {a.dest: a.default for a in get_args_parser(add_help=False)._actions}
 
 
+@functools.cache
+def option_types() -> dict:
+    """``{dest: type}`` of the options that argparse converts from text (numbers, sizes...)."""
+    return {a.dest: a.type for a in get_args_parser(add_help=False)._actions if a.type is not None}
+
+
 def option_value(options: dict, key: str):
-    """An option as a run used it: one left unset (None, or absent) is its default, and 1 == 1.0."""
+    """An option as a run used it: one left unset (None, or absent) is its default, text as train reads it
+    (``'1e-3'``, which YAML leaves as text, is 0.001; ``val, test`` is ``val,test``), and 1 == 1.0."""
     value = options.get(key)
+    if isinstance(value, str) and key in option_types():
+        try:
+            value = option_types()[key](value)
+        except (ValueError, TypeError, argparse.ArgumentTypeError):
+            pass  # train names it
+    if isinstance(value, str) and key == "eval_splits":
+        value = ",".join(s.strip() for s in value.split(",") if s.strip())
     if value is None and key == "batch_size":  # as parse_args resolves it
         value = default_batch_size(options.get("model") or defaults()["model"], options.get("preset"))
     elif value is None and key == "decision":  # the objective's own

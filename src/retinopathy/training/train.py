@@ -245,6 +245,17 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
                                   f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
+        if not stepping:  # a finished run learns no more: what it learnt with stays in its record
+            kept = {k: ckpt["config"].get(k, initial[k]) for k in FIXED_WHILE_STEPPING
+                    if comparable(k, ckpt["config"].get(k, initial[k])) != comparable(k, getattr(args, k))}
+            if args.epochs < ckpt["epoch"] + 1:
+                kept["epochs"] = ckpt["epoch"] + 1
+            if kept and dist.main:
+                print(f"note: the run has trained its {ckpt['epoch'] + 1} epochs, so "
+                      f"{', '.join(flag(k, getattr(args, k)) for k in kept)} change nothing now; its record keeps "
+                      f"{', '.join(flag(k, v) for k, v in kept.items())}", file=sys.stderr)
+            for k, v in kept.items():
+                setattr(args, k, v)
         for k in UNUSED_ON_RESUME:  # given again, perhaps by another path (an experiment run from elsewhere)
             ran_with = ckpt["config"].get(k)
             if getattr(args, k) != ran_with and (ran_with is None or os.path.isabs(ran_with)):
