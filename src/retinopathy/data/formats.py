@@ -115,6 +115,13 @@ def detect_format(data: Path) -> tuple[str, Path]:
                           "is (in Python: format=, labels=, image_col=, label_col=, images=)."))
 
 
+def _labels_file(format: str, data: Path) -> Path:
+    """The labels CSV of ``format`` in ``data`` (the course lab's folder also holds Kaggle's trainLabels.csv), else
+    the one detection finds."""
+    names = {"kaggle": KAGGLE_LABELS, "csv": ("train.csv", *KAGGLE_LABELS)}.get(format, ())
+    return next((data / n for n in names if (data / n).is_file()), None) or detect_format(data)[1]
+
+
 def grade_folders(data: Path, every_grade: bool) -> Path | None:
     """The first of ``data``, ``data/train``, ``data/images`` holding grade folders ``0/`` ... ``4/`` (all five
     with ``every_grade``, else any), or None."""
@@ -396,7 +403,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         if labels is not None:
             format = "lab" if labels.is_dir() else ("csv" if image_col or label_col else _csv_format(labels))
         elif image_col or label_col:
-            format, labels = "csv", detect_format(data)[1]
+            format, labels = "csv", _labels_file("csv", data)
         else:
             format, labels = detect_format(data)
     elif format not in FORMATS:
@@ -405,7 +412,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     if labels is None and format == "folders":
         labels = grade_folders(data, every_grade=False) or data
     elif labels is None:
-        labels = data if format == "lab" else detect_format(data)[1]
+        labels = data if format == "lab" else _labels_file(format, data)
 
     if format == "lab":
         samples = _read_lab(labels, problems)
