@@ -167,6 +167,10 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     assert note in md and note in page and f"evaluated on the test split of {tmp_path / 'elsewhere'}" in md
     assert "The data are synthetic drawings" not in md  # graded on other data: it learnt from drawings, that is all
     assert "Some runs learnt from synthetic drawings" in md
+    assert main(["report", str(run), str(moved), "--out", str(tmp_path / "four")]) == 0  # one of each: named
+    md = (tmp_path / "four" / "report.md").read_text()
+    assert "The data are synthetic drawings" not in md and "Some runs learnt from synthetic drawings" in md
+    assert "resnet18-scratch is tested on synthetic drawings (retinopathy.data.synth), not photographs" in md
 
 
 def test_a_folder_of_experiments_is_every_experiment_in_it(experiment, tmp_path):

@@ -396,11 +396,18 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     if any(r.numbers.get("selection_split") == "test" for r in runs):
         lines.append("Some runs pick their checkpoint on the test split (the lab's rule), so their test numbers are "
                      "optimistic; a validation split gives honest ones.")
-    learnt_from_drawings = any(is_synthetic(str(r.data)) for r in runs)
-    if any(is_synthetic(d) for d in datas) or not done and learnt_from_drawings:
+    learnt = [r for r in runs if is_synthetic(str(r.data))]
+    tested = [r for r in done if is_synthetic(str(r.eval.get("data") or r.data))]
+    if done and len(tested) == len(done) or not done and learnt:
         lines.append("The data are synthetic drawings (retinopathy.data.synth), not photographs of patients: these "
                      "numbers show the pipeline works, not how well a model grades real eyes.")
-    elif learnt_from_drawings:
+        return lines
+    if tested:
+        lines.append(f"{', '.join(r.name for r in tested)} {'is' if len(tested) == 1 else 'are'} tested on synthetic "
+                     "drawings (retinopathy.data.synth), not photographs of patients: "
+                     f"{'its' if len(tested) == 1 else 'their'} numbers show the pipeline works, not how well a model "
+                     "grades real eyes.")
+    if [r for r in learnt if r.eval is not None and r not in tested]:
         lines.append("Some runs learnt from synthetic drawings (retinopathy.data.synth), not from photographs of "
                      "patients; their evaluations here are on photographs.")
     return lines
