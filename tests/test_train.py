@@ -1081,6 +1081,26 @@ def test_config_file_numbers_are_converted_like_command_line_text(tmp_path):
         parse_args(["--data", "d", "--out", "x", "--image-size", "4"])
 
 
+def test_a_run_is_evaluated_on_its_data_as_it_read_it(synth_small, tmp_path, capsys):
+    """A run trained with --labels FILE and --skip-bad is evaluated on its data with the command the report gives
+    (--data, --split, --out alone): its labels file and --skip-bad come from its config.yaml, as --images did."""
+    images = tmp_path / "images"
+    shutil.copytree(synth_small, images, ignore=shutil.ignore_patterns("*.csv"))
+    labels = tmp_path / "elsewhere" / "ext.csv"
+    labels.parent.mkdir()
+    labels.write_text((synth_small / "trainLabels.csv").read_text() + "gone_left,2\n")  # a row without its image
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(images), "--labels", str(labels), "--skip-bad", "--no-pretrained",
+                 "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0", "--workers", "0", "--out", str(run),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(images), "--split", "test",
+                 "--out", str(tmp_path / "eval"), "--bootstrap", "0", "--quiet"]) == 0
+    with open(run / "split.csv", newline="") as f:
+        test = [r["image"] for r in csv.DictReader(f) if r["split"] == "test" and r["image"] != "gone_left"]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["count"] == len(test)
+
+
 def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     """evaluate / predict take the run's split.csv wherever it lists every image (the training data, a copy);
     on other data they split with the run's seed and fractions (not the defaults; the command line overrides);

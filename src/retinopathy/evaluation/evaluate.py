@@ -65,17 +65,17 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return show_defaults(p)
 
 
-def run_images(checkpoint: Path, data: str) -> str | None:
-    """The image folder a run was given (``--images``, in its config.yaml) when ``data`` is the folder it trained
-    on; None otherwise."""
+def run_reading(checkpoint: Path, data: str) -> dict:
+    """How a run read its data (``--labels``, ``--format``, ``--images``, the columns, ``--skip-bad``; from its
+    config.yaml) when ``data`` is the folder it trained on; {} otherwise."""
     try:
         config = yaml.safe_load((run_folder(checkpoint) / "config.yaml").read_text()) or {}
     except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(config, dict):  # not a run's config.yaml
-        return None
-    images = (config.get("train") or {}).get("images")
-    return images if images and (config.get("data") or {}).get("path") == str(Path(data).resolve()) else None
+        return {}
+    if not isinstance(config, dict) or (config.get("data") or {}).get("path") != str(Path(data).resolve()):
+        return {}  # not a run's config.yaml, or other data
+    train = config.get("train") or {}
+    return {k: train[k] for k in (*READ_KEYS, "skip_bad") if train.get(k)}
 
 
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
@@ -87,11 +87,14 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     grades it lists, and images it does not list) are refused unless --split-file or --split all says what to
     grade: a fresh split would put training images into val or test. Names that mostly recur with other grades
     are other photographs (EyePACS and synthetic sets share names). The images are looked for where the run
-    found them (its ``--images``) unless ``--images`` says otherwise."""
+    found them (its ``--images``), and read as the run read them (:func:`run_reading`), unless told otherwise."""
     opts = catalog_options(args)
-    if "images" not in opts and (images := run_images(checkpoint, data)):
-        opts["images"] = images
     opts["labels"] = opts.get("labels") or labels
+    reading = run_reading(checkpoint, data)
+    same_labels = opts["labels"] is None or os.path.abspath(opts["labels"]) == reading.get("labels")
+    for key in READ_KEYS:  # the run's data read as the run read it, unless told otherwise
+        if opts.get(key) is None and key in reading and (same_labels or key == "images"):
+            opts[key] = reading[key]
     if args.split_file:
         return opts
     split_csv = run_folder(checkpoint) / "split.csv"
@@ -155,7 +158,7 @@ def main(args) -> dict:
             warnings.filterwarnings("ignore", r"[0-9,]+ of [0-9,]+ \w+ patients also have an eye in ",
                                     DataWarning)  # this model's leakage (the data's other warnings stay)
         dataset = FundusDataset(catalog, args.split, train=False, preprocess=prep, uint8=True,
-                                skip_bad=bool(args.skip_bad))
+                                skip_bad=bool(args.skip_bad or run_reading(checkpoint, args.data).get("skip_bad")))
     if ckpt["model_info"].get("pair_eyes"):
         dataset = PairedEyes(dataset)
     progress = not args.quiet
