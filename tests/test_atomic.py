@@ -128,20 +128,19 @@ def test_ctrl_c_during_a_checkpoint_save_arrives_after_it(tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert checkpoint.load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    from retinopathy.training.train import _stop
-
-    before = signal.signal(signal.SIGTERM, _stop)  # as train sets it: SIGTERM too waits for the save
+    from retinopathy.launch import sigterm_as_ctrl_c
 
     def terminated_save(obj, f):
         os.kill(os.getpid(), signal.SIGTERM)
         real_save(obj, f)
     monkeypatch.setattr(checkpoint.torch, "save", terminated_save)
-    try:
+    before = signal.getsignal(signal.SIGTERM)
+    with sigterm_as_ctrl_c():  # as train and experiment set it: SIGTERM too waits for the save
+        handler = signal.getsignal(signal.SIGTERM)
         with pytest.raises(KeyboardInterrupt):
             checkpoint.save_checkpoint({"epoch": 4, "model": {"w": torch.ones(4)}}, tmp_path / "last.pt")
-        assert signal.getsignal(signal.SIGTERM) is _stop
-    finally:
-        signal.signal(signal.SIGTERM, before)
+        assert signal.getsignal(signal.SIGTERM) is handler is not before
+    assert signal.getsignal(signal.SIGTERM) is before
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert checkpoint.load_checkpoint(tmp_path / "last.pt")["epoch"] == 4
 

@@ -280,6 +280,31 @@ def test_an_interrupted_threshold_retune_is_redone(tmp_path, capsys):
     assert json.loads((cell.dir / "eval" / "metrics.json").read_text())["epoch"] == 0
 
 
+def test_sigterm_stops_an_experiment_as_ctrl_c_does(tmp_path):
+    """``timeout``, SLURM and ``docker stop`` send SIGTERM: the experiment stops with the way to continue (it was
+    killed at once, exit 143, loader workers left behind), and running it again finishes the cell."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = write_config(tmp_path, train={"epochs": 10, "freeze_epochs": 1, "image_size": 32, "batch_size": 16,
+                                           "workers": 2}, grid={"model": ["resnet18"], "pretrained": [False]})
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "retinopathy", "experiment", str(config), "--no-report"],
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    last = tmp_path / "runs" / "grid" / SCRATCH / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert "interrupted; run the same command again: finished cells are skipped, the interrupted one resumes" in err
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
+    assert [r["epoch"] for r in rows(last.parents[1])] == [str(e) for e in range(10)]
+
+
 def test_changed_options_are_refused(interrupted):
     config = write_config(interrupted["root"], train={"epochs": 2, "freeze_epochs": 1, "image_size": 80,
                                                       "batch_size": 16, "workers": 0})

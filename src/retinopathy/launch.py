@@ -3,8 +3,11 @@
 when Ctrl-C comes, which can be while torch is still being imported)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import signal
+import threading
 
 
 def resume_command(run, world: int | None = None) -> str:
@@ -39,3 +42,22 @@ def launched_as() -> tuple[int, int, int]:
 
         return rank, int(env["SLURM_NTASKS"]), rank % max(1, torch.cuda.device_count())
     return 0, 1, 0
+
+
+def interrupt(signum, frame):
+    """A signal handler that stops the program as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (``docker stop``, SLURM, ``timeout``; to the process or its group) stops a single process as Ctrl-C
+    does within the block, so that it saves what it has finished and says how to continue. Under torchrun or srun
+    the launcher tears the ranks down (a rank waiting in a collective could not run a Python handler)."""
+    catch = threading.current_thread() is threading.main_thread() and launched_as()[1] == 1
+    previous = signal.signal(signal.SIGTERM, interrupt) if catch else None
+    try:
+        yield
+    finally:
+        if catch:
+            signal.signal(signal.SIGTERM, previous)

@@ -23,6 +23,12 @@ def mapped(function, jobs: list, workers: int, most_per_chunk: int):
     if workers == 1:
         yield map(function, jobs)
         return
-    with multiprocessing.get_context().Pool(workers, initializer=signal.signal,
-                                            initargs=(signal.SIGINT, signal.SIG_IGN)) as pool:  # exit: terminate()
+    with multiprocessing.get_context().Pool(workers, initializer=_worker_signals) as pool:  # exit: terminate()
         yield pool.imap(function, jobs, chunksize=max(1, min(most_per_chunk, len(jobs) // (workers * 8))))
+
+
+def _worker_signals() -> None:
+    """A pool worker ignores Ctrl-C and stops on SIGTERM (how ``terminate()`` stops it), whatever handler it
+    inherited (``experiment`` turns SIGTERM into Ctrl-C, which printed each worker's traceback)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

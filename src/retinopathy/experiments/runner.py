@@ -47,6 +47,7 @@ import yaml
 from ..atomic import write_json, write_text
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import NotWritten, RetinopathyError
+from ..launch import sigterm_as_ctrl_c
 from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..outputs import exclusive
 from ..reporting.text import epochs_text
@@ -555,5 +556,9 @@ def main(args) -> dict:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    status = main(get_args_parser().parse_args(argv))
+    """``retinopathy experiment``; SIGTERM stops it as Ctrl-C does (:func:`~retinopathy.launch.sigterm_as_ctrl_c`):
+    the running cell saves what it has finished, and running the command again goes on from there."""
+    args = get_args_parser().parse_args(argv)
+    with sigterm_as_ctrl_c():
+        status = main(args)
     return 1 if status.get("failed") else 0

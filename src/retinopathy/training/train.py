@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +33,7 @@ from ..data.problems import skipped_note, write_skipped
 from ..data.splits import SPLIT_DEFAULTS, run_overlap, same_photographs, split_option, trained_names
 from ..errors import Interrupted, NotWritten
 from ..evaluation.metrics import majority_accuracy, summary
-from ..launch import launched_as, resume_command
+from ..launch import launched_as, resume_command, sigterm_as_ctrl_c
 from ..models import build_model, make_objective
 from ..models.objectives import class_weights, default_decision, tune_thresholds
 from ..outputs import check_writable, exclusive
@@ -85,10 +83,6 @@ class BalancedSampler(WeightedRandomSampler):
 
     def __len__(self):
         return self.per_rank
-
-
-def _stop(signum, frame):
-    raise KeyboardInterrupt
 
 
 def build_optimizer(args, model: torch.nn.Module):
@@ -736,21 +730,15 @@ def _write_rows(path: Path, columns, rows, append: bool = False) -> None:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    """``retinopathy train``. SIGTERM (``docker stop``, SLURM, ``timeout``; to the process or its group) stops a
-    single-process run as Ctrl-C does, saves finished first, and the run can be continued with ``--resume``. Under
-    torchrun or srun the launcher tears the ranks down (a rank waiting in a collective could not run a Python
-    handler)."""
+    """``retinopathy train``. SIGTERM stops a single-process run as Ctrl-C does (:func:`sigterm_as_ctrl_c`), saves
+    finished first, and the run can be continued with ``--resume``."""
     args = parse_args(argv)
-    catch = threading.current_thread() is threading.main_thread() and launched_as()[1] == 1
-    previous = signal.signal(signal.SIGTERM, _stop) if catch else None
     try:
-        main(args)
+        with sigterm_as_ctrl_c():
+            main(args)
     except KeyboardInterrupt:
         raise Interrupted(args.out) from None
     except NotWritten as e:  # a full disk: the run continues from its last saved epoch once there is room
         e.run = args.out
         raise
-    finally:
-        if catch:
-            signal.signal(signal.SIGTERM, previous)
     return 0
