@@ -134,8 +134,8 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--amp", "none", "--workers", "0",
                  "--epochs", "1"]) == 0
     said = capsys.readouterr().out  # that alone: no "training resnet18 ..." line, as if it started
-    assert said == f"nothing to train: {tmp_path / 'cut'} has finished its 3 epochs (--epochs N on --resume trains " \
-        "on)\n"
+    assert said == f"nothing to train: {tmp_path / 'cut'} has trained 3 epochs, all it was asked for: --epochs N on " \
+        "--resume trains on\n"
     assert (tmp_path / "cut" / "config.yaml").read_bytes() == record  # what trained it, not the idle resume
     assert b"\r" not in (tmp_path / "cut" / "metrics.csv").read_bytes() + (tmp_path / "cut" / "split.csv").read_bytes()
     timing = {"epoch_seconds", "images_per_s"}
@@ -391,7 +391,8 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     assert f"note: --weights {os.path.abspath('w.pt')} is not read on resume" in capsys.readouterr().err
     # a finished argmax run has no thresholds to retune
     assert main(["train", "--resume", str(run), "--threshold-data", "train+selection", "--quiet"]) == 2
-    assert "--threshold-data selection (not train+selection)" in capsys.readouterr().err
+    assert "this run grades by the most probable grade (--decision argmax): it has none to tune" in \
+        capsys.readouterr().err
     # a finished run with thresholds may be resumed to retune them (docs/eyepacs256.md does), and later extended
     ordinal = tmp_path / "ordinal"
     assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1",
@@ -1296,17 +1297,24 @@ def test_a_resume_with_a_config_file_keeps_the_runs_other_options(tiny_run, tmp_
     assert parse_args(["--resume", str(tiny_run), "-c", str(tmp_path / "t.yaml"), "-j", "2"]).workers == 2
 
 
-def test_a_finished_run_resumed_with_options_it_no_longer_uses_keeps_its_record(tiny_run, tmp_path, capsys):
-    """A finished run learns no more: --lr or --seed given to it are told to change nothing, and config.yaml keeps
-    what it trained with (it recorded them, and later resumes refused the run's own values)."""
+def test_a_finished_run_resumed_with_options_it_no_longer_uses_keeps_its_record(synth_small, tmp_path, capsys):
+    """A finished run learns no more: --lr or --seed given to its threshold retune are told to change nothing, and
+    config.yaml keeps what it trained with (it recorded them, and a later resume refused the run's own values); a
+    run stopped early and given fewer --epochs than planned is told how to go on."""
     run = tmp_path / "run"
-    shutil.copytree(tiny_run, run)
-    assert main(["train", "--resume", str(run), "--lr", "0.5", "--seed", "7", "--epochs", "1", "--quiet"]) == 0
-    assert ("note: the run has trained its 2 epochs, so --lr 0.5, --seed 7, --epochs 1 change nothing now; its "
-            "record keeps --lr 0.001, --seed 0, --epochs 2") in capsys.readouterr().err
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "3", "--freeze-epochs",
+                 "0", "--objective", "ordinal", "--stop-after", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--quiet"]) == 0
+    assert capsys.readouterr().out == (f"nothing to train: {run} has trained 1 epoch, of the 3 it was started with: "
+                                       "resume it without --epochs to train them\n")
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--threshold-data", "train+selection", "--lr", "0.5",
+                 "--seed", "7", "--quiet"]) == 0
+    assert ("note: the run has trained its 1 epoch, so --lr 0.5, --seed 7 change nothing now; its record keeps "
+            "--lr 0.001, --seed 0") in capsys.readouterr().err
     train = yaml.safe_load((run / "config.yaml").read_text())["train"]
-    assert (train["lr"], train["seed"], train["epochs"]) == (0.001, 0, 2)
-    assert main(["train", "--resume", str(run), "--epochs", "3", "--stop-after", "1", "--quiet"]) == 0
+    assert (train["lr"], train["seed"], train["epochs"], train["threshold_data"]) == (0.001, 0, 1, "train+selection")
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0  # its own values: no refusal
 
 
 @pytest.mark.parametrize("text, error", [

@@ -235,6 +235,11 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
         if decision != trained:
             changed.append(f"--decision {trained} (not {decision})")
+        if trained == "argmax" and args.threshold_data == "train+selection" \
+                and ckpt["config"].get("threshold_data") != "train+selection":
+            raise CheckpointError(f"{args.resume}: --threshold-data train+selection tunes the thresholds that cut a "
+                                  "score into grades, and this run grades by the most probable grade (--decision "
+                                  "argmax): it has none to tune")
         if changed:
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
@@ -242,14 +247,13 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         if not stepping:  # a finished run learns no more: what it learnt with stays in its record
             kept = {k: ckpt["config"].get(k, initial[k]) for k in FIXED_WHILE_STEPPING
                     if comparable(k, ckpt["config"].get(k, initial[k])) != comparable(k, getattr(args, k))}
-            if args.epochs < ckpt["epoch"] + 1:
-                kept["epochs"] = ckpt["epoch"] + 1
             if kept and dist.main:
-                print(f"note: the run has trained its {ckpt['epoch'] + 1} epochs, so "
+                print(f"note: the run has trained its {epochs_text(ckpt['epoch'] + 1)}, so "
                       f"{', '.join(flag(k, getattr(args, k)) for k in kept)} change nothing now; its record keeps "
                       f"{', '.join(flag(k, v) for k, v in kept.items())}", file=sys.stderr)
             for k, v in kept.items():
                 setattr(args, k, v)
+            args.epochs = max(args.epochs, ckpt["epoch"] + 1)  # not fewer than it has trained
         for k in UNUSED_ON_RESUME:  # given again, perhaps by another path (an experiment run from elsewhere)
             ran_with = ckpt["config"].get(k)
             if getattr(args, k) != ran_with and (ran_with is None or os.path.isabs(ran_with)):
@@ -714,7 +718,10 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     if dist.main and not finished:
         print(f"stopped after {epochs_text(ran)} (--stop-after): continue with `{resume_command(out)}`")
     elif dist.main and not ran and not retune:
-        print(f"nothing to train: {out} has finished its {epochs_text(start_epoch)} (--epochs N on --resume trains on)")
+        planned = int((ckpt or {}).get("config", {}).get("epochs") or 0)
+        print(f"nothing to train: {out} has trained {epochs_text(start_epoch)}, " + (
+            f"of the {planned} it was started with: resume it without --epochs to train them" if planned > start_epoch
+            else "all it was asked for: --epochs N on --resume trains on"))
     return {"out": str(out), "best": best, "last": last_result}
 
 
