@@ -1102,6 +1102,24 @@ def test_a_run_is_evaluated_on_its_data_as_it_read_it(synth_small, tmp_path, cap
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["count"] == len(test)
 
 
+def test_a_split_file_of_other_photographs_is_told(tiny_run, tmp_path, capsys):
+    """--split-file of a run on other photographs with the same names (synthetic and EyePACS sets share them): the
+    grades it lists mostly differ, which is said; a split of the same photographs is used without a word."""
+    from retinopathy.data.synth import generate
+
+    other = tmp_path / "other"
+    generate(other, n=40, size=32, seed=9, progress=False)
+    argv = ["train", "--no-pretrained", "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0",
+            "--workers", "0", "--stop-after", "1", "--split-file", str(tiny_run / "split.csv"), "--quiet"]
+    assert main([*argv, "--data", str(other), "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"warning: \d+ of the 40 images that {re.escape(str(tiny_run / 'split.csv'))} lists have other "
+                     r"grades there: it looks like the split of other photographs", err), err
+    data = yaml.safe_load((tiny_run / "config.yaml").read_text())["data"]["path"]
+    assert main([*argv, "--data", data, "--out", str(tmp_path / "b")]) == 0
+    assert "other grades there" not in capsys.readouterr().err
+
+
 def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     """evaluate / predict take the run's split.csv wherever it lists every image (the training data, a copy);
     on other data they split with the run's seed and fractions (not the defaults; the command line overrides);
