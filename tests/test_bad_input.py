@@ -365,6 +365,8 @@ def test_names_without_an_eye_suffix_keep_their_folder_as_part_of_the_patient(tm
     from retinopathy.data.splits import leakage_warnings
 
     assert patient_of("p7/left.jpeg") == patient_of("p7\\RIGHT") == "p7"
+    assert patient_of("left/7.jpeg") == patient_of("Right/7") == "7"  # a folder per eye
+    assert patient_of("site/left/7") == "site/7" != patient_of("other/right/7")
     assert len({patient_of("a/x.png"), patient_of("b/x.png"), patient_of("x")}) == 3
     rows = [f"p{p}/{eye}.jpeg,{p % 5}" for p in range(20) for eye in ("left", "right")]
     for row in rows:

@@ -5,6 +5,7 @@ import os
 import shutil
 import unicodedata
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,6 +144,17 @@ def test_folders_in_names_match_across_unicode_normal_forms(tmp_path):
     cat = read_catalog(tmp_path)
     assert not cat.problems and [s.path for s in cat.samples] == [
         str(tmp_path / unicodedata.normalize("NFD", a) / "1_left.jpeg"), str(tmp_path / b / "sub" / "2_left.jpeg")]
+
+
+def test_labels_may_name_images_by_absolute_path(tmp_path):
+    """Images elsewhere, named by absolute path in the labels of a folder that holds no image."""
+    make_kaggle(tmp_path / "photos", n_patients=2)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "labels.csv").write_text("image,level\n" + "".join(
+        f"{tmp_path / 'photos' / f'{p}_{eye}.jpeg'},{p}\n" for p in range(2) for eye in ("left", "right")))
+    cat = read_catalog(tmp_path / "data")
+    assert not cat.problems and [Path(s.path).parent for s in cat.samples] == [tmp_path / "photos"] * 4
+    assert [s.patient for s in cat.samples] == ["0", "0", "1", "1"]
 
 
 def test_folder_per_grade(tmp_path):

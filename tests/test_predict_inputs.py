@@ -109,6 +109,13 @@ def test_a_patients_eyes_pair_however_their_folder_is_written(tmp_path, monkeypa
                    ["link", right]):
         items = collect_items(inputs)
         assert len(items) == 2 and items[0].patient == items[1].patient, inputs
+    # a folder per patient (p7/left, p7/right) or per eye (left/7, right/7) pairs the same way as 7_left, 7_right
+    for name in ("p7/left", "p7/right", "eyes/left/7", "eyes/right/7"):
+        disc(tmp_path / "layouts" / f"{name}.jpeg")
+    items = collect_items([tmp_path / "layouts"])
+    assert len({i.patient for i in items}) == 2
+    assert [i.patient for i in collect_items([tmp_path / "layouts" / "p7" / f"{e}.jpeg" for e in ("left", "right")])] \
+        == [f"{tmp_path / 'layouts' / 'p7'}|p7"] * 2
 
 
 def test_folders_follow_links_and_heatmap_names_stay_unique(tiny_run, tmp_path):

@@ -1100,6 +1100,10 @@ def test_a_run_is_evaluated_on_its_data_as_it_read_it(synth_small, tmp_path, cap
     with open(run / "split.csv", newline="") as f:
         test = [r["image"] for r in csv.DictReader(f) if r["split"] == "test" and r["image"] != "gone_left"]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["count"] == len(test)
+    capsys.readouterr()
+    assert main(["evaluate", str(run / "checkpoints" / "best.pt"), "--data", str(images), "--split", "all",
+                 "--out", str(tmp_path / "strict"), "--bootstrap", "0", "--quiet", "--no-skip-bad"]) == 2
+    assert "gone_left" in capsys.readouterr().err  # --no-skip-bad is the user's word against the run's
 
 
 def test_a_split_file_of_other_photographs_is_told(tiny_run, tmp_path, capsys):

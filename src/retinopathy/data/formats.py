@@ -74,15 +74,29 @@ def without_extension(image: str) -> str:
     return image[:-len(suffix)] if suffix.lower() in IMAGE_EXTENSIONS else image
 
 
+def eye_of(image: str) -> str | None:
+    """'left' or 'right' as :func:`patient_of` reads the name (``10_left``, ``p7/left``, ``left/7``), else None."""
+    name = without_extension(image).replace("\\", "/")
+    if m := _EYE.match(base_name(name)):
+        return m.group("eye").lower()
+    *folders, stem = name.split("/")
+    return next((part.lower() for part in ((stem, folders[-1]) if folders else ())
+                 if part.lower() in ("left", "right")), None)
+
+
 def patient_of(image: str) -> str:
     """``10_left`` (or ``train_images/10_left.jpeg``) -> ``10``; ``p7/left.jpeg`` -> ``p7`` (a folder per
-    patient); any other name is its own patient, its path included (``train/1`` and ``val/1`` are two)."""
+    patient); ``left/7.jpeg`` -> ``7`` (a folder per eye); any other name is its own patient, its path included
+    (``train/1`` and ``val/1`` are two)."""
     name = without_extension(image).replace("\\", "/")
-    stem = base_name(name)
-    if m := _EYE.match(stem):
+    if m := _EYE.match(base_name(name)):
         return m.group("patient")
-    folder = name[:-len(stem)].rstrip("/")
-    return folder if folder and stem.lower() in ("left", "right") else name
+    *folders, stem = name.split("/")
+    if stem.lower() in ("left", "right") and folders:
+        return "/".join(folders)
+    if folders and folders[-1].lower() in ("left", "right"):
+        return "/".join(folders[:-1] + [stem])
+    return name
 
 
 def parse_label(text: str) -> int | None:
@@ -343,11 +357,14 @@ def _relative(image: str, data: Path) -> Path:
     """The path of a name that holds one, under ``data``; a folder in it written in another Unicode normal form
     than the one on disk (macOS writes NFD) is the one on disk, as file names are (:func:`index_images`)."""
     *folders, name = image.replace("\\", "/").split("/")
-    path = data
+    path = data / "/" if image.replace("\\", "/").startswith("/") else data  # an absolute name is itself
     for part in folders:
-        if not (path / part).is_dir() and path.is_dir():
+        if part and not part.isascii() and not (path / part).is_dir():  # ASCII reads the same in every form
             want = unicodedata.normalize("NFC", part)
-            part = next((e.name for e in os.scandir(path) if unicodedata.normalize("NFC", e.name) == want), part)
+            try:
+                part = next((e.name for e in os.scandir(path) if unicodedata.normalize("NFC", e.name) == want), part)
+            except OSError:  # not there, or not readable: the name as written, reported missing
+                pass
         path = path / part
     return path / name
 

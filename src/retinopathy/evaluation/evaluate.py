@@ -78,6 +78,14 @@ def run_reading(checkpoint: Path, data: str) -> dict:
     return {k: train[k] for k in (*READ_KEYS, "skip_bad") if train.get(k)}
 
 
+def reads_as_run(opts: dict, reading: dict, keys=READ_KEYS) -> bool:
+    """Whether catalog ``opts`` read the data as :func:`run_reading` says the run did, in ``keys``."""
+    def value(options, key):
+        v = options.get(key)
+        return os.path.abspath(v) if v is not None and key in ("labels", "images") else v
+    return all(value(opts, k) == value(reading, k) for k in keys)
+
+
 def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
@@ -91,9 +99,10 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     opts = catalog_options(args)
     opts["labels"] = opts.get("labels") or labels
     reading = run_reading(checkpoint, data)
-    same_labels = opts["labels"] is None or os.path.abspath(opts["labels"]) == reading.get("labels")
+    told = [k for k in READ_KEYS if k != "images" and opts.get(k) is not None]
+    as_run = reads_as_run(opts, reading, told)
     for key in READ_KEYS:  # the run's data read as the run read it, unless told otherwise
-        if opts.get(key) is None and key in reading and (same_labels or key == "images"):
+        if opts.get(key) is None and key in reading and (as_run or key == "images"):
             opts[key] = reading[key]
     if args.split_file:
         return opts
@@ -152,13 +161,15 @@ def main(args) -> dict:
     check_writable(out)
     model, objective, prep, ckpt = restore(checkpoint)
     opts = run_catalog_options(args, checkpoint, ckpt, args.data)
+    reading = run_reading(checkpoint, args.data)  # the run's --skip-bad too, where its reading is the same
+    skip_bad = args.skip_bad if args.skip_bad is not None else bool(reading.get("skip_bad") and
+                                                                      reads_as_run(opts, reading))
     catalog = load_catalog(args.data, **opts)
     with warnings.catch_warnings():
         if opts.get("split_file") is None:  # a fresh split of other data: its patients on both sides of it are not
             warnings.filterwarnings("ignore", r"[0-9,]+ of [0-9,]+ \w+ patients also have an eye in ",
                                     DataWarning)  # this model's leakage (the data's other warnings stay)
-        dataset = FundusDataset(catalog, args.split, train=False, preprocess=prep, uint8=True,
-                                skip_bad=bool(args.skip_bad or run_reading(checkpoint, args.data).get("skip_bad")))
+        dataset = FundusDataset(catalog, args.split, train=False, preprocess=prep, uint8=True, skip_bad=skip_bad)
     if ckpt["model_info"].get("pair_eyes"):
         dataset = PairedEyes(dataset)
     progress = not args.quiet

@@ -44,7 +44,7 @@ from ..atomic import replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
-from ..data.formats import GRADE_NAMES, base_name, detect_format, patient_of, without_extension
+from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
 from ..data.images import IMAGE_EXTENSIONS, brightest, doubt, image_files, index_images
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
@@ -154,20 +154,22 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
             data_opts = options_for(folder, labels) if options_for else {**opts, "labels": opts.get("labels") or labels}
             items += _dataset_items(folder, data_opts, split)
         elif path.is_file():
-            items.append(Item(str(path), path.stem, patient=f"{os.path.realpath(path.parent)}|{patient_of(path.stem)}"))
+            patient = patient_of(f"{path.parent.name}/{path.stem}")  # p7/left.jpeg: p7
+            items.append(Item(str(path), path.stem, patient=f"{os.path.realpath(path.parent)}|{patient}"))
         elif path.is_dir():
             files = image_files(path)
             if not files:
                 raise DataError([Problem("empty", str(path), None, "no images here (searched recursively for "
                                          f"{', '.join(IMAGE_EXTENSIONS)})")])
+            names = {f: f.relative_to(path).with_suffix("").as_posix() for f in files}
             by_patient: dict[str, list[Path]] = {}
             for f in files:
-                by_patient.setdefault(patient_of(f.stem), []).append(f)
-            for f in files:  # eyes pair across sub-folders (left/7_left, right/7_right) unless names recur in
-                group = by_patient[patient_of(f.stem)]  # several (siteA/7_left, siteB/7_left): then within each
-                clash = len({g.stem.lower() for g in group}) < len(group)
+                by_patient.setdefault(patient_of(names[f]), []).append(f)
+            for f in files:  # eyes pair across sub-folders (left/7_left, right/7_right; left/7, right/7) unless
+                group = by_patient[patient_of(names[f])]  # an eye recurs (siteA/7_left, siteB/7_left): then within
+                clash = len({eye_of(names[g]) for g in group}) < len(group)  # each folder
                 folder = os.path.realpath(f.parent if clash else path)  # however the folder was written
-                items.append(Item(str(f), f.stem, patient=f"{folder}|{patient_of(f.stem)}"))
+                items.append(Item(str(f), f.stem, patient=f"{folder}|{patient_of(names[f])}"))
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
     return _once(items)
