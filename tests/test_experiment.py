@@ -280,6 +280,20 @@ def test_an_interrupted_threshold_retune_is_redone(tmp_path, capsys):
     assert json.loads((cell.dir / "eval" / "metrics.json").read_text())["epoch"] == 0
 
 
+def test_a_runtime_option_taken_out_of_the_file_is_back_at_its_default(tmp_path):
+    """An option a re-run may change (amp, device, epochs...), no longer in the file, is its default when the cell
+    goes on, not what the cell ran with: the file is the whole cell (as --dry-run lists it)."""
+    train = {"epochs": 1, "freeze_epochs": 0, "image_size": 32, "batch_size": 16, "workers": 0}
+    grid = {"model": ["resnet18"], "pretrained": [False]}
+    config = write_config(tmp_path, train={**train, "amp": "none"}, grid=grid)
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
+    run = tmp_path / "runs" / "grid" / SCRATCH
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["amp"] == "none"
+    config = write_config(tmp_path, train={**train, "epochs": 2}, grid=grid)
+    assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["amp"] == "auto"
+
+
 def test_sigterm_stops_an_experiment_as_ctrl_c_does(tmp_path):
     """``timeout``, SLURM and ``docker stop`` send SIGTERM: the experiment stops with the way to continue (it was
     killed at once, exit 143, loader workers left behind), and running it again finishes the cell."""

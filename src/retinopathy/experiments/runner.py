@@ -343,7 +343,7 @@ def _parse_cell(cell: Cell, exp: Experiment, options: dict, file: Path, out: Pat
     try:
         with contextlib.redirect_stderr(said):  # argparse's usage text: the error line is what the cell needs
             args = train_config.parse_args(["--config", str(file), "--out", str(out)]
-                                           + (["--resume", str(out)] if resume else []))
+                                           + (["--resume", str(out)] if resume else []), run_options=False)
     except (SystemExit, train_config.ConfigError) as e:
         error = str(e) if isinstance(e, train_config.ConfigError) else next(
             (line.partition("error: ")[2] for line in reversed(said.getvalue().splitlines()) if "error: " in line),
@@ -410,7 +410,7 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
                  f"training {epochs_text(args.epochs)}")
         print(f"{tag} {doing} -> {run}", flush=True)
         argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
-        train.main(train_config.parse_args(argv + (["--quiet"] if quiet else [])))
+        train.main(train_config.parse_args(argv + (["--quiet"] if quiet else []), run_options=False))
         if is_evaluated(run, exp):  # more epochs that did not change best.pt
             print(f"{tag} best.pt is the one evaluated before; its evaluation stands")
             return _done_entry(run)

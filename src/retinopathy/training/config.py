@@ -263,12 +263,14 @@ def expand_home(args: argparse.Namespace) -> None:
             setattr(args, key, os.path.expanduser(getattr(args, key)))
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse with the precedence defaults < preset < config file < command line."""
+def parse_args(argv: list[str] | None = None, run_options: bool = True) -> argparse.Namespace:
+    """Parse with the precedence defaults < preset < (with --resume) the run's saved options < config file <
+    command line; ``run_options=False`` leaves the run's out (an experiment's cell.yaml is the whole cell: an
+    option it no longer sets is back at its default)."""
     parser = get_args_parser()
     pre, _ = parser.parse_known_args(argv)
     expand_home(pre)
-    layered, source = _layered_defaults(parser, pre)
+    layered, source = _layered_defaults(parser, pre, run_options)
     parser.set_defaults(**layered)
     args = parser.parse_args(argv)
     expand_home(args)
@@ -277,7 +279,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace) -> tuple[dict, str]:
+def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
+                      run_options: bool = True) -> tuple[dict, str]:
     """The defaults that a run's config.yaml (--resume), a preset and a config file give (a later one wins),
     checked and typed, and where they came from (for messages)."""
     layered: dict = {}
@@ -300,7 +303,7 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace) 
         parser.error(f"preset: {preset!r} (from {pre.config}) is not one of {', '.join(sorted(PRESETS))}")
     if preset:
         layered.update(PRESETS[preset])
-    if pre.resume:  # the run's options, which a file (-c) and the command line may then change
+    if pre.resume and run_options:  # the run's options, which a file (-c) and the command line may then change
         layered.update(file_options(Path(pre.resume) / "config.yaml", resume=True)[0])
     layered.update(file_cfg)
     source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
