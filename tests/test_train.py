@@ -1122,6 +1122,16 @@ def test_a_split_file_of_other_photographs_is_told(tiny_run, tmp_path, capsys):
     data = yaml.safe_load((tiny_run / "config.yaml").read_text())["data"]["path"]
     assert main([*argv, "--data", data, "--out", str(tmp_path / "b")]) == 0
     assert "other grades there" not in capsys.readouterr().err
+    with open(tiny_run / "split.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for name, label in (("regraded", lambda g: str((int(g) + 1) % 5)), ("ungraded", lambda g: "")):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:  # every grade other; or no grades at all
+            w = csv.DictWriter(f, ["image", "patient", "label", "split"])
+            w.writeheader()
+            w.writerows({**r, "label": label(r["label"])} for r in rows)
+        argv[argv.index("--split-file") + 1] = str(tmp_path / f"{name}.csv")
+        assert main([*argv, "--data", data, "--out", str(tmp_path / name)]) == 0
+        assert ("other grades there" in capsys.readouterr().err) == (name == "regraded")
 
 
 def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):

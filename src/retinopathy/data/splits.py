@@ -165,7 +165,7 @@ def run_overlap(split_csv: str | Path, labelled) -> tuple[dict[str, str], int, i
         return {}, 0, len(labelled)
     split, grade = ({row["image"]: row.get(column) for row in rows} for column in ("split", "label"))
     same = {name: split[name] for name, label in labelled if grade.get(name) == str(label)}
-    listed = {name for name, _ in labelled if name in grade}  # names: a dataset given twice is not regraded
+    listed = {name for name, _ in labelled if grade.get(name)}  # names: a dataset given twice is not regraded
     return same, len(listed - set(same)), sum(name not in grade for name, _ in labelled)
 
 

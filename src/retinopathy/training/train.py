@@ -333,8 +333,8 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
             print(f"warning: {regraded} image(s) have other grades than when the run started (in {split_file}); "
                   "the remaining epochs learn the new grades", file=sys.stderr)
     elif split_file is not None and dist.main:  # a split of the same photographs lists them with their grades
-        same, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])
-        if same and not same_photographs(len(same), regraded):
+        same, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])  # (or none)
+        if regraded and not same_photographs(len(same), regraded):
             print(f"warning: {regraded} of the {len(same) + regraded} images that {split_file} lists have other "
                   "grades there: it looks like the split of other photographs (EyePACS and synthetic sets share "
                   "names), used here as it is", file=sys.stderr)
