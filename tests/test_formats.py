@@ -157,6 +157,20 @@ def test_labels_may_name_images_by_absolute_path(tmp_path):
     assert [s.patient for s in cat.samples] == ["0", "0", "1", "1"]
 
 
+def test_a_folder_of_several_labels_files_reads_the_one_that_fits(tmp_path):
+    """Named columns pick the labels file whose header has them (trainLabels.csv before train.csv, as detection
+    orders them); a format named beside the lab's CSVs reads its own file."""
+    rows = make_kaggle(tmp_path, n_patients=2)
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\n" + "\n".join(rows) + "\n")
+    (tmp_path / "train_img.csv").write_text("0_left\n")
+    (tmp_path / "train_label.csv").write_text("0\n")
+    assert read_catalog(tmp_path, image_col="image", label_col="level").labels == [tmp_path / "trainLabels.csv"]
+    assert read_catalog(tmp_path, image_col="id_code", label_col="diagnosis").labels == [tmp_path / "train.csv"]
+    assert read_catalog(tmp_path, format="csv").labels == [tmp_path / "train.csv"]
+    assert read_catalog(tmp_path, format="kaggle").labels == [tmp_path / "trainLabels.csv"]
+    assert read_catalog(tmp_path).format == "lab"
+
+
 def test_folder_per_grade(tmp_path):
     for g in range(5):
         for i in range(3):

@@ -129,11 +129,20 @@ def detect_format(data: Path) -> tuple[str, Path]:
                           "is (in Python: format=, labels=, image_col=, label_col=, images=)."))
 
 
-def _labels_file(format: str, data: Path) -> Path:
-    """The labels CSV of ``format`` in ``data`` (the course lab's folder also holds Kaggle's trainLabels.csv), else
-    the one detection finds."""
-    names = {"kaggle": KAGGLE_LABELS, "csv": ("train.csv", *KAGGLE_LABELS)}.get(format, ())
-    return next((data / n for n in names if (data / n).is_file()), None) or detect_format(data)[1]
+def _columns(format: str, image_col: str | None, label_col: str | None) -> tuple[str, str]:
+    """The image and label columns a header CSV of ``format`` is read by, unless named: Kaggle's image,level,
+    APTOS' id_code,diagnosis."""
+    image, label = ("image", "level") if format == "kaggle" else ("id_code", "diagnosis")
+    return image_col or image, label_col or label
+
+
+def _labels_file(format: str, data: Path, columns: tuple = ()) -> Path:
+    """The labels CSV of ``format`` in ``data`` (the course lab's folder also holds Kaggle's trainLabels.csv), in
+    detection's order, the first whose header has ``columns`` where one has; else the one detection finds."""
+    names = {"kaggle": KAGGLE_LABELS, "csv": (*KAGGLE_LABELS, "train.csv")}.get(format, ())
+    files = [data / n for n in names if (data / n).is_file()]
+    fitting = [f for f in files if set(columns) <= _header(f)]
+    return (fitting or files or [detect_format(data)[1]])[0]
 
 
 def grade_folders(data: Path, every_grade: bool) -> Path | None:
@@ -145,14 +154,18 @@ def grade_folders(data: Path, every_grade: bool) -> Path | None:
     return None
 
 
-def _csv_format(path: Path) -> str:
-    """The format of a labels file named without columns: 'csv' for APTOS' id_code,diagnosis, else 'kaggle'."""
+def _header(path: Path) -> set[str]:
+    """The column names on a CSV's first line; none where it cannot be read (it is read again, and reported)."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            header = {h.strip() for h in next(csv.reader(f), [])}
+            return {h.strip() for h in next(csv.reader(f), [])}
     except (OSError, UnicodeDecodeError, csv.Error):
-        return "kaggle"  # read again, and reported, as Kaggle's
-    return "csv" if {"id_code", "diagnosis"} <= header else "kaggle"
+        return set()
+
+
+def _csv_format(path: Path) -> str:
+    """The format of a labels file named without columns: 'csv' for APTOS' id_code,diagnosis, else 'kaggle'."""
+    return "csv" if {"id_code", "diagnosis"} <= _header(path) else "kaggle"
 
 
 def _read_text(path: Path) -> str:
@@ -420,7 +433,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         if labels is not None:
             format = "lab" if labels.is_dir() else ("csv" if image_col or label_col else _csv_format(labels))
         elif image_col or label_col:
-            format, labels = "csv", _labels_file("csv", data)
+            format, labels = "csv", _labels_file("csv", data, _columns("csv", image_col, label_col))
         else:
             format, labels = detect_format(data)
     elif format not in FORMATS:
@@ -429,7 +442,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     if labels is None and format == "folders":
         labels = grade_folders(data, every_grade=False) or data
     elif labels is None:
-        labels = data if format == "lab" else _labels_file(format, data)
+        labels = data if format == "lab" else _labels_file(format, data, _columns(format, image_col, label_col))
 
     if format == "lab":
         samples = _read_lab(labels, problems)
@@ -450,10 +463,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                                      f"--format {format} reads a labels CSV file, but this is {found}")],
                             hint="Pass --labels FILE (the CSV of image names and grades), or the --format "
                                  "that fits the folder.")
-        if format == "kaggle":
-            image_col, label_col = image_col or "image", label_col or "level"
-        elif not (image_col and label_col):
-            image_col, label_col = image_col or "id_code", label_col or "diagnosis"
+        image_col, label_col = _columns(format, image_col, label_col)
         samples = _read_header_csv(labels, image_col, label_col, patient_col, problems)
         label_files = [labels]
 
