@@ -224,6 +224,14 @@ def test_earlier_copies_of_photographs_now_missing_or_bad_are_set_aside(tmp_path
     (src / "1_left.jpeg").write_bytes(good)  # repaired: written again
     m = prepare(src, out, size=32, workers=1, progress=False)
     assert m["counts"]["written"] == 1 and (out / "1_left.jpeg").exists()
+    # a missing row whose copy's name another row writes (2_left, its file there, and 2_left.jpeg, listed apart
+    # from it under another name and missing): that copy stays, run after run
+    (src / "2_left.jpeg").rename(src / "2_left.png")
+    with open(src / "trainLabels.csv", "a") as f:
+        f.write("2_left.jpeg,1\n")
+    for _ in range(2):
+        m = prepare(src, out, size=32, workers=1, progress=False)
+        assert (out / "2_left.jpeg").exists() and str(out / "2_left.jpeg.stale") not in m["set_aside"]
 
 
 def test_reading_a_copy_otherwise_than_it_was_prepared_warns(synth128, tmp_path):

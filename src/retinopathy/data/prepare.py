@@ -254,14 +254,9 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     todo: list[tuple[Sample, str]] = []
     targets: dict[str, Sample] = {}
     sources: dict[str, list[int]] = {}
-    set_aside_copies: list[str] = []
     skipped = 0
-    for s in catalog.samples:
+    for s in (s for s in catalog.samples if s.path):
         name = output_name(s, catalog)
-        if s.path is None:  # its photograph is missing now: an earlier copy of it must not be read in its place
-            if not _outside(name) and (aside := set_aside(out / name)):
-                set_aside_copies.append(str(aside))
-            continue
         if _outside(name):
             problems.append(Problem("path-outside", s.source, s.line, f"{s.image}: the copy keeps the name as "
                                     "written, and this one leads out of OUT; write it relative to the dataset "
@@ -280,6 +275,9 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
             dst.parent.mkdir(parents=True, exist_ok=True)
             todo.append((s, str(dst)))
 
+    set_aside_copies = [str(aside) for name in sorted({output_name(s, catalog) for s in catalog.samples if not s.path})
+                        if name not in targets and not _outside(name) and (aside := set_aside(out / name))]
+    # (an earlier copy of a photograph missing now must not be read in its place; one another row writes stays)
     jobs = [(s.path, dst, size, crop) for s, dst in todo]
     workers = worker_count(workers, len(jobs))
     bar = progress_bar(total=len(jobs), enabled=progress, unit="img", desc="prepare", dynamic_ncols=True)
