@@ -171,12 +171,31 @@ def torch_home(tmp_path, monkeypatch):
 
 
 def _write_fake_weights(torch_home):
+    """resnet18's ImageNet file as torchvision publishes it: made before BatchNorm's num_batches_tracked existed."""
     torch.manual_seed(1)
-    state = resnet18().state_dict()
+    state = {k: v for k, v in resnet18().state_dict().items() if not k.endswith("num_batches_tracked")}
     path = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     path.parent.mkdir(parents=True)
     torch.save(state, path)
     return state, path
+
+
+def test_densenet_imagenet_weights_load_under_their_published_names(torch_home):
+    """DenseNet's files name layers norm.1 / conv.2 (dots torchvision no longer allows); torchvision renames them."""
+    import re
+
+    from torchvision.models import densenet121
+
+    state = densenet121().state_dict()
+    published = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()
+                 if not k.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in published
+    path = torch_home / "hub" / "checkpoints" / "densenet121-a639ec97.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(published, path)
+    model, _ = build_model("densenet121", 5, pretrained=True, check_hash=False)
+    assert torch.equal(model.net.features.denseblock1.denselayer1.norm1.weight,
+                       state["features.denseblock1.denselayer1.norm1.weight"])
 
 
 def test_pretrained_weights_load_through_the_torchvision_enum(torch_home):
@@ -268,7 +287,7 @@ def test_weights_file_option(tmp_path):
     model, _ = build_model("resnet18", weights_file=str(tmp_path / "timm.pth.tar"))
     assert torch.equal(model.net.conv1.weight, state["conv1.weight"])
     torch.save({"model": torch.zeros(2), "state_dict": [1]}, tmp_path / "odd.pth")  # neither a state dict
-    with pytest.raises(WeightsError, match="odd.pth: the weights do not fit resnet18: 120 backbone tensors missing"):
+    with pytest.raises(WeightsError, match="odd.pth: the weights do not fit resnet18: 100 backbone tensors missing"):
         build_model("resnet18", weights_file=str(tmp_path / "odd.pth"))
     torch.save([torch.zeros(3)], tmp_path / "list.pth")
     with pytest.raises(WeightsError, match="list.pth holds a list"):

@@ -161,7 +161,8 @@ class Grader(nn.Module):
         if blocks > 1 and first in kept and kept[first].shape[1] * blocks == own[first].shape[1]:  # RGB weights
             kept[first] = kept[first].repeat_interleave(blocks, dim=1) / blocks
         pools = tuple(n + "." for n, m in self.net.named_modules() if isinstance(m, GlobalPool))  # GeM's own p
-        missing = [k for k in own if not k.startswith((prefix, *pools)) and k not in kept]
+        missing = [k for k in own if not k.startswith((prefix, *pools)) and k not in kept
+                   and not k.endswith("num_batches_tracked")]  # torchvision's ImageNet files predate that buffer
         if missing:
             raise ModelError(f"the weights do not fit {self.arch}: {len(missing)} backbone tensors missing, "
                              f"e.g. {missing[:3]}")

@@ -91,8 +91,8 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
         # timm's and Lightning's keep theirs in "state_dict", and a DDP-wrapped model's keys start "module."
         ema = {k: v for k, v in (state.get("model_ema") or {}).items() if k != "n_averaged"}
         state = ema or next((state[k] for k in ("model", "state_dict") if isinstance(state.get(k), dict)), state)
-        return ({k.removeprefix("module.").removeprefix("net."): v for k, v in state.items()},  # -> torchvision's
-                f"file {path}")
+        return (_current_names(model, {k.removeprefix("module.").removeprefix("net."): v  # -> torchvision's
+                                       for k, v in state.items()}), f"file {path}")
     weights = weights_enum(model, tag)
     path = cache_path(weights)
     if path.exists() and verify:
@@ -112,4 +112,16 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
             "Either copy the file there from a machine with network access, pass --weights FILE, "
             "or train from scratch with --no-pretrained (in Python: build_model(..., weights_file=FILE) or "
             "pretrained=False).") from None
-    return state, f"torchvision {type(weights).__name__}.{weights.name} ({path.name})"
+    return _current_names(model, state), f"torchvision {type(weights).__name__}.{weights.name} ({path.name})"
+
+
+_DENSENET_OLD = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|"
+                           r"running_var))$")
+
+
+def _current_names(model: str, state: dict) -> dict:
+    """DenseNet's published ImageNet files name their layers ``norm.1`` where the model has ``norm1``: renamed as
+    torchvision's own loader (``densenet._load_state_dict``) renames them."""
+    if not model.startswith("densenet"):
+        return state
+    return {_DENSENET_OLD.sub(r"\1\2", k): v for k, v in state.items()}
