@@ -294,6 +294,22 @@ def test_a_runtime_option_taken_out_of_the_file_is_back_at_its_default(tmp_path)
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["amp"] == "auto"
 
 
+def test_the_demo_fails_when_a_cell_fails(tmp_path, monkeypatch, capsys):
+    """``make demo`` exits 1 and says so when a cell failed (it said "demo finished" and exited 0)."""
+    from retinopathy import demo
+    from retinopathy.errors import RetinopathyError
+    from retinopathy.experiments import runner
+
+    config = write_config(tmp_path, train={"epochs": 1, "freeze_epochs": 0, "image_size": 32, "batch_size": 16,
+                                           "workers": 0}, grid={"model": ["resnet18"], "pretrained": [False]})
+
+    def fails(*args, **kwargs):
+        raise RetinopathyError("a cell that fails")
+    monkeypatch.setattr(runner, "run_cell", fails)
+    assert demo.main(["--config", str(config), "--quiet"]) == 1
+    assert "demo finished in" in (out := capsys.readouterr().out) and "1 cell(s) failed (named above)" in out
+
+
 def test_sigterm_stops_an_experiment_as_ctrl_c_does(tmp_path):
     """``timeout``, SLURM and ``docker stop`` send SIGTERM: the experiment stops with the way to continue (it was
     killed at once, exit 143, loader workers left behind), and running it again finishes the cell."""

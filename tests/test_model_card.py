@@ -174,6 +174,9 @@ def test_a_model_no_better_than_the_majority_class_is_flagged(run):
     evaluations = card.split("### Evaluations")[1]
     assert "⚠" not in table_row(evaluations, "test")[2] and table_row(evaluations, "val")[2].endswith("⚠")
     assert "no better than always answering the most common grade" in evaluations
+    stale = {**bad, "split": "train", "checkpoint": "best.pt", "checkpoint_id": "an earlier save"}  # both marks
+    evaluations = write_model_card(run / "checkpoints" / "best.pt", evaluation=stale).read_text()
+    assert table_row(evaluations.split("### Evaluations")[1], "train")[2].endswith("⚠ *")
 
 
 def test_the_split_rule_says_which_splits_the_data_gave():

@@ -36,9 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     index = Path(status["report"]).resolve()
     secs = time.perf_counter() - start
     took = f"{secs / 60:.1f} min" if secs >= 60 else f"{secs:.0f} s"
-    print(f"\ndemo finished in {took}. Open the report:\n  {index}\n"
-          f"  ({index.as_uri()})")
-    return 0
+    failed = int(status.get("failed") or 0)
+    print(f"\ndemo finished in {took}" + (f", {failed} cell(s) failed (named above)" if failed else "")
+          + f". Open the report:\n  {index}\n  ({index.as_uri()})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

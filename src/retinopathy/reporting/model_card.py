@@ -209,7 +209,7 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
         if all(e.get(k) is not None for k in ("accuracy", "majority_accuracy", "kappa")) and no_better_than_majority(e):
             mark, flagged = " ⚠", True
         if e.get("checkpoint") == card_name and not same_checkpoint(e, card_ckpt):
-            mark, stale = " *", True
+            mark, stale = mark + " *", True
         if e.get("training_images"):
             mark, seen = mark + f" † ({e['training_images']} trained on)", True
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
