@@ -213,3 +213,16 @@ def test_a_run_that_listed_its_skipped_images_in_config_yaml_is_counted():
 
     text = "\n".join(_data_section({"data": {"path": "d", "format": "kaggle", "skipped": ["a: x", "b: y"]}}))
     assert "- 2 unusable image(s) were skipped with --skip-bad (listed in the run's `config.yaml`)" in text
+
+
+def test_the_card_follows_epochs_that_did_not_beat_the_best(tiny_run, tmp_path):
+    """Training on past the best epoch (here a resume that cannot beat it) updates the card's account of the run:
+    it said '2 of 2 (2 run so far)' for good, written only at each new best."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    last["best"]["value"] = float("inf")  # no later epoch is better
+    save_checkpoint(last, run / "checkpoints" / "last.pt")
+    assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 0
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 1
+    assert "epoch 2 of 3 (3 run so far)" in (run / "checkpoints" / "MODEL_CARD.md").read_text()

@@ -721,6 +721,8 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         and best["epoch"] is not None
     if retune:
         retune_thresholds(args, evaluated, objective, ema, data, eval_loaders[select_on], engine, out, best, margin)
+    elif dist.main and ran and (out / "checkpoints" / "best.pt").exists():  # epochs since its best: the card says
+        write_model_card(out / "checkpoints" / "best.pt")  # how far the run has got
     if dist.main and not finished:
         print(f"stopped after {epochs_text(ran)} (--stop-after): continue with `{resume_command(out)}`")
     elif dist.main and not ran and not retune:
