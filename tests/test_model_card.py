@@ -62,6 +62,10 @@ def test_card_from_a_training_run(run):
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert "\n- Warning: 2 of 4 test patients also have an eye in train\n" in \
         write_model_card(run / "checkpoints" / "best.pt").read_text()
+    assert config["data"]["synthetic"] is True  # recorded when it trained: the card says so wherever the data went
+    config["data"]["path"] = str(run / "moved-away")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert "**Synthetic training data.**" in write_model_card(run / "checkpoints" / "best.pt").read_text()
 
 
 def test_limitations_describe_this_model(tmp_path):

@@ -257,8 +257,11 @@ def _limitations(info: dict, config: dict) -> list[str]:
              f"{sees} several fields, image-quality checks and the patient's history; macular oedema is not "
              "assessed. The model gives a grade 0-4 to anything it is shown, including ungradable or non-fundus "
              "images."]
-    data = (config.get("data") or {}).get("path")
-    if data and is_synthetic(data):
+    data = config.get("data") or {}
+    synthetic = data.get("synthetic")  # recorded when it trained; a run from before the record: its folder says
+    if synthetic is None:
+        synthetic = bool(data.get("path")) and is_synthetic(data["path"])
+    if synthetic:
         lines.append("- **Synthetic training data.** It learnt from synthetic drawings (retinopathy.data.synth), not "
                      "photographs of patients: its numbers show that the pipeline works, not how it grades real "
                      "eyes.")

@@ -31,6 +31,7 @@ from ..data.dataset import PairedEyes
 from ..data.formats import GRADE_NAMES, GRADES, Catalog
 from ..data.problems import skipped_note, write_skipped
 from ..data.splits import SPLIT_DEFAULTS, run_overlap, same_photographs, split_option, trained_names
+from ..data.synth import is_synthetic
 from ..errors import Interrupted, NotWritten
 from ..evaluation.metrics import majority_accuracy, summary
 from ..launch import launched_as, resume_command, sigterm_as_ctrl_c
@@ -421,6 +422,7 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
     catalog, train_set, eval_sets, opts = data.catalog, data.train_set, data.eval_sets, data.split_options
     config = {"train": dict(vars(args)),
               "data": {"path": str(Path(args.data).resolve()), "format": catalog.format,
+                       "synthetic": is_synthetic(args.data),  # retinopathy.data.synth's drawings: said if it moves
                        "labels": [os.path.abspath(p) for p in catalog.labels],  # abspath: the names, not the
                        "images": os.path.abspath(catalog.image_root) if catalog.image_root else None,  # links' targets
                        "split_file": os.path.abspath(out / "split.csv"),
