@@ -400,7 +400,9 @@ def test_described_grade_rule_is_the_one_applied(name):
     assert obj.describe()["grade"] == "the number of thresholds at or below the score"
     scores = np.array([0.0, 0.4, 0.39, 1.3, 2.5, 3.1, 4.0])
     assert obj.grades_of(None, scores).tolist() == [sum(t <= x for t in obj.thresholds) for x in scores]
-    assert obj.grades_of(None, torch.tensor(scores, dtype=torch.float32)).tolist() == [0, 1, 0, 2, 3, 4, 4]
+    as_float32 = scores.astype(np.float32)  # a model's outputs: 1.3 is 1.2999999523, below the threshold 1.3
+    assert obj.grades_of(None, torch.tensor(as_float32)).tolist() == obj.grades_of(None, as_float32).tolist() == \
+        [sum(t <= float(x) for t in obj.thresholds) for x in as_float32] == [0, 1, 0, 1, 3, 3, 4]
     for bad in ([3.5, 2.5, 1.5, 0.5], [1.5]):  # torch's bucketize and numpy's digitize disagreed on the first
         with pytest.raises(ValueError, match="expected 4 cuts in non-decreasing order"):
             make_objective(name, thresholds=bad)
