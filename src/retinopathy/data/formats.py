@@ -74,29 +74,31 @@ def without_extension(image: str) -> str:
     return image[:-len(suffix)] if suffix.lower() in IMAGE_EXTENSIONS else image
 
 
-def eye_of(image: str) -> str | None:
-    """'left' or 'right' as :func:`patient_of` reads the name (``10_left``, ``p7/left``, ``left/7``), else None."""
+def _patient_and_eye(image: str) -> tuple[str, str | None]:
+    """(patient, 'left' / 'right' or None) as a name says them: ``10_left`` (or ``train_images/10_left.jpeg``),
+    ``p7/left.jpeg`` (a folder per patient), ``left/7.jpeg`` (a folder per eye); any other name is its own
+    patient, its path included (``train/1`` and ``val/1`` are two)."""
     name = without_extension(image).replace("\\", "/")
     if m := _EYE.match(base_name(name)):
-        return m.group("eye").lower()
+        return m.group("patient"), m.group("eye").lower()
     *folders, stem = name.split("/")
-    return next((part.lower() for part in ((stem, folders[-1]) if folders else ())
-                 if part.lower() in ("left", "right")), None)
+    if folders and stem.lower() in ("left", "right"):
+        return "/".join(folders), stem.lower()
+    if folders and folders[-1].lower() in ("left", "right"):
+        return "/".join(folders[:-1] + [stem]), folders[-1].lower()
+    return name, None
+
+
+def eye_of(image: str) -> str | None:
+    """'left' or 'right' as :func:`patient_of` reads the name (``10_left``, ``p7/left``, ``left/7``), else None."""
+    return _patient_and_eye(image)[1]
 
 
 def patient_of(image: str) -> str:
     """``10_left`` (or ``train_images/10_left.jpeg``) -> ``10``; ``p7/left.jpeg`` -> ``p7`` (a folder per
     patient); ``left/7.jpeg`` -> ``7`` (a folder per eye); any other name is its own patient, its path included
     (``train/1`` and ``val/1`` are two)."""
-    name = without_extension(image).replace("\\", "/")
-    if m := _EYE.match(base_name(name)):
-        return m.group("patient")
-    *folders, stem = name.split("/")
-    if stem.lower() in ("left", "right") and folders:
-        return "/".join(folders)
-    if folders and folders[-1].lower() in ("left", "right"):
-        return "/".join(folders[:-1] + [stem])
-    return name
+    return _patient_and_eye(image)[0]
 
 
 def parse_label(text: str) -> int | None:
@@ -369,8 +371,9 @@ def _find_image_root(data: Path, images: Path | None, samples: list[Sample],
 def _relative(image: str, data: Path) -> Path:
     """The path of a name that holds one, under ``data``; a folder in it written in another Unicode normal form
     than the one on disk (macOS writes NFD) is the one on disk, as file names are (:func:`index_images`)."""
-    *folders, name = image.replace("\\", "/").split("/")
-    path = data / "/" if image.replace("\\", "/").startswith("/") else data  # an absolute name is itself
+    written = image.replace("\\", "/")
+    *folders, name = written.split("/")
+    path = data / "/" if written.startswith("/") else data  # an absolute name is itself
     for part in folders:
         if part and not part.isascii() and not (path / part).is_dir():  # ASCII reads the same in every form
             want = unicodedata.normalize("NFC", part)

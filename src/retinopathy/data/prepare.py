@@ -123,21 +123,26 @@ def prepare_file(job: tuple) -> str | None:
     return None
 
 
-def _source_stat(source: str) -> list[int]:
-    st = os.stat(source)
+def _source_stat(source: str) -> list[int] | None:
+    """A photograph's [size, modification time in ns], as the manifest records it; None when it has gone since
+    the catalog was read (its job then reports it)."""
+    try:
+        st = os.stat(source)
+    except OSError:
+        return None
     return [st.st_size, st.st_mtime_ns]
 
 
-def _up_to_date(copy: Path, source: str, recorded: list | None) -> bool:
-    """A copy already there is kept when its photograph has the size and modification time recorded when the copy
-    was written (a copy from before that record: when it is newer than its photograph, as ``make`` decides) and
-    its header and end marker are whole (as the dataset checks them); one cut or emptied since (a full disk, a
-    copy that failed), or a photograph replaced since (a corrected export, even one unpacked with its old
-    timestamp), is written again."""
+def _up_to_date(copy: Path, source: list[int] | None, recorded: list | None) -> bool:
+    """A copy already there is kept when its photograph (``source``: :func:`_source_stat`) has the size and
+    modification time recorded when the copy was written (a copy from before that record: when it is newer than
+    its photograph, as ``make`` decides) and its header and end marker are whole (as the dataset checks them); one
+    cut or emptied since (a full disk, a copy that failed), or a photograph replaced since (a corrected export,
+    even one unpacked with its old timestamp), is written again."""
+    if source is None or recorded is not None and recorded != source:
+        return False
     try:
-        if recorded is not None and recorded != _source_stat(source):
-            return False
-        if recorded is None and copy.stat().st_mtime < os.stat(source).st_mtime:
+        if recorded is None and copy.stat().st_mtime_ns < source[1]:
             return False
         check_image(copy)
         return True
@@ -164,9 +169,10 @@ def _stale_copies(out: Path, targets: dict) -> list[Problem]:
         name = p.relative_to(out)
         grade = next((d for d in name.parts[:-1] if d in map(str, GRADES)), None)
         if grade is not None and name.as_posix() not in targets:
+            aside = set_aside(p)
             problems.append(Problem("stale-copy", str(p), None, f"no photograph of the source has this copy any more "
                                     f"(moved to another grade folder, or removed, since {out} was prepared), so it "
-                                    f"would be read as grade {grade}: renamed to {set_aside(p).name}"))
+                                    f"would be read as grade {grade}: renamed to {aside.name}"))
     return problems
 
 
@@ -268,8 +274,10 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
             continue
         targets[name] = s
         dst = out / name
-        sources[name] = _source_stat(s.path)  # before it is read: a change during the run is seen by the next one
-        if _up_to_date(dst, s.path, recorded.get(name)):
+        stat = _source_stat(s.path)  # before it is read: a change during the run is seen by the next one
+        if stat is not None:
+            sources[name] = stat
+        if _up_to_date(dst, stat, recorded.get(name)):
             skipped += 1
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -86,7 +86,8 @@ def reads_as_run(opts: dict, reading: dict, keys=READ_KEYS) -> bool:
     return all(value(opts, k) == value(reading, k) for k in keys)
 
 
-def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None) -> dict:
+def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: Path | None = None,
+                        reading: dict | None = None) -> dict:
     """Catalog options for a trained run's checkpoint on ``data``: the run's own split unless told otherwise.
 
     Its split.csv when that lists every image of ``data``, at least 90 % with the grades it lists (the data it
@@ -95,10 +96,11 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     grades it lists, and images it does not list) are refused unless --split-file or --split all says what to
     grade: a fresh split would put training images into val or test. Names that mostly recur with other grades
     are other photographs (EyePACS and synthetic sets share names). The images are looked for where the run
-    found them (its ``--images``), and read as the run read them (:func:`run_reading`), unless told otherwise."""
+    found them (its ``--images``), and read as the run read them (``reading``: :func:`run_reading`, read here when
+    not given), unless told otherwise."""
     opts = catalog_options(args)
     opts["labels"] = opts.get("labels") or labels
-    reading = run_reading(checkpoint, data)
+    reading = run_reading(checkpoint, data) if reading is None else reading
     told = [k for k in READ_KEYS if k != "images" and opts.get(k) is not None]
     as_run = reads_as_run(opts, reading, told)
     for key in READ_KEYS:  # the run's data read as the run read it, unless told otherwise
@@ -160,8 +162,8 @@ def main(args) -> dict:
                                f"skipped.csv and more: evaluate into a folder of its own, e.g. --out {out / 'eval'}")
     check_writable(out)
     model, objective, prep, ckpt = restore(checkpoint)
-    opts = run_catalog_options(args, checkpoint, ckpt, args.data)
-    reading = run_reading(checkpoint, args.data)  # the run's --skip-bad too, where its reading is the same
+    reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it
+    opts = run_catalog_options(args, checkpoint, ckpt, args.data, reading=reading)
     skip_bad = args.skip_bad if args.skip_bad is not None else bool(reading.get("skip_bad") and
                                                                       reads_as_run(opts, reading))
     catalog = load_catalog(args.data, **opts)

@@ -263,8 +263,8 @@ def is_evaluated(run: Path, exp: Experiment) -> bool:
     if not best.exists():
         return True
     ckpt = load_checkpoint(best, mmap=True)
-    return same_checkpoint(evaluation, ckpt) and evaluation.get("blend_eyes") == ckpt["model_info"].get("blend_eyes",
-                                                                                                        0.0)
+    trained_blend = ckpt["model_info"].get("blend_eyes", 0.0)  # evaluate's default weight of the other eye
+    return same_checkpoint(evaluation, ckpt) and evaluation.get("blend_eyes") == trained_blend
 
 
 class ChangedCell(ExperimentError):

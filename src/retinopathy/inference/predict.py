@@ -162,14 +162,15 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
                 raise DataError([Problem("empty", str(path), None, "no images here (searched recursively for "
                                          f"{', '.join(IMAGE_EXTENSIONS)})")])
             names = {f: f.relative_to(path).with_suffix("").as_posix() for f in files}
+            patients = {f: patient_of(names[f]) for f in files}
             by_patient: dict[str, list[Path]] = {}
             for f in files:
-                by_patient.setdefault(patient_of(names[f]), []).append(f)
+                by_patient.setdefault(patients[f], []).append(f)
             for f in files:  # eyes pair across sub-folders (left/7_left, right/7_right; left/7, right/7) unless
-                group = by_patient[patient_of(names[f])]  # an eye recurs (siteA/7_left, siteB/7_left): then within
-                clash = len({eye_of(names[g]) for g in group}) < len(group)  # each folder
+                group = by_patient[patients[f]]  # an eye recurs (siteA/7_left, siteB/7_left): then within each
+                clash = len({eye_of(names[g]) for g in group}) < len(group)  # folder
                 folder = os.path.realpath(f.parent if clash else path)  # however the folder was written
-                items.append(Item(str(f), f.stem, patient=f"{folder}|{patient_of(names[f])}"))
+                items.append(Item(str(f), f.stem, patient=f"{folder}|{patients[f]}"))
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
     return _once(items)

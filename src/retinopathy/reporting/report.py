@@ -407,7 +407,7 @@ def at_a_glance(runs: list[Run]) -> list[str]:
                      "drawings (retinopathy.data.synth), not photographs of patients: "
                      f"{'its' if len(tested) == 1 else 'their'} numbers show the pipeline works, not how well a model "
                      "grades real eyes.")
-    if [r for r in learnt if r.eval is not None and r not in tested]:
+    if any(r.eval is not None and r not in tested for r in learnt):
         lines.append("Some runs learnt from synthetic drawings (retinopathy.data.synth), not from photographs of "
                      "patients; their evaluations here are on photographs.")
     return lines

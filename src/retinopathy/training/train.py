@@ -228,7 +228,8 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         fixed = (FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
                  + (FIXED_WHILE_STEPPING if stepping else ()))
         initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
-        had = {k: ckpt["config"].get(k, initial[k]) for k in fixed}  # an option newer than the run: its default
+        had = {k: ckpt["config"].get(k, initial[k])  # an option newer than the run: its default
+               for k in (*fixed, *FIXED_WHILE_STEPPING)}
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
                    for k in fixed if comparable(k, had[k]) != comparable(k, getattr(args, k))
                    and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
@@ -246,8 +247,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
                                   f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
         if not stepping:  # a finished run learns no more: what it learnt with stays in its record
-            kept = {k: ckpt["config"].get(k, initial[k]) for k in FIXED_WHILE_STEPPING
-                    if comparable(k, ckpt["config"].get(k, initial[k])) != comparable(k, getattr(args, k))}
+            kept = {k: had[k] for k in FIXED_WHILE_STEPPING if comparable(k, had[k]) != comparable(k, getattr(args, k))}
             if kept and dist.main:
                 print(f"note: the run has trained its {epochs_text(ckpt['epoch'] + 1)}, so "
                       f"{', '.join(flag(k, getattr(args, k)) for k in kept)} change nothing now; its record keeps "
@@ -324,18 +324,17 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
         raise DataError(e.problems, hint="The run's split.csv does not list these images: they are not the "
                         "photographs it trained on (or a folder of which this version reads more: sub-folders, .bmp "
                         f"and .webp, val/ or test/ beside train/). {elsewhere}") from None
-    if ckpt is not None:  # the names match the run's split.csv; the grades say whether they are its photographs
+    if split_file is not None:  # the names match the split file; the grades say whether it lists these photographs
         same, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])
-        if not same_photographs(len(same), regraded):
+        photographs = same_photographs(len(same), regraded)  # (a split file without grades lists none: no word)
+        if ckpt is not None and not photographs:
             raise DataError([Problem("split-mismatch", str(args.data), None,
                                      f"{regraded} of its images have other grades than in the run's {split_file}: "
                                      "these are not the photographs the run trained on")], hint=elsewhere)
-        if regraded and dist.main:
+        if ckpt is not None and regraded and dist.main:
             print(f"warning: {regraded} image(s) have other grades than when the run started (in {split_file}); "
                   "the remaining epochs learn the new grades", file=sys.stderr)
-    elif split_file is not None and dist.main:  # a split of the same photographs lists them with their grades
-        same, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])  # (or none)
-        if regraded and not same_photographs(len(same), regraded):
+        elif ckpt is None and regraded and not photographs and dist.main:
             print(f"warning: {regraded} of the {len(same) + regraded} images that {split_file} lists have other "
                   "grades there: it looks like the split of other photographs (EyePACS and synthetic sets share "
                   "names), used here as it is", file=sys.stderr)
