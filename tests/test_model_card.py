@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 
 import pytest
@@ -143,6 +144,16 @@ def test_recall_of_grades_without_images_is_not_zero(run):
     recall = table_row(card.split("### Evaluations")[1], "test")[-1]
     assert recall == "0.80 / 0.00 / 0.50 / n/a (0 images) / n/a (0 images)"
     assert "mean F1 over the grades that are in the split or predicted" in card
+
+
+def test_a_data_folder_named_with_a_pipe_stays_in_its_column(run):
+    evaluation = {"split": "test", "data": "/data/eyes|2015", "blend_eyes": 0.0, "count": 10, "accuracy": 0.6,
+                  "majority_accuracy": 0.5, "kappa": 0.2, "macro_f1": 0.3, "true_counts": [5, 3, 2, 0, 0]}
+    card = write_model_card(run / "checkpoints" / "best.pt", evaluation=evaluation).read_text()
+    row = next(line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |"))
+    header = next(line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| split |"))
+    assert "`eyes\\|2015`" in row
+    assert len(re.split(r"(?<!\\)\|", row)) == len(re.split(r"(?<!\\)\|", header))
 
 
 def test_grading_the_training_images_is_deterministic_warned_and_marked(run, synth_small, tmp_path, capsys):

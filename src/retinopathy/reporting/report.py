@@ -35,7 +35,8 @@ from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoin
 from ..training.config import PRESETS, option_value
 from . import figures
 from .html import LEGEND, render_html
-from .text import RECIPES, baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, number, training_text
+from .text import (RECIPES, baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, md_cell, number,
+                   training_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -485,17 +486,12 @@ def cell_lines(run: Run) -> list[str]:
             *(f"**⚠ {text}**" if kind == "warn" else text for kind, text in cell_notes(run))]
 
 
-def _md(name: str) -> str:
-    """A run or variant name as Markdown shows it: its '|' not a column break, its '<' not a tag."""
-    return name.replace("|", "\\|").replace("<", "&lt;")
-
-
 def render_markdown(ctx: dict) -> str:
     runs, grid = ctx["runs"], ctx["grid"]
     md = [f"# {ctx['title']}", "", f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}.", ""]
     md += [line for about in ctx["about"] for line in (about, "")]
     md += ["## At a glance", ""] + [f"- {line}" for line in ctx["glance"]] + ["", "## Results", ""]
-    md.append("| Model | " + " | ".join(map(_md, ctx["variants"]))
+    md.append("| Model | " + " | ".join(map(md_cell, ctx["variants"]))
               + " | Baseline: always the most common grade (test accuracy) |")
     md.append("|---" * (len(ctx["variants"]) + 2) + "|")
     for m in ctx["models"]:
@@ -521,7 +517,8 @@ def render_markdown(ctx: dict) -> str:
         best = (f"{number(n['best_selection_accuracy'], 4)} ({n['best_selection_epoch']}, {n['selection_split']})"
                 if "best_selection_accuracy" in n else "-")
         top = f"{number(n['max_test_accuracy'], 4)} ({n['max_test_epoch']})" if "max_test_accuracy" in n else "-"
-        md.append(f"| {_md(r.name)} | {r.title} | {_md(r.variant)} | {r.status} | {n.get('selected_epoch', '-')} | "
+        md.append(f"| {md_cell(r.name)} | {r.title} | {md_cell(r.variant)} | {r.status} | "
+                  f"{n.get('selected_epoch', '-')} | "
                   + " | ".join(number(n.get(k), 4) for k in ("test_accuracy", "kappa", "macro_f1", "majority_accuracy",
                                                               "referable_auc"))
                   + f" | {best} | {top} | {number(n.get('seconds'), 0)} |")
@@ -533,13 +530,13 @@ def render_markdown(ctx: dict) -> str:
            "|---" * 7 + "|"]
     for r in runs:
         if r.eval is not None:
-            md.append(f"| {_md(r.name)} | " + " | ".join(f"{values} ({n})" for values, n in grade_parts(r.eval))
+            md.append(f"| {md_cell(r.name)} | " + " | ".join(f"{values} ({n})" for values, n in grade_parts(r.eval))
                       + f" | {number(r.eval.get('referable_auc'))} |")
     md += ["", "n/a: no recall for a grade with no test images, no precision for a grade never predicted. Referable "
                "DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
            "## Runs", ""]
     for r in runs:
-        md += [f"### {_md(r.name)}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
+        md += [f"### {md_cell(r.name)}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
     return "\n".join(md)
 
 

@@ -6,6 +6,12 @@ from ..data.formats import GRADES
 
 RECIPES = "Variants, by the options in which their runs differ from the other runs of the same model:"
 
+
+def md_cell(name: str) -> str:
+    """A name as a Markdown table cell shows it: its '|' not a column break, its '<' not a tag."""
+    return name.replace("|", "\\|").replace("<", "&lt;")
+
+
 def number(v, digits: int = 3, none: str = "-") -> str:
     """``v`` with ``digits`` decimals, or ``none`` where there is no number (None, or NaN)."""
     return none if v is None or v != v else f"{v:.{digits}f}"
