@@ -139,7 +139,7 @@ def test_html_is_self_contained_with_every_figure(experiment):
         assert f"]({name})" in md
 
 
-def test_report_of_a_single_run_dir(experiment, tmp_path):
+def test_report_of_a_single_run_dir(experiment, tmp_path, closed_figures):
     run = experiment / "runs" / "tiny" / "resnet18-scratch"
     assert main(["report", str(run), "--out", str(tmp_path / "one")]) == 0
     rows = md_table((tmp_path / "one" / "report.md").read_text(), "### All runs")
@@ -166,6 +166,9 @@ def test_report_of_a_single_run_dir(experiment, tmp_path):
     note = f"evaluated on {tmp_path / 'elsewhere'}, not the training data; graded with --blend-eyes 0.5 (trained with 0"
     md, page = (tmp_path / "three" / "report.md").read_text(), (tmp_path / "three" / "index.html").read_text()
     assert note in md and note in page and f"evaluated on the test split of {tmp_path / 'elsewhere'}" in md
+    assert "(epoch 1) - the lab's number, optimistic; on the training data's test split" in md  # not the evaluation's
+    accuracy = [f for f in closed_figures if f._suptitle and "accuracy" in f._suptitle.get_text()][-1]
+    assert not [ln for ln in accuracy.axes[0].get_lines() if list(ln.get_xdata()) == [0, 1]]  # no other data's baseline
     assert "The data are synthetic drawings" not in md  # graded on other data: it learnt from drawings, that is all
     assert "Some runs learnt from synthetic drawings" in md
     assert main(["report", str(run), str(moved), "--out", str(tmp_path / "four")]) == 0  # one of each: named
@@ -349,6 +352,9 @@ def test_named_variants_label_the_rows(tmp_path):
                                                    "seed": 3, "epochs": 9})]
     assign_variants(runs[:2])
     assert [r.variant for r in runs[:2]] == ["from scratch, lr 0.001", "from scratch, lr 0.003"]
+    huge = [Run(f"h{i}", tmp_path, "done", train={**base, "lr": lr}) for i, lr in enumerate((2.0, 1e30))]
+    assign_variants(huge)  # a whole float: as an int while it is short, in its own notation past that
+    assert [r.variant for r in huge] == ["from scratch, lr 2", "from scratch, lr 1e+30"]
     assign_variants(runs)
     assert [r.variant for r in runs] == ["from scratch, cli", "from scratch, file", "from scratch, many"]
     other = [Run(f"e{i}", tmp_path, "done", train={"model": "efficientnet_b0", "pretrained": False, "lr": i,
@@ -499,7 +505,11 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     config = yaml.safe_load((good / "config.yaml").read_text())
     config["data"]["leakage_warnings"] = ["3 of 5 test patients also have an eye in train"]
     (good / "config.yaml").write_text(yaml.safe_dump(config))
-    flat_majority = json.loads((runs["flat"] / "eval" / "metrics.json").read_text())["majority_accuracy"]
+    flat = json.loads((runs["flat"] / "eval" / "metrics.json").read_text())
+    flat_majority, flat_grade = flat["majority_accuracy"], max(range(5), key=flat["true_counts"].__getitem__)
+    pairs = sorted({(0.3, 1), (flat_majority, flat_grade)})  # the baselines: each split's accuracy and grade
+    expected = (" / ".join(f"{a:.3f} (grade {g})" for a, g in pairs) if len({g for _, g in pairs}) > 1
+                else " / ".join(f"{a:.3f}" for a, _ in pairs))
 
     assert main(["report", str(runs["weak"]), str(good), str(runs["flat"]), "--out", str(tmp_path / "r")]) == 0
     md = (tmp_path / "r" / "report.md").read_text()
@@ -511,7 +521,7 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     assert table["good"]["Majority accuracy"] == "0.3000"
     [results] = md_table(md, "## Results")
     baseline = results["Baseline: always the most common grade (test accuracy)"]
-    assert baseline == " / ".join(sorted({"0.300", f"{flat_majority:.3f}"}))
+    assert baseline == expected
     assert "- **Split warnings**: 3 of 5 test patients also have an eye in train" in md
     assert "- **Training**: 1 epoch, adamw lr 0.001" in md  # one epoch, not "1 epochs"
     assert "classification objective, grade: the most probable; weights:" in md  # how outputs become grades
@@ -532,7 +542,7 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     for sp in ("val", "test"):
         assert f"{sp} {sum(counts[sp])} {counts[sp]}" in split
     page = (tmp_path / "r" / "index.html").read_text()
-    assert '<div class="baseline">' + " / ".join(sorted({"0.300", f"{flat_majority:.3f}"})) in page
+    assert f'<div class="baseline">{expected}</div>' in page
     accuracy = next(f for f in closed_figures if "accuracy" in f._suptitle.get_text())
     lines = [ln for ln in accuracy.axes[0].get_lines() if isinstance(ln, matplotlib.lines.Line2D)]
     dash_dotted = [list(ln.get_ydata()) for ln in lines if ln.get_linestyle() == "-."]
@@ -559,6 +569,10 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     assert "Its interval overlaps those of 1 other run(s): not a clear winner." in md
     assert "its test split: always answering grade 0 scores 0.500" in md  # each cell names its own baseline
     assert "its test split: always answering grade 1 scores 0.300" in md
+    page = (tmp_path / "r2" / "index.html").read_text()  # two baselines of two grades: each named
+    assert ('<div class="baseline">0.300 (grade 1) / 0.500 (grade 0)</div>'
+            '<div class="label">always answering the split\'s most common grade</div>') in page
+    assert "| 0.300 (grade 1) / 0.500 (grade 0) |" in md
     accuracy = [f for f in closed_figures if f._suptitle and "accuracy" in f._suptitle.get_text()][-1]
     lines = accuracy.axes[0].get_lines()
     curves = {ln.get_color() for ln in lines if list(ln.get_xdata()) != [0, 1]}

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ..data.formats import GRADES
-from .text import RECIPES, baselines, cell_notes, ci_text, grade_parts, number
+from .text import RECIPES, baselines, baselines_text, cell_notes, ci_text, grade_parts, number
 
 CSS = """
 *{box-sizing:border-box}
@@ -119,12 +119,10 @@ def results_table(ctx: dict) -> str:
                         else '<td class="cell missing" data-status="absent">not in this comparison</td>'
                         for v in ctx["variants"])
         majors = baselines(ctx["runs"], m)
-        grade = next((r.numbers["majority_grade"] for r in ctx["runs"] if r.model == m and r.eval is not None), None)
-        base = " / ".join(number(x) for x in majors) or "-"
+        base, label = baselines_text(majors)
         rows.append(f'<tr data-model="{_attr(m)}"><th>{escape(display_name(m))}</th>{cells}'
-                    f'<td class="majority" data-majority-accuracy="{_attr(majors[0] if majors else None)}">'
-                    f'<div class="baseline">{base}</div><div class="label">'
-                    + (f"always answering grade {grade}" if grade is not None else "") + "</div></td></tr>")
+                    f'<td class="majority" data-majority-accuracy="{_attr(majors[0][0] if majors else None)}">'
+                    f'<div class="baseline">{base}</div><div class="label">{label}</div></td></tr>')
     cols = '<col class="model">' + "<col>" * len(ctx["variants"]) + '<col class="baseline">'
     return (f'<table id="results"><colgroup>{cols}</colgroup><thead><tr><th>Model</th>{head}'
             f'<th>Baseline: always the most common grade (test accuracy)</th></tr></thead>'

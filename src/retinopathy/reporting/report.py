@@ -35,8 +35,8 @@ from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoin
 from ..training.config import PRESETS, option_value
 from . import figures
 from .html import LEGEND, render_html
-from .text import (RECIPES, baselines, cell_notes, ci_text, epochs_text, first_line, grade_parts, md_cell, number,
-                   training_text)
+from .text import (RECIPES, baselines, baselines_text, cell_notes, ci_text, epochs_text, first_line, grade_parts,
+                   md_cell, number, training_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -270,7 +270,8 @@ def assign_variants(runs: list[Run]) -> None:
     for r in runs:
         keys = differing[id(r)]
         shown = {k: r.train[k] if r.train.get(k) is not None else option_value(r.train, k) for k in keys}
-        shown = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in shown.items()}  # 0, not 0.0
+        shown = {k: int(v) if isinstance(v, float) and v.is_integer() and abs(v) < 1e15 else v
+                 for k, v in shown.items()}  # 0, not 0.0; 1e+30, not its 31 digits
         named = f"{r.experiment}: {r.named}" if several and r.named and r.experiment not in (None, r.named) \
             else r.named  # a one-run experiment's run is named after it already
         r.differs = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(shown.items()))
@@ -304,8 +305,11 @@ def run_numbers(run: Run) -> dict:
         if best := _best(run.rows, "test_accuracy"):
             n["max_test_accuracy"], n["max_test_epoch"] = best
             train = (run.config or {}).get("train") or {}
+            notes = ["on the training data's test split"] if other_data(run) else []
             if train.get("threshold_data") == "train+selection" and option_value(train, "decision") == "thresholds":
-                n["max_test_note"] = "at each epoch's thresholds, before the shipped ones were retuned"
+                notes.append("at each epoch's thresholds, before the shipped ones were retuned")
+            if notes:
+                n["max_test_note"] = "; ".join(notes)
     ev = run.eval
     if ev is not None:
         n.update(test_accuracy=ev["accuracy"], kappa=ev["kappa"], macro_f1=ev["macro_f1"],
@@ -318,11 +322,17 @@ def run_numbers(run: Run) -> dict:
     return n
 
 
+def other_data(run: Run) -> bool:
+    """Whether the run's evaluation graded other data than it trained on (so not the test split of its curves)."""
+    ev, trained = run.eval or {}, run.data
+    return bool(ev.get("data") and trained and Path(ev["data"]) != Path(trained))
+
+
 def evaluation_note(run: Run) -> str:
     """How the evaluation differs from the run's own setting (other data, another --blend-eyes), or ''."""
-    ev, trained = run.eval or {}, run.data
+    ev = run.eval or {}
     notes = []
-    if ev.get("data") and trained and Path(ev["data"]) != Path(trained):
+    if other_data(run):
         notes.append(f"evaluated on {ev['data']}, not the training data")
     if ev.get("blend_eyes") is not None and ev["blend_eyes"] != (run.train.get("blend_eyes") or 0.0):
         notes.append(f"graded with --blend-eyes {ev['blend_eyes']} (trained with {run.train.get('blend_eyes') or 0})")
@@ -440,7 +450,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
             continue
         series = [{"label": r.variant, "colour": r.colour, "rows": r.rows, "objective": r.objective,
                    "freeze_epochs": int(r.train.get("freeze_epochs") or 0), "train_loss_terms": loss_terms(r.train),
-                   "baseline": r.numbers.get("majority_accuracy")} for r in mine]
+                   "baseline": None if other_data(r) else r.numbers.get("majority_accuracy")} for r in mine]
         for metric in ("accuracy", "loss"):
             name = f"{metric}-{model}.png"
             figures.curves_figure(f"{display_name(model)}: {metric} per epoch", series, metric, out / name)
@@ -502,8 +512,8 @@ def render_markdown(ctx: dict) -> str:
                 cells.append("not in this comparison")
                 continue
             cells.append("<br>".join(cell_lines(r)).replace("|", "/"))
-        majors = " / ".join(number(x) for x in baselines(runs, m))
-        md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {majors or '-'} |")
+        majors = baselines_text(baselines(runs, m))[0]
+        md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {majors} |")
     md += ["", " ".join(re.sub(r"<[^>]+>", "", line).replace("&#9888;", "⚠") for line in LEGEND)]
     if ctx["recipes"]:
         md += ["", RECIPES, ""]

@@ -105,6 +105,17 @@ def cell_notes(run) -> list[tuple[str, str]]:
     return notes
 
 
-def baselines(runs, model: str) -> list[float]:
-    """The majority-class test accuracies of a model's evaluated runs (one per test split)."""
-    return sorted({r.numbers["majority_accuracy"] for r in runs if r.model == model and r.eval is not None})
+def baselines(runs, model: str) -> list[tuple[float, int]]:
+    """(accuracy, grade) of always answering the most common grade, for each test split of a model's evaluated
+    runs."""
+    return sorted({(r.numbers["majority_accuracy"], r.numbers["majority_grade"]) for r in runs
+                   if r.model == model and r.eval is not None})
+
+
+def baselines_text(majors: list[tuple[float, int]]) -> tuple[str, str]:
+    """The baseline accuracies and the grade(s) they answer: '0.800 / 0.875', 'always answering grade 0' where
+    one grade serves every split, each accuracy with its grade where they differ."""
+    if len({g for _, g in majors}) > 1:
+        return (" / ".join(f"{number(a)} (grade {g})" for a, g in majors),
+                "always answering the split's most common grade")
+    return " / ".join(number(a) for a, _ in majors) or "-", f"always answering grade {majors[0][1]}" if majors else ""
