@@ -202,6 +202,9 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
     weights = tmp_path / "grader.bin"  # a checkpoint by any name
     shutil.copy(best, weights)
     (tmp_path / "check.img").write_bytes(b"not checked: an input by its path")
+    records = {name: (tiny_run / name).read_bytes() for name in ("split.csv", "config.yaml")}
+    split = tmp_path / "split.csv"
+    shutil.copy(tiny_run / "split.csv", split)
     for argv, named in (
             (["predict", str(tiny_run), str(photo), "--out", str(best)],
              f"--out would replace a model file with a .csv file; choose another file, e.g. {best.parent}/"
@@ -228,11 +231,19 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
             (["export", str(tiny_run), "--out", str(tmp_path / "check.img"), "--check-images",
               str(tmp_path / "check.img")], f"--out would replace {tmp_path / 'check.img'}, an input of this command"),
             (["predict", str(tiny_run), str(data), "--out", str(photo)],
-             "--out would replace a photograph with a .csv file")):
+             "--out would replace a photograph with a .csv file"),
+            (["predict", str(tiny_run), str(photo), "--out", str(tiny_run / "split.csv")],
+             f"--out would replace split.csv, a record of the run in {tiny_run}"),  # which predict itself reads
+            (["export", str(tiny_run), "--format", "torchscript", "--out", str(tiny_run / "config.yaml")],
+             f"--out would replace config.yaml, a record of the run in {tiny_run}"),
+            (["data", "check", str(data), "--no-images", "--split-file", str(split), "--json", str(split)],
+             f"--json would replace {split}, an input of this command")):
         assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
     assert (best.read_bytes(), last.read_bytes()) == models and weights.read_bytes() == models[0]
+    assert {name: (tiny_run / name).read_bytes() for name in records} == records
+    assert split.read_bytes() == records["split.csv"]
     from retinopathy.outputs import check_output_file
 
     (tmp_path / "grader.pth").write_bytes(b"an earlier TorchScript export")

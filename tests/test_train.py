@@ -597,6 +597,11 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
         assert main(["evaluate", str(given), "--data", str(synth_small), "--out", str(tiny_run)]) == 2
         assert f"error: --out {tiny_run} is the run's own folder" in capsys.readouterr().err
     assert sorted(p.name for p in tiny_run.iterdir()) == before
+    other = tmp_path / "other-run"  # another run's folder: its skipped.csv would be replaced or removed
+    shutil.copytree(tiny_run, other)
+    assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(other)]) == 2
+    assert f"error: --out {other} is a run's folder" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == before
     assert main(["evaluate", str(tmp_path / "nothere.pt"), "--data", str(synth_small), "--out",
                  str(tmp_path / "new" / "eval")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err and not (tmp_path / "new").exists()  # nothing left

@@ -32,6 +32,12 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 
 MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx", ".safetensors": ".safetensors"}
+RUN_RECORDS = ("config.yaml", "split.csv", "metrics.csv", "skipped.csv")  # what training writes beside checkpoints/
+
+
+def is_run_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds a training run: its ``config.yaml`` beside its ``checkpoints/``."""
+    return (Path(folder) / "config.yaml").is_file() and (Path(folder) / "checkpoints").is_dir()
 
 
 @contextlib.contextmanager
@@ -61,8 +67,8 @@ def exclusive(folder: str | os.PathLike, doing: str):
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
     """Raise now if the file ``path`` (given as ``option``; ``example`` is such a file's name) is a folder, a model
-    file that this command's output would replace (a table written over best.pt), a photograph, or cannot be
-    written there."""
+    file that this command's output would replace (a table written over best.pt), a run's record (its split.csv), a
+    photograph, or cannot be written there."""
     from .data.images import IMAGE_EXTENSIONS
 
     folder = os.fspath(path).endswith(("/", os.sep))  # Path() drops the slash: "new/" would become a file "new"
@@ -74,6 +80,10 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     if path.exists() and suffix in MODEL_SUFFIXES and MODEL_SUFFIXES[suffix] != Path(example).suffix:
         raise FileExistsError(errno.EEXIST, f"{option} would replace a model file with a {Path(example).suffix} "
                               f"file; choose another file, e.g. {path.parent / example}", str(path))
+    if path.exists() and path.name in RUN_RECORDS and is_run_folder(path.parent):
+        raise FileExistsError(errno.EEXIST, f"{option} would replace {path.name}, a record of the run in "
+                              f"{path.parent} (resume, evaluate and report read it); choose another file, e.g. "
+                              f"{path.parent / example}", str(path))
     if path.exists() and suffix in IMAGE_EXTENSIONS:
         raise FileExistsError(errno.EEXIST, f"{option} would replace a photograph with a {Path(example).suffix} "
                               f"file; choose another file, e.g. {path.parent / example}", str(path))

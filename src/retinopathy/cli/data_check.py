@@ -31,7 +31,7 @@ def add_parser(sub, text: str) -> None:
 def run(args) -> int:
     check_output_file(args.json, "--json", "data_check.json")  # before the work, not after it
     catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))  # a DataError: exit 2
-    refuse_replacing(args.json, "--json", [*catalog.labels, *(s.path for s in catalog.samples)])
+    refuse_replacing(args.json, "--json", [*catalog.labels, *(s.path for s in catalog.samples), args.split_file])
     report = check_catalog(catalog, stats=args.stats, workers=args.workers, progress=not args.quiet,
                            images=not args.no_images)
     print(format_report(report))

@@ -40,7 +40,7 @@ from ..data.problems import skipped_note, write_skipped  # noqa: E402
 from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
 from ..errors import DataWarning, RetinopathyError  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
-from ..outputs import check_writable  # noqa: E402
+from ..outputs import check_writable, is_run_folder  # noqa: E402
 from ..reporting.figures import plot_confusion, save_figure  # noqa: E402
 from ..reporting.model_card import write_model_card  # noqa: E402
 from ..training.checkpoint import run_folder  # noqa: E402
@@ -157,9 +157,11 @@ def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
 def main(args) -> dict:
     out = Path(args.out)
     checkpoint = Path(args.checkpoint)
-    if (out / "config.yaml").exists() and out.resolve() == run_folder(checkpoint).resolve():
-        raise RetinopathyError(f"--out {out} is the run's own folder, where its training wrote split.csv, "
-                               f"skipped.csv and more: evaluate into a folder of its own, e.g. --out {out / 'eval'}")
+    own = (out / "config.yaml").exists() and out.resolve() == run_folder(checkpoint).resolve()
+    if own or is_run_folder(out):
+        whose = "the run's own folder" if own else "a run's folder"
+        raise RetinopathyError(f"--out {out} is {whose}, where its training wrote split.csv, skipped.csv and more: "
+                               f"evaluate into a folder of its own, e.g. --out {out / 'eval'}")
     check_writable(out)
     model, objective, prep, ckpt = restore(checkpoint)
     reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it

@@ -449,7 +449,7 @@ def main(args) -> dict:
     for warning in dict.fromkeys(w for folder in folders for w in copy_warnings(folder, prep)):  # as train's
         print(f"warning: {warning}", file=sys.stderr)
     refuse_replacing(args.out, "--out", [i.path for i in items] + list({f for i in items for f in i.labels})
-                     + run_checkpoints(args.checkpoint))
+                     + run_checkpoints(args.checkpoint) + [args.split_file])
     if args.cam:
         refuse_cam_among_photographs(Path(args.cam), items, [Path(p) for p in args.inputs if Path(p).is_dir()])
     progress = not args.quiet
