@@ -21,6 +21,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 from retinopathy import __version__
 from retinopathy.cli.main import main
 from retinopathy.data import DataError
+from retinopathy.errors import RetinopathyError
 from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 from retinopathy.training.config import ConfigError, parse_args
 
@@ -1182,6 +1183,10 @@ def test_a_runs_checkpoint_is_evaluated_on_its_own_split(tmp_path):
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "more"))["split_file"] == tmp_path / "run" / "split.csv"
     args.split_seed = 5
     assert run_catalog_options(args, best, ckpt, str(tmp_path / "other"))["seed"] == 5
+    with pytest.raises(RetinopathyError, match=r"--split-seed 5: .* graded on the run's own split"):
+        run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))  # the run's photographs: not split afresh
+    args.split_seed, args.test_fraction = 3, 0.2  # the run's own values (its test fraction by default): its split
+    assert run_catalog_options(args, best, ckpt, str(tmp_path / "copy"))["split_file"] == tmp_path / "run" / "split.csv"
 
 
 def _slurm_check(rank: int, port: int, out: str) -> None:
@@ -1232,7 +1237,6 @@ def test_only_the_first_process_locks_the_run(tmp_path, monkeypatch):
 
     import retinopathy.training.train as train_module
     from retinopathy.outputs import exclusive
-    from retinopathy.errors import RetinopathyError
 
     for key in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)

@@ -37,7 +37,7 @@ from ..cli.common import (  # noqa: E402
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
 from ..data.dataset import PairedEyes  # noqa: E402
 from ..data.problems import skipped_note, write_skipped  # noqa: E402
-from ..data.splits import run_overlap, same_photographs, trained_on  # noqa: E402
+from ..data.splits import run_overlap, same_photographs, split_option, trained_on  # noqa: E402
 from ..errors import DataWarning, RetinopathyError  # noqa: E402
 from ..models.restore import display_name, restore  # noqa: E402
 from ..outputs import check_writable, is_run_folder  # noqa: E402
@@ -118,6 +118,14 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     listed_same, regraded, unlisted = run_overlap(split_csv, [(s.image, s.label) for s in samples])
     same = len(listed_same)
     if same_photographs(same, regraded) and not unlisted:
+        trained = ckpt.get("config", {})
+        other = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("val_fraction", "test_fraction", "split_seed")
+                 if getattr(args, k, None) is not None and getattr(args, k) != split_option(trained.get, k)]
+        if other:
+            raise RetinopathyError(f"{', '.join(other)}: {data} holds the photographs the run trained on, which are "
+                                   f"graded on the run's own split ({split_csv}); another split of them would put "
+                                   "training images into val or test. Leave the option out, or pass --split-file "
+                                   "FILE to grade another split")
         opts["split_file"] = split_csv
     elif same_photographs(same, regraded) and getattr(args, "split", "all") != "all":
         raise DataError([Problem("split-overlap", str(data), None,
