@@ -9,8 +9,9 @@ from ..data.splits import split_option
 from ..models.objectives import check_blend_weight
 
 
-def at_least(minimum: int):
-    """An argparse ``type``: an integer of at least ``minimum`` (argparse then names the option in its error)."""
+def at_least(minimum: int, maximum: int | None = None):
+    """An argparse ``type``: an integer of at least ``minimum`` and at most ``maximum`` (argparse then names the
+    option in its error)."""
     def integer(text) -> int:
         try:
             value = int(text)
@@ -18,6 +19,8 @@ def at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"{value} is too small (at least {minimum})")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"{value} is too large (at most {maximum})")
         return value
     return integer
 

@@ -35,6 +35,7 @@ PRESETS: dict[str, dict] = {
                 objective="classification", select_on="test", select_metric="accuracy", val_fraction=0.0),
 }
 LAB_BATCH = {"resnet50": 6}
+SEED_LIMIT = 2**31 - 1  # --seed: any 32-bit value; an epoch's seed (seed * 100003 + ...) stays within 64 bits
 WHERE_STARTED = ("weights", "split_file", "labels", "images")  # paths config.yaml records absolute
 
 
@@ -146,8 +147,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--sampler", choices=("random", "balanced", "decay"), default="random",
                    help="balanced: every grade equally often; decay: balanced at first, then halving each "
                         "epoch towards grade 0 x1, others x2 (o_O, Kaggle 2015)")
-    g.add_argument("--seed", type=int, default=0, help="model initialisation, order and augmentation (the "
-                                                               "split has --split-seed)")
+    g.add_argument("--seed", type=at_least(-SEED_LIMIT, SEED_LIMIT), default=0,  # each epoch's seed fits 64 bits
+                   help="model initialisation, order and augmentation (the split has --split-seed)")
     g.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=False,
                    help="deterministic algorithms, exact resume (with the run's --workers: a resume keeps them "
                         "unless -j is given, since each worker draws its own augmentations)")
