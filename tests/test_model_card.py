@@ -167,7 +167,15 @@ def test_grading_the_training_images_is_deterministic_warned_and_marked(run, syn
     assert first == second
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["training_images"] == m["count"] > 0
-    assert f"warning: {m['count']} of these images are in the run's training split" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"warning: {m['count']} of these images are in the run's training split" in err
+    assert "grade --split test for the model's own numbers" in err
+    moved = tmp_path / "moved.csv"  # a split that puts the training images into test: --split test is no cure
+    moved.write_text((run / "split.csv").read_text().replace(",train\n", ",test\n"))
+    assert main([*common[:4], "--split", "test", "--split-file", str(moved), "--workers", "0", "--bootstrap", "0",
+                 "--quiet", "--out", str(tmp_path / "m")]) == 0
+    err = capsys.readouterr().err
+    assert "training split" in err and "--split test" not in err and "this test split is not the run's" in err
     row = table_row((run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1], "train")
     assert f"† ({m['count']} trained on)" in row[2]
 

@@ -233,9 +233,17 @@ def main(args) -> dict:
           + f"\nwritten to {out}")
     if metrics["training_images"]:
         print(f"warning: {metrics['training_images']} of these images are in the run's training split: its "
-              "accuracy and kappa on them overstate (the model card marks this row); grade --split test for the "
-              "model's own numbers", file=sys.stderr)
+              f"accuracy and kappa on them overstate (the model card marks this row); {own_numbers(args)}",
+              file=sys.stderr)
     return metrics
+
+
+def own_numbers(args) -> str:
+    """Where a model's own numbers are, when the images graded include its training images."""
+    if args.split != "test":
+        return "grade --split test for the model's own numbers"
+    return ("this test split is not the run's (other data, or another --split-file): grade the data it trained on "
+            "with its own split for the model's own numbers")
 
 
 def cli(argv: list[str] | None = None) -> int:

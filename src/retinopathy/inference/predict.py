@@ -438,7 +438,7 @@ def main(args) -> dict:
         check_writable(args.cam)
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
-    from ..evaluation.evaluate import run_catalog_options
+    from ..evaluation.evaluate import own_numbers, run_catalog_options
 
     items = collect_items(args.inputs, args.split, (lambda folder, labels: run_catalog_options(  # each one's split
         args, Path(args.checkpoint), ckpt, str(folder), labels)) if args.split != "all" else None,
@@ -465,7 +465,7 @@ def main(args) -> dict:
                       [(i.image, i.label) for i, g in zip(items, res["grades"]) if i.label is not None and g >= 0])
     if seen:
         print(f"warning: {seen} of the images with known grades are in the run's training split: its accuracy and "
-              "kappa on them overstate; grade --split test for the model's own numbers", file=sys.stderr)
+              f"kappa on them overstate; {own_numbers(args)}", file=sys.stderr)
     return res
 
 
