@@ -405,7 +405,7 @@ def test_config_errors_name_the_file(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{config}: cell bad-resnet18: optimizer: 'adam' is not one of sgd, adamw" in err and "usage:" not in err
     assert "cell.yaml" not in err  # the cell's file, removed with the others
-    assert not (tmp_path / "runs" / "grid").exists()
+    assert not (tmp_path / "runs").exists()  # nor an empty folder of the experiment's
     for ev, named in (({"bootstrap": -5}, "bootstrap: -5 is not a whole number >= 0"),
                       ({"bootstrap": "lots"}, "bootstrap: 'lots' is not a whole number >= 0"),
                       ({"batch_size": 0}, "batch_size: 0 is not a whole number >= 1")):

@@ -993,7 +993,10 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
         parse_args(["-c", str(typo), "--data", "d", "--out", "x"])
     assert "optimizer: 'SGD' (from " + str(typo) + ") is not one of sgd, adamw" in capsys.readouterr().err
     assert parse_args(["-c", str(typo), "--data", "d", "--out", "x", "--optimizer", "sgd"]).optimizer == "sgd"
-    with pytest.raises(ConfigError, match="is a folder; for a run's options pass"):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="is a folder; give a YAML file of options"):  # no run's file to name
+        parse_args(["-c", str(tmp_path / "empty"), "--data", "d", "--out", "x"])
+    with pytest.raises(ConfigError, match=re.escape(f"is a folder; for the run's options pass {tmp_path}/config")):
         parse_args(["-c", str(tmp_path), "--data", "d", "--out", "x"])
     (tmp_path / "best.pt").write_bytes(bytes(range(256)))
     with pytest.raises(ConfigError, match="best.pt: cannot read it as YAML"):

@@ -45,9 +45,10 @@ def exclusive(folder: str | os.PathLike, doing: str):
     """Hold ``folder``'s ``.lock`` for the block: a second command that would write the same folder at the same time
     (two trainings, or a resume of a run still training) stops at once instead of mixing their files. ``flock``: the
     lock goes with its process, however that ends. The empty ``.lock`` stays, and is never written, so a finished
-    folder's files stay as they were; a folder this made and that holds nothing else afterwards is removed again."""
+    folder's files stay as they were; a folder this made and that holds nothing else afterwards is removed again,
+    with the empty folders made above it."""
     folder = Path(folder)
-    made = not folder.exists()
+    made = [d for d in (folder, *folder.parents) if not d.exists()]  # the folders made here, deepest first
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / ".lock"
     with open(lock, "a") as f:
@@ -62,7 +63,10 @@ def exclusive(folder: str | os.PathLike, doing: str):
         finally:
             if made and [p.name for p in folder.iterdir()] == [lock.name]:
                 lock.unlink()
-                folder.rmdir()
+                for d in made:  # each removed while empty
+                    if any(d.iterdir()):
+                        break
+                    d.rmdir()
 
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:

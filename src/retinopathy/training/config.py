@@ -216,7 +216,9 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
     """Option defaults from a YAML file and what it was: ``"options"`` (option: value), ``"run"`` (a run's
     ``config.yaml``: its options, not its folder) or ``"experiment"`` (one cell: ``train:``, ``base:``, ``data:``)."""
     if path.is_dir():
-        raise ConfigError(f"config {path} is a folder; for a run's options pass {path / 'config.yaml'}")
+        run = path / "config.yaml"
+        raise ConfigError(f"config {path} is a folder; " + (f"for the run's options pass {run}" if run.is_file() else
+                                                              "give a YAML file of options"))
     try:
         with path.open() as f:  # a file, not its text: YAML's errors then name it
             cfg = load_yaml(f) or {}
