@@ -56,12 +56,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_data_arguments(p, split_default="test", skip_bad=True)
     p.add_argument("--out", required=True, help="folder for metrics.json, predictions.csv and the figures")
     p.add_argument("-b", "--batch-size", type=at_least(1), default=32)
-    p.add_argument("-j", "--workers", type=at_least(0), default=None)
+    p.add_argument("-j", "--workers", type=at_least(0), default=None, help="DataLoader workers (default: CPU cores)")
     add_device_argument(p)
     add_amp_argument(p)
     p.add_argument("--bootstrap", type=at_least(0), default=1000, help="patient-level bootstrap resamples (0: none)")
     add_blend_argument(p, None)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return show_defaults(p)
 
 

@@ -89,7 +89,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                    help="DataLoader workers (default: CPU cores, at most 8)")
     add_device_argument(p)
     add_amp_argument(p)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return show_defaults(p)
 
 
