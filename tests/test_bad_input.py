@@ -918,3 +918,28 @@ def test_train_names_the_problems_of_every_split_at_once(tmp_path, synth_small, 
                  "--epochs", "1", "--workers", "0", "--quiet", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "2 problem(s) in the dataset" in err and err.count("empty file (0 bytes)") == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(tmp_path, tiny_run, capsys):
+    """A Latin-1 name (Python lists it with surrogate escapes) could not be written to split.csv or
+    predictions.csv: train, evaluate and predict stopped with a UnicodeEncodeError. It is a named problem that
+    --skip-bad drops, and predict refuses it by name."""
+    data = tmp_path / "folders"
+    for grade in range(5):
+        (data / str(grade)).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (32, 32), (grade * 40, 60, 90)).save(data / str(grade) / f"{grade}{i}_left.png")
+    latin1 = os.path.join(os.fsencode(data / "0"), b"caf\xe9_left.png")
+    with open(latin1, "wb") as f:
+        Image.new("RGB", (32, 32)).save(f, format="PNG")
+    shown = f"{data / '0'}/caf\\xe9_left.png"
+    catalog = load_catalog(data)
+    assert [(p.kind, p.file) for p in catalog.problems] == [("bad-name", shown)]
+    assert len(catalog.samples) == 10
+    with pytest.raises(DataError, match=re.escape(shown) + ": the file name is not valid UTF-8"):
+        FundusDataset(data, "all")
+    assert len(FundusDataset(data, "all", skip_bad=True)) == 10
+    assert main(["predict", str(tiny_run), str(data / "0"), "--out", str(tmp_path / "p.csv"), "--workers", "0",
+                 "--quiet"]) == 2
+    assert f"{shown}: the file name is not valid UTF-8" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()

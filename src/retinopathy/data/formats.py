@@ -25,7 +25,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS, image_files, index_images, indexed
+from .images import IMAGE_EXTENSIONS, NOT_UTF8, image_files, index_images, indexed, not_utf8
 from .problems import DataError, Problem
 
 GRADES = (0, 1, 2, 3, 4)
@@ -326,6 +326,9 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
     for grade in GRADES:
         sub = folder / str(grade)
         for f in image_files(sub):
+            if shown := not_utf8(f):
+                problems.append(Problem("bad-name", shown, None, NOT_UTF8 + ", or use --skip-bad to drop it"))
+                continue
             image = f.relative_to(sub).with_suffix("").as_posix()
             image = f"{split}/{image}" if split else image
             samples.append(Sample(image, grade, patient_of(image), str(sub), None, split, path=str(f)))

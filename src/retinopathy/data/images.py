@@ -83,6 +83,20 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(files)
 
 
+def not_utf8(path: str | os.PathLike) -> str | None:
+    """``path`` as it can be shown (its bytes escaped) when its name is not valid UTF-8 (a Latin-1 name, which
+    Python lists with surrogate escapes that no UTF-8 output can hold), else None."""
+    try:
+        os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return None
+
+
+NOT_UTF8 = ("the file name is not valid UTF-8 (written in another encoding), which the outputs (split.csv, "
+            "predictions.csv) cannot hold; rename it in UTF-8 (e.g. convmv -f latin1 -t utf8 --notest)")
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB: grey, palette, alpha (onto black), CMYK and 16-bit images."""
     if img.mode == "RGB":

@@ -45,7 +45,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
-from ..data.images import IMAGE_EXTENSIONS, brightest, doubt, image_files, index_images
+from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, doubt, image_files, index_images, not_utf8
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
@@ -173,6 +173,8 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
                 items.append(Item(str(f), f.stem, patient=f"{folder}|{patients[f]}"))
         else:
             raise DataError([Problem("missing-file", str(path), None, "no such file or folder")])
+    if unnamed := [Problem("bad-name", shown, None, NOT_UTF8) for i in items if i.path and (shown := not_utf8(i.path))]:
+        raise DataError(unnamed)
     return _once(items)
 
 
