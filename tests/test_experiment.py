@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,17 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
     bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "train": {**cfg["train"], "lr": -1}}))
     assert main(["experiment", str(bad), "--dry-run"]) == 2
     assert f"{bad}: cell {PRETRAINED}: --lr -1.0: a learning rate above 0" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    broken = tmp_path / "broken"  # a truncated photograph: every cell would stop at it, so the dry run does
+    shutil.copytree(interrupted["root"] / "data", broken)
+    photo = sorted(broken.glob("*.jpeg"))[0]
+    photo.write_bytes(photo.read_bytes()[:200])
+    bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "synth": None, "data": str(broken)}))
+    assert main(["experiment", str(bad), "--dry-run"]) == 2
+    assert str(photo) in capsys.readouterr().err
+    bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "synth": None, "data": str(broken),
+                                   "train": {**cfg["train"], "skip_bad": True}}))
+    assert main(["experiment", str(bad), "--dry-run"]) == 0  # what --skip-bad would drop is no refusal
     assert not (tmp_path / "runs").exists()
 
 
@@ -640,7 +652,12 @@ def test_every_cell_run_with_other_options_is_named(tmp_path):
 
 def test_a_dry_run_names_absolute_folders_and_the_data_synth_would_make(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    assert main(["experiment", str(_grid_file(tmp_path, out="runs", data="data")), "--dry-run"]) == 0
+    config = _grid_file(tmp_path, out="runs", data="data")
+    assert main(["experiment", str(config), "--dry-run"]) == 2  # an empty folder: each cell would refuse it
+    assert f"{tmp_path / 'data'}: no known dataset layout here" in capsys.readouterr().err
+    assert main(["synth", "data", "--n", "10", "--size", "32", "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["experiment", str(config), "--dry-run"]) == 0
     assert f"-> {tmp_path / 'runs' / 'g'} (data {tmp_path / 'data'})" in capsys.readouterr().out
     config = _grid_file(tmp_path, data=str(tmp_path / "new"), synth={"n": 20, "size": 32})
     assert main(["experiment", str(config), "--dry-run"]) == 0

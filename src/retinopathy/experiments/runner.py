@@ -530,11 +530,29 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     return show_defaults(p)
 
 
+def check_images(cells) -> None:
+    """The data read as each cell's training reads it (labels, format, columns, split, ``--skip-bad``) and every
+    image's header checked: a DataError for what a run would stop at, before any cell trains."""
+    from ..cli.common import catalog_options
+    from ..data import FundusDataset, load_catalog
+
+    seen = set()
+    for args in cells:
+        opts = catalog_options(args)
+        key = json.dumps([opts, bool(args.skip_bad)], sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            FundusDataset(load_catalog(args.data, **opts), "all", skip_bad=bool(args.skip_bad))
+
+
 def list_cells(exp: Experiment) -> None:
-    """``--dry-run``: what the experiment would refuse (its data, cells run with other options, values train
-    refuses), checked as a run checks it but writing nothing; then each cell, what is in its folder, its options."""
+    """``--dry-run``: what the experiment would refuse (its data and images, cells run with other options, values
+    train refuses), checked as a run checks it but writing nothing; then each cell, what is in its folder, its
+    options."""
     make = check_data(exp)
     parsed = prepare_cells(exp, dry=True)
+    if not make and Path(exp.data).exists():
+        check_images(parsed.values())
     print(heading(exp, ", which synth: would make" if make else ""))
     for i, cell in enumerate(exp.cells, 1):
         done = epochs_saved(cell.dir)
