@@ -42,6 +42,12 @@ def test_clean_dataset_checks_ok(tmp_path, kaggle):
     assert rc == 0 and report["problems"] == []
     assert report["per_grade"]["total"] == 12 and report["image_sizes"]["max"]["width"] == 48
     assert len(report["stats"]["mean"]) == 3 and report["stats"]["mean"][0] > report["stats"]["mean"][2]
+    (tmp_path / "nothing").mkdir()  # a folder that cannot be read at all: exit 2, and the report says so
+    rc, report = check(tmp_path, tmp_path / "nothing")
+    assert rc == 2 and report["readable"] is False and report["problems"][0]["kind"] == "unknown-format"
+    (tmp_path / "notes.json").write_text('{"mine": 1}')  # a file that is no report is left alone
+    assert main(["data", "check", str(tmp_path / "nothing"), "--json", str(tmp_path / "notes.json")]) == 2
+    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}'
 
 
 def test_data_check_stats_and_split_counts_are_those_of_the_images(tmp_path):

@@ -1,10 +1,11 @@
 """``retinopathy data check DATA``."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from ..atomic import write_json
-from ..data import load_catalog
+from ..data import DataError, load_catalog
 from ..data.check import check_catalog, format_report
 from ..outputs import check_output_file, refuse_replacing
 from .common import add_data_arguments, at_least, catalog_options, show_defaults
@@ -30,7 +31,14 @@ def add_parser(sub, text: str) -> None:
 
 def run(args) -> int:
     check_output_file(args.json, "--json", "data_check.json")  # before the work, not after it
-    catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))  # a DataError: exit 2
+    try:
+        catalog = load_catalog(args.data, resolve=not args.no_images, **catalog_options(args))
+    except DataError as e:  # exit 2, and the report says so: an earlier check's report would say "0 problems"
+        if _a_report_or_nothing(args.json):
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            write_json(args.json, {"data": str(args.data), "readable": False, "error": str(e),
+                                   "problems": [p.to_dict() for p in e.problems]})
+        raise
     refuse_replacing(args.json, "--json", [*catalog.labels, *(s.path for s in catalog.samples), args.split_file])
     report = check_catalog(catalog, stats=args.stats, workers=args.workers, progress=not args.quiet,
                            images=not args.no_images)
@@ -39,3 +47,13 @@ def run(args) -> int:
     write_json(args.json, report)
     print(f"\nreport written to {args.json}")
     return 1 if report["problems"] else 0
+
+
+def _a_report_or_nothing(path: str) -> bool:
+    """Whether ``path`` is free, or holds an earlier check's report (never a file of another kind)."""
+    try:
+        return "problems" in json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
