@@ -286,6 +286,20 @@ def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
     assert {p.image for p in read_catalog(out).problems} == {"2_left", "3_right", "4_left"}
 
 
+def test_a_bad_image_of_grade_folders_is_left_out_of_the_copy(tmp_path, capsys):
+    """Grade folders have no labels file to copy: the copy lists nothing it lacks, so --skip-bad is no advice."""
+    src = tmp_path / "src"
+    for grade in range(5):
+        (src / str(grade)).mkdir(parents=True)
+        Image.new("RGB", (48, 48), (200, 90, 40)).save(src / str(grade) / f"{grade}_left.jpeg")
+    (src / "2" / "2_left.jpeg").write_bytes((src / "1" / "1_left.jpeg").read_bytes()[:100])  # truncated
+    assert main(["prepare", str(src), str(tmp_path / "out"), "--size", "32", "--workers", "0", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "note: 1 listed image(s) are not in the copy (missing or unreadable), and the copy's grade folders " \
+           "leave them out" in err and "--skip-bad" not in err
+    assert not read_catalog(tmp_path / "out").problems
+
+
 def test_two_rows_for_one_image_are_reported(tmp_path):
     """``1_left`` and ``1_left.jpeg`` name one image (and would share one copy): the second row is a duplicate."""
     src = tmp_path / "src"

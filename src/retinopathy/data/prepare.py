@@ -379,10 +379,13 @@ def main(args) -> dict:
     if len(m["problems"]) > 20:
         print(f"  ... and {len(m['problems']) - 20:,} more (all in the manifest)", file=sys.stderr)
     if uncopied := sum(p["kind"] in ("missing-image", "bad-image") for p in m["problems"]):
-        print(f"note: {uncopied:,} listed image(s) are not in the copy (missing or unreadable), and its labels, copied "
-              f"as they are, still list them: train from {args.out} with --skip-bad, or fix the images and run "
-              "prepare again" + (f"; {len(m['set_aside']):,} earlier copies of them were renamed *{STALE}, so that "
-                                 "they are not read in their place" if m["set_aside"] else ""), file=sys.stderr)
+        listed = ("the copy's grade folders leave them out: fix the images and run prepare again to have them"
+                  if m["settings"]["format"] == "folders" else
+                  f"its labels, copied as they are, still list them: train from {args.out} with --skip-bad, or fix "
+                  "the images and run prepare again")
+        print(f"note: {uncopied:,} listed image(s) are not in the copy (missing or unreadable), and {listed}"
+              + (f"; {len(m['set_aside']):,} earlier copies of them were renamed *{STALE}, so that they are not "
+                 "read in their place" if m["set_aside"] else ""), file=sys.stderr)
     return m
 
 
