@@ -204,13 +204,14 @@ def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
     disc(tmp_path / "d" / "3" / "8_left.webp", fmt="WEBP")
     (tmp_path / "d" / "0" / "up").symlink_to(tmp_path / "d")  # would bring grades 1-4 into grade 0
     disc(tmp_path / "d" / "5" / "9_left.jpeg")
+    disc(tmp_path / "d" / "10" / "9_right.jpeg")  # two digits: no grade either
     (tmp_path / "d" / "6").mkdir()  # empty: nothing is left out
     cat = read_catalog(tmp_path / "d")
     assert sorted((s.image, s.label) for s in cat.samples) == [
         ("0_left", 0), ("1_left", 1), ("2_left", 2), ("3_left", 3), ("4_left", 4), ("7_right", 2), ("8_left", 3),
         ("more/7_left", 2)]
     assert {s.patient for s in cat.samples if s.image.endswith("7_left") or s.image == "7_right"} == {"7"}
-    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / "5"))]
+    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / n)) for n in ("10", "5")]
     assert "its 1 image(s) are not used" in cat.problems[0].message
 
     layout = tmp_path / "split"  # each split numbers its images from 0, as such folders often do
@@ -231,6 +232,13 @@ def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
     cat = load_catalog(layout, test_fraction=0.25)  # train/ and val/: test is carved from train/
     assert Counter(s.split for s in cat.samples) == {"train": 30, "val": 5, "test": 10}
     assert {s.split for s in load_catalog(layout / "train").samples} == {"train", "val", "test"}  # train/ alone
+    for g in range(5):  # valid/ (as some exports name it) beside train/ and val/ is not read: said, not dropped
+        disc(layout / "valid" / str(g) / f"{g}9_left.jpeg")
+    problems = load_catalog(layout, test_fraction=0.25).problems
+    assert [(p.kind, p.file) for p in problems] == [("bad-label", str(layout / "valid"))]
+    assert "its 5 image(s) are not used; rename it val/ or test/" in problems[0].message
+    shutil.rmtree(layout / "val")  # train/ and valid/ alone: still said
+    assert [p.file for p in load_catalog(layout).problems] == [str(layout / "valid")]
 
 
 def test_unknown_format_says_what_was_expected(tmp_path):

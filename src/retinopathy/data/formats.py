@@ -333,7 +333,7 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
             image = f"{split}/{image}" if split else image
             samples.append(Sample(image, grade, patient_of(image), str(sub), None, split, path=str(f)))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if other.is_dir() and re.fullmatch(r"-?[0-9]", other.name) and int(other.name) not in GRADES \
+        if other.is_dir() and re.fullmatch(r"-?[0-9]+", other.name) and int(other.name) not in GRADES \
                 and (count := len(image_files(other))):
             problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ is not a grade 0-4: its "
                                     f"{count} image(s) are not used; move them into the folder of their grade, "
@@ -456,6 +456,12 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     elif format == "folders":
         parts = split_folders(data, labels) or {None: labels}
         samples = [s for sp, folder in parts.items() for s in _read_folders(folder, problems, sp)]
+        if labels == data / "train":  # train/ (val/ test/): a sibling of theirs with grade folders would be left out
+            for other in sorted(p for p in data.iterdir() if p.is_dir() and p.name not in ("train", "val", "test")):
+                if any((other / str(g)).is_dir() for g in GRADES) and (count := len(image_files(other))):
+                    problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ holds grade "
+                                            f"folders beside train/, but only train/, val/ and test/ are read: its "
+                                            f"{count} image(s) are not used; rename it val/ or test/, or remove it"))
         label_files = list(parts.values())
     else:
         if not labels.exists():
