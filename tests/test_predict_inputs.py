@@ -349,7 +349,7 @@ def test_rows_left_out_of_a_dataset_are_counted(tiny_run, synth_small, tmp_path,
     lines = (data / "trainLabels.csv").read_text().splitlines()
     lines[1], lines[2] = lines[1].split(",")[0] + ",2.5", lines[2].split(",")[0] + ",-1"
     name, grade = lines[3].split(",")
-    lines.append(f"{name},{(int(grade) + 1) % 5}")  # listed again with another grade: neither row is used
+    lines.append(f"{name}.jpeg,{(int(grade) + 1) % 5}")  # again with another grade: one photograph, no row used
     (data / "trainLabels.csv").write_text("\n".join(lines) + "\n")
     out = tmp_path / "p.csv"
     assert main(["predict", str(tiny_run), str(data), "--out", str(out), "--workers", "0", "--quiet"]) == 0

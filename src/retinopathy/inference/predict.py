@@ -108,8 +108,9 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
         if p.kind != "missing-image":  # missing images get a row of their own below
             warn(str(p), depth=1)
     kept = {s.image for s in catalog.samples}  # rows refused, and images whose rows disagree on the grade
-    dropped = {p.image or (p.file, p.line) for p in catalog.problems if p.kind in ("bad-label", "bad-row", "duplicate")
-               and p.line is not None and p.image not in kept}
+    dropped = {without_extension(p.image) if p.image else (p.file, p.line) for p in catalog.problems  # 1_left and
+               if p.kind in ("bad-label", "bad-row", "duplicate") and p.line is not None  # 1_left.jpeg: one
+               and p.image not in kept}
     if dropped:
         warn(f"{len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out (their "
              "rows are named above); fix those rows to grade them here, or pass the photographs as files", depth=1)
