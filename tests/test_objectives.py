@@ -317,10 +317,15 @@ def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path, caps
     assert "on train+val, accuracy margin 0.02)" in card
     assert "These rows graded with the thresholds tuned at that epoch" in card  # not the shipped model's numbers
     capsys.readouterr()
-    assert main(["train", "--resume", str(run)]) == 0  # a finished run: retuned again (e.g. after new options)
+    saved = (run / "checkpoints" / "best.pt").read_bytes()
+    assert main(["train", "--resume", str(run)]) == 0  # retuned already: nothing to do, its evaluation stays current
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "thresholds of the selected epoch" not in out
+    assert (run / "checkpoints" / "best.pt").read_bytes() == saved
+    assert main(["train", "--resume", str(run), "--threshold-margin", "0.05"]) == 0  # another margin: retuned
     assert "thresholds of the selected epoch" in capsys.readouterr().out
     again = restore(run / "checkpoints" / "best.pt")[3]["model_info"]
-    assert again["thresholds"] == pytest.approx(both) and again["epoch_thresholds"] == pytest.approx(on_val)
+    assert again["threshold_margin"] == 0.05 and again["epoch_thresholds"] == pytest.approx(on_val)
     assert main(["evaluate", str(run), "--data", str(synth_small), "--out", str(run / "eval"), "--workers", "0",
                  "--bootstrap", "0", "--quiet"]) == 0
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0

@@ -215,6 +215,17 @@ def _train(args) -> dict:
         cleanup(dist)
 
 
+def retuned(best_pt: Path, last: dict, args) -> bool:
+    """Whether a finished run's best.pt holds thresholds retuned on train+selection with the threshold options
+    of ``args`` (those its last.pt records), so that a plain resume has nothing to do."""
+    try:
+        info = load_checkpoint(best_pt, mmap=True)["model_info"]
+    except (CheckpointError, OSError):
+        return False
+    return (str(info.get("threshold_data")).startswith("train+")
+            and all(last["config"].get(k) == getattr(args, k) for k in FIXED_WHILE_TRAINING))
+
+
 def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bool]:
     """``--resume``: (last.pt, whether the run trains on, whether it only retunes a finished run's thresholds);
     ``(None, False, False)`` for a new run. Refuses options the run cannot change; rank 0 mends what a save
@@ -274,6 +285,9 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
             for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
                 leftover.unlink(missing_ok=True)
             restore_best(out / "checkpoints", ckpt)
+        if retune and not stepping:  # a finished run: retuned again only if it was not, or by other options
+            barrier(dist)  # best.pt mended first
+            retune = not retuned(out / "checkpoints" / "best.pt", ckpt, args)
         return ckpt, stepping, retune
     if args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
         raise CheckpointError(f"{args.resume}: its checkpoints/last.pt is gone (deleted once the run finished?), so "
@@ -719,7 +733,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
 
     finished = start_epoch + ran >= args.epochs  # not at a --stop-after pause; again on --resume of a finished run
     retune = args.threshold_data == "train+selection" and objective.decision == "thresholds" and finished \
-        and best["epoch"] is not None
+        and best["epoch"] is not None and (ran > 0 or retune)  # a finished run's: unless it was done already
     if retune:
         retune_thresholds(args, evaluated, objective, ema, data, eval_loaders[select_on], engine, out, best, margin)
     elif dist.main and ran and (out / "checkpoints" / "best.pt").exists():  # epochs since its best: the card says
