@@ -250,6 +250,9 @@ def test_a_run_stopped_early_resumes_to_its_last_epoch(tiny_run, tmp_path):
     assert len(rows(run)) == 3
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert len(rows(run)) == 5
+    (run / "metrics.csv").unlink()  # lost: the epochs trained from here on are written under their header
+    assert main(["train", "--resume", str(run), "--epochs", "6", "--quiet"]) == 0
+    assert [r["epoch"] for r in rows(run)] == ["5"]
 
 
 def test_training_without_some_grades_says_so(synth_small, tmp_path, capsys):

@@ -653,6 +653,8 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         start_epoch, best = ckpt["epoch"] + 1, ckpt["best"]
         if dist.main and metrics_path.exists():  # drop rows of epochs that were not checkpointed
             _write_rows(metrics_path, columns, [r for r in metrics_rows(metrics_path) if int(r["epoch"]) < start_epoch])
+        elif dist.main and stepping:  # the file is gone: the rows from here on, under their header
+            _write_rows(metrics_path, columns, [])
     elif dist.main:
         _write_rows(metrics_path, columns, [])
     if dist.main and (ckpt is None or stepping or retune):  # a resume with nothing to do says only that, below
