@@ -552,8 +552,11 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     rc = main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--resume", str(run)])
     err = capsys.readouterr().err
     assert rc == 2 and "last.pt: cannot be read as a checkpoint" in err
-    assert ("A broken last.pt cannot be resumed: start a new run from the run's best.pt (--weights "
-            f"{run / 'checkpoints' / 'best.pt'}") in err
+    assert "A broken last.pt cannot be resumed, and the run has no best.pt: start the run again" in err
+    (run / "checkpoints" / "best.pt").write_bytes(b"the selected epoch")  # with one: it is a whole run's checkpoint
+    assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--resume", str(run)]) == 2
+    best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
+    assert f"copy the run's best.pt over it (`cp {best} {last}`) to resume" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # a mistyped folder is not a new run
         main(["train", "--data", str(synth_small), *FAST, "--resume", str(tmp_path / "rnu")])
     assert "--resume " + str(tmp_path / "rnu") + ": not found" in capsys.readouterr().err
@@ -574,7 +577,9 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
 def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
     rc = main(["evaluate", str(tmp_path / "foreign.pt"), "--data", str(synth_small), "--out", str(tmp_path / "e")])
-    assert rc == 2 and "not a retinopathy checkpoint" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "not a retinopathy checkpoint" in err
+    assert f"can start a training: `retinopathy train --weights {tmp_path / 'foreign.pt'} ...`" in err  # evaluate
 
 
 def test_a_run_folder_without_best_pt_says_what_to_pass(tiny_run, synth_small, tmp_path, capsys):
@@ -1227,7 +1232,7 @@ def test_slurm_tasks_join_one_process_group(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert not init_distributed("cpu").enabled  # one task: a single process
     monkeypatch.setenv("SLURM_NTASKS", "2")
-    with pytest.raises(RuntimeError, match="under SLURM set MASTER_ADDR"):
+    with pytest.raises(RetinopathyError, match="under SLURM set MASTER_ADDR"):  # a message, not a traceback
         init_distributed("cpu")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -112,13 +112,16 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # on a file that is not one, the safe unpickler fails in many ways (KeyError, ...)
+        best = path.with_name("best.pt")
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({unreadable(path, e)}). " + (
-            "A broken last.pt cannot be resumed: start a new run from the run's best.pt (--weights "
-            f"{path.with_name('best.pt')} --out NEW)" if path.name == "last.pt" else
-            "Pass a run's checkpoints/best.pt (or last.pt)")) from None
+            "A broken last.pt cannot be resumed as it is: copy the run's best.pt over it (`cp "
+            f"{best} {path}`) to resume from the selected epoch" if path.name == "last.pt" and best.is_file() else
+            "A broken last.pt cannot be resumed, and the run has no best.pt: start the run again"
+            if path.name == "last.pt" else "Pass a run's checkpoints/best.pt (or last.pt)")) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a retinopathy checkpoint (no '{FORMAT}' marker); "
-                              "train one with `retinopathy train`, or pass ImageNet weights with --weights")
+        raise CheckpointError(f"{path}: not a retinopathy checkpoint (no '{FORMAT}' marker); train one with "
+                              "`retinopathy train` (other weights, such as ImageNet's, can start a training: "
+                              f"`retinopathy train --weights {path} ...`)")
     if not isinstance(ckpt.get("version", 0), int):
         raise CheckpointError(f"{path}: not a retinopathy checkpoint (its format version is {ckpt['version']!r}, "
                               "not a number)")

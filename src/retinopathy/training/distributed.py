@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import RetinopathyError
 from ..launch import launched_as
 
 
@@ -38,8 +39,8 @@ def init_distributed(device_type: str) -> DistInfo:
     if "RANK" not in env or "WORLD_SIZE" not in env:  # srun without torchrun
         env.setdefault("MASTER_PORT", "29500")
         if "MASTER_ADDR" not in env:
-            raise RuntimeError("under SLURM set MASTER_ADDR (e.g. the first host of $SLURM_NODELIST), "
-                               "or launch with torchrun")
+            raise RetinopathyError("under SLURM set MASTER_ADDR (e.g. the first host of $SLURM_NODELIST), "
+                                   "or launch with torchrun")
     if device_type == "cuda":
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
