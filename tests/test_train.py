@@ -127,7 +127,10 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
     assert yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())["train"]["cache_images"] is True
     assert len(rows(tmp_path / "cut")) == 2
     first_leg = yaml.safe_load((tmp_path / "cut" / "config.yaml").read_text())
-    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
+    idle = {**first_leg, "engine": {**first_leg["engine"], "workers": 7},  # as a resume killed in its first epoch
+            "earlier": [{"epochs": 2, "engine": first_leg["engine"], "environment": first_leg["environment"]}]}
+    (tmp_path / "cut" / "config.yaml").write_text(yaml.safe_dump(idle, sort_keys=False))  # leaves it: it trained
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0  # nothing, so it is no leg of its own
     record = (tmp_path / "cut" / "config.yaml").read_bytes()
     earlier = yaml.safe_load(record)["earlier"]  # the first leg's engine and machine stay on record
     assert earlier == [{"epochs": 2, "engine": first_leg["engine"], "environment": first_leg["environment"]}]
@@ -572,6 +575,18 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
         main(["train", "--resume", str(tmp_path / "exp")])
     assert f"--resume {tmp_path / 'exp'}: an experiment's folder: `retinopathy experiment CONFIG` again continues " \
         "its cells" in capsys.readouterr().err
+
+
+def test_a_run_stopped_in_its_first_epoch_starts_over_without_a_half_written_save(synth_small, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / ".last.pt.tmp4242").write_bytes(b"half of its first save")
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 1}, "engine": {}}))
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "1",
+                 "--freeze-epochs", "0", "--eval-splits", "val", "--resume", str(run), "--quiet"]) == 0
+    assert "has no checkpoints/last.pt yet (stopped during its first epoch): starting over" in capsys.readouterr().out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.suffix == ".pt" or "tmp" in p.name) == \
+        ["best.pt", "last.pt"]
 
 
 def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):

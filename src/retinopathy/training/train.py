@@ -296,6 +296,8 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                               "to train it again")
     if args.resume and dist.main:
         print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
+        for leftover in (Path(args.resume) / "checkpoints").glob(".*.pt.tmp*"):  # its first save, killed half-way
+            leftover.unlink(missing_ok=True)
     return None, False, False
 
 
@@ -456,8 +458,11 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
         before = yaml.safe_load((out / "config.yaml").read_text()) or {}
         config["data"]["leakage_warnings"] = list(dict.fromkeys(
             [*((before.get("data") or {}).get("leakage_warnings") or []), *data.warnings]))
-        config["earlier"] = before.get("earlier", []) + [
-            {"epochs": ckpt["epoch"] + 1, "engine": before.get("engine"), "environment": before.get("environment")}]
+        earlier = before.get("earlier", [])
+        if not earlier or earlier[-1].get("epochs") != ckpt["epoch"] + 1:  # else the last resume trained none
+            earlier = earlier + [{"epochs": ckpt["epoch"] + 1, "engine": before.get("engine"),
+                                  "environment": before.get("environment")}]
+        config["earlier"] = earlier
     write_skipped(out / "skipped.csv", data.skipped)
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
 
