@@ -257,6 +257,36 @@ def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, ca
 
 
 
+def test_a_model_blind_to_its_input_gets_blank_heatmaps_and_a_warning(tmp_path, capsys):
+    """Every pixel alike after the stem, so the photograph never reaches the head: the outputs are the same for
+    every image, yet Grad-CAM still paints where the last map meets the padding (a corner tap here). Predict says
+    the model does not respond to its input and leaves those heatmaps blank."""
+    model = blob_detector()
+    net = model.net
+    with torch.no_grad():
+        net.conv1.weight.zero_()
+        net.bn1.bias[0] = 1.0
+        net.layer4[0].conv2.weight[0, 0] = 0.0
+        net.layer4[0].conv2.weight[0, 0, 0, 0] = 1.0
+    x = torch.randn(2, 3, SIZE, SIZE)
+    assert GradCam(model, make_objective("classification"), image_size=SIZE)(x, 4).any()  # red, for no reason
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint({"model": model.state_dict(), "epoch": 0, "phase": "finetune", "best": None,
+                     "config": {}, "model_info": {"arch": "resnet18", "head": "linear", "objective": "classification",
+                                                  "num_outputs": 5, "num_classes": 5,
+                                                  "preprocessing": Preprocessing("lab", SIZE).to_dict(),
+                                                  "thresholds": [0.5, 1.5, 2.5, 3.5]}}, ckpt)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    fundus(QUADRANTS["top_left"]).save(photos / "1_left.png")
+    fundus(None).save(photos / "2_left.png")
+    assert main(["predict", str(ckpt), str(photos), "--cam", str(tmp_path / "cams"), "--out",
+                 str(tmp_path / "p.csv"), "--workers", "0", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "the model gives the same outputs for all 2 images" in err and "heatmaps are left blank" in err
+    assert "2 heatmap(s) show no region" in err
+
+
 def test_coarse_heatmaps_are_told_from_the_map_they_enlarge():
     """A ResNet's layer4 is the image / 32: 2x2 at 64 px (told), 4x4 at 128 px and 7x7 at 224 (not)."""
     from retinopathy.inference.explain import coarse_note

@@ -225,11 +225,17 @@ def test_parity_falls_back_to_renders_when_no_training_photograph_reads(checkpoi
     assert "no readable image for the parity check" in capsys.readouterr().err
 
 
-def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys):
+def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+    import retinopathy.inference.export as export_module
+
     out = tmp_path / "grader.ts.pt"
-    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--tolerance", "0"]) == 1
-    assert "parity check failed" in capsys.readouterr().err
+    monkeypatch.setattr(export_module, "parity", lambda *a: (2e-3, 1.0))  # above the default tolerance, 1e-3
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 1
+    assert "parity check failed: max |logit difference| 0.002 > 0.001" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(export_module, "parity", lambda *a: (0.0, 1.0))  # no difference meets a tolerance of 0
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out), "--tolerance", "0"]) == 0
+    assert out.exists()
 
 
 @pytest.mark.parametrize("tolerance", ["nan", "-1", "inf", "tiny"])

@@ -232,6 +232,8 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
               str(tmp_path / "check.img")], f"--out would replace {tmp_path / 'check.img'}, an input of this command"),
             (["predict", str(tiny_run), str(data), "--out", str(photo)],
              "--out would replace a photograph with a .csv file"),
+            (["predict", str(tiny_run), str(photo), "--out", str(tmp_path / "same.csv"), "--cam",
+              str(tmp_path / "same.csv")], "--cam is the --out file; give the heatmaps a folder of their own"),
             (["predict", str(tiny_run), str(photo), "--out", str(tiny_run / "split.csv")],
              f"--out would replace split.csv, a record of the run in {tiny_run}"),  # which predict itself reads
             (["export", str(tiny_run), "--format", "torchscript", "--out", str(tiny_run / "config.yaml")],

@@ -44,7 +44,7 @@ from ..errors import RetinopathyError
 from ..models.restore import restore
 from ..outputs import check_output_file, refuse_replacing
 from ..training.checkpoint import run_checkpoints
-from .predict import collect_items, single_eye
+from .predict import SAME_OUTPUTS, collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 2  # 2: thresholds only for their decision
@@ -252,12 +252,12 @@ def main(args) -> dict:
         diff, spread = parity(model, load_runner(target, args.format), x)
         print(f"parity ({'ONNX Runtime' if args.format == 'onnx' else 'TorchScript'} vs PyTorch) on {what}, "
               f"batch sizes 1 and 3: max |logit difference| = {diff:.2e} (tolerance {args.tolerance:g})")
-        if len(x) > 1 and spread < 1e-6:
+        if len(x) > 1 and spread < SAME_OUTPUTS:
             print(f"warning: the model gives the same outputs for all {len(x)} check images (spread {spread:.1e}): "
                   "it does not respond to its input, and the parity check proves little; check the training run",
                   file=sys.stderr)
-        if not diff < args.tolerance:
-            raise ExportError(f"parity check failed: max |logit difference| {diff:.3g} >= {args.tolerance:g}; "
+        if not diff <= args.tolerance:  # NaN fails too
+            raise ExportError(f"parity check failed: max |logit difference| {diff:.3g} > {args.tolerance:g}; "
                               f"{out} was not written")
         info, steps = ckpt["model_info"], geometry(prep)
         own_steps = {type(t).__name__: re.sub(r":\w+:`([^`]+)`", r"\1", " ".join(inspect.getdoc(t).split()))

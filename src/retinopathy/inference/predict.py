@@ -275,6 +275,7 @@ def _heatmap_names(items: list[Item]) -> list[str]:
 
 NON_FINITE = ("the model's outputs are not finite (NaN or inf): broken weights (a diverged run) or an overflowing "
               "precision (fp16); grade in fp32 (--amp none) or use another checkpoint")
+SAME_OUTPUTS = 1e-6  # outputs (probabilities, score) that vary less than this over the images: a model blind to them
 
 
 def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="none",
@@ -314,6 +315,12 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         if found:
             warn(f"{len(found)} image(s) " + DOUBTS[kind].format(**found[0]))
     graded = np.flatnonzero(res["grades"] >= 0)
+    spread = max(np.ptp(res["probs"][graded], axis=0).max(), np.ptp(res["scores"][graded])) if len(graded) else 0.0
+    ignores_input = len(graded) > 1 and spread < SAME_OUTPUTS
+    if ignores_input:
+        warn(f"the model gives the same outputs for all {len(graded)} images (spread {spread:.1e}): it does not "
+             "respond to its input, so its grades say nothing of these photographs"
+             + (" and its heatmaps are left blank" if cam is not None else "") + "; check the training run")
     if blend and len(graded):
         patients = [items[i].patient or patient_of(items[i].image) for i in graded]
         res["probs"][graded], res["scores"][graded], res["grades"][graded] = objective.blended(
@@ -327,7 +334,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
                  f"alone, {tuned} (--blend-eyes {blend}); give both eyes (<patient>_left/_right) for the grades "
                  "the model was tuned for")
     if cam is not None and len(graded):
-        write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress)
+        write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress, ignores_input)
     return res
 
 
@@ -340,9 +347,11 @@ def grad_cam(model, objective, prep):
     return GradCam(model, objective, image_size=prep.size)
 
 
-def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, channels_last, progress) -> None:
+def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, channels_last, progress,
+                   ignores_input: bool = False) -> None:
     """A second pass, once the grades are final (after eye blending): a Grad-CAM overlay PNG per graded image,
-    of the grade in its row (classification) or of the score (regression, ordinal)."""
+    of the grade in its row (classification) or of the score (regression, ordinal); blank for a model that
+    ``ignores_input`` (the same outputs for every image), whose Grad-CAM would still paint its padding."""
     from .explain import coarse_note, save_heatmap
 
     names = _heatmap_names(items)
@@ -354,7 +363,8 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
         size = images.shape[-1]
         x = to_device(images, device, normalize, channels_last)
         targets = torch.as_tensor(np.maximum(res["grades"][idx], 0), device=x.device)  # -1: outputs not finite
-        for i, image, heat in zip(idx, images, cam(x, targets)):
+        heats = torch.zeros(images.shape[0], *images.shape[-2:]) if ignores_input else cam(x, targets)
+        for i, image, heat in zip(idx, images, heats):
             if res["grades"][i] < 0:
                 continue
             grade = int(res["grades"][i])
@@ -438,6 +448,9 @@ def single_eye(ckpt: dict, where) -> None:
 def main(args) -> dict:
     check_output_file(args.out, "--out", "predictions.csv")  # before the work, not after it
     if args.cam:
+        if os.path.abspath(args.cam) == os.path.abspath(args.out):
+            raise FileExistsError(errno.EEXIST, "--cam is the --out file; give the heatmaps a folder of their own, "
+                                  f"e.g. --cam {Path(args.out).with_suffix('')}-heatmaps", args.cam)
         check_writable(args.cam)
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
