@@ -8,15 +8,16 @@
 # tqdm; $PYTHON, default python3) and installs nothing; runs from the source tree with PYTHONPATH=src.
 # Results: RESULTS.json, else $OUT/gpu_bench.json, else gpu_bench.json in the repository root, rewritten after
 # every part, so a kill keeps what was measured; the synthetic set goes to gpu_bench_data/ beside it (--workdir).
+# Relative paths are the current folder's, wherever the script is run from.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-out="${OUT:-.}/gpu_bench.json"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+out="${OUT:-$root}/gpu_bench.json"
 if [[ $# -gt 0 && "$1" != -* ]]; then out="$1"; shift; fi
 mkdir -p "$(dirname "$out")"
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$root/src${PYTHONPATH:+:$PYTHONPATH}"
 limit="${GPU_BENCH_LIMIT:-470}"  # seconds for the whole run; each part also has its own limit
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-timeout --kill-after=15 "$limit" "${PYTHON:-python3}" benchmarks/gpu_bench.py --out "$out" "$@"
+timeout --kill-after=15 "$limit" "${PYTHON:-python3}" "$root/benchmarks/gpu_bench.py" --out "$out" "$@"
 rc=$?
 [[ $rc -eq 124 || $rc -eq 137 ]] && echo "gpu.sh: stopped after ${limit} s; partial results in $out" >&2
 exit $rc

@@ -24,15 +24,17 @@ def cpu_defaults() -> tuple[str, bool]:
 
 def test_gpu_bench_dry_run_keeps_every_part_that_ran(tmp_path):
     """End to end on the CPU; a part that cannot run (an unknown model between the two ResNets) is recorded with
-    its error, the parts after it still run, the JSON is written and the exit status says it is incomplete."""
+    its error, the parts after it still run, the JSON is written and the exit status says it is incomplete.
+    Relative paths are the current folder's, not the repository's."""
     out = tmp_path / "res" / "gpu_bench.json"
     env = {**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), str(out), "--dry-run", "--archs",
-                           "resnet18,no_such_model,resnet50", "--workdir", str(tmp_path / "work")], check=False,
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "res/gpu_bench.json", "--dry-run", "--archs",
+                           "resnet18,no_such_model,resnet50", "--workdir", "work"], check=False, cwd=tmp_path,
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert not res["complete"] and res["dry_run"] and res["settings"]["n"] == 40
+    assert (tmp_path / "work").is_dir() and not (REPO / "res").exists() and not (REPO / "work").exists()
     parts = res["parts"]
     assert list(parts) == ["data", "loader", "resnet18", "no_such_model", "resnet50"]
     assert "unknown model" in parts.pop("no_such_model")["status"]
