@@ -38,10 +38,16 @@ def main() -> int:
         p.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {', '.join(BENCHES)}")
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    latest = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": common.machine(),
-              "quick": args.quick, "benches": {}, "failed": {}, "targets": {}}
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    latest = {"when": now, "machine": common.machine(), "quick": args.quick, "benches": {}, "failed": {},
+              "targets": {}}
+    if args.only:  # the benchmarks not run again keep their last results, each with its own "when"
+        kept = previous_results()
+        for name, res in kept.get("benches", {}).items():
+            if name in BENCHES and name not in names:
+                gather(latest, name, {"when": kept.get("when"), **res})
     for name in names:
-        script, limit, keys = BENCHES[name]
+        script, limit, _ = BENCHES[name]
         path = common.RESULTS / f"{name}.json"
         path.unlink(missing_ok=True)
         cmd = [sys.executable, str(common.REPO / "benchmarks" / script), "--json", str(path)]
@@ -56,13 +62,11 @@ def main() -> int:
             latest["failed"][name] = f"exit status {rc}"
             continue
         res = json.loads(path.read_text())
-        res["seconds"] = round(time.perf_counter() - t, 1)
-        latest["benches"][name] = res
-        latest.update({k: res[k] for k in keys if k in res})
-        latest["targets"].update(res.get("targets", {}))
+        res.update(seconds=round(time.perf_counter() - t, 1), when=now)
+        gather(latest, name, res)
     latest["seconds"] = round(time.perf_counter() - start, 1)
     out = common.write_json(latest, common.RESULTS / "latest.json", "latest")
-    rows = [{"ratio / figure": k, "value": latest[k]} for b in names for k in BENCHES[b][2] if k in latest]
+    rows = [{"ratio / figure": k, "value": latest[k]} for b in BENCHES for k in BENCHES[b][2] if k in latest]
     print()
     print(common.table(rows, ["ratio / figure", "value"], f"summary ({latest['seconds']:.0f} s)"))
     for target, met in latest["targets"].items():
@@ -71,6 +75,21 @@ def main() -> int:
         print(f"  {name} failed: {why}", file=sys.stderr)
     print(f"wrote {out}")
     return 1 if latest["failed"] else 0
+
+
+def gather(latest: dict, name: str, res: dict) -> None:
+    """One benchmark's results into ``latest``: the whole, its ratios and its targets."""
+    latest["benches"][name] = res
+    latest.update({k: res[k] for k in BENCHES[name][2] if k in res})
+    latest["targets"].update(res.get("targets", {}))
+
+
+def previous_results() -> dict:
+    """The last latest.json, or {} when there is none to read."""
+    try:
+        return json.loads((common.RESULTS / "latest.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 if __name__ == "__main__":
