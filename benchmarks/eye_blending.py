@@ -20,6 +20,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from retinopathy.data import FundusDataset, load_catalog
+from retinopathy.errors import RetinopathyError
 from retinopathy.evaluation.evaluate import predict_dataset
 from retinopathy.inference.predict import FLIPS
 from retinopathy.evaluation.metrics import majority_accuracy
@@ -40,16 +41,22 @@ class FlipAverage(torch.nn.Module):
         return torch.stack([self.model(x.flip(d) if d else x) for d in FLIPS]).mean(0)
 
 
-def val_scores(run: Path, data: str, tta: bool, workers: int, split: str = "val",
+def val_scores(run: Path, data: str | None, tta: bool, workers: int, split: str = "val",
                checkpoint: str = "best.pt") -> tuple[np.ndarray, np.ndarray, list[str], dict]:
     """The val (or another split's, unaugmented) scores (no blending) of the run's best.pt (or ``checkpoint``),
     the labels, the patients and the run's config."""
-    model, objective, prep, ckpt = restore(run / "checkpoints" / checkpoint)
-    if objective.decision != "thresholds":
-        raise SystemExit(f"{run}: a run graded at thresholds is needed (regression, ordinal, or --decision "
-                         "thresholds; this one grades by argmax)")
-    dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, preprocess=prep, uint8=True,
-                            train=False)
+    try:
+        model, objective, prep, ckpt = restore(run / "checkpoints" / checkpoint)
+        if objective.decision != "thresholds":
+            raise SystemExit(f"{run}: a run graded at thresholds is needed (regression, ordinal, or --decision "
+                             "thresholds; this one grades by argmax)")
+        data = data or (ckpt.get("config") or {}).get("data")  # the folder it trained on, recorded absolute
+        if not data:
+            raise SystemExit(f"{run}: its checkpoint does not say what data it trained on; pass --data DATA")
+        dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, preprocess=prep,
+                                uint8=True, train=False)
+    except RetinopathyError as e:  # a checkpoint or dataset that cannot be used: said, not a traceback
+        raise SystemExit(f"error: {e}") from None
     res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)
     return res["scores"], res["labels"], [s.patient for s in dataset.samples], ckpt["config"]
 
@@ -86,7 +93,7 @@ def val_parser(doc: str, repeats: int, out: str) -> argparse.ArgumentParser:
     """The options the val analyses share: run folders, data, halvings, workers, the JSON to write."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("runs", nargs="+", type=Path, help="run folders of regression or ordinal runs (split.csv, best.pt)")
-    p.add_argument("--data", default="../shared/data/eyepacs-256")
+    p.add_argument("--data", help="the dataset (default: the one each run trained on)")
     p.add_argument("--repeats", type=int, default=repeats, help="random halvings of the val patients")
     p.add_argument("-j", "--workers", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path(out))
