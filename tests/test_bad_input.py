@@ -636,8 +636,12 @@ def test_empty_dataset(tmp_path):
     with pytest.raises(DataError, match="the dataset has no images: trainLabels.csv lists none"):
         FundusDataset(tmp_path, "all", image_size=32)
     (tmp_path / "lab").mkdir()  # the lab format asked of a folder without its CSVs: which files it looked for
-    [problem] = load_catalog(tmp_path / "lab", format="lab").problems
-    assert "no train_img.csv + train_label.csv or test_img.csv + test_label.csv here" in problem.message
+    with pytest.raises(DataError, match="no train_img.csv \\+ train_label.csv or test_img.csv \\+ test_label.csv "
+                                        "here \\(the lab format's files\\)\n"):
+        load_catalog(tmp_path / "lab", format="lab")
+    with pytest.raises(DataError, match="here \\(the lab format's files\\); it holds the kaggle format: leave out "
+                                        "--labels/--format to read it"):  # --labels given its folder: not the lab's
+        load_catalog(tmp_path, labels=tmp_path)
     (tmp_path / "lab" / "train_img.csv").write_text("")
     (tmp_path / "lab" / "train_label.csv").write_text("")
     [problem] = load_catalog(tmp_path / "lab").problems

@@ -450,6 +450,14 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     elif labels is None:
         labels = data if format == "lab" else _labels_file(format, data, _columns(format, image_col, label_col))
 
+    if format == "lab" and not any((labels / f).exists() for pair in LAB_FILES.values() for f in pair):
+        try:  # a folder given as --labels, or --format lab, where the lab's CSVs are not: nothing to read row by row
+            there = f"; it holds the {detect_format(labels)[0]} format: leave out --labels/--format to read it"
+        except DataError:
+            there = ""
+        raise DataError([Problem("missing-file", str(labels), None, "no train_img.csv + train_label.csv or "
+                                 f"test_img.csv + test_label.csv here (the lab format's files){there}")],
+                        hint="--labels takes a labels CSV file, or the folder of the lab's CSVs")
     if format == "lab":
         samples = _read_lab(labels, problems)
         label_files = [labels / f for pair in LAB_FILES.values() for f in pair if (labels / f).exists()]
@@ -493,7 +501,6 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         listed = " and ".join(f.name for f in label_files)
         problems.append(Problem("empty", str(labels), None, "the dataset has no images: " + (
             f"{listed} list{'s' if len(label_files) == 1 else ''} none" if label_files and format != "folders" else
-            "no train_img.csv + train_label.csv or test_img.csv + test_label.csv here" if format == "lab" else
             f"no image files in its grade folders 0/ ... 4/ ({', '.join(IMAGE_EXTENSIONS)})")))
     return Catalog(format, data, label_files, image_root, samples, problems)
 
