@@ -763,6 +763,8 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("argv,named", [(["synth", "OUT", "--n", "0"], "argument --n: 0 is too small (at least 1)"),
+                                        (["synth", "OUT", "--size", "100000"],  # ran out of memory, silently
+                                         "--size: 100000 is too large (at most 8192)"),
                                         (["prepare", "D", "OUT", "--size", "4"], "--size: 4 is too small (at least 8)"),
                                         (["predict", "C", "I", "-b", "0"], "--batch-size: 0 is too small"),
                                         (["evaluate", "C", "--data", "D", "--bootstrap", "-1"],

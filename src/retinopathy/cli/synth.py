@@ -8,7 +8,8 @@ def add_parser(sub, text: str) -> None:
     p = sub.add_parser("synth", help=text, description=text)
     p.add_argument("out", metavar="OUT", help="folder to write")
     p.add_argument("--n", type=at_least(1), default=1000, help="number of images (two eyes per patient)")
-    p.add_argument("--size", type=at_least(16), default=256, help="image size in pixels")
+    p.add_argument("--size", type=at_least(16, 8192), default=256,
+                   help="image size in pixels (at most 8192: the largest fundus cameras give about 5000)")
     p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--balanced", action="store_true", help="equal classes instead of EyePACS's mix")
     p.add_argument("--format", choices=("kaggle", "lab"), default="kaggle",
