@@ -113,6 +113,28 @@ def test_class_weights_favour_rare_grades():
     assert class_weights(counts, "inverse").numpy() == pytest.approx(inverse / inverse.mean(), rel=1e-6)
     assert class_weights(counts, "effective").numpy() == pytest.approx(effective / effective.mean(), rel=1e-6)
     assert class_weights([1, 1, 1, 1, 1], "none") is None
+    absent = class_weights([1000, 0, 200, 50, 30], "inverse").numpy()  # no grade-1 image: it weighs nothing
+    assert absent[1] == 0 and absent[[0, 2, 3, 4]].mean() == pytest.approx(1.0) and absent[4] > absent[0]
+
+
+@pytest.mark.parametrize("counts", [[18077, 1702, 3704, 614, 493], [1000, 0, 200, 50, 30]])
+def test_class_weights_with_label_smoothing_weigh_images_not_targets(counts):
+    """Each image's smoothed cross-entropy is weighted by its own grade's weight: the best answer for a grade-0
+    image stays grade 0. (cross_entropy's weight= also weighed the smoothed targets, and its best answer for a
+    grade-0 image was grade 1, the grade with no image, or an expected grade of 2 on EyePACS's mix.)"""
+    obj = make_objective("classification", class_weights=class_weights(counts, "inverse"), label_smoothing=0.1)
+    logits = torch.zeros(1, 5, requires_grad=True)
+    opt = torch.optim.Adam([logits], lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        obj.loss(logits, torch.tensor([0])).backward()
+        opt.step()
+    probs = logits.softmax(1)[0].detach()
+    assert probs.argmax() == 0 and probs[0] > 0.85
+    out, y = torch.randn(6, 5), torch.tensor([0, 0, 1, 2, 4, 0])  # a batch: the weighted mean of per-image losses
+    per = torch.nn.functional.cross_entropy(out, y, reduction="none", label_smoothing=0.1)
+    w = class_weights(counts, "inverse")[y]
+    assert torch.allclose(obj.loss(out, y), (per * w).sum() / w.sum())
 
 
 def test_tuned_thresholds_beat_the_defaults():

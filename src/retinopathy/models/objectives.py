@@ -71,7 +71,11 @@ class Objective:
         return (per * w[target]).sum() / w[target].sum() if w is not None else per.mean()
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(out.float(), target, weight=self._weights(out), label_smoothing=self.label_smoothing)
+        """Cross-entropy (label-smoothed), each image weighted by its true grade's class weight. Not
+        ``F.cross_entropy(weight=...)``: with label smoothing it also weighs the smoothed targets by grade, which
+        pulls every image's prediction towards the rarest grades."""
+        per = F.cross_entropy(out.float(), target, reduction="none", label_smoothing=self.label_smoothing)
+        return self._weighted_mean(per, out, target)
 
     def probabilities(self, out: torch.Tensor) -> torch.Tensor:
         return out.float().softmax(1)
@@ -188,17 +192,18 @@ def make_objective(name: str, **kwargs) -> Objective:
 
 
 def class_weights(counts: list[int], kind: str, beta: float = 0.999) -> torch.Tensor | None:
-    """``inverse``: n / (K * count); ``effective``: (1 - beta) / (1 - beta^count) (Cui et al. 2019), mean 1."""
+    """``inverse``: n / (K * count); ``effective``: (1 - beta) / (1 - beta^count) (Cui et al. 2019); mean 1 over
+    the K grades present; 0 for a grade without images (it weighs no image)."""
     if kind == "none":
         return None
-    c = np.maximum(np.asarray(counts, dtype=np.float64), 1)
-    if kind == "inverse":
-        w = c.sum() / (len(c) * c)
-    elif kind == "effective":
-        w = (1 - beta) / (1 - beta ** c)
-    else:
+    if kind not in ("inverse", "effective"):
         raise ValueError(f"unknown class weighting {kind!r}; choose none, inverse or effective")
-    return torch.tensor(w / w.mean(), dtype=torch.float32)
+    c = np.asarray(counts, dtype=np.float64)
+    present = c > 0
+    w = np.zeros_like(c)
+    w[present] = (c.sum() / (present.sum() * c[present]) if kind == "inverse" else
+                  (1 - beta) / (1 - beta ** c[present]))
+    return torch.tensor(w / w[present].mean(), dtype=torch.float32)
 
 
 def check_blend_weight(weight: float) -> float:
