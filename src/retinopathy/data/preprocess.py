@@ -19,7 +19,9 @@ def find_fov(img: Image.Image, threshold: float = 0.07) -> tuple[float, float, f
     Works on a thumbnail: pixels brighter than ``threshold`` x the 99th-percentile brightness are retina.
     A circle is fitted to the left and right ends of the retina in every row: the sides of the circle are
     rarely clipped, while the top and bottom often are, by the image edge or by a straight dark band, and
-    such flat edges do not move the fit. Falls back to the image centre when there is no retina to see.
+    such flat edges do not move the fit. Where the sides are clipped too, so that the fit runs through one side
+    and leaves more than 1 % of the retina near the circle (within 1.25 radii of its centre) outside its square,
+    the radius grows to that retina's extent. Falls back to the image centre when there is no retina to see.
     """
     scale = 256 / max(img.size)
     small = img.convert("L").resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
@@ -53,6 +55,13 @@ def find_fov(img: Image.Image, threshold: float = 0.07) -> tuple[float, float, f
         x, y = x[inliers], y[inliers]
     if not r > 0:
         return fallback
+    yy, xx = np.nonzero(mask)  # a circle fitted through one clipped side can be too small: when more than 1 % of
+    dx, dy = np.abs(xx + 0.5 - cx), np.abs(yy + 0.5 - cy)  # the retina near it (within 1.25 r: not labels in the
+    for _ in range(3):  # corners) lies outside its square, it grows to that retina's extent (and looks again)
+        reach = np.maximum(dx, dy)[np.hypot(dx, dy) < 1.25 * r]
+        if not np.mean(reach > r) > 0.01:
+            break
+        r = float(np.percentile(reach, 99.9))
     return cx / scale, cy / scale, r / scale
 
 
