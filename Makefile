@@ -22,8 +22,8 @@ browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-	      || echo "warning: could not install chromium; the browser test will $${REQUIRE_BROWSER:+fail (REQUIRE_BROWSER=1), not }skip"; \
-	  else echo "note: chromium missing and apt unusable; the browser test will $${REQUIRE_BROWSER:+fail (REQUIRE_BROWSER=1), not }skip"; fi; \
+	      || echo "warning: could not install chromium; the browser test will $$([ "$${REQUIRE_BROWSER:-}" = 1 ] && echo "fail (REQUIRE_BROWSER=1), not ")skip"; \
+	  else echo "note: chromium missing and apt unusable; the browser test will $$([ "$${REQUIRE_BROWSER:-}" = 1 ] && echo "fail (REQUIRE_BROWSER=1), not ")skip"; fi; \
 	fi
 
 test: $(STAMP) browser

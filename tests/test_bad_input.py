@@ -45,9 +45,10 @@ def test_clean_dataset_checks_ok(tmp_path, kaggle):
     (tmp_path / "nothing").mkdir()  # a folder that cannot be read at all: exit 2, and the report says so
     rc, report = check(tmp_path, tmp_path / "nothing")
     assert rc == 2 and report["readable"] is False and report["problems"][0]["kind"] == "unknown-format"
-    (tmp_path / "notes.json").write_text('{"mine": 1}')  # a file that is no report is left alone
-    assert main(["data", "check", str(tmp_path / "nothing"), "--json", str(tmp_path / "notes.json")]) == 2
-    assert (tmp_path / "notes.json").read_text() == '{"mine": 1}'
+    for other in ('{"mine": 1}', '{"problems": [], "complete": true}'):  # no report (a prepare manifest): left
+        (tmp_path / "notes.json").write_text(other)
+        assert main(["data", "check", str(tmp_path / "nothing"), "--json", str(tmp_path / "notes.json")]) == 2
+        assert (tmp_path / "notes.json").read_text() == other
 
 
 def test_data_check_stats_and_split_counts_are_those_of_the_images(tmp_path):
@@ -948,10 +949,16 @@ def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(tmp_path, tin
     catalog = load_catalog(data)
     assert [(p.kind, p.file) for p in catalog.problems] == [("bad-name", shown)]
     assert len(catalog.samples) == 10
-    with pytest.raises(DataError, match=re.escape(shown) + ": the file name is not valid UTF-8"):
+    with pytest.raises(DataError, match=re.escape(shown) + ": the name is not valid UTF-8"):
         FundusDataset(data, "all")
     assert len(FundusDataset(data, "all", skip_bad=True)) == 10
     assert main(["predict", str(tiny_run), str(data / "0"), "--out", str(tmp_path / "p.csv"), "--workers", "0",
                  "--quiet"]) == 2
-    assert f"{shown}: the file name is not valid UTF-8" in capsys.readouterr().err
+    assert f"{shown}: the name is not valid UTF-8" in capsys.readouterr().err
     assert not (tmp_path / "p.csv").exists()
+    folder = os.path.join(os.fsencode(tmp_path), b"caf\xe9")  # the dataset's own folder: one error, said once
+    os.rename(data, folder)
+    with pytest.raises(DataError, match=re.escape(f"{tmp_path}/caf\\xe9: the dataset folder's path: the name is "
+                                                  "not valid UTF-8")) as e:
+        load_catalog(os.fsdecode(folder))
+    assert len(e.value.problems) == 1

@@ -24,7 +24,7 @@ from retinopathy.inference.explain import GradCam, cam_layer
 from retinopathy.inference.predict import predict_batch
 from retinopathy.models.factory import Grader
 from retinopathy.models.objectives import make_objective
-from retinopathy.training.checkpoint import save_checkpoint
+from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
 SIZE = 64
 QUADRANTS = {"top_left": (16, 16), "top_right": (48, 16), "bottom_left": (16, 48), "bottom_right": (48, 48)}
@@ -285,6 +285,13 @@ def test_a_model_blind_to_its_input_gets_blank_heatmaps_and_a_warning(tmp_path, 
     err = capsys.readouterr().err
     assert "the model gives the same outputs for all 2 images" in err and "heatmaps are left blank" in err
     assert "2 heatmap(s) show no region" in err
+    confident = blob_detector()  # sees the blob, but sure of grade 0 everywhere: its probabilities saturate
+    with torch.no_grad():
+        confident.net.fc.bias[0] = 40.0
+    save_checkpoint({**load_checkpoint(ckpt), "model": confident.state_dict()}, ckpt)
+    assert main(["predict", str(ckpt), str(photos), "--cam", str(tmp_path / "cams2"), "--out",
+                 str(tmp_path / "p2.csv"), "--workers", "0", "--quiet"]) == 0
+    assert "same outputs" not in capsys.readouterr().err
 
 
 def test_coarse_heatmaps_are_told_from_the_map_they_enlarge():

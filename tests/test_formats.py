@@ -205,13 +205,15 @@ def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
     (tmp_path / "d" / "0" / "up").symlink_to(tmp_path / "d")  # would bring grades 1-4 into grade 0
     disc(tmp_path / "d" / "5" / "9_left.jpeg")
     disc(tmp_path / "d" / "10" / "9_right.jpeg")  # two digits: no grade either
+    disc(tmp_path / "d" / "01" / "8_right.jpeg")  # nor a grade written otherwise
     (tmp_path / "d" / "6").mkdir()  # empty: nothing is left out
     cat = read_catalog(tmp_path / "d")
     assert sorted((s.image, s.label) for s in cat.samples) == [
         ("0_left", 0), ("1_left", 1), ("2_left", 2), ("3_left", 3), ("4_left", 4), ("7_right", 2), ("8_left", 3),
         ("more/7_left", 2)]
     assert {s.patient for s in cat.samples if s.image.endswith("7_left") or s.image == "7_right"} == {"7"}
-    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / n)) for n in ("10", "5")]
+    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / n))
+                                                         for n in ("01", "10", "5")]
     assert "its 1 image(s) are not used" in cat.problems[0].message
 
     layout = tmp_path / "split"  # each split numbers its images from 0, as such folders often do

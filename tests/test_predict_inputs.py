@@ -359,3 +359,8 @@ def test_rows_left_out_of_a_dataset_are_counted(tiny_run, synth_small, tmp_path,
     assert said.err.count("is not an integer 0-4") == 2
     assert f"warning: 3 photograph(s) listed in {data / 'trainLabels.csv'} are left out (their rows" in said.err
     assert f"graded {len(lines) - 5} of {len(lines) - 5} images" in said.out
+    name, grade = lines[4].split(",")
+    lines.append(f"{name}.jpeg,{grade}")  # again with the same grade: graded once, not left out
+    (data / "trainLabels.csv").write_text("\n".join(lines) + "\n")
+    assert main(["predict", str(tiny_run), str(data), "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    assert "warning: 3 photograph(s) listed" in capsys.readouterr().err

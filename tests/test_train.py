@@ -1398,8 +1398,9 @@ def test_a_config_file_cannot_give_what_only_the_command_line_may(tmp_path, text
     ([], "preset: [lab]\n", "preset: ['lab'] (from"),
     (["--split-seed", "-1"], "", "--split-seed: -1 is too small (at least 0)"),
     ([], "split_seed: -1\n", "split_seed: -1 (from"),
-    (["--seed", str(10**15)], "", f"--seed: {10**15} is too large (at most 2147483647)"),  # overflowed mid-run
+    (["--seed", str(10**14)], "", f"--seed: {10**14} is too large (at most 92230942445158)"),  # overflowed mid-run
     ([], f"seed: {10**20}\n", f"seed: {10**20} (from"),
+    (["--seed", str(3 * 10**9), "--epochs", "0"], "", "--epochs: 0 is too small"),  # a seed past 32 bits is fine
 ])
 def test_values_train_cannot_use_are_usage_errors(tmp_path, capsys, argv, text, error):
     """They were tracebacks (TypeError: unhashable list; numpy's 'expected non-negative integer')."""

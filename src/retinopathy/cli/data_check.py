@@ -52,7 +52,8 @@ def run(args) -> int:
 def _a_report_or_nothing(path: str) -> bool:
     """Whether ``path`` is free, or holds an earlier check's report (never a file of another kind)."""
     try:
-        return "problems" in json.loads(Path(path).read_text(encoding="utf-8"))
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        return isinstance(report, dict) and ("per_grade" in report or "readable" in report)  # not a manifest
     except FileNotFoundError:
         return True
     except (OSError, ValueError, TypeError):

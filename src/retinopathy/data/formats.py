@@ -326,14 +326,14 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
     for grade in GRADES:
         sub = folder / str(grade)
         for f in image_files(sub):
-            if shown := not_utf8(f):
+            if not_utf8(f.relative_to(sub)) and (shown := not_utf8(f)):  # the folder itself was checked
                 problems.append(Problem("bad-name", shown, None, NOT_UTF8 + ", or use --skip-bad to drop it"))
                 continue
             image = f.relative_to(sub).with_suffix("").as_posix()
             image = f"{split}/{image}" if split else image
             samples.append(Sample(image, grade, patient_of(image), str(sub), None, split, path=str(f)))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if other.is_dir() and re.fullmatch(r"-?[0-9]+", other.name) and int(other.name) not in GRADES \
+        if other.is_dir() and re.fullmatch(r"-?[0-9]+", other.name) and other.name not in map(str, GRADES) \
                 and (count := len(image_files(other))):
             problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ is not a grade 0-4: its "
                                     f"{count} image(s) are not used; move them into the folder of their grade, "
@@ -424,6 +424,8 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     data = Path(data)
     if not data.exists():
         raise DataError([Problem("missing-folder", str(data), None, "dataset folder not found" + looked_in(data))])
+    if shown := not_utf8(os.path.abspath(data)):
+        raise DataError([Problem("bad-name", shown, None, "the dataset folder's path: " + NOT_UTF8)])
     if data.is_file():
         raise DataError([Problem("not-a-folder", str(data), None,
                                  f"a file, not a dataset folder: pass its folder {data.parent} as DATA")],

@@ -93,8 +93,8 @@ def not_utf8(path: str | os.PathLike) -> str | None:
     return None
 
 
-NOT_UTF8 = ("the file name is not valid UTF-8 (written in another encoding), which the outputs (split.csv, "
-            "predictions.csv) cannot hold; rename it in UTF-8 (e.g. convmv -f latin1 -t utf8 --notest)")
+NOT_UTF8 = ("the name is not valid UTF-8 (written in another encoding), which the outputs (split.csv, "
+            "predictions.csv, the model card) cannot hold; rename it in UTF-8 (e.g. convmv -f latin1 -t utf8 --notest)")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

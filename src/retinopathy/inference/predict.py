@@ -107,10 +107,10 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             warn(str(p), depth=1)
-    kept = {s.image for s in catalog.samples}  # rows refused, and images whose rows disagree on the grade
-    dropped = {without_extension(p.image) if p.image else (p.file, p.line) for p in catalog.problems  # 1_left and
-               if p.kind in ("bad-label", "bad-row", "duplicate") and p.line is not None  # 1_left.jpeg: one
-               and p.image not in kept}
+    kept = {without_extension(s.image) for s in catalog.samples}  # rows refused, images whose rows disagree on
+    dropped = {without_extension(p.image) if p.image else (p.file, p.line) for p in catalog.problems  # the grade
+               if p.kind in ("bad-label", "bad-row", "duplicate") and p.line is not None  # (1_left, 1_left.jpeg:
+               and not (p.image and without_extension(p.image) in kept)}  # one photograph)
     if dropped:
         warn(f"{len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out (their "
              "rows are named above); fix those rows to grade them here, or pass the photographs as files", depth=1)
@@ -315,7 +315,8 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         if found:
             warn(f"{len(found)} image(s) " + DOUBTS[kind].format(**found[0]))
     graded = np.flatnonzero(res["grades"] >= 0)
-    spread = max(np.ptp(res["probs"][graded], axis=0).max(), np.ptp(res["scores"][graded])) if len(graded) else 0.0
+    log_probs = np.log(np.maximum(res["probs"][graded], np.finfo(np.float32).tiny))  # a confident model's probs
+    spread = max(np.ptp(log_probs, axis=0).max(), np.ptp(res["scores"][graded])) if len(graded) else 0.0  # saturate
     ignores_input = len(graded) > 1 and spread < SAME_OUTPUTS
     if ignores_input:
         warn(f"the model gives the same outputs for all {len(graded)} images (spread {spread:.1e}): it does not "

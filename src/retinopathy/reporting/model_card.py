@@ -25,7 +25,7 @@ from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, metrics_rows, run_folder, same_checkpoint
-from .text import md_cell, number, training_text
+from .text import number, training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",
@@ -213,7 +213,7 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
         if e.get("training_images"):
             mark, seen = mark + f" † ({e['training_images']} trained on)", True
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
-        lines.append(f"| {e.get('split')} | `{md_cell(Path(e.get('data') or '?').name)}` | "
+        lines.append(f"| {e.get('split')} | `{Path(e.get('data') or '?').name.replace('|', chr(92) + '|')}` | "
                      f"{e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict] = {
                 objective="classification", select_on="test", select_metric="accuracy", val_fraction=0.0),
 }
 LAB_BATCH = {"resnet50": 6}
-SEED_LIMIT = 2**31 - 1  # --seed: any 32-bit value; an epoch's seed (seed * 100003 + ...) stays within 64 bits
+SEED_LIMIT = (2**63 - 2**40) // 100003  # --seed: an epoch's seed (seed * 100003 + epoch + ...) stays within 64 bits
 WHERE_STARTED = ("weights", "split_file", "labels", "images")  # paths config.yaml records absolute
 
 
