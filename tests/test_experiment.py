@@ -404,7 +404,7 @@ def test_config_errors_name_the_file(tmp_path, capsys):
     with pytest.raises(ExperimentError, match=re.escape(f"{config}: 'train:': image_size is written twice")):
         load_experiment(config)
     # a cell that train would refuse stops the grid before any cell runs, not halfway with a traceback
-    for grid, named in (({"model": ["resnet19", "resnet18"]}, "'resnet19' is not a torchvision model"),
+    for grid, named in (({"model": ["resnet19", "resnet18"]}, "'resnet19' is not a torchvision classification model"),
                         ({"objective": ["classification", "regression"]}, "not to regression")):
         config = write_config(tmp_path, train={"epochs": 1, "label_smoothing": 0.1}, grid=grid)
         assert main(["experiment", str(config)]) == 2

@@ -78,7 +78,8 @@ def test_global_pooling_lies_between_average_and_max():
 
 
 def test_models_that_cannot_be_built_as_asked_say_so():
-    for kwargs, named in (({"arch": "resnet19"}, "unknown model"),
+    for kwargs, named in (({"arch": "resnet19"}, "not a torchvision classification model \\(unknown\\)"),
+                          ({"arch": "fcn_resnet50"}, "\\(detection, segmentation, video or optical flow\\)"),
                           ({"arch": "vgg11", "global_pool": "gem"}, "no global average pooling"),  # VGG's is 7x7
                           ({"arch": "squeezenet1_0"}, "no Linear layer")):
         with pytest.raises(ModelError, match=named):

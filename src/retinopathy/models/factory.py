@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 from torchvision.models import get_model, list_models
 
@@ -24,6 +25,17 @@ from ..errors import RetinopathyError
 from .weights import WeightsError, load_pretrained_state
 
 HEADS = ("linear", "lab")
+CLASSIFIERS = tuple(list_models(module=torchvision.models))  # not detection, segmentation, video, optical flow
+
+
+def size_problem(arch: str, size: int) -> str:
+    """Why ``arch`` cannot take ``size`` px inputs ('' when it can): ViT's position embeddings are made for 224 px,
+    MaxViT's windows need multiples of 224."""
+    if arch.startswith("vit_") and size != 224:
+        return f"{arch} takes 224 px images only (its position embeddings are fixed)"
+    if arch.startswith("maxvit") and size % 224:
+        return f"{arch} takes multiples of 224 px only (its attention windows tile 7x7 cells)"
+    return ""
 POOLS = ("avg", "max", "avgmax", "gem")
 
 
@@ -95,9 +107,10 @@ class Grader(nn.Module):
     def __init__(self, arch: str, outputs: int, head: str = "linear", pair_eyes: bool = False,
                  space_to_depth: int = 1, global_pool: str = "avg"):
         super().__init__()
-        if arch not in list_models():
-            raise ModelError(f"unknown model {arch!r}; any torchvision classification model works, "
-                             "e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
+        if arch not in CLASSIFIERS:
+            raise ModelError(f"{arch!r} is not a torchvision classification model (" + (
+                "detection, segmentation, video or optical flow" if arch in list_models() else "unknown") +
+                "); any classification model works, e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
         if space_to_depth < 1:
             raise ModelError(f"space_to_depth must be 1 (off) or a block size of 2 or more, not {space_to_depth}")
         if space_to_depth > 1 and arch in ("googlenet", "inception_v3"):

@@ -21,7 +21,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
 from ..errors import RetinopathyError
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.transforms import AUGMENT, PREPROCESS
-from ..models.factory import HEADS, POOLS, list_models
+from ..models.factory import CLASSIFIERS, HEADS, POOLS, list_models, size_problem
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES, default_decision
 
 THRESHOLD_DATA = ("selection", "train+selection")
@@ -378,9 +378,13 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(f"--out {args.out} already holds a finished run (checkpoints/best.pt; its last.pt is gone, so "
                      f"it cannot continue): give another --out, with --weights {checkpoints / 'best.pt'} to start "
                      "from its weights, or remove that folder")
-    if args.model not in list_models():
-        parser.error(f"--model {args.model!r} is not a torchvision model; any classification model works, e.g. "
-                     "resnet18, resnet50, efficientnet_b0, convnext_tiny")
+    if args.model not in CLASSIFIERS:
+        parser.error(f"--model {args.model!r} is not a torchvision classification model" + (
+            " (it detects, segments, or reads video or motion)" if args.model in list_models() else "") +
+            "; any classification model works, e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
+    for size, option in ((args.image_size, "--image-size"), (args.train_crop_size, "--train-crop-size")):
+        if size and (why := size_problem(args.model, size)):
+            parser.error(f"{option} {size}: {why}; give another size, or another model")
     if args.label_smoothing and args.objective not in ("classification", "ordinal+ce"):
         parser.error(f"--label-smoothing applies to cross-entropy (objectives classification, ordinal+ce), not "
                      f"to {args.objective}")
