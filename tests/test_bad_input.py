@@ -235,7 +235,8 @@ def test_a_labels_file_that_cannot_be_read_is_named(tmp_path, kaggle, monkeypatc
             raise OSError(5, "Input/output error")
         return real_read(self)
     monkeypatch.setattr(Path, "read_bytes", failing)
-    for command in (["data", "check", str(kaggle)], ["prepare", str(kaggle), str(tmp_path / "out"), "--size", "32"]):
+    for command in (["data", "check", str(kaggle), "--json", str(tmp_path / "check.json")],
+                    ["prepare", str(kaggle), str(tmp_path / "out"), "--size", "32"]):
         assert main([*command, "--quiet"]) == 2
         assert f"error: 1 problem(s) in the dataset:\n  {labels}: cannot be read: Input/output error" \
             in capsys.readouterr().err

@@ -411,6 +411,21 @@ def test_config_errors_name_the_file(tmp_path, capsys):
         err = capsys.readouterr().err
         assert named in err and str(config) in err
         assert not (tmp_path / "runs" / "grid").exists()  # no cell.yaml left behind, which report would refuse
+    for changes, named in (({"name": ".."}, "name '..' must be letters"),
+                           ({"variants": {".hidden": {}}}, "variant name '.hidden' must be letters"),
+                           ({"variants": {"experiment.json": {}}}, "variant name 'experiment.json' must be"),
+                           ({"variants": {1: {}, "1": {"seed": 2}}}, "variant 1 is written twice")):
+        with pytest.raises(ExperimentError, match=re.escape(named)):
+            load_experiment(write_config(tmp_path, **changes))
+    config = write_config(tmp_path, variants={"w": {"weights": str(tmp_path / "nope.pt")}},
+                          grid={"model": ["resnet18"]})
+    for argv in (["--dry-run"], []):  # a missing file, found before any cell trains
+        assert main(["experiment", str(config), *argv]) == 2
+        assert f"cell w-resnet18: weights: {tmp_path / 'nope.pt'} not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    config = write_config(tmp_path, data=str(tmp_path / "unmade"), train={"epochs": "two"})
+    assert main(["experiment", str(config)]) == 2  # said before the set is generated, not after
+    assert "epochs: 'two'" in capsys.readouterr().err and not (tmp_path / "unmade").exists()
     # a value train refuses names the cell and the option, without train's usage text
     config = write_config(tmp_path, grid={"model": ["resnet18"]}, variants={"ok": {}, "bad": {"optimizer": "adam"}})
     assert main(["experiment", str(config)]) == 2

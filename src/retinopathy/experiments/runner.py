@@ -127,6 +127,9 @@ def cell_name(values: dict) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts))
 
 
+NAME = r"[A-Za-z0-9_-][A-Za-z0-9._-]*"  # an experiment's or variant's: a folder name, not '.', '..' or hidden
+
+
 def _variants(section, file: Path, grid: dict) -> dict:
     """``variants:`` -> {name: train options it changes}; without it, one unnamed variant that changes nothing."""
     if section is None:
@@ -135,8 +138,11 @@ def _variants(section, file: Path, grid: dict) -> dict:
         raise ExperimentError(f"{file}: 'variants:' must map a row name to the train options it changes")
     out = {}
     for vname, change in section.items():
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", str(vname)):
-            raise ExperimentError(f"{file}: variant name {vname!r} must be letters, digits, '.', '_' or '-'")
+        if not re.fullmatch(NAME, str(vname)) or str(vname) == "experiment.json":
+            raise ExperimentError(f"{file}: variant name {vname!r} must be letters, digits, '.', '_' or '-', not "
+                                  "starting with '.' (it names a folder beside experiment.json)")
+        if str(vname) in out:
+            raise ExperimentError(f"{file}: variant {vname} is written twice (as a number and as text)")
         out[str(vname)] = _options(change, file, f"variants: {vname}")
         clash = sorted(set(out[str(vname)]) & set(grid))
         if clash:
@@ -177,8 +183,9 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     file = Path(path)
     cfg = _read(file)
     name = str(cfg.get("name") or file.stem)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ExperimentError(f"{file}: name {name!r} must be letters, digits, '.', '_' or '-' (it names a folder)")
+    if not re.fullmatch(NAME, name):
+        raise ExperimentError(f"{file}: name {name!r} must be letters, digits, '.', '_' or '-', not starting with '.' "
+                              "(it names a folder)")
     data = data or cfg.get("data")
     if not data:
         raise ExperimentError(f"{file}: set data: to the dataset folder (or pass --data)")
@@ -306,6 +313,12 @@ def prepare_cells(exp: Experiment, dry: bool = False) -> dict[str, argparse.Name
             parsed[c.name] = prepare_cell(c, exp, dry)
         except ChangedCell as e:
             changed.append(e)
+            continue
+        started = (c.dir / "checkpoints" / "last.pt").exists()  # a resume reads neither
+        for key in () if started else ("weights", "split_file"):
+            if (path := getattr(parsed[c.name], key)) and not os.path.exists(path):
+                raise ExperimentError(f"{exp.file}: cell {c.name}: {key}: {path} not found (every cell is checked "
+                                      "before any runs)")
     if changed:
         raise ExperimentError(f"{len(changed)} cell(s) were run with other options than {exp.file} gives now: "
                               + "; ".join(str(e) for e in changed) + ". Delete those folders to run them again, "
@@ -448,6 +461,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
     from ..data.synth import generate
 
     if check_data(exp):
+        prepare_cells(exp, dry=True)  # a mistyped option is said before minutes of generating
         print(f"generating a synthetic dataset in {data} ({exp.synth})", flush=True)
         generate(data, **exp.synth, progress=not quiet)
     exp.dir.mkdir(parents=True, exist_ok=True)
