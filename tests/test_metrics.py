@@ -36,6 +36,11 @@ def test_grades_outside_0_to_4_are_refused_not_dropped():
         quadratic_kappa([0, 1], [0, 1, 2])
     with pytest.raises(ValueError, match=r"full_metrics: .* \(got 3 and 2\)"):
         full_metrics([0, 1, 2], [0, 1], np.full((3, 5), 0.2))
+    from retinopathy.evaluation.metrics import majority_accuracy
+
+    with pytest.raises(ValueError, match=r"y_true: expected grades 0-4, got \[7\]"):  # was 0.667
+        majority_accuracy([0, 7, 7])
+    assert majority_accuracy([0.0, 1.0, 1.0]) == pytest.approx(2 / 3)  # was numpy's casting TypeError
 
 
 def test_bootstrap_needs_one_group_per_image():

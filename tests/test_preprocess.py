@@ -137,3 +137,15 @@ def test_png_is_never_reduced(tmp_path):
     path = tmp_path / "big.png"
     Image.new("RGB", (1024, 768), (10, 20, 30)).save(path)
     assert open_image(path, 100).size == (1024, 768)
+
+
+def test_mean_and_std_take_any_sequence_of_three():
+    """A NumPy array or a tensor (as torchvision users pass) works; two values or a std of 0 are refused at once,
+    not as a shape error at the first image."""
+    import torch
+
+    arrays = Preprocessing("lab", 64, np.array([0.4, 0.3, 0.2]), torch.tensor([0.2, 0.2, 0.2]))
+    assert arrays.mean == pytest.approx((0.4, 0.3, 0.2)) and arrays.std == pytest.approx((0.2, 0.2, 0.2))
+    for mean, std in (((0.4, 0.3), None), (None, (0.2, 0.0, 0.2))):
+        with pytest.raises(ValueError, match="three values each"):
+            Preprocessing("lab", 64, mean, std)

@@ -36,8 +36,11 @@ class Preprocessing:
         if self.preset not in PREPROCESS:
             raise ValueError(f"unknown preprocessing {self.preset!r}; choose one of {', '.join(PREPROCESS)}")
         default_mean, default_std = (GRAHAM_MEAN, GRAHAM_STD) if self.preset == "graham" else (LAB_MEAN, LAB_STD)
-        self.mean = tuple(float(v) for v in (self.mean or default_mean))
-        self.std = tuple(float(v) for v in (self.std or default_std))
+        self.mean = tuple(float(v) for v in (default_mean if self.mean is None else self.mean))  # any sequence
+        self.std = tuple(float(v) for v in (default_std if self.std is None else self.std))  # (array, tensor)
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(v > 0 for v in self.std):
+            raise ValueError(f"mean and std: three values each (R, G, B), std above 0; got mean {self.mean}, "
+                             f"std {self.std}")
         self.size = int(self.size)
         if self.size < 1:
             raise ValueError(f"image size must be at least 1 px, got {self.size}")

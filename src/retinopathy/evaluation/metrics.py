@@ -11,7 +11,7 @@ REFERABLE = 2  # moderate NPDR or worse
 
 def majority_accuracy(y_true) -> float:
     """Accuracy of always answering the most common grade of this split."""
-    y = np.asarray(y_true)
+    y = grades(y_true, "y_true")
     return float(np.bincount(y, minlength=len(GRADES)).max() / len(y)) if len(y) else float("nan")
 
 
