@@ -166,6 +166,9 @@ def test_a_folder_of_several_labels_files_reads_the_one_that_fits(tmp_path):
     (tmp_path / "train_label.csv").write_text("0\n")
     assert read_catalog(tmp_path, image_col="image", label_col="level").labels == [tmp_path / "trainLabels.csv"]
     assert read_catalog(tmp_path, image_col="id_code", label_col="diagnosis").labels == [tmp_path / "train.csv"]
+    for one in ({"image_col": "image"}, {"label_col": "level"}):  # the other column: the one that file has
+        cat = read_catalog(tmp_path, **one)  # (it looked for APTOS' diagnosis, or id_code, in trainLabels.csv)
+        assert cat.labels == [tmp_path / "trainLabels.csv"] and not cat.problems and len(cat.samples) == 4
     assert read_catalog(tmp_path, format="csv").labels == [tmp_path / "train.csv"]
     assert read_catalog(tmp_path, format="kaggle").labels == [tmp_path / "trainLabels.csv"]
     assert read_catalog(tmp_path).format == "lab"

@@ -131,10 +131,13 @@ def detect_format(data: Path) -> tuple[str, Path]:
                           "is (in Python: format=, labels=, image_col=, label_col=, images=)."))
 
 
-def _columns(format: str, image_col: str | None, label_col: str | None) -> tuple[str, str]:
+def _columns(format: str, image_col: str | None, label_col: str | None, header=frozenset()) -> tuple[str, str]:
     """The image and label columns a header CSV of ``format`` is read by, unless named: Kaggle's image,level,
-    APTOS' id_code,diagnosis."""
-    image, label = ("image", "level") if format == "kaggle" else ("id_code", "diagnosis")
+    APTOS' id_code,diagnosis (the format's own first); a column left unnamed beside a named one is the first of
+    these the ``header`` has (``--image-col image`` on Kaggle's file reads its ``level``)."""
+    pairs = [("image", "level"), ("id_code", "diagnosis")][::1 if format == "kaggle" else -1]
+    image = next((i for i, _ in pairs if i in header), pairs[0][0])
+    label = next((g for _, g in pairs if g in header), pairs[0][1])
     return image_col or image, label_col or label
 
 
@@ -441,7 +444,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         if labels is not None:
             format = "lab" if labels.is_dir() else ("csv" if image_col or label_col else _csv_format(labels))
         elif image_col or label_col:
-            format, labels = "csv", _labels_file("csv", data, _columns("csv", image_col, label_col))
+            format, labels = "csv", _labels_file("csv", data, [c for c in (image_col, label_col) if c])
         else:
             format, labels = detect_format(data)
     elif format not in FORMATS:
@@ -485,7 +488,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                                      f"--format {format} reads a labels CSV file, but this is {found}")],
                             hint="Pass --labels FILE (the CSV of image names and grades), or the --format "
                                  "that fits the folder.")
-        image_col, label_col = _columns(format, image_col, label_col)
+        image_col, label_col = _columns(format, image_col, label_col, _header(labels))
         samples = _read_header_csv(labels, image_col, label_col, patient_col, problems)
         label_files = [labels]
 
