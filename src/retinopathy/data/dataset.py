@@ -61,6 +61,11 @@ class FundusDataset(Dataset):
                  check: bool = True, cache: bool = False, progress: bool = True, val_fraction: float = 0.1,
                  test_fraction: float = 0.2,
                  seed: int = 0, split_file: str | Path | None = None, **read_options):
+        given = {"val_fraction": val_fraction != 0.1, "test_fraction": test_fraction != 0.2, "seed": seed != 0,
+                 "split_file": split_file is not None, **{k: True for k in read_options}}
+        if isinstance(data, Catalog) and any(given.values()):
+            raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: options of reading a folder, and this "
+                             "Catalog was read already; pass them to load_catalog, or pass the folder here")
         catalog = data if isinstance(data, Catalog) else load_catalog(
             data, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, split_file=split_file,
             **read_options)
