@@ -389,6 +389,13 @@ def test_names_without_an_eye_suffix_keep_their_folder_as_part_of_the_patient(tm
             disc(tmp_path / "folders" / split / str(i % 5) / f"{i}.png", size=32)
     samples = read_catalog(tmp_path / "folders").samples
     assert len({s.patient for s in samples}) == 20 and leakage_warnings(samples) == []
+    for split, eye in (("train", "left"), ("val", "right")):  # a folder per patient: p7's eyes in train and val
+        for p in range(10):
+            disc(tmp_path / "perfolder" / split / str(p % 5) / f"p{p}" / f"{eye}.png", size=32)
+    samples = read_catalog(tmp_path / "perfolder").samples
+    assert len({s.patient for s in samples}) == 10  # one patient each, whichever split folder an eye is in
+    [warning] = leakage_warnings(samples)
+    assert warning.startswith("10 of 10 val patients also have an eye in train (patient leakage")
 
 
 @pytest.mark.parametrize("end", [b"\r\n", b"\r\r\n", b"\r"])

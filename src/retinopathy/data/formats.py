@@ -332,9 +332,11 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
             if not_utf8(f.relative_to(sub)) and (shown := not_utf8(f)):  # the folder itself was checked
                 problems.append(Problem("bad-name", shown, None, NOT_UTF8 + ", or use --skip-bad to drop it"))
                 continue
-            image = f.relative_to(sub).with_suffix("").as_posix()
-            image = f"{split}/{image}" if split else image
-            samples.append(Sample(image, grade, patient_of(image), str(sub), None, split, path=str(f)))
+            name = f.relative_to(sub).with_suffix("").as_posix()
+            image = f"{split}/{name}" if split else name
+            patient, eye = _patient_and_eye(name)  # an eye's name or folder (train/p7/left, val/p7/right: p7)
+            samples.append(Sample(image, grade, patient if eye else patient_of(image), str(sub), None, split,
+                                  path=str(f)))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
         if other.is_dir() and re.fullmatch(r"-?[0-9]+", other.name) and other.name not in map(str, GRADES) \
                 and (count := len(image_files(other))):
