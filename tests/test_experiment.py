@@ -250,6 +250,26 @@ def test_a_refused_continuation_keeps_the_evaluation(interrupted, monkeypatch, c
     assert snapshot(run / "eval") == before  # finished earlier again
 
 
+def test_an_unfinished_cell_the_file_then_asks_fewer_epochs_of_is_said_to_stay_unfinished(interrupted, tmp_path,
+                                                                                         capsys):
+    """A cell resumed for 4 epochs and stopped after 3, then the file lowered to 3: the experiment has nothing
+    to train, says the run stays unfinished, and the report does not offer a re-run of the experiment as the way
+    on (it would do nothing)."""
+    cfg = yaml.safe_load(interrupted["config"].read_text())
+    shutil.copytree(interrupted["exp"], tmp_path / "runs" / "grid")
+    run = tmp_path / "runs" / "grid" / SCRATCH
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--stop-after", "1", "--quiet"]) == 0
+    lowered = tmp_path / "lowered.yaml"
+    lowered.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "train": {**cfg["train"], "epochs": 3},
+                                       "report": {"out": str(tmp_path / "report")}}))
+    assert main(["experiment", str(lowered), "--quiet"]) == 0
+    assert (f"warning: {run} has trained 3 of the 4 epochs it was started with, and the file asks for 3 now; it "
+            "stays unfinished") in capsys.readouterr().err
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"trained 3 of 4 epochs; continue with `retinopathy train --resume {run}`" in md
+    assert "or by re-running the experiment" not in md
+
+
 def test_more_epochs_that_leave_best_pt_keep_its_evaluation(interrupted, monkeypatch, capsys):
     """Training on that does not change best.pt (here: a stand-in that trains nothing) keeps the evaluation."""
     from retinopathy.training import train

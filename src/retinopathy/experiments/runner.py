@@ -47,7 +47,7 @@ import yaml
 from ..atomic import write_json, write_text
 from ..cli.common import READ_KEYS, show_defaults
 from ..errors import NotWritten, RetinopathyError
-from ..launch import sigterm_as_ctrl_c
+from ..launch import resume_command, sigterm_as_ctrl_c
 from ..models.weights import WeightsUnavailable, load_pretrained_state
 from ..outputs import exclusive
 from ..reporting.text import epochs_text
@@ -408,7 +408,13 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
                               "continue; remove the folder to train the cell again (or ask for "
                               f"{epochs_text(done)})")
     trained = done >= args.epochs and not retune_pending(run, args)
-    if done > args.epochs:
+    planned = int((load_checkpoint(run / "checkpoints" / "last.pt", mmap=True)["config"].get("epochs") or 0)
+                  if done and (run / "checkpoints" / "last.pt").exists() else 0)
+    if args.epochs <= done < planned:  # the file lowered since: the run's own record still plans more
+        print(f"warning: {run} has trained {done} of the {planned} epochs it was started with, and the file asks for "
+              f"{args.epochs} now; it stays unfinished (continue it with `{resume_command(run)}`, or ask the file "
+              f"for {planned})", file=sys.stderr)
+    elif done > args.epochs:
         print(f"warning: {run} trained {done} epochs, more than the {args.epochs} now asked for; it stays as it is "
               "(delete the folder to train it again)", file=sys.stderr)
     if trained and is_evaluated(run, exp):

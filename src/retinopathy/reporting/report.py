@@ -171,7 +171,7 @@ def load_run(run: Path, name: str | None = None) -> Run:
             status, reason = "incomplete", (f"trained {saved} of {epochs} epochs; continue with "
                                             f"`{resume_command(run, world)}`" + (
                                                 " or by re-running the experiment"
-                                                if (run.parent / "experiment.json").exists() else ""))
+                                                if _cell_epochs(run) > saved else ""))
         elif ev is not None:
             status, reason = "done", ""
         else:
@@ -326,6 +326,16 @@ def other_data(run: Run) -> bool:
     """Whether the run's evaluation graded other data than it trained on (so not the test split of its curves)."""
     ev, trained = run.eval or {}, run.data
     return bool(ev.get("data") and trained and Path(ev["data"]) != Path(trained))
+
+
+def _cell_epochs(run: Path) -> int:
+    """The epochs an experiment's file asks of this cell now (its cell.yaml), 0 when it is no experiment's cell: a
+    re-run of the experiment continues the cell only up to these."""
+    try:
+        cell = yaml.safe_load((run / "cell.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return 0
+    return int(option_value(cell, "epochs") or 0) if (run.parent / "experiment.json").exists() else 0
 
 
 def evaluation_note(run: Run) -> str:
