@@ -727,6 +727,8 @@ def test_the_dataset_api_refuses_bad_arguments_at_construction(tmp_path, kaggle)
     with pytest.raises(ValueError, match="val_fraction, split_file, images: options of reading a folder, and this "
                                          "Catalog was read already"):  # they were ignored
         FundusDataset(load_catalog(kaggle), "train", val_fraction=0.5, split_file="s.csv", images=kaggle)
+    with pytest.raises(ValueError, match="this Catalog holds labels only"):  # not "none of the images is there"
+        FundusDataset(load_catalog(kaggle, resolve=False), "train")
     (kaggle / "0_left.jpeg").write_bytes(b"")
     with pytest.raises(DataError) as e:
         FundusDataset(kaggle, "all", image_size=32)

@@ -72,6 +72,10 @@ class FundusDataset(Dataset):
         if split != "all" and any(s.split is None for s in catalog.samples):
             raise ValueError(f"split {split!r}: this Catalog's samples have no splits (read_catalog reads labels "
                              "only); pass the folder, or a Catalog from load_catalog, or split='all'")
+        if catalog.samples and not any(s.path for s in catalog.samples) \
+                and not any(p.kind == "missing-image" for p in catalog.problems):
+            raise ValueError("this Catalog holds labels only (read with resolve=False: no image was looked for); "
+                             "read it with resolve=True, or pass the folder")
         self.catalog = catalog
         self.split = split
         found = [s for s in catalog.samples if s.path]  # rows whose image is missing are in no split's images
