@@ -37,7 +37,7 @@ def test_gpu_bench_dry_run_keeps_every_part_that_ran(tmp_path):
     assert (tmp_path / "work").is_dir() and not (REPO / "res").exists() and not (REPO / "work").exists()
     parts = res["parts"]
     assert list(parts) == ["data", "loader", "resnet18", "no_such_model", "resnet50"]
-    assert "unknown model" in parts.pop("no_such_model")["status"]
+    assert "not a torchvision classification model (unknown)" in parts.pop("no_such_model")["status"]
     assert all(p["status"] == "ok" for p in parts.values()), parts
     assert parts["data"]["prepare_problems"] == 0 and parts["data"]["prepare_images_per_s"] > 0
     assert parts["loader"]["lab_images_per_s"] > 0 and parts["loader"]["engine_images_per_s"] > 0

@@ -89,11 +89,16 @@ def test_label_smoothing_is_torch_cross_entropy_with_smoothing(batch, s):
 
 
 def test_label_smoothing_with_class_weights(batch):
+    """Each image's smoothed cross-entropy weighted by its own grade's weight (not cross_entropy's weight=, which
+    also weighs the smoothed targets by grade); without smoothing, the two agree."""
     out, target = batch
     w = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0])
     loss = make_objective("classification", class_weights=w, label_smoothing=0.2).loss(out, target)
-    assert loss.item() == pytest.approx(F.cross_entropy(out, target, weight=w, label_smoothing=0.2).item(), rel=1e-6)
+    per = F.cross_entropy(out, target, reduction="none", label_smoothing=0.2)
+    assert loss.item() == pytest.approx(((per * w[target]).sum() / w[target].sum()).item(), rel=1e-6)
     assert loss.item() != pytest.approx(F.cross_entropy(out, target, weight=w).item(), rel=1e-3)
+    unsmoothed = make_objective("classification", class_weights=w).loss(out, target)
+    assert unsmoothed.item() == pytest.approx(F.cross_entropy(out, target, weight=w).item(), rel=1e-6)
 
 
 def test_label_smoothing_in_the_ce_part_of_ordinal_plus_ce(batch):

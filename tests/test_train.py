@@ -682,7 +682,7 @@ def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_pa
 
 
 @pytest.mark.parametrize("change,named", [(("preprocessing", None), "incomplete model information ('preprocessing'"),
-                                          (("arch", "resnet999"), "unknown model 'resnet999'"),
+                                          (("arch", "resnet999"), "'resnet999' is not a torchvision classification"),
                                           (("objective", "poisson"), "unknown objective 'poisson'")])
 def test_evaluate_refuses_checkpoints_it_cannot_rebuild(tiny_run, synth_small, tmp_path, capsys, change, named):
     ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
