@@ -115,6 +115,11 @@ def test_class_weights_favour_rare_grades():
     assert class_weights([1, 1, 1, 1, 1], "none") is None
     absent = class_weights([1000, 0, 200, 50, 30], "inverse").numpy()  # no grade-1 image: it weighs nothing
     assert absent[1] == 0 and absent[[0, 2, 3, 4]].mean() == pytest.approx(1.0) and absent[4] > absent[0]
+    assert class_weights([0, 0, 0, 0, 0], "inverse") is None
+    for name in ("classification", "regression", "ordinal", "ordinal+ce"):  # a val batch of only that grade
+        obj = make_objective(name, class_weights=torch.tensor(absent))
+        out = torch.randn(2, obj.outputs)
+        assert torch.isfinite(obj.loss(out, torch.tensor([1, 1])))  # was 0/0: a NaN val loss
 
 
 @pytest.mark.parametrize("counts", [[18077, 1702, 3704, 614, 493], [1000, 0, 200, 50, 30]])

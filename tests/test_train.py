@@ -420,7 +420,9 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     for bad, named in ((["--model", "resnet19"], "'resnet19' is not a torchvision classification model"),
                        (["--model", "fcn_resnet50"], "not a torchvision classification model (it detects, segments"),
                        (["--model", "vit_b_16"], "--image-size 64: vit_b_16 takes 224 px images only"),
-                       (["--model", "maxvit_t", "--image-size", "256"], "takes multiples of 224 px only"),
+                       (["--model", "maxvit_t", "--image-size", "448"], "maxvit_t takes 224 px images only"),
+                       (["--model", "vit_b_16", "--image-size", "224", "--space-to-depth", "2"],
+                        "(the network sees 112 px after --space-to-depth 2): vit_b_16 takes 224 px images only"),
                        (["--objective", "regression", "--label-smoothing", "0.1"], "not to regression")):
         with pytest.raises(SystemExit):
             main(["train", "--data", str(synth_small), *FAST, *bad, "--out", str(tmp_path / "bad")])

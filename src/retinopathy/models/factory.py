@@ -29,12 +29,10 @@ CLASSIFIERS = tuple(list_models(module=torchvision.models))  # not detection, se
 
 
 def size_problem(arch: str, size: int) -> str:
-    """Why ``arch`` cannot take ``size`` px inputs ('' when it can): ViT's position embeddings are made for 224 px,
-    MaxViT's windows need multiples of 224."""
-    if arch.startswith("vit_") and size != 224:
-        return f"{arch} takes 224 px images only (its position embeddings are fixed)"
-    if arch.startswith("maxvit") and size % 224:
-        return f"{arch} takes multiples of 224 px only (its attention windows tile 7x7 cells)"
+    """Why ``arch`` cannot take ``size`` px inputs ('' when it can): torchvision builds ViT's position embeddings
+    and MaxViT's attention grid for 224 px."""
+    if (arch.startswith("vit_") or arch.startswith("maxvit")) and size != 224:
+        return f"{arch} takes 224 px images only (torchvision builds it for that size)"
     return ""
 POOLS = ("avg", "max", "avgmax", "gem")
 

@@ -68,7 +68,10 @@ class Objective:
     def _weighted_mean(self, per: torch.Tensor, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The mean of per-image losses, each weighted by its grade's class weight (as cross-entropy's weight)."""
         w = self._weights(out)
-        return (per * w[target]).sum() / w[target].sum() if w is not None else per.mean()
+        if w is None:
+            return per.mean()
+        total = w[target].sum()  # 0 for a batch of grades the train split lacks (weight 0): then unweighted
+        return torch.where(total > 0, (per * w[target]).sum() / total.clamp_min(1e-12), per.mean())
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy (label-smoothed), each image weighted by its true grade's class weight. Not
@@ -200,6 +203,8 @@ def class_weights(counts: list[int], kind: str, beta: float = 0.999) -> torch.Te
         raise ValueError(f"unknown class weighting {kind!r}; choose none, inverse or effective")
     c = np.asarray(counts, dtype=np.float64)
     present = c > 0
+    if not present.any():
+        return None
     w = np.zeros_like(c)
     w[present] = (c.sum() / (present.sum() * c[present]) if kind == "inverse" else
                   (1 - beta) / (1 - beta ** c[present]))

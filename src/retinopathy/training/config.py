@@ -382,9 +382,6 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error(f"--model {args.model!r} is not a torchvision classification model" + (
             " (it detects, segments, or reads video or motion)" if args.model in list_models() else "") +
             "; any classification model works, e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
-    for size, option in ((args.image_size, "--image-size"), (args.train_crop_size, "--train-crop-size")):
-        if size and (why := size_problem(args.model, size)):
-            parser.error(f"{option} {size}: {why}; give another size, or another model")
     if args.label_smoothing and args.objective not in ("classification", "ordinal+ce"):
         parser.error(f"--label-smoothing applies to cross-entropy (objectives classification, ordinal+ce), not "
                      f"to {args.objective}")
@@ -405,6 +402,12 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if not 0 <= args.train_crop_size <= args.image_size or args.train_crop_size % args.space_to_depth:
         parser.error(f"--train-crop-size {args.train_crop_size}: a window of at most --image-size "
                      f"{args.image_size} px (0: off), divisible by --space-to-depth {args.space_to_depth}")
+    for size, option in ((args.image_size, "--image-size"), (args.train_crop_size, "--train-crop-size")):
+        seen = size // args.space_to_depth  # what the network's first layer takes
+        if size and (why := size_problem(args.model, seen)):
+            parser.error(f"{option} {size}" + (f" (the network sees {seen} px after --space-to-depth "
+                                               f"{args.space_to_depth})" if seen != size else "")
+                         + f": {why}; give another size, or another model")
     splits = [sp.strip() for sp in args.eval_splits.split(",") if sp.strip()]
     allowed = {"val", "test", *(["train"] if args.resume else [])}  # a run from before this check may hold train
     for sp in splits:
