@@ -16,7 +16,7 @@ from ..progress import progress_bar
 from .formats import GRADE_NAMES, GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, index_images, open_image
 from .problems import DataError, Problem, refuse_misaligned
-from .splits import assign_splits, leakage_warnings, read_split, select, write_split
+from .splits import SPLIT_DEFAULTS, assign_splits, leakage_warnings, read_split, select, write_split
 from .transforms import Preprocessing, build_transform, geometry, to_tensor
 
 
@@ -58,11 +58,14 @@ class FundusDataset(Dataset):
                  preprocess: str | Preprocessing = "lab", augment: str = "flips", crop: int | None = None,
                  train: bool | None = None,
                  transform: Callable | None = None, uint8: bool = False, skip_bad: bool = False,
-                 check: bool = True, cache: bool = False, progress: bool = True, val_fraction: float = 0.1,
-                 test_fraction: float = 0.2,
-                 seed: int = 0, split_file: str | Path | None = None, **read_options):
-        given = {"val_fraction": val_fraction != 0.1, "test_fraction": test_fraction != 0.2, "seed": seed != 0,
-                 "split_file": split_file is not None, **{k: True for k in read_options}}
+                 check: bool = True, cache: bool = False, progress: bool = True,
+                 val_fraction: float = SPLIT_DEFAULTS["val_fraction"],
+                 test_fraction: float = SPLIT_DEFAULTS["test_fraction"],
+                 seed: int = SPLIT_DEFAULTS["split_seed"], split_file: str | Path | None = None, **read_options):
+        given = {"val_fraction": val_fraction != SPLIT_DEFAULTS["val_fraction"],
+                 "test_fraction": test_fraction != SPLIT_DEFAULTS["test_fraction"],
+                 "seed": seed != SPLIT_DEFAULTS["split_seed"], "split_file": split_file is not None,
+                 **{k: True for k in read_options}}
         if isinstance(data, Catalog) and any(given.values()):
             raise ValueError(f"{', '.join(k for k, v in given.items() if v)}: options of reading a folder, and this "
                              "Catalog was read already; pass them to load_catalog, or pass the folder here")

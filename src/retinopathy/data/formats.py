@@ -329,8 +329,8 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
     for grade in GRADES:
         sub = folder / str(grade)
         for f in image_files(sub):
-            if not_utf8(f.relative_to(sub)) and (shown := not_utf8(f)):  # the folder itself was checked
-                problems.append(Problem("bad-name", shown, None, NOT_UTF8 + ", or use --skip-bad to drop it"))
+            if not_utf8(f.relative_to(sub)):  # the dataset's own folder was checked
+                problems.append(Problem("bad-name", not_utf8(f), None, NOT_UTF8 + ", or use --skip-bad to drop it"))
                 continue
             name = f.relative_to(sub).with_suffix("").as_posix()
             image = f"{split}/{name}" if split else name
@@ -457,7 +457,9 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     elif labels is None:
         labels = data if format == "lab" else _labels_file(format, data, _columns(format, image_col, label_col))
 
-    if format == "lab" and not any((labels / f).exists() for pair in LAB_FILES.values() for f in pair):
+    label_files = [labels / f for pair in LAB_FILES.values() for f in pair if (labels / f).exists()] \
+        if format == "lab" else []
+    if format == "lab" and not label_files:
         try:  # a folder given as --labels, or --format lab, where the lab's CSVs are not: nothing to read row by row
             there = f"; it holds the {detect_format(labels)[0]} format: leave out --labels/--format to read it"
         except DataError:
@@ -467,7 +469,6 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                         hint="--labels takes a labels CSV file, or the folder of the lab's CSVs")
     if format == "lab":
         samples = _read_lab(labels, problems)
-        label_files = [labels / f for pair in LAB_FILES.values() for f in pair if (labels / f).exists()]
     elif format == "folders":
         parts = split_folders(data, labels) or {None: labels}
         samples = [s for sp, folder in parts.items() for s in _read_folders(folder, problems, sp)]

@@ -107,10 +107,10 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             warn(str(p), depth=1)
-    kept = {without_extension(s.image) for s in catalog.samples}  # rows refused, images whose rows disagree on
-    dropped = {without_extension(p.image) if p.image else (p.file, p.line) for p in catalog.problems  # the grade
-               if p.kind in ("bad-label", "bad-row", "duplicate") and p.line is not None  # (1_left, 1_left.jpeg:
-               and not (p.image and without_extension(p.image) in kept)}  # one photograph)
+    # rows refused, and images whose rows disagree on the grade (1_left and 1_left.jpeg: one photograph)
+    kept = {without_extension(s.image) for s in catalog.samples}
+    dropped = {without_extension(p.image) if p.image else (p.file, p.line) for p in catalog.problems
+               if p.kind in ("bad-label", "bad-row", "duplicate") and p.line is not None} - kept
     if dropped:
         warn(f"{len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out (their "
              "rows are named above); fix those rows to grade them here, or pass the photographs as files", depth=1)
@@ -275,7 +275,7 @@ def _heatmap_names(items: list[Item]) -> list[str]:
 
 NON_FINITE = ("the model's outputs are not finite (NaN or inf): broken weights (a diverged run) or an overflowing "
               "precision (fp16); grade in fp32 (--amp none) or use another checkpoint")
-SAME_OUTPUTS = 1e-6  # outputs (probabilities, score) that vary less than this over the images: a model blind to them
+SAME_OUTPUTS = 1e-6  # log-probabilities and scores that vary less than this over the images: a model blind to them
 
 
 def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="none",

@@ -25,6 +25,7 @@ from ..errors import RetinopathyError
 from .weights import WeightsError, load_pretrained_state
 
 HEADS = ("linear", "lab")
+POOLS = ("avg", "max", "avgmax", "gem")
 CLASSIFIERS = tuple(list_models(module=torchvision.models))  # not detection, segmentation, video, optical flow
 
 
@@ -34,7 +35,6 @@ def size_problem(arch: str, size: int) -> str:
     if (arch.startswith("vit_") or arch.startswith("maxvit")) and size != 224:
         return f"{arch} takes 224 px images only (torchvision builds it for that size)"
     return ""
-POOLS = ("avg", "max", "avgmax", "gem")
 
 
 class ModelError(RetinopathyError, ValueError):

@@ -213,8 +213,8 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
         if e.get("training_images"):
             mark, seen = mark + f" † ({e['training_images']} trained on)", True
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
-        lines.append(f"| {e.get('split')} | `{Path(e.get('data') or '?').name.replace('|', chr(92) + '|')}` | "
-                     f"{e.get('checkpoint')} (epoch "
+        folder = Path(e.get("data") or "?").name.replace("|", "\\|")  # a code span: '|' alone needs escaping
+        lines.append(f"| {e.get('split')} | `{folder}` | {e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "
                      f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
