@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from retinopathy.cli.main import main
@@ -358,6 +359,28 @@ def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path, caps
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     assert "at each epoch's thresholds, before the shipped ones were retuned" in \
         (tmp_path / "report" / "report.md").read_text()
+
+
+def test_run_from_before_a_threshold_option_is_not_retuned_again(synth_small, tmp_path, capsys):
+    """A finished, retuned run whose record predates an option (it ran with that option's default) does nothing on
+    a plain resume, as one that records it does."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "48", "--batch-size", "16",
+                 "--workers", "0", "--epochs", "1", "--freeze-epochs", "0", "--objective", "ordinal", "--amp", "none",
+                 "--threshold-data", "train+selection", "--out", str(run), "--quiet"]) == 0
+    last = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    del ckpt["config"]["threshold_margin"]  # as a run saved before --threshold-margin existed
+    torch.save(ckpt, last)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    del config["train"]["threshold_margin"]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    saved = (run / "checkpoints" / "best.pt").read_bytes()
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to train" in out and "thresholds of the selected epoch" not in out
+    assert (run / "checkpoints" / "best.pt").read_bytes() == saved
 
 
 def test_threshold_margin_must_be_a_fraction(capsys):

@@ -215,15 +215,14 @@ def _train(args) -> dict:
         cleanup(dist)
 
 
-def retuned(best_pt: Path, last: dict, args) -> bool:
-    """Whether a finished run's best.pt holds thresholds retuned on train+selection with the threshold options
-    of ``args`` (those its last.pt records), so that a plain resume has nothing to do."""
+def retuned(best_pt: Path, same_options: bool) -> bool:
+    """Whether a finished run's best.pt holds thresholds retuned on train+selection, with threshold options the
+    same as its record's (``same_options``), so that a plain resume has nothing to do."""
     try:
         info = load_checkpoint(best_pt, mmap=True)["model_info"]
     except (CheckpointError, OSError):
         return False
-    return (str(info.get("threshold_data")).startswith("train+")
-            and all(last["config"].get(k) == getattr(args, k) for k in FIXED_WHILE_TRAINING))
+    return same_options and str(info.get("threshold_data")).startswith("train+")
 
 
 def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bool]:
@@ -240,9 +239,10 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                  + (FIXED_WHILE_STEPPING if stepping else ()))
         initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
         had = {k: ckpt["config"].get(k, initial[k])  # an option newer than the run: its default
-               for k in (*fixed, *FIXED_WHILE_STEPPING)}
+               for k in (*FIXED_ON_RESUME, *FIXED_WHILE_TRAINING, *FIXED_WHILE_STEPPING)}
+        differs = [k for k in had if comparable(k, had[k]) != comparable(k, getattr(args, k))]
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
-                   for k in fixed if comparable(k, had[k]) != comparable(k, getattr(args, k))
+                   for k in fixed if k in differs
                    and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
         decision = args.decision or default_decision(args.objective)  # None: the objective's own
         trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
@@ -258,7 +258,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                                   "on resume. Resume without them, or start a new run (--out NEW, and --weights "
                                   f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
         if not stepping:  # a finished run learns no more: what it learnt with stays in its record
-            kept = {k: had[k] for k in FIXED_WHILE_STEPPING if comparable(k, had[k]) != comparable(k, getattr(args, k))}
+            kept = {k: had[k] for k in FIXED_WHILE_STEPPING if k in differs}
             if kept and dist.main:
                 print(f"note: the run has trained its {epochs_text(ckpt['epoch'] + 1)}, so "
                       f"{', '.join(flag(k, getattr(args, k)) for k in kept)} change nothing now; its record keeps "
@@ -287,7 +287,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
             restore_best(out / "checkpoints", ckpt)
         if retune and not stepping:  # a finished run: retuned again only if it was not, or by other options
             barrier(dist)  # best.pt mended first
-            retune = not retuned(out / "checkpoints" / "best.pt", ckpt, args)
+            retune = not retuned(out / "checkpoints" / "best.pt", not set(differs) & set(FIXED_WHILE_TRAINING))
         return ckpt, stepping, retune
     if args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
         raise CheckpointError(f"{args.resume}: its checkpoints/last.pt is gone (deleted once the run finished?), so "
