@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -795,6 +796,18 @@ def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and named in capsys.readouterr().err
+
+
+def test_a_resume_for_fewer_epochs_than_the_run_freezes_says_so(tmp_path, capsys):
+    """The run's --freeze-epochs comes from its config.yaml, not the command line: the refusal says it is the run's."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"data": str(tmp_path), "out": str(run), "epochs": 4,
+                                                               "freeze_epochs": 2}, "engine": {}}))
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(run), "--epochs", "1"])
+    assert ("--freeze-epochs must be between 0 and --epochs (here 2 and 1; the run freezes its first 2, so --epochs "
+            "must be at least that)") in capsys.readouterr().err
 
 
 def test_labels_files_beside_the_one_read_are_named(tmp_path, kaggle, capsys):

@@ -172,6 +172,9 @@ def test_a_photograph_given_twice_is_graded_once(tmp_path):
                                tmp_path / "link.jpeg"])
     assert [w.filename for w in said] == [__file__]
     assert [i.path for i in items] == [str(left), str(right)]
+    with pytest.warns(DataWarning, match=rf"1 path\(s\) .*: {tmp_path / 'link.jpeg'} \(graded as {left}\)"):
+        items = collect_items([tmp_path / "link.jpeg", tmp_path / "p"])  # the link first: the file's own name kept
+    assert [(i.path, i.image) for i in items] == [(str(left), "3_left"), (str(right), "3_right")]
     dotted = [disc(tmp_path / "d" / f"scan.2024.0{k}.jpg") for k in (1, 2)]
     assert _heatmap_names(collect_items(dotted)) == ["scan.2024.01.png", "scan.2024.02.png"]
 

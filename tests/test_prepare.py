@@ -163,6 +163,89 @@ def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
     assert not list(resumed.glob("*.part"))
 
 
+def test_a_photograph_replaced_after_an_interrupted_first_run_is_written_again(tmp_path, monkeypatch):
+    """The first run into a new OUT, interrupted, has recorded the photographs it was writing: one replaced before
+    the re-run (given back its old timestamp) is written again, not kept because its copy is newer."""
+    import os
+
+    import retinopathy.data.prepare as prepare_module
+
+    src, out, clean = tmp_path / "src", tmp_path / "out", tmp_path / "clean"
+    generate(src, n=10, size=64, seed=0, progress=False)
+    write = prepare_module.prepare_file
+    done = []
+
+    def interrupted(job):
+        if len(done) == 4:
+            raise KeyboardInterrupt
+        done.append(job[1])
+        return write(job)
+    monkeypatch.setattr(prepare_module, "prepare_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(src, out, size=32, workers=1, progress=False)
+    monkeypatch.undo()
+    copied = Path(done[0])
+    photograph, other = src / copied.name, sorted(p for p in src.glob("*.jpeg") if p.name != copied.name)[0]
+    old_time = photograph.stat().st_mtime_ns
+    photograph.write_bytes(other.read_bytes())  # replaced, and unpacked with the timestamp it had
+    os.utime(photograph, ns=(old_time, old_time))
+    prepare(src, out, size=32, workers=1, progress=False)
+    prepare(src, clean, size=32, workers=1, progress=False)
+    assert copied.read_bytes() == (clean / copied.name).read_bytes()
+    assert tree_bytes(out) == tree_bytes(clean)
+
+
+def test_labels_of_an_earlier_run_are_set_aside_when_others_are_copied(tmp_path, capsys):
+    """Re-prepared with another labels file, OUT keeps no labels of the earlier run to be read in their place
+    (with the old grades): they are renamed *.stale and reported."""
+    src, out = tmp_path / "src", tmp_path / "out"
+    generate(src, n=10, size=64, seed=0, progress=False)
+    prepare(src, out, size=32, workers=1, progress=False)
+    (labels,) = [p for p in src.glob("*.csv")]
+    rows = list(csv.reader(labels.open()))
+    with open(src / "regraded.csv", "w", newline="") as f:
+        csv.writer(f).writerows([rows[0]] + [[r[0], "4"] for r in rows[1:]])
+    labels.unlink()
+    m = prepare(src, out, size=32, workers=1, progress=False, labels=str(src / "regraded.csv"))
+    assert not (out / labels.name).exists() and (out / (labels.name + ".stale")).exists()
+    assert [p["kind"] for p in m["problems"]] == ["stale-labels"]
+    assert {s.label for s in read_catalog(out, labels=str(out / "regraded.csv")).samples} == {4}
+    assert main(["prepare", str(src), str(out), "--size", "32", "-j", "1", "--quiet",
+                 "--labels", str(src / "regraded.csv")]) == 0  # nothing more to set aside
+
+
+def test_a_second_prepare_into_the_same_folder_is_refused(tmp_path):
+    """Two prepares into one OUT at once removed each other's temporary files: the second now stops at once."""
+    from retinopathy.errors import RetinopathyError
+    from retinopathy.outputs import exclusive
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    generate(src, n=4, size=64, seed=0, progress=False)
+    with exclusive(out, "prepared"), pytest.raises(RetinopathyError, match="being prepared by another process"):
+        prepare(src, out, size=32, workers=1, progress=False)
+    assert prepare(src, out, size=32, workers=1, progress=False)["complete"]
+
+
+def test_a_small_field_of_view_in_a_large_frame_keeps_its_detail(tmp_path):
+    """Reduced-scale decoding keeps the field of view, not only the frame, at least the model's size across for
+    the presets that crop to it: a small round photograph in a large black frame is not upscaled."""
+    from retinopathy.data.images import open_image
+    from retinopathy.data.preprocess import find_fov
+    from retinopathy.data.transforms import Preprocessing
+
+    generate(tmp_path / "k", n=1, size=600, seed=0, progress=False)
+    (photograph,) = (tmp_path / "k").glob("*.jpeg")
+    frame = Image.new("RGB", (2400, 1800))
+    frame.paste(Image.open(photograph), (900, 600))
+    frame.save(tmp_path / "framed.jpeg", quality=95)
+    lab = open_image(tmp_path / "framed.jpeg", 256)
+    assert min(lab.size) >= 256 and 2 * find_fov(lab)[2] < 256  # enough for the frame, too little for the retina
+    for preset in ("fov", "graham"):
+        img = Preprocessing(preset, 256).open(tmp_path / "framed.jpeg")
+        assert img.size[0] < 2400 and 2 * find_fov(img)[2] >= 256 * 0.97  # still reduced, the retina 256 px across
+    assert Preprocessing("lab", 256).open(tmp_path / "framed.jpeg").size == lab.size
+
+
 def test_changed_photographs_are_written_again_and_moved_ones_set_aside(tmp_path, capsys):
     """A re-run writes the copy of a photograph replaced since, even one given back its old timestamp (as unzip or
     ``cp -p`` do); in grade folders, a copy left in its old grade folder by a photograph moved to another grade is
@@ -248,10 +331,11 @@ def test_reading_a_copy_otherwise_than_it_was_prepared_warns(synth128, tmp_path)
         FundusDataset(out, "val", image_size=48, preprocess="lab")
     messages = [str(w.message) for w in caught]
     assert messages == [f"{out} was prepared at 32 px and is read at 48 px: the copy is upscaled, without the "
-                        "originals' detail; prepare it again with --size 48, or use --image-size 32",
-                        f"{out} holds field-of-view crops (prepare --crop fov) read with the lab preset: a model "
-                        "trained so records lab and centre-crops the original photographs it grades later; use "
-                        "--preprocess fov (or graham)"]
+                        "originals' detail; prepare it again with --size 48 (or train at --image-size 32)",
+                        f"{out} holds field-of-view crops (prepare --crop fov) read with the lab preset, which "
+                        "centre-crops the original photographs: a model trained so grades photographs framed "
+                        "otherwise than it learnt them; train with --preprocess fov (or graham), or read a copy "
+                        "prepared without --crop fov"]
     m = json.loads((out / MANIFEST).read_text())
     (out / MANIFEST).write_text(json.dumps({**m, "complete": False}))
     with pytest.warns(UserWarning, match="a copy that `retinopathy prepare` has not finished .*run the same"):

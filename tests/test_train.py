@@ -817,6 +817,103 @@ def test_under_ddp_the_training_loss_and_accuracy_are_over_every_process(tmp_pat
         assert images == 8 and accuracy == pytest.approx(2 / 8) and mean_loss == pytest.approx(loss, rel=1e-6)
 
 
+def _sharded_evaluation_check(rank: int, port: int, out: str) -> None:
+    import torch.distributed as td
+
+    from retinopathy.data import Normalize
+    from retinopathy.models import make_objective
+    from retinopathy.training.distributed import DistInfo
+    from retinopathy.training.engine import ShardSampler, evaluate
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=3)
+    try:
+        n = 7  # 3/2/2 across three processes: a padding sampler would count two images twice
+        images = torch.arange(n * 12, dtype=torch.uint8).reshape(n, 3, 2, 2)
+        data = torch.utils.data.TensorDataset(images, torch.tensor([0, 1, 2, 3, 4, 0, 1]))
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+        results = {}
+        for name, info, sampler in (("ddp", DistInfo(True, rank, 3, 0), ShardSampler(n, rank, 3)),
+                                    ("one", DistInfo(), ShardSampler(n))):
+            loader = torch.utils.data.DataLoader(data, batch_size=2, sampler=sampler)
+            r = evaluate(model, make_objective("classification"), loader, torch.device("cpu"),
+                         Normalize((0.5,) * 3, (0.25,) * 3), dist=info, progress=False)
+            results[name] = [r["labels"].tolist(), r["outputs"].tolist(), r["loss"]]
+        Path(out, str(rank)).write_text(json.dumps(results))
+    finally:
+        td.destroy_process_group()
+
+
+def test_sharded_evaluation_counts_each_image_once_in_dataset_order(tmp_path):
+    """Evaluation under three processes, of 7 images (shards of 3, 2 and 2), gives every process what one process
+    gives: each image once (no padding duplicates), the outputs back in dataset order beside their labels."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_sharded_evaluation_check, args=(port, str(tmp_path)), nprocs=3)
+    for r in range(3):
+        results = json.loads((tmp_path / str(r)).read_text())
+        assert results["ddp"][0] == [0, 1, 2, 3, 4, 0, 1] == results["one"][0]
+        assert torch.allclose(torch.tensor(results["ddp"][1]), torch.tensor(results["one"][1]), atol=1e-6)
+        assert results["ddp"][2] == pytest.approx(results["one"][2], rel=1e-6)
+
+
+def _peer_failure_check(rank: int, port: int, out: str) -> None:
+    import torch.distributed as td
+
+    from retinopathy.training.distributed import peer_failed
+
+    td.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    if rank == 1:  # fails alone (a photograph it could not decode, say), before the collective
+        raise SystemExit(0)
+    try:
+        td.all_reduce(torch.ones(1))
+        Path(out).write_text("the collective returned")
+    except RuntimeError as e:
+        Path(out).write_text(json.dumps([peer_failed(e), peer_failed(RuntimeError("size mismatch"))]))
+
+
+def test_a_collective_broken_by_another_process_is_told_apart(tmp_path):
+    """A process whose collective fails because another process stopped says so in one line (PeerFailed), rather
+    than with a traceback of gloo's; any other RuntimeError is still one."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_peer_failure_check, args=(port, str(tmp_path / "out")), nprocs=2)
+    assert json.loads((tmp_path / "out").read_text()) == [True, False]
+
+
+def test_under_torchrun_rank_0_alone_reports_what_every_process_meets(tmp_path, monkeypatch, capsys):
+    """Every process parses the same options and reads the same files: only rank 0 prints the error. An image
+    that one process could not decode is its own: that process prints it, naming its rank."""
+    import retinopathy.training.train as train_module
+    from retinopathy.data.images import ImageError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank, shown in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        with pytest.raises(SystemExit):
+            main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "-2"])
+        assert ("--epochs: -2 is too small" in capsys.readouterr().err) is shown
+        assert main(["train", "-c", str(tmp_path / "missing.yaml")]) == 2
+        assert ("missing.yaml" in capsys.readouterr().err) is shown
+
+    def undecodable(args):
+        raise ImageError(tmp_path / "1_left.jpeg", "cannot decode")
+    monkeypatch.setattr(train_module, "main", undecodable)
+    monkeypatch.setenv("RANK", "1")
+    assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--no-pretrained"]) == 2
+    assert f"error: rank 1: {tmp_path / '1_left.jpeg'}: cannot decode" in capsys.readouterr().err
+
+
 def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
     """torchrun starts its ranks in sessions of their own: a SIGKILL of the launcher reaches none of them, and they
     trained on unattended, holding the run's lock. A rank now stops, saying why, once its launcher is gone."""
@@ -824,7 +921,7 @@ def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
     import time
 
     rank = ("import time; from retinopathy.training.distributed import watch_launcher; "
-            "watch_launcher(1, interval=0.1); time.sleep(60)")
+            "watch_launcher(0, '/runs/x', interval=0.1); time.sleep(60)")
     launcher = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {rank!r}], "
                 f"start_new_session=True, stderr=open({str(tmp_path / 'err')!r}, 'w')); "
                 f"open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid)); time.sleep(60)")
@@ -851,7 +948,9 @@ def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
     while alive() and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not alive(), "the rank trained on without its launcher"
-    assert f"the launcher that started it (pid {proc.pid}) is gone; stopping" in (tmp_path / "err").read_text()
+    err = (tmp_path / "err").read_text()
+    assert f"the launcher that started the run's processes (pid {proc.pid}) is gone; stopping" in err
+    assert "continue the run from its last saved epoch: retinopathy train --resume /runs/x" in err.lower()
 
 
 def test_every_process_evaluates_rank_0s_batchnorm_statistics(tmp_path):
@@ -1515,6 +1614,50 @@ def test_a_kill_between_the_two_saves_is_mended_on_resume(synth_small, tmp_path,
     assert best["epoch"] == last["epoch"] == 0 and best["save_id"] != last["save_id"]
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
     assert (run / "checkpoints" / "MODEL_CARD.md").exists()
+    (run / "checkpoints" / "best.pt").write_bytes(b"")  # emptied since (a full disk): last.pt holds the same state
+    assert main(["train", "--resume", str(run)]) == 0
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 0
+    # A best.pt of an earlier selected epoch cannot be written again from last.pt: refused before any training.
+    real_save({**{k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, "epoch": 1},
+              run / "checkpoints" / "last.pt")  # as if a second epoch had been saved, not better than the first
+    (run / "checkpoints" / "best.pt").write_bytes(b"cut")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    assert (f"{run / 'checkpoints' / 'best.pt'} cannot be read, and the run selected its epoch 1, whose weights only "
+            "best.pt held (last.pt holds epoch 2)") in capsys.readouterr().err
+    assert (run / "checkpoints" / "best.pt").read_bytes() == b"cut"
+
+
+def test_ctrl_c_during_a_save_still_prints_the_saved_epochs_line(synth_small, tmp_path, monkeypatch, capsys):
+    """Ctrl-C waits for the epoch's saves; the epoch's line is printed before it stops the run (it was lost)."""
+    import signal
+
+    import retinopathy.training.train as train_module
+
+    real_save = train_module.save_checkpoint
+
+    def save_then_ctrl_c(state, path):
+        real_save(state, path)
+        if Path(path).name == "last.pt":
+            os.kill(os.getpid(), signal.SIGINT)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_ctrl_c)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "2",
+                 "--freeze-epochs", "0", "--out", str(run)]) == 130
+    assert "epoch 1/2 [finetune] train loss" in capsys.readouterr().out
+
+
+def test_selecting_on_test_for_want_of_val_images_is_warned_about(tmp_path, capsys):
+    """Forty photographs give no grade enough patients for a val share: the default selection falls back to test,
+    which the run now says in a warning, not only in its start line."""
+    from retinopathy.data.synth import generate
+
+    generate(tmp_path / "data", n=40, size=48, seed=0, balanced=True, progress=False)
+    assert main(["train", "--data", str(tmp_path / "data"), *FAST, "--image-size", "32", "--epochs", "1",
+                 "--freeze-epochs", "0", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: no image is in the val split (each grade's patients are split by --val-fraction" in err
+    assert "selected (and any thresholds tuned) on test, and the test numbers are optimistic" in err
 
 
 def test_a_run_being_trained_is_not_trained_by_a_second_command(synth_small, tmp_path, capsys):

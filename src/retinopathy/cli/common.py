@@ -89,7 +89,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
         "; default: the run's own, on the photographs it trained on" if run else ""))
     if skip_bad:
         g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,
-                       help="drop bad rows and images (listed in the run) instead of stopping")
+                       help="drop bad rows and images instead of stopping (listed in " + (
+                           "--out's skipped.csv; default: as the run did)" if run else "the run's skipped.csv)"))
     if split_default is not None:
         g.add_argument("--split", default=split_default, choices=("train", "val", "test", "all"),
                        help=f"which split to use (default {split_default}; 'all' = every image)")

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def show(message, category, *rest, **kw):  # the package's data warnings as the CLI's other warnings
             if issubclass(category, DataWarning):
-                print(f"warning: {message}", file=sys.stderr)
+                if launched_as()[0] == 0:  # under torchrun every process meets it: rank 0 says it, once
+                    print(f"warning: {message}", file=sys.stderr)
             else:
                 others(message, category, *rest, **kw)
         warnings.showwarning = show
@@ -66,9 +67,13 @@ def _run(argv: list[str]) -> int:
         args = build_parser(command).parse_args(argv)
         return args.func(args) or 0
     except RetinopathyError as e:
+        rank, world, _ = launched_as()
+        if rank and not e.rank_local:  # under torchrun every process met it: rank 0 says it, once
+            return e.exit_code
         run = getattr(e, "run", None)  # a training run that stopped unsaved (a full disk) can be continued
         unsaved = run or isinstance(e, NotWritten) and argv[:1] == ["experiment"]
-        print(f"error: {e}" + (_how_to_continue(argv, run) if unsaved else ""), file=sys.stderr)
+        print(f"error: {f'rank {rank}: ' if world > 1 and e.rank_local else ''}{e}"
+              + (_how_to_continue(argv, run) if unsaved else ""), file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:
         if not _reader_left():

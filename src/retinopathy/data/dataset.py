@@ -14,7 +14,7 @@ from torchvision.transforms import v2
 from ..errors import DataWarning
 from ..progress import progress_bar
 from .formats import GRADE_NAMES, GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
-from .images import ImageError, check_image, index_images, open_image
+from .images import ImageError, check_image, index_images
 from .problems import DataError, Problem, refuse_misaligned
 from .splits import SPLIT_DEFAULTS, assign_splits, leakage_warnings, read_split, select, write_split
 from .transforms import Preprocessing, build_transform, geometry, to_tensor
@@ -129,7 +129,7 @@ class FundusDataset(Dataset):
         if self.cache is not None:
             return self.transform(Image.fromarray(self.cache[index])), s.label
         try:
-            image = open_image(s.path, self.preprocessing.size)
+            image = self.preprocessing.open(s.path)
         except ImageError as e:  # corrupt scan data: the start-up check reads headers and end markers only
             where = f"{s.source}:{s.line}" if s.line else s.source
             raise ImageError(s.path, f"{e.reason} ({where}). `retinopathy data check` decodes every "
@@ -202,7 +202,7 @@ def _decode_all(samples: list[Sample], prep: Preprocessing, split: str, progress
     fixed, good, cache, bad = v2.Compose(geometry(prep)), [], None, []
     for s in progress_bar(samples, enabled=progress, desc=f"caching {split}", unit="img", leave=False):
         try:
-            array = np.asarray(fixed(open_image(s.path, prep.size)))
+            array = np.asarray(fixed(prep.open(s.path)))
         except ImageError as e:
             bad.append(Problem.bad_image(s, e))
             continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import unicodedata
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import RetinopathyError
+from .preprocess import find_fov
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 EMPTY = "empty file (0 bytes); replace it, or remove it (and its labels row)"
@@ -26,6 +28,8 @@ DIM_LEVEL = 40  # ... below this, a retina too dark to trust (real photographs: 
 
 class ImageError(RetinopathyError, OSError):
     """An image that cannot be used, with the file and the reason."""
+
+    rank_local = True  # under torchrun, each process decodes its own share
 
     def __init__(self, path: str | os.PathLike, reason: str = ""):
         """``ImageError(path, reason)``; one argument is a whole message, as a DataLoader worker re-raises it
@@ -173,18 +177,30 @@ def _cannot_decode(reason: str) -> str:
     return f"cannot decode: {reason}"
 
 
-def open_image(path: str | os.PathLike, min_size: int | None = None) -> Image.Image:
+def open_image(path: str | os.PathLike, min_size: int | None = None, fov: bool = False) -> Image.Image:
     """Decode ``path`` to an RGB image; with ``min_size`` a JPEG is decoded at the smallest scale whose
-    both sides are at least ``min_size`` (``Image.draft``). Raises :class:`ImageError` with the reason."""
+    both sides are at least ``min_size`` (``Image.draft``), or with ``fov`` (for the presets that crop to it)
+    whose round field of view is at least ``min_size`` across. Raises :class:`ImageError` with the reason."""
     path = Path(path)
     with _image_errors(path, _cannot_decode):
         if path.stat().st_size == 0:
             raise ImageError(path, EMPTY)
-        with Image.open(path) as img:
-            if min_size and img.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a second image
-                img.draft("RGB", (min_size, min_size))
-            img.load()
-            return to_rgb(img)
+        img, full = _decode(path, min_size)
+        if fov and min_size and img.size != full:  # a field of view narrower than the frame: a finer scale for it
+            needed = math.ceil(min(img.size) * min_size / max(2 * find_fov(img)[2], 1))
+            if needed > min(img.size):
+                img, _ = _decode(path, needed)
+        return img
+
+
+def _decode(path: Path, side: int | None) -> tuple[Image.Image, tuple[int, int]]:
+    """``path`` decoded to RGB, a JPEG at the smallest scale whose sides are at least ``side``; and its full size."""
+    with Image.open(path) as img:
+        full = img.size
+        if side and img.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a second image
+            img.draft("RGB", (side, side))
+        img.load()
+        return to_rgb(img), full
 
 
 def _jpeg_scan_start(f) -> int | None:

@@ -55,6 +55,7 @@ from .. import __version__
 from ..atomic import encoded, naming, sibling, write_json
 from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
 from ..errors import NotWritten, RetinopathyError
+from ..outputs import exclusive
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
 from .formats import GRADES, Catalog, Sample, read_catalog
@@ -103,7 +104,7 @@ def prepare_file(job: tuple) -> str | None:
     """Decode, crop, resize, write ``dst`` atomically and check it; return the reason when the input is bad."""
     src, dst, size, crop = job
     try:
-        img = open_image(src, size)
+        img = open_image(src, size, fov=crop == "fov")
         for step in resize_steps(size, crop):
             img = step(img)
     except ImageError as e:
@@ -133,16 +134,19 @@ def _source_stat(source: str) -> list[int] | None:
     return [st.st_size, st.st_mtime_ns]
 
 
-def _up_to_date(copy: Path, source: list[int] | None, recorded: list | None) -> bool:
+def _up_to_date(copy: Path, source: list[int] | None, recorded: list | None, since: int | None = None) -> bool:
     """A copy already there is kept when its photograph (``source``: :func:`_source_stat`) has the size and
     modification time recorded when the copy was written (a copy from before that record: when it is newer than
     its photograph, as ``make`` decides) and its header and end marker are whole (as the dataset checks them); one
     cut or emptied since (a full disk, a copy that failed), or a photograph replaced since (a corrected export,
-    even one unpacked with its old timestamp), is written again."""
+    even one unpacked with its old timestamp), is written again. ``since``: the copy was still to be written by an
+    interrupted run that started then (ns), which recorded its photograph as it was: a copy older than that run
+    is one it did not get to."""
     if source is None or recorded is not None and recorded != source:
         return False
     try:
-        if recorded is None and copy.stat().st_mtime_ns < source[1]:
+        mtime = copy.stat().st_mtime_ns
+        if recorded is None and mtime < source[1] or since is not None and mtime < since:
             return False
         check_image(copy)
         return True
@@ -176,12 +180,14 @@ def _stale_copies(out: Path, targets: dict) -> list[Problem]:
     return problems
 
 
-def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
+def _copy_labels(catalog: Catalog, out: Path, earlier: list[str]) -> tuple[list[str], list[Problem]]:
+    """Copy the labels files into OUT; set aside those of an ``earlier`` run that this one does not copy (read in
+    place of the new ones, they would give the old grades)."""
     if catalog.format == "folders":  # the grade folders are the labels; all five make the format detectable
         for folder in catalog.labels:
             for g in GRADES:
                 (out / folder.relative_to(catalog.root) / str(g)).mkdir(parents=True, exist_ok=True)
-        return []
+        return [], []
     names = []
     for src in catalog.labels:
         dst = out / src.name
@@ -192,20 +198,28 @@ def _copy_labels(catalog: Catalog, out: Path) -> list[str]:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
         names.append(src.name)
-    return names
+    problems = [Problem("stale-labels", str(aside), None, f"{name}, the labels an earlier run copied, is not among "
+                        f"this run's ({', '.join(names)}), so it would give the copy its old grades: renamed to "
+                        f"{aside.name}") for name in earlier if name not in names and (aside := set_aside(out / name))]
+    return names, problems
 
 
-def _check_out(out: Path, catalog: Catalog, settings: dict) -> dict:
-    """Refuse an OUT that cannot take this copy; return the earlier run's record of its photographs ({copy name:
-    [size, modification time in ns]}, empty for a new OUT)."""
+def _check_source(out: Path, catalog: Catalog) -> None:
     for folder in (catalog.root, catalog.image_root):
         if folder is not None and out.resolve() == Path(folder).resolve():
             raise PrepareError(f"{out} is the source folder; choose another OUT")
+
+
+def _check_out(out: Path, settings: dict) -> dict:
+    """Refuse an OUT that cannot take this copy; return the earlier run's manifest (empty for a new OUT), whose
+    ``sources`` record its photographs ({copy name: [size, modification time in ns]})."""
     manifest = out / MANIFEST
     if manifest.exists():
         try:
             earlier = json.loads(manifest.read_text())
-            old, sources = earlier.get("settings"), dict(earlier.get("sources", {}))
+            old = earlier.get("settings")
+            earlier.update(sources=dict(earlier.get("sources", {})), pending=list(earlier.get("pending", [])),
+                           labels=list(earlier.get("labels", [])))
         except (ValueError, AttributeError, TypeError):
             raise PrepareError(f"{manifest} is unreadable (a run killed while writing it, or edited): the copy in "
                                f"{out} cannot be trusted; delete {out} and prepare again") from None
@@ -213,8 +227,8 @@ def _check_out(out: Path, catalog: Catalog, settings: dict) -> dict:
             diff = {k: (old or {}).get(k) for k in settings if (old or {}).get(k) != settings[k]}
             raise PrepareError(f"{out} holds a copy prepared with other settings {diff} (now "
                                f"{ {k: settings[k] for k in diff} }); choose another OUT or delete it")
-        return sources
-    if out.exists() and any(out.iterdir()):
+        return earlier
+    if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         raise PrepareError(f"{out} is not empty and has no {MANIFEST}; choose a new or empty folder")
     return {}
 
@@ -244,20 +258,28 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     catalog = read_catalog(src, **read_options)
     out = Path(out)
+    _check_source(out, catalog)
+    with exclusive(out, "prepared"):  # two prepares into one OUT would remove each other's temporary files
+        return _prepare(src, catalog, out, size, crop, workers, progress, read_options, start, started_at)
+
+
+def _prepare(src: str | Path, catalog: Catalog, out: Path, size: int, crop: str, workers: int | None, progress: bool,
+             read_options: dict, start: float, started_at: str) -> dict:
     settings = {"source": str(Path(src).resolve()), "format": catalog.format, "size": size, "crop": crop,
                 "quality": QUALITY, "subsampling": "4:4:4", "resize": "bilinear, antialiased (torchvision)",
                 "decode": "Pillow draft (reduced-scale JPEG decode)"}
-    recorded = _check_out(out, catalog, settings)
-    out.mkdir(parents=True, exist_ok=True)
+    earlier = _check_out(out, settings)
+    recorded, pending = earlier.get("sources", {}), set(earlier.get("pending", []))
     _remove_parts(out)
     manifest = {"source": settings["source"], "out": str(out.resolve()), "size": size, "crop": crop,
                 "settings": settings, "read_options": _out_read_options(read_options, catalog, out),
-                "complete": False, "started": started_at, "retinopathy": __version__, "sources": recorded}
-    write_json(out / MANIFEST, manifest)
-    labels = _copy_labels(catalog, out)
-
-    problems: list[Problem] = list(catalog.problems)
+                "complete": False, "started": started_at, "retinopathy": __version__,
+                **{k: earlier[k] for k in ("sources", "pending", "started_ns", "labels") if k in earlier}}
+    write_json(out / MANIFEST, manifest)  # OUT is this command's now; the earlier run's record is kept until ...
+    labels, problems = _copy_labels(catalog, out, earlier.get("labels", []))
+    problems = list(catalog.problems) + problems
     todo: list[tuple[Sample, str]] = []
+    to_write: list[str] = []
     targets: dict[str, Sample] = {}
     sources: dict[str, list[int]] = {}
     skipped = 0
@@ -277,14 +299,18 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         stat = _source_stat(s.path)  # before it is read: a change during the run is seen by the next one
         if stat is not None:
             sources[name] = stat
-        if _up_to_date(dst, stat, recorded.get(name)):
+        if _up_to_date(dst, stat, recorded.get(name), earlier.get("started_ns") if name in pending else None):
             skipped += 1
         else:
             dst.parent.mkdir(parents=True, exist_ok=True)
             todo.append((s, str(dst)))
+            to_write.append(name)
 
-    set_aside_copies = [str(aside) for name in sorted({output_name(s, catalog) for s in catalog.samples if not s.path})
-                        if name not in targets and not _outside(name) and (aside := set_aside(out / name))]
+    manifest.update(sources=sources, pending=sorted(to_write), started_ns=time.time_ns(), labels=labels)
+    write_json(out / MANIFEST, manifest)  # ... this run's replaces it: what it found, and what it has still to write
+    set_aside_copies = [str(problem.file) for problem in problems if problem.kind == "stale-labels"]
+    set_aside_copies += [str(aside) for name in sorted({output_name(s, catalog) for s in catalog.samples if not s.path})
+                         if name not in targets and not _outside(name) and (aside := set_aside(out / name))]
     # (an earlier copy of a photograph missing now must not be read in its place; one another row writes stays)
     jobs = [(s.path, dst, size, crop) for s, dst in todo]
     workers = worker_count(workers, len(jobs))
@@ -319,7 +345,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         counts={"samples": len(catalog.samples), "images": len(targets) - len(failed), "written": written,
                 "already_there": skipped, "problems": len(problems)},
         problems=[p.to_dict() for p in problems], set_aside=set_aside_copies,
-        sources={k: v for k, v in sources.items() if str(out / k) not in failed}, seconds=round(seconds, 3),
+        sources={k: v for k, v in sources.items() if str(out / k) not in failed}, pending=[], seconds=round(seconds, 3),
         workers=workers,
         images_per_s=round(written / seconds, 2) if written else 0.0)
     write_json(out / MANIFEST, manifest)
@@ -340,12 +366,13 @@ def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
                      "has not written yet are missing; run the same prepare command again to finish it")
     if size < prep.size:
         found.append(f"{root} was prepared at {size} px and is read at {prep.size} px: the copy is upscaled, "
-                     f"without the originals' detail; prepare it again with --size {prep.size}, or use "
-                     f"--image-size {size}")
+                     f"without the originals' detail; prepare it again with --size {prep.size} (or train at "
+                     f"--image-size {size})")
     if crop == "fov" and prep.preset == "lab":
-        found.append(f"{root} holds field-of-view crops (prepare --crop fov) read with the lab preset: a model "
-                     "trained so records lab and centre-crops the original photographs it grades later; use "
-                     "--preprocess fov (or graham)")
+        found.append(f"{root} holds field-of-view crops (prepare --crop fov) read with the lab preset, which "
+                     "centre-crops the original photographs: a model trained so grades photographs framed otherwise "
+                     "than it learnt them; train with --preprocess fov (or graham), or read a copy prepared without "
+                     "--crop fov")
     return found
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+from PIL import Image
 from torchvision.transforms import v2
 
+from .images import open_image
 from .preprocess import FovCrop, GrahamNormalize
 
 LAB_MEAN = (0.3749, 0.2602, 0.1857)
@@ -44,6 +46,11 @@ class Preprocessing:
         self.size = int(self.size)
         if self.size < 1:
             raise ValueError(f"image size must be at least 1 px, got {self.size}")
+
+    def open(self, path) -> Image.Image:
+        """Decode the photograph ``path`` for this preprocessing: at reduced scale, detail enough for ``size``
+        px across the frame (``lab``) or across the field of view the other presets crop to."""
+        return open_image(path, self.size, fov=self.preset != "lab")
 
     def to_dict(self) -> dict:
         d = asdict(self)

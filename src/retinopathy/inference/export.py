@@ -36,7 +36,7 @@ import torch
 
 from ..atomic import naming, out_of_room, write_json
 from ..cli.common import at_least, non_negative, show_defaults
-from ..data import DataError, ImageError, Normalize, Problem, build_transform, open_image
+from ..data import DataError, ImageError, Normalize, Problem, build_transform
 from ..data.synth import render_fundus
 from ..data.images import image_files
 from ..data.transforms import geometry
@@ -103,7 +103,7 @@ def check_batch(prep, paths=None, or_renders: bool = False) -> tuple[torch.Tenso
             if item.error:
                 continue
             try:
-                images.append(transform(open_image(item.path, prep.size)))
+                images.append(transform(prep.open(item.path)))
             except ImageError as e:
                 print(f"warning: parity check skips {e}", file=sys.stderr)
                 continue

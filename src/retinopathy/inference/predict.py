@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..atomic import replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           blend_setting, catalog_options, show_defaults)
-from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog, open_image
+from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
 from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, doubt, image_files, index_images, not_utf8
 from ..data.prepare import copy_warnings
@@ -181,20 +181,25 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
 
 def _once(items: list[Item]) -> list[Item]:
     """Each photograph once, whatever path led to it (a file given twice, or also inside a folder given): a copy
-    would count as a third eye of its patient in the eye blending."""
-    seen, kept, again = set(), [], []
-    for item in items:
+    would count as a third eye of its patient in the eye blending. It is graded under the first path that is no
+    link (its own name, for its eye and heatmap), in the place of the first path that led to it."""
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
         if item.path:  # a link that leads nowhere is its own entry (each gets its error row)
             key = os.path.realpath(item.path) if os.path.exists(item.path) else os.path.abspath(item.path)
-            if key in seen:
-                again.append(item.path)
-                continue
-            seen.add(key)
-        kept.append(item)
+            groups.setdefault(key, []).append(i)
+    kept, again = list(items), []
+    for paths in groups.values():
+        own = [i for i in paths if os.path.realpath(items[i].path) == os.path.abspath(items[i].path)]
+        chosen = (own or paths)[0]
+        kept[paths[0]] = items[chosen]
+        for i in paths[1:]:
+            kept[i] = None
+        again += [f"{items[i].path} (graded as {items[chosen].path})" for i in paths if i != chosen]
     if again:
         warn(f"{len(again)} path(s) lead to a photograph already listed; each is graded once: "
              f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}", depth=1)
-    return kept
+    return [item for item in kept if item is not None]
 
 
 class ImageItems(Dataset):
@@ -202,7 +207,7 @@ class ImageItems(Dataset):
     (:func:`~retinopathy.data.images.doubt`) or None: an unreadable image is reported, not raised."""
 
     def __init__(self, items: list[Item], prep):
-        self.items, self.size = items, prep.size
+        self.items, self.size, self.prep = items, prep.size, prep
         self.transform = build_transform(prep, train=False, uint8=True)
 
     def __len__(self) -> int:
@@ -213,7 +218,7 @@ class ImageItems(Dataset):
         if item.error:
             return None, index, item.error, None
         try:
-            image = open_image(item.path, self.size)
+            image = self.prep.open(item.path)
         except ImageError as e:
             return None, index, e.reason, None
         level = brightest(image)

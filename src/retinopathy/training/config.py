@@ -19,6 +19,7 @@ import yaml
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           show_defaults)
 from ..errors import RetinopathyError
+from ..launch import launched_as
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import CLASSIFIERS, HEADS, POOLS, list_models, size_problem
@@ -271,6 +272,8 @@ def parse_args(argv: list[str] | None = None, run_options: bool = True) -> argpa
     command line; ``run_options=False`` leaves the run's out (an experiment's cell.yaml is the whole cell: an
     option it no longer sets is back at its default)."""
     parser = get_args_parser()
+    if launched_as()[0] != 0:  # under torchrun every process parses the same line: rank 0 says what is wrong
+        parser.error = lambda message: parser.exit(2)
     pre, _ = parser.parse_known_args(argv)
     expand_home(pre)
     layered, source = _layered_defaults(parser, pre, run_options)
@@ -385,11 +388,13 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.label_smoothing and args.objective not in ("classification", "ordinal+ce"):
         parser.error(f"--label-smoothing applies to cross-entropy (objectives classification, ordinal+ce), not "
                      f"to {args.objective}")
-    if args.sampler == "balanced" and args.class_weights != "none":
+    if args.sampler == "balanced" and args.class_weights != "none" and launched_as()[0] == 0:
         print(f"warning: --sampler balanced already shows every grade equally often; --class-weights "
               f"{args.class_weights} weights the rare grades up a second time", file=sys.stderr)
     if not 0 <= args.freeze_epochs <= args.epochs:
-        parser.error("--freeze-epochs must be between 0 and --epochs")
+        parser.error(f"--freeze-epochs must be between 0 and --epochs (here {args.freeze_epochs} and {args.epochs}"
+                     + (f"; the run freezes its first {args.freeze_epochs}, so --epochs must be at least that)"
+                        if args.resume else ")"))
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
     if args.mixup < 0:

@@ -12,7 +12,21 @@ import torch
 import torch.distributed as dist
 
 from ..errors import RetinopathyError
-from ..launch import launched_as
+from ..launch import launched_as, resume_command
+
+
+class PeerFailed(RetinopathyError):
+    """A collective that failed because another process of the run stopped (that process's error says why)."""
+
+    rank_local = True
+    exit_code = 1
+
+
+def peer_failed(error: BaseException) -> bool:
+    """Whether a collective's error is another process gone (gloo: "Connection closed by peer")."""
+    text = str(error)
+    return isinstance(error, dist.DistError) or any(
+        s in text for s in ("closed by peer", "reset by peer", "remote worker", "Broken pipe"))
 
 
 @dataclass
@@ -27,10 +41,11 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device_type: str) -> DistInfo:
+def init_distributed(device_type: str, run=None) -> DistInfo:
     """Join the process group named by RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/SLURM_NTASKS.
 
-    ``nccl`` on CUDA, ``gloo`` otherwise. A single process returns ``DistInfo(enabled=False)``.
+    ``nccl`` on CUDA, ``gloo`` otherwise. A single process returns ``DistInfo(enabled=False)``. ``run``: the
+    run's folder, for the command that continues it should the launcher die.
     """
     rank, world, local = launched_as()
     if world <= 1:
@@ -44,21 +59,24 @@ def init_distributed(device_type: str) -> DistInfo:
     if device_type == "cuda":
         torch.cuda.set_device(local)
     dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=world)
-    watch_launcher(rank)
+    watch_launcher(rank, run)
     return DistInfo(True, rank, world, local)
 
 
-def watch_launcher(rank: int, interval: float = 2.0) -> threading.Thread:
+def watch_launcher(rank: int, run=None, interval: float = 2.0) -> threading.Thread:
     """Stop this process when the launcher that started it is gone (torchrun killed by SIGKILL or the OOM killer:
     it starts its ranks in sessions of their own, so nothing reaches them, and they would train on unattended,
-    holding the run's lock). A hard exit, as a kill would be: saves are atomic, so the last saved epoch is kept."""
+    holding the run's lock). A hard exit, as a kill would be: saves are atomic, so the last saved epoch is kept.
+    Rank 0 says so, with the command that continues ``run``."""
     parent = os.getppid()
+    resume = resume_command(run if run is not None else "RUN")  # now: the launcher's environment
 
     def watch():
         while os.getppid() == parent:
             time.sleep(interval)
-        print(f"error: rank {rank}: the launcher that started it (pid {parent}) is gone; stopping. Continue the run "
-              "from its last saved epoch with torchrun ... --resume RUN", file=sys.stderr, flush=True)
+        if rank == 0:  # every process stops, one says why
+            print(f"error: the launcher that started the run's processes (pid {parent}) is gone; stopping. Continue "
+                  f"the run from its last saved epoch: {resume}", file=sys.stderr, flush=True)
         os._exit(1)
 
     thread = threading.Thread(target=watch, name="launcher-watch", daemon=True)

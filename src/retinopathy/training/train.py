@@ -32,7 +32,7 @@ from ..data.formats import GRADE_NAMES, GRADES, Catalog
 from ..data.problems import skipped_note, write_skipped
 from ..data.splits import SPLIT_DEFAULTS, run_overlap, same_photographs, split_option, trained_names
 from ..data.synth import is_synthetic
-from ..errors import Interrupted, NotWritten
+from ..errors import Interrupted, NotWritten, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..launch import launched_as, resume_command, sigterm_as_ctrl_c
 from ..models import build_model, make_objective
@@ -43,7 +43,7 @@ from ..reporting.text import epochs_text
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, metrics_rows, run_folder,
                          save_checkpoint)
 from .config import WHERE_STARTED, defaults, environment, parse_args, plain_options
-from .distributed import DistInfo, barrier, broadcast_buffers, cleanup, init_distributed
+from .distributed import DistInfo, PeerFailed, barrier, broadcast_buffers, cleanup, init_distributed, peer_failed
 from .engine import (Diverged, ShardSampler, engine_settings, evaluate, freeze_backbone, make_loader, pick_device,
                      to_engine, train_one_epoch)
 
@@ -174,12 +174,27 @@ def eligible_epoch(objective, rule: str, accuracy: float, labels, margin: float)
 
 def restore_best(folder: Path, last: dict) -> None:
     """When last.pt's epoch was its best, write ``best.pt`` from ``last`` if best.pt did not follow it (the process
-    was killed between the two saves: the two hold the same state), and its model card if that did not follow
-    best.pt (a full disk stopped it)."""
+    was killed between the two saves: the two hold the same state, and a best.pt cut or replaced since is mended
+    so), and its model card if that did not follow best.pt (a full disk stopped it). A best.pt of an earlier
+    selected epoch that is missing or broken cannot be mended: refused before any training."""
     best, card = folder / "best.pt", folder / CARD
-    if last["best"].get("epoch") != last["epoch"]:
+    try:
+        held = load_checkpoint(best, mmap=True)["epoch"] if best.exists() else None
+        broken = ""
+    except CheckpointError:
+        held, broken = None, "cannot be read"  # cut, emptied, or not a checkpoint
+    selected = last["best"].get("epoch")
+    if selected is None:  # no epoch selected yet: no best.pt
         return
-    if not best.exists() or load_checkpoint(best, mmap=True)["epoch"] != last["epoch"]:
+    if selected != last["epoch"]:
+        if held != selected:  # the selected epoch's weights were only in best.pt: nothing here can write them again
+            what = broken or ("is missing" if held is None else f"holds epoch {held + 1}")
+            raise CheckpointError(f"{best} {what}, and the run selected its epoch {selected + 1}, whose weights "
+                                  f"only best.pt held (last.pt holds epoch {last['epoch'] + 1}): put the run's "
+                                  f"best.pt back from a backup, or start a new run from last.pt's weights "
+                                  f"(--weights {folder / 'last.pt'} --out NEW)")
+        return
+    if held != last["epoch"]:
         save_checkpoint({k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, best)
     if not card.exists() or card.stat().st_mtime_ns <= best.stat().st_mtime_ns:  # <=: coarse clocks
         write_model_card(best)
@@ -208,9 +223,14 @@ def main(args) -> dict:
 def _train(args) -> dict:
     """Join the process group (under torchrun or srun), and leave it however the training ends."""
     device = pick_device(args.device)
-    dist = init_distributed(device.type)
+    dist = init_distributed(device.type, args.out)
     try:
         return _run(args, dist, device)
+    except RuntimeError as e:  # a collective that another process's error broke: that error says why
+        if not dist.enabled or isinstance(e, RetinopathyError) or not peer_failed(e):
+            raise
+        raise PeerFailed("stopped, because another process of the run failed (its error is above, or in torchrun's "
+                         f"summary); once that is fixed, continue the run: {resume_command(args.out)}") from None
     finally:
         cleanup(dist)
 
@@ -359,11 +379,16 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
     splits_present = {s.split for s in catalog.samples}
     eval_splits = [sp for sp in args.eval_splits.split(",") if sp and sp in splits_present]
     select_on = args.select_on if args.select_on != "auto" else ("val" if "val" in splits_present else "test")
+    why = (f"{split_file} puts none there" if split_file else "each grade's patients are split by "
+           "--val-fraction and --test-fraction, rounded: a grade with few patients may give none")
+    wants_val = split_file or split_option(vars(args).get, "val_fraction")  # (the lab preset: none, on purpose)
+    if args.select_on == "auto" and select_on == "test" and wants_val and ckpt is None and dist.main:
+        print(f"warning: no image is in the val split ({why}), so the checkpoint is selected (and any thresholds "
+              "tuned) on test, and the test numbers are optimistic; add images or raise --val-fraction, or pass "
+              "--select-on test to choose this knowingly", file=sys.stderr)
     if select_on not in eval_splits:
         if select_on not in splits_present:
             wanted = "the val or the test split" if args.select_on == "auto" else f"the {select_on} split"
-            why = (f"{split_file} puts none there" if split_file else "each grade's patients are split by "
-                   "--val-fraction and --test-fraction, rounded: a grade with few patients may give none")
             raise DataError([Problem("no-split", str(args.data), None, f"no image is in {wanted}, which --select-on "
                                      f"{args.select_on} selects on ({why})")],
                             hint=("Give some of the split file's rows that split" if split_file else
@@ -730,10 +755,10 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
                 if improved:  # after last.pt: best.pt is never of an epoch that last.pt does not hold
                     save_checkpoint(state, out / "checkpoints" / "best.pt")
                     write_model_card(out / "checkpoints" / "best.pt")
-            print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} acc {tr['accuracy']:.3f}"
-                  + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa {row[f'{sp}_kappa']:.3f}"
-                            for sp in results)
-                  + f" | {tr['images_per_s']:.1f} img/s" + (" *best" if improved else ""))
+                print(f"epoch {epoch + 1}/{args.epochs} [{phase}] train loss {tr['loss']:.4f} "
+                      f"acc {tr['accuracy']:.3f}" + "".join(f" | {sp} acc {row[f'{sp}_accuracy']:.3f} kappa "
+                                                           f"{row[f'{sp}_kappa']:.3f}" for sp in results)
+                      + f" | {tr['images_per_s']:.1f} img/s" + (" *best" if improved else ""))  # (then Ctrl-C)
         barrier(dist)
         ran += 1
         last_result = row
