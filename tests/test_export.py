@@ -382,3 +382,22 @@ def test_the_readme_grades_with_a_checkpoint_in_python_as_predict_does(tiny_run,
     model, _, prep, _ = restore(tiny_run / "checkpoints" / "best.pt")
     rgba = Image.open(tmp_path / "photo.jpeg").convert("RGBA")
     assert build_transform(prep)(to_rgb(rgba)).shape == (3, prep.size, prep.size)
+
+
+def test_parity_measures_the_exports_difference_on_batches_of_one_and_three():
+    """The check compares what the export returns with PyTorch's outputs batch by batch, batches of 1 and of 3
+    covering every image: an export wrong only in batches of 3, or by 0.01 anywhere, is caught."""
+    from retinopathy.inference.export import parity, parity_batches
+
+    for n in (2, 4, 6):
+        x = torch.arange(n * 12, dtype=torch.float32).reshape(n, 3, 2, 2)
+        batches = parity_batches(x)
+        assert [len(b) for b in batches] == ([1, 3] if n == 2 else [1, 3, 3])
+        seen = torch.cat(batches)
+        assert all(any(torch.equal(image, s) for s in seen) for image in x)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
+    exact = lambda batch: model(batch).detach().numpy()  # noqa: E731
+    assert parity(model, exact, x)[0] == 0.0
+    assert parity(model, lambda batch: exact(batch) + 0.01, x)[0] == pytest.approx(0.01, abs=1e-6)
+    wrong_in_threes = lambda batch: exact(batch) + (0.5 if len(batch) == 3 else 0.0)  # noqa: E731
+    assert parity(model, wrong_in_threes, x)[0] == pytest.approx(0.5, abs=1e-6)

@@ -404,7 +404,7 @@ def test_real_kaggle_labels(shared_data):
 def test_cached_items_equal_uncached_and_need_no_file(synth_small, monkeypatch, preprocess, train):
     import torch
 
-    from retinopathy.data import dataset
+    from retinopathy.data import transforms
 
     opts = dict(image_size=64, preprocess=preprocess, augment="fundus", train=train, uint8=True)
     plain = FundusDataset(synth_small, "val", **opts)
@@ -416,7 +416,7 @@ def test_cached_items_equal_uncached_and_need_no_file(synth_small, monkeypatch, 
         return ds[i]
 
     expected = [item(plain, i) for i in (0, len(plain) - 1)]
-    monkeypatch.setattr(dataset, "open_image", lambda *a: pytest.fail("a cached item opened its file"))
+    monkeypatch.setattr(transforms, "open_image", lambda *a, **k: pytest.fail("a cached item opened its file"))
     for i, (x, y) in zip((0, len(plain) - 1), expected):
         xc, yc = item(cached, i)
         assert torch.equal(xc, x) and yc == y

@@ -90,3 +90,11 @@ def test_metrics_of_answers_and_truths_of_different_lengths_name_both():
 
     with pytest.raises(ValueError, match=r"summary: .* \(got 2 and 3\)"):
         summary([0, 1], [0, 1, 2])
+
+
+def test_accuracy_equal_to_the_majority_rate_is_no_better_than_it():
+    from retinopathy.evaluation.metrics import no_better_than_majority
+
+    assert no_better_than_majority({"accuracy": 0.5, "majority_accuracy": 0.5, "kappa": 0.2})
+    assert not no_better_than_majority({"accuracy": 0.51, "majority_accuracy": 0.5, "kappa": 0.2})
+    assert no_better_than_majority({"accuracy": 0.9, "majority_accuracy": 0.5, "kappa": 0.0})

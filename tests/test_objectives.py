@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from retinopathy.cli.main import main
@@ -102,6 +103,37 @@ def test_mixup_mixes_images_and_ordinal_targets_alike():
     soft = lam * (y[:, None] > torch.arange(4)).float() + (1 - lam) * (y[perm][:, None] > torch.arange(4)).float()
     expected = torch.nn.functional.binary_cross_entropy_with_logits(out, soft, reduction="none").sum(1).mean()
     assert torch.allclose(lam * obj.loss(out, y) + (1 - lam) * obj.loss(out, y[perm]), expected)
+
+
+def test_a_score_on_a_threshold_gets_the_same_grade_from_tensors_and_arrays():
+    obj = make_objective("regression")  # thresholds 0.5, 1.5, 2.5, 3.5
+    on = [0.5, 1.5, 2.5, 3.5]
+    assert obj.grades_of(None, torch.tensor(on)).tolist() == obj.grades_of(None, np.array(on)).tolist() == [1, 2, 3, 4]
+
+
+def test_one_epoch_mixes_the_two_targets_losses_and_steps_the_scheduler_per_batch(monkeypatch):
+    """What train_one_epoch back-propagates with mixup is lam x loss(first target) + (1 - lam) x loss(second), and
+    the scheduler steps once per batch (its per-step schedule)."""
+    import retinopathy.training.engine as engine
+    from retinopathy.data import Normalize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5))
+    data = torch.utils.data.TensorDataset(torch.randint(0, 256, (6, 3, 2, 2), dtype=torch.uint8),
+                                          torch.tensor([0, 1, 2, 3, 4, 0]))
+    loader = torch.utils.data.DataLoader(data, batch_size=2)
+    perm, lam = torch.tensor([1, 0]), 0.3
+    monkeypatch.setattr(engine, "mix_batch", lambda images, alpha: (images, perm, lam))  # the images as they are
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # the model stays as it is: the expected loss is known
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    normalize, obj = Normalize((0.5,) * 3, (0.25,) * 3), make_objective("classification")
+    tr = engine.train_one_epoch(model, obj, optimizer, loader, torch.device("cpu"), normalize, grader=model,
+                                frozen=False, scheduler=scheduler, mixup=0.4, progress=False)
+    with torch.no_grad():
+        losses = [lam * obj.loss(out, y) + (1 - lam) * obj.loss(out, y[perm])
+                  for x, y in loader for out in [model(engine.to_device(x, torch.device("cpu"), normalize, False))]]
+    assert tr["loss"] == pytest.approx(float(torch.stack(losses).mean()), rel=1e-5)
+    assert scheduler.last_epoch == len(loader) == 3
 
 
 def test_class_weights_favour_rare_grades():
@@ -401,6 +433,7 @@ def test_eye_pairs_including_single_eye_patients(tmp_path):
     make_kaggle(tmp_path, n_patients=4)
     lines = (tmp_path / "trainLabels.csv").read_text().splitlines()
     (tmp_path / "trainLabels.csv").write_text("\n".join(l for l in lines if l.split(",")[0] != "2_right") + "\n")
+    Image.new("RGB", (64, 64), (200, 40, 20)).save(tmp_path / "1_right.jpeg")  # unlike its partner
     ds = PairedEyes(FundusDataset(tmp_path, "all", image_size=32, uint8=True))
     names = [s.image for s in ds.samples]
     pairs = {names[i]: names[ds.partner[i]] for i in range(len(ds))}
@@ -408,6 +441,8 @@ def test_eye_pairs_including_single_eye_patients(tmp_path):
     assert pairs["2_left"] == "2_left"  # one eye only: paired with itself
     x, y = ds[names.index("1_left")]
     assert x.shape == (2, 3, 32, 32) and y == ds.samples[names.index("1_left")].label
+    assert torch.equal(x[0], ds.dataset[names.index("1_left")][0])  # the eye graded first, its partner second
+    assert torch.equal(x[1], ds.dataset[names.index("1_right")][0]) and not torch.equal(x[0], x[1])
     model = Grader("resnet18", 5, pair_eyes=True)
     assert model(torch.stack([x, x]).float()).shape == (2, 5)
 

@@ -149,3 +149,36 @@ def test_mean_and_std_take_any_sequence_of_three():
     for mean, std in (((0.4, 0.3), None), (None, (0.2, 0.0, 0.2))):
         with pytest.raises(ValueError, match="three values each"):
             Preprocessing("lab", 64, mean, std)
+
+
+def test_grahams_blur_is_one_thirtieth_of_the_side():
+    """4 x image - 4 x its Gaussian blur (sigma = side / 30) + 128, grey outside 0.9 of the inscribed circle."""
+    from PIL import ImageFilter
+
+    img = render_fundus(np.random.default_rng(0), 300, 2, "left")
+    out = np.asarray(GrahamNormalize()(img)).astype(int)
+    blur = np.asarray(img.filter(ImageFilter.GaussianBlur(10))).astype(int)
+    expected = np.clip(4 * np.asarray(img).astype(int) - 4 * blur + 128, 0, 255)
+    yy, xx = np.ogrid[:300, :300]
+    inside = (xx - 149.5) ** 2 + (yy - 149.5) ** 2 <= (0.9 * 150) ** 2
+    assert np.array_equal(out[inside], expected[inside]) and (out[~inside] == 128).all()
+
+
+def test_a_square_photograph_is_left_uncropped_only_when_its_circle_fills_it():
+    """FovCrop leaves a photograph already cropped to its field of view as it is (cropping again would only
+    resample it); one whose circle is 5 % off centre or smaller is cropped."""
+    from PIL import ImageDraw
+
+    from retinopathy.data.preprocess import FovCrop
+
+    def disc(box) -> Image.Image:
+        img = Image.new("RGB", (200, 200))
+        ImageDraw.Draw(img).ellipse(box, fill=(180, 90, 40))
+        return img
+
+    filled = disc((0, 0, 199, 199))
+    assert FovCrop()(filled) is filled
+    for box in ((20, 10, 199, 189), (10, 10, 189, 189)):  # 5 % off centre; 10 % smaller
+        img = disc(box)
+        cropped = FovCrop()(img)
+        assert cropped is not img and cropped.size != img.size

@@ -82,7 +82,8 @@ def run_numbers(run: Path) -> dict:
         rows = list(csv.DictReader(f))
     top = max(rows, key=lambda r: float(r["test_accuracy"]))
     return {"test_accuracy": m["accuracy"], "kappa": m["kappa"], "macro_f1": m["macro_f1"],
-            "majority_accuracy": m["majority_accuracy"], "selected_epoch": m["epoch"] + 1,
+            "majority_accuracy": m["majority_accuracy"], "referable_auc": m["referable_auc"],
+            "selected_epoch": m["epoch"] + 1,
             "max_test_accuracy": float(top["test_accuracy"]), "max_test_epoch": int(top["epoch"]) + 1}
 
 
@@ -105,7 +106,7 @@ def test_table_values_are_the_runs_numbers(experiment):
         want, row = run_numbers(experiment / "runs" / "tiny" / cell), rows[cell]
         assert row["Status"] == "done"
         for col, key in [("Test accuracy", "test_accuracy"), ("Kappa", "kappa"), ("Macro-F1", "macro_f1"),
-                         ("Majority accuracy", "majority_accuracy")]:
+                         ("Majority accuracy", "majority_accuracy"), ("Referable AUC", "referable_auc")]:
             assert float(row[col]) == pytest.approx(want[key], abs=5e-5), (cell, col)
         assert int(row["Selected epoch"]) == want["selected_epoch"]
         value, epoch = re.fullmatch(r"([\d.]+) \((\d+)\)", row["Highest test accuracy (epoch)"]).groups()

@@ -177,19 +177,25 @@ def _cannot_decode(reason: str) -> str:
     return f"cannot decode: {reason}"
 
 
+FOV_SLACK = 0.8  # a field of view up to 1.25 times upscaled is decoded as the frame is (a retina that about fills
+# the frame's short side, as in EyePACS, is a little narrower than it: every such photograph would be decoded twice)
+
+
 def open_image(path: str | os.PathLike, min_size: int | None = None, fov: bool = False) -> Image.Image:
     """Decode ``path`` to an RGB image; with ``min_size`` a JPEG is decoded at the smallest scale whose
-    both sides are at least ``min_size`` (``Image.draft``), or with ``fov`` (for the presets that crop to it)
-    whose round field of view is at least ``min_size`` across. Raises :class:`ImageError` with the reason."""
+    both sides are at least ``min_size`` (``Image.draft``). With ``fov`` (for the presets that crop to it), one
+    whose round field of view is narrower than ``FOV_SLACK`` x ``min_size`` at that scale (a small retina in a large
+    frame, which the crop would upscale) is decoded again at the scale that gives it ``min_size`` across. Raises
+    :class:`ImageError` with the reason."""
     path = Path(path)
     with _image_errors(path, _cannot_decode):
         if path.stat().st_size == 0:
             raise ImageError(path, EMPTY)
         img, full = _decode(path, min_size)
-        if fov and min_size and img.size != full:  # a field of view narrower than the frame: a finer scale for it
-            needed = math.ceil(min(img.size) * min_size / max(2 * find_fov(img)[2], 1))
-            if needed > min(img.size):
-                img, _ = _decode(path, needed)
+        if fov and min_size and img.size != full:
+            diameter = 2 * find_fov(img)[2]
+            if diameter < FOV_SLACK * min_size:
+                img, _ = _decode(path, math.ceil(min(img.size) * min_size / max(diameter, 1)))
         return img
 
 

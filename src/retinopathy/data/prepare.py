@@ -11,12 +11,13 @@ images were in such a folder) or ``OUT/<grade>/<name>.jpeg`` (folders, where the
 ``\\``); one that would lead out of OUT is reported as a problem and not written. Splits are made from the
 labels, so they do not change.
 
-Work runs on all cores; a killed run leaves no half-written image (temporary ``.part`` files are renamed
-into place) and a re-run skips the finished files (a copy cut or emptied since, or whose photograph has another
-size or modification time than when it was copied, is written again). Bad inputs are reported as the dataset
-reports them (file and line) and not written; an earlier copy of a photograph now missing or unreadable, and in
-grade folders one whose photograph has moved to another grade or gone, is renamed ``<name>.stale`` (and
-reported), so that the copy never reads an image its source no longer has; the exit status is then 1.
+Work runs on all cores (one ``prepare`` per OUT at a time: it is locked); a killed run leaves no half-written
+image (temporary ``.part`` files are renamed into place) and a re-run skips the finished files (a copy cut or
+emptied since, or whose photograph has another size or modification time than when it was copied, is written
+again). Bad inputs are reported as the dataset reports them (file and line) and not written; an earlier copy of a
+photograph now missing or unreadable, and in grade folders one whose photograph has moved to another grade or
+gone, and an earlier run's labels file that this run does not copy, is renamed ``<name>.stale`` (and reported),
+so that the copy never reads an image or grade its source no longer has; the exit status is then 1.
 ``OUT/prepare_manifest.json`` records the source, settings, each photograph's size and modification time,
 counts, problems and time; a re-run with other settings into the same OUT is refused.
 
