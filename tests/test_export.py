@@ -398,6 +398,6 @@ def test_parity_measures_the_exports_difference_on_batches_of_one_and_three():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 5)).eval()
     exact = lambda batch: model(batch).detach().numpy()  # noqa: E731
     assert parity(model, exact, x)[0] == 0.0
-    assert parity(model, lambda batch: exact(batch) + 0.01, x)[0] == pytest.approx(0.01, abs=1e-6)
+    assert parity(model, lambda batch: exact(batch) + 0.01, x)[0] == pytest.approx(0.01, abs=1e-4)
     wrong_in_threes = lambda batch: exact(batch) + (0.5 if len(batch) == 3 else 0.0)  # noqa: E731
-    assert parity(model, wrong_in_threes, x)[0] == pytest.approx(0.5, abs=1e-6)
+    assert parity(model, wrong_in_threes, x)[0] == pytest.approx(0.5, abs=1e-4)

@@ -175,6 +175,15 @@ def test_a_photograph_given_twice_is_graded_once(tmp_path):
     with pytest.warns(DataWarning, match=rf"1 path\(s\) .*: {tmp_path / 'link.jpeg'} \(graded as {left}\)"):
         items = collect_items([tmp_path / "link.jpeg", tmp_path / "p"])  # the link first: the file's own name kept
     assert [(i.path, i.image) for i in items] == [(str(left), "3_left"), (str(right), "3_right")]
+    raw, listed = tmp_path / "raw", tmp_path / "listed"  # a dataset of links into a camera's folder, also given
+    disc(raw / "IMG_0001.jpeg"), disc(raw / "IMG_0002.jpeg")
+    listed.mkdir()
+    (listed / "1_left.jpeg").symlink_to(raw / "IMG_0001.jpeg")
+    (listed / "1_right.jpeg").symlink_to(raw / "IMG_0002.jpeg")
+    (listed / "trainLabels.csv").write_text("image,level\n1_left,2\n1_right,0\n")
+    with pytest.warns(DataWarning, match="already listed"):
+        items = collect_items([raw, listed])
+    assert [(i.image, i.label) for i in items] == [("1_left", 2), ("1_right", 0)]  # as the dataset lists them
     dotted = [disc(tmp_path / "d" / f"scan.2024.0{k}.jpg") for k in (1, 2)]
     assert _heatmap_names(collect_items(dotted)) == ["scan.2024.01.png", "scan.2024.02.png"]
 

@@ -195,6 +195,32 @@ def test_a_photograph_replaced_after_an_interrupted_first_run_is_written_again(t
     assert tree_bytes(out) == tree_bytes(clean)
 
 
+def test_a_photograph_replaced_before_an_interrupted_rerun_is_written_by_the_next(tmp_path, monkeypatch):
+    """A re-run records a replaced photograph's new size and time before it copies it: interrupted before that
+    copy, the next run still writes it (its copy is older than the interrupted run), not keep the old one."""
+    import os
+
+    import retinopathy.data.prepare as prepare_module
+
+    src, out, clean = tmp_path / "src", tmp_path / "out", tmp_path / "clean"
+    generate(src, n=6, size=64, seed=0, progress=False)
+    prepare(src, out, size=32, workers=1, progress=False)
+    first, second = sorted(src.glob("*.jpeg"))[:2]
+    old_time = first.stat().st_mtime_ns
+    first.write_bytes(second.read_bytes())  # replaced (its size changes), unpacked with its old timestamp
+    os.utime(first, ns=(old_time, old_time))
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prepare_module, "prepare_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(src, out, size=32, workers=1, progress=False)
+    monkeypatch.undo()
+    m = prepare(src, out, size=32, workers=1, progress=False)
+    prepare(src, clean, size=32, workers=1, progress=False)
+    assert m["counts"]["written"] == 1 and tree_bytes(out) == tree_bytes(clean)
+
+
 def test_labels_of_an_earlier_run_are_set_aside_when_others_are_copied(tmp_path, capsys):
     """Re-prepared with another labels file, OUT keeps no labels of the earlier run to be read in their place
     (with the old grades): they are renamed *.stale and reported."""
@@ -224,6 +250,12 @@ def test_a_second_prepare_into_the_same_folder_is_refused(tmp_path):
     with exclusive(out, "prepared"), pytest.raises(RetinopathyError, match="being prepared by another process"):
         prepare(src, out, size=32, workers=1, progress=False)
     assert prepare(src, out, size=32, workers=1, progress=False)["complete"]
+    other = tmp_path / "notes"  # a folder it refuses gets nothing written into it, not even the lock
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(PrepareError, match="is not empty"):
+        prepare(src, other, size=32, workers=1, progress=False)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
 
 
 def test_a_small_field_of_view_in_a_large_frame_keeps_its_detail(tmp_path):
@@ -244,6 +276,22 @@ def test_a_small_field_of_view_in_a_large_frame_keeps_its_detail(tmp_path):
         img = Preprocessing(preset, 256).open(tmp_path / "framed.jpeg")
         assert img.size[0] < 2400 and 2 * find_fov(img)[2] >= 256 * 0.97  # still reduced, the retina 256 px across
     assert Preprocessing("lab", 256).open(tmp_path / "framed.jpeg").size == lab.size
+    # prepare --crop fov decodes it so too: its copy is the fov preset's crop of the finer decode
+    from torchvision.transforms import v2
+
+    from retinopathy.data.transforms import geometry
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "framed.jpeg").rename(tmp_path / "src" / "1_left.jpeg")
+    (tmp_path / "src" / "trainLabels.csv").write_text("image,level\n1_left,0\n")
+    prepare(tmp_path / "src", tmp_path / "out", size=256, crop="fov", workers=1, progress=False)
+    copy = np.asarray(Image.open(tmp_path / "out" / "1_left.jpeg").convert("RGB")).astype(int)
+    crop = v2.Compose(geometry(Preprocessing("fov", 256)))
+    finer = np.asarray(crop(Preprocessing("fov", 256).open(tmp_path / "src" / "1_left.jpeg"))).astype(int)
+    coarse = np.asarray(crop(open_image(tmp_path / "src" / "1_left.jpeg", 256))).astype(int)
+    assert np.abs(copy - finer).mean() < np.abs(copy - coarse).mean() / 2
+    assert "field of view narrower than 0.8 x size" in json.loads((tmp_path / "out" / MANIFEST).read_text())[
+        "settings"]["decode"]  # so a copy decoded the old way is not resumed as if it were the same
 
 
 def test_changed_photographs_are_written_again_and_moved_ones_set_aside(tmp_path, capsys):

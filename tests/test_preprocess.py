@@ -182,3 +182,22 @@ def test_a_square_photograph_is_left_uncropped_only_when_its_circle_fills_it():
         img = disc(box)
         cropped = FovCrop()(img)
         assert cropped is not img and cropped.size != img.size
+
+
+def test_the_circle_found_while_decoding_is_not_fitted_again(tmp_path, monkeypatch):
+    """The field-of-view presets fit the circle once per photograph: FovCrop takes the one open found."""
+    from torchvision.transforms import v2
+
+    import retinopathy.data.images as images
+    import retinopathy.data.preprocess as preprocess
+    from retinopathy.data.transforms import geometry
+
+    render_fundus(np.random.default_rng(0), 512, 2, "left").save(tmp_path / "eye.jpeg", quality=95)
+    prep = Preprocessing("fov", 128)
+    expected = np.asarray(v2.Compose(geometry(prep))(prep.open(tmp_path / "eye.jpeg").copy()))  # (a copy: no circle)
+    fits = []
+    counted = lambda img, *a, real=preprocess.find_fov: fits.append(img.size) or real(img, *a)  # noqa: E731
+    monkeypatch.setattr(images, "find_fov", counted)
+    monkeypatch.setattr(preprocess, "find_fov", counted)
+    got = np.asarray(v2.Compose(geometry(prep))(prep.open(tmp_path / "eye.jpeg")))
+    assert len(fits) == 1 and np.array_equal(got, expected)

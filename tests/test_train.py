@@ -2,6 +2,7 @@
 and `evaluate` agrees with scikit-learn."""
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc
 from retinopathy import __version__
 from retinopathy.cli.main import main
 from retinopathy.data import DataError
-from retinopathy.errors import RetinopathyError
+from retinopathy.errors import DataWarning, RetinopathyError
 from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 from retinopathy.training.config import ConfigError, parse_args
 
@@ -281,7 +283,7 @@ def test_the_process_group_is_left_however_training_ends(synth_small, tmp_path, 
     from retinopathy.training.distributed import DistInfo
 
     left = []
-    monkeypatch.setattr(train_module, "init_distributed", lambda device_type: DistInfo(enabled=True))
+    monkeypatch.setattr(train_module, "init_distributed", lambda device_type, run=None: DistInfo(enabled=True))
     monkeypatch.setattr(train_module, "cleanup", left.append)
     assert main(["train", "--data", str(tmp_path / "nowhere"), *FAST, "--out", str(tmp_path / "run")]) == 2
     assert left == [DistInfo(enabled=True)]
@@ -912,6 +914,42 @@ def test_under_torchrun_rank_0_alone_reports_what_every_process_meets(tmp_path, 
     monkeypatch.setenv("RANK", "1")
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--no-pretrained"]) == 2
     assert f"error: rank 1: {tmp_path / '1_left.jpeg'}: cannot decode" in capsys.readouterr().err
+
+    def doubtful(args):
+        warnings.warn("a data warning", DataWarning)
+    monkeypatch.setattr(train_module, "main", doubtful)
+    for rank, shown in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--no-pretrained"]) == 0
+        assert ("warning: a data warning" in capsys.readouterr().err) is shown
+    # on another node the files may differ: a rank there says what it met
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "3")
+    assert main(["train", "-c", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_a_collective_broken_by_this_processs_own_failure_is_not_blamed_on_another(tmp_path, monkeypatch):
+    """Only the texts of a lost peer make PeerFailed (one line); another RuntimeError, NCCL's own failures
+    included, is raised as it is."""
+    import torch.distributed as td
+
+    import retinopathy.training.train as train_module
+    from retinopathy.training.distributed import DistInfo, PeerFailed, peer_failed
+
+    assert not peer_failed(td.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error"))
+    monkeypatch.setattr(train_module, "init_distributed", lambda *a: DistInfo(True, 1, 2, 1))
+    monkeypatch.setattr(train_module, "cleanup", lambda dist: None)
+    args = argparse.Namespace(device="cpu", out=str(tmp_path / "run"))
+    for error, raised in ((RuntimeError("[gloo] Connection closed by peer [127.0.0.1]:1"), PeerFailed),
+                          (RuntimeError("size mismatch"), RuntimeError)):
+        def run(*a, error=error):
+            raise error
+        monkeypatch.setattr(train_module, "_run", run)
+        with pytest.raises(raised) as e:
+            train_module._train(args)
+        assert type(e.value) is raised
 
 
 def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
@@ -1658,6 +1696,10 @@ def test_selecting_on_test_for_want_of_val_images_is_warned_about(tmp_path, caps
     err = capsys.readouterr().err
     assert "warning: no image is in the val split (each grade's patients are split by --val-fraction" in err
     assert "selected (and any thresholds tuned) on test, and the test numbers are optimistic" in err
+    assert main(["train", "--data", str(tmp_path / "data"), *FAST, "--test-fraction", "0",
+                 "--out", str(tmp_path / "none")]) == 2  # no test split either: the error alone says so
+    err = capsys.readouterr().err
+    assert "no image is in the val or the test split" in err and "warning" not in err
 
 
 def test_a_run_being_trained_is_not_trained_by_a_second_command(synth_small, tmp_path, capsys):

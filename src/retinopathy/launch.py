@@ -44,6 +44,16 @@ def launched_as() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def others_say_it() -> bool:
+    """Whether this process may leave an error to rank 0: it is another rank on rank 0's machine, started with the
+    same command line in the same folder, so it meets what rank 0 meets (on another node, its files may differ)."""
+    env = os.environ
+    rank, world, _ = launched_as()
+    nodes = (world // int(env.get("LOCAL_WORLD_SIZE") or world) if "WORLD_SIZE" in env
+             else int(env.get("SLURM_NNODES") or 1))
+    return rank != 0 and nodes == 1
+
+
 def interrupt(signum, frame):
     """A signal handler that stops the program as Ctrl-C does."""
     raise KeyboardInterrupt

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import DataWarning, NotWritten, RetinopathyError
-from ..launch import launched_as, resume_command
+from ..launch import launched_as, others_say_it, resume_command
 # Each command's module and its help. Most build a parser of their own (torchvision-references style, ``cli(argv)``);
 # synth's and data's ``add_parser`` add theirs to this one. A module is imported only for its command: --help and
 # --version answer at once, without the seconds it takes to import torch.
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def show(message, category, *rest, **kw):  # the package's data warnings as the CLI's other warnings
             if issubclass(category, DataWarning):
-                if launched_as()[0] == 0:  # under torchrun every process meets it: rank 0 says it, once
+                if not others_say_it():  # under torchrun every process meets it: rank 0 says it, once
                     print(f"warning: {message}", file=sys.stderr)
             else:
                 others(message, category, *rest, **kw)
@@ -68,7 +68,7 @@ def _run(argv: list[str]) -> int:
         return args.func(args) or 0
     except RetinopathyError as e:
         rank, world, _ = launched_as()
-        if rank and not e.rank_local:  # under torchrun every process met it: rank 0 says it, once
+        if not e.rank_local and others_say_it():  # under torchrun every process met it: rank 0 says it, once
             return e.exit_code
         run = getattr(e, "run", None)  # a training run that stopped unsaved (a full disk) can be continued
         unsaved = run or isinstance(e, NotWritten) and argv[:1] == ["experiment"]

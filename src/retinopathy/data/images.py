@@ -193,9 +193,11 @@ def open_image(path: str | os.PathLike, min_size: int | None = None, fov: bool =
             raise ImageError(path, EMPTY)
         img, full = _decode(path, min_size)
         if fov and min_size and img.size != full:
-            diameter = 2 * find_fov(img)[2]
-            if diameter < FOV_SLACK * min_size:
-                img, _ = _decode(path, math.ceil(min(img.size) * min_size / max(diameter, 1)))
+            circle = find_fov(img)
+            if 2 * circle[2] < FOV_SLACK * min_size:
+                img, _ = _decode(path, math.ceil(min(img.size) * min_size / max(2 * circle[2], 1)))
+            else:
+                img.fov = circle  # FovCrop's, found already (an attribute: no other image made from it inherits it)
         return img
 
 

@@ -60,7 +60,7 @@ from ..outputs import exclusive
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
 from .formats import GRADES, Catalog, Sample, read_catalog
-from .images import ImageError, check_image, image_files, open_image
+from .images import FOV_SLACK, ImageError, check_image, image_files, open_image
 from .problems import Problem
 from .transforms import Preprocessing, geometry, short_side_resize
 
@@ -205,6 +205,15 @@ def _copy_labels(catalog: Catalog, out: Path, earlier: list[str]) -> tuple[list[
     return names, problems
 
 
+def _settings(src: str | Path, catalog: Catalog, size: int, crop: str) -> dict:
+    """What makes the copy what it is: a re-run with other settings into the same OUT is refused."""
+    return {"source": str(Path(src).resolve()), "format": catalog.format, "size": size, "crop": crop,
+            "quality": QUALITY, "subsampling": "4:4:4", "resize": "bilinear, antialiased (torchvision)",
+            "decode": "Pillow draft (reduced-scale JPEG decode)" + (
+                f"; a field of view narrower than {FOV_SLACK} x size at that scale decoded at a finer one"
+                if crop == "fov" else "")}
+
+
 def _check_source(out: Path, catalog: Catalog) -> None:
     for folder in (catalog.root, catalog.image_root):
         if folder is not None and out.resolve() == Path(folder).resolve():
@@ -260,16 +269,15 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     catalog = read_catalog(src, **read_options)
     out = Path(out)
     _check_source(out, catalog)
+    _check_out(out, _settings(src, catalog, size, crop))  # before the lock: nothing is written into a refused OUT
     with exclusive(out, "prepared"):  # two prepares into one OUT would remove each other's temporary files
         return _prepare(src, catalog, out, size, crop, workers, progress, read_options, start, started_at)
 
 
 def _prepare(src: str | Path, catalog: Catalog, out: Path, size: int, crop: str, workers: int | None, progress: bool,
              read_options: dict, start: float, started_at: str) -> dict:
-    settings = {"source": str(Path(src).resolve()), "format": catalog.format, "size": size, "crop": crop,
-                "quality": QUALITY, "subsampling": "4:4:4", "resize": "bilinear, antialiased (torchvision)",
-                "decode": "Pillow draft (reduced-scale JPEG decode)"}
-    earlier = _check_out(out, settings)
+    settings = _settings(src, catalog, size, crop)
+    earlier = _check_out(out, settings)  # again, now that OUT is this command's
     recorded, pending = earlier.get("sources", {}), set(earlier.get("pending", []))
     _remove_parts(out)
     manifest = {"source": settings["source"], "out": str(out.resolve()), "size": size, "crop": crop,
@@ -309,9 +317,8 @@ def _prepare(src: str | Path, catalog: Catalog, out: Path, size: int, crop: str,
 
     manifest.update(sources=sources, pending=sorted(to_write), started_ns=time.time_ns(), labels=labels)
     write_json(out / MANIFEST, manifest)  # ... this run's replaces it: what it found, and what it has still to write
-    set_aside_copies = [str(problem.file) for problem in problems if problem.kind == "stale-labels"]
-    set_aside_copies += [str(aside) for name in sorted({output_name(s, catalog) for s in catalog.samples if not s.path})
-                         if name not in targets and not _outside(name) and (aside := set_aside(out / name))]
+    set_aside_copies = [str(aside) for name in sorted({output_name(s, catalog) for s in catalog.samples if not s.path})
+                        if name not in targets and not _outside(name) and (aside := set_aside(out / name))]
     # (an earlier copy of a photograph missing now must not be read in its place; one another row writes stays)
     jobs = [(s.path, dst, size, crop) for s, dst in todo]
     workers = worker_count(workers, len(jobs))

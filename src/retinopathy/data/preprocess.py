@@ -76,7 +76,7 @@ class FovCrop:
         self.margin = margin
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        cx, cy, r = find_fov(img)
+        cx, cy, r = getattr(img, "fov", None) or find_fov(img)  # open_image(fov=True) may have found it
         w, h = img.size
         if not self.margin and w == h and max(abs(cx - w / 2), abs(cy - h / 2), abs(2 * r - w)) < 0.015 * w:
             return img  # already cropped (e.g. a `prepare --crop fov` copy): cropping again would only resample

@@ -37,6 +37,7 @@ import torch
 from ..atomic import naming, out_of_room, write_json
 from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform
+from ..data.images import FOV_SLACK
 from ..data.synth import render_fundus
 from ..data.images import image_files
 from ..data.transforms import geometry
@@ -49,9 +50,11 @@ from .predict import SAME_OUTPUTS, collect_items, single_eye
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 2  # 2: thresholds only for their decision
 MAX_CHECK_IMAGES = 8
-DECODE = ("RGB; a JPEG at reduced scale (Pillow's Image.draft) keeping both sides at or above size, as "
-          "retinopathy.data.open_image does; then the steps (retinopathy.data.transforms.geometry) on that 8-bit "
-          "PIL image, before it becomes a tensor (resizing a float tensor instead moves outputs by up to ~1e-3)")
+DECODE = ("RGB; a JPEG at reduced scale (Pillow's Image.draft) keeping both sides at or above size, and for the "
+          "fov and graham presets decoded again at a finer scale when the round field of view is narrower than "
+          f"{FOV_SLACK} x size at that one, as retinopathy.data.Preprocessing.open does; then the steps "
+          "(retinopathy.data.transforms.geometry) on that 8-bit PIL image, before it becomes a tensor (resizing a "
+          "float tensor instead moves outputs by up to ~1e-3)")
 
 
 class ExportError(RetinopathyError, RuntimeError):

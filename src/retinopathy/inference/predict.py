@@ -181,8 +181,9 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
 
 def _once(items: list[Item]) -> list[Item]:
     """Each photograph once, whatever path led to it (a file given twice, or also inside a folder given): a copy
-    would count as a third eye of its patient in the eye blending. It is graded under the first path that is no
-    link (its own name, for its eye and heatmap), in the place of the first path that led to it."""
+    would count as a third eye of its patient in the eye blending. It is graded as a dataset lists it (its grade,
+    name and patient), else under the first path that is no link (its own name, for its eye and heatmap), in the
+    place of the first path that led to it."""
     groups: dict[str, list[int]] = {}
     for i, item in enumerate(items):
         if item.path:  # a link that leads nowhere is its own entry (each gets its error row)
@@ -190,8 +191,9 @@ def _once(items: list[Item]) -> list[Item]:
             groups.setdefault(key, []).append(i)
     kept, again = list(items), []
     for paths in groups.values():
+        listed = [i for i in paths if items[i].labels]
         own = [i for i in paths if os.path.realpath(items[i].path) == os.path.abspath(items[i].path)]
-        chosen = (own or paths)[0]
+        chosen = (listed or own or paths)[0]
         kept[paths[0]] = items[chosen]
         for i in paths[1:]:
             kept[i] = None

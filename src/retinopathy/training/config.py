@@ -19,7 +19,7 @@ import yaml
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           show_defaults)
 from ..errors import RetinopathyError
-from ..launch import launched_as
+from ..launch import others_say_it
 from ..data.splits import SPLIT_DEFAULTS
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import CLASSIFIERS, HEADS, POOLS, list_models, size_problem
@@ -272,7 +272,7 @@ def parse_args(argv: list[str] | None = None, run_options: bool = True) -> argpa
     command line; ``run_options=False`` leaves the run's out (an experiment's cell.yaml is the whole cell: an
     option it no longer sets is back at its default)."""
     parser = get_args_parser()
-    if launched_as()[0] != 0:  # under torchrun every process parses the same line: rank 0 says what is wrong
+    if others_say_it():  # under torchrun every process parses the same line: rank 0 says what is wrong
         parser.error = lambda message: parser.exit(2)
     pre, _ = parser.parse_known_args(argv)
     expand_home(pre)
@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None, run_options: bool = True) -> argpa
     args = parser.parse_args(argv)
     expand_home(args)
     _retype_file_values(args, parser, source)
-    _check_values(args, parser)
+    _check_values(args, parser, given=[a.partition("=")[0] for a in argv or sys.argv[1:]])
     return args
 
 
@@ -361,8 +361,9 @@ def _retype_file_values(args: argparse.Namespace, parser: argparse.ArgumentParse
                          f"{', '.join(map(str, action.choices))}")
 
 
-def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """What one option's value or two options together cannot be; fills in --batch-size and --out."""
+def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, given=()) -> None:
+    """What one option's value or two options together cannot be (``given``: the options on the command line);
+    fills in --batch-size and --out."""
     if args.batch_size is None:
         args.batch_size = default_batch_size(args.model, args.preset)
     if not args.data:
@@ -388,13 +389,13 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if args.label_smoothing and args.objective not in ("classification", "ordinal+ce"):
         parser.error(f"--label-smoothing applies to cross-entropy (objectives classification, ordinal+ce), not "
                      f"to {args.objective}")
-    if args.sampler == "balanced" and args.class_weights != "none" and launched_as()[0] == 0:
+    if args.sampler == "balanced" and args.class_weights != "none" and not others_say_it():
         print(f"warning: --sampler balanced already shows every grade equally often; --class-weights "
               f"{args.class_weights} weights the rare grades up a second time", file=sys.stderr)
     if not 0 <= args.freeze_epochs <= args.epochs:
         parser.error(f"--freeze-epochs must be between 0 and --epochs (here {args.freeze_epochs} and {args.epochs}"
                      + (f"; the run freezes its first {args.freeze_epochs}, so --epochs must be at least that)"
-                        if args.resume else ")"))
+                        if args.resume and "--freeze-epochs" not in given else ")"))
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
     if args.mixup < 0:

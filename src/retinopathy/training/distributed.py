@@ -23,10 +23,9 @@ class PeerFailed(RetinopathyError):
 
 
 def peer_failed(error: BaseException) -> bool:
-    """Whether a collective's error is another process gone (gloo: "Connection closed by peer")."""
-    text = str(error)
-    return isinstance(error, dist.DistError) or any(
-        s in text for s in ("closed by peer", "reset by peer", "remote worker", "Broken pipe"))
+    """Whether a collective's error says another process is gone (gloo: "Connection closed by peer"); a backend's
+    own failure (NCCL's "unhandled cuda error") is not one."""
+    return any(s in str(error) for s in ("closed by peer", "reset by peer", "remote worker", "Broken pipe"))
 
 
 @dataclass

@@ -382,10 +382,12 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
     why = (f"{split_file} puts none there" if split_file else "each grade's patients are split by "
            "--val-fraction and --test-fraction, rounded: a grade with few patients may give none")
     wants_val = split_file or split_option(vars(args).get, "val_fraction")  # (the lab preset: none, on purpose)
-    if args.select_on == "auto" and select_on == "test" and wants_val and ckpt is None and dist.main:
+    if args.select_on == "auto" and select_on == "test" and "test" in splits_present and wants_val \
+            and ckpt is None and dist.main:  # (without test either, the error below says so)
         print(f"warning: no image is in the val split ({why}), so the checkpoint is selected (and any thresholds "
-              "tuned) on test, and the test numbers are optimistic; add images or raise --val-fraction, or pass "
-              "--select-on test to choose this knowingly", file=sys.stderr)
+              "tuned) on test, and the test numbers are optimistic; " + (
+                  "give some of its rows the val split" if split_file else "add images or raise --val-fraction")
+              + ", or pass --select-on test to choose this knowingly", file=sys.stderr)
     if select_on not in eval_splits:
         if select_on not in splits_present:
             wanted = "the val or the test split" if args.select_on == "auto" else f"the {select_on} split"
