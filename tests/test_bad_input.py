@@ -808,10 +808,12 @@ def test_a_resume_for_fewer_epochs_than_the_run_freezes_says_so(tmp_path, capsys
         main(["train", "--resume", str(run), "--epochs", "1"])
     assert ("--freeze-epochs must be between 0 and --epochs (here 2 and 1; the run freezes its first 2, so --epochs "
             "must be at least that)") in capsys.readouterr().err
-    with pytest.raises(SystemExit):  # a value given now is not the run's
-        main(["train", "--resume", str(run), "--freeze-epochs", "5", "--epochs", "3"])
-    err = capsys.readouterr().err
-    assert "--freeze-epochs must be between 0 and --epochs (here 5 and 3)" in err and "the run freezes" not in err
+    (tmp_path / "tweak.yaml").write_text("freeze_epochs: 5\n")
+    for given in (["--freeze-epochs", "5"], ["--freeze=5"], ["-c", str(tmp_path / "tweak.yaml")]):
+        with pytest.raises(SystemExit):  # a value given now is not the run's
+            main(["train", "--resume", str(run), *given, "--epochs", "3"])
+        err = capsys.readouterr().err
+        assert "--freeze-epochs must be between 0 and --epochs (here 5 and 3)" in err and "the run freezes" not in err
 
 
 def test_labels_files_beside_the_one_read_are_named(tmp_path, kaggle, capsys):

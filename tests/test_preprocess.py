@@ -190,6 +190,7 @@ def test_the_circle_found_while_decoding_is_not_fitted_again(tmp_path, monkeypat
 
     import retinopathy.data.images as images
     import retinopathy.data.preprocess as preprocess
+    from retinopathy.data.preprocess import FovCrop
     from retinopathy.data.transforms import geometry
 
     render_fundus(np.random.default_rng(0), 512, 2, "left").save(tmp_path / "eye.jpeg", quality=95)
@@ -201,3 +202,6 @@ def test_the_circle_found_while_decoding_is_not_fitted_again(tmp_path, monkeypat
     monkeypatch.setattr(preprocess, "find_fov", counted)
     got = np.asarray(v2.Compose(geometry(prep))(prep.open(tmp_path / "eye.jpeg")))
     assert len(fits) == 1 and np.array_equal(got, expected)
+    shrunk = prep.open(tmp_path / "eye.jpeg")
+    shrunk.thumbnail((64, 64))  # changed in place: its circle is fitted again
+    assert np.array_equal(np.asarray(FovCrop()(shrunk)), np.asarray(FovCrop()(shrunk.copy())))

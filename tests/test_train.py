@@ -894,14 +894,15 @@ def test_a_collective_broken_by_another_process_is_told_apart(tmp_path):
 
 
 def test_under_torchrun_rank_0_alone_reports_what_every_process_meets(tmp_path, monkeypatch, capsys):
-    """Every process parses the same options and reads the same files: only rank 0 prints the error. An image
-    that one process could not decode is its own: that process prints it, naming its rank."""
+    """Every process on a machine parses the same options and reads the same files: only its first process prints
+    the error. An image that one process could not decode is its own: that process prints it, naming its rank."""
     import retinopathy.training.train as train_module
     from retinopathy.data.images import ImageError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     for rank, shown in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
         with pytest.raises(SystemExit):
             main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--epochs", "-2"])
         assert ("--epochs: -2 is too small" in capsys.readouterr().err) is shown
@@ -912,6 +913,7 @@ def test_under_torchrun_rank_0_alone_reports_what_every_process_meets(tmp_path, 
         raise ImageError(tmp_path / "1_left.jpeg", "cannot decode")
     monkeypatch.setattr(train_module, "main", undecodable)
     monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
     assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--no-pretrained"]) == 2
     assert f"error: rank 1: {tmp_path / '1_left.jpeg'}: cannot decode" in capsys.readouterr().err
 
@@ -920,14 +922,19 @@ def test_under_torchrun_rank_0_alone_reports_what_every_process_meets(tmp_path, 
     monkeypatch.setattr(train_module, "main", doubtful)
     for rank, shown in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
         assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--no-pretrained"]) == 0
         assert ("warning: a data warning" in capsys.readouterr().err) is shown
-    # on another node the files may differ: a rank there says what it met
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "3")
-    assert main(["train", "-c", str(tmp_path / "missing.yaml")]) == 2
-    assert "missing.yaml" in capsys.readouterr().err
+    # another machine's files may differ: its first process says what it met; a launcher without local ranks
+    monkeypatch.setenv("WORLD_SIZE", "4")  # (RANK and WORLD_SIZE by hand under srun): every process
+    for rank, local, shown in (("2", "0", True), ("3", "1", False), ("3", None, True)):
+        monkeypatch.setenv("RANK", rank)
+        if local is None:
+            monkeypatch.delenv("LOCAL_RANK")
+        else:
+            monkeypatch.setenv("LOCAL_RANK", local)
+        assert main(["train", "-c", str(tmp_path / "missing.yaml")]) == 2
+        assert ("missing.yaml" in capsys.readouterr().err) is shown
 
 
 def test_a_collective_broken_by_this_processs_own_failure_is_not_blamed_on_another(tmp_path, monkeypatch):
@@ -939,6 +946,8 @@ def test_a_collective_broken_by_this_processs_own_failure_is_not_blamed_on_anoth
     from retinopathy.training.distributed import DistInfo, PeerFailed, peer_failed
 
     assert not peer_failed(td.DistBackendError("NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled cuda error"))
+    assert peer_failed(td.DistBackendError("ncclRemoteError: A call failed possibly due to a network error or a "
+                                           "remote process exiting prematurely."))
     monkeypatch.setattr(train_module, "init_distributed", lambda *a: DistInfo(True, 1, 2, 1))
     monkeypatch.setattr(train_module, "cleanup", lambda dist: None)
     args = argparse.Namespace(device="cpu", out=str(tmp_path / "run"))

@@ -45,13 +45,11 @@ def launched_as() -> tuple[int, int, int]:
 
 
 def others_say_it() -> bool:
-    """Whether this process may leave an error to rank 0: it is another rank on rank 0's machine, started with the
-    same command line in the same folder, so it meets what rank 0 meets (on another node, its files may differ)."""
-    env = os.environ
-    rank, world, _ = launched_as()
-    nodes = (world // int(env.get("LOCAL_WORLD_SIZE") or world) if "WORLD_SIZE" in env
-             else int(env.get("SLURM_NNODES") or 1))
-    return rank != 0 and nodes == 1
+    """Whether this process may leave an error to another: it is not the first process on its machine, whose first
+    process was started with the same command line in the same folder and meets what it meets (each machine's
+    first process speaks: another machine's files may differ). A launcher that gives no local rank: every process
+    speaks."""
+    return launched_as()[2] != 0
 
 
 def interrupt(signum, frame):

@@ -196,8 +196,8 @@ def open_image(path: str | os.PathLike, min_size: int | None = None, fov: bool =
             circle = find_fov(img)
             if 2 * circle[2] < FOV_SLACK * min_size:
                 img, _ = _decode(path, math.ceil(min(img.size) * min_size / max(2 * circle[2], 1)))
-            else:
-                img.fov = circle  # FovCrop's, found already (an attribute: no other image made from it inherits it)
+            else:  # FovCrop's circle, found already; an image made from this one does not inherit it, and one
+                img.fov = (img.size, circle)  # resized in place (thumbnail) is fitted again
         return img
 
 

@@ -76,8 +76,9 @@ class FovCrop:
         self.margin = margin
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        cx, cy, r = getattr(img, "fov", None) or find_fov(img)  # open_image(fov=True) may have found it
         w, h = img.size
+        size, circle = getattr(img, "fov", (None, None))  # open_image(fov=True) may have found it
+        cx, cy, r = circle if size == img.size else find_fov(img)
         if not self.margin and w == h and max(abs(cx - w / 2), abs(cy - h / 2), abs(2 * r - w)) < 0.015 * w:
             return img  # already cropped (e.g. a `prepare --crop fov` copy): cropping again would only resample
         r *= 1 + self.margin

@@ -197,11 +197,20 @@ def _once(items: list[Item]) -> list[Item]:
         kept[paths[0]] = items[chosen]
         for i in paths[1:]:
             kept[i] = None
-        again += [f"{items[i].path} (graded as {items[chosen].path})" for i in paths if i != chosen]
+        again += [_listed_again(items[i], items[chosen]) for i in paths if i != chosen]
     if again:
         warn(f"{len(again)} path(s) lead to a photograph already listed; each is graded once: "
              f"{', '.join(again[:3])}{' ...' if len(again) > 3 else ''}", depth=1)
     return [item for item in kept if item is not None]
+
+
+def _listed_again(item: Item, kept: Item) -> str:
+    """How the warning names a path left out for ``kept``: the path graded instead, and a grade it loses."""
+    where = f" in {', '.join(map(str, item.labels))}" if item.labels else ""
+    said = f"{item.path} (graded as {kept.path})" if item.path != kept.path else f"{item.path} (listed again{where})"
+    if None not in (item.label, kept.label) and item.label != kept.label:
+        said += f" [its grade there, {item.label}, differs from the {kept.label} kept]"
+    return said
 
 
 class ImageItems(Dataset):

@@ -281,7 +281,7 @@ def parse_args(argv: list[str] | None = None, run_options: bool = True) -> argpa
     args = parser.parse_args(argv)
     expand_home(args)
     _retype_file_values(args, parser, source)
-    _check_values(args, parser, given=[a.partition("=")[0] for a in argv or sys.argv[1:]])
+    _check_values(args, parser)
     return args
 
 
@@ -361,9 +361,13 @@ def _retype_file_values(args: argparse.Namespace, parser: argparse.ArgumentParse
                          f"{', '.join(map(str, action.choices))}")
 
 
-def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, given=()) -> None:
-    """What one option's value or two options together cannot be (``given``: the options on the command line);
-    fills in --batch-size and --out."""
+def _run_option(run: str, key: str):
+    """The value of option ``key`` that the run folder ``run`` recorded (None when it recorded none)."""
+    return file_options(Path(run) / "config.yaml", resume=True)[0].get(key)
+
+
+def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """What one option's value or two options together cannot be; fills in --batch-size and --out."""
     if args.batch_size is None:
         args.batch_size = default_batch_size(args.model, args.preset)
     if not args.data:
@@ -395,7 +399,7 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, giv
     if not 0 <= args.freeze_epochs <= args.epochs:
         parser.error(f"--freeze-epochs must be between 0 and --epochs (here {args.freeze_epochs} and {args.epochs}"
                      + (f"; the run freezes its first {args.freeze_epochs}, so --epochs must be at least that)"
-                        if args.resume and "--freeze-epochs" not in given else ")"))
+                        if args.resume and _run_option(args.resume, "freeze_epochs") == args.freeze_epochs else ")"))
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
     if args.mixup < 0:

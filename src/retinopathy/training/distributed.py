@@ -25,7 +25,8 @@ class PeerFailed(RetinopathyError):
 def peer_failed(error: BaseException) -> bool:
     """Whether a collective's error says another process is gone (gloo: "Connection closed by peer"); a backend's
     own failure (NCCL's "unhandled cuda error") is not one."""
-    return any(s in str(error) for s in ("closed by peer", "reset by peer", "remote worker", "Broken pipe"))
+    return any(s in str(error) for s in ("closed by peer", "reset by peer", "remote worker", "Broken pipe",
+                                         "remote process exit"))  # the last: NCCL's ncclRemoteError
 
 
 @dataclass
