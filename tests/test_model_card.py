@@ -128,6 +128,18 @@ def test_other_blending_and_resaved_checkpoints_are_told_apart(run, synth_small,
     rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]
     assert len(rows) == 2 and sum("--blend-eyes 0.5" in r for r in rows) == 1  # its own row, marked
     assert not any(r.split("|")[3].strip().endswith("*") for r in rows)
+    lines = (run / "split.csv").read_text().splitlines()  # another split of the run's photographs: one test
+    first = next(i for i, line in enumerate(lines) if line.endswith(",test"))  # patient's eye moved to train
+    lines[first] = lines[first][:-len("test")] + "train"
+    (tmp_path / "other.csv").write_text("\n".join(lines) + "\n")
+    common[common.index(str(run / "split.csv"))] = str(tmp_path / "other.csv")
+    assert main(["evaluate", str(ckpt), "--out", str(tmp_path / "e3"), *common]) == 0
+    assert json.loads((tmp_path / "e3" / "metrics.json").read_text())["split_file"] == str(tmp_path / "other.csv")
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert len([line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]) == 2
+    assert table_row(card, "test of `other.csv`")[3] == str(json.loads((tmp_path / "e3" / "metrics.json").read_text())[
+        "count"])  # its own row: the run's test rows stay
+    rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]
     save_checkpoint(load_checkpoint(ckpt), ckpt)  # saved again in place (as a retune of its thresholds does)
     write_model_card(ckpt)
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text()

@@ -172,6 +172,15 @@ def test_report_of_a_single_run_dir(experiment, tmp_path, closed_figures):
     assert not [ln for ln in accuracy.axes[0].get_lines() if list(ln.get_xdata()) == [0, 1]]  # no other data's baseline
     assert "The data are synthetic drawings" not in md  # graded on other data: it learnt from drawings, that is all
     assert "Some runs learnt from synthetic drawings" in md
+    ev.update(data=json.loads((run / "eval" / "metrics.json").read_text())["data"], blend_eyes=0.0,
+              split_file=str(tmp_path / "other-split.csv"))  # the run's data, another split of it
+    (moved / "eval" / "metrics.json").write_text(json.dumps(ev))
+    assert main(["report", str(moved), "--out", str(tmp_path / "split")]) == 0
+    md = (tmp_path / "split" / "report.md").read_text()
+    assert f"evaluated on the split of {tmp_path / 'other-split.csv'}, not the run's own" in md
+    assert "(epoch 1) - the lab's number, optimistic; on the run's own test split" in md
+    ev.update(data=str(tmp_path / "elsewhere"), blend_eyes=0.5, split_file=None)
+    (moved / "eval" / "metrics.json").write_text(json.dumps(ev))
     assert main(["report", str(run), str(moved), "--out", str(tmp_path / "four")]) == 0  # one of each: named
     md = (tmp_path / "four" / "report.md").read_text()
     assert "The data are synthetic drawings" not in md and "Some runs learnt from synthetic drawings" in md

@@ -28,7 +28,8 @@ from ..training.checkpoint import checkpoint_file, load_checkpoint, metrics_rows
 from .text import number, training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
-EVAL_KEYS = ("split", "data", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy", "majority_accuracy",
+EVAL_KEYS = ("split", "data", "split_file", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy",
+             "majority_accuracy",
              "kappa", "macro_f1", "referable_auc", "ci95", "recall", "true_counts", "predicted_counts",
              "training_images")
 
@@ -214,7 +215,8 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
             mark, seen = mark + f" † ({e['training_images']} trained on)", True
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
         folder = Path(e.get("data") or "?").name.replace("|", "\\|")  # a code span: '|' alone needs escaping
-        lines.append(f"| {e.get('split')} | `{folder}` | {e.get('checkpoint')} (epoch "
+        split = e.get("split") if not e.get("split_file") else f"{e.get('split')} of `{Path(e['split_file']).name}`"
+        lines.append(f"| {split} | `{folder}` | {e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "
                      f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
@@ -319,7 +321,8 @@ def write_model_card(checkpoint_path: Path, evaluation: dict | None = None, eval
                       written=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         other_blend = record["blend_eyes"] != ckpt["model_info"].get("blend_eyes", 0.0)
         key = f"{file.name}|{record['split']}|{record['data']}" + (
-            f"|blend {record['blend_eyes']:g}" if other_blend else "")
+            f"|blend {record['blend_eyes']:g}" if other_blend else "") + (
+            f"|split file {record['split_file']}" if record["split_file"] else "")  # not the run's own split
         store["evaluations"][key] = record
         write_json(folder / STORE, store)
     card = folder / CARD

@@ -305,7 +305,8 @@ def run_numbers(run: Run) -> dict:
         if best := _best(run.rows, "test_accuracy"):
             n["max_test_accuracy"], n["max_test_epoch"] = best
             train = (run.config or {}).get("train") or {}
-            notes = ["on the training data's test split"] if other_data(run) else []
+            notes = [("on the run's own test split" if (run.eval or {}).get("split_file") else
+                      "on the training data's test split")] if other_data(run) else []
             if train.get("threshold_data") == "train+selection" and option_value(train, "decision") == "thresholds":
                 notes.append("at each epoch's thresholds, before the shipped ones were retuned")
             if notes:
@@ -323,9 +324,10 @@ def run_numbers(run: Run) -> dict:
 
 
 def other_data(run: Run) -> bool:
-    """Whether the run's evaluation graded other data than it trained on (so not the test split of its curves)."""
+    """Whether the run's evaluation graded other data than it trained on, or another split of it (a --split-file):
+    so not the test split of its curves."""
     ev, trained = run.eval or {}, run.data
-    return bool(ev.get("data") and trained and Path(ev["data"]) != Path(trained))
+    return bool(ev.get("data") and trained and Path(ev["data"]) != Path(trained) or ev.get("split_file"))
 
 
 def _cell_epochs(run: Path) -> int:
@@ -342,7 +344,9 @@ def evaluation_note(run: Run) -> str:
     """How the evaluation differs from the run's own setting (other data, another --blend-eyes), or ''."""
     ev = run.eval or {}
     notes = []
-    if other_data(run):
+    if ev.get("split_file"):
+        notes.append(f"evaluated on the split of {ev['split_file']}, not the run's own")
+    elif other_data(run):
         notes.append(f"evaluated on {ev['data']}, not the training data")
     if ev.get("blend_eyes") is not None and ev["blend_eyes"] != (run.train.get("blend_eyes") or 0.0):
         notes.append(f"graded with --blend-eyes {ev['blend_eyes']} (trained with {run.train.get('blend_eyes') or 0})")
