@@ -184,7 +184,7 @@ def test_a_photograph_given_twice_is_graded_once(tmp_path):
     with pytest.warns(DataWarning, match="already listed"):
         items = collect_items([raw, listed])
     assert [(i.image, i.label) for i in items] == [("1_left", 2), ("1_right", 0)]  # as the dataset lists them
-    (listed / "regraded.csv").write_text("image,level\n1_left,4\n")  # a second labels file, another grade
+    (listed / "regraded.csv").write_text("image,level\n1_left,4\n1_right,0\n")  # a second file, another grade
     with pytest.warns(DataWarning, match=r"1_left.jpeg \(listed again in .*regraded.csv\) \[its grade there, 4, "
                                          r"differs from the 2 kept\]"):
         items = collect_items([listed / "trainLabels.csv", listed / "regraded.csv"])
