@@ -5,7 +5,7 @@ class RetinopathyError(Exception):
     """Bad input, a missing file, an unusable checkpoint...: the message says what and what to do."""
 
     exit_code = 2
-    rank_local = False  # under torchrun: met by one process alone (else every process meets it, and rank 0 says it)
+    rank_local = False  # under torchrun: met by one process alone (else by all: each machine's first one says it)
 
 
 class NotWritten(RetinopathyError, OSError):

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def show(message, category, *rest, **kw):  # the package's data warnings as the CLI's other warnings
             if issubclass(category, DataWarning):
-                if not others_say_it():  # under torchrun every process meets it: rank 0 says it, once
+                if not others_say_it():  # under torchrun every process meets it: one per machine says it
                     print(f"warning: {message}", file=sys.stderr)
             else:
                 others(message, category, *rest, **kw)
@@ -68,7 +68,7 @@ def _run(argv: list[str]) -> int:
         return args.func(args) or 0
     except RetinopathyError as e:
         rank, world, _ = launched_as()
-        if not e.rank_local and others_say_it():  # under torchrun every process met it: rank 0 says it, once
+        if not e.rank_local and others_say_it():  # under torchrun every process met it: one per machine says it
             return e.exit_code
         run = getattr(e, "run", None)  # a training run that stopped unsaved (a full disk) can be continued
         unsaved = run or isinstance(e, NotWritten) and argv[:1] == ["experiment"]

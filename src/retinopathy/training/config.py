@@ -272,7 +272,7 @@ def parse_args(argv: list[str] | None = None, run_options: bool = True) -> argpa
     command line; ``run_options=False`` leaves the run's out (an experiment's cell.yaml is the whole cell: an
     option it no longer sets is back at its default)."""
     parser = get_args_parser()
-    if others_say_it():  # under torchrun every process parses the same line: rank 0 says what is wrong
+    if others_say_it():  # under torchrun every process parses the same line: each machine's first one says it
         parser.error = lambda message: parser.exit(2)
     pre, _ = parser.parse_known_args(argv)
     expand_home(pre)
