@@ -129,6 +129,11 @@ def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     assert "eval/metrics.json" in after
     training = ("cell.yaml", "config.yaml", "metrics.csv", "split.csv", "checkpoints/last.pt", "checkpoints/best.pt")
     assert [after[k] for k in training] == [before[k] for k in training]
+    # So is an evaluation of another split of the data (evaluate --split-file) left in the cell's eval/.
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    (run / "eval" / "metrics.json").write_text(json.dumps({**metrics, "split_file": str(run / "other.csv")}))
+    assert main(["experiment", config, "--quiet", "--no-report"]) == 0
+    assert json.loads((run / "eval" / "metrics.json").read_text())["split_file"] is None
     # So is the evaluation of a best.pt saved again since (thresholds retuned by hand, say).
     best = run / "checkpoints" / "best.pt"
     save_checkpoint(load_checkpoint(best), best)

@@ -139,7 +139,16 @@ def test_other_blending_and_resaved_checkpoints_are_told_apart(run, synth_small,
     assert len([line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]) == 2
     assert table_row(card, "test of `other.csv`")[3] == str(json.loads((tmp_path / "e3" / "metrics.json").read_text())[
         "count"])  # its own row: the run's test rows stay
-    rows = [line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]
+    shutil.copy(run / "split.csv", tmp_path / "copy.csv")  # the run's own split, elsewhere: no row of its own
+    common[common.index(str(tmp_path / "other.csv"))] = str(tmp_path / "copy.csv")
+    assert main(["evaluate", str(ckpt), "--out", str(tmp_path / "e4"), *common]) == 0
+    assert json.loads((tmp_path / "e4" / "metrics.json").read_text())["split_file"] is None
+    shutil.copy(tmp_path / "other.csv", tmp_path / "a|b.csv")  # a '|' in its name stays in its cell
+    common[common.index(str(tmp_path / "copy.csv"))] = str(tmp_path / "a|b.csv")
+    assert main(["evaluate", str(ckpt), "--out", str(tmp_path / "e5"), *common]) == 0
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()
+    assert "| test of `a\\|b.csv` | `" in card
+    assert len([line for line in card.split("### Evaluations")[1].splitlines() if line.startswith("| test |")]) == 2
     save_checkpoint(load_checkpoint(ckpt), ckpt)  # saved again in place (as a retune of its thresholds does)
     write_model_card(ckpt)
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text()

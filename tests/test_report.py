@@ -179,6 +179,7 @@ def test_report_of_a_single_run_dir(experiment, tmp_path, closed_figures):
     md = (tmp_path / "split" / "report.md").read_text()
     assert f"evaluated on the split of {tmp_path / 'other-split.csv'}, not the run's own" in md
     assert "(epoch 1) - the lab's number, optimistic; on the run's own test split" in md
+    assert f"1 of 1 runs are evaluated on the test split of {tmp_path / 'other-split.csv'}" in md  # not the data's
     ev.update(data=str(tmp_path / "elsewhere"), blend_eyes=0.5, split_file=None)
     (moved / "eval" / "metrics.json").write_text(json.dumps(ev))
     assert main(["report", str(run), str(moved), "--out", str(tmp_path / "four")]) == 0  # one of each: named

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import filecmp
 import os
 import sys
 import warnings
@@ -194,11 +195,11 @@ def main(args) -> dict:
     metrics = full_metrics(y, pred, probs)
     if args.bootstrap:
         metrics["ci95"] = bootstrap_ci(y, pred, patients, n=args.bootstrap)
-    own_split = run_folder(checkpoint) / "split.csv"
+    own_split = run_folder(checkpoint) / "split.csv"  # given as --split-file (or a copy of it): the run's own
+    other_split = args.split_file and not (own_split.exists() and filecmp.cmp(args.split_file, own_split, False))
     metrics.update({"loss": res["loss"], "split": args.split, "blend_eyes": weight,
                     "data": str(Path(args.data).resolve()),
-                    "split_file": (str(Path(args.split_file).resolve()) if args.split_file and not (
-                        own_split.exists() and Path(args.split_file).resolve() == own_split.resolve()) else None),
+                    "split_file": str(Path(args.split_file).resolve()) if other_split else None,
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
                     "skipped": len(dataset.skipped),  # each listed in skipped.csv

@@ -265,7 +265,7 @@ def is_evaluated(run: Path, exp: Experiment) -> bool:
     except ValueError:
         return False
     if (evaluation.get("ci95") or {}).get("resamples", 0) != bootstrap(exp) or evaluation.get("split") != "test" \
-            or evaluation.get("data") != str(Path(exp.data).resolve()):
+            or evaluation.get("data") != str(Path(exp.data).resolve()) or evaluation.get("split_file"):
         return False
     if not best.exists():
         return True

@@ -215,7 +215,8 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
             mark, seen = mark + f" † ({e['training_images']} trained on)", True
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
         folder = Path(e.get("data") or "?").name.replace("|", "\\|")  # a code span: '|' alone needs escaping
-        split = e.get("split") if not e.get("split_file") else f"{e.get('split')} of `{Path(e['split_file']).name}`"
+        split = e.get("split") if not e.get("split_file") else (
+            f"{e.get('split')} of `" + Path(e["split_file"]).name.replace("|", "\\|") + "`")  # escaped as folder
         lines.append(f"| {split} | `{folder}` | {e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "

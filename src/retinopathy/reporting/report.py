@@ -375,7 +375,7 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     """A few plain sentences that sum the comparison up."""
     done = [r for r in runs if r.eval is not None]
     lines = []
-    datas = {str(r.eval.get("data") or r.data) for r in done}
+    datas = {str(r.eval.get("split_file") or r.eval.get("data") or r.data) for r in done}  # a split file: its split
     counts = {r.numbers["test_count"] for r in done}
     differ = splits_differ(done)
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on " + ("test splits" if differ else "the test split")
