@@ -269,14 +269,15 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     catalog = read_catalog(src, **read_options)
     out = Path(out)
     _check_source(out, catalog)
-    _check_out(out, _settings(src, catalog, size, crop))  # before the lock: nothing is written into a refused OUT
-    with exclusive(out, "prepared"):  # two prepares into one OUT would remove each other's temporary files
-        return _prepare(src, catalog, out, size, crop, workers, progress, read_options, start, started_at)
-
-
-def _prepare(src: str | Path, catalog: Catalog, out: Path, size: int, crop: str, workers: int | None, progress: bool,
-             read_options: dict, start: float, started_at: str) -> dict:
     settings = _settings(src, catalog, size, crop)
+    _check_out(out, settings)  # before the lock: nothing is written into a refused OUT
+    with exclusive(out, "prepared"):  # two prepares into one OUT would remove each other's temporary files
+        return _prepare(catalog, out, settings, workers, progress, read_options, start, started_at)
+
+
+def _prepare(catalog: Catalog, out: Path, settings: dict, workers: int | None, progress: bool, read_options: dict,
+             start: float, started_at: str) -> dict:
+    size, crop = settings["size"], settings["crop"]
     earlier = _check_out(out, settings)  # again, now that OUT is this command's
     recorded, pending = earlier.get("sources", {}), set(earlier.get("pending", []))
     _remove_parts(out)

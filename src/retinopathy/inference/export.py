@@ -37,9 +37,8 @@ import torch
 from ..atomic import naming, out_of_room, write_json
 from ..cli.common import at_least, non_negative, show_defaults
 from ..data import DataError, ImageError, Normalize, Problem, build_transform
-from ..data.images import FOV_SLACK
 from ..data.synth import render_fundus
-from ..data.images import image_files
+from ..data.images import FOV_SLACK, image_files
 from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore

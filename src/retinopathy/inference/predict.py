@@ -218,7 +218,7 @@ class ImageItems(Dataset):
     (:func:`~retinopathy.data.images.doubt`) or None: an unreadable image is reported, not raised."""
 
     def __init__(self, items: list[Item], prep):
-        self.items, self.size, self.prep = items, prep.size, prep
+        self.items, self.prep = items, prep
         self.transform = build_transform(prep, train=False, uint8=True)
 
     def __len__(self) -> int:
@@ -233,7 +233,7 @@ class ImageItems(Dataset):
         except ImageError as e:
             return None, index, e.reason, None
         level = brightest(image)
-        kind = doubt(level, image.size, self.size)
+        kind = doubt(level, image.size, self.prep.size)
         return self.transform(image), index, "", (kind, image.size, level) if kind else None
 
 

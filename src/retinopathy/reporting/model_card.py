@@ -195,6 +195,11 @@ def _cuts(thresholds) -> str:
     return ", ".join(f"{t:.3g}" for t in thresholds)
 
 
+def _code(name: str) -> str:
+    """``name`` as a code span in a table cell: its '|' escaped (the only character a code span must escape)."""
+    return "`" + name.replace("|", "\\|") + "`"
+
+
 def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     evaluations = list(store["evaluations"].values())
     lines = ["### Evaluations (`retinopathy evaluate`)", ""]
@@ -214,10 +219,8 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
         if e.get("training_images"):
             mark, seen = mark + f" † ({e['training_images']} trained on)", True
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
-        folder = Path(e.get("data") or "?").name.replace("|", "\\|")  # a code span: '|' alone needs escaping
-        split = e.get("split") if not e.get("split_file") else (
-            f"{e.get('split')} of `" + Path(e["split_file"]).name.replace("|", "\\|") + "`")  # escaped as folder
-        lines.append(f"| {split} | `{folder}` | {e.get('checkpoint')} (epoch "
+        split = f"{e.get('split')} of {_code(Path(e['split_file']).name)}" if e.get("split_file") else e.get("split")
+        lines.append(f"| {split} | {_code(Path(e.get('data') or '?').name)} | {e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "
                      f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
