@@ -241,7 +241,7 @@ def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
         disc(layout / "valid" / str(g) / f"{g}9_left.jpeg")
     problems = load_catalog(layout, test_fraction=0.25).problems
     assert [(p.kind, p.file) for p in problems] == [("bad-label", str(layout / "valid"))]
-    assert "its 5 image(s) are not used; rename it val/ or test/" in problems[0].message
+    assert "5 image(s) are not used: only train/, val/ and test/ are read; rename it val/" in problems[0].message
     shutil.rmtree(layout / "val")  # train/ and valid/ alone: still said
     assert [p.file for p in load_catalog(layout).problems] == [str(layout / "valid")]
 
@@ -488,3 +488,72 @@ def test_a_runs_photographs_are_counted_by_name_and_grade(tmp_path):
     assert trained_on(split, [("a", 0), ("b", 1), ("c", 2)] * 2) == 2  # the dataset given twice: still 2
     assert trained_on(split, [("a", 0), ("b", 3), ("c", 4)]) == 0  # mostly other grades: other photographs
     assert run_overlap(tmp_path / "none.csv", [("a", 0)]) == ({}, 0, 1)
+
+
+def test_grade_folders_nobody_reads_are_said_and_hidden_folders_left_out(tmp_path):
+    """Grade folders beside the ones read (``test/0/`` beside ``0/``; ``0/`` beside ``train/0/``) are a problem, not
+    dropped; folders named as a number but no grade (``2.0/``) too; hidden, NAS and archiver folders (Synology's
+    ``@eaDir`` thumbnails, ``__MACOSX``, macOS' ``._x.jpeg``) are no photographs."""
+    for g in range(5):
+        disc(tmp_path / str(g) / f"{g}_left.jpeg")
+        disc(tmp_path / str(g) / "@eaDir" / f"{g}_left.jpeg" / "SYNOFILE_THUMB_M.jpg")
+        disc(tmp_path / str(g) / ".thumbs" / f"{g}_left.jpeg")
+        disc(tmp_path / str(g) / "__MACOSX" / f"{g}_left.jpeg")
+        disc(tmp_path / str(g) / f"._{g}_right.jpeg")
+    cat = read_catalog(tmp_path)
+    assert sorted(s.image for s in cat.samples) == [f"{g}_left" for g in range(5)] and not cat.problems
+    for g in range(5):
+        disc(tmp_path / "test" / str(g) / f"1{g}_left.jpeg")
+    disc(tmp_path / "2.0" / "30_left.jpeg")
+    cat = read_catalog(tmp_path)
+    assert len(cat.samples) == 5
+    assert [(p.kind, Path(p.file).name) for p in cat.problems] == [("bad-label", "2.0"), ("bad-label", "test")]
+    assert "whose 5 image(s) are not used" in cat.problems[1].message
+    shutil.rmtree(tmp_path / "2.0")
+    for g in range(4):  # every grade in train/, some in DATA itself: train/ is read, DATA's own are said
+        shutil.move(tmp_path / str(g), tmp_path / "train" / str(g))
+    disc(tmp_path / "train" / "4" / "4_right.jpeg")
+    cat = read_catalog(tmp_path)
+    assert {s.split for s in cat.samples} == {"train", "test"}
+    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path))]
+    assert "whose 1 image(s) are not used" in cat.problems[0].message
+
+
+def test_lab_values_in_quotes_blank_line_above_header_and_a_column_named_twice(tmp_path):
+    """R's ``write.csv`` quotes the lab's values; a blank line above a header does not change how it is read; a
+    header that names the grade column twice is refused (which one holds the grades is unknown)."""
+    (tmp_path / "train_img.csv").write_text('"1_left"\n"1_right"\n')
+    (tmp_path / "train_label.csv").write_text('"0"\n2\n')
+    for eye in ("left", "right"):
+        disc(tmp_path / f"1_{eye}.jpeg")
+    cat = read_catalog(tmp_path)
+    assert [(s.image, s.label) for s in cat.samples] == [("1_left", 0), ("1_right", 2)] and not cat.problems
+    other = tmp_path / "aptos"
+    other.mkdir()
+    (other / "my.csv").write_text("\nid_code,diagnosis\n1_left,3\n")
+    disc(other / "1_left.jpeg")
+    cat = read_catalog(other, labels=other / "my.csv")
+    assert [(s.image, s.label, s.line) for s in cat.samples] == [("1_left", 3, 3)] and not cat.problems
+    (other / "my.csv").write_text("image,level,level\n1_left,0,4\n")
+    cat = read_catalog(other, labels=other / "my.csv")
+    assert not cat.samples and [(p.kind, p.line) for p in cat.problems] == [("bad-header", 1)]
+    assert "['level'] appear more than once" in cat.problems[0].message
+
+
+def test_labels_only_check_finds_a_row_listed_again_without_its_extension(tmp_path):
+    """With no files to compare (``resolve=False``, ``data check --no-images``), ``1_left`` and ``1_left.jpeg``
+    are one image's rows, as they are when the files are read; ``1_left.png`` is another file."""
+    (tmp_path / "trainLabels.csv").write_text("image,level\n1_left.jpeg,0\n1_right,1\n1_left,3\n1_left.png,1\n")
+    cat = read_catalog(tmp_path, resolve=False)
+    assert sorted((p.kind, p.line) for p in cat.problems) == [("duplicate", 2), ("duplicate", 4)]
+    assert [s.image for s in cat.samples] == ["1_right", "1_left.png"]
+
+
+def test_a_patient_named_in_two_unicode_normal_forms_is_one_patient(tmp_path):
+    """macOS writes "é" decomposed (NFD): a patient's two eyes named in different forms stay on one side."""
+    rows = [f"{unicodedata.normalize(form, f'José{p}_{eye}')},{p % 5}" for p in range(40)
+            for eye, form in (("left", "NFC"), ("right", "NFD"))]
+    (tmp_path / "trainLabels.csv").write_text("image,level\n" + "\n".join(rows) + "\n")
+    cat = load_catalog(tmp_path, resolve=False, val_fraction=0.25, test_fraction=0.25)
+    assert len({s.patient for s in cat.samples}) == 40
+    assert all(a.split == b.split for a, b in zip(cat.samples[::2], cat.samples[1::2]))

@@ -25,7 +25,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .images import IMAGE_EXTENSIONS, NOT_UTF8, image_files, index_images, indexed, not_utf8
+from .images import IMAGE_EXTENSIONS, NOT_UTF8, hidden, image_files, index_images, indexed, not_utf8
 from .problems import DataError, Problem
 
 GRADES = (0, 1, 2, 3, 4)
@@ -36,6 +36,7 @@ KAGGLE_LABELS = ("trainLabels.csv", "labels.csv")
 IMAGE_SUBDIRS = ("", "images", "train", "train_images")
 _EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.IGNORECASE)
 _GRADE = re.compile(r"([0-9]+)(?:\.0+)?")  # ASCII digits only: not '²', which str.isdigit() accepts
+_GRADE_LIKE = re.compile(r"\s*[+-]?[0-9]+(?:\.[0-9]*)?\s*")  # a folder named as a number: 5/, -1/, 2.0/, " 3"
 
 
 @dataclass
@@ -78,7 +79,7 @@ def _patient_and_eye(image: str) -> tuple[str, str | None]:
     """(patient, 'left' / 'right' or None) as a name says them: ``10_left`` (or ``train_images/10_left.jpeg``),
     ``p7/left.jpeg`` (a folder per patient), ``left/7.jpeg`` (a folder per eye); any other name is its own
     patient, its path included (``train/1`` and ``val/1`` are two)."""
-    name = without_extension(image).replace("\\", "/")
+    name = unicodedata.normalize("NFC", without_extension(image).replace("\\", "/"))  # one patient in NFC and NFD
     if m := _EYE.match(base_name(name)):
         return m.group("patient"), m.group("eye").lower()
     *folders, stem = name.split("/")
@@ -162,8 +163,8 @@ def grade_folders(data: Path, every_grade: bool) -> Path | None:
 def _header(path: Path) -> set[str]:
     """The column names on a CSV's first line; none where it cannot be read (it is read again, and reported)."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return {h.strip() for h in next(csv.reader(f), [])}
+        with open(path, newline="", encoding="utf-8-sig") as f:  # blank lines above the header are no header
+            return {h.strip() for h in next((r for r in csv.reader(f) if any(c.strip() for c in r)), [])}
     except (OSError, UnicodeDecodeError, csv.Error):
         return set()
 
@@ -230,6 +231,13 @@ def _lab_header_advice(img_file: Path, names: list[str], label_file: Path, label
             len(headers) == 2 and len(names) == len(labels))
 
 
+def _unquoted(line: str) -> str:
+    """A line of the lab's one-column CSVs as its value: stripped, and without the quotes a CSV writer may put
+    around it (R's ``write.csv``: ``"1_left"``)."""
+    line = line.strip()
+    return line[1:-1].replace('""', '"').strip() if len(line) > 1 and line[0] == line[-1] == '"' else line
+
+
 def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
     samples = []
     for split, (img_name, label_name) in LAB_FILES.items():
@@ -249,7 +257,7 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     f"{img_name} has {len(names)} lines but {label_name} has {len(labels)}; "
                                     "each image needs its label on the same line" + (f"; {advice}" if advice else "")))
         for i, (name, text) in enumerate(zip(names, labels), start=1):
-            name = name.strip()
+            name, text = _unquoted(name), _unquoted(text)
             if i == 1 and both:
                 problems.append(Problem("bad-row", str(label_file), 1, advice, name))
                 continue
@@ -292,6 +300,12 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
         problems.append(Problem("bad-header", str(path), rows[0][0] if rows else 1,
                                 f"column(s) {missing} not found; " + _header_advice(header, [image_col, label_col])))
         return samples
+    twice = [c for c in (image_col, label_col, patient_col) if c and header.count(c) > 1]
+    if twice:
+        problems.append(Problem("bad-header", str(path), rows[0][0], f"column(s) {twice} appear more than once in "
+                                f"the header {header}: which one holds the grades is unknown; rename or remove "
+                                "the others"))
+        return samples
     ci, cl = header.index(image_col), header.index(label_col)
     cp = header.index(patient_col) if patient_col else None
     for line, last, row in rows[1:]:
@@ -310,7 +324,7 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
         label = _checked_label(name, row[cl], path, path, line, problems)
         if label is None:
             continue
-        patient = row[cp].strip() if cp is not None else patient_of(name)
+        patient = unicodedata.normalize("NFC", row[cp].strip()) if cp is not None else patient_of(name)
         if not patient:
             problems.append(Problem("bad-row", str(path), line, f"empty {patient_col!r} (patient) for {name}; fill "
                                     "it in, or leave out --patient-col to take patients from the image names",
@@ -338,12 +352,31 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
             samples.append(Sample(image, grade, patient if eye else patient_of(image), str(sub), None, split,
                                   path=str(f)))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if other.is_dir() and re.fullmatch(r"-?[0-9]+", other.name) and other.name not in map(str, GRADES) \
+        if other.is_dir() and _GRADE_LIKE.fullmatch(other.name) and other.name not in map(str, GRADES) \
                 and (count := len(image_files(other))):
-            problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ is not a grade 0-4: its "
-                                    f"{count} image(s) are not used; move them into the folder of their grade, "
-                                    "or remove it"))
+            problems.append(Problem("bad-label", str(other), None, f"folder {other.name!r} is not a grade folder "
+                                    f"0/ ... 4/: its {count} image(s) are not used; move them into the folder of "
+                                    "their grade, or remove it"))
     return samples
+
+
+def _unread_grade_trees(data: Path, read: list[Path]) -> list[Problem]:
+    """A problem for each folder beside the ``read`` ones (``DATA`` or one of its folders) that holds grade folders
+    with images, which would be left out silently: ``DATA/test/0/`` beside ``DATA/0/``, ``valid/`` beside ``train/``."""
+    problems = []
+    for other in [data, *sorted(p for p in data.iterdir() if p.is_dir() and not hidden(p.name))]:
+        if other in read or (other.parent in read and other.name in map(str, GRADES)):
+            continue
+        count = sum(len(image_files(other / str(g))) for g in GRADES if (other / str(g)).is_dir())
+        if not count:
+            continue
+        advice = ("only train/, val/ and test/ are read; rename it val/ or test/, or remove it"
+                  if read[0] == data / "train" else
+                  f"the grade folders read are {read[0]}'s; move them there, pass {other} as the dataset, or "
+                  "remove it")
+        problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ holds grade folders whose "
+                                f"{count} image(s) are not used: {advice}"))
+    return problems
 
 
 def split_folders(data: Path, grades: Path) -> dict[str, Path]:
@@ -472,12 +505,8 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     elif format == "folders":
         parts = split_folders(data, labels) or {None: labels}
         samples = [s for sp, folder in parts.items() for s in _read_folders(folder, problems, sp)]
-        if labels == data / "train":  # train/ (val/ test/): a sibling of theirs with grade folders would be left out
-            for other in sorted(p for p in data.iterdir() if p.is_dir() and p.name not in ("train", "val", "test")):
-                if any((other / str(g)).is_dir() for g in GRADES) and (count := len(image_files(other))):
-                    problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ holds grade "
-                                            f"folders beside train/, but only train/, val/ and test/ are read: its "
-                                            f"{count} image(s) are not used; rename it val/ or test/, or remove it"))
+        if labels.is_dir():
+            problems += _unread_grade_trees(data, list(parts.values()))
         label_files = list(parts.values())
     else:
         if not labels.exists():
@@ -543,11 +572,14 @@ def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[
     first one. Rows of one image that disagree on its grade are all dropped: which grade is right is unknown."""
     by_name: dict[str, Sample] = {}
     by_file: dict[tuple, Sample] = {}
+    by_stem: dict[str, Sample] = {}  # a name without its extension -> its first row with one, found no file
     disputed: dict[int, tuple[Sample, Sample]] = {}  # id(first row) -> (first row, a row with another grade)
     unique = []
     for s in samples:
         same = _file_identity(s.path) if s.path else None
-        first = by_name.get(s.image) or (by_file.get(same) if same else None)
+        bare = without_extension(s.image)  # with no file to compare (--no-images), 1_left is 1_left.jpeg's row
+        first = by_name.get(s.image) or (by_file.get(same) if same else None) or (
+            None if s.path else by_name.get(bare) if bare != s.image else by_stem.get(bare))
         if first is not None:
             other = f" with grade {s.label} (grade {first.label} there)" if s.label != first.label else ""
             problems.append(Problem("duplicate", _listed_in(s), s.line,
@@ -561,6 +593,8 @@ def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[
         by_name[s.image] = s
         if same:
             by_file[same] = s
+        elif bare != s.image:
+            by_stem.setdefault(bare, s)
         unique.append(s)
     for first, other in disputed.values():
         problems.append(Problem("duplicate", _listed_in(first), first.line,

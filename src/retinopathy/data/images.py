@@ -71,10 +71,16 @@ def indexed(index: dict[str, str], name: str) -> str | None:
     return index.get(name) or index.get(unicodedata.normalize("NFC", name))
 
 
+def hidden(name: str) -> bool:
+    """A file or folder name a walk through photographs leaves out: hidden (``.x``, macOS' ``._x.jpeg``), or a NAS's
+    or archiver's own (Synology's ``@eaDir`` thumbnails, ``__MACOSX``)."""
+    return name.startswith((".", "@")) or name == "__MACOSX"
+
+
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder``, sorted, following symbolic links to folders: each real folder once, and none
-    that holds ``folder`` (a link back up would bring in its siblings); a link that leads nowhere is listed too,
-    so that it gets its error."""
+    that holds ``folder`` (a link back up would bring in its siblings), nor a :func:`hidden` one; a link that leads
+    nowhere is listed too, so that it gets its error."""
     files, seen, top = [], set(), os.path.realpath(folder)
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -82,7 +88,8 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
             dirs.clear()
             continue
         seen.add(real)
-        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS
+        dirs[:] = [d for d in dirs if not hidden(d)]
+        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not hidden(n)
                   and ((Path(root) / n).is_file() or not (Path(root) / n).exists())]  # a broken link: listed
     return sorted(files)
 
