@@ -270,3 +270,19 @@ def test_the_card_follows_epochs_that_did_not_beat_the_best(tiny_run, tmp_path):
     assert main(["train", "--resume", str(run), "--epochs", "3", "--quiet"]) == 0
     assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 1
     assert "epoch 2 of 3 (3 run so far)" in (run / "checkpoints" / "MODEL_CARD.md").read_text()
+
+
+def test_skipped_images_and_a_card_store_not_the_cards_are_said(run, capsys):
+    """An evaluation that ``--skip-bad`` left images out of says how many; a model_card.json that is not UTF-8 JSON,
+    or whose evaluations are no mapping, is warned about and started afresh (it stopped evaluate mid-write)."""
+    row = {"split": "test", "data": "/data/small", "blend_eyes": 0.0, "count": 17, "skipped": 1, "accuracy": 0.6,
+           "majority_accuracy": 0.5, "kappa": 0.2, "macro_f1": 0.3, "true_counts": [9, 3, 3, 1, 1]}
+    card = write_model_card(run / "checkpoints" / "best.pt", evaluation=row).read_text()
+    assert table_row(card.split("### Evaluations")[1], "test")[3] == "17 (1 skipped)"
+    assert "skipped: images `--skip-bad` left out of that evaluation" in card
+    store = run / "checkpoints" / "model_card.json"
+    for broken in (b"\xff\xfe{", b'{"evaluations": []}'):
+        store.write_bytes(broken)
+        card = write_model_card(run / "checkpoints" / "best.pt", evaluation={**row, "skipped": 0}).read_text()
+        assert f"warning: {store} is not readable" in capsys.readouterr().err
+        assert table_row(card.split("### Evaluations")[1], "test")[3] == "17" and "skipped:" not in card

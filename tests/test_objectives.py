@@ -481,6 +481,8 @@ def test_bootstrap_leaves_out_resamples_without_a_kappa():
     ci = bootstrap_ci([0, 0, 3, 3], [0, 0, 3, 3], ["a", "a", "b", "b"], n=200)
     assert ci["kappa"] == [1.0, 1.0] and 50 < ci["kappa_undefined"] < 150 and ci["accuracy"] == [1.0, 1.0]
     assert bootstrap_ci([2, 2], [2, 2], ["a", "a"], n=10)["kappa"] is None
+    one = bootstrap_ci([2, 3], [1, 3], ["a", "a"], n=10)  # one patient: every resample is that patient, no interval
+    assert one["accuracy"] is None and one["kappa"] is None
 
 
 @pytest.mark.parametrize("name", ["regression", "ordinal", "ordinal+ce"])

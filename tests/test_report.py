@@ -761,7 +761,6 @@ def test_run_names_are_shown_as_written(experiment, tmp_path):
 
 @pytest.mark.parametrize("file, content", [("experiment.json", {"cells": 5}),
                                            ("experiment.json", {"cells": {"resnet18-scratch": "done"}}),
-                                           ("resnet18-scratch/eval/metrics.json", []),
                                            ("resnet18-scratch/config.yaml", [1, 2])])
 def test_a_record_edited_out_of_shape_is_named(experiment, tmp_path, file, content, capsys):
     """Files of the wrong shape (valid JSON or YAML, but not a mapping) gave tracebacks (TypeError, AttributeError)."""
@@ -770,6 +769,54 @@ def test_a_record_edited_out_of_shape_is_named(experiment, tmp_path, file, conte
     (exp / file).write_text(json.dumps(content))
     assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 2
     assert f"error: {exp / file}: not as retinopathy writes it (edited by hand?)" in capsys.readouterr().err
+
+
+def test_a_run_whose_files_were_edited_or_lost_is_said_and_the_others_reported(experiment, tmp_path, capsys):
+    """An evaluation's metrics.json cut short or of another shape, a lost best.pt or metrics.csv: that run's cell
+    says so (the other runs are still reported); a config.yaml section of the wrong shape is named (they gave
+    KeyError, AttributeError, ValueError tracebacks)."""
+    exp = tmp_path / "tiny"
+    shutil.copytree(experiment / "runs" / "tiny", exp)
+    run, other = exp / "resnet18-scratch", exp / "resnet18-pretrained"
+    metrics = run / "eval" / "metrics.json"
+    text = metrics.read_text()
+    for content in (text[:100], "[]", json.dumps({"split": "test", "checkpoint": "x/best.pt", "epoch": 0})):
+        metrics.write_text(content)
+        assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
+        md = (tmp_path / "r" / "report.md").read_text()
+        assert f"Missing: resnet18-scratch - not evaluated: {metrics}: " in md
+        assert "; delete it and run `retinopathy evaluate" in md
+        assert md_table(md, "### All runs")[0]["Test accuracy"] != "-"  # the other run is still there
+    metrics.write_text(text)
+    (run / "checkpoints" / "best.pt").rename(run / "best.pt.moved")
+    (run / "eval" / "metrics.json").unlink()
+    (other / "metrics.csv").unlink()
+    assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"{run / 'checkpoints' / 'best.pt'}, the checkpoint to evaluate, is missing: put it back" in md
+    assert f"{other / 'metrics.csv'} is missing or empty: no curves or per-epoch numbers" in md
+    for section in ("train: 5", "data: 5", "train: {epochs: x}"):
+        config = yaml.safe_load((other / "config.yaml").read_text())
+        key, value = section.split(": ", 1)
+        (run / "config.yaml").write_text(yaml.safe_dump({**config, key: yaml.safe_load(value)}))
+        assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 2
+        assert f"error: {run / 'config.yaml'}: its {key}" in capsys.readouterr().err
+
+
+def test_evaluations_on_training_images_or_with_images_skipped_are_marked(experiment, tmp_path):
+    """An evaluation that graded images the run trained on (another split file) is marked as overstating, in its
+    cell and at a glance; one that ``--skip-bad`` left images out of says how many."""
+    exp = tmp_path / "tiny"
+    shutil.copytree(experiment / "runs" / "tiny", exp)
+    metrics = exp / "resnet18-scratch" / "eval" / "metrics.json"
+    m = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**m, "training_images": 3, "skipped": 2}))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r"), "--title", "<b>mine</b> `a<b`"]) == 0
+    md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "index.html").read_text()
+    assert f"**⚠ 3 of its {m['count']} images were trained on: the numbers overstate**" in md
+    assert "Warning: the evaluations of resnet18-scratch include images the run trained on" in md
+    assert "2 image(s) left out by --skip-bad (its skipped.csv)" in md and "2 image(s) left out by --skip" in page
+    assert md.startswith("# &lt;b>mine&lt;/b> `a<b`\n")  # a tag escaped; a code span shown as it is
 
 
 def test_a_cell_stopped_short_after_its_evaluation_is_marked_unfinished(experiment, tmp_path):

@@ -229,7 +229,8 @@ def main(args) -> dict:
     if dataset.skipped:
         print(f"warning: {skipped_note(dataset.skipped, str(out / 'skipped.csv'))}", file=sys.stderr)
     print(f"{args.split}: {metrics['count']} images | accuracy {metrics['accuracy']:.4f}"
-          + (f" [95% CI {ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" if ci else "")
+          + (f" [95% CI {ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" if ci and ci["accuracy"] else
+             f" [no 95% CI: one {ci['unit']}]" if ci else "")
           + f" (majority class {metrics['majority_accuracy']:.4f}) | kappa {metrics['kappa']:.4f}"
           + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci and ci["kappa"] else "")
           + f" | macro-F1 {metrics['macro_f1']:.4f}"

@@ -119,14 +119,16 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
     """95 % percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients).
 
     A resample in which truth and answers are all one grade has no kappa (0 / 0); such resamples are left out
-    of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one).
-    ``groups=None`` resamples images."""
+    of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one). With one
+    group every resample is the same, so there is no interval: both are None. ``groups=None`` resamples images."""
     y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
     unit, groups = ("image", np.arange(len(y_true))) if groups is None else ("patient", np.asarray(groups))
     if not len(y_true) == len(y_pred) == len(groups) or n < 1 or not len(y_true):
         raise ValueError(f"bootstrap_ci: y_true, y_pred and groups need one entry per image ({len(y_true)}, "
                          f"{len(y_pred)}, {len(groups)}), at least one, and n >= 1 resamples (got {n})")
     uniq, inverse = np.unique(groups, return_inverse=True)
+    if len(uniq) < 2:
+        return {"level": 0.95, "resamples": n, "unit": unit, "accuracy": None, "kappa": None, "kappa_undefined": n}
     members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
     rng = np.random.default_rng(seed)
     acc, kap = [], []

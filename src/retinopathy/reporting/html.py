@@ -85,7 +85,8 @@ def results_cell(run) -> str:
     n = run.numbers
     keys = ("test_accuracy", "kappa", "macro_f1", "majority_accuracy", "selected_epoch", "selection_split",
             "selection_metric", "best_selection_accuracy", "best_selection_epoch", "max_test_accuracy",
-            "max_test_epoch", "max_test_note", "warning", "ci_accuracy", "ci_kappa", "evaluation_note")
+            "max_test_epoch", "max_test_note", "warning", "ci_accuracy", "ci_kappa", "evaluation_note",
+            "trained_on")
     attrs = {"run": run.name, "model": run.model, "variant": run.variant, "status": run.status,
              **{k: n.get(k) for k in keys if k in n}}
     if run.reason:

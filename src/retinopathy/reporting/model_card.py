@@ -31,7 +31,7 @@ CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "split_file", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy",
              "majority_accuracy",
              "kappa", "macro_f1", "referable_auc", "ci95", "recall", "true_counts", "predicted_counts",
-             "training_images")
+             "training_images", "skipped")
 
 
 def _read_store(path: Path) -> dict:
@@ -39,9 +39,10 @@ def _read_store(path: Path) -> dict:
         return {"evaluations": {}}
     try:
         store = json.loads(path.read_text(encoding="utf-8"))
-        store.setdefault("evaluations", {})
+        if not isinstance(store.setdefault("evaluations", {}), dict):
+            raise ValueError("its 'evaluations' is not a mapping")
         return store
-    except (json.JSONDecodeError, AttributeError) as e:
+    except (ValueError, AttributeError) as e:  # not JSON, not UTF-8 (both ValueErrors), or not the card's JSON
         print(f"warning: {path} is not readable ({e}); earlier evaluations are dropped from the model card",
               file=sys.stderr)
         return {"evaluations": {}}
@@ -208,7 +209,7 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
               "quadratic kappa [95% CI] | macro-F1 | referable AUC | recall grade 0-4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    stale, seen, flagged = False, False, False
+    stale, seen, flagged, skipped = False, False, False, False
     trained_blend = card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
     for e in evaluations:
         mark = ""
@@ -218,11 +219,13 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
             mark, stale = mark + " *", True
         if e.get("training_images"):
             mark, seen = mark + f" † ({e['training_images']} trained on)", True
+        images = f"{e.get('count')}" + (f" ({e['skipped']} skipped)" if e.get("skipped") else "")
+        skipped = skipped or bool(e.get("skipped"))
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
         split = f"{e.get('split')} of {_code(Path(e['split_file']).name)}" if e.get("split_file") else e.get("split")
         lines.append(f"| {split} | {_code(Path(e.get('data') or '?').name)} | {e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
-                     f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {e.get('count')} | "
+                     f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {images} | "
                      f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
                      f"{_fmt(e.get('kappa'))}{_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
                      f"{_fmt(e.get('referable_auc'))} | {_recalls(e)} |")
@@ -234,6 +237,9 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
                      "above the majority-class baseline): the model has not learnt to grade those photographs.")
     if seen:
         lines.append("\n† includes images the run trained on: its accuracy and kappa there overstate.")
+    if skipped:
+        lines.append("\nskipped: images `--skip-bad` left out of that evaluation (unreadable or badly labelled; "
+                     "listed in its skipped.csv): the numbers are of the rest.")
     if stale:
         lines.append("\n\\* evaluated an earlier best.pt (another epoch, or thresholds retuned since); run "
                      "`retinopathy evaluate` again.")

@@ -36,12 +36,14 @@ from ..training.config import PRESETS, option_value
 from . import figures
 from .html import LEGEND, render_html
 from .text import (RECIPES, baselines, baselines_text, cell_notes, ci_text, epochs_text, first_line, grade_parts,
-                   md_cell, number, training_text)
+                   md_cell, md_text, number, training_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
            "compile", "deterministic", "cache_images", "stop_after", "split_file", "weights", "model", "pretrained",
            "labels", "images"}
+EVAL_NEEDS = ("split", "checkpoint", "epoch", "count", "accuracy", "kappa", "macro_f1", "majority_accuracy",
+              "true_counts")  # what the report reads of an evaluation's metrics.json
 MAX_LABEL_OPTIONS = 3  # runs that differ in more options are labelled by their names
 
 
@@ -137,13 +139,36 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _config(path: Path) -> dict:
+    """A run's config.yaml, its sections and epochs checked (a hand-edited file is named, not a traceback)."""
+    config = _read(path, yaml.safe_load) or {}
+    bad = [key for key in ("train", "data", "selection", "engine") if not isinstance(config.get(key) or {}, dict)]
+    epochs = (config.get("train") or {}).get("epochs", 0) if not bad else 0
+    if bad or not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+        raise ReportError(f"{path}: its {bad[0] if bad else 'train: epochs'} is not as retinopathy writes it (edited "
+                          "by hand?); restore it, or train the run again")
+    return config
+
+
+def _evaluation(path: Path) -> dict:
+    """An evaluation's metrics.json, with the numbers the report shows."""
+    ev = _read(path, json.loads) or {}
+    missing = [k for k in EVAL_NEEDS if k not in ev]
+    if missing or not (isinstance(ev["true_counts"], list) and len(ev["true_counts"]) == len(GRADES)):
+        raise ReportError(f"{path}: not as retinopathy evaluate writes it (no {', '.join(missing) or 'true_counts'})")
+    return ev
+
+
 def load_run(run: Path, name: str | None = None) -> Run:
     name = name or run.name
     if (run / "config.yaml").exists():
-        config = _read(run / "config.yaml", yaml.safe_load) or {}
-        train, rows = config.get("train", {}), read_rows(run / "metrics.csv")
+        config = _config(run / "config.yaml")
+        train, rows = config.get("train") or {}, read_rows(run / "metrics.csv")
         metrics_file = run / "eval" / "metrics.json"
-        ev = _read(metrics_file, json.loads) if metrics_file.exists() else None
+        try:  # an evaluation that cannot be read is said in its run's cell: the other runs are still reported
+            ev, unreadable = (_evaluation(metrics_file) if metrics_file.exists() else None), ""
+        except ReportError as e:
+            ev, unreadable = None, f"{e}; delete it and "
         epochs = int(train.get("epochs") or len(rows))
         data = (config.get("data") or {}).get("path") or train.get("data")  # resolved, as the run saw it
         command = (f"run `retinopathy evaluate {shlex.quote(str(run / 'checkpoints' / 'best.pt'))} --data "
@@ -174,8 +199,14 @@ def load_run(run: Path, name: str | None = None) -> Run:
                                                 if _cell_epochs(run) > saved else ""))
         elif ev is not None:
             status, reason = "done", ""
+        elif not best.exists():
+            status, reason = "not evaluated", (f"{best}, the checkpoint to evaluate, is missing: put it back from a "
+                                               "backup, or train the run again")
         else:
-            status, reason = "not evaluated", command
+            status, reason = "not evaluated", unreadable + command
+        if not rows and saved:  # checkpoints without a metrics.csv: its curves and per-epoch numbers are lost
+            reason = (f"{run / 'metrics.csv'} is missing or empty: no curves or per-epoch numbers"
+                      + (f"; {reason}" if reason else ""))
         return Run(name, run, status, reason, train, config, rows, ev)
     if (run / "SKIPPED.json").exists():
         info = _read(run / "SKIPPED.json", json.loads)
@@ -320,6 +351,9 @@ def run_numbers(run: Run) -> dict:
                  ci_accuracy=(ev.get("ci95") or {}).get("accuracy"), ci_kappa=(ev.get("ci95") or {}).get("kappa"))
         n["warning"] = no_better_than_majority(ev)
         n["evaluation_note"] = evaluation_note(run)
+        if ev.get("training_images"):
+            n["trained_on"] = (f"{ev['training_images']} of its {ev['count']} images were trained on: the numbers "
+                               "overstate")
     return n
 
 
@@ -350,6 +384,8 @@ def evaluation_note(run: Run) -> str:
         notes.append(f"evaluated on {ev['data']}, not the training data")
     if ev.get("blend_eyes") is not None and ev["blend_eyes"] != (run.train.get("blend_eyes") or 0.0):
         notes.append(f"graded with --blend-eyes {ev['blend_eyes']} (trained with {run.train.get('blend_eyes') or 0})")
+    if ev.get("skipped"):
+        notes.append(f"{ev['skipped']} image(s) left out by --skip-bad (its skipped.csv): the numbers are of the rest")
     return "; ".join(notes)
 
 
@@ -404,6 +440,10 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     elif unskilled:
         lines.append(f"Warning: {len(unskilled)} of {len(done)} evaluated runs are no better than always answering "
                      "the most common grade (kappa <= 0): " + ", ".join(r.name for r in unskilled) + ".")
+    trained_on = [r for r in done if r.numbers.get("trained_on")]
+    if trained_on:
+        lines.append(f"Warning: the evaluations of {', '.join(r.name for r in trained_on)} include images the run "
+                     "trained on (another split file, or other data that holds them): their numbers overstate.")
     below = [r for r in graders if r.numbers["warning"]]
     if below:
         lines.append(f"Warning: {len(below)} of {len(done)} evaluated runs grade (kappa > 0) but are right less often "
@@ -512,9 +552,10 @@ def cell_lines(run: Run) -> list[str]:
 
 def render_markdown(ctx: dict) -> str:
     runs, grid = ctx["runs"], ctx["grid"]
-    md = [f"# {ctx['title']}", "", f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}.", ""]
-    md += [line for about in ctx["about"] for line in (about, "")]
-    md += ["## At a glance", ""] + [f"- {line}" for line in ctx["glance"]] + ["", "## Results", ""]
+    md = [f"# {md_text(ctx['title'])}", "", md_text(f"Generated {ctx['generated']} from {', '.join(ctx['inputs'])}."),
+          ""]
+    md += [line for about in ctx["about"] for line in (md_text(about), "")]
+    md += ["## At a glance", ""] + [f"- {md_text(line)}" for line in ctx["glance"]] + ["", "## Results", ""]
     md.append("| Model | " + " | ".join(map(md_cell, ctx["variants"]))
               + " | Baseline: always the most common grade (test accuracy) |")
     md.append("|---" * (len(ctx["variants"]) + 2) + "|")
@@ -525,7 +566,7 @@ def render_markdown(ctx: dict) -> str:
             if r is None:
                 cells.append("not in this comparison")
                 continue
-            cells.append("<br>".join(cell_lines(r)).replace("|", "/"))
+            cells.append("<br>".join(map(md_cell, cell_lines(r))))
         majors = baselines_text(baselines(runs, m))[0]
         md.append(f"| {display_name(m)} | " + " | ".join(cells) + f" | {majors} |")
     md += ["", " ".join(re.sub(r"<[^>]+>", "", line).replace("&#9888;", "⚠") for line in LEGEND)]
@@ -560,7 +601,7 @@ def render_markdown(ctx: dict) -> str:
                "DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
            "## Runs", ""]
     for r in runs:
-        md += [f"### {md_cell(r.name)}", ""] + [f"- **{k}**: {v}" for k, v in run_details(r)] + [""]
+        md += [f"### {md_cell(r.name)}", ""] + [f"- **{k}**: {md_text(str(v))}" for k, v in run_details(r)] + [""]
     return "\n".join(md)
 
 

@@ -2,6 +2,8 @@
 run's training and its standing against the constant answer are written."""
 from __future__ import annotations
 
+import re
+
 from ..data.formats import GRADES
 
 RECIPES = "Variants, by the options in which their runs differ from the other runs of the same model:"
@@ -10,6 +12,12 @@ RECIPES = "Variants, by the options in which their runs differ from the other ru
 def md_cell(name: str) -> str:
     """A name as a Markdown table cell shows it: its '|' not a column break, its '<' not a tag."""
     return name.replace("|", "\\|").replace("<", "&lt;")
+
+
+def md_text(text: str) -> str:
+    """Free text (a name, a path, a description) as Markdown shows it: a '<' that would open a tag (``<b>``) is
+    escaped, except in code spans, which show every character as it is; ``kappa <= 0`` stays as it is."""
+    return re.sub(r"(`[^`]*`)|<(?=[A-Za-z/!?])", lambda m: m[1] or "&lt;", text)
 
 
 def number(v, digits: int = 3, none: str = "-") -> str:
@@ -89,6 +97,8 @@ def cell_notes(run) -> list[tuple[str, str]]:
     ``note`` (about the evaluation), ``small`` (small print), ``lab`` (the lab's number) or ``warn`` (marked)."""
     n, sel = run.numbers, run.numbers.get("selection_split") or "?"
     notes = [("note", n["evaluation_note"])] if n.get("evaluation_note") else []
+    if n.get("trained_on"):
+        notes.append(("warn", n["trained_on"]))
     if n.get("own_majority"):
         notes.append(("small", majority_text(n)))
     if run.status != "done":
