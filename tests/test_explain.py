@@ -254,6 +254,12 @@ def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, ca
     assert main(["predict", str(ckpt), str(photos / "7_left.png"), "--out", str(tmp_path / "one.csv"),
                  "--workers", "0", "--quiet"]) == 0
     assert "1 image(s) without the patient's other eye (e.g. 7_left) are graded alone" in capsys.readouterr().err
+    checkpoint = load_checkpoint(ckpt)  # tuned without mixing: an eye alone is graded as the model was tuned
+    checkpoint["model_info"]["blend_eyes"] = 0.0
+    save_checkpoint(checkpoint, ckpt)
+    assert main(["predict", str(ckpt), str(photos / "7_left.png"), "--out", str(tmp_path / "one.csv"),
+                 "--blend-eyes", "0.4", "--workers", "0", "--quiet"]) == 0
+    assert "other eye" not in capsys.readouterr().err
 
 
 

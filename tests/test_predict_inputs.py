@@ -222,6 +222,10 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
     records = {name: (tiny_run / name).read_bytes() for name in ("split.csv", "config.yaml")}
     split = tmp_path / "split.csv"
     shutil.copy(tiny_run / "split.csv", split)
+    other = tmp_path / "other-run"  # another run's checkpoint: not this command's input, still a run's file
+    (other / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_run / "config.yaml", other)
+    shutil.copy(best, other / "checkpoints" / "best.pt")
     for argv, named in (
             (["predict", str(tiny_run), str(photo), "--out", str(best)],
              f"--out would replace a model file with a .csv file; choose another file, e.g. {best.parent}/"
@@ -231,13 +235,13 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
             (["predict", str(weights), str(photo), "--out", str(weights)],
              f"--out would replace {weights}, an input of this command"),
             (["predict", str(tiny_run), str(data), "--out", str(data / "trainLabels.csv")],
-             f"--out would replace {data / 'trainLabels.csv'}, an input of this command"),
+             f"--out would replace {data / 'trainLabels.csv'},"),
             (["predict", str(tiny_run), str(photo), "--out", str(tmp_path / "p.csv"), "--cam", str(data)],
              f"--cam would write heatmaps among the photographs being graded (in {data})"),
             (["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--cam", str(data / "cams")],
              f"--cam would write heatmaps among the photographs being graded (in {data})"),  # graded next time
             (["predict", str(tiny_run), str(lab), "--out", str(lab / "test_label.csv")],
-             f"--out would replace {lab / 'test_label.csv'}, an input of this command"),
+             f"--out would replace {lab / 'test_label.csv'},"),
             (["data", "check", str(data), "--json", str(data / "trainLabels.csv"), "--quiet"],
              f"--json would replace {data / 'trainLabels.csv'}"),
             (["export", str(tiny_run), "--format", "torchscript", "--out",
@@ -256,13 +260,17 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
             (["export", str(tiny_run), "--format", "torchscript", "--out", str(tiny_run / "config.yaml")],
              f"--out would replace config.yaml, a record of the run in {tiny_run}"),
             (["data", "check", str(data), "--no-images", "--split-file", str(split), "--json", str(split)],
-             f"--json would replace {split}, an input of this command")):
+             f"--json would replace {split}, an input of this command"),
+            (["export", str(tiny_run), "--format", "torchscript", "--out", str(other / "checkpoints" / "best.pt")],
+             f"--out would replace {other / 'checkpoints' / 'best.pt'}, in the checkpoints of the run in {other}"),
+            (["predict", str(tiny_run), str(photo), "--out", str(lab / "train_img.csv")],  # not this command's input
+             f"--out would replace {lab / 'train_img.csv'}, a dataset's labels file")):
         assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
     assert (best.read_bytes(), last.read_bytes()) == models and weights.read_bytes() == models[0]
     assert {name: (tiny_run / name).read_bytes() for name in records} == records
-    assert split.read_bytes() == records["split.csv"]
+    assert split.read_bytes() == records["split.csv"] and (other / "checkpoints" / "best.pt").read_bytes() == models[0]
     from retinopathy.outputs import check_output_file
 
     (tmp_path / "grader.pth").write_bytes(b"an earlier TorchScript export")

@@ -12,7 +12,7 @@ TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (
 but still the format LibTorch/C++ loads). Before anything is written, ONNX Runtime (or the reloaded
 TorchScript module) is compared with PyTorch on ``--check-images`` (default: up to 8 photographs found under
 the folder the model was trained on; four synthetic renders when it is gone or holds none) at batch sizes 1
-and 3; a largest absolute logit difference of ``--tolerance`` (1e-3) or more fails the export (exit status 1,
+and 3; a largest absolute logit difference above ``--tolerance`` (1e-3) fails the export (exit status 1,
 nothing written).
 """
 from __future__ import annotations

@@ -295,10 +295,11 @@ SAME_OUTPUTS = 1e-6  # log-probabilities and scores that vary less than this ove
 
 
 def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="none",
-        tta=False, blend=0.0, cam_dir: Path | None = None, progress=True) -> dict:
+        tta=False, blend=0.0, tuned_blend=0.0, cam_dir: Path | None = None, progress=True) -> dict:
     """Grade ``items``; returns arrays ``probs`` (N,5, NaN for failures), ``scores``, ``grades`` (-1 for
     failures), ``errors`` (reason or ""), and ``heatmaps`` (PNG paths) when ``cam_dir`` is given.
-    ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`); the heatmaps
+    ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`; ``tuned_blend``, the
+    share the model was tuned with: an eye graded alone is warned about only when it is not 0); the heatmaps
     explain the final grade (classification: the photograph's own logit of it) or the photograph's own score."""
     device = pick_device(device)
     amp, channels_last = to_engine(model, device, amp)
@@ -344,12 +345,12 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
             res["probs"][graded], res["scores"][graded], patients, blend)
         eyes = Counter(patients)
         alone = [items[i].image for i, p in zip(graded, patients) if eyes[p] == 1]
-        if alone:
+        if alone and tuned_blend:
             tuned = ("against thresholds tuned on scores mixed with the other eye" if objective.decision ==
                      "thresholds" else "by a model selected on probabilities mixed with the other eye")
             warn(f"{len(alone)} image(s) without the patient's other eye (e.g. {alone[0]}) are graded "
-                 f"alone, {tuned} (--blend-eyes {blend}); give both eyes (<patient>_left/_right) for the grades "
-                 "the model was tuned for")
+                 f"alone, {tuned} (--blend-eyes {tuned_blend:g}); give both eyes (<patient>_left/_right) for the "
+                 "grades the model was tuned for")
     if cam is not None and len(graded):
         write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress, ignores_input)
     return res
@@ -489,7 +490,7 @@ def main(args) -> dict:
     workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
     res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,
               amp=args.amp, tta=args.tta,
-              blend=blend_setting(args, ckpt),
+              blend=blend_setting(args, ckpt), tuned_blend=ckpt["model_info"].get("blend_eyes", 0.0),
               cam_dir=Path(args.cam) if args.cam else None, progress=progress)
     out = Path(args.out)
     write_csv(out, items, res, with_heatmaps=bool(args.cam))
