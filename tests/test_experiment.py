@@ -79,6 +79,28 @@ def test_interrupted_cell_resumes(interrupted):
     assert status["cells"][SCRATCH]["status"] == "done"
 
 
+def test_a_resumed_cell_keeps_the_loader_workers_it_started_with(interrupted, tmp_path):
+    """A cell whose file sets no workers resumes with those its run recorded (another machine's core count), as
+    ``train --resume`` does, so that the workers' augmentation draws continue; a cell that sets them keeps its own."""
+    from retinopathy.experiments.runner import train_argv
+    from retinopathy.training.config import parse_args
+
+    run = tmp_path / "cell"
+    shutil.copytree(interrupted["exp"] / SCRATCH, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["workers"], config["engine"]["workers"] = None, 3
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    cell = yaml.safe_load((run / "cell.yaml").read_text())
+    (run / "cell.yaml").write_text(yaml.safe_dump({k: v for k, v in cell.items() if k != "workers"}))
+    unset = parse_args(["--config", str(run / "cell.yaml"), "--out", str(run), "--resume", str(run)],
+                       run_options=False)  # as the experiment parses a started cell
+    assert unset.workers is None
+    assert parse_args(train_argv(run, unset, 1), run_options=False).workers == 3
+    assert "--resume" not in train_argv(run, unset, 0)  # a new run: this machine's
+    unset.workers = 0  # a cell that sets them: its file's
+    assert "--workers" not in train_argv(run, unset, 1)
+
+
 def test_cells_are_evaluated_as_evaluate_grades(interrupted, tmp_path):
     """The runner's evaluation is evaluate's with its defaults (fp32), not the training's bf16."""
     run = interrupted["exp"] / SCRATCH
@@ -504,6 +526,8 @@ def test_a_grid_is_every_combination_of_its_values(tmp_path):
                                      "model": "resnet50", "pretrained": False, "lr": 0.01}
     with pytest.raises(ExperimentError, match="the same cell name twice"):  # names that would share a folder
         load_experiment(write_config(tmp_path, grid={"optimizer": ["a b", "a_b"]}))
+    with pytest.raises(ExperimentError, match="cells lr-0.001 and lr-1e-3 train with the same options"):
+        load_experiment(write_config(tmp_path, grid={"lr": [0.001, "1e-3"]}))  # YAML reads 1e-3 as text
 
 
 def test_variants_are_one_change_each(tmp_path):
@@ -543,9 +567,15 @@ def test_base_file_gives_train_options(tmp_path):
     loop = write_config(tmp_path, base="grid.yaml")
     with pytest.raises(ExperimentError, match="leads back to itself"):
         load_experiment(loop)
-    missing = write_config(tmp_path, base="nowhere.yaml")
-    with pytest.raises(ExperimentError, match="nowhere.yaml: cannot read it"):
+    missing = write_config(tmp_path, base="nowhere.yaml")  # the file that names it is named, and where it looked
+    with pytest.raises(ExperimentError, match=r"grid.yaml: base: 'nowhere.yaml' not found \(looked for .*nowhere.yaml: "
+                                              r"a path relative to grid.yaml's folder\)"):
         load_experiment(missing)
+    with pytest.raises(ExperimentError, match="grid.yaml: base: '' is a folder"):
+        load_experiment(write_config(tmp_path, base=""))
+    (tmp_path / "plain.yaml").write_text("base: recipe.yaml\nlr: 0.2\n")  # timm-style: options at the top level
+    with pytest.raises(ExperimentError, match=r"unknown key\(s\) lr; .* \(lr: training options go under train:\)"):
+        load_experiment(tmp_path / "plain.yaml")
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),

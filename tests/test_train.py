@@ -1515,6 +1515,24 @@ def test_a_resume_with_a_config_file_keeps_the_runs_other_options(tiny_run, tmp_
     assert parse_args(["--resume", str(tiny_run), "-c", str(tmp_path / "t.yaml"), "-j", "2"]).workers == 2
 
 
+def test_a_preset_an_empty_config_path_or_split_fractions_out_of_range_are_refused(tiny_run, tmp_path, capsys):
+    """``preset:`` in a -c file cannot change a resumed run, as --preset cannot (the run recorded a preset it never
+    trained with); ``-c ""`` (an unset shell variable) is no file; split fractions out of range stop the parse,
+    so that an experiment refuses such a cell before its first cell trains."""
+    (tmp_path / "p.yaml").write_text("preset: lab\n")
+    for argv, message in ((["--resume", str(tiny_run), "-c", str(tmp_path / "p.yaml")],
+                           f"--preset (preset: in {tmp_path / 'p.yaml'}) cannot change a run's saved options"),
+                          (["-c", "", "--data", "d", "--out", "o"], "-c/--config: an empty path"),
+                          (["--data", "d", "--out", "o", "--val-fraction", "2"],
+                           "--val-fraction 2.0 and --test-fraction 0.2: each in [0, 1)"),
+                          (["--data", "d", "--out", "o", "--val-fraction", "0.5", "--test-fraction", "0.5"],
+                           "together less than 1")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err, argv
+    assert parse_args(["-c", str(tmp_path / "p.yaml"), "--data", "d", "--out", "o"]).preset == "lab"  # a new run
+
+
 def test_a_finished_run_resumed_with_options_it_no_longer_uses_keeps_its_record(synth_small, tmp_path, capsys):
     """A finished run learns no more: --lr or --seed given to its threshold retune are told to change nothing, and
     config.yaml keeps what it trained with (it recorded them, and a later resume refused the run's own values); a

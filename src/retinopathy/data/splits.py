@@ -57,6 +57,13 @@ def split_patients(samples: list[Sample], fractions: dict[str, float], seed: int
     return assignment
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """Raise a SplitError unless both fractions lie in [0, 1) and leave some patients for training."""
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise SplitError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: each in [0, 1), "
+                         "and together less than 1")
+
+
 def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: float, seed: int) -> None:
     """Set ``sample.split`` for every sample, by patient.
 
@@ -64,9 +71,7 @@ def assign_splits(samples: list[Sample], val_fraction: float, test_fraction: flo
     it; the val and test parts that are not given are then carved from their train side by patient. Others get a
     stratified train/val/test split.
     """
-    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
-        raise SplitError(f"--val-fraction {val_fraction} and --test-fraction {test_fraction}: each in [0, 1), "
-                         "and together less than 1")
+    check_fractions(val_fraction, test_fraction)
     given = [s for s in samples if s.split]
     if given:
         train, present = [s for s in given if s.split == "train"], {s.split for s in given}

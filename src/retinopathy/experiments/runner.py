@@ -163,7 +163,9 @@ def _read(file: Path) -> dict:
         raise ExperimentError(f"{file}: expected a mapping with name, data, train and grid")
     unknown = sorted(set(cfg) - set(TOP_KEYS))
     if unknown:
-        raise ExperimentError(f"{file}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(TOP_KEYS)}")
+        options = [k for k in unknown if k.replace("-", "_") in train_config.defaults()]
+        raise ExperimentError(f"{file}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(TOP_KEYS)}"
+                              + (f" ({', '.join(options)}: training options go under train:)" if options else ""))
     return cfg
 
 
@@ -174,6 +176,10 @@ def _base_train(cfg: dict, file: Path, seen: tuple = ()) -> dict:
     base = file.parent / os.path.expanduser(str(cfg["base"]))
     if base.resolve() in seen + (file.resolve(),):
         raise ExperimentError(f"{file}: base: {cfg['base']} leads back to itself")
+    if not base.is_file():
+        raise ExperimentError(f"{file}: base: {cfg['base']!r} " + ("is a folder" if base.exists() else "not found")
+                              + f" (looked for {base}: a path relative to {file.name}'s folder); name the experiment "
+                              "file whose train: options this one starts from")
     parent = _read(base)
     return {**_base_train(parent, base, seen + (file.resolve(),)), **_options(parent.get("train"), base, "train")}
 
@@ -214,6 +220,13 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
         raise ExperimentError(f"{file}: grid values give the same cell name twice ({names})")
+    runs: dict[tuple, str] = {}  # the options as train reads them: lr 1e-3 (text to YAML) is lr 0.001
+    for c in cells:
+        key = tuple(sorted((k, repr(train_config.option_value(c.options, k))) for k in c.options))
+        if key in runs:
+            raise ExperimentError(f"{file}: cells {runs[key]} and {c.name} train with the same options (grid values "
+                                  "written two ways, e.g. 0.001 and 1e-3); keep one of the values")
+        runs[key] = c.name
     ev = cfg.get("evaluate") or {}
     if not isinstance(ev, dict) or set(ev) - EVAL_KEYS:
         raise ExperimentError(f"{file}: evaluate: takes {', '.join(sorted(EVAL_KEYS))}")
@@ -346,6 +359,18 @@ def check_data(exp: Experiment) -> bool:
     return False
 
 
+def train_argv(run: Path, args: argparse.Namespace, done: int) -> list[str]:
+    """``train``'s arguments for a cell with ``done`` epochs saved: its cell.yaml, and on resume the loader workers
+    the run started with when the cell sets none (each worker draws its own augmentations: ``train --resume`` keeps
+    them too), not this machine's core count."""
+    argv = ["--config", str(run / "cell.yaml"), "--out", str(run)]
+    if not done:
+        return argv
+    workers = train_config.file_options(run / "config.yaml", resume=True)[0].get("workers") \
+        if args.workers is None else None
+    return argv + ["--resume", str(run)] + (["--workers", str(workers)] if workers is not None else [])
+
+
 def _parse_cell(cell: Cell, exp: Experiment, options: dict, file: Path, out: Path, resume: bool) -> argparse.Namespace:
     """``options`` written to ``file`` (left as it is when it holds them: a finished cell's files stay untouched)
     and parsed as ``train -c file --out out [--resume out]``; an ExperimentError names the cell and the value."""
@@ -428,8 +453,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, exp: Experiment, quiet: bool,
                  f"resuming after epoch {done}/{args.epochs}" if done else
                  f"training {epochs_text(args.epochs)}")
         print(f"{tag} {doing} -> {run}", flush=True)
-        argv = ["--config", str(run / "cell.yaml"), "--out", str(run)] + (["--resume", str(run)] if done else [])
-        train.main(train_config.parse_args(argv + (["--quiet"] if quiet else []), run_options=False))
+        train.main(train_config.parse_args(train_argv(run, args, done) + (["--quiet"] if quiet else []),
+                                           run_options=False))
         if is_evaluated(run, exp):  # more epochs that did not change best.pt
             print(f"{tag} best.pt is the one evaluated before; its evaluation stands")
             return _done_entry(run)

@@ -20,7 +20,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           show_defaults)
 from ..errors import RetinopathyError
 from ..launch import others_say_it
-from ..data.splits import SPLIT_DEFAULTS
+from ..data.splits import SPLIT_DEFAULTS, SplitError, check_fractions, split_option
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import CLASSIFIERS, HEADS, POOLS, list_models, size_problem
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES, default_decision
@@ -300,10 +300,12 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
             "of its run folders)" if (resume / "experiment.json").exists() else
             "not a run folder (no config.yaml there); pass the folder that `retinopathy train --out` wrote, "
             "e.g. runs/NAME"))
+    if pre.config == "":  # an unset shell variable (-c "$CFG"): not "no file"
+        parser.error("-c/--config: an empty path; give the config file, or leave out -c")
     file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
-    if pre.preset and (pre.resume or kind == "run"):
-        parser.error("--preset cannot change a run's saved options (--resume, or -c a run's config.yaml); "
-                     "pass the options to change instead")
+    if pre.preset and (pre.resume or kind == "run") or pre.resume and kind != "run" and file_cfg.get("preset"):
+        parser.error(f"--preset{'' if pre.preset else f' (preset: in {pre.config})'} cannot change a run's saved "
+                     "options (--resume, or -c a run's config.yaml); pass the options to change instead")
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
     if preset is not None and (not isinstance(preset, str) or preset not in PRESETS):
         parser.error(f"preset: {preset!r} (from {pre.config}) is not one of {', '.join(sorted(PRESETS))}")
@@ -432,6 +434,10 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(f"--{action.dest.replace('_', '-')} {value}: not a finite number")
     if args.lr <= 0:
         parser.error(f"--lr {args.lr}: a learning rate above 0")
+    try:
+        check_fractions(*(split_option(vars(args).get, k) for k in ("val_fraction", "test_fraction")))
+    except SplitError as e:
+        parser.error(str(e))
     for name in ("weight_decay", "norm_weight_decay", "warmup_epochs"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: 0 or more")
