@@ -490,7 +490,7 @@ def test_a_runs_photographs_are_counted_by_name_and_grade(tmp_path):
     assert run_overlap(tmp_path / "none.csv", [("a", 0)]) == ({}, 0, 1)
 
 
-def test_grade_folders_nobody_reads_are_said_and_hidden_folders_left_out(tmp_path):
+def test_grade_folders_nobody_reads_are_said_and_hidden_folders_left_out(tmp_path, monkeypatch):
     """Grade folders beside the ones read (``test/0/`` beside ``0/``; ``0/`` beside ``train/0/``) are a problem, not
     dropped; folders named as a number but no grade (``2.0/``) too; hidden, NAS and archiver folders (Synology's
     ``@eaDir`` thumbnails, ``__MACOSX``, macOS' ``._x.jpeg``) are no photographs."""
@@ -517,6 +517,10 @@ def test_grade_folders_nobody_reads_are_said_and_hidden_folders_left_out(tmp_pat
     assert {s.split for s in cat.samples} == {"train", "test"}
     assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path))]
     assert "whose 1 image(s) are not used" in cat.problems[0].message
+    monkeypatch.chdir(tmp_path.parent)  # a relative DATA, the grade folders named absolutely: nothing unread
+    cat = read_catalog(tmp_path.name, format="folders", labels=tmp_path / "train")
+    assert {s.split for s in cat.samples} == {"train", "test"} and not cat.problems
+    assert not read_catalog(tmp_path, format="folders", labels=tmp_path / "test").problems  # named: as asked
 
 
 def test_lab_values_in_quotes_blank_line_above_header_and_a_column_named_twice(tmp_path):
@@ -528,6 +532,11 @@ def test_lab_values_in_quotes_blank_line_above_header_and_a_column_named_twice(t
         disc(tmp_path / f"1_{eye}.jpeg")
     cat = read_catalog(tmp_path)
     assert [(s.image, s.label) for s in cat.samples] == [("1_left", 0), ("1_right", 2)] and not cat.problems
+    (tmp_path / "train_img.csv").write_text('"x"\n"1_left"\n"1_right"\n')  # R's header line, quoted too
+    (tmp_path / "train_label.csv").write_text('"x"\n"0"\n"2"\n')
+    cat = read_catalog(tmp_path)
+    assert [(p.kind, p.line) for p in cat.problems] == [("bad-row", 1)] and "look like a header" in \
+        cat.problems[0].message and [s.label for s in cat.samples] == [0, 2]
     other = tmp_path / "aptos"
     other.mkdir()
     (other / "my.csv").write_text("\nid_code,diagnosis\n1_left,3\n")
@@ -537,7 +546,8 @@ def test_lab_values_in_quotes_blank_line_above_header_and_a_column_named_twice(t
     (other / "my.csv").write_text("image,level,level\n1_left,0,4\n")
     cat = read_catalog(other, labels=other / "my.csv")
     assert not cat.samples and [(p.kind, p.line) for p in cat.problems] == [("bad-header", 1)]
-    assert "['level'] appear more than once" in cat.problems[0].message
+    assert "['level'] appear more than once" in cat.problems[0].message and "which one is meant" in \
+        cat.problems[0].message
 
 
 def test_labels_only_check_finds_a_row_listed_again_without_its_extension(tmp_path):
@@ -547,6 +557,11 @@ def test_labels_only_check_finds_a_row_listed_again_without_its_extension(tmp_pa
     cat = read_catalog(tmp_path, resolve=False)
     assert sorted((p.kind, p.line) for p in cat.problems) == [("duplicate", 2), ("duplicate", 4)]
     assert [s.image for s in cat.samples] == ["1_right", "1_left.png"]
+    disc(tmp_path / "1_left.jpeg")  # with the files read, 1_left.png is no file: missing, not 1_left's duplicate
+    (tmp_path / "trainLabels.csv").write_text("image,level\n1_left,0\n1_left.png,2\n")
+    cat = read_catalog(tmp_path)
+    assert [s.image for s in cat.samples] == ["1_left", "1_left.png"]
+    assert [(p.kind, p.line) for p in cat.problems] == [("missing-image", 3)]
 
 
 def test_a_patient_named_in_two_unicode_normal_forms_is_one_patient(tmp_path):

@@ -281,7 +281,7 @@ def test_skipped_images_and_a_card_store_not_the_cards_are_said(run, capsys):
     assert table_row(card.split("### Evaluations")[1], "test")[3] == "17 (1 skipped)"
     assert "skipped: images `--skip-bad` left out of that evaluation" in card
     store = run / "checkpoints" / "model_card.json"
-    for broken in (b"\xff\xfe{", b'{"evaluations": []}'):
+    for broken in (b"\xff\xfe{", b'{"evaluations": []}', b'{"evaluations": {"x": 5}}'):
         store.write_bytes(broken)
         card = write_model_card(run / "checkpoints" / "best.pt", evaluation={**row, "skipped": 0}).read_text()
         assert f"warning: {store} is not readable" in capsys.readouterr().err

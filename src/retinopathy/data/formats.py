@@ -250,14 +250,13 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     f"{missing.name} is missing; the lab format needs both "
                                     f"{img_name} and {label_name}"))
             continue
-        names, labels = _read_lines(img_file), _read_lines(label_file)
+        names, labels = ([_unquoted(line) for line in _read_lines(f)] for f in (img_file, label_file))
         advice, both = _lab_header_advice(img_file, names, label_file, labels)
         if len(names) != len(labels):
             problems.append(Problem("length-mismatch", str(label_file), None,
                                     f"{img_name} has {len(names)} lines but {label_name} has {len(labels)}; "
                                     "each image needs its label on the same line" + (f"; {advice}" if advice else "")))
         for i, (name, text) in enumerate(zip(names, labels), start=1):
-            name, text = _unquoted(name), _unquoted(text)
             if i == 1 and both:
                 problems.append(Problem("bad-row", str(label_file), 1, advice, name))
                 continue
@@ -303,8 +302,7 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
     twice = [c for c in (image_col, label_col, patient_col) if c and header.count(c) > 1]
     if twice:
         problems.append(Problem("bad-header", str(path), rows[0][0], f"column(s) {twice} appear more than once in "
-                                f"the header {header}: which one holds the grades is unknown; rename or remove "
-                                "the others"))
+                                f"the header {header}: which one is meant is unknown; rename or remove the others"))
         return samples
     ci, cl = header.index(image_col), header.index(label_col)
     cp = header.index(patient_col) if patient_col else None
@@ -363,15 +361,15 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
 def _unread_grade_trees(data: Path, read: list[Path]) -> list[Problem]:
     """A problem for each folder beside the ``read`` ones (``DATA`` or one of its folders) that holds grade folders
     with images, which would be left out silently: ``DATA/test/0/`` beside ``DATA/0/``, ``valid/`` beside ``train/``."""
-    problems = []
+    problems, read = [], [folder.resolve() for folder in read]
     for other in [data, *sorted(p for p in data.iterdir() if p.is_dir() and not hidden(p.name))]:
-        if other in read or (other.parent in read and other.name in map(str, GRADES)):
+        if other.resolve() in read or (other.parent.resolve() in read and other.name in map(str, GRADES)):
             continue
         count = sum(len(image_files(other / str(g))) for g in GRADES if (other / str(g)).is_dir())
         if not count:
             continue
         advice = ("only train/, val/ and test/ are read; rename it val/ or test/, or remove it"
-                  if read[0] == data / "train" else
+                  if read[0] == (data / "train").resolve() else
                   f"the grade folders read are {read[0]}'s; move them there, pass {other} as the dataset, or "
                   "remove it")
         problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ holds grade folders whose "
@@ -382,7 +380,7 @@ def _unread_grade_trees(data: Path, read: list[Path]) -> list[Problem]:
 def split_folders(data: Path, grades: Path) -> dict[str, Path]:
     """ImageFolder's split layout: grade folders in ``DATA/train`` and in ``DATA/val`` and/or ``DATA/test``:
     {split: folder}; else {} (one folder, split by patient)."""
-    if grades != data / "train":
+    if grades.resolve() != (data / "train").resolve():
         return {}
     given = {sp: data / sp for sp in ("val", "test") if any((data / sp / str(g)).is_dir() for g in GRADES)}
     return {"train": grades, **given} if given else {}
@@ -470,6 +468,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                         hint=f"Or pass --labels {data} with the folder that holds the dataset.")
     problems: list[Problem] = []
     labels = Path(labels) if labels else None
+    chosen = labels is not None  # grade folders named by --labels: their siblings are the user's choice
     partner = next((a if labels.name == b else b for a, b in LAB_FILES.values() if labels.name in (a, b)), None) \
         if labels is not None and labels.is_file() else None
     if partner and (labels.parent / partner).exists():
@@ -505,7 +504,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     elif format == "folders":
         parts = split_folders(data, labels) or {None: labels}
         samples = [s for sp, folder in parts.items() for s in _read_folders(folder, problems, sp)]
-        if labels.is_dir():
+        if labels.is_dir() and not chosen:
             problems += _unread_grade_trees(data, list(parts.values()))
         label_files = list(parts.values())
     else:
@@ -531,7 +530,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
         for s in samples:
             path = _find_image(s.image, data, image_root, indexes)
             s.path = str(path) if path is not None else None
-    samples = _without_duplicates(samples, problems)
+    samples = _without_duplicates(samples, problems, resolved=format == "folders" or resolve)
     if format != "folders" and resolve:  # a sample whose image is missing stays, with path None, to keep its split
         problems += [_missing_image(s, data, image_root, indexes) for s in samples if s.path is None]
     if not samples and not problems:
@@ -566,10 +565,11 @@ def _missing_image(s: Sample, data: Path, image_root: Path | None, indexes: dict
                    "--skip-bad to drop it", s.image)
 
 
-def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[Sample]:
+def _without_duplicates(samples: list[Sample], problems: list[Problem], resolved: bool) -> list[Sample]:
     """The samples without rows that list an image again: the same name, or a name that leads to the same file
-    (``1_left`` and ``1_left.jpeg``, a symbolic or hard link, ``./``); each dropped row becomes a problem naming the
-    first one. Rows of one image that disagree on its grade are all dropped: which grade is right is unknown."""
+    (``1_left`` and ``1_left.jpeg``, a symbolic or hard link, ``./``; with no files ``resolved``, ``1_left`` and
+    ``1_left.jpeg`` by their names); each dropped row becomes a problem naming the first one. Rows of one image that
+    disagree on its grade are all dropped: which grade is right is unknown."""
     by_name: dict[str, Sample] = {}
     by_file: dict[tuple, Sample] = {}
     by_stem: dict[str, Sample] = {}  # a name without its extension -> its first row with one, found no file
@@ -577,9 +577,9 @@ def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[
     unique = []
     for s in samples:
         same = _file_identity(s.path) if s.path else None
-        bare = without_extension(s.image)  # with no file to compare (--no-images), 1_left is 1_left.jpeg's row
+        bare = without_extension(s.image)  # with no files to compare (--no-images), 1_left is 1_left.jpeg's row
         first = by_name.get(s.image) or (by_file.get(same) if same else None) or (
-            None if s.path else by_name.get(bare) if bare != s.image else by_stem.get(bare))
+            None if resolved else by_name.get(bare) if bare != s.image else by_stem.get(bare))
         if first is not None:
             other = f" with grade {s.label} (grade {first.label} there)" if s.label != first.label else ""
             problems.append(Problem("duplicate", _listed_in(s), s.line,
@@ -593,7 +593,7 @@ def _without_duplicates(samples: list[Sample], problems: list[Problem]) -> list[
         by_name[s.image] = s
         if same:
             by_file[same] = s
-        elif bare != s.image:
+        elif bare != s.image and not resolved:
             by_stem.setdefault(bare, s)
         unique.append(s)
     for first, other in disputed.values():

@@ -45,7 +45,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
-from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, doubt, image_files, index_images, not_utf8
+from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, doubt, hidden, image_files, index_images, not_utf8
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
@@ -118,7 +118,7 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
         listed = {Path(s.path).name for s in catalog.samples if s.path}
         flagged = {without_extension(base_name(p.image)) for p in catalog.problems if p.image}  # warned above
         unlisted = sorted(f for f in set(index_images(catalog.image_root).values()) - listed
-                          if without_extension(f) not in flagged)
+                          if without_extension(f) not in flagged and not hidden(f))  # ._1_left.jpeg: macOS
         if unlisted:
             warn(f"{len(unlisted)} image(s) in {catalog.image_root} are not in "
                  f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "

@@ -39,8 +39,9 @@ def _read_store(path: Path) -> dict:
         return {"evaluations": {}}
     try:
         store = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(store.setdefault("evaluations", {}), dict):
-            raise ValueError("its 'evaluations' is not a mapping")
+        evaluations = store.setdefault("evaluations", {})
+        if not isinstance(evaluations, dict) or not all(isinstance(e, dict) for e in evaluations.values()):
+            raise ValueError("its 'evaluations' is not a mapping of evaluations")
         return store
     except (ValueError, AttributeError) as e:  # not JSON, not UTF-8 (both ValueErrors), or not the card's JSON
         print(f"warning: {path} is not readable ({e}); earlier evaluations are dropped from the model card",
