@@ -142,9 +142,10 @@ def test_unlisted_images_and_lab_files_as_inputs_are_told(tiny_run, synth_small,
     data = tmp_path / "data"
     shutil.copytree(synth_small, data)
     disc(next(p for p in data.rglob("*.jpeg")).parent / "999_left.jpeg")
+    (next(p for p in data.rglob("*.jpeg")).parent / "._999_left.jpeg").write_bytes(b"macOS' resource fork")
     assert main(["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--workers", "0",
                  "--quiet"]) == 0
-    assert "1 image(s) in" in capsys.readouterr().err
+    assert "1 image(s) in" in capsys.readouterr().err  # not the hidden ._999_left.jpeg
     labels = (data / "trainLabels.csv").read_text().splitlines()
     (data / "trainLabels.csv").write_text("\n".join(labels[:2] + [labels[2].rsplit(",", 1)[0] + ",7"] + labels[3:]))
     assert main(["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--workers", "0",
@@ -211,7 +212,7 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
     data, lab = tmp_path / "data", tmp_path / "lab"
     shutil.copytree(synth_small, data)
     assert main(["synth", str(lab), "--n", "8", "--size", "32", "--format", "lab", "--quiet"]) == 0
-    labels = (data / "trainLabels.csv").read_bytes()
+    labels, trained_from = (data / "trainLabels.csv").read_bytes(), (synth_small / "trainLabels.csv").read_bytes()
     photo = sorted(data.glob("*.jpeg"))[0]
     before = photo.read_bytes()
     best, last = tiny_run / "checkpoints" / "best.pt", tiny_run / "checkpoints" / "last.pt"
@@ -235,13 +236,13 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
             (["predict", str(weights), str(photo), "--out", str(weights)],
              f"--out would replace {weights}, an input of this command"),
             (["predict", str(tiny_run), str(data), "--out", str(data / "trainLabels.csv")],
-             f"--out would replace {data / 'trainLabels.csv'},"),
+             f"--out would replace {data / 'trainLabels.csv'}, an input of this command"),
             (["predict", str(tiny_run), str(photo), "--out", str(tmp_path / "p.csv"), "--cam", str(data)],
              f"--cam would write heatmaps among the photographs being graded (in {data})"),
             (["predict", str(tiny_run), str(data), "--out", str(tmp_path / "p.csv"), "--cam", str(data / "cams")],
              f"--cam would write heatmaps among the photographs being graded (in {data})"),  # graded next time
             (["predict", str(tiny_run), str(lab), "--out", str(lab / "test_label.csv")],
-             f"--out would replace {lab / 'test_label.csv'},"),
+             f"--out would replace {lab / 'test_label.csv'}, an input of this command"),
             (["data", "check", str(data), "--json", str(data / "trainLabels.csv"), "--quiet"],
              f"--json would replace {data / 'trainLabels.csv'}"),
             (["export", str(tiny_run), "--format", "torchscript", "--out",
@@ -263,11 +264,12 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
              f"--json would replace {split}, an input of this command"),
             (["export", str(tiny_run), "--format", "torchscript", "--out", str(other / "checkpoints" / "best.pt")],
              f"--out would replace {other / 'checkpoints' / 'best.pt'}, in the checkpoints of the run in {other}"),
-            (["predict", str(tiny_run), str(photo), "--out", str(lab / "train_img.csv")],  # not this command's input
-             f"--out would replace {lab / 'train_img.csv'}, a dataset's labels file")):
+            (["predict", str(tiny_run), str(photo), "--out", str(synth_small / "trainLabels.csv")],
+             f"--out would replace {synth_small / 'trainLabels.csv'}, an input of this command")):  # the run's
         assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before
+    assert (synth_small / "trainLabels.csv").read_bytes() == trained_from
     assert (best.read_bytes(), last.read_bytes()) == models and weights.read_bytes() == models[0]
     assert {name: (tiny_run / name).read_bytes() for name in records} == records
     assert split.read_bytes() == records["split.csv"] and (other / "checkpoints" / "best.pt").read_bytes() == models[0]
@@ -275,6 +277,10 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
 
     (tmp_path / "grader.pth").write_bytes(b"an earlier TorchScript export")
     check_output_file(tmp_path / "grader.pth", "--out", "grader.pt")  # export may write over its own, by either name
+    (other / "checkpoints" / "grader.pt").write_bytes(b"an earlier export beside the checkpoints")
+    check_output_file(other / "checkpoints" / "grader.pt", "--out", "grader.pt")  # no checkpoint of the run
+    (tmp_path / "train.csv").write_text("image,predicted_grade\n")  # an earlier predict's, by a labels file's name
+    check_output_file(tmp_path / "train.csv", "--out", "predictions.csv")
     assert not (tmp_path / "p.csv").exists()
     (tmp_path / "cams").mkdir()  # a single photograph's heatmaps in a folder below it: nothing is replaced
     monkeypatch.chdir(data)

@@ -33,6 +33,7 @@ def check_writable(folder: str | os.PathLike) -> None:
 
 MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx", ".safetensors": ".safetensors"}
 RUN_RECORDS = ("config.yaml", "split.csv", "metrics.csv", "skipped.csv")  # what training writes beside checkpoints/
+CHECKPOINT_FILES = ("best.pt", "last.pt", "MODEL_CARD.md", "model_card.json")  # ... and in it
 
 
 def is_run_folder(folder: str | os.PathLike) -> bool:
@@ -71,9 +72,8 @@ def exclusive(folder: str | os.PathLike, doing: str):
 
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
     """Raise now if the file ``path`` (given as ``option``; ``example`` is such a file's name) is a folder, a model
-    file that this command's output would replace (a table written over best.pt), a file of a run's checkpoints/, a
-    run's record (its split.csv), a dataset's labels file, a photograph, or cannot be written there."""
-    from .data.formats import KAGGLE_LABELS, LAB_FILES
+    file that this command's output would replace (a table written over best.pt), a run's checkpoint or model card
+    (another run's best.pt), a run's record (its split.csv), a photograph, or cannot be written there."""
     from .data.images import IMAGE_EXTENSIONS
 
     folder = os.fspath(path).endswith(("/", os.sep))  # Path() drops the slash: "new/" would become a file "new"
@@ -85,14 +85,11 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     if path.exists() and suffix in MODEL_SUFFIXES and MODEL_SUFFIXES[suffix] != Path(example).suffix:
         raise FileExistsError(errno.EEXIST, f"{option} would replace a model file with a {Path(example).suffix} "
                               f"file; choose another file, e.g. {path.parent / example}", str(path))
-    if path.exists() and path.parent.name == "checkpoints" and is_run_folder(path.parent.parent):
+    if path.exists() and path.name in CHECKPOINT_FILES and path.parent.name == "checkpoints" \
+            and is_run_folder(path.parent.parent):
         raise FileExistsError(errno.EEXIST, f"{option} would replace {path}, in the checkpoints of the run in "
                               f"{path.parent.parent} (resume, evaluate and predict read them); choose another file, "
                               f"e.g. {path.parent.parent / example}", str(path))
-    labels = {*KAGGLE_LABELS, "train.csv", *(name for pair in LAB_FILES.values() for name in pair)}
-    if path.exists() and path.name in labels:
-        raise FileExistsError(errno.EEXIST, f"{option} would replace {path}, a dataset's labels file; choose "
-                              f"another file, e.g. {path.parent / example}", str(path))
     if path.exists() and path.name in RUN_RECORDS and is_run_folder(path.parent):
         raise FileExistsError(errno.EEXIST, f"{option} would replace {path.name}, a record of the run in "
                               f"{path.parent} (resume, evaluate and report read it); choose another file, e.g. "

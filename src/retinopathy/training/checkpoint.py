@@ -20,6 +20,7 @@ import zipfile
 from pathlib import Path
 
 import torch
+import yaml
 
 from ..atomic import replacing
 from ..errors import RetinopathyError
@@ -94,10 +95,16 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def run_checkpoints(path: str | Path) -> list[Path]:
-    """The checkpoint a command reads for ``path`` and, in a run's ``checkpoints/`` folder, its siblings: what the
-    command's output must not replace."""
+    """The checkpoint a command reads for ``path`` and, in a run's ``checkpoints/`` folder, its siblings, and the
+    labels files the run trained from: what the command's output must not replace."""
     read = checkpoint_file(path)
-    return [read, *([read.parent / "last.pt", read.parent / "best.pt"] if read.parent.name == "checkpoints" else [])]
+    try:
+        config = yaml.safe_load((run_folder(read) / "config.yaml").read_text(encoding="utf-8"))
+        labels = [Path(f) for f in config["data"]["labels"] if Path(f).is_file()]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # no run's config: nothing more to keep
+        labels = []
+    return [read, *([read.parent / "last.pt", read.parent / "best.pt"] if read.parent.name == "checkpoints" else []),
+            *labels]
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
