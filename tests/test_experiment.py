@@ -188,7 +188,7 @@ def test_a_cell_that_ran_with_other_options_is_refused_after_the_values_are_chec
     other = interrupted["config"].with_name("changed.yaml")
     for change, said in (({"lr": "fast"}, f"{other}: cell {SCRATCH}: lr: 'fast': could not convert"),
                          ({"lr": 0.05, "optimizer": "sgd"}, f"1 cell(s) were run with other options than {other} gives "
-                                                            f"now: {run} (lr: None -> 0.05, optimizer: ")):
+                                                            f"now: {run} (lr: 0.001 -> 0.05, optimizer: ")):
         other.write_text(yaml.safe_dump({**cfg, "train": {**cfg["train"], **change}}))
         assert main(["experiment", str(other), "--quiet", "--no-report"]) == 2
         err = capsys.readouterr().err
@@ -236,6 +236,11 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
     bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "synth": None, "data": str(broken),
                                    "train": {**cfg["train"], "skip_bad": True}}))
     assert main(["experiment", str(bad), "--dry-run"]) == 0  # what --skip-bad would drop is no refusal
+    bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "synth": None, "data": str(broken),
+                                   "train": {**cfg["train"], "skip_bad": True, "val_fraction": 0,
+                                             "select_on": "val"}}))
+    assert main(["experiment", str(bad), "--dry-run"]) == 2  # no val images to select on: every cell would stop
+    assert "no image is in the val split, which --select-on val selects on" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
 

@@ -1531,6 +1531,14 @@ def test_a_preset_an_empty_config_path_or_split_fractions_out_of_range_are_refus
             parse_args(argv)
         assert message in capsys.readouterr().err, argv
     assert parse_args(["-c", str(tmp_path / "p.yaml"), "--data", "d", "--out", "o"]).preset == "lab"  # a new run
+    run = tmp_path / "lab-run"  # an experiment's cell resumed: its cell.yaml names the preset the run recorded
+    shutil.copytree(tiny_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["preset"] = "lab"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    args = parse_args(["-c", str(tmp_path / "p.yaml"), "--data", "d", "--out", str(run), "--resume", str(run)],
+                      run_options=False)
+    assert args.preset == "lab"
 
 
 def test_a_finished_run_resumed_with_options_it_no_longer_uses_keeps_its_record(synth_small, tmp_path, capsys):

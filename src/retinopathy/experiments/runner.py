@@ -312,7 +312,9 @@ def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Nam
         with tempfile.TemporaryDirectory() as scratch:
             args = _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
         if changed:
-            raise ChangedCell(cell, ", ".join(f"{k}: {saved.get(k)!r} -> {options.get(k)!r}" for k in changed))
+            shown = [[d[k] if d.get(k) is not None else train_config.option_value(d, k) for d in (saved, options)]
+                     for k in changed]  # as written; one left unset: its default
+            raise ChangedCell(cell, ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in zip(changed, shown)))
         return args
     cell.dir.mkdir(parents=True, exist_ok=True)
     return _parse_cell(cell, exp, options, saved_file, cell.dir, resume=started)
@@ -576,18 +578,20 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 
 def check_images(cells) -> None:
-    """The data read as each cell's training reads it (labels, format, columns, split, ``--skip-bad``) and every
-    image's header checked: a DataError for what a run would stop at, before any cell trains."""
+    """The data read as each cell's training reads it (labels, format, columns, split, ``--skip-bad``), every
+    image's header checked, and the split each cell selects on: a DataError for what a run would stop at, before
+    any cell trains."""
     from ..cli.common import catalog_options
     from ..data import FundusDataset, load_catalog
+    from ..training.train import selection_split
 
-    seen = set()
+    seen = {}
     for args in cells:
         opts = catalog_options(args)
         key = json.dumps([opts, bool(args.skip_bad)], sort_keys=True, default=str)
         if key not in seen:
-            seen.add(key)
-            FundusDataset(load_catalog(args.data, **opts), "all", skip_bad=bool(args.skip_bad))
+            seen[key] = FundusDataset(load_catalog(args.data, **opts), "all", skip_bad=bool(args.skip_bad))
+        selection_split(args, {s.split for s in seen[key].samples}, args.split_file)
 
 
 def list_cells(exp: Experiment) -> None:

@@ -303,7 +303,8 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
     if pre.config == "":  # an unset shell variable (-c "$CFG"): not "no file"
         parser.error("-c/--config: an empty path; give the config file, or leave out -c")
     file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
-    if pre.preset and (pre.resume or kind == "run") or pre.resume and kind != "run" and file_cfg.get("preset"):
+    if pre.preset and (pre.resume or kind == "run") or pre.resume and kind != "run" and file_cfg.get("preset") \
+            not in (None, _run_option(pre.resume, "preset")):  # an experiment's cell.yaml names the run's own
         parser.error(f"--preset{'' if pre.preset else f' (preset: in {pre.config})'} cannot change a run's saved "
                      "options (--resume, or -c a run's config.yaml); pass the options to change instead")
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset

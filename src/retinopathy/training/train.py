@@ -220,6 +220,21 @@ def main(args) -> dict:
         return _train(args)
 
 
+def selection_split(args, splits_present: set, split_file) -> tuple[str, str]:
+    """(the split the checkpoint is selected on, why a split may have no image), or a DataError when the data's
+    ``splits_present`` lack it (--select-on auto: val when there is one, else test)."""
+    select_on = args.select_on if args.select_on != "auto" else ("val" if "val" in splits_present else "test")
+    why = (f"{split_file} puts none there" if split_file else "each grade's patients are split by "
+           "--val-fraction and --test-fraction, rounded: a grade with few patients may give none")
+    if select_on not in splits_present:
+        wanted = "the val or the test split" if args.select_on == "auto" else f"the {select_on} split"
+        raise DataError([Problem("no-split", str(args.data), None, f"no image is in {wanted}, which --select-on "
+                                 f"{args.select_on} selects on ({why})")],
+                        hint=("Give some of the split file's rows that split" if split_file else
+                              "Raise the fraction, add images") + ", or pass --select-on with a split the data has")
+    return select_on, why
+
+
 def _train(args) -> dict:
     """Join the process group (under torchrun or srun), and leave it however the training ends."""
     device = pick_device(args.device)
@@ -378,9 +393,7 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
         raise DataError(catalog.problems, hint="Fix the labels files: no row of them lists a usable image.")
     splits_present = {s.split for s in catalog.samples}
     eval_splits = [sp for sp in args.eval_splits.split(",") if sp and sp in splits_present]
-    select_on = args.select_on if args.select_on != "auto" else ("val" if "val" in splits_present else "test")
-    why = (f"{split_file} puts none there" if split_file else "each grade's patients are split by "
-           "--val-fraction and --test-fraction, rounded: a grade with few patients may give none")
+    select_on, why = selection_split(args, splits_present, split_file)
     wants_val = split_file or split_option(vars(args).get, "val_fraction")  # (the lab preset: none, on purpose)
     if args.select_on == "auto" and select_on == "test" and "test" in splits_present and wants_val \
             and ckpt is None and dist.main:  # (without test either, the error below says so)
@@ -389,12 +402,6 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
                   "give some of its rows the val split" if split_file else "add images or raise --val-fraction")
               + ", or pass --select-on test to choose this knowingly", file=sys.stderr)
     if select_on not in eval_splits:
-        if select_on not in splits_present:
-            wanted = "the val or the test split" if args.select_on == "auto" else f"the {select_on} split"
-            raise DataError([Problem("no-split", str(args.data), None, f"no image is in {wanted}, which --select-on "
-                                     f"{args.select_on} selects on ({why})")],
-                            hint=("Give some of the split file's rows that split" if split_file else
-                                  "Raise the fraction, add images") + ", or pass --select-on with a split the data has")
         eval_splits.append(select_on)
     common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
                   cache=args.cache_images, progress=progress)
