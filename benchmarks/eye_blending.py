@@ -20,6 +20,7 @@ import torch
 from sklearn.metrics import cohen_kappa_score, roc_auc_score
 
 from retinopathy.data import FundusDataset, load_catalog
+from retinopathy.data.dataset import PairedEyes
 from retinopathy.errors import RetinopathyError
 from retinopathy.evaluation.evaluate import predict_dataset
 from retinopathy.inference.predict import FLIPS
@@ -55,6 +56,8 @@ def val_scores(run: Path, data: str | None, tta: bool, workers: int, split: str 
             raise SystemExit(f"{run}: its checkpoint does not say what data it trained on; pass --data DATA")
         dataset = FundusDataset(load_catalog(data, split_file=run / "split.csv"), split, preprocess=prep,
                                 uint8=True, train=False)
+        if ckpt["model_info"].get("pair_eyes"):  # as evaluate grades such a model: each eye beside the other
+            dataset = PairedEyes(dataset)
     except RetinopathyError as e:  # a checkpoint or dataset that cannot be used: said, not a traceback
         raise SystemExit(f"error: {e}") from None
     res = predict_dataset(FlipAverage(model) if tta else model, objective, dataset, workers=workers, progress=False)

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -172,17 +173,24 @@ def run_part(args) -> None:
 
 
 # ------------------------------------------------------------------------------------------- the driver
+class Stopped(Exception):
+    """SIGTERM reached the driver: the overall limit of gpu.sh (``timeout``) ran out."""
+
+
+def _stop(signum, frame):
+    raise Stopped
+
+
 def main(argv=None) -> int:
     args = get_args(argv)
     if args.part:
         run_part(args)
         return 0
-    work = Path(args.workdir)
-    for old in (work / "originals", work / "cache"):  # a fresh set, so that no earlier run's files count
-        shutil.rmtree(old, ignore_errors=True)
-    for old in work.glob("part_*.json"):
-        old.unlink()
-    work.mkdir(parents=True, exist_ok=True)
+    work, stamp = Path(args.workdir), Path(args.workdir) / ".gpu_bench"  # the stamp: a folder this wrote
+    if work.is_dir() and any(work.iterdir()) and not stamp.exists():
+        print(f"error: --workdir {work} holds files this benchmark did not write (it replaces its originals/ and "
+              "cache/); give a new or empty folder", file=sys.stderr)
+        return 2
     started = time.perf_counter()
     results = {"bench": "gpu", "dry_run": args.dry_run, "complete": False,
                "settings": {k: v for k, v in vars(args).items() if k not in ("part",)}, "parts": {}}
@@ -190,9 +198,21 @@ def main(argv=None) -> int:
         results["machine"] = common.machine()
     except Exception as e:  # noqa: BLE001 - unattended: note it and go on
         results["machine"] = {"error": repr(e)}
+    if not args.dry_run and not results["machine"].get("cuda"):
+        print("error: no CUDA device: this benchmark measures a GPU (--dry-run checks its code paths on the CPU)",
+              file=sys.stderr)
+        return 2
+    for old in (work / "originals", work / "cache"):  # a fresh set, so that no earlier run's files count
+        shutil.rmtree(old, ignore_errors=True)
+    for old in work.glob("part_*.json"):
+        old.unlink()
+    work.mkdir(parents=True, exist_ok=True)
+    stamp.touch()
     common.write_json(results, args.out, "gpu")
     archs = [a for a in args.archs.split(",") if a]
     child = [sys.executable, os.path.abspath(__file__)] + [a for a in (argv or sys.argv[1:])]
+    signal.signal(signal.SIGTERM, _stop)  # gpu.sh's overall limit: keep what the running part measured
+    stopped = False
     for part in [*PARTS, *archs]:
         t = time.perf_counter()
         status = "ok"
@@ -204,6 +224,8 @@ def main(argv=None) -> int:
                 status = f"exit {out.returncode}: {(out.stderr or out.stdout)[-1500:]}"
         except subprocess.TimeoutExpired:
             status = f"killed after {limit:.0f} s (the part's time limit)"
+        except Stopped:  # subprocess.run has killed the part
+            status, stopped = "stopped by the overall time limit (GPU_BENCH_LIMIT) while running", True
         except Exception:  # noqa: BLE001
             status = traceback.format_exc()[-1500:]
         part_file = Path(args.workdir) / f"part_{part}.json"
@@ -215,8 +237,9 @@ def main(argv=None) -> int:
         results["seconds"] = round(time.perf_counter() - started, 1)
         common.write_json(results, args.out, "gpu")
         print(f"{part}: {json.dumps(found)}", flush=True)
-        if part == "data" and status != "ok":
-            print("no data: skipping the other parts", file=sys.stderr)
+        if part == "data" and status != "ok" or stopped:
+            print("stopped: the overall time limit" if stopped else "no data: skipping the other parts",
+                  file=sys.stderr)
             break
     results["complete"] = all(p.get("status") == "ok" for p in results["parts"].values()) and \
         len(results["parts"]) == len(PARTS) + len(archs)

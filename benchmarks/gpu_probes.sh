@@ -17,6 +17,10 @@ data=$(realpath -m "${2:-$(dirname "$0")/../../shared/data/eyepacs-256}")
 work=$(realpath -m "${WORK:-/tmp/probes}/$probe"); out=$(realpath -m "${OUT:-.}/probes-$probe.json")
 cd "$(dirname "$0")/.."
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS=1
+[ -d "$data" ] || { echo "$data: no such folder; pass DATA (the eyepacs-256 folder)" >&2; exit 2; }
+"${PYTHON:-python3}" -c "import sys, torch; sys.exit(not torch.cuda.is_available())" \
+  || { echo "no CUDA device: these probes train 4-9 recipe runs at once, for a GPU" >&2; exit 2; }
+mkdir -p "$(dirname "$out")"
 pids=()
 run() {  # NAME OPTION...
   local name=$1; shift

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,10 +56,16 @@ def main() -> int:
         cmd += ["--quick"] if args.quick else []
         print(f"== {name} ({script})", flush=True)
         t = time.perf_counter()
+        proc = subprocess.Popen(cmd, start_new_session=True)  # its own process group: a kill reaches its children
         try:
-            rc = subprocess.run(cmd, check=False, timeout=limit).returncode
+            rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the benchmark and what it started (bench_memory's training)
+            proc.wait()
             rc = f"killed after {limit} s"
+        except KeyboardInterrupt:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         if rc != 0 or not path.exists():
             latest["failed"][name] = f"exit status {rc}"
             continue

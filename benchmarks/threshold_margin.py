@@ -30,6 +30,8 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", default="best.pt",
                    help="last.pt: the last epoch's weights, which val did not select (no selection bias on val)")
     args = p.parse_args(argv)
+    if args.prior and "val" not in args.tune_on:
+        p.error("--prior cuts val's own scores at the training grade mix: add val to --tune-on")
     results = []
     print("run | tuned on | rule | margin | half-val kappa | accuracy - majority | halves above majority")
     for run in args.runs:

@@ -10,11 +10,16 @@ import argparse
 import json
 from pathlib import Path
 
-from retinopathy.reporting.report import _best, read_rows
+from retinopathy.reporting.report import ReportError, _best, read_rows
 
 
 def summary(run: Path) -> dict:
-    rows = read_rows(run / "metrics.csv")
+    if not (run / "metrics.csv").is_file():
+        raise SystemExit(f"error: {run / 'metrics.csv'} not found: pass a run folder (retinopathy train --out)")
+    try:
+        rows = read_rows(run / "metrics.csv")
+    except ReportError as e:
+        raise SystemExit(f"error: {e}") from None
     kappa = [r["val_kappa"] for r in rows if r.get("val_kappa") is not None]
     if not kappa:
         return {"run": str(run), "epochs": 0}

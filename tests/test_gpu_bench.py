@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,3 +61,40 @@ def test_a_summary_with_every_benchmark_failed_is_still_printed():
     assert common.table([], ["ratio / figure", "value"], "summary (3 s)").splitlines() == [
         "summary (3 s)", "ratio / figure  value", "--------------  -----"]
     assert common.table([{"a": 1.5}], ["a"]).splitlines()[-1] == "1.5"
+
+
+def test_gpu_bench_refuses_a_cpu_run_and_a_workdir_it_did_not_write(tmp_path):
+    """Without --dry-run, a machine with no CUDA device is refused (a CPU run reported as the GPU benchmark); a
+    --workdir holding someone's files is refused, not emptied (it replaces its originals/ and cache/)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO / "src")}
+    script = [sys.executable, str(REPO / "benchmarks" / "gpu_bench.py"), "--out", str(tmp_path / "r.json")]
+    proc = subprocess.run([*script, "--workdir", str(tmp_path / "w")], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 2 and "error: no CUDA device" in proc.stderr, proc.stderr[-2000:]
+    mine = tmp_path / "mine" / "originals" / "my_photo.jpeg"
+    mine.parent.mkdir(parents=True)
+    mine.write_bytes(b"a photograph of someone's")
+    proc = subprocess.run([*script, "--dry-run", "--archs", "", "--workdir", str(tmp_path / "mine")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and "holds files this benchmark did not write" in proc.stderr, proc.stderr[-2000:]
+    assert mine.read_bytes() == b"a photograph of someone's"
+
+
+@pytest.mark.slow
+def test_gpu_bench_stopped_by_the_overall_limit_keeps_the_running_parts_numbers(tmp_path):
+    """gpu.sh's `timeout` sends SIGTERM to the driver: what the running part measured so far is merged into the
+    results (it was left in the part's own file)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO / "src")}
+    out, work = tmp_path / "r.json", tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "gpu_bench.py"), "--out", str(out),
+                             "--dry-run", "--archs", "resnet18", "--workdir", str(work)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (work / "part_resnet18.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before the part measured anything"
+    measured = json.loads((work / "part_resnet18.json").read_text())
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 1 and "stopped: the overall time limit" in proc.stderr.read()
+    part = json.loads(out.read_text())["parts"]["resnet18"]
+    assert part["status"].startswith("stopped by the overall time limit") and measured.items() <= part.items()
