@@ -39,7 +39,8 @@ class FlipAverage(torch.nn.Module):
         self.model = model
 
     def forward(self, x):
-        return torch.stack([self.model(x.flip(d) if d else x) for d in FLIPS]).mean(0)
+        return torch.stack([self.model(x.flip([k - 4 for k in d]) if d else x)  # the last two dims: H, W of
+                            for d in FLIPS]).mean(0)  # an NCHW batch, or of each eye of a pair's (N, 2, C, H, W)
 
 
 def val_scores(run: Path, data: str | None, tta: bool, workers: int, split: str = "val",

@@ -187,7 +187,10 @@ def main(argv=None) -> int:
         run_part(args)
         return 0
     work, stamp = Path(args.workdir), Path(args.workdir) / ".gpu_bench"  # the stamp: a folder this wrote
-    if work.is_dir() and any(work.iterdir()) and not stamp.exists():
+    files = list(work.iterdir()) if work.is_dir() else []  # an earlier version's folder has no stamp: its own
+    earlier = any(f.match("part_*.json") for f in files) and all(  # files only, part files among them
+        f.name in ("originals", "cache") or f.match("part_*.json") for f in files)
+    if files and not stamp.exists() and not earlier:
         print(f"error: --workdir {work} holds files this benchmark did not write (it replaces its originals/ and "
               "cache/); give a new or empty folder", file=sys.stderr)
         return 2

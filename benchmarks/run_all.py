@@ -48,6 +48,8 @@ def main() -> int:
         for name, res in kept.get("benches", {}).items():
             if name in BENCHES and name not in names:
                 gather(latest, name, {"when": kept.get("when"), **res})
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # as exceptions, so that the running benchmark is stopped too
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
     for name in names:
         script, limit, _ = BENCHES[name]
         path = common.RESULTS / f"{name}.json"
@@ -60,12 +62,11 @@ def main() -> int:
         try:
             rc = proc.wait(timeout=limit)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the benchmark and what it started (bench_memory's training)
-            proc.wait()
             rc = f"killed after {limit} s"
-        except KeyboardInterrupt:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+        finally:  # the time limit, Ctrl-C, or run_all itself stopped (SIGTERM, SIGHUP): the benchmark and what it
+            if proc.poll() is None:  # started (bench_memory's training) go too
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         if rc != 0 or not path.exists():
             latest["failed"][name] = f"exit status {rc}"
             continue

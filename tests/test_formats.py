@@ -509,6 +509,8 @@ def test_grade_folders_nobody_reads_are_said_and_hidden_folders_left_out(tmp_pat
     assert len(cat.samples) == 5
     assert [(p.kind, Path(p.file).name) for p in cat.problems] == [("bad-label", "2.0"), ("bad-label", "test")]
     assert "whose 5 image(s) are not used" in cat.problems[1].message
+    named = read_catalog(tmp_path, format="folders", labels=tmp_path)  # named where detection looks: said alike
+    assert [(p.kind, Path(p.file).name) for p in named.problems] == [("bad-label", "2.0"), ("bad-label", "test")]
     shutil.rmtree(tmp_path / "2.0")
     for g in range(4):  # every grade in train/, some in DATA itself: train/ is read, DATA's own are said
         shutil.move(tmp_path / str(g), tmp_path / "train" / str(g))
@@ -517,9 +519,10 @@ def test_grade_folders_nobody_reads_are_said_and_hidden_folders_left_out(tmp_pat
     assert {s.split for s in cat.samples} == {"train", "test"}
     assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path))]
     assert "whose 1 image(s) are not used" in cat.problems[0].message
-    monkeypatch.chdir(tmp_path.parent)  # a relative DATA, the grade folders named absolutely: nothing unread
+    monkeypatch.chdir(tmp_path.parent)  # a relative DATA, the grade folders named absolutely: train/ is read
     cat = read_catalog(tmp_path.name, format="folders", labels=tmp_path / "train")
-    assert {s.split for s in cat.samples} == {"train", "test"} and not cat.problems
+    assert {s.split for s in cat.samples} == {"train", "test"}
+    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", tmp_path.name)]  # DATA's own 4/ only
     assert not read_catalog(tmp_path, format="folders", labels=tmp_path / "test").problems  # named: as asked
 
 

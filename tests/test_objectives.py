@@ -358,6 +358,18 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
         assert scores == pytest.approx(val, abs=1e-5)
 
 
+def test_the_benchmarks_test_time_flips_mirror_each_eye_of_a_pair():
+    """eye_blending.py's flips act on the image's height and width, for an NCHW batch and for the (N, 2, C, H, W)
+    batches of a --pair-eyes model (they flipped the eye and colour axes there)."""
+    seen = []
+    flip = _load_benchmark("eye_blending").FlipAverage(lambda x: seen.append(x) or x.sum().reshape(1))
+    for shape in ((1, 3, 4, 4), (1, 2, 3, 4, 4)):
+        seen.clear()
+        x = torch.arange(float(np.prod(shape))).reshape(shape)
+        flip(x)
+        assert [torch.equal(v, x.flip(dims)) for v, dims in zip(seen, ([], [-1], [-2], [-2, -1]))] == [True] * 4
+
+
 def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",

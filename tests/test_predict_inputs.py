@@ -265,7 +265,7 @@ def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsy
             (["export", str(tiny_run), "--format", "torchscript", "--out", str(other / "checkpoints" / "best.pt")],
              f"--out would replace {other / 'checkpoints' / 'best.pt'}, in the checkpoints of the run in {other}"),
             (["predict", str(tiny_run), str(photo), "--out", str(synth_small / "trainLabels.csv")],
-             f"--out would replace {synth_small / 'trainLabels.csv'}, an input of this command")):  # the run's
+             f"--out would replace {synth_small / 'trainLabels.csv'}, a labels file the model's run trained from")):
         assert main([*argv, "--workers", "0"] if argv[0] == "predict" else argv) == 2, argv
         assert named in capsys.readouterr().err
     assert (data / "trainLabels.csv").read_bytes() == labels and photo.read_bytes() == before

@@ -100,13 +100,12 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     check_writable(path.parent)
 
 
-def refuse_replacing(path: str | os.PathLike, option: str, inputs) -> None:
+def refuse_replacing(path: str | os.PathLike, option: str, inputs, what: str = "an input of this command") -> None:
     """Raise now (an OSError naming ``path``) if writing ``path`` would replace one of the command's ``inputs``
-    (a labels file, a photograph, the checkpoint being read)."""
+    (a labels file, a photograph, the checkpoint being read), or of other files to keep, ``what`` they are."""
     if not os.path.lexists(path):  # nothing there to replace
         return
     target = os.path.realpath(path)  # not Path.resolve(): a symbolic-link loop among the inputs raises there
     for p in inputs:
         if p is not None and os.path.realpath(p) == target:
-            raise FileExistsError(errno.EEXIST, f"{option} would replace {p}, an input of this command; choose "
-                                  "another file", str(path))
+            raise FileExistsError(errno.EEXIST, f"{option} would replace {p}, {what}; choose another file", str(path))

@@ -34,6 +34,7 @@ FORMATS = ("lab", "kaggle", "csv", "folders")
 LAB_FILES = {"train": ("train_img.csv", "train_label.csv"), "test": ("test_img.csv", "test_label.csv")}
 KAGGLE_LABELS = ("trainLabels.csv", "labels.csv")
 IMAGE_SUBDIRS = ("", "images", "train", "train_images")
+GRADE_ROOTS = ("", "train", "images")  # where grade folders 0/ ... 4/ are looked for, in this order
 _EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.IGNORECASE)
 _GRADE = re.compile(r"([0-9]+)(?:\.0+)?")  # ASCII digits only: not '²', which str.isdigit() accepts
 _GRADE_LIKE = re.compile(r"\s*[+-]?[0-9]+(?:\.[0-9]*)?\s*")  # a folder named as a number: 5/, -1/, 2.0/, " 3"
@@ -154,7 +155,7 @@ def _labels_file(format: str, data: Path, columns: tuple = ()) -> Path:
 def grade_folders(data: Path, every_grade: bool) -> Path | None:
     """The first of ``data``, ``data/train``, ``data/images`` holding grade folders ``0/`` ... ``4/`` (all five
     with ``every_grade``, else any), or None."""
-    for folder in (data, data / "train", data / "images"):
+    for folder in (data / sub for sub in GRADE_ROOTS):
         if (all if every_grade else any)((folder / str(g)).is_dir() for g in GRADES):
             return folder
     return None
@@ -361,15 +362,15 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
 def _unread_grade_trees(data: Path, read: list[Path]) -> list[Problem]:
     """A problem for each folder beside the ``read`` ones (``DATA`` or one of its folders) that holds grade folders
     with images, which would be left out silently: ``DATA/test/0/`` beside ``DATA/0/``, ``valid/`` beside ``train/``."""
-    problems, read = [], [folder.resolve() for folder in read]
+    problems, real = [], [folder.resolve() for folder in read]  # DATA relative, --labels absolute: one folder
     for other in [data, *sorted(p for p in data.iterdir() if p.is_dir() and not hidden(p.name))]:
-        if other.resolve() in read or (other.parent.resolve() in read and other.name in map(str, GRADES)):
+        if other.resolve() in real or (other.parent.resolve() in real and other.name in map(str, GRADES)):
             continue
         count = sum(len(image_files(other / str(g))) for g in GRADES if (other / str(g)).is_dir())
         if not count:
             continue
         advice = ("only train/, val/ and test/ are read; rename it val/ or test/, or remove it"
-                  if read[0] == (data / "train").resolve() else
+                  if real[0] == (data / "train").resolve() else
                   f"the grade folders read are {read[0]}'s; move them there, pass {other} as the dataset, or "
                   "remove it")
         problems.append(Problem("bad-label", str(other), None, f"folder {other.name}/ holds grade folders whose "
@@ -468,7 +469,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
                         hint=f"Or pass --labels {data} with the folder that holds the dataset.")
     problems: list[Problem] = []
     labels = Path(labels) if labels else None
-    chosen = labels is not None  # grade folders named by --labels: their siblings are the user's choice
+    chosen = labels is not None  # grade folders named by --labels elsewhere than detection looks: the user's choice
     partner = next((a if labels.name == b else b for a, b in LAB_FILES.values() if labels.name in (a, b)), None) \
         if labels is not None and labels.is_file() else None
     if partner and (labels.parent / partner).exists():
@@ -504,7 +505,7 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     elif format == "folders":
         parts = split_folders(data, labels) or {None: labels}
         samples = [s for sp, folder in parts.items() for s in _read_folders(folder, problems, sp)]
-        if labels.is_dir() and not chosen:
+        if labels.is_dir() and (not chosen or labels.resolve() in {(data / sub).resolve() for sub in GRADE_ROOTS}):
             problems += _unread_grade_trees(data, list(parts.values()))
         label_files = list(parts.values())
     else:

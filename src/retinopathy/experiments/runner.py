@@ -312,8 +312,9 @@ def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Nam
         with tempfile.TemporaryDirectory() as scratch:
             args = _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
         if changed:
-            shown = [[d[k] if d.get(k) is not None else train_config.option_value(d, k) for d in (saved, options)]
-                     for k in changed]  # as written; one left unset: its default
+            default = train_config.defaults()  # a value as written; one left unset: its default
+            shown = [[d[k] if d.get(k) is not None else default.get(k) if default.get(k) is not None else
+                      train_config.option_value(d, k) for d in (saved, options)] for k in changed]
             raise ChangedCell(cell, ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in zip(changed, shown)))
         return args
     cell.dir.mkdir(parents=True, exist_ok=True)
@@ -590,8 +591,9 @@ def check_images(cells) -> None:
         opts = catalog_options(args)
         key = json.dumps([opts, bool(args.skip_bad)], sort_keys=True, default=str)
         if key not in seen:
-            seen[key] = FundusDataset(load_catalog(args.data, **opts), "all", skip_bad=bool(args.skip_bad))
-        selection_split(args, {s.split for s in seen[key].samples}, args.split_file)
+            seen[key] = load_catalog(args.data, **opts)
+            FundusDataset(seen[key], "all", skip_bad=bool(args.skip_bad))
+        selection_split(args, {s.split for s in seen[key].samples}, args.split_file)  # as training reads them
 
 
 def list_cells(exp: Experiment) -> None:

@@ -43,7 +43,7 @@ from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
 from ..outputs import check_output_file, refuse_replacing
-from ..training.checkpoint import run_checkpoints
+from ..training.checkpoint import run_checkpoints, run_labels
 from .predict import SAME_OUTPUTS, collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
@@ -237,6 +237,7 @@ def main(args) -> dict:
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     refuse_replacing(args.out, "--out", [*run_checkpoints(args.checkpoint), *(args.check_images or [])])
+    refuse_replacing(args.out, "--out", run_labels(args.checkpoint), "a labels file the model's run trained from")
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")

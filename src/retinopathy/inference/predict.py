@@ -54,7 +54,7 @@ from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade
 from ..models.restore import restore
 from ..outputs import check_output_file, check_writable, refuse_replacing
 from ..progress import progress_bar
-from ..training.checkpoint import CheckpointError, run_checkpoints, run_folder
+from ..training.checkpoint import CheckpointError, run_checkpoints, run_labels, run_folder
 from ..training.engine import autocast, pick_device, to_device, to_engine
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
@@ -484,6 +484,7 @@ def main(args) -> dict:
         print(f"warning: {warning}", file=sys.stderr)
     refuse_replacing(args.out, "--out", [i.path for i in items] + list({f for i in items for f in i.labels})
                      + run_checkpoints(args.checkpoint) + [args.split_file])
+    refuse_replacing(args.out, "--out", run_labels(args.checkpoint), "a labels file the model's run trained from")
     if args.cam:
         refuse_cam_among_photographs(Path(args.cam), items, [Path(p) for p in args.inputs if Path(p).is_dir()])
     progress = not args.quiet

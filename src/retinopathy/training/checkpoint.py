@@ -95,16 +95,20 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def run_checkpoints(path: str | Path) -> list[Path]:
-    """The checkpoint a command reads for ``path`` and, in a run's ``checkpoints/`` folder, its siblings, and the
-    labels files the run trained from: what the command's output must not replace."""
+    """The checkpoint a command reads for ``path`` and, in a run's ``checkpoints/`` folder, its siblings: what the
+    command's output must not replace."""
     read = checkpoint_file(path)
+    return [read, *([read.parent / "last.pt", read.parent / "best.pt"] if read.parent.name == "checkpoints" else [])]
+
+
+def run_labels(path: str | Path) -> list[Path]:
+    """The labels files the run of the checkpoint ``path`` trained from (none when its config.yaml cannot say):
+    what a command's output must not replace either."""
     try:
-        config = yaml.safe_load((run_folder(read) / "config.yaml").read_text(encoding="utf-8"))
-        labels = [Path(f) for f in config["data"]["labels"] if Path(f).is_file()]
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # no run's config: nothing more to keep
-        labels = []
-    return [read, *([read.parent / "last.pt", read.parent / "best.pt"] if read.parent.name == "checkpoints" else []),
-            *labels]
+        config = yaml.safe_load((run_folder(checkpoint_file(path)) / "config.yaml").read_text(encoding="utf-8"))
+        return [Path(f) for f in config["data"]["labels"] if Path(f).is_file()]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
+        return []
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
