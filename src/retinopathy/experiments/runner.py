@@ -369,8 +369,7 @@ def train_argv(run: Path, args: argparse.Namespace, done: int) -> list[str]:
     argv = ["--config", str(run / "cell.yaml"), "--out", str(run)]
     if not done:
         return argv
-    workers = train_config.file_options(run / "config.yaml", resume=True)[0].get("workers") \
-        if args.workers is None else None
+    workers = train_config.recorded_option(run, "workers") if args.workers is None else None
     return argv + ["--resume", str(run)] + (["--workers", str(workers)] if workers is not None else [])
 
 

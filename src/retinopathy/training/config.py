@@ -304,7 +304,7 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
         parser.error("-c/--config: an empty path; give the config file, or leave out -c")
     file_cfg, kind = file_options(Path(pre.config), pre.data) if pre.config else ({}, "options")
     if pre.preset and (pre.resume or kind == "run") or pre.resume and kind != "run" and file_cfg.get("preset") \
-            not in (None, _run_option(pre.resume, "preset")):  # an experiment's cell.yaml names the run's own
+            not in (None, recorded_option(pre.resume, "preset")):  # an experiment's cell.yaml names the run's own
         parser.error(f"--preset{'' if pre.preset else f' (preset: in {pre.config})'} cannot change a run's saved "
                      "options (--resume, or -c a run's config.yaml); pass the options to change instead")
     preset = file_cfg.get("preset", pre.preset) if pre.preset is None else pre.preset
@@ -364,7 +364,7 @@ def _retype_file_values(args: argparse.Namespace, parser: argparse.ArgumentParse
                          f"{', '.join(map(str, action.choices))}")
 
 
-def _run_option(run: str, key: str):
+def recorded_option(run: str, key: str):
     """The value of option ``key`` that the run folder ``run`` recorded (None when it recorded none)."""
     return file_options(Path(run) / "config.yaml", resume=True)[0].get(key)
 
@@ -402,7 +402,7 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     if not 0 <= args.freeze_epochs <= args.epochs:
         parser.error(f"--freeze-epochs must be between 0 and --epochs (here {args.freeze_epochs} and {args.epochs}"
                      + (f"; the run freezes its first {args.freeze_epochs}, so --epochs must be at least that)"
-                        if args.resume and _run_option(args.resume, "freeze_epochs") == args.freeze_epochs else ")"))
+                        if args.resume and recorded_option(args.resume, "freeze_epochs") == args.freeze_epochs else ")"))
     if not 0 < args.model_ema_decay < 1:
         parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
     if args.mixup < 0:
