@@ -69,16 +69,16 @@ def test_an_error_raised_while_handling_a_full_disk_stays_itself(tmp_path):
 
 def test_a_figure_on_a_full_disk_leaves_the_one_before_whole(tmp_path, full_disk):
     """Pillow removes only a file it created: a figure written in place over an older one left it cut off."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from retinopathy.reporting.figures import save_figure
 
     path = tmp_path / "confusion.png"
-    save_figure(plt.figure(), path)
+    save_figure(Figure(), path)
     before = path.read_bytes()
     full_disk("confusion.png")
     with pytest.raises(NotWritten, match="confusion.png: cannot be written"):
-        save_figure(plt.figure(), path)
+        save_figure(Figure(), path)
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["confusion.png"]
 
 

@@ -5,6 +5,9 @@ import io
 import json
 import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +53,15 @@ def test_clean_dataset_checks_ok(tmp_path, kaggle):
         (tmp_path / "notes.json").write_text(other)
         assert main(["data", "check", str(tmp_path / "nothing"), "--json", str(tmp_path / "notes.json")]) == 2
         assert (tmp_path / "notes.json").read_text() == other
+        assert main(["data", "check", str(kaggle), "--json", str(tmp_path / "notes.json"), "--quiet"]) == 2  # nor
+        assert (tmp_path / "notes.json").read_text() == other  # replaced by a check that succeeds
+    (tmp_path / "notes.json").write_text("")  # an empty file (mktemp's) is free
+    assert main(["data", "check", str(kaggle), "--json", str(tmp_path / "notes.json"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "notes.json").read_text())["problems"] == []
+    # --json /dev/stdout into a pipe, on data that cannot be read: reading it to see whether it is a report blocked
+    done = subprocess.run([sys.executable, "-m", "retinopathy", "data", "check", str(tmp_path / "nothing"), "--json",
+                           "/dev/stdout"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 2 and json.loads(done.stdout)["readable"] is False
 
 
 def test_data_check_stats_and_split_counts_are_those_of_the_images(tmp_path):
@@ -260,7 +272,7 @@ def test_corrupt_scan_data_is_dropped_by_the_cache_and_named_while_training(tmp_
     mid = (jpeg.index(b"\xff\xda") + len(jpeg)) // 2
     jpeg[mid:mid + 10] = b"\xff\xc0" * 5
     (tmp_path / "1_left.jpeg").write_bytes(jpeg)
-    with pytest.raises(DataError, match="trainLabels.csv:.*1_left: .*cannot decode"):
+    with pytest.raises(DataError, match="trainLabels.csv:.*1_left: .*cannot decode: .*damaged: copy or export it"):
         FundusDataset(tmp_path, "all", image_size=32, cache=True)
     ds = FundusDataset(tmp_path, "all", image_size=32, cache=True, skip_bad=True)
     assert [p.image for p in ds.skipped] == ["1_left"] and len(ds) == 5 and len(ds.cache) == 5
@@ -789,9 +801,9 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch):
                                         (["train", "--data", "D", "--out", "O", "--stop-after", "0"],
                                          "--stop-after: 0 is too small (at least 1)"),
                                         (["train", "--data", "D", "--out", "O", "--epochs", "2", "--freeze-epochs",
-                                          "3"], "--freeze-epochs must be between 0 and --epochs"),
+                                          "3"], "--freeze-epochs 3: must be between 0 and the epochs (--epochs 2)"),
                                         (["train", "--data", "D", "--out", "O", "--model-ema-decay", "1"],
-                                         "--model-ema-decay must lie between 0 and 1 (not 1.0)")])
+                                         "--model-ema-decay 1.0: must lie between 0 and 1")])
 def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -799,21 +811,23 @@ def test_numbers_out_of_range_are_usage_errors(argv, named, capsys):
 
 
 def test_a_resume_for_fewer_epochs_than_the_run_freezes_says_so(tmp_path, capsys):
-    """The run's --freeze-epochs comes from its config.yaml, not the command line: the refusal says it is the run's."""
+    """The run's --freeze-epochs comes from its config.yaml, not the command line: a resume that would train on
+    says it is the run's (to a finished run a lower --epochs changes nothing: test_train)."""
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({"train": {"data": str(tmp_path), "out": str(run), "epochs": 4,
                                                                "freeze_epochs": 2}, "engine": {}}))
-    with pytest.raises(SystemExit):
-        main(["train", "--resume", str(run), "--epochs", "1"])
-    assert ("--freeze-epochs must be between 0 and --epochs (here 2 and 1; the run freezes its first 2, so --epochs "
-            "must be at least that)") in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "1"]) == 2
+    assert (f"{run}: --epochs 1: the run freezes its first 2, so --epochs must be at least that"
+            in capsys.readouterr().err)
     (tmp_path / "tweak.yaml").write_text("freeze_epochs: 5\n")
     for given in (["--freeze-epochs", "5"], ["--freeze=5"], ["-c", str(tmp_path / "tweak.yaml")]):
         with pytest.raises(SystemExit):  # a value given now is not the run's
             main(["train", "--resume", str(run), *given, "--epochs", "3"])
         err = capsys.readouterr().err
-        assert "--freeze-epochs must be between 0 and --epochs (here 5 and 3)" in err and "the run freezes" not in err
+        assert "must be between 0 and the epochs (--epochs 3)" in err and "the run freezes" not in err
+        named = "--freeze-epochs 5" if given[0] != "-c" else f"freeze_epochs: 5 (from {tmp_path / 'tweak.yaml'})"
+        assert named in err
 
 
 def test_labels_files_beside_the_one_read_are_named(tmp_path, kaggle, capsys):
@@ -994,3 +1008,66 @@ def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(tmp_path, tin
                                                   "not valid UTF-8")) as e:
         load_catalog(os.fsdecode(folder))
     assert len(e.value.problems) == 1
+
+
+def test_evaluate_does_not_write_over_its_own_labels_file(tiny_run, synth_small, tmp_path, capsys):
+    """A labels file named like one of evaluate's outputs, in the --out folder: refused before the work (it was
+    replaced by the predictions, and the grades were lost)."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_small, data)
+    (data / "trainLabels.csv").rename(data / "predictions.csv")
+    before = (data / "predictions.csv").read_bytes()
+    assert main(["evaluate", str(tiny_run), "--data", str(data), "--labels", str(data / "predictions.csv"),
+                 "--image-col", "image", "--label-col", "level", "--split", "all", "--out", str(data),
+                 "--quiet"]) == 2
+    assert f"--out would replace {data / 'predictions.csv'}, an input of this command" in capsys.readouterr().err
+    assert (data / "predictions.csv").read_bytes() == before and not (data / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("argv, named", [(["evaluate", "C", "--data", "D", "--out", ""], "--out"),
+                                         (["train", "--data", "D", "--out=", "--epochs", "1"], "--out"),
+                                         (["train", "--data", "D", "--out", "o", "--weights", ""], "--weights"),
+                                         (["predict", "C", "", "--out", "p.csv"], "the argument after 'predict C'")])
+def test_an_empty_argument_is_refused_not_read_as_no_value(argv, named, tmp_path, monkeypatch, capsys):
+    """An unset shell variable (``--out "$OUT"``) gave the current folder (evaluate wrote into it, predict graded
+    every image below it) or no value at all (train started from random weights)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.startswith(f"error: {named}: an empty value (an unset shell variable?)")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_resume_whose_config_yaml_is_no_runs_is_named(tmp_path, capsys):
+    """An emptied config.yaml read as a file of no options: the error blamed a missing --data."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("")
+    assert main(["train", "--resume", str(run), "--epochs", "2"]) == 2
+    assert f"{run / 'config.yaml'} is not a run's config.yaml (it has no train: and engine: sections" \
+        in capsys.readouterr().err
+
+
+def test_commands_in_messages_are_quoted_for_the_shell(tmp_path, capsys):
+    """A command a message gives is pasted into a shell: a path with a space is quoted."""
+    from retinopathy.training.checkpoint import CheckpointError, load_checkpoint
+
+    folder = tmp_path / "my runs" / "checkpoints"
+    folder.mkdir(parents=True)
+    (folder / "best.pt").write_bytes(b"")
+    (folder / "last.pt").write_bytes(b"half")
+    with pytest.raises(CheckpointError, match=re.escape(f"(`cp '{folder / 'best.pt'}' '{folder / 'last.pt'}'`)")):
+        load_checkpoint(folder / "last.pt")
+
+
+@pytest.mark.parametrize("info", [["a", "list"], {"preprocessing": "graham"}])
+def test_a_checkpoint_whose_model_information_was_edited_is_named(tiny_run, tmp_path, info):
+    """Model information of another shape (a list, a preprocessing given as text) gave AttributeError and
+    TypeError tracebacks."""
+    from retinopathy.models.restore import restore
+    from retinopathy.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")
+    ckpt["model_info"] = info if isinstance(info, list) else {**ckpt["model_info"], **info}
+    save_checkpoint(ckpt, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match="its model information is not as retinopathy train writes it"):
+        restore(tmp_path / "odd.pt")

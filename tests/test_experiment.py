@@ -224,7 +224,7 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "train": {**cfg["train"], "lr": -1}}))
     assert main(["experiment", str(bad), "--dry-run"]) == 2
-    assert f"{bad}: cell {PRETRAINED}: --lr -1.0: a learning rate above 0" in capsys.readouterr().err
+    assert f"{bad}: cell {PRETRAINED}: lr: -1.0: a learning rate above 0" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     broken = tmp_path / "broken"  # a truncated photograph: every cell would stop at it, so the dry run does
     shutil.copytree(interrupted["root"] / "data", broken)
@@ -738,3 +738,23 @@ def test_a_dry_run_names_absolute_folders_and_the_data_synth_would_make(tmp_path
     assert main(["experiment", str(config), "--dry-run"]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(", which synth: would make)")
     assert not (tmp_path / "new").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_report_folder_holding_someone_elses_page_stops_the_experiment_before_it_trains(tmp_path, capsys):
+    """report: out: a folder with the user's own index.html: said before any cell trains (and by --dry-run), not
+    after the whole grid has run; with --no-report the grid runs."""
+    (tmp_path / "report").mkdir()
+    (tmp_path / "report" / "index.html").write_text("<h1>my site</h1>\n")
+    config = write_config(tmp_path)
+    for extra in (["--dry-run"], ["--quiet"]):
+        assert main(["experiment", str(config), *extra]) == 2
+        assert (f"{config}: report: out: {tmp_path / 'report'} holds index.html, not a report's"
+                in capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def test_an_experiment_file_in_another_encoding_says_so(tmp_path):
+    config = tmp_path / "grid.yaml"
+    config.write_text("name: grid\n", encoding="utf-16")
+    with pytest.raises(ExperimentError, match="grid.yaml: not UTF-8 text .*save it again as UTF-8"):
+        load_experiment(config)

@@ -135,6 +135,14 @@ def test_an_opset_asked_for_is_the_opset_written(checkpoint, tmp_path, capsys):
         assert e.value.code == 2 and said in capsys.readouterr().err
 
 
+def test_a_file_named_for_the_other_format_is_refused(checkpoint, tmp_path, capsys):
+    """TorchScript written into m.onnx (or ONNX into m.pt) was written without a word, for a runtime to fail on."""
+    for fmt, name, other in (("torchscript", "m.onnx", "onnx"), ("onnx", "m.pt", "torchscript")):
+        assert main(["export", str(checkpoint), "--format", fmt, "--out", str(tmp_path / name)]) == 2
+        assert f"its name says {other}, and this exports {fmt}" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_failed_first_exporter_removes_only_what_it_wrote(checkpoint, tmp_path, monkeypatch, capsys):
     """When the dynamo exporter fails, its partial output goes, and nothing else in the folder (the function is
     public: the folder may be the user's)."""
@@ -223,6 +231,29 @@ def test_parity_falls_back_to_renders_when_no_training_photograph_reads(checkpoi
     assert main(["export", str(tmp_path / "trained.pt"), "--format", "torchscript", "--out", str(tmp_path / "b.pt"),
                  "--check-images", str(data)]) == 2
     assert "no readable image for the parity check" in capsys.readouterr().err
+
+
+def test_parity_renders_when_the_training_folder_cannot_be_listed(checkpoint, tmp_path, monkeypatch):
+    """A folder there that cannot be listed (a drive's lost+found) is no reason to stop the export: the training
+    photographs are a convenience, and the check renders its own."""
+    import os
+
+    data = tmp_path / "data"
+    (data / "lost+found").mkdir(parents=True)
+    listing = os.scandir
+
+    def scandir(path="."):
+        if str(path).endswith("lost+found"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["config"] = {"data": str(data)}
+    save_checkpoint(ckpt, tmp_path / "trained.pt")
+    assert main(["export", str(tmp_path / "trained.pt"), "--format", "torchscript", "--out",
+                 str(tmp_path / "grader.ts.pt")]) == 0
+    assert json.loads((tmp_path / "grader.ts.pt.json").read_text())["parity"]["images"].startswith("4 synthetic")
 
 
 def test_failed_parity_writes_nothing(checkpoint, tmp_path, capsys, monkeypatch):

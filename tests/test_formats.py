@@ -575,3 +575,32 @@ def test_a_patient_named_in_two_unicode_normal_forms_is_one_patient(tmp_path):
     cat = load_catalog(tmp_path, resolve=False, val_fraction=0.25, test_fraction=0.25)
     assert len({s.patient for s in cat.samples}) == 40
     assert all(a.split == b.split for a, b in zip(cat.samples[::2], cat.samples[1::2]))
+
+
+def test_a_folder_that_cannot_be_listed_stops_the_read(tmp_path, monkeypatch):
+    """os.walk leaves out a folder it cannot list, and with it a grade's photographs: an error names it."""
+    from retinopathy.data.images import ImageError
+
+    for g in range(5):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    listing = os.scandir
+
+    def scandir(path="."):
+        if Path(path) == tmp_path / "d" / "3":
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(ImageError, match=f"{tmp_path / 'd' / '3'}: cannot list this folder \\(Permission denied\\), "
+                                         "so its photographs would be left out"):
+        read_catalog(tmp_path / "d")
+
+
+def test_a_listed_image_that_is_a_broken_link_is_said_to_be_one(tmp_path):
+    make_kaggle(tmp_path, n_patients=2)
+    (tmp_path / "1_left.jpeg").unlink()
+    (tmp_path / "1_left.jpeg").symlink_to(tmp_path / "gone" / "1_left.jpeg")
+    [problem] = read_catalog(tmp_path).problems
+    assert problem.kind == "missing-image"
+    assert f"(1_left.jpeg there is a link to {tmp_path / 'gone' / '1_left.jpeg'}, which does not exist)" \
+        in problem.message

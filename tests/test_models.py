@@ -336,3 +336,11 @@ def test_a_damaged_cached_imagenet_file_is_a_weights_error(torch_home):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(WeightsError, match="cannot be read .* delete the file"):
         build_model("resnet18", pretrained=True, check_hash=False)
+
+
+def test_model_names_in_titles_are_written_as_their_papers_write_them():
+    from retinopathy.models.restore import display_name
+
+    assert [display_name(a) for a in ("resnet18", "convnext_tiny", "efficientnet_b0", "efficientnet_v2_s",
+                                      "vit_b_16", "mobilenet_v3_small")] == [
+        "ResNet18", "ConvNeXt-Tiny", "EfficientNet-B0", "EfficientNet-V2-S", "ViT-B/16", "mobilenet_v3_small"]

@@ -150,8 +150,8 @@ def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
     images = sorted(resumed.glob("*.jpeg"))
     for p in images[::2]:
         p.unlink()
-    (resumed / (images[0].name + ".part")).write_bytes(images[1].read_bytes()[:300])
-    (resumed / (images[5].name + ".part")).write_bytes(b"half")  # beside a copy that is whole: left as it is
+    (resumed / f".{images[0].name}.tmp99999").write_bytes(images[1].read_bytes()[:300])
+    (resumed / f".{images[5].name}.tmp99999").write_bytes(b"half")  # beside a copy that is whole, which is kept
     images[1].write_bytes(images[1].read_bytes()[:500])  # and copies damaged since: cut, and emptied
     images[3].write_bytes(b"")
     m = json.loads((resumed / MANIFEST).read_text())
@@ -160,7 +160,7 @@ def test_interrupted_run_resumes_to_the_same_bytes(synth128, tmp_path):
     assert m["complete"] and m["counts"]["written"] == len(images[::2]) + 2
     assert m["counts"]["already_there"] == len(images) - len(images[::2]) - 2
     assert tree_bytes(resumed) == tree_bytes(clean)
-    assert not list(resumed.glob("*.part"))
+    assert not list(resumed.glob(".*.tmp*"))
 
 
 def test_a_photograph_replaced_after_an_interrupted_first_run_is_written_again(tmp_path, monkeypatch):
@@ -412,7 +412,7 @@ def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
     assert (f"note: 3 listed image(s) are not in the copy (missing or unreadable), and its labels, copied as they "
             f"are, still list them: train from {out} with --skip-bad") in err
     assert not (out / "2_left.jpeg").exists() and not (out / "3_right.jpeg").exists()
-    assert not list(out.glob("*.part"))
+    assert not list(out.glob(".*.tmp*"))
     assert (out / "trainLabels.csv").read_text().splitlines() == lines  # labels copied as they are
     # the copy then reports the same rows as missing, as the source did
     assert {p.image for p in read_catalog(out).problems} == {"2_left", "3_right", "4_left"}
@@ -562,3 +562,24 @@ def test_refuses_to_mix_settings_or_overwrite(tmp_path, capsys):
         prepare(src, src, size=32, workers=1, progress=False)
     assert main(["prepare", str(tmp_path / "nowhere"), str(tmp_path / "o2"), "--quiet"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_images_kept_where_reading_does_not_look_are_copied_where_it_does(tmp_path):
+    """--images DATA/photos: the copy's images go to OUT itself (a copy in OUT/photos/ was not found by its own
+    labels), and an OUT inside a grade-folder dataset, whose next read would take in the copy, is refused."""
+    src = tmp_path / "src"
+    generate(src, n=6, size=64, seed=0, progress=False)
+    (src / "photos").mkdir()
+    for p in src.glob("*.jpeg"):
+        p.rename(src / "photos" / p.name)
+    m = prepare(src, tmp_path / "out", size=32, workers=1, progress=False, images=src / "photos")
+    assert m["complete"] and not m["problems"] and m["counts"]["written"] == 6
+    copy = read_catalog(tmp_path / "out")
+    assert not copy.problems and len(copy.samples) == 6 and copy.image_root == tmp_path / "out"
+    folders = tmp_path / "folders"
+    for g in range(5):
+        (folders / str(g)).mkdir(parents=True)
+        shutil.copy(next((src / "photos").glob("*.jpeg")), folders / str(g) / f"{g}_left.jpeg")
+    with pytest.raises(PrepareError, match=f"{folders / 'small'} lies inside the grade-folder dataset {folders}"):
+        prepare(folders, folders / "small", size=32, workers=1, progress=False)
+    assert not (folders / "small").exists()

@@ -8,13 +8,17 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
+from sklearn.metrics import confusion_matrix
 
 from retinopathy.cli.main import main
 from retinopathy.reporting import figures
@@ -55,14 +59,10 @@ def experiment(tmp_path_factory):
 
 @pytest.fixture
 def closed_figures(monkeypatch):
-    """The matplotlib figures the code under test saves and closes, kept open to inspect their artists."""
-    import matplotlib.pyplot as plt
-
-    close, figs = plt.close, []
-    monkeypatch.setattr(plt, "close", figs.append)
-    yield figs
-    for fig in figs:
-        close(fig)
+    """The matplotlib figures the code under test saves, kept to inspect their artists."""
+    save, figs = figures.save_figure, []
+    monkeypatch.setattr(figures, "save_figure", lambda fig, path, **kw: (figs.append(fig), save(fig, path, **kw)))
+    return figs
 
 
 def confusion_size_px(rows: int, cols: int) -> tuple[int, int]:
@@ -600,10 +600,19 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     assert (texts[(0, 0)], texts[(0, 1)], texts[(1, 1)]) == ("0.50", "0.50", "1.00")  # each row sums to 1
 
 
-def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed_figures):
-    from retinopathy.evaluation.evaluate import confusion_figure
+def test_importing_the_package_leaves_the_users_matplotlib_backend_alone():
+    """A notebook's backend stays its own: the figures are drawn without pyplot (``matplotlib.use("Agg")`` at
+    import switched a notebook's plots off)."""
+    code = ("import matplotlib; import retinopathy.cli.main, retinopathy.evaluation.evaluate, "
+            "retinopathy.reporting.report; print(matplotlib.get_backend())")
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "svg"
 
-    confusion_figure(np.array([0, 0, 1, 2, 2]), np.array([0, 1, 1, 2, 4]), "no grades 3 and 4", tmp_path / "cm.png")
+
+def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed_figures):
+    counts = confusion_matrix([0, 0, 1, 2, 2], [0, 1, 1, 2, 4], labels=range(5))
+    figures.confusion_figure(counts, "no grades 3 and 4", tmp_path / "cm.png")
     texts = cell_texts(closed_figures[0].axes[0])
     assert [texts[(t, p)] for t in (3, 4) for p in range(5)] == ["–"] * 10
     assert texts[(0, 0)] == "0.50" and texts[(2, 4)] == "0.50"
@@ -627,6 +636,9 @@ def test_a_diverged_run_does_not_flatten_the_others_losses(tmp_path, closed_figu
     assert ax.get_yscale() == "log" and ax.get_ylabel().endswith(", log scale")
     figures.curves_figure("ResNet18: loss per epoch", fake_series(3), "loss", tmp_path / "l2.png")
     assert closed_figures[1].axes[0].get_yscale() == "linear"
+    series[1]["rows"][3]["train_loss"] = 0.0  # a loss of 0 cannot be drawn on a log scale: linear, with it shown
+    figures.curves_figure("ResNet18: loss per epoch", series, "loss", tmp_path / "l3.png")
+    assert closed_figures[2].axes[0].get_yscale() == "linear"
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -659,7 +671,8 @@ def test_confusion_titles_do_not_overlap(tmp_path, closed_figures):
     figures.confusion_grid(["ResNet18"], cols, {("ResNet18", c): np.eye(5, dtype=int).tolist() for c in cols},
                            tmp_path / "c.png")
     fig = closed_figures[0]
-    boxes = [ax.title.get_window_extent(fig.canvas.get_renderer()) for ax in fig.axes]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes]
     assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
     assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and b.y1 <= fig.bbox.y1 for b in boxes)
 
@@ -780,7 +793,8 @@ def test_a_run_whose_files_were_edited_or_lost_is_said_and_the_others_reported(e
     run, other = exp / "resnet18-scratch", exp / "resnet18-pretrained"
     metrics = run / "eval" / "metrics.json"
     text = metrics.read_text()
-    for content in (text[:100], "[]", json.dumps({"split": "test", "checkpoint": "x/best.pt", "epoch": 0})):
+    for content in (text[:100], "[]", json.dumps({"split": "test", "checkpoint": "x/best.pt", "epoch": 0}),
+                    json.dumps({**json.loads(text), "accuracy": "high"})):  # a TypeError traceback
         metrics.write_text(content)
         assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
         md = (tmp_path / "r" / "report.md").read_text()
@@ -906,3 +920,23 @@ def test_the_models_and_training_lines_say_what_each_option_did(tmp_path):
     for secs, shown in ((59.5, "59.5 s"), (90, "1.5 min"), (900, "15.0 min")):
         run = Run("r", tmp_path, "done", rows=[{"epoch": 0, "epoch_seconds": secs}], numbers={"seconds": secs})
         assert dict(run_details(run))["Time"].startswith(f"{shown} over 1 epoch")
+
+
+def test_report_does_not_replace_pages_it_did_not_write(experiment, tmp_path, capsys):
+    """--out a folder that holds someone's index.html or report.md: refused (they were replaced); a report's own
+    pages, and a file given as --out, are named."""
+    site = tmp_path / "site"
+    site.mkdir()
+    for name, text in (("index.html", "<h1>my site</h1>\n"), ("report.md", "# my notes\n"),
+                       ("report.md", "# Notes\n\nGenerated by hand.\n")):
+        (site / name).write_text(text)
+        assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(site)]) == 2
+        assert (f"--out {site} holds {name}, not a report's: the report would replace it"
+                in capsys.readouterr().err)
+        assert (site / name).read_text() == text and len(list(site.iterdir())) == 1
+        (site / name).unlink()
+    assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(site)]) == 0
+    assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(site)]) == 0  # its own: replaced
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(tmp_path / "afile")]) == 2
+    assert "afile: a file, not a folder (--out takes a folder)" in capsys.readouterr().err

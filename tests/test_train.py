@@ -169,6 +169,20 @@ def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, m
     assert "no native bf16" not in capsys.readouterr().out
 
 
+def test_tiny_training_inputs_train_in_fp32_on_the_cpu(monkeypatch):
+    """PyTorch's CPU bf16 convolutions give non-finite gradients now and then on the 1 x 1 maps that inputs of 16 px
+    or less leave a ResNet's last stage: --amp auto trains those in fp32; grading (no gradients) keeps bf16."""
+    from retinopathy.training import engine
+
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    from torchvision.models import resnet18
+
+    model, cpu = resnet18(num_classes=5), torch.device("cpu")
+    assert [engine.engine_settings(cpu, model, "auto", None, size)[0] for size in (8, 16, 17, 32, None)] == [
+        "none", "none", "bf16", "bf16", "bf16"]
+    assert engine.engine_settings(cpu, model, "bf16", None, 16)[0] == "bf16"  # asked for: as asked
+
+
 def test_model_ema_is_evaluated_shipped_and_resumed_exactly(synth_small, tmp_path):
     """--model-ema: the averaged weights are what each epoch evaluates, what best.pt restores, and they resume
     to the same bits."""
@@ -1176,6 +1190,9 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     (tmp_path / "best.pt").write_bytes(bytes(range(256)))
     with pytest.raises(ConfigError, match="best.pt: cannot read it as YAML"):
         parse_args(["-c", str(tmp_path / "best.pt"), "--data", "d", "--out", "x"])
+    (tmp_path / "utf16.yaml").write_text("epochs: 3\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="utf16.yaml: not UTF-8 text .*save it again as UTF-8"):
+        parse_args(["-c", str(tmp_path / "utf16.yaml"), "--data", "d", "--out", "x"])
     (tmp_path / "dashes.yaml").write_text("image-size: 96\n")
     assert parse_args(["-c", str(tmp_path / "dashes.yaml"), "--data", "d", "--out", "x"]).image_size == 96
     bad.write_text("lr: [0.1\n")
@@ -1217,22 +1234,27 @@ def test_a_usage_error_is_two_lines_not_every_option(tmp_path, capsys):
     ("epochs: true", "epochs: True (from {f}) is not a number; e.g. epochs: 20"),
     ("eval_splits: [val, test]", "eval_splits: ['val', 'test'] (from {f}) is not a single value; write it as on the "
                                  "command line; e.g. eval_splits: val,test"),
-    ("eval_splits: vall,test", "--eval-splits vall,test: 'vall' is not val or test\n"),
-    ("eval_splits: train", "--eval-splits train: 'train' is not val or test (training's own loss"),
+    ("eval_splits: vall,test", "eval_splits: 'vall,test' (from {f}): 'vall' is not val or test\n"),
+    ("eval_splits: train", "eval_splits: 'train' (from {f}): 'train' is not val or test (training's"),
     ("batch_size: true", "batch_size: True (from {f}) is not a number\n"),
     ("eval_splits: true", "eval_splits: True (from {f}) is not a text value; e.g. eval_splits: val,test"),
     ("blend_eyes: 0.8", "blend_eyes: 0.8 (from {f}): blend weight 0.8 must lie between 0"),
     ("lr:", "lr: no value (from {f}); give one; e.g. lr: 0.001"),
     ("pretrained: 'false'", "pretrained: 'false' (from {f}) is not true or false"),
-    ("lr: -0.1", "--lr -0.1: a learning rate above 0"),
+    ("lr: -0.1", "lr: -0.1 (from {f}): a learning rate above 0"),
     ("epochs: two", "epochs: 'two' (from {f}): 'two' is not a whole number"),  # text: not blamed on --epochs
-    ("lr: .nan", "--lr nan: not a finite number"),
-    ("weight_decay: .inf", "--weight-decay inf: not a finite number"),
-    ("warmup_epochs: -2", "--warmup-epochs -2.0: 0 or more"),
-    ("label_smoothing: 1.5", "--label-smoothing 1.5: from 0 up to, not including, 1"),
+    ("lr: .nan", "lr: nan (from {f}): not a finite number"),
+    ("weight_decay: .inf", "weight_decay: inf (from {f}): not a finite number"),
+    ("warmup_epochs: -2", "warmup_epochs: -2.0 (from {f}): 0 or more"),
+    ("label_smoothing: 1.5", "label_smoothing: 1.5 (from {f}): from 0 up to, not including, 1"),
+    ("freeze_epochs: 4\nepochs: 3", "freeze_epochs: 4 (from {f}): must be between 0 and the epochs (epochs: 3 (from"),
+    ("val_fraction: 0.9", "val_fraction: 0.9 (from {f}) and --test-fraction 0.2 (the default): each in [0, 1)"),
+    ("image_size: 100\nspace_to_depth: 3", "space_to_depth: 3 (from {f}): needs a block size of 1 or more that "
+                                            "divides the image size (image_size: 100 (from {f}))"),
 ])
 def test_config_file_values_are_checked_as_the_command_line_checks_them(tmp_path, capsys, text, message):
-    """argparse converts and checks text only; a YAML number, list or bool gets the same checks, named."""
+    """argparse converts and checks text only; a YAML number, list or bool gets the same checks, named by the file
+    and key (not the flag)."""
     f = tmp_path / "c.yaml"
     f.write_text(text + "\n")
     with pytest.raises(SystemExit):
@@ -1525,7 +1547,7 @@ def test_a_preset_an_empty_config_path_or_split_fractions_out_of_range_are_refus
                            f"--preset (preset: in {tmp_path / 'p.yaml'}) cannot change a run's saved options"),
                           (["-c", "", "--data", "d", "--out", "o"], "-c/--config: an empty path"),
                           (["--data", "d", "--out", "o", "--val-fraction", "2"],
-                           "--val-fraction 2.0 and --test-fraction 0.2: each in [0, 1)"),
+                           "--val-fraction 2.0 and --test-fraction 0.2 (the default): each in [0, 1)"),
                           (["--data", "d", "--out", "o", "--val-fraction", "0.5", "--test-fraction", "0.5"],
                            "together less than 1")):
         with pytest.raises(SystemExit):
@@ -1560,6 +1582,17 @@ def test_a_finished_run_resumed_with_options_it_no_longer_uses_keeps_its_record(
     train = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert (train["lr"], train["seed"], train["epochs"], train["threshold_data"]) == (0.001, 0, 1, "train+selection")
     assert main(["train", "--resume", str(run), "--epochs", "2", "--quiet"]) == 0  # its own values: no refusal
+
+
+def test_a_finished_run_given_fewer_epochs_than_it_froze_trains_nothing(synth_small, tmp_path, capsys):
+    """docs/training.md: to a finished run a lower --epochs changes nothing, and a note says so (it was refused as
+    ending inside the frozen phase, which only a run that trains on could)."""
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(synth_small), *FAST, "--image-size", "32", "--epochs", "2",
+                 "--freeze-epochs", "2", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"nothing to train: {run} has trained 2 epochs")
 
 
 @pytest.mark.parametrize("text, error", [
@@ -1923,3 +1956,24 @@ def test_evaluate_and_predict_find_the_images_where_the_run_did(synth_small, tmp
     assert main(["evaluate", str(run), "--data", str(elsewhere), "--bootstrap", "0", "--out", str(tmp_path / "e2"),
                  "--quiet"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_last_pt_from_another_run_is_named_as_such(tiny_run, tmp_path, capsys):
+    """A run's record and its last.pt that disagree on what the model is: the checkpoint was copied from another
+    run, and the refusal says so (it blamed options the user had not given)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["train"]["objective"] = "regression"  # what the run's own last.pt would have said
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert (f"{run / 'checkpoints' / 'last.pt'} is not this run's checkpoint: it trained with --objective "
+            "classification (the run's config.yaml: regression); put the run's own last.pt back") in err
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+    config["train"]["objective"] = "classification"  # a decay recorded for a run without EMA, as a resume that
+    config["train"]["model_ema_decay"] = 0.5  # gave --model-ema-decay records it: the run's own, resumed
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert "nothing to train" in capsys.readouterr().out

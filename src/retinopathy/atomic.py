@@ -21,7 +21,7 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
     removed when it fails: readers see the old file or the new one, never a part (text is UTF-8)."""
     path = Path(path)
     kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}
-    if _special(path):  # /dev/null, /dev/stdout, a pipe: written in place (a replace would put a file there)
+    if special(path):  # /dev/null, /dev/stdout, a pipe: written in place (a replace would put a file there)
         with naming(path), open(path, mode, **kwargs) as f:
             yield f
         return
@@ -71,6 +71,14 @@ def leftover(path: Path) -> bool:
     return re.fullmatch(r"\..+\.tmp\d+", path.name) is not None and path.is_file()
 
 
+def remove_leftovers(folder: Path, deep: bool = False) -> None:
+    """Remove the temporary files (:func:`leftover`) that writes killed half-way left in ``folder`` (``deep``:
+    and in the folders below it)."""
+    for path in (folder.rglob if deep else folder.glob)(".*.tmp*"):
+        if leftover(path):
+            path.unlink(missing_ok=True)
+
+
 def sibling(path: Path, suffix: str, prefix: str = "") -> Path:
     """``path``'s temporary sibling ``<prefix>NAME<suffix>``; for a name with no room left for them (a file name
     holds 255 bytes), a short one of the same form made from a hash of the name."""
@@ -80,7 +88,7 @@ def sibling(path: Path, suffix: str, prefix: str = "") -> Path:
     return path.with_name(name)
 
 
-def _special(path: Path) -> bool:
+def special(path: Path) -> bool:
     """Whether ``path`` exists as something other than a file or a folder (a device, a pipe, a socket), or names
     one of the process's streams (``/dev/stdout`` links to the file stdout is redirected to: a replace would put
     a file in place of the link)."""

@@ -16,13 +16,15 @@ except ImportError:  # Windows: no lock
     fcntl = None
 
 
-def check_writable(folder: str | os.PathLike) -> None:
-    """Raise now (an OSError naming the path) if files cannot be written in ``folder`` once it is made, so that a
-    command stops before its work, not after it. Creates nothing: a command that fails later leaves no folder."""
+def check_writable(folder: str | os.PathLike, option: str | None = None) -> None:
+    """Raise now (an OSError naming the path, and the ``option`` that gave it) if files cannot be written in
+    ``folder`` once it is made, so that a command stops before its work, not after it. Creates nothing: a command
+    that fails later leaves no folder."""
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, "a file, not a folder", str(existing))
+        takes = f" ({option} takes a folder)" if option else ""
+        raise NotADirectoryError(errno.ENOTDIR, f"a file, not a folder{takes}", str(existing))
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
@@ -100,12 +102,15 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     check_writable(path.parent)
 
 
-def refuse_replacing(path: str | os.PathLike, option: str, inputs, what: str = "an input of this command") -> None:
-    """Raise now (an OSError naming ``path``) if writing ``path`` would replace one of the command's ``inputs``
-    (a labels file, a photograph, the checkpoint being read), or of other files to keep, ``what`` they are."""
-    if not os.path.lexists(path):  # nothing there to replace
+def refuse_replacing(paths, option: str, inputs, what: str = "an input of this command") -> None:
+    """Raise now (an OSError naming the path) if writing ``paths`` (one path, or several: one pass over the
+    inputs) would replace one of the command's ``inputs`` (a labels file, a photograph, the checkpoint being read),
+    or of other files to keep, ``what`` they are."""
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+    # realpath, not Path.resolve(): a symbolic-link loop among the inputs raises there
+    targets = {os.path.realpath(path): path for path in paths if os.path.lexists(path)}  # what is there to replace
+    if not targets:
         return
-    target = os.path.realpath(path)  # not Path.resolve(): a symbolic-link loop among the inputs raises there
     for p in inputs:
-        if p is not None and os.path.realpath(p) == target:
+        if p is not None and (path := targets.get(os.path.realpath(p))) is not None:
             raise FileExistsError(errno.EEXIST, f"{option} would replace {p}, {what}; choose another file", str(path))

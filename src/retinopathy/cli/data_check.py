@@ -1,10 +1,12 @@
 """``retinopathy data check DATA``."""
 from __future__ import annotations
 
+import errno
 import json
+import os
 from pathlib import Path
 
-from ..atomic import write_json
+from ..atomic import special, write_json
 from ..data import DataError, load_catalog
 from ..data.check import check_catalog, format_report
 from ..outputs import check_output_file, refuse_replacing
@@ -40,6 +42,9 @@ def run(args) -> int:
                                    "problems": [p.to_dict() for p in e.problems]})
         raise
     refuse_replacing(args.json, "--json", [*catalog.labels, *(s.path for s in catalog.samples), args.split_file])
+    if not _a_report_or_nothing(args.json):  # before the work, too
+        raise FileExistsError(errno.EEXIST, "--json would replace a file that is not a data check report; choose "
+                              "another file (or remove that one)", args.json)
     report = check_catalog(catalog, stats=args.stats, workers=args.workers, progress=not args.quiet,
                            images=not args.no_images)
     print(format_report(report))
@@ -50,7 +55,10 @@ def run(args) -> int:
 
 
 def _a_report_or_nothing(path: str) -> bool:
-    """Whether ``path`` is free, or holds an earlier check's report (never a file of another kind)."""
+    """Whether ``path`` is free (nothing there, an empty file, a device or pipe such as /dev/stdout, which reading
+    would block on), or holds an earlier check's report (never a file of another kind)."""
+    if special(Path(path)) or os.path.isfile(path) and os.path.getsize(path) == 0:
+        return True
     try:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
         return isinstance(report, dict) and ("per_grade" in report or "readable" in report)  # not a manifest

@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(argv: list[str]) -> int:
     argv = [_home(a) for a in argv]
+    if (empty := _empty_argument(argv)) is not None:
+        print(f"error: {empty}: an empty value (an unset shell variable?), which would read as no value or as the "
+              "current folder; give it, or leave it out", file=sys.stderr)
+        return 2
     try:
         command = importlib.import_module(COMMANDS[argv[0]][0]) if argv and argv[0] in COMMANDS else None
         if hasattr(command, "cli"):
@@ -90,6 +94,18 @@ def _run(argv: list[str]) -> int:
         if launched_as()[0] == 0:  # under torchrun every rank is interrupted: rank 0 says so, once
             print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
         return 130
+
+
+def _empty_argument(argv: list[str]) -> str | None:
+    """Where an empty argument (``--out ""``, ``--out=``, a positional ``""``) is, said for an error; None when
+    there is none."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("-") and arg.endswith("="):
+            return arg[:-1]
+        if arg == "":
+            return argv[i - 1] if i and argv[i - 1].startswith("-") else \
+                f"the argument after {' '.join(argv[:i])!r}" if i else "the command"
+    return None
 
 
 def _home(arg: str) -> str:

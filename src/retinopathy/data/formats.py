@@ -548,9 +548,11 @@ def _missing_image(s: Sample, data: Path, image_root: Path | None, indexes: dict
     name, where = base_name(s.image), image_root or f"{data} (or its images/, train/, train_images/)"
     stem, index = without_extension(name), indexes.get(image_root) or {}
     other = indexed(index, stem)  # the same name with another extension
-    folder = next((f for f in ([name] if stem != name else [name + e for e in IMAGE_EXTENSIONS])
-                   if image_root and (image_root / f).is_dir()), None)
+    candidates = [name] if stem != name else [name + e for e in IMAGE_EXTENSIONS]
+    folder = next((f for f in candidates if image_root and (image_root / f).is_dir()), None)
+    link = next((f for f in candidates if image_root and (image_root / f).is_symlink()), None)
     tried = (f"({folder} there is a folder, not an image file)" if folder else
+             f"({link} there is a link to {os.readlink(image_root / link)}, which does not exist)" if link else
              f"(tried {', '.join(IMAGE_EXTENSIONS)})" if stem == name else
              f"({other} is there: fix the extension in the name)" if other else
              "(looked for that exact name)")

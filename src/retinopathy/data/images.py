@@ -80,9 +80,10 @@ def hidden(name: str) -> bool:
 def image_files(folder: str | os.PathLike) -> list[Path]:
     """Image files under ``folder``, sorted, following symbolic links to folders: each real folder once, and none
     that holds ``folder`` (a link back up would bring in its siblings), nor a :func:`hidden` one; a link that leads
-    nowhere is listed too, so that it gets its error."""
+    nowhere is listed too, so that it gets its error. A folder that cannot be listed is an :class:`ImageError`
+    (``os.walk`` leaves it out silently, and with it its photographs, a whole grade's perhaps)."""
     files, seen, top = [], set(), os.path.realpath(folder)
-    for root, dirs, names in os.walk(folder, followlinks=True):
+    for root, dirs, names in os.walk(folder, onerror=_unlisted, followlinks=True):
         real = os.path.realpath(root)
         if real in seen or top.startswith(real.rstrip(os.sep) + os.sep):
             dirs.clear()
@@ -92,6 +93,12 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
         files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS and not hidden(n)
                   and ((Path(root) / n).is_file() or not (Path(root) / n).exists())]  # a broken link: listed
     return sorted(files)
+
+
+def _unlisted(e: OSError) -> None:
+    if not isinstance(e, FileNotFoundError):  # gone since it was listed: nothing there to leave out
+        raise ImageError(e.filename, f"cannot list this folder ({e.strerror}), so its photographs would be left "
+                         "out; make it readable (chmod a+rx), or move it out of the dataset")
 
 
 def not_utf8(path: str | os.PathLike) -> str | None:
@@ -180,8 +187,8 @@ def _image_errors(path: Path, undecodable):
 
 def _cannot_decode(reason: str) -> str:
     if "truncated" in reason.lower():
-        reason = f"truncated image ({reason}); the file is incomplete, copy it again"
-    return f"cannot decode: {reason}"
+        return f"cannot decode: truncated image ({reason}); the file is incomplete, copy it again"
+    return f"cannot decode: {reason}; the file is damaged: copy or export it again, or remove it"
 
 
 FOV_SLACK = 0.8  # a field of view up to 1.25 times upscaled is decoded as the frame is (a retina that about fills

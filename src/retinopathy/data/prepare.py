@@ -12,12 +12,13 @@ images were in such a folder) or ``OUT/<grade>/<name>.jpeg`` (folders, where the
 labels, so they do not change.
 
 Work runs on all cores (one ``prepare`` per OUT at a time: it is locked); a killed run leaves no half-written
-image (temporary ``.part`` files are renamed into place) and a re-run skips the finished files (a copy cut or
-emptied since, or whose photograph has another size or modification time than when it was copied, is written
-again). Bad inputs are reported as the dataset reports them (file and line) and not written; an earlier copy of a
-photograph now missing or unreadable, and in grade folders one whose photograph has moved to another grade or
-gone, and an earlier run's labels file that this run does not copy, is renamed ``<name>.stale`` (and reported),
-so that the copy never reads an image or grade its source no longer has; the exit status is then 1.
+image (each is written to a hidden temporary file, ``.NAME.tmpPID``, renamed into place) and a re-run skips the
+finished files (a copy cut or emptied since, or whose photograph has another size or modification time than when
+it was copied, is written again). Bad inputs are reported as the dataset reports them (file and line) and not
+written; an earlier copy of a photograph now missing or unreadable, and in grade folders one whose photograph has
+moved to another grade or gone, and an earlier run's labels file that this run does not copy, is renamed
+``<name>.stale`` (and reported), so that the copy never reads an image or grade its source no longer has; the exit
+status is then 1.
 ``OUT/prepare_manifest.json`` records the source, settings, each photograph's size and modification time,
 counts, problems and time; a re-run with other settings into the same OUT is refused.
 
@@ -53,13 +54,13 @@ from pathlib import Path, PurePosixPath
 from PIL import Image
 
 from .. import __version__
-from ..atomic import encoded, naming, sibling, write_json
+from ..atomic import encoded, remove_leftovers, replacing, write_json
 from ..cli.common import READ_KEYS, add_format_arguments, at_least, show_defaults
 from ..errors import NotWritten, RetinopathyError
 from ..outputs import exclusive
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
-from .formats import GRADES, Catalog, Sample, read_catalog
+from .formats import GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
 from .images import FOV_SLACK, ImageError, check_image, image_files, open_image
 from .problems import Problem
 from .transforms import Preprocessing, geometry, short_side_resize
@@ -67,7 +68,6 @@ from .transforms import Preprocessing, geometry, short_side_resize
 MANIFEST = "prepare_manifest.json"
 CROPS = ("none", "fov")
 QUALITY = 95
-PART = ".part"
 STALE = ".stale"
 
 
@@ -84,7 +84,8 @@ def output_name(sample: Sample, catalog: Catalog) -> str:
         return (Path(sample.source).relative_to(catalog.root) / below).as_posix()
     name = sample.image.replace("\\", "/")
     name = name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
-    if "/" not in name and catalog.image_root is not None and catalog.image_root.parent == catalog.root:
+    if "/" not in name and catalog.image_root is not None and catalog.image_root.parent == catalog.root \
+            and catalog.image_root.name in IMAGE_SUBDIRS:  # where reading the copy looks (--images DATA/photos: not)
         return f"{catalog.image_root.name}/{name}"  # beside the names that hold that folder (train/1_left.jpeg)
     return name
 
@@ -110,18 +111,13 @@ def prepare_file(job: tuple) -> str | None:
             img = step(img)
     except ImageError as e:
         return str(e)
-    tmp = str(sibling(Path(dst), PART))
-    try:
-        with naming(dst), open(tmp, "wb") as f:
-            f.write(encoded(img, "JPEG", quality=QUALITY, subsampling=0))
-        with Image.open(tmp) as check:
+    with replacing(dst, "wb") as f:
+        f.write(encoded(img, "JPEG", quality=QUALITY, subsampling=0))
+        f.flush()
+        with Image.open(f.name) as check:
             check.load()
             if check.format != "JPEG" or check.size != img.size:
-                raise OSError(f"{tmp}: wrote {check.format} {check.size}, expected JPEG {img.size}")
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+                raise OSError(f"{f.name}: wrote {check.format} {check.size}, expected JPEG {img.size}")
     return None
 
 
@@ -194,10 +190,8 @@ def _copy_labels(catalog: Catalog, out: Path, earlier: list[str]) -> tuple[list[
         dst = out / src.name
         if dst.resolve() == src.resolve():
             raise PrepareError(f"{out}: would overwrite its own labels {src}; choose another OUT")
-        tmp = sibling(dst, PART)
-        with naming(dst):
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
+        with replacing(dst, "wb") as f, open(src, "rb") as labels:
+            shutil.copyfileobj(labels, f)
         names.append(src.name)
     problems = [Problem("stale-labels", str(aside), None, f"{name}, the labels an earlier run copied, is not among "
                         f"this run's ({', '.join(names)}), so it would give the copy its old grades: renamed to "
@@ -218,6 +212,9 @@ def _check_source(out: Path, catalog: Catalog) -> None:
     for folder in (catalog.root, catalog.image_root):
         if folder is not None and out.resolve() == Path(folder).resolve():
             raise PrepareError(f"{out} is the source folder; choose another OUT")
+    if catalog.format == "folders" and out.resolve().is_relative_to(Path(catalog.root).resolve()):
+        raise PrepareError(f"{out} lies inside the grade-folder dataset {catalog.root}, whose next read would find "
+                           f"the copy's photographs and grade folders among its own; choose an OUT outside it")
 
 
 def _check_out(out: Path, settings: dict) -> dict:
@@ -241,12 +238,6 @@ def _check_out(out: Path, settings: dict) -> dict:
     if out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         raise PrepareError(f"{out} is not empty and has no {MANIFEST}; choose a new or empty folder")
     return {}
-
-
-def _remove_parts(out: Path) -> None:
-    """Temporary files of a run that was killed."""
-    for p in out.rglob("*" + PART):
-        p.unlink()
 
 
 def _out_read_options(read_options: dict, catalog: Catalog, out: Path) -> dict:
@@ -280,7 +271,7 @@ def _prepare(catalog: Catalog, out: Path, settings: dict, workers: int | None, p
     size, crop = settings["size"], settings["crop"]
     earlier = _check_out(out, settings)  # again, now that OUT is this command's
     recorded, pending = earlier.get("sources", {}), set(earlier.get("pending", []))
-    _remove_parts(out)
+    remove_leftovers(out, deep=True)  # of a run that was killed
     manifest = {"source": settings["source"], "out": str(out.resolve()), "size": size, "crop": crop,
                 "settings": settings, "read_options": _out_read_options(read_options, catalog, out),
                 "complete": False, "started": started_at, "retinopathy": __version__,

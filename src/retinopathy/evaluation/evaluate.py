@@ -15,16 +15,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import yaml
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import yaml  # noqa: E402
-from sklearn.metrics import confusion_matrix  # noqa: E402
-
-from ..atomic import replacing, write_json  # noqa: E402
-from ..cli.common import (  # noqa: E402
+from ..atomic import replacing, write_json
+from ..cli.common import (
     READ_KEYS,
     add_amp_argument,
     add_blend_argument,
@@ -35,18 +30,18 @@ from ..cli.common import (  # noqa: E402
     catalog_options,
     show_defaults,
 )
-from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog  # noqa: E402
-from ..data.dataset import PairedEyes  # noqa: E402
-from ..data.problems import skipped_note, write_skipped  # noqa: E402
-from ..data.splits import run_overlap, same_photographs, split_option, trained_on  # noqa: E402
-from ..errors import DataWarning, RetinopathyError  # noqa: E402
-from ..models.restore import display_name, restore  # noqa: E402
-from ..outputs import check_writable, is_run_folder  # noqa: E402
-from ..reporting.figures import plot_confusion, save_figure  # noqa: E402
-from ..reporting.model_card import write_model_card  # noqa: E402
-from ..training.checkpoint import run_folder  # noqa: E402
-from ..training.engine import ShardSampler, evaluate, make_loader, pick_device, to_engine  # noqa: E402
-from .metrics import GRADES, bootstrap_ci, full_metrics  # noqa: E402
+from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog
+from ..data.dataset import PairedEyes
+from ..data.problems import skipped_note, write_skipped
+from ..data.splits import run_overlap, same_photographs, split_option, trained_on
+from ..errors import DataWarning, RetinopathyError
+from ..models.restore import display_name, restore
+from ..outputs import check_writable, is_run_folder
+from ..reporting.figures import confusion_figure
+from ..reporting.model_card import write_model_card
+from ..training.checkpoint import refuse_replacing_run, run_folder
+from ..training.engine import ShardSampler, evaluate, make_loader, pick_device, to_engine
+from .metrics import GRADES, bootstrap_ci, full_metrics
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -153,14 +148,7 @@ def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, d
                     progress=progress, desc="predict")
 
 
-def confusion_figure(y_true, y_pred, title: str, path: Path) -> None:
-    """The row-normalised confusion matrix (:func:`~retinopathy.reporting.figures.plot_confusion`) of one
-    evaluation."""
-    fig, ax = plt.subplots(figsize=(5.6, 4.6), dpi=120)
-    plot_confusion(ax, confusion_matrix(y_true, y_pred, labels=GRADES), colorbar=True)
-    ax.set_title(title)
-    fig.tight_layout()
-    save_figure(fig, path)
+OUTPUTS = ("metrics.json", "skipped.csv", "predictions.csv", "confusion_matrix.csv", "confusion_matrix.png")
 
 
 def main(args) -> dict:
@@ -171,13 +159,15 @@ def main(args) -> dict:
         whose = "the run's own folder" if own else "a run's folder"
         raise RetinopathyError(f"--out {out} is {whose}, where its training wrote split.csv, skipped.csv and more: "
                                f"evaluate into a folder of its own, e.g. --out {out / 'eval'}")
-    check_writable(out)
+    check_writable(out, "--out")
     model, objective, prep, ckpt = restore(checkpoint)
     reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it
     opts = run_catalog_options(args, checkpoint, ckpt, args.data, reading=reading)
     skip_bad = args.skip_bad if args.skip_bad is not None else bool(reading.get("skip_bad") and
                                                                       reads_as_run(opts, reading))
     catalog = load_catalog(args.data, **opts)
+    refuse_replacing_run([out / name for name in OUTPUTS], checkpoint,  # before the work: an output named as an
+                         [*catalog.labels, *(s.path for s in catalog.samples), opts.get("split_file")])  # input
     with warnings.catch_warnings():
         if opts.get("split_file") is None:  # a fresh split of other data: its patients on both sides of it are not
             warnings.filterwarnings("ignore", r"[0-9,]+ of [0-9,]+ \w+ patients also have an eye in ",
@@ -188,7 +178,7 @@ def main(args) -> dict:
     progress = not args.quiet
     res = predict_dataset(model, objective, dataset, batch_size=args.batch_size, workers=args.workers,
                           device=args.device, amp=args.amp, progress=progress)
-    info, weight, patients = ckpt["model_info"], blend_setting(args, ckpt), [s.patient for s in dataset.samples]
+    info, weight, patients = ckpt["model_info"], blend_setting(args, ckpt), dataset.patients
     if weight:
         res["probs"], res["scores"], res["preds"] = objective.blended(res["probs"], res["scores"], patients, weight)
     y, pred, probs = res["labels"], res["preds"], res["probs"]
@@ -223,7 +213,7 @@ def main(args) -> dict:
     except yaml.YAMLError as e:
         print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not a run's "
               f"config.yaml ({str(e).splitlines()[0]})", file=sys.stderr)
-    confusion_figure(y, pred, f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
+    confusion_figure(metrics["confusion_matrix"], f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
                      f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
     ci = metrics.get("ci95")
     if dataset.skipped:

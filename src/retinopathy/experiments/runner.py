@@ -153,10 +153,12 @@ def _variants(section, file: Path, grid: dict) -> dict:
 def _read(file: Path) -> dict:
     """An experiment file as a mapping, with only known top-level keys."""
     try:
-        with file.open() as f:  # a file, not its text: YAML's errors then name it
+        with file.open(encoding="utf-8") as f:  # a file, not its text: YAML's errors then name it
             cfg = train_config.load_yaml(f)
     except OSError as e:
         raise ExperimentError(f"{file}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ExperimentError(f"{file}: {train_config.NOT_UTF8_TEXT}") from None
     except (ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
         raise ExperimentError(f"{file}: not valid YAML ({e})") from None
     if not isinstance(cfg, dict):
@@ -616,6 +618,10 @@ def list_cells(exp: Experiment) -> None:
 
 def main(args) -> dict:
     exp = load_experiment(args.config, args.data)
+    if args.report and exp.report_out is not None:  # before any cell trains, and in the dry run
+        from ..reporting.report import check_report_out
+
+        check_report_out(exp.report_out, f"{exp.file}: report: out:")
     if args.dry_run:
         list_cells(exp)
         return {}

@@ -42,8 +42,8 @@ from ..data.images import FOV_SLACK, image_files
 from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
-from ..outputs import check_output_file, refuse_replacing
-from ..training.checkpoint import run_checkpoints, run_labels
+from ..outputs import check_output_file
+from ..training.checkpoint import refuse_replacing_run
 from .predict import SAME_OUTPUTS, collect_items, single_eye
 
 FORMATS = ("onnx", "torchscript")
@@ -87,11 +87,15 @@ def metadata_path(model_file: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- inputs
 def training_photographs(ckpt) -> list[Path]:
-    """A few image files of the folder the checkpoint was trained on, when it is still here (none otherwise)."""
+    """A few image files of the folder the checkpoint was trained on, when it is still here (none otherwise, or
+    when a folder there cannot be listed, such as a drive's lost+found: the check then renders its own)."""
     data = (ckpt.get("config") or {}).get("data")
     if not data or not Path(data).is_dir():
         return []
-    return image_files(Path(data))[:2 * MAX_CHECK_IMAGES]  # room for a few unreadable ones
+    try:
+        return image_files(Path(data))[:2 * MAX_CHECK_IMAGES]  # room for a few unreadable ones
+    except ImageError:
+        return []
 
 
 def check_batch(prep, paths=None, or_renders: bool = False) -> tuple[torch.Tensor, str]:
@@ -233,11 +237,15 @@ def parity(model, runner, x: torch.Tensor) -> tuple[float, float]:
 
 
 def main(args) -> dict:
-    check_output_file(args.out, "--out", f"grader.{'onnx' if args.format == 'onnx' else 'pt'}")  # before the work
+    example = f"grader.{'onnx' if args.format == 'onnx' else 'pt'}"
+    check_output_file(args.out, "--out", example)  # before the work
+    other = "onnx" if args.format == "torchscript" else "torchscript"
+    if Path(args.out).suffix.lower() in ((".onnx",) if other == "onnx" else (".pt", ".pth")):
+        raise RetinopathyError(f"--out {args.out}: its name says {other}, and this exports {args.format}; name it "
+                               f"like {example}, or pass --format {other}")
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
-    refuse_replacing(args.out, "--out", [*run_checkpoints(args.checkpoint), *(args.check_images or [])])
-    refuse_replacing(args.out, "--out", run_labels(args.checkpoint), "a labels file the model's run trained from")
+    refuse_replacing_run(args.out, args.checkpoint, args.check_images or [])
     missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if args.format == "onnx" and not find_spec(m)]
     if missing:
         raise ExportError(f"ONNX export needs {', '.join(missing)}: pip install 'retinopathy[export]'")

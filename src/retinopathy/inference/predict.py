@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..atomic import replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
@@ -52,10 +52,10 @@ from ..data.splits import select, trained_on
 from ..errors import DataWarning, RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade, summary
 from ..models.restore import restore
-from ..outputs import check_output_file, check_writable, refuse_replacing
+from ..outputs import check_output_file, check_writable
 from ..progress import progress_bar
-from ..training.checkpoint import CheckpointError, run_checkpoints, run_labels, run_folder
-from ..training.engine import autocast, pick_device, to_device, to_engine
+from ..training.checkpoint import CheckpointError, refuse_replacing_run, run_folder
+from ..training.engine import NON_FINITE, autocast, make_loader, pick_device, to_device, to_engine
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
 
@@ -289,8 +289,6 @@ def _heatmap_names(items: list[Item]) -> list[str]:
     return names
 
 
-NON_FINITE = ("the model's outputs are not finite (NaN or inf): broken weights (a diverged run) or an overflowing "
-              "precision (fp16); grade in fp32 (--amp none) or use another checkpoint")
 SAME_OUTPUTS = 1e-6  # log-probabilities and scores that vary less than this over the images: a model blind to them
 
 
@@ -304,8 +302,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     device = pick_device(device)
     amp, channels_last = to_engine(model, device, amp)
     normalize = Normalize(prep.mean, prep.std).to(device)
-    loader = DataLoader(ImageItems(items, prep), batch_size=batch_size, num_workers=workers, collate_fn=collate,
-                        pin_memory=device.type == "cuda")
+    loader = make_loader(ImageItems(items, prep), batch_size, workers, device, None, True, 0, collate_fn=collate)
     cam = grad_cam(model, objective, prep) if cam_dir is not None else None
     n = len(items)
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
@@ -326,7 +323,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
         broken = ~(np.isfinite(probs).all(1) & np.isfinite(scores))  # not a grade: NaN compares as no DR
         grades[broken] = -1
         for i in np.asarray(idx)[broken]:
-            res["errors"][i] = NON_FINITE
+            res["errors"][i] = f"the model's outputs are not finite (NaN or inf): {NON_FINITE}"
         res["probs"][idx], res["scores"][idx], res["grades"][idx] = probs, scores, grades
     for kind, found in doubtful.items():
         if found:
@@ -469,7 +466,7 @@ def main(args) -> dict:
         if os.path.abspath(args.cam) == os.path.abspath(args.out):
             raise FileExistsError(errno.EEXIST, "--cam is the --out file; give the heatmaps a folder of their own, "
                                   f"e.g. --cam {Path(args.out).with_suffix('')}-heatmaps", args.cam)
-        check_writable(args.cam)
+        check_writable(args.cam, "--cam")
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
     single_eye(ckpt, args.checkpoint)
     from ..evaluation.evaluate import own_numbers, run_catalog_options
@@ -482,9 +479,8 @@ def main(args) -> dict:
     folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
     for warning in dict.fromkeys(w for folder in folders for w in copy_warnings(folder, prep)):  # as train's
         print(f"warning: {warning}", file=sys.stderr)
-    refuse_replacing(args.out, "--out", [i.path for i in items] + list({f for i in items for f in i.labels})
-                     + run_checkpoints(args.checkpoint) + [args.split_file])
-    refuse_replacing(args.out, "--out", run_labels(args.checkpoint), "a labels file the model's run trained from")
+    refuse_replacing_run(args.out, args.checkpoint,
+                         [i.path for i in items] + list({f for i in items for f in i.labels}) + [args.split_file])
     if args.cam:
         refuse_cam_among_photographs(Path(args.cam), items, [Path(p) for p in args.inputs if Path(p).is_dir()])
     progress = not args.quiet

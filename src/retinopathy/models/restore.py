@@ -6,14 +6,17 @@ from ..training.checkpoint import CheckpointError, load_checkpoint
 from .factory import Grader
 from .objectives import DEFAULT_THRESHOLDS, NUM_GRADES, Objective, make_objective
 
-DISPLAY = {"resnet": "ResNet", "efficientnet_": "EfficientNet-", "convnext_": "ConvNeXt-", "vit_": "ViT-"}
+DISPLAY = {"resnet": ("ResNet", str), "efficientnet_": ("EfficientNet-", lambda s: s.upper().replace("_", "-")),
+           "convnext_": ("ConvNeXt-", str.title), "vit_": ("ViT-", lambda s: s.upper().replace("_", "/"))}
 
 
 def display_name(arch: str) -> str:
-    """``resnet18`` -> ``ResNet18``, for titles."""
-    for prefix, name in DISPLAY.items():
+    """A model's name as its paper writes it, for titles: ``resnet18`` -> ``ResNet18``, ``convnext_tiny`` ->
+    ``ConvNeXt-Tiny``, ``efficientnet_v2_s`` -> ``EfficientNet-V2-S``, ``vit_b_16`` -> ``ViT-B/16``; others as they
+    are."""
+    for prefix, (name, variant) in DISPLAY.items():
         if arch.startswith(prefix):
-            return name + arch[len(prefix):].upper() if prefix != "resnet" else name + arch[len(prefix):]
+            return name + variant(arch[len(prefix):])
     return arch
 
 
@@ -25,6 +28,9 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location)
     info = ckpt.get("model_info") or {}
     where = checkpoint if not isinstance(checkpoint, dict) else "checkpoint"
+    if not isinstance(info, dict) or not isinstance(info.get("preprocessing", {}), dict):
+        raise CheckpointError(f"{where}: its model information is not as retinopathy train writes it (edited?); "
+                              "pass a run's checkpoints/best.pt")
     if info.get("num_classes", NUM_GRADES) != NUM_GRADES:
         raise CheckpointError(f"{where}: trained for {info['num_classes']} classes; retinopathy grades 5 (0-4)")
     try:

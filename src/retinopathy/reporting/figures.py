@@ -1,4 +1,6 @@
-"""The report's figures (matplotlib, Agg): learning curves per model and the confusion matrices side by side.
+"""The report's figures: learning curves per model and the confusion matrices side by side, and an evaluation's
+confusion matrix. Drawn on matplotlib ``Figure`` objects, not pyplot, so that importing the package leaves the
+user's matplotlib backend (a notebook's, say) as it was.
 
 Colours are Okabe-Ito (colour-blind safe) and mean the same in every figure and table: pretrained runs are
 blue, runs from scratch orange (further variants take the palette's other colours); train is dashed, val
@@ -11,18 +13,16 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import ConfusionMatrixDisplay
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
-
-from ..atomic import replacing  # noqa: E402
-from ..data.formats import GRADES  # noqa: E402
-from ..models.objectives import loss_name  # noqa: E402
-from .text import epochs_text  # noqa: E402
+from ..atomic import replacing
+from ..data.formats import GRADES
+from ..models.objectives import loss_name
+from .text import epochs_text
 
 BLUE, ORANGE = "#0072B2", "#E69F00"
 OTHERS = ["#009E73", "#CC79A7", "#D55E00", "#000000", "#56B4E9", "#F0E442"]  # sky blue and yellow (faint) last
@@ -62,13 +62,14 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> No
     grows downwards to fit the legend.
     """
     panels = _panels(series, metric)
-    fig, axes = plt.subplots(len(panels), 1, sharex=True, squeeze=False, dpi=DPI, layout="constrained",
-                             figsize=(CURVE_SIZE[0], CURVE_SIZE[1] + PANEL_HEIGHT * (len(panels) - 1)))
+    fig = Figure(dpi=DPI, layout="constrained",
+                 figsize=(CURVE_SIZE[0], CURVE_SIZE[1] + PANEL_HEIGHT * (len(panels) - 1)))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)
     markers = dict(zip((s["label"] for s in series), itertools.cycle("os^Dv")))  # tell overlapping lines apart
     splits = [sp for sp in SPLITS if any(r.get(f"{sp}_{metric}") is not None for s in series for r in s["rows"])]
     for ax, (objective, members) in zip(axes[:, 0], panels):
         _plot_runs(ax, members, metric, markers, splits)
-        values = [v for s in members for r in s["rows"] for sp in splits if (v := r.get(f"{sp}_{metric}"))]
+        values = [v for s in members for r in s["rows"] for sp in splits if (v := r.get(f"{sp}_{metric}")) is not None]
         log = metric == "loss" and values and min(values) > 0 and max(values) > 100 * min(values)
         if log:
             ax.set_yscale("log")
@@ -155,8 +156,9 @@ def plot_confusion(ax, counts, colorbar: bool = False, fontsize: float | None = 
 def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) -> None:
     """Row-normalised confusion matrices, one per (row, col) label pair; ``cells[(row, col)]`` is a 5x5 count
     matrix, or a string saying why that run has none (skipped, not evaluated...); see :func:`plot_confusion`."""
-    fig, axes = plt.subplots(len(rows), len(cols), dpi=DPI, squeeze=False, layout="constrained",
-                             figsize=(CONFUSION_CELL[0] * len(cols), CONFUSION_CELL[1] * len(rows)))
+    fig = Figure(dpi=DPI, layout="constrained",
+                 figsize=(CONFUSION_CELL[0] * len(cols), CONFUSION_CELL[1] * len(rows)))
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
     for i, row in enumerate(rows):
         for j, col in enumerate(cols):
             ax, cell = axes[i][j], cells.get((row, col), "not in this comparison")
@@ -171,11 +173,18 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
     save_figure(fig, path, dpi=DPI)
 
 
-def save_figure(fig, path: Path, **kwargs) -> None:
+@AS_WRITTEN
+def confusion_figure(counts, title: str, path: Path) -> None:
+    """One evaluation's row-normalised confusion matrix (:func:`plot_confusion`) with its colour bar."""
+    fig = Figure(figsize=(5.6, 4.6), dpi=120, layout="tight")
+    ax = fig.subplots()
+    plot_confusion(ax, counts, colorbar=True)
+    ax.set_title(title)
+    save_figure(fig, path)
+
+
+def save_figure(fig: Figure, path: Path, **kwargs) -> None:
     """``fig.savefig(path)`` written atomically (:func:`~retinopathy.atomic.replacing`: a full disk leaves the
-    figure before it whole, and is named), and the figure closed."""
-    try:
-        with replacing(path, "wb") as f:
-            fig.savefig(f, format=Path(path).suffix[1:], **kwargs)
-    finally:
-        plt.close(fig)
+    figure before it whole, and is named)."""
+    with replacing(path, "wb") as f:
+        fig.savefig(f, format=Path(path).suffix[1:], **kwargs)

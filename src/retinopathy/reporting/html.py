@@ -14,6 +14,7 @@ import yaml
 from ..data.formats import GRADES
 from .text import RECIPES, baselines, baselines_text, cell_notes, ci_text, grade_parts, number
 
+GENERATOR = '<meta name="generator" content="retinopathy report">'  # what --out may replace: a report's page
 CSS = """
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",Helvetica,Arial,sans-serif;margin:0;
@@ -206,5 +207,5 @@ grades 2-4 (0.5 = chance).</p></section>
 {"".join(run_section(r) for r in ctx["runs"])}</section>
 </main>"""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{GENERATOR}'
             f"<title>{escape(ctx['title'])}</title><style>{CSS}</style></head><body>{body}</body></html>\n")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import errno
 import json
 import re
 import shlex
@@ -23,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from ..atomic import write_text
+from ..outputs import check_writable
 from ..cli.common import show_defaults
 from ..data.formats import GRADES
 from ..data.synth import is_synthetic
@@ -34,7 +36,7 @@ from ..training.checkpoint import (CheckpointError, epochs_saved, load_checkpoin
                                    same_checkpoint)
 from ..training.config import PRESETS, option_value
 from . import figures
-from .html import LEGEND, render_html
+from .html import GENERATOR, LEGEND, render_html
 from .text import (RECIPES, baselines, baselines_text, cell_notes, ci_text, epochs_text, first_line, grade_parts,
                    md_cell, md_text, number, training_text)
 
@@ -44,6 +46,7 @@ IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp
            "labels", "images"}
 EVAL_NEEDS = ("split", "checkpoint", "epoch", "count", "accuracy", "kappa", "macro_f1", "majority_accuracy",
               "true_counts")  # what the report reads of an evaluation's metrics.json
+NUMBERS = ("count", "accuracy", "kappa", "macro_f1", "majority_accuracy")  # of EVAL_NEEDS
 MAX_LABEL_OPTIONS = 3  # runs that differ in more options are labelled by their names
 
 
@@ -156,6 +159,9 @@ def _evaluation(path: Path) -> dict:
     missing = [k for k in EVAL_NEEDS if k not in ev]
     if missing or not (isinstance(ev["true_counts"], list) and len(ev["true_counts"]) == len(GRADES)):
         raise ReportError(f"{path}: not as retinopathy evaluate writes it (no {', '.join(missing) or 'true_counts'})")
+    if text := [k for k in NUMBERS if not isinstance(ev[k], (int, float)) or isinstance(ev[k], bool)]:
+        raise ReportError(f"{path}: not as retinopathy evaluate writes it ({', '.join(text)} not a number: edited by "
+                          "hand?); evaluate the run again")
     return ev
 
 
@@ -479,6 +485,25 @@ def at_a_glance(runs: list[Run]) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- building
+OWN_PAGES = {"index.html": re.compile(re.escape(GENERATOR) + '|<section id="runs"><h2>Runs: configuration').search,
+             "report.md": re.compile(r"# .*?\n\nGenerated \d{4}-\d\d-\d\d \d\d:\d\d from ", re.S).match}  # a
+# report's pages, an earlier version's too
+
+
+def check_report_out(out: Path, option: str = "--out") -> None:
+    """Refuse an ``out`` (given as ``option``) that is a file, or that holds an index.html or report.md the report
+    did not write."""
+    check_writable(out, option)
+    for name, own in OWN_PAGES.items():
+        try:
+            text = (out / name).read_text(encoding="utf-8", errors="replace")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not own(text):
+            raise FileExistsError(errno.EEXIST, f"{option} {out} holds {name}, not a report's: the report would "
+                                  f"replace it; choose another folder (or remove that file)", str(out / name))
+
+
 def build_report(paths, out: str | Path, title: str | None = None) -> Path:
     """Write ``out/index.html``, ``out/report.md`` and the PNGs; return the path of index.html."""
     runs = collect(paths)
@@ -493,6 +518,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
             for r in mine:
                 r.numbers["own_majority"] = True
     out = Path(out)
+    check_report_out(out)
     out.mkdir(parents=True, exist_ok=True)
     models = list(dict.fromkeys(r.model for r in runs))
     variants = sorted(dict.fromkeys(r.variant for r in runs), key=lambda v: not v.startswith("ImageNet"))

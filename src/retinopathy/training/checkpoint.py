@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import pickle
+import shlex
 import signal
 import threading
 import uuid
@@ -24,6 +25,7 @@ import yaml
 
 from ..atomic import replacing
 from ..errors import RetinopathyError
+from ..outputs import refuse_replacing
 
 FORMAT = "retinopathy-checkpoint"
 VERSION = 1
@@ -94,21 +96,20 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
-def run_checkpoints(path: str | Path) -> list[Path]:
-    """The checkpoint a command reads for ``path`` and, in a run's ``checkpoints/`` folder, its siblings: what the
-    command's output must not replace."""
+def refuse_replacing_run(out, path: str | Path, inputs: list) -> None:
+    """Refuse an ``--out`` (the file, or the files, it writes) that names one of the command's ``inputs``, the
+    checkpoint it reads for ``path`` (and, in a run's ``checkpoints/`` folder, its siblings) or a labels file the
+    checkpoint's run trained from."""
     read = checkpoint_file(path)
-    return [read, *([read.parent / "last.pt", read.parent / "best.pt"] if read.parent.name == "checkpoints" else [])]
-
-
-def run_labels(path: str | Path) -> list[Path]:
-    """The labels files the run of the checkpoint ``path`` trained from (none when its config.yaml cannot say):
-    what a command's output must not replace either."""
+    checkpoints = [read, *([read.parent / "last.pt", read.parent / "best.pt"]
+                           if read.parent.name == "checkpoints" else [])]
+    refuse_replacing(out, "--out", [*inputs, *checkpoints])
     try:
-        config = yaml.safe_load((run_folder(checkpoint_file(path)) / "config.yaml").read_text(encoding="utf-8"))
-        return [Path(f) for f in config["data"]["labels"] if Path(f).is_file()]
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):
-        return []
+        config = yaml.safe_load((run_folder(read) / "config.yaml").read_text(encoding="utf-8"))
+        labels = [Path(f) for f in config["data"]["labels"] if Path(f).is_file()]
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # a config.yaml that cannot say
+        labels = []
+    refuse_replacing(out, "--out", labels, "a labels file the model's run trained from")
 
 
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
@@ -124,15 +125,16 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
         ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # on a file that is not one, the safe unpickler fails in many ways (KeyError, ...)
         best = path.with_name("best.pt")
+        copy = f"cp {shlex.quote(str(best))} {shlex.quote(str(path))}"
         raise CheckpointError(f"{path}: cannot be read as a checkpoint ({unreadable(path, e)}). " + (
-            "A broken last.pt cannot be resumed as it is: copy the run's best.pt over it (`cp "
-            f"{best} {path}`) to resume from the selected epoch" if path.name == "last.pt" and best.is_file() else
+            f"A broken last.pt cannot be resumed as it is: copy the run's best.pt over it (`{copy}`) to resume from "
+            "the selected epoch" if path.name == "last.pt" and best.is_file() else
             "A broken last.pt cannot be resumed, and the run has no best.pt: start the run again"
             if path.name == "last.pt" else "Pass a run's checkpoints/best.pt (or last.pt)")) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a retinopathy checkpoint (no '{FORMAT}' marker); train one with "
                               "`retinopathy train` (other weights, such as ImageNet's, can start a training: "
-                              f"`retinopathy train --weights {path} ...`)")
+                              f"`retinopathy train --weights {shlex.quote(str(path))} ...`)")
     if not isinstance(ckpt.get("version", 0), int):
         raise CheckpointError(f"{path}: not a retinopathy checkpoint (its format version is {ckpt['version']!r}, "
                               "not a number)")

@@ -10,6 +10,7 @@ import functools
 import math
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -183,7 +184,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_device_argument(g)
     g.add_argument("--amp", choices=("auto", "none", "bf16", "fp16"), default="auto",
                    help="mixed precision in training (auto: bf16 on CUDA and on CPUs with AVX512-BF16/AMX, "
-                        "else none)")
+                        "except, on the CPU, for inputs of 16 px or less; else none)")
     add_amp_argument(g, "--eval-amp", "evaluating each epoch, which selects best.pt, tunes the thresholds and "
                                       "fills metrics.csv")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
@@ -213,6 +214,9 @@ def option_names(options: dict, where) -> dict:
     return named
 
 
+NOT_UTF8_TEXT = "not UTF-8 text (saved in another encoding, UTF-16 or Latin-1 say); save it again as UTF-8"
+
+
 def file_options(path: Path, data: str | None = None, resume: bool = False) -> tuple[dict, str]:
     """Option defaults from a YAML file and what it was: ``"options"`` (option: value), ``"run"`` (a run's
     ``config.yaml``: its options, not its folder) or ``"experiment"`` (one cell: ``train:``, ``base:``, ``data:``)."""
@@ -221,11 +225,13 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
         raise ConfigError(f"config {path} is a folder; " + (f"for the run's options pass {run}" if run.is_file() else
                                                               "give a YAML file of options"))
     try:
-        with path.open() as f:  # a file, not its text: YAML's errors then name it
+        with path.open(encoding="utf-8") as f:  # a file, not its text: YAML's errors then name it
             cfg = load_yaml(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"config {path}: not found") from None
     except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
+        if isinstance(e, UnicodeDecodeError) and path.suffix.lower() not in (".pt", ".pth", ".ckpt", ".onnx"):
+            raise ConfigError(f"config {path}: {NOT_UTF8_TEXT}") from None
         raise ConfigError(f"config {path}: cannot read it as YAML ({getattr(e, 'strerror', None) or e})") from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value (keys are option names with _)")
@@ -239,6 +245,10 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
         if isinstance(resolved, str) and not (isinstance(typed, str) and Path(typed).expanduser().is_absolute()):
             options["data"] = resolved  # a relative --data was relative to where the run started
         return options, "run"
+    if resume:
+        raise ConfigError(f"{path} is not a run's config.yaml (it has no train: and engine: sections: emptied or "
+                          "edited?); restore it, or start a new run (--weights RUN/checkpoints/best.pt to start from "
+                          "its weights)")
     if not {"name", "train", "grid", "base", "variants"} & set(cfg):
         options = option_names(cfg, path)
         if "resume" in options or "config" in options:
@@ -253,7 +263,7 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
         raise ConfigError(str(e)) from None
     if len(exp.cells) != 1:
         raise ConfigError(f"{path} describes {len(exp.cells)} runs ({', '.join(c.name for c in exp.cells)}); "
-                          f"run them all with `retinopathy experiment {path}`")
+                          f"run them all with `retinopathy experiment {shlex.quote(str(path))}`")
     return {"data": exp.data, **exp.cells[0].options}, "experiment"
 
 
@@ -276,20 +286,41 @@ def parse_args(argv: list[str] | None = None, run_options: bool = True) -> argpa
         parser.error = lambda message: parser.exit(2)
     pre, _ = parser.parse_known_args(argv)
     expand_home(pre)
-    layered, source = _layered_defaults(parser, pre, run_options)
+    layered, origin = _layered_defaults(parser, pre, run_options)
     parser.set_defaults(**layered)
     args = parser.parse_args(argv)
     expand_home(args)
-    _retype_file_values(args, parser, source)
-    _check_values(args, parser)
+    _retype_file_values(args, parser, origin)
+    _check_values(args, parser, _naming(args, origin, _command_line_options(argv)))
     return args
 
 
+def _command_line_options(argv: list[str] | None) -> set[str]:
+    """The options the command line itself gives (not a file, a preset or a default)."""
+    parser = get_args_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    parser.error = lambda message: parser.exit(2)  # the real parse has said it already
+    return set(vars(parser.parse_known_args(argv)[0]))
+
+
+def _naming(args: argparse.Namespace, origin: dict, given: set[str]):
+    """``said(dest)``: an option and its value as the user wrote it, ``--lr 0.0`` on the command line or
+    ``lr: 0.0 (from FILE)`` in a config file (or a preset), for messages."""
+    def said(dest: str) -> str:
+        value = getattr(args, dest)
+        if dest in given or dest not in origin:
+            return f"--{dest.replace('_', '-')} {value}"
+        return f"{dest}: {value!r} (from {origin[dest]})"
+    return said
+
+
 def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
-                      run_options: bool = True) -> tuple[dict, str]:
+                      run_options: bool = True) -> tuple[dict, dict]:
     """The defaults that a run's config.yaml (--resume), a preset and a config file give (a later one wins),
-    checked and typed, and where they came from (for messages)."""
+    checked and typed, and where each came from (for messages)."""
     layered: dict = {}
+    origin: dict = {}
     if pre.resume and not (Path(pre.resume) / "config.yaml").exists():
         resume = Path(pre.resume)
         run = resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
@@ -312,15 +343,18 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
         parser.error(f"preset: {preset!r} (from {pre.config}) is not one of {', '.join(sorted(PRESETS))}")
     if preset:
         layered.update(PRESETS[preset])
+        origin.update(dict.fromkeys(PRESETS[preset], f"preset {preset}"))
     if pre.resume and run_options:  # the run's options, which a file (-c) and the command line may then change
-        layered.update(file_options(Path(pre.resume) / "config.yaml", resume=True)[0])
+        run_config = Path(pre.resume) / "config.yaml"
+        layered.update(recorded := file_options(run_config, resume=True)[0])
+        origin.update(dict.fromkeys(recorded, run_config))
     layered.update(file_cfg)
-    source = pre.config or (Path(pre.resume) / "config.yaml" if pre.resume else "the preset")
+    origin.update(dict.fromkeys(file_cfg, pre.config))
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     unknown = sorted(set(layered) - set(actions))
     if unknown:
         near = {k: difflib.get_close_matches(k, actions, 1) for k in unknown}
-        raise ConfigError(f"{source}: unknown option(s) " + ", ".join(
+        raise ConfigError(f"{', '.join(sorted({str(origin[k]) for k in unknown}))}: unknown option(s) " + ", ".join(
             f"{k}" + (f" (did you mean {near[k][0]}?)" if near[k] else "") for k in unknown)
             + "; the options are train's, with _ for - (`retinopathy train --help`)")
     for key, value in layered.items():  # text the file gives a number option: checked here, naming the file
@@ -328,15 +362,16 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
             try:
                 layered[key] = actions[key].type(value)
             except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
-                parser.error(f"{key}: {value!r} (from {source}): {e}")
-    return layered, source
+                parser.error(f"{key}: {value!r} (from {origin[key]}): {e}")
+    return layered, origin
 
 
-def _retype_file_values(args: argparse.Namespace, parser: argparse.ArgumentParser, source) -> None:
+def _retype_file_values(args: argparse.Namespace, parser: argparse.ArgumentParser, origin: dict) -> None:
     """Give a config file's values argparse's types and checks: YAML numbers, booleans, lists and empty values
     skip them."""
     for action in parser._actions:  # a config file's values that are not text skip argparse's type and choices
         value, default = getattr(args, action.dest, None), defaults().get(action.dest)
+        source = origin.get(action.dest)
         example = f"; e.g. {action.dest}: {default}" if default is not None else ""
         if value is None and default is None:
             continue
@@ -369,8 +404,9 @@ def recorded_option(run: str, key: str):
     return file_options(Path(run) / "config.yaml", resume=True)[0].get(key)
 
 
-def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """What one option's value or two options together cannot be; fills in --batch-size and --out."""
+def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, said) -> None:
+    """What one option's value or two options together cannot be, each named as ``said`` names it (the flag or
+    the file and key); fills in --batch-size and --out."""
     if args.batch_size is None:
         args.batch_size = default_batch_size(args.model, args.preset)
     if not args.data:
@@ -390,61 +426,63 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
                      f"it cannot continue): give another --out, with --weights {checkpoints / 'best.pt'} to start "
                      "from its weights, or remove that folder")
     if args.model not in CLASSIFIERS:
-        parser.error(f"--model {args.model!r} is not a torchvision classification model" + (
+        parser.error(f"{said('model')}: {args.model!r} is not a torchvision classification model" + (
             " (it detects, segments, or reads video or motion)" if args.model in list_models() else "") +
             "; any classification model works, e.g. resnet18, resnet50, efficientnet_b0, convnext_tiny")
     if args.label_smoothing and args.objective not in ("classification", "ordinal+ce"):
-        parser.error(f"--label-smoothing applies to cross-entropy (objectives classification, ordinal+ce), not "
-                     f"to {args.objective}")
+        parser.error(f"{said('label_smoothing')}: label smoothing applies to cross-entropy (objectives "
+                     f"classification, ordinal+ce), not to {args.objective}")
     if args.sampler == "balanced" and args.class_weights != "none" and not others_say_it():
         print(f"warning: --sampler balanced already shows every grade equally often; --class-weights "
               f"{args.class_weights} weights the rare grades up a second time", file=sys.stderr)
-    if not 0 <= args.freeze_epochs <= args.epochs:
-        parser.error(f"--freeze-epochs must be between 0 and --epochs (here {args.freeze_epochs} and {args.epochs}"
-                     + (f"; the run freezes its first {args.freeze_epochs}, so --epochs must be at least that)"
-                        if args.resume and recorded_option(args.resume, "freeze_epochs") == args.freeze_epochs else ")"))
+    kept = args.resume and recorded_option(args.resume, "freeze_epochs") == args.freeze_epochs  # the run's own:
+    if not 0 <= args.freeze_epochs <= args.epochs and not kept:  # checked once the run's epochs are known (train)
+        parser.error(f"{said('freeze_epochs')}: must be between 0 and the epochs ({said('epochs')})")
     if not 0 < args.model_ema_decay < 1:
-        parser.error(f"--model-ema-decay must lie between 0 and 1 (not {args.model_ema_decay})")
+        parser.error(f"{said('model_ema_decay')}: must lie between 0 and 1")
     if args.mixup < 0:
-        parser.error(f"--mixup {args.mixup}: a Beta distribution's alpha, above 0 (or 0 for off)")
+        parser.error(f"{said('mixup')}: a Beta distribution's alpha, above 0 (or 0 for off)")
     if not 0 <= args.threshold_margin < 1:
-        parser.error(f"--threshold-margin {args.threshold_margin}: an accuracy margin between 0 and 1")
+        parser.error(f"{said('threshold_margin')}: an accuracy margin between 0 and 1")
     if args.space_to_depth < 1 or args.image_size % args.space_to_depth:
-        parser.error(f"--space-to-depth {args.space_to_depth}: needs a block size of 1 or more that divides "
-                     f"--image-size {args.image_size}")
+        parser.error(f"{said('space_to_depth')}: needs a block size of 1 or more that divides the image size "
+                     f"({said('image_size')})")
     if not 0 <= args.train_crop_size <= args.image_size or args.train_crop_size % args.space_to_depth:
-        parser.error(f"--train-crop-size {args.train_crop_size}: a window of at most --image-size "
-                     f"{args.image_size} px (0: off), divisible by --space-to-depth {args.space_to_depth}")
-    for size, option in ((args.image_size, "--image-size"), (args.train_crop_size, "--train-crop-size")):
+        parser.error(f"{said('train_crop_size')}: a window of at most the image size ({said('image_size')}; 0: "
+                     f"off), divisible by the space-to-depth block ({said('space_to_depth')})")
+    for option in ("image_size", "train_crop_size"):
+        size = getattr(args, option)
         seen = size // args.space_to_depth  # what the network's first layer takes
         if size and (why := size_problem(args.model, seen)):
-            parser.error(f"{option} {size}" + (f" (the network sees {seen} px after --space-to-depth "
-                                               f"{args.space_to_depth})" if seen != size else "")
+            parser.error(said(option) + (f" (the network sees {seen} px after {said('space_to_depth')})"
+                                         if seen != size else "")
                          + f": {why}; give another size, or another model")
     splits = [sp.strip() for sp in args.eval_splits.split(",") if sp.strip()]
     allowed = {"val", "test", *(["train"] if args.resume else [])}  # a run from before this check may hold train
     for sp in splits:
         if sp not in allowed:
-            parser.error(f"--eval-splits {args.eval_splits}: {sp!r} is not val or test" + (
+            parser.error(f"{said('eval_splits')}: {sp!r} is not val or test" + (
                 " (training's own loss and accuracy are in metrics.csv already; grade the training images after "
                 "training with `retinopathy evaluate RUN --split train`)" if sp == "train" else ""))
     args.eval_splits = ",".join(splits)
     for action in parser._actions:
         value = getattr(args, action.dest, None)
         if isinstance(value, float) and not math.isfinite(value):
-            parser.error(f"--{action.dest.replace('_', '-')} {value}: not a finite number")
+            parser.error(f"{said(action.dest)}: not a finite number")
     if args.lr <= 0:
-        parser.error(f"--lr {args.lr}: a learning rate above 0")
+        parser.error(f"{said('lr')}: a learning rate above 0")
+    fractions = {k: split_option(vars(args).get, k) for k in ("val_fraction", "test_fraction")}
     try:
-        check_fractions(*(split_option(vars(args).get, k) for k in ("val_fraction", "test_fraction")))
-    except SplitError as e:
-        parser.error(str(e))
+        check_fractions(*fractions.values())
+    except SplitError as e:  # named as given (a fraction left unset is at its default)
+        parser.error(" and ".join(said(k) if getattr(args, k) is not None else f"--{k.replace('_', '-')} {v} "
+                                  "(the default)" for k, v in fractions.items()) + ": " + str(e).partition(": ")[2])
     for name in ("weight_decay", "norm_weight_decay", "warmup_epochs"):
         if getattr(args, name) is not None and getattr(args, name) < 0:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: 0 or more")
+            parser.error(f"{said(name)}: 0 or more")
     for name in ("momentum", "label_smoothing"):
         if not 0 <= getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: from 0 up to, not including, 1")
+            parser.error(f"{said(name)}: from 0 up to, not including, 1")
 
 
 def default_batch_size(model: str, preset: str | None) -> int:

@@ -1,6 +1,6 @@
 """The training loop in plain PyTorch: ``train_one_epoch`` and ``evaluate`` (torchvision-references style), and
-what they run on: the device, precision and memory format (``pick_device``, ``engine_settings``, ``to_engine``)
-and the loader (``make_loader``), shared by ``train``, ``evaluate`` and ``predict``.
+what they run on: the device, precision and memory format (``pick_device``, ``engine_settings``, ``to_engine``),
+the loader (``make_loader``), shared by ``train``, ``evaluate`` and ``predict``, and a run's :class:`Engine`.
 
 Batches arrive as uint8 and are normalised on the device (:class:`~retinopathy.data.transforms.Normalize`).
 """
@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from ..data.transforms import Normalize
 from ..errors import RetinopathyError
 from ..models.factory import is_convolutional
 from ..progress import progress_bar
@@ -146,6 +148,10 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+NON_FINITE = ("the weights are broken (a diverged run) or the precision overflowed (fp16); grade in fp32 (--amp "
+              "none) or use another checkpoint")  # why a model's outputs are NaN or inf, and what to do
+
+
 @torch.no_grad()
 def evaluate(model, objective, loader, device, normalize, *, amp="none", channels_last=False,
              dist: DistInfo = DistInfo(), progress=True, desc="eval") -> dict:
@@ -175,9 +181,7 @@ def evaluate(model, objective, loader, device, normalize, *, amp="none", channel
     y = torch.cat([p["labels"] for p in parts])[order]
     broken = int((~torch.isfinite(out)).any(1).sum())
     if broken:
-        raise RetinopathyError(f"{broken} of {len(out)} images got non-finite outputs (NaN or inf): the weights are "
-                               "broken (a diverged run) or the precision overflowed (fp16); grade in fp32 (--amp none) "
-                               "or use another checkpoint")
+        raise RetinopathyError(f"{broken} of {len(out)} images got non-finite outputs (NaN or inf): {NON_FINITE}")
     return {"labels": y.numpy(), "outputs": out, "probs": objective.probabilities(out).numpy(),
             "scores": objective.score(out).numpy(), "preds": objective.predict(out).numpy(),
             "loss": sum(p["loss_sum"] for p in parts) / max(len(y), 1)}
@@ -213,20 +217,28 @@ def cpu_has_bf16() -> bool:
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
 
 
-def engine_settings(device: torch.device, model, amp: str = "auto",
-                    channels_last: bool | None = None) -> tuple[str, bool]:
-    """(amp, channels_last) after 'auto' / None: bf16 on CUDA and on CPUs with native bf16, fp32 elsewhere;
-    channels_last for convolutional models on CUDA and CPUs (on CPUs it also speeds up fp32, 1.13-1.15x)."""
-    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+TINY_FOR_CPU_BF16 = 16  # px: a training input this small or smaller trains in fp32 on the CPU under --amp auto
+# (PyTorch's CPU bf16 convolutions give non-finite weight gradients now and then on the 1 x 1 maps it leaves a
+# ResNet's last stage: measured with torch 2.14.1, a ResNet18 at 16 px had them in 1 to 18 of 20 batches, none at 32)
+
+
+def engine_settings(device: torch.device, model, amp: str = "auto", channels_last: bool | None = None,
+                    train_size: int | None = None) -> tuple[str, bool]:
+    """(amp, channels_last) after 'auto' / None: bf16 on CUDA and on CPUs with native bf16 (unless the network
+    trains on inputs of ``train_size`` <= :data:`TINY_FOR_CPU_BF16` px), fp32 elsewhere; channels_last for
+    convolutional models on CUDA and CPUs (on CPUs it also speeds up fp32, 1.13-1.15x)."""
+    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()
+                                     and (train_size is None or train_size > TINY_FOR_CPU_BF16))
     amp = ("bf16" if fast else "none") if amp == "auto" else amp
     cl = channels_last if channels_last is not None else device.type in ("cuda", "cpu")
     return amp, bool(cl and is_convolutional(model))
 
 
-def to_engine(model, device: torch.device, amp: str = "auto", channels_last: bool | None = None) -> tuple[str, bool]:
+def to_engine(model, device: torch.device, amp: str = "auto", channels_last: bool | None = None,
+              train_size: int | None = None) -> tuple[str, bool]:
     """Move ``model`` to ``device``, in channels_last where :func:`engine_settings` picks it (for grading too: 1.23x
     faster fp32 inference on an AVX2 CPU); returns its (amp, channels_last)."""
-    amp, channels_last = engine_settings(device, model, amp, channels_last)
+    amp, channels_last = engine_settings(device, model, amp, channels_last, train_size)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -242,12 +254,35 @@ def _own_process_group(worker_id: int) -> None:
 
 
 def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int,
-                train: bool = False):
+                train: bool = False, collate_fn=None):
     """``train``: a last batch of a single image is dropped (BatchNorm cannot train on one value per channel,
     which a small input's 1 x 1 feature maps leave); every other batch is kept."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
                       pin_memory=device.type == "cuda", worker_init_fn=_own_process_group,
                       drop_last=train and len(sampler) > batch_size and len(sampler) % batch_size == 1,
                       persistent_workers=workers > 0 and not deterministic,
                       prefetch_factor=4 if workers > 0 else None,
                       generator=torch.Generator().manual_seed(seed))
+
+
+@dataclass
+class Engine:
+    """Where and how a run computes: device, precision (training's and evaluation's), memory format, loader
+    workers, processes, the input normalisation (on the device), and whether rank 0 shows progress bars."""
+    device: torch.device
+    amp: str
+    eval_amp: str
+    channels_last: bool
+    workers: int
+    dist: DistInfo
+    normalize: Normalize
+    progress: bool
+
+    def eval_loader(self, dataset, args) -> DataLoader:
+        """Every image once, sharded across processes."""
+        return make_loader(dataset, args.batch_size, self.workers, self.device,
+                           ShardSampler(len(dataset), self.dist.rank, self.dist.world_size), args.deterministic, 0)
+
+    def grade(self, model, objective, loader, desc: str) -> dict:
+        return evaluate(model, objective, loader, self.device, self.normalize, amp=self.eval_amp,
+                        channels_last=self.channels_last, dist=self.dist, progress=self.progress, desc=desc)

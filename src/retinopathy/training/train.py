@@ -21,10 +21,10 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, DistributedSampler, WeightedRandomSampler
+from torch.utils.data import DistributedSampler, WeightedRandomSampler
 from torchvision.ops._utils import split_normalization_params
 
-from ..atomic import naming, replacing, write_text
+from ..atomic import naming, remove_leftovers, replacing, write_text
 from ..cli.common import catalog_options
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
 from ..data.dataset import PairedEyes
@@ -42,10 +42,10 @@ from ..reporting.model_card import CARD, write_model_card
 from ..reporting.text import epochs_text
 from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, metrics_rows, run_folder,
                          save_checkpoint)
-from .config import WHERE_STARTED, defaults, environment, parse_args, plain_options
+from .config import WHERE_STARTED, defaults, environment, file_options, parse_args, plain_options
 from .distributed import DistInfo, PeerFailed, barrier, broadcast_buffers, cleanup, init_distributed, peer_failed
-from .engine import (Diverged, ShardSampler, engine_settings, evaluate, freeze_backbone, make_loader, pick_device,
-                     to_engine, train_one_epoch)
+from .engine import (TINY_FOR_CPU_BF16, Diverged, Engine, engine_settings, freeze_backbone, make_loader,
+                     pick_device, to_engine, train_one_epoch)
 
 
 class BalancedSampler(WeightedRandomSampler):
@@ -136,12 +136,13 @@ FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
 
 def flag(option: str, value, bare: bool = False) -> str:
     """An option as a refusal names it: ``--lr 0.01``, ``--no-pretrained``, ``--split-file not set``; ``bare``:
-    a value without its option's name (a switch keeps it)."""
+    a value without its option's name (a switch keeps it; no value: ``left unset``)."""
     name = option.replace("_", "-")
     if isinstance(value, bool):
         return f"--{name}" if value else f"--no-{name}"
-    shown = "not set" if value is None else value
-    return str(shown) if bare else f"--{name} {shown}"
+    if bare:
+        return "left unset" if value is None else str(value)
+    return f"--{name} {'not set' if value is None else value}"
 
 
 def effective(option: str, value):
@@ -215,7 +216,7 @@ def main(args) -> dict:
             setattr(args, key, os.path.abspath(getattr(args, key)))
     if launched_as()[0] != 0:
         return _train(args)
-    check_writable(Path(args.out))
+    check_writable(Path(args.out), "--out")
     with exclusive(args.out, "trained"):
         return _train(args)
 
@@ -275,6 +276,15 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
         had = {k: ckpt["config"].get(k, initial[k])  # an option newer than the run: its default
                for k in (*FIXED_ON_RESUME, *FIXED_WHILE_TRAINING, *FIXED_WHILE_STEPPING)}
+        recorded = file_options(Path(args.resume) / "config.yaml", resume=True)[0]
+        foreign = [k for k in FIXED_ON_RESUME if k in recorded and comparable(k, recorded[k]) != comparable(k, had[k])
+                   and not (k == "model_ema_decay" and not had["model_ema"])]  # no EMA: a decay may be recorded
+        if foreign:  # what the run's own record and its last.pt disagree on: a checkpoint copied from elsewhere
+            raise CheckpointError(f"{last_pt} is not this run's checkpoint: it trained with "
+                                  + ", ".join(f"{flag(k, effective(k, had[k]))} (the run's config.yaml: "
+                                              f"{flag(k, effective(k, recorded[k]), bare=True)})" for k in foreign)
+                                  + "; put the run's own last.pt back, or train a new run from this checkpoint's "
+                                  f"weights (--weights {last_pt} --out NEW)")
         differs = [k for k in had if comparable(k, had[k]) != comparable(k, getattr(args, k))]
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
                    for k in fixed if k in differs
@@ -317,8 +327,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                                   f"{resume_command(args.resume, ckpt['world_size'])}"
                                   + (f" --epochs {args.epochs}" if args.epochs != ckpt["config"].get("epochs") else ""))
         if dist.main:
-            for leftover in (out / "checkpoints").glob(".*.pt.tmp*"):  # of a save killed half-way
-                leftover.unlink(missing_ok=True)
+            remove_leftovers(out / "checkpoints")  # of a save killed half-way
             restore_best(out / "checkpoints", ckpt)
         if retune and not stepping:  # a finished run: retuned again only if it was not, or by other options
             barrier(dist)  # best.pt mended first
@@ -331,8 +340,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                               "to train it again")
     if args.resume and dist.main:
         print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
-        for leftover in (Path(args.resume) / "checkpoints").glob(".*.pt.tmp*"):  # its first save, killed half-way
-            leftover.unlink(missing_ok=True)
+        remove_leftovers(Path(args.resume) / "checkpoints")  # its first save, killed half-way
     return None, False, False
 
 
@@ -441,29 +449,6 @@ def weights_run_overlap(weights: str, data: RunData) -> str | None:
             f"keep them apart, train on that run's split (--split-file {split_csv})")
 
 
-@dataclass
-class Engine:
-    """Where and how a run computes: device, precision (training's and evaluation's), memory format, loader
-    workers, processes, the input normalisation (on the device), and whether rank 0 shows progress bars."""
-    device: torch.device
-    amp: str
-    eval_amp: str
-    channels_last: bool
-    workers: int
-    dist: DistInfo
-    normalize: Normalize
-    progress: bool
-
-    def eval_loader(self, dataset, args) -> DataLoader:
-        """Every image once, sharded across processes."""
-        return make_loader(dataset, args.batch_size, self.workers, self.device,
-                           ShardSampler(len(dataset), self.dist.rank, self.dist.world_size), args.deterministic, 0)
-
-    def grade(self, model, objective, loader, desc: str) -> dict:
-        return evaluate(model, objective, loader, self.device, self.normalize, amp=self.eval_amp,
-                        channels_last=self.channels_last, dist=self.dist, progress=self.progress, desc=desc)
-
-
 def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine, ckpt: dict | None) -> None:
     """config.yaml: the options (files as absolute paths, so that --resume and -c work from any folder), the data
     and its split, the selection, the engine and the environment; a resume adds what ran the epochs before it.
@@ -532,7 +517,7 @@ def grade_epoch(args, model, objective, eval_loaders: dict, data: RunData, engin
     if args.blend_eyes:
         for sp, r in results.items():
             r["probs"], r["scores"], r["preds"] = objective.blended(
-                r["probs"], r["scores"], [s.patient for s in data.eval_sets[sp].samples], args.blend_eyes)
+                r["probs"], r["scores"], data.eval_sets[sp].patients, args.blend_eyes)
     if objective.decision == "thresholds":
         sel = results[data.select_on]
         objective.thresholds = tune_thresholds(sel["scores"], sel["labels"], args.threshold_rule, margin)
@@ -566,7 +551,7 @@ def retune_thresholds(args, evaluated, objective, ema, data: RunData, eval_loade
     for sp, ds, loader in (("train", clean, engine.eval_loader(clean, args)),
                            (data.select_on, data.eval_sets[data.select_on], eval_loader)):
         r = engine.grade(evaluated, objective, loader, f"thresholds: {sp}")
-        scores.append(objective.blended(r["probs"], r["scores"], [x.patient for x in ds.samples], args.blend_eyes)[1])
+        scores.append(objective.blended(r["probs"], r["scores"], ds.patients, args.blend_eyes)[1])
         labels.append(r["labels"])
     thresholds = tune_thresholds(np.concatenate(scores), np.concatenate(labels), args.threshold_rule, margin)
     if not engine.dist.main:
@@ -584,6 +569,11 @@ def retune_thresholds(args, evaluated, objective, ema, data: RunData, eval_loade
     if any(last["config"].get(k) != getattr(args, k) for k in FIXED_WHILE_TRAINING):
         last["config"].update({k: getattr(args, k) for k in FIXED_WHILE_TRAINING})
         save_checkpoint(last, out / "checkpoints" / "last.pt")
+
+
+def train_size(args) -> int:
+    """The side of the inputs the network trains on: the training window (or the image), after --space-to-depth."""
+    return (args.train_crop_size or args.image_size) // args.space_to_depth
 
 
 def build_grader(args, ckpt: dict | None, data: RunData, dist: DistInfo, device: torch.device, progress: bool):
@@ -611,7 +601,7 @@ def build_grader(args, ckpt: dict | None, data: RunData, dist: DistInfo, device:
         model.load_state_dict(ckpt["model"])
         origin = ckpt["model_info"]["weights_origin"]
         objective.thresholds = list(ckpt["model_info"]["thresholds"])
-    amp, channels_last = to_engine(model, device, args.amp, args.channels_last)
+    amp, channels_last = to_engine(model, device, args.amp, args.channels_last, train_size(args))
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(args.model_ema_decay), use_buffers=True) \
         if args.model_ema else None
     if ema is not None and ckpt is not None:
@@ -660,6 +650,10 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
     per_epoch_margin = margin if args.threshold_data == "selection" else 0.0
 
     ckpt, stepping, retune = resume_state(args, out, dist)
+    # a resume that trains on cannot end inside the frozen phase (to a finished run, a lower --epochs changes nothing)
+    if (ckpt is None or stepping) and args.freeze_epochs > args.epochs:
+        raise CheckpointError(f"{args.resume}: --epochs {args.epochs}: the run freezes its first "
+                              f"{args.freeze_epochs}, so --epochs must be at least that")
     data = load_data(args, ckpt, dist, progress)
     train_set, select_on = data.train_set, data.select_on
 
@@ -706,7 +700,10 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
               f"amp {amp} (evaluation {engine.eval_amp}), channels_last {channels_last}, {dist.world_size} "
               f"process(es) -> {out}")
         if device.type == "cpu" and args.amp == "auto" and amp == "none":
-            print("note: this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as "
+            print(f"note: the network trains on {train_size(args)} px inputs, where bf16 on the CPU gives non-finite "
+                  f"gradients now and then (at {TINY_FOR_CPU_BF16} px or less), so training runs in fp32"
+                  if train_size(args) <= TINY_FOR_CPU_BF16 else
+                  "note: this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as "
                   "fast as on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
 
     current_phase = None
