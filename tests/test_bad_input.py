@@ -1071,3 +1071,19 @@ def test_a_checkpoint_whose_model_information_was_edited_is_named(tiny_run, tmp_
     save_checkpoint(ckpt, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match="its model information is not as retinopathy train writes it"):
         restore(tmp_path / "odd.pt")
+
+
+def test_a_plain_pickle_given_as_a_checkpoint_or_weights_is_named_without_torchs_warning(tmp_path, recwarn):
+    """PyTorch warned (with its own source line) about the pickle protocol before the error that names the file."""
+    import pickle
+
+    from retinopathy.models.weights import WeightsError, load_pretrained_state
+    from retinopathy.training.checkpoint import CheckpointError, load_checkpoint
+
+    path = tmp_path / "p.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=4))
+    with pytest.raises(CheckpointError, match="p.pkl: cannot be read as a checkpoint"):
+        load_checkpoint(path)
+    with pytest.raises(WeightsError, match="p.pkl cannot be read"):
+        load_pretrained_state("resnet18", file=str(path), verify=False)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]

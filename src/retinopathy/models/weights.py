@@ -17,7 +17,7 @@ import torch
 from torchvision.models import get_model_weights
 
 from ..errors import RetinopathyError
-from ..training.checkpoint import checkpoint_file, exported_model, unreadable
+from ..training.checkpoint import checkpoint_file, exported_model, safe_load, unreadable
 
 
 class WeightsError(RetinopathyError, RuntimeError):
@@ -80,7 +80,7 @@ def load_pretrained_state(model: str, tag: str = "IMAGENET1K_V1", file: str | No
             raise WeightsError(f"weights file {path} is {kind} (`retinopathy export` writes these), not weights: "
                                "pass the run's checkpoints/best.pt, or a state dict saved by torch.save")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = safe_load(path, map_location="cpu")
         except Exception as e:  # noqa: BLE001 - torch.load raises many kinds on a file that is not weights
             raise WeightsError(f"weights file {path} cannot be read ({unreadable(path, e)}); pass a state dict or "
                                "a training checkpoint saved by torch.save") from None

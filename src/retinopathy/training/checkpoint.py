@@ -17,6 +17,7 @@ import shlex
 import signal
 import threading
 import uuid
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -112,6 +113,14 @@ def refuse_replacing_run(out, path: str | Path, inputs: list) -> None:
     refuse_replacing(out, "--out", labels, "a labels file the model's run trained from")
 
 
+def safe_load(path: str | Path, **kwargs):
+    """``torch.load(path, weights_only=True)``, without PyTorch's warning about the pickle protocol of a file that
+    is not one of its own (the error that follows names the file)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+        return torch.load(path, weights_only=True, **kwargs)
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict:
     """Load and validate a checkpoint (a file, or a run folder: its best.pt); failures say which file and why.
     ``mmap``: tensors stay on disk until used (cheap when only ``epoch`` or ``model_info`` is read)."""
@@ -122,7 +131,7 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
         raise CheckpointError(f"{path}: {kind} (`retinopathy export` writes these), not a checkpoint: pass the "
                               "run's checkpoints/best.pt")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        ckpt = safe_load(path, map_location=map_location, mmap=mmap)
     except Exception as e:  # on a file that is not one, the safe unpickler fails in many ways (KeyError, ...)
         best = path.with_name("best.pt")
         copy = f"cp {shlex.quote(str(best))} {shlex.quote(str(path))}"
