@@ -11,6 +11,7 @@ import math
 import functools
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,8 +250,18 @@ def _own_process_group(worker_id: int) -> None:
     """A loader worker leaves its parent's process group: a SIGTERM (or Ctrl-C) sent to the group reaches the main
     process alone, which stops the workers itself (PyTorch's worker handler exits at once on a SIGTERM from its
     parent; one from elsewhere killed the worker, and the main process then failed on it). A worker whose parent
-    is gone stops by itself (PyTorch's watchdog)."""
+    is gone stops by itself (PyTorch's watchdog). And it does not print the handshake its parent broke off when
+    stopped while taking a batch (:func:`parent_left_quietly`)."""
     os.setpgrp()
+    sys.excepthook = parent_left_quietly
+
+
+def parent_left_quietly(kind, value, traceback) -> None:
+    """A loader worker's ``sys.excepthook``: the thread that hands its batches' shared memory to the main process
+    (``multiprocessing.resource_sharer``) printed a traceback when the main process, interrupted, broke off the
+    handshake (EOFError, ConnectionError); those are dropped, anything else is printed as Python prints it."""
+    if not issubclass(kind, (EOFError, ConnectionError)):
+        sys.__excepthook__(kind, value, traceback)
 
 
 def make_loader(dataset, batch_size: int, workers: int, device, sampler, deterministic: bool, seed: int,
