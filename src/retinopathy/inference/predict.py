@@ -302,7 +302,8 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     device = pick_device(device)
     amp, channels_last = to_engine(model, device, amp)
     normalize = Normalize(prep.mean, prep.std).to(device)
-    loader = make_loader(ImageItems(items, prep), batch_size, workers, device, None, True, 0, collate_fn=collate)
+    loader = make_loader(ImageItems(items, prep), batch_size, workers, device, sampler=None, deterministic=True,
+                         seed=0, collate_fn=collate)
     cam = grad_cam(model, objective, prep) if cam_dir is not None else None
     n = len(items)
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),

@@ -246,7 +246,7 @@ def to_engine(model, device: torch.device, amp: str = "auto", channels_last: boo
     return amp, channels_last
 
 
-def _own_process_group(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
     """A loader worker leaves its parent's process group: a SIGTERM (or Ctrl-C) sent to the group reaches the main
     process alone, which stops the workers itself (PyTorch's worker handler exits at once on a SIGTERM from its
     parent; one from elsewhere killed the worker, and the main process then failed on it). A worker whose parent
@@ -269,7 +269,7 @@ def make_loader(dataset, batch_size: int, workers: int, device, sampler, determi
     """``train``: a last batch of a single image is dropped (BatchNorm cannot train on one value per channel,
     which a small input's 1 x 1 feature maps leave); every other batch is kept."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn,
-                      pin_memory=device.type == "cuda", worker_init_fn=_own_process_group,
+                      pin_memory=device.type == "cuda", worker_init_fn=_init_worker,
                       drop_last=train and len(sampler) > batch_size and len(sampler) % batch_size == 1,
                       persistent_workers=workers > 0 and not deterministic,
                       prefetch_factor=4 if workers > 0 else None,
