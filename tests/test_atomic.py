@@ -161,6 +161,28 @@ def test_a_checkpoint_save_that_fails_keeps_the_last_one(tmp_path, full_disk):
     assert checkpoint.load_checkpoint(path)["epoch"] == 3 and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_last_one(tmp_path, monkeypatch):
+    """A checkpoint is flushed to the disk (fsync) before the rename that replaces the last one, and the folder's
+    entry after it, so that a power cut leaves the old checkpoint or the new one, not an empty file; other files
+    are not (each fsync costs a disk round trip)."""
+    import stat
+
+    import torch
+
+    from retinopathy.training import checkpoint
+
+    synced, real_replace = [], os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append("folder" if stat.S_ISDIR(os.fstat(fd).st_mode)
+                                                               else os.fstat(fd).st_size))
+    monkeypatch.setattr(os, "replace", lambda *a: (synced.append("replace"), real_replace(*a)))
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint({"epoch": 3, "model": {"w": torch.ones(4)}}, path)
+    assert synced == [path.stat().st_size, "replace", "folder"]  # the whole file, then the rename, then the folder
+    synced.clear()
+    write_text(tmp_path / "metrics.json", "{}")
+    assert synced == ["replace"]
+
+
 def test_an_interrupted_command_says_so_once_under_torchrun(tmp_path, monkeypatch, capsys):
     """Ctrl-C reaches every rank of a torchrun job: rank 0 alone says 'interrupted'; every rank exits 130."""
     from retinopathy.reporting import report

@@ -16,9 +16,10 @@ from .errors import NotWritten
 
 
 @contextlib.contextmanager
-def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = None):
+def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = None, durable: bool = False):
     """Yield a file opened for writing beside ``path`` that replaces ``path`` when the block succeeds and is
-    removed when it fails: readers see the old file or the new one, never a part (text is UTF-8)."""
+    removed when it fails: readers see the old file or the new one, never a part (text is UTF-8). ``durable``: the
+    file, then its folder's entry, are flushed to the disk (fsync), so that a power cut leaves one or the other too."""
     path = Path(path)
     kwargs = {} if "b" in mode else {"encoding": "utf-8", "newline": newline}
     if special(path):  # /dev/null, /dev/stdout, a pipe: written in place (a replace would put a file there)
@@ -29,10 +30,25 @@ def replacing(path: str | os.PathLike, mode: str = "w", newline: str | None = No
     try:
         with naming(path), open(tmp, mode, **kwargs) as f:
             yield f
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
+        if durable:
+            sync_folder(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def sync_folder(folder: Path) -> None:
+    """Flush a folder's entries to the disk (a rename in it); where a file system cannot, nothing."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 ROOM = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}

@@ -63,7 +63,7 @@ def interrupts_after():
 def save_checkpoint(state: dict, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with interrupts_after(), replacing(path, "wb") as f:
+    with interrupts_after(), replacing(path, "wb", durable=True) as f:
         torch.save({"format": FORMAT, "version": VERSION, **state, "save_id": uuid.uuid4().hex}, f)
 
 
