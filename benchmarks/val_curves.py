@@ -10,7 +10,8 @@ import argparse
 import json
 from pathlib import Path
 
-from retinopathy.reporting.report import ReportError, _best, read_rows
+from retinopathy.reporting.report import _best
+from retinopathy.reporting.runs import ReportError, read_rows
 
 
 def summary(run: Path) -> dict:

@@ -22,7 +22,7 @@ from sklearn.metrics import confusion_matrix
 
 from retinopathy.cli.main import main
 from retinopathy.reporting import figures
-from retinopathy.reporting.report import collect, load_experiment
+from retinopathy.reporting.runs import collect, load_experiment
 from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
 CELLS = ("resnet18-pretrained", "resnet18-scratch")
@@ -330,7 +330,8 @@ def test_page_in_a_real_browser(experiment, tmp_path):
 
 
 def test_named_variants_label_the_rows(tmp_path):
-    from retinopathy.reporting.report import Run, assign_variants
+    from retinopathy.reporting.report import assign_variants
+    from retinopathy.reporting.runs import Run
     from retinopathy.training.config import PRESETS
 
     runs = [Run("recipe-resnet18", tmp_path, "done", train={"model": "resnet18", "pretrained": False, "lr": 1},
@@ -910,7 +911,8 @@ def test_recipes_are_listed_for_named_variants_once_each(tmp_path):
 def test_the_models_and_training_lines_say_what_each_option_did(tmp_path):
     """Eye pairing on the Model line, --norm-weight-decay on the Training line, minutes from a minute on."""
     from retinopathy.reporting.text import training_text
-    from retinopathy.reporting.report import Run, _grading_text, run_details
+    from retinopathy.reporting.report import _grading_text, run_details
+    from retinopathy.reporting.runs import Run
 
     assert _grading_text({"objective": "classification", "pair_eyes": True}).endswith(
         "; sees both eyes of a patient (features concatenated)")

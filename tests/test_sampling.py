@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retinopathy.training.train import BalancedSampler
+from retinopathy.training.samplers import BalancedSampler
 
 
 def test_balanced_sampler():

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from retinopathy.models.objectives import make_objective
-from retinopathy.training.train import build_scheduler
+from retinopathy.training.optim import build_scheduler
 
 LR = 0.1
 
@@ -119,7 +119,7 @@ def test_norm_weight_decay_gives_the_normalisation_layers_a_group_of_their_own(o
     from retinopathy.models import Grader
     from retinopathy.training.engine import freeze_backbone
     from retinopathy.training.config import parse_args
-    from retinopathy.training.train import build_optimizer
+    from retinopathy.training.optim import build_optimizer
 
     model = Grader("resnet18", 5)
     base = ["--data", "d", "--out", "x", "--optimizer", optimizer, "--weight-decay", "0.02"]

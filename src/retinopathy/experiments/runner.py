@@ -585,7 +585,7 @@ def check_images(cells) -> None:
     any cell trains."""
     from ..cli.common import catalog_options
     from ..data import FundusDataset, load_catalog
-    from ..training.train import selection_split
+    from ..training.run_data import selection_split
 
     seen = {}
     for args in cells:

@@ -1,10 +1,10 @@
 """``retinopathy train``: fit a DR grader, frozen backbone first, then fine-tuning; resumable; DDP-ready.
 
 Read top to bottom: ``main(args)`` locks the run folder, ``_train`` joins the process group, ``_run`` continues a
-run (``resume_state``), reads the data (``load_data``), builds the model and its ``Engine`` (``build_grader``) and
-the training loader (``make_train_loader``), records ``config.yaml``, then runs epochs (``start_phase`` for each
-phase, ``train_one_epoch`` from engine.py, ``grade_epoch``), writing ``metrics.csv`` and checkpoints on rank 0 only;
-``retune_thresholds`` ends a ``--threshold-data train+selection`` run.
+run (``resume_state``, resume.py), reads the data (``load_data``, run_data.py), builds the model and its ``Engine``
+(``build_grader``) and the training loader (``make_train_loader``), records ``config.yaml``, then runs epochs
+(``start_phase`` for each phase, ``train_one_epoch`` from engine.py, ``grade_epoch``), writing ``metrics.csv`` and
+checkpoints on rank 0 only; ``retune_thresholds`` ends a ``--threshold-data train+selection`` run.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,138 +20,31 @@ import torch
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DistributedSampler, WeightedRandomSampler
-from torchvision.ops._utils import split_normalization_params
+from torch.utils.data import DistributedSampler
 
-from ..atomic import naming, remove_leftovers, replacing, write_text
-from ..cli.common import catalog_options
-from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog
+from ..atomic import naming, replacing, write_text
+from ..data import FundusDataset, Normalize
 from ..data.dataset import PairedEyes
-from ..data.formats import GRADE_NAMES, GRADES, Catalog
+from ..data.formats import GRADE_NAMES, GRADES
 from ..data.problems import skipped_note, write_skipped
-from ..data.splits import SPLIT_DEFAULTS, run_overlap, same_photographs, split_option, trained_names
 from ..data.synth import is_synthetic
 from ..errors import Interrupted, NotWritten, RetinopathyError
 from ..evaluation.metrics import majority_accuracy, summary
 from ..launch import launched_as, resume_command, sigterm_as_ctrl_c
 from ..models import build_model, make_objective
-from ..models.objectives import class_weights, default_decision, tune_thresholds
+from ..models.objectives import class_weights, tune_thresholds
 from ..outputs import check_writable, exclusive
-from ..reporting.model_card import CARD, write_model_card
+from ..reporting.model_card import write_model_card
 from ..reporting.text import epochs_text
-from .checkpoint import (CheckpointError, interrupts_after, load_checkpoint, metrics_rows, run_folder,
-                         save_checkpoint)
-from .config import WHERE_STARTED, defaults, environment, file_options, parse_args, plain_options
+from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, metrics_rows, save_checkpoint
+from .config import WHERE_STARTED, environment, parse_args, plain_options
 from .distributed import DistInfo, PeerFailed, barrier, broadcast_buffers, cleanup, init_distributed, peer_failed
 from .engine import (TINY_FOR_CPU_BF16, Diverged, Engine, engine_settings, freeze_backbone, make_loader,
                      pick_device, to_engine, train_one_epoch)
-
-
-class BalancedSampler(WeightedRandomSampler):
-    """Class-weighted sampling with replacement, sharded across processes, reseeded by ``set_epoch``.
-
-    ``decay=None``: every grade equally often, every epoch. ``decay=d``: the o_O team's schedule (Kaggle 2015,
-    2nd place), compressed: epoch ``e`` mixes the balanced weights with the final weights ``final`` (grade 0
-    once, the others twice) as ``d**e * balanced + (1 - d**e) * final``, so training starts balanced and
-    ends close to the real mix.
-    """
-
-    def __init__(self, labels, seed: int, rank: int = 0, world: int = 1, decay: float | None = None,
-                 final=(1.0, 2.0, 2.0, 2.0, 2.0)):
-        self.labels = np.asarray(labels)
-        counts = np.bincount(self.labels, minlength=len(GRADES)).astype(float)
-        self.balanced = len(self.labels) / (len(GRADES) * np.maximum(counts, 1))
-        self.final = np.asarray(final, dtype=float)
-        self.seed, self.rank, self.world, self.decay = seed, rank, world, decay
-        self.per_rank = math.ceil(len(self.labels) / world)
-        super().__init__(self.class_weights(0)[self.labels].tolist(), self.per_rank * world,
-                         generator=torch.Generator())
-
-    def class_weights(self, epoch: int) -> np.ndarray:
-        """Sampling weight of one image of each grade in ``epoch``."""
-        if self.decay is None:
-            return self.balanced
-        r = self.decay ** epoch
-        return r * self.balanced + (1 - r) * self.final
-
-    def set_epoch(self, epoch: int) -> None:
-        self.generator.manual_seed(self.seed + epoch)
-        self.weights = torch.as_tensor(self.class_weights(epoch)[self.labels], dtype=torch.double)
-
-    def __iter__(self):
-        return iter(list(super().__iter__())[self.rank::self.world])
-
-    def __len__(self):
-        return self.per_rank
-
-
-def build_optimizer(args, model: torch.nn.Module):
-    """SGD or AdamW over ``model``'s trainable parameters, decayed by --weight-decay; with --norm-weight-decay,
-    the normalisation layers' parameters (BatchNorm, LayerNorm...) form a group decayed by that instead, split as
-    torchvision's reference scripts split them (``split_normalization_params``)."""
-    if args.norm_weight_decay is None:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": args.weight_decay}]
-    else:
-        norm, other = split_normalization_params(model)
-        groups = [g for g in ({"params": other, "weight_decay": args.weight_decay},
-                              {"params": norm, "weight_decay": args.norm_weight_decay}) if g["params"]]
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum)
-    return torch.optim.AdamW(groups, lr=args.lr)
-
-
-def build_scheduler(args, optimizer, steps_per_epoch: int, phase_epochs: int):
-    """Per-step schedule over one phase: linear warm-up, then cosine to zero (or constant)."""
-    if args.scheduler == "none":
-        return None
-    total = max(1, steps_per_epoch * phase_epochs)
-    warm = min(int(args.warmup_epochs * steps_per_epoch), total - 1)
-
-    def factor(step):
-        if step < warm:
-            return (step + 1) / (warm + 1)
-        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# What shapes the network (its EMA too), the metrics.csv columns or the meaning of "best" (the decision rule, eye
-# blending): a resumed run keeps them. The threshold options decide which epochs may be best, so they are kept
-# too, except to retune a finished run's best.pt with --threshold-data train+selection (which then records them in
-# last.pt as well). A run that trains on also keeps what its restored optimizer and schedule were built with (and
-# its steps per epoch, checked below); --epochs may grow: the cosine then stretches over the longer schedule, from
-# where that schedule would be.
-FIXED_ON_RESUME = ("model", "objective", "head", "pair_eyes", "space_to_depth", "global_pool", "eval_splits",
-                   "select_on", "select_metric", "blend_eyes", "model_ema", "model_ema_decay",  # and --decision
-                   "image_size", "preprocess", "train_crop_size",  # what the model sees
-                   "val_fraction", "test_fraction", "split_seed",  # the split (its split.csv decides)
-                   "pretrained", "weights_tag")  # where the weights started (last.pt holds them now)
-UNUSED_ON_RESUME = ("weights", "split_file")  # files a resume does not read: the record keeps the run's
-FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "norm_weight_decay", "scheduler",
-                        "warmup_epochs", "freeze_epochs", "batch_size",
-                        "augment", "sampler", "class_weights", "label_smoothing", "mixup", "seed")  # how it learns
-FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
-
-
-def flag(option: str, value, bare: bool = False) -> str:
-    """An option as a refusal names it: ``--lr 0.01``, ``--no-pretrained``, ``--split-file not set``; ``bare``:
-    a value without its option's name (a switch keeps it; no value: ``left unset``)."""
-    name = option.replace("_", "-")
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no-{name}"
-    if bare:
-        return "left unset" if value is None else str(value)
-    return f"--{name} {'not set' if value is None else value}"
-
-
-def effective(option: str, value):
-    """An option's value as the run used it: a split option left unset is its default (:func:`split_option`)."""
-    return split_option({option: value}.get, option) if option in SPLIT_DEFAULTS else value
-
-
-def comparable(option: str, value):
-    """An option's value as resume compares it: --eval-splits as its list of names (``val,`` is ``val``)."""
-    return [s.strip() for s in value.split(",") if s.strip()] if option == "eval_splits" else effective(option, value)
+from .optim import build_optimizer, build_scheduler
+from .resume import FIXED_WHILE_TRAINING, resume_state
+from .run_data import RunData, load_data, weights_run_overlap
+from .samplers import BalancedSampler
 
 
 def epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -171,34 +63,6 @@ def eligible_epoch(objective, rule: str, accuracy: float, labels, margin: float)
     always answering the majority grade by more than ``margin`` (the margin its thresholds were tuned with).
     Every epoch is eligible under argmax decisions or the plain ``kappa`` rule."""
     return objective.decision == "argmax" or rule == "kappa" or accuracy > majority_accuracy(labels) + margin
-
-
-def restore_best(folder: Path, last: dict) -> None:
-    """When last.pt's epoch was its best, write ``best.pt`` from ``last`` if best.pt did not follow it (the process
-    was killed between the two saves: the two hold the same state, and a best.pt cut or replaced since is mended
-    so), and its model card if that did not follow best.pt (a full disk stopped it). A best.pt of an earlier
-    selected epoch that is missing or broken cannot be mended: refused before any training."""
-    best, card = folder / "best.pt", folder / CARD
-    try:
-        held = load_checkpoint(best, mmap=True)["epoch"] if best.exists() else None
-        broken = ""
-    except CheckpointError:
-        held, broken = None, "cannot be read"  # cut, emptied, or not a checkpoint
-    selected = last["best"].get("epoch")
-    if selected is None:  # no epoch selected yet: no best.pt
-        return
-    if selected != last["epoch"]:
-        if held != selected:  # the selected epoch's weights were only in best.pt: nothing here can write them again
-            what = broken or ("is missing" if held is None else f"holds epoch {held + 1}")
-            raise CheckpointError(f"{best} {what}, and the run selected its epoch {selected + 1}, whose weights "
-                                  f"only best.pt held (last.pt holds epoch {last['epoch'] + 1}): put the run's "
-                                  f"best.pt back from a backup, or start a new run from last.pt's weights "
-                                  f"(--weights {folder / 'last.pt'} --out NEW)")
-        return
-    if held != last["epoch"]:
-        save_checkpoint({k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, best)
-    if not card.exists() or card.stat().st_mtime_ns <= best.stat().st_mtime_ns:  # <=: coarse clocks
-        write_model_card(best)
 
 
 def metrics_columns(eval_splits) -> list[str]:
@@ -221,21 +85,6 @@ def main(args) -> dict:
         return _train(args)
 
 
-def selection_split(args, splits_present: set, split_file) -> tuple[str, str]:
-    """(the split the checkpoint is selected on, why a split may have no image), or a DataError when the data's
-    ``splits_present`` lack it (--select-on auto: val when there is one, else test)."""
-    select_on = args.select_on if args.select_on != "auto" else ("val" if "val" in splits_present else "test")
-    why = (f"{split_file} puts none there" if split_file else "each grade's patients are split by "
-           "--val-fraction and --test-fraction, rounded: a grade with few patients may give none")
-    if select_on not in splits_present:
-        wanted = "the val or the test split" if args.select_on == "auto" else f"the {select_on} split"
-        raise DataError([Problem("no-split", str(args.data), None, f"no image is in {wanted}, which --select-on "
-                                 f"{args.select_on} selects on ({why})")],
-                        hint=("Give some of the split file's rows that split" if split_file else
-                              "Raise the fraction, add images") + ", or pass --select-on with a split the data has")
-    return select_on, why
-
-
 def _train(args) -> dict:
     """Join the process group (under torchrun or srun), and leave it however the training ends."""
     device = pick_device(args.device)
@@ -249,204 +98,6 @@ def _train(args) -> dict:
                          f"summary); once that is fixed, continue the run: {resume_command(args.out)}") from None
     finally:
         cleanup(dist)
-
-
-def retuned(best_pt: Path, same_options: bool) -> bool:
-    """Whether a finished run's best.pt holds thresholds retuned on train+selection, with threshold options the
-    same as its record's (``same_options``), so that a plain resume has nothing to do."""
-    try:
-        info = load_checkpoint(best_pt, mmap=True)["model_info"]
-    except (CheckpointError, OSError):
-        return False
-    return same_options and str(info.get("threshold_data")).startswith("train+")
-
-
-def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bool]:
-    """``--resume``: (last.pt, whether the run trains on, whether it only retunes a finished run's thresholds);
-    ``(None, False, False)`` for a new run. Refuses options the run cannot change; rank 0 mends what a save
-    killed half-way left."""
-    last_pt = Path(args.resume or "") / "checkpoints" / "last.pt"
-    if args.resume and last_pt.exists():
-        ckpt = load_checkpoint(last_pt)
-        retune = (ckpt["epoch"] + 1 >= args.epochs and args.threshold_data == "train+selection"
-                  and ckpt["model_info"].get("decision") == "thresholds")
-        stepping = ckpt["epoch"] + 1 < args.epochs
-        fixed = (FIXED_ON_RESUME + (() if retune else FIXED_WHILE_TRAINING)
-                 + (FIXED_WHILE_STEPPING if stepping else ()))
-        initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
-        had = {k: ckpt["config"].get(k, initial[k])  # an option newer than the run: its default
-               for k in (*FIXED_ON_RESUME, *FIXED_WHILE_TRAINING, *FIXED_WHILE_STEPPING)}
-        recorded = file_options(Path(args.resume) / "config.yaml", resume=True)[0]
-        foreign = [k for k in FIXED_ON_RESUME if k in recorded and comparable(k, recorded[k]) != comparable(k, had[k])
-                   and not (k == "model_ema_decay" and not had["model_ema"])]  # no EMA: a decay may be recorded
-        if foreign:  # what the run's own record and its last.pt disagree on: a checkpoint copied from elsewhere
-            raise CheckpointError(f"{last_pt} is not this run's checkpoint: it trained with "
-                                  + ", ".join(f"{flag(k, effective(k, had[k]))} (the run's config.yaml: "
-                                              f"{flag(k, effective(k, recorded[k]), bare=True)})" for k in foreign)
-                                  + "; put the run's own last.pt back, or train a new run from this checkpoint's "
-                                  f"weights (--weights {last_pt} --out NEW)")
-        differs = [k for k in had if comparable(k, had[k]) != comparable(k, getattr(args, k))]
-        changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
-                   for k in fixed if k in differs
-                   and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
-        decision = args.decision or default_decision(args.objective)  # None: the objective's own
-        trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
-        if decision != trained:
-            changed.append(f"--decision {trained} (not {decision})")
-        if trained == "argmax" and args.threshold_data == "train+selection" \
-                and ckpt["config"].get("threshold_data") != "train+selection":
-            raise CheckpointError(f"{args.resume}: --threshold-data train+selection tunes the thresholds that cut a "
-                                  "score into grades, and this run grades by the most probable grade (--decision "
-                                  "argmax): it has none to tune")
-        if changed:
-            raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
-                                  "on resume. Resume without them, or start a new run (--out NEW, and --weights "
-                                  f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
-        if not stepping:  # a finished run learns no more: what it learnt with stays in its record
-            kept = {k: had[k] for k in FIXED_WHILE_STEPPING if k in differs}
-            if kept and dist.main:
-                print(f"note: the run has trained its {epochs_text(ckpt['epoch'] + 1)}, so "
-                      f"{', '.join(flag(k, getattr(args, k)) for k in kept)} change nothing now; its record keeps "
-                      f"{', '.join(flag(k, v) for k, v in kept.items())}", file=sys.stderr)
-            for k, v in kept.items():
-                setattr(args, k, v)
-            args.epochs = max(args.epochs, ckpt["epoch"] + 1)  # not fewer than it has trained
-        for k in UNUSED_ON_RESUME:  # given again, perhaps by another path (an experiment run from elsewhere)
-            ran_with = ckpt["config"].get(k)
-            if getattr(args, k) != ran_with and (ran_with is None or os.path.isabs(ran_with)):
-                if getattr(args, k) and dist.main:
-                    print(f"note: --{k.replace('_', '-')} {getattr(args, k)} is not read on resume (the run's "
-                          f"{'last.pt' if k == 'weights' else 'split.csv'} holds what it gave); its record keeps "
-                          f"{ran_with or 'none'}", file=sys.stderr)
-                setattr(args, k, ran_with)
-        if stepping and ckpt.get("world_size", dist.world_size) != dist.world_size:  # before the data is read
-            raise CheckpointError(f"{args.resume}: the run trained in {ckpt['world_size']} process(es), this resume "
-                                  f"has {dist.world_size}: each process draws its own share of the images and its own "
-                                  "augmentations, so another count would not continue the run as it was going (and "
-                                  "changes its steps per epoch). Resume it as it ran: "
-                                  f"{resume_command(args.resume, ckpt['world_size'])}"
-                                  + (f" --epochs {args.epochs}" if args.epochs != ckpt["config"].get("epochs") else ""))
-        if dist.main:
-            remove_leftovers(out / "checkpoints")  # of a save killed half-way
-            restore_best(out / "checkpoints", ckpt)
-        if retune and not stepping:  # a finished run: retuned again only if it was not, or by other options
-            barrier(dist)  # best.pt mended first
-            retune = not retuned(out / "checkpoints" / "best.pt", not set(differs) & set(FIXED_WHILE_TRAINING))
-        return ckpt, stepping, retune
-    if args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
-        raise CheckpointError(f"{args.resume}: its checkpoints/last.pt is gone (deleted once the run finished?), so "
-                              f"the run cannot continue; start a new one from its weights (--weights "
-                              f"{Path(args.resume) / 'checkpoints' / 'best.pt'} --out NEW), or remove the folder "
-                              "to train it again")
-    if args.resume and dist.main:
-        print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
-        remove_leftovers(Path(args.resume) / "checkpoints")  # its first save, killed half-way
-    return None, False, False
-
-
-@dataclass
-class RunData:
-    """What a run trains and evaluates on: the catalog and its split, the datasets, and the options they were
-    made with (``common``: again for the clean training images of a threshold retune)."""
-    catalog: Catalog
-    split_options: dict
-    split_file: Path | None
-    train_set: FundusDataset | PairedEyes
-    eval_sets: dict
-    eval_splits: list[str]
-    select_on: str
-    common: dict
-    warnings: list[str]  # of the split: config.yaml, the model card and the report show them
-    skipped: list[Problem]  # what --skip-bad dropped, of every split
-
-
-def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunData:
-    """Read the catalog (a resumed run: from its split.csv, checked to be its photographs) and make the datasets
-    of the train split and of each evaluated split (the selection split always among them)."""
-    split_file = Path(args.resume) / "split.csv" if ckpt is not None else args.split_file
-    opts = catalog_options(args)
-    opts["split_file"] = split_file
-    elsewhere = (f"Resume with the data the run trained on ({ckpt['config'].get('data')}), or start a new run from "
-                 f"its weights (--weights {args.resume} --out NEW)") if ckpt is not None else ""
-    try:
-        catalog = load_catalog(args.data, **opts)
-    except DataError as e:
-        if ckpt is not None and any(p.kind == "missing-folder" and p.file == str(args.data) for p in e.problems):
-            raise DataError(e.problems, hint=f"If the data moved, resume with --data NEW_FOLDER (its images must "
-                            f"be those of {split_file}).") from None
-        if ckpt is not None and any(p.kind == "missing-file" and p.file == str(split_file) for p in e.problems):
-            raise DataError(e.problems, hint="The run's split.csv says which photographs it trains on and which it "
-                            "keeps for val and test; restore it (a new split would train on some of them), or start "
-                            f"a new run from its weights (--weights {args.resume} --out NEW).") from None
-        if ckpt is None or not any(p.kind == "split-mismatch" for p in e.problems):
-            raise
-        raise DataError(e.problems, hint="The run's split.csv does not list these images: they are not the "
-                        "photographs it trained on (or a folder of which this version reads more: sub-folders, .bmp "
-                        f"and .webp, val/ or test/ beside train/). {elsewhere}") from None
-    if split_file is not None:  # the names match the split file; the grades say whether it lists these photographs
-        same, regraded, _ = run_overlap(split_file, [(s.image, s.label) for s in catalog.samples])
-        photographs = same_photographs(len(same), regraded)  # (a split file without grades lists none: no word)
-        if ckpt is not None and not photographs:
-            raise DataError([Problem("split-mismatch", str(args.data), None,
-                                     f"{regraded} of its images have other grades than in the run's {split_file}: "
-                                     "these are not the photographs the run trained on")], hint=elsewhere)
-        if ckpt is not None and regraded and dist.main:
-            print(f"warning: {regraded} image(s) have other grades than when the run started (in {split_file}); "
-                  "the remaining epochs learn the new grades", file=sys.stderr)
-        elif ckpt is None and regraded and not photographs and dist.main:
-            print(f"warning: {regraded} of the {len(same) + regraded} images that {split_file} lists have other "
-                  "grades there: it looks like the split of other photographs (EyePACS and synthetic sets share "
-                  "names), used here as it is", file=sys.stderr)
-    if not catalog.samples:  # every row refused (a semicolon CSV, labels that are not grades...) or none at all
-        raise DataError(catalog.problems, hint="Fix the labels files: no row of them lists a usable image.")
-    splits_present = {s.split for s in catalog.samples}
-    eval_splits = [sp for sp in args.eval_splits.split(",") if sp and sp in splits_present]
-    select_on, why = selection_split(args, splits_present, split_file)
-    wants_val = split_file or split_option(vars(args).get, "val_fraction")  # (the lab preset: none, on purpose)
-    if args.select_on == "auto" and select_on == "test" and "test" in splits_present and wants_val \
-            and ckpt is None and dist.main:  # (without test either, the error below says so)
-        print(f"warning: no image is in the val split ({why}), so the checkpoint is selected (and any thresholds "
-              "tuned) on test, and the test numbers are optimistic; " + (
-                  "give some of its rows the val split" if split_file else "add images or raise --val-fraction")
-              + ", or pass --select-on test to choose this knowingly", file=sys.stderr)
-    if select_on not in eval_splits:
-        eval_splits.append(select_on)
-    common = dict(image_size=args.image_size, preprocess=args.preprocess, uint8=True, skip_bad=bool(args.skip_bad),
-                  cache=args.cache_images, progress=progress)
-    made, failed = {}, []  # every split's problems at once, not the train split's first (the smaller first)
-    for sp, extra in [*((sp, {"train": False}) for sp in eval_splits),
-                      ("train", {"augment": args.augment, "crop": args.train_crop_size})]:
-        try:
-            made[sp] = FundusDataset(catalog, sp, **extra, **common)
-        except DataError as e:
-            if any(p.kind == "length-mismatch" for p in e.problems):
-                raise
-            failed.append(e)
-    if failed:  # a bad labels row concerns every split: named once
-        raise DataError(list(dict.fromkeys(p for e in failed for p in e.problems)), hint=failed[0].hint)
-    train_set, eval_sets = made.pop("train"), made
-    if args.pair_eyes:
-        train_set, eval_sets = PairedEyes(train_set), {sp: PairedEyes(ds) for sp, ds in eval_sets.items()}
-    return RunData(catalog, opts, split_file, train_set, eval_sets, eval_splits, select_on, common,
-                   list(train_set.warnings),
-                   list(dict.fromkeys(p for ds in (train_set, *eval_sets.values()) for p in ds.skipped)))
-
-
-def weights_run_overlap(weights: str, data: RunData) -> str | None:
-    """``--weights`` from a run on the same photographs with another split: how many of its training images this
-    run keeps for val and test (their numbers would overstate), and how to keep them apart; None when none."""
-    folder = Path(os.path.abspath(run_folder(weights)))
-    split_csv = folder / "split.csv"
-    if not split_csv.is_file() or not (folder / "config.yaml").is_file():  # a run's folder, not any split.csv
-        return None
-    trained = trained_names(split_csv, [(s.image, s.label) for s in data.catalog.samples])
-    held = {sp: [s for s in data.catalog.samples if s.split == sp] for sp in ("val", "test")}
-    seen = {sp: sum(s.image in trained for s in samples) for sp, samples in held.items()}
-    if not any(seen.values()):
-        return None
-    return (f"{' and '.join(f'{n} of the {len(held[sp])} {sp} images' for sp, n in seen.items() if n)} were "
-            f"training images of the run the --weights come from ({split_csv}): scores on them are optimistic; to "
-            f"keep them apart, train on that run's split (--split-file {split_csv})")
 
 
 def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine, ckpt: dict | None) -> None:
