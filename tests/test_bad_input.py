@@ -1087,3 +1087,13 @@ def test_a_plain_pickle_given_as_a_checkpoint_or_weights_is_named_without_torchs
     with pytest.raises(WeightsError, match="p.pkl cannot be read"):
         load_pretrained_state("resnet18", file=str(path), verify=False)
     assert not [w for w in recwarn if "pickle protocol" in str(w.message)]
+
+
+def test_a_hint_to_start_from_a_runs_weights_can_be_pasted_when_its_path_has_a_space(tmp_path, capsys):
+    """The hints that say how to start a new run from a finished run's weights quote its path."""
+    run = tmp_path / "my runs" / "first"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "best.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(tmp_path), "--out", str(run), "--no-pretrained"])
+    assert f"(--weights '{run}/checkpoints/best.pt' --out NEW)" in capsys.readouterr().err

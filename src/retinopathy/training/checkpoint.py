@@ -97,6 +97,11 @@ def checkpoint_file(path: str | Path) -> Path:
     return path
 
 
+def new_run_from(weights: str | Path) -> str:
+    """The options that start a new run from ``weights`` (a checkpoint or a run folder), as a hint gives them."""
+    return f"--weights {shlex.quote(str(weights))} --out NEW"
+
+
 def refuse_replacing_run(out, path: str | Path, inputs: list) -> None:
     """Refuse an ``--out`` (the file, or the files, it writes) that names one of the command's ``inputs``, the
     checkpoint it reads for ``path`` (and, in a run's ``checkpoints/`` folder, its siblings) or a labels file the

@@ -25,6 +25,7 @@ from ..data.splits import SPLIT_DEFAULTS, SplitError, check_fractions, split_opt
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import CLASSIFIERS, HEADS, POOLS, list_models, size_problem
 from ..models.objectives import DECISIONS, OBJECTIVES, THRESHOLD_RULES, default_decision
+from .checkpoint import new_run_from
 
 THRESHOLD_DATA = ("selection", "train+selection")
 
@@ -423,8 +424,8 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, sai
                      f"{args.out}, or give another --out (or remove that folder) to start a new run")
     if not args.resume and (checkpoints / "best.pt").exists():
         parser.error(f"--out {args.out} already holds a finished run (checkpoints/best.pt; its last.pt is gone, so "
-                     f"it cannot continue): give another --out, with --weights {checkpoints / 'best.pt'} to start "
-                     "from its weights, or remove that folder")
+                     f"it cannot continue): start a new run from its weights "
+                     f"({new_run_from(checkpoints / 'best.pt')}), or remove that folder")
     if args.model not in CLASSIFIERS:
         parser.error(f"{said('model')}: {args.model!r} is not a torchvision classification model" + (
             " (it detects, segments, or reads video or motion)" if args.model in list_models() else "") +

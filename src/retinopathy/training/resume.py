@@ -11,7 +11,7 @@ from ..launch import resume_command
 from ..models.objectives import default_decision
 from ..reporting.model_card import CARD, write_model_card
 from ..reporting.text import epochs_text
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, new_run_from, save_checkpoint
 from .config import defaults, file_options
 from .distributed import DistInfo, barrier
 
@@ -75,7 +75,7 @@ def restore_best(folder: Path, last: dict) -> None:
             raise CheckpointError(f"{best} {what}, and the run selected its epoch {selected + 1}, whose weights "
                                   f"only best.pt held (last.pt holds epoch {last['epoch'] + 1}): put the run's "
                                   f"best.pt back from a backup, or start a new run from last.pt's weights "
-                                  f"(--weights {folder / 'last.pt'} --out NEW)")
+                                  f"({new_run_from(folder / 'last.pt')})")
         return
     if held != last["epoch"]:
         save_checkpoint({k: v for k, v in last.items() if k not in ("format", "version", "save_id")}, best)
@@ -116,7 +116,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                                   + ", ".join(f"{flag(k, effective(k, had[k]))} (the run's config.yaml: "
                                               f"{flag(k, effective(k, recorded[k]), bare=True)})" for k in foreign)
                                   + "; put the run's own last.pt back, or train a new run from this checkpoint's "
-                                  f"weights (--weights {last_pt} --out NEW)")
+                                  f"weights ({new_run_from(last_pt)})")
         differs = [k for k in had if comparable(k, had[k]) != comparable(k, getattr(args, k))]
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
                    for k in fixed if k in differs
@@ -132,8 +132,8 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                                   "argmax): it has none to tune")
         if changed:
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
-                                  "on resume. Resume without them, or start a new run (--out NEW, and --weights "
-                                  f"{Path(args.resume) / 'checkpoints' / 'best.pt'} to start from its weights)")
+                                  "on resume. Resume without them, or start a new run from its weights "
+                                  f"({new_run_from(Path(args.resume) / 'checkpoints' / 'best.pt')})")
         if not stepping:  # a finished run learns no more: what it learnt with stays in its record
             kept = {k: had[k] for k in FIXED_WHILE_STEPPING if k in differs}
             if kept and dist.main:
@@ -167,9 +167,9 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         return ckpt, stepping, retune
     if args.resume and (Path(args.resume) / "checkpoints" / "best.pt").exists():
         raise CheckpointError(f"{args.resume}: its checkpoints/last.pt is gone (deleted once the run finished?), so "
-                              f"the run cannot continue; start a new one from its weights (--weights "
-                              f"{Path(args.resume) / 'checkpoints' / 'best.pt'} --out NEW), or remove the folder "
-                              "to train it again")
+                              "the run cannot continue; start a new one from its weights "
+                              f"({new_run_from(Path(args.resume) / 'checkpoints' / 'best.pt')}), or remove the "
+                              "folder to train it again")
     if args.resume and dist.main:
         print(f"note: {args.resume} has no checkpoints/last.pt yet (stopped during its first epoch): starting over")
         remove_leftovers(Path(args.resume) / "checkpoints")  # its first save, killed half-way

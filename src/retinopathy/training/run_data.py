@@ -12,7 +12,7 @@ from ..data import DataError, FundusDataset, Problem, load_catalog
 from ..data.dataset import PairedEyes
 from ..data.formats import Catalog
 from ..data.splits import run_overlap, same_photographs, split_option, trained_names
-from .checkpoint import run_folder
+from .checkpoint import new_run_from, run_folder
 from .distributed import DistInfo
 
 
@@ -54,7 +54,7 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
     opts = catalog_options(args)
     opts["split_file"] = split_file
     elsewhere = (f"Resume with the data the run trained on ({ckpt['config'].get('data')}), or start a new run from "
-                 f"its weights (--weights {args.resume} --out NEW)") if ckpt is not None else ""
+                 f"its weights ({new_run_from(args.resume)})") if ckpt is not None else ""
     try:
         catalog = load_catalog(args.data, **opts)
     except DataError as e:
@@ -64,7 +64,7 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
         if ckpt is not None and any(p.kind == "missing-file" and p.file == str(split_file) for p in e.problems):
             raise DataError(e.problems, hint="The run's split.csv says which photographs it trains on and which it "
                             "keeps for val and test; restore it (a new split would train on some of them), or start "
-                            f"a new run from its weights (--weights {args.resume} --out NEW).") from None
+                            f"a new run from its weights ({new_run_from(args.resume)}).") from None
         if ckpt is None or not any(p.kind == "split-mismatch" for p in e.problems):
             raise
         raise DataError(e.problems, hint="The run's split.csv does not list these images: they are not the "
