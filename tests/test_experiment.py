@@ -753,6 +753,16 @@ def test_a_report_folder_holding_someone_elses_page_stops_the_experiment_before_
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
 
 
+def test_an_out_that_is_a_file_is_named_by_the_dry_run_too(tmp_path, capsys):
+    """out: a file: the dry run says so as the run does (it listed the cells as if they could be written)."""
+    (tmp_path / "runs").write_text("notes")
+    config = _grid_file(tmp_path, out=str(tmp_path / "runs"), data=str(tmp_path / "new"), synth={"n": 20, "size": 32})
+    for extra in (["--dry-run"], ["--quiet"]):
+        assert main(["experiment", str(config), *extra]) == 2
+        assert f"{tmp_path / 'runs'}: a file, not a folder ({config}: out: takes a folder)" in capsys.readouterr().err
+    assert (tmp_path / "runs").read_text() == "notes" and not (tmp_path / "new").exists()
+
+
 def test_an_experiment_file_in_another_encoding_says_so(tmp_path):
     config = tmp_path / "grid.yaml"
     config.write_text("name: grid\n", encoding="utf-16")
