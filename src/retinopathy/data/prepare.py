@@ -378,8 +378,8 @@ def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("retinopathy prepare", add_help=add_help, description=__doc__.split("\n\n")[0],
-                                epilog="See the module docstring (retinopathy.data.prepare) for which copy "
-                                       "matches which --preprocess preset.")
+                                epilog="A copy for --preprocess fov or graham needs --crop fov; see docs/data.md "
+                                       "(A decoded copy).")
     p.add_argument("src", metavar="SRC", help="dataset folder (any supported format)")
     p.add_argument("out", metavar="OUT", help="folder to write (new, empty, or an earlier run's to resume it)")
     p.add_argument("--size", type=at_least(8), default=512,

@@ -107,7 +107,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--threshold-data", choices=THRESHOLD_DATA, default="selection",
                    help="what the shipped thresholds are tuned on: the selection split (each epoch), or, once "
                         "training ends, the selected checkpoint's outputs on the unaugmented training images "
-                        "and the selection split together (7 times the images for val; epochs are still "
+                        "and the selection split together (about 8 times val's images with the default split; epochs are still "
                         "selected with thresholds tuned on the selection split)")
     g.add_argument("--pair-eyes", action=argparse.BooleanOptionalAction, default=False,
                    help="the head also sees the other eye of the same patient (features concatenated)")
