@@ -208,7 +208,7 @@ def test_a_labels_csv_and_single_files_as_inputs(checkpoint, real, tmp_path):
     rows = read_rows(out)
     assert [(r["image"], r["true_grade"]) for r in rows] == [(good[0].stem, "3"), (good[1].stem, "1"),
                                                              ("absent_left", "2"), (good[0].stem, "")]
-    assert rows[2]["error"] == "image not found" and rows[2]["predicted_grade"] == ""
+    assert rows[2]["error"] == f"image not found in {data}" and rows[2]["predicted_grade"] == ""
     assert rows[0]["prob_0"] == rows[3]["prob_0"] != ""
 
 

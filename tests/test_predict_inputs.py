@@ -395,3 +395,26 @@ def test_rows_left_out_of_a_dataset_are_counted(tiny_run, synth_small, tmp_path,
     (data / "trainLabels.csv").write_text("\n".join(lines) + "\n")
     assert main(["predict", str(tiny_run), str(data), "--out", str(out), "--workers", "0", "--quiet"]) == 0
     assert "warning: 3 photograph(s) listed" in capsys.readouterr().err
+
+
+def test_a_labels_csv_whose_images_are_elsewhere_or_whose_columns_are_misnamed(tiny_run, synth_small, tmp_path,
+                                                                                capsys):
+    """Labels kept apart from their photographs, without --images: each row's error and a warning say where the
+    images were looked for and what to pass; a --label-col the header lacks is the error, as in training (it was a
+    warning, followed by a false one and 'no images in split all')."""
+    labels = tmp_path / "labels" / "trainLabels.csv"
+    labels.parent.mkdir()
+    shutil.copy(synth_small / "trainLabels.csv", labels)
+    out = tmp_path / "p.csv"
+    assert main(["predict", str(tiny_run), str(labels), "--out", str(out), "--workers", "0", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    listed = len(labels.read_text().splitlines()) - 1
+    assert f"None of the {listed} listed images is in {labels.parent}: pass the folder that holds them as --images" \
+        in err
+    with open(out, newline="") as f:
+        assert {r["error"] for r in csv.DictReader(f)} == {f"image not found in {labels.parent}"}
+    assert main(["predict", str(tiny_run), str(labels), "--images", str(synth_small), "--label-col", "grade",
+                 "--out", str(out), "--workers", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "['grade'] not found" in err and "no images in split" not in err
+    assert "are not in" not in err  # no claim that the folder's images are unlisted

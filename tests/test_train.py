@@ -1951,6 +1951,10 @@ def test_evaluate_and_predict_find_the_images_where_the_run_did(synth_small, tmp
     assert main(["predict", str(run), str(labels), "--split", "test", "--out", str(tmp_path / "p.csv"),
                  "--quiet"]) == 0
     assert len((tmp_path / "p.csv").read_text().splitlines()) == test_images + 1
+    assert main(["predict", str(run), str(labels / "trainLabels.csv"), "--out", str(tmp_path / "all.csv"),
+                 "--quiet"]) == 0  # --split all, the default: every image (none was found)
+    with open(tmp_path / "all.csv", newline="") as f:
+        assert [r["error"] for r in csv.DictReader(f)] == [""] * (len((run / "split.csv").read_text().splitlines()) - 1)
     elsewhere = tmp_path / "elsewhere"  # other data: the run's folder is not assumed
     shutil.copytree(labels, elsewhere)
     assert main(["evaluate", str(run), "--data", str(elsewhere), "--bootstrap", "0", "--out", str(tmp_path / "e2"),

@@ -106,7 +106,7 @@ class FundusDataset(Dataset):
         if cache and transform is None and (skip_bad or not problems):
             samples, self.cache, bad = _decode_all(samples, self.preprocessing, split, progress)
             problems += bad
-        here = _listed_here(catalog, len(found))
+        here = listed_here(catalog, len(found))
         if problems and not skip_bad:
             raise DataError(problems, hint=here + (
                 "Fix the files, or pass --skip-bad (in Python: skip_bad=True) to drop them." if found else ""))
@@ -170,7 +170,7 @@ class FundusDataset(Dataset):
         write_split(self.catalog.samples, path)
 
 
-def _listed_here(catalog: Catalog, found: int) -> str:
+def listed_here(catalog: Catalog, found: int) -> str:
     """How much of the listing (every split's) the image folder holds, when not all of it; when none, where to
     look: a folder of :data:`IMAGE_SUBDIRS` below it that holds images (an ``--images`` one level up)."""
     listed, root = len(catalog.samples), Path(catalog.image_root or catalog.root)

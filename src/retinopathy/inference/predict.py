@@ -44,6 +44,7 @@ from ..atomic import replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
+from ..data.dataset import listed_here
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
 from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, doubt, hidden, image_files, index_images, not_utf8
 from ..data.prepare import copy_warnings
@@ -104,6 +105,11 @@ def warn(message: str, depth: int = 0) -> None:
 def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
     catalog = load_catalog(data, **opts)
     refuse_misaligned(catalog.problems)
+    if not catalog.samples:  # every row refused (a --label-col the header lacks...): said as train says it
+        raise DataError(catalog.problems, hint="Fix the labels file, or the options that read it: no row of it "
+                        "lists a usable image.")
+    if not any(s.path for s in catalog.samples):
+        warn(listed_here(catalog, 0).strip(), depth=1)
     for p in catalog.problems:
         if p.kind != "missing-image":  # missing images get a row of their own below
             warn(str(p), depth=1)
@@ -124,8 +130,8 @@ def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
                  f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
                  "files to grade them", depth=1)
     labels = tuple(map(str, catalog.labels))
-    return [Item(s.path, s.image, s.label, "" if s.path else "image not found", f"{os.path.realpath(data)}|{s.patient}",
-                 labels)
+    missing = f"image not found in {catalog.image_root or catalog.root}"
+    return [Item(s.path, s.image, s.label, "" if s.path else missing, f"{os.path.realpath(data)}|{s.patient}", labels)
             for s in select(catalog.samples, split)]
 
 
@@ -472,9 +478,8 @@ def main(args) -> dict:
     single_eye(ckpt, args.checkpoint)
     from ..evaluation.evaluate import own_numbers, run_catalog_options
 
-    items = collect_items(args.inputs, args.split, (lambda folder, labels: run_catalog_options(  # each one's split
-        args, Path(args.checkpoint), ckpt, str(folder), labels)) if args.split != "all" else None,
-        **catalog_options(args))
+    items = collect_items(args.inputs, args.split, lambda folder, labels: run_catalog_options(  # each one's split,
+        args, Path(args.checkpoint), ckpt, str(folder), labels), **catalog_options(args))  # the run's data as it read it
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
     folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
