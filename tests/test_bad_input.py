@@ -1097,3 +1097,15 @@ def test_a_hint_to_start_from_a_runs_weights_can_be_pasted_when_its_path_has_a_s
     with pytest.raises(SystemExit):
         main(["train", "--data", str(tmp_path), "--out", str(run), "--no-pretrained"])
     assert f"(--weights '{run}/checkpoints/best.pt' --out NEW)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,command", [(["synth", "OUT", "--blah"], "synth"),
+                                          (["data", "check", "D", "--imgaes", "X"], "data check")])
+def test_a_misspelt_option_is_named_by_its_commands_own_parser(argv, command, capsys):
+    """synth and data check, parsed under the top-level parser, gave its usage (``retinopathy [-h] [--version]
+    COMMAND ...``) and name; every other command gives its own, and so do these now."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"usage: retinopathy {command} [-h]")
+    assert f"retinopathy {command}: error: unrecognized arguments: {' '.join(argv[len(command.split()) + 1:])}" in err

@@ -432,3 +432,21 @@ def test_parity_measures_the_exports_difference_on_batches_of_one_and_three():
     assert parity(model, lambda batch: exact(batch) + 0.01, x)[0] == pytest.approx(0.01, abs=1e-4)
     wrong_in_threes = lambda batch: exact(batch) + (0.5 if len(batch) == 3 else 0.0)  # noqa: E731
     assert parity(model, wrong_in_threes, x)[0] == pytest.approx(0.5, abs=1e-4)
+
+
+def test_parity_uses_the_images_folder_the_run_trained_with(checkpoint, tmp_path):
+    """A run trained with --images DIR: the check looked in its data folder (labels only), found no photograph and
+    fell back to synthetic renders, saying none was found where the model was trained. Now it reads DIR."""
+    from retinopathy.data.synth import generate
+
+    data, photos = tmp_path / "data", tmp_path / "photos"
+    generate(data, n=4, size=SIZE, seed=0, progress=False)
+    photos.mkdir()
+    for p in data.glob("*.jpeg"):
+        p.rename(photos / p.name)
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["config"] = {"data": str(data), "images": str(photos)}  # as train records them: absolute
+    save_checkpoint(ckpt, tmp_path / "trained.pt")
+    out = tmp_path / "grader.ts.pt"
+    assert main(["export", str(tmp_path / "trained.pt"), "--format", "torchscript", "--out", str(out)]) == 0
+    assert check_metadata(out, checkpoint)["parity"]["images"] == f"4 image(s) from {photos}"

@@ -583,3 +583,22 @@ def test_images_kept_where_reading_does_not_look_are_copied_where_it_does(tmp_pa
     with pytest.raises(PrepareError, match=f"{folders / 'small'} lies inside the grade-folder dataset {folders}"):
         prepare(folders, folders / "small", size=32, workers=1, progress=False)
     assert not (folders / "small").exists()
+
+
+def test_labels_whose_images_are_all_elsewhere_write_nothing(tmp_path, capsys):
+    """None of the listed images found (--images forgotten): prepare wrote OUT with the labels and no image, and
+    advised training from it with --skip-bad. Now it stops, exit status 2, as train does, and writes nothing."""
+    src = tmp_path / "src"
+    generate(src, n=6, size=64, seed=0, progress=False)
+    (tmp_path / "photos").mkdir()
+    for p in src.glob("*.jpeg"):
+        p.rename(tmp_path / "photos" / p.name)
+    out = tmp_path / "out"
+    assert main(["prepare", str(src), str(out), "--size", "32", "--quiet"]) == 2
+    assert (f"None of the 6 listed images is in {src}: pass the folder that holds them as --images"
+            in capsys.readouterr().err)
+    assert not out.exists()
+    assert main(["prepare", str(src), str(out), "--size", "32", "--quiet", "--images", str(tmp_path / "photos")]) == 0
+    before = {p: p.read_bytes() for p in out.rglob("*")}
+    assert main(["prepare", str(src), str(out), "--size", "32", "--quiet"]) == 2
+    assert {p: p.read_bytes() for p in out.rglob("*")} == before  # an earlier copy is left as it was

@@ -29,11 +29,23 @@ COMMANDS = {
 }
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A command's parser under the ``retinopathy`` one (synth's, data's, data check's): it reports the arguments it
+    does not know itself, with its own usage and name, as the commands that parse alone do (else the top-level
+    parser would, with its usage)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser(command=None) -> argparse.ArgumentParser:
     """The ``retinopathy`` parser; ``command``, a module with ``add_parser``, adds its own, the others stand in."""
     parser = argparse.ArgumentParser(prog="retinopathy", description="Diabetic-retinopathy grading toolkit")
     parser.add_argument("--version", action="version", version=f"retinopathy {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=CommandParser)
     for name, (module, text) in COMMANDS.items():
         if command is not None and command.__name__ == module:
             command.add_parser(sub, text)

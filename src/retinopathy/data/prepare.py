@@ -18,7 +18,7 @@ it was copied, is written again). Bad inputs are reported as the dataset reports
 written; an earlier copy of a photograph now missing or unreadable, and in grade folders one whose photograph has
 moved to another grade or gone, and an earlier run's labels file that this run does not copy, is renamed
 ``<name>.stale`` (and reported), so that the copy never reads an image or grade its source no longer has; the exit
-status is then 1.
+status is then 1. Labels none of whose images is found (a forgotten ``--images``) stop it first, with nothing written.
 ``OUT/prepare_manifest.json`` records the source, settings, each photograph's size and modification time,
 counts, problems and time; a re-run with other settings into the same OUT is refused.
 
@@ -60,9 +60,10 @@ from ..errors import NotWritten, RetinopathyError
 from ..outputs import exclusive
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
+from .dataset import _listed_here
 from .formats import GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
 from .images import FOV_SLACK, ImageError, check_image, image_files, open_image
-from .problems import Problem
+from .problems import DataError, Problem
 from .transforms import Preprocessing, geometry, short_side_resize
 
 MANIFEST = "prepare_manifest.json"
@@ -258,6 +259,8 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
         raise ValueError(f"size must be at least 8 px, got {size}")
     start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     catalog = read_catalog(src, **read_options)
+    if catalog.samples and not any(s.path for s in catalog.samples):  # a copy of labels alone: train reads nothing
+        raise DataError(catalog.problems, hint=_listed_here(catalog, 0).strip())
     out = Path(out)
     _check_source(out, catalog)
     settings = _settings(src, catalog, size, crop)

@@ -11,9 +11,9 @@ ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension,
 TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
 but still the format LibTorch/C++ loads). Before anything is written, ONNX Runtime (or the reloaded
 TorchScript module) is compared with PyTorch on ``--check-images`` (default: up to 8 photographs found under
-the folder the model was trained on; four synthetic renders when it is gone or holds none) at batch sizes 1
-and 3; a largest absolute logit difference above ``--tolerance`` (1e-3) fails the export (exit status 1,
-nothing written).
+the folder the model was trained on, its ``--images`` if it had one; four synthetic renders when it is gone or
+holds none) at batch sizes 1 and 3; a largest absolute logit difference above ``--tolerance`` (1e-3) fails the
+export (exit status 1, nothing written).
 """
 from __future__ import annotations
 
@@ -71,8 +71,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                                                 "its metadata goes to FILE.json")
     p.add_argument("--check-images", nargs="+", metavar="PATH",
                    help=f"images, folders or datasets for the parity check (the first {MAX_CHECK_IMAGES} "
-                        "readable ones; default: photographs found under the folder the model was trained on, or "
-                        "synthetic renders when it is gone or holds none)")
+                        "readable ones; default: photographs found under the folder the model was trained on, its "
+                        "--images if any, or synthetic renders when it is gone or holds none)")
     p.add_argument("--tolerance", type=non_negative, default=1e-3, help="largest allowed |logit difference|")
     p.add_argument("--opset", type=at_least(7), default=None,
                    help="ONNX opset, 7 or more (what ONNX Runtime runs; default: the exporter's); --format onnx only")
@@ -87,9 +87,11 @@ def metadata_path(model_file: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------------------------- inputs
 def training_photographs(ckpt) -> list[Path]:
-    """A few image files of the folder the checkpoint was trained on, when it is still here (none otherwise, or
-    when a folder there cannot be listed, such as a drive's lost+found: the check then renders its own)."""
-    data = (ckpt.get("config") or {}).get("data")
+    """A few image files of the folder the checkpoint was trained on (its ``--images``, when it had one), when it is
+    still here (none otherwise, or when a folder there cannot be listed, such as a drive's lost+found: the check
+    then renders its own)."""
+    config = ckpt.get("config") or {}
+    data = config.get("images") or config.get("data")
     if not data or not Path(data).is_dir():
         return []
     try:
