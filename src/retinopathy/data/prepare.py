@@ -60,7 +60,7 @@ from ..errors import NotWritten, RetinopathyError
 from ..outputs import exclusive
 from ..progress import progress_bar
 from ..workers import mapped, worker_count
-from .dataset import _listed_here
+from .dataset import listed_here
 from .formats import GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
 from .images import FOV_SLACK, ImageError, check_image, image_files, open_image
 from .problems import DataError, Problem
@@ -260,7 +260,7 @@ def prepare(src: str | Path, out: str | Path, *, size: int = 512, crop: str = "n
     start, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     catalog = read_catalog(src, **read_options)
     if catalog.samples and not any(s.path for s in catalog.samples):  # a copy of labels alone: train reads nothing
-        raise DataError(catalog.problems, hint=_listed_here(catalog, 0).strip())
+        raise DataError(catalog.problems, hint=listed_here(catalog, 0).strip())
     out = Path(out)
     _check_source(out, catalog)
     settings = _settings(src, catalog, size, crop)
