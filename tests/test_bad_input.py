@@ -1109,3 +1109,27 @@ def test_a_misspelt_option_is_named_by_its_commands_own_parser(argv, command, ca
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(f"usage: retinopathy {command} [-h]")
     assert f"retinopathy {command}: error: unrecognized arguments: {' '.join(argv[len(command.split()) + 1:])}" in err
+
+
+def test_a_run_folder_as_split_file_means_its_split_csv(tmp_path):
+    """--split-file RUN takes the run's split.csv, as a checkpoint argument takes a run's folder for its best.pt
+    (it was 'Is a directory'); any other folder or file is passed on as given."""
+    from retinopathy.evaluation.evaluate import get_args_parser
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "split.csv").write_text("image,label,patient,split\n")
+    parse = lambda value: get_args_parser().parse_args(  # noqa: E731
+        ["ckpt.pt", "--data", "d", "--out", "e", "--split-file", value]).split_file
+    assert parse(str(tmp_path / "run")) == str(tmp_path / "run" / "split.csv")
+    assert parse(str(tmp_path)) == str(tmp_path) and parse("s.csv") == "s.csv"
+
+
+def test_a_report_is_not_written_among_a_runs_files(tmp_path):
+    from retinopathy.reporting.report import check_report_out
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("train: {}\n")
+    with pytest.raises(RetinopathyError, match=f"--out {run} is a run's folder.*e.g. {run / 'report'}"):
+        check_report_out(run)
+    check_report_out(run / "report")

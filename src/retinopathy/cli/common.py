@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 
 from ..data.formats import FORMATS
@@ -75,6 +76,12 @@ def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") ->
     return g
 
 
+def split_file(value: str) -> str:
+    """``--split-file``: a split.csv, or a run's folder for the split.csv in it (as a checkpoint may be a run's
+    folder)."""
+    return os.path.join(value, "split.csv") if os.path.isfile(os.path.join(value, "split.csv")) else value
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None,
                        skip_bad: bool = False, name: str = "DATA") -> None:
     """:func:`add_format_arguments`, the patient split and (for commands that stop on bad input) ``--skip-bad``."""
@@ -85,7 +92,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | Non
     g.add_argument("--test-fraction", type=float, default=None,
                    help=f"share of patients for test, per grade, when the data has no split (default: {run}0.2)")
     g.add_argument("--split-seed", type=at_least(0), default=None, help=f"seed of the patient split (default: {run}0)")
-    g.add_argument("--split-file", help="reuse a split written by an earlier run (split.csv)" + (
+    g.add_argument("--split-file", type=split_file, help="reuse a split written by an earlier run (its split.csv, "
+                   "or the run's folder)" + (
         "; default: the run's own, on the photographs it trained on" if run else ""))
     if skip_bad:
         g.add_argument("--skip-bad", action=argparse.BooleanOptionalAction, default=None,

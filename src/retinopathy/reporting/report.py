@@ -20,12 +20,13 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from ..atomic import write_text
-from ..outputs import check_writable
 from ..cli.common import show_defaults
 from ..data.formats import GRADES
 from ..data.synth import is_synthetic
+from ..errors import RetinopathyError
 from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
+from ..outputs import check_writable, is_run_folder
 from ..training.config import PRESETS, option_value
 from . import figures
 from .html import GENERATOR, LEGEND, render_html
@@ -231,9 +232,12 @@ OWN_PAGES = {"index.html": re.compile(re.escape(GENERATOR) + '|<section id="runs
 
 
 def check_report_out(out: Path, option: str = "--out") -> None:
-    """Refuse an ``out`` (given as ``option``) that is a file, or that holds an index.html or report.md the report
-    did not write."""
+    """Refuse an ``out`` (given as ``option``) that is a file or a run's folder, or that holds an index.html or
+    report.md the report did not write."""
     check_writable(out, option)
+    if is_run_folder(out):
+        raise RetinopathyError(f"{option} {out} is a run's folder, where its training wrote config.yaml, metrics.csv "
+                               f"and more: write the report into a folder of its own, e.g. {out / 'report'}")
     for name, own in OWN_PAGES.items():
         try:
             text = (out / name).read_text(encoding="utf-8", errors="replace")
