@@ -1133,3 +1133,16 @@ def test_a_report_is_not_written_among_a_runs_files(tmp_path):
     with pytest.raises(RetinopathyError, match=f"--out {run} is a run's folder.*e.g. {run / 'report'}"):
         check_report_out(run)
     check_report_out(run / "report")
+
+
+def test_a_checkpoint_not_found_names_what_its_folder_holds(tmp_path):
+    from retinopathy.training.checkpoint import CheckpointError, load_checkpoint
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("last.pt", "best.pt", "MODEL_CARD.md", ".best.pt.tmp7"):  # not a save's temporary
+        (folder / name).write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"bst.pt: checkpoint not found \(in its folder: best.pt, last.pt\)$"):
+        load_checkpoint(folder / "bst.pt")
+    with pytest.raises(CheckpointError, match=f"checkpoint not found \\({tmp_path / 'rn'} does not exist\\)$"):
+        load_checkpoint(tmp_path / "rn" / "best.pt")

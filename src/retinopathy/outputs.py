@@ -34,6 +34,7 @@ def check_writable(folder: str | os.PathLike, option: str | None = None) -> None
 
 
 MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx", ".safetensors": ".safetensors"}
+TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".xlsx", ".xls", ".parquet", ".yaml", ".yml", ".html", ".md")
 RUN_RECORDS = ("config.yaml", "split.csv", "metrics.csv", "skipped.csv")  # what training writes beside checkpoints/
 CHECKPOINT_FILES = ("best.pt", "last.pt", "MODEL_CARD.md", "model_card.json")  # ... and in it
 
@@ -75,7 +76,8 @@ def exclusive(folder: str | os.PathLike, doing: str):
 def check_output_file(path: str | os.PathLike, option: str, example: str) -> None:
     """Raise now if the file ``path`` (given as ``option``; ``example`` is such a file's name) is a folder, a model
     file that this command's output would replace (a table written over best.pt), a run's checkpoint or model card
-    (another run's best.pt), a run's record (its split.csv), a photograph, or cannot be written there."""
+    (another run's best.pt), a run's record (its split.csv), a photograph, a table of another kind (JSON into a
+    .csv), or cannot be written there."""
     from .data.images import IMAGE_EXTENSIONS
 
     folder = os.fspath(path).endswith(("/", os.sep))  # Path() drops the slash: "new/" would become a file "new"
@@ -99,6 +101,9 @@ def check_output_file(path: str | os.PathLike, option: str, example: str) -> Non
     if path.exists() and suffix in IMAGE_EXTENSIONS:
         raise FileExistsError(errno.EEXIST, f"{option} would replace a photograph with a {Path(example).suffix} "
                               f"file; choose another file, e.g. {path.parent / example}", str(path))
+    if suffix in TABLE_SUFFIXES and suffix != Path(example).suffix:
+        raise RetinopathyError(f"{option} {path}: this command writes a {Path(example).suffix} file, not a {suffix} "
+                               f"one; name it {path.with_suffix(Path(example).suffix)}")
     check_writable(path.parent)
 
 

@@ -131,7 +131,10 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
     ``mmap``: tensors stay on disk until used (cheap when only ``epoch`` or ``model_info`` is read)."""
     path = checkpoint_file(path)
     if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        there = sorted(p.name for p in path.parent.glob("[!.]*.pt*")) if path.parent.is_dir() else []
+        raise CheckpointError(f"{path}: checkpoint not found" + (
+            f" (in its folder: {', '.join(there[:5])}{', ...' if len(there) > 5 else ''})" if there else
+            "" if path.parent.is_dir() else f" ({path.parent} does not exist)"))
     if kind := exported_model(path):
         raise CheckpointError(f"{path}: {kind} (`retinopathy export` writes these), not a checkpoint: pass the "
                               "run's checkpoints/best.pt")

@@ -107,8 +107,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     g.add_argument("--threshold-data", choices=THRESHOLD_DATA, default="selection",
                    help="what the shipped thresholds are tuned on: the selection split (each epoch), or, once "
                         "training ends, the selected checkpoint's outputs on the unaugmented training images "
-                        "and the selection split together (about 8 times val's images with the default split; epochs are still "
-                        "selected with thresholds tuned on the selection split)")
+                        "and the selection split together (about 8 times val's images with the default split; "
+                        "epochs are still selected with thresholds tuned on the selection split)")
     g.add_argument("--pair-eyes", action=argparse.BooleanOptionalAction, default=False,
                    help="the head also sees the other eye of the same patient (features concatenated)")
     g.add_argument("--space-to-depth", type=at_least(1), default=1, metavar="B",
