@@ -478,8 +478,8 @@ def main(args) -> dict:
     single_eye(ckpt, args.checkpoint)
     from ..evaluation.evaluate import own_numbers, run_catalog_options
 
-    items = collect_items(args.inputs, args.split, lambda folder, labels: run_catalog_options(  # each one's split,
-        args, Path(args.checkpoint), ckpt, str(folder), labels), **catalog_options(args))  # the run's data as it read it
+    items = collect_items(args.inputs, args.split, lambda folder, labels: run_catalog_options(  # each dataset's
+        args, Path(args.checkpoint), ckpt, str(folder), labels), **catalog_options(args))  # split; the run's, as read
     if not items:
         raise DataError([Problem("empty", " ".join(args.inputs), None, f"no images in split {args.split!r}")])
     folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
