@@ -36,6 +36,15 @@ def ctrl_c_as_from_a_terminal():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def no_disk_round_trips():
+    """A checkpoint is flushed to the disk (fsync) before it replaces the last one: a disk round trip of about 0.1 s,
+    hundreds of them in the suite, where no power is cut. Skipped here; test_atomic checks that they are made."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(os, "fsync", lambda fd: None)
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (or $RETINOPATHY_SHARED_DATA); skips when absent unless REQUIRE_SHARED_DATA=1."""
