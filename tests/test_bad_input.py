@@ -1111,7 +1111,7 @@ def test_a_misspelt_option_is_named_by_its_commands_own_parser(argv, command, ca
     assert f"retinopathy {command}: error: unrecognized arguments: {' '.join(argv[len(command.split()) + 1:])}" in err
 
 
-def test_a_run_folder_as_split_file_means_its_split_csv(tmp_path):
+def test_a_run_folder_as_split_file_means_its_split_csv(tmp_path, monkeypatch):
     """--split-file RUN takes the run's split.csv, as a checkpoint argument takes a run's folder for its best.pt
     (it was 'Is a directory'); any other folder or file is passed on as given."""
     from retinopathy.evaluation.evaluate import get_args_parser
@@ -1122,6 +1122,8 @@ def test_a_run_folder_as_split_file_means_its_split_csv(tmp_path):
         ["ckpt.pt", "--data", "d", "--out", "e", "--split-file", value]).split_file
     assert parse(str(tmp_path / "run")) == str(tmp_path / "run" / "split.csv")
     assert parse(str(tmp_path)) == str(tmp_path) and parse("s.csv") == "s.csv"
+    monkeypatch.setenv("HOME", str(tmp_path))  # a config file's ~/run: typed before the home folder is expanded
+    assert parse("~/run") == str(tmp_path / "run" / "split.csv")
 
 
 def test_a_report_is_not_written_among_a_runs_files(tmp_path):

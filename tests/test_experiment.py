@@ -763,6 +763,20 @@ def test_an_out_that_is_a_file_is_named_by_the_dry_run_too(tmp_path, capsys):
     assert (tmp_path / "runs").read_text() == "notes" and not (tmp_path / "new").exists()
 
 
+def test_a_dry_run_lists_an_experiment_it_could_not_write(tmp_path, monkeypatch, capsys):
+    """A dry run writes nothing: a folder it cannot write in (shared read-only storage) is listed, not refused; the
+    run itself is refused before anything."""
+    import retinopathy.experiments.runner as runner
+
+    def read_only(folder, option=None):
+        raise PermissionError(13, "cannot write files in this folder (Read-only file system)", str(folder))
+    monkeypatch.setattr(runner, "check_writable", read_only)
+    config = _grid_file(tmp_path, out=str(tmp_path / "runs"), data=str(tmp_path / "new"), synth={"n": 20, "size": 32})
+    assert main(["experiment", str(config), "--dry-run"]) == 0
+    assert main(["experiment", str(config), "--quiet"]) == 2
+    assert "Read-only file system" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
 def test_an_experiment_file_in_another_encoding_says_so(tmp_path):
     config = tmp_path / "grid.yaml"
     config.write_text("name: grid\n", encoding="utf-16")

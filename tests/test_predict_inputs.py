@@ -421,3 +421,23 @@ def test_a_labels_csv_whose_images_are_elsewhere_or_whose_columns_are_misnamed(t
     err = capsys.readouterr().err
     assert "error:" in err and "['grade'] not found" in err and "no images in split" not in err
     assert "are not in" not in err  # no claim that the folder's images are unlisted
+
+
+def test_every_image_of_the_runs_data_whatever_its_split_options_and_a_dataset_without_rows_beside_it(
+        tiny_run, synth_small, tmp_path, capsys):
+    """--split all grades every image: a split option other than the run's changes nothing there (it was refused as
+    another split of the run's photographs); a dataset with no usable row among several inputs is warned about and
+    the others are graded (alone, it is the error)."""
+    out, empty = tmp_path / "p.csv", tmp_path / "empty"
+    empty.mkdir()
+    (empty / "trainLabels.csv").write_text("image,level\n")
+    assert main(["predict", str(tiny_run), str(synth_small), str(empty), "--split-seed", "5", "--val-fraction", "0.3",
+                 "--out", str(out), "--workers", "0", "--quiet"]) == 0
+    assert len(out.read_text().splitlines()) == len((synth_small / "trainLabels.csv").read_text().splitlines())
+    err = capsys.readouterr().err
+    assert f"warning: 1 problem(s) in the dataset:\n  {empty / 'trainLabels.csv'}: the dataset has no images" in err
+    assert "no row of it lists a usable image. (not graded)" in err
+    assert main(["predict", str(tiny_run), str(empty), "--out", str(out), "--workers", "0", "--quiet"]) == 2
+    assert main(["predict", str(tiny_run), str(synth_small), "--split", "test", "--split-seed", "5", "--out", str(out),
+                 "--workers", "0", "--quiet"]) == 2  # a split of the run's photographs other than its own: refused
+    assert "--split-seed 5: " in capsys.readouterr().err

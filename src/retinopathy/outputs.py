@@ -16,15 +16,21 @@ except ImportError:  # Windows: no lock
     fcntl = None
 
 
-def check_writable(folder: str | os.PathLike, option: str | None = None) -> None:
-    """Raise now (an OSError naming the path, and the ``option`` that gave it) if files cannot be written in
-    ``folder`` once it is made, so that a command stops before its work, not after it. Creates nothing: a command
-    that fails later leaves no folder."""
+def check_folder(folder: str | os.PathLike, option: str | None = None) -> Path:
+    """Raise now (an OSError naming the path, and the ``option`` that gave it) if ``folder``, or the nearest of its
+    parents that exists, is a file; return that nearest one."""
     folder = Path(folder)
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
         takes = f" ({option} takes a folder)" if option else ""
         raise NotADirectoryError(errno.ENOTDIR, f"a file, not a folder{takes}", str(existing))
+    return existing
+
+
+def check_writable(folder: str | os.PathLike, option: str | None = None) -> None:
+    """:func:`check_folder`, and raise now if files cannot be written in ``folder`` once it is made, so that a
+    command stops before its work, not after it. Creates nothing: a command that fails later leaves no folder."""
+    existing = check_folder(folder, option)
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass

@@ -79,7 +79,8 @@ def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") ->
 def split_file(value: str) -> str:
     """``--split-file``: a split.csv, or a run's folder for the split.csv in it (as a checkpoint may be a run's
     folder)."""
-    return os.path.join(value, "split.csv") if os.path.isfile(os.path.join(value, "split.csv")) else value
+    inside = os.path.join(os.path.expanduser(value), "split.csv")  # ~: a config file's value is expanded after this
+    return inside if os.path.isfile(inside) else value
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, split_default: str | None = None,

@@ -138,7 +138,8 @@ def _split_rows(path: str | Path) -> list[dict[str, str]]:
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError([Problem("missing-file", str(path), None, f"cannot read the split file ({e})")],
-                        hint="Pass the split.csv that a training run wrote, or drop --split-file.") from None
+                        hint="Pass the split.csv that a training run wrote (or the run's folder), or drop --split-file."
+                        ) from None
     rows = [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in rows]
     bad, first = [], {}
     for i, row in enumerate(rows, start=2):

@@ -116,7 +116,8 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
     if same_photographs(same, regraded) and not unlisted:
         trained = ckpt.get("config", {})
         other = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("val_fraction", "test_fraction", "split_seed")
-                 if getattr(args, k, None) is not None and getattr(args, k) != split_option(trained.get, k)]
+                 if getattr(args, k, None) is not None and getattr(args, k) != split_option(trained.get, k)
+                 and getattr(args, "split", "all") != "all"]  # every image: no split to put them in
         if other:
             raise RetinopathyError(f"{', '.join(other)}: {data} holds the photographs the run trained on, which are "
                                    f"graded on the run's own split ({split_csv}); another split of them would put "

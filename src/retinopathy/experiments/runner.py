@@ -49,7 +49,7 @@ from ..cli.common import READ_KEYS, show_defaults
 from ..errors import NotWritten, RetinopathyError
 from ..launch import resume_command, sigterm_as_ctrl_c
 from ..models.weights import WeightsUnavailable, load_pretrained_state
-from ..outputs import check_writable, exclusive
+from ..outputs import check_folder, check_writable, exclusive
 from ..reporting.text import epochs_text
 from ..training import config as train_config
 from ..training.checkpoint import epochs_saved, load_checkpoint, same_checkpoint
@@ -618,7 +618,7 @@ def list_cells(exp: Experiment) -> None:
 
 def main(args) -> dict:
     exp = load_experiment(args.config, args.data)
-    check_writable(exp.dir, f"{exp.file}: out:")  # in the dry run too
+    (check_folder if args.dry_run else check_writable)(exp.dir, f"{exp.file}: out:")  # a dry run writes nothing
     if args.report and exp.report_out is not None:  # before any cell trains, and in the dry run
         from ..reporting.report import check_report_out
 

@@ -102,12 +102,18 @@ def warn(message: str, depth: int = 0) -> None:
     warnings.warn(message, DataWarning, stacklevel=3 + depth)
 
 
-def _dataset_items(data: Path, opts: dict, split: str) -> list[Item]:
+def _dataset_items(data: Path, opts: dict, split: str, alone: bool = True) -> list[Item]:
+    """The items of one dataset; ``alone``: the only input, so that a dataset with no usable row is the error (else
+    a warning, and the other inputs are graded)."""
     catalog = load_catalog(data, **opts)
     refuse_misaligned(catalog.problems)
     if not catalog.samples:  # every row refused (a --label-col the header lacks...): said as train says it
-        raise DataError(catalog.problems, hint="Fix the labels file, or the options that read it: no row of it "
-                        "lists a usable image.")
+        unusable = DataError(catalog.problems, hint="Fix the labels file, or the options that read it: no row of it "
+                             "lists a usable image.")
+        if alone:
+            raise unusable
+        warn(f"{unusable} (not graded)", depth=1)
+        return []
     if not any(s.path for s in catalog.samples):
         warn(listed_here(catalog, 0).strip(), depth=1)
     for p in catalog.problems:
@@ -149,7 +155,7 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
     """Items for every input: image files, folders (recursive) and datasets; ``opts`` as for ``load_catalog``,
     or ``options_for(folder, labels file or None)`` giving each dataset's. A ``split`` other than all needs
     datasets."""
-    items: list[Item] = []
+    inputs, items = list(inputs), []
     for raw in inputs:
         path = Path(raw)
         dataset = path.is_file() and path.suffix.lower() == ".csv" or path.is_dir() and _is_dataset(path, opts)
@@ -159,7 +165,7 @@ def collect_items(inputs, split: str = "all", options_for=None, **opts) -> list[
         if dataset:
             folder, labels = (path.parent, path) if path.is_file() else (path, None)
             data_opts = options_for(folder, labels) if options_for else {**opts, "labels": opts.get("labels") or labels}
-            items += _dataset_items(folder, data_opts, split)
+            items += _dataset_items(folder, data_opts, split, alone=len(inputs) == 1)
         elif path.is_file():
             patient = patient_of(f"{path.parent.name}/{path.stem}")  # p7/left.jpeg: p7
             items.append(Item(str(path), path.stem, patient=f"{os.path.realpath(path.parent)}|{patient}"))

@@ -3,6 +3,7 @@ the selection split."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,4 +134,4 @@ def weights_run_overlap(weights: str, data: RunData) -> str | None:
         return None
     return (f"{' and '.join(f'{n} of the {len(held[sp])} {sp} images' for sp, n in seen.items() if n)} were "
             f"training images of the run the --weights come from ({split_csv}): scores on them are optimistic; to "
-            f"keep them apart, train on that run's split (--split-file {split_csv})")
+            f"keep them apart, train on that run's split (--split-file {shlex.quote(str(split_csv))})")
