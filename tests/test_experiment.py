@@ -382,7 +382,7 @@ def test_sigterm_stops_an_experiment_as_ctrl_c_does(tmp_path):
     import sys
     import time
 
-    config = write_config(tmp_path, train={"epochs": 10, "freeze_epochs": 1, "image_size": 32, "batch_size": 16,
+    config = write_config(tmp_path, train={"epochs": 4, "freeze_epochs": 1, "image_size": 32, "batch_size": 16,
                                            "workers": 2}, grid={"model": ["resnet18"], "pretrained": [False]})
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "retinopathy", "experiment", str(config), "--no-report"],
@@ -396,7 +396,7 @@ def test_sigterm_stops_an_experiment_as_ctrl_c_does(tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert "interrupted; run the same command again: finished cells are skipped, the interrupted one resumes" in err
     assert main(["experiment", str(config), "--quiet", "--no-report"]) == 0
-    assert [r["epoch"] for r in rows(last.parents[1])] == [str(e) for e in range(10)]
+    assert [r["epoch"] for r in rows(last.parents[1])] == [str(e) for e in range(4)]
 
 
 def test_changed_options_are_refused(interrupted):
