@@ -166,15 +166,14 @@ def test_a_failed_first_exporter_removes_only_what_it_wrote(checkpoint, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grader.onnx", "notes.txt", "predictions.csv", "runs"]
 
 
-def test_a_model_named_like_its_metadata_file_is_written(checkpoint, tmp_path, capsys):
-    """``--out meta.json``: the metadata went over the model in the work folder; only meta.json.json came out."""
+def test_a_model_named_like_a_table_is_refused_before_the_work(checkpoint, tmp_path, capsys):
+    """``--out meta.json``: the metadata once went over the model, and only meta.json.json came out; a model named
+    as a table (.json, .csv...) is now refused before anything is exported, with the name to use."""
     out = tmp_path / "meta.json"
-    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["meta.json", "meta.json.json"]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        assert torch.jit.load(str(out))(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 5)
-    assert check_metadata(out, checkpoint)["model_file"] == "meta.json"
+    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 2
+    assert f"--out {out}: this command writes a .pt file, not a .json one; name it {tmp_path / 'meta.pt'}" \
+        in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.shared_data
