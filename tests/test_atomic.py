@@ -18,6 +18,11 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             f.write("half of the new")
             1 / 0
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C half-way: no temporary left in the user's folder either
+        with replacing(path) as f:
+            f.write("half of the new")
+            raise KeyboardInterrupt
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
     with replacing(path, "wb") as f:
         f.write(b"new")
     assert path.read_bytes() == b"new" and [p.name for p in tmp_path.iterdir()] == ["metrics.json"]

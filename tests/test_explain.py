@@ -218,6 +218,36 @@ def test_predict_cam_writes_one_png_per_image(tmp_path, capsys):
             assert max(quarter, key=quarter.get) == name
 
 
+def test_heatmap_captions_say_predicted_true_grade_and_cuts(tmp_path, monkeypatch):
+    """The caption names the grade as predicted, beside the labels file's grade, and for a score the thresholds
+    that cut it; a long path keeps its file name."""
+    from retinopathy.inference import explain
+    from retinopathy.inference.explain import _fit
+
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint({"model": blob_detector("regression").state_dict(), "epoch": 0, "phase": "finetune",
+                     "best": None, "config": {},
+                     "model_info": {"arch": "resnet18", "head": "linear", "objective": "regression", "num_outputs": 1,
+                                    "num_classes": 5, "preprocessing": Preprocessing("lab", SIZE).to_dict(),
+                                    "thresholds": [0.5, 1.5, 2.5, 3.25]}}, ckpt)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    fundus(QUADRANTS["top_left"]).save(photos / "7_left.png")
+    (tmp_path / "labels.csv").write_text("image,level\n7_left,2\n")
+    captions = []
+    monkeypatch.setattr(explain, "save_heatmap", lambda image, heat, caption, path: captions.append(caption) or path)
+    assert main(["predict", str(ckpt), str(tmp_path / "labels.csv"), "--images", str(photos), "--cam",
+                 str(tmp_path / "cams"), "--out", str(tmp_path / "p.csv"), "--workers", "0", "--quiet"]) == 0
+    [[said, *_]] = captions
+    assert said.startswith(f"{photos / '7_left.png'}: predicted grade ")
+    assert said.endswith("(grades cut at 0.50, 1.50, 2.50, 3.25); true grade 2 (moderate)")
+    font = explain.ImageFont.load_default(size=13)
+    path = "/clinic/" + "a_rather_long_folder_name/" * 8 + "patient_1177_right.jpeg:"
+    lines = _fit(f"{path} predicted grade 4", font, 300)
+    assert lines[0].startswith("...") and lines[0].endswith("patient_1177_right.jpeg:")
+    assert font.getlength(lines[0]) <= 300 and lines[1:] == ["predicted grade 4"]
+
+
 def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, capsys):
     """With --blend-eyes a classification model's row grade can be the blended one: its heatmap is of that grade
     (the photograph's own logit of it), and heatmaps with nothing positive are named in a warning; an eye graded

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from retinopathy.cli.main import main
+from retinopathy.evaluation import evaluate
 from retinopathy.reporting.model_card import write_model_card
 from retinopathy.training.checkpoint import load_checkpoint, save_checkpoint
 
@@ -177,7 +178,8 @@ def test_a_data_folder_named_with_a_pipe_stays_in_its_column(run):
     assert len(re.split(r"(?<!\\)\|", row)) == len(re.split(r"(?<!\\)\|", header))
 
 
-def test_grading_the_training_images_is_deterministic_warned_and_marked(run, synth_small, tmp_path, capsys):
+def test_grading_the_training_images_is_deterministic_warned_and_marked(run, synth_small, tmp_path, capsys,
+                                                                        monkeypatch):
     """``evaluate --split train`` grades the unaugmented photographs (twice the same answers), says that they
     are the run's training images, and the model card marks the row."""
     common = ["evaluate", str(run), "--data", str(synth_small), "--split", "train", "--workers", "0",
@@ -200,8 +202,13 @@ def test_grading_the_training_images_is_deterministic_warned_and_marked(run, syn
     row = table_row((run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1], "train")
     assert f"† ({m['count']} trained on)" in row[2]
 
+    titles = []
+    monkeypatch.setattr(evaluate, "confusion_figure", lambda counts, title, path: titles.append(title))
     assert main(["evaluate", str(run), "--data", str(synth_small), "--split", "test", "--workers", "0",
                  "--bootstrap", "0", "--quiet", "--out", str(tmp_path / "t")]) == 0
+    n = json.loads((tmp_path / "t" / "metrics.json").read_text())["count"]
+    assert titles == [f"{run.name}: ResNet18, test split of {synth_small.name}, {n} images\nrow-normalised: the "
+                      "diagonal is each grade's recall"]  # which run, which data; how it is normalised
     assert json.loads((tmp_path / "t" / "metrics.json").read_text())["training_images"] == 0
     assert "training split" not in capsys.readouterr().err
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1]

@@ -297,6 +297,9 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
     assert np.allclose(probs.sum(1), 1, atol=1e-4)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert "kappa" in metrics
+    truth, patients = [int(r["true_grade"]) for r in rows], [r["patient"] for r in rows]
+    assert len(set(patients)) < len(rows)  # both eyes of some patients: resampling eyes would differ
+    assert metrics["ci95"] == json.loads(json.dumps(bootstrap_ci(truth, preds, patients, n=50)))  # by patient
     weight = 0.4 if "--blend-eyes" in extra else 0.0
     assert ckpt["model_info"]["blend_eyes"] == metrics["blend_eyes"] == weight
     if weight:  # evaluate blends as the thresholds were tuned; predict grades the same images alike

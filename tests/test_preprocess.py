@@ -205,3 +205,29 @@ def test_the_circle_found_while_decoding_is_not_fitted_again(tmp_path, monkeypat
     shrunk = prep.open(tmp_path / "eye.jpeg")
     shrunk.thumbnail((64, 64))  # changed in place: its circle is fitted again
     assert np.array_equal(np.asarray(FovCrop()(shrunk)), np.asarray(FovCrop()(shrunk.copy())))
+
+
+def test_augment_presets_do_what_they_say():
+    """none: the image as evaluated; flips: one of its four flips; fundus (the default): also any rotation, a small
+    scale and shift, and brightness/contrast/colour jitter."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))  # no symmetry to hide a change
+    prep = Preprocessing("lab", 32)
+    plain = build_transform(prep, uint8=True)(photo)
+    flips = [plain, plain.flip(-1), plain.flip(-2), plain.flip(-1, -2)]
+    torch.manual_seed(0)
+    seen = {name: [build_transform(prep, train=True, augment=name, uint8=True)(photo) for _ in range(8)]
+            for name in ("none", "flips", "fundus")}
+    assert all(torch.equal(x, plain) for x in seen["none"])
+    assert all(any(torch.equal(x, f) for f in flips) for x in seen["flips"])
+    assert len({tuple(x.flatten().tolist()) for x in seen["flips"]}) > 1  # it does flip
+    moved = [x for x in seen["fundus"] if not any(torch.equal(x, f) for f in flips)]
+    assert len(moved) == 8  # every draw rotates or rescales (a flip alone would be one of the four)
+    grey = Image.new("RGB", (32, 32), (128, 100, 80))  # moved, still the same colour at its centre: unless jittered
+    centres = {tuple(build_transform(prep, train=True, augment="fundus", uint8=True)(grey)[:, 16, 16].tolist())
+               for _ in range(8)}
+    assert len(centres) > 4
+    corners = [x[:, :3, :3].float().mean().item() for x in seen["fundus"]]
+    assert min(corners) < 10  # rotated: black corners come in

@@ -84,6 +84,7 @@ def run_numbers(run: Path) -> dict:
     return {"test_accuracy": m["accuracy"], "kappa": m["kappa"], "macro_f1": m["macro_f1"],
             "majority_accuracy": m["majority_accuracy"], "referable_auc": m["referable_auc"],
             "selected_epoch": m["epoch"] + 1,
+            "test_count": len((run / "eval" / "predictions.csv").read_text().splitlines()) - 1,  # a row per image
             "max_test_accuracy": float(top["test_accuracy"]), "max_test_epoch": int(top["epoch"]) + 1}
 
 
@@ -109,12 +110,14 @@ def test_table_values_are_the_runs_numbers(experiment):
                          ("Majority accuracy", "majority_accuracy"), ("Referable AUC", "referable_auc")]:
             assert float(row[col]) == pytest.approx(want[key], abs=5e-5), (cell, col)
         assert int(row["Selected epoch"]) == want["selected_epoch"]
+        assert int(row["Test images"]) == want["test_count"]
         value, epoch = re.fullmatch(r"([\d.]+) \((\d+)\)", row["Highest test accuracy (epoch)"]).groups()
         assert float(value) == pytest.approx(want["max_test_accuracy"], abs=5e-5)
         assert int(epoch) == want["max_test_epoch"]
         ci = json.loads((experiment / "runs" / "tiny" / cell / "eval" / "metrics.json").read_text())["ci95"]
         assert f"kappa {want['kappa']:.3f} (95% CI {ci['kappa'][0]:.3f} to {ci['kappa'][1]:.3f})" in md
         assert f"test accuracy {want['test_accuracy']:.3f} (95% CI {ci['accuracy'][0]:.3f} to " in md
+        assert f"{ci['accuracy'][1]:.3f}), {want['test_count']} images<br>kappa {want['kappa']:.3f}" in md
     assert "ImageNet-pretrained" in md and "from scratch" in md
     assert "adamw lr 0.001 weight decay 0.01" in md  # AdamW has no momentum to show
 
@@ -169,7 +172,9 @@ def test_report_of_a_single_run_dir(experiment, tmp_path, closed_figures):
     assert note in md and note in page and f"evaluated on the test split of {tmp_path / 'elsewhere'}" in md
     assert "(epoch 1) - the lab's number, optimistic; on the training data's test split" in md  # not the evaluation's
     accuracy = [f for f in closed_figures if f._suptitle and "accuracy" in f._suptitle.get_text()][-1]
-    assert not [ln for ln in accuracy.axes[0].get_lines() if list(ln.get_xdata()) == [0, 1]]  # no other data's baseline
+    counts = config["data"]["eval_counts"]["test"]  # the curves' test split is the training data's, graded or not
+    [baseline] = [ln for ln in accuracy.axes[0].get_lines() if list(ln.get_xdata()) == [0, 1]]
+    assert baseline.get_ydata()[0] == pytest.approx(max(counts) / sum(counts))
     assert "The data are synthetic drawings" not in md  # graded on other data: it learnt from drawings, that is all
     assert "Some runs learnt from synthetic drawings" in md
     ev.update(data=json.loads((run / "eval" / "metrics.json").read_text())["data"], blend_eyes=0.0,
@@ -516,6 +521,7 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
         writer.writerows(rows)
     config = yaml.safe_load((good / "config.yaml").read_text())
     config["data"]["leakage_warnings"] = ["3 of 5 test patients also have an eye in train"]
+    config["data"]["eval_counts"]["test"] = m["true_counts"]  # the test split its curves follow
     (good / "config.yaml").write_text(yaml.safe_dump(config))
     flat = json.loads((runs["flat"] / "eval" / "metrics.json").read_text())
     flat_majority, flat_grade = flat["majority_accuracy"], max(range(5), key=flat["true_counts"].__getitem__)
@@ -573,11 +579,21 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     weak["true_counts"] = [5, 1, 2, 1, 1]  # another test split (one photograph fewer, another grade mix)
     weak["ci95"] = {**weak["ci95"], "kappa": [0.05, 0.35]}  # overlaps good's [0.2, 0.7]
     (runs["weak"] / "eval" / "metrics.json").write_text(json.dumps({**weak, "kappa": 0.2, "majority_accuracy": 0.5}))
+    weak_config = yaml.safe_load((runs["weak"] / "config.yaml").read_text())
+    weak_config["data"]["eval_counts"]["test"] = weak["true_counts"]
+    (runs["weak"] / "config.yaml").write_text(yaml.safe_dump(weak_config))
     predictions = (runs["weak"] / "eval" / "predictions.csv").read_text().splitlines()
     (runs["weak"] / "eval" / "predictions.csv").write_text("\n".join(predictions[:-1]) + "\n")
     assert main(["report", str(runs["weak"]), str(good), "--out", str(tmp_path / "r2")]) == 0
     md = (tmp_path / "r2" / "report.md").read_text()
     assert "Their test splits differ (other data, split seeds or split files)" in md
+    fewer = tmp_path / "fewer"  # test splits of different sizes: the range here, each run's count in its cell
+    shutil.copytree(runs["weak"], fewer)
+    count = json.loads((good / "eval" / "metrics.json").read_text())["count"]
+    (fewer / "eval" / "metrics.json").write_text(json.dumps({**weak, "count": count - 1}))
+    assert main(["report", str(fewer), str(good), "--out", str(tmp_path / "r5")]) == 0
+    assert f"evaluated on test splits of {experiment / 'data'} ({count - 1} to {count} images)." in \
+        (tmp_path / "r5" / "report.md").read_text()
     assert "Its interval overlaps those of 1 other run(s): not a clear winner." in md
     assert "its test split: always answering grade 0 scores 0.500" in md  # each cell names its own baseline
     assert "its test split: always answering grade 1 scores 0.300" in md
@@ -591,6 +607,12 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     baselines = {ln.get_ydata()[0]: ln.get_color() for ln in lines if list(ln.get_xdata()) == [0, 1]}
     assert baselines.keys() == {0.3, 0.5} and set(baselines.values()) <= curves  # each in its run's colour
     assert len(set(baselines.values())) == 2
+    unevaluated = tmp_path / "unevaluated"  # its test split's rate all the same: not good's line for both runs
+    shutil.copytree(runs["weak"], unevaluated)
+    shutil.rmtree(unevaluated / "eval")
+    assert main(["report", str(unevaluated), str(good), "--out", str(tmp_path / "r4")]) == 0
+    accuracy = [f for f in closed_figures if f._suptitle and "accuracy" in f._suptitle.get_text()][-1]
+    assert {ln.get_ydata()[0] for ln in accuracy.axes[0].get_lines() if list(ln.get_xdata()) == [0, 1]} == {0.3, 0.5}
     twin = tmp_path / "twin"  # a copy without predictions.csv: compared by data, count and grade mix instead
     shutil.copytree(runs["weak"], twin)
     (twin / "eval" / "predictions.csv").unlink()
@@ -599,6 +621,15 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     confusion = next(f for f in closed_figures if f.axes and f.axes[0].texts and f not in (accuracy,))
     texts = cell_texts(next(ax for ax in confusion.axes if "(good)" in ax.get_title()))
     assert (texts[(0, 0)], texts[(0, 1)], texts[(1, 1)]) == ("0.50", "0.50", "1.00")  # each row sums to 1
+
+
+def test_the_first_epoch_wins_a_tie():
+    """"Highest test accuracy (epoch)" names the first epoch that reached it, as documented."""
+    from retinopathy.reporting.report import _best
+
+    rows = [{"epoch": 0, "test_accuracy": 0.4}, {"epoch": 1, "test_accuracy": 0.5}, {"epoch": 2, "test_accuracy": 0.5},
+            {"epoch": 3, "test_accuracy": None}]
+    assert _best(rows, "test_accuracy") == (0.5, 2)
 
 
 def test_importing_the_package_leaves_the_users_matplotlib_backend_alone():
@@ -627,6 +658,19 @@ def test_fine_tuning_starts_are_told_apart(tmp_path, closed_figures):
     figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "a.png")
     notes = sorted(t.get_text() for t in closed_figures[0].axes[0].texts)
     assert notes == ["fine-tuning starts (1 epoch frozen)", "fine-tuning starts (2 epochs frozen)"]
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "loss"])
+def test_the_fine_tuning_note_sits_above_the_curves(tmp_path, closed_figures, metric):
+    series = fake_series(3)
+    series[0]["rows"][1][f"train_{metric}"] = 1.0 if metric == "accuracy" else 2.0  # the top of the curves
+    figures.curves_figure(f"ResNet18: {metric} per epoch", series, metric, tmp_path / "a.png")
+    ax = closed_figures[0].axes[0]
+    renderer = FigureCanvasAgg(closed_figures[0]).get_renderer()
+    [note] = ax.texts
+    top = max(ax.transData.transform(np.column_stack(ln.get_data()))[:, 1].max() + ln.get_markersize()
+              for ln in ax.get_lines() if ln.get_marker() not in (None, "", "None"))  # points to pixels: dpi 100+
+    assert note.get_window_extent(renderer).y0 > top
 
 
 def test_a_diverged_run_does_not_flatten_the_others_losses(tmp_path, closed_figures):

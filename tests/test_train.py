@@ -358,11 +358,13 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
     run untouched), nor can --out point elsewhere; the suggested way, a new run from its weights, works."""
     import shutil
 
+    from retinopathy.training.resume import FIXED_ON_RESUME, FIXED_WHILE_STEPPING, FIXED_WHILE_TRAINING
+
     from .test_formats import disc
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before, tried = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}, set()
     for change, named in ((["--objective", "ordinal"], "--objective classification (not ordinal)"),
                           (["--eval-splits", "val"], "--eval-splits val,test (not val)"),
                           (["--threshold-margin", "0.1"], "--threshold-margin 0.0 (not 0.1)"),
@@ -381,9 +383,31 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                           (["--select-metric", "accuracy"], "--select-metric kappa (not accuracy)"),  # what best is
                           (["--head", "lab"], "--head linear (not lab)"),
                           (["--lr", "0.01"], "--lr 0.001 (not 0.01)"),
-                          (["--sampler", "balanced"], "--sampler random (not balanced)")):
+                          (["--sampler", "balanced"], "--sampler random (not balanced)"),
+                          (["--model", "resnet50"], "--model resnet18 (not resnet50)"),
+                          (["--pair-eyes"], "--no-pair-eyes (not --pair-eyes)"),
+                          (["--space-to-depth", "2"], "--space-to-depth 1 (not 2)"),
+                          (["--global-pool", "gem"], "--global-pool avg (not gem)"),
+                          (["--select-on", "test"], "--select-on auto (not test)"),
+                          (["--train-crop-size", "32"], "--train-crop-size 0 (not 32)"),
+                          (["--test-fraction", "0.3"], "--test-fraction 0.2 (not 0.3)"),
+                          (["--weights-tag", "X"], "--weights-tag IMAGENET1K_V1 (not X)"),
+                          (["--momentum", "0.5"], "--momentum 0.9 (not 0.5)"),
+                          (["--weight-decay", "0.05"], "--weight-decay 0.01 (not 0.05)"),
+                          (["--norm-weight-decay", "0"], "--norm-weight-decay not set (not 0.0)"),
+                          (["--scheduler", "none"], "--scheduler cosine (not none)"),
+                          (["--warmup-epochs", "0"], "--warmup-epochs 1.0 (not 0.0)"),
+                          (["--freeze-epochs", "0"], "--freeze-epochs 1 (not 0)"),
+                          (["--class-weights", "inverse"], "--class-weights none (not inverse)"),
+                          (["--label-smoothing", "0.1"], "--label-smoothing 0.0 (not 0.1)"),
+                          (["--mixup", "0.2"], "--mixup 0.0 (not 0.2)"),
+                          (["--threshold-rule", "kappa-above-majority"], "--threshold-rule kappa (not kappa-above-"),
+                          (["--threshold-data", "train+selection"], "it has none to tune")):
         assert main(["train", "--resume", str(run), "--epochs", "3", *change]) == 2
         assert named in capsys.readouterr().err
+        tried.add(change[0][2:].replace("-", "_"))
+    fixed = {*FIXED_ON_RESUME, *FIXED_WHILE_STEPPING, *FIXED_WHILE_TRAINING} - {"model_ema_decay"}  # no EMA here
+    assert fixed <= tried, f"options a resume keeps that this test does not try: {fixed - tried}"
     regraded = tmp_path / "regraded"  # the same names, mostly with other grades: other photographs
     shutil.copytree(synth_small, regraded)
     labels = (regraded / "trainLabels.csv").read_text().splitlines()
@@ -646,6 +670,9 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
     shutil.copytree(tiny_run, other)
     assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(other)]) == 2
     assert f"error: --out {other} is a run's folder" in capsys.readouterr().err
+    assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(tiny_run / "checkpoints")]) == 2
+    assert f"is the checkpoints folder of the run in {tiny_run}: write into a folder of its own, e.g. " \
+           f"{tiny_run / 'eval'}" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == before
     assert main(["evaluate", str(tmp_path / "nothere.pt"), "--data", str(synth_small), "--out",
                  str(tmp_path / "new" / "eval")]) == 2

@@ -50,6 +50,21 @@ def is_run_folder(folder: str | os.PathLike) -> bool:
     return (Path(folder) / "config.yaml").is_file() and (Path(folder) / "checkpoints").is_dir()
 
 
+def refuse_run_folder(folder: str | os.PathLike, option: str, example: str, own: bool = False) -> None:
+    """Raise now if the output ``folder`` (given as ``option``) is a run's folder or its ``checkpoints/``, where
+    training wrote what resume, evaluate and report read; ``own``: it is the folder of the run this command reads.
+    The hint names ``example``, a folder of its own inside the run's."""
+    folder = Path(folder)
+    if folder.name == "checkpoints" and is_run_folder(folder.parent):
+        where, run = f"the checkpoints folder of the run in {folder.parent}", folder.parent
+    elif own or is_run_folder(folder):
+        whose = "the run's own" if own else "a run's"
+        where, run = f"{whose} folder, where its training wrote config.yaml, split.csv, metrics.csv and more", folder
+    else:
+        return
+    raise RetinopathyError(f"{option} {folder} is {where}: write into a folder of its own, e.g. {run / example}")
+
+
 @contextlib.contextmanager
 def exclusive(folder: str | os.PathLike, doing: str):
     """Hold ``folder``'s ``.lock`` for the block: a second command that would write the same folder at the same time

@@ -36,7 +36,7 @@ from ..data.problems import skipped_note, write_skipped
 from ..data.splits import run_overlap, same_photographs, split_option, trained_on
 from ..errors import DataWarning, RetinopathyError
 from ..models.restore import display_name, restore
-from ..outputs import check_writable, is_run_folder
+from ..outputs import check_writable, refuse_run_folder
 from ..reporting.figures import confusion_figure
 from ..reporting.model_card import write_model_card
 from ..training.checkpoint import refuse_replacing_run, run_folder
@@ -155,11 +155,8 @@ OUTPUTS = ("metrics.json", "skipped.csv", "predictions.csv", "confusion_matrix.c
 def main(args) -> dict:
     out = Path(args.out)
     checkpoint = Path(args.checkpoint)
-    own = (out / "config.yaml").exists() and out.resolve() == run_folder(checkpoint).resolve()
-    if own or is_run_folder(out):
-        whose = "the run's own folder" if own else "a run's folder"
-        raise RetinopathyError(f"--out {out} is {whose}, where its training wrote split.csv, skipped.csv and more: "
-                               f"evaluate into a folder of its own, e.g. --out {out / 'eval'}")
+    refuse_run_folder(out, "--out", "eval",
+                      own=(out / "config.yaml").exists() and out.resolve() == run_folder(checkpoint).resolve())
     check_writable(out, "--out")
     model, objective, prep, ckpt = restore(checkpoint)
     reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it
@@ -214,8 +211,10 @@ def main(args) -> dict:
     except yaml.YAMLError as e:
         print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not a run's "
               f"config.yaml ({str(e).splitlines()[0]})", file=sys.stderr)
-    confusion_figure(metrics["confusion_matrix"], f"Normalized Confusion Matrix ({display_name(info['arch'])})\n"
-                     f"{args.split} split, {len(y)} images", out / "confusion_matrix.png")
+    confusion_figure(metrics["confusion_matrix"], f"{run_folder(checkpoint).name}: {display_name(info['arch'])}, "
+                     f"{args.split} split of {Path(metrics['data']).name}, {len(y)} images\n"
+                     "row-normalised: the diagonal is each grade's recall",
+                     out / "confusion_matrix.png")
     ci = metrics.get("ci95")
     if dataset.skipped:
         print(f"warning: {skipped_note(dataset.skipped, str(out / 'skipped.csv'))}", file=sys.stderr)

@@ -171,15 +171,17 @@ def heatmap_figure(image: torch.Tensor, heat: torch.Tensor, caption: list[str]) 
 
 
 def _fit(text: str, font, width: float) -> list[str]:
-    """``text`` in lines of at most ``width`` px, broken at spaces; a word too long for a line ends in '...'."""
+    """``text`` in lines of at most ``width`` px, broken at spaces; a word too long for a line keeps its end after
+    '...' (a path, its file name)."""
     lines: list[str] = []
     for word in text.split(" "):
         if lines and font.getlength(f"{lines[-1]} {word}") <= width:
             lines[-1] += f" {word}"
             continue
-        while font.getlength(word) > width:
-            word = word[:-4] + "..."
-        lines.append(word)
+        cut = 0
+        while font.getlength(word if not cut else "..." + word[cut:]) > width:
+            cut += 1
+        lines.append(word if not cut else "..." + word[cut:])
     return lines
 
 

@@ -362,7 +362,8 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
                  f"alone, {tuned} (--blend-eyes {tuned_blend:g}); give both eyes (<patient>_left/_right) for the "
                  "grades the model was tuned for")
     if cam is not None and len(graded):
-        write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress, ignores_input)
+        write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress, ignores_input,
+                       cuts=objective.thresholds if objective.decision == "thresholds" else None)
     return res
 
 
@@ -376,10 +377,11 @@ def grad_cam(model, objective, prep):
 
 
 def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, channels_last, progress,
-                   ignores_input: bool = False) -> None:
+                   ignores_input: bool = False, cuts: list[float] | None = None) -> None:
     """A second pass, once the grades are final (after eye blending): a Grad-CAM overlay PNG per graded image,
     of the grade in its row (classification) or of the score (regression, ordinal); blank for a model that
-    ``ignores_input`` (the same outputs for every image), whose Grad-CAM would still paint its padding."""
+    ``ignores_input`` (the same outputs for every image), whose Grad-CAM would still paint its padding. The
+    caption names the predicted grade, the known one, and the thresholds (``cuts``) that cut a score into grades."""
     from .explain import coarse_note, save_heatmap
 
     names = _heatmap_names(items)
@@ -397,8 +399,11 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
                 continue
             grade = int(res["grades"][i])
             explained = f"grade {grade}'s output" if cam.by_grade else "the severity score"
-            said = [f"{items[i].path or items[i].image}: grade {grade} ({GRADE_NAMES[grade]})"
-                    + ("" if cam.by_grade else f", severity score {res['scores'][i]:.2f}"),
+            label = items[i].label
+            said = [f"{items[i].path or items[i].image}: predicted grade {grade} ({GRADE_NAMES[grade]})"
+                    + ("" if cam.by_grade else f", severity score {res['scores'][i]:.2f}"
+                       + (f" (grades cut at {', '.join(f'{t:.2f}' for t in cuts)})" if cuts else ""))
+                    + ("" if label is None else f"; true grade {label} ({GRADE_NAMES[label]})"),
                     f"left: the image the model saw; right: where it raises {explained} (Grad-CAM)"]
             if not heat.any():
                 said.append("blank: no region raises it (or every region alike)")

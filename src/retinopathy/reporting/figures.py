@@ -34,6 +34,7 @@ SPLITS = {"train": "--", "val": "-.", "test": "-"}  # line style per split
 BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
 MARK = {"markersize": 6, "markerfacecolor": "none", "markeredgewidth": 1.5}  # hollow: runs with equal values
 # (a repeat, a run copied) show both shapes at each point instead of one hiding the other
+HEADROOM = 0.12  # of a panel's height, above the curves, for the note where fine-tuning starts
 PANEL_HEIGHT = 2.6  # inches for each further loss panel
 # Run and variant names are text, not TeX: a name with two '$' (a$^$b) stopped the report with a mathtext error.
 AS_WRITTEN = matplotlib.rc_context({"text.parse_math": False})
@@ -73,13 +74,16 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> No
         log = metric == "loss" and values and min(values) > 0 and max(values) > 100 * min(values)
         if log:
             ax.set_yscale("log")
+        if metric == "accuracy":
+            ax.set_ylim(0, 1.02)
+        if any(s["freeze_epochs"] for s in members):  # room above the curves for the note "fine-tuning starts"
+            lo, hi = ax.get_ylim()
+            ax.set_ylim(lo, hi * (hi / lo) ** HEADROOM if log else hi + HEADROOM * (hi - lo))
         ax.set_ylabel((f"loss ({loss_name(objective)})" if objective else metric) + (", log scale" if log else "")
                       if metric != "accuracy" else "accuracy (fraction correct)")
         if len(panels) > 1:
             ax.set_title(f"{objective} objective", fontsize=10)
     baselines = {s["baseline"] for s in series if s.get("baseline") is not None} if metric == "accuracy" else set()
-    if metric == "accuracy":
-        axes[0, 0].set_ylim(0, 1.02)
     for s in series if len(baselines) > 1 else []:
         if s.get("baseline") is not None:
             axes[0, 0].axhline(s["baseline"], **{**BASELINE, "color": s["colour"]})
@@ -175,11 +179,12 @@ def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) ->
 
 @AS_WRITTEN
 def confusion_figure(counts, title: str, path: Path) -> None:
-    """One evaluation's row-normalised confusion matrix (:func:`plot_confusion`) with its colour bar."""
+    """One evaluation's row-normalised confusion matrix (:func:`plot_confusion`) with its colour bar; each line of
+    ``title`` wrapped to the figure's width."""
     fig = Figure(figsize=(5.6, 4.6), dpi=120, layout="tight")
     ax = fig.subplots()
     plot_confusion(ax, counts, colorbar=True)
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.fill(line, 60) for line in title.split("\n")), fontsize=10)
     save_figure(fig, path)
 
 

@@ -100,7 +100,7 @@ def results_cell(run) -> str:
                 f'<div class="reason">{escape(first)}{more}</div></td>')
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
     parts = [f'<div class="big">{number(n["test_accuracy"])}</div><div class="label">test accuracy'
-             f'{escape(ci_text(n.get("ci_accuracy")))}</div>',
+             f'{escape(ci_text(n.get("ci_accuracy")))}, {n["test_count"]} images</div>',
              f'<div class="pair">kappa <b>{number(n["kappa"])}</b>{escape(ci_text(n.get("ci_kappa")))} &nbsp; '
              f'macro-F1 <b>{number(n["macro_f1"])}</b></div>',
              f'<div class="small">selected checkpoint: epoch {n["selected_epoch"]} (best {sel} {metric})</div>']

@@ -23,10 +23,9 @@ from ..atomic import write_text
 from ..cli.common import show_defaults
 from ..data.formats import GRADES
 from ..data.synth import is_synthetic
-from ..errors import RetinopathyError
 from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
-from ..outputs import check_writable, is_run_folder
+from ..outputs import check_writable, refuse_run_folder
 from ..training.config import PRESETS, option_value
 from . import figures
 from .html import GENERATOR, LEGEND, render_html
@@ -121,6 +120,13 @@ def other_data(run: Run) -> bool:
     return bool(ev.get("data") and trained and Path(ev["data"]) != Path(trained) or ev.get("split_file"))
 
 
+def curve_baseline(run: Run) -> float | None:
+    """The majority-class rate of the test split its curves follow (its grade counts in config.yaml, so evaluated
+    or not), or None."""
+    counts = ((run.config or {}).get("data") or {}).get("eval_counts", {}).get("test")
+    return max(counts) / sum(counts) if counts and sum(counts) else None
+
+
 def evaluation_note(run: Run) -> str:
     """How the evaluation differs from the run's own setting (other data, another --blend-eyes), or ''."""
     ev = run.eval or {}
@@ -163,7 +169,8 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     differ = splits_differ(done)
     lines.append(f"{len(done)} of {len(runs)} runs are evaluated on " + ("test splits" if differ else "the test split")
                  + (f" of {next(iter(datas))}" if len(datas) == 1 else "")
-                 + (f" ({counts.pop()} images{' each' if differ else ''})." if len(counts) == 1 else "."))
+                 + (f" ({counts.pop()} images{' each' if differ else ''})." if len(counts) == 1 else
+                    f" ({min(counts)} to {max(counts)} images)." if counts else "."))
     if differ:
         lines.append("Their test splits differ (other data, split seeds or split files): compare each run with its "
                      "own split's baseline, and expect kappas to differ also by the photographs drawn, as the "
@@ -235,9 +242,7 @@ def check_report_out(out: Path, option: str = "--out") -> None:
     """Refuse an ``out`` (given as ``option``) that is a file or a run's folder, or that holds an index.html or
     report.md the report did not write."""
     check_writable(out, option)
-    if is_run_folder(out):
-        raise RetinopathyError(f"{option} {out} is a run's folder, where its training wrote config.yaml, metrics.csv "
-                               f"and more: write the report into a folder of its own, e.g. {out / 'report'}")
+    refuse_run_folder(out, option, "report")
     for name, own in OWN_PAGES.items():
         try:
             text = (out / name).read_text(encoding="utf-8", errors="replace")
@@ -274,7 +279,7 @@ def build_report(paths, out: str | Path, title: str | None = None) -> Path:
             continue
         series = [{"label": r.variant, "colour": r.colour, "rows": r.rows, "objective": r.objective,
                    "freeze_epochs": int(r.train.get("freeze_epochs") or 0), "train_loss_terms": loss_terms(r.train),
-                   "baseline": None if other_data(r) else r.numbers.get("majority_accuracy")} for r in mine]
+                   "baseline": curve_baseline(r)} for r in mine]
         for metric in ("accuracy", "loss"):
             name = f"{metric}-{model}.png"
             figures.curves_figure(f"{display_name(model)}: {metric} per epoch", series, metric, out / name)
@@ -314,7 +319,7 @@ def cell_lines(run: Run) -> list[str]:
     if run.eval is None:
         return [f"{run.status}: {first_line(run.reason)}" if run.reason.strip() else run.status]
     sel, metric = n.get("selection_split") or "?", n.get("selection_metric") or "?"
-    return [f"test accuracy {number(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}",
+    return [f"test accuracy {number(n['test_accuracy'])}{ci_text(n.get('ci_accuracy'))}, {n['test_count']} images",
             f"kappa {number(n['kappa'])}{ci_text(n.get('ci_kappa'))}, macro-F1 {number(n['macro_f1'])}",
             f"selected checkpoint: epoch {n['selected_epoch']} (best {sel} {metric})",
             *(f"**⚠ {text}**" if kind == "warn" else text for kind, text in cell_notes(run))]
@@ -344,16 +349,17 @@ def render_markdown(ctx: dict) -> str:
         md += ["", RECIPES, ""]
         md += [f"- **{v}**: {d}" for v, d in ctx["recipes"].items()]
     md += ["", "### All runs", "",
-           ("| Run | Model | Variant | Status | Selected epoch | Test accuracy | Kappa | Macro-F1 | Majority accuracy "
-            "| Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) | Time (s) |"),
-           "|---" * 13 + "|"]
+           ("| Run | Model | Variant | Status | Test images | Selected epoch | Test accuracy | Kappa | Macro-F1 "
+            "| Majority accuracy | Referable AUC | Best selection accuracy (epoch) | Highest test accuracy (epoch) "
+            "| Time (s) |"),
+           "|---" * 14 + "|"]
     for r in runs:
         n = r.numbers
         best = (f"{number(n['best_selection_accuracy'], 4)} ({n['best_selection_epoch']}, {n['selection_split']})"
                 if "best_selection_accuracy" in n else "-")
         top = f"{number(n['max_test_accuracy'], 4)} ({n['max_test_epoch']})" if "max_test_accuracy" in n else "-"
         md.append(f"| {md_cell(r.name)} | {r.title} | {md_cell(r.variant)} | {r.status} | "
-                  f"{n.get('selected_epoch', '-')} | "
+                  f"{n.get('test_count', '-')} | {n.get('selected_epoch', '-')} | "
                   + " | ".join(number(n.get(k), 4) for k in ("test_accuracy", "kappa", "macro_f1", "majority_accuracy",
                                                               "referable_auc"))
                   + f" | {best} | {top} | {number(n.get('seconds'), 0)} |")
