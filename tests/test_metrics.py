@@ -69,6 +69,15 @@ def test_bootstrap_interval_is_95_percent():
     assert ci["accuracy"][0] < 0.5 < ci["accuracy"][1]
 
 
+def test_referable_sensitivity_and_specificity_count_grades_2_and_up_as_referrals():
+    from retinopathy.evaluation.metrics import referable_rates
+
+    truth, answers = [0, 1, 1, 0, 2, 3, 4, 2], [0, 2, 1, 1, 1, 3, 2, 4]  # referable 4 of 4 found 3; 4 not: 3 kept
+    assert referable_rates(truth, answers) == {"referable_sensitivity": 0.75, "referable_specificity": 0.75}
+    assert full_metrics(truth, answers, np.full((8, 5), 0.2))["referable_sensitivity"] == 0.75
+    assert referable_rates([0, 1], [2, 0]) == {"referable_sensitivity": None, "referable_specificity": 0.5}
+
+
 def test_referable_auc_ranks_grade_2_and_up_by_their_summed_probabilities():
     """Referable DR is grade 2 (moderate) or worse, scored by P(2) + P(3) + P(4) (0.3, 0.7 and 0.4 here)."""
     probs = [[0.1, 0.6, 0.1, 0.0, 0.2], [0.2, 0.1, 0.6, 0.0, 0.1], [0.3, 0.3, 0.2, 0.2, 0.0]]

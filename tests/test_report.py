@@ -490,6 +490,9 @@ def test_grades_without_test_images_show_no_recall(experiment, tmp_path, closed_
     [row] = md_table((tmp_path / "r" / "report.md").read_text(), "## Per-grade recall and precision (test split)")
     assert row["grade 4 recall / precision (n)"] == "n/a (0 images)"
     assert row["grade 3 recall / precision (n)"].endswith(f" / n/a ({metrics['per_grade']['3']['support']})")
+    assert row["Referable DR: AUC / sensitivity / specificity"] == " / ".join(
+        f"{metrics[k]:.3f}" if metrics[k] is not None else "-"
+        for k in ("referable_auc", "referable_sensitivity", "referable_specificity"))
     assert "<td>n/a <span class='label'>(0 images)</span></td>" in (tmp_path / "r" / "index.html").read_text()
     texts = cell_texts(closed_figures[-1].axes[0])  # confusion.png
     assert [texts[(4, p)] for p in range(5)] == ["–"] * 5

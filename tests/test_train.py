@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score, recall_score, roc_auc_score
 
 from retinopathy import __version__
 from retinopathy.cli.main import main
@@ -106,6 +106,8 @@ def test_evaluate_matches_scikit_learn(learned):
     assert learned["kappa"] == pytest.approx(cohen_kappa_score(y, yhat, weights="quadratic"))
     assert learned["macro_f1"] == pytest.approx(f1_score(y, yhat, average="macro"))
     assert learned["referable_auc"] == pytest.approx(roc_auc_score(y >= 2, probs[:, 2:].sum(1)), abs=1e-5)
+    assert learned["referable_sensitivity"] == pytest.approx(recall_score(y >= 2, yhat >= 2))
+    assert learned["referable_specificity"] == pytest.approx(recall_score(y < 2, yhat < 2))
     assert learned["majority_accuracy"] == pytest.approx(np.bincount(y).max() / len(y))
     cm = np.loadtxt(out / "confusion_matrix.csv", delimiter=",")
     assert cm.tolist() == [np.bincount(yhat[y == t], minlength=5).tolist() for t in range(5)]  # rows: true grades

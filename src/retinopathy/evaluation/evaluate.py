@@ -225,6 +225,8 @@ def main(args) -> dict:
           + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci and ci["kappa"] else "")
           + f" | macro-F1 {metrics['macro_f1']:.4f}"
           + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")
+          + "".join(f", {side} {metrics[f'referable_{side}']:.3f}" for side in ("sensitivity", "specificity")
+                    if metrics[f"referable_{side}"] is not None)
           + f"\nwritten to {out}")
     if metrics["training_images"]:
         print(f"warning: {metrics['training_images']} of these images are in the run's training split: its "

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support, recall_score,
+                             roc_auc_score)
 
 from ..data.formats import GRADES
 
@@ -78,6 +79,14 @@ def referable_auc(y_true, probs) -> float | None:
     return float(roc_auc_score(y, p[:, REFERABLE:].sum(1)))
 
 
+def referable_rates(y_true, y_pred) -> dict:
+    """Sensitivity and specificity for referable DR of the grades given (a grade 2 or worse refers the eye), as a
+    screening programme counts them; None for a side the images lack."""
+    y, p = grades(y_true, "y_true") >= REFERABLE, grades(y_pred, "y_pred") >= REFERABLE
+    sensitivity, specificity = (recall_score(y, p, pos_label=side, zero_division=np.nan) for side in (True, False))
+    return {"referable_sensitivity": _defined([sensitivity])[0], "referable_specificity": _defined([specificity])[0]}
+
+
 def _defined(values) -> list[float | None]:
     """Floats, with None where scikit-learn's ``zero_division=np.nan`` marks a value as undefined."""
     return [None if np.isnan(v) else float(v) for v in values]
@@ -105,6 +114,7 @@ def full_metrics(y_true, y_pred, probs) -> dict:
     out.update({
         "majority_accuracy": majority_accuracy(y_true),
         "referable_auc": referable_auc(y_true, probs),
+        **referable_rates(y_true, y_pred),
         "per_grade": {str(g): {"precision": p, "recall": r, "f1": f, "support": int(n)}
                       for g, p, r, f, n in zip(GRADES, _defined(precision), _defined(recall), _defined(f1), support)},
         "count": int(len(y_true)),

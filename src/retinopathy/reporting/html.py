@@ -12,7 +12,8 @@ from pathlib import Path
 import yaml
 
 from ..data.formats import GRADES
-from .text import RECIPES, baselines, baselines_text, cell_notes, ci_text, grade_parts, number
+from .text import (RECIPES, REFERABLE_HEAD, REFERABLE_NOTE, baselines, baselines_text, cell_notes, ci_text, grade_parts,
+                   number, referable_text)
 
 GENERATOR = '<meta name="generator" content="retinopathy report">'  # what --out may replace: a report's page
 CSS = """
@@ -160,8 +161,8 @@ def grades_table(runs) -> str:
             continue
         cells = "".join(f"<td>{values} <span class='label'>({n})</span></td>" for values, n in grade_parts(r.eval))
         rows.append(f'<tr data-run="{_attr(r.name)}"><td><span class="swatch" style="background:{r.colour}"></span>'
-                    f"{escape(r.name)}</td>{cells}<td>{number(r.eval.get('referable_auc'))}</td></tr>")
-    return (f'<table class="grades" id="per-grade"><thead><tr><th>Run</th>{head}<th>Referable-DR AUC</th></tr>'
+                    f"{escape(r.name)}</td>{cells}<td>{referable_text(r.eval)}</td></tr>")
+    return (f'<table class="grades" id="per-grade"><thead><tr><th>Run</th>{head}<th>{REFERABLE_HEAD}</th></tr>'
             f'</thead><tbody>{"".join(rows)}</tbody></table>')
 
 
@@ -201,8 +202,7 @@ one per run, in its colour, when the runs' test splits differ).</p>
 is a grade with no test images.</p></section>
 <section id="grades"><h2>Per-grade recall and precision (test split)</h2>{grades_table(ctx["runs"])}
 <p class="label">n/a: no recall for a grade with no test images, no precision for a grade never predicted.
-Referable DR = grade 2 or worse; its AUC ranks test images by the predicted probability of
-grades 2-4 (0.5 = chance).</p></section>
+{REFERABLE_NOTE}</p></section>
 <section id="runs"><h2>Runs: configuration, data, selection, time, hardware, versions</h2>
 {"".join(run_section(r) for r in ctx["runs"])}</section>
 </main>"""

@@ -30,8 +30,8 @@ from ..training.config import PRESETS, option_value
 from . import figures
 from .html import GENERATOR, LEGEND, render_html
 from .runs import ReportError, Run, collect, read_record
-from .text import (RECIPES, baselines, baselines_text, cell_notes, ci_text, epochs_text, first_line, grade_parts,
-                   md_cell, md_text, number, training_text)
+from .text import (RECIPES, REFERABLE_HEAD, REFERABLE_NOTE, baselines, baselines_text, cell_notes, ci_text, epochs_text,
+                   first_line, grade_parts, md_cell, md_text, number, referable_text, training_text)
 
 # Options that never tell two variants apart:
 IGNORED = {"config", "out", "resume", "data", "quiet", "workers", "device", "amp", "eval_amp", "channels_last",
@@ -367,14 +367,14 @@ def render_markdown(ctx: dict) -> str:
     for f in ctx["figures"]:
         md += [f"### {f['title']}", "", f"![{f['title']}]({f['file']})", ""]
     md += ["## Per-grade recall and precision (test split)", "",
-           "| Run | " + " | ".join(f"grade {g} recall / precision (n)" for g in GRADES) + " | Referable-DR AUC |",
+           "| Run | " + " | ".join(f"grade {g} recall / precision (n)" for g in GRADES) + f" | {REFERABLE_HEAD} |",
            "|---" * 7 + "|"]
     for r in runs:
         if r.eval is not None:
             md.append(f"| {md_cell(r.name)} | " + " | ".join(f"{values} ({n})" for values, n in grade_parts(r.eval))
-                      + f" | {number(r.eval.get('referable_auc'))} |")
-    md += ["", "n/a: no recall for a grade with no test images, no precision for a grade never predicted. Referable "
-               "DR = grade 2 or worse; its AUC ranks images by the predicted probability of grades 2-4.", "",
+                      + f" | {referable_text(r.eval)} |")
+    md += ["", "n/a: no recall for a grade with no test images, no precision for a grade never predicted. "
+           + REFERABLE_NOTE, "",
            "## Runs", ""]
     for r in runs:
         md += [f"### {md_cell(r.name)}", ""] + [f"- **{k}**: {md_text(str(v))}" for k, v in run_details(r)] + [""]

@@ -25,6 +25,16 @@ def number(v, digits: int = 3, none: str = "-") -> str:
     return none if v is None or v != v else f"{v:.{digits}f}"
 
 
+REFERABLE_HEAD = "Referable DR: AUC / sensitivity / specificity"
+REFERABLE_NOTE = ("Referable DR = grade 2 or worse; its AUC ranks test images by the predicted probability of grades "
+                  "2-4 (0.5 = chance); sensitivity and specificity count a predicted grade 2 or worse as a referral.")
+
+
+def referable_text(evaluation: dict) -> str:
+    """'AUC / sensitivity / specificity' of an evaluation, '-' for one it lacks (an earlier version's)."""
+    return " / ".join(number(evaluation.get(f"referable_{k}")) for k in ("auc", "sensitivity", "specificity"))
+
+
 def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
     """('recall / precision', 'n') of each grade of an evaluation: 'n/a' for the recall of a grade the split has
     no images of ('0 images'; just 'n/a' when it was never predicted either) and for the precision of a grade never
