@@ -157,7 +157,7 @@ def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tm
     Image.new("RGB", (300, 200), (4, 3, 2)).save(folder / "dark.jpeg")
     assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "p.csv"), "--workers", "0",
                  "--quiet"]) == 0
-    assert "warning: 1 image(s) are nearly black (e.g. dark)" in capsys.readouterr().err
+    assert f"warning: 1 image(s) are nearly black (e.g. {folder / 'dark.jpeg'})" in capsys.readouterr().err
     assert len(read_rows(tmp_path / "p.csv")) == 2
     photo = np.asarray(Image.open(folder / "real.jpeg"))
     Image.fromarray((photo // 4).astype(np.uint8)).save(folder / "dim.png")  # as 10-bit values read on 12 bits
@@ -166,9 +166,11 @@ def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tm
     assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "p.csv"), "--workers", "0",
                  "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "warning: 1 image(s) are very dark (e.g. dim: its brightest 1 % reaches " in err
-    assert "warning: 1 image(s) are smaller than half the model's input (e.g. tiny: 16x12 px, enlarged to " in err
-    assert "warning: 1 image(s) are far from the shape of a photograph of the eye (e.g. strip: its sides " in err
+    assert f"warning: 1 image(s) are very dark (e.g. {folder / 'dim.png'}: its brightest 1 % reaches " in err
+    assert (f"warning: 1 image(s) are smaller than half the model's input (e.g. {folder / 'tiny.png'}: 16x12 px, "
+            "enlarged to ") in err
+    assert f"warning: 1 image(s) are far from the shape of a photograph of the eye (e.g. {folder / 'strip.jpeg'}: " \
+        "its sides" in err
     assert len(read_rows(tmp_path / "p.csv")) == 5 and "real" not in err  # graded all the same; the photo is fine
 
 

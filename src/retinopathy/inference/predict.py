@@ -324,7 +324,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     for images, idx, failed, doubts in progress_bar(loader, enabled=progress, desc="predict", unit="batch",
                                                     leave=False):
         for i, (kind, (w, h), level) in doubts:
-            doubtful[kind].append({"name": items[i].image, "size": f"{w}x{h}", "level": f"{level:.0f}",
+            doubtful[kind].append({"name": items[i].path or items[i].image, "size": f"{w}x{h}", "level": f"{level:.0f}",
                                    "input": prep.size, "ratio": f"{max(w, h) / min(w, h):.1f}:1"})
         for i, reason in failed:
             res["errors"][i] = reason
