@@ -141,7 +141,7 @@ def test_unreadable_images(tmp_path, kaggle, damage):
         path.write_bytes(b"this is not an image" * 20)
     with pytest.raises(DataError, match="2_right"):
         FundusDataset(kaggle, "all", image_size=32)
-    with pytest.raises(ImageError, match=r"empty file \(0 bytes\)" if damage == "zero-byte" else ""):
+    with pytest.raises(ImageError, match=r"empty file \(0 bytes\)" if damage == "zero-byte" else None):
         open_image(path)  # an empty file (a copy that failed) is not called a format problem
     rc, report = check(tmp_path, kaggle)
     assert rc == 1 and kinds(report) == ["bad-image"] and "2_right" in report["problems"][0]["message"]
@@ -1126,7 +1126,7 @@ def test_a_run_folder_as_split_file_means_its_split_csv(tmp_path, monkeypatch):
     assert parse("~/run") == str(tmp_path / "run" / "split.csv")
 
 
-def test_a_report_is_not_written_among_a_runs_files(tmp_path):
+def test_a_report_is_not_written_among_a_runs_files(tmp_path, monkeypatch):
     from retinopathy.reporting.report import check_report_out
 
     run = tmp_path / "run"
@@ -1138,6 +1138,9 @@ def test_a_report_is_not_written_among_a_runs_files(tmp_path):
         check_report_out(run / "checkpoints")  # beside best.pt, which predict and evaluate read
     check_report_out(run / "report")
     check_report_out(tmp_path / "checkpoints")  # a folder named so, not a run's
+    monkeypatch.chdir(run / "checkpoints")
+    with pytest.raises(RetinopathyError, match=f"--out . is the checkpoints folder of the run in {run}"):
+        check_report_out(Path("."))  # named from inside it
 
 
 def test_a_checkpoint_not_found_names_what_its_folder_holds(tmp_path):

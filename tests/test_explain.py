@@ -246,6 +246,7 @@ def test_heatmap_captions_say_predicted_true_grade_and_cuts(tmp_path, monkeypatc
     lines = _fit(f"{path} predicted grade 4", font, 300)
     assert lines[0].startswith("...") and lines[0].endswith("patient_1177_right.jpeg:")
     assert font.getlength(lines[0]) <= 300 and lines[1:] == ["predicted grade 4"]
+    assert _fit("abc", font, 5) == ["..."]  # narrower than "...": it ends (it used to loop)
 
 
 def test_heatmaps_explain_the_grade_after_eye_blending(tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ from retinopathy.data import FundusDataset
 from retinopathy.data.dataset import PairedEyes
 from retinopathy.data.formats import patient_of
 from retinopathy.evaluation.evaluate import predict_dataset
-from retinopathy.evaluation.metrics import bootstrap_ci, majority_accuracy, quadratic_kappa
+from retinopathy.evaluation.metrics import bootstrap_ci, majority_accuracy, quadratic_kappa, referable_auc
 from retinopathy.models import Grader, make_objective
 from retinopathy.models.objectives import (
     blend_eyes,
@@ -299,7 +299,7 @@ def test_objective_trains_and_thresholds_round_trip(synth_small, tmp_path, monke
     assert "kappa" in metrics
     truth, patients = [int(r["true_grade"]) for r in rows], [r["patient"] for r in rows]
     assert len(set(patients)) < len(rows)  # both eyes of some patients: resampling eyes would differ
-    assert metrics["ci95"] == json.loads(json.dumps(bootstrap_ci(truth, preds, patients, n=50)))  # by patient
+    assert metrics["ci95"] == json.loads(json.dumps(bootstrap_ci(truth, preds, patients, n=50, probs=probs)))
     weight = 0.4 if "--blend-eyes" in extra else 0.0
     assert ckpt["model_info"]["blend_eyes"] == metrics["blend_eyes"] == weight
     if weight:  # evaluate blends as the thresholds were tuned; predict grades the same images alike
@@ -472,15 +472,19 @@ def test_bootstrap_ci_contains_estimate_and_shrinks():
     def fake(n_patients):
         y = rng.integers(0, 5, n_patients * 2)
         pred = np.where(rng.random(len(y)) < 0.7, y, rng.integers(0, 5, len(y)))
-        return y, pred, np.repeat(np.arange(n_patients), 2)
+        probs = np.eye(5)[pred] * 0.6 + rng.dirichlet(np.ones(5), len(y)) * 0.4  # mostly on the answer
+        return y, pred, np.repeat(np.arange(n_patients), 2), probs
 
     small, large = fake(50), fake(2000)
-    ci_s, ci_l = bootstrap_ci(*small, n=300), bootstrap_ci(*large, n=300)
-    for (y, p, _), ci in ((small, ci_s), (large, ci_l)):
+    ci_s, ci_l = (bootstrap_ci(y, p, g, n=300, probs=pr) for y, p, g, pr in (small, large))
+    for (y, p, _, probs), ci in ((small, ci_s), (large, ci_l)):
         assert ci["kappa"][0] <= quadratic_kappa(y, p) <= ci["kappa"][1]
         assert ci["accuracy"][0] <= (y == p).mean() <= ci["accuracy"][1]
+        assert ci["referable_auc"][0] <= referable_auc(y, probs) <= ci["referable_auc"][1]
     width = lambda ci, k: ci[k][1] - ci[k][0]  # noqa: E731
-    assert width(ci_l, "kappa") < width(ci_s, "kappa") / 3 and width(ci_l, "accuracy") < width(ci_s, "accuracy") / 3
+    for k in ("kappa", "accuracy", "referable_auc"):
+        assert width(ci_l, k) < width(ci_s, k) / 3, k
+    assert "referable_auc" not in bootstrap_ci(*small[:3], n=10)  # no probabilities: no AUC interval
 
 
 def test_kappa_above_majority_finds_the_floor_from_a_second_start():
@@ -500,8 +504,10 @@ def test_bootstrap_leaves_out_resamples_without_a_kappa():
     ci = bootstrap_ci([0, 0, 3, 3], [0, 0, 3, 3], ["a", "a", "b", "b"], n=200)
     assert ci["kappa"] == [1.0, 1.0] and 50 < ci["kappa_undefined"] < 150 and ci["accuracy"] == [1.0, 1.0]
     assert bootstrap_ci([2, 2], [2, 2], ["a", "a"], n=10)["kappa"] is None
-    one = bootstrap_ci([2, 3], [1, 3], ["a", "a"], n=10)  # one patient: every resample is that patient, no interval
-    assert one["accuracy"] is None and one["kappa"] is None
+    one = bootstrap_ci([2, 3], [1, 3], ["a", "a"], n=10, probs=np.full((2, 5), 0.2))  # one patient: every resample
+    assert one["accuracy"] is None and one["kappa"] is None and one["referable_auc"] is None  # is him: no interval
+    none_referable = bootstrap_ci([0, 1, 0, 1], [0, 1, 0, 1], list("abcd"), n=20, probs=np.full((4, 5), 0.2))
+    assert none_referable["referable_auc"] is None  # no resample has both sides
 
 
 @pytest.mark.parametrize("name", ["regression", "ordinal", "ordinal+ce"])

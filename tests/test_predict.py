@@ -11,7 +11,10 @@ from PIL import Image
 
 from retinopathy.cli.main import main
 from retinopathy.data import Normalize, build_transform, open_image
+from retinopathy.evaluation import evaluate
+from retinopathy.data.formats import GRADE_NAMES
 from retinopathy.evaluation.metrics import GRADES
+from retinopathy.inference import explain
 from retinopathy.models.restore import restore
 from retinopathy.training.checkpoint import load_checkpoint
 
@@ -73,7 +76,7 @@ def test_same_probabilities_as_evaluate(predicted, checkpoint, real, tmp_path):
         assert (r["predicted_grade"], r["true_grade"]) == (e["predicted_grade"], e["true_grade"])
 
 
-def test_a_thresholded_grade_is_cut_from_the_score_not_the_most_probable(checkpoint, real, tmp_path):
+def test_a_thresholded_grade_is_cut_from_the_score_not_the_most_probable(checkpoint, real, tmp_path, monkeypatch):
     """A checkpoint that grades by thresholds (regression, ordinal, or ``--decision thresholds``) is graded by them,
     with or without eye blending, as evaluate grades it: the most probable grade is not the grade."""
     from retinopathy.training.checkpoint import save_checkpoint
@@ -88,10 +91,21 @@ def test_a_thresholded_grade_is_cut_from_the_score_not_the_most_probable(checkpo
     scores, grades = np.array([float(r["score"]) for r in rows]), [int(r["predicted_grade"]) for r in rows]
     assert grades == np.digitize(scores, cuts).tolist()
     assert grades != [int(probs_of(r).argmax()) for r in rows]  # the cuts matter for these photographs
+    titles, captions = [], []
+    monkeypatch.setattr(evaluate, "confusion_figure", lambda counts, title, path: titles.append(title))
     assert main(["evaluate", str(tmp_path / "cut.pt"), "--data", str(real), "--split", "all", "--blend-eyes", "0",
                  "--out", str(tmp_path / "e"), "--workers", "0", "--bootstrap", "0", "--quiet", "--amp", "none"]) == 0
     evaluated = {r["image"]: int(r["predicted_grade"]) for r in read_rows(tmp_path / "e" / "predictions.csv")}
     assert {r["image"]: int(r["predicted_grade"]) for r in rows} == evaluated
+    assert titles[0].startswith("cut.pt: ResNet18, every image of fundus-real, 35 images\n")  # a file, not a run
+    monkeypatch.setattr(explain, "save_heatmap", lambda image, heat, caption, path: captions.append(caption) or path)
+    photo = sorted((real / "images").glob("*.jpeg"))[0]
+    assert main(["predict", str(tmp_path / "cut.pt"), str(photo), "--cam", str(tmp_path / "cams"), "--out",
+                 str(tmp_path / "one.csv"), "--workers", "0", "--quiet", "--amp", "none", "--blend-eyes", "0"]) == 0
+    [row] = read_rows(tmp_path / "one.csv")  # its grade cut from the expected grade: both in the caption
+    assert captions[0][0].startswith(f"{photo}: predicted grade {row['predicted_grade']} ("
+                              f"{GRADE_NAMES[int(row['predicted_grade'])]}), expected grade "
+                              f"{float(row['score']):.2f} (grades cut at 0.20, 0.40, 0.60, 0.80)")
     assert main(["predict", str(tmp_path / "cut.pt"), str(real), "--out", str(tmp_path / "tta.csv"), "--workers", "0",
                  "--quiet", "--amp", "none", "--blend-eyes", "0", "--tta"]) == 0
     tta = read_rows(tmp_path / "tta.csv")  # the score of the averaged views: the expected grade of their mean

@@ -490,8 +490,10 @@ def test_grades_without_test_images_show_no_recall(experiment, tmp_path, closed_
     [row] = md_table((tmp_path / "r" / "report.md").read_text(), "## Per-grade recall and precision (test split)")
     assert row["grade 4 recall / precision (n)"] == "n/a (0 images)"
     assert row["grade 3 recall / precision (n)"].endswith(f" / n/a ({metrics['per_grade']['3']['support']})")
-    assert row["Referable DR: AUC / sensitivity / specificity"] == " / ".join(
-        f"{metrics[k]:.3f}" if metrics[k] is not None else "-"
+    auc_ci = metrics["ci95"].get("referable_auc")
+    assert row["Referable DR: AUC [95% CI] / sensitivity / specificity"] == " / ".join(
+        (f"{metrics[k]:.3f}" if metrics[k] is not None else "-")
+        + (f" [{auc_ci[0]:.3f}, {auc_ci[1]:.3f}]" if k == "referable_auc" and auc_ci else "")
         for k in ("referable_auc", "referable_sensitivity", "referable_specificity"))
     assert "<td>n/a <span class='label'>(0 images)</span></td>" in (tmp_path / "r" / "index.html").read_text()
     texts = cell_texts(closed_figures[-1].axes[0])  # confusion.png
@@ -624,6 +626,19 @@ def test_each_number_is_read_from_its_own_place(experiment, tmp_path, closed_fig
     confusion = next(f for f in closed_figures if f.axes and f.axes[0].texts and f not in (accuracy,))
     texts = cell_texts(next(ax for ax in confusion.axes if "(good)" in ax.get_title()))
     assert (texts[(0, 0)], texts[(0, 1)], texts[(1, 1)]) == ("0.50", "0.50", "1.00")  # each row sums to 1
+
+
+def test_a_record_without_grade_counts_is_reported(experiment, tmp_path, closed_figures):
+    """A config.yaml whose data section has null counts (written by hand, or an older version): no baseline line to
+    draw, and the page is written all the same."""
+    run = tmp_path / "run"
+    shutil.copytree(experiment / "runs" / "tiny" / "resnet18-scratch", run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update(eval_counts=None, train_counts=None)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["report", str(run), "--out", str(tmp_path / "r")]) == 0
+    accuracy = next(f for f in closed_figures if "accuracy" in f._suptitle.get_text())
+    assert not [ln for ln in accuracy.axes[0].get_lines() if list(ln.get_xdata()) == [0, 1]]
 
 
 def test_the_first_epoch_wins_a_tie():

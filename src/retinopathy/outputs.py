@@ -54,9 +54,9 @@ def refuse_run_folder(folder: str | os.PathLike, option: str, example: str, own:
     """Raise now if the output ``folder`` (given as ``option``) is a run's folder or its ``checkpoints/``, where
     training wrote what resume, evaluate and report read; ``own``: it is the folder of the run this command reads.
     The hint names ``example``, a folder of its own inside the run's."""
-    folder = Path(folder)
-    if folder.name == "checkpoints" and is_run_folder(folder.parent):
-        where, run = f"the checkpoints folder of the run in {folder.parent}", folder.parent
+    folder, real = Path(folder), Path(folder).resolve()  # real: also "." inside checkpoints/
+    if real.name == "checkpoints" and is_run_folder(real.parent):
+        where, run = f"the checkpoints folder of the run in {real.parent}", real.parent
     elif own or is_run_folder(folder):
         whose = "the run's own" if own else "a run's"
         where, run = f"{whose} folder, where its training wrote config.yaml, split.csv, metrics.csv and more", folder

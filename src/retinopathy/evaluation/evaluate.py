@@ -36,7 +36,7 @@ from ..data.problems import skipped_note, write_skipped
 from ..data.splits import run_overlap, same_photographs, split_option, trained_on
 from ..errors import DataWarning, RetinopathyError
 from ..models.restore import display_name, restore
-from ..outputs import check_writable, refuse_run_folder
+from ..outputs import check_writable, is_run_folder, refuse_run_folder
 from ..reporting.figures import confusion_figure
 from ..reporting.model_card import write_model_card
 from ..training.checkpoint import refuse_replacing_run, run_folder
@@ -182,7 +182,7 @@ def main(args) -> dict:
     y, pred, probs = res["labels"], res["preds"], res["probs"]
     metrics = full_metrics(y, pred, probs)
     if args.bootstrap:
-        metrics["ci95"] = bootstrap_ci(y, pred, patients, n=args.bootstrap)
+        metrics["ci95"] = bootstrap_ci(y, pred, patients, n=args.bootstrap, probs=probs)
     own_split = run_folder(checkpoint) / "split.csv"  # given as --split-file (or a copy of it): the run's own
     other_split = args.split_file and not (own_split.exists() and filecmp.cmp(args.split_file, own_split, False))
     metrics.update({"loss": res["loss"], "split": args.split, "blend_eyes": weight,
@@ -211,10 +211,11 @@ def main(args) -> dict:
     except yaml.YAMLError as e:
         print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not a run's "
               f"config.yaml ({str(e).splitlines()[0]})", file=sys.stderr)
-    confusion_figure(metrics["confusion_matrix"], f"{run_folder(checkpoint).name}: {display_name(info['arch'])}, "
-                     f"{args.split} split of {Path(metrics['data']).name}, {len(y)} images\n"
-                     "row-normalised: the diagonal is each grade's recall",
-                     out / "confusion_matrix.png")
+    run, data = run_folder(checkpoint).resolve(), Path(metrics["data"]).name
+    graded = f"every image of {data}" if args.split == "all" else f"{args.split} split of {data}"
+    confusion_figure(metrics["confusion_matrix"], f"{run.name if is_run_folder(run) else checkpoint.name}: "
+                     f"{display_name(info['arch'])}, {graded}, {len(y)} images\n"
+                     "row-normalised: the diagonal is each grade's recall", out / "confusion_matrix.png")
     ci = metrics.get("ci95")
     if dataset.skipped:
         print(f"warning: {skipped_note(dataset.skipped, str(out / 'skipped.csv'))}", file=sys.stderr)
@@ -225,6 +226,8 @@ def main(args) -> dict:
           + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci and ci["kappa"] else "")
           + f" | macro-F1 {metrics['macro_f1']:.4f}"
           + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")
+          + (f" [{ci['referable_auc'][0]:.3f}, {ci['referable_auc'][1]:.3f}]" if (ci or {}).get("referable_auc")
+             else "")
           + "".join(f", {side} {metrics[f'referable_{side}']:.3f}" for side in ("sensitivity", "specificity")
                     if metrics[f"referable_{side}"] is not None)
           + f"\nwritten to {out}")

@@ -125,30 +125,39 @@ def full_metrics(y_true, y_pred, probs) -> dict:
     return out
 
 
-def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0) -> dict:
-    """95 % percentile confidence intervals for accuracy and quadratic kappa, resampling ``groups`` (patients).
+def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, probs=None) -> dict:
+    """95 % percentile confidence intervals for accuracy and quadratic kappa (and, given ``probs``, the (N, 5)
+    grade probabilities, for the referable-DR AUC), resampling ``groups`` (patients).
 
     A resample in which truth and answers are all one grade has no kappa (0 / 0); such resamples are left out
-    of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one). With one
-    group every resample is the same, so there is no interval: both are None. ``groups=None`` resamples images."""
+    of kappa's interval (counted in ``kappa_undefined``; the interval is None when no resample has one); one
+    without both referable and other eyes has no AUC, and is left out of its interval alike. With one group every
+    resample is the same, so there is no interval: all are None. ``groups=None`` resamples images."""
     y_true, y_pred = grades(y_true, "y_true"), grades(y_pred, "y_pred")
     unit, groups = ("image", np.arange(len(y_true))) if groups is None else ("patient", np.asarray(groups))
     if not len(y_true) == len(y_pred) == len(groups) or n < 1 or not len(y_true):
         raise ValueError(f"bootstrap_ci: y_true, y_pred and groups need one entry per image ({len(y_true)}, "
                          f"{len(y_pred)}, {len(groups)}), at least one, and n >= 1 resamples (got {n})")
     uniq, inverse = np.unique(groups, return_inverse=True)
+    auc = {} if probs is None else {"referable_auc": None}
     if len(uniq) < 2:
-        return {"level": 0.95, "resamples": n, "unit": unit, "accuracy": None, "kappa": None, "kappa_undefined": n}
+        return {"level": 0.95, "resamples": n, "unit": unit, "accuracy": None, "kappa": None, "kappa_undefined": n,
+                **auc}
+    if probs is not None:
+        referable_auc(y_true, probs)  # its checks, once
+        refer, p_refer = y_true >= REFERABLE, np.asarray(probs, dtype=float)[:, REFERABLE:].sum(1)
     members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
     rng = np.random.default_rng(seed)
-    acc, kap = [], []
+    acc, kap, aucs = [], [], []
     for _ in range(n):
         idx = np.concatenate([members[i] for i in rng.integers(0, len(uniq), len(uniq))])
         acc.append((y_true[idx] == y_pred[idx]).mean())  # accuracy_score's input checks cost 20x the mean here
         if not one_grade(y_true[idx], y_pred[idx]):
             kap.append(quadratic_kappa_unchecked(y_true[idx], y_pred[idx]))
-    lo, hi = 2.5, 97.5
-    return {"level": 0.95, "resamples": n, "unit": unit,
-            "accuracy": [float(np.percentile(acc, lo)), float(np.percentile(acc, hi))],
-            "kappa": [float(np.percentile(kap, lo)), float(np.percentile(kap, hi))] if kap else None,
-            "kappa_undefined": n - len(kap)}
+        if probs is not None and 0 < refer[idx].sum() < len(idx):
+            aucs.append(roc_auc_score(refer[idx], p_refer[idx]))
+    interval = lambda values: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]  # noqa: E731
+    if aucs:
+        auc["referable_auc"] = interval(aucs)
+    return {"level": 0.95, "resamples": n, "unit": unit, "accuracy": interval(acc),
+            "kappa": interval(kap) if kap else None, "kappa_undefined": n - len(kap), **auc}

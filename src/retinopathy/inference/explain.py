@@ -179,7 +179,7 @@ def _fit(text: str, font, width: float) -> list[str]:
             lines[-1] += f" {word}"
             continue
         cut = 0
-        while font.getlength(word if not cut else "..." + word[cut:]) > width:
+        while cut < len(word) and font.getlength(word if not cut else "..." + word[cut:]) > width:
             cut += 1
         lines.append(word if not cut else "..." + word[cut:])
     return lines

@@ -401,7 +401,8 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
             explained = f"grade {grade}'s output" if cam.by_grade else "the severity score"
             label = items[i].label
             said = [f"{items[i].path or items[i].image}: predicted grade {grade} ({GRADE_NAMES[grade]})"
-                    + ("" if cam.by_grade else f", severity score {res['scores'][i]:.2f}"
+                    + ("" if cam.by_grade and not cuts else  # a classifier cut at thresholds: its expected grade
+                       f", {'expected grade' if cam.by_grade else 'severity score'} {res['scores'][i]:.2f}"
                        + (f" (grades cut at {', '.join(f'{t:.2f}' for t in cuts)})" if cuts else ""))
                     + ("" if label is None else f"; true grade {label} ({GRADE_NAMES[label]})"),
                     f"left: the image the model saw; right: where it raises {explained} (Grad-CAM)"]

@@ -208,7 +208,7 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     if not evaluations:
         return lines + ["None yet: run `retinopathy evaluate CHECKPOINT --data DATA --split test --out DIR`.", ""]
     lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
-              "quadratic kappa [95% CI] | macro-F1 | referable AUC | recall grade 0-4 |",
+              "quadratic kappa [95% CI] | macro-F1 | referable AUC [95% CI] | recall grade 0-4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     stale, seen, flagged, skipped = False, False, False, False
     trained_blend = card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
@@ -229,7 +229,7 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {images} | "
                      f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
                      f"{_fmt(e.get('kappa'))}{_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
-                     f"{_fmt(e.get('referable_auc'))} | {_recalls(e)} |")
+                     f"{_fmt(e.get('referable_auc'))}{_ci(e, 'referable_auc')} | {_recalls(e)} |")
     lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
                   "split; quadratic kappa is 0 for such a model. Macro-F1 is the mean F1 over the grades that are in "
                   "the split or predicted."]

@@ -123,7 +123,7 @@ def other_data(run: Run) -> bool:
 def curve_baseline(run: Run) -> float | None:
     """The majority-class rate of the test split its curves follow (its grade counts in config.yaml, so evaluated
     or not), or None."""
-    counts = ((run.config or {}).get("data") or {}).get("eval_counts", {}).get("test")
+    counts = (((run.config or {}).get("data") or {}).get("eval_counts") or {}).get("test")
     return max(counts) / sum(counts) if counts and sum(counts) else None
 
 
@@ -442,7 +442,7 @@ def run_details(run: Run) -> list[tuple[str, str]]:
     data = c.get("data")
     if data:
         counts = "; ".join(f"{sp} {sum(v)} {v}" for sp, v in
-                           [("train", data.get("train_counts", []))] + list(data.get("eval_counts", {}).items()))
+                           [("train", data.get("train_counts") or [])] + list((data.get("eval_counts") or {}).items()))
         out.append(("Data", f"{data.get('path')} ({data.get('format')} format)"))
         out.append(("Split", f"{run.dir / 'split.csv'}; images per grade 0-4: {counts}"))  # where it is now
         if data.get("leakage_warnings"):

@@ -25,14 +25,18 @@ def number(v, digits: int = 3, none: str = "-") -> str:
     return none if v is None or v != v else f"{v:.{digits}f}"
 
 
-REFERABLE_HEAD = "Referable DR: AUC / sensitivity / specificity"
+REFERABLE_HEAD = "Referable DR: AUC [95% CI] / sensitivity / specificity"
 REFERABLE_NOTE = ("Referable DR = grade 2 or worse; its AUC ranks test images by the predicted probability of grades "
                   "2-4 (0.5 = chance); sensitivity and specificity count a predicted grade 2 or worse as a referral.")
 
 
 def referable_text(evaluation: dict) -> str:
-    """'AUC / sensitivity / specificity' of an evaluation, '-' for one it lacks (an earlier version's)."""
-    return " / ".join(number(evaluation.get(f"referable_{k}")) for k in ("auc", "sensitivity", "specificity"))
+    """'AUC [its 95 % CI] / sensitivity / specificity' of an evaluation, '-' for one it lacks (an earlier
+    version's)."""
+    ci = (evaluation.get("ci95") or {}).get("referable_auc")
+    return " / ".join(number(evaluation.get(f"referable_{k}")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if k == "auc" and ci
+                                                                  else "")
+                      for k in ("auc", "sensitivity", "specificity"))
 
 
 def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
