@@ -32,6 +32,13 @@ FIXED_WHILE_STEPPING = ("optimizer", "lr", "momentum", "weight_decay", "norm_wei
                         "warmup_epochs", "freeze_epochs", "batch_size",
                         "augment", "sampler", "class_weights", "label_smoothing", "mixup", "seed")  # how it learns
 FIXED_WHILE_TRAINING = ("threshold_rule", "threshold_margin", "threshold_data")
+MEANS_NOTHING_WITHOUT = {"model_ema_decay": "model_ema", "weights_tag": "pretrained"}  # a decay without EMA, a tag
+# without ImageNet weights: a record may hold either, and a resume may give either, to no effect
+
+
+def matters(option: str, options: dict) -> bool:
+    """Whether ``option`` means anything among ``options`` (:data:`MEANS_NOTHING_WITHOUT`)."""
+    return option not in MEANS_NOTHING_WITHOUT or bool(options[MEANS_NOTHING_WITHOUT[option]])
 
 
 def flag(option: str, value, bare: bool = False) -> str:
@@ -110,7 +117,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                for k in (*FIXED_ON_RESUME, *FIXED_WHILE_TRAINING, *FIXED_WHILE_STEPPING)}
         recorded = file_options(Path(args.resume) / "config.yaml", resume=True)[0]
         foreign = [k for k in FIXED_ON_RESUME if k in recorded and comparable(k, recorded[k]) != comparable(k, had[k])
-                   and not (k == "model_ema_decay" and not had["model_ema"])]  # no EMA: a decay may be recorded
+                   and matters(k, had)]
         if foreign:  # what the run's own record and its last.pt disagree on: a checkpoint copied from elsewhere
             raise CheckpointError(f"{last_pt} is not this run's checkpoint: it trained with "
                                   + ", ".join(f"{flag(k, effective(k, had[k]))} (the run's config.yaml: "
@@ -119,8 +126,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                                   f"weights ({new_run_from(last_pt)})")
         differs = [k for k in had if comparable(k, had[k]) != comparable(k, getattr(args, k))]
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
-                   for k in fixed if k in differs
-                   and not (k == "model_ema_decay" and not args.model_ema)]  # no EMA, no decay to keep
+                   for k in fixed if k in differs and matters(k, vars(args))]
         decision = args.decision or default_decision(args.objective)  # None: the objective's own
         trained = ckpt["model_info"].get("decision") or default_decision(ckpt["config"]["objective"])
         if decision != trained:
