@@ -372,7 +372,7 @@ def test_the_benchmarks_test_time_flips_mirror_each_eye_of_a_pair():
 
 def test_thresholds_tuned_on_training_and_val_images(synth_small, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "64", "--batch-size", "16",
+    assert main(["train", "--data", str(synth_small), "--no-pretrained", "--image-size", "48", "--batch-size", "16",
                  "--workers", "0", "--epochs", "2", "--freeze-epochs", "0", "--objective", "ordinal", "--amp", "none",
                  "--threshold-rule", "kappa-above-majority", "--threshold-margin", "0.02", "--blend-eyes", "0.4",
                  "--threshold-data", "train+selection", "--out", str(run), "--quiet", "--stop-after", "1"]) == 0
