@@ -66,17 +66,26 @@ def quadratic_kappa_unchecked(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return round(float(1 - (_QUADRATIC * seen).sum() / chance), 12) if chance else 0.0  # 1e-16 is 0: no skill
 
 
-def referable_auc(y_true, probs) -> float | None:
-    """ROC AUC of P(grade >= 2) for referable DR, from ``probs``, the (N, 5) grade probabilities (P(grade >= 2) is
-    their sum over grades 2-4); None when only one side (or nothing) is present."""
-    y = (grades(y_true, "y_true") >= REFERABLE).astype(int)
+def _referable(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
+    """(whether each image is referable DR, its P(grade >= 2)): ``probs``, the (N, 5) grade probabilities, summed
+    over grades 2-4."""
+    y = grades(y_true, "y_true") >= REFERABLE
     p = np.asarray(probs, dtype=float)
-    if len(y) and p.shape != (len(y), len(GRADES)):
+    if not len(y):
+        return y, np.zeros(0)
+    if p.shape != (len(y), len(GRADES)):
         raise ValueError(f"referable_auc: probs need the {len(GRADES)} grade probabilities of each of the {len(y)} "
                          f"images, shape ({len(y)}, {len(GRADES)}); got shape {p.shape}")
+    return y, p[:, REFERABLE:].sum(1)
+
+
+def referable_auc(y_true, probs) -> float | None:
+    """ROC AUC of P(grade >= 2) for referable DR (:func:`_referable`); None when only one side (or nothing) is
+    present."""
+    y, p = _referable(y_true, probs)
     if len(y) == 0 or y.min() == y.max():
         return None
-    return float(roc_auc_score(y, p[:, REFERABLE:].sum(1)))
+    return float(roc_auc_score(y, p))
 
 
 def referable_rates(y_true, y_pred) -> dict:
@@ -144,8 +153,7 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, probs=Non
         return {"level": 0.95, "resamples": n, "unit": unit, "accuracy": None, "kappa": None, "kappa_undefined": n,
                 **auc}
     if probs is not None:
-        referable_auc(y_true, probs)  # its checks, once
-        refer, p_refer = y_true >= REFERABLE, np.asarray(probs, dtype=float)[:, REFERABLE:].sum(1)
+        refer, p_refer = _referable(y_true, probs)
     members = [np.flatnonzero(inverse == i) for i in range(len(uniq))]
     rng = np.random.default_rng(seed)
     acc, kap, aucs = [], [], []

@@ -25,7 +25,7 @@ from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, metrics_rows, run_folder, same_checkpoint
-from .text import number, training_text
+from .text import bracket_ci, number, training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "split_file", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy",
@@ -51,11 +51,6 @@ def _read_store(path: Path) -> dict:
 
 def _fmt(v, digits: int = 3) -> str:
     return number(v, digits, none="n/a")
-
-
-def _ci(record: dict, key: str) -> str:
-    ci = (record.get("ci95") or {}).get(key)
-    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
 
 
 def _recalls(record: dict) -> str:
@@ -227,9 +222,9 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
         lines.append(f"| {split} | {_code(Path(e.get('data') or '?').name)} | {e.get('checkpoint')} (epoch "
                      f"{epoch + 1 if isinstance(epoch, int) else '?'}"
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {images} | "
-                     f"{_fmt(e.get('accuracy'))}{_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
-                     f"{_fmt(e.get('kappa'))}{_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
-                     f"{_fmt(e.get('referable_auc'))}{_ci(e, 'referable_auc')} | {_recalls(e)} |")
+                     f"{_fmt(e.get('accuracy'))}{bracket_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
+                     f"{_fmt(e.get('kappa'))}{bracket_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
+                     f"{_fmt(e.get('referable_auc'))}{bracket_ci(e, 'referable_auc')} | {_recalls(e)} |")
     lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
                   "split; quadratic kappa is 0 for such a model. Macro-F1 is the mean F1 over the grades that are in "
                   "the split or predicted."]

@@ -30,13 +30,17 @@ REFERABLE_NOTE = ("Referable DR = grade 2 or worse; its AUC ranks test images by
                   "2-4 (0.5 = chance); sensitivity and specificity count a predicted grade 2 or worse as a referral.")
 
 
+def bracket_ci(evaluation: dict, key: str) -> str:
+    """' [lo, hi]', the 95 % interval of ``key`` in an evaluation's ``ci95``, or nothing when it has none."""
+    ci = (evaluation.get("ci95") or {}).get(key)
+    return f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
+
+
 def referable_text(evaluation: dict) -> str:
     """'AUC [its 95 % CI] / sensitivity / specificity' of an evaluation, '-' for one it lacks (an earlier
     version's)."""
-    ci = (evaluation.get("ci95") or {}).get("referable_auc")
-    return " / ".join(number(evaluation.get(f"referable_{k}")) + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if k == "auc" and ci
-                                                                  else "")
-                      for k in ("auc", "sensitivity", "specificity"))
+    return " / ".join([number(evaluation.get("referable_auc")) + bracket_ci(evaluation, "referable_auc"),
+                       *(number(evaluation.get(f"referable_{k}")) for k in ("sensitivity", "specificity"))])
 
 
 def grade_parts(evaluation: dict) -> list[tuple[str, str]]:
