@@ -39,6 +39,7 @@ from ..models.restore import display_name, restore
 from ..outputs import check_writable, is_run_folder, refuse_run_folder
 from ..reporting.figures import confusion_figure
 from ..reporting.model_card import write_model_card
+from ..reporting.text import bracket_ci
 from ..training.checkpoint import refuse_replacing_run, run_folder
 from ..training.engine import ShardSampler, evaluate, make_loader, pick_device, to_engine
 from .metrics import GRADES, bootstrap_ci, full_metrics
@@ -223,11 +224,10 @@ def main(args) -> dict:
           + (f" [95% CI {ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}]" if ci and ci["accuracy"] else
              f" [no 95% CI: one {ci['unit']}]" if ci else "")
           + f" (majority class {metrics['majority_accuracy']:.4f}) | kappa {metrics['kappa']:.4f}"
-          + (f" [{ci['kappa'][0]:.3f}, {ci['kappa'][1]:.3f}]" if ci and ci["kappa"] else "")
+          + bracket_ci(metrics, "kappa")
           + f" | macro-F1 {metrics['macro_f1']:.4f}"
           + (f" | referable AUC {metrics['referable_auc']:.4f}" if metrics["referable_auc"] is not None else "")
-          + (f" [{ci['referable_auc'][0]:.3f}, {ci['referable_auc'][1]:.3f}]" if (ci or {}).get("referable_auc")
-             else "")
+          + bracket_ci(metrics, "referable_auc")
           + "".join(f", {side} {metrics[f'referable_{side}']:.3f}" for side in ("sensitivity", "specificity")
                     if metrics[f"referable_{side}"] is not None)
           + f"\nwritten to {out}")
