@@ -26,8 +26,11 @@ browser:
 	  else echo "note: chromium missing and apt unusable; the browser test will $$([ "$${REQUIRE_BROWSER:-}" = 1 ] && echo "fail (REQUIRE_BROWSER=1), not ")skip"; fi; \
 	fi
 
+# pytest-xdist workers for `make test` (each with one torch thread); WORKERS=0 runs the tests in one process
+WORKERS ?= 2
+
 test: $(STAMP) browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS)
 
 test-all: $(STAMP) browser
 	$(PY) -m pytest -m ''

@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`'s workers, one per core: one torch thread each (and in
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the processes they start), not threads that fight for cores
+
 
 def _shared_root() -> Path:
     return Path(os.environ.get("RETINOPATHY_SHARED_DATA", REPO.parent / "shared" / "data"))

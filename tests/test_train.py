@@ -1015,7 +1015,7 @@ def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
     import time
 
     rank = ("import time; from retinopathy.training.distributed import watch_launcher; "
-            "watch_launcher(0, '/runs/x', interval=0.1); time.sleep(60)")
+            f"watch_launcher(0, '/runs/x', interval=0.1); open({str(tmp_path / 'watching')!r}, 'w'); time.sleep(60)")
     launcher = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {rank!r}], "
                 f"start_new_session=True, stderr=open({str(tmp_path / 'err')!r}, 'w')); "
                 f"open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid)); time.sleep(60)")
@@ -1027,7 +1027,9 @@ def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
             assert time.monotonic() < deadline, "the launcher never started its rank"
             time.sleep(0.1)
         pid = int((tmp_path / "pid").read_text())
-        time.sleep(3)  # the rank is watching
+        while not (tmp_path / "watching").exists():  # its imports done (seconds on a busy machine): it watches
+            assert time.monotonic() < deadline, "the rank never started watching its launcher"
+            time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
