@@ -18,8 +18,8 @@ def _shared_root() -> Path:
 
 
 def pytest_report_header(config):
-    """The free space where the tests write: they hold up to about 3 GB at once (checkpoints of ResNets), and a
-    full disk fails them in odd places."""
+    """The free space where the tests write: they hold up to about 5 GB at once on two workers (checkpoints of
+    ResNets), and a full disk fails them in odd places."""
     import shutil
     import tempfile
 
@@ -27,7 +27,7 @@ def pytest_report_header(config):
     while not where.exists():  # --basetemp is made later
         where = where.parent
     free = shutil.disk_usage(where).free / 1e9
-    return f"free space in {where}: {free:.1f} GB" + (" - the tests need about 3 GB" if free < 3 else "")
+    return f"free space in {where}: {free:.1f} GB" + (" - the tests need about 5 GB" if free < 5 else "")
 
 
 @pytest.fixture(autouse=True, scope="session")
