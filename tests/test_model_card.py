@@ -116,6 +116,9 @@ def test_evaluations_accumulate(run, synth_small, tmp_path):
         assert cells[4].startswith(f"{m['accuracy']:.3f} [")  # with its bootstrap CI
         assert cells[5] == f"{m['majority_accuracy']:.3f}"
         assert cells[6].startswith(f"{m['kappa']:.3f}")
+        assert cells[8] == (f"{m['referable_auc']:.3f} [{m['ci95']['referable_auc'][0]:.3f}, "  # referable DR
+                            f"{m['ci95']['referable_auc'][1]:.3f}] / {m['referable_sensitivity']:.3f} / "
+                            f"{m['referable_specificity']:.3f}")
     assert "majority-class baseline" in card
 
 

@@ -339,8 +339,17 @@ def test_a_damaged_cached_imagenet_file_is_a_weights_error(torch_home):
 
 
 def test_model_names_in_titles_are_written_as_their_papers_write_them():
+    import torchvision
+    from torchvision.models import list_models
+
     from retinopathy.models.restore import display_name
 
-    assert [display_name(a) for a in ("resnet18", "convnext_tiny", "efficientnet_b0", "efficientnet_v2_s",
-                                      "vit_b_16", "mobilenet_v3_small")] == [
-        "ResNet18", "ConvNeXt-Tiny", "EfficientNet-B0", "EfficientNet-V2-S", "ViT-B/16", "mobilenet_v3_small"]
+    names = {"resnet18": "ResNet18", "convnext_tiny": "ConvNeXt-Tiny", "efficientnet_b0": "EfficientNet-B0",
+             "efficientnet_v2_s": "EfficientNet-V2-S", "vit_b_16": "ViT-B/16", "mobilenet_v2": "MobileNet-V2",
+             "mobilenet_v3_small": "MobileNet-V3-Small", "shufflenet_v2_x0_5": "ShuffleNet-V2 x0.5",
+             "mnasnet1_0": "MNASNet 1.0", "resnext50_32x4d": "ResNeXt-50 32x4d", "wide_resnet50_2": "Wide ResNet-50-2",
+             "densenet121": "DenseNet-121", "regnet_y_1_6gf": "RegNetY-1.6GF", "swin_v2_t": "Swin-V2-T",
+             "maxvit_t": "MaxViT-T", "vgg16_bn": "VGG16-BN", "squeezenet1_1": "SqueezeNet 1.1",
+             "googlenet": "GoogLeNet", "my_net": "my_net"}
+    assert {a: display_name(a) for a in names} == names
+    assert all(display_name(a) != a for a in list_models(module=torchvision.models))  # every classifier

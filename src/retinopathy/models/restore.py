@@ -6,14 +6,33 @@ from ..training.checkpoint import CheckpointError, load_checkpoint
 from .factory import Grader
 from .objectives import DEFAULT_THRESHOLDS, NUM_GRADES, Objective, make_objective
 
-DISPLAY = {"resnet": ("ResNet", str), "efficientnet_": ("EfficientNet-", lambda s: s.upper().replace("_", "-")),
-           "convnext_": ("ConvNeXt-", str.title), "vit_": ("ViT-", lambda s: s.upper().replace("_", "/"))}
+
+def _dashed(variant: str) -> str:
+    """``v2_s`` -> ``V2-S``"""
+    return variant.upper().replace("_", "-")
+
+
+def _dotted(variant: str) -> str:
+    """``1_0`` -> ``1.0``"""
+    return variant.replace("_", ".")
+
+
+DISPLAY = {"resnet": ("ResNet", str), "resnext": ("ResNeXt-", lambda s: s.replace("_", " ")),
+           "wide_resnet": ("Wide ResNet-", lambda s: s.replace("_", "-")), "efficientnet_": ("EfficientNet-", _dashed),
+           "convnext_": ("ConvNeXt-", str.title), "vit_": ("ViT-", lambda s: s.upper().replace("_", "/")),
+           "swin_": ("Swin-", _dashed), "maxvit_": ("MaxViT-", str.upper),
+           "regnet_": ("RegNet", lambda s: _dotted(s.upper().replace("_", "-", 1))),  # y_1_6gf -> Y-1.6GF
+           "mobilenet_": ("MobileNet-", lambda s: s.replace("_", "-").title()),
+           "shufflenet_": ("ShuffleNet-", lambda s: _dotted(s.upper().replace("_X", " x"))),
+           "mnasnet": ("MNASNet ", _dotted), "squeezenet": ("SqueezeNet ", _dotted), "densenet": ("DenseNet-", str),
+           "vgg": ("VGG", _dashed), "alexnet": ("AlexNet", str), "googlenet": ("GoogLeNet", str),
+           "inception_v3": ("Inception-v3", str)}
 
 
 def display_name(arch: str) -> str:
     """A model's name as its paper writes it, for titles: ``resnet18`` -> ``ResNet18``, ``convnext_tiny`` ->
-    ``ConvNeXt-Tiny``, ``efficientnet_v2_s`` -> ``EfficientNet-V2-S``, ``vit_b_16`` -> ``ViT-B/16``; others as they
-    are."""
+    ``ConvNeXt-Tiny``, ``efficientnet_v2_s`` -> ``EfficientNet-V2-S``, ``vit_b_16`` -> ``ViT-B/16``, the other
+    torchvision classifiers likewise; a name it does not know as it is."""
     for prefix, (name, variant) in DISPLAY.items():
         if arch.startswith(prefix):
             return name + variant(arch[len(prefix):])

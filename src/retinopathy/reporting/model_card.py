@@ -25,13 +25,12 @@ from ..evaluation.metrics import GRADES, no_better_than_majority
 from ..models.objectives import DEFAULT_THRESHOLDS, default_decision, unreachable_note
 from ..models.restore import display_name
 from ..training.checkpoint import checkpoint_file, load_checkpoint, metrics_rows, run_folder, same_checkpoint
-from .text import bracket_ci, number, training_text
+from .text import REFERABLE_HEAD, REFERABLE_NOTE, bracket_ci, number, referable_text, training_text
 
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "split_file", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy",
-             "majority_accuracy",
-             "kappa", "macro_f1", "referable_auc", "ci95", "recall", "true_counts", "predicted_counts",
-             "training_images", "skipped")
+             "majority_accuracy", "kappa", "macro_f1", "referable_auc", "referable_sensitivity",
+             "referable_specificity", "ci95", "recall", "true_counts", "predicted_counts", "training_images", "skipped")
 
 
 def _read_store(path: Path) -> dict:
@@ -203,7 +202,7 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     if not evaluations:
         return lines + ["None yet: run `retinopathy evaluate CHECKPOINT --data DATA --split test --out DIR`.", ""]
     lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
-              "quadratic kappa [95% CI] | macro-F1 | referable AUC [95% CI] | recall grade 0-4 |",
+              f"quadratic kappa [95% CI] | macro-F1 | {REFERABLE_HEAD} | recall grade 0-4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     stale, seen, flagged, skipped = False, False, False, False
     trained_blend = card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
@@ -224,10 +223,10 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
                      f"{'' if blend == trained_blend else f'; --blend-eyes {blend:g}'}){mark} | {images} | "
                      f"{_fmt(e.get('accuracy'))}{bracket_ci(e, 'accuracy')} | {_fmt(e.get('majority_accuracy'))} | "
                      f"{_fmt(e.get('kappa'))}{bracket_ci(e, 'kappa')} | {_fmt(e.get('macro_f1'))} | "
-                     f"{_fmt(e.get('referable_auc'))}{bracket_ci(e, 'referable_auc')} | {_recalls(e)} |")
+                     f"{referable_text(e)} | {_recalls(e)} |")
     lines += ["", "The majority-class baseline is the accuracy of always answering the most common grade of that "
                   "split; quadratic kappa is 0 for such a model. Macro-F1 is the mean F1 over the grades that are in "
-                  "the split or predicted."]
+                  "the split or predicted. " + REFERABLE_NOTE]
     if flagged:
         lines.append("\n⚠ no better than always answering the most common grade there (kappa <= 0, or accuracy not "
                      "above the majority-class baseline): the model has not learnt to grade those photographs.")

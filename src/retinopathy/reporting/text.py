@@ -26,7 +26,7 @@ def number(v, digits: int = 3, none: str = "-") -> str:
 
 
 REFERABLE_HEAD = "Referable DR: AUC [95% CI] / sensitivity / specificity"
-REFERABLE_NOTE = ("Referable DR = grade 2 or worse; its AUC ranks test images by the predicted probability of grades "
+REFERABLE_NOTE = ("Referable DR = grade 2 or worse; its AUC ranks the images by the predicted probability of grades "
                   "2-4 (0.5 = chance); sensitivity and specificity count a predicted grade 2 or worse as a referral.")
 
 
