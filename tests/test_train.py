@@ -1008,14 +1008,21 @@ def test_a_collective_broken_by_this_processs_own_failure_is_not_blamed_on_anoth
         assert type(e.value) is raised
 
 
-def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
+@pytest.mark.parametrize("killed", ["watching", "importing"])
+def test_a_rank_stops_when_its_launcher_is_killed(tmp_path, killed):
     """torchrun starts its ranks in sessions of their own: a SIGKILL of the launcher reaches none of them, and they
-    trained on unattended, holding the run's lock. A rank now stops, saying why, once its launcher is gone."""
+    trained on unattended, holding the run's lock. A rank now stops, saying why, once its launcher is gone: killed
+    while the rank watches, or while the rank was still importing torch (its watch starts after the launcher died)."""
     import signal
     import time
 
-    rank = ("import time; from retinopathy.training.distributed import watch_launcher; "
-            f"watch_launcher(0, '/runs/x', interval=0.1); open({str(tmp_path / 'watching')!r}, 'w'); time.sleep(60)")
+    ready = tmp_path / killed  # the launcher is killed once the rank has written it
+    importing, mark = killed == "importing", f"open({str(ready)!r}, 'w')"
+    rank = "\n".join(["import os, time", "import retinopathy.launch as launch",  # the package first, as the CLI does
+                      mark if importing else "",
+                      "while os.getppid() == launch.PARENT: time.sleep(0.05)" if importing else "",  # torch's import
+                      "from retinopathy.training.distributed import watch_launcher",  # outlasts the launcher
+                      "watch_launcher(0, '/runs/x', interval=0.1)", "" if importing else mark, "time.sleep(60)"])
     launcher = (f"import subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', {rank!r}], "
                 f"start_new_session=True, stderr=open({str(tmp_path / 'err')!r}, 'w')); "
                 f"open({str(tmp_path / 'pid')!r}, 'w').write(str(p.pid)); time.sleep(60)")
@@ -1027,8 +1034,8 @@ def test_a_rank_stops_when_its_launcher_is_killed(tmp_path):
             assert time.monotonic() < deadline, "the launcher never started its rank"
             time.sleep(0.1)
         pid = int((tmp_path / "pid").read_text())
-        while not (tmp_path / "watching").exists():  # its imports done (seconds on a busy machine): it watches
-            assert time.monotonic() < deadline, "the rank never started watching its launcher"
+        while not ready.exists():  # its imports done (seconds on a busy machine): it watches, or is importing
+            assert time.monotonic() < deadline, f"the rank never got to {killed}"
             time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGKILL)

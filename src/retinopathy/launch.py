@@ -9,6 +9,10 @@ import shlex
 import signal
 import threading
 
+# The process that started this one (torchrun, for a rank), recorded at import, before the seconds of importing torch:
+# a launcher killed in those seconds is noticed too (``distributed.watch_launcher``).
+PARENT = os.getppid()
+
 
 def resume_command(run, world: int | None = None) -> str:
     """The command that continues ``run`` as it was started: under torchrun with the same processes per node, under

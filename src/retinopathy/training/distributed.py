@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import RetinopathyError
-from ..launch import launched_as, resume_command
+from ..launch import PARENT, launched_as, resume_command
 
 
 class PeerFailed(RetinopathyError):
@@ -67,8 +67,9 @@ def watch_launcher(rank: int, run=None, interval: float = 2.0) -> threading.Thre
     """Stop this process when the launcher that started it is gone (torchrun killed by SIGKILL or the OOM killer:
     it starts its ranks in sessions of their own, so nothing reaches them, and they would train on unattended,
     holding the run's lock). A hard exit, as a kill would be: saves are atomic, so the last saved epoch is kept.
-    Rank 0 says so, with the command that continues ``run``."""
-    parent = os.getppid()
+    Rank 0 says so, with the command that continues ``run``. The launcher is the parent this process had when the
+    package was imported, so that one killed before the watch starts (while torch was imported) is gone too."""
+    parent = PARENT
     resume = resume_command(run if run is not None else "RUN")  # now: the launcher's environment
 
     def watch():
