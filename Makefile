@@ -33,7 +33,7 @@ test: $(STAMP) browser
 	$(PY) -m pytest -n $(WORKERS)
 
 test-all: $(STAMP) browser
-	$(PY) -m pytest -m ''
+	$(PY) -m pytest -n $(WORKERS) -m ''
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

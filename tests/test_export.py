@@ -1,5 +1,5 @@
-"""``retinopathy export``: ONNX Runtime and TorchScript reproduce PyTorch on real photographs at any batch size,
-the preprocessing JSON round-trips, a failed parity check writes nothing, bad checkpoints exit 2.
+"""``retinopathy export``: ONNX Runtime, torch.export (pt2) and TorchScript reproduce PyTorch on real photographs
+at any batch size, the preprocessing JSON round-trips, a failed parity check writes nothing, bad checkpoints exit 2.
 
 The checkpoint is a ResNet18 with the lab head whose BatchNorm statistics were moved off their defaults
 (no training: the export has to reproduce whatever the weights are, and a fixture that trains would not fit
@@ -137,7 +137,8 @@ def test_an_opset_asked_for_is_the_opset_written(checkpoint, tmp_path, capsys):
 
 def test_a_file_named_for_the_other_format_is_refused(checkpoint, tmp_path, capsys):
     """TorchScript written into m.onnx (or ONNX into m.pt) was written without a word, for a runtime to fail on."""
-    for fmt, name, other in (("torchscript", "m.onnx", "onnx"), ("onnx", "m.pt", "torchscript")):
+    for fmt, name, other in (("torchscript", "m.onnx", "onnx"), ("onnx", "m.pt", "torchscript"),
+                             ("pt2", "m.pth", "torchscript"), ("torchscript", "m.PT2", "pt2")):
         assert main(["export", str(checkpoint), "--format", fmt, "--out", str(tmp_path / name)]) == 2
         assert f"its name says {other}, and this exports {fmt}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
@@ -176,15 +177,24 @@ def test_a_model_named_like_a_table_is_refused_before_the_work(checkpoint, tmp_p
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.shared_data
-def test_torchscript_matches_pytorch_and_json_round_trips(checkpoint, real_batch, shared_data, tmp_path):
-    out = tmp_path / "grader.ts.pt"
-    assert main(["export", str(checkpoint), "--format", "torchscript", "--out", str(out)]) == 0
-    meta = check_metadata(out, checkpoint)
-    assert "synthetic" in meta["parity"]["images"]
+def load_pytorch_export(out):
+    """The module a pt2 (torch.export program) or TorchScript file holds, as the docs load it."""
+    if out.suffix == ".pt2":
+        return torch.export.load(str(out)).module()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
-        module = torch.jit.load(str(out))
+        return torch.jit.load(str(out))
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("fmt, name", [("torchscript", "grader.ts.pt"), ("pt2", "grader.pt2")])
+def test_a_pytorch_export_matches_pytorch_and_json_round_trips(checkpoint, real_batch, shared_data, tmp_path, fmt,
+                                                               name):
+    out = tmp_path / name
+    assert main(["export", str(checkpoint), "--format", fmt, "--out", str(out)]) == 0
+    meta = check_metadata(out, checkpoint)
+    assert "synthetic" in meta["parity"]["images"] and meta["model_format"] == fmt
+    module = load_pytorch_export(out)
     expected = reference(checkpoint, real_batch)
     with torch.no_grad():
         for b in (1, 3):
@@ -350,8 +360,8 @@ def readme_example(marker: str) -> str:
 @pytest.mark.parametrize("objective", ["classification", "regression"])
 def test_the_docs_example_grades_with_an_exported_model_as_predict_does(checkpoint, objective, tmp_path, monkeypatch,
                                                                    capsys):
-    """The docs' snippet for an exported model and its JSON (ONNX, and TorchScript in its comment) gives predict's
-    probabilities, score and grade for the same photograph: argmax, and a score cut at thresholds."""
+    """The docs' snippet for an exported model and its JSON (ONNX; pt2 and TorchScript in its comments) gives
+    predict's probabilities, score and grade for the same photograph: argmax, and a score cut at thresholds."""
     if objective == "regression":
         torch.manual_seed(0)
         model = Grader("resnet18", 1, "lab").eval()
@@ -364,7 +374,7 @@ def test_the_docs_example_grades_with_an_exported_model_as_predict_does(checkpoi
         checkpoint = tmp_path / "reg.pt"
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(tmp_path / "photo.jpeg")
-    for fmt, name in (("onnx", "grader.onnx"), ("torchscript", "grader.ts.pt")):
+    for fmt, name in (("onnx", "grader.onnx"), ("pt2", "grader.pt2"), ("torchscript", "grader.ts.pt")):
         assert main(["export", str(checkpoint), "--format", fmt, "--out", str(tmp_path / name),
                      "--check-images", str(tmp_path)]) == 0
     assert main(["predict", str(checkpoint), str(tmp_path / "photo.jpeg"), "--out", str(tmp_path / "p.csv"),
@@ -375,9 +385,10 @@ def test_the_docs_example_grades_with_an_exported_model_as_predict_does(checkpoi
         assert row["predicted_grade"] == "3" and not 2.5 <= float(row["score"]) < 3.5
     monkeypatch.chdir(tmp_path)
     code = readme_example("ort.InferenceSession")
-    torchscript = "\n".join(line.replace("# TorchScript instead: ", "") if "TorchScript instead" in line else line
-                            for line in code.splitlines() if "ort.InferenceSession" not in line)
-    for snippet in (code, torchscript):
+    others = ["\n".join(line.replace(f"# {runtime} instead: ", "") if f"{runtime} instead" in line else line
+                         for line in code.splitlines() if "ort.InferenceSession" not in line)
+              for runtime in ("torch.export", "TorchScript")]
+    for snippet in (code, *others):
         scope = {}
         exec(snippet, scope)
         out = torch.from_numpy(scope["out"])

@@ -25,7 +25,7 @@ COMMANDS = {
     "prepare": ("retinopathy.data.prepare", "decode once at reduced size into a fast cache"),
     "predict": ("retinopathy.inference.predict",
                 "grade photographs with a trained checkpoint; --cam explains them (Grad-CAM heatmaps)"),
-    "export": ("retinopathy.inference.export", "export a checkpoint to ONNX or TorchScript"),
+    "export": ("retinopathy.inference.export", "export a checkpoint to ONNX, torch.export (pt2) or TorchScript"),
 }
 
 

@@ -1,4 +1,4 @@
-"""``retinopathy export CHECKPOINT --format onnx|torchscript --out FILE``: a standalone grader.
+"""``retinopathy export CHECKPOINT --format onnx|pt2|torchscript --out FILE``: a standalone grader.
 
 The exported model takes a normalised float32 batch ``(N, 3, S, S)`` (RGB, any N) named ``input`` and
 returns the raw model outputs ``(N, K)`` named ``logits`` (5 class logits; 1 score for ``regression``;
@@ -8,9 +8,11 @@ geometry of the photograph and ``(x / 255 - mean) / std`` happen outside the mod
 (and the eye blending they were tuned with), class names and the parity result.
 
 ONNX uses the ``torch.export`` (dynamo) exporter with a dynamic batch dimension, falling back to the
-TorchScript-based exporter if that fails; TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch
-but still the format LibTorch/C++ loads). Before anything is written, ONNX Runtime (or the reloaded
-TorchScript module) is compared with PyTorch on ``--check-images`` (default: up to 8 photographs found under
+TorchScript-based exporter if that fails; ``pt2`` is PyTorch's own ``torch.export`` program with a dynamic batch
+(``torch.export.save``; ``torch.export.load(FILE).module()`` runs it, what PyTorch now recommends in place of
+TorchScript); TorchScript uses ``torch.jit.trace`` (deprecated by PyTorch but still the format LibTorch/C++
+loads). Before anything is written, ONNX Runtime (or the reloaded program or TorchScript module) is compared with
+PyTorch on ``--check-images`` (default: up to 8 photographs found under
 the folder the model was trained on, its ``--images`` if it had one; four synthetic renders when it is gone or
 holds none) at batch sizes 1 and 3; a largest absolute logit difference above ``--tolerance`` (1e-3) fails the
 export (exit status 1, nothing written).
@@ -46,7 +48,8 @@ from ..outputs import check_output_file
 from ..training.checkpoint import refuse_replacing_run
 from .predict import SAME_OUTPUTS, collect_items, single_eye
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = {"onnx": (".onnx",), "pt2": (".pt2",), "torchscript": (".pt", ".pth")}  # and the file suffixes they take
+RUNTIMES = {"onnx": "ONNX Runtime", "pt2": "torch.export", "torchscript": "TorchScript"}
 EXPORT_FORMAT, EXPORT_VERSION = "retinopathy-export", 2  # 2: thresholds only for their decision
 MAX_CHECK_IMAGES = 8
 DECODE = ("RGB; a JPEG at reduced scale (Pillow's Image.draft) keeping both sides at or above size, and for the "
@@ -64,10 +67,13 @@ class ExportError(RetinopathyError, RuntimeError):
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("retinopathy export", add_help=add_help,
-                                description="Export a checkpoint to ONNX or TorchScript, checked against PyTorch.")
+                                description="Export a checkpoint to ONNX, a torch.export program (pt2) or TorchScript, "
+                                            "checked against PyTorch.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="best.pt / last.pt, or a run folder")
-    p.add_argument("--format", choices=FORMATS, default="onnx")
-    p.add_argument("--out", required=True, help="model file to write (e.g. grader.onnx, grader.ts.pt); "
+    p.add_argument("--format", choices=list(FORMATS), default="onnx",
+                   help="onnx (ONNX Runtime and others), pt2 (torch.export.load(FILE).module() in PyTorch) or "
+                        "torchscript (LibTorch; deprecated by PyTorch)")
+    p.add_argument("--out", required=True, help="model file to write (e.g. grader.onnx, grader.pt2, grader.ts.pt); "
                                                 "its metadata goes to FILE.json")
     p.add_argument("--check-images", nargs="+", metavar="PATH",
                    help=f"images, folders or datasets for the parity check (the first {MAX_CHECK_IMAGES} "
@@ -194,6 +200,14 @@ def onnx_opset(path: Path) -> int:
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
+def export_pt2(model, example: torch.Tensor, path: Path) -> str:
+    """Write ``model`` as a ``torch.export`` program whose batch size is free."""
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with open(path, "wb") as f:  # a Python file: a failed write is an OSError (:func:`naming` names it)
+        torch.export.save(program, f)
+    return "torch.export"
+
+
 def export_torchscript(model, example: torch.Tensor, path: Path) -> str:
     with warnings.catch_warnings():  # torch.jit is deprecated upstream; it is still what LibTorch loads
         warnings.simplefilter("ignore", FutureWarning)
@@ -210,6 +224,9 @@ def load_runner(path: Path, fmt: str):
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return lambda x: session.run(["logits"], {"input": x.numpy()})[0]
+    if fmt == "pt2":
+        program = torch.export.load(str(path)).module()
+        return lambda x: program(x).detach().numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         module = torch.jit.load(str(path), map_location="cpu")
@@ -239,10 +256,10 @@ def parity(model, runner, x: torch.Tensor) -> tuple[float, float]:
 
 
 def main(args) -> dict:
-    example = f"grader.{'onnx' if args.format == 'onnx' else 'pt'}"
+    example = f"grader{FORMATS[args.format][0]}"
     check_output_file(args.out, "--out", example)  # before the work
-    other = "onnx" if args.format == "torchscript" else "torchscript"
-    if Path(args.out).suffix.lower() in ((".onnx",) if other == "onnx" else (".pt", ".pth")):
+    other = next((f for f, suffixes in FORMATS.items() if Path(args.out).suffix.lower() in suffixes), args.format)
+    if other != args.format:
         raise RetinopathyError(f"--out {args.out}: its name says {other}, and this exports {args.format}; name it "
                                f"like {example}, or pass --format {other}")
     model, objective, prep, ckpt = restore(Path(args.checkpoint))
@@ -260,10 +277,11 @@ def main(args) -> dict:
         target = work / out.name
         example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # batch > 1: the batch must not specialise
         with naming(out):
-            exporter, opset = (export_onnx(model, example, target, args.opset) if args.format == "onnx"
-                               else (export_torchscript(model, example, target), None))
+            exporter, opset = (export_onnx(model, example, target, args.opset) if args.format == "onnx" else
+                               (export_pt2(model, example, target) if args.format == "pt2" else
+                                export_torchscript(model, example, target), None))
         diff, spread = parity(model, load_runner(target, args.format), x)
-        print(f"parity ({'ONNX Runtime' if args.format == 'onnx' else 'TorchScript'} vs PyTorch) on {what}, "
+        print(f"parity ({RUNTIMES[args.format]} vs PyTorch) on {what}, "
               f"batch sizes 1 and 3: max |logit difference| = {diff:.2e} (tolerance {args.tolerance:g})")
         if len(x) > 1 and spread < SAME_OUTPUTS:
             print(f"warning: the model gives the same outputs for all {len(x)} check images (spread {spread:.1e}): "
