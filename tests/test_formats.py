@@ -268,6 +268,8 @@ def test_a_runs_photographs_are_nine_in_ten_listed_with_their_grades():
 
     assert same_photographs(9, 1) and same_photographs(90, 10) and not same_photographs(17, 3)
     assert not same_photographs(0, 0) and not same_photographs(1, 1)
+    assert same_photographs(1, 0) and not same_photographs(1, 0, 34)  # one name among 35 others: chance
+    assert not same_photographs(4, 0, 1) and same_photographs(5, 0, 100)
 
 
 def test_split_by_patient_is_deterministic_stratified_and_written(tmp_path):
@@ -487,6 +489,7 @@ def test_a_runs_photographs_are_counted_by_name_and_grade(tmp_path):
     assert run_overlap(split, [("a", 0), ("b", 2), ("c", 2)]) == ({"a": "train", "c": "test"}, 1, 0)
     assert trained_on(split, [("a", 0), ("b", 1), ("c", 2)] * 2) == 2  # the dataset given twice: still 2
     assert trained_on(split, [("a", 0), ("b", 3), ("c", 4)]) == 0  # mostly other grades: other photographs
+    assert trained_on(split, [("a", 0), *((f"other{i}", 0) for i in range(30))]) == 0  # a name of another set
     assert run_overlap(tmp_path / "none.csv", [("a", 0)]) == ({}, 0, 1)
 
 

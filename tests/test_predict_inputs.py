@@ -7,6 +7,7 @@ import csv
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retinopathy.cli.main import main
@@ -203,7 +204,19 @@ def test_a_link_that_leads_nowhere_gets_an_error_row(tiny_run, tmp_path, capsys)
         rows = {r["image"]: r for r in csv.DictReader(f)}
     assert rows["1_left"]["error"] == "" and rows["1_left"]["predicted_grade"] != ""
     assert all(rows[n]["error"] != "" and rows[n]["predicted_grade"] == "" for n in ("2_left", "3_left"))
-    assert "graded 1 of 3 images (2 not graded" in capsys.readouterr().out
+    said = capsys.readouterr().out  # the summary names each image not graded, with why
+    assert "graded 1 of 3 images (2 not graded" in said
+    assert all(f"not graded: {tmp_path / 'p' / n}.jpeg: {rows[n]['error']}" in said for n in ("2_left", "3_left"))
+
+
+def test_the_summary_names_the_first_images_not_graded():
+    from retinopathy.inference.predict import SHOWN_ERRORS, Item, _report
+
+    items = [Item(f"p/{i}.jpeg", str(i)) for i in range(SHOWN_ERRORS + 3)]
+    res = {"grades": np.array([2] + [-1] * (SHOWN_ERRORS + 2)), "errors": ["", *(f"bad {i}" for i in range(1, 9))]}
+    lines = _report(items, res, Path("p.csv")).splitlines()
+    assert lines[0].startswith(f"graded 1 of {len(items)} images ({SHOWN_ERRORS + 2} not graded")
+    assert lines[1:-1] == [*(f"not graded: p/{i}.jpeg: bad {i}" for i in range(1, SHOWN_ERRORS + 1)), "... and 2 more"]
 
 
 def test_outputs_never_replace_the_inputs(tiny_run, synth_small, tmp_path, capsys, monkeypatch):

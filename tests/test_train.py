@@ -675,6 +675,13 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
     shutil.copytree(tiny_run, other)
     assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(other)]) == 2
     assert f"error: --out {other} is a run's folder" in capsys.readouterr().err
+    (other / "eval").mkdir()  # or its eval/, where the report reads that run's own evaluation
+    (other / "eval" / "metrics.json").write_text("{}")
+    assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(other / "eval")]) == 2
+    assert f"error: --out {other / 'eval'} is inside the run in {other}, and {tiny_run} is not that run's: its " \
+           f"evaluation there would replace that run's own; write into {tiny_run / 'eval'}" in capsys.readouterr().err
+    assert (other / "eval" / "metrics.json").read_text() == "{}"
+    shutil.rmtree(other / "eval")
     assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(tiny_run / "checkpoints")]) == 2
     assert f"is the checkpoints folder of the run in {tiny_run}: write into a folder of its own, e.g. " \
            f"{tiny_run / 'eval'}" in capsys.readouterr().err
@@ -1823,6 +1830,13 @@ def test_a_run_being_trained_is_not_trained_by_a_second_command(synth_small, tmp
         assert main(args) == 2
         assert f"error: {run} is being trained by another process right now; wait for it" in capsys.readouterr().err
         assert sorted(p.name for p in run.iterdir()) == [".lock"]
+        (run / "checkpoints").mkdir()  # after its first epoch: not "continue it with --resume", which would fail
+        (run / "checkpoints" / "last.pt").touch()
+        with pytest.raises(SystemExit) as e:
+            main(args)
+        assert e.value.code == 2 and f"error: --out {run} is being trained by another process right now; give " \
+            "another --out to start a new run" in capsys.readouterr().err
+        shutil.rmtree(run / "checkpoints")
     assert not run.exists()
     assert main(["train", "--data", str(tmp_path / "nowhere"), *FAST, "--out", str(run)]) == 2
     assert not run.exists()

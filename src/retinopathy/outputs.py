@@ -65,6 +65,21 @@ def refuse_run_folder(folder: str | os.PathLike, option: str, example: str, own:
     raise RetinopathyError(f"{option} {folder} is {where}: write into a folder of its own, e.g. {run / example}")
 
 
+def busy(folder: str | os.PathLike) -> bool:
+    """Whether another process holds ``folder``'s lock (:func:`exclusive`) right now."""
+    lock = Path(folder) / ".lock"
+    if fcntl is None or not lock.is_file():
+        return False
+    try:
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:  # a folder this user cannot write: not a training of theirs
+        pass
+    return False
+
+
 @contextlib.contextmanager
 def exclusive(folder: str | os.PathLike, doing: str):
     """Hold ``folder``'s ``.lock`` for the block: a second command that would write the same folder at the same time

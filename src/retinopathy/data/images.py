@@ -21,7 +21,7 @@ from ..errors import RetinopathyError
 from .preprocess import find_fov
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-EMPTY = "empty file (0 bytes); replace it, or remove it (and its labels row)"
+EMPTY = "empty file (0 bytes); replace it, or remove it (and its row in the labels, if any)"
 BLANK_LEVEL = 8  # an image whose brightest 1 % of pixels stay below this (of 255) shows no retina
 DIM_LEVEL = 40  # ... below this, a retina too dark to trust (real photographs: 87 and up, see brightest())
 

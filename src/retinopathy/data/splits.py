@@ -175,17 +175,21 @@ def run_overlap(split_csv: str | Path, labelled) -> tuple[dict[str, str], int, i
     return same, len(listed - set(same)), sum(name not in grade for name, _ in labelled)
 
 
-def same_photographs(same: int, regraded: int) -> bool:
+def same_photographs(same: int, regraded: int, unlisted: int = 0) -> bool:
     """Whether the names a run's split lists are its photographs: at least 90 % of them with the grades it lists
-    (a name alone is not enough: EyePACS and synthetic sets share names, and most of their grades are 0)."""
-    return same > 0 and same >= 0.9 * (same + regraded)
+    (a name alone is not enough: EyePACS and synthetic sets share names, and most of their grades are 0), and at
+    least 5 of them when other images are not listed (a name or two of another set can meet a name of the run's,
+    with the same grade, by chance: about one time in two for grade 0)."""
+    return same > 0 and same >= 0.9 * (same + regraded) and (same >= 5 or not unlisted)
 
 
 def trained_names(split_csv: str | Path, labelled) -> set[str]:
     """The names of the labelled images, ``(name, grade)`` pairs, that a run trained on: listed as train in its
     ``split_csv``, when they are its photographs (:func:`same_photographs`); none otherwise."""
-    same, regraded, _ = run_overlap(split_csv, labelled)
-    return {name for name, s in same.items() if s == "train"} if same_photographs(len(same), regraded) else set()
+    same, regraded, unlisted = run_overlap(split_csv, labelled)
+    if not same_photographs(len(same), regraded, unlisted):
+        return set()
+    return {name for name, s in same.items() if s == "train"}
 
 
 def trained_on(split_csv: str | Path, labelled) -> int:

@@ -125,7 +125,7 @@ def run_catalog_options(args, checkpoint: Path, ckpt: dict, data: str, labels: P
                                    "training images into val or test. Leave the option out, or pass --split-file "
                                    "FILE to grade another split")
         opts["split_file"] = split_csv
-    elif same_photographs(same, regraded) and getattr(args, "split", "all") != "all":
+    elif same_photographs(same, regraded, unlisted) and getattr(args, "split", "all") != "all":
         raise DataError([Problem("split-overlap", str(data), None,
                                  f"{same} of its images are in the run's split ({split_csv}), with the same grades, "
                                  f"and {unlisted} are not: a split computed afresh would put some of the run's "
@@ -156,8 +156,13 @@ OUTPUTS = ("metrics.json", "skipped.csv", "predictions.csv", "confusion_matrix.c
 def main(args) -> dict:
     out = Path(args.out)
     checkpoint = Path(args.checkpoint)
-    refuse_run_folder(out, "--out", "eval",
-                      own=(out / "config.yaml").exists() and out.resolve() == run_folder(checkpoint).resolve())
+    own_run = run_folder(checkpoint).resolve()
+    refuse_run_folder(out, "--out", "eval", own=(out / "config.yaml").exists() and out.resolve() == own_run)
+    other = next((d for d in out.resolve().parents if is_run_folder(d)), own_run)
+    if other != own_run:  # e.g. another run's eval/: the report reads that run's evaluation there
+        raise RetinopathyError(f"--out {out} is inside the run in {other}, and {checkpoint} is not that run's: its "
+                               f"evaluation there would replace that run's own; write into {own_run / 'eval'}, or a "
+                               "folder of its own")
     check_writable(out, "--out")
     model, objective, prep, ckpt = restore(checkpoint)
     reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it

@@ -440,12 +440,21 @@ def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = Fa
             w.writerow(row)
 
 
+SHOWN_ERRORS = 3
+
+
 def _report(items: list[Item], res: dict, out: Path) -> str:
+    """The summary printed at the end: how many were graded (and the first images that were not, with why)."""
     graded = res["grades"] >= 0
+    failed = np.flatnonzero(~graded)
     counts = np.bincount(res["grades"][graded], minlength=len(GRADES)).tolist()
     text = (f"graded {int(graded.sum())} of {len(items)} images"
-            + (f" ({int((~graded).sum())} not graded: see the error column)" if (~graded).any() else "")
+            + (f" ({len(failed)} not graded: see the error column)" if len(failed) else "")
             + f"; predicted grades 0-4: {counts}")
+    for i in failed[:SHOWN_ERRORS]:
+        text += f"\nnot graded: {items[i].path or items[i].image}: {res['errors'][i]}"
+    if len(failed) > SHOWN_ERRORS:
+        text += f"\n... and {len(failed) - SHOWN_ERRORS} more"
     labelled = np.array([graded[i] and item.label is not None for i, item in enumerate(items)], dtype=bool)
     if labelled.any():
         y = np.array([items[i].label for i in np.flatnonzero(labelled)])

@@ -21,6 +21,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           show_defaults)
 from ..errors import RetinopathyError
 from ..launch import others_say_it
+from ..outputs import busy
 from ..data.splits import SPLIT_DEFAULTS, SplitError, check_fractions, split_option
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import CLASSIFIERS, HEADS, POOLS, list_models, size_problem
@@ -419,6 +420,9 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, sai
                      "(to start a new run from its weights: --weights RUN/checkpoints/best.pt --out NEW)")
     args.out = args.out or args.resume
     checkpoints = Path(args.out) / "checkpoints"
+    if not args.resume and (checkpoints / "last.pt").exists() and busy(args.out):
+        parser.error(f"--out {args.out} is being trained by another process right now; give another --out to start "
+                     "a new run")
     if not args.resume and (checkpoints / "last.pt").exists():
         parser.error(f"--out {args.out} already holds a run (checkpoints/last.pt): continue it with --resume "
                      f"{args.out}, or give another --out (or remove that folder) to start a new run")
