@@ -132,21 +132,23 @@ def format_report(report: dict) -> str:
     lines.append("")
     lines.append(f"{len(problems)} problem(s)" + (":" if problems else ""))
     missing = sum(p["kind"] == "missing-image" for p in problems)
-    if report["images_checked"] and missing and missing == report["rows"]:
+    none_found = report["images_checked"] and missing and missing == report["rows"]
+    if none_found:
         lines.append(f"  none of the {missing:,} listed images was found: pass --images DIR (the folder that holds "
                      "them), or --no-images to check the labels only")
-    lines += _listed(problems)
+    lines += _listed(problems, {"missing-image": 3} if none_found else {})  # a few: the line above says it all
     if report["warnings"]:
         lines += ["", f"{len(report['warnings'])} warning(s):", *_listed(report["warnings"])]
     return "\n".join(lines)
 
 
-def _listed(problems: list[dict]) -> list[str]:
-    """Problems (or warnings) as lines, ``SHOWN_PER_KIND`` of each kind; the JSON report holds every one."""
-    lines, seen = [], Counter()
+def _listed(problems: list[dict], shown: dict[str, int] | None = None) -> list[str]:
+    """Problems (or warnings) as lines, ``SHOWN_PER_KIND`` of each kind (or ``shown[kind]``); the JSON report holds
+    every one."""
+    lines, seen, shown = [], Counter(), shown or {}
     for p in problems:
         seen[p["kind"]] += 1
-        if seen[p["kind"]] <= SHOWN_PER_KIND:
+        if seen[p["kind"]] <= shown.get(p["kind"], SHOWN_PER_KIND):
             lines.append(Problem(**p).listed())
-    return lines + [f"  ... and {n - SHOWN_PER_KIND:,} more [{kind}] (every one is in the JSON report)"
-                    for kind, n in seen.items() if n > SHOWN_PER_KIND]
+    return lines + [f"  ... and {n - shown.get(kind, SHOWN_PER_KIND):,} more [{kind}] (every one is in the JSON "
+                    "report)" for kind, n in seen.items() if n > shown.get(kind, SHOWN_PER_KIND)]
