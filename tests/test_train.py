@@ -722,6 +722,14 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
     assert main(["train", "-c", str(tmp_path / "c.yaml"), *FAST]) == 130
     assert f"`retinopathy train --resume {tmp_path / 'run3'}`" in capsys.readouterr().err
 
+    def before_the_options(argv):  # Ctrl-C while torch is imported: the options not read yet
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train_module, "parse_args", before_the_options)
+    assert main(["train", "--resume", str(tmp_path / "run")]) == 130
+    assert f"continue it with `retinopathy train --resume {tmp_path / 'run'}`" in capsys.readouterr().err
+    assert main(["train", "--data", str(synth_small), f"--out={tmp_path / 'run4'}"]) == 130
+    assert f"no epoch of {tmp_path / 'run4'} had finished: run the same command again" in capsys.readouterr().err
+
 
 def test_evaluate_refuses_weights_of_another_model(tiny_run, synth_small, tmp_path, capsys):
     ckpt = load_checkpoint(tiny_run / "checkpoints" / "best.pt")

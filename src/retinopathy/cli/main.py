@@ -142,11 +142,23 @@ def _reader_left() -> bool:
         return False
 
 
+def _option_in(argv: list[str], option: str) -> str | None:
+    """The value of ``option`` (``--out X`` or ``--out=X``) on a command line, None when it is not there."""
+    for i, arg in enumerate(argv):
+        if arg == option and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(option + "="):
+            return arg[len(option) + 1:]
+    return None
+
+
 def _how_to_continue(argv: list[str], run) -> str:
     """What an interrupted (or unsaved) train or experiment command can do next (``run``: the training run's
     folder)."""
     if argv[:1] == ["experiment"]:
         return "; run the same command again: finished cells are skipped, the interrupted one resumes"
+    if run is None and argv[:1] == ["train"]:  # interrupted before it read its options (importing torch)
+        run = _option_in(argv, "--resume") or _option_in(argv, "--out")
     if run is None:
         return ""
     if not (Path(run) / "checkpoints" / "last.pt").exists():
