@@ -682,6 +682,11 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
            f"evaluation there would replace that run's own; write into {tiny_run / 'eval'}" in capsys.readouterr().err
     assert (other / "eval" / "metrics.json").read_text() == "{}"
     shutil.rmtree(other / "eval")
+    for out in (synth_small, synth_small / "eval"):  # or the data itself: its figure would be graded as a photograph
+        assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(out)]) == 2
+        assert f"error: --out {out} is inside the data ({synth_small}): its files would sit among the photographs" \
+            in capsys.readouterr().err
+    assert not (synth_small / "eval").exists()
     assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(tiny_run / "checkpoints")]) == 2
     assert f"is the checkpoints folder of the run in {tiny_run}: write into a folder of its own, e.g. " \
            f"{tiny_run / 'eval'}" in capsys.readouterr().err

@@ -163,6 +163,12 @@ def main(args) -> dict:
         raise RetinopathyError(f"--out {out} is inside the run in {other}, and {checkpoint} is not that run's: its "
                                f"evaluation there would replace that run's own; write into {own_run / 'eval'}, or a "
                                "folder of its own")
+    # the data's folder: its confusion_matrix.png would be graded with the photographs (or trained on, in grade folders)
+    data = next((Path(d) for d in (args.data, getattr(args, "images", None)) if d and Path(d).is_dir()
+                 and (Path(d).resolve() == out.resolve() or Path(d).resolve() in out.resolve().parents)), None)
+    if data is not None:
+        raise RetinopathyError(f"--out {out} is inside the data ({data}): its files would sit among the photographs; "
+                               f"write into a folder outside it, e.g. {own_run / 'eval'}")
     check_writable(out, "--out")
     model, objective, prep, ckpt = restore(checkpoint)
     reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it
