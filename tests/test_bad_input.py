@@ -1013,15 +1013,16 @@ def test_a_file_name_that_is_not_utf8_is_a_problem_not_a_traceback(tmp_path, tin
 def test_evaluate_does_not_write_over_its_own_labels_file(tiny_run, synth_small, tmp_path, capsys):
     """A labels file named like one of evaluate's outputs, in the --out folder: refused before the work (it was
     replaced by the predictions, and the grades were lost)."""
-    data = tmp_path / "data"
+    data, out = tmp_path / "data", tmp_path / "out"
     shutil.copytree(synth_small, data)
-    (data / "trainLabels.csv").rename(data / "predictions.csv")
-    before = (data / "predictions.csv").read_bytes()
-    assert main(["evaluate", str(tiny_run), "--data", str(data), "--labels", str(data / "predictions.csv"),
-                 "--image-col", "image", "--label-col", "level", "--split", "all", "--out", str(data),
+    out.mkdir()
+    (data / "trainLabels.csv").rename(out / "predictions.csv")
+    before = (out / "predictions.csv").read_bytes()
+    assert main(["evaluate", str(tiny_run), "--data", str(data), "--labels", str(out / "predictions.csv"),
+                 "--image-col", "image", "--label-col", "level", "--split", "all", "--out", str(out),
                  "--quiet"]) == 2
-    assert f"--out would replace {data / 'predictions.csv'}, an input of this command" in capsys.readouterr().err
-    assert (data / "predictions.csv").read_bytes() == before and not (data / "metrics.json").exists()
+    assert f"--out would replace {out / 'predictions.csv'}, an input of this command" in capsys.readouterr().err
+    assert (out / "predictions.csv").read_bytes() == before and not (out / "metrics.json").exists()
 
 
 @pytest.mark.parametrize("argv, named", [(["evaluate", "C", "--data", "D", "--out", ""], "--out"),
