@@ -697,6 +697,9 @@ def test_a_diverged_run_does_not_flatten_the_others_losses(tmp_path, closed_figu
     figures.curves_figure("ResNet18: loss per epoch", series, "loss", tmp_path / "l.png")
     ax = closed_figures[0].axes[0]
     assert ax.get_yscale() == "log" and ax.get_ylabel().endswith(", log scale")
+    FigureCanvasAgg(closed_figures[0]).draw()  # its ticks as numbers, not TeX shown as written ($\mathdefault...)
+    shown = [t.get_text() for minor in (False, True) for t in ax.get_yticklabels(minor=minor) if t.get_text()]
+    assert "100" in shown and not any("$" in t or "\\" in t for t in shown), shown
     figures.curves_figure("ResNet18: loss per epoch", fake_series(3), "loss", tmp_path / "l2.png")
     assert closed_figures[1].axes[0].get_yscale() == "linear"
     series[1]["rows"][3]["train_loss"] = 0.0  # a loss of 0 cannot be drawn on a log scale: linear, with it shown

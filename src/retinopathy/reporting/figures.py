@@ -16,7 +16,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 from sklearn.metrics import ConfusionMatrixDisplay
 
 from ..atomic import replacing
@@ -72,8 +72,10 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> No
         _plot_runs(ax, members, metric, markers, splits)
         values = [v for s in members for r in s["rows"] for sp in splits if (v := r.get(f"{sp}_{metric}")) is not None]
         log = metric == "loss" and values and min(values) > 0 and max(values) > 100 * min(values)
-        if log:
+        if log:  # its ticks as numbers: the default ones are TeX, shown as written here (AS_WRITTEN)
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(LogFormatter())
+            ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         if metric == "accuracy":
             ax.set_ylim(0, 1.02)
         if any(s["freeze_epochs"] for s in members):  # room above the curves for the note "fine-tuning starts"
