@@ -193,6 +193,28 @@ def test_report_of_a_single_run_dir(experiment, tmp_path, closed_figures):
     assert "resnet18-scratch is tested on synthetic drawings (retinopathy.data.synth), not photographs" in md
 
 
+def test_the_originals_of_a_prepared_copy_are_the_training_data(tmp_path):
+    """A run trained on a `prepare`d copy and evaluated on its originals (or the other way round) was said to be
+    evaluated on other data, with test splits that differ: they are the same photographs, decoded otherwise."""
+    from retinopathy.data.prepare import MANIFEST
+    from retinopathy.reporting.report import evaluation_note, other_data
+    from retinopathy.reporting.runs import Run
+
+    originals, copy, other = tmp_path / "originals", tmp_path / "copy", tmp_path / "other"
+    for folder in (originals, copy, other):
+        folder.mkdir()
+    (copy / MANIFEST).write_text(json.dumps({"source": str(originals.resolve()), "size": 128}))
+
+    def run(trained, evaluated):
+        return Run("r", tmp_path, "done", config={"data": {"path": str(trained)}}, eval={"data": str(evaluated)})
+    assert not other_data(run(copy, originals)) and not other_data(run(originals, copy))
+    assert evaluation_note(run(copy, originals)) == f"evaluated on {originals}, the originals of the prepared copy " \
+        "it trained on"
+    assert evaluation_note(run(originals, copy)) == f"evaluated on {copy}, a prepared copy of its training data"
+    assert other_data(run(copy, other)) and evaluation_note(run(copy, other)).endswith("not the training data")
+    assert evaluation_note(run(originals, originals)) == ""
+
+
 def test_a_folder_of_experiments_is_every_experiment_in_it(experiment, tmp_path):
     """`report runs/`: the experiment folders in it (and any run folders beside them)."""
     runs = tmp_path / "runs"

@@ -355,6 +355,15 @@ def _prepare(catalog: Catalog, out: Path, settings: dict, workers: int | None, p
     return manifest
 
 
+def prepared_from(root: str | Path) -> str | None:
+    """The folder that ``root`` is a ``prepare``d copy of (resolved, as its manifest records it); None otherwise."""
+    try:
+        source = json.loads((Path(root) / MANIFEST).read_text())["source"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return source if isinstance(source, str) else None
+
+
 def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
     """What the manifest of a copy in ``root`` says against reading it with ``prep``: an unfinished copy, one made
     smaller than it is read (upscaled, its detail lost), field-of-view crops read with the ``lab`` preset."""

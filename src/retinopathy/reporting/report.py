@@ -22,6 +22,7 @@ from pathlib import Path
 from ..atomic import write_text
 from ..cli.common import show_defaults
 from ..data.formats import GRADES
+from ..data.prepare import prepared_from
 from ..data.synth import is_synthetic
 from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
@@ -114,10 +115,22 @@ def run_numbers(run: Run) -> dict:
 
 
 def other_data(run: Run) -> bool:
-    """Whether the run's evaluation graded other data than it trained on, or another split of it (a --split-file):
-    so not the test split of its curves."""
+    """Whether the run's evaluation graded other data than it trained on (not a ``prepare``d copy of it, nor the
+    originals of the copy it trained on), or another split of it (a --split-file): so not the test split of its
+    curves."""
     ev, trained = run.eval or {}, run.data
-    return bool(ev.get("data") and trained and Path(ev["data"]) != Path(trained) or ev.get("split_file"))
+    return bool(ev.get("data") and trained and Path(ev["data"]) != Path(trained) and not copy_of(ev["data"], trained)
+                or ev.get("split_file"))
+
+
+def copy_of(evaluated: str, trained: str) -> str:
+    """How the evaluated folder is the training data when one of the two is a ``prepare``d copy of the other
+    (the same photographs, decoded otherwise); '' when neither is."""
+    if prepared_from(trained) == str(Path(evaluated).resolve()):
+        return "the originals of the prepared copy it trained on"
+    if prepared_from(evaluated) == str(Path(trained).resolve()):
+        return "a prepared copy of its training data"
+    return ""
 
 
 def curve_baseline(run: Run) -> float | None:
@@ -135,6 +148,8 @@ def evaluation_note(run: Run) -> str:
         notes.append(f"evaluated on the split of {ev['split_file']}, not the run's own")
     elif other_data(run):
         notes.append(f"evaluated on {ev['data']}, not the training data")
+    elif ev.get("data") and run.data and (copy := copy_of(ev["data"], run.data)):
+        notes.append(f"evaluated on {ev['data']}, {copy}")
     if ev.get("blend_eyes") is not None and ev["blend_eyes"] != (run.train.get("blend_eyes") or 0.0):
         notes.append(f"graded with --blend-eyes {ev['blend_eyes']} (trained with {run.train.get('blend_eyes') or 0})")
     if ev.get("skipped"):
