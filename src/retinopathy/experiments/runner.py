@@ -102,8 +102,9 @@ def _options(section, file: Path, what: str) -> dict:
     known = {a.dest for a in train_config.get_args_parser()._actions}
     unknown = sorted(set(opts) - known)
     if unknown:
-        raise ExperimentError(f"{file}: unknown train option(s) in '{what}:': {', '.join(unknown)} "
-                              "(keys are `retinopathy train` option names with _, e.g. image_size)")
+        raise ExperimentError(f"{file}: unknown train option(s) in '{what}:': "
+                              f"{train_config.with_nearest(unknown, known)} (keys are `retinopathy train` option names "
+                              "with _, e.g. image_size)")
     reserved = sorted(set(opts) & RESERVED)
     if reserved:
         raise ExperimentError(f"{file}: '{what}:' may not set {', '.join(reserved)}; the experiment sets it "
@@ -231,7 +232,9 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
         runs[key] = c.name
     ev = cfg.get("evaluate") or {}
     if not isinstance(ev, dict) or set(ev) - EVAL_KEYS:
-        raise ExperimentError(f"{file}: evaluate: takes {', '.join(sorted(EVAL_KEYS))}")
+        unknown = sorted(set(ev) - EVAL_KEYS) if isinstance(ev, dict) else []
+        raise ExperimentError(f"{file}: evaluate: takes {', '.join(sorted(EVAL_KEYS))}"
+                              + (f"; not {train_config.with_nearest(unknown, EVAL_KEYS)}" if unknown else ""))
     for key, least in (("bootstrap", 0), ("batch_size", 1)):
         if key in ev and not (isinstance(ev[key], int) and not isinstance(ev[key], bool) and ev[key] >= least):
             raise ExperimentError(f"{file}: evaluate: {key}: {ev[key]!r} is not a whole number >= {least}")
@@ -241,7 +244,9 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
 
         allowed = set(inspect.signature(generate).parameters) - {"out", "progress"}
         if not isinstance(synth, dict) or set(synth) - allowed:
-            raise ExperimentError(f"{file}: synth: takes {', '.join(sorted(allowed))}")
+            unknown = sorted(set(synth) - allowed) if isinstance(synth, dict) else []
+            raise ExperimentError(f"{file}: synth: takes {', '.join(sorted(allowed))}"
+                                  + (f"; not {train_config.with_nearest(unknown, allowed)}" if unknown else ""))
         try:
             check_options(**synth)
         except ValueError as e:

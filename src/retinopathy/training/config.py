@@ -219,6 +219,13 @@ def option_names(options: dict, where) -> dict:
 NOT_UTF8_TEXT = "not UTF-8 text (saved in another encoding, UTF-16 or Latin-1 say); save it again as UTF-8"
 
 
+def with_nearest(names, known) -> str:
+    """Unknown ``names`` joined, each with the ``known`` name it is likely a misspelling of: ``image_sise (did you
+    mean image_size?)``."""
+    return ", ".join(k + (f" (did you mean {near[0]}?)" if (near := difflib.get_close_matches(k, list(known), 1))
+                          else "") for k in names)
+
+
 def file_options(path: Path, data: str | None = None, resume: bool = False) -> tuple[dict, str]:
     """Option defaults from a YAML file and what it was: ``"options"`` (option: value), ``"run"`` (a run's
     ``config.yaml``: its options, not its folder) or ``"experiment"`` (one cell: ``train:``, ``base:``, ``data:``)."""
@@ -355,10 +362,9 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
     actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config")}
     unknown = sorted(set(layered) - set(actions))
     if unknown:
-        near = {k: difflib.get_close_matches(k, actions, 1) for k in unknown}
-        raise ConfigError(f"{', '.join(sorted({str(origin[k]) for k in unknown}))}: unknown option(s) " + ", ".join(
-            f"{k}" + (f" (did you mean {near[k][0]}?)" if near[k] else "") for k in unknown)
-            + "; the options are train's, with _ for - (`retinopathy train --help`)")
+        raise ConfigError(f"{', '.join(sorted({str(origin[k]) for k in unknown}))}: unknown option(s) "
+                          f"{with_nearest(unknown, actions)}; the options are train's, with _ for - (`retinopathy "
+                          "train --help`)")
     for key, value in layered.items():  # text the file gives a number option: checked here, naming the file
         if isinstance(value, str) and actions[key].type is not None:  # (argparse would blame the flag)
             try:
