@@ -1599,6 +1599,16 @@ def test_a_resume_with_a_config_file_keeps_the_runs_other_options(tiny_run, tmp_
     assert parse_args(["--resume", str(tiny_run), "-c", str(tmp_path / "t.yaml"), "-j", "2"]).workers == 2
 
 
+def test_a_resume_refused_for_what_a_config_file_gives_names_the_file(tiny_run, tmp_path, capsys):
+    """The refusal listed --lr as a change the user never typed: it came from the -c file, which it now names."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (tmp_path / "t.yaml").write_text("lr: 0.5\n")
+    assert main(["train", "--resume", str(run), "-c", str(tmp_path / "t.yaml"), "--epochs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--lr" in err and f"Resume without them (the options of -c {tmp_path / 't.yaml'} are given too)" in err
+
+
 def test_a_preset_an_empty_config_path_or_split_fractions_out_of_range_are_refused(tiny_run, tmp_path, capsys):
     """``preset:`` in a -c file cannot change a resumed run, as --preset cannot (the run recorded a preset it never
     trained with); ``-c ""`` (an unset shell variable) is no file; split fractions out of range stop the parse,

@@ -137,8 +137,9 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                                   "score into grades, and this run grades by the most probable grade (--decision "
                                   "argmax): it has none to tune")
         if changed:
+            given = f" (the options of -c {args.config} are given too)" if getattr(args, "config", None) else ""
             raise CheckpointError(f"{args.resume}: the run trained with {', '.join(changed)}; these cannot change "
-                                  "on resume. Resume without them, or start a new run from its weights "
+                                  f"on resume. Resume without them{given}, or start a new run from its weights "
                                   f"({new_run_from(Path(args.resume) / 'checkpoints' / 'best.pt')})")
         if not stepping:  # a finished run learns no more: what it learnt with stays in its record
             kept = {k: had[k] for k in FIXED_WHILE_STEPPING if k in differs}
