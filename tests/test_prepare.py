@@ -31,9 +31,11 @@ def tree_bytes(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != MANIFEST}
 
 
-def test_prepare_writes_the_same_dataset_smaller(synth128, tmp_path):
+def test_prepare_writes_the_same_dataset_smaller(synth128, tmp_path, capsys):
     out = tmp_path / "p64"
     assert main(["prepare", str(synth128), str(out), "--size", "64", "--workers", "2", "--quiet"]) == 0
+    said = capsys.readouterr().out
+    assert "200 written, 0 already there, " in said and " images/s, 2 workers)" in said
     assert (out / "trainLabels.csv").read_bytes() == (synth128 / "trainLabels.csv").read_bytes()
     m = json.loads((out / MANIFEST).read_text())
     assert m["complete"] and m["size"] == 64 and m["crop"] == "none" and m["settings"]["quality"] == 95
@@ -48,6 +50,8 @@ def test_prepare_writes_the_same_dataset_smaller(synth128, tmp_path):
     a = FundusDataset(synth128, "test", image_size=64, check=False)
     b = FundusDataset(out, "test", image_size=64, check=False)
     assert [s.image for s in a.samples] == [s.image for s in b.samples]
+    assert main(["prepare", str(synth128), str(out), "--size", "64", "--workers", "2", "--quiet"]) == 0
+    assert "0 written, 200 already there, nothing to write; 0 problem(s)" in capsys.readouterr().out  # not 0.0 s
 
 
 @pytest.mark.filterwarnings("ignore:.*holds field-of-view crops .* read with the lab preset")  # on purpose here

@@ -410,9 +410,11 @@ def main(args) -> dict:
     m = prepare(args.src, args.out, size=args.size, crop=args.crop, workers=args.workers,
                 progress=not args.quiet, **options)
     c = m["counts"]
+    speed = (f"{m['seconds']:.1f} s ({m['images_per_s']:.1f} images/s, {m['workers']} workers)" if c["written"]
+             else "nothing to write")
     print(f"{c['images']:,} images at {m['size']} px (crop {m['crop']}) in {args.out}: {c['written']:,} written, "
-          f"{c['already_there']:,} already there, {m['seconds']:.1f} s ({m['images_per_s']:.1f} images/s, "
-          f"{m['workers']} workers); {c['problems']} problem(s); manifest {Path(args.out) / MANIFEST}")
+          f"{c['already_there']:,} already there, {speed}; {c['problems']} problem(s); manifest "
+          f"{Path(args.out) / MANIFEST}")
     for p in m["problems"][:20]:
         print(Problem(**p).listed(), file=sys.stderr)
     if len(m["problems"]) > 20:
