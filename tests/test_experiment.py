@@ -489,13 +489,15 @@ def test_config_errors_name_the_file(tmp_path, capsys):
                       ({"bootstrap": "lots"}, "bootstrap: 'lots' is not a whole number >= 0"),
                       ({"batch_size": 0}, "batch_size: 0 is not a whole number >= 1"),
                       ({"bootstrp": 100}, r"evaluate: takes batch_size, bootstrap; not bootstrp \(did you mean "
-                                          r"bootstrap\?\)")):
+                                          r"bootstrap\?\)"),
+                      ({5: 1, "bootstrp": 1}, r"evaluate: takes batch_size, bootstrap; not 5, bootstrp")):
         with pytest.raises(ExperimentError, match=named):  # with the file, not after the first cell has trained
             load_experiment(write_config(tmp_path, evaluate=ev))
     for change, named in (({"train": {"image_sise": 64}}, r"unknown train option\(s\) in 'train:': image_sise "
                                                            r"\(did you mean image_size\?\)"),  # a misspelling
                           ({"grid": {"lrr": [0.1]}}, r"in 'grid:': lrr \(did you mean lr\?\)"),
-                          ({"synth": {"sise": 64}}, r"synth: takes .*; not sise \(did you mean size\?\)")):
+                          ({"synth": {"sise": 64}}, r"synth: takes .*; not sise \(did you mean size\?\)"),
+                          ({"synth": {5: 1}}, r"synth: takes .*; not 5$")):
         with pytest.raises(ExperimentError, match=named):
             load_experiment(write_config(tmp_path, **change))
     config = write_config(tmp_path, name="nodata", synth=None, data=str(tmp_path / "nowhere"))  # stops once, first

@@ -490,6 +490,11 @@ def test_a_runs_photographs_are_counted_by_name_and_grade(tmp_path):
     assert trained_on(split, [("a", 0), ("b", 1), ("c", 2)] * 2) == 2  # the dataset given twice: still 2
     assert trained_on(split, [("a", 0), ("b", 3), ("c", 4)]) == 0  # mostly other grades: other photographs
     assert trained_on(split, [("a", 0), *((f"other{i}", 0) for i in range(30))]) == 0  # a name of another set
+    many = tmp_path / "many.csv"  # a run's 200 photographs with 200 others: its own, also in a split of them
+    many.write_text("image,patient,label,split\n" + "".join(f"r{i},r{i},0,train\n" for i in range(200)))
+    dataset = [(f"r{i}", 0) for i in range(200)] + [(f"new{i}", 0) for i in range(200)]
+    graded = dataset[:4] + dataset[-60:]  # 4 of the run's among 60 others: decided on the whole dataset
+    assert trained_on(many, dataset, graded) == 4 and trained_on(many, graded) == 0
     assert run_overlap(tmp_path / "none.csv", [("a", 0)]) == ({}, 0, 1)
 
 

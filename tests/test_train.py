@@ -647,6 +647,21 @@ def test_evaluate_refuses_a_foreign_checkpoint(synth_small, tmp_path, capsys):
     assert f"can start a training: `retinopathy train --weights {tmp_path / 'foreign.pt'} ...`" in err  # evaluate
 
 
+def test_a_checkpoint_typed_inside_its_folder_belongs_to_its_run(tmp_path, monkeypatch):
+    """`evaluate best.pt` run in RUN/checkpoints took checkpoints/ for the run: no config.yaml or split.csv there
+    (the run's own split unused), and its RUN/eval refused as another run's."""
+    from retinopathy.training.checkpoint import run_folder
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "best.pt").touch()
+    monkeypatch.chdir(tmp_path / "run" / "checkpoints")
+    assert {run_folder(p).resolve() for p in ("best.pt", "gone.pt", ".", "../checkpoints/best.pt")} == {
+        (tmp_path / "run").resolve()}
+    monkeypatch.chdir(tmp_path / "run")
+    assert run_folder(".").resolve() == run_folder("checkpoints/best.pt").resolve() == (tmp_path / "run").resolve()
+    assert run_folder("checkpoints/best.pt") == Path("")  # relative stays relative (messages show it as typed)
+
+
 def test_a_run_folder_without_best_pt_says_what_to_pass(tiny_run, synth_small, tmp_path, capsys):
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
@@ -682,11 +697,17 @@ def test_outputs_that_cannot_be_written_and_interrupts_are_clean(tiny_run, synth
            f"evaluation there would replace that run's own; write into {tiny_run / 'eval'}" in capsys.readouterr().err
     assert (other / "eval" / "metrics.json").read_text() == "{}"
     shutil.rmtree(other / "eval")
-    for out in (synth_small, synth_small / "eval"):  # or the data itself: its figure would be graded as a photograph
+    photos = tmp_path / "photos"  # or a folder of photographs (the data's own, say): its figure would be graded
+    photos.mkdir()
+    shutil.copy(next(synth_small.glob("*.jpeg")), photos / "a.jpeg")
+    for out, said in ((photos, "a folder of photographs (a.jpeg)"), (synth_small, "a folder of photographs (")):
         assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(out)]) == 2
-        assert f"error: --out {out} is inside the data ({synth_small}): its files would sit among the photographs" \
-            in capsys.readouterr().err
-    assert not (synth_small / "eval").exists()
+        assert f"error: --out {out} is {said}" in capsys.readouterr().err
+    assert sorted(p.name for p in photos.iterdir()) == ["a.jpeg"]
+    (tmp_path / "d" / "images").mkdir(parents=True)  # the data's folder, its photographs in images/
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "d")]) == 2
+    assert f"error: --out {tmp_path / 'd'} is the data's own folder: write the evaluation into a folder of its " \
+        "own" in capsys.readouterr().err
     assert main(["evaluate", str(tiny_run), "--data", str(synth_small), "--out", str(tiny_run / "checkpoints")]) == 2
     assert f"is the checkpoints folder of the run in {tiny_run}: write into a folder of its own, e.g. " \
            f"{tiny_run / 'eval'}" in capsys.readouterr().err
@@ -1026,6 +1047,17 @@ def test_a_collective_broken_by_this_processs_own_failure_is_not_blamed_on_anoth
         with pytest.raises(raised) as e:
             train_module._train(args)
         assert type(e.value) is raised
+
+
+def test_a_child_forked_after_the_import_watches_its_own_parent():
+    """The launcher is the parent recorded at import; a process forked later (torch.multiprocessing with fork) has
+    its own parent, alive, and must not stop at once as if its launcher were gone."""
+    import retinopathy.launch as launch
+
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if launch.PARENT == os.getppid() else 1)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
 
 
 @pytest.mark.parametrize("killed", ["watching", "importing"])

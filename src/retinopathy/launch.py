@@ -10,8 +10,16 @@ import signal
 import threading
 
 # The process that started this one (torchrun, for a rank), recorded at import, before the seconds of importing torch:
-# a launcher killed in those seconds is noticed too (``distributed.watch_launcher``).
+# a launcher killed in those seconds is noticed too (``distributed.watch_launcher``). A child forked later has its own.
 PARENT = os.getppid()
+
+
+def _forked() -> None:
+    global PARENT
+    PARENT = os.getppid()
+
+
+os.register_at_fork(after_in_child=_forked)
 
 
 def resume_command(run, world: int | None = None) -> str:

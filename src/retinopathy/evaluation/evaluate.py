@@ -31,6 +31,7 @@ from ..cli.common import (
     show_defaults,
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog
+from ..data.images import IMAGE_EXTENSIONS
 from ..data.dataset import PairedEyes
 from ..data.problems import skipped_note, write_skipped
 from ..data.splits import run_overlap, same_photographs, split_option, trained_on
@@ -163,12 +164,12 @@ def main(args) -> dict:
         raise RetinopathyError(f"--out {out} is inside the run in {other}, and {checkpoint} is not that run's: its "
                                f"evaluation there would replace that run's own; write into {own_run / 'eval'}, or a "
                                "folder of its own")
-    # the data's folder: its confusion_matrix.png would be graded with the photographs (or trained on, in grade folders)
-    data = next((Path(d) for d in (args.data, getattr(args, "images", None)) if d and Path(d).is_dir()
-                 and (Path(d).resolve() == out.resolve() or Path(d).resolve() in out.resolve().parents)), None)
-    if data is not None:
-        raise RetinopathyError(f"--out {out} is inside the data ({data}): its files would sit among the photographs; "
-                               f"write into a folder outside it, e.g. {own_run / 'eval'}")
+    photos = sorted(f.name for f in out.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.name not in OUTPUTS
+                    ) if out.is_dir() else []  # confusion_matrix.png among them would be graded as one (predict)
+    if photos or any(d and out.resolve() == Path(d).resolve() for d in (args.data, getattr(args, "images", None))):
+        raise RetinopathyError(f"--out {out} is " + (f"a folder of photographs ({photos[0]}" + (
+            f" and {len(photos) - 1:,} more)" if len(photos) > 1 else ")") if photos else "the data's own folder")
+            + f": write the evaluation into a folder of its own, e.g. {own_run / 'eval'}")
     check_writable(out, "--out")
     model, objective, prep, ckpt = restore(checkpoint)
     reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it
@@ -203,7 +204,7 @@ def main(args) -> dict:
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
                     "skipped": len(dataset.skipped),  # each listed in skipped.csv
-                    "training_images": trained_on(run_folder(checkpoint) / "split.csv",
+                    "training_images": trained_on(own_run / "split.csv", [(s.image, s.label) for s in catalog.samples],
                                                   [(s.image, s.label) for s in dataset.samples])})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)

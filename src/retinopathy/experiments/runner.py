@@ -232,7 +232,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
         runs[key] = c.name
     ev = cfg.get("evaluate") or {}
     if not isinstance(ev, dict) or set(ev) - EVAL_KEYS:
-        unknown = sorted(set(ev) - EVAL_KEYS) if isinstance(ev, dict) else []
+        unknown = sorted(set(ev) - EVAL_KEYS, key=str) if isinstance(ev, dict) else []
         raise ExperimentError(f"{file}: evaluate: takes {', '.join(sorted(EVAL_KEYS))}"
                               + (f"; not {train_config.with_nearest(unknown, EVAL_KEYS)}" if unknown else ""))
     for key, least in (("bootstrap", 0), ("batch_size", 1)):
@@ -244,7 +244,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
 
         allowed = set(inspect.signature(generate).parameters) - {"out", "progress"}
         if not isinstance(synth, dict) or set(synth) - allowed:
-            unknown = sorted(set(synth) - allowed) if isinstance(synth, dict) else []
+            unknown = sorted(set(synth) - allowed, key=str) if isinstance(synth, dict) else []
             raise ExperimentError(f"{file}: synth: takes {', '.join(sorted(allowed))}"
                                   + (f"; not {train_config.with_nearest(unknown, allowed)}" if unknown else ""))
         try:

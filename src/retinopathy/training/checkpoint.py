@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import pickle
 import shlex
 import signal
@@ -80,6 +81,8 @@ def run_folder(checkpoint: str | Path) -> Path:
     file is gone: a ``.pt`` path that is not a folder); a run folder is itself."""
     path = Path(checkpoint)
     folder = path.parent if path.is_file() or path.suffix == ".pt" and not path.is_dir() else path
+    if folder.name in ("", ".."):  # `best.pt` typed in checkpoints/ (or `..`): only its full path names the folder
+        folder = Path(os.path.abspath(folder))
     return folder.parent if folder.name == "checkpoints" else folder
 
 

@@ -222,8 +222,8 @@ NOT_UTF8_TEXT = "not UTF-8 text (saved in another encoding, UTF-16 or Latin-1 sa
 def with_nearest(names, known) -> str:
     """Unknown ``names`` joined, each with the ``known`` name it is likely a misspelling of: ``image_sise (did you
     mean image_size?)``."""
-    return ", ".join(k + (f" (did you mean {near[0]}?)" if (near := difflib.get_close_matches(k, list(known), 1))
-                          else "") for k in names)
+    return ", ".join(f"{k}" + (f" (did you mean {near[0]}?)" if (near := difflib.get_close_matches(
+        str(k), [str(n) for n in known], 1)) else "") for k in names)
 
 
 def file_options(path: Path, data: str | None = None, resume: bool = False) -> tuple[dict, str]:

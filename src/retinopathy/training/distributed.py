@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .. import launch
 from ..errors import RetinopathyError
-from ..launch import PARENT, launched_as, resume_command
+from ..launch import launched_as, resume_command
 
 
 class PeerFailed(RetinopathyError):
@@ -69,7 +70,7 @@ def watch_launcher(rank: int, run=None, interval: float = 2.0) -> threading.Thre
     holding the run's lock). A hard exit, as a kill would be: saves are atomic, so the last saved epoch is kept.
     Rank 0 says so, with the command that continues ``run``. The launcher is the parent this process had when the
     package was imported, so that one killed before the watch starts (while torch was imported) is gone too."""
-    parent = PARENT
+    parent = launch.PARENT
     resume = resume_command(run if run is not None else "RUN")  # now: the launcher's environment
 
     def watch():
