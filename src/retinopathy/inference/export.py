@@ -277,9 +277,11 @@ def main(args) -> dict:
         target = work / out.name
         example = x[:2] if len(x) >= 2 else x.repeat(2, 1, 1, 1)  # batch > 1: the batch must not specialise
         with naming(out):
-            exporter, opset = (export_onnx(model, example, target, args.opset) if args.format == "onnx" else
-                               (export_pt2(model, example, target) if args.format == "pt2" else
-                                export_torchscript(model, example, target), None))
+            if args.format == "onnx":
+                exporter, opset = export_onnx(model, example, target, args.opset)
+            else:
+                writer = export_pt2 if args.format == "pt2" else export_torchscript
+                exporter, opset = writer(model, example, target), None
         diff, spread = parity(model, load_runner(target, args.format), x)
         print(f"parity ({RUNTIMES[args.format]} vs PyTorch) on {what}, "
               f"batch sizes 1 and 3: max |logit difference| = {diff:.2e} (tolerance {args.tolerance:g})")

@@ -146,10 +146,8 @@ def evaluation_note(run: Run) -> str:
     notes = []
     if ev.get("split_file"):
         notes.append(f"evaluated on the split of {ev['split_file']}, not the run's own")
-    elif other_data(run):
-        notes.append(f"evaluated on {ev['data']}, not the training data")
-    elif ev.get("data") and run.data and (copy := copy_of(ev["data"], run.data)):
-        notes.append(f"evaluated on {ev['data']}, {copy}")
+    elif ev.get("data") and run.data and Path(ev["data"]) != Path(run.data):  # other data, or a prepared copy's
+        notes.append(f"evaluated on {ev['data']}, {copy_of(ev['data'], run.data) or 'not the training data'}")
     if ev.get("blend_eyes") is not None and ev["blend_eyes"] != (run.train.get("blend_eyes") or 0.0):
         notes.append(f"graded with --blend-eyes {ev['blend_eyes']} (trained with {run.train.get('blend_eyes') or 0})")
     if ev.get("skipped"):
