@@ -1026,6 +1026,13 @@ def test_report_does_not_replace_pages_it_did_not_write(experiment, tmp_path, ca
         (site / name).unlink()
     assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(site)]) == 0
     assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(site)]) == 0  # its own: replaced
+    figures = sorted(p.name for p in site.glob("*.png"))
+    assert "confusion.png" in figures and len(figures) == 3
+    (site / "photo.jpeg").write_bytes(b"")  # a folder of photographs: predict would grade the figures there
+    assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(site)]) == 2
+    assert (f"--out {site} is a folder of photographs (photo.jpeg): write into a folder of its own, e.g. "
+            f"{tmp_path / 'report'}") in capsys.readouterr().err
+    assert sorted(p.name for p in site.glob("*.png")) == figures
     (tmp_path / "afile").write_text("x")
     assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(tmp_path / "afile")]) == 2
     assert "afile: a file, not a folder (--out takes a folder)" in capsys.readouterr().err

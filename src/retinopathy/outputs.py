@@ -65,6 +65,21 @@ def refuse_run_folder(folder: str | os.PathLike, option: str, example: str, own:
     raise RetinopathyError(f"{option} {folder} is {where}: write into a folder of its own, e.g. {run / example}")
 
 
+def refuse_photograph_folder(folder: str | os.PathLike, option: str, own, example: str) -> None:
+    """Raise now if the output ``folder`` (given as ``option``) holds photographs: this command's PNGs there would
+    be graded as photographs by a later ``predict`` (or trained on, in grade folders). ``own(name)``: whether a file
+    is one this command writes. Not recursive: an earlier output's figures in sub-folders are not photographs."""
+    from .data.images import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    photos = sorted(f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and not own(f.name)
+                    ) if folder.is_dir() else []
+    if photos:
+        more = f" and {len(photos) - 1:,} more" if len(photos) > 1 else ""
+        raise RetinopathyError(f"{option} {folder} is a folder of photographs ({photos[0]}{more}): write into a "
+                               f"folder of its own, e.g. {example}")
+
+
 def busy(folder: str | os.PathLike) -> bool:
     """Whether another process holds ``folder``'s lock (:func:`exclusive`) right now."""
     lock = Path(folder) / ".lock"

@@ -31,13 +31,12 @@ from ..cli.common import (
     show_defaults,
 )
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog
-from ..data.images import IMAGE_EXTENSIONS
 from ..data.dataset import PairedEyes
 from ..data.problems import skipped_note, write_skipped
 from ..data.splits import run_overlap, same_photographs, split_option, trained_on
 from ..errors import DataWarning, RetinopathyError
 from ..models.restore import display_name, restore
-from ..outputs import check_writable, is_run_folder, refuse_run_folder
+from ..outputs import check_writable, is_run_folder, refuse_photograph_folder, refuse_run_folder
 from ..reporting.figures import confusion_figure
 from ..reporting.model_card import write_model_card
 from ..reporting.text import bracket_ci
@@ -164,12 +163,10 @@ def main(args) -> dict:
         raise RetinopathyError(f"--out {out} is inside the run in {other}, and {checkpoint} is not that run's: its "
                                f"evaluation there would replace that run's own; write into {own_run / 'eval'}, or a "
                                "folder of its own")
-    photos = sorted(f.name for f in out.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS and f.name not in OUTPUTS
-                    ) if out.is_dir() else []  # confusion_matrix.png among them would be graded as one (predict)
-    if photos or any(d and out.resolve() == Path(d).resolve() for d in (args.data, getattr(args, "images", None))):
-        raise RetinopathyError(f"--out {out} is " + (f"a folder of photographs ({photos[0]}" + (
-            f" and {len(photos) - 1:,} more)" if len(photos) > 1 else ")") if photos else "the data's own folder")
-            + f": write the evaluation into a folder of its own, e.g. {own_run / 'eval'}")
+    refuse_photograph_folder(out, "--out", OUTPUTS.__contains__, own_run / "eval")  # its confusion_matrix.png
+    if any(d and out.resolve() == Path(d).resolve() for d in (args.data, getattr(args, "images", None))):
+        raise RetinopathyError(f"--out {out} is the data's own folder: write the evaluation into a folder of its own, "
+                               f"e.g. {own_run / 'eval'}")
     check_writable(out, "--out")
     model, objective, prep, ckpt = restore(checkpoint)
     reading = run_reading(checkpoint, args.data)  # its --skip-bad too, where the data is read as the run read it

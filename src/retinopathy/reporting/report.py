@@ -26,7 +26,7 @@ from ..data.prepare import prepared_from
 from ..data.synth import is_synthetic
 from ..evaluation.metrics import no_better_than_majority
 from ..models.restore import display_name
-from ..outputs import check_writable, refuse_run_folder
+from ..outputs import check_writable, refuse_photograph_folder, refuse_run_folder
 from ..training.config import PRESETS, option_value
 from . import figures
 from .html import GENERATOR, LEGEND, render_html
@@ -251,11 +251,16 @@ OWN_PAGES = {"index.html": re.compile(re.escape(GENERATOR) + '|<section id="runs
 # report's pages, an earlier version's too
 
 
+FIGURE = re.compile(r"(accuracy|loss)-.+\.png|confusion\.png")  # the figures a report writes
+
+
 def check_report_out(out: Path, option: str = "--out") -> None:
-    """Refuse an ``out`` (given as ``option``) that is a file or a run's folder, or that holds an index.html or
-    report.md the report did not write."""
+    """Refuse an ``out`` (given as ``option``) that is a file, a run's folder or a folder of photographs, or that
+    holds an index.html or report.md the report did not write."""
     check_writable(out, option)
     refuse_run_folder(out, option, "report")
+    refuse_photograph_folder(out, option, FIGURE.fullmatch, out.absolute().parent / "report")  # not inside: a
+    # folder given to predict is searched recursively
     for name, own in OWN_PAGES.items():
         try:
             text = (out / name).read_text(encoding="utf-8", errors="replace")
