@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader
 
 from retinopathy.cli.main import main
@@ -779,6 +779,28 @@ def test_conversions_keep_the_values(tmp_path):
     Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
     a = np.asarray(open_image(tmp_path / "alpha.png"))
     assert (a[0, 0] == 0).all() and (a[4, 4] == 255).all()
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_photograph_is_turned_as_its_exif_says(tmp_path, orientation):
+    """A JPEG tagged as turned (a phone's, or one turned in a photo app) is read as a viewer shows it, at full and
+    at reduced scale, and its size is the upright one: training, predict and the heatmaps see it upright."""
+    arr = np.zeros((200, 320, 3), dtype=np.uint8)
+    arr[:100, :160, 0] = 255  # a red top-left corner as stored
+    stored = Image.fromarray(arr)
+    exif = stored.getexif()
+    exif[0x0112] = orientation
+    stored.save(tmp_path / "turned.jpeg", exif=exif, quality=95)
+    with Image.open(tmp_path / "turned.jpeg") as raw:
+        upright = np.asarray(ImageOps.exif_transpose(raw).convert("RGB")).astype(int)
+    assert upright.shape[:2] == ((320, 200) if orientation != 3 else (200, 320))
+    for min_size in (None, 50):  # 50: decoded at 1/4 scale (draft)
+        img = open_image(tmp_path / "turned.jpeg", min_size)
+        scale = 1 if min_size is None else 4
+        assert img.size == (upright.shape[1] // scale, upright.shape[0] // scale)
+        small = np.asarray(Image.fromarray(upright.astype(np.uint8)).resize(img.size, Image.BILINEAR)).astype(int)
+        assert np.abs(np.asarray(img).astype(int) - small).mean() < 8  # not the stored (sideways) pixels
+    assert check_image(tmp_path / "turned.jpeg") == upright.shape[1::-1]
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Finding and decoding fundus photographs.
 
 Large JPEGs are decoded at reduced scale with Pillow's ``draft()``: a 4752x3168 photo that will become
-512 px is decoded at 1/4 scale (1188x792), which is several times faster than a full decode.
+512 px is decoded at 1/4 scale (1188x792), which is several times faster than a full decode. A photograph
+with an EXIF orientation (a phone's, or one turned in a photo app) is turned as a viewer shows it.
 Pillow's decompression-bomb limit stays on, and truncated files are errors (``LOAD_TRUNCATED_IMAGES``
 is never set).
 """
@@ -15,7 +16,7 @@ import unicodedata
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import RetinopathyError
 from .preprocess import find_fov
@@ -215,13 +216,22 @@ def open_image(path: str | os.PathLike, min_size: int | None = None, fov: bool =
         return img
 
 
+def upright_size(img: Image.Image) -> tuple[int, int]:
+    """The size of an opened image as a viewer shows it: its sides swapped by an EXIF orientation that turns it a
+    quarter (5-8)."""
+    return img.size[::-1] if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else img.size
+
+
 def _decode(path: Path, side: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """``path`` decoded to RGB, a JPEG at the smallest scale whose sides are at least ``side``; and its full size."""
+    """``path`` decoded to RGB and turned upright (its EXIF orientation), a JPEG at the smallest scale whose sides
+    are at least ``side``; and its full size, upright."""
     with Image.open(path) as img:
-        full = img.size
+        full = upright_size(img)
         if side and img.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a second image
             img.draft("RGB", (side, side))
         img.load()
+        if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+            img = ImageOps.exif_transpose(img)
         return to_rgb(img), full
 
 
@@ -263,7 +273,7 @@ def _jpeg_complete(path: Path, size: int) -> bool:
 
 
 def check_image(path: str | os.PathLike) -> tuple[int, int]:
-    """Check that ``path`` is a usable image and return its size (width, height).
+    """Check that ``path`` is a usable image and return its size (width, height), upright (:func:`upright_size`).
 
     Catches missing, empty, unidentifiable, truncated and corrupt files without decoding a JPEG or PNG:
     a JPEG needs its end marker (EOI) after its scan data, a PNG every chunk's checksum and its IEND
@@ -275,7 +285,7 @@ def check_image(path: str | os.PathLike) -> tuple[int, int]:
         if st.st_size == 0:
             raise ImageError(path, EMPTY)
         with Image.open(path) as img:
-            size, fmt = img.size, img.format
+            size, fmt = upright_size(img), img.format
             if fmt == "PNG":
                 img.verify()
             elif fmt != "JPEG":
