@@ -651,6 +651,14 @@ def test_a_nearly_black_photograph_is_a_warning_of_data_check(tmp_path, kaggle):
     rc, report = check(tmp_path, kaggle)
     assert rc == 0 and report["problems"] == []
     assert [(w["kind"], w["image"], w["line"]) for w in report["warnings"]] == [("blank-image", "4_left", 10)]
+    Image.new("RGB", (48, 48), (30, 30, 30)).save(kaggle / "4_left.jpeg")  # 12-bit values in a 16-bit file, say
+    Image.new("RGB", (150, 48), (200, 100, 50)).save(kaggle / "5_left.jpeg")  # two photographs side by side
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 0 and report["problems"] == []
+    assert [(w["kind"], w["image"]) for w in report["warnings"]] == [("dark-image", "4_left"),
+                                                                      ("narrow-image", "5_left")]
+    assert "reaches 30 of 255" in report["warnings"][0]["message"]
+    assert "150x48 px, far from the shape" in report["warnings"][1]["message"]
 
 
 def test_empty_dataset(tmp_path):
@@ -791,16 +799,18 @@ def test_a_photograph_is_turned_as_its_exif_says(tmp_path, orientation):
     exif = stored.getexif()
     exif[0x0112] = orientation
     stored.save(tmp_path / "turned.jpeg", exif=exif, quality=95)
-    with Image.open(tmp_path / "turned.jpeg") as raw:
+    stored.save(tmp_path / "turned.png", exif=exif)
+    with Image.open(tmp_path / "turned.png") as raw:
         upright = np.asarray(ImageOps.exif_transpose(raw).convert("RGB")).astype(int)
     assert upright.shape[:2] == ((320, 200) if orientation != 3 else (200, 320))
-    for min_size in (None, 50):  # 50: decoded at 1/4 scale (draft)
-        img = open_image(tmp_path / "turned.jpeg", min_size)
+    for path, min_size in ((tmp_path / "turned.png", None), (tmp_path / "turned.jpeg", None),
+                           (tmp_path / "turned.jpeg", 50)):  # 50: decoded at 1/4 scale (draft)
+        img = open_image(path, min_size)
         scale = 1 if min_size is None else 4
         assert img.size == (upright.shape[1] // scale, upright.shape[0] // scale)
         small = np.asarray(Image.fromarray(upright.astype(np.uint8)).resize(img.size, Image.BILINEAR)).astype(int)
         assert np.abs(np.asarray(img).astype(int) - small).mean() < 8  # not the stored (sideways) pixels
-    assert check_image(tmp_path / "turned.jpeg") == upright.shape[1::-1]
+        assert check_image(path) == upright.shape[1::-1]
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):

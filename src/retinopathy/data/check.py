@@ -10,13 +10,20 @@ import numpy as np
 from ..progress import progress_bar
 from ..workers import worker_count
 from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog
-from .images import BLANK_LEVEL, ImageError, brightest, check_image, open_image
+from .images import ImageError, brightest, check_image, doubt, open_image
 from .problems import Problem
 from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
 
 STATS_SIZE = 256
 SHOWN_PER_KIND = 20  # problems of one kind listed in the text report
+LOOKS = {"black": ("blank-image", "nearly black (its brightest pixels reach {level:.0f} of 255): no retina to grade; "
+                                  "check the photograph, or remove its row"),
+         "dark": ("dark-image", "very dark (its brightest 1 % reaches {level:.0f} of 255; photographs reach 87 and "
+                                "up): under-exposed, or 12-bit values stored in a 16-bit file, read on the 16-bit "
+                                "scale; its grades would be doubtful: check the photograph"),
+         "narrow": ("narrow-image", "{w}x{h} px, far from the shape of a photograph of the eye (about 3:2): the "
+                                    "preprocessing keeps a square of it, so much of it is not seen; check the image")}
 
 
 def _inspect(path: str, stats: bool):
@@ -36,7 +43,8 @@ def _inspect(path: str, stats: bool):
 def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = None,
                   progress: bool = True, images: bool = True) -> dict:
     """Decode every image of ``catalog`` and return a JSON-ready report (``report["problems"]`` lists all;
-    ``report["warnings"]`` the images that decode but look blank). ``images=False`` checks the labels only:
+    ``report["warnings"]`` the images that decode but look nearly black, very dark or not like a photograph's
+    shape, as ``predict`` warns). ``images=False`` checks the labels only:
     nothing is decoded, and patients shared between splits are counted over every row."""
     problems: list[Problem] = list(catalog.problems)
     blank: list[Problem] = []
@@ -51,10 +59,11 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
             except (ImageError, OSError, ValueError) as e:
                 problems.append(Problem.bad_image(s, e))
                 continue
-            if bright < BLANK_LEVEL:
-                blank.append(Problem("blank-image", s.source, s.line, f"{s.image}: nearly black (its brightest "
-                                     f"pixels reach {bright:.0f} of 255): no retina to grade; check the "
-                                     "photograph, or remove its row", s.image))
+            looks = doubt(bright, size, 0)  # no model input here to be small against
+            if looks:
+                kind, text = LOOKS[looks]
+                blank.append(Problem(kind, s.source, s.line, f"{s.image}: " + text.format(
+                    level=bright, w=size[0], h=size[1]), s.image))
             ok.append(s)
             sizes.append(size)
             if acc is not None:

@@ -216,23 +216,29 @@ def open_image(path: str | os.PathLike, min_size: int | None = None, fov: bool =
         return img
 
 
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation of an opened (not yet loaded) image, 1 (as stored) when it has none; read from its
+    header, without decoding it (a PNG's EXIF after its pixels is not looked for: Pillow would decode them)."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1
+    return img.getexif().get(ExifTags.Base.Orientation, 1)
+
+
 def upright_size(img: Image.Image) -> tuple[int, int]:
-    """The size of an opened image as a viewer shows it: its sides swapped by an EXIF orientation that turns it a
+    """The size of an opened image as a viewer shows it: its sides swapped by an :func:`orientation` that turns it a
     quarter (5-8)."""
-    return img.size[::-1] if img.getexif().get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8) else img.size
+    return img.size[::-1] if orientation(img) in (5, 6, 7, 8) else img.size
 
 
 def _decode(path: Path, side: int | None) -> tuple[Image.Image, tuple[int, int]]:
-    """``path`` decoded to RGB and turned upright (its EXIF orientation), a JPEG at the smallest scale whose sides
-    are at least ``side``; and its full size, upright."""
+    """``path`` decoded to RGB and turned upright (its :func:`orientation`), a JPEG at the smallest scale whose
+    sides are at least ``side``; and its full size, upright."""
     with Image.open(path) as img:
-        full = upright_size(img)
+        full, turned = upright_size(img), orientation(img) != 1
         if side and img.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a second image
             img.draft("RGB", (side, side))
         img.load()
-        if img.getexif().get(ExifTags.Base.Orientation, 1) != 1:
-            img = ImageOps.exif_transpose(img)
-        return to_rgb(img), full
+        return to_rgb(ImageOps.exif_transpose(img) if turned else img), full
 
 
 def _jpeg_scan_start(f) -> int | None:
