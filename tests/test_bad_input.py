@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -811,6 +812,21 @@ def test_a_photograph_is_turned_as_its_exif_says(tmp_path, orientation):
         small = np.asarray(Image.fromarray(upright.astype(np.uint8)).resize(img.size, Image.BILINEAR)).astype(int)
         assert np.abs(np.asarray(img).astype(int) - small).mean() < 8  # not the stored (sideways) pixels
         assert check_image(path) == upright.shape[1::-1]
+
+
+def test_a_damaged_exif_is_read_without_pillows_warning(tmp_path):
+    """Pillow's "Corrupt EXIF data" names no file and would come from every read of the orientation: the EXIF is
+    not the photograph, which is read as stored."""
+    disc(tmp_path / "x.jpeg", size=64)
+    data = (tmp_path / "x.jpeg").read_bytes()
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00" + b"\xff" * 20  # an entry cut short
+    (tmp_path / "x.jpeg").write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + data[2:])
+    read = ("from retinopathy.data.images import check_image, open_image; import sys; "
+            "print(check_image(sys.argv[1]), open_image(sys.argv[1]).size)")  # a process of its own: pytest resets
+    done = subprocess.run([sys.executable, "-c", read, str(tmp_path / "x.jpeg")], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+                          check=True)  # the filters that importing set
+    assert done.stdout == "(64, 64) (64, 64)\n" and "EXIF" not in done.stderr
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ import errno
 import math
 import os
 import unicodedata
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import RetinopathyError
 from .preprocess import find_fov
+
+warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)  # Pillow's, naming no file, once per process:
+# the EXIF (read for the orientation) is not the photograph; a turn it no longer gives is not made
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 EMPTY = "empty file (0 bytes); replace it, or remove it (and its row in the labels, if any)"
