@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
+from retinopathy.data.images import ImageError, open_image
 from retinopathy.data.splits import SplitError, leakage_warnings, shared_patients, write_split
 
 
@@ -465,7 +466,6 @@ def test_real_photographs_load_with_true_labels_at_512(shared_data):
 
 def test_reduced_scale_decode_matches_full_decode(shared_data):
     """draft() decoding at reduced scale gives the same 512 px picture as a full decode, within tolerance."""
-    from retinopathy.data.images import open_image
     from retinopathy.data.transforms import Preprocessing, build_transform
 
     t = build_transform(Preprocessing("lab", 512), train=False, uint8=True)
@@ -587,7 +587,6 @@ def test_a_patient_named_in_two_unicode_normal_forms_is_one_patient(tmp_path):
 
 def test_a_folder_that_cannot_be_listed_stops_the_read(tmp_path, monkeypatch):
     """os.walk leaves out a folder it cannot list, and with it a grade's photographs: an error names it."""
-    from retinopathy.data.images import ImageError
 
     for g in range(5):
         disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
@@ -612,3 +611,6 @@ def test_a_listed_image_that_is_a_broken_link_is_said_to_be_one(tmp_path):
     assert problem.kind == "missing-image"
     assert f"(1_left.jpeg there is a link to {tmp_path / 'gone' / '1_left.jpeg'}, which does not exist)" \
         in problem.message
+    with pytest.raises(ImageError, match=f"a symbolic link to {tmp_path / 'gone' / '1_left.jpeg'}, which is not "
+                                         "there; point it at the photograph"):  # as predict reads a file given
+        open_image(tmp_path / "1_left.jpeg")

@@ -159,7 +159,8 @@ def _refuse_unreadable(path: Path, e: Exception) -> None:
     if not isinstance(e, OSError) or not isinstance(e.errno, int):
         return
     if isinstance(e, FileNotFoundError):
-        raise ImageError(path, "file not found") from None
+        raise ImageError(path, f"a symbolic link to {os.readlink(path)}, which is not there; point it at the "
+                               "photograph, or remove it" if path.is_symlink() else "file not found") from None
     if isinstance(e, IsADirectoryError):
         raise ImageError(path, "a folder, not an image file; name an image in it") from None
     if isinstance(e, PermissionError):
