@@ -614,3 +614,11 @@ def test_a_listed_image_that_is_a_broken_link_is_said_to_be_one(tmp_path):
     with pytest.raises(ImageError, match=f"a symbolic link to {tmp_path / 'gone' / '1_left.jpeg'}, which is not "
                                          "there; point it at the photograph"):  # as predict reads a file given
         open_image(tmp_path / "1_left.jpeg")
+
+
+def test_a_split_without_images_names_the_splits_there(tmp_path):
+    """evaluate --split val of a run trained without one (the lab's recipe, --val-fraction 0) said only "no images
+    in split 'val'", as if the data were wrong."""
+    make_kaggle(tmp_path, n_patients=10)
+    with pytest.raises(DataError, match=r"no images in split 'val' \(the splits here: train, test\)"):
+        FundusDataset(tmp_path, "val", val_fraction=0, image_size=32)

@@ -1872,6 +1872,16 @@ def test_selecting_on_test_for_want_of_val_images_is_warned_about(tmp_path, caps
                  "--out", str(tmp_path / "none")]) == 2  # no test split either: the error alone says so
     err = capsys.readouterr().err
     assert "no image is in the val or the test split" in err and "warning" not in err
+    one = ["--data", str(tmp_path / "data"), *FAST, "--image-size", "32", "--epochs", "1", "--freeze-epochs", "0"]
+    assert main(["train", *one, "--val-fraction", "0", "--out", str(tmp_path / "typed")]) == 0  # none, as typed:
+    assert "warning: --val-fraction 0 leaves no val split, so the checkpoint is selected (and any thresholds tuned) " \
+           "on test, and the test numbers are optimistic; pass --val-fraction 0.1" in capsys.readouterr().err
+    config = yaml.safe_load((tmp_path / "typed" / "config.yaml").read_text())  # not the lab's recipe
+    assert config["selection"]["note"] == "selected on the test split (no validation split; optimistic)"
+    assert main(["train", "--preset", "lab", *one, "--out", str(tmp_path / "lab")]) == 0  # the lab's: on purpose
+    assert "warning" not in capsys.readouterr().err
+    config = yaml.safe_load((tmp_path / "lab" / "config.yaml").read_text())
+    assert config["selection"]["note"] == "selected on the test split (reproduces the lab; optimistic)"
 
 
 def test_a_run_being_trained_is_not_trained_by_a_second_command(synth_small, tmp_path, capsys):

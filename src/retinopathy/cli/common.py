@@ -69,7 +69,7 @@ def add_format_arguments(parser: argparse.ArgumentParser, name: str = "DATA") ->
     g.add_argument("--format", choices=FORMATS, help="dataset format")
     g.add_argument("--labels", help="labels CSV (or, for the lab format, the folder with its four CSVs)")
     g.add_argument("--images", help=f"folder that holds the images (default: {name}, {name}/images, {name}/train, "
-                                    f"{name}/train_images, whichever has images)")
+                                    f"{name}/train_images, whichever holds the most of the listed names)")
     g.add_argument("--image-col", help="image column of a CSV with a header (e.g. id_code)")
     g.add_argument("--label-col", help="label column of a CSV with a header (e.g. diagnosis)")
     g.add_argument("--patient-col", help="patient column, if the CSV has one (default: from <patient>_left/right)")

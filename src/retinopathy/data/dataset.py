@@ -16,7 +16,7 @@ from ..progress import progress_bar
 from .formats import GRADE_NAMES, GRADES, IMAGE_SUBDIRS, Catalog, Sample, read_catalog
 from .images import ImageError, check_image, index_images
 from .problems import DataError, Problem, refuse_misaligned
-from .splits import SPLIT_DEFAULTS, assign_splits, leakage_warnings, read_split, select, write_split
+from .splits import SPLIT_DEFAULTS, SPLITS, assign_splits, leakage_warnings, read_split, select, write_split
 from .transforms import Preprocessing, build_transform, geometry, to_tensor
 
 
@@ -111,9 +111,10 @@ class FundusDataset(Dataset):
             raise DataError(problems, hint=here + (
                 "Fix the files, or pass --skip-bad (in Python: skip_bad=True) to drop them." if found else ""))
         if not samples:  # said first: with --skip-bad, the cause of what it dropped
+            present = sorted({s.split for s in found}, key=SPLITS.index)
             raise DataError([Problem("empty", str(catalog.root), None, f"no images in split {split!r}" + (
-                f": --skip-bad (skip_bad=True) dropped all {len(problems):,} of its rows" if problems else ""))]
-                + problems, hint=here.strip())
+                f": --skip-bad (skip_bad=True) dropped all {len(problems):,} of its rows" if problems else
+                f" (the splits here: {', '.join(present)})" if present else ""))] + problems, hint=here.strip())
         self.skipped = problems
         self.samples: list[Sample] = samples
         self.train = split == "train" if train is None else train

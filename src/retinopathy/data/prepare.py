@@ -1,4 +1,4 @@
-"""``retinopathy prepare SRC OUT --size 512``: decode every photograph once into a small, fast JPEG copy.
+"""``retinopathy prepare DATA OUT --size 512``: decode every photograph once into a small, fast JPEG copy.
 
 Each labelled image is decoded at reduced scale (``Image.draft``, :func:`~retinopathy.data.images.open_image`),
 optionally cropped to its round field of view (``--crop fov``), resized so that its short side is ``--size``
@@ -366,7 +366,8 @@ def prepared_from(root: str | Path) -> str | None:
 
 def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
     """What the manifest of a copy in ``root`` says against reading it with ``prep``: an unfinished copy, one made
-    smaller than it is read (upscaled, its detail lost), field-of-view crops read with the ``lab`` preset."""
+    smaller than it is read (upscaled, its detail lost), field-of-view crops read with the ``lab`` preset, and
+    whole frames read with a preset that crops the field of view out of them (at less than twice its size)."""
     try:
         m = json.loads((Path(root) / MANIFEST).read_text())
         complete, size, crop = m["complete"], int(m["size"]), m["crop"]
@@ -385,14 +386,19 @@ def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
                      "centre-crops the original photographs: a model trained so grades photographs framed otherwise "
                      "than it learnt them; train with --preprocess fov (or graham), or read a copy prepared without "
                      "--crop fov")
+    if crop != "fov" and prep.preset != "lab" and size < 2 * prep.size:
+        found.append(f"{root} was prepared without --crop fov and is read with --preprocess {prep.preset}, which "
+                     f"crops the field of view out of the {size} px copy: a retina smaller than the frame is "
+                     f"upscaled, with less detail than the originals give; prepare it again with --crop fov (or "
+                     f"at --size {2 * prep.size} or more)")
     return found
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("retinopathy prepare", add_help=add_help, description=__doc__.split("\n\n")[0],
-                                epilog="A copy for --preprocess fov or graham needs --crop fov; see docs/data.md "
-                                       "(A decoded copy).")
-    p.add_argument("src", metavar="SRC", help="dataset folder (any supported format)")
+                                epilog="A copy for --preprocess fov or graham needs --crop fov (or a --size twice "
+                                       "the training's); see docs/data.md (A decoded copy).")
+    p.add_argument("src", metavar="DATA", help="dataset folder (any supported format)")
     p.add_argument("out", metavar="OUT", help="folder to write (new, empty, or an earlier run's to resume it)")
     p.add_argument("--size", type=at_least(8), default=512,
                    help="short side in pixels (default 512; train at this size)")
@@ -401,7 +407,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument("-j", "--workers", type=at_least(0), default=None,
                    help="processes (default: all cores; 0 or 1: none, all in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_format_arguments(p, "SRC")
+    add_format_arguments(p)
     return show_defaults(p)
 
 

@@ -90,12 +90,14 @@ def load_data(args, ckpt: dict | None, dist: DistInfo, progress: bool) -> RunDat
     splits_present = {s.split for s in catalog.samples}
     eval_splits = [sp for sp in args.eval_splits.split(",") if sp and sp in splits_present]
     select_on, why = selection_split(args, splits_present, split_file)
-    wants_val = split_file or split_option(vars(args).get, "val_fraction")  # (the lab preset: none, on purpose)
-    if args.select_on == "auto" and select_on == "test" and "test" in splits_present and wants_val \
-            and ckpt is None and dist.main:  # (without test either, the error below says so)
-        print(f"warning: no image is in the val split ({why}), so the checkpoint is selected (and any thresholds "
-              "tuned) on test, and the test numbers are optimistic; " + (
-                  "give some of its rows the val split" if split_file else "add images or raise --val-fraction")
+    wants_val = split_file or split_option(vars(args).get, "val_fraction")
+    if args.select_on == "auto" and select_on == "test" and "test" in splits_present and ckpt is None \
+            and dist.main and (wants_val or args.preset != "lab"):  # (the lab's recipe: none, on purpose; without
+        print("warning: " + (f"no image is in the val split ({why})" if wants_val else  # test, the error below)
+                             "--val-fraction 0 leaves no val split") + ", so the checkpoint is selected (and any "
+              "thresholds tuned) on test, and the test numbers are optimistic; " + (
+                  "give some of its rows the val split" if split_file else "add images or raise --val-fraction"
+                  if wants_val else "pass --val-fraction 0.1 for one")
               + ", or pass --select-on test to choose this knowingly", file=sys.stderr)
     if select_on not in eval_splits:
         eval_splits.append(select_on)

@@ -118,8 +118,9 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
                        "leakage_warnings": data.warnings,
                        "skipped": len(data.skipped)},  # each listed in skipped.csv
               "selection": {"split": data.select_on, "metric": args.select_metric,
-                            "note": "selected on the test split (reproduces the lab; optimistic)"
-                            if data.select_on == "test" else "selected on the validation split"},
+                            "note": "selected on the validation split" if data.select_on != "test" else
+                            "selected on the test split (" + ("reproduces the lab" if args.preset == "lab" else
+                                                              "no validation split") + "; optimistic)"},
               "engine": {"device": str(engine.device), "amp": engine.amp, "eval_amp": engine.eval_amp,
                          "channels_last": engine.channels_last, "workers": engine.workers,
                          "world_size": engine.dist.world_size},
