@@ -2096,7 +2096,13 @@ def test_a_last_pt_from_another_run_is_named_as_such(tiny_run, tmp_path, capsys)
     assert (f"{run / 'checkpoints' / 'last.pt'} is not this run's checkpoint: it trained with --objective "
             "classification (the run's config.yaml: regression); put the run's own last.pt back") in err
     assert (run / "checkpoints" / "last.pt").read_bytes() == before
-    config["train"]["objective"] = "classification"  # a decay recorded for a run without EMA, as a resume that
+    config["train"]["objective"] = "classification"
+    config["train"]["seed"] = 12345  # a sibling run's last.pt (another seed): it said "the run trained with --seed
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # 0 (not 12345)", never typed
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    assert (f"{run / 'checkpoints' / 'last.pt'} is not this run's checkpoint: it trained with --seed 0 (the run's "
+            "config.yaml: 12345)") in capsys.readouterr().err
+    config["train"]["seed"] = 0  # a decay recorded for a run without EMA, as a resume that
     config["train"]["model_ema_decay"] = 0.5  # gave --model-ema-decay records it: the run's own, resumed
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["train", "--resume", str(run), "--quiet"]) == 0

@@ -116,14 +116,14 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         had = {k: ckpt["config"].get(k, initial[k])  # an option newer than the run: its default
                for k in (*FIXED_ON_RESUME, *FIXED_WHILE_TRAINING, *FIXED_WHILE_STEPPING)}
         recorded = file_options(Path(args.resume) / "config.yaml", resume=True)[0]
-        foreign = [k for k in FIXED_ON_RESUME if k in recorded and comparable(k, recorded[k]) != comparable(k, had[k])
-                   and matters(k, had)]
+        foreign = [k for k in (*FIXED_ON_RESUME, *FIXED_WHILE_STEPPING) if k in recorded and matters(k, had)
+                   and comparable(k, recorded[k]) != comparable(k, had[k])]  # (a resume records what it kept)
         if foreign:  # what the run's own record and its last.pt disagree on: a checkpoint copied from elsewhere
             raise CheckpointError(f"{last_pt} is not this run's checkpoint: it trained with "
                                   + ", ".join(f"{flag(k, effective(k, had[k]))} (the run's config.yaml: "
                                               f"{flag(k, effective(k, recorded[k]), bare=True)})" for k in foreign)
-                                  + "; put the run's own last.pt back, or train a new run from this checkpoint's "
-                                  f"weights ({new_run_from(last_pt)})")
+                                  + "; put the run's own last.pt back (or its config.yaml, if that was edited), or "
+                                  f"train a new run from this checkpoint's weights ({new_run_from(last_pt)})")
         differs = [k for k in had if comparable(k, had[k]) != comparable(k, getattr(args, k))]
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
                    for k in fixed if k in differs and matters(k, vars(args))]
