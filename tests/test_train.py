@@ -1753,7 +1753,11 @@ def test_an_exported_model_given_for_a_checkpoint_or_weights_is_named_as_one(tmp
 
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "grader.ts.pt")
     (tmp_path / "grader.onnx").write_bytes(b"\x08\x07\x12\x07pytorch")
-    for name, kind in (("grader.ts.pt", "a TorchScript model"), ("grader.onnx", "an ONNX model")):
+    linear = torch.nn.Linear(2, 2)
+    torch.export.save(torch.export.export(linear, (torch.zeros(1, 2),)), tmp_path / "grader.pt2")
+    shutil.copy(tmp_path / "grader.pt2", tmp_path / "renamed.pt")  # any name: the archive says what it is
+    for name, kind in (("grader.ts.pt", "a TorchScript model"), ("grader.onnx", "an ONNX model"),
+                       ("grader.pt2", "a torch.export program"), ("renamed.pt", "a torch.export program")):
         path = tmp_path / name
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # torch.load's "looks like a TorchScript archive" warning

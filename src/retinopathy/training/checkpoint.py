@@ -165,16 +165,19 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
 
 
 def exported_model(path: Path) -> str | None:
-    """What an exported model is ("a TorchScript model", "an ONNX model"), or None for any other file. A
-    TorchScript archive is a zip whose records include ``constants.pkl``, which a checkpoint's never do (torch.load
-    would hand it to torch.jit.load, with a warning, and fail)."""
+    """What an exported model is ("a TorchScript model", "a torch.export program", "an ONNX model"), or None for
+    any other file. A TorchScript archive is a zip whose records include ``constants.pkl`` and a torch.export one
+    (``.pt2``) ``archive_format``, which a checkpoint's never do (torch.load would hand the first to torch.jit.load,
+    with a warning, and fail)."""
     if path.suffix == ".onnx":
         return "an ONNX model"
     try:
         with zipfile.ZipFile(path) as z:
-            return "a TorchScript model" if any(n.endswith("/constants.pkl") for n in z.namelist()) else None
+            names = z.namelist()
     except (zipfile.BadZipFile, OSError):
         return None
+    return ("a TorchScript model" if any(n.endswith("/constants.pkl") for n in names) else
+            "a torch.export program" if any(n.endswith("/archive_format") for n in names) else None)
 
 
 def unreadable(path: Path, error: Exception) -> str:
