@@ -610,6 +610,11 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     assert main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--resume", str(run)]) == 2
     best, last = run / "checkpoints" / "best.pt", run / "checkpoints" / "last.pt"
     assert f"copy the run's best.pt over it (`cp {best} {last}`) to resume" in capsys.readouterr().err
+    from retinopathy.training.checkpoint import CheckpointError, load_checkpoint
+
+    with pytest.raises(CheckpointError, match=f"best.pt: cannot be read as a checkpoint .*Put the run's best.pt "
+                                              f"back from a backup, or pass its last.pt .*: {last}"):  # not "pass a
+        load_checkpoint(run)  # run's checkpoints/best.pt", as given
     with pytest.raises(SystemExit):  # a mistyped folder is not a new run
         main(["train", "--data", str(synth_small), *FAST, "--resume", str(tmp_path / "rnu")])
     assert "--resume " + str(tmp_path / "rnu") + ": not found" in capsys.readouterr().err
@@ -2086,7 +2091,7 @@ def test_evaluate_and_predict_find_the_images_where_the_run_did(synth_small, tmp
     assert "not found" in capsys.readouterr().err
 
 
-def test_a_last_pt_from_another_run_is_named_as_such(tiny_run, tmp_path, capsys):
+def test_a_last_pt_from_another_run_is_named_as_such(tiny_run, synth_small, tmp_path, capsys):
     """A run's record and its last.pt that disagree on what the model is: the checkpoint was copied from another
     run, and the refusal says so (it blamed options the user had not given)."""
     run = tmp_path / "run"
@@ -2106,6 +2111,14 @@ def test_a_last_pt_from_another_run_is_named_as_such(tiny_run, tmp_path, capsys)
     assert main(["train", "--resume", str(run), "--quiet"]) == 2
     assert (f"{run / 'checkpoints' / 'last.pt'} is not this run's checkpoint: it trained with --seed 0 (the run's "
             "config.yaml: 12345)") in capsys.readouterr().err
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text()  # nor is its best.pt: evaluate graded it (and
+    for argv in (["evaluate", str(run), "--data", str(synth_small), "--out", str(tmp_path / "e")],  # wrote the
+                 ["predict", str(run / "checkpoints" / "best.pt"), str(synth_small), "--out", str(tmp_path / "p.csv")],
+                 ["export", str(run), "--out", str(tmp_path / "m.onnx")]):  # run's model card of it)
+        assert main([*argv, "--quiet"] if argv[0] != "export" else argv) == 2
+        assert (f"{run / 'checkpoints' / 'best.pt'} is not the checkpoint of the run in {run}: it trained with --seed "
+                "0 (the run's config.yaml: 12345); put the run's own best.pt back") in capsys.readouterr().err
+    assert (run / "checkpoints" / "MODEL_CARD.md").read_text() == card and not (tmp_path / "e").exists()
     config["train"]["seed"] = 0  # a decay recorded for a run without EMA, as a resume that
     config["train"]["model_ema_decay"] = 0.5  # gave --model-ema-decay records it: the run's own, resumed
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

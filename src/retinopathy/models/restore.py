@@ -1,8 +1,10 @@
 """Rebuild a trained grader from a checkpoint: model, objective and the preprocessing it was trained with."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..data.transforms import Preprocessing
-from ..training.checkpoint import CheckpointError, load_checkpoint
+from ..training.checkpoint import CheckpointError, checkpoint_file, load_checkpoint, run_folder
 from .factory import Grader
 from .objectives import DEFAULT_THRESHOLDS, NUM_GRADES, Objective, make_objective
 
@@ -39,6 +41,28 @@ def display_name(arch: str) -> str:
     return arch
 
 
+def refuse_foreign(path: Path, ckpt: dict) -> None:
+    """Raise when the checkpoint ``path`` is in a run's folder whose config.yaml says the run trained otherwise
+    (another model, seed, lr...): a best.pt copied from another run, which evaluate would grade (and write this run's
+    model card of), its split.csv taken for the checkpoint's."""
+    from ..training.config import ConfigError, file_options
+    from ..training.resume import disagreements
+
+    run = run_folder(path)
+    if path.resolve().parent not in (run.resolve(), (run / "checkpoints").resolve()) \
+            or not (run / "config.yaml").is_file():
+        return
+    try:
+        recorded = file_options(run / "config.yaml", resume=True)[0]
+    except ConfigError:  # not a run's record: nothing to compare with
+        return
+    foreign = disagreements(ckpt.get("config") or {}, recorded)
+    if foreign:
+        raise CheckpointError(f"{path} is not the checkpoint of the run in {run}: it trained with "
+                              f"{', '.join(foreign)}; put the run's own {path.name} back (or its config.yaml, if that "
+                              "was edited), or use this checkpoint from a folder of its own")
+
+
 def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preprocessing, dict]:
     """(model in eval mode, objective, preprocessing, checkpoint dict) from a path or a loaded checkpoint.
 
@@ -47,6 +71,8 @@ def restore(checkpoint, map_location="cpu") -> tuple[Grader, Objective, Preproce
     ckpt = checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, map_location)
     info = ckpt.get("model_info") or {}
     where = checkpoint if not isinstance(checkpoint, dict) else "checkpoint"
+    if not isinstance(checkpoint, dict):
+        refuse_foreign(checkpoint_file(checkpoint), ckpt)
     if not isinstance(info, dict) or not isinstance(info.get("preprocessing", {}), dict):
         raise CheckpointError(f"{where}: its model information is not as retinopathy train writes it (edited?); "
                               "pass a run's checkpoints/best.pt")

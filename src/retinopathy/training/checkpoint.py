@@ -150,7 +150,9 @@ def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) ->
             f"A broken last.pt cannot be resumed as it is: copy the run's best.pt over it (`{copy}`) to resume from "
             "the selected epoch" if path.name == "last.pt" and best.is_file() else
             "A broken last.pt cannot be resumed, and the run has no best.pt: start the run again"
-            if path.name == "last.pt" else "Pass a run's checkpoints/best.pt (or last.pt)")) from None
+            if path.name == "last.pt" else f"Put the run's best.pt back from a backup, or pass its last.pt (the last "
+            f"epoch, not the selected one): {path.with_name('last.pt')}" if path.name == "best.pt"
+            and path.with_name("last.pt").is_file() else "Pass a run's checkpoints/best.pt (or last.pt)")) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a retinopathy checkpoint (no '{FORMAT}' marker); train one with "
                               "`retinopathy train` (other weights, such as ImageNet's, can start a training: "

@@ -62,6 +62,17 @@ def comparable(option: str, value):
     return [s.strip() for s in value.split(",") if s.strip()] if option == "eval_splits" else effective(option, value)
 
 
+def disagreements(config: dict, recorded: dict) -> list[str]:
+    """What a checkpoint's ``config`` (its options) and the run's record (``recorded``: its config.yaml's) disagree
+    on, among what shapes the model and how it learns, as ``--seed 2 (the run's config.yaml: 1)``: a checkpoint
+    copied from another run (or a record edited). An option newer than the checkpoint is its default; one a record
+    does not hold, or that means nothing there (:func:`matters`), is not compared (a resume records what it kept)."""
+    initial = defaults()
+    had = {k: config.get(k, initial[k]) for k in (*FIXED_ON_RESUME, *FIXED_WHILE_STEPPING)}
+    return [f"{flag(k, effective(k, had[k]))} (the run's config.yaml: {flag(k, effective(k, recorded[k]), bare=True)})"
+            for k in had if k in recorded and matters(k, had) and comparable(k, recorded[k]) != comparable(k, had[k])]
+
+
 def restore_best(folder: Path, last: dict) -> None:
     """When last.pt's epoch was its best, write ``best.pt`` from ``last`` if best.pt did not follow it (the process
     was killed between the two saves: the two hold the same state, and a best.pt cut or replaced since is mended
@@ -115,15 +126,11 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
         had = {k: ckpt["config"].get(k, initial[k])  # an option newer than the run: its default
                for k in (*FIXED_ON_RESUME, *FIXED_WHILE_TRAINING, *FIXED_WHILE_STEPPING)}
-        recorded = file_options(Path(args.resume) / "config.yaml", resume=True)[0]
-        foreign = [k for k in (*FIXED_ON_RESUME, *FIXED_WHILE_STEPPING) if k in recorded and matters(k, had)
-                   and comparable(k, recorded[k]) != comparable(k, had[k])]  # (a resume records what it kept)
-        if foreign:  # what the run's own record and its last.pt disagree on: a checkpoint copied from elsewhere
-            raise CheckpointError(f"{last_pt} is not this run's checkpoint: it trained with "
-                                  + ", ".join(f"{flag(k, effective(k, had[k]))} (the run's config.yaml: "
-                                              f"{flag(k, effective(k, recorded[k]), bare=True)})" for k in foreign)
-                                  + "; put the run's own last.pt back (or its config.yaml, if that was edited), or "
-                                  f"train a new run from this checkpoint's weights ({new_run_from(last_pt)})")
+        foreign = disagreements(ckpt["config"], file_options(Path(args.resume) / "config.yaml", resume=True)[0])
+        if foreign:
+            raise CheckpointError(f"{last_pt} is not this run's checkpoint: it trained with {', '.join(foreign)}; put "
+                                  "the run's own last.pt back (or its config.yaml, if that was edited), or train a "
+                                  f"new run from this checkpoint's weights ({new_run_from(last_pt)})")
         differs = [k for k in had if comparable(k, had[k]) != comparable(k, getattr(args, k))]
         changed = [f"{flag(k, effective(k, had[k]))} (not {flag(k, effective(k, getattr(args, k)), bare=True)})"
                    for k in fixed if k in differs and matters(k, vars(args))]
