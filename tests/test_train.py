@@ -624,6 +624,13 @@ def test_resume_refuses_a_bad_checkpoint(synth_small, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--resume", str(synth_small)])
     assert f"--resume {synth_small}: not a run folder (no config.yaml there)" in capsys.readouterr().err
+    (tmp_path / "gone" / "checkpoints").mkdir(parents=True)  # a run whose record was deleted
+    (tmp_path / "gone" / "checkpoints" / "last.pt").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        main(["train", "--resume", str(tmp_path / "gone")])
+    assert (f"--resume {tmp_path / 'gone'}: its config.yaml, the run's record of its options and data, is gone "
+            f"(deleted?): put it back from a backup, or start a new run from its weights (--weights "
+            f"{tmp_path / 'gone' / 'checkpoints' / 'last.pt'} --out NEW)") in capsys.readouterr().err
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "experiment.json").write_text("{}")
     with pytest.raises(SystemExit):

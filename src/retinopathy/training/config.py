@@ -331,6 +331,8 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
     layered: dict = {}
     origin: dict = {}
     if pre.resume and not (Path(pre.resume) / "config.yaml").exists():
+        from .checkpoint import new_run_from
+
         resume = Path(pre.resume)
         run = resume.parent.parent if resume.parent.name == "checkpoints" else resume.parent
         parser.error(f"--resume {pre.resume}: " + (
@@ -338,6 +340,9 @@ def _layered_defaults(parser: argparse.ArgumentParser, pre: argparse.Namespace,
             f"inside a run; --resume takes the run folder, {run}" if (run / "config.yaml").exists() else
             "an experiment's folder: `retinopathy experiment CONFIG` again continues its cells (or --resume one "
             "of its run folders)" if (resume / "experiment.json").exists() else
+            "its config.yaml, the run's record of its options and data, is gone (deleted?): put it back from a "
+            f"backup, or start a new run from its weights ({new_run_from(resume / 'checkpoints' / 'last.pt')})"
+            if (resume / "checkpoints" / "last.pt").is_file() else
             "not a run folder (no config.yaml there); pass the folder that `retinopathy train --out` wrote, "
             "e.g. runs/NAME"))
     if pre.config == "":  # an unset shell variable (-c "$CFG"): not "no file"
