@@ -2131,3 +2131,15 @@ def test_a_last_pt_from_another_run_is_named_as_such(tiny_run, synth_small, tmp_
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     assert "nothing to train" in capsys.readouterr().out
+
+
+def test_a_run_in_a_read_only_folder_is_resumed_from_a_copy(tiny_run, monkeypatch, capsys):
+    """--resume of a run on a read-only disk said "choose another" folder; the run's own cannot be chosen again."""
+    import tempfile
+
+    def refused(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+    monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    assert main(["train", "--resume", str(tiny_run), "--epochs", "3", "--quiet"]) == 2
+    assert (f"cannot write files in this folder (Read-only file system); copy the run where you can write (cp -r "
+            f"{tiny_run} NEW) and resume the copy") in capsys.readouterr().err

@@ -27,16 +27,16 @@ def check_folder(folder: str | os.PathLike, option: str | None = None) -> Path:
     return existing
 
 
-def check_writable(folder: str | os.PathLike, option: str | None = None) -> None:
+def check_writable(folder: str | os.PathLike, option: str | None = None, instead: str = "choose another") -> None:
     """:func:`check_folder`, and raise now if files cannot be written in ``folder`` once it is made, so that a
-    command stops before its work, not after it. Creates nothing: a command that fails later leaves no folder."""
+    command stops before its work, not after it (``instead``: what to do then). Creates nothing: a command that
+    fails later leaves no folder."""
     existing = check_folder(folder, option)
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as e:  # named: not the temporary file's path
-        raise OSError(e.errno, f"cannot write files in this folder ({e.strerror}); choose another",
-                      str(existing)) from None
+        raise OSError(e.errno, f"cannot write files in this folder ({e.strerror}); {instead}", str(existing)) from None
 
 
 MODEL_SUFFIXES = {".pt": ".pt", ".pth": ".pt", ".ckpt": ".ckpt", ".onnx": ".onnx", ".safetensors": ".safetensors"}

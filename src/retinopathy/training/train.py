@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -80,7 +81,8 @@ def main(args) -> dict:
             setattr(args, key, os.path.abspath(getattr(args, key)))
     if launched_as()[0] != 0:
         return _train(args)
-    check_writable(Path(args.out), "--out")
+    check_writable(Path(args.out), "--out", f"copy the run where you can write (cp -r {shlex.quote(args.out)} NEW) "
+                   "and resume the copy: a run's folder moves with its files" if args.resume else "choose another")
     with exclusive(args.out, "trained"):
         return _train(args)
 
