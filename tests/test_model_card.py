@@ -261,6 +261,19 @@ def test_a_config_yaml_that_is_not_yaml_leaves_the_evaluation_whole(run, synth_s
             p.name for p in out.iterdir()}
 
 
+def test_a_card_that_cannot_be_written_is_named_by_its_folder(run, synth_small, tmp_path, monkeypatch, capsys):
+    """A run on a read-only disk: the warning named the card's temporary file (.model_card.json.tmp18090)."""
+    from retinopathy.evaluation import evaluate
+
+    def read_only(checkpoint, **kwargs):
+        raise OSError(30, "Read-only file system", str(run / "checkpoints" / ".model_card.json.tmp18090"))
+    monkeypatch.setattr(evaluate, "write_model_card", read_only)
+    assert main(["evaluate", str(run), "--data", str(synth_small), "--out", str(tmp_path / "e"), "--bootstrap", "0",
+                 "--quiet"]) == 0
+    assert (f"warning: model card not updated: cannot write in {run / 'checkpoints'} (Read-only file system)"
+            in capsys.readouterr().err)
+
+
 def test_a_run_that_listed_its_skipped_images_in_config_yaml_is_counted():
     """Earlier versions listed --skip-bad's rows in config.yaml (no skipped.csv): the card counts them there."""
     from retinopathy.reporting.model_card import _data_section

@@ -40,7 +40,7 @@ from ..outputs import check_writable, is_run_folder, refuse_photograph_folder, r
 from ..reporting.figures import confusion_figure
 from ..reporting.model_card import write_model_card
 from ..reporting.text import bracket_ci
-from ..training.checkpoint import refuse_replacing_run, run_folder
+from ..training.checkpoint import checkpoint_file, refuse_replacing_run, run_folder
 from ..training.engine import ShardSampler, evaluate, make_loader, pick_device, to_engine
 from .metrics import GRADES, bootstrap_ci, full_metrics
 
@@ -216,8 +216,9 @@ def main(args) -> dict:
                    header="rows: true grade 0-4; columns: predicted grade 0-4", comments="# ")
     try:  # before the figure, which marks the evaluation finished (an experiment checks it): a card that cannot
         write_model_card(checkpoint, evaluation=metrics, eval_dir=out)  # be written loses none of the files
-    except OSError as e:  # e.g. a checkpoint in a read-only folder
-        print(f"warning: model card not updated ({e})", file=sys.stderr)
+    except OSError as e:  # e.g. a checkpoint in a read-only folder (named: not the temporary file's path)
+        print(f"warning: model card not updated: cannot write in {checkpoint_file(checkpoint).parent} "
+              f"({e.strerror or e})", file=sys.stderr)
     except yaml.YAMLError as e:
         print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not a run's "
               f"config.yaml ({str(e).splitlines()[0]})", file=sys.stderr)
