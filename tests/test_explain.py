@@ -241,6 +241,11 @@ def test_heatmap_captions_say_predicted_true_grade_and_cuts(tmp_path, monkeypatc
     [[said, *_]] = captions
     assert said.startswith(f"{photos / '7_left.png'}: predicted grade ")
     assert said.endswith("(grades cut at 0.50, 1.50, 2.50, 3.25); true grade 2 (moderate)")
+    Image.new("RGB", (SIZE, SIZE), (3, 2, 1)).save(photos / "7_left.png")  # nearly black; flips averaged
+    assert main(["predict", str(ckpt), str(tmp_path / "labels.csv"), "--images", str(photos), "--cam",
+                 str(tmp_path / "cams"), "--out", str(tmp_path / "p.csv"), "--workers", "0", "--quiet", "--tta"]) == 0
+    assert captions[-1][2:4] == ["the grade averages flipped views (--tta); the heatmap is of the image as given",
+                                 "warning: nearly black: no retina to grade, so its grade means nothing"]
     font = explain.ImageFont.load_default(size=13)
     path = "/clinic/" + "a_rather_long_folder_name/" * 8 + "patient_1177_right.jpeg:"
     lines = _fit(f"{path} predicted grade 4", font, 300)

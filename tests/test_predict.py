@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,7 +173,9 @@ def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tm
     assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "p.csv"), "--workers", "0",
                  "--quiet"]) == 0
     assert f"warning: 1 image(s) are nearly black (e.g. {folder / 'dark.jpeg'})" in capsys.readouterr().err
-    assert len(read_rows(tmp_path / "p.csv")) == 2
+    rows = {Path(r["path"]).name: r for r in read_rows(tmp_path / "p.csv")}  # each row says it too: a table kept
+    assert rows["dark.jpeg"]["warning"] == "nearly black: no retina to grade, so its grade means nothing"  # alone
+    assert rows["real.jpeg"]["warning"] == "" and rows["dark.jpeg"]["predicted_grade"] != ""
     photo = np.asarray(Image.open(folder / "real.jpeg"))
     Image.fromarray((photo // 4).astype(np.uint8)).save(folder / "dim.png")  # as 10-bit values read on 12 bits
     Image.fromarray(photo).resize((16, 12)).save(folder / "tiny.png")
@@ -186,6 +189,10 @@ def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tm
     assert f"warning: 1 image(s) are far from the shape of a photograph of the eye (e.g. {folder / 'strip.jpeg'}: " \
         "its sides" in err
     assert len(read_rows(tmp_path / "p.csv")) == 5 and "real" not in err  # graded all the same; the photo is fine
+    rows = {Path(r["path"]).name: r["warning"] for r in read_rows(tmp_path / "p.csv")}
+    assert rows["dim.png"].startswith("very dark (its brightest 1 % reaches ")
+    assert rows["tiny.png"].startswith("small (16x12 px, enlarged to ")
+    assert rows["strip.jpeg"].startswith("its sides ") and "far from a photograph of the eye's" in rows["strip.jpeg"]
 
 
 def test_unreadable_images_are_listed_and_the_rest_graded(checkpoint, real, tmp_path):

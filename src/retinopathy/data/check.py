@@ -22,8 +22,9 @@ LOOKS = {"black": ("blank-image", "nearly black (its brightest pixels reach {lev
          "dark": ("dark-image", "very dark (its brightest 1 % reaches {level:.0f} of 255; photographs reach 87 and "
                                 "up): under-exposed, or 12-bit values stored in a 16-bit file, read on the 16-bit "
                                 "scale; its grades would be doubtful: check the photograph"),
-         "narrow": ("narrow-image", "{w}x{h} px, far from the shape of a photograph of the eye (about 3:2): the "
-                                    "preprocessing keeps a square of it, so much of it is not seen; check the image")}
+         "narrow": ("narrow-image", "{w}x{h} px, far from the shape of a photograph of the eye (about 3:2): "
+                                    "photographs side by side, or a strip, which no preprocessing frames as one eye; "
+                                    "check the image")}
 
 
 def _inspect(path: str, stats: bool):

@@ -265,8 +265,13 @@ DOUBTS = {"black": "are nearly black (e.g. {name}): no retina to grade, so their
                   "grades are doubtful",
           "small": "are smaller than half the model's input (e.g. {name}: {size} px, enlarged to {input} px): too "
                    "little detail for their grades to mean much",
-          "narrow": "are far from the shape of a photograph of the eye (e.g. {name}: its sides {ratio}): the "
-                    "preprocessing keeps a square of them, so much of each is not seen"}
+          "narrow": "are far from the shape of a photograph of the eye (e.g. {name}: its sides {ratio}): {seen}"}
+SEEN = {"lab": "the preprocessing keeps a square of them, so much of each is not seen",  # by preset
+        "fov": "the field-of-view crop fits one circle around all of each, so each part is seen smaller"}
+NOTES = {"black": "nearly black: no retina to grade, so its grade means nothing",  # each doubtful row's warning
+         "dark": "very dark (its brightest 1 % reaches {level} of 255): its grade is doubtful",
+         "small": "small ({size} px, enlarged to {input} px): its grade is doubtful",
+         "narrow": "its sides {ratio}, far from a photograph of the eye's: its grade is doubtful"}
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -307,7 +312,8 @@ SAME_OUTPUTS = 1e-6  # log-probabilities and scores that vary less than this ove
 def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="none",
         tta=False, blend=0.0, tuned_blend=0.0, cam_dir: Path | None = None, progress=True) -> dict:
     """Grade ``items``; returns arrays ``probs`` (N,5, NaN for failures), ``scores``, ``grades`` (-1 for
-    failures), ``errors`` (reason or ""), and ``heatmaps`` (PNG paths) when ``cam_dir`` is given.
+    failures), ``errors`` (reason or ""), ``warnings`` (why a grade is doubtful, or "": :data:`NOTES`), and
+    ``heatmaps`` (PNG paths) when ``cam_dir`` is given.
     ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`; ``tuned_blend``, the
     share the model was tuned with: an eye graded alone is warned about only when it is not 0); the heatmaps
     explain the final grade (classification: the photograph's own logit of it) or the photograph's own score."""
@@ -319,13 +325,15 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     cam = grad_cam(model, objective, prep) if cam_dir is not None else None
     n = len(items)
     res = {"probs": np.full((n, len(GRADES)), np.nan), "scores": np.full(n, np.nan), "grades": np.full(n, -1),
-           "errors": [item.error for item in items], "heatmaps": [""] * n}
+           "errors": [item.error for item in items], "heatmaps": [""] * n, "warnings": [""] * n}
     doubtful: dict[str, list] = {kind: [] for kind in DOUBTS}
     for images, idx, failed, doubts in progress_bar(loader, enabled=progress, desc="predict", unit="batch",
                                                     leave=False):
         for i, (kind, (w, h), level) in doubts:
             doubtful[kind].append({"name": items[i].path or items[i].image, "size": f"{w}x{h}", "level": f"{level:.0f}",
-                                   "input": prep.size, "ratio": f"{max(w, h) / min(w, h):.1f}:1"})
+                                   "input": prep.size, "ratio": f"{max(w, h) / min(w, h):.1f}:1",
+                                   "seen": SEEN["lab" if prep.preset == "lab" else "fov"]})
+            res["warnings"][i] = NOTES[kind].format(**doubtful[kind][-1])
         for i, reason in failed:
             res["errors"][i] = reason
         if images is None:
@@ -363,7 +371,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
                  "grades the model was tuned for")
     if cam is not None and len(graded):
         write_heatmaps(cam, items, res, loader, cam_dir, device, normalize, channels_last, progress, ignores_input,
-                       cuts=objective.thresholds if objective.decision == "thresholds" else None)
+                       cuts=objective.thresholds if objective.decision == "thresholds" else None, tta=tta)
     return res
 
 
@@ -377,11 +385,12 @@ def grad_cam(model, objective, prep):
 
 
 def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, channels_last, progress,
-                   ignores_input: bool = False, cuts: list[float] | None = None) -> None:
+                   ignores_input: bool = False, cuts: list[float] | None = None, tta: bool = False) -> None:
     """A second pass, once the grades are final (after eye blending): a Grad-CAM overlay PNG per graded image,
     of the grade in its row (classification) or of the score (regression, ordinal); blank for a model that
     ``ignores_input`` (the same outputs for every image), whose Grad-CAM would still paint its padding. The
-    caption names the predicted grade, the known one, and the thresholds (``cuts``) that cut a score into grades."""
+    caption names the predicted grade, the known one, the thresholds (``cuts``) that cut a score into grades, the
+    row's warning, and (``tta``) that the grade averages flips while the heatmap explains the image as given."""
     from .explain import coarse_note, save_heatmap
 
     names = _heatmap_names(items)
@@ -406,6 +415,10 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
                        + (f" (grades cut at {', '.join(f'{t:.2f}' for t in cuts)})" if cuts else ""))
                     + ("" if label is None else f"; true grade {label} ({GRADE_NAMES[label]})"),
                     f"left: the image the model saw; right: where it raises {explained} (Grad-CAM)"]
+            if tta:
+                said.append("the grade averages flipped views (--tta); the heatmap is of the image as given")
+            if res["warnings"][i]:
+                said.append(f"warning: {res['warnings'][i]}")
             if not heat.any():
                 said.append("blank: no region raises it (or every region alike)")
                 empty.append(names[i])
@@ -422,7 +435,7 @@ def write_heatmaps(cam, items, res, loader, cam_dir: Path, device, normalize, ch
 def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = False) -> None:
     """The predictions table, written atomically."""
     columns = ["path", "image", "true_grade", "predicted_grade", *[f"prob_{g}" for g in GRADES], "referable",
-               "p_referable", "score", *(["heatmap"] if with_heatmaps else []), "error"]
+               "p_referable", "score", *(["heatmap"] if with_heatmaps else []), "warning", "error"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with replacing(path, newline="") as f:
         w = csv.writer(f, lineterminator="\n")
@@ -436,7 +449,7 @@ def write_csv(path: Path, items: list[Item], res: dict, with_heatmaps: bool = Fa
                 probs, grade = res["probs"][i], int(res["grades"][i])
                 row += [grade, *[f"{v:.9g}" for v in probs], int(grade >= REFERABLE),
                         f"{probs[REFERABLE:].sum():.9g}", f"{res['scores'][i]:.9g}",
-                        *([res["heatmaps"][i]] if with_heatmaps else []), ""]
+                        *([res["heatmaps"][i]] if with_heatmaps else []), res["warnings"][i], ""]
             w.writerow(row)
 
 
