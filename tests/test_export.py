@@ -68,6 +68,8 @@ def check_metadata(out, checkpoint):
     assert meta["blend_eyes"]["weight"] == 0.0  # trained without eye blending
     assert meta["class_names"][4] == "proliferative" and meta["input"]["shape"] == ["batch", 3, SIZE, SIZE]
     assert meta["parity"]["max_abs_diff"] < 1e-3
+    assert meta["model_card"] is None and meta["trained_on_synthetic_drawings"] is False  # a checkpoint alone
+    assert "not a medical device" in meta["intended_use"]
     assert (meta["output"]["probabilities"], meta["output"]["grade"]) == ("softmax(outputs)", "the most probable grade")
     assert [step.split("(")[0] for step in meta["preprocessing"]["steps"]] == ["Resize", "CenterCrop"]
     return meta
@@ -460,3 +462,12 @@ def test_parity_uses_the_images_folder_the_run_trained_with(checkpoint, tmp_path
     out = tmp_path / "grader.ts.pt"
     assert main(["export", str(tmp_path / "trained.pt"), "--format", "torchscript", "--out", str(out)]) == 0
     assert check_metadata(out, checkpoint)["parity"]["images"] == f"4 image(s) from {photos}"
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_the_json_points_at_the_model_card_and_says_what_the_model_learnt_from(tiny_run, tmp_path):
+    """An exported model leaves its run behind: its JSON keeps the card's caveats' pointers (drawings, not eyes)."""
+    assert main(["export", str(tiny_run), "--format", "torchscript", "--out", str(tmp_path / "m.pt")]) == 0
+    meta = json.loads((tmp_path / "m.pt.json").read_text())
+    assert meta["model_card"] == str(tiny_run / "checkpoints" / "MODEL_CARD.md")
+    assert meta["trained_on_synthetic_drawings"] is True

@@ -45,7 +45,8 @@ from ..data.transforms import geometry
 from ..errors import RetinopathyError
 from ..models.restore import restore
 from ..outputs import check_output_file
-from ..training.checkpoint import refuse_replacing_run
+from ..reporting.model_card import CARD, INTENDED_USE, learnt_from_drawings
+from ..training.checkpoint import checkpoint_file, refuse_replacing_run
 from .predict import SAME_OUTPUTS, collect_items, single_eye
 
 FORMATS = {"onnx": (".onnx",), "pt2": (".pt2",), "torchscript": (".pt", ".pth")}  # and the file suffixes they take
@@ -312,6 +313,8 @@ def main(args) -> dict:
                                           "= (1 - weight) * its own + weight * the same patient's other eye's"},
                 "arch": info["arch"], "head": info["head"], "weights_origin": info.get("weights_origin"),
                 "checkpoint": str(Path(args.checkpoint).resolve()), "epoch": ckpt.get("epoch"),
+                "intended_use": INTENDED_USE, "trained_on_synthetic_drawings": learnt_from_drawings(args.checkpoint),
+                "model_card": str(card) if (card := checkpoint_file(args.checkpoint).parent / CARD).is_file() else None,
                 "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,
                            "batch_sizes": [1, 3]}}
         card = metadata_path(work / out.name)  # NAME.json: never the model's own name (--out meta.json)

@@ -50,11 +50,13 @@ from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, doubt, hidden, 
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
+from ..data.synth import is_synthetic
 from ..errors import DataWarning, RetinopathyError
 from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade, summary
 from ..models.restore import restore
 from ..outputs import check_output_file, check_writable
 from ..progress import progress_bar
+from ..reporting.model_card import DRAWINGS, learnt_from_drawings
 from ..training.checkpoint import CheckpointError, refuse_replacing_run, run_folder
 from ..training.engine import NON_FINITE, autocast, make_loader, pick_device, to_device, to_engine
 
@@ -519,6 +521,9 @@ def main(args) -> dict:
     folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
     for warning in dict.fromkeys(w for folder in folders for w in copy_warnings(folder, prep)):  # as train's
         print(f"warning: {warning}", file=sys.stderr)
+    if learnt_from_drawings(args.checkpoint) and not all(is_synthetic(p if Path(p).is_dir() else Path(p).parent)
+                                                         for p in args.inputs):  # its model card says it too
+        print(f"warning: the model {DRAWINGS}", file=sys.stderr)
     refuse_replacing_run(args.out, args.checkpoint,
                          [i.path for i in items] + list({f for i in items for f in i.labels}) + [args.split_file])
     if args.cam:

@@ -249,6 +249,30 @@ and studying what such models attend to. Not for decisions about any person's ca
 """
 
 
+def synthetic_training(config: dict) -> bool:
+    """Whether a run (its config.yaml's ``config``) learnt from synthetic drawings (retinopathy.data.synth)."""
+    data = config.get("data") or {}
+    synthetic = data.get("synthetic")  # recorded when it trained; a run from before the record: its folder says
+    if synthetic is None:
+        synthetic = bool(data.get("path")) and is_synthetic(data["path"])
+    return bool(synthetic)
+
+
+def learnt_from_drawings(checkpoint) -> bool:
+    """Whether the run of ``checkpoint`` learnt from synthetic drawings, as its config.yaml records (False without
+    a readable one)."""
+    try:
+        config = yaml.safe_load((run_folder(checkpoint_file(checkpoint)) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(config, dict) and synthetic_training(config)
+
+
+INTENDED_USE = "research only, not a medical device (see the model card's Limitations)"  # the export's JSON
+DRAWINGS = ("learnt from synthetic drawings (retinopathy.data.synth), not photographs of patients: its grades show "
+            "that the pipeline works, not how it grades real eyes")
+
+
 def _limitations(info: dict, config: dict) -> list[str]:
     """The limits of this model: what it sees (one eye, or both), and the labels it learnt from (EyePACS's, or
     synthetic drawings)."""
@@ -265,14 +289,8 @@ def _limitations(info: dict, config: dict) -> list[str]:
              f"{sees} several fields, image-quality checks and the patient's history; macular oedema is not "
              "assessed. The model gives a grade 0-4 to anything it is shown, including ungradable or non-fundus "
              "images."]
-    data = config.get("data") or {}
-    synthetic = data.get("synthetic")  # recorded when it trained; a run from before the record: its folder says
-    if synthetic is None:
-        synthetic = bool(data.get("path")) and is_synthetic(data["path"])
-    if synthetic:
-        lines.append("- **Synthetic training data.** It learnt from synthetic drawings (retinopathy.data.synth), not "
-                     "photographs of patients: its numbers show that the pipeline works, not how it grades real "
-                     "eyes.")
+    if synthetic_training(config):
+        lines.append(f"- **Synthetic training data.** It {DRAWINGS}.")
     else:
         lines.append("- **Label noise.** Grades are given by clinicians, one grade per image, and graders disagree, "
                      "most often between neighbouring grades (0 and 1 especially; EyePACS's own description warns of "
