@@ -654,12 +654,14 @@ def test_a_nearly_black_photograph_is_a_warning_of_data_check(tmp_path, kaggle):
     assert [(w["kind"], w["image"], w["line"]) for w in report["warnings"]] == [("blank-image", "4_left", 10)]
     Image.new("RGB", (48, 48), (30, 30, 30)).save(kaggle / "4_left.jpeg")  # 12-bit values in a 16-bit file, say
     Image.new("RGB", (150, 48), (200, 100, 50)).save(kaggle / "5_left.jpeg")  # two photographs side by side
+    Image.open(kaggle / "3_left.jpeg").convert("L").save(kaggle / "3_left.jpeg")  # a red-free photograph
     rc, report = check(tmp_path, kaggle)
     assert rc == 0 and report["problems"] == []
-    assert [(w["kind"], w["image"]) for w in report["warnings"]] == [("dark-image", "4_left"),
+    assert [(w["kind"], w["image"]) for w in report["warnings"]] == [("grey-image", "3_left"),
+                                                                      ("dark-image", "4_left"),
                                                                       ("narrow-image", "5_left")]
-    assert "reaches 30 of 255" in report["warnings"][0]["message"]
-    assert "150x48 px, far from the shape" in report["warnings"][1]["message"]
+    assert "reaches 30 of 255" in report["warnings"][1]["message"]
+    assert "150x48 px, far from the shape" in report["warnings"][2]["message"]
 
 
 def test_empty_dataset(tmp_path):

@@ -180,6 +180,7 @@ def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tm
     Image.fromarray((photo // 4).astype(np.uint8)).save(folder / "dim.png")  # as 10-bit values read on 12 bits
     Image.fromarray(photo).resize((16, 12)).save(folder / "tiny.png")
     Image.fromarray(np.concatenate([photo] * 4, axis=1)).save(folder / "strip.jpeg")  # four photographs side by side
+    Image.fromarray(photo).convert("L").convert("RGB").save(folder / "grey.jpeg")  # red-free, stored as RGB
     assert main(["predict", str(checkpoint), str(folder), "--out", str(tmp_path / "p.csv"), "--workers", "0",
                  "--quiet"]) == 0
     err = capsys.readouterr().err
@@ -188,12 +189,14 @@ def test_nearly_black_photographs_are_graded_with_a_warning(checkpoint, real, tm
             "enlarged to ") in err
     assert f"warning: 1 image(s) are far from the shape of a photograph of the eye (e.g. {folder / 'strip.jpeg'}: " \
         "its sides" in err
-    assert len(read_rows(tmp_path / "p.csv")) == 5 and "real.jpeg" not in err  # graded all the same; the photo
+    assert f"warning: 1 image(s) have no colour (e.g. {folder / 'grey.jpeg'}): grey or red-free" in err
+    assert len(read_rows(tmp_path / "p.csv")) == 6 and "real.jpeg" not in err  # graded all the same; the photo
     assert "warning: the model learnt from synthetic drawings (retinopathy.data.synth), not photographs of " \
         "patients: its grades show that the pipeline works, not how it grades real eyes" in err  # is fine
     rows = {Path(r["path"]).name: r["warning"] for r in read_rows(tmp_path / "p.csv")}
     assert rows["dim.png"].startswith("very dark (its brightest 1 % reaches ")
     assert rows["tiny.png"].startswith("small (16x12 px, enlarged to ")
+    assert rows["grey.jpeg"] == "no colour (a grey or red-free photograph): its grade is doubtful"
     assert rows["strip.jpeg"].startswith("its sides ") and "far from a photograph of the eye's" in rows["strip.jpeg"]
 
 

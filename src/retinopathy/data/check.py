@@ -10,7 +10,7 @@ import numpy as np
 from ..progress import progress_bar
 from ..workers import worker_count
 from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog
-from .images import ImageError, brightest, check_image, doubt, open_image
+from .images import ImageError, brightest, check_image, colourless, doubt, open_image
 from .problems import Problem
 from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
@@ -24,28 +24,31 @@ LOOKS = {"black": ("blank-image", "nearly black (its brightest pixels reach {lev
                                 "scale; its grades would be doubtful: check the photograph"),
          "narrow": ("narrow-image", "{w}x{h} px, far from the shape of a photograph of the eye (about 3:2): "
                                     "photographs side by side, or a strip, which no preprocessing frames as one eye; "
-                                    "check the image")}
+                                    "check the image"),
+         "grey": ("grey-image", "no colour (a grey or red-free photograph): a model of colour photographs has not "
+                                "seen such, and its grades would be doubtful; check that it belongs")}
 
 
 def _inspect(path: str, stats: bool):
     """Check one image as training does (headers, end markers, checksums), then decode it at reduced scale
-    (enough to find broken data inside); return (size, brightness of its brightest 1 %, pixel sums or None)."""
+    (enough to find broken data inside); return (size, brightness of its brightest 1 %, whether it has no colour,
+    pixel sums or None)."""
     size = check_image(path)  # raises ImageError with the reason
     img = open_image(path, STATS_SIZE)
-    bright = brightest(img)
+    bright, grey = brightest(img), colourless(img)
     if not stats:
-        return size, bright, None
+        return size, bright, grey, None
     for step in geometry(Preprocessing("lab", STATS_SIZE)):
         img = step(img)
     a = np.asarray(img, dtype=np.float64).reshape(-1, 3) / 255.0
-    return size, bright, (a.sum(0), (a * a).sum(0), len(a))
+    return size, bright, grey, (a.sum(0), (a * a).sum(0), len(a))
 
 
 def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = None,
                   progress: bool = True, images: bool = True) -> dict:
     """Decode every image of ``catalog`` and return a JSON-ready report (``report["problems"]`` lists all;
-    ``report["warnings"]`` the images that decode but look nearly black, very dark or not like a photograph's
-    shape, as ``predict`` warns). ``images=False`` checks the labels only:
+    ``report["warnings"]`` the images that decode but look nearly black, very dark, grey or not like a
+    photograph's shape, as ``predict`` warns). ``images=False`` checks the labels only:
     nothing is decoded, and patients shared between splits are counted over every row."""
     problems: list[Problem] = list(catalog.problems)
     blank: list[Problem] = []
@@ -56,11 +59,11 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         for s, fut in progress_bar(zip(present, futures), enabled=progress, total=len(present),
                                    desc="checking images", unit="img"):
             try:
-                size, bright, acc = fut.result()
+                size, bright, grey, acc = fut.result()
             except (ImageError, OSError, ValueError) as e:
                 problems.append(Problem.bad_image(s, e))
                 continue
-            looks = doubt(bright, size, 0)  # no model input here to be small against
+            looks = doubt(bright, size, 0, grey)  # no model input here to be small against
             if looks:
                 kind, text = LOOKS[looks]
                 blank.append(Problem(kind, s.source, s.line, f"{s.image}: " + text.format(

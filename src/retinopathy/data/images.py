@@ -145,12 +145,21 @@ def brightest(img: Image.Image) -> float:
     return float(np.percentile(np.asarray(img.convert("L")), 99))
 
 
-def doubt(level: float, sides: tuple[int, int], size: int) -> str:
+def colourless(img: Image.Image) -> bool:
+    """Whether ``img`` has no colour: its channels within 8 of each other at 99 % of its pixels (a grey or red-free
+    photograph stored as RGB; JPEG's rounding leaves them a little apart)."""
+    a = np.asarray(img, dtype=np.int16)
+    return float(np.percentile(a.max(axis=2) - a.min(axis=2), 99)) <= 8
+
+
+def doubt(level: float, sides: tuple[int, int], size: int, grey: bool = False) -> str:
     """Why a grade of an image (its :func:`brightest` ``level``, its ``sides`` as decoded for a model input of
-    ``size`` px) would be doubtful, or '': ``black`` (no retina), ``dark``, ``small`` (enlarged more than twice) or
-    ``narrow`` (sides more than 2:1; photographs are about 3:2)."""
+    ``size`` px, whether it is :func:`colourless`) would be doubtful, or '': ``black`` (no retina), ``dark``,
+    ``small`` (enlarged more than twice), ``narrow`` (sides more than 2:1; photographs are about 3:2) or ``grey``
+    (a grey or red-free photograph, which a model of colour photographs has not seen)."""
     return ("black" if level < BLANK_LEVEL else "dark" if level < DIM_LEVEL else
-            "small" if 2 * min(sides) < size else "narrow" if max(sides) > 2 * min(sides) else "")
+            "small" if 2 * min(sides) < size else "narrow" if max(sides) > 2 * min(sides) else
+            "grey" if grey else "")
 
 
 def _refuse_unreadable(path: Path, e: Exception) -> None:

@@ -46,7 +46,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
 from ..data.dataset import listed_here
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
-from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, doubt, hidden, image_files, index_images, not_utf8
+from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, hidden, image_files, index_images, not_utf8
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
@@ -247,7 +247,7 @@ class ImageItems(Dataset):
         except ImageError as e:
             return None, index, e.reason, None
         level = brightest(image)
-        kind = doubt(level, image.size, self.prep.size)
+        kind = doubt(level, image.size, self.prep.size, colourless(image))
         return self.transform(image), index, "", (kind, image.size, level) if kind else None
 
 
@@ -267,13 +267,16 @@ DOUBTS = {"black": "are nearly black (e.g. {name}): no retina to grade, so their
                   "grades are doubtful",
           "small": "are smaller than half the model's input (e.g. {name}: {size} px, enlarged to {input} px): too "
                    "little detail for their grades to mean much",
-          "narrow": "are far from the shape of a photograph of the eye (e.g. {name}: its sides {ratio}): {seen}"}
+          "narrow": "are far from the shape of a photograph of the eye (e.g. {name}: its sides {ratio}): {seen}",
+          "grey": "have no colour (e.g. {name}): grey or red-free photographs, which a model trained on colour "
+                  "photographs has not seen; their grades are doubtful"}
 SEEN = {"lab": "the preprocessing keeps a square of them, so much of each is not seen",  # by preset
         "fov": "the field-of-view crop fits one circle around all of each, so each part is seen smaller"}
 NOTES = {"black": "nearly black: no retina to grade, so its grade means nothing",  # each doubtful row's warning
          "dark": "very dark (its brightest 1 % reaches {level} of 255): its grade is doubtful",
          "small": "small ({size} px, enlarged to {input} px): its grade is doubtful",
-         "narrow": "its sides {ratio}, far from a photograph of the eye's: its grade is doubtful"}
+         "narrow": "its sides {ratio}, far from a photograph of the eye's: its grade is doubtful",
+         "grey": "no colour (a grey or red-free photograph): its grade is doubtful"}
 
 
 # ---------------------------------------------------------------------------------------------- running
