@@ -231,6 +231,13 @@ def test_a_model_no_better_than_the_majority_class_is_flagged(run):
     stale = {**bad, "split": "train", "checkpoint": "best.pt", "checkpoint_id": "an earlier save"}  # both marks
     evaluations = write_model_card(run / "checkpoints" / "best.pt", evaluation=stale).read_text()
     assert table_row(evaluations.split("### Evaluations")[1], "train")[2].endswith("⚠ *")
+    assert "≈" not in evaluations  # no interval: nothing to say of it
+    wide = {**good, "data": "/data/few", "ci95": {"kappa": [-0.101, 0.380]}}  # above 0, its interval not
+    evaluations = write_model_card(run / "checkpoints" / "best.pt", evaluation=wide).read_text()
+    rows = evaluations.split("### Evaluations")[1]
+    [few] = [line for line in rows.splitlines() if "| `few` |" in line]
+    assert ") ≈ |" in few and "≈" not in table_row(rows, "test")[2]  # the first: /data/small's
+    assert "kappa's 95% interval reaches 0: on those images the model is not shown to grade better than chance" in rows
 
 
 def test_the_split_rule_says_which_splits_the_data_gave():

@@ -204,12 +204,14 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     lines += ["| split | data | checkpoint | images | accuracy [95% CI] | majority-class baseline | "
               f"quadratic kappa [95% CI] | macro-F1 | {REFERABLE_HEAD} | recall grade 0-4 |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
-    stale, seen, flagged, skipped = False, False, False, False
+    stale, seen, flagged, skipped, chance = False, False, False, False, False
     trained_blend = card_ckpt.get("model_info", {}).get("blend_eyes", 0.0)
     for e in evaluations:
         mark = ""
         if all(e.get(k) is not None for k in ("accuracy", "majority_accuracy", "kappa")) and no_better_than_majority(e):
             mark, flagged = " ⚠", True
+        elif ((e.get("ci95") or {}).get("kappa") or [1])[0] <= 0:  # its point estimate above 0, its interval not
+            mark, chance = " ≈", True
         if e.get("checkpoint") == card_name and not same_checkpoint(e, card_ckpt):
             mark, stale = mark + " *", True
         if e.get("training_images"):
@@ -230,6 +232,9 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
     if flagged:
         lines.append("\n⚠ no better than always answering the most common grade there (kappa <= 0, or accuracy not "
                      "above the majority-class baseline): the model has not learnt to grade those photographs.")
+    if chance:
+        lines.append("\n≈ kappa's 95% interval reaches 0: on those images the model is not shown to grade better "
+                     "than chance (more images narrow the interval).")
     if seen:
         lines.append("\n† includes images the run trained on: its accuracy and kappa there overstate.")
     if skipped:
