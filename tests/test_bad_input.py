@@ -661,7 +661,7 @@ def test_a_nearly_black_photograph_is_a_warning_of_data_check(tmp_path, kaggle):
                                                                       ("dark-image", "4_left"),
                                                                       ("narrow-image", "5_left")]
     assert "reaches 30 of 255" in report["warnings"][1]["message"]
-    assert "150x48 px, far from the shape" in report["warnings"][2]["message"]
+    assert "150x48 px, sides 3.1:1, far from a photograph of the eye's" in report["warnings"][2]["message"]
 
 
 def test_empty_dataset(tmp_path):
@@ -829,6 +829,19 @@ def test_a_damaged_exif_is_read_without_pillows_warning(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
                           check=True)  # the filters that importing set
     assert done.stdout == "(64, 64) (64, 64)\n" and "EXIF" not in done.stderr
+
+
+def test_an_exif_that_pillow_cannot_rewrite_turns_the_photograph_all_the_same(tmp_path):
+    """An orientation beside a malformed entry (a resolution written as text): Pillow's exif_transpose, which
+    rewrites the EXIF, raised TypeError, so predict, data check and training stopped on a photograph that decodes."""
+    data = disc(tmp_path / "x.jpeg", size=64).read_bytes()
+    tiff = b"II*\x00" + struct.pack("<IH", 8, 2) + struct.pack("<HHIHH", 0x112, 3, 1, 6, 0) \
+        + bytes.fromhex("1a0102000400000041414141") + b"\x00" * 4  # orientation 6; XResolution as ASCII
+    exif = b"Exif\x00\x00" + tiff
+    (tmp_path / "x.jpeg").write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(exif) + 2) + exif + data[2:])
+    upright = np.asarray(Image.open(tmp_path / "x.jpeg").convert("RGB").transpose(Image.Transpose.ROTATE_270))
+    assert check_image(tmp_path / "x.jpeg") == (64, 64)
+    assert np.abs(np.asarray(open_image(tmp_path / "x.jpeg")).astype(int) - upright).max() == 0
 
 
 def test_decompression_bomb_is_refused(tmp_path, monkeypatch):

@@ -245,7 +245,8 @@ def test_heatmap_captions_say_predicted_true_grade_and_cuts(tmp_path, monkeypatc
     assert main(["predict", str(ckpt), str(tmp_path / "labels.csv"), "--images", str(photos), "--cam",
                  str(tmp_path / "cams"), "--out", str(tmp_path / "p.csv"), "--workers", "0", "--quiet", "--tta"]) == 0
     assert captions[-1][2:4] == ["the grade averages flipped views (--tta); the heatmap is of the image as given",
-                                 "warning: nearly black: no retina to grade, so its grade means nothing"]
+                                 "warning: nearly black (its brightest pixels reach 2 of 255): no retina to "
+                                 "grade, so its grade means nothing"]
     font = explain.ImageFont.load_default(size=13)
     path = "/clinic/" + "a_rather_long_folder_name/" * 8 + "patient_1177_right.jpeg:"
     lines = _fit(f"{path} predicted grade 4", font, 300)

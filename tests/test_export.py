@@ -10,6 +10,7 @@ import csv
 import inspect
 import json
 import math
+import shutil
 import warnings
 
 import numpy as np
@@ -68,8 +69,8 @@ def check_metadata(out, checkpoint):
     assert meta["blend_eyes"]["weight"] == 0.0  # trained without eye blending
     assert meta["class_names"][4] == "proliferative" and meta["input"]["shape"] == ["batch", 3, SIZE, SIZE]
     assert meta["parity"]["max_abs_diff"] < 1e-3
-    assert meta["model_card"] is None and meta["trained_on_synthetic_drawings"] is False  # a checkpoint alone
-    assert "not a medical device" in meta["intended_use"]
+    assert meta["model_card"] is None and meta["trained_on_synthetic_drawings"] is None  # alone, no data named
+    assert meta["intended_use"].startswith("Research and teaching: ") and "any person's care" in meta["intended_use"]
     assert (meta["output"]["probabilities"], meta["output"]["grade"]) == ("softmax(outputs)", "the most probable grade")
     assert [step.split("(")[0] for step in meta["preprocessing"]["steps"]] == ["Resize", "CenterCrop"]
     return meta
@@ -471,3 +472,7 @@ def test_the_json_points_at_the_model_card_and_says_what_the_model_learnt_from(t
     meta = json.loads((tmp_path / "m.pt.json").read_text())
     assert meta["model_card"] == str(tiny_run / "checkpoints" / "MODEL_CARD.md")
     assert meta["trained_on_synthetic_drawings"] is True
+    shutil.copy(tiny_run / "checkpoints" / "best.pt", tmp_path / "best.pt")  # copied out of its run: its options
+    assert main(["export", str(tmp_path / "best.pt"), "--format", "torchscript", "--out", str(tmp_path / "c.pt")]) == 0
+    meta = json.loads((tmp_path / "c.pt.json").read_text())  # name the data it learnt from
+    assert meta["trained_on_synthetic_drawings"] is True and meta["model_card"] is None

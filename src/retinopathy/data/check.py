@@ -10,23 +10,15 @@ import numpy as np
 from ..progress import progress_bar
 from ..workers import worker_count
 from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog
-from .images import ImageError, brightest, check_image, colourless, doubt, open_image
+from .images import ImageError, brightest, check_image, colourless, doubt, doubt_note, open_image
 from .problems import Problem
 from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
 
 STATS_SIZE = 256
 SHOWN_PER_KIND = 20  # problems of one kind listed in the text report
-LOOKS = {"black": ("blank-image", "nearly black (its brightest pixels reach {level:.0f} of 255): no retina to grade; "
-                                  "check the photograph, or remove its row"),
-         "dark": ("dark-image", "very dark (its brightest 1 % reaches {level:.0f} of 255; photographs reach 87 and "
-                                "up): under-exposed, or 12-bit values stored in a 16-bit file, read on the 16-bit "
-                                "scale; its grades would be doubtful: check the photograph"),
-         "narrow": ("narrow-image", "{w}x{h} px, far from the shape of a photograph of the eye (about 3:2): "
-                                    "photographs side by side, or a strip, which no preprocessing frames as one eye; "
-                                    "check the image"),
-         "grey": ("grey-image", "no colour (a grey or red-free photograph): a model of colour photographs has not "
-                                "seen such, and its grades would be doubtful; check that it belongs")}
+KINDS = {"black": "blank-image", "dark": "dark-image", "narrow": "narrow-image", "grey": "grey-image"}  # a doubt's
+# kind of warning (blank-image: the name it had before the others)
 
 
 def _inspect(path: str, stats: bool):
@@ -65,9 +57,9 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
                 continue
             looks = doubt(bright, size, 0, grey)  # no model input here to be small against
             if looks:
-                kind, text = LOOKS[looks]
-                blank.append(Problem(kind, s.source, s.line, f"{s.image}: " + text.format(
-                    level=bright, w=size[0], h=size[1]), s.image))
+                blank.append(Problem(KINDS[looks], s.source, s.line, f"{s.image}: {doubt_note(looks, bright, size)}; "
+                                     "check the photograph" + (", or remove its row" if looks == "black" else ""),
+                                     s.image))
             ok.append(s)
             sizes.append(size)
             if acc is not None:

@@ -17,13 +17,14 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from ..errors import RetinopathyError
 from .preprocess import find_fov
 
-warnings.filterwarnings("ignore", "Corrupt EXIF data", UserWarning)  # Pillow's, naming no file, once per process:
-# the EXIF (read for the orientation) is not the photograph; a turn it no longer gives is not made
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")  # Pillow's words on a
+# damaged EXIF ("Corrupt EXIF data", "Truncated File Read", ...), naming no file, once per process: the EXIF (read
+# for the orientation) is not the photograph; a turn it no longer gives is not made
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 EMPTY = "empty file (0 bytes); replace it, or remove it (and its row in the labels, if any)"
@@ -146,10 +147,30 @@ def brightest(img: Image.Image) -> float:
 
 
 def colourless(img: Image.Image) -> bool:
-    """Whether ``img`` has no colour: its channels within 8 of each other at 99 % of its pixels (a grey or red-free
-    photograph stored as RGB; JPEG's rounding leaves them a little apart)."""
-    a = np.asarray(img, dtype=np.int16)
-    return float(np.percentile(a.max(axis=2) - a.min(axis=2), 99)) <= 8
+    """Whether ``img`` has no colour: its channels within 8 of each other at 99 % of its pixels (a grey photograph,
+    red-free ones often, stored as RGB; JPEG's rounding leaves them a little apart), counted on about 256 px."""
+    step = max(1, min(img.size) // 256)
+    a = np.asarray(img)[::step, ::step].astype(np.int16)
+    spread = a.max(axis=2) - a.min(axis=2)
+    return np.count_nonzero(spread > 8) <= 0.01 * spread.size
+
+
+NOTES = {"black": "nearly black (its brightest pixels reach {level} of 255): no retina to grade, so its grade means "
+                  "nothing",  # why one image's grade is doubtful (:func:`doubt`), as its row or report says it
+         "dark": "very dark (its brightest 1 % reaches {level} of 255; photographs reach 87 and up): under-exposed, "
+                 "or 12-bit values stored in a 16-bit file, read on the 16-bit scale; its grade is doubtful",
+         "small": "small ({size} px, enlarged to {input} px): its grade is doubtful",
+         "narrow": "{size} px, sides {ratio}, far from a photograph of the eye's (about 3:2; photographs side by side, "
+                   "or a strip): its grade is doubtful",
+         "grey": "no colour (a grey photograph, as red-free ones often are), which a model of colour photographs has "
+                 "not seen: its grade is doubtful"}
+
+
+def doubt_note(kind: str, level: float, sides: tuple[int, int], size: int = 0) -> str:
+    """:data:`NOTES`' words for a :func:`doubt` ``kind``, with the image's numbers."""
+    w, h = sides
+    return NOTES[kind].format(level=f"{level:.0f}", size=f"{w}x{h}", input=size,
+                              ratio=f"{max(w, h) / max(min(w, h), 1):.1f}:1")
 
 
 def doubt(level: float, sides: tuple[int, int], size: int, grey: bool = False) -> str:
@@ -230,12 +251,22 @@ def open_image(path: str | os.PathLike, min_size: int | None = None, fov: bool =
         return img
 
 
+TURNS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+         5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+         8: Image.Transpose.ROTATE_90}  # EXIF orientation -> what turns the stored pixels upright
+
+
 def orientation(img: Image.Image) -> int:
-    """The EXIF orientation of an opened (not yet loaded) image, 1 (as stored) when it has none; read from its
-    header, without decoding it (a PNG's EXIF after its pixels is not looked for: Pillow would decode them)."""
+    """The EXIF orientation of an opened (not yet loaded) image, 1 (as stored) when it has none or one that cannot
+    be read (a damaged EXIF is not a damaged photograph); read from its header, without decoding it (a PNG's EXIF
+    after its pixels is not looked for: Pillow would decode them)."""
     if img.format == "PNG" and "exif" not in img.info:
         return 1
-    return img.getexif().get(ExifTags.Base.Orientation, 1)
+    try:
+        turn = img.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - Pillow's EXIF parser raises many kinds on malformed entries
+        return 1
+    return turn if turn in TURNS else 1
 
 
 def upright_size(img: Image.Image) -> tuple[int, int]:
@@ -248,11 +279,11 @@ def _decode(path: Path, side: int | None) -> tuple[Image.Image, tuple[int, int]]
     """``path`` decoded to RGB and turned upright (its :func:`orientation`), a JPEG at the smallest scale whose
     sides are at least ``side``; and its full size, upright."""
     with Image.open(path) as img:
-        full, turned = upright_size(img), orientation(img) != 1
+        full, turn = upright_size(img), orientation(img)
         if side and img.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a second image
             img.draft("RGB", (side, side))
         img.load()
-        return to_rgb(ImageOps.exif_transpose(img) if turned else img), full
+        return to_rgb(img.transpose(TURNS[turn]) if turn in TURNS else img), full
 
 
 def _jpeg_scan_start(f) -> int | None:

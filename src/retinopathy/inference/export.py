@@ -313,7 +313,8 @@ def main(args) -> dict:
                                           "= (1 - weight) * its own + weight * the same patient's other eye's"},
                 "arch": info["arch"], "head": info["head"], "weights_origin": info.get("weights_origin"),
                 "checkpoint": str(Path(args.checkpoint).resolve()), "epoch": ckpt.get("epoch"),
-                "intended_use": INTENDED_USE, "trained_on_synthetic_drawings": learnt_from_drawings(args.checkpoint),
+                "intended_use": " ".join(INTENDED_USE.split("\n\n", 1)[1].split()),  # the model card's
+                "trained_on_synthetic_drawings": learnt_from_drawings(args.checkpoint, ckpt),
                 "model_card": str(card) if (card := checkpoint_file(args.checkpoint).parent / CARD).is_file() else None,
                 "parity": {"max_abs_diff": diff, "tolerance": args.tolerance, "images": what,
                            "batch_sizes": [1, 3]}}

@@ -46,7 +46,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
 from ..data.dataset import listed_here
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
-from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, hidden, image_files, index_images, not_utf8
+from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_note, hidden, image_files, index_images, not_utf8
 from ..data.prepare import copy_warnings
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
@@ -268,15 +268,10 @@ DOUBTS = {"black": "are nearly black (e.g. {name}): no retina to grade, so their
           "small": "are smaller than half the model's input (e.g. {name}: {size} px, enlarged to {input} px): too "
                    "little detail for their grades to mean much",
           "narrow": "are far from the shape of a photograph of the eye (e.g. {name}: its sides {ratio}): {seen}",
-          "grey": "have no colour (e.g. {name}): grey or red-free photographs, which a model trained on colour "
-                  "photographs has not seen; their grades are doubtful"}
+          "grey": "have no colour (e.g. {name}): grey photographs (as red-free ones often are), which a model of "
+                  "colour photographs has not seen; their grades are doubtful"}
 SEEN = {"lab": "the preprocessing keeps a square of them, so much of each is not seen",  # by preset
         "fov": "the field-of-view crop fits one circle around all of each, so each part is seen smaller"}
-NOTES = {"black": "nearly black: no retina to grade, so its grade means nothing",  # each doubtful row's warning
-         "dark": "very dark (its brightest 1 % reaches {level} of 255): its grade is doubtful",
-         "small": "small ({size} px, enlarged to {input} px): its grade is doubtful",
-         "narrow": "its sides {ratio}, far from a photograph of the eye's: its grade is doubtful",
-         "grey": "no colour (a grey or red-free photograph): its grade is doubtful"}
 
 
 # ---------------------------------------------------------------------------------------------- running
@@ -317,7 +312,7 @@ SAME_OUTPUTS = 1e-6  # log-probabilities and scores that vary less than this ove
 def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, device="auto", amp="none",
         tta=False, blend=0.0, tuned_blend=0.0, cam_dir: Path | None = None, progress=True) -> dict:
     """Grade ``items``; returns arrays ``probs`` (N,5, NaN for failures), ``scores``, ``grades`` (-1 for
-    failures), ``errors`` (reason or ""), ``warnings`` (why a grade is doubtful, or "": :data:`NOTES`), and
+    failures), ``errors`` (reason or ""), ``warnings`` (why a grade is doubtful, or "": ``doubt_note``), and
     ``heatmaps`` (PNG paths) when ``cam_dir`` is given.
     ``blend``: the other eye's share (:func:`~retinopathy.models.objectives.blend_eyes`; ``tuned_blend``, the
     share the model was tuned with: an eye graded alone is warned about only when it is not 0); the heatmaps
@@ -338,7 +333,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
             doubtful[kind].append({"name": items[i].path or items[i].image, "size": f"{w}x{h}", "level": f"{level:.0f}",
                                    "input": prep.size, "ratio": f"{max(w, h) / min(w, h):.1f}:1",
                                    "seen": SEEN["lab" if prep.preset == "lab" else "fov"]})
-            res["warnings"][i] = NOTES[kind].format(**doubtful[kind][-1])
+            res["warnings"][i] = doubt_note(kind, level, (w, h), prep.size)
         for i, reason in failed:
             res["errors"][i] = reason
         if images is None:
@@ -524,7 +519,7 @@ def main(args) -> dict:
     folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
     for warning in dict.fromkeys(w for folder in folders for w in copy_warnings(folder, prep)):  # as train's
         print(f"warning: {warning}", file=sys.stderr)
-    if learnt_from_drawings(args.checkpoint) and not all(is_synthetic(p if Path(p).is_dir() else Path(p).parent)
+    if learnt_from_drawings(args.checkpoint, ckpt) and not all(is_synthetic(p if Path(p).is_dir() else Path(p).parent)
                                                          for p in args.inputs):  # its model card says it too
         print(f"warning: the model {DRAWINGS}", file=sys.stderr)
     refuse_replacing_run(args.out, args.checkpoint,

@@ -263,17 +263,20 @@ def synthetic_training(config: dict) -> bool:
     return bool(synthetic)
 
 
-def learnt_from_drawings(checkpoint) -> bool:
-    """Whether the run of ``checkpoint`` learnt from synthetic drawings, as its config.yaml records (False without
-    a readable one)."""
+def learnt_from_drawings(checkpoint, ckpt: dict) -> bool | None:
+    """Whether the run of ``checkpoint`` (loaded: ``ckpt``) learnt from synthetic drawings, as its config.yaml
+    records, or else (a checkpoint copied out of its run) as the folder its options name says; None when neither
+    can tell."""
     try:
         config = yaml.safe_load((run_folder(checkpoint_file(checkpoint)) / "config.yaml").read_text())
     except (OSError, yaml.YAMLError):
-        return False
-    return isinstance(config, dict) and synthetic_training(config)
+        config = None
+    if isinstance(config, dict):
+        return synthetic_training(config)
+    data = (ckpt.get("config") or {}).get("data")
+    return is_synthetic(data) if isinstance(data, str) and Path(data).is_dir() else None
 
 
-INTENDED_USE = "research only, not a medical device (see the model card's Limitations)"  # the export's JSON
 DRAWINGS = ("learnt from synthetic drawings (retinopathy.data.synth), not photographs of patients: its grades show "
             "that the pipeline works, not how it grades real eyes")
 
