@@ -2126,6 +2126,15 @@ def test_a_last_pt_from_another_run_is_named_as_such(tiny_run, synth_small, tmp_
         assert (f"{run / 'checkpoints' / 'best.pt'} is not the checkpoint of the run in {run}: it trained with --seed "
                 "0 (the run's config.yaml: 12345); put the run's own best.pt back") in capsys.readouterr().err
     assert (run / "checkpoints" / "MODEL_CARD.md").read_text() == card and not (tmp_path / "e").exists()
+    config["earlier"] = [{"epochs": 2}]  # a run resumed by a version that recorded the options a resume was given
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))  # (--lr 0.5 to retune, say): its own
+    assert main(["predict", str(run), str(synth_small), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 0
+    config["train"]["objective"] = "regression"  # what shapes the model is compared still
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    assert main(["predict", str(run), str(synth_small), "--out", str(tmp_path / "p.csv"), "--quiet"]) == 2
+    assert "it trained with --objective classification (the run's config.yaml: regression)" in capsys.readouterr().err
+    config["train"]["objective"] = "classification"
+    del config["earlier"]
     config["train"]["seed"] = 0  # a decay recorded for a run without EMA, as a resume that
     config["train"]["model_ema_decay"] = 0.5  # gave --model-ema-decay records it: the run's own, resumed
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))

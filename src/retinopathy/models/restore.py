@@ -45,7 +45,7 @@ def refuse_foreign(path: Path, ckpt: dict) -> None:
     """Raise when the checkpoint ``path`` is in a run's folder whose config.yaml says the run trained otherwise
     (another model, seed, lr...): a best.pt copied from another run, which evaluate would grade (and write this run's
     model card of), its split.csv taken for the checkpoint's."""
-    from ..training.config import ConfigError, file_options
+    from ..training.config import ConfigError
     from ..training.resume import disagreements
 
     run = run_folder(path)
@@ -53,10 +53,9 @@ def refuse_foreign(path: Path, ckpt: dict) -> None:
             or not (run / "config.yaml").is_file():
         return
     try:
-        recorded = file_options(run / "config.yaml", resume=True)[0]
+        foreign = disagreements(ckpt.get("config") or {}, run / "config.yaml")
     except ConfigError:  # not a run's record: nothing to compare with
         return
-    foreign = disagreements(ckpt.get("config") or {}, recorded)
     if foreign:
         raise CheckpointError(f"{path} is not the checkpoint of the run in {run}: it trained with "
                               f"{', '.join(foreign)}; put the run's own {path.name} back (or its config.yaml, if that "

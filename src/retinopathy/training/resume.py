@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+import yaml
+
 from ..atomic import remove_leftovers
 from ..data.splits import SPLIT_DEFAULTS, split_option
 from ..launch import resume_command
@@ -62,13 +64,16 @@ def comparable(option: str, value):
     return [s.strip() for s in value.split(",") if s.strip()] if option == "eval_splits" else effective(option, value)
 
 
-def disagreements(config: dict, recorded: dict) -> list[str]:
-    """What a checkpoint's ``config`` (its options) and the run's record (``recorded``: its config.yaml's) disagree
-    on, among what shapes the model and how it learns, as ``--seed 2 (the run's config.yaml: 1)``: a checkpoint
-    copied from another run (or a record edited). An option newer than the checkpoint is its default; one a record
-    does not hold, or that means nothing there (:func:`matters`), is not compared (a resume records what it kept)."""
+def disagreements(config: dict, record: Path) -> list[str]:
+    """What a checkpoint's ``config`` (its options) and the run's ``record`` (its config.yaml) disagree on, among
+    what shapes the model and (in a run never resumed) how it learns, as ``--seed 2 (the run's config.yaml: 1)``: a
+    checkpoint copied from another run (or a record edited). An option newer than the checkpoint is its default;
+    one a record does not hold, or that means nothing there (:func:`matters`), is not compared. A resume records
+    what it kept now, but one by an earlier version could record the learning options it was given."""
+    recorded = file_options(record, resume=True)[0]
+    resumed = bool((yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("earlier"))
     initial = defaults()
-    had = {k: config.get(k, initial[k]) for k in (*FIXED_ON_RESUME, *FIXED_WHILE_STEPPING)}
+    had = {k: config.get(k, initial[k]) for k in (*FIXED_ON_RESUME, *(() if resumed else FIXED_WHILE_STEPPING))}
     return [f"{flag(k, effective(k, had[k]))} (the run's config.yaml: {flag(k, effective(k, recorded[k]), bare=True)})"
             for k in had if k in recorded and matters(k, had) and comparable(k, recorded[k]) != comparable(k, had[k])]
 
@@ -126,7 +131,7 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
         initial = defaults()  # what a run that predates an option ran with (an option's default is the old way)
         had = {k: ckpt["config"].get(k, initial[k])  # an option newer than the run: its default
                for k in (*FIXED_ON_RESUME, *FIXED_WHILE_TRAINING, *FIXED_WHILE_STEPPING)}
-        foreign = disagreements(ckpt["config"], file_options(Path(args.resume) / "config.yaml", resume=True)[0])
+        foreign = disagreements(ckpt["config"], Path(args.resume) / "config.yaml")
         if foreign:
             raise CheckpointError(f"{last_pt} is not this run's checkpoint: it trained with {', '.join(foreign)}; put "
                                   "the run's own last.pt back (or its config.yaml, if that was edited), or train a "
