@@ -277,7 +277,7 @@ def test_a_card_that_cannot_be_written_is_named_by_its_folder(run, synth_small, 
     monkeypatch.setattr(evaluate, "write_model_card", read_only)
     assert main(["evaluate", str(run), "--data", str(synth_small), "--out", str(tmp_path / "e"), "--bootstrap", "0",
                  "--quiet"]) == 0
-    assert (f"warning: model card not updated: cannot write in {run / 'checkpoints'} (Read-only file system)"
+    assert (f"warning: model card in {run / 'checkpoints'} not updated (Read-only file system)"
             in capsys.readouterr().err)
 
 

@@ -33,6 +33,15 @@ def test_split_applies_the_runs_split_to_every_dataset(synth_small, tmp_path, ca
     assert graded == sorted(test + test)
     err = capsys.readouterr().err
     assert "training split" not in err and "synthetic drawings" not in err  # drawings graded: nothing to say
+    from retinopathy.data.prepare import prepare
+    from retinopathy.inference.predict import drawings
+
+    prepare(synth_small, tmp_path / "prepared", size=32, workers=1, progress=False)
+    photo = tmp_path / "photos" / "x.jpeg"
+    photo.parent.mkdir()
+    shutil.copy(next(synth_small.glob("*.jpeg")), photo)
+    assert [drawings(str(p)) for p in (tmp_path / "prepared", next(synth_small.glob("*.jpeg")), photo)] == [
+        True, True, False]  # a prepared copy of drawings, one of them; a drawing copied elsewhere is not known
     assert main(["predict", str(run), str(synth_small), "--out", str(out), "--workers", "0", "--quiet"]) == 0
     with open(run / "split.csv", newline="") as f:
         trained = sum(r["split"] == "train" for r in csv.DictReader(f))

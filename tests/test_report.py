@@ -1031,7 +1031,7 @@ def test_report_does_not_replace_pages_it_did_not_write(experiment, tmp_path, ca
     (site / "photo.jpeg").write_bytes(b"")  # a folder of photographs: predict would grade the figures there
     assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(site)]) == 2
     assert (f"--out {site} is a folder of photographs (photo.jpeg): write into a folder of its own, e.g. "
-            f"{tmp_path / 'report'}") in capsys.readouterr().err
+            f"{tmp_path / 'site-report'}") in capsys.readouterr().err
     assert sorted(p.name for p in site.glob("*.png")) == figures
     (tmp_path / "afile").write_text("x")
     assert main(["report", str(experiment / "runs" / "tiny"), "--out", str(tmp_path / "afile")]) == 2

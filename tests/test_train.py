@@ -1898,6 +1898,10 @@ def test_selecting_on_test_for_want_of_val_images_is_warned_about(tmp_path, caps
     assert "warning" not in capsys.readouterr().err
     config = yaml.safe_load((tmp_path / "lab" / "config.yaml").read_text())
     assert config["selection"]["note"] == "selected on the test split (reproduces the lab; optimistic)"
+    assert main(["train", *one, "--val-fraction", "0.3", "--select-on", "test", "--out", str(tmp_path / "chosen")]) == 0
+    config = yaml.safe_load((tmp_path / "chosen" / "config.yaml").read_text())  # a val split there, not chosen
+    assert config["data"]["eval_counts"]["val"] and "warning" not in capsys.readouterr().err
+    assert config["selection"]["note"] == "selected on the test split (--select-on test; optimistic)"
 
 
 def test_a_run_being_trained_is_not_trained_by_a_second_command(synth_small, tmp_path, capsys):

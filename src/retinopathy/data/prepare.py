@@ -366,8 +366,7 @@ def prepared_from(root: str | Path) -> str | None:
 
 def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
     """What the manifest of a copy in ``root`` says against reading it with ``prep``: an unfinished copy, one made
-    smaller than it is read (upscaled, its detail lost), field-of-view crops read with the ``lab`` preset, and
-    whole frames read with a preset that crops the field of view out of them (at less than twice its size)."""
+    smaller than it is read (upscaled, its detail lost), field-of-view crops read with the ``lab`` preset."""
     try:
         m = json.loads((Path(root) / MANIFEST).read_text())
         complete, size, crop = m["complete"], int(m["size"]), m["crop"]
@@ -386,18 +385,14 @@ def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
                      "centre-crops the original photographs: a model trained so grades photographs framed otherwise "
                      "than it learnt them; train with --preprocess fov (or graham), or read a copy prepared without "
                      "--crop fov")
-    if crop != "fov" and prep.preset != "lab" and size < 2 * prep.size:
-        found.append(f"{root} was prepared without --crop fov and is read with --preprocess {prep.preset}, which "
-                     f"crops the field of view out of the {size} px copy: a retina smaller than the frame is "
-                     f"upscaled, with less detail than the originals give; prepare it again with --crop fov (or "
-                     f"at --size {2 * prep.size} or more)")
     return found
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser("retinopathy prepare", add_help=add_help, description=__doc__.split("\n\n")[0],
-                                epilog="A copy for --preprocess fov or graham needs --crop fov (or a --size twice "
-                                       "the training's); see docs/data.md (A decoded copy).")
+                                epilog="A copy for --preprocess fov or graham is best made with --crop fov (the "
+                                       "crop is then cut from the originals: a retina smaller than the frame keeps "
+                                       "its detail); see docs/data.md (A decoded copy).")
     p.add_argument("src", metavar="DATA", help="dataset folder (any supported format)")
     p.add_argument("out", metavar="OUT", help="folder to write (new, empty, or an earlier run's to resume it)")
     p.add_argument("--size", type=at_least(8), default=512,

@@ -217,8 +217,8 @@ def main(args) -> dict:
     try:  # before the figure, which marks the evaluation finished (an experiment checks it): a card that cannot
         write_model_card(checkpoint, evaluation=metrics, eval_dir=out)  # be written loses none of the files
     except OSError as e:  # e.g. a checkpoint in a read-only folder (named: not the temporary file's path)
-        print(f"warning: model card not updated: cannot write in {checkpoint_file(checkpoint).parent} "
-              f"({e.strerror or e})", file=sys.stderr)
+        print(f"warning: model card in {checkpoint_file(checkpoint).parent} not updated ({e.strerror or e})",
+              file=sys.stderr)
     except yaml.YAMLError as e:
         print(f"warning: model card not updated: {run_folder(checkpoint) / 'config.yaml'} is not a run's "
               f"config.yaml ({str(e).splitlines()[0]})", file=sys.stderr)

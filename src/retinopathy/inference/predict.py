@@ -47,7 +47,7 @@ from ..data import DataError, ImageError, Normalize, Problem, build_transform, l
 from ..data.dataset import listed_here
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
 from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_note, hidden, image_files, index_images, not_utf8
-from ..data.prepare import copy_warnings
+from ..data.prepare import copy_warnings, prepared_from
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
 from ..data.synth import is_synthetic
@@ -519,9 +519,8 @@ def main(args) -> dict:
     folders = (Path(p) if Path(p).is_dir() else Path(p).parent for p in args.inputs)  # a labels CSV's, too
     for warning in dict.fromkeys(w for folder in folders for w in copy_warnings(folder, prep)):  # as train's
         print(f"warning: {warning}", file=sys.stderr)
-    if learnt_from_drawings(args.checkpoint, ckpt) and not all(is_synthetic(p if Path(p).is_dir() else Path(p).parent)
-                                                         for p in args.inputs):  # its model card says it too
-        print(f"warning: the model {DRAWINGS}", file=sys.stderr)
+    if learnt_from_drawings(args.checkpoint, ckpt) and not all(map(drawings, args.inputs)):  # as its model card
+        print(f"warning: the model {DRAWINGS}", file=sys.stderr)  # says
     refuse_replacing_run(args.out, args.checkpoint,
                          [i.path for i in items] + list({f for i in items for f in i.labels}) + [args.split_file])
     if args.cam:
@@ -541,6 +540,13 @@ def main(args) -> dict:
         print(f"warning: {seen} of the images with known grades are in the run's training split: its accuracy and "
               f"kappa on them overstate; {own_numbers(args)}", file=sys.stderr)
     return res
+
+
+def drawings(path: str) -> bool:
+    """Whether an input is synthetic drawings: in a set of them (or a folder inside one), or a prepared copy of one."""
+    folder = Path(path).resolve() if Path(path).is_dir() else Path(path).resolve().parent
+    source = prepared_from(folder)
+    return any(is_synthetic(f) for f in (folder, *folder.parents[:2])) or source is not None and is_synthetic(source)
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -259,8 +259,8 @@ def check_report_out(out: Path, option: str = "--out") -> None:
     holds an index.html or report.md the report did not write."""
     check_writable(out, option)
     refuse_run_folder(out, option, "report")
-    refuse_photograph_folder(out, option, FIGURE.fullmatch, out.absolute().parent / "report")  # not inside: a
-    # folder given to predict is searched recursively
+    refuse_photograph_folder(out, option, FIGURE.fullmatch, out.absolute().parent / f"{out.absolute().name}-report")
+    # (beside it, not inside: a folder given to predict is searched recursively)
     for name, own in OWN_PAGES.items():
         try:
             text = (out / name).read_text(encoding="utf-8", errors="replace")

@@ -122,6 +122,7 @@ def write_run_config(args, data: RunData, out: Path, origin: str, engine: Engine
               "selection": {"split": data.select_on, "metric": args.select_metric,
                             "note": "selected on the validation split" if data.select_on != "test" else
                             "selected on the test split (" + ("reproduces the lab" if args.preset == "lab" else
+                                                              "--select-on test" if args.select_on == "test" else
                                                               "no validation split") + "; optimistic)"},
               "engine": {"device": str(engine.device), "amp": engine.amp, "eval_amp": engine.eval_amp,
                          "channels_last": engine.channels_last, "workers": engine.workers,
