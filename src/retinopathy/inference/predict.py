@@ -46,7 +46,8 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
 from ..data.dataset import listed_here
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
-from ..data.images import IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_note, hidden, image_files, index_images, not_utf8
+from ..data.images import (IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_note, hidden, image_files,
+                           index_images, not_utf8)
 from ..data.prepare import copy_warnings, prepared_from
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
