@@ -1546,7 +1546,7 @@ def test_only_the_first_process_locks_the_run(tmp_path, monkeypatch):
     for key in ("RANK", "WORLD_SIZE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setattr(train_module, "_train", lambda args: "trained")
-    args = argparse.Namespace(out=str(tmp_path / "run"))
+    args = argparse.Namespace(out=str(tmp_path / "run"), resume=None)
     monkeypatch.setenv("SLURM_NTASKS", "2")
     with exclusive(tmp_path / "run", "trained"):  # held by the task of rank 0
         monkeypatch.setenv("SLURM_PROCID", "1")
