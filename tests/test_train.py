@@ -261,15 +261,19 @@ def test_mixup_trains_and_resumes_exactly(synth_small, tmp_path, capsys):
     assert "--mixup -1.0" in capsys.readouterr().err
 
 
-def test_a_run_stopped_early_resumes_to_its_last_epoch(tiny_run, tmp_path):
-    """--stop-after belongs to the command that gave it: a plain --resume trains every epoch that is left."""
+def test_a_run_stopped_early_resumes_to_its_last_epoch(tiny_run, tmp_path, capsys):
+    """--stop-after belongs to the command that gave it: a plain --resume trains every epoch that is left; fewer
+    --epochs while epochs remain end the run sooner, with a note (its schedule is cut short)."""
     import shutil
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
-    assert main(["train", "--resume", str(run), "--epochs", "5", "--stop-after", "1", "--quiet"]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "6", "--stop-after", "1", "--quiet"]) == 0
     assert len(rows(run)) == 3
-    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    assert main(["train", "--resume", str(run), "--epochs", "4", "--quiet"]) == 0
+    assert len(rows(run)) == 4 and ("note: --epochs 4 is fewer than the 6 the run was set to train: it ends after "
+                                    "epoch 4, its schedule cut to 4 epochs") in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--epochs", "5", "--quiet"]) == 0
     assert len(rows(run)) == 5
     (run / "metrics.csv").unlink()  # lost: the epochs trained from here on are written under their header
     assert main(["train", "--resume", str(run), "--epochs", "6", "--quiet"]) == 0

@@ -170,6 +170,11 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
                           f"{'last.pt' if k == 'weights' else 'split.csv'} holds what it gave); its record keeps "
                           f"{ran_with or 'none'}", file=sys.stderr)
                 setattr(args, k, ran_with)
+        planned = ckpt["config"].get("epochs")
+        if stepping and isinstance(planned, int) and args.epochs < planned and dist.main:
+            print(f"note: --epochs {args.epochs} is fewer than the {planned} the run was set to train: it ends "
+                  f"after epoch {args.epochs}, its schedule cut to {args.epochs} epochs (the learning rate now where "
+                  f"that schedule is at epoch {ckpt['epoch'] + 2})", file=sys.stderr)
         if stepping and ckpt.get("world_size", dist.world_size) != dist.world_size:  # before the data is read
             raise CheckpointError(f"{args.resume}: the run trained in {ckpt['world_size']} process(es), this resume "
                                   f"has {dist.world_size}: each process draws its own share of the images and its own "
