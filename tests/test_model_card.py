@@ -47,6 +47,7 @@ def test_card_from_a_training_run(run):
     assert table_row(card, "train") == ["train", *map(str, train), str(sum(train))]
     assert "Preset `lab` at 64 x 64 px" in card
     val = config["data"]["eval_counts"]["val"]
+    assert "- Selected on the val split by kappa = " in card and f" on {sum(val)} images" in card  # no interval
     during_training = card.split("## Metrics")[1]
     assert table_row(during_training, "val")[3] == f"{max(val) / sum(val):.3f}"  # the majority-class baseline
     with open(run / "metrics.csv", newline="") as f:

@@ -92,8 +92,10 @@ def _model_section(ckpt: dict, name: str, config: dict, epochs: int | None) -> l
              + (f" ({epochs} run so far)" if epochs is not None else "") + f", phase {ckpt.get('phase', '?')}"]
     if best.get("epoch") is not None:
         note = (config.get("selection") or {}).get("note", "") if best.get("split") == "test" else ""
+        counts = ((config.get("data") or {}).get("eval_counts") or {}).get(best.get("split")) or []
+        n = sum(v for v in counts if isinstance(v, int))  # images per grade: what the number rests on (no interval)
         lines.append(f"- Selected on the {best.get('split')} split by {best.get('metric')} = "
-                     f"{_fmt(best.get('value'))}" + (f" ({note})" if note else ""))
+                     f"{_fmt(best.get('value'))}" + (f" on {n:,} images" if n else "") + (f" ({note})" if note else ""))
     return lines + [""]
 
 
