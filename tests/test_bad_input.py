@@ -664,6 +664,18 @@ def test_a_nearly_black_photograph_is_a_warning_of_data_check(tmp_path, kaggle):
     assert "150x48 px, sides 3.1:1, far from a photograph of the eye's" in report["warnings"][2]["message"]
 
 
+def test_two_files_of_a_listed_name_are_a_warning_of_data_check(tmp_path, kaggle):
+    """1_left.jpeg and 1_left.png beside it (another photograph, say): the labels' 1_left read one of them silently
+    (grade folders report such a pair as a duplicate)."""
+    Image.new("RGB", (48, 48), (200, 100, 50)).save(kaggle / "1_left.png")
+    rc, report = check(tmp_path, kaggle)
+    assert rc == 0 and report["problems"] == []
+    [warning] = report["warnings"]
+    assert (warning["kind"], warning["image"]) == ("namesake", "1_left")
+    assert warning["message"] == ("1_left: 1_left.png beside 1_left.jpeg, which is read; if it is another "
+                                  "photograph, rename it (or write the extension in the labels)")
+
+
 def test_empty_dataset(tmp_path):
     (tmp_path / "trainLabels.csv").write_text("image,level\n")
     with pytest.raises(DataError, match="the dataset has no images: trainLabels.csv lists none"):

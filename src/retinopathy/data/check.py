@@ -4,13 +4,14 @@ from __future__ import annotations
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
 from ..progress import progress_bar
 from ..workers import worker_count
 from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog
-from .images import ImageError, brightest, check_image, colourless, doubt, doubt_note, open_image
+from .images import IMAGE_EXTENSIONS, ImageError, brightest, check_image, colourless, doubt, doubt_note, open_image
 from .problems import Problem
 from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
@@ -40,7 +41,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
                   progress: bool = True, images: bool = True) -> dict:
     """Decode every image of ``catalog`` and return a JSON-ready report (``report["problems"]`` lists all;
     ``report["warnings"]`` the images that decode but look nearly black, very dark, grey or not like a
-    photograph's shape, as ``predict`` warns). ``images=False`` checks the labels only:
+    photograph's shape, as ``predict`` warns, and listed names with two files). ``images=False`` checks the labels only:
     nothing is decoded, and patients shared between splits are counted over every row."""
     problems: list[Problem] = list(catalog.problems)
     blank: list[Problem] = []
@@ -66,6 +67,8 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
                 sums[0] += acc[0]
                 sums[1] += acc[1]
                 sums[2] += acc[2]
+    if catalog.format != "folders":  # (grade folders report two files of one name as a duplicate problem)
+        blank += _namesakes(ok)
     report: dict = {
         "data": str(catalog.root), "format": catalog.format,
         "labels": [str(p) for p in catalog.labels],
@@ -92,6 +95,26 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         report["stats"] = {"mean": [round(float(v), 4) for v in mean], "std": [round(float(v), 4) for v in std],
                            "computed_at": f"lab geometry, {STATS_SIZE} px"}
     return report
+
+
+def _namesakes(samples) -> list[Problem]:
+    """A warning for each row named without an extension whose image has namesakes beside it (``1_left.jpeg`` and
+    ``1_left.png``): one of them is read (the first in ``IMAGE_EXTENSIONS``' order), silently."""
+    found, stems = [], {}
+    for s in samples:
+        folder, name = os.path.split(s.path)
+        if Path(s.image).suffix.lower() in IMAGE_EXTENSIONS:
+            continue
+        if folder not in stems:
+            stems[folder] = Counter(Path(n).stem for n in os.listdir(folder) if Path(n).suffix.lower()
+                                    in IMAGE_EXTENSIONS)
+        if stems[folder][Path(name).stem] > 1:
+            others = sorted(n for n in os.listdir(folder) if Path(n).stem == Path(name).stem and n != name
+                            and Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+            found.append(Problem("namesake", s.source, s.line, f"{s.image}: {', '.join(others)} beside {name}, "
+                                 f"which is read; if it is another photograph, rename it (or write the extension "
+                                 "in the labels)", s.image))
+    return found
 
 
 def _grades(samples) -> dict:
