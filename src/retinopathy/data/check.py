@@ -100,17 +100,18 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
 def _namesakes(samples) -> list[Problem]:
     """A warning for each row named without an extension whose image has namesakes beside it (``1_left.jpeg`` and
     ``1_left.png``): one of them is read (the first in ``IMAGE_EXTENSIONS``' order), silently."""
-    found, stems = [], {}
+    found, stems = [], {}  # folder -> {stem: its image files}
     for s in samples:
         folder, name = os.path.split(s.path)
         if Path(s.image).suffix.lower() in IMAGE_EXTENSIONS:
             continue
         if folder not in stems:
-            stems[folder] = Counter(Path(n).stem for n in os.listdir(folder) if Path(n).suffix.lower()
-                                    in IMAGE_EXTENSIONS)
-        if stems[folder][Path(name).stem] > 1:
-            others = sorted(n for n in os.listdir(folder) if Path(n).stem == Path(name).stem and n != name
-                            and Path(n).suffix.lower() in IMAGE_EXTENSIONS)
+            stems[folder] = {}
+            for n in sorted(os.listdir(folder)):
+                if Path(n).suffix.lower() in IMAGE_EXTENSIONS:
+                    stems[folder].setdefault(Path(n).stem, []).append(n)
+        others = [n for n in stems[folder].get(Path(name).stem, []) if n != name]
+        if others:
             found.append(Problem("namesake", s.source, s.line, f"{s.image}: {', '.join(others)} beside {name}, "
                                  f"which is read; if it is another photograph, rename it (or write the extension "
                                  "in the labels)", s.image))

@@ -166,11 +166,17 @@ NOTES = {"black": "nearly black (its brightest pixels reach {level} of 255): no 
                  "not seen: its grade is doubtful"}
 
 
-def doubt_note(kind: str, level: float, sides: tuple[int, int], size: int = 0) -> str:
-    """:data:`NOTES`' words for a :func:`doubt` ``kind``, with the image's numbers."""
+def doubt_fields(level: float, sides: tuple[int, int], size: int = 0) -> dict:
+    """An image's numbers as the words of a :func:`doubt` say them: ``level``, ``size`` (its sides), ``input`` (the
+    model's input size) and ``ratio``."""
     w, h = sides
-    return NOTES[kind].format(level=f"{level:.0f}", size=f"{w}x{h}", input=size,
-                              ratio=f"{max(w, h) / max(min(w, h), 1):.1f}:1")
+    return {"level": f"{level:.0f}", "size": f"{w}x{h}", "input": size,
+            "ratio": f"{max(w, h) / max(min(w, h), 1):.1f}:1"}
+
+
+def doubt_note(kind: str, level: float, sides: tuple[int, int], size: int = 0) -> str:
+    """:data:`NOTES`' words for a :func:`doubt` ``kind``, with the image's numbers (:func:`doubt_fields`)."""
+    return NOTES[kind].format(**doubt_fields(level, sides, size))
 
 
 def doubt(level: float, sides: tuple[int, int], size: int, grey: bool = False) -> str:
@@ -269,17 +275,18 @@ def orientation(img: Image.Image) -> int:
     return turn if turn in TURNS else 1
 
 
-def upright_size(img: Image.Image) -> tuple[int, int]:
-    """The size of an opened image as a viewer shows it: its sides swapped by an :func:`orientation` that turns it a
-    quarter (5-8)."""
-    return img.size[::-1] if orientation(img) in (5, 6, 7, 8) else img.size
+def upright_size(img: Image.Image, turn: int | None = None) -> tuple[int, int]:
+    """The size of an opened image as a viewer shows it: its sides swapped by an :func:`orientation` (``turn``, when
+    read already) that turns it a quarter (5-8)."""
+    return img.size[::-1] if (orientation(img) if turn is None else turn) in (5, 6, 7, 8) else img.size
 
 
 def _decode(path: Path, side: int | None) -> tuple[Image.Image, tuple[int, int]]:
     """``path`` decoded to RGB and turned upright (its :func:`orientation`), a JPEG at the smallest scale whose
     sides are at least ``side``; and its full size, upright."""
     with Image.open(path) as img:
-        full, turn = upright_size(img), orientation(img)
+        turn = orientation(img)
+        full = upright_size(img, turn)
         if side and img.format in ("JPEG", "MPO"):  # MPO: a camera JPEG with a second image
             img.draft("RGB", (side, side))
         img.load()

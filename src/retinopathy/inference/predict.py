@@ -46,8 +46,8 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
 from ..data.dataset import listed_here
 from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
-from ..data.images import (IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_note, hidden, image_files,
-                           index_images, not_utf8)
+from ..data.images import (IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_fields, doubt_note, hidden,
+                           image_files, index_images, not_utf8)
 from ..data.prepare import copy_warnings, prepared_from
 from ..data.problems import refuse_misaligned
 from ..data.splits import select, trained_on
@@ -331,8 +331,7 @@ def run(model, objective, prep, items: list[Item], *, batch_size=32, workers=0, 
     for images, idx, failed, doubts in progress_bar(loader, enabled=progress, desc="predict", unit="batch",
                                                     leave=False):
         for i, (kind, (w, h), level) in doubts:
-            doubtful[kind].append({"name": items[i].path or items[i].image, "size": f"{w}x{h}", "level": f"{level:.0f}",
-                                   "input": prep.size, "ratio": f"{max(w, h) / min(w, h):.1f}:1",
+            doubtful[kind].append({"name": items[i].path or items[i].image, **doubt_fields(level, (w, h), prep.size),
                                    "seen": SEEN["lab" if prep.preset == "lab" else "fov"]})
             res["warnings"][i] = doubt_note(kind, level, (w, h), prep.size)
         for i, reason in failed:
