@@ -195,7 +195,7 @@ def test_grading_the_training_images_is_deterministic_warned_and_marked(run, syn
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert m["training_images"] == m["count"] > 0
     err = capsys.readouterr().err
-    assert f"warning: {m['count']} of these images are in the run's training split" in err
+    assert f"warning: of these images, {m['count']} are in the run's training split" in err
     assert "grade --split test for the model's own numbers" in err
     moved = tmp_path / "moved.csv"  # a split that puts the training images into test: --split test is no cure
     moved.write_text((run / "split.csv").read_text().replace(",train\n", ",test\n"))
@@ -217,6 +217,19 @@ def test_grading_the_training_images_is_deterministic_warned_and_marked(run, syn
     assert "training split" not in capsys.readouterr().err
     card = (run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1]
     assert "†" not in table_row(card, "test")[2] and "† (" in table_row(card, "train")[2]
+
+    # the val split chose the checkpoint: graded as test of a swapped split file, it is said to overstate too
+    swapped = tmp_path / "swapped.csv"
+    swapped.write_text((run / "split.csv").read_text().replace(",val\n", ",tmp\n").replace(",test\n", ",val\n")
+                       .replace(",tmp\n", ",test\n"))
+    assert main([*common[:4], "--split", "test", "--split-file", str(swapped), "--workers", "0", "--bootstrap", "0",
+                 "--quiet", "--out", str(tmp_path / "v")]) == 0
+    v = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert v["selection_images"] == v["count"] > 0 and v["training_images"] == 0
+    assert (f"warning: of these images, {v['count']} are in the run's val split, which chose its checkpoint"
+            in capsys.readouterr().err)
+    card = (run / "checkpoints" / "MODEL_CARD.md").read_text().split("### Evaluations")[1]
+    assert f"† ({v['count']} chose the checkpoint)" in table_row(card, "test of `swapped.csv`")[2]
 
 
 def test_a_model_no_better_than_the_majority_class_is_flagged(run):

@@ -912,11 +912,18 @@ def test_evaluations_on_training_images_or_with_images_skipped_are_marked(experi
     shutil.copytree(experiment / "runs" / "tiny", exp)
     metrics = exp / "resnet18-scratch" / "eval" / "metrics.json"
     m = json.loads(metrics.read_text())
-    metrics.write_text(json.dumps({**m, "training_images": 3, "skipped": 2}))
+    metrics.write_text(json.dumps({**m, "training_images": 3, "selection_images": 1, "skipped": 2}))
     assert main(["report", str(exp), "--out", str(tmp_path / "r"), "--title", "<b>mine</b> `a<b`"]) == 0
     md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "index.html").read_text()
-    assert f"**⚠ 3 of its {m['count']} images were trained on: the numbers overstate**" in md
-    assert "Warning: the evaluations of resnet18-scratch include images the run trained on" in md
+    assert (f"**⚠ of its {m['count']} images, 3 are in the run's training split and 1 in its val split, which chose "
+            "its checkpoint (and any thresholds): the numbers overstate**") in md
+    assert "Warning: the evaluations of resnet18-scratch include images the run trained on or chose its" in md
+    other = exp / "resnet18-pretrained" / "eval" / "metrics.json"  # a lower kappa, on unseen images, comes first
+    other.write_text(json.dumps({**json.loads(other.read_text()), "kappa": 0.2, "ci95": None}))
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "kappa": 0.9, "ci95": None}))
+    assert main(["report", str(exp), "--out", str(tmp_path / "r2")]) == 0
+    glance = (tmp_path / "r2" / "report.md").read_text().split("Highest quadratic kappa: ")[1].split("\n")[0]
+    assert glance.startswith("ResNet18, ImageNet-pretrained - kappa 0.200")
     assert "2 image(s) left out by --skip-bad (its skipped.csv)" in md and "2 image(s) left out by --skip" in page
     assert md.startswith("# &lt;b>mine&lt;/b> `a<b`\n")  # a tag escaped; a code span shown as it is
 

@@ -183,20 +183,21 @@ def same_photographs(same: int, regraded: int, unlisted: int = 0) -> bool:
     return same > 0 and same >= 0.9 * (same + regraded) and (same >= 5 or not unlisted)
 
 
-def trained_names(split_csv: str | Path, labelled, among=None) -> set[str]:
-    """The names of the labelled images, ``(name, grade)`` pairs, that a run trained on: listed as train in its
-    ``split_csv``, when they are its photographs (:func:`same_photographs`, decided on all of ``labelled``, a whole
-    dataset); none otherwise. ``among``: only those of these pairs (a split of that dataset)."""
+def trained_names(split_csv: str | Path, labelled, among=None, split: str = "train") -> set[str]:
+    """The names of the labelled images, ``(name, grade)`` pairs, that a run trained on: listed as train (or as
+    ``split``, e.g. the split it selected its checkpoint on) in its ``split_csv``, when they are its photographs
+    (:func:`same_photographs`, decided on all of ``labelled``, a whole dataset); none otherwise. ``among``: only
+    those of these pairs (a split of that dataset)."""
     same, regraded, unlisted = run_overlap(split_csv, labelled)
     if not same_photographs(len(same), regraded, unlisted):
         return set()
-    names = {name for name, s in same.items() if s == "train"}
+    names = {name for name, s in same.items() if s == split}
     return names if among is None else names & {name for name, _ in among}
 
 
-def trained_on(split_csv: str | Path, labelled, among=None) -> int:
-    """How many labelled images (of ``among``) a run trained on (:func:`trained_names`)."""
-    return len(trained_names(split_csv, labelled, among))
+def trained_on(split_csv: str | Path, labelled, among=None, split: str = "train") -> int:
+    """How many labelled images (of ``among``) a run trained on, or had in ``split`` (:func:`trained_names`)."""
+    return len(trained_names(split_csv, labelled, among, split))
 
 
 def read_split(samples: list[Sample], path: str | Path) -> None:

@@ -42,7 +42,7 @@ from ..reporting.model_card import write_model_card
 from ..reporting.text import bracket_ci
 from ..training.checkpoint import checkpoint_file, refuse_replacing_run, run_folder
 from ..training.engine import ShardSampler, evaluate, make_loader, pick_device, to_engine
-from .metrics import GRADES, bootstrap_ci, full_metrics
+from .metrics import GRADES, bootstrap_ci, full_metrics, seen_images
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -201,8 +201,7 @@ def main(args) -> dict:
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
                     "skipped": len(dataset.skipped),  # each listed in skipped.csv
-                    "training_images": trained_on(own_run / "split.csv", [(s.image, s.label) for s in catalog.samples],
-                                                  [(s.image, s.label) for s in dataset.samples])})
+                    **seen_counts(own_run / "split.csv", catalog, dataset, ckpt)})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     write_skipped(out / "skipped.csv", dataset.skipped)
@@ -241,11 +240,19 @@ def main(args) -> dict:
           + "".join(f", {side} {metrics[f'referable_{side}']:.3f}" for side in ("sensitivity", "specificity")
                     if metrics[f"referable_{side}"] is not None)
           + f"\nwritten to {out}")
-    if metrics["training_images"]:
-        print(f"warning: {metrics['training_images']} of these images are in the run's training split: its "
-              f"accuracy and kappa on them overstate (the model card marks this row); {own_numbers(args)}",
-              file=sys.stderr)
+    if seen := seen_images(metrics):
+        print(f"warning: of these images, {seen}: its accuracy and kappa on them overstate (the model card marks this row); "
+              f"{own_numbers(args)}", file=sys.stderr)
     return metrics
+
+
+def seen_counts(split_csv: Path, catalog, dataset, ckpt) -> dict:
+    """How many of the graded images the run trained on, and had in the val split it chose its checkpoint on (a
+    run that selected on test is said to in its own notes: its own test split is what the lab's recipe reports)."""
+    labelled, graded = ([(s.image, s.label) for s in d.samples] for d in (catalog, dataset))
+    selected_on_test = (ckpt.get("config") or {}).get("select_on") == "test"
+    return {"training_images": trained_on(split_csv, labelled, graded),
+            "selection_images": 0 if selected_on_test else trained_on(split_csv, labelled, graded, "val")}
 
 
 def own_numbers(args) -> str:

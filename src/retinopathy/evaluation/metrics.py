@@ -169,3 +169,14 @@ def bootstrap_ci(y_true, y_pred, groups, n: int = 1000, seed: int = 0, probs=Non
         auc["referable_auc"] = interval(aucs)
     return {"level": 0.95, "resamples": n, "unit": unit, "accuracy": interval(acc),
             "kappa": interval(kap) if kap else None, "kappa_undefined": n - len(kap), **auc}
+
+
+def seen_images(metrics: dict) -> str:
+    """How many graded images the model saw before (trained on, or chose its checkpoint and thresholds on: the
+    run's val split), as ``26 are in the run's training split and 8 in its val split, ...``; '' for none."""
+    trained, chose = metrics.get("training_images"), metrics.get("selection_images")
+    parts = [f"{trained} are in the run's training split"] if trained else []
+    if chose:
+        where = "in its" if parts else "are in the run's"
+        parts.append(f"{chose} {where} val split, which chose its checkpoint (and any thresholds)")
+    return " and ".join(parts)

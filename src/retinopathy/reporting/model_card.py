@@ -30,7 +30,8 @@ from .text import REFERABLE_HEAD, REFERABLE_NOTE, bracket_ci, number, referable_
 CARD, STORE = "MODEL_CARD.md", "model_card.json"
 EVAL_KEYS = ("split", "data", "split_file", "epoch", "checkpoint_id", "blend_eyes", "count", "accuracy",
              "majority_accuracy", "kappa", "macro_f1", "referable_auc", "referable_sensitivity",
-             "referable_specificity", "ci95", "recall", "true_counts", "predicted_counts", "training_images", "skipped")
+             "referable_specificity", "ci95", "recall", "true_counts", "predicted_counts", "training_images",
+             "selection_images", "skipped")
 
 
 def _read_store(path: Path) -> dict:
@@ -216,8 +217,11 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
             mark, chance = " ≈", True
         if e.get("checkpoint") == card_name and not same_checkpoint(e, card_ckpt):
             mark, stale = mark + " *", True
-        if e.get("training_images"):
-            mark, seen = mark + f" † ({e['training_images']} trained on)", True
+        if e.get("training_images") or e.get("selection_images"):
+            counts = [f"{e[key]} {what}" for key, what in (("training_images", "trained on"),
+                                                           ("selection_images", "chose the checkpoint"))
+                      if e.get(key)]
+            mark, seen = mark + f" † ({', '.join(counts)})", True
         images = f"{e.get('count')}" + (f" ({e['skipped']} skipped)" if e.get("skipped") else "")
         skipped = skipped or bool(e.get("skipped"))
         epoch, blend = e.get("epoch"), e.get("blend_eyes", trained_blend)
@@ -238,7 +242,8 @@ def _evaluation_rows(store: dict, card_name: str, card_ckpt: dict) -> list[str]:
         lines.append("\n≈ kappa's 95% interval reaches 0: on those images the model is not shown to grade better "
                      "than chance (more images narrow the interval).")
     if seen:
-        lines.append("\n† includes images the run trained on: its accuracy and kappa there overstate.")
+        lines.append("\n† includes images the run trained on, or chose its checkpoint (and any thresholds) on: its "
+                     "accuracy and kappa there overstate.")
     if skipped:
         lines.append("\nskipped: images `--skip-bad` left out of that evaluation (unreadable or badly labelled; "
                      "listed in its skipped.csv): the numbers are of the rest.")

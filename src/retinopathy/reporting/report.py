@@ -24,7 +24,7 @@ from ..cli.common import show_defaults
 from ..data.formats import GRADES
 from ..data.prepare import prepared_from
 from ..data.synth import is_synthetic
-from ..evaluation.metrics import no_better_than_majority
+from ..evaluation.metrics import no_better_than_majority, seen_images
 from ..models.restore import display_name
 from ..outputs import check_writable, refuse_photograph_folder, refuse_run_folder
 from ..training.config import PRESETS, option_value
@@ -108,9 +108,8 @@ def run_numbers(run: Run) -> dict:
                  ci_accuracy=(ev.get("ci95") or {}).get("accuracy"), ci_kappa=(ev.get("ci95") or {}).get("kappa"))
         n["warning"] = no_better_than_majority(ev)
         n["evaluation_note"] = evaluation_note(run)
-        if ev.get("training_images"):
-            n["trained_on"] = (f"{ev['training_images']} of its {ev['count']} images were trained on: the numbers "
-                               "overstate")
+        if seen := seen_images(ev):
+            n["trained_on"] = f"of its {ev['count']} images, {seen}: the numbers overstate"
     return n
 
 
@@ -191,7 +190,8 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     unskilled = [r for r in done if r.numbers["kappa"] <= 0]
     graders = [r for r in done if r.numbers["kappa"] > 0]
     if graders:
-        best = max(graders, key=lambda r: (r.numbers["kappa"], r.numbers["test_accuracy"]))
+        best = max(graders, key=lambda r: (not r.numbers.get("trained_on"), r.numbers["kappa"],
+                                           r.numbers["test_accuracy"]))  # an evaluation on seen images: last
         b = best.numbers
         close = [r for r in done if r is not best and b.get("ci_kappa") and r.numbers.get("ci_kappa")
                  and r.numbers["ci_kappa"][1] >= b["ci_kappa"][0]]  # intervals that overlap the best's
@@ -210,7 +210,8 @@ def at_a_glance(runs: list[Run]) -> list[str]:
     trained_on = [r for r in done if r.numbers.get("trained_on")]
     if trained_on:
         lines.append(f"Warning: the evaluations of {', '.join(r.name for r in trained_on)} include images the run "
-                     "trained on (another split file, or other data that holds them): their numbers overstate.")
+                     "trained on or chose its checkpoint on (its val split; another split file, or other data that "
+                     "holds them): their numbers overstate.")
     below = [r for r in graders if r.numbers["warning"]]
     if below:
         lines.append(f"Warning: {len(below)} of {len(done)} evaluated runs grade (kappa > 0) but are right less often "
