@@ -693,6 +693,42 @@ def test_evaluate_confusion_figure_dashes_grades_without_images(tmp_path, closed
         "0 (n=2)", "1 (n=1)", "2 (n=2)", "3 (n=0)", "4 (n=0)"]
 
 
+def test_confusion_numbers_contrast_with_their_cells(tmp_path, closed_figures):
+    """Each number is dark on a light cell and white on a dark one, by the fixed 0-1 scale: scikit-learn's own
+    choice, from the values' range, wrote 0.20-0.40 in white on pale blue when no cell reached 1."""
+    figures.confusion_figure([[4, 3, 2, 1, 0], [2, 4, 3, 1, 0], [1, 3, 4, 2, 0], [0, 1, 3, 4, 2], [0, 0, 0, 1, 9]],
+                             "a weak model", tmp_path / "cm.png")
+    colours = {(round(y), round(x)): t.get_color() for t in closed_figures[0].axes[0].texts
+               for x, y in [t.get_position()]}
+    assert colours[(0, 0)] == colours[(1, 2)] == colours[(0, 4)] == "black"  # 0.40, 0.30, 0.00
+    assert colours[(4, 4)] == "white"  # 0.90
+
+
+def test_a_row_of_many_confusion_matrices_wraps(tmp_path, closed_figures):
+    """Five runs of one model: three matrices a line, not five (their numbers shrank with each run added)."""
+    cols = [f"variant {i}" for i in range(5)]
+    cells = {("ResNet18", c): np.eye(5, dtype=int).tolist() for c in cols[:4]} | {("ResNet18", cols[4]): "failed"}
+    figures.confusion_grid(["ResNet18"], cols, cells, tmp_path / "c.png")
+    with Image.open(tmp_path / "c.png") as im:
+        assert im.size == confusion_size_px(2, 3)
+    shown = [ax for ax in closed_figures[0].axes if ax.axison]
+    assert len(shown) == 4 and [ax.get_title().split("\n")[1] for ax in shown] == cols[:4]
+
+
+def test_a_run_of_one_epoch_names_its_splits_and_has_not_fine_tuned(tmp_path, closed_figures):
+    """One epoch has no line to tell train, val and test apart: their values are written beside the points; a
+    run still frozen has no "fine-tuning starts" line."""
+    series = [{**fake_series(1, ("train", "val", "test"))[0], "freeze_epochs": 1}]
+    series[0]["rows"] = series[0]["rows"][:1]
+    figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "a.png")
+    ax = closed_figures[0].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["test 0.240\nval 0.220\ntrain 0.200"]
+    assert not [line for line in ax.lines if line.get_linestyle() == ":"]
+    series[0]["rows"] = fake_series(1)[0]["rows"]  # four epochs: fine-tuned from the second, no values written
+    figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "b.png")
+    assert [t.get_text() for t in closed_figures[1].axes[0].texts] == ["fine-tuning starts"]
+
+
 def test_fine_tuning_starts_are_told_apart(tmp_path, closed_figures):
     series = [{**s, "freeze_epochs": fe} for s, fe in zip(fake_series(3), (1, 2, 2))]
     figures.curves_figure("ResNet18: accuracy per epoch", series, "accuracy", tmp_path / "a.png")

@@ -29,6 +29,7 @@ OTHERS = ["#009E73", "#CC79A7", "#D55E00", "#000000", "#56B4E9", "#F0E442"]  # s
 DPI = 110
 CURVE_SIZE = (7.0, 4.4)  # inches, one panel, without the legend below
 CONFUSION_CELL = (3.5, 3.3)  # inches per matrix
+CONFUSION_PER_LINE = 3  # matrices side by side in the report's grid
 LABEL_WIDTH, TITLE_WIDTH = 52, 34  # characters per line of a legend label, of a confusion-matrix title
 SPLITS = {"train": "--", "val": "-.", "test": "-"}  # line style per split
 BASELINE = {"color": "#777777", "linestyle": (0, (1, 2)), "linewidth": 1.5}
@@ -78,7 +79,7 @@ def curves_figure(title: str, series: list[dict], metric: str, path: Path) -> No
             ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         if metric == "accuracy":
             ax.set_ylim(0, 1.02)
-        if any(s["freeze_epochs"] for s in members):  # room above the curves for the note "fine-tuning starts"
+        if any(_fine_tuned_from(s) for s in members):  # room above the curves for the note "fine-tuning starts"
             lo, hi = ax.get_ylim()
             ax.set_ylim(lo, hi * (hi / lo) ** HEADROOM if log else hi + HEADROOM * (hi - lo))
         ax.set_ylabel((f"loss ({loss_name(objective)})" if objective else metric) + (", log scale" if log else "")
@@ -110,14 +111,20 @@ def _panels(series: list[dict], metric: str) -> list[tuple[str | None, list[dict
 
 
 def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[str]) -> None:
-    """One line per series and split, and a dotted line where fine-tuning starts."""
+    """One line per series and split (a series of one epoch, which has no line to tell its splits apart, lists
+    their values beside its points), and a dotted line where fine-tuning starts."""
     for s in series:
         epochs = [r["epoch"] + 1 for r in s["rows"]]
         for split in splits:
             values = [r.get(f"{split}_{metric}") for r in s["rows"]]
             ax.plot(epochs, [np.nan if v is None else v for v in values], SPLITS[split], color=s["colour"],
                     marker=markers[s["label"]], **MARK, linewidth=2, alpha=0.85)
-    starts = sorted({s["freeze_epochs"] for s in series if s["freeze_epochs"]})
+        points = sorted(((v, sp) for sp in splits if len(epochs) == 1 and (v := s["rows"][0].get(f"{sp}_{metric}"))
+                         is not None), reverse=True)
+        if points:
+            ax.annotate("\n".join(f"{sp} {v:.3f}" if metric == "accuracy" else f"{sp} {v:.4g}" for v, sp in points), (epochs[0], np.mean([v for v, _ in points])),
+                        xytext=(8, 0), textcoords="offset points", va="center", fontsize=8, color=s["colour"])
+    starts = sorted({fe for s in series if (fe := _fine_tuned_from(s))})
     for fe in starts:
         ax.axvline(fe + 0.5, color="#555555", linestyle=":", linewidth=1.2)
         ax.annotate("fine-tuning starts" + (f" ({epochs_text(fe)} frozen)" if len(starts) > 1 else ""),
@@ -125,6 +132,12 @@ def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[
                     va="top", fontsize=8.5, color="#333333")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # one epoch: one tick, not 0.945...1.05
     ax.grid(alpha=0.3)
+
+
+def _fine_tuned_from(series: dict) -> int:
+    """After how many frozen epochs the run's fine-tuning started; 0 when it did not (yet)."""
+    fe = series["freeze_epochs"] or 0
+    return fe if any(r["epoch"] + 1 > fe for r in series["rows"]) else 0
 
 
 def _legend(fig, series: list[dict], markers: dict, splits: list[str], baselines: set[float]) -> None:
@@ -148,9 +161,12 @@ def plot_confusion(ax, counts, colorbar: bool = False, fontsize: float | None = 
     of a grade with no images is dashes: it has no recall."""
     counts = np.asarray(counts, dtype=float)
     rows = counts.sum(1)
-    disp = ConfusionMatrixDisplay(counts / np.maximum(rows[:, None], 1), display_labels=GRADES).plot(
+    shares = counts / np.maximum(rows[:, None], 1)
+    disp = ConfusionMatrixDisplay(shares, display_labels=GRADES).plot(
         ax=ax, cmap="Blues", values_format=".2f", colorbar=colorbar, im_kw={"vmin": 0, "vmax": 1},
         text_kw={"fontsize": fontsize} if fontsize else None)
+    for text, share in zip(disp.text_.ravel(), shares.ravel()):  # by the fixed scale (scikit-learn's own choice
+        text.set_color("white" if share > 0.72 else "black")  # follows the values' range): contrast 4.4:1 or more
     for text in disp.text_[rows == 0].ravel():
         text.set_text("–")
     ax.set_yticks(range(len(GRADES)), [f"{g} (n={int(n)})" for g, n in zip(GRADES, rows)])
@@ -161,13 +177,18 @@ def plot_confusion(ax, counts, colorbar: bool = False, fontsize: float | None = 
 @AS_WRITTEN
 def confusion_grid(rows: list[str], cols: list[str], cells: dict, path: Path) -> None:
     """Row-normalised confusion matrices, one per (row, col) label pair; ``cells[(row, col)]`` is a 5x5 count
-    matrix, or a string saying why that run has none (skipped, not evaluated...); see :func:`plot_confusion`."""
+    matrix, or a string saying why that run has none (skipped, not evaluated...); see :func:`plot_confusion`.
+    Each row's matrices are wrapped at :data:`CONFUSION_PER_LINE` a line, so that their numbers stay legible."""
+    per_line = min(len(cols), CONFUSION_PER_LINE)
+    lines = -(-len(cols) // per_line)  # per row
     fig = Figure(dpi=DPI, layout="constrained",
-                 figsize=(CONFUSION_CELL[0] * len(cols), CONFUSION_CELL[1] * len(rows)))
-    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+                 figsize=(CONFUSION_CELL[0] * per_line, CONFUSION_CELL[1] * len(rows) * lines))
+    axes = fig.subplots(len(rows) * lines, per_line, squeeze=False)
     for i, row in enumerate(rows):
+        for j in range(len(cols), lines * per_line):  # the unused places of the row's last line
+            axes[i * lines + j // per_line][j % per_line].set_axis_off()
         for j, col in enumerate(cols):
-            ax, cell = axes[i][j], cells.get((row, col), "not in this comparison")
+            ax, cell = axes[i * lines + j // per_line][j % per_line], cells.get((row, col), "not in this comparison")
             ax.set_title(f"{row}\n{textwrap.fill(col, TITLE_WIDTH)}", fontsize=10)
             if isinstance(cell, str):
                 ax.set_axis_off()
