@@ -976,6 +976,7 @@ def test_a_cell_stopped_short_after_its_evaluation_is_marked_unfinished(experime
     assert main(["report", str(exp), "--out", str(tmp_path / "r")]) == 0
     md, page = (tmp_path / "r" / "report.md").read_text(), (tmp_path / "r" / "index.html").read_text()
     rows = {r["Run"]: r for r in md_table(md, "### All runs")}
+    assert '<li class="warn">Unfinished: resnet18-scratch' in page  # shown as a warning
     assert rows["resnet18-scratch"]["Status"] == "incomplete" and rows["resnet18-scratch"]["Test accuracy"] != "-"
     assert "Unfinished: resnet18-scratch (its evaluation of the best checkpoint so far is shown): trained 1 of 3 " \
         "epochs; continue with" in md
