@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +45,17 @@ def test_split_applies_the_runs_split_to_every_dataset(synth_small, tmp_path, ca
         True, True, False]  # a prepared copy of drawings, one of them; a drawing copied elsewhere is not known
     assert main(["predict", str(run), str(synth_small), "--out", str(out), "--workers", "0", "--quiet"]) == 0
     with open(run / "split.csv", newline="") as f:
-        trained = sum(r["split"] == "train" for r in csv.DictReader(f))
-    assert (f"warning: {trained} of the images with known grades are in the run's training split"
-            in capsys.readouterr().err)
+        splits = Counter(r["split"] for r in csv.DictReader(f))
+    trained = splits["train"]
+    assert splits["val"] and (f"warning: of the images with known grades, {trained} are in the run's training split "
+                              f"and {splits['val']} in its val split, which chose its checkpoint"
+                              in capsys.readouterr().err)
     with open(run / "split.csv", newline="") as f:  # training images that cannot be read are not graded: not counted
         broken = [r["image"] for r in csv.DictReader(f) if r["split"] == "train"][:3]
     for name in broken:
         (copy / f"{name}.jpeg").write_bytes(b"")
     assert main(["predict", str(run), str(copy), "--out", str(out), "--workers", "0", "--quiet"]) == 0
-    assert (f"warning: {trained - 3} of the images with known grades are in the run's training split"
+    assert (f"warning: of the images with known grades, {trained - 3} are in the run's training split"
             in capsys.readouterr().err)
     from retinopathy.data.synth import generate
 

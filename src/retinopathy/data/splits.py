@@ -200,6 +200,16 @@ def trained_on(split_csv: str | Path, labelled, among=None, split: str = "train"
     return len(trained_names(split_csv, labelled, among, split))
 
 
+def seen_counts(split_csv: str | Path, ckpt: dict, labelled, among=None) -> dict:
+    """How many labelled images (of ``among``) the run of ``ckpt`` trained on, and had in the val split it chose its
+    checkpoint on (:func:`trained_names`; a run that selected on test says so in its own notes: its own test split
+    is what the lab's recipe reports), as ``training_images`` and ``selection_images``."""
+    labelled = list(labelled)
+    selected_on_test = (ckpt.get("config") or {}).get("select_on") == "test"
+    return {"training_images": trained_on(split_csv, labelled, among),
+            "selection_images": 0 if selected_on_test else trained_on(split_csv, labelled, among, "val")}
+
+
 def read_split(samples: list[Sample], path: str | Path) -> None:
     """Apply a split written by :func:`write_split`; every sample must be listed."""
     table = read_split_table(path)

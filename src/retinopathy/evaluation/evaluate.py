@@ -33,7 +33,7 @@ from ..cli.common import (
 from ..data import DataError, FundusDataset, Normalize, Problem, load_catalog, read_catalog
 from ..data.dataset import PairedEyes
 from ..data.problems import skipped_note, write_skipped
-from ..data.splits import run_overlap, same_photographs, split_option, trained_on
+from ..data.splits import run_overlap, same_photographs, seen_counts, split_option
 from ..errors import DataWarning, RetinopathyError
 from ..models.restore import display_name, restore
 from ..outputs import check_writable, is_run_folder, refuse_photograph_folder, refuse_run_folder
@@ -201,7 +201,8 @@ def main(args) -> dict:
                     "checkpoint": str(checkpoint), "arch": info["arch"], "objective": info["objective"],
                     "epoch": ckpt["epoch"], "checkpoint_id": ckpt.get("save_id"), "selected": ckpt.get("best"),
                     "skipped": len(dataset.skipped),  # each listed in skipped.csv
-                    **seen_counts(own_run / "split.csv", catalog, dataset, ckpt)})
+                    **seen_counts(own_run / "split.csv", ckpt, *([(s.image, s.label) for s in d.samples]
+                                                                for d in (catalog, dataset)))})
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "metrics.json", metrics)
     write_skipped(out / "skipped.csv", dataset.skipped)
@@ -244,15 +245,6 @@ def main(args) -> dict:
         print(f"warning: of these images, {seen}: its accuracy and kappa on them overstate (the model card marks this row); "
               f"{own_numbers(args)}", file=sys.stderr)
     return metrics
-
-
-def seen_counts(split_csv: Path, catalog, dataset, ckpt) -> dict:
-    """How many of the graded images the run trained on, and had in the val split it chose its checkpoint on (a
-    run that selected on test is said to in its own notes: its own test split is what the lab's recipe reports)."""
-    labelled, graded = ([(s.image, s.label) for s in d.samples] for d in (catalog, dataset))
-    selected_on_test = (ckpt.get("config") or {}).get("select_on") == "test"
-    return {"training_images": trained_on(split_csv, labelled, graded),
-            "selection_images": 0 if selected_on_test else trained_on(split_csv, labelled, graded, "val")}
 
 
 def own_numbers(args) -> str:

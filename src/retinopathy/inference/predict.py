@@ -50,10 +50,10 @@ from ..data.images import (IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, do
                            image_files, index_images, not_utf8)
 from ..data.prepare import copy_warnings, prepared_from
 from ..data.problems import refuse_misaligned
-from ..data.splits import select, trained_on
+from ..data.splits import seen_counts, select
 from ..data.synth import is_synthetic
 from ..errors import DataWarning, RetinopathyError
-from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade, summary
+from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade, seen_images, summary
 from ..models.restore import restore
 from ..outputs import check_output_file, check_writable
 from ..progress import progress_bar
@@ -534,11 +534,12 @@ def main(args) -> dict:
     out = Path(args.out)
     write_csv(out, items, res, with_heatmaps=bool(args.cam))
     print(_report(items, res, out) + (f"; heatmaps in {args.cam}" if args.cam and any(res["heatmaps"]) else ""))
-    seen = trained_on(run_folder(Path(args.checkpoint)) / "split.csv",
-                      [(i.image, i.label) for i, g in zip(items, res["grades"]) if i.label is not None and g >= 0])
+    seen = seen_images(seen_counts(run_folder(Path(args.checkpoint)) / "split.csv", ckpt,
+                                   [(i.image, i.label) for i, g in zip(items, res["grades"])
+                                    if i.label is not None and g >= 0]))
     if seen:
-        print(f"warning: {seen} of the images with known grades are in the run's training split: its accuracy and "
-              f"kappa on them overstate; {own_numbers(args)}", file=sys.stderr)
+        print(f"warning: of the images with known grades, {seen}: its accuracy and kappa on them overstate; "
+              f"{own_numbers(args)}", file=sys.stderr)
     return res
 
 
