@@ -10,9 +10,10 @@ import numpy as np
 
 from ..progress import progress_bar
 from ..workers import worker_count
-from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog
-from .images import IMAGE_EXTENSIONS, ImageError, brightest, check_image, colourless, doubt, doubt_note, open_image
-from .problems import Problem
+from .formats import GRADES, KAGGLE_LABELS, LAB_FILES, Catalog, base_name, eye_of, read_catalog, without_extension
+from .images import (IMAGE_EXTENSIONS, ImageError, brightest, check_image, colourless, doubt, doubt_note, hidden,
+                     index_images, open_image)
+from .problems import DataError, Problem
 from .splits import SPLITS, split_overlaps
 from .transforms import Preprocessing, geometry
 
@@ -69,6 +70,8 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
                 sums[2] += acc[2]
     if catalog.format != "folders":  # (grade folders report two files of one name as a duplicate problem)
         blank += _namesakes(ok)
+    blank += _own_patients(catalog) + _disagreements(catalog)
+    unlisted = unlisted_images(catalog) if images else []
     report: dict = {
         "data": str(catalog.root), "format": catalog.format,
         "labels": [str(p) for p in catalog.labels],
@@ -82,6 +85,7 @@ def check_catalog(catalog: Catalog, stats: bool = False, workers: int | None = N
         "shared_patients": {},
         "problems": [p.to_dict() for p in problems],
         "warnings": [p.to_dict() for p in blank],
+        "unlisted_images": unlisted,
     }
     for a, b, n, total in split_overlaps(present if images else catalog.samples):
         report["shared_patients"][f"{a}-{b}"] = {"shared": n, "patients": total}
@@ -115,6 +119,51 @@ def _namesakes(samples) -> list[Problem]:
             found.append(Problem("namesake", s.source, s.line, f"{s.image}: {', '.join(others)} beside {name}, "
                                  f"which is read; if it is another photograph, rename it (or write the extension "
                                  "in the labels)", s.image))
+    return found
+
+
+def unlisted_images(catalog: Catalog) -> list[str]:
+    """The image files in the catalog's image folder that its labels do not list (nor name in a problem, nor
+    hidden: ``._1_left.jpeg`` of macOS), sorted: a labels file cut short leaves them out silently."""
+    if catalog.image_root is None or catalog.format == "folders":
+        return []
+    listed = {os.path.basename(s.path) for s in catalog.samples if s.path}
+    flagged = {without_extension(base_name(p.image)) for p in catalog.problems if p.image}
+    return sorted(f for f in set(index_images(catalog.image_root).values()) - listed
+                  if without_extension(f) not in flagged and not hidden(f))
+
+
+def _own_patients(catalog: Catalog) -> list[Problem]:
+    """A warning when no name says its patient and eye, so that every image is a patient of its own."""
+    samples = catalog.samples
+    if len(samples) < 2 or any(eye_of(s.image) for s in samples) or len({s.patient for s in samples}) < len(samples):
+        return []
+    return [Problem("own-patients", samples[0].source, None, "no image name says its patient and eye "
+                    "(<patient>_left / _right, a folder per patient or per eye), so each image is a patient of its "
+                    "own and one patient's two eyes can fall on both sides of a split; if the labels have a patient "
+                    "column, pass --patient-col NAME")]
+
+
+def _disagreements(catalog: Catalog) -> list[Problem]:
+    """A warning for each row whose grade another labels file beside it (:func:`_other_labels`) gives otherwise:
+    the lab's two files out of step (sorted apart, a line lost), or another copy regraded."""
+    others: dict[str, tuple[int, str]] = {}
+    for path in map(Path, _other_labels(catalog)):
+        lab = any(path.name in pair for pair in LAB_FILES.values())
+        try:
+            read = read_catalog(catalog.root, format="lab" if lab else None, labels=None if lab else path,
+                                resolve=False)
+        except DataError:  # not readable as labels: not compared
+            continue
+        for s in read.samples:
+            others.setdefault(without_extension(s.image), (s.label, f"{s.source} line {s.line}"))
+    found = []
+    for s in catalog.samples:
+        label, where = others.get(without_extension(s.image), (s.label, ""))
+        if label != s.label:
+            found.append(Problem("grade-disagrees", s.source, s.line, f"{s.image}: grade {s.label} here, {label} in "
+                                 f"{where}; one of the two is out of step (the lab's two files pair image and grade "
+                                 "by line)", s.image))
     return found
 
 
@@ -166,6 +215,10 @@ def format_report(report: dict) -> str:
         lines.append(f"  none of the {missing:,} listed images was found: pass --images DIR (the folder that holds "
                      "them), or --no-images to check the labels only")
     lines += _listed(problems, {"missing-image": 3} if none_found else {})  # a few: the line above says it all
+    if report.get("unlisted_images"):
+        unlisted = report["unlisted_images"]
+        lines += ["", f"{len(unlisted):,} image(s) in {report['images_root']} are not listed (e.g. {unlisted[0]}): "
+                  "not read; if they should be, the labels file may be cut short (every one is in the JSON report)"]
     if report["warnings"]:
         lines += ["", f"{len(report['warnings'])} warning(s):", *_listed(report["warnings"])]
     return "\n".join(lines)

@@ -44,10 +44,11 @@ from ..atomic import replacing
 from ..cli.common import (add_amp_argument, add_blend_argument, add_data_arguments, add_device_argument, at_least,
                           blend_setting, catalog_options, show_defaults)
 from ..data import DataError, ImageError, Normalize, Problem, build_transform, load_catalog
+from ..data.check import unlisted_images
 from ..data.dataset import listed_here
-from ..data.formats import GRADE_NAMES, base_name, detect_format, eye_of, patient_of, without_extension
-from ..data.images import (IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_fields, doubt_note, hidden,
-                           image_files, index_images, not_utf8)
+from ..data.formats import GRADE_NAMES, detect_format, eye_of, patient_of, without_extension
+from ..data.images import (IMAGE_EXTENSIONS, NOT_UTF8, brightest, colourless, doubt, doubt_fields, doubt_note,
+                           image_files, not_utf8)
 from ..data.prepare import copy_warnings, prepared_from
 from ..data.problems import refuse_misaligned
 from ..data.splits import seen_counts, select
@@ -129,15 +130,9 @@ def _dataset_items(data: Path, opts: dict, split: str, alone: bool = True) -> li
     if dropped:
         warn(f"{len(dropped)} photograph(s) listed in {', '.join(map(str, catalog.labels))} are left out (their "
              "rows are named above); fix those rows to grade them here, or pass the photographs as files", depth=1)
-    if split == "all" and catalog.image_root is not None and catalog.format != "folders":
-        listed = {Path(s.path).name for s in catalog.samples if s.path}
-        flagged = {without_extension(base_name(p.image)) for p in catalog.problems if p.image}  # warned above
-        unlisted = sorted(f for f in set(index_images(catalog.image_root).values()) - listed
-                          if without_extension(f) not in flagged and not hidden(f))  # ._1_left.jpeg: macOS
-        if unlisted:
-            warn(f"{len(unlisted)} image(s) in {catalog.image_root} are not in "
-                 f"{', '.join(map(str, catalog.labels))} and are not graded (e.g. {unlisted[0]}); pass them as "
-                 "files to grade them", depth=1)
+    if split == "all" and (unlisted := unlisted_images(catalog)):
+        warn(f"{len(unlisted)} image(s) in {catalog.image_root} are not in {', '.join(map(str, catalog.labels))} "
+             f"and are not graded (e.g. {unlisted[0]}); pass them as files to grade them", depth=1)
     labels = tuple(map(str, catalog.labels))
     missing = f"image not found in {catalog.image_root or catalog.root}"
     return [Item(s.path, s.image, s.label, "" if s.path else missing, f"{os.path.realpath(data)}|{s.patient}", labels)
