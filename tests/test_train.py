@@ -158,7 +158,7 @@ def test_resume_is_exact(synth_small, tmp_path, capsys):
 
 def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, monkeypatch):
     """Without native bf16, --amp auto trains in fp32 (still channels_last, faster in fp32 too) and tells the
-    user why it is slower; an explicit --amp choice gets no note."""
+    user why it is slower; an explicit --amp none gets no note, an emulated --amp bf16 or fp16 one."""
     from retinopathy.training import engine
 
     monkeypatch.setattr(engine, "cpu_has_bf16", lambda: False)
@@ -169,6 +169,12 @@ def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, m
     assert "amp none (evaluation none), channels_last True" in out and "no native bf16" in out
     assert main([*args, "--out", str(tmp_path / "chosen"), "--amp", "none"]) == 0
     assert "no native bf16" not in capsys.readouterr().out
+    cpu = torch.device("cpu")  # bf16 or fp16 asked for where it is emulated: several times slower, said so
+    assert "--amp bf16 is emulated" in engine.cpu_amp_note(cpu, "bf16", "bf16", 128)
+    assert "--amp fp16 is emulated" in engine.cpu_amp_note(cpu, "fp16", "fp16", 128)
+    assert engine.cpu_amp_note(torch.device("cuda"), "bf16", "bf16", 128) == ""
+    monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
+    assert engine.cpu_amp_note(cpu, "bf16", "bf16", 128) == engine.cpu_amp_note(cpu, "auto", "bf16", 128) == ""
 
 
 def test_tiny_training_inputs_train_in_fp32_on_the_cpu(monkeypatch):

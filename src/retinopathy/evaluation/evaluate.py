@@ -242,8 +242,8 @@ def main(args) -> dict:
                     if metrics[f"referable_{side}"] is not None)
           + f"\nwritten to {out}")
     if seen := seen_images(metrics):
-        print(f"warning: of these images, {seen}: its accuracy and kappa on them overstate (the model card marks this row); "
-              f"{own_numbers(args)}", file=sys.stderr)
+        print(f"warning: of these images, {seen}: its accuracy and kappa on them overstate (the model card marks "
+              f"this row); {own_numbers(args)}", file=sys.stderr)
     return metrics
 
 

@@ -122,7 +122,8 @@ def _plot_runs(ax, series: list[dict], metric: str, markers: dict, splits: list[
         points = sorted(((v, sp) for sp in splits if len(epochs) == 1 and (v := s["rows"][0].get(f"{sp}_{metric}"))
                          is not None), reverse=True)
         if points:
-            ax.annotate("\n".join(f"{sp} {v:.3f}" if metric == "accuracy" else f"{sp} {v:.4g}" for v, sp in points), (epochs[0], np.mean([v for v, _ in points])),
+            text = "\n".join(f"{sp} {v:.3f}" if metric == "accuracy" else f"{sp} {v:.4g}" for v, sp in points)
+            ax.annotate(text, (epochs[0], np.mean([v for v, _ in points])),
                         xytext=(8, 0), textcoords="offset points", va="center", fontsize=8, color=s["colour"])
     starts = sorted({fe for s in series if (fe := _fine_tuned_from(s))})
     for fe in starts:

@@ -183,7 +183,8 @@ def render_html(ctx: dict, out: Path) -> str:
                      for f in figs if f["kind"] in ("accuracy", "loss"))
     confusion = "".join(_img(out / f["file"], f["title"], "wide") for f in figs if f["kind"] == "confusion")
     warn = ("Warning", "Missing", "Unfinished", "Failed")
-    glance = "".join(f'<li class="{"warn" if line.startswith(warn) else ""}">{escape(line)}</li>' for line in ctx["glance"])
+    glance = "".join(f'<li class="{"warn" if line.startswith(warn) else ""}">{escape(line)}</li>'
+                     for line in ctx["glance"])
     body = f"""
 <main>
 <h1>{escape(ctx["title"])}</h1>

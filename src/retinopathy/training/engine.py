@@ -223,6 +223,22 @@ TINY_FOR_CPU_BF16 = 16  # px: a training input this small or smaller trains in f
 # ResNet's last stage: measured with torch 2.14.1, a ResNet18 at 16 px had them in 1 to 18 of 20 batches, none at 32)
 
 
+def cpu_amp_note(device: torch.device, asked: str, amp: str, size: int) -> str:
+    """Why training on the CPU runs slower than it could: ``--amp auto`` chose fp32 (inputs of ``size`` px too small
+    for bf16, or no native bf16), or ``--amp bf16``/``fp16`` asked for an emulated precision; '' otherwise."""
+    if device.type != "cpu":
+        return ""
+    if asked == "auto" and amp == "none":
+        return (f"the network trains on {size} px inputs, where bf16 on the CPU gives non-finite gradients now and "
+                f"then (at {TINY_FOR_CPU_BF16} px or less), so training runs in fp32" if size <= TINY_FOR_CPU_BF16 else
+                "this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as fast as "
+                "on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
+    if amp in ("bf16", "fp16") and not cpu_has_bf16():
+        return (f"this CPU has no native bf16 or fp16 (AVX512-BF16 or AMX), so --amp {amp} is emulated: several times "
+                "slower than fp32 here (--amp auto trains in fp32)")
+    return ""
+
+
 def engine_settings(device: torch.device, model, amp: str = "auto", channels_last: bool | None = None,
                     train_size: int | None = None) -> tuple[str, bool]:
     """(amp, channels_last) after 'auto' / None: bf16 on CUDA and on CPUs with native bf16 (unless the network

@@ -40,8 +40,8 @@ from ..reporting.text import epochs_text
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, metrics_rows, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
 from .distributed import DistInfo, PeerFailed, barrier, broadcast_buffers, cleanup, init_distributed, peer_failed
-from .engine import (TINY_FOR_CPU_BF16, Diverged, Engine, engine_settings, freeze_backbone, make_loader,
-                     pick_device, to_engine, train_one_epoch)
+from .engine import (Diverged, Engine, cpu_amp_note, engine_settings, freeze_backbone, make_loader, pick_device,
+                     to_engine, train_one_epoch)
 from .optim import build_optimizer, build_scheduler
 from .resume import FIXED_WHILE_TRAINING, resume_state
 from .run_data import RunData, load_data, weights_run_overlap
@@ -354,12 +354,8 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
               f"{' and '.join(data.eval_splits)}, selecting on {select_on} by {args.select_metric}; device {device}, "
               f"amp {amp} (evaluation {engine.eval_amp}), channels_last {channels_last}, {dist.world_size} "
               f"process(es) -> {out}")
-        if device.type == "cpu" and args.amp == "auto" and amp == "none":
-            print(f"note: the network trains on {train_size(args)} px inputs, where bf16 on the CPU gives non-finite "
-                  f"gradients now and then (at {TINY_FOR_CPU_BF16} px or less), so training runs in fp32"
-                  if train_size(args) <= TINY_FOR_CPU_BF16 else
-                  "note: this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as "
-                  "fast as on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
+        if note := cpu_amp_note(device, args.amp, amp, train_size(args)):
+            print(f"note: {note}")
 
     current_phase = None
     ran = 0
