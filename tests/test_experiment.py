@@ -792,3 +792,22 @@ def test_an_experiment_file_in_another_encoding_says_so(tmp_path):
     config.write_text("name: grid\n", encoding="utf-16")
     with pytest.raises(ExperimentError, match="grid.yaml: not UTF-8 text .*save it again as UTF-8"):
         load_experiment(config)
+
+
+@pytest.mark.parametrize("local_rank", ["0", "1"])
+def test_commands_other_than_train_refuse_to_run_as_several_processes(tmp_path, capsys, monkeypatch, local_rank):
+    """`torchrun -m retinopathy experiment` ran the whole experiment in each process, racing for its lock, and
+    usually said nothing but torchrun's traceback: every command but train now stops at once, said once a machine."""
+    monkeypatch.setenv("RANK", local_rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    assert main(["experiment", str(tmp_path / "grid.yaml")]) == 2
+    err = capsys.readouterr().err
+    if local_rank == "0":
+        assert err.startswith("error: experiment runs in one process, not as 2 (torchrun or srun): run `retinopathy "
+                              "experiment ...` alone; its cells train in one process each")
+    else:
+        assert err == ""
+    assert not (tmp_path / "grid.yaml").exists() and list(tmp_path.iterdir()) == []
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
+    assert ("evaluate runs in one process" in capsys.readouterr().err) == (local_rank == "0")

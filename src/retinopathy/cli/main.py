@@ -77,6 +77,7 @@ def _run(argv: list[str]) -> int:
               "current folder; give it, or leave it out", file=sys.stderr)
         return 2
     try:
+        refuse_processes(argv[0] if argv else "")
         command = importlib.import_module(COMMANDS[argv[0]][0]) if argv and argv[0] in COMMANDS else None
         if hasattr(command, "cli"):
             return command.cli(argv[1:]) or 0
@@ -106,6 +107,17 @@ def _run(argv: list[str]) -> int:
         if launched_as()[0] == 0:  # under torchrun every rank is interrupted: rank 0 says so, once
             print("\ninterrupted" + _how_to_continue(argv, getattr(e, "run", None)), file=sys.stderr)
         return 130
+
+
+def refuse_processes(command: str) -> None:
+    """Only ``train`` runs as one of several processes (torchrun, srun): any other command would run whole in each,
+    racing for its outputs (an experiment's lock)."""
+    world = launched_as()[1]
+    if world > 1 and command in COMMANDS and command != "train":
+        raise RetinopathyError(f"{command} runs in one process, not as {world} (torchrun or srun): run `retinopathy "
+                               f"{command} ...` alone" + ("; its cells train in one process each (one run on several "
+                                                          "GPUs: torchrun --nproc_per_node N -m retinopathy train ...)"
+                                                          if command == "experiment" else ""))
 
 
 def _empty_argument(argv: list[str]) -> str | None:
