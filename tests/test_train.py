@@ -2166,3 +2166,29 @@ def test_a_run_in_a_read_only_folder_is_resumed_from_a_copy(tiny_run, monkeypatc
     assert main(["train", "--resume", str(tiny_run), "--epochs", "3", "--quiet"]) == 2
     assert (f"cannot write files in this folder (Read-only file system); copy the run where you can write (cp -r "
             f"{tiny_run} NEW) and resume the copy") in capsys.readouterr().err
+
+
+def test_a_data_worker_killed_by_the_system_is_named_with_what_to_do(synth_small, tmp_path, capsys, monkeypatch):
+    """A DataLoader worker killed (as the out-of-memory killer does) ended the run with PyTorch's 30-line traceback;
+    it is now one error line saying what likely happened, what to change, and how to continue."""
+    import signal
+
+    from torch.utils.data import get_worker_info
+
+    from retinopathy.data import FundusDataset
+
+    item = FundusDataset.__getitem__
+
+    def killed_in_a_worker(self, i):
+        if get_worker_info() is not None:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return item(self, i)
+
+    monkeypatch.setattr(FundusDataset, "__getitem__", killed_in_a_worker)
+    args = ["train", "--data", str(synth_small), *FAST, "--workers", "1", "--epochs", "1", "--freeze-epochs", "0",
+            "--out", str(tmp_path / "run")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"^error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|exited unexpectedly): "
+                     r"the system stops a process this way when memory runs out; use fewer --workers", err, re.M), err
+    assert "Traceback" not in err and f"no epoch of {tmp_path / 'run'} had finished: run the same command again" in err

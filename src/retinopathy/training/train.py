@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import re
 import shlex
 import sys
 import time
@@ -87,6 +88,21 @@ def main(args) -> dict:
         return _train(args)
 
 
+WORKER_KILLED = re.compile(r"DataLoader worker \(pid(?:\(s\))? [\d, ]+\) (?:is killed by signal: [\w ]+|exited "
+                           r"unexpectedly)")  # PyTorch's words for a worker that the system stopped
+
+
+class WorkerKilled(RetinopathyError):
+    """A data-loading worker that the system killed; ``run``: the run to continue (the CLI says how)."""
+
+    rank_local = True
+    exit_code = 1
+
+    def __init__(self, message: str, run: str):
+        super().__init__(message)
+        self.run = run
+
+
 def _train(args) -> dict:
     """Join the process group (under torchrun or srun), and leave it however the training ends."""
     device = pick_device(args.device)
@@ -94,7 +110,15 @@ def _train(args) -> dict:
     try:
         return _run(args, dist, device)
     except RuntimeError as e:  # a collective that another process's error broke: that error says why
-        if not dist.enabled or isinstance(e, RetinopathyError) or not peer_failed(e):
+        if isinstance(e, RetinopathyError):
+            raise
+        if killed := WORKER_KILLED.search(str(e)):  # by the system (out of memory, most often): no traceback
+            raise WorkerKilled(f"{killed.group(0)}: " + (
+                "the workers ran out of shared memory (a container's /dev/shm: raise it, e.g. docker run --shm-size "
+                "8g, or use --workers 0)" if "Bus error" in killed.group(0) else
+                "the system stops a process this way when memory runs out; use fewer --workers or a smaller "
+                "--batch-size (or leave out --cache-images)"), args.out) from None
+        if not dist.enabled or not peer_failed(e):
             raise
         raise PeerFailed("stopped, because another process of the run failed (its error is above, or in torchrun's "
                          f"summary); once that is fixed, continue the run: {resume_command(args.out)}") from None
