@@ -394,6 +394,26 @@ def test_reading_a_copy_otherwise_than_it_was_prepared_warns(synth128, tmp_path)
         FundusDataset(out, "val", image_size=32, preprocess="fov")
 
 
+def test_a_copy_whose_source_was_regraded_since_warns(tmp_path):
+    """The copy keeps the labels it was prepared with: a regrade at the source was read silently from the copy.
+    Preparing again (only the labels change) ends the warning."""
+    import warnings
+
+    src, out = tmp_path / "src", tmp_path / "out"
+    generate(src, n=12, size=64, seed=0, progress=False)
+    prepare(src, out, size=32, workers=1, progress=False)
+    lines = (src / "trainLabels.csv").read_text().splitlines()
+    image, grade = lines[1].split(",")
+    (src / "trainLabels.csv").write_text("\n".join([lines[0], f"{image},{(int(grade) + 1) % 5}", *lines[2:]]) + "\n")
+    with pytest.warns(UserWarning, match=f"{out} was prepared from labels that have changed since "
+                                         f"\\({src / 'trainLabels.csv'}\\): the copy still grades"):
+        FundusDataset(out, "all", image_size=32)
+    prepare(src, out, size=32, workers=1, progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        FundusDataset(out, "all", image_size=32)
+
+
 def test_bad_inputs_are_reported_not_written(tmp_path, capsys):
     src = tmp_path / "src"
     generate(src, n=12, size=96, seed=0, progress=False)

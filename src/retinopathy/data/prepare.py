@@ -43,6 +43,7 @@ read with ``lab``, and when the copy is unfinished (:func:`copy_warnings`).
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import shutil
@@ -310,7 +311,8 @@ def _prepare(catalog: Catalog, out: Path, settings: dict, workers: int | None, p
             todo.append((s, str(dst)))
             to_write.append(name)
 
-    manifest.update(sources=sources, pending=sorted(to_write), started_ns=time.time_ns(), labels=labels)
+    manifest.update(sources=sources, pending=sorted(to_write), started_ns=time.time_ns(), labels=labels,
+                    label_sources={p.name: os.path.abspath(p) for p in catalog.labels} if labels else {})
     write_json(out / MANIFEST, manifest)  # ... this run's replaces it: what it found, and what it has still to write
     set_aside_copies = [str(aside) for name in sorted({output_name(s, catalog) for s in catalog.samples if not s.path})
                         if name not in targets and not _outside(name) and (aside := set_aside(out / name))]
@@ -366,7 +368,8 @@ def prepared_from(root: str | Path) -> str | None:
 
 def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
     """What the manifest of a copy in ``root`` says against reading it with ``prep``: an unfinished copy, one made
-    smaller than it is read (upscaled, its detail lost), field-of-view crops read with the ``lab`` preset."""
+    smaller than it is read (upscaled, its detail lost), labels changed at the source since (regraded), field-of-view
+    crops read with the ``lab`` preset."""
     try:
         m = json.loads((Path(root) / MANIFEST).read_text())
         complete, size, crop = m["complete"], int(m["size"]), m["crop"]
@@ -380,6 +383,13 @@ def copy_warnings(root: str | Path, prep: Preprocessing) -> list[str]:
         found.append(f"{root} was prepared at {size} px and is read at {prep.size} px: the copy is upscaled, "
                      f"without the originals' detail; prepare it again with --size {prep.size} (or train at "
                      f"--image-size {size})")
+    changed = [src for name, src in (m.get("label_sources") or {}).items()
+               if os.path.isfile(src) and (Path(root) / name).is_file()
+               and not filecmp.cmp(src, Path(root) / name, shallow=False)]
+    if changed:
+        found.append(f"{root} was prepared from labels that have changed since ({', '.join(changed)}): the copy "
+                     "still grades its images as they were; run the same prepare command again (it rewrites only "
+                     "what changed)")
     if crop == "fov" and prep.preset == "lab":
         found.append(f"{root} holds field-of-view crops (prepare --crop fov) read with the lab preset, which "
                      "centre-crops the original photographs: a model trained so grades photographs framed otherwise "
