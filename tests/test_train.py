@@ -819,6 +819,22 @@ def test_evaluate_refuses_non_finite_outputs(tiny_run, synth_small, tmp_path, ca
     assert not (tmp_path / "e" / "metrics.json").exists()
 
 
+def test_a_machines_first_process_builds_the_model_before_its_others(monkeypatch):
+    """ImageNet weights were downloaded by every process at once (each with its bar): the first process of each
+    machine builds the model (fetching them into the shared cache) while the others wait at a barrier."""
+    from retinopathy.training import distributed
+
+    events = []
+    monkeypatch.setattr(distributed, "barrier", lambda info: events.append(("barrier", info.local_rank)))
+    for local in (0, 1):
+        with distributed.local_first(distributed.DistInfo(enabled=True, rank=local, world_size=2, local_rank=local)):
+            events.append(("build", local))
+    assert events == [("build", 0), ("barrier", 0), ("barrier", 1), ("build", 1)]
+    with distributed.local_first(distributed.DistInfo()):  # one process: no barrier
+        pass
+    assert len(events) == 4
+
+
 def test_ddp_two_processes_on_cpu(synth_small, tmp_path):
     """torchrun --nproc_per_node=2 (gloo): one frozen and one fine-tuning epoch; same files as one process;
     evaluation inside training sees every test image exactly once, with the model rank 0 saves (fp32, so that

@@ -1,6 +1,7 @@
 """Multi-process set-up from torchrun's (or SLURM's) environment, as torchvision's references do."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -126,6 +127,17 @@ def all_gather_objects(obj, info: DistInfo) -> list:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def local_first(info: DistInfo):
+    """The machine's first process runs the block first, then its others (ImageNet weights downloaded once into the
+    shared cache, which the others then read)."""
+    if info.enabled and info.local_rank != 0:
+        barrier(info)
+    yield
+    if info.enabled and info.local_rank == 0:
+        barrier(info)
 
 
 def cleanup(info: DistInfo) -> None:

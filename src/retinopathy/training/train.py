@@ -40,7 +40,8 @@ from ..reporting.model_card import write_model_card
 from ..reporting.text import epochs_text
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, metrics_rows, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
-from .distributed import DistInfo, PeerFailed, barrier, broadcast_buffers, cleanup, init_distributed, peer_failed
+from .distributed import (DistInfo, PeerFailed, barrier, broadcast_buffers, cleanup, init_distributed, local_first,
+                          peer_failed)
 from .engine import (Diverged, Engine, cpu_amp_note, engine_settings, freeze_backbone, make_loader, pick_device,
                      to_engine, train_one_epoch)
 from .optim import build_optimizer, build_scheduler
@@ -269,9 +270,10 @@ def build_grader(args, ckpt: dict | None, data: RunData, dist: DistInfo, device:
                              f"{'them' if len(absent) > 1 else 'it'}"), file=sys.stderr)
     objective = make_objective(args.objective, class_weights=class_weights(counts, args.class_weights),
                                label_smoothing=args.label_smoothing, decision=args.decision)
-    model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
-                                args.weights_tag, None if ckpt else args.weights, args.check_weights_hash,
-                                args.pair_eyes, args.space_to_depth, args.global_pool)
+    with local_first(dist):  # one download of the ImageNet weights per machine
+        model, origin = build_model(args.model, objective.outputs, args.head, args.pretrained and not ckpt,
+                                    args.weights_tag, None if ckpt else args.weights, args.check_weights_hash,
+                                    args.pair_eyes, args.space_to_depth, args.global_pool)
     if ckpt is None and args.weights and not args.split_file and (overlap := weights_run_overlap(args.weights, data)):
         data.warnings.append(overlap)
         if dist.main:
