@@ -478,6 +478,10 @@ def test_resume_keeps_what_shapes_the_run(tiny_run, synth_small, tmp_path, capsy
                        (["--model", "maxvit_t", "--image-size", "448"], "maxvit_t takes 224 px images only"),
                        (["--model", "vit_b_16", "--image-size", "224", "--space-to-depth", "2"],
                         "(the network sees 112 px after --space-to-depth 2): vit_b_16 takes 224 px images only"),
+                       (["--model", "inception_v3"], "--image-size 64: inception_v3 cannot take 64 px inputs "
+                                                     "(PyTorch: Calculated padded input size per channel"),
+                       (["--model", "alexnet", "--image-size", "96", "--train-crop-size", "48"],
+                        "--train-crop-size 48: alexnet cannot take 48 px inputs (PyTorch: Given input size"),
                        (["--objective", "regression", "--label-smoothing", "0.1"], "not to regression")):
         with pytest.raises(SystemExit):
             main(["train", "--data", str(synth_small), *FAST, *bad, "--out", str(tmp_path / "bad")])

@@ -15,6 +15,8 @@ initialised normal(0, 0.01), bias 0. The head is the model's last ``nn.Linear`` 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -27,13 +29,29 @@ from .weights import WeightsError, load_pretrained_state
 HEADS = ("linear", "lab")
 POOLS = ("avg", "max", "avgmax", "gem")
 CLASSIFIERS = tuple(list_models(module=torchvision.models))  # not detection, segmentation, video, optical flow
+_OWN_ARGS = {arch: {"aux_logits": False, "init_weights": True, "transform_input": True}  # no auxiliary heads
+             for arch in ("googlenet", "inception_v3")}
 
 
+@functools.cache
 def size_problem(arch: str, size: int) -> str:
     """Why ``arch`` cannot take ``size`` px inputs ('' when it can): torchvision builds ViT's position embeddings
-    and MaxViT's attention grid for 224 px."""
+    and MaxViT's attention grid for 224 px; other networks shrink a small input to nothing (Inception v3 at 64 px,
+    AlexNet at 48), found by passing one through the network on the meta device (shapes only, no computation)."""
     if (arch.startswith("vit_") or arch.startswith("maxvit")) and size != 224:
         return f"{arch} takes 224 px images only (torchvision builds it for that size)"
+    if arch not in CLASSIFIERS:
+        return ""
+    with torch.device("meta"), torch.no_grad():
+        try:
+            net = get_model(arch, weights=None, **_OWN_ARGS.get(arch, {})).eval()
+        except Exception:  # noqa: BLE001 - a network whose construction reads values (RegNet's widths): untold
+            return ""
+        try:
+            net(torch.empty(1, 3, size, size))
+        except RuntimeError as e:
+            if "size" in str(e):  # "Output size is too small", "Kernel size can't be greater than actual input size"
+                return f"{arch} cannot take {size} px inputs (PyTorch: {str(e).splitlines()[0][:160]})"
     return ""
 
 
@@ -116,8 +134,7 @@ class Grader(nn.Module):
                              "others that space_to_depth makes; use it with another model (e.g. resnet18)")
         # GoogLeNet and Inception v3: no auxiliary outputs in training (their ImageNet weights load without them),
         # and the input rescaling their ImageNet weights expect (torchvision turns it on with weights)
-        self.net = get_model(arch, weights=None, **({"aux_logits": False, "init_weights": True, "transform_input": True}
-                                                     if arch in ("googlenet", "inception_v3") else {}))
+        self.net = get_model(arch, weights=None, **_OWN_ARGS.get(arch, {}))
         self.stem = nn.Identity()
         if space_to_depth > 1:
             self.stem = nn.PixelUnshuffle(space_to_depth)
