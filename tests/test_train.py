@@ -1654,13 +1654,14 @@ def test_a_run_whose_data_moved_says_how_to_resume(synth_small, tmp_path, capsys
 
 def test_resume_keeps_the_loader_workers_the_run_had(tiny_run, tmp_path):
     """Each loader worker draws its own augmentations, so a resume with another worker count (the default: one per
-    core of the machine) would not continue the same run; the run's count is kept unless -j is given."""
+    core of the machine) would not continue the same run; the run's count is kept unless -j is given, and so does
+    a new run from its config.yaml."""
     cfg = yaml.safe_load((tiny_run / "config.yaml").read_text())
     cfg["train"]["workers"], cfg["engine"]["workers"] = None, 3  # the default, on a 3-core machine
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert parse_args(["--resume", str(tmp_path)]).workers == 3
     assert parse_args(["--resume", str(tmp_path), "-j", "1"]).workers == 1
-    assert parse_args(["-c", str(tmp_path / "config.yaml"), "--out", "new"]).workers is None  # a new run: this machine
+    assert parse_args(["-c", str(tmp_path / "config.yaml"), "--out", "new"]).workers == 3  # its rerun: the same
 
 
 def test_a_resume_with_a_config_file_keeps_the_runs_other_options(tiny_run, tmp_path):

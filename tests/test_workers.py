@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import signal
 
-from retinopathy.workers import mapped
+from retinopathy.workers import mapped, worker_count
 
 
 def _ignores_ctrl_c(i: int) -> tuple[int, bool]:
@@ -53,3 +53,12 @@ def test_a_loader_worker_does_not_print_the_handshake_an_interrupted_main_proces
     parent_left_quietly(ValueError, ValueError("kept"), None)
     assert "ValueError: kept" in capsys.readouterr().err
     assert sys.excepthook is not parent_left_quietly  # the main process keeps Python's
+
+
+def test_default_workers_are_the_cores_this_process_may_use(monkeypatch):
+    """os.cpu_count() is the machine's: 8 cores of a 128-core node (taskset, cgroups, SLURM) started 128 workers."""
+    import os
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 128)
+    assert worker_count(None, 1000) == 2 and worker_count(None, 1) == 1 and worker_count(6, 1000) == 6

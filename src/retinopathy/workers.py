@@ -7,10 +7,16 @@ import os
 import signal
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a cgroup, taskset or a SLURM allocation), not the
+    machine's: 8 of a 128-core node must not start 128 workers."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def worker_count(requested: int | None, jobs: int) -> int:
-    """How many workers to use for ``jobs`` jobs: ``requested`` (None: every core), at most one per job; 0 or 1 is
-    one, working in this process."""
-    return max(1, min(os.cpu_count() or 1 if requested is None else requested, jobs))
+    """How many workers to use for ``jobs`` jobs: ``requested`` (None: every usable core), at most one per job; 0 or
+    1 is one, working in this process."""
+    return max(1, min(usable_cores() if requested is None else requested, jobs))
 
 
 @contextlib.contextmanager

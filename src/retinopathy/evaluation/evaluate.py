@@ -42,6 +42,7 @@ from ..reporting.model_card import write_model_card
 from ..reporting.text import bracket_ci
 from ..training.checkpoint import checkpoint_file, refuse_replacing_run, run_folder
 from ..training.engine import ShardSampler, evaluate, make_loader, pick_device, to_engine
+from ..workers import usable_cores
 from .metrics import GRADES, bootstrap_ci, full_metrics, seen_images
 
 
@@ -143,7 +144,7 @@ def predict_dataset(model, objective, dataset, *, batch_size=32, workers=None, d
     """Run ``model`` over every image of ``dataset`` (uint8 tensors); see :func:`engine.evaluate`."""
     device = pick_device(device)
     amp, channels_last = to_engine(model, device, amp)
-    loader = make_loader(dataset, batch_size, os.cpu_count() if workers is None else workers, device,
+    loader = make_loader(dataset, batch_size, usable_cores() if workers is None else workers, device,
                          ShardSampler(len(dataset)), True, 0)
     normalize = Normalize(dataset.preprocessing.mean, dataset.preprocessing.std).to(device)
     return evaluate(model, objective, loader, device, normalize, amp=amp, channels_last=channels_last,

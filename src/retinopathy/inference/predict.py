@@ -58,6 +58,7 @@ from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade
 from ..models.restore import restore
 from ..outputs import check_output_file, check_writable
 from ..progress import progress_bar
+from ..workers import usable_cores
 from ..reporting.model_card import DRAWINGS, learnt_from_drawings
 from ..training.checkpoint import CheckpointError, refuse_replacing_run, run_folder
 from ..training.engine import NON_FINITE, autocast, make_loader, pick_device, to_device, to_engine
@@ -521,7 +522,7 @@ def main(args) -> dict:
     if args.cam:
         refuse_cam_among_photographs(Path(args.cam), items, [Path(p) for p in args.inputs if Path(p).is_dir()])
     progress = not args.quiet
-    workers = min(os.cpu_count() or 1, 8) if args.workers is None else args.workers
+    workers = min(usable_cores(), 8) if args.workers is None else args.workers
     res = run(model, objective, prep, items, batch_size=args.batch_size, workers=workers, device=args.device,
               amp=args.amp, tta=args.tta,
               blend=blend_setting(args, ckpt), tuned_blend=ckpt["model_info"].get("blend_eyes", 0.0),

@@ -248,8 +248,8 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
         options = {k: v for k, v in cfg["train"].items() if k not in ("config", "out", "resume", "stop_after")}
         if "eval_amp" not in options:  # a run from before --eval-amp evaluated in its training precision
             options["eval_amp"] = (cfg.get("engine") or {}).get("amp", "none")
-        if resume and options.get("workers") is None:  # the loader workers it ran with (by default one per core
-            options["workers"] = (cfg.get("engine") or {}).get("workers")  # of that machine) draw its augmentations
+        if options.get("workers") is None:  # the loader workers it ran with (by default one per core of that
+            options["workers"] = (cfg.get("engine") or {}).get("workers")  # machine) draw its augmentations: kept
         typed, resolved = options.get("data"), (cfg.get("data") or {}).get("path")
         if isinstance(resolved, str) and not (isinstance(typed, str) and Path(typed).expanduser().is_absolute()):
             options["data"] = resolved  # a relative --data was relative to where the run started

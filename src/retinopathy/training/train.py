@@ -38,6 +38,7 @@ from ..models.objectives import class_weights, tune_thresholds
 from ..outputs import check_writable, exclusive
 from ..reporting.model_card import write_model_card
 from ..reporting.text import epochs_text
+from ..workers import usable_cores
 from .checkpoint import CheckpointError, interrupts_after, load_checkpoint, metrics_rows, save_checkpoint
 from .config import WHERE_STARTED, environment, parse_args, plain_options
 from .distributed import (DistInfo, PeerFailed, barrier, broadcast_buffers, cleanup, init_distributed, local_first,
@@ -291,7 +292,7 @@ def build_grader(args, ckpt: dict | None, data: RunData, dist: DistInfo, device:
         ema.module.load_state_dict(ckpt["model_ema"])
         ema.n_averaged.fill_(ckpt["ema_updates"])
     engine = Engine(device, amp, engine_settings(device, model, args.eval_amp)[0], channels_last,
-                    args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // dist.world_size),
+                    args.workers if args.workers is not None else max(1, usable_cores() // dist.world_size),
                     dist, Normalize(train_set.preprocessing.mean, train_set.preprocessing.std).to(device), progress)
     return model, objective, ema, origin, engine
 
