@@ -247,6 +247,38 @@ def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
     assert [p.file for p in load_catalog(layout).problems] == [str(layout / "valid")]
 
 
+def test_a_grade_folder_inside_another_grade_folder_is_a_problem(tmp_path):
+    """A folder named as another grade inside a grade folder (``0/2/``, all of ``4/`` moved into ``0/4/``) is a
+    problem and its images are not read as the outer grade; one of the same grade, or any other name, is read as
+    before, and so are numbered folders that are not all grades (patients' numbers: ``0/3/``, ``0/17/``)."""
+    for g in range(5):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    disc(tmp_path / "d" / "0" / "2" / "7_left.jpeg")
+    disc(tmp_path / "d" / "0" / "2.0" / "7_right.jpeg")
+    disc(tmp_path / "d" / "1" / "1" / "8_left.jpeg")
+    disc(tmp_path / "d" / "1" / "more" / "8_right.jpeg")
+    cat = read_catalog(tmp_path / "d")
+    assert sorted((s.image, s.label) for s in cat.samples) == [
+        ("0_left", 0), ("1/8_left", 1), ("1_left", 1), ("2_left", 2), ("3_left", 3), ("4_left", 4),
+        ("more/8_right", 1)]
+    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / "0" / n))
+                                                         for n in ("2", "2.0")]
+    assert cat.problems[0].message.startswith("folder 0/2/ is named as grade 2 but is in grade folder 0/: its 1 "
+                                              "image(s) are not used (they would read as grade 0); move them into "
+                                              f"{tmp_path / 'd' / '2'} if they are grade 2")
+    shutil.rmtree(tmp_path / "d" / "0" / "2")
+    shutil.rmtree(tmp_path / "d" / "0" / "2.0")
+    shutil.move(tmp_path / "d" / "4", tmp_path / "d" / "0" / "4")
+    cat = read_catalog(tmp_path / "d", format="folders")
+    assert "4_left" not in {s.image for s in cat.samples}
+    assert [p.file for p in cat.problems] == [str(tmp_path / "d" / "0" / "4")]
+    for g, patient in ((0, "3"), (0, "17"), (1, "0"), (2, "4")):
+        disc(tmp_path / "p" / str(g) / patient / "left.jpeg")
+    cat = read_catalog(tmp_path / "p", format="folders")
+    assert not cat.problems and sorted((s.patient, s.label) for s in cat.samples) == [
+        ("0", 1), ("17", 0), ("3", 0), ("4", 2)]
+
+
 def test_unknown_format_says_what_was_expected(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="trainLabels.csv"):

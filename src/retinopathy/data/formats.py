@@ -22,6 +22,7 @@ import io
 import os
 import re
 import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -337,11 +338,15 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
     """The images under ``folder/0`` ... ``folder/4``, searched recursively as torchvision's ``ImageFolder`` does,
     named by their path below the grade folder without extension (after ``split/`` when the split has a folder
     of its own, so that ``train/0/1.png`` and ``val/0/1.png`` stay two images); a folder named like another grade
-    (``5/``, ``-1/``) that holds images is a problem, since they would be left out silently."""
-    samples = []
+    (``5/``, ``-1/``) that holds images is a problem, since they would be left out silently, and so is one of
+    another grade in a grade folder (:func:`_nested_grades`), since they would read as the outer grade."""
+    samples, files = [], {grade: image_files(folder / str(grade)) for grade in GRADES}
+    nested = _nested_grades(folder, files)
     for grade in GRADES:
         sub = folder / str(grade)
-        for f in image_files(sub):
+        for f in files[grade]:
+            if (grade, f.relative_to(sub).parts[0]) in nested:
+                continue
             if not_utf8(f.relative_to(sub)):  # the dataset's own folder was checked
                 problems.append(Problem("bad-name", not_utf8(f), None, NOT_UTF8 + ", or use --skip-bad to drop it"))
                 continue
@@ -350,6 +355,13 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
             patient, eye = _patient_and_eye(name)  # an eye's name or folder (train/p7/left, val/p7/right: p7)
             samples.append(Sample(image, grade, patient if eye else patient_of(image), str(sub), None, split,
                                   path=str(f)))
+    for (grade, inner), count in sorted(nested.items()):
+        named = parse_label(inner)
+        problems.append(Problem("bad-label", str(folder / str(grade) / inner), None,
+                                f"folder {grade}/{inner}/ is named as grade {named} but is in grade folder {grade}/: "
+                                f"its {count} image(s) are not used (they would read as grade {grade}); move them "
+                                f"into {folder / str(named)} if they are grade {named}, or rename the folder if "
+                                f"{inner} is no grade"))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
         if other.is_dir() and _GRADE_LIKE.fullmatch(other.name) and other.name not in map(str, GRADES) \
                 and (count := len(image_files(other))):
@@ -357,6 +369,18 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
                                     f"0/ ... 4/: its {count} image(s) are not used; move them into the folder of "
                                     "their grade, or remove it"))
     return samples
+
+
+def _nested_grades(folder: Path, files: dict[int, list[Path]]) -> dict[tuple[int, str], int]:
+    """{(grade, folder in it): its image count} for the folders directly in a grade folder that are named as
+    another grade (``0/2/``, all of ``4/`` moved into ``0/4/``); none where the numbered folders there are not all
+    grades (``0/3/``, ``0/17/``: patients' numbers)."""
+    inner = Counter((grade, f.relative_to(folder / str(grade)).parts[0]) for grade in GRADES for f in files[grade]
+                    if len(f.relative_to(folder / str(grade)).parts) > 1)
+    numbered = {key: n for key, n in inner.items() if _GRADE_LIKE.fullmatch(key[1])}
+    if any(parse_label(name) is None for _, name in numbered):
+        return {}
+    return {(grade, name): n for (grade, name), n in numbered.items() if parse_label(name) != grade}
 
 
 def _unread_grade_trees(data: Path, read: list[Path]) -> list[Problem]:
