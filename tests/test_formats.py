@@ -103,9 +103,9 @@ def test_image_names_holding_paths(tmp_path):
     assert [str(p) for p in read_catalog(tmp_path).problems] == [
         f"{labels}:6: image train_images/0_left.jpeg is listed again (first at train.csv:2); remove one of the rows",
         f"{labels}:7: image nowhere/9_left.jpeg not found: the name holds a path, and neither "
-        f"{tmp_path / 'nowhere' / '9_left.jpeg'} nor 9_left.jpeg in {tmp_path / 'train_images'} exists (looked for "
-        f"that exact name); fix the path (relative to {tmp_path}), add the file, pass --images, or use "
-        "--skip-bad to drop it"]
+        f"{tmp_path / 'train_images' / 'nowhere' / '9_left.jpeg'} nor {tmp_path / 'nowhere' / '9_left.jpeg'} nor "
+        f"9_left.jpeg in {tmp_path / 'train_images'} exists (looked for that exact name); fix the path (relative to "
+        f"{tmp_path / 'train_images'} or {tmp_path}), add the file, pass --images, or use --skip-bad to drop it"]
     with open(tmp_path / "train.csv", "a") as f:  # an extension that is not the file's: the file is named
         f.write("0_right.jpg,0\n")
     assert "image 0_right.jpg not found in" in str(read_catalog(tmp_path).problems[-1])
@@ -114,6 +114,24 @@ def test_image_names_holding_paths(tmp_path):
     disc(linux / "images" / "site\\2_left.jpeg")
     (linux / "labels.csv").write_text("image,level\nsite\\2_left,2\n")
     assert [s.path for s in read_catalog(linux).samples] == [str(linux / "images" / "site\\2_left.jpeg")]
+
+
+def test_names_holding_a_path_below_the_image_folder(tmp_path):
+    """A name holding a path is found below ``--images`` as written (``siteA/1_left.jpeg`` in ``DIR/siteA/``),
+    before DATA's folder of that name; one found nowhere names every place looked in."""
+    for site in ("siteA", "siteB"):
+        disc(tmp_path / "photos" / site / "1_left.jpeg")
+        disc(tmp_path / "data" / site / "1_right.jpeg")
+    disc(tmp_path / "photos" / "siteB" / "1_right.jpeg")
+    (tmp_path / "data" / "labels.csv").write_text("image,level\nsiteA/1_left.jpeg,0\nsiteB\\1_left,1\n"
+                                                  "siteA/1_right.jpeg,2\nsiteB/1_right.jpeg,3\nsiteC/2_left.jpeg,0\n")
+    cat = read_catalog(tmp_path / "data", images=tmp_path / "photos")
+    assert [s.path for s in cat.samples] == [
+        str(tmp_path / "photos" / "siteA" / "1_left.jpeg"), str(tmp_path / "photos" / "siteB" / "1_left.jpeg"),
+        str(tmp_path / "data" / "siteA" / "1_right.jpeg"), str(tmp_path / "photos" / "siteB" / "1_right.jpeg"), None]
+    assert [p.line for p in cat.problems] == [6] and (
+        f"neither {tmp_path / 'photos' / 'siteC' / '2_left.jpeg'} nor {tmp_path / 'data' / 'siteC' / '2_left.jpeg'} "
+        f"nor 2_left.jpeg in {tmp_path / 'photos'} exists") in cat.problems[0].message
 
 
 def test_names_match_across_unicode_normal_forms(tmp_path):

@@ -451,17 +451,24 @@ def _relative(image: str, data: Path) -> Path:
 
 def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[Path, dict[str, str]]) -> Path | None:
     """The file of ``image``: its name as written under ``image_root`` (on Linux ``\\`` may be part of a file
-    name), then a name holding a path relative to ``data``, then its file name under ``image_root``. ``indexes``
-    keeps each folder's :func:`index_images`."""
+    name; a path, below it), then a name holding a path relative to ``data``, then its file name under
+    ``image_root``. ``indexes`` keeps each folder's :func:`index_images`."""
     name = base_name(image)
     tries = [(image_root, image)] if image_root else []
     if name != image:
-        tries += [(_relative(image, data).parent, name)] + ([(image_root, name)] if image_root else [])
+        tries += [(path.parent, name) for path in _paths(image, data, image_root)]
+        tries += [(image_root, name)] if image_root else []
     for folder, key in tries:
         found = indexed(_index(folder, indexes), key)
         if found:
             return folder / found
     return None
+
+
+def _paths(image: str, data: Path, image_root: Path | None) -> list[Path]:
+    """Where a name holding a path may be: below ``image_root``, then below ``data`` (one place if they are one, or
+    the name is absolute)."""
+    return list(dict.fromkeys(_relative(image, root) for root in (image_root, data) if root))
 
 
 def _index(folder: Path, indexes: dict[Path, dict[str, str]]) -> dict[str, str]:
@@ -585,9 +592,10 @@ def _missing_image(s: Sample, data: Path, image_root: Path | None, indexes: dict
     if elsewhere is not None:  # e.g. the lab's test images kept apart in DATA/test/
         tried += (f"; it is in {elsewhere}: keep the images in one folder (or link them into one), as "
                   "one image folder serves every labels file")
+    paths, roots = _paths(s.image, data, image_root), dict.fromkeys(filter(None, (image_root, data)))
     found = (f"not found in {where} {tried}; add the file" if name == s.image else
-             f"not found: the name holds a path, and neither {_relative(s.image, data)} nor {name} "
-             f"in {where} exists {tried}; fix the path (relative to {data}), add the file")
+             f"not found: the name holds a path, and neither {' nor '.join(map(str, paths))} nor {name} in {where} "
+             f"exists {tried}; fix the path (relative to {' or '.join(map(str, roots))}), add the file")
     return Problem("missing-image", s.source, s.line, f"image {s.image} {found}, pass --images, or use "
                    "--skip-bad to drop it", s.image)
 
