@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import unicodedata
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from PIL import Image
 from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
 from retinopathy.data.images import ImageError, open_image
 from retinopathy.data.splits import SplitError, leakage_warnings, shared_patients, write_split
+from retinopathy.errors import DataWarning
 
 
 def disc(path, size=48, color=(180, 80, 40), mode="RGB", fmt=None):
@@ -83,15 +85,17 @@ def test_header_csv_with_named_columns(tmp_path):
     assert not cat.problems and cat.samples[3].label == 3
 
 
+@pytest.mark.filterwarnings("ignore::retinopathy.errors.DataWarning")  # old/place/1_right.jpeg, each time read
 def test_image_names_holding_paths(tmp_path):
     """A name with a folder (``/`` or Windows' ``\\``) is found relative to DATA, else by its file name under the
-    image root; its patient and eye come from the file name."""
+    image root (warned of); its patient and eye come from the file name."""
     files = ["train_images/0_left.jpeg", "train_images/0_right.jpeg", "extra/1_left.png", "train_images/1_right.jpeg"]
     for name in files:
         disc(tmp_path / name)
     rows = ["train_images/0_left.jpeg,0", "train_images\\0_right.jpeg,1", "extra/1_left,2", "old/place/1_right.jpeg,3"]
     (tmp_path / "train.csv").write_text("id_code,diagnosis\n" + "".join(f"{r}\n" for r in rows))
-    cat = load_catalog(tmp_path, val_fraction=0.5, test_fraction=0.0)
+    with pytest.warns(DataWarning, match="^1 listed image"):
+        cat = load_catalog(tmp_path, val_fraction=0.5, test_fraction=0.0)
     assert not cat.problems and [s.path for s in cat.samples] == [str(tmp_path / f) for f in files]
     assert [s.patient for s in cat.samples] == ["0", "0", "1", "1"]
     write_split(cat.samples, tmp_path / "split.csv")
@@ -114,6 +118,32 @@ def test_image_names_holding_paths(tmp_path):
     disc(linux / "images" / "site\\2_left.jpeg")
     (linux / "labels.csv").write_text("image,level\nsite\\2_left,2\n")
     assert [s.path for s in read_catalog(linux).samples] == [str(linux / "images" / "site\\2_left.jpeg")]
+
+
+def test_a_name_found_by_its_file_name_in_a_folder_named_otherwise_is_warned_of(tmp_path):
+    """A name whose folder is not there, found by its file name alone in a folder named otherwise
+    (``siteB/1_left.jpeg`` as ``images/1_left.jpeg``), is read and warned of, counted, with the first row; another
+    computer's path to a folder named as the one it is found in (any case) is read without a word."""
+    for p in range(3):
+        for eye in ("left", "right"):
+            disc(tmp_path / "images" / f"{p}_{eye}.jpeg")
+    rows = ["0_left.jpeg", "images/0_right.jpeg", "C:\\data\\Images\\1_left.jpeg", "/elsewhere/images/1_right",
+            "siteB/2_left.jpeg", "siteB/sub/2_right.jpeg"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,level\n" + "".join(f"{r},0\n" for r in rows[:4]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(s.path for s in read_catalog(tmp_path).samples)
+    labels.write_text("image,level\n" + "".join(f"{r},0\n" for r in rows))
+    with pytest.warns(DataWarning) as caught:
+        cat = read_catalog(tmp_path)
+    assert [s.path for s in cat.samples] == [str(tmp_path / "images" / f"{p}_{eye}.jpeg")
+                                             for p in range(3) for eye in ("left", "right")] and not cat.problems
+    assert [str(w.message) for w in caught] == [
+        "2 listed image(s) named with a folder that is not there were found by file name in another folder, "
+        f"perhaps other photographs (first: {labels}:6, siteB/2_left.jpeg read as "
+        f"{tmp_path / 'images' / '2_left.jpeg'}); if they are not the photographs meant, fix the paths in the "
+        "labels (relative to DATA or --images)"]
 
 
 def test_names_holding_a_path_below_the_image_folder(tmp_path):

@@ -12,7 +12,8 @@ Formats (``format=``):
 :func:`read_catalog` detects the format from what is in the folder, reads every row, checks labels,
 and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp``); a name
 holding a path (``train_images/1_left.jpeg``) is looked up as written under the image root, then relative to the
-dataset folder, then by its file name under the image root. It never raises for bad rows: it returns them as
+dataset folder, then by its file name under the image root (a :class:`~retinopathy.errors.DataWarning` when that
+finds it in a folder named otherwise). It never raises for bad rows: it returns them as
 :class:`~retinopathy.data.problems.Problem` records.
 """
 from __future__ import annotations
@@ -22,10 +23,12 @@ import io
 import os
 import re
 import unicodedata
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DataWarning
 from .images import IMAGE_EXTENSIONS, NOT_UTF8, hidden, image_files, index_images, indexed, not_utf8
 from .problems import DataError, Problem
 
@@ -449,20 +452,33 @@ def _relative(image: str, data: Path) -> Path:
     return path / name
 
 
-def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[Path, dict[str, str]]) -> Path | None:
+def _find_image(image: str, data: Path, image_root: Path | None,
+                indexes: dict[Path, dict[str, str]]) -> tuple[Path | None, bool]:
     """The file of ``image``: its name as written under ``image_root`` (on Linux ``\\`` may be part of a file
     name; a path, below it), then a name holding a path relative to ``data``, then its file name under
-    ``image_root``. ``indexes`` keeps each folder's :func:`index_images`."""
+    ``image_root``; and whether that last found it in a folder named otherwise than the name's last
+    (:func:`_same_folder`). ``indexes`` keeps each folder's :func:`index_images`."""
     name = base_name(image)
-    tries = [(image_root, image)] if image_root else []
+    tries = [(image_root, image, False)] if image_root else []
     if name != image:
-        tries += [(path.parent, name) for path in _paths(image, data, image_root)]
-        tries += [(image_root, name)] if image_root else []
-    for folder, key in tries:
+        tries += [(path.parent, name, False) for path in _paths(image, data, image_root)]
+        tries += [(image_root, name, True)] if image_root else []
+    for folder, key, by_name in tries:
         found = indexed(_index(folder, indexes), key)
         if found:
-            return folder / found
-    return None
+            return folder / found, by_name and not _same_folder(image, folder)
+    return None, False
+
+
+def _same_folder(image: str, folder: Path) -> bool:
+    """Whether the last folder in a name that holds a path is named as ``folder``, in any case or Unicode form
+    (``C:\\data\\images\\1_left.jpeg``, another computer's path, and ``images/``; not ``siteB/1_left.jpeg``)."""
+    listed = [f for f in re.split(r"[\\/]", image)[:-1] if f not in ("", ".")]
+    if not listed:
+        return True
+    named, there = (unicodedata.normalize("NFC", n).casefold() for n in (listed[-1], os.path.basename(
+        os.path.abspath(folder))))
+    return named == there
 
 
 def _paths(image: str, data: Path, image_root: Path | None) -> list[Path]:
@@ -559,9 +575,18 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     if format != "folders" and resolve:
         indexes: dict[Path, dict[str, str]] = {}
         image_root = _find_image_root(data, Path(images) if images else None, samples, indexes)
+        moved = []  # (sample, file) of a name found by its file name in a folder named otherwise
         for s in samples:
-            path = _find_image(s.image, data, image_root, indexes)
+            path, elsewhere = _find_image(s.image, data, image_root, indexes)
             s.path = str(path) if path is not None else None
+            if elsewhere:
+                moved.append((s, path))
+        if moved:
+            warnings.warn(DataWarning(
+                f"{len(moved)} listed image(s) named with a folder that is not there were found by file name in "
+                f"another folder, perhaps other photographs (first: {moved[0][0].source}:{moved[0][0].line}, "
+                f"{moved[0][0].image} read as {moved[0][1]}); if they are not the photographs meant, fix the paths "
+                "in the labels (relative to DATA or --images)"), stacklevel=2)
     samples = _without_duplicates(samples, problems, resolved=format == "folders" or resolve)
     if format != "folders" and resolve:  # a sample whose image is missing stays, with path None, to keep its split
         problems += [_missing_image(s, data, image_root, indexes) for s in samples if s.path is None]
