@@ -256,6 +256,13 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     f"{img_name} and {label_name}"))
             continue
         names, labels = ([_unquoted(line) for line in _read_lines(f)] for f in (img_file, label_file))
+        if not names and not labels:
+            problems.append(Problem("empty", str(img_file), None, f"{img_name} and {label_name} are empty: the "
+                                    f"{split} split has no images; write an image name a line in {img_name} and its "
+                                    f"grade on the same line of {label_name}" + (
+                                        ", or remove both (a test split is then carved from train)"
+                                        if split == "test" else "")))
+            continue
         advice, both = _lab_header_advice(img_file, names, label_file, labels)
         if len(names) != len(labels):
             problems.append(Problem("length-mismatch", str(label_file), None,
