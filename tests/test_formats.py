@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
-from retinopathy.data.images import ImageError, open_image
+from retinopathy.data.images import ImageError, check_image, open_image
 from retinopathy.data.splits import SplitError, leakage_warnings, shared_patients, write_split
 from retinopathy.errors import DataWarning
 
@@ -55,6 +55,24 @@ def test_every_extension_is_found(tmp_path, ext):
     make_kaggle(tmp_path, n_patients=2, ext=ext, labels_name="labels.csv", sub="train")
     cat = read_catalog(tmp_path)
     assert not cat.problems and all(s.path.endswith(ext) for s in cat.samples)
+
+
+def test_jfif_and_jpe_files_are_jpegs(tmp_path):
+    """JPEGs saved as .jfif or .jpe (as Chrome on Windows saves them) are read in grade folders and found by a listed
+    name, with or without that extension; they are JPEGs to the reduced-scale decode and the end-marker check."""
+    for g in range(5):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    jfif = disc(tmp_path / "d" / "1" / "7_left.jfif", size=256)
+    disc(tmp_path / "d" / "2" / "7_right.JPE")
+    cat = read_catalog(tmp_path / "d")
+    assert not cat.problems and {(s.image, s.label) for s in cat.samples} >= {("7_left", 1), ("7_right", 2)}
+    (tmp_path / "d" / "labels.csv").write_text("image,level\n1/7_left.jfif,1\n7_right,2\n")
+    cat = read_catalog(tmp_path / "d", images=tmp_path / "d" / "2")
+    assert not cat.problems and [s.path for s in cat.samples] == [str(jfif), str(tmp_path / "d" / "2" / "7_right.JPE")]
+    assert open_image(jfif, 64).size == (64, 64)  # decoded at 1/4 scale
+    jfif.write_bytes(jfif.read_bytes()[:-200])
+    with pytest.raises(ImageError, match="truncated JPEG \\(no end marker\\)"):
+        check_image(jfif)
 
 
 def test_lab_format_reads_every_line_without_header(tmp_path):

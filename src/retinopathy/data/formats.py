@@ -10,8 +10,8 @@ Formats (``format=``):
              ``test/`` beside it, those are the splits (torchvision's ``ImageFolder`` layout).
 
 :func:`read_catalog` detects the format from what is in the folder, reads every row, checks labels,
-and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp``); a name
-holding a path (``train_images/1_left.jpeg``) is looked up as written under the image root, then relative to the
+and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp .jfif .jpe``); a
+name holding a path (``train_images/1_left.jpeg``) is looked up as written under the image root, then relative to the
 dataset folder, then by its file name under the image root (a :class:`~retinopathy.errors.DataWarning` when that
 finds it in a folder named otherwise). It never raises for bad rows: it returns them as
 :class:`~retinopathy.data.problems.Problem` records.
