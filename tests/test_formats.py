@@ -345,6 +345,27 @@ def test_a_grade_folder_inside_another_grade_folder_is_a_problem(tmp_path):
         ("0", 1), ("17", 0), ("3", 0), ("4", 2)]
 
 
+def test_folders_named_grade_n_are_said_not_read(tmp_path):
+    """A folder named as a grade with a word (``grade_2/``, ``Grade 3/``, ``level-1/``) beside the grade folders is
+    said, as ``5/`` is, with what to do (rename it to the grade where that folder is not there); one inside a grade
+    folder of another grade is said as ``0/2/`` is."""
+    for g in (0, 1, 3, 4):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    for name in ("grade_2", "Grade 3", "level-1", "grade_7"):
+        disc(tmp_path / "d" / name / "9_left.jpeg")
+    disc(tmp_path / "d" / "0" / "grade_4" / "8_left.jpeg")
+    cat = read_catalog(tmp_path / "d", format="folders")
+    assert sorted(s.image for s in cat.samples) == ["0_left", "1_left", "3_left", "4_left"]
+    assert [(p.file, p.message.split("; ", 1)[1]) for p in cat.problems] == [
+        (str(tmp_path / "d" / "0" / "grade_4"), f"move them into {tmp_path / 'd' / '4'} if they are grade 4, or "
+         "rename the folder if grade_4 is no grade"),
+        (str(tmp_path / "d" / "Grade 3"), "move them into 3/"), (str(tmp_path / "d" / "grade_2"), "rename it 2/"),
+        (str(tmp_path / "d" / "grade_7"), "move them into the folder of their grade, or remove it"),
+        (str(tmp_path / "d" / "level-1"), "move them into 1/")]
+    assert cat.problems[2].message.startswith("folder 'grade_2' is not a grade folder 0/ ... 4/: its 1 image(s) are "
+                                              "not used")
+
+
 def test_unknown_format_says_what_was_expected(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match="trainLabels.csv"):

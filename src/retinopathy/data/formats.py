@@ -41,7 +41,8 @@ IMAGE_SUBDIRS = ("", "images", "train", "train_images")
 GRADE_ROOTS = ("", "train", "images")  # where grade folders 0/ ... 4/ are looked for, in this order
 _EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.IGNORECASE)
 _GRADE = re.compile(r"([0-9]+)(?:\.0+)?")  # ASCII digits only: not '²', which str.isdigit() accepts
-_GRADE_LIKE = re.compile(r"\s*[+-]?[0-9]+(?:\.[0-9]*)?\s*")  # a folder named as a number: 5/, -1/, 2.0/, " 3"
+_GRADE_LIKE = re.compile(r"\s*(?:(?:grade|level|class)[\s_-]*)?(?P<number>[+-]?[0-9]+(?:\.[0-9]*)?)\s*",
+                         re.IGNORECASE)  # a folder named as a number: 5/, -1/, 2.0/, " 3", grade_2/, "Grade 2"/
 
 
 @dataclass
@@ -348,8 +349,8 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
     """The images under ``folder/0`` ... ``folder/4``, searched recursively as torchvision's ``ImageFolder`` does,
     named by their path below the grade folder without extension (after ``split/`` when the split has a folder
     of its own, so that ``train/0/1.png`` and ``val/0/1.png`` stay two images); a folder named like another grade
-    (``5/``, ``-1/``) that holds images is a problem, since they would be left out silently, and so is one of
-    another grade in a grade folder (:func:`_nested_grades`), since they would read as the outer grade."""
+    (``5/``, ``-1/``, ``grade_2/``) that holds images is a problem, since they would be left out silently, and so
+    is one of another grade in a grade folder (:func:`_nested_grades`), since they would read as the outer grade."""
     samples, files = [], {grade: image_files(folder / str(grade)) for grade in GRADES}
     nested = _nested_grades(folder, files)
     for grade in GRADES:
@@ -366,18 +367,21 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
             samples.append(Sample(image, grade, patient if eye else patient_of(image), str(sub), None, split,
                                   path=str(f)))
     for (grade, inner), count in sorted(nested.items()):
-        named = parse_label(inner)
+        named = parse_label(_number(inner))
         problems.append(Problem("bad-label", str(folder / str(grade) / inner), None,
                                 f"folder {grade}/{inner}/ is named as grade {named} but is in grade folder {grade}/: "
                                 f"its {count} image(s) are not used (they would read as grade {grade}); move them "
                                 f"into {folder / str(named)} if they are grade {named}, or rename the folder if "
                                 f"{inner} is no grade"))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if other.is_dir() and _GRADE_LIKE.fullmatch(other.name) and other.name not in map(str, GRADES) \
-                and (count := len(image_files(other))):
+        number = _number(other.name) if other.is_dir() and other.name not in map(str, GRADES) else None
+        if number is not None and (count := len(image_files(other))):
+            grade = parse_label(number)
+            advice = (f"rename it {grade}/" if grade is not None and not (folder / str(grade)).exists() else
+                      f"move them into {grade}/" if grade is not None else
+                      "move them into the folder of their grade, or remove it")
             problems.append(Problem("bad-label", str(other), None, f"folder {other.name!r} is not a grade folder "
-                                    f"0/ ... 4/: its {count} image(s) are not used; move them into the folder of "
-                                    "their grade, or remove it"))
+                                    f"0/ ... 4/: its {count} image(s) are not used; {advice}"))
     return samples
 
 
@@ -387,10 +391,16 @@ def _nested_grades(folder: Path, files: dict[int, list[Path]]) -> dict[tuple[int
     grades (``0/3/``, ``0/17/``: patients' numbers)."""
     inner = Counter((grade, f.relative_to(folder / str(grade)).parts[0]) for grade in GRADES for f in files[grade]
                     if len(f.relative_to(folder / str(grade)).parts) > 1)
-    numbered = {key: n for key, n in inner.items() if _GRADE_LIKE.fullmatch(key[1])}
-    if any(parse_label(name) is None for _, name in numbered):
+    numbered = {key: parse_label(number) for key in inner if (number := _number(key[1])) is not None}
+    if None in numbered.values():
         return {}
-    return {(grade, name): n for (grade, name), n in numbered.items() if parse_label(name) != grade}
+    return {key: inner[key] for key, named in numbered.items() if named != key[0]}
+
+
+def _number(name: str) -> str | None:
+    """The number a folder is named as (``5``, ``-1``, ``2.0``, `` 3``, ``grade_2``, ``Grade 2``), else None."""
+    m = _GRADE_LIKE.fullmatch(name)
+    return m["number"] if m else None
 
 
 def _unread_grade_trees(data: Path, read: list[Path]) -> list[Problem]:
