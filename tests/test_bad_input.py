@@ -690,7 +690,20 @@ def test_empty_dataset(tmp_path):
     (tmp_path / "lab" / "train_img.csv").write_text("")
     (tmp_path / "lab" / "train_label.csv").write_text("")
     [problem] = load_catalog(tmp_path / "lab").problems
-    assert problem.message.endswith("train_img.csv and train_label.csv list none")
+    assert (problem.kind, problem.file) == ("empty", str(tmp_path / "lab" / "train_img.csv"))
+    assert problem.message == ("train_img.csv and train_label.csv are empty: the train split has no images; write an "
+                               "image name a line in train_img.csv and its grade on the same line of train_label.csv")
+    (tmp_path / "lab" / "test_img.csv").write_text("1_left\n")  # the other pair's rows: the empty pair still said
+    (tmp_path / "lab" / "test_label.csv").write_text("0\n")
+    disc(tmp_path / "lab" / "1_left.jpeg")
+    assert [(p.kind, p.file) for p in load_catalog(tmp_path / "lab").problems] == [
+        ("empty", str(tmp_path / "lab" / "train_img.csv"))]
+    for name in ("train_img.csv", "train_label.csv"):
+        (tmp_path / "lab" / name).rename(tmp_path / "lab" / name.replace("train", "test"))
+    (tmp_path / "lab" / "train_img.csv").write_text("1_left\n")
+    (tmp_path / "lab" / "train_label.csv").write_text("0\n")
+    [problem] = load_catalog(tmp_path / "lab").problems
+    assert problem.message.endswith("test_label.csv, or remove both (a test split is then carved from train)")
     (tmp_path / "grades" / "0").mkdir(parents=True)
     [problem] = load_catalog(tmp_path / "grades", format="folders").problems
     assert "no image files in its grade folders 0/ ... 4/" in problem.message

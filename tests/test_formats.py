@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import unicodedata
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 from PIL import Image
 
 from retinopathy.data import DataError, FundusDataset, load_catalog, read_catalog
-from retinopathy.data.images import ImageError, open_image
+from retinopathy.data.images import ImageError, check_image, open_image
 from retinopathy.data.splits import SplitError, leakage_warnings, shared_patients, write_split
+from retinopathy.errors import DataWarning
 
 
 def disc(path, size=48, color=(180, 80, 40), mode="RGB", fmt=None):
@@ -55,6 +57,24 @@ def test_every_extension_is_found(tmp_path, ext):
     assert not cat.problems and all(s.path.endswith(ext) for s in cat.samples)
 
 
+def test_jfif_and_jpe_files_are_jpegs(tmp_path):
+    """JPEGs saved as .jfif or .jpe (as Chrome on Windows saves them) are read in grade folders and found by a listed
+    name, with or without that extension; they are JPEGs to the reduced-scale decode and the end-marker check."""
+    for g in range(5):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    jfif = disc(tmp_path / "d" / "1" / "7_left.jfif", size=256)
+    disc(tmp_path / "d" / "2" / "7_right.JPE")
+    cat = read_catalog(tmp_path / "d")
+    assert not cat.problems and {(s.image, s.label) for s in cat.samples} >= {("7_left", 1), ("7_right", 2)}
+    (tmp_path / "d" / "labels.csv").write_text("image,level\n1/7_left.jfif,1\n7_right,2\n")
+    cat = read_catalog(tmp_path / "d", images=tmp_path / "d" / "2")
+    assert not cat.problems and [s.path for s in cat.samples] == [str(jfif), str(tmp_path / "d" / "2" / "7_right.JPE")]
+    assert open_image(jfif, 64).size == (64, 64)  # decoded at 1/4 scale
+    jfif.write_bytes(jfif.read_bytes()[:-200])
+    with pytest.raises(ImageError, match="truncated JPEG \\(no end marker\\)"):
+        check_image(jfif)
+
+
 def test_lab_format_reads_every_line_without_header(tmp_path):
     names = [f"{p}_{e}" for p in range(6) for e in ("left", "right")]
     for n in names:
@@ -83,15 +103,17 @@ def test_header_csv_with_named_columns(tmp_path):
     assert not cat.problems and cat.samples[3].label == 3
 
 
+@pytest.mark.filterwarnings("ignore::retinopathy.errors.DataWarning")  # old/place/1_right.jpeg, each time read
 def test_image_names_holding_paths(tmp_path):
     """A name with a folder (``/`` or Windows' ``\\``) is found relative to DATA, else by its file name under the
-    image root; its patient and eye come from the file name."""
+    image root (warned of); its patient and eye come from the file name."""
     files = ["train_images/0_left.jpeg", "train_images/0_right.jpeg", "extra/1_left.png", "train_images/1_right.jpeg"]
     for name in files:
         disc(tmp_path / name)
     rows = ["train_images/0_left.jpeg,0", "train_images\\0_right.jpeg,1", "extra/1_left,2", "old/place/1_right.jpeg,3"]
     (tmp_path / "train.csv").write_text("id_code,diagnosis\n" + "".join(f"{r}\n" for r in rows))
-    cat = load_catalog(tmp_path, val_fraction=0.5, test_fraction=0.0)
+    with pytest.warns(DataWarning, match="^1 listed image"):
+        cat = load_catalog(tmp_path, val_fraction=0.5, test_fraction=0.0)
     assert not cat.problems and [s.path for s in cat.samples] == [str(tmp_path / f) for f in files]
     assert [s.patient for s in cat.samples] == ["0", "0", "1", "1"]
     write_split(cat.samples, tmp_path / "split.csv")
@@ -103,9 +125,9 @@ def test_image_names_holding_paths(tmp_path):
     assert [str(p) for p in read_catalog(tmp_path).problems] == [
         f"{labels}:6: image train_images/0_left.jpeg is listed again (first at train.csv:2); remove one of the rows",
         f"{labels}:7: image nowhere/9_left.jpeg not found: the name holds a path, and neither "
-        f"{tmp_path / 'nowhere' / '9_left.jpeg'} nor 9_left.jpeg in {tmp_path / 'train_images'} exists (looked for "
-        f"that exact name); fix the path (relative to {tmp_path}), add the file, pass --images, or use "
-        "--skip-bad to drop it"]
+        f"{tmp_path / 'train_images' / 'nowhere' / '9_left.jpeg'} nor {tmp_path / 'nowhere' / '9_left.jpeg'} nor "
+        f"9_left.jpeg in {tmp_path / 'train_images'} exists (looked for that exact name); fix the path (relative to "
+        f"{tmp_path / 'train_images'} or {tmp_path}), add the file, pass --images, or use --skip-bad to drop it"]
     with open(tmp_path / "train.csv", "a") as f:  # an extension that is not the file's: the file is named
         f.write("0_right.jpg,0\n")
     assert "image 0_right.jpg not found in" in str(read_catalog(tmp_path).problems[-1])
@@ -114,6 +136,50 @@ def test_image_names_holding_paths(tmp_path):
     disc(linux / "images" / "site\\2_left.jpeg")
     (linux / "labels.csv").write_text("image,level\nsite\\2_left,2\n")
     assert [s.path for s in read_catalog(linux).samples] == [str(linux / "images" / "site\\2_left.jpeg")]
+
+
+def test_a_name_found_by_its_file_name_in_a_folder_named_otherwise_is_warned_of(tmp_path):
+    """A name whose folder is not there, found by its file name alone in a folder named otherwise
+    (``siteB/1_left.jpeg`` as ``images/1_left.jpeg``), is read and warned of, counted, with the first row; another
+    computer's path to a folder named as the one it is found in (any case) is read without a word."""
+    for p in range(3):
+        for eye in ("left", "right"):
+            disc(tmp_path / "images" / f"{p}_{eye}.jpeg")
+    rows = ["0_left.jpeg", "images/0_right.jpeg", "C:\\data\\Images\\1_left.jpeg", "/elsewhere/images/1_right",
+            "siteB/2_left.jpeg", "siteB/sub/2_right.jpeg"]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("image,level\n" + "".join(f"{r},0\n" for r in rows[:4]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert all(s.path for s in read_catalog(tmp_path).samples)
+    labels.write_text("image,level\n" + "".join(f"{r},0\n" for r in rows))
+    with pytest.warns(DataWarning) as caught:
+        cat = read_catalog(tmp_path)
+    assert [s.path for s in cat.samples] == [str(tmp_path / "images" / f"{p}_{eye}.jpeg")
+                                             for p in range(3) for eye in ("left", "right")] and not cat.problems
+    assert [str(w.message) for w in caught] == [
+        "2 listed image(s) named with a folder that is not there were found by file name in another folder, "
+        f"perhaps other photographs (first: {labels}:6, siteB/2_left.jpeg read as "
+        f"{tmp_path / 'images' / '2_left.jpeg'}); if they are not the photographs meant, fix the paths in the "
+        "labels (relative to DATA or --images)"]
+
+
+def test_names_holding_a_path_below_the_image_folder(tmp_path):
+    """A name holding a path is found below ``--images`` as written (``siteA/1_left.jpeg`` in ``DIR/siteA/``),
+    before DATA's folder of that name; one found nowhere names every place looked in."""
+    for site in ("siteA", "siteB"):
+        disc(tmp_path / "photos" / site / "1_left.jpeg")
+        disc(tmp_path / "data" / site / "1_right.jpeg")
+    disc(tmp_path / "photos" / "siteB" / "1_right.jpeg")
+    (tmp_path / "data" / "labels.csv").write_text("image,level\nsiteA/1_left.jpeg,0\nsiteB\\1_left,1\n"
+                                                  "siteA/1_right.jpeg,2\nsiteB/1_right.jpeg,3\nsiteC/2_left.jpeg,0\n")
+    cat = read_catalog(tmp_path / "data", images=tmp_path / "photos")
+    assert [s.path for s in cat.samples] == [
+        str(tmp_path / "photos" / "siteA" / "1_left.jpeg"), str(tmp_path / "photos" / "siteB" / "1_left.jpeg"),
+        str(tmp_path / "data" / "siteA" / "1_right.jpeg"), str(tmp_path / "photos" / "siteB" / "1_right.jpeg"), None]
+    assert [p.line for p in cat.problems] == [6] and (
+        f"neither {tmp_path / 'photos' / 'siteC' / '2_left.jpeg'} nor {tmp_path / 'data' / 'siteC' / '2_left.jpeg'} "
+        f"nor 2_left.jpeg in {tmp_path / 'photos'} exists") in cat.problems[0].message
 
 
 def test_names_match_across_unicode_normal_forms(tmp_path):
@@ -245,6 +311,59 @@ def test_folders_are_read_as_imagefolder_reads_them(tmp_path):
     assert "5 image(s) are not used: only train/, val/ and test/ are read; rename it val/" in problems[0].message
     shutil.rmtree(layout / "val")  # train/ and valid/ alone: still said
     assert [p.file for p in load_catalog(layout).problems] == [str(layout / "valid")]
+
+
+def test_a_grade_folder_inside_another_grade_folder_is_a_problem(tmp_path):
+    """A folder named as another grade inside a grade folder (``0/2/``, all of ``4/`` moved into ``0/4/``) is a
+    problem and its images are not read as the outer grade; one of the same grade, or any other name, is read as
+    before, and so are numbered folders that are not all grades (patients' numbers: ``0/3/``, ``0/17/``)."""
+    for g in range(5):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    disc(tmp_path / "d" / "0" / "2" / "7_left.jpeg")
+    disc(tmp_path / "d" / "0" / "2.0" / "7_right.jpeg")
+    disc(tmp_path / "d" / "1" / "1" / "8_left.jpeg")
+    disc(tmp_path / "d" / "1" / "more" / "8_right.jpeg")
+    cat = read_catalog(tmp_path / "d")
+    assert sorted((s.image, s.label) for s in cat.samples) == [
+        ("0_left", 0), ("1/8_left", 1), ("1_left", 1), ("2_left", 2), ("3_left", 3), ("4_left", 4),
+        ("more/8_right", 1)]
+    assert [(p.kind, p.file) for p in cat.problems] == [("bad-label", str(tmp_path / "d" / "0" / n))
+                                                         for n in ("2", "2.0")]
+    assert cat.problems[0].message.startswith("folder 0/2/ is named as grade 2 but is in grade folder 0/: its 1 "
+                                              "image(s) are not used (they would read as grade 0); move them into "
+                                              f"{tmp_path / 'd' / '2'} if they are grade 2")
+    shutil.rmtree(tmp_path / "d" / "0" / "2")
+    shutil.rmtree(tmp_path / "d" / "0" / "2.0")
+    shutil.move(tmp_path / "d" / "4", tmp_path / "d" / "0" / "4")
+    cat = read_catalog(tmp_path / "d", format="folders")
+    assert "4_left" not in {s.image for s in cat.samples}
+    assert [p.file for p in cat.problems] == [str(tmp_path / "d" / "0" / "4")]
+    for g, patient in ((0, "3"), (0, "17"), (1, "0"), (2, "4")):
+        disc(tmp_path / "p" / str(g) / patient / "left.jpeg")
+    cat = read_catalog(tmp_path / "p", format="folders")
+    assert not cat.problems and sorted((s.patient, s.label) for s in cat.samples) == [
+        ("0", 1), ("17", 0), ("3", 0), ("4", 2)]
+
+
+def test_folders_named_grade_n_are_said_not_read(tmp_path):
+    """A folder named as a grade with a word (``grade_2/``, ``Grade 3/``, ``level-1/``) beside the grade folders is
+    said, as ``5/`` is, with what to do (rename it to the grade where that folder is not there); one inside a grade
+    folder of another grade is said as ``0/2/`` is."""
+    for g in (0, 1, 3, 4):
+        disc(tmp_path / "d" / str(g) / f"{g}_left.jpeg")
+    for name in ("grade_2", "Grade 3", "level-1", "grade_7"):
+        disc(tmp_path / "d" / name / "9_left.jpeg")
+    disc(tmp_path / "d" / "0" / "grade_4" / "8_left.jpeg")
+    cat = read_catalog(tmp_path / "d", format="folders")
+    assert sorted(s.image for s in cat.samples) == ["0_left", "1_left", "3_left", "4_left"]
+    assert [(p.file, p.message.split("; ", 1)[1]) for p in cat.problems] == [
+        (str(tmp_path / "d" / "0" / "grade_4"), f"move them into {tmp_path / 'd' / '4'} if they are grade 4, or "
+         "rename the folder if grade_4 is no grade"),
+        (str(tmp_path / "d" / "Grade 3"), "move them into 3/"), (str(tmp_path / "d" / "grade_2"), "rename it 2/"),
+        (str(tmp_path / "d" / "grade_7"), "move them into the folder of their grade, or remove it"),
+        (str(tmp_path / "d" / "level-1"), "move them into 1/")]
+    assert cat.problems[2].message.startswith("folder 'grade_2' is not a grade folder 0/ ... 4/: its 1 image(s) are "
+                                              "not used")
 
 
 def test_unknown_format_says_what_was_expected(tmp_path):

@@ -10,9 +10,10 @@ Formats (``format=``):
              ``test/`` beside it, those are the splits (torchvision's ``ImageFolder`` layout).
 
 :func:`read_catalog` detects the format from what is in the folder, reads every row, checks labels,
-and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp``); a name
-holding a path (``train_images/1_left.jpeg``) is looked up as written under the image root, then relative to the
-dataset folder, then by its file name under the image root. It never raises for bad rows: it returns them as
+and finds each image by name under the image root (trying ``.jpeg .jpg .png .tif .tiff .bmp .webp .jfif .jpe``); a
+name holding a path (``train_images/1_left.jpeg``) is looked up as written under the image root, then relative to the
+dataset folder, then by its file name under the image root (a :class:`~retinopathy.errors.DataWarning` when that
+finds it in a folder named otherwise). It never raises for bad rows: it returns them as
 :class:`~retinopathy.data.problems.Problem` records.
 """
 from __future__ import annotations
@@ -22,9 +23,12 @@ import io
 import os
 import re
 import unicodedata
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import DataWarning
 from .images import IMAGE_EXTENSIONS, NOT_UTF8, hidden, image_files, index_images, indexed, not_utf8
 from .problems import DataError, Problem
 
@@ -37,7 +41,8 @@ IMAGE_SUBDIRS = ("", "images", "train", "train_images")
 GRADE_ROOTS = ("", "train", "images")  # where grade folders 0/ ... 4/ are looked for, in this order
 _EYE = re.compile(r"^(?P<patient>.+)_(?P<eye>left|right)$", re.IGNORECASE)
 _GRADE = re.compile(r"([0-9]+)(?:\.0+)?")  # ASCII digits only: not '²', which str.isdigit() accepts
-_GRADE_LIKE = re.compile(r"\s*[+-]?[0-9]+(?:\.[0-9]*)?\s*")  # a folder named as a number: 5/, -1/, 2.0/, " 3"
+_GRADE_LIKE = re.compile(r"\s*(?:(?:grade|level|class)[\s_-]*)?(?P<number>[+-]?[0-9]+(?:\.[0-9]*)?)\s*",
+                         re.IGNORECASE)  # a folder named as a number: 5/, -1/, 2.0/, " 3", grade_2/, "Grade 2"/
 
 
 @dataclass
@@ -252,6 +257,13 @@ def _read_lab(folder: Path, problems: list[Problem]) -> list[Sample]:
                                     f"{img_name} and {label_name}"))
             continue
         names, labels = ([_unquoted(line) for line in _read_lines(f)] for f in (img_file, label_file))
+        if not names and not labels:
+            problems.append(Problem("empty", str(img_file), None, f"{img_name} and {label_name} are empty: the "
+                                    f"{split} split has no images; write an image name a line in {img_name} and its "
+                                    f"grade on the same line of {label_name}" + (
+                                        ", or remove both (a test split is then carved from train)"
+                                        if split == "test" else "")))
+            continue
         advice, both = _lab_header_advice(img_file, names, label_file, labels)
         if len(names) != len(labels):
             problems.append(Problem("length-mismatch", str(label_file), None,
@@ -337,11 +349,15 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
     """The images under ``folder/0`` ... ``folder/4``, searched recursively as torchvision's ``ImageFolder`` does,
     named by their path below the grade folder without extension (after ``split/`` when the split has a folder
     of its own, so that ``train/0/1.png`` and ``val/0/1.png`` stay two images); a folder named like another grade
-    (``5/``, ``-1/``) that holds images is a problem, since they would be left out silently."""
-    samples = []
+    (``5/``, ``-1/``, ``grade_2/``) that holds images is a problem, since they would be left out silently, and so
+    is one of another grade in a grade folder (:func:`_nested_grades`), since they would read as the outer grade."""
+    samples, files = [], {grade: image_files(folder / str(grade)) for grade in GRADES}
+    nested = _nested_grades(folder, files)
     for grade in GRADES:
         sub = folder / str(grade)
-        for f in image_files(sub):
+        for f in files[grade]:
+            if (grade, f.relative_to(sub).parts[0]) in nested:
+                continue
             if not_utf8(f.relative_to(sub)):  # the dataset's own folder was checked
                 problems.append(Problem("bad-name", not_utf8(f), None, NOT_UTF8 + ", or use --skip-bad to drop it"))
                 continue
@@ -350,13 +366,41 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
             patient, eye = _patient_and_eye(name)  # an eye's name or folder (train/p7/left, val/p7/right: p7)
             samples.append(Sample(image, grade, patient if eye else patient_of(image), str(sub), None, split,
                                   path=str(f)))
+    for (grade, inner), count in sorted(nested.items()):
+        named = parse_label(_number(inner))
+        problems.append(Problem("bad-label", str(folder / str(grade) / inner), None,
+                                f"folder {grade}/{inner}/ is named as grade {named} but is in grade folder {grade}/: "
+                                f"its {count} image(s) are not used (they would read as grade {grade}); move them "
+                                f"into {folder / str(named)} if they are grade {named}, or rename the folder if "
+                                f"{inner} is no grade"))
     for other in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if other.is_dir() and _GRADE_LIKE.fullmatch(other.name) and other.name not in map(str, GRADES) \
-                and (count := len(image_files(other))):
+        number = _number(other.name) if other.is_dir() and other.name not in map(str, GRADES) else None
+        if number is not None and (count := len(image_files(other))):
+            grade = parse_label(number)
+            advice = (f"rename it {grade}/" if grade is not None and not (folder / str(grade)).exists() else
+                      f"move them into {grade}/" if grade is not None else
+                      "move them into the folder of their grade, or remove it")
             problems.append(Problem("bad-label", str(other), None, f"folder {other.name!r} is not a grade folder "
-                                    f"0/ ... 4/: its {count} image(s) are not used; move them into the folder of "
-                                    "their grade, or remove it"))
+                                    f"0/ ... 4/: its {count} image(s) are not used; {advice}"))
     return samples
+
+
+def _nested_grades(folder: Path, files: dict[int, list[Path]]) -> dict[tuple[int, str], int]:
+    """{(grade, folder in it): its image count} for the folders directly in a grade folder that are named as
+    another grade (``0/2/``, all of ``4/`` moved into ``0/4/``); none where the numbered folders there are not all
+    grades (``0/3/``, ``0/17/``: patients' numbers)."""
+    inner = Counter((grade, f.relative_to(folder / str(grade)).parts[0]) for grade in GRADES for f in files[grade]
+                    if len(f.relative_to(folder / str(grade)).parts) > 1)
+    numbered = {key: parse_label(number) for key in inner if (number := _number(key[1])) is not None}
+    if None in numbered.values():
+        return {}
+    return {key: inner[key] for key, named in numbered.items() if named != key[0]}
+
+
+def _number(name: str) -> str | None:
+    """The number a folder is named as (``5``, ``-1``, ``2.0``, `` 3``, ``grade_2``, ``Grade 2``), else None."""
+    m = _GRADE_LIKE.fullmatch(name)
+    return m["number"] if m else None
 
 
 def _unread_grade_trees(data: Path, read: list[Path]) -> list[Problem]:
@@ -425,19 +469,39 @@ def _relative(image: str, data: Path) -> Path:
     return path / name
 
 
-def _find_image(image: str, data: Path, image_root: Path | None, indexes: dict[Path, dict[str, str]]) -> Path | None:
+def _find_image(image: str, data: Path, image_root: Path | None,
+                indexes: dict[Path, dict[str, str]]) -> tuple[Path | None, bool]:
     """The file of ``image``: its name as written under ``image_root`` (on Linux ``\\`` may be part of a file
-    name), then a name holding a path relative to ``data``, then its file name under ``image_root``. ``indexes``
-    keeps each folder's :func:`index_images`."""
+    name; a path, below it), then a name holding a path relative to ``data``, then its file name under
+    ``image_root``; and whether that last found it in a folder named otherwise than the name's last
+    (:func:`_same_folder`). ``indexes`` keeps each folder's :func:`index_images`."""
     name = base_name(image)
-    tries = [(image_root, image)] if image_root else []
+    tries = [(image_root, image, False)] if image_root else []
     if name != image:
-        tries += [(_relative(image, data).parent, name)] + ([(image_root, name)] if image_root else [])
-    for folder, key in tries:
+        tries += [(path.parent, name, False) for path in _paths(image, data, image_root)]
+        tries += [(image_root, name, True)] if image_root else []
+    for folder, key, by_name in tries:
         found = indexed(_index(folder, indexes), key)
         if found:
-            return folder / found
-    return None
+            return folder / found, by_name and not _same_folder(image, folder)
+    return None, False
+
+
+def _same_folder(image: str, folder: Path) -> bool:
+    """Whether the last folder in a name that holds a path is named as ``folder``, in any case or Unicode form
+    (``C:\\data\\images\\1_left.jpeg``, another computer's path, and ``images/``; not ``siteB/1_left.jpeg``)."""
+    listed = [f for f in re.split(r"[\\/]", image)[:-1] if f not in ("", ".")]
+    if not listed:
+        return True
+    named, there = (unicodedata.normalize("NFC", n).casefold() for n in (listed[-1], os.path.basename(
+        os.path.abspath(folder))))
+    return named == there
+
+
+def _paths(image: str, data: Path, image_root: Path | None) -> list[Path]:
+    """Where a name holding a path may be: below ``image_root``, then below ``data`` (one place if they are one, or
+    the name is absolute)."""
+    return list(dict.fromkeys(_relative(image, root) for root in (image_root, data) if root))
 
 
 def _index(folder: Path, indexes: dict[Path, dict[str, str]]) -> dict[str, str]:
@@ -528,9 +592,18 @@ def read_catalog(data: str | Path, *, format: str | None = None, labels: str | P
     if format != "folders" and resolve:
         indexes: dict[Path, dict[str, str]] = {}
         image_root = _find_image_root(data, Path(images) if images else None, samples, indexes)
+        moved = []  # (sample, file) of a name found by its file name in a folder named otherwise
         for s in samples:
-            path = _find_image(s.image, data, image_root, indexes)
+            path, elsewhere = _find_image(s.image, data, image_root, indexes)
             s.path = str(path) if path is not None else None
+            if elsewhere:
+                moved.append((s, path))
+        if moved:
+            warnings.warn(DataWarning(
+                f"{len(moved)} listed image(s) named with a folder that is not there were found by file name in "
+                f"another folder, perhaps other photographs (first: {moved[0][0].source}:{moved[0][0].line}, "
+                f"{moved[0][0].image} read as {moved[0][1]}); if they are not the photographs meant, fix the paths "
+                "in the labels (relative to DATA or --images)"), stacklevel=2)
     samples = _without_duplicates(samples, problems, resolved=format == "folders" or resolve)
     if format != "folders" and resolve:  # a sample whose image is missing stays, with path None, to keep its split
         problems += [_missing_image(s, data, image_root, indexes) for s in samples if s.path is None]
@@ -561,9 +634,10 @@ def _missing_image(s: Sample, data: Path, image_root: Path | None, indexes: dict
     if elsewhere is not None:  # e.g. the lab's test images kept apart in DATA/test/
         tried += (f"; it is in {elsewhere}: keep the images in one folder (or link them into one), as "
                   "one image folder serves every labels file")
+    paths, roots = _paths(s.image, data, image_root), dict.fromkeys(filter(None, (image_root, data)))
     found = (f"not found in {where} {tried}; add the file" if name == s.image else
-             f"not found: the name holds a path, and neither {_relative(s.image, data)} nor {name} "
-             f"in {where} exists {tried}; fix the path (relative to {data}), add the file")
+             f"not found: the name holds a path, and neither {' nor '.join(map(str, paths))} nor {name} in {where} "
+             f"exists {tried}; fix the path (relative to {' or '.join(map(str, roots))}), add the file")
     return Problem("missing-image", s.source, s.line, f"image {s.image} {found}, pass --images, or use "
                    "--skip-bad to drop it", s.image)
 

@@ -26,7 +26,8 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImageP
 # damaged EXIF ("Corrupt EXIF data", "Truncated File Read", ...), naming no file, once per process: the EXIF (read
 # for the orientation) is not the photograph; a turn it no longer gives is not made
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jfif", ".jpe")  # .jfif, .jpe: JPEGs
+# as Chrome on Windows saves them (last: a name with other files beside them reads those, as before)
 EMPTY = "empty file (0 bytes); replace it, or remove it (and its row in the labels, if any)"
 BLANK_LEVEL = 8  # an image whose brightest 1 % of pixels stay below this (of 255) shows no retina
 DIM_LEVEL = 40  # ... below this, a retina too dark to trust (real photographs: 87 and up, see brightest())
