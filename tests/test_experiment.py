@@ -225,6 +225,10 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
     bad.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "train": {**cfg["train"], "lr": -1}}))
     assert main(["experiment", str(bad), "--dry-run"]) == 2
     assert f"{bad}: cell {PRETRAINED}: lr: -1.0: a learning rate above 0" in capsys.readouterr().err
+    moved = tmp_path / "moved"  # the data moved (another RETINOPATHY_SHARED_DATA): its finished cells are no change
+    shutil.copytree(interrupted["root"] / "data", moved)
+    assert main(["experiment", str(interrupted["config"]), "--data", str(moved), "--dry-run"]) == 0
+    assert f"{SCRATCH} (finished" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
     broken = tmp_path / "broken"  # a truncated photograph: every cell would stop at it, so the dry run does
     shutil.copytree(interrupted["root"] / "data", broken)

@@ -314,7 +314,8 @@ def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Nam
         saved = yaml.safe_load(saved_file.read_text()) or {}
         changed = sorted(k for k in set(saved) | set(options)  # an option written as its default is no change
                          if train_config.option_value(saved, k) != train_config.option_value(options, k)
-                         and k not in RUNTIME)
+                         and k not in RUNTIME and k != "data")  # data may move (or be a prepared copy): the
+    # resume checks that it holds the run's photographs, as train --resume --data does
     if dry or changed:  # checked in a scratch folder: nothing written, and a mistyped value named as one
         with tempfile.TemporaryDirectory() as scratch:
             args = _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
