@@ -133,6 +133,18 @@ def test_pretrained_cell_without_weights_is_skipped_with_reason(interrupted):
     assert f'data-run="{PRETRAINED}"' in page and 'data-status="skipped"' in page
 
 
+@pytest.mark.timeout(120)
+def test_an_experiment_whose_every_cell_is_skipped_exits_1(interrupted, tmp_path, monkeypatch, capsys):
+    """Nothing trained is no success for a script or CI (it exited 0)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))
+    cfg = yaml.safe_load(interrupted["config"].read_text())
+    only = tmp_path / "only-pretrained.yaml"
+    only.write_text(yaml.safe_dump({**cfg, "out": str(tmp_path / "runs"), "synth": None, "report": None,
+                                    "data": str(interrupted["root"] / "data"), "grid": {"pretrained": [True]}}))
+    assert main(["experiment", str(only), "--quiet", "--no-report"]) == 1
+    assert ": 1 skipped in " in capsys.readouterr().out
+
+
 def test_rerun_leaves_finished_cells_alone(interrupted, capsys):
     exp, config = interrupted["exp"], str(interrupted["config"])
     run = exp / SCRATCH

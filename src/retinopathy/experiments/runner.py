@@ -560,6 +560,7 @@ def run_experiment(exp: Experiment, quiet: bool = False, report: bool = True) ->
                   f", kappa {entry['kappa']:.3f}, macro-F1 {entry['macro_f1']:.3f}", flush=True)
     counts = {s: sum(status["cells"][c.name]["status"] == s for c in exp.cells) for s in ("done", "skipped", "failed")}
     status["failed"] = counts["failed"]  # of this file's cells (another file's recorded cells are not re-run)
+    status["none_done"] = not counts["done"]  # every cell skipped (or failed): nothing trained to compare
     print(f"experiment {exp.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
           + f" in {time.perf_counter() - start:.0f} s -> {exp.dir}")
     if report and exp.report_out is not None:
@@ -642,4 +643,4 @@ def cli(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     with sigterm_as_ctrl_c():
         status = main(args)
-    return 1 if status.get("failed") else 0
+    return 1 if status.get("failed") or status.get("none_done") else 0
