@@ -2213,3 +2213,19 @@ def test_a_data_worker_killed_by_the_system_is_named_with_what_to_do(synth_small
     assert re.search(r"^error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|exited unexpectedly): "
                      r"the system stops a process this way when memory runs out; use fewer --workers", err, re.M), err
     assert "Traceback" not in err and f"no epoch of {tmp_path / 'run'} had finished: run the same command again" in err
+
+
+def test_a_new_run_is_refused_a_folder_that_holds_others_work(tiny_run, synth_small, tmp_path, capsys):
+    """train --out into a folder of runs, an experiment or a dataset wrote its files among them, and report then
+    read the folder as that one run, hiding the others."""
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "old")
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "experiment.json").write_text("{}")
+    for out, said in ((runs, "holds runs (old)"), (tmp_path / "exp", "is an experiment's folder"),
+                      (synth_small, "holds a dataset (")):
+        before = sorted(p.name for p in out.iterdir())
+        with pytest.raises(SystemExit):
+            main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--out", str(out)])
+        assert f"--out {out} {said}" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == before

@@ -65,6 +65,27 @@ def refuse_run_folder(folder: str | os.PathLike, option: str, example: str, own:
     raise RetinopathyError(f"{option} {folder} is {where}: write into a folder of its own, e.g. {run / example}")
 
 
+def others_work(folder: str | os.PathLike) -> str:
+    """What a new run's folder holds that is not a run's own ('' for nothing): an experiment's record, other runs,
+    a dataset's labels or photographs. A run written there would mix with them, and ``report`` would read the folder
+    as that one run, hiding the others."""
+    from .data.formats import KAGGLE_LABELS, LAB_FILES
+    from .data.images import IMAGE_EXTENSIONS
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ""
+    if (folder / "experiment.json").is_file():
+        return "is an experiment's folder (experiment.json)"
+    entries = sorted(folder.iterdir())
+    if runs := [d.name for d in entries if d.is_dir() and is_run_folder(d)]:
+        return f"holds runs ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''})"
+    labels = [*KAGGLE_LABELS, *(n for pair in LAB_FILES.values() for n in pair)]
+    if data := [f.name for f in entries if f.name in labels or f.suffix.lower() in IMAGE_EXTENSIONS]:
+        return f"holds a dataset ({data[0]}{', ...' if len(data) > 1 else ''})"
+    return ""
+
+
 def refuse_photograph_folder(folder: str | os.PathLike, option: str, own, example: str) -> None:
     """Raise now if the output ``folder`` (given as ``option``) holds photographs: this command's PNGs there would
     be graded as photographs by a later ``predict`` (or trained on, in grade folders). ``own(name)``: whether a file

@@ -21,7 +21,7 @@ from ..cli.common import (add_amp_argument, add_blend_argument, add_data_argumen
                           show_defaults)
 from ..errors import RetinopathyError
 from ..launch import others_say_it
-from ..outputs import busy
+from ..outputs import busy, others_work
 from ..data.splits import SPLIT_DEFAULTS, SplitError, check_fractions, split_option
 from ..data.transforms import AUGMENT, PREPROCESS
 from ..models.factory import CLASSIFIERS, HEADS, POOLS, list_models, size_problem
@@ -441,6 +441,9 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, sai
         parser.error(f"--out {args.out} already holds a finished run (checkpoints/best.pt; its last.pt is gone, so "
                      f"it cannot continue): start a new run from its weights "
                      f"({new_run_from(checkpoints / 'best.pt')}), or remove that folder")
+    if not args.resume and (held := others_work(args.out)):
+        parser.error(f"--out {args.out} {held}: a run written there would mix with it (and a report would read the "
+                     "folder as that one run); give the run a folder of its own, e.g. runs/NAME")
     if args.model not in CLASSIFIERS:
         parser.error(f"{said('model')}: {args.model!r} is not a torchvision classification model" + (
             " (it detects, segments, or reads video or motion)" if args.model in list_models() else "") +
