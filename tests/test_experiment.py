@@ -585,16 +585,23 @@ def test_variants_are_one_change_each(tmp_path):
 
 def test_base_file_gives_train_options(tmp_path):
     recipe = write_config(tmp_path, train={"epochs": 2, "image_size": 64, "split_seed": 0, "lr": 0.01})
-    recipe.rename(tmp_path / "recipe.yaml")
-    splits = write_config(tmp_path, base="recipe.yaml", train={"lr": 0.02}, grid={"split_seed": [1, 2]})
+    recipe.rename(tmp_path / "recipe.yaml")  # its grid: model [resnet18], pretrained [true, false]
+    with pytest.raises(ExperimentError, match=r"grid.yaml: base: recipe.yaml has several values of pretrained in its "
+                                              "grid:, which base: does not take"):  # they were dropped silently
+        load_experiment(write_config(tmp_path, base="recipe.yaml", grid={"split_seed": [1, 2]}))
+    splits = write_config(tmp_path, base="recipe.yaml", train={"lr": 0.02},
+                          grid={"split_seed": [1, 2], "pretrained": [False]})
     exp = load_experiment(splits)
-    assert [c.name for c in exp.cells] == ["split-seed-1", "split-seed-2"]
-    for cell, seed in zip(exp.cells, (1, 2)):  # inherited, overridden by train:, varied by grid:
-        assert cell.options == {"epochs": 2, "image_size": 64, "lr": 0.02, "split_seed": seed}
+    assert [c.name for c in exp.cells] == ["split-seed-1-scratch", "split-seed-2-scratch"]
+    for cell, seed in zip(exp.cells, (1, 2)):  # inherited (one model in its grid too), overridden, varied by grid:
+        assert cell.options == {"epochs": 2, "image_size": 64, "lr": 0.02, "model": "resnet18", "split_seed": seed,
+                                "pretrained": False}
     (tmp_path / "splits.yaml").write_text(splits.read_text())
-    chained = write_config(tmp_path, base="splits.yaml", train={"epochs": 3}, grid={"model": ["resnet18"]})
+    chained = write_config(tmp_path, base="splits.yaml", train={"epochs": 3}, grid={"model": ["resnet18"],
+                                                                                     "split_seed": [3]})
     cell = load_experiment(chained).cells[0]  # a base of a base: each file's train: over the one it names
-    assert cell.options == {"epochs": 3, "image_size": 64, "lr": 0.02, "split_seed": 0, "model": "resnet18"}
+    assert cell.options == {"epochs": 3, "image_size": 64, "lr": 0.02, "split_seed": 3, "model": "resnet18",
+                            "pretrained": False}
     loop = write_config(tmp_path, base="grid.yaml")
     with pytest.raises(ExperimentError, match="leads back to itself"):
         load_experiment(loop)

@@ -172,8 +172,11 @@ def _read(file: Path) -> dict:
     return cfg
 
 
-def _base_train(cfg: dict, file: Path, seen: tuple = ()) -> dict:
-    """The ``train:`` options that ``base:`` inherits: the named file's (after its own base), else none."""
+def _base_train(cfg: dict, file: Path, seen: tuple = (), given: frozenset = frozenset()) -> dict:
+    """The ``train:`` options that ``base:`` inherits: the named file's (after its own base), with its ``grid:``
+    entries of one value (the recipe's ``model: [resnet18]``: as ``train -c`` reads that file), else none; a base
+    whose grid has several values of an option that this file's (``given``: its grid's options) does not set, or
+    variants, is refused (they were dropped without a word)."""
     if cfg.get("base") is None:
         return {}
     base = file.parent / os.path.expanduser(str(cfg["base"]))
@@ -184,7 +187,15 @@ def _base_train(cfg: dict, file: Path, seen: tuple = ()) -> dict:
                               + f" (looked for {base}: a path relative to {file.name}'s folder); name the experiment "
                               "file whose train: options this one starts from")
     parent = _read(base)
-    return {**_base_train(parent, base, seen + (file.resolve(),)), **_options(parent.get("train"), base, "train")}
+    grid = _options(parent.get("grid"), base, "grid")
+    several = sorted(k for k, v in grid.items() if isinstance(v, list) and len(v) != 1 and k not in given)
+    if several or parent.get("variants"):
+        raise ExperimentError(f"{file}: base: {cfg['base']} has " + (f"several values of {', '.join(several)} in its "
+                              "grid:" if several else "variants:") + ", which base: does not take (it takes train: "
+                              "options and grid: entries of one value); give them in this file")
+    one = {k: v[0] if isinstance(v, list) else v for k, v in grid.items()}
+    return {**_base_train(parent, base, seen + (file.resolve(),), given | frozenset(grid)), **one,
+            **_options(parent.get("train"), base, "train")}
 
 
 def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
@@ -205,7 +216,7 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     both = sorted(set(grid) & set(own))
     if both:
         raise ExperimentError(f"{file}: {', '.join(both)} is set in both train: and grid:; keep one")
-    shared = {k: v for k, v in {**_base_train(cfg, file), **own}.items() if k not in grid}
+    shared = {k: v for k, v in {**_base_train(cfg, file, given=frozenset(grid)), **own}.items() if k not in grid}
     if any(not v for v in grid.values()):
         raise ExperimentError(f"{file}: every grid: entry needs at least one value")
     variants = _variants(cfg.get("variants"), file, grid)
