@@ -2229,3 +2229,18 @@ def test_a_new_run_is_refused_a_folder_that_holds_others_work(tiny_run, synth_sm
             main(["train", "--data", str(synth_small), *FAST, "--epochs", "1", "--out", str(out)])
         assert f"--out {out} {said}" in capsys.readouterr().err
         assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_options_a_run_would_not_use_are_warned_of(synth_small, tmp_path, capsys):
+    """--threshold-rule with argmax decisions, --model-ema-decay without --model-ema, --momentum with AdamW were
+    taken without a word, as if they mattered."""
+    common = ["--data", str(synth_small), "--out", str(tmp_path / "run")]
+    parse_args([*common, "--threshold-rule", "kappa-above-majority", "--model-ema-decay", "0.9", "--momentum", "0.5"])
+    assert capsys.readouterr().err == (
+        "warning: set, but this run does not use it: --threshold-rule kappa-above-majority (the most probable grade "
+        "is answered: no thresholds); --model-ema-decay 0.9 (without --model-ema); --momentum 0.5 (--optimizer "
+        "adamw)\n")
+    parse_args([*common, "--objective", "ordinal", "--threshold-rule", "kappa-above-majority", "--model-ema",
+                "--model-ema-decay", "0.9", "--optimizer", "sgd", "--momentum", "0.5"])
+    assert "warning" not in capsys.readouterr().err
+

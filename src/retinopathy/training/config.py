@@ -454,6 +454,9 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, sai
     if args.sampler == "balanced" and args.class_weights != "none" and not others_say_it():
         print(f"warning: --sampler balanced already shows every grade equally often; --class-weights "
               f"{args.class_weights} weights the rare grades up a second time", file=sys.stderr)
+    if not args.resume and (unused := unused_options(args)) and not others_say_it():
+        print("warning: set, but this run does not use it: " + "; ".join(f"{said(k)} {why}" for k, why in unused),
+              file=sys.stderr)
     kept = args.resume and recorded_option(args.resume, "freeze_epochs") == args.freeze_epochs  # the run's own:
     if not 0 <= args.freeze_epochs <= args.epochs and not kept:  # checked once the run's epochs are known (train)
         parser.error(f"{said('freeze_epochs')}: must be between 0 and the epochs ({said('epochs')})")
@@ -507,6 +510,20 @@ def _check_values(args: argparse.Namespace, parser: argparse.ArgumentParser, sai
 def default_batch_size(model: str, preset: str | None) -> int:
     """The batch size of a run that sets none: 32, or under ``--preset lab`` the lab's for the model."""
     return LAB_BATCH.get(model, 12) if preset == "lab" else 32
+
+
+def unused_options(args) -> list[tuple[str, str]]:
+    """``(option, why it is unused)`` for each option set otherwise than its default that the run would not use."""
+    argmax = (args.decision or default_decision(args.objective)) == "argmax"
+    why = {"threshold_rule": argmax, "threshold_data": argmax,
+           "threshold_margin": argmax or args.threshold_rule != "kappa-above-majority",
+           "model_ema_decay": not args.model_ema, "momentum": args.optimizer != "sgd"}
+    reason = {"threshold_rule": "(the most probable grade is answered: no thresholds)",
+              "threshold_data": "(the most probable grade is answered: no thresholds)",
+              "threshold_margin": "(only --threshold-rule kappa-above-majority uses it)",
+              "model_ema_decay": "(without --model-ema)", "momentum": f"(--optimizer {args.optimizer})"}
+    default = defaults()
+    return [(k, reason[k]) for k, unused in why.items() if unused and getattr(args, k) != default[k]]
 
 
 @functools.cache
