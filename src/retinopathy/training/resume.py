@@ -157,7 +157,8 @@ def resume_state(args, out: Path, dist: DistInfo) -> tuple[dict | None, bool, bo
             kept = {k: had[k] for k in FIXED_WHILE_STEPPING if k in differs}
             if kept and dist.main:
                 print(f"note: the run has trained its {epochs_text(ckpt['epoch'] + 1)}, so "
-                      f"{', '.join(flag(k, getattr(args, k)) for k in kept)} change nothing now; its record keeps "
+                      f"{', '.join(flag(k, getattr(args, k)) for k in kept)} "
+                      f"{'change' if len(kept) > 1 else 'changes'} nothing now; its record keeps "
                       f"{', '.join(flag(k, v) for k, v in kept.items())}", file=sys.stderr)
             for k, v in kept.items():
                 setattr(args, k, v)
