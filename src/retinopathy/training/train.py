@@ -460,7 +460,8 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
         planned = int((ckpt or {}).get("config", {}).get("epochs") or 0)
         print(f"nothing to train: {out} has trained {epochs_text(start_epoch)}, " + (
             f"of the {planned} it was started with: resume it without --epochs"
-            + (f" (nor -c {args.config}, if it sets epochs)" if getattr(args, "config", None) else "") + " to train them"
+            + (f" (nor -c {args.config}, if it sets epochs)" if getattr(args, "config", None) else "")
+            + " to train them"
             if planned > start_epoch
             else "all it was asked for: --epochs N on --resume trains on"))
     return {"out": str(out), "best": best, "last": last_result}
