@@ -1323,7 +1323,7 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     with pytest.raises(ConfigError, match=re.escape(f"is a folder; for the run's options pass {tmp_path}/config")):
         parse_args(["-c", str(tmp_path), "--data", "d", "--out", "x"])
     (tmp_path / "best.pt").write_bytes(bytes(range(256)))
-    with pytest.raises(ConfigError, match="best.pt: cannot read it as YAML"):
+    with pytest.raises(ConfigError, match="best.pt: not valid YAML"):
         parse_args(["-c", str(tmp_path / "best.pt"), "--data", "d", "--out", "x"])
     (tmp_path / "utf16.yaml").write_text("epochs: 3\n", encoding="utf-16")
     with pytest.raises(ConfigError, match="utf16.yaml: not UTF-8 text .*save it again as UTF-8"):
@@ -1331,17 +1331,21 @@ def test_config_file_can_be_an_experiment_or_a_run_config(tmp_path, capsys):
     (tmp_path / "dashes.yaml").write_text("image-size: 96\n")
     assert parse_args(["-c", str(tmp_path / "dashes.yaml"), "--data", "d", "--out", "x"]).image_size == 96
     bad.write_text("lr: [0.1\n")
-    with pytest.raises(ConfigError, match=r"(?s)list.yaml: cannot read it .*in \".*list.yaml\", line 1"):
+    with pytest.raises(ConfigError, match=r"(?s)list.yaml: not valid YAML .*in \".*list.yaml\", line 1"):
+        parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
+    bad.write_text("epochs: 1\n\tlr: 0.1\n")  # PyYAML's words for a tab do not name it
+    with pytest.raises(ConfigError, match=r"(?s)list.yaml: not valid YAML .*line 2.*\(a tab there: YAML indents "
+                                          r"with spaces only\)"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     bad.write_text("epochs: 1\nlr: 0.1\nepochs: 2\n")  # PyYAML keeps the last silently
-    with pytest.raises(ConfigError, match=r"(?s)list.yaml: cannot read it as YAML \('epochs' is written twice \(first "
+    with pytest.raises(ConfigError, match=r"(?s)list.yaml: not valid YAML \('epochs' is written twice \(first "
                                           r"on line 1\); keep one.*line 3"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     bad.write_text("common: &c {epochs: 3, lr: 0.1}\n<<: *c\nlr: 0.2\n")  # merge keys stay YAML's own
     with pytest.raises(ConfigError, match="unknown option"):  # 'common' is no option, but it was read
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     bad.write_text("? [a, b]\n: 1\n")  # a key that is a list: a YAML error, not a traceback
-    with pytest.raises(ConfigError, match="(?s)list.yaml: cannot read it as YAML .*unhashable"):
+    with pytest.raises(ConfigError, match="(?s)list.yaml: not valid YAML .*unhashable"):
         parse_args(["-c", str(bad), "--data", "d", "--out", "x"])
     bad.write_text("image_sise: 96\nhelp: true\n")  # misspelt, and not an option (argparse's own -h)
     with pytest.raises(ConfigError, match=r"list.yaml: unknown option\(s\) help, image_sise \(did you mean "

@@ -161,7 +161,7 @@ def _read(file: Path) -> dict:
     except UnicodeDecodeError:
         raise ExperimentError(f"{file}: {train_config.NOT_UTF8_TEXT}") from None
     except (ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
-        raise ExperimentError(f"{file}: not valid YAML ({e})") from None
+        raise ExperimentError(f"{file}: not valid YAML ({train_config.yaml_problem(e, file)})") from None
     if not isinstance(cfg, dict):
         raise ExperimentError(f"{file}: expected a mapping with name, data, train and grid")
     unknown = sorted(set(cfg) - set(TOP_KEYS))
