@@ -614,6 +614,9 @@ def test_base_file_gives_train_options(tmp_path):
     (tmp_path / "plain.yaml").write_text("base: recipe.yaml\nlr: 0.2\n")  # timm-style: options at the top level
     with pytest.raises(ExperimentError, match=r"unknown key\(s\) lr; .* \(lr: training options go under train:\)"):
         load_experiment(tmp_path / "plain.yaml")
+    (tmp_path / "typo.yaml").write_text("base: recipe.yaml\ntrian: {lr: 0.2}\n")
+    with pytest.raises(ExperimentError, match=r"unknown key\(s\) trian \(did you mean train\?\)"):
+        load_experiment(tmp_path / "typo.yaml")
 
 
 @pytest.mark.parametrize("config", sorted((Path(__file__).parents[1] / "configs").glob("*.yaml")),

@@ -167,7 +167,8 @@ def _read(file: Path) -> dict:
     unknown = sorted(set(cfg) - set(TOP_KEYS))
     if unknown:
         options = [k for k in unknown if k.replace("-", "_") in train_config.defaults()]
-        raise ExperimentError(f"{file}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(TOP_KEYS)}"
+        raise ExperimentError(f"{file}: unknown key(s) {train_config.with_nearest(unknown, TOP_KEYS)}; expected some "
+                              f"of {', '.join(TOP_KEYS)}"
                               + (f" ({', '.join(options)}: training options go under train:)" if options else ""))
     return cfg
 

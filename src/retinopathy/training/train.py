@@ -382,7 +382,7 @@ def _run(args, dist: DistInfo, device: torch.device) -> dict:
               f"amp {amp} (evaluation {engine.eval_amp}), channels_last {channels_last}, {dist.world_size} "
               f"process(es) -> {out}")
         if note := cpu_amp_note(device, args.amp, amp, train_size(args)):
-            print(f"note: {note}")
+            print(f"note: {note}", file=sys.stderr)
 
     current_phase = None
     ran = 0
