@@ -60,3 +60,14 @@ def test_names_that_give_every_image_a_patient_of_its_own_are_warned_of(tmp_path
         f"{r},{r.split('_')[0]}" for r in rows) + "\n")
     rc, report = check(tmp_path, other, "--patient-col", "patient")
     assert report["patients"] == 3 and report["warnings"] == []
+
+
+def test_the_current_folder_is_checked_as_data(tmp_path, monkeypatch, capsys):
+    """`data check .` stopped at "error: : No such file or directory" (the folder of a relative image path)."""
+    make_kaggle(tmp_path, n_patients=2)
+    (tmp_path / "trainLabels.csv").write_text((tmp_path / "trainLabels.csv").read_text().replace("image,level",
+                                                                                                 "Image,Level"))
+    monkeypatch.chdir(tmp_path)
+    rc, report = check(tmp_path, ".")  # and Kaggle's columns, capitalised, are Kaggle's columns
+    assert rc == 0 and report["rows"] == 4 and report["problems"] == [] and report["warnings"] == []
+

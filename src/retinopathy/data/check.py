@@ -107,6 +107,7 @@ def _namesakes(samples) -> list[Problem]:
     found, stems = [], {}  # folder -> {stem: its image files}
     for s in samples:
         folder, name = os.path.split(s.path)
+        folder = folder or os.curdir  # DATA given as "."
         if Path(s.image).suffix.lower() in IMAGE_EXTENSIONS:
             continue
         if folder not in stems:

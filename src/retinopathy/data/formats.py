@@ -307,6 +307,10 @@ def _read_header_csv(path: Path, image_col: str, label_col: str, patient_col: st
     while rows and not any(cell.strip() for cell in rows[0][2]):
         rows.pop(0)  # blank lines above the header
     header = [h.strip() for h in rows[0][2]] if rows else []
+    folded = Counter(h.casefold() for h in header)  # Image,Level: Kaggle's columns, capitalised (one of each)
+    image_col, label_col, patient_col = (next((h for h in header if folded[h.casefold()] == 1 and h.casefold() ==
+                                               c.casefold()), c) if c and c not in header else c
+                                         for c in (image_col, label_col, patient_col))
     missing = [c for c in (image_col, label_col, patient_col) if c and c not in header]
     if missing:
         problems.append(Problem("bad-header", str(path), rows[0][0] if rows else 1,
