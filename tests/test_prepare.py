@@ -394,6 +394,16 @@ def test_reading_a_copy_otherwise_than_it_was_prepared_warns(synth128, tmp_path)
         FundusDataset(out, "val", image_size=32, preprocess="fov")
 
 
+def test_the_current_folder_is_prepared(tmp_path, monkeypatch):
+    """`prepare . OUT` wrote nothing: every copy's name began with "/" (DATA "." taken for a sub-folder named "")."""
+    src = tmp_path / "src"
+    generate(src, n=12, size=64, seed=0, progress=False)
+    monkeypatch.chdir(src)
+    m = prepare(".", tmp_path / "out", size=32, workers=1, progress=False)
+    assert m["counts"]["written"] == 12 and m["counts"]["problems"] == 0
+    assert len(FundusDataset(tmp_path / "out", "all", image_size=32)) == 12
+
+
 def test_a_copy_whose_source_was_regraded_since_warns(tmp_path):
     """The copy keeps the labels it was prepared with: a regrade at the source was read silently from the copy.
     Preparing again (only the labels change) ends the warning."""

@@ -86,8 +86,9 @@ def output_name(sample: Sample, catalog: Catalog) -> str:
         return (Path(sample.source).relative_to(catalog.root) / below).as_posix()
     name = sample.image.replace("\\", "/")
     name = name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
-    if "/" not in name and catalog.image_root is not None and catalog.image_root.parent == catalog.root \
-            and catalog.image_root.name in IMAGE_SUBDIRS:  # where reading the copy looks (--images DATA/photos: not)
+    if "/" not in name and catalog.image_root is not None and catalog.image_root.resolve().parent == \
+            catalog.root.resolve() and catalog.image_root.name in IMAGE_SUBDIRS:  # where reading the copy looks
+        # (--images DATA/photos: not; resolved: DATA "." is its own image folder, not a sub-folder named "")
         return f"{catalog.image_root.name}/{name}"  # beside the names that hold that folder (train/1_left.jpeg)
     return name
 
