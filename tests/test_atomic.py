@@ -190,14 +190,14 @@ def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_last_one(tmp_path,
 
 def test_an_interrupted_command_says_so_once_under_torchrun(tmp_path, monkeypatch, capsys):
     """Ctrl-C reaches every rank of a torchrun job: rank 0 alone says 'interrupted'; every rank exits 130."""
-    from retinopathy.reporting import report
+    from retinopathy.training import train
 
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report, "build_report", interrupted)
+    monkeypatch.setattr(train, "cli", interrupted)  # train: the one command that runs as several processes
     for rank, said in (("1", False), ("0", True)):
         monkeypatch.setenv("RANK", rank)
         monkeypatch.setenv("WORLD_SIZE", "2")
-        assert main(["report", str(tmp_path), "--out", str(tmp_path / "r")]) == 130
+        assert main(["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")]) == 130
         assert ("interrupted" in capsys.readouterr().err) == said
