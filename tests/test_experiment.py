@@ -241,6 +241,12 @@ def test_a_dry_run_checks_and_lists_the_cells_and_writes_nothing(interrupted, tm
     shutil.copytree(interrupted["root"] / "data", moved)
     assert main(["experiment", str(interrupted["config"]), "--data", str(moved), "--dry-run"]) == 0
     assert f"{SCRATCH} (finished" in capsys.readouterr().out
+    labels = moved / "trainLabels.csv"  # regraded: other photographs, as far as the run can tell: a change
+    lines = labels.read_text().splitlines()
+    labels.write_text("\n".join([lines[0], *(f"{r.split(',')[0]},{(int(r.split(',')[1]) + 1) % 5}" for r in lines[1:])])
+                      + "\n")
+    assert main(["experiment", str(interrupted["config"]), "--data", str(moved), "--dry-run"]) == 2
+    assert "were run with other options" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     broken = tmp_path / "broken"  # a truncated photograph: every cell would stop at it, so the dry run does
     shutil.copytree(interrupted["root"] / "data", broken)
@@ -589,6 +595,8 @@ def test_base_file_gives_train_options(tmp_path):
     with pytest.raises(ExperimentError, match=r"grid.yaml: base: recipe.yaml has several values of pretrained in its "
                                               "grid:, which base: does not take"):  # they were dropped silently
         load_experiment(write_config(tmp_path, base="recipe.yaml", grid={"split_seed": [1, 2]}))
+    for given in ({"train": {"pretrained": False}}, {"variants": {"scratch": {"pretrained": False}}}):  # given here
+        assert load_experiment(write_config(tmp_path, base="recipe.yaml", grid={"split_seed": [1]}, **given)).cells
     splits = write_config(tmp_path, base="recipe.yaml", train={"lr": 0.02},
                           grid={"split_seed": [1, 2], "pretrained": [False]})
     exp = load_experiment(splits)
@@ -830,10 +838,15 @@ def test_commands_other_than_train_refuse_to_run_as_several_processes(tmp_path, 
     assert main(["experiment", str(tmp_path / "grid.yaml")]) == 2
     err = capsys.readouterr().err
     if local_rank == "0":
-        assert err.startswith("error: experiment runs in one process, not as 2 (torchrun or srun): run `retinopathy "
+        assert err.startswith("error: experiment runs in one process, not as torchrun's 2: run `retinopathy "
                               "experiment ...` alone; its cells train in one process each")
     else:
         assert err == ""
     assert not (tmp_path / "grid.yaml").exists() and list(tmp_path.iterdir()) == []
     assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path), "--out", str(tmp_path / "e")]) == 2
     assert ("evaluate runs in one process" in capsys.readouterr().err) == (local_rank == "0")
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):  # an sbatch script's own step: SLURM's variables, one process
+        monkeypatch.delenv(key)
+    for key, value in (("SLURM_PROCID", "0"), ("SLURM_NTASKS", "4"), ("SLURM_LOCALID", "0")):
+        monkeypatch.setenv(key, value)
+    assert main(["synth", str(tmp_path / "s"), "--n", "4", "--size", "32", "--quiet"]) == 0

@@ -110,11 +110,11 @@ def _run(argv: list[str]) -> int:
 
 
 def refuse_processes(command: str) -> None:
-    """Only ``train`` runs as one of several processes (torchrun, srun): any other command would run whole in each,
-    racing for its outputs (an experiment's lock)."""
-    world = launched_as()[1]
+    """Only ``train`` runs as one of torchrun's processes: any other command would run whole in each, racing for its
+    outputs (an experiment's lock). (SLURM's variables are not asked: an sbatch script's own step has them too.)"""
+    world = int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
     if world > 1 and command in COMMANDS and command != "train":
-        raise RetinopathyError(f"{command} runs in one process, not as {world} (torchrun or srun): run `retinopathy "
+        raise RetinopathyError(f"{command} runs in one process, not as torchrun's {world}: run `retinopathy "
                                f"{command} ...` alone" + ("; its cells train in one process each (one run on several "
                                                           "GPUs: torchrun --nproc_per_node N -m retinopathy train ...)"
                                                           if command == "experiment" else ""))

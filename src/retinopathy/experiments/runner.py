@@ -176,7 +176,8 @@ def _read(file: Path) -> dict:
 def _base_train(cfg: dict, file: Path, seen: tuple = (), given: frozenset = frozenset()) -> dict:
     """The ``train:`` options that ``base:`` inherits: the named file's (after its own base), with its ``grid:``
     entries of one value (the recipe's ``model: [resnet18]``: as ``train -c`` reads that file), else none; a base
-    whose grid has several values of an option that this file's (``given``: its grid's options) does not set, or
+    whose grid has several values of an option that the files below it do not set (``given``: the options of their
+    ``train:``, ``grid:`` and variants), or
     variants, is refused (they were dropped without a word)."""
     if cfg.get("base") is None:
         return {}
@@ -195,7 +196,8 @@ def _base_train(cfg: dict, file: Path, seen: tuple = (), given: frozenset = froz
                               "grid:" if several else "variants:") + ", which base: does not take (it takes train: "
                               "options and grid: entries of one value); give them in this file")
     one = {k: v[0] if isinstance(v, list) else v for k, v in grid.items()}
-    return {**_base_train(parent, base, seen + (file.resolve(),), given | frozenset(grid)), **one,
+    below = given | frozenset(grid) | frozenset(_options(parent.get("train"), base, "train"))
+    return {**_base_train(parent, base, seen + (file.resolve(),), below), **one,
             **_options(parent.get("train"), base, "train")}
 
 
@@ -217,10 +219,11 @@ def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
     both = sorted(set(grid) & set(own))
     if both:
         raise ExperimentError(f"{file}: {', '.join(both)} is set in both train: and grid:; keep one")
-    shared = {k: v for k, v in {**_base_train(cfg, file, given=frozenset(grid)), **own}.items() if k not in grid}
     if any(not v for v in grid.values()):
         raise ExperimentError(f"{file}: every grid: entry needs at least one value")
     variants = _variants(cfg.get("variants"), file, grid)
+    given = frozenset(grid) | frozenset(own) | frozenset(k for change in variants.values() for k in change)
+    shared = {k: v for k, v in {**_base_train(cfg, file, given=given), **own}.items() if k not in grid}
     out = cfg.get("out") or "runs"
     if not isinstance(out, str):
         raise ExperimentError(f"{file}: out: {out!r} is not a folder (e.g. out: runs)")
@@ -314,6 +317,22 @@ class ChangedCell(ExperimentError):
         self.cell, self.what = cell, what
 
 
+def holds_its_photographs(cell: Cell, options: dict) -> bool:
+    """Whether the data ``options`` name holds the photographs the cell's run trained on (its ``split.csv``: the
+    same names with the same grades), as ``train --resume --data`` requires: data that moved, or a prepared copy,
+    is no change of the cell's options; other photographs are."""
+    from ..data.formats import read_catalog
+    from ..data.problems import DataError
+    from ..data.splits import run_overlap, same_photographs
+
+    try:
+        catalog = read_catalog(options["data"], resolve=False, **{k: options.get(k) for k in READ_KEYS})
+    except DataError:
+        return False
+    same, regraded, unlisted = run_overlap(cell.dir / "split.csv", [(s.image, s.label) for s in catalog.samples])
+    return same_photographs(len(same), regraded, unlisted)
+
+
 def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Namespace:
     """Write ``cell.yaml`` and parse it as train would (``dry``: in a scratch folder, writing nothing); a cell run
     with other options raises :class:`ChangedCell` (once the new options have passed train's checks: a mistyped
@@ -326,8 +345,7 @@ def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Nam
         saved = yaml.safe_load(saved_file.read_text()) or {}
         changed = sorted(k for k in set(saved) | set(options)  # an option written as its default is no change
                          if train_config.option_value(saved, k) != train_config.option_value(options, k)
-                         and k not in RUNTIME and k != "data")  # data may move (or be a prepared copy): the
-    # resume checks that it holds the run's photographs, as train --resume --data does
+                         and k not in RUNTIME and not (k == "data" and holds_its_photographs(cell, options)))
     if dry or changed:  # checked in a scratch folder: nothing written, and a mistyped value named as one
         with tempfile.TemporaryDirectory() as scratch:
             args = _parse_cell(cell, exp, options, Path(scratch) / "cell.yaml", Path(scratch) / "run", resume=False)
