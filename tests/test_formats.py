@@ -343,6 +343,11 @@ def test_a_grade_folder_inside_another_grade_folder_is_a_problem(tmp_path):
     cat = read_catalog(tmp_path / "p", format="folders")
     assert not cat.problems and sorted((s.patient, s.label) for s in cat.samples) == [
         ("0", 1), ("17", 0), ("3", 0), ("4", 2)]
+    for g in range(5):  # visits 1/ and 2/ in each grade folder: numbered folders that are no grades
+        for visit in ("1", "2"):
+            disc(tmp_path / "v" / str(g) / visit / f"{g}_left.jpeg")
+    cat = read_catalog(tmp_path / "v", format="folders")
+    assert not cat.problems and len(cat.samples) == 10
 
 
 def test_folders_named_grade_n_are_said_not_read(tmp_path):

@@ -402,6 +402,12 @@ def test_the_current_folder_is_prepared(tmp_path, monkeypatch):
     m = prepare(".", tmp_path / "out", size=32, workers=1, progress=False)
     assert m["counts"]["written"] == 12 and m["counts"]["problems"] == 0
     assert len(FundusDataset(tmp_path / "out", "all", image_size=32)) == 12
+    linked = tmp_path / "linked"  # DATA/images a symbolic link: still the copy's images/, as before "." was read
+    linked.mkdir()
+    shutil.move(src / "trainLabels.csv", linked / "trainLabels.csv")
+    (linked / "images").symlink_to(src)
+    m = prepare(linked, tmp_path / "out-linked", size=32, workers=1, progress=False)
+    assert m["counts"]["written"] == 12 and len(list((tmp_path / "out-linked" / "images").glob("*.jpeg"))) == 12
 
 
 def test_a_copy_whose_source_was_regraded_since_warns(tmp_path):

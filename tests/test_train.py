@@ -175,6 +175,8 @@ def test_training_on_a_cpu_without_bf16_says_so(synth_small, tmp_path, capsys, m
     assert engine.cpu_amp_note(torch.device("cuda"), "bf16", "bf16", 128) == ""
     monkeypatch.setattr(engine, "cpu_has_bf16", lambda: True)
     assert engine.cpu_amp_note(cpu, "bf16", "bf16", 128) == engine.cpu_amp_note(cpu, "auto", "bf16", 128) == ""
+    monkeypatch.setattr(engine, "cpu_flags", lambda: frozenset({"avx512_bf16"}))  # bf16, but no fp16 instructions
+    assert "--amp fp16 is emulated" in engine.cpu_amp_note(cpu, "fp16", "fp16", 128)
 
 
 def test_tiny_training_inputs_train_in_fp32_on_the_cpu(monkeypatch):
@@ -2217,6 +2219,15 @@ def test_a_data_worker_killed_by_the_system_is_named_with_what_to_do(synth_small
     assert re.search(r"^error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|exited unexpectedly): "
                      r"the system stops a process this way when memory runs out; use fewer --workers", err, re.M), err
     assert "Traceback" not in err and f"no epoch of {tmp_path / 'run'} had finished: run the same command again" in err
+    from retinopathy.training.train import worker_stopped
+
+    said = {m: worker_stopped(f"DataLoader worker (pid 7) {m}. More") for m in (
+        "is killed by signal: Bus error", "is killed by signal: Segmentation fault", "exited unexpectedly with exit "
+        "code 1")}
+    assert "out of shared memory" in said["is killed by signal: Bus error"]
+    assert [v.endswith("a worker crashed; run with --workers 0 to see where") for v in said.values()] == [
+        False, True, True]  # a crash: not memory's advice
+    assert worker_stopped("CUDA out of memory") == ""
 
 
 def test_a_new_run_is_refused_a_folder_that_holds_others_work(tiny_run, synth_small, tmp_path, capsys):

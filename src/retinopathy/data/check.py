@@ -158,13 +158,14 @@ def _disagreements(catalog: Catalog) -> list[Problem]:
             continue
         for s in read.samples:
             others.setdefault(without_extension(s.image), (s.label, f"{s.source} line {s.line}"))
-    found = []
+    found, lab_read = [], catalog.format == "lab"
     for s in catalog.samples:
         label, where = others.get(without_extension(s.image), (s.label, ""))
         if label != s.label:
             found.append(Problem("grade-disagrees", s.source, s.line, f"{s.image}: grade {s.label} here, {label} in "
-                                 f"{where}; one of the two is out of step (the lab's two files pair image and grade "
-                                 "by line)", s.image))
+                                 f"{where}; one of the two is out of step" + (
+                                     " (the lab's two files pair image and grade by line)" if lab_read or
+                                     "_img.csv" in where else ""), s.image))
     return found
 
 

@@ -391,12 +391,14 @@ def _read_folders(folder: Path, problems: list[Problem], split: str | None = Non
 
 def _nested_grades(folder: Path, files: dict[int, list[Path]]) -> dict[tuple[int, str], int]:
     """{(grade, folder in it): its image count} for the folders directly in a grade folder that are named as
-    another grade (``0/2/``, all of ``4/`` moved into ``0/4/``); none where the numbered folders there are not all
-    grades (``0/3/``, ``0/17/``: patients' numbers)."""
+    another grade (``0/2/``, all of ``4/`` moved into ``0/4/``); none where the numbered folders there are something
+    else: not all grades (``0/3/``, ``0/17/``: patients' numbers), or a name in several grade folders (visits ``1/``
+    and ``2/`` in each)."""
     inner = Counter((grade, f.relative_to(folder / str(grade)).parts[0]) for grade in GRADES for f in files[grade]
                     if len(f.relative_to(folder / str(grade)).parts) > 1)
     numbered = {key: parse_label(number) for key in inner if (number := _number(key[1])) is not None}
-    if None in numbered.values():
+    names = Counter(name for _, name in numbered)
+    if None in numbered.values() or any(n > 1 for n in names.values()):
         return {}
     return {key: inner[key] for key, named in numbered.items() if named != key[0]}
 

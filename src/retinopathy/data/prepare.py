@@ -86,9 +86,10 @@ def output_name(sample: Sample, catalog: Catalog) -> str:
         return (Path(sample.source).relative_to(catalog.root) / below).as_posix()
     name = sample.image.replace("\\", "/")
     name = name if name.lower().endswith((".jpeg", ".jpg")) else f"{name}.jpeg"
-    if "/" not in name and catalog.image_root is not None and catalog.image_root.resolve().parent == \
-            catalog.root.resolve() and catalog.image_root.name in IMAGE_SUBDIRS:  # where reading the copy looks
-        # (--images DATA/photos: not; resolved: DATA "." is its own image folder, not a sub-folder named "")
+    images = catalog.image_root and Path(os.path.abspath(catalog.image_root))  # absolute, links kept: DATA "." is
+    if "/" not in name and images and images.parent == Path(os.path.abspath(catalog.root)) \
+            and images.name in IMAGE_SUBDIRS:  # its own image folder, not a sub-folder named ""; where reading the
+        # copy looks (--images DATA/photos: not)
         return f"{catalog.image_root.name}/{name}"  # beside the names that hold that folder (train/1_left.jpeg)
     return name
 

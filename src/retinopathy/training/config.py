@@ -69,15 +69,15 @@ def load_yaml(stream):
 
 
 def yaml_problem(e: Exception, path: Path) -> str:
-    """What PyYAML (or the reading) says is wrong in the file ``path``, with the fix where its words do not give it:
-    a tab where it stopped reading."""
+    """What PyYAML says is wrong in the file ``path``, with the fix where its words do not give it: a tab where it
+    stopped reading."""
     mark = getattr(e, "problem_mark", None)
     try:
         line = path.read_text(encoding="utf-8").splitlines()[mark.line] if mark is not None else ""
     except (OSError, UnicodeError, IndexError):
         line = ""
     tab = "\t" in line[:mark.column + 1] if mark is not None else False
-    return str(getattr(e, "strerror", None) or e) + ("\n  (a tab there: YAML indents with spaces only)" if tab else "")
+    return str(e) + ("\n  (a tab there: YAML indents with spaces only)" if tab else "")
 
 
 class ConfigError(RetinopathyError, ValueError):
@@ -253,7 +253,8 @@ def file_options(path: Path, data: str | None = None, resume: bool = False) -> t
     except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not text (a checkpoint, say)
         if isinstance(e, UnicodeDecodeError) and path.suffix.lower() not in (".pt", ".pth", ".ckpt", ".onnx"):
             raise ConfigError(f"config {path}: {NOT_UTF8_TEXT}") from None
-        raise ConfigError(f"config {path}: not valid YAML ({yaml_problem(e, path)})") from None
+        raise ConfigError(f"config {path}: " + (f"cannot read it ({e.strerror or e})" if isinstance(e, OSError) else
+                                                f"not valid YAML ({yaml_problem(e, path)})")) from None
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: expected a mapping of option: value (keys are option names with _)")
     if "engine" in cfg and isinstance(cfg.get("train"), dict):

@@ -208,14 +208,18 @@ def pick_device(name: str) -> torch.device:
 
 
 @functools.cache
-def cpu_has_bf16() -> bool:
-    """Native bf16 matrix instructions (AVX512-BF16 or AMX, from /proc/cpuinfo; False elsewhere): there bf16
-    autocast trains a ResNet about twice as fast as fp32 (benchmarks/README.md); without them it is emulated."""
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags, from /proc/cpuinfo (none where it is not there)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return frozenset(re.findall(r"\w+", Path("/proc/cpuinfo").read_text()))
     except OSError:
-        return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+        return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX): there bf16 autocast trains a ResNet about twice as
+    fast as fp32 (benchmarks/README.md); without them it is emulated."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 TINY_FOR_CPU_BF16 = 16  # px: a training input this small or smaller trains in fp32 on the CPU under --amp auto
@@ -233,9 +237,10 @@ def cpu_amp_note(device: torch.device, asked: str, amp: str, size: int) -> str:
                 f"then (at {TINY_FOR_CPU_BF16} px or less), so training runs in fp32" if size <= TINY_FOR_CPU_BF16 else
                 "this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as fast as "
                 "on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
-    if amp in ("bf16", "fp16") and not cpu_has_bf16():
-        return (f"this CPU has no native bf16 or fp16 (AVX512-BF16 or AMX), so --amp {amp} is emulated: several times "
-                "slower than fp32 here (--amp auto trains in fp32)")
+    native = cpu_has_bf16() if amp == "bf16" else bool({"avx512_fp16", "amx_fp16"} & cpu_flags())
+    if amp in ("bf16", "fp16") and not native:
+        return (f"this CPU has no native {amp} (AVX512 or AMX {amp.upper()}), so --amp {amp} is emulated: several "
+                "times slower than fp32 here (--amp auto trains in fp32)")
     return ""
 
 

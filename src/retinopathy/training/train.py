@@ -91,7 +91,21 @@ def main(args) -> dict:
 
 
 WORKER_KILLED = re.compile(r"DataLoader worker \(pid(?:\(s\))? [\d, ]+\) (?:is killed by signal: [\w ]+|exited "
-                           r"unexpectedly)")  # PyTorch's words for a worker that the system stopped
+                           r"unexpectedly(?: with exit code \d+)?)")  # PyTorch's words for a worker that stopped
+# (killed by a signal, the system's SIGKILL when memory runs out among them, or exited with a code)
+
+
+def worker_stopped(message: str) -> str:
+    """PyTorch's words for a data-loading worker that stopped, with what to do; '' for any other error."""
+    if not (found := WORKER_KILLED.search(message)):
+        return ""
+    said = found.group(0)
+    return f"{said}: " + (
+        "the workers ran out of shared memory (a container's /dev/shm: raise it, e.g. docker run --shm-size 8g, or "
+        "use --workers 0)" if said.endswith("Bus error") else
+        "the system stops a process this way when memory runs out; use fewer --workers or a smaller --batch-size (or "
+        "leave out --cache-images)" if said.endswith(("Killed", "unexpectedly")) else
+        "a worker crashed; run with --workers 0 to see where")
 
 
 class WorkerKilled(RetinopathyError):
@@ -114,12 +128,8 @@ def _train(args) -> dict:
     except RuntimeError as e:  # a collective that another process's error broke: that error says why
         if isinstance(e, RetinopathyError):
             raise
-        if killed := WORKER_KILLED.search(str(e)):  # by the system (out of memory, most often): no traceback
-            raise WorkerKilled(f"{killed.group(0)}: " + (
-                "the workers ran out of shared memory (a container's /dev/shm: raise it, e.g. docker run --shm-size "
-                "8g, or use --workers 0)" if "Bus error" in killed.group(0) else
-                "the system stops a process this way when memory runs out; use fewer --workers or a smaller "
-                "--batch-size (or leave out --cache-images)"), args.out) from None
+        if stopped := worker_stopped(str(e)):  # by the system (out of memory, most often): no traceback
+            raise WorkerKilled(stopped, args.out) from None
         if not dist.enabled or not peer_failed(e):
             raise
         raise PeerFailed("stopped, because another process of the run failed (its error is above, or in torchrun's "
