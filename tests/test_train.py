@@ -2216,8 +2216,9 @@ def test_a_data_worker_killed_by_the_system_is_named_with_what_to_do(synth_small
             "--out", str(tmp_path / "run")]
     assert main(args) == 1
     err = capsys.readouterr().err
-    assert re.search(r"^error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|exited unexpectedly): "
-                     r"the system stops a process this way when memory runs out; use fewer --workers", err, re.M), err
+    assert re.search(r"^error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|exited "
+                     r"unexpectedly): the system stops a process this way when memory runs out; use fewer --workers",
+                     err, re.M), err
     assert "Traceback" not in err and f"no epoch of {tmp_path / 'run'} had finished: run the same command again" in err
     from retinopathy.training.train import worker_stopped
 
