@@ -446,6 +446,7 @@ def test_a_labels_csv_whose_images_are_elsewhere_or_whose_columns_are_misnamed(t
                  "--out", str(out), "--workers", "0", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "['grade'] not found" in err and "no images in split" not in err
+    assert "Photographs without grades are graded as files" in err  # a list without grades: what to pass instead
     assert "are not in" not in err  # no claim that the folder's images are unlisted
 
 
@@ -462,7 +463,8 @@ def test_every_image_of_the_runs_data_whatever_its_split_options_and_a_dataset_w
     assert len(out.read_text().splitlines()) == len((synth_small / "trainLabels.csv").read_text().splitlines())
     err = capsys.readouterr().err
     assert f"warning: 1 problem(s) in the dataset:\n  {empty / 'trainLabels.csv'}: the dataset has no images" in err
-    assert "no row of it lists a usable image. (not graded)" in err
+    assert "no row of it lists a usable image. (Photographs without grades are graded as files: pass them, or their " \
+        "folder, rather than a list of them.) (not graded)" in err
     assert main(["predict", str(tiny_run), str(empty), "--out", str(out), "--workers", "0", "--quiet"]) == 2
     assert main(["predict", str(tiny_run), str(synth_small), "--split", "test", "--split-seed", "5", "--out", str(out),
                  "--workers", "0", "--quiet"]) == 2  # a split of the run's photographs other than its own: refused

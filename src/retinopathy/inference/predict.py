@@ -114,7 +114,8 @@ def _dataset_items(data: Path, opts: dict, split: str, alone: bool = True) -> li
     refuse_misaligned(catalog.problems)
     if not catalog.samples:  # every row refused (a --label-col the header lacks...): said as train says it
         unusable = DataError(catalog.problems, hint="Fix the labels file, or the options that read it: no row of it "
-                             "lists a usable image.")
+                             "lists a usable image. (Photographs without grades are graded as files: pass them, or "
+                             "their folder, rather than a list of them.)")
         if alone:
             raise unusable
         warn(f"{unusable} (not graded)", depth=1)
