@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -183,31 +183,33 @@ def same_photographs(same: int, regraded: int, unlisted: int = 0) -> bool:
     return same > 0 and same >= 0.9 * (same + regraded) and (same >= 5 or not unlisted)
 
 
-def trained_names(split_csv: str | Path, labelled, among=None, split: str = "train") -> set[str]:
-    """The names of the labelled images, ``(name, grade)`` pairs, that a run trained on: listed as train (or as
-    ``split``, e.g. the split it selected its checkpoint on) in its ``split_csv``, when they are its photographs
-    (:func:`same_photographs`, decided on all of ``labelled``, a whole dataset); none otherwise. ``among``: only
-    those of these pairs (a split of that dataset)."""
+def run_photographs(split_csv: str | Path, labelled, among=None) -> dict[str, str]:
+    """``{name: split in the run}`` of the labelled images, ``(name, grade)`` pairs, when they are the photographs of
+    the run of ``split_csv`` (:func:`same_photographs`, decided on all of ``labelled``, a whole dataset); empty
+    otherwise. ``among``: only those of these pairs (a split of that dataset)."""
     same, regraded, unlisted = run_overlap(split_csv, labelled)
     if not same_photographs(len(same), regraded, unlisted):
-        return set()
-    names = {name for name, s in same.items() if s == split}
-    return names if among is None else names & {name for name, _ in among}
+        return {}
+    return same if among is None else {name: same[name] for name in {name for name, _ in among} if name in same}
 
 
-def trained_on(split_csv: str | Path, labelled, among=None, split: str = "train") -> int:
-    """How many labelled images (of ``among``) a run trained on, or had in ``split`` (:func:`trained_names`)."""
-    return len(trained_names(split_csv, labelled, among, split))
+def trained_names(split_csv: str | Path, labelled, among=None) -> set[str]:
+    """The names of the labelled images (of ``among``) that a run trained on (:func:`run_photographs`)."""
+    return {name for name, split in run_photographs(split_csv, labelled, among).items() if split == "train"}
+
+
+def trained_on(split_csv: str | Path, labelled, among=None) -> int:
+    """How many labelled images (of ``among``) a run trained on (:func:`trained_names`)."""
+    return len(trained_names(split_csv, labelled, among))
 
 
 def seen_counts(split_csv: str | Path, ckpt: dict, labelled, among=None) -> dict:
     """How many labelled images (of ``among``) the run of ``ckpt`` trained on, and had in the val split it chose its
-    checkpoint on (:func:`trained_names`; a run that selected on test says so in its own notes: its own test split
+    checkpoint on (:func:`run_photographs`; a run that selected on test says so in its own notes: its own test split
     is what the lab's recipe reports), as ``training_images`` and ``selection_images``."""
-    labelled = list(labelled)
+    splits = Counter(run_photographs(split_csv, labelled, among).values())
     selected_on_test = (ckpt.get("config") or {}).get("select_on") == "test"
-    return {"training_images": trained_on(split_csv, labelled, among),
-            "selection_images": 0 if selected_on_test else trained_on(split_csv, labelled, among, "val")}
+    return {"training_images": splits["train"], "selection_images": 0 if selected_on_test else splits["val"]}
 
 
 def read_split(samples: list[Sample], path: str | Path) -> None:

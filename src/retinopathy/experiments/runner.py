@@ -196,9 +196,9 @@ def _base_train(cfg: dict, file: Path, seen: tuple = (), given: frozenset = froz
                               "grid:" if several else "variants:") + ", which base: does not take (it takes train: "
                               "options and grid: entries of one value); give them in this file")
     one = {k: v[0] if isinstance(v, list) else v for k, v in grid.items()}
-    below = given | frozenset(grid) | frozenset(_options(parent.get("train"), base, "train"))
-    return {**_base_train(parent, base, seen + (file.resolve(),), below), **one,
-            **_options(parent.get("train"), base, "train")}
+    train = _options(parent.get("train"), base, "train")
+    return {**_base_train(parent, base, seen + (file.resolve(),), given | frozenset(grid) | frozenset(train)), **one,
+            **train}
 
 
 def load_experiment(path: str | Path, data: str | None = None) -> Experiment:
@@ -323,14 +323,13 @@ def holds_its_photographs(cell: Cell, options: dict) -> bool:
     is no change of the cell's options; other photographs are."""
     from ..data.formats import read_catalog
     from ..data.problems import DataError
-    from ..data.splits import run_overlap, same_photographs
+    from ..data.splits import run_photographs
 
     try:
         catalog = read_catalog(options["data"], resolve=False, **{k: options.get(k) for k in READ_KEYS})
     except DataError:
         return False
-    same, regraded, unlisted = run_overlap(cell.dir / "split.csv", [(s.image, s.label) for s in catalog.samples])
-    return same_photographs(len(same), regraded, unlisted)
+    return bool(run_photographs(cell.dir / "split.csv", [(s.image, s.label) for s in catalog.samples]))
 
 
 def prepare_cell(cell: Cell, exp: Experiment, dry: bool = False) -> argparse.Namespace:

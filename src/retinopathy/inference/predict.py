@@ -58,10 +58,10 @@ from ..evaluation.metrics import GRADES, REFERABLE, majority_accuracy, one_grade
 from ..models.restore import restore
 from ..outputs import check_output_file, check_writable
 from ..progress import progress_bar
-from ..workers import usable_cores
 from ..reporting.model_card import DRAWINGS, learnt_from_drawings
 from ..training.checkpoint import CheckpointError, refuse_replacing_run, run_folder
 from ..training.engine import NON_FINITE, autocast, make_loader, pick_device, to_device, to_engine
+from ..workers import usable_cores
 
 FLIPS = ((), (3,), (2,), (2, 3))  # identity, horizontal, vertical, both (dims of an NCHW batch)
 

@@ -528,15 +528,14 @@ def default_batch_size(model: str, preset: str | None) -> int:
 def unused_options(args) -> list[tuple[str, str]]:
     """``(option, why it is unused)`` for each option set otherwise than its default that the run would not use."""
     argmax = (args.decision or default_decision(args.objective)) == "argmax"
-    why = {"threshold_rule": argmax, "threshold_data": argmax,
-           "threshold_margin": argmax or args.threshold_rule != "kappa-above-majority",
-           "model_ema_decay": not args.model_ema, "momentum": args.optimizer != "sgd"}
-    reason = {"threshold_rule": "(the most probable grade is answered: no thresholds)",
-              "threshold_data": "(the most probable grade is answered: no thresholds)",
-              "threshold_margin": "(only --threshold-rule kappa-above-majority uses it)",
-              "model_ema_decay": "(without --model-ema)", "momentum": f"(--optimizer {args.optimizer})"}
+    no_thresholds = (argmax, "(the most probable grade is answered: no thresholds)")
+    unused = {"threshold_rule": no_thresholds, "threshold_data": no_thresholds,
+              "threshold_margin": (argmax or args.threshold_rule != "kappa-above-majority",
+                                   "(only --threshold-rule kappa-above-majority uses it)"),
+              "model_ema_decay": (not args.model_ema, "(without --model-ema)"),
+              "momentum": (args.optimizer != "sgd", f"(--optimizer {args.optimizer})")}
     default = defaults()
-    return [(k, reason[k]) for k, unused in why.items() if unused and getattr(args, k) != default[k]]
+    return [(k, why) for k, (idle, why) in unused.items() if idle and getattr(args, k) != default[k]]
 
 
 @functools.cache

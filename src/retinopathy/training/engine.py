@@ -237,8 +237,8 @@ def cpu_amp_note(device: torch.device, asked: str, amp: str, size: int) -> str:
                 f"then (at {TINY_FOR_CPU_BF16} px or less), so training runs in fp32" if size <= TINY_FOR_CPU_BF16 else
                 "this CPU has no native bf16 (AVX512-BF16 or AMX), so training runs in fp32, about half as fast as "
                 "on a CPU that has it (--amp bf16 would be emulated here, and slower still)")
-    native = cpu_has_bf16() if amp == "bf16" else bool({"avx512_fp16", "amx_fp16"} & cpu_flags())
-    if amp in ("bf16", "fp16") and not native:
+    native = {"bf16": cpu_has_bf16, "fp16": lambda: bool({"avx512_fp16", "amx_fp16"} & cpu_flags())}
+    if amp in native and not native[amp]():
         return (f"this CPU has no native {amp} (AVX512 or AMX {amp.upper()}), so --amp {amp} is emulated: several "
                 "times slower than fp32 here (--amp auto trains in fp32)")
     return ""
